@@ -1,0 +1,330 @@
+//! Causal self-attention, memory-efficient: the forward pass keeps only each row's log-sum-exp,
+//! and the backward pass recomputes the probabilities from it (flash-attention style), so no
+//! B x H x T x T tensor is ever stored.
+//!
+//! Per head, with S = Q K^T / sqrt(hs) masked to j <= i, P = softmax(S), Z the dropout mask
+//! (kept / (1-p)), O = (P*Z) V:
+//!   dV = (P*Z)^T dO,  dP = (dO V^T) * Z,  D_i = dO_i . O_i,  dS = P * (dP - D),
+//!   dQ = dS K / sqrt(hs),  dK = dS^T Q / sqrt(hs).
+//! Work is split over (batch, head) pairs and, inside one, over blocks of query rows: a block of
+//! rows [i0, i1) only ever needs keys [0, i1), so the masked upper triangle is mostly skipped.
+
+use super::math::{dot, fast_exp, SharedMut};
+use super::matmul::{gemm_into, View};
+use crate::rng::keep;
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// Query rows per block.
+const ROW_BLOCK: usize = 64;
+
+thread_local! {
+    /// Per-thread scratch for score blocks; grows to its largest size once, then is reused.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < len {
+            s.resize(len, 0.0);
+        }
+        f(&mut s[..len])
+    })
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct AttnDims {
+    pub batch: usize,
+    pub n_head: usize,
+    pub head_size: usize,
+}
+
+impl AttnDims {
+    fn c(&self) -> usize {
+        self.n_head * self.head_size
+    }
+}
+
+/// Dropout on attention probabilities: the mask element for (batch b, head h, query i, key j)
+/// is `keep(key, ((b*H + h)*T + i)*T + j)` where T is `max_t`.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnDropout {
+    pub key: u64,
+    pub p: f32,
+    pub max_t: usize,
+}
+
+impl AttnDropout {
+    #[inline]
+    fn index(&self, bh: usize, i: usize, j: usize) -> u64 {
+        ((bh * self.max_t + i) * self.max_t + j) as u64
+    }
+}
+
+/// Softmax of one score row over keys [0, n_keys) in place; the rest of the row is zeroed.
+/// Returns the log-sum-exp.
+#[inline]
+fn softmax_row(row: &mut [f32], n_keys: usize) -> f32 {
+    let (live, dead) = row.split_at_mut(n_keys);
+    let m = live.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let mut sum = 0.0f32;
+    for v in live.iter_mut() {
+        *v = fast_exp(*v - m);
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in live.iter_mut() {
+        *v *= inv;
+    }
+    dead.fill(0.0);
+    m + sum.ln()
+}
+
+/// One (batch, head): queries at absolute positions q_pos0.., keys/values 0..q_pos0+n_q.
+/// q, k, v are strided row views (row stride in elements); out rows have stride `out_rs`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_head(
+    q: *const f32,
+    q_rs: usize,
+    k: *const f32,
+    v: *const f32,
+    kv_rs: usize,
+    out: *mut f32,
+    out_rs: usize,
+    n_q: usize,
+    q_pos0: usize,
+    hs: usize,
+    mut lse: Option<&mut [f32]>,
+    dropout: Option<(AttnDropout, usize)>,
+) {
+    let scale = 1.0 / (hs as f32).sqrt();
+    let mut i0 = 0;
+    while i0 < n_q {
+        let rb = ROW_BLOCK.min(n_q - i0);
+        let n_keys = q_pos0 + i0 + rb;
+        with_scratch(rb * n_keys, |s| {
+            gemm_into(
+                rb,
+                n_keys,
+                hs,
+                s.as_mut_ptr(),
+                n_keys,
+                false,
+                View { ptr: q.add(i0 * q_rs), rs: q_rs as isize, cs: 1 },
+                View { ptr: k, rs: 1, cs: kv_rs as isize },
+                scale,
+                false,
+            );
+            for r in 0..rb {
+                let pos = q_pos0 + i0 + r;
+                let row = &mut s[r * n_keys..(r + 1) * n_keys];
+                let l = softmax_row(row, pos + 1);
+                if let Some(lse) = lse.as_deref_mut() {
+                    lse[i0 + r] = l;
+                }
+                if let Some((d, bh)) = dropout {
+                    let inv_keep = 1.0 / (1.0 - d.p);
+                    for (j, p) in row[..=pos].iter_mut().enumerate() {
+                        *p = if keep(d.key, d.index(bh, pos, j), d.p) { *p * inv_keep } else { 0.0 };
+                    }
+                }
+            }
+            gemm_into(
+                rb,
+                hs,
+                n_keys,
+                out.add(i0 * out_rs),
+                out_rs,
+                false,
+                View { ptr: s.as_ptr(), rs: n_keys as isize, cs: 1 },
+                View { ptr: v, rs: kv_rs as isize, cs: 1 },
+                1.0,
+                false,
+            );
+        });
+        i0 += rb;
+    }
+}
+
+/// Training forward. qkv: (B, T, 3C) with q, k, v sections; out: (B, T, C); lse: (B, H, T).
+pub fn attention_forward(
+    out: &mut [f32],
+    lse: &mut [f32],
+    qkv: &[f32],
+    dims: AttnDims,
+    t: usize,
+    dropout: Option<AttnDropout>,
+) {
+    let (c, hs, nh) = (dims.c(), dims.head_size, dims.n_head);
+    let out_ptr = SharedMut(out.as_mut_ptr());
+    lse.par_chunks_mut(t).enumerate().for_each(|(bh, lse_bh)| {
+        let (b, h) = (bh / nh, bh % nh);
+        let base = b * t * 3 * c + h * hs;
+        let out_ptr = out_ptr;
+        // SAFETY: (b, h) owns out[b, :, h*hs..(h+1)*hs]; qkv is read only.
+        unsafe {
+            attend_head(
+                qkv.as_ptr().add(base),
+                3 * c,
+                qkv.as_ptr().add(base + c),
+                qkv.as_ptr().add(base + 2 * c),
+                3 * c,
+                out_ptr.0.add(b * t * c + h * hs),
+                c,
+                t,
+                0,
+                hs,
+                Some(lse_bh),
+                dropout.map(|d| (d, bh)),
+            );
+        }
+    });
+}
+
+/// Inference with a KV cache: `n_new` queries per sequence at positions pos.. attend to the cached
+/// keys/values 0..pos+n_new. q: (B, n_new, q_rs) rows; k_cache, v_cache: (B, max_t, C); out: (B, n_new, C).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_forward_cached(
+    out: &mut [f32],
+    q: &[f32],
+    q_rs: usize,
+    k_cache: &[f32],
+    v_cache: &[f32],
+    dims: AttnDims,
+    max_t: usize,
+    pos: usize,
+    n_new: usize,
+) {
+    let (c, hs, nh) = (dims.c(), dims.head_size, dims.n_head);
+    let out_ptr = SharedMut(out.as_mut_ptr());
+    (0..dims.batch * nh).into_par_iter().for_each(|bh| {
+        let (b, h) = (bh / nh, bh % nh);
+        let kv = b * max_t * c + h * hs;
+        let out_ptr = out_ptr;
+        // SAFETY: (b, h) owns its own columns of out; the rest is read only.
+        unsafe {
+            attend_head(
+                q.as_ptr().add(b * n_new * q_rs + h * hs),
+                q_rs,
+                k_cache.as_ptr().add(kv),
+                v_cache.as_ptr().add(kv),
+                c,
+                out_ptr.0.add(b * n_new * c + h * hs),
+                c,
+                n_new,
+                pos,
+                hs,
+                None,
+                None,
+            );
+        }
+    });
+}
+
+/// Training backward: dqkv (B, T, 3C) is overwritten.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    dqkv: &mut [f32],
+    dout: &[f32],
+    qkv: &[f32],
+    out: &[f32],
+    lse: &[f32],
+    dims: AttnDims,
+    t: usize,
+    dropout: Option<AttnDropout>,
+) {
+    let (c, hs, nh) = (dims.c(), dims.head_size, dims.n_head);
+    let scale = 1.0 / (hs as f32).sqrt();
+    let d_ptr = SharedMut(dqkv.as_mut_ptr());
+    (0..dims.batch * nh).into_par_iter().for_each(|bh| {
+        let (b, h) = (bh / nh, bh % nh);
+        let base = b * t * 3 * c + h * hs;
+        let (q, k, v) = (
+            unsafe { qkv.as_ptr().add(base) },
+            unsafe { qkv.as_ptr().add(base + c) },
+            unsafe { qkv.as_ptr().add(base + 2 * c) },
+        );
+        let d_ptr = d_ptr;
+        // SAFETY: (b, h) owns dqkv[b, :, {q,k,v} head h columns] and writes nothing else.
+        unsafe {
+            let (dq, dk, dv) = (d_ptr.0.add(base), d_ptr.0.add(base + c), d_ptr.0.add(base + 2 * c));
+            for i in 0..t {
+                for d in [dq, dk, dv] {
+                    std::ptr::write_bytes(d.add(i * 3 * c), 0, hs);
+                }
+            }
+            let lse = &lse[bh * t..(bh + 1) * t];
+            let mut i0 = 0;
+            while i0 < t {
+                let rb = ROW_BLOCK.min(t - i0);
+                let n_keys = i0 + rb;
+                with_scratch(2 * rb * n_keys, |scratch| {
+                    let (p, dp) = scratch.split_at_mut(rb * n_keys);
+                    let q_blk = View { ptr: q.add(i0 * 3 * c), rs: (3 * c) as isize, cs: 1 };
+                    let do_blk = View { ptr: dout.as_ptr().add(b * t * c + i0 * c + h * hs), rs: c as isize, cs: 1 };
+                    // P = exp(S - lse), recomputed.
+                    gemm_into(rb, n_keys, hs, p.as_mut_ptr(), n_keys, false, q_blk,
+                        View { ptr: k, rs: 1, cs: (3 * c) as isize }, scale, false);
+                    for r in 0..rb {
+                        let i = i0 + r;
+                        let row = &mut p[r * n_keys..(r + 1) * n_keys];
+                        let l = lse[i];
+                        for s in row[..=i].iter_mut() {
+                            *s = fast_exp(*s - l);
+                        }
+                        row[i + 1..].fill(0.0);
+                    }
+                    // dV += (P*Z)^T dO; with dropout, P*Z goes through dp first.
+                    let pz: &[f32] = match dropout {
+                        Some(d) => {
+                            let inv_keep = 1.0 / (1.0 - d.p);
+                            for r in 0..rb {
+                                let i = i0 + r;
+                                for j in 0..n_keys {
+                                    let x = p[r * n_keys + j];
+                                    dp[r * n_keys + j] = if keep(d.key, d.index(bh, i, j), d.p) { x * inv_keep } else { 0.0 };
+                                }
+                            }
+                            dp
+                        }
+                        None => p,
+                    };
+                    gemm_into(n_keys, hs, rb, dv, 3 * c, true,
+                        View { ptr: pz.as_ptr(), rs: 1, cs: n_keys as isize }, do_blk, 1.0, false);
+                    // dP = (dO V^T) * Z
+                    gemm_into(rb, n_keys, hs, dp.as_mut_ptr(), n_keys, false, do_blk,
+                        View { ptr: v, rs: 1, cs: (3 * c) as isize }, 1.0, false);
+                    for r in 0..rb {
+                        let i = i0 + r;
+                        let o_i = &out[b * t * c + i * c + h * hs..][..hs];
+                        let do_i = std::slice::from_raw_parts(do_blk.ptr.add(r * c), hs);
+                        let d_i = dot(do_i, o_i);
+                        let (prow, dprow) = (&mut p[r * n_keys..(r + 1) * n_keys], &dp[r * n_keys..(r + 1) * n_keys]);
+                        match dropout {
+                            Some(d) => {
+                                let inv_keep = 1.0 / (1.0 - d.p);
+                                for j in 0..=i {
+                                    let z = if keep(d.key, d.index(bh, i, j), d.p) { inv_keep } else { 0.0 };
+                                    prow[j] *= (dprow[j] * z - d_i) * scale;
+                                }
+                            }
+                            None => {
+                                for j in 0..=i {
+                                    prow[j] *= (dprow[j] - d_i) * scale;
+                                }
+                            }
+                        }
+                    }
+                    // p now holds dS (already scaled). dQ = dS K, dK += dS^T Q.
+                    gemm_into(rb, hs, n_keys, dq.add(i0 * 3 * c), 3 * c, false,
+                        View { ptr: p.as_ptr(), rs: n_keys as isize, cs: 1 },
+                        View { ptr: k, rs: (3 * c) as isize, cs: 1 }, 1.0, false);
+                    gemm_into(n_keys, hs, rb, dk, 3 * c, true,
+                        View { ptr: p.as_ptr(), rs: 1, cs: n_keys as isize }, q_blk, 1.0, false);
+                });
+                i0 += rb;
+            }
+        }
+    });
+}

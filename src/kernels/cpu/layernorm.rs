@@ -1,0 +1,99 @@
+//! LayerNorm over the last dimension (eps 1e-5, as GPT-2).
+//!
+//! forward: mean = sum(x)/C, rstd = 1/sqrt(sum((x-mean)^2)/C + eps), y = (x-mean)*rstd*w + b
+//! backward, with n = (x-mean)*rstd and g = dy*w:
+//!   dx = rstd * (g - mean(g) - n*mean(g*n)),  dw += sum_rows dy*n,  db += sum_rows dy
+
+use super::math::SharedMut;
+use super::matmul::column_sums_into;
+use rayon::prelude::*;
+
+pub const EPS: f32 = 1e-5;
+
+pub fn layernorm_forward(
+    out: &mut [f32],
+    mean: &mut [f32],
+    rstd: &mut [f32],
+    inp: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    c: usize,
+) {
+    out.par_chunks_mut(c)
+        .zip(inp.par_chunks(c))
+        .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
+        .for_each(|((y, x), (m_out, s_out))| {
+            let m = x.iter().sum::<f32>() / c as f32;
+            let var = x.iter().map(|v| (v - m) * (v - m)).sum::<f32>() / c as f32;
+            let s = 1.0 / (var + EPS).sqrt();
+            match b {
+                Some(b) => {
+                    for i in 0..c {
+                        y[i] = (x[i] - m) * s * w[i] + b[i];
+                    }
+                }
+                None => {
+                    for i in 0..c {
+                        y[i] = (x[i] - m) * s * w[i];
+                    }
+                }
+            }
+            *m_out = m;
+            *s_out = s;
+        });
+}
+
+/// dx += the input gradient (so residual streams accumulate); dw, db += the parameter gradients.
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_backward(
+    dinp: &mut [f32],
+    dw: &mut [f32],
+    db: Option<&mut [f32]>,
+    dout: &[f32],
+    inp: &[f32],
+    w: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+    c: usize,
+) {
+    let rows = inp.len() / c;
+    dinp.par_chunks_mut(c)
+        .zip(dout.par_chunks(c))
+        .zip(inp.par_chunks(c))
+        .zip(mean.par_iter().zip(rstd.par_iter()))
+        .for_each(|(((dx, dy), x), (&m, &s))| {
+            let mut g_mean = 0.0f32;
+            let mut gn_mean = 0.0f32;
+            for i in 0..c {
+                let g = dy[i] * w[i];
+                g_mean += g;
+                gn_mean += g * (x[i] - m) * s;
+            }
+            g_mean /= c as f32;
+            gn_mean /= c as f32;
+            for i in 0..c {
+                let n = (x[i] - m) * s;
+                dx[i] += s * (dy[i] * w[i] - g_mean - n * gn_mean);
+            }
+        });
+    // Parameter gradients: column blocks over all rows in order, deterministic for any thread count.
+    const BLOCK: usize = 64;
+    let dw_ptr = SharedMut(dw.as_mut_ptr());
+    (0..c.div_ceil(BLOCK)).into_par_iter().for_each(|blk| {
+        let (c0, c1) = (blk * BLOCK, ((blk + 1) * BLOCK).min(c));
+        let dw_ptr = dw_ptr;
+        // SAFETY: each block writes only columns [c0, c1).
+        let dw = unsafe { std::slice::from_raw_parts_mut(dw_ptr.0.add(c0), c1 - c0) };
+        for r in 0..rows {
+            let (m, s) = (mean[r], rstd[r]);
+            let x = &inp[r * c + c0..r * c + c1];
+            let dy = &dout[r * c + c0..r * c + c1];
+            for i in 0..c1 - c0 {
+                dw[i] += dy[i] * (x[i] - m) * s;
+            }
+        }
+    });
+    if let Some(db) = db {
+        column_sums_into(db, dout, rows, c);
+    }
+}

@@ -1,0 +1,8 @@
+//! The GPT model: parameter table, forward/backward, weight I/O and KV-cache inference.
+
+pub mod gpt;
+pub mod params;
+pub mod weights;
+
+pub use gpt::{Gpt, Mode};
+pub use params::ParamTable;

@@ -1,0 +1,147 @@
+//! GPT-2 weights in Hugging Face's layout: a directory with `config.json` and `model.safetensors`
+//! (keys with or without the `transformer.` prefix, Conv1D weights (in, out), lm_head tied to wte).
+
+use super::gpt::Gpt;
+use super::params::ParamTable;
+use crate::config::GptConfig;
+use anyhow::{bail, Context, Result};
+use safetensors::{Dtype, SafeTensors};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// The parts of a Hugging Face GPT-2 `config.json` that shape the model.
+pub fn read_hf_config(dir: &Path) -> Result<GptConfig> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}: is this a GPT-2 model directory?", path.display()))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+    let get = |key: &str| -> Result<usize> {
+        json.get(key)
+            .and_then(|v| v.as_u64())
+            .map(|v| v as usize)
+            .with_context(|| format!("{}: missing or non-integer \"{key}\"", path.display()))
+    };
+    if let Some(act) = json.get("activation_function").and_then(|v| v.as_str()) {
+        if act != "gelu_new" {
+            bail!("{}: activation_function \"{act}\" is not supported (only GPT-2's gelu_new)", path.display());
+        }
+    }
+    let cfg = GptConfig {
+        n_layer: get("n_layer")?,
+        n_head: get("n_head")?,
+        n_embd: get("n_embd")?,
+        block_size: get("n_positions")?,
+        vocab_size: get("vocab_size")?,
+        pad_vocab: true,
+        bias: true,
+        dropout: 0.0,
+    };
+    cfg.validate().with_context(|| format!("{}: bad model shape", path.display()))?;
+    Ok(cfg)
+}
+
+/// Loads a model from a Hugging Face GPT-2 directory.
+pub fn load_hf_dir(dir: &Path) -> Result<Gpt> {
+    let cfg = read_hf_config(dir)?;
+    let path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .with_context(|| format!("{} is not a valid safetensors file (truncated?)", path.display()))?;
+    let table = ParamTable::new(&cfg);
+    let mut params = vec![0.0f32; table.total];
+    for e in &table.entries {
+        let prefixed = format!("transformer.{}", e.name);
+        let view = st
+            .tensor(&prefixed)
+            .or_else(|_| st.tensor(&e.name))
+            .with_context(|| format!("{}: tensor \"{}\" is missing", path.display(), e.name))?;
+        if view.dtype() != Dtype::F32 {
+            bail!("{}: tensor \"{}\" is {:?}; only F32 is supported", path.display(), e.name, view.dtype());
+        }
+        // wte is stored with the real vocab; our table may have padding rows (left at zero).
+        let mut expect = e.shape.clone();
+        if e.name == "wte.weight" {
+            expect[0] = cfg.vocab_size;
+        }
+        if view.shape() != expect.as_slice() {
+            bail!("{}: tensor \"{}\" has shape {:?}, expected {:?}", path.display(), e.name, view.shape(), expect);
+        }
+        let dst = &mut params[e.offset..e.offset + expect.iter().product::<usize>()];
+        for (d, b) in dst.iter_mut().zip(view.data().chunks_exact(4)) {
+            *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+    }
+    Ok(Gpt::from_parts(cfg, table, params))
+}
+
+/// Writes `config.json` + `model.safetensors` as transformers' `save_pretrained` does
+/// (`transformer.` prefix, lm_head tied and not stored), each to a temp file then renamed.
+pub fn save_hf_dir(model: &Gpt, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let cfg = &model.config;
+    if !cfg.bias {
+        bail!("transformers' GPT-2 always has biases; a bias=false model cannot be saved in its layout");
+    }
+    let mut tensors = Vec::with_capacity(model.table.entries.len());
+    for e in &model.table.entries {
+        let mut shape = e.shape.clone();
+        if e.name == "wte.weight" {
+            shape[0] = cfg.vocab_size;
+        }
+        let n: usize = shape.iter().product();
+        let data = f32_le_bytes(&model.params[e.offset..e.offset + n]);
+        tensors.push((format!("transformer.{}", e.name), safetensors::tensor::TensorView::new(Dtype::F32, shape, data)?));
+    }
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let st_path = dir.join("model.safetensors");
+    let tmp = dir.join("model.safetensors.tmp");
+    safetensors::serialize_to_file(tensors, Some(metadata), &tmp)
+        .with_context(|| format!("cannot write {} (disk full?)", tmp.display()))?;
+    std::fs::rename(&tmp, &st_path).with_context(|| format!("cannot rename {} to {}", tmp.display(), st_path.display()))?;
+    write_atomic(&dir.join("config.json"), hf_config_json(cfg).as_bytes())
+}
+
+/// transformers' GPT2Config for this shape.
+pub fn hf_config_json(cfg: &GptConfig) -> String {
+    let json = serde_json::json!({
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "activation_function": "gelu_new",
+        "n_layer": cfg.n_layer,
+        "n_head": cfg.n_head,
+        "n_embd": cfg.n_embd,
+        "n_positions": cfg.block_size,
+        "n_ctx": cfg.block_size,
+        "vocab_size": cfg.vocab_size,
+        "n_inner": null,
+        "layer_norm_epsilon": 1e-5,
+        "initializer_range": 0.02,
+        "attn_pdrop": cfg.dropout,
+        "embd_pdrop": cfg.dropout,
+        "resid_pdrop": cfg.dropout,
+        "scale_attn_weights": true,
+        "tie_word_embeddings": true,
+        "bos_token_id": 50256,
+        "eos_token_id": 50256,
+        "torch_dtype": "float32",
+        "use_cache": true,
+    });
+    serde_json::to_string_pretty(&json).unwrap_or_default() + "\n"
+}
+
+/// Writes `path` via a temp file and a rename, so a crash never leaves it half written.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {} (disk full?)", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+}
+
+/// The bytes of an f32 slice, little-endian (the only byte order safetensors uses).
+#[cfg(target_endian = "little")]
+pub fn f32_le_bytes(x: &[f32]) -> &[u8] {
+    // SAFETY: f32 has no padding and any byte pattern is a valid u8; alignment of u8 is 1.
+    unsafe { std::slice::from_raw_parts(x.as_ptr() as *const u8, std::mem::size_of_val(x)) }
+}
