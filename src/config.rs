@@ -78,7 +78,7 @@ impl GptConfig {
                 bail!("{key} must be at least 1");
             }
         }
-        if self.n_embd % self.n_head != 0 {
+        if !self.n_embd.is_multiple_of(self.n_head) {
             bail!(
                 "n_embd ({}) must be a multiple of n_head ({})",
                 self.n_embd,
@@ -110,7 +110,6 @@ impl GptConfig {
     /// Training FLOPs per token as in nanoGPT's `estimate_mfu` (PaLM appendix B):
     /// 6N for the matmuls forward and backward plus 12*L*C*T for attention.
     pub fn flops_per_token(&self, seq_len: usize) -> f64 {
-        6.0 * self.num_params() as f64
-            + 12.0 * (self.n_layer * self.n_embd * seq_len) as f64
+        6.0 * self.num_params() as f64 + 12.0 * (self.n_layer * self.n_embd * seq_len) as f64
     }
 }

@@ -1,1 +1,142 @@
-fn main() {}
+//! The `nanogpt` command line: parses arguments and calls the library, nothing else.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use nanogpt::bench::{run_train_bench, BenchOptions};
+use nanogpt::config::GptConfig;
+
+#[derive(Parser)]
+#[command(
+    name = "nanogpt",
+    version,
+    about = "nanoGPT rebuilt in Rust: train, fine-tune and sample GPT-2-family models"
+)]
+struct Cli {
+    /// Worker threads (default: all cores; RAYON_NUM_THREADS also works).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// nanoGPT spells booleans True/False; accept those and true/false.
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s {
+        "true" | "True" | "1" => Ok(true),
+        "false" | "False" | "0" => Ok(false),
+        _ => Err(format!("expected true or false, got '{s}'")),
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Time forward + backward + AdamW on random data (nanoGPT's bench.py).
+    Bench {
+        #[arg(long = "n_layer", default_value_t = 12)]
+        n_layer: usize,
+        #[arg(long = "n_head", default_value_t = 12)]
+        n_head: usize,
+        #[arg(long = "n_embd", default_value_t = 768)]
+        n_embd: usize,
+        #[arg(long = "block_size", default_value_t = 1024)]
+        block_size: usize,
+        #[arg(long = "batch_size", default_value_t = 12)]
+        batch_size: usize,
+        #[arg(long = "vocab_size", default_value_t = 50304)]
+        vocab_size: usize,
+        /// Round the vocabulary up to a multiple of 64.
+        #[arg(long = "pad_vocab", default_value = "true", value_parser = parse_bool)]
+        pad_vocab: bool,
+        #[arg(long, default_value = "false", value_parser = parse_bool)]
+        bias: bool,
+        #[arg(long, default_value_t = 0.0)]
+        dropout: f32,
+        /// Timed iterations (the median is reported).
+        #[arg(long, default_value_t = 10)]
+        iters: usize,
+        /// Untimed iterations first.
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        #[arg(long, default_value_t = 1337)]
+        seed: u64,
+        /// Peak TFLOP/s for MFU (default: measured f32 matmul peak of this CPU).
+        #[arg(long = "peak_tflops")]
+        peak_tflops: Option<f64>,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let cli = Cli::parse();
+    nanogpt::perf::keep_large_allocations_in_heap();
+    if let Some(n) = cli.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("cannot set up the thread pool")?;
+    }
+    match cli.command {
+        Command::Bench {
+            n_layer,
+            n_head,
+            n_embd,
+            block_size,
+            batch_size,
+            vocab_size,
+            pad_vocab,
+            bias,
+            dropout,
+            iters,
+            warmup,
+            seed,
+            peak_tflops,
+            json,
+        } => {
+            let config = GptConfig {
+                n_layer,
+                n_head,
+                n_embd,
+                block_size,
+                vocab_size,
+                pad_vocab,
+                bias,
+                dropout,
+            };
+            if iters == 0 {
+                anyhow::bail!("--iters must be at least 1");
+            }
+            let r = run_train_bench(&BenchOptions {
+                config,
+                batch_size,
+                warmup,
+                iters,
+                seed,
+                peak_tflops,
+            })?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "peak: {:.1} GFLOP/s ({}), {} threads",
+                    r.peak_tflops * 1e3,
+                    r.peak_source,
+                    r.threads
+                );
+                println!(
+                    "{:.2}M params, B={} T={}: {:.1} ms/iter (min {:.1}), {:.0} tokens/s, MFU {:.1}%, peak RSS {:.0} MiB",
+                    r.params as f64 / 1e6, r.batch_size, r.config.block_size, r.ms_per_iter, r.ms_per_iter_min, r.tokens_per_s, r.mfu * 100.0, r.peak_rss_mib.unwrap_or(f64::NAN)
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -33,7 +33,11 @@ fn tokens(v: &[i32]) -> Vec<u32> {
 /// Our logits without the padding columns.
 fn real_logits(model: &Gpt) -> Vec<f32> {
     let (v, vp) = (model.config.vocab_size, model.config.padded_vocab_size());
-    model.logits().chunks(vp).flat_map(|row| row[..v].iter().copied()).collect()
+    model
+        .logits()
+        .chunks(vp)
+        .flat_map(|row| row[..v].iter().copied())
+        .collect()
 }
 
 #[test]
@@ -41,9 +45,15 @@ fn logits_loss_and_gradients_match_pytorch() {
     let (mut model, refs) = load();
     let st = SafeTensors::deserialize(&refs).unwrap();
     let (x, y) = (read_i32(&st, "x"), read_i32(&st, "y"));
-    let loss = model.forward(&tokens(&x), Some(&y), B, T, Mode::Train { seed: 0 }).unwrap().unwrap();
+    let loss = model
+        .forward(&tokens(&x), Some(&y), B, T, Mode::Train { seed: 0 })
+        .unwrap()
+        .unwrap();
     let ref_loss = read_f32(&st, "loss")[0];
-    assert!(((loss - ref_loss) / ref_loss).abs() < 1e-5, "loss {loss} vs {ref_loss}");
+    assert!(
+        ((loss - ref_loss) / ref_loss).abs() < 1e-5,
+        "loss {loss} vs {ref_loss}"
+    );
     let e = rel_err(&real_logits(&model), &read_f32(&st, "logits"));
     assert!(e < 1e-5, "logits rel err {e}");
 
@@ -68,18 +78,47 @@ fn ten_adamw_steps_match_pytorch() {
     let (mut model, refs) = load();
     let st = SafeTensors::deserialize(&refs).unwrap();
     let (xs, ys) = (read_i32(&st, "traj.x"), read_i32(&st, "traj.y"));
-    let (ref_losses, ref_norms) = (read_f32(&st, "traj.losses"), read_f32(&st, "traj.grad_norms"));
-    let hyper = AdamW { lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
+    let (ref_losses, ref_norms) = (
+        read_f32(&st, "traj.losses"),
+        read_f32(&st, "traj.grad_norms"),
+    );
+    let hyper = AdamW {
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+    };
     let mut opt = Optimizer::new(&model, hyper);
     for s in 0..10 {
         let r = s * B * T..(s + 1) * B * T;
-        let loss = model.forward(&tokens(&xs[r.clone()]), Some(&ys[r]), B, T, Mode::Train { seed: s as u64 }).unwrap().unwrap();
+        let loss = model
+            .forward(
+                &tokens(&xs[r.clone()]),
+                Some(&ys[r]),
+                B,
+                T,
+                Mode::Train { seed: s as u64 },
+            )
+            .unwrap()
+            .unwrap();
         model.zero_grad();
         model.backward(1.0).unwrap();
         let norm = opt.step(&mut model, 1e-3, 1.0);
-        let (el, en) = (((loss - ref_losses[s]) / ref_losses[s]).abs(), ((norm - ref_norms[s]) / ref_norms[s]).abs());
-        assert!(el < 1e-5, "step {s}: loss {loss} vs {} (rel {el})", ref_losses[s]);
-        assert!(en < 1e-4, "step {s}: grad norm {norm} vs {} (rel {en})", ref_norms[s]);
+        let (el, en) = (
+            ((loss - ref_losses[s]) / ref_losses[s]).abs(),
+            ((norm - ref_norms[s]) / ref_norms[s]).abs(),
+        );
+        assert!(
+            el < 1e-5,
+            "step {s}: loss {loss} vs {} (rel {el})",
+            ref_losses[s]
+        );
+        assert!(
+            en < 1e-4,
+            "step {s}: grad norm {norm} vs {} (rel {en})",
+            ref_norms[s]
+        );
     }
     let v = model.config.vocab_size * model.config.n_embd;
     for entry in &model.table.entries {
@@ -98,9 +137,17 @@ fn ten_adamw_steps_match_pytorch() {
             reference.drain(c..2 * c);
         }
         let scale = reference.iter().fold(0f32, |m, &x| m.max(x.abs()));
-        let mut diffs: Vec<f32> = ours.iter().zip(&reference).map(|(a, b)| (a - b).abs() / scale).collect();
+        let mut diffs: Vec<f32> = ours
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| (a - b).abs() / scale)
+            .collect();
         diffs.sort_by(f32::total_cmp);
         let (p999, max) = (diffs[diffs.len() * 999 / 1000], diffs[diffs.len() - 1]);
-        assert!(p999 < 1e-4 && max < 5e-4, "param {} after 10 steps: rel err 99.9th pct {p999:.2e}, max {max:.2e}", entry.name);
+        assert!(
+            p999 < 1e-4 && max < 5e-4,
+            "param {} after 10 steps: rel err 99.9th pct {p999:.2e}, max {max:.2e}",
+            entry.name
+        );
     }
 }

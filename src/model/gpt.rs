@@ -7,8 +7,12 @@
 
 use super::params::ParamTable;
 use crate::config::GptConfig;
-use crate::kernels::cpu::attention::{attention_backward, attention_forward, AttnDims, AttnDropout};
-use crate::kernels::cpu::crossentropy::{count_valid, crossentropy_backward_inplace, crossentropy_forward};
+use crate::kernels::cpu::attention::{
+    attention_backward, attention_forward, AttnDims, AttnDropout,
+};
+use crate::kernels::cpu::crossentropy::{
+    count_valid, crossentropy_backward_inplace, crossentropy_forward,
+};
 use crate::kernels::cpu::dropout::dropout_inplace;
 use crate::kernels::cpu::encoder::{encoder_backward, encoder_forward};
 use crate::kernels::cpu::gelu::{gelu_backward_inplace, gelu_forward};
@@ -158,7 +162,10 @@ impl Gpt {
 
     /// The (B, T, Vp) logits of the last forward pass (before any backward pass).
     pub fn logits(&self) -> &[f32] {
-        self.acts.as_ref().map(|a| a.logits.as_slice()).unwrap_or(&[])
+        self.acts
+            .as_ref()
+            .map(|a| a.logits.as_slice())
+            .unwrap_or(&[])
     }
 
     pub fn zero_grad(&mut self) {
@@ -180,7 +187,12 @@ impl Gpt {
         mode: Mode,
     ) -> Result<Option<f32>> {
         let cfg = self.config.clone();
-        let (c, nh, vp, v) = (cfg.n_embd, cfg.n_head, cfg.padded_vocab_size(), cfg.vocab_size);
+        let (c, nh, vp, v) = (
+            cfg.n_embd,
+            cfg.n_head,
+            cfg.padded_vocab_size(),
+            cfg.vocab_size,
+        );
         let bt = b * t;
         if t == 0 || b == 0 {
             bail!("empty batch (B={b}, T={t})");
@@ -199,7 +211,9 @@ impl Gpt {
                 bail!("expected {bt} targets, got {}", tg.len());
             }
             if let Some(&bad) = tg.iter().find(|&&x| x < -1 || x as i64 >= v as i64) {
-                bail!("target id {bad} is outside the vocabulary (vocab_size {v}; -1 means ignore)");
+                bail!(
+                    "target id {bad} is outside the vocabulary (vocab_size {v}; -1 means ignore)"
+                );
             }
         }
         if !matches!(&self.acts, Some(a) if a.b == b && a.t == t) {
@@ -228,36 +242,132 @@ impl Gpt {
 
         encoder_forward(&mut a.encoded, tokens, &p[tb.wte..], &p[tb.wpe..], t, c);
         if let Some(seed) = drop {
-            dropout_inplace(&mut a.encoded, dropout_key(seed, 0, SITE_EMBED), cfg.dropout);
+            dropout_inplace(
+                &mut a.encoded,
+                dropout_key(seed, 0, SITE_EMBED),
+                cfg.dropout,
+            );
         }
         for (l, o) in tb.layers.iter().enumerate() {
-            let (r_c, r_3c, r_4c) = (l * bt * c..(l + 1) * bt * c, l * bt * 3 * c..(l + 1) * bt * 3 * c, l * bt * 4 * c..(l + 1) * bt * 4 * c);
+            let (r_c, r_3c, r_4c) = (
+                l * bt * c..(l + 1) * bt * c,
+                l * bt * 3 * c..(l + 1) * bt * 3 * c,
+                l * bt * 4 * c..(l + 1) * bt * 4 * c,
+            );
             let r_row = l * bt..(l + 1) * bt;
-            let residual: &[f32] = if l == 0 { &a.encoded } else { &a.residual3[(l - 1) * bt * c..l * bt * c] };
-            layernorm_forward(&mut a.ln1[r_c.clone()], &mut a.ln1_mean[r_row.clone()], &mut a.ln1_rstd[r_row.clone()], residual, &p[o.ln1_w..o.ln1_w + c], bias(o.ln1_b, c), c);
-            matmul_forward(&mut a.qkv[r_3c.clone()], &a.ln1[r_c.clone()], &p[o.qkv_w..o.qkv_w + 3 * c * c], Layout::InOut, bias(o.qkv_b, 3 * c), c, 3 * c);
-            let att_drop = drop.map(|seed| AttnDropout { key: dropout_key(seed, l, SITE_ATTN), p: cfg.dropout, max_t: t });
-            attention_forward(&mut a.atty[r_c.clone()], &mut a.att_lse[l * b * nh * t..(l + 1) * b * nh * t], &a.qkv[r_3c.clone()], dims, t, att_drop);
-            matmul_forward(&mut a.proj, &a.atty[r_c.clone()], &p[o.attproj_w..o.attproj_w + c * c], Layout::InOut, bias(o.attproj_b, c), c, c);
+            let residual: &[f32] = if l == 0 {
+                &a.encoded
+            } else {
+                &a.residual3[(l - 1) * bt * c..l * bt * c]
+            };
+            layernorm_forward(
+                &mut a.ln1[r_c.clone()],
+                &mut a.ln1_mean[r_row.clone()],
+                &mut a.ln1_rstd[r_row.clone()],
+                residual,
+                &p[o.ln1_w..o.ln1_w + c],
+                bias(o.ln1_b, c),
+                c,
+            );
+            matmul_forward(
+                &mut a.qkv[r_3c.clone()],
+                &a.ln1[r_c.clone()],
+                &p[o.qkv_w..o.qkv_w + 3 * c * c],
+                Layout::InOut,
+                bias(o.qkv_b, 3 * c),
+                c,
+                3 * c,
+            );
+            let att_drop = drop.map(|seed| AttnDropout {
+                key: dropout_key(seed, l, SITE_ATTN),
+                p: cfg.dropout,
+                max_t: t,
+            });
+            attention_forward(
+                &mut a.atty[r_c.clone()],
+                &mut a.att_lse[l * b * nh * t..(l + 1) * b * nh * t],
+                &a.qkv[r_3c.clone()],
+                dims,
+                t,
+                att_drop,
+            );
+            matmul_forward(
+                &mut a.proj,
+                &a.atty[r_c.clone()],
+                &p[o.attproj_w..o.attproj_w + c * c],
+                Layout::InOut,
+                bias(o.attproj_b, c),
+                c,
+                c,
+            );
             if let Some(seed) = drop {
-                dropout_inplace(&mut a.proj, dropout_key(seed, l, SITE_ATTN_RESID), cfg.dropout);
+                dropout_inplace(
+                    &mut a.proj,
+                    dropout_key(seed, l, SITE_ATTN_RESID),
+                    cfg.dropout,
+                );
             }
             residual_forward(&mut a.residual2[r_c.clone()], residual, &a.proj);
-            layernorm_forward(&mut a.ln2[r_c.clone()], &mut a.ln2_mean[r_row.clone()], &mut a.ln2_rstd[r_row.clone()], &a.residual2[r_c.clone()], &p[o.ln2_w..o.ln2_w + c], bias(o.ln2_b, c), c);
-            matmul_forward(&mut a.fch[r_4c.clone()], &a.ln2[r_c.clone()], &p[o.fc_w..o.fc_w + 4 * c * c], Layout::InOut, bias(o.fc_b, 4 * c), c, 4 * c);
+            layernorm_forward(
+                &mut a.ln2[r_c.clone()],
+                &mut a.ln2_mean[r_row.clone()],
+                &mut a.ln2_rstd[r_row.clone()],
+                &a.residual2[r_c.clone()],
+                &p[o.ln2_w..o.ln2_w + c],
+                bias(o.ln2_b, c),
+                c,
+            );
+            matmul_forward(
+                &mut a.fch[r_4c.clone()],
+                &a.ln2[r_c.clone()],
+                &p[o.fc_w..o.fc_w + 4 * c * c],
+                Layout::InOut,
+                bias(o.fc_b, 4 * c),
+                c,
+                4 * c,
+            );
             gelu_forward(&mut a.fch_gelu[r_4c.clone()], &a.fch[r_4c.clone()]);
-            matmul_forward(&mut a.proj, &a.fch_gelu[r_4c.clone()], &p[o.fcproj_w..o.fcproj_w + 4 * c * c], Layout::InOut, bias(o.fcproj_b, c), 4 * c, c);
+            matmul_forward(
+                &mut a.proj,
+                &a.fch_gelu[r_4c.clone()],
+                &p[o.fcproj_w..o.fcproj_w + 4 * c * c],
+                Layout::InOut,
+                bias(o.fcproj_b, c),
+                4 * c,
+                c,
+            );
             if let Some(seed) = drop {
-                dropout_inplace(&mut a.proj, dropout_key(seed, l, SITE_MLP_RESID), cfg.dropout);
+                dropout_inplace(
+                    &mut a.proj,
+                    dropout_key(seed, l, SITE_MLP_RESID),
+                    cfg.dropout,
+                );
             }
             let (before, after) = a.residual3.split_at_mut(l * bt * c);
             let _ = before;
             residual_forward(&mut after[..bt * c], &a.residual2[r_c], &a.proj);
         }
         let last = &a.residual3[(cfg.n_layer - 1) * bt * c..cfg.n_layer * bt * c];
-        layernorm_forward(&mut a.lnf, &mut a.lnf_mean, &mut a.lnf_rstd, last, &p[tb.lnf_w..tb.lnf_w + c], bias(tb.lnf_b, c), c);
-        matmul_forward(&mut a.logits, &a.lnf, &p[tb.wte..tb.wte + vp * c], Layout::OutIn, None, c, vp);
-        Ok(targets.map(|tg| crossentropy_forward(&mut a.row_loss, &mut a.row_lse, &a.logits, tg, v, vp)))
+        layernorm_forward(
+            &mut a.lnf,
+            &mut a.lnf_mean,
+            &mut a.lnf_rstd,
+            last,
+            &p[tb.lnf_w..tb.lnf_w + c],
+            bias(tb.lnf_b, c),
+            c,
+        );
+        matmul_forward(
+            &mut a.logits,
+            &a.lnf,
+            &p[tb.wte..tb.wte + vp * c],
+            Layout::OutIn,
+            None,
+            c,
+            vp,
+        );
+        Ok(targets
+            .map(|tg| crossentropy_forward(&mut a.row_loss, &mut a.row_lse, &a.logits, tg, v, vp)))
     }
 
     /// Backward pass of the last forward (which must have had targets). Parameter gradients are
@@ -265,7 +375,13 @@ impl Gpt {
     /// 1/gradient_accumulation_steps. The logits are consumed.
     pub fn backward(&mut self, grad_scale: f32) -> Result<()> {
         let cfg = self.config.clone();
-        let (c, nh, vp, v, nl) = (cfg.n_embd, cfg.n_head, cfg.padded_vocab_size(), cfg.vocab_size, cfg.n_layer);
+        let (c, nh, vp, v, nl) = (
+            cfg.n_embd,
+            cfg.n_head,
+            cfg.padded_vocab_size(),
+            cfg.vocab_size,
+            cfg.n_layer,
+        );
         let Some(a) = self.acts.as_mut() else {
             bail!("backward() called before forward()");
         };
@@ -277,7 +393,9 @@ impl Gpt {
         }
         let (b, t) = (a.b, a.t);
         let bt = b * t;
-        let g = self.act_grads.get_or_insert_with(|| ActGrads::new(&cfg, bt));
+        let g = self
+            .act_grads
+            .get_or_insert_with(|| ActGrads::new(&cfg, bt));
         let p = &self.params;
         let tb = &self.table;
         let grads = &mut self.grads;
@@ -285,74 +403,197 @@ impl Gpt {
             Mode::Train { seed } if cfg.dropout > 0.0 => Some(seed),
             _ => None,
         };
-        let dims = AttnDims { batch: b, n_head: nh, head_size: c / nh };
+        let dims = AttnDims {
+            batch: b,
+            n_head: nh,
+            head_size: c / nh,
+        };
 
         let valid = count_valid(&a.targets);
-        let scale = if valid == 0 { 0.0 } else { grad_scale / valid as f32 };
+        let scale = if valid == 0 {
+            0.0
+        } else {
+            grad_scale / valid as f32
+        };
         crossentropy_backward_inplace(&mut a.logits, &a.row_lse, &a.targets, v, vp, scale);
         {
             let (dwte, _) = split_grad(grads, tb.wte, vp * c, None);
-            matmul_backward(&mut g.dln, dwte, None, &a.logits, &a.lnf, &p[tb.wte..tb.wte + vp * c], Layout::OutIn, c, vp);
+            matmul_backward(
+                &mut g.dln,
+                dwte,
+                None,
+                &a.logits,
+                &a.lnf,
+                &p[tb.wte..tb.wte + vp * c],
+                Layout::OutIn,
+                c,
+                vp,
+            );
         }
         g.dresidual.fill(0.0);
         {
             let last = &a.residual3[(nl - 1) * bt * c..nl * bt * c];
             let (dw, db) = split_grad(grads, tb.lnf_w, c, cfg.bias.then_some(tb.lnf_b));
-            layernorm_backward(&mut g.dresidual, dw, db, &g.dln, last, &p[tb.lnf_w..tb.lnf_w + c], &a.lnf_mean, &a.lnf_rstd, c);
+            layernorm_backward(
+                &mut g.dresidual,
+                dw,
+                db,
+                &g.dln,
+                last,
+                &p[tb.lnf_w..tb.lnf_w + c],
+                &a.lnf_mean,
+                &a.lnf_rstd,
+                c,
+            );
         }
         for (l, o) in tb.layers.iter().enumerate().rev() {
-            let (r_c, r_3c, r_4c) = (l * bt * c..(l + 1) * bt * c, l * bt * 3 * c..(l + 1) * bt * 3 * c, l * bt * 4 * c..(l + 1) * bt * 4 * c);
+            let (r_c, r_3c, r_4c) = (
+                l * bt * c..(l + 1) * bt * c,
+                l * bt * 3 * c..(l + 1) * bt * 3 * c,
+                l * bt * 4 * c..(l + 1) * bt * 4 * c,
+            );
             let r_row = l * bt..(l + 1) * bt;
-            let residual: &[f32] = if l == 0 { &a.encoded } else { &a.residual3[(l - 1) * bt * c..l * bt * c] };
+            let residual: &[f32] = if l == 0 {
+                &a.encoded
+            } else {
+                &a.residual3[(l - 1) * bt * c..l * bt * c]
+            };
 
             // MLP branch: residual3 = residual2 + drop(gelu(fch) @ W_proj + b)
             let dproj_mlp: &[f32] = match drop {
                 Some(seed) => {
                     g.dproj.copy_from_slice(&g.dresidual);
-                    dropout_inplace(&mut g.dproj, dropout_key(seed, l, SITE_MLP_RESID), cfg.dropout);
+                    dropout_inplace(
+                        &mut g.dproj,
+                        dropout_key(seed, l, SITE_MLP_RESID),
+                        cfg.dropout,
+                    );
                     &g.dproj
                 }
                 None => &g.dresidual,
             };
             {
-                let (dw, db) = split_grad(grads, o.fcproj_w, 4 * c * c, cfg.bias.then_some(o.fcproj_b));
-                matmul_backward(&mut g.dfch, dw, db, dproj_mlp, &a.fch_gelu[r_4c.clone()], &p[o.fcproj_w..o.fcproj_w + 4 * c * c], Layout::InOut, 4 * c, c);
+                let (dw, db) =
+                    split_grad(grads, o.fcproj_w, 4 * c * c, cfg.bias.then_some(o.fcproj_b));
+                matmul_backward(
+                    &mut g.dfch,
+                    dw,
+                    db,
+                    dproj_mlp,
+                    &a.fch_gelu[r_4c.clone()],
+                    &p[o.fcproj_w..o.fcproj_w + 4 * c * c],
+                    Layout::InOut,
+                    4 * c,
+                    c,
+                );
             }
             gelu_backward_inplace(&mut g.dfch, &a.fch[r_4c.clone()]);
             {
                 let (dw, db) = split_grad(grads, o.fc_w, 4 * c * c, cfg.bias.then_some(o.fc_b));
-                matmul_backward(&mut g.dln, dw, db, &g.dfch, &a.ln2[r_c.clone()], &p[o.fc_w..o.fc_w + 4 * c * c], Layout::InOut, c, 4 * c);
+                matmul_backward(
+                    &mut g.dln,
+                    dw,
+                    db,
+                    &g.dfch,
+                    &a.ln2[r_c.clone()],
+                    &p[o.fc_w..o.fc_w + 4 * c * c],
+                    Layout::InOut,
+                    c,
+                    4 * c,
+                );
             }
             {
                 let (dw, db) = split_grad(grads, o.ln2_w, c, cfg.bias.then_some(o.ln2_b));
-                layernorm_backward(&mut g.dresidual, dw, db, &g.dln, &a.residual2[r_c.clone()], &p[o.ln2_w..o.ln2_w + c], &a.ln2_mean[r_row.clone()], &a.ln2_rstd[r_row.clone()], c);
+                layernorm_backward(
+                    &mut g.dresidual,
+                    dw,
+                    db,
+                    &g.dln,
+                    &a.residual2[r_c.clone()],
+                    &p[o.ln2_w..o.ln2_w + c],
+                    &a.ln2_mean[r_row.clone()],
+                    &a.ln2_rstd[r_row.clone()],
+                    c,
+                );
             }
             // Attention branch: residual2 = residual + drop(attn(ln1) @ W_proj + b)
             let dproj_attn: &[f32] = match drop {
                 Some(seed) => {
                     g.dproj.copy_from_slice(&g.dresidual);
-                    dropout_inplace(&mut g.dproj, dropout_key(seed, l, SITE_ATTN_RESID), cfg.dropout);
+                    dropout_inplace(
+                        &mut g.dproj,
+                        dropout_key(seed, l, SITE_ATTN_RESID),
+                        cfg.dropout,
+                    );
                     &g.dproj
                 }
                 None => &g.dresidual,
             };
             {
-                let (dw, db) = split_grad(grads, o.attproj_w, c * c, cfg.bias.then_some(o.attproj_b));
-                matmul_backward(&mut g.datty, dw, db, dproj_attn, &a.atty[r_c.clone()], &p[o.attproj_w..o.attproj_w + c * c], Layout::InOut, c, c);
+                let (dw, db) =
+                    split_grad(grads, o.attproj_w, c * c, cfg.bias.then_some(o.attproj_b));
+                matmul_backward(
+                    &mut g.datty,
+                    dw,
+                    db,
+                    dproj_attn,
+                    &a.atty[r_c.clone()],
+                    &p[o.attproj_w..o.attproj_w + c * c],
+                    Layout::InOut,
+                    c,
+                    c,
+                );
             }
-            let att_drop = drop.map(|seed| AttnDropout { key: dropout_key(seed, l, SITE_ATTN), p: cfg.dropout, max_t: t });
-            attention_backward(&mut g.dqkv, &g.datty, &a.qkv[r_3c.clone()], &a.atty[r_c.clone()], &a.att_lse[l * b * nh * t..(l + 1) * b * nh * t], dims, t, att_drop);
+            let att_drop = drop.map(|seed| AttnDropout {
+                key: dropout_key(seed, l, SITE_ATTN),
+                p: cfg.dropout,
+                max_t: t,
+            });
+            attention_backward(
+                &mut g.dqkv,
+                &g.datty,
+                &a.qkv[r_3c.clone()],
+                &a.atty[r_c.clone()],
+                &a.att_lse[l * b * nh * t..(l + 1) * b * nh * t],
+                dims,
+                t,
+                att_drop,
+            );
             {
                 let (dw, db) = split_grad(grads, o.qkv_w, 3 * c * c, cfg.bias.then_some(o.qkv_b));
-                matmul_backward(&mut g.dln, dw, db, &g.dqkv, &a.ln1[r_c.clone()], &p[o.qkv_w..o.qkv_w + 3 * c * c], Layout::InOut, c, 3 * c);
+                matmul_backward(
+                    &mut g.dln,
+                    dw,
+                    db,
+                    &g.dqkv,
+                    &a.ln1[r_c.clone()],
+                    &p[o.qkv_w..o.qkv_w + 3 * c * c],
+                    Layout::InOut,
+                    c,
+                    3 * c,
+                );
             }
             {
                 let (dw, db) = split_grad(grads, o.ln1_w, c, cfg.bias.then_some(o.ln1_b));
-                layernorm_backward(&mut g.dresidual, dw, db, &g.dln, residual, &p[o.ln1_w..o.ln1_w + c], &a.ln1_mean[r_row.clone()], &a.ln1_rstd[r_row], c);
+                layernorm_backward(
+                    &mut g.dresidual,
+                    dw,
+                    db,
+                    &g.dln,
+                    residual,
+                    &p[o.ln1_w..o.ln1_w + c],
+                    &a.ln1_mean[r_row.clone()],
+                    &a.ln1_rstd[r_row],
+                    c,
+                );
             }
         }
         if let Some(seed) = drop {
-            dropout_inplace(&mut g.dresidual, dropout_key(seed, 0, SITE_EMBED), cfg.dropout);
+            dropout_inplace(
+                &mut g.dresidual,
+                dropout_key(seed, 0, SITE_EMBED),
+                cfg.dropout,
+            );
         }
         let (dwte, dwpe) = grads.split_at_mut(tb.wpe);
         encoder_backward(&mut dwte[tb.wte..], dwpe, &g.dresidual, &a.tokens, t, c);
@@ -363,7 +604,12 @@ impl Gpt {
 
 /// Disjoint mutable views of a weight's gradient and (optionally) its bias's gradient, which
 /// comes later in the buffer.
-fn split_grad(grads: &mut [f32], w: usize, w_len: usize, bias: Option<usize>) -> (&mut [f32], Option<&mut [f32]>) {
+fn split_grad(
+    grads: &mut [f32],
+    w: usize,
+    w_len: usize,
+    bias: Option<usize>,
+) -> (&mut [f32], Option<&mut [f32]>) {
     let (head, tail) = grads.split_at_mut(w + w_len);
     let dw = &mut head[w..];
     match bias {

@@ -12,10 +12,14 @@ use std::path::Path;
 /// The parts of a Hugging Face GPT-2 `config.json` that shape the model.
 pub fn read_hf_config(dir: &Path) -> Result<GptConfig> {
     let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read {}: is this a GPT-2 model directory?", path.display()))?;
-    let json: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "cannot read {}: is this a GPT-2 model directory?",
+            path.display()
+        )
+    })?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", path.display()))?;
     let get = |key: &str| -> Result<usize> {
         json.get(key)
             .and_then(|v| v.as_u64())
@@ -24,7 +28,10 @@ pub fn read_hf_config(dir: &Path) -> Result<GptConfig> {
     };
     if let Some(act) = json.get("activation_function").and_then(|v| v.as_str()) {
         if act != "gelu_new" {
-            bail!("{}: activation_function \"{act}\" is not supported (only GPT-2's gelu_new)", path.display());
+            bail!(
+                "{}: activation_function \"{act}\" is not supported (only GPT-2's gelu_new)",
+                path.display()
+            );
         }
     }
     let cfg = GptConfig {
@@ -37,7 +44,8 @@ pub fn read_hf_config(dir: &Path) -> Result<GptConfig> {
         bias: true,
         dropout: 0.0,
     };
-    cfg.validate().with_context(|| format!("{}: bad model shape", path.display()))?;
+    cfg.validate()
+        .with_context(|| format!("{}: bad model shape", path.display()))?;
     Ok(cfg)
 }
 
@@ -46,8 +54,12 @@ pub fn load_hf_dir(dir: &Path) -> Result<Gpt> {
     let cfg = read_hf_config(dir)?;
     let path = dir.join("model.safetensors");
     let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let st = SafeTensors::deserialize(&bytes)
-        .with_context(|| format!("{} is not a valid safetensors file (truncated?)", path.display()))?;
+    let st = SafeTensors::deserialize(&bytes).with_context(|| {
+        format!(
+            "{} is not a valid safetensors file (truncated?)",
+            path.display()
+        )
+    })?;
     let table = ParamTable::new(&cfg);
     let mut params = vec![0.0f32; table.total];
     for e in &table.entries {
@@ -57,7 +69,12 @@ pub fn load_hf_dir(dir: &Path) -> Result<Gpt> {
             .or_else(|_| st.tensor(&e.name))
             .with_context(|| format!("{}: tensor \"{}\" is missing", path.display(), e.name))?;
         if view.dtype() != Dtype::F32 {
-            bail!("{}: tensor \"{}\" is {:?}; only F32 is supported", path.display(), e.name, view.dtype());
+            bail!(
+                "{}: tensor \"{}\" is {:?}; only F32 is supported",
+                path.display(),
+                e.name,
+                view.dtype()
+            );
         }
         // wte is stored with the real vocab; our table may have padding rows (left at zero).
         let mut expect = e.shape.clone();
@@ -65,7 +82,13 @@ pub fn load_hf_dir(dir: &Path) -> Result<Gpt> {
             expect[0] = cfg.vocab_size;
         }
         if view.shape() != expect.as_slice() {
-            bail!("{}: tensor \"{}\" has shape {:?}, expected {:?}", path.display(), e.name, view.shape(), expect);
+            bail!(
+                "{}: tensor \"{}\" has shape {:?}, expected {:?}",
+                path.display(),
+                e.name,
+                view.shape(),
+                expect
+            );
         }
         let dst = &mut params[e.offset..e.offset + expect.iter().product::<usize>()];
         for (d, b) in dst.iter_mut().zip(view.data().chunks_exact(4)) {
@@ -91,14 +114,18 @@ pub fn save_hf_dir(model: &Gpt, dir: &Path) -> Result<()> {
         }
         let n: usize = shape.iter().product();
         let data = f32_le_bytes(&model.params[e.offset..e.offset + n]);
-        tensors.push((format!("transformer.{}", e.name), safetensors::tensor::TensorView::new(Dtype::F32, shape, data)?));
+        tensors.push((
+            format!("transformer.{}", e.name),
+            safetensors::tensor::TensorView::new(Dtype::F32, shape, data)?,
+        ));
     }
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     let st_path = dir.join("model.safetensors");
     let tmp = dir.join("model.safetensors.tmp");
     safetensors::serialize_to_file(tensors, Some(metadata), &tmp)
         .with_context(|| format!("cannot write {} (disk full?)", tmp.display()))?;
-    std::fs::rename(&tmp, &st_path).with_context(|| format!("cannot rename {} to {}", tmp.display(), st_path.display()))?;
+    std::fs::rename(&tmp, &st_path)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), st_path.display()))?;
     write_atomic(&dir.join("config.json"), hf_config_json(cfg).as_bytes())
 }
 
@@ -135,8 +162,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {} (disk full?)", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+    std::fs::write(&tmp, bytes)
+        .with_context(|| format!("cannot write {} (disk full?)", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
 }
 
 /// The bytes of an f32 slice, little-endian (the only byte order safetensors uses).

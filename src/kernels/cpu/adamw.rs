@@ -32,7 +32,11 @@ pub fn adamw_update(
     let bc2 = 1.0 - (opt.beta2 as f64).powi(t as i32);
     let step_size = (opt.lr as f64 / bc1) as f32;
     let bc2_sqrt = bc2.sqrt() as f32;
-    let shrink = if decay { 1.0 - opt.lr * opt.weight_decay } else { 1.0 };
+    let shrink = if decay {
+        1.0 - opt.lr * opt.weight_decay
+    } else {
+        1.0
+    };
     let (b1, b2, eps) = (opt.beta1, opt.beta2, opt.eps);
     params
         .par_chunks_mut(CHUNK)
@@ -69,6 +73,8 @@ pub fn norm_partials_len(n: usize) -> usize {
 pub fn clip_grads(grads: &mut [f32], norm: f32, max_norm: f32) {
     let coef = max_norm / (norm + 1e-6);
     if coef < 1.0 {
-        grads.par_chunks_mut(CHUNK).for_each(|g| g.iter_mut().for_each(|x| *x *= coef));
+        grads
+            .par_chunks_mut(CHUNK)
+            .for_each(|g| g.iter_mut().for_each(|x| *x *= coef));
     }
 }

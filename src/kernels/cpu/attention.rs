@@ -111,8 +111,16 @@ unsafe fn attend_head(
                 s.as_mut_ptr(),
                 n_keys,
                 false,
-                View { ptr: q.add(i0 * q_rs), rs: q_rs as isize, cs: 1 },
-                View { ptr: k, rs: 1, cs: kv_rs as isize },
+                View {
+                    ptr: q.add(i0 * q_rs),
+                    rs: q_rs as isize,
+                    cs: 1,
+                },
+                View {
+                    ptr: k,
+                    rs: 1,
+                    cs: kv_rs as isize,
+                },
                 scale,
                 false,
             );
@@ -126,7 +134,11 @@ unsafe fn attend_head(
                 if let Some((d, bh)) = dropout {
                     let inv_keep = 1.0 / (1.0 - d.p);
                     for (j, p) in row[..=pos].iter_mut().enumerate() {
-                        *p = if keep(d.key, d.index(bh, pos, j), d.p) { *p * inv_keep } else { 0.0 };
+                        *p = if keep(d.key, d.index(bh, pos, j), d.p) {
+                            *p * inv_keep
+                        } else {
+                            0.0
+                        };
                     }
                 }
             }
@@ -137,8 +149,16 @@ unsafe fn attend_head(
                 out.add(i0 * out_rs),
                 out_rs,
                 false,
-                View { ptr: s.as_ptr(), rs: n_keys as isize, cs: 1 },
-                View { ptr: v, rs: kv_rs as isize, cs: 1 },
+                View {
+                    ptr: s.as_ptr(),
+                    rs: n_keys as isize,
+                    cs: 1,
+                },
+                View {
+                    ptr: v,
+                    rs: kv_rs as isize,
+                    cs: 1,
+                },
                 1.0,
                 false,
             );
@@ -161,7 +181,6 @@ pub fn attention_forward(
     lse.par_chunks_mut(t).enumerate().for_each(|(bh, lse_bh)| {
         let (b, h) = (bh / nh, bh % nh);
         let base = b * t * 3 * c + h * hs;
-        let out_ptr = out_ptr;
         // SAFETY: (b, h) owns out[b, :, h*hs..(h+1)*hs]; qkv is read only.
         unsafe {
             attend_head(
@@ -170,7 +189,7 @@ pub fn attention_forward(
                 qkv.as_ptr().add(base + c),
                 qkv.as_ptr().add(base + 2 * c),
                 3 * c,
-                out_ptr.0.add(b * t * c + h * hs),
+                out_ptr.get().add(b * t * c + h * hs),
                 c,
                 t,
                 0,
@@ -201,7 +220,6 @@ pub fn attention_forward_cached(
     (0..dims.batch * nh).into_par_iter().for_each(|bh| {
         let (b, h) = (bh / nh, bh % nh);
         let kv = b * max_t * c + h * hs;
-        let out_ptr = out_ptr;
         // SAFETY: (b, h) owns its own columns of out; the rest is read only.
         unsafe {
             attend_head(
@@ -210,7 +228,7 @@ pub fn attention_forward_cached(
                 k_cache.as_ptr().add(kv),
                 v_cache.as_ptr().add(kv),
                 c,
-                out_ptr.0.add(b * n_new * c + h * hs),
+                out_ptr.get().add(b * n_new * c + h * hs),
                 c,
                 n_new,
                 pos,
@@ -245,10 +263,13 @@ pub fn attention_backward(
             unsafe { qkv.as_ptr().add(base + c) },
             unsafe { qkv.as_ptr().add(base + 2 * c) },
         );
-        let d_ptr = d_ptr;
         // SAFETY: (b, h) owns dqkv[b, :, {q,k,v} head h columns] and writes nothing else.
         unsafe {
-            let (dq, dk, dv) = (d_ptr.0.add(base), d_ptr.0.add(base + c), d_ptr.0.add(base + 2 * c));
+            let (dq, dk, dv) = (
+                d_ptr.get().add(base),
+                d_ptr.get().add(base + c),
+                d_ptr.get().add(base + 2 * c),
+            );
             for i in 0..t {
                 for d in [dq, dk, dv] {
                     std::ptr::write_bytes(d.add(i * 3 * c), 0, hs);
@@ -261,11 +282,33 @@ pub fn attention_backward(
                 let n_keys = i0 + rb;
                 with_scratch(2 * rb * n_keys, |scratch| {
                     let (p, dp) = scratch.split_at_mut(rb * n_keys);
-                    let q_blk = View { ptr: q.add(i0 * 3 * c), rs: (3 * c) as isize, cs: 1 };
-                    let do_blk = View { ptr: dout.as_ptr().add(b * t * c + i0 * c + h * hs), rs: c as isize, cs: 1 };
+                    let q_blk = View {
+                        ptr: q.add(i0 * 3 * c),
+                        rs: (3 * c) as isize,
+                        cs: 1,
+                    };
+                    let do_blk = View {
+                        ptr: dout.as_ptr().add(b * t * c + i0 * c + h * hs),
+                        rs: c as isize,
+                        cs: 1,
+                    };
                     // P = exp(S - lse), recomputed.
-                    gemm_into(rb, n_keys, hs, p.as_mut_ptr(), n_keys, false, q_blk,
-                        View { ptr: k, rs: 1, cs: (3 * c) as isize }, scale, false);
+                    gemm_into(
+                        rb,
+                        n_keys,
+                        hs,
+                        p.as_mut_ptr(),
+                        n_keys,
+                        false,
+                        q_blk,
+                        View {
+                            ptr: k,
+                            rs: 1,
+                            cs: (3 * c) as isize,
+                        },
+                        scale,
+                        false,
+                    );
                     for r in 0..rb {
                         let i = i0 + r;
                         let row = &mut p[r * n_keys..(r + 1) * n_keys];
@@ -283,29 +326,68 @@ pub fn attention_backward(
                                 let i = i0 + r;
                                 for j in 0..n_keys {
                                     let x = p[r * n_keys + j];
-                                    dp[r * n_keys + j] = if keep(d.key, d.index(bh, i, j), d.p) { x * inv_keep } else { 0.0 };
+                                    dp[r * n_keys + j] = if keep(d.key, d.index(bh, i, j), d.p) {
+                                        x * inv_keep
+                                    } else {
+                                        0.0
+                                    };
                                 }
                             }
                             dp
                         }
                         None => p,
                     };
-                    gemm_into(n_keys, hs, rb, dv, 3 * c, true,
-                        View { ptr: pz.as_ptr(), rs: 1, cs: n_keys as isize }, do_blk, 1.0, false);
+                    gemm_into(
+                        n_keys,
+                        hs,
+                        rb,
+                        dv,
+                        3 * c,
+                        true,
+                        View {
+                            ptr: pz.as_ptr(),
+                            rs: 1,
+                            cs: n_keys as isize,
+                        },
+                        do_blk,
+                        1.0,
+                        false,
+                    );
                     // dP = (dO V^T) * Z
-                    gemm_into(rb, n_keys, hs, dp.as_mut_ptr(), n_keys, false, do_blk,
-                        View { ptr: v, rs: 1, cs: (3 * c) as isize }, 1.0, false);
+                    gemm_into(
+                        rb,
+                        n_keys,
+                        hs,
+                        dp.as_mut_ptr(),
+                        n_keys,
+                        false,
+                        do_blk,
+                        View {
+                            ptr: v,
+                            rs: 1,
+                            cs: (3 * c) as isize,
+                        },
+                        1.0,
+                        false,
+                    );
                     for r in 0..rb {
                         let i = i0 + r;
                         let o_i = &out[b * t * c + i * c + h * hs..][..hs];
                         let do_i = std::slice::from_raw_parts(do_blk.ptr.add(r * c), hs);
                         let d_i = dot(do_i, o_i);
-                        let (prow, dprow) = (&mut p[r * n_keys..(r + 1) * n_keys], &dp[r * n_keys..(r + 1) * n_keys]);
+                        let (prow, dprow) = (
+                            &mut p[r * n_keys..(r + 1) * n_keys],
+                            &dp[r * n_keys..(r + 1) * n_keys],
+                        );
                         match dropout {
                             Some(d) => {
                                 let inv_keep = 1.0 / (1.0 - d.p);
                                 for j in 0..=i {
-                                    let z = if keep(d.key, d.index(bh, i, j), d.p) { inv_keep } else { 0.0 };
+                                    let z = if keep(d.key, d.index(bh, i, j), d.p) {
+                                        inv_keep
+                                    } else {
+                                        0.0
+                                    };
                                     prow[j] *= (dprow[j] * z - d_i) * scale;
                                 }
                             }
@@ -317,11 +399,42 @@ pub fn attention_backward(
                         }
                     }
                     // p now holds dS (already scaled). dQ = dS K, dK += dS^T Q.
-                    gemm_into(rb, hs, n_keys, dq.add(i0 * 3 * c), 3 * c, false,
-                        View { ptr: p.as_ptr(), rs: n_keys as isize, cs: 1 },
-                        View { ptr: k, rs: (3 * c) as isize, cs: 1 }, 1.0, false);
-                    gemm_into(n_keys, hs, rb, dk, 3 * c, true,
-                        View { ptr: p.as_ptr(), rs: 1, cs: n_keys as isize }, q_blk, 1.0, false);
+                    gemm_into(
+                        rb,
+                        hs,
+                        n_keys,
+                        dq.add(i0 * 3 * c),
+                        3 * c,
+                        false,
+                        View {
+                            ptr: p.as_ptr(),
+                            rs: n_keys as isize,
+                            cs: 1,
+                        },
+                        View {
+                            ptr: k,
+                            rs: (3 * c) as isize,
+                            cs: 1,
+                        },
+                        1.0,
+                        false,
+                    );
+                    gemm_into(
+                        n_keys,
+                        hs,
+                        rb,
+                        dk,
+                        3 * c,
+                        true,
+                        View {
+                            ptr: p.as_ptr(),
+                            rs: 1,
+                            cs: n_keys as isize,
+                        },
+                        q_blk,
+                        1.0,
+                        false,
+                    );
                 });
                 i0 += rb;
             }

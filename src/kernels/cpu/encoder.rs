@@ -3,7 +3,14 @@
 use super::math::SharedMut;
 use rayon::prelude::*;
 
-pub fn encoder_forward(out: &mut [f32], tokens: &[u32], wte: &[f32], wpe: &[f32], t: usize, c: usize) {
+pub fn encoder_forward(
+    out: &mut [f32],
+    tokens: &[u32],
+    wte: &[f32],
+    wpe: &[f32],
+    t: usize,
+    c: usize,
+) {
     out.par_chunks_mut(c)
         .zip(tokens.par_iter())
         .enumerate()
@@ -20,19 +27,25 @@ pub fn encoder_forward(out: &mut [f32], tokens: &[u32], wte: &[f32], wpe: &[f32]
 /// dwte[x[b,t]] += dout[b,t]; dwpe[t] += dout[b,t]. Tokens repeat, so rows cannot be split among
 /// tasks; columns are: each task owns a block of columns and walks all rows in order, which keeps
 /// the sums deterministic.
-pub fn encoder_backward(dwte: &mut [f32], dwpe: &mut [f32], dout: &[f32], tokens: &[u32], t: usize, c: usize) {
+pub fn encoder_backward(
+    dwte: &mut [f32],
+    dwpe: &mut [f32],
+    dout: &[f32],
+    tokens: &[u32],
+    t: usize,
+    c: usize,
+) {
     const BLOCK: usize = 32;
     let (wte_ptr, wpe_ptr) = (SharedMut(dwte.as_mut_ptr()), SharedMut(dwpe.as_mut_ptr()));
     (0..c.div_ceil(BLOCK)).into_par_iter().for_each(|blk| {
         let (c0, c1) = (blk * BLOCK, ((blk + 1) * BLOCK).min(c));
-        let (wte_ptr, wpe_ptr) = (wte_ptr, wpe_ptr);
         for (row, &tok) in tokens.iter().enumerate() {
             let pos = row % t;
             let d = &dout[row * c + c0..row * c + c1];
             // SAFETY: this task alone writes columns [c0, c1) of every row.
             unsafe {
-                let e = wte_ptr.0.add(tok as usize * c + c0);
-                let p = wpe_ptr.0.add(pos * c + c0);
+                let e = wte_ptr.get().add(tok as usize * c + c0);
+                let p = wpe_ptr.get().add(pos * c + c0);
                 for (i, &g) in d.iter().enumerate() {
                     *e.add(i) += g;
                     *p.add(i) += g;

@@ -81,9 +81,8 @@ pub fn layernorm_backward(
     let dw_ptr = SharedMut(dw.as_mut_ptr());
     (0..c.div_ceil(BLOCK)).into_par_iter().for_each(|blk| {
         let (c0, c1) = (blk * BLOCK, ((blk + 1) * BLOCK).min(c));
-        let dw_ptr = dw_ptr;
         // SAFETY: each block writes only columns [c0, c1).
-        let dw = unsafe { std::slice::from_raw_parts_mut(dw_ptr.0.add(c0), c1 - c0) };
+        let dw = unsafe { std::slice::from_raw_parts_mut(dw_ptr.get().add(c0), c1 - c0) };
         for r in 0..rows {
             let (m, s) = (mean[r], rstd[r]);
             let x = &inp[r * c + c0..r * c + c1];

@@ -210,9 +210,8 @@ pub fn column_sums_into(acc: &mut [f32], m: &[f32], rows: usize, n: usize) {
     let acc_ptr = SharedMut(acc.as_mut_ptr());
     (0..n.div_ceil(BLOCK)).into_par_iter().for_each(|blk| {
         let (c0, c1) = (blk * BLOCK, ((blk + 1) * BLOCK).min(n));
-        let acc_ptr = acc_ptr;
         // SAFETY: each block writes only its own columns [c0, c1) of acc.
-        let a = unsafe { std::slice::from_raw_parts_mut(acc_ptr.0.add(c0), c1 - c0) };
+        let a = unsafe { std::slice::from_raw_parts_mut(acc_ptr.get().add(c0), c1 - c0) };
         for r in 0..rows {
             let row = &m[r * n + c0..r * n + c1];
             for (x, y) in a.iter_mut().zip(row) {

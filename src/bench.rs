@@ -1,0 +1,94 @@
+//! `nanogpt bench`: nanoGPT's bench.py. Times forward + backward + AdamW update on random data.
+
+use crate::config::GptConfig;
+use crate::kernels::cpu::adamw::AdamW;
+use crate::model::{Gpt, Mode};
+use crate::optim::Optimizer;
+use crate::perf::{measure_cpu_peak_tflops, mfu, peak_rss_mib};
+use crate::rng::Rng;
+use anyhow::Result;
+use std::time::Instant;
+
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    pub config: GptConfig,
+    pub batch_size: usize,
+    pub warmup: usize,
+    pub iters: usize,
+    pub seed: u64,
+    /// Overrides the measured matmul peak.
+    pub peak_tflops: Option<f64>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BenchReport {
+    pub ms_per_iter: f64,
+    pub ms_per_iter_min: f64,
+    pub tokens_per_s: f64,
+    pub mfu: f64,
+    pub peak_tflops: f64,
+    pub peak_source: &'static str,
+    pub threads: usize,
+    pub params: usize,
+    pub loss: f32,
+    pub peak_rss_mib: Option<f64>,
+    pub batch_size: usize,
+    pub config: GptConfig,
+}
+
+pub fn run_train_bench(opts: &BenchOptions) -> Result<BenchReport> {
+    let cfg = &opts.config;
+    cfg.validate()?;
+    let (b, t) = (opts.batch_size, cfg.block_size);
+    let mut model = Gpt::new(cfg.clone(), opts.seed)?;
+    let hyper = AdamW {
+        lr: 6e-4,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+    };
+    let mut opt = Optimizer::new(&model, hyper);
+    let mut rng = Rng::new(opts.seed ^ 0x5EED);
+    let v = cfg.vocab_size as u64;
+    let x: Vec<u32> = (0..b * t).map(|_| rng.below(v) as u32).collect();
+    let y: Vec<i32> = (0..b * t).map(|_| rng.below(v) as i32).collect();
+    let (peak_tflops, peak_source) = match opts.peak_tflops {
+        Some(p) => (p, "--peak_tflops"),
+        None => (
+            measure_cpu_peak_tflops(),
+            "measured f32 matmul peak of this CPU",
+        ),
+    };
+    let mut times = Vec::with_capacity(opts.iters);
+    let mut loss = f32::NAN;
+    for i in 0..opts.warmup + opts.iters {
+        let t0 = Instant::now();
+        model.zero_grad();
+        loss = model
+            .forward(&x, Some(&y), b, t, Mode::Train { seed: i as u64 })?
+            .unwrap_or(f32::NAN);
+        model.backward(1.0)?;
+        opt.step(&mut model, 6e-4, 1.0);
+        if i >= opts.warmup {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let flops = cfg.flops_per_token(t) * (b * t) as f64;
+    Ok(BenchReport {
+        ms_per_iter: median * 1e3,
+        ms_per_iter_min: times[0] * 1e3,
+        tokens_per_s: (b * t) as f64 / median,
+        mfu: mfu(flops, median, peak_tflops),
+        peak_tflops,
+        peak_source,
+        threads: rayon::current_num_threads(),
+        params: cfg.num_params(),
+        loss,
+        peak_rss_mib: peak_rss_mib(),
+        batch_size: b,
+        config: cfg.clone(),
+    })
+}

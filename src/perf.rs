@@ -1,0 +1,65 @@
+//! Speed accounting: the device's f32 matmul peak (measured, not assumed) and MFU.
+
+use crate::kernels::cpu::matmul::{gemm_into, View};
+use std::time::Instant;
+
+/// Measures this CPU's f32 matmul throughput in TFLOP/s with the thread pool in use, on the
+/// same `gemm` path the model uses: the best of several products of GPT-2's MLP shape
+/// (1024 x 768 @ 768 x 3072, and its transpose-shaped partner), about 0.2 s in all. Square
+/// power-of-two sizes are avoided: their strides alias in cache and understate the peak.
+pub fn measure_cpu_peak_tflops() -> f64 {
+    let (m, k, n) = (1024, 768, 3072);
+    let a: Vec<f32> = (0..m * n).map(|i| (i % 7) as f32 * 0.1).collect();
+    let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect();
+    let mut c = vec![0.0f32; m * n];
+    let mut best = f64::INFINITY;
+    // The first products pay for page faults and the thread pool waking up: run, then time.
+    for rep in 0..16 {
+        // Alternate (m,k)@(k,n) and (m,n)@(n,k): the two shapes of an MLP block.
+        let (kk, nn) = if rep % 2 == 0 { (k, n) } else { (n, k) };
+        let t0 = Instant::now();
+        // SAFETY: a holds m*kk, b holds kk*nn and c holds m*nn elements; all distinct.
+        unsafe {
+            gemm_into(
+                m,
+                nn,
+                kk,
+                c.as_mut_ptr(),
+                nn,
+                false,
+                View::rows(&a, kk),
+                View::rows(&b, nn),
+                1.0,
+                true,
+            );
+        }
+        best = best.min(t0.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(&c);
+    2.0 * (m * k * n) as f64 / best / 1e12
+}
+
+/// Model FLOPs utilisation: achieved FLOP/s over the peak.
+pub fn mfu(flops_per_iter: f64, seconds_per_iter: f64, peak_tflops: f64) -> f64 {
+    flops_per_iter / seconds_per_iter / (peak_tflops * 1e12)
+}
+
+/// Peak resident set size of this process in MiB (Linux; None elsewhere).
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// gemm allocates its packing buffers on every call, some of tens of MB. glibc would mmap and
+/// munmap each one (page faults plus TLB shootdowns on every matmul, ~5% of a training step);
+/// keeping large blocks in the heap lets the same memory be reused call after call.
+pub fn keep_large_allocations_in_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning knobs; called before any threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
