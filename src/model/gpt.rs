@@ -240,7 +240,7 @@ impl Gpt {
             head_size: c / nh,
         };
 
-        encoder_forward(&mut a.encoded, tokens, &p[tb.wte..], &p[tb.wpe..], t, c);
+        encoder_forward(&mut a.encoded, tokens, &p[tb.wte..], &p[tb.wpe..], t, 0, c);
         if let Some(seed) = drop {
             dropout_inplace(
                 &mut a.encoded,

@@ -1,6 +1,7 @@
 //! The GPT model: parameter table, forward/backward, weight I/O and KV-cache inference.
 
 pub mod gpt;
+pub mod inference;
 pub mod params;
 pub mod weights;
 

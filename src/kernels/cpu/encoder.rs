@@ -1,21 +1,24 @@
-//! Token + position embedding: out[b,t,:] = wte[x[b,t],:] + wpe[t,:].
+//! Token + position embedding: out[b,t,:] = wte[x[b,t],:] + wpe[pos0 + t,:].
 
 use super::math::SharedMut;
 use rayon::prelude::*;
 
+/// `tokens` holds rows of `t` tokens whose first position is `pos0` (0 in training; the cache
+/// length when generating).
 pub fn encoder_forward(
     out: &mut [f32],
     tokens: &[u32],
     wte: &[f32],
     wpe: &[f32],
     t: usize,
+    pos0: usize,
     c: usize,
 ) {
     out.par_chunks_mut(c)
         .zip(tokens.par_iter())
         .enumerate()
         .for_each(|(row, (o, &tok))| {
-            let pos = row % t;
+            let pos = pos0 + row % t;
             let e = &wte[tok as usize * c..(tok as usize + 1) * c];
             let p = &wpe[pos * c..(pos + 1) * c];
             for i in 0..c {

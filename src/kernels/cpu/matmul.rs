@@ -60,7 +60,37 @@ pub unsafe fn gemm_into(
     if m == 0 || n == 0 {
         return;
     }
-    let par = if parallel && rayon::current_num_threads() > 1 {
+    let threads = rayon::current_num_threads();
+    if parallel && threads > 1 && m < SMALL_M {
+        // gemm runs matrix-vector shapes on one thread; split the columns among tasks instead,
+        // so generation at batch 1 streams the weights with every core.
+        let block = n.div_ceil(threads * 4).next_multiple_of(16);
+        let (dst, lhs) = (SharedMut(dst), SharedConst(lhs.ptr, lhs.rs, lhs.cs));
+        let rhs = SharedConst(rhs.ptr, rhs.rs, rhs.cs);
+        (0..n.div_ceil(block)).into_par_iter().for_each(|blk| {
+            let (j0, j1) = (blk * block, ((blk + 1) * block).min(n));
+            let (l, r) = (lhs.view(), rhs.view());
+            let r = View {
+                ptr: r.ptr.offset(j0 as isize * r.cs),
+                ..r
+            };
+            // SAFETY: each task writes only columns [j0, j1) of dst.
+            gemm_into(
+                m,
+                j1 - j0,
+                k,
+                dst.get().add(j0),
+                dst_rs,
+                accumulate,
+                l,
+                r,
+                scale,
+                false,
+            );
+        });
+        return;
+    }
+    let par = if parallel && threads > 1 {
         Parallelism::Rayon(rayon::current_num_threads())
     } else {
         Parallelism::None
@@ -86,6 +116,26 @@ pub unsafe fn gemm_into(
         false,
         par,
     );
+}
+
+/// Below this many rows, `gemm_into` parallelises over column blocks itself.
+const SMALL_M: usize = 16;
+
+/// A view that parallel tasks may share (read only).
+#[derive(Clone, Copy)]
+struct SharedConst(*const f32, isize, isize);
+// SAFETY: only ever read.
+unsafe impl Send for SharedConst {}
+unsafe impl Sync for SharedConst {}
+
+impl SharedConst {
+    fn view(self) -> View {
+        View {
+            ptr: self.0,
+            rs: self.1,
+            cs: self.2,
+        }
+    }
 }
 
 /// How a weight matrix of a layer mapping `c` inputs to `oc` outputs is stored.

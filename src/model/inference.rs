@@ -1,0 +1,279 @@
+//! Forward-only inference with a KV cache: each new token costs O(context) attention plus one
+//! pass over the weights, not a recomputation of the whole sequence. No activations are saved.
+
+use super::gpt::Gpt;
+use crate::kernels::cpu::attention::{attention_forward_cached, AttnDims};
+use crate::kernels::cpu::encoder::encoder_forward;
+use crate::kernels::cpu::gelu::gelu_forward;
+use crate::kernels::cpu::layernorm::layernorm_forward;
+use crate::kernels::cpu::matmul::{matmul_forward, Layout};
+use crate::kernels::cpu::residual::residual_forward;
+use anyhow::{bail, Result};
+
+/// Keys and values of every layer for `batch` sequences of up to `max_t` tokens, plus the
+/// scratch buffers for a forward chunk (grown to the largest chunk seen, then reused).
+pub struct KvCache {
+    batch: usize,
+    max_t: usize,
+    /// Tokens already in the cache (the same for every sequence of the batch).
+    pub len: usize,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    chunk: usize,
+    x: Vec<f32>,
+    x2: Vec<f32>,
+    ln: Vec<f32>,
+    mean: Vec<f32>,
+    rstd: Vec<f32>,
+    qkv: Vec<f32>,
+    atty: Vec<f32>,
+    proj: Vec<f32>,
+    fch: Vec<f32>,
+    fch_gelu: Vec<f32>,
+    last: Vec<f32>,
+}
+
+impl KvCache {
+    pub fn new(model: &Gpt, batch: usize, max_t: usize) -> KvCache {
+        let cfg = &model.config;
+        let max_t = max_t.min(cfg.block_size);
+        let n = cfg.n_layer * batch * max_t * cfg.n_embd;
+        KvCache {
+            batch,
+            max_t,
+            len: 0,
+            k: vec![0.0; n],
+            v: vec![0.0; n],
+            chunk: 0,
+            x: Vec::new(),
+            x2: Vec::new(),
+            ln: Vec::new(),
+            mean: Vec::new(),
+            rstd: Vec::new(),
+            qkv: Vec::new(),
+            atty: Vec::new(),
+            proj: Vec::new(),
+            fch: Vec::new(),
+            fch_gelu: Vec::new(),
+            last: Vec::new(),
+        }
+    }
+
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.max_t
+    }
+
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    fn ensure_chunk(&mut self, n: usize, c: usize) {
+        if n <= self.chunk {
+            return;
+        }
+        let rows = self.batch * n;
+        self.chunk = n;
+        for (buf, width) in [
+            (&mut self.x, c),
+            (&mut self.x2, c),
+            (&mut self.ln, c),
+            (&mut self.qkv, 3 * c),
+            (&mut self.atty, c),
+            (&mut self.proj, c),
+            (&mut self.fch, 4 * c),
+            (&mut self.fch_gelu, 4 * c),
+        ] {
+            buf.resize(rows * width, 0.0);
+        }
+        self.mean.resize(rows, 0.0);
+        self.rstd.resize(rows, 0.0);
+        self.last.resize(self.batch * c, 0.0);
+    }
+}
+
+impl Gpt {
+    /// Appends `n` tokens per sequence (`tokens` is B x n, row-major) to the cache and writes the
+    /// logits of each sequence's last new token to `logits` (B x padded vocab; only the first
+    /// `vocab_size` columns of a row are meaningful).
+    pub fn forward_cached(
+        &self,
+        cache: &mut KvCache,
+        tokens: &[u32],
+        n: usize,
+        logits: &mut [f32],
+    ) -> Result<()> {
+        let cfg = &self.config;
+        let (b, c, nh, vp) = (cache.batch, cfg.n_embd, cfg.n_head, cfg.padded_vocab_size());
+        if n == 0 || tokens.len() != b * n {
+            bail!(
+                "expected {} tokens ({b} sequences x {n}), got {}",
+                b * n,
+                tokens.len()
+            );
+        }
+        if cache.len + n > cache.max_t {
+            bail!(
+                "the KV cache holds {} tokens; {} + {n} do not fit (crop the context first)",
+                cache.max_t,
+                cache.len
+            );
+        }
+        if let Some(&bad) = tokens.iter().find(|&&x| x as usize >= cfg.vocab_size) {
+            bail!(
+                "token id {bad} is outside the vocabulary (vocab_size {})",
+                cfg.vocab_size
+            );
+        }
+        if logits.len() < b * vp {
+            bail!(
+                "logits buffer holds {} values, needs {}",
+                logits.len(),
+                b * vp
+            );
+        }
+        cache.ensure_chunk(n, c);
+        let (p, tb) = (&self.params, &self.table);
+        let bias = |off: usize, len: usize| cfg.bias.then(|| &p[off..off + len]);
+        let (pos, max_t, rows) = (cache.len, cache.max_t, b * n);
+        let dims = AttnDims {
+            batch: b,
+            n_head: nh,
+            head_size: c / nh,
+        };
+        let cache_stride = b * max_t * c;
+
+        encoder_forward(
+            &mut cache.x[..rows * c],
+            tokens,
+            &p[tb.wte..],
+            &p[tb.wpe..],
+            n,
+            pos,
+            c,
+        );
+        for (l, o) in tb.layers.iter().enumerate() {
+            let (x, ln) = (&cache.x[..rows * c], &mut cache.ln[..rows * c]);
+            layernorm_forward(
+                ln,
+                &mut cache.mean[..rows],
+                &mut cache.rstd[..rows],
+                x,
+                &p[o.ln1_w..],
+                bias(o.ln1_b, c),
+                c,
+            );
+            matmul_forward(
+                &mut cache.qkv[..rows * 3 * c],
+                ln,
+                &p[o.qkv_w..o.qkv_w + 3 * c * c],
+                Layout::InOut,
+                bias(o.qkv_b, 3 * c),
+                c,
+                3 * c,
+            );
+            let (kl, vl) = (
+                &mut cache.k[l * cache_stride..(l + 1) * cache_stride],
+                &mut cache.v[l * cache_stride..(l + 1) * cache_stride],
+            );
+            for bi in 0..b {
+                for i in 0..n {
+                    let src = &cache.qkv[(bi * n + i) * 3 * c..][..3 * c];
+                    let dst = (bi * max_t + pos + i) * c;
+                    kl[dst..dst + c].copy_from_slice(&src[c..2 * c]);
+                    vl[dst..dst + c].copy_from_slice(&src[2 * c..]);
+                }
+            }
+            attention_forward_cached(
+                &mut cache.atty[..rows * c],
+                &cache.qkv[..rows * 3 * c],
+                3 * c,
+                kl,
+                vl,
+                dims,
+                max_t,
+                pos,
+                n,
+            );
+            matmul_forward(
+                &mut cache.proj[..rows * c],
+                &cache.atty[..rows * c],
+                &p[o.attproj_w..o.attproj_w + c * c],
+                Layout::InOut,
+                bias(o.attproj_b, c),
+                c,
+                c,
+            );
+            residual_forward(
+                &mut cache.x2[..rows * c],
+                &cache.x[..rows * c],
+                &cache.proj[..rows * c],
+            );
+            let (x2, ln) = (&cache.x2[..rows * c], &mut cache.ln[..rows * c]);
+            layernorm_forward(
+                ln,
+                &mut cache.mean[..rows],
+                &mut cache.rstd[..rows],
+                x2,
+                &p[o.ln2_w..],
+                bias(o.ln2_b, c),
+                c,
+            );
+            matmul_forward(
+                &mut cache.fch[..rows * 4 * c],
+                ln,
+                &p[o.fc_w..o.fc_w + 4 * c * c],
+                Layout::InOut,
+                bias(o.fc_b, 4 * c),
+                c,
+                4 * c,
+            );
+            gelu_forward(
+                &mut cache.fch_gelu[..rows * 4 * c],
+                &cache.fch[..rows * 4 * c],
+            );
+            matmul_forward(
+                &mut cache.proj[..rows * c],
+                &cache.fch_gelu[..rows * 4 * c],
+                &p[o.fcproj_w..o.fcproj_w + 4 * c * c],
+                Layout::InOut,
+                bias(o.fcproj_b, c),
+                4 * c,
+                c,
+            );
+            residual_forward(
+                &mut cache.x[..rows * c],
+                &cache.x2[..rows * c],
+                &cache.proj[..rows * c],
+            );
+        }
+        // Only each sequence's last position needs logits.
+        for bi in 0..b {
+            let src = ((bi + 1) * n - 1) * c;
+            cache.ln[bi * c..(bi + 1) * c].copy_from_slice(&cache.x[src..src + c]);
+        }
+        layernorm_forward(
+            &mut cache.last,
+            &mut cache.mean[..b],
+            &mut cache.rstd[..b],
+            &cache.ln[..b * c],
+            &p[tb.lnf_w..],
+            bias(tb.lnf_b, c),
+            c,
+        );
+        matmul_forward(
+            &mut logits[..b * vp],
+            &cache.last,
+            &p[tb.wte..tb.wte + vp * c],
+            Layout::OutIn,
+            None,
+            c,
+            vp,
+        );
+        cache.len += n;
+        Ok(())
+    }
+}

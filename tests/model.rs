@@ -1,0 +1,190 @@
+//! Weight I/O, determinism and KV-cache inference.
+
+mod common;
+
+use common::{fixtures, rel_err};
+use nanogpt::config::GptConfig;
+use nanogpt::kernels::cpu::adamw::AdamW;
+use nanogpt::model::inference::KvCache;
+use nanogpt::model::weights::{load_hf_dir, save_hf_dir};
+use nanogpt::model::{Gpt, Mode};
+use nanogpt::optim::Optimizer;
+use nanogpt::rng::Rng;
+
+fn small_config(bias: bool, dropout: f32) -> GptConfig {
+    GptConfig {
+        n_layer: 2,
+        n_head: 4,
+        n_embd: 32,
+        block_size: 64,
+        vocab_size: 97,
+        pad_vocab: true,
+        bias,
+        dropout,
+    }
+}
+
+fn random_tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    let mut rng = Rng::new(seed);
+    (0..n).map(|_| rng.below(vocab as u64) as u32).collect()
+}
+
+#[test]
+fn both_hf_layouts_load_identically() {
+    let a = load_hf_dir(&fixtures().join("tiny-gpt2")).unwrap();
+    let b = load_hf_dir(&fixtures().join("tiny-gpt2-hub-layout")).unwrap();
+    assert_eq!(a.config, b.config);
+    assert!(
+        a.params == b.params,
+        "the two layouts gave different parameters"
+    );
+    assert!(a.params.iter().any(|&x| x != 0.0));
+}
+
+#[test]
+fn save_and_reload_is_lossless() {
+    let a = load_hf_dir(&fixtures().join("tiny-gpt2")).unwrap();
+    let dir = std::env::temp_dir().join(format!("nanogpt-save-{}", std::process::id()));
+    save_hf_dir(&a, &dir).unwrap();
+    let b = load_hf_dir(&dir).unwrap();
+    assert_eq!(a.config, b.config);
+    assert!(a.params == b.params, "saved weights differ after reload");
+    // Same tensors, byte for byte, as the save_pretrained file we loaded.
+    let ours = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let theirs = std::fs::read(fixtures().join("tiny-gpt2/model.safetensors")).unwrap();
+    let (ours, theirs) = (
+        safetensors::SafeTensors::deserialize(&ours).unwrap(),
+        safetensors::SafeTensors::deserialize(&theirs).unwrap(),
+    );
+    let mut names: Vec<_> = theirs
+        .names()
+        .into_iter()
+        .filter(|n| !n.ends_with(".attn.bias") && !n.starts_with("lm_head"))
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), ours.names().len());
+    for n in names {
+        assert_eq!(
+            ours.tensor(n).unwrap().data(),
+            theirs.tensor(n).unwrap().data(),
+            "{n}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn missing_or_truncated_weights_name_the_file() {
+    let err = load_hf_dir(std::path::Path::new("/nonexistent/model"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("/nonexistent/model/config.json"), "{err}");
+    let dir = std::env::temp_dir().join(format!("nanogpt-trunc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(
+        fixtures().join("tiny-gpt2/config.json"),
+        dir.join("config.json"),
+    )
+    .unwrap();
+    let bytes = std::fs::read(fixtures().join("tiny-gpt2/model.safetensors")).unwrap();
+    std::fs::write(dir.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    let err = format!("{:#}", load_hf_dir(&dir).err().unwrap());
+    assert!(
+        err.contains("model.safetensors") && err.contains("truncated"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Three training steps; returns the losses.
+fn train_losses(cfg: &GptConfig, seed: u64) -> Vec<f32> {
+    let mut model = Gpt::new(cfg.clone(), seed).unwrap();
+    let mut opt = Optimizer::new(
+        &model,
+        AdamW {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        },
+    );
+    let (b, t) = (3, 16);
+    (0..3)
+        .map(|step| {
+            let x = random_tokens(b * t, cfg.vocab_size, 100 + step);
+            let y: Vec<i32> = random_tokens(b * t, cfg.vocab_size, 200 + step)
+                .iter()
+                .map(|&v| v as i32)
+                .collect();
+            model.zero_grad();
+            let loss = model
+                .forward(&x, Some(&y), b, t, Mode::Train { seed: step })
+                .unwrap()
+                .unwrap();
+            model.backward(1.0).unwrap();
+            opt.step(&mut model, 1e-3, 1.0);
+            loss
+        })
+        .collect()
+}
+
+#[test]
+fn same_seed_gives_bit_identical_losses() {
+    for cfg in [small_config(true, 0.0), small_config(false, 0.1)] {
+        let (a, b) = (train_losses(&cfg, 7), train_losses(&cfg, 7));
+        assert_eq!(
+            a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            b.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+        );
+        assert_ne!(
+            a,
+            train_losses(&cfg, 8),
+            "a different seed should give different losses"
+        );
+    }
+}
+
+#[test]
+fn kv_cache_logits_equal_full_forward() {
+    for model in [
+        Gpt::new(small_config(true, 0.0), 3).unwrap(),
+        load_hf_dir(&fixtures().join("tiny-gpt2")).unwrap(),
+    ] {
+        let mut model = model;
+        let (b, t, prompt) = (2, 24, 7);
+        let (v, vp) = (model.config.vocab_size, model.config.padded_vocab_size());
+        let tokens = random_tokens(b * t, v, 11);
+        model.forward(&tokens, None, b, t, Mode::Eval).unwrap();
+        let full = model.logits().to_vec();
+        let mut cache = KvCache::new(&model, b, t);
+        let mut logits = vec![0.0; b * vp];
+        let mut pos = 0;
+        while pos < t {
+            let n = if pos == 0 { prompt } else { 1 };
+            let chunk: Vec<u32> = (0..b)
+                .flat_map(|bi| tokens[bi * t + pos..bi * t + pos + n].iter().copied())
+                .collect();
+            model
+                .forward_cached(&mut cache, &chunk, n, &mut logits)
+                .unwrap();
+            pos += n;
+            for bi in 0..b {
+                let want = &full[(bi * t + pos - 1) * vp..][..v];
+                let e = rel_err(&logits[bi * vp..bi * vp + v], want);
+                assert!(
+                    e < 1e-5,
+                    "position {}: cached logits differ from full forward (rel {e})",
+                    pos - 1
+                );
+            }
+        }
+        assert!(
+            model
+                .forward_cached(&mut cache, &tokens[..b], 1, &mut logits)
+                .is_err(),
+            "a full cache must refuse more tokens"
+        );
+    }
+}
