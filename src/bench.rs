@@ -2,6 +2,7 @@
 
 use crate::config::GptConfig;
 use crate::kernels::cpu::adamw::AdamW;
+use crate::model::inference::KvCache;
 use crate::model::{Gpt, Mode};
 use crate::optim::Optimizer;
 use crate::perf::{measure_cpu_peak_tflops, mfu, peak_rss_mib};
@@ -91,4 +92,87 @@ pub fn run_train_bench(opts: &BenchOptions) -> Result<BenchReport> {
         batch_size: b,
         config: cfg.clone(),
     })
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct GenerateReport {
+    /// New tokens per second over the whole generation, prompt pass included (as transformers'
+    /// `generate` is usually timed).
+    pub tokens_per_s: f64,
+    pub ms_per_token: f64,
+    pub prompt_ms: f64,
+    pub threads: usize,
+    pub batch_size: usize,
+    pub prompt_len: usize,
+    pub max_new_tokens: usize,
+    pub peak_rss_mib: Option<f64>,
+    pub config: GptConfig,
+}
+
+/// Greedy generation from a random prompt with random weights: the cost of sampling.
+pub fn run_generate_bench(
+    opts: &BenchOptions,
+    prompt_len: usize,
+    max_new_tokens: usize,
+) -> Result<GenerateReport> {
+    let cfg = &opts.config;
+    cfg.validate()?;
+    let b = opts.batch_size;
+    if prompt_len == 0 || prompt_len + max_new_tokens > cfg.block_size {
+        anyhow::bail!("prompt_len ({prompt_len}) + max_new_tokens ({max_new_tokens}) must be between 1 and block_size ({})", cfg.block_size);
+    }
+    let model = Gpt::new(cfg.clone(), opts.seed)?;
+    let mut rng = Rng::new(opts.seed ^ 0x5EED);
+    let prompt: Vec<u32> = (0..b * prompt_len)
+        .map(|_| rng.below(cfg.vocab_size as u64) as u32)
+        .collect();
+    let mut cache = KvCache::new(&model, b, prompt_len + max_new_tokens);
+    let vp = cfg.padded_vocab_size();
+    let mut logits = vec![0.0f32; b * vp];
+    let mut next = vec![0u32; b];
+    let mut times = Vec::new();
+    let mut prompt_times = Vec::new();
+    for rep in 0..opts.warmup + opts.iters {
+        cache.clear();
+        let t0 = Instant::now();
+        model.forward_cached(&mut cache, &prompt, prompt_len, &mut logits)?;
+        let t_prompt = t0.elapsed().as_secs_f64();
+        for step in 0..max_new_tokens {
+            for (bi, tok) in next.iter_mut().enumerate() {
+                *tok = argmax(&logits[bi * vp..bi * vp + cfg.vocab_size]) as u32;
+            }
+            if step + 1 < max_new_tokens {
+                model.forward_cached(&mut cache, &next, 1, &mut logits)?;
+            }
+        }
+        if rep >= opts.warmup {
+            times.push(t0.elapsed().as_secs_f64());
+            prompt_times.push(t_prompt);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    prompt_times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    Ok(GenerateReport {
+        tokens_per_s: (b * max_new_tokens) as f64 / median,
+        ms_per_token: median * 1e3 / max_new_tokens as f64,
+        prompt_ms: prompt_times[prompt_times.len() / 2] * 1e3,
+        threads: rayon::current_num_threads(),
+        batch_size: b,
+        prompt_len,
+        max_new_tokens,
+        peak_rss_mib: peak_rss_mib(),
+        config: cfg.clone(),
+    })
+}
+
+/// Index of the largest value (the first one on ties, as torch.argmax).
+pub fn argmax(x: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if v > x[best] {
+            best = i;
+        }
+    }
+    best
 }

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use nanogpt::bench::{run_train_bench, BenchOptions};
+use nanogpt::bench::{run_generate_bench, run_train_bench, BenchOptions};
 use nanogpt::config::GptConfig;
 
 #[derive(Parser)]
@@ -65,6 +65,15 @@ enum Command {
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
+        /// Time greedy generation with the KV cache instead of training.
+        #[arg(long)]
+        generate: bool,
+        /// Prompt tokens for --generate.
+        #[arg(long = "prompt_len", default_value_t = 16)]
+        prompt_len: usize,
+        /// New tokens for --generate.
+        #[arg(long = "max_new_tokens", default_value_t = 128)]
+        max_new_tokens: usize,
     },
 }
 
@@ -100,6 +109,9 @@ fn run() -> Result<()> {
             seed,
             peak_tflops,
             json,
+            generate,
+            prompt_len,
+            max_new_tokens,
         } => {
             let config = GptConfig {
                 n_layer,
@@ -114,14 +126,27 @@ fn run() -> Result<()> {
             if iters == 0 {
                 anyhow::bail!("--iters must be at least 1");
             }
-            let r = run_train_bench(&BenchOptions {
+            let opts = BenchOptions {
                 config,
                 batch_size,
                 warmup,
                 iters,
                 seed,
                 peak_tflops,
-            })?;
+            };
+            if generate {
+                let r = run_generate_bench(&opts, prompt_len, max_new_tokens)?;
+                if json {
+                    println!("{}", serde_json::to_string(&r)?);
+                } else {
+                    println!(
+                        "generate B={} prompt={} new={}: {:.1} tokens/s ({:.2} ms/token, prompt pass {:.1} ms), {} threads, peak RSS {:.0} MiB",
+                        r.batch_size, r.prompt_len, r.max_new_tokens, r.tokens_per_s, r.ms_per_token, r.prompt_ms, r.threads, r.peak_rss_mib.unwrap_or(f64::NAN)
+                    );
+                }
+                return Ok(());
+            }
+            let r = run_train_bench(&opts)?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {

@@ -3,7 +3,7 @@
 //! Weights keep GPT-2's Conv1D layout (in, out) so checkpoints load without transposes; the tied
 //! lm_head reads wte (vocab, C) as (out, in). gemm takes arbitrary strides, so neither costs a copy.
 
-use super::math::SharedMut;
+use super::math::{dot, SharedMut};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -61,35 +61,6 @@ pub unsafe fn gemm_into(
         return;
     }
     let threads = rayon::current_num_threads();
-    if parallel && threads > 1 && m < SMALL_M {
-        // gemm runs matrix-vector shapes on one thread; split the columns among tasks instead,
-        // so generation at batch 1 streams the weights with every core.
-        let block = n.div_ceil(threads * 4).next_multiple_of(16);
-        let (dst, lhs) = (SharedMut(dst), SharedConst(lhs.ptr, lhs.rs, lhs.cs));
-        let rhs = SharedConst(rhs.ptr, rhs.rs, rhs.cs);
-        (0..n.div_ceil(block)).into_par_iter().for_each(|blk| {
-            let (j0, j1) = (blk * block, ((blk + 1) * block).min(n));
-            let (l, r) = (lhs.view(), rhs.view());
-            let r = View {
-                ptr: r.ptr.offset(j0 as isize * r.cs),
-                ..r
-            };
-            // SAFETY: each task writes only columns [j0, j1) of dst.
-            gemm_into(
-                m,
-                j1 - j0,
-                k,
-                dst.get().add(j0),
-                dst_rs,
-                accumulate,
-                l,
-                r,
-                scale,
-                false,
-            );
-        });
-        return;
-    }
     let par = if parallel && threads > 1 {
         Parallelism::Rayon(rayon::current_num_threads())
     } else {
@@ -118,25 +89,9 @@ pub unsafe fn gemm_into(
     );
 }
 
-/// Below this many rows, `gemm_into` parallelises over column blocks itself.
-const SMALL_M: usize = 16;
-
-/// A view that parallel tasks may share (read only).
-#[derive(Clone, Copy)]
-struct SharedConst(*const f32, isize, isize);
-// SAFETY: only ever read.
-unsafe impl Send for SharedConst {}
-unsafe impl Sync for SharedConst {}
-
-impl SharedConst {
-    fn view(self) -> View {
-        View {
-            ptr: self.0,
-            rs: self.1,
-            cs: self.2,
-        }
-    }
-}
+/// Below this many rows a matmul is a few matrix-vector products (generation): gemm would run
+/// it on one thread, so `matmul_forward` streams the weights itself, split across cores.
+const SKINNY_ROWS: usize = 16;
 
 /// How a weight matrix of a layer mapping `c` inputs to `oc` outputs is stored.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -169,6 +124,9 @@ pub fn matmul_forward(
 ) {
     let rows = inp.len() / c;
     assert!(out.len() >= rows * oc && w.len() >= c * oc);
+    if rows < SKINNY_ROWS {
+        return skinny_forward(&mut out[..rows * oc], inp, w, layout, bias, c, oc);
+    }
     if let Some(b) = bias {
         out[..rows * oc]
             .par_chunks_mut(oc)
@@ -188,6 +146,71 @@ pub fn matmul_forward(
             1.0,
             true,
         );
+    }
+}
+
+/// `matmul_forward` for a handful of rows: bandwidth-bound, so each weight is read once per call
+/// (rows are looped while a block of W is in cache) and blocks of output columns go to tasks.
+fn skinny_forward(
+    out: &mut [f32],
+    inp: &[f32],
+    w: &[f32],
+    layout: Layout,
+    bias: Option<&[f32]>,
+    c: usize,
+    oc: usize,
+) {
+    const COLS: usize = 64;
+    let rows = inp.len() / c;
+    match layout {
+        // W is (c, oc): split k into fixed slices so each task streams whole contiguous rows of
+        // W into its own partial sums, then add the partials in slice order (deterministic).
+        Layout::InOut => {
+            const SLICES: usize = 8;
+            let per = c.div_ceil(SLICES);
+            let mut partial = vec![0.0f32; SLICES * rows * oc];
+            partial
+                .par_chunks_mut(rows * oc)
+                .enumerate()
+                .for_each(|(s, acc)| {
+                    for k in s * per..((s + 1) * per).min(c) {
+                        let wk = &w[k * oc..(k + 1) * oc];
+                        for r in 0..rows {
+                            let xk = inp[r * c + k];
+                            for (a, &wv) in acc[r * oc..(r + 1) * oc].iter_mut().zip(wk) {
+                                *a += xk * wv;
+                            }
+                        }
+                    }
+                });
+            out.par_chunks_mut(oc).enumerate().for_each(|(r, o)| {
+                match bias {
+                    Some(b) => o.copy_from_slice(&b[..oc]),
+                    None => o.fill(0.0),
+                }
+                for s in 0..SLICES {
+                    for (x, &p) in o.iter_mut().zip(&partial[(s * rows + r) * oc..][..oc]) {
+                        *x += p;
+                    }
+                }
+            });
+        }
+        // W is (oc, c): each output is a dot product of contiguous rows.
+        Layout::OutIn => {
+            let out_ptr = SharedMut(out.as_mut_ptr());
+            (0..oc.div_ceil(COLS)).into_par_iter().for_each(|blk| {
+                for o in blk * COLS..((blk + 1) * COLS).min(oc) {
+                    let wo = &w[o * c..(o + 1) * c];
+                    let b = bias.map_or(0.0, |b| b[o]);
+                    for r in 0..rows {
+                        // SAFETY: this task alone writes columns [o0, o1) of every row.
+                        unsafe {
+                            *out_ptr.get().add(r * oc + o) = dot(&inp[r * c..(r + 1) * c], wo) + b
+                        };
+                    }
+                }
+            })
+        }
     }
 }
 
