@@ -45,9 +45,9 @@ enum Command {
         #[arg(long = "vocab_size", default_value_t = 50304)]
         vocab_size: usize,
         /// Round the vocabulary up to a multiple of 64.
-        #[arg(long = "pad_vocab", default_value = "true", value_parser = parse_bool)]
+        #[arg(long = "pad_vocab", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set)]
         pad_vocab: bool,
-        #[arg(long, default_value = "false", value_parser = parse_bool)]
+        #[arg(long, default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
         bias: bool,
         #[arg(long, default_value_t = 0.0)]
         dropout: f32,
