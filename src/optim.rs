@@ -11,6 +11,8 @@ pub struct Optimizer {
     /// Steps taken so far (PyTorch's `state['step']`).
     pub step: u64,
     partials: Vec<f64>,
+    /// (first index, decays?) of each parameter tensor, in buffer order.
+    groups: Vec<(usize, bool)>,
 }
 
 impl Optimizer {
@@ -22,6 +24,12 @@ impl Optimizer {
             v: vec![0.0; n],
             step: 0,
             partials: vec![0.0; norm_partials_len(n)],
+            groups: model
+                .table
+                .entries
+                .iter()
+                .map(|e| (e.offset, e.decay))
+                .collect(),
         }
     }
 
@@ -34,18 +42,15 @@ impl Optimizer {
         }
         self.step += 1;
         let hyper = AdamW { lr, ..self.hyper };
-        for e in &model.table.entries {
-            let r = e.range();
-            adamw_update(
-                &mut model.params[r.clone()],
-                &model.grads[r.clone()],
-                &mut self.m[r.clone()],
-                &mut self.v[r],
-                &hyper,
-                self.step,
-                e.decay,
-            );
-        }
+        adamw_update(
+            &mut model.params,
+            &model.grads,
+            &mut self.m,
+            &mut self.v,
+            &hyper,
+            self.step,
+            &self.groups,
+        );
         norm
     }
 }

@@ -17,8 +17,8 @@ pub struct AdamW {
     pub weight_decay: f32,
 }
 
-/// One update of `params[range]` for step `t` (1-based). `decay` picks the group.
-#[allow(clippy::too_many_arguments)]
+/// One update of the whole buffer for step `t` (1-based), in a single parallel pass.
+/// `groups` lists (first index, decays?) for consecutive ranges, sorted, starting at 0.
 pub fn adamw_update(
     params: &mut [f32],
     grads: &[f32],
@@ -26,30 +26,38 @@ pub fn adamw_update(
     v: &mut [f32],
     opt: &AdamW,
     t: u64,
-    decay: bool,
+    groups: &[(usize, bool)],
 ) {
     let bc1 = 1.0 - (opt.beta1 as f64).powi(t as i32);
     let bc2 = 1.0 - (opt.beta2 as f64).powi(t as i32);
     let step_size = (opt.lr as f64 / bc1) as f32;
     let bc2_sqrt = bc2.sqrt() as f32;
-    let shrink = if decay {
-        1.0 - opt.lr * opt.weight_decay
-    } else {
-        1.0
-    };
     let (b1, b2, eps) = (opt.beta1, opt.beta2, opt.eps);
+    let decayed = 1.0 - opt.lr * opt.weight_decay;
     params
         .par_chunks_mut(CHUNK)
         .zip(grads.par_chunks(CHUNK))
         .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
-        .for_each(|((p, g), (m, v))| {
-            for i in 0..p.len() {
-                let gi = g[i];
-                p[i] *= shrink;
-                m[i] += (1.0 - b1) * (gi - m[i]);
-                v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
-                let denom = v[i].sqrt() / bc2_sqrt + eps;
-                p[i] -= step_size * m[i] / denom;
+        .enumerate()
+        .for_each(|(ci, ((p, g), (m, v)))| {
+            let base = ci * CHUNK;
+            let mut group = groups.partition_point(|&(start, _)| start <= base) - 1;
+            let mut i = 0;
+            while i < p.len() {
+                let end = groups
+                    .get(group + 1)
+                    .map_or(p.len(), |&(start, _)| (start - base).min(p.len()));
+                let shrink = if groups[group].1 { decayed } else { 1.0 };
+                let (p, m, v) = (&mut p[i..end], &mut m[i..end], &mut v[i..end]);
+                for (((p, &g), m), v) in p.iter_mut().zip(&g[i..end]).zip(m).zip(v) {
+                    *p *= shrink;
+                    *m += (1.0 - b1) * (g - *m);
+                    *v = b2 * *v + (1.0 - b2) * g * g;
+                    let denom = v.sqrt() / bc2_sqrt + eps;
+                    *p -= step_size * *m / denom;
+                }
+                i = end;
+                group += 1;
             }
         });
 }
@@ -61,7 +69,22 @@ pub fn global_norm(grads: &[f32], partials: &mut [f64]) -> f32 {
     partials[..n]
         .par_iter_mut()
         .zip(grads.par_chunks(CHUNK))
-        .for_each(|(p, g)| *p = g.iter().map(|&x| (x as f64) * (x as f64)).sum());
+        .for_each(|(p, g)| {
+            // Eight independent f64 sums, so the loop vectorises instead of waiting on each add.
+            let mut acc = [0.0f64; 8];
+            let mut lanes = g.chunks_exact(8);
+            for c in &mut lanes {
+                for j in 0..8 {
+                    acc[j] += c[j] as f64 * c[j] as f64;
+                }
+            }
+            *p = acc.iter().sum::<f64>()
+                + lanes
+                    .remainder()
+                    .iter()
+                    .map(|&x| x as f64 * x as f64)
+                    .sum::<f64>();
+        });
     partials[..n].iter().sum::<f64>().sqrt() as f32
 }
 

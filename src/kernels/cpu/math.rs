@@ -6,19 +6,29 @@
 /// assembled in the exponent bits.
 #[inline(always)]
 pub fn fast_exp(x: f32) -> f32 {
-    let x = x.clamp(-87.0, 88.0);
-    // Round to nearest by adding and subtracting 1.5 * 2^23 (no libm call, vectorises).
+    let x = x.max(-87.0).min(88.0);
+    // Round to nearest by adding 1.5 * 2^23: the sum's low mantissa bits are then n itself, so
+    // neither a libm call nor a float-to-int conversion is needed, and the loop vectorises.
     const ROUND: f32 = 12_582_912.0;
-    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let shifted = x * std::f32::consts::LOG2_E + ROUND;
+    let n = shifted - ROUND;
+    let n_int = shifted.to_bits() as i32 - ROUND.to_bits() as i32;
     // ln2 split in two so n*ln2 is exact to f32 precision (Cody-Waite).
-    let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0
-                    + r * (1.0 / 24.0
-                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    let r = (-n).mul_add(1.428_606_8e-6, (-n).mul_add(0.693_145_75, x));
+    // Horner with fused multiply-adds (one rounding each, and one instruction with FMA).
+    let mut p: f32 = 1.0 / 5040.0;
+    for coef in [
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+        1.0,
+    ] {
+        p = p.mul_add(r, coef);
+    }
+    let scale = f32::from_bits(((n_int + 127) as u32) << 23);
     p * scale
 }
 
