@@ -6,7 +6,7 @@
 /// assembled in the exponent bits.
 #[inline(always)]
 pub fn fast_exp(x: f32) -> f32 {
-    let x = x.max(-87.0).min(88.0);
+    let x = x.clamp(-87.0, 88.0);
     // Round to nearest by adding 1.5 * 2^23: the sum's low mantissa bits are then n itself, so
     // neither a libm call nor a float-to-int conversion is needed, and the loop vectorises.
     const ROUND: f32 = 12_582_912.0;
