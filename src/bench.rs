@@ -5,7 +5,7 @@ use crate::kernels::cpu::adamw::AdamW;
 use crate::model::inference::KvCache;
 use crate::model::{Gpt, Mode};
 use crate::optim::Optimizer;
-use crate::perf::{measure_cpu_peak_tflops, mfu, peak_rss_mib};
+use crate::perf::{allocations, measure_cpu_peak_tflops, mfu, peak_rss_mib};
 use crate::rng::Rng;
 use anyhow::Result;
 use std::time::Instant;
@@ -32,6 +32,8 @@ pub struct BenchReport {
     pub threads: usize,
     pub params: usize,
     pub loss: f32,
+    /// Heap allocations per timed step (all of them inside `gemm`'s packing; see the README).
+    pub allocations_per_step: f64,
     pub peak_rss_mib: Option<f64>,
     pub batch_size: usize,
     pub config: GptConfig,
@@ -63,7 +65,11 @@ pub fn run_train_bench(opts: &BenchOptions) -> Result<BenchReport> {
     };
     let mut times = Vec::with_capacity(opts.iters);
     let mut loss = f32::NAN;
+    let mut allocs_before = 0;
     for i in 0..opts.warmup + opts.iters {
+        if i == opts.warmup {
+            allocs_before = allocations();
+        }
         let t0 = Instant::now();
         model.zero_grad();
         loss = model
@@ -75,6 +81,7 @@ pub fn run_train_bench(opts: &BenchOptions) -> Result<BenchReport> {
             times.push(t0.elapsed().as_secs_f64());
         }
     }
+    let allocations_per_step = (allocations() - allocs_before) as f64 / opts.iters as f64;
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     let flops = cfg.flops_per_token(t) * (b * t) as f64;
@@ -88,6 +95,7 @@ pub fn run_train_bench(opts: &BenchOptions) -> Result<BenchReport> {
         threads: rayon::current_num_threads(),
         params: cfg.num_params(),
         loss,
+        allocations_per_step,
         peak_rss_mib: peak_rss_mib(),
         batch_size: b,
         config: cfg.clone(),

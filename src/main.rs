@@ -77,6 +77,9 @@ enum Command {
     },
 }
 
+#[global_allocator]
+static ALLOCATOR: nanogpt::perf::CountingAlloc = nanogpt::perf::CountingAlloc;
+
 fn main() {
     if let Err(e) = run() {
         eprintln!("error: {e:#}");
