@@ -1,9 +1,13 @@
 //! nanogpt-rs: nanoGPT rebuilt in Rust. See README.md and DESIGN.md.
 
+pub mod atomic_file;
 pub mod bench;
 pub mod config;
+pub mod data;
 pub mod kernels;
 pub mod model;
 pub mod optim;
 pub mod perf;
 pub mod rng;
+pub mod tokenizer;
+pub mod train;

@@ -3,6 +3,7 @@
 
 use super::gpt::Gpt;
 use super::params::ParamTable;
+use crate::atomic_file::{tmp_path, write_atomic};
 use crate::config::GptConfig;
 use anyhow::{bail, Context, Result};
 use safetensors::{Dtype, SafeTensors};
@@ -121,7 +122,7 @@ pub fn save_hf_dir(model: &Gpt, dir: &Path) -> Result<()> {
     }
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     let st_path = dir.join("model.safetensors");
-    let tmp = dir.join("model.safetensors.tmp");
+    let tmp = tmp_path(&st_path);
     safetensors::serialize_to_file(tensors, Some(metadata), &tmp)
         .with_context(|| format!("cannot write {} (disk full?)", tmp.display()))?;
     std::fs::rename(&tmp, &st_path)
@@ -155,17 +156,6 @@ pub fn hf_config_json(cfg: &GptConfig) -> String {
         "use_cache": true,
     });
     serde_json::to_string_pretty(&json).unwrap_or_default() + "\n"
-}
-
-/// Writes `path` via a temp file and a rename, so a crash never leaves it half written.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes)
-        .with_context(|| format!("cannot write {} (disk full?)", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
 }
 
 /// The bytes of an f32 slice, little-endian (the only byte order safetensors uses).

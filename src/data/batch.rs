@@ -1,0 +1,74 @@
+//! Random training batches, as nanoGPT's `get_batch`: `batch_size` offsets drawn uniformly from
+//! `[0, len - block_size)`, inputs `data[i..i+T]`, targets `data[i+1..i+T+1]`.
+
+use super::tokens::TokenFile;
+use crate::rng::Rng;
+use anyhow::{bail, Result};
+
+/// Fills `x` (inputs) and `y` (targets), each `batch_size * block_size` long, row-major.
+/// The buffers are resized, not reallocated once they are big enough. Offsets are drawn in
+/// row order from `rng`, so the same seed gives the same batches.
+pub fn sample_batch(
+    tokens: &[u16],
+    rng: &mut Rng,
+    batch_size: usize,
+    block_size: usize,
+    x: &mut Vec<u32>,
+    y: &mut Vec<i32>,
+) -> Result<()> {
+    if block_size == 0 || batch_size == 0 {
+        bail!("batch_size and block_size must be at least 1");
+    }
+    if tokens.len() <= block_size {
+        bail!(
+            "{} tokens is too few for block_size {block_size} (need at least {})",
+            tokens.len(),
+            block_size + 1
+        );
+    }
+    let n = batch_size * block_size;
+    x.resize(n, 0);
+    y.resize(n, 0);
+    let range = (tokens.len() - block_size) as u64;
+    for (xr, yr) in x
+        .chunks_exact_mut(block_size)
+        .zip(y.chunks_exact_mut(block_size))
+    {
+        let i = rng.below(range) as usize;
+        let window = &tokens[i..i + block_size + 1];
+        for (d, &t) in xr.iter_mut().zip(&window[..block_size]) {
+            *d = t as u32;
+        }
+        for (d, &t) in yr.iter_mut().zip(&window[1..]) {
+            *d = t as i32;
+        }
+    }
+    Ok(())
+}
+
+impl TokenFile {
+    /// [`sample_batch`] from this file, into the caller's buffers (no allocation per batch).
+    pub fn get_batch_into(
+        &self,
+        rng: &mut Rng,
+        batch_size: usize,
+        block_size: usize,
+        x: &mut Vec<u32>,
+        y: &mut Vec<i32>,
+    ) -> Result<()> {
+        self.require_len(block_size)?;
+        sample_batch(self.tokens(), rng, batch_size, block_size, x, y)
+    }
+
+    /// [`sample_batch`] from this file, into new buffers: `(x, y)`.
+    pub fn get_batch(
+        &self,
+        rng: &mut Rng,
+        batch_size: usize,
+        block_size: usize,
+    ) -> Result<(Vec<u32>, Vec<i32>)> {
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        self.get_batch_into(rng, batch_size, block_size, &mut x, &mut y)?;
+        Ok((x, y))
+    }
+}

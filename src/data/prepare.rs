@@ -1,0 +1,110 @@
+//! Dataset preparation, byte-identical to nanoGPT's `data/shakespeare_char/prepare.py` and
+//! `data/shakespeare/prepare.py`: the first 90% of the text's characters (Unicode code points)
+//! are the training split, the rest validation; each split is tokenized and written as raw
+//! uint16 `train.bin` / `val.bin`. They work for any UTF-8 text file, not just Shakespeare.
+
+use super::tokens::TokenFormat;
+use super::writer::write_tokens;
+use crate::atomic_file::write_atomic;
+use crate::tokenizer::{CharVocab, Gpt2Bpe};
+use anyhow::{anyhow, bail, Result};
+use std::path::{Path, PathBuf};
+
+/// What a `prepare_*` function wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrepareSummary {
+    pub vocab_size: usize,
+    pub train_tokens: usize,
+    pub val_tokens: usize,
+    pub train_path: PathBuf,
+    pub val_path: PathBuf,
+    /// `meta.json`, for a character vocabulary.
+    pub meta_path: Option<PathBuf>,
+}
+
+/// Reads a UTF-8 text file as Python's `open(path).read()` does: `\r\n` and lone `\r` become
+/// `\n` (universal newlines).
+pub fn read_text(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        anyhow!(
+            "cannot read {}: {e} (give the path of a UTF-8 text file, e.g. tiny Shakespeare's input.txt)",
+            path.display()
+        )
+    })?;
+    let text = match String::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => bail!(
+            "{} is not UTF-8 text (invalid byte at offset {}); convert it to UTF-8",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        ),
+    };
+    if text.contains('\r') {
+        return Ok(text.replace("\r\n", "\n").replace('\r', "\n"));
+    }
+    Ok(text)
+}
+
+/// Splits `text` after `int(n * fraction)` of its `n` characters, as Python's
+/// `data[:int(n*0.9)]`, `data[int(n*0.9):]`.
+pub fn split_chars(text: &str, fraction: f64) -> (&str, &str) {
+    let n = text.chars().count();
+    let cut = (n as f64 * fraction) as usize;
+    let at = text.char_indices().nth(cut).map_or(text.len(), |(i, _)| i);
+    text.split_at(at)
+}
+
+/// nanoGPT's `shakespeare_char`: vocabulary = sorted unique characters of the whole text;
+/// writes `train.bin`, `val.bin` and `meta.json` into `out_dir` (created if missing).
+pub fn prepare_shakespeare_char(input: &Path, out_dir: &Path) -> Result<PrepareSummary> {
+    let text = read_text(input)?;
+    let vocab = CharVocab::from_text(&text);
+    if vocab.vocab_size() > 1 << 16 {
+        bail!(
+            "{}: {} distinct characters do not fit in uint16 token files (at most 65536)",
+            input.display(),
+            vocab.vocab_size()
+        );
+    }
+    let (train, val) = split_chars(&text, 0.9);
+    let train_ids = vocab.encode(train)?;
+    let val_ids = vocab.encode(val)?;
+    let mut summary = write_splits(out_dir, &train_ids, &val_ids, vocab.vocab_size())?;
+    let meta = out_dir.join("meta.json");
+    write_atomic(&meta, vocab.to_meta_json().as_bytes())?;
+    summary.meta_path = Some(meta);
+    Ok(summary)
+}
+
+/// nanoGPT's `shakespeare`: each split encoded separately with GPT-2's `encode_ordinary`;
+/// writes `train.bin` and `val.bin` into `out_dir` (created if missing).
+pub fn prepare_shakespeare_bpe(input: &Path, out_dir: &Path) -> Result<PrepareSummary> {
+    let text = read_text(input)?;
+    let bpe = Gpt2Bpe::new()?;
+    let (train, val) = split_chars(&text, 0.9);
+    let (train_ids, val_ids) =
+        rayon::join(|| bpe.encode_ordinary(train), || bpe.encode_ordinary(val));
+    write_splits(out_dir, &train_ids, &val_ids, bpe.vocab_size())
+}
+
+fn write_splits(
+    out_dir: &Path,
+    train: &[u32],
+    val: &[u32],
+    vocab_size: usize,
+) -> Result<PrepareSummary> {
+    std::fs::create_dir_all(out_dir)
+        .map_err(|e| anyhow!("cannot create {}: {e}", out_dir.display()))?;
+    let train_path = out_dir.join("train.bin");
+    let val_path = out_dir.join("val.bin");
+    write_tokens(&train_path, train, TokenFormat::RawU16)?;
+    write_tokens(&val_path, val, TokenFormat::RawU16)?;
+    Ok(PrepareSummary {
+        vocab_size,
+        train_tokens: train.len(),
+        val_tokens: val.len(),
+        train_path,
+        val_path,
+        meta_path: None,
+    })
+}

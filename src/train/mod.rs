@@ -1,0 +1,3 @@
+//! Training: knobs and schedule, checkpoints, the loop.
+
+pub mod config;
