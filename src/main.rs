@@ -4,6 +4,10 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use nanogpt::bench::{run_generate_bench, run_train_bench, BenchOptions};
 use nanogpt::config::GptConfig;
+use nanogpt::train::TrainConfig;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(
@@ -30,6 +34,27 @@ fn parse_bool(s: &str) -> Result<bool, String> {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Prepare a dataset into data/<name>/ (train.bin, val.bin, meta.json for characters).
+    Prepare {
+        /// shakespeare_char (characters) or shakespeare (GPT-2 BPE).
+        dataset: String,
+        /// The text to prepare (tiny Shakespeare: input.txt).
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Put <dataset>/ under this directory instead of data/.
+        #[arg(long = "data_dir", default_value = "data")]
+        data_dir: PathBuf,
+    },
+    /// Train a GPT: nanoGPT's train.py. `nanogpt train config/train_shakespeare_char.toml --max_iters=2000`
+    Train {
+        /// A TOML config file, then --key=value overrides (nanoGPT's knob names).
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "CONFIG] [--key=value"
+        )]
+        args: Vec<String>,
+    },
     /// Time forward + backward + AdamW on random data (nanoGPT's bench.py).
     Bench {
         #[arg(long = "n_layer", default_value_t = 12)]
@@ -97,6 +122,55 @@ fn run() -> Result<()> {
             .context("cannot set up the thread pool")?;
     }
     match cli.command {
+        Command::Prepare {
+            dataset,
+            input,
+            data_dir,
+        } => {
+            let Some(input) = input else {
+                anyhow::bail!(
+                    "no --input given: download tiny Shakespeare's input.txt (the char-rnn dataset) and pass --input=path/to/input.txt"
+                );
+            };
+            let out = data_dir.join(&dataset);
+            let summary = match dataset.as_str() {
+                "shakespeare_char" => nanogpt::data::prepare_shakespeare_char(&input, &out)?,
+                "shakespeare" => nanogpt::data::prepare_shakespeare_bpe(&input, &out)?,
+                other => {
+                    anyhow::bail!("unknown dataset '{other}': use shakespeare_char or shakespeare")
+                }
+            };
+            println!(
+                "{}: vocab {}, {} train tokens, {} val tokens",
+                out.display(),
+                summary.vocab_size,
+                summary.train_tokens,
+                summary.val_tokens
+            );
+        }
+        Command::Train { args } => {
+            let mut cfg = TrainConfig::default();
+            let overrides = match args.first() {
+                Some(first) if !first.starts_with("--") => {
+                    cfg.apply_file(std::path::Path::new(first))?;
+                    &args[1..]
+                }
+                _ => &args[..],
+            };
+            cfg.apply_overrides(overrides)?;
+            let stop = Arc::new(AtomicBool::new(false));
+            let handler_stop = stop.clone();
+            ctrlc::set_handler(move || {
+                if handler_stop.swap(true, Ordering::SeqCst) {
+                    eprintln!("second Ctrl-C: exiting without saving");
+                    std::process::exit(130);
+                }
+                eprintln!("Ctrl-C: finishing this iteration, then saving a checkpoint (Ctrl-C again to quit now)");
+            })
+            .context("cannot install the Ctrl-C handler")?;
+            let mut out = std::io::stdout();
+            nanogpt::train::train(&cfg, &mut out, &stop)?;
+        }
         Command::Bench {
             n_layer,
             n_head,

@@ -3,6 +3,7 @@
 pub mod gpt;
 pub mod inference;
 pub mod params;
+pub mod pretrained;
 pub mod weights;
 
 pub use gpt::{Gpt, Mode};

@@ -53,8 +53,15 @@ pub fn read_hf_config(dir: &Path) -> Result<GptConfig> {
 /// Loads a model from a Hugging Face GPT-2 directory.
 pub fn load_hf_dir(dir: &Path) -> Result<Gpt> {
     let cfg = read_hf_config(dir)?;
-    let path = dir.join("model.safetensors");
-    let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    load_model_file(&dir.join("model.safetensors"), cfg)
+}
+
+/// Loads the parameters of a model shaped `cfg` from a GPT-2-layout safetensors file. Tensors
+/// the model does not have (biases of a bias-free model, `attn.bias` masks, `lm_head`) are
+/// ignored.
+pub fn load_model_file(path: &Path, cfg: GptConfig) -> Result<Gpt> {
+    cfg.validate()?;
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let st = SafeTensors::deserialize(&bytes).with_context(|| {
         format!(
             "{} is not a valid safetensors file (truncated?)",
@@ -104,17 +111,23 @@ pub fn load_hf_dir(dir: &Path) -> Result<Gpt> {
 pub fn save_hf_dir(model: &Gpt, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let cfg = &model.config;
-    if !cfg.bias {
-        bail!("transformers' GPT-2 always has biases; a bias=false model cannot be saved in its layout");
-    }
-    let mut tensors = Vec::with_capacity(model.table.entries.len());
-    for e in &model.table.entries {
+    // transformers' GPT-2 always has biases: a bias-free model is the same model with zero biases.
+    let full = ParamTable::new(&GptConfig {
+        bias: true,
+        ..cfg.clone()
+    });
+    let zeros = vec![0.0f32; 4 * cfg.n_embd];
+    let mut tensors = Vec::with_capacity(full.entries.len());
+    for e in &full.entries {
         let mut shape = e.shape.clone();
         if e.name == "wte.weight" {
             shape[0] = cfg.vocab_size;
         }
         let n: usize = shape.iter().product();
-        let data = f32_le_bytes(&model.params[e.offset..e.offset + n]);
+        let data = match model.table.get(&e.name) {
+            Some(ours) => f32_le_bytes(&model.params[ours.offset..ours.offset + n]),
+            None => f32_le_bytes(&zeros[..n]),
+        };
         tensors.push((
             format!("transformer.{}", e.name),
             safetensors::tensor::TensorView::new(Dtype::F32, shape, data)?,

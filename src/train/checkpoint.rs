@@ -1,0 +1,136 @@
+//! Checkpoints: a directory that transformers' `GPT2LMHeadModel.from_pretrained` opens as it is
+//! (`config.json` + `model.safetensors`), plus the training state beside it
+//! (`optimizer.safetensors`: AdamW moments in the parameter layout; `train_state.json`).
+//!
+//! A checkpoint directory is replaced whole: written as `NAME.tmp/`, then the old one is moved
+//! to `NAME.old/`, the new one renamed into place and the old one removed. A crash at any point
+//! leaves either `NAME/` or `NAME.old/` complete, and `resolve` finds whichever it is.
+
+use super::config::TrainConfig;
+use crate::atomic_file::write_atomic;
+use crate::config::GptConfig;
+use crate::model::weights::{f32_le_bytes, load_model_file, save_hf_dir};
+use crate::model::Gpt;
+use crate::optim::Optimizer;
+use anyhow::{bail, Context, Result};
+use safetensors::{Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub const STATE_FILE: &str = "train_state.json";
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainState {
+    /// The next iteration to run.
+    pub iter_num: usize,
+    pub best_val_loss: f32,
+    pub model: GptConfig,
+    pub train: TrainConfig,
+    /// AdamW steps taken (PyTorch's `state['step']`).
+    pub optimizer_step: u64,
+}
+
+/// Writes a complete checkpoint to `dir`, replacing any earlier one there.
+pub fn save(dir: &Path, model: &Gpt, opt: &Optimizer, state: &TrainState) -> Result<()> {
+    let tmp = sibling(dir, "tmp");
+    let old = sibling(dir, "old");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)
+            .with_context(|| format!("cannot remove stale {}", tmp.display()))?;
+    }
+    save_hf_dir(model, &tmp)?;
+    let tensors = [("m", &opt.m), ("v", &opt.v)]
+        .into_iter()
+        .map(|(name, x)| {
+            Ok((
+                name,
+                safetensors::tensor::TensorView::new(Dtype::F32, vec![x.len()], f32_le_bytes(x))?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let bytes = safetensors::serialize(tensors, None)?;
+    write_atomic(&tmp.join(OPTIMIZER_FILE), &bytes)?;
+    write_atomic(
+        &tmp.join(STATE_FILE),
+        serde_json::to_string_pretty(state)?.as_bytes(),
+    )?;
+    if dir.exists() {
+        if old.exists() {
+            std::fs::remove_dir_all(&old)
+                .with_context(|| format!("cannot remove {}", old.display()))?;
+        }
+        std::fs::rename(dir, &old)
+            .with_context(|| format!("cannot move {} aside", dir.display()))?;
+    }
+    std::fs::rename(&tmp, dir)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), dir.display()))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old)
+            .with_context(|| format!("cannot remove {}", old.display()))?;
+    }
+    Ok(())
+}
+
+/// The complete checkpoint at `dir`, or the previous one if a save was interrupted.
+pub fn resolve(dir: &Path) -> Option<PathBuf> {
+    let old = sibling(dir, "old");
+    [dir.to_path_buf(), old]
+        .into_iter()
+        .find(|d| d.join(STATE_FILE).is_file())
+}
+
+/// Loads model, optimizer and state from a checkpoint directory.
+pub fn load(
+    dir: &Path,
+    hyper: crate::kernels::cpu::adamw::AdamW,
+) -> Result<(Gpt, Optimizer, TrainState)> {
+    let Some(dir) = resolve(dir) else {
+        bail!("no checkpoint in {} (no {STATE_FILE}): train with init_from=scratch first, or check out_dir", dir.display());
+    };
+    let state_path = dir.join(STATE_FILE);
+    let text = std::fs::read_to_string(&state_path)
+        .with_context(|| format!("cannot read {}", state_path.display()))?;
+    let state: TrainState = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is damaged: {}",
+            state_path.display(),
+            "not a training state"
+        )
+    })?;
+    let model = load_model_file(&dir.join("model.safetensors"), state.model.clone())?;
+    let opt_path = dir.join(OPTIMIZER_FILE);
+    let bytes =
+        std::fs::read(&opt_path).with_context(|| format!("cannot read {}", opt_path.display()))?;
+    let st = SafeTensors::deserialize(&bytes).with_context(|| {
+        format!(
+            "{} is not a valid safetensors file (truncated?)",
+            opt_path.display()
+        )
+    })?;
+    let mut opt = Optimizer::new(&model, hyper);
+    for (name, dst) in [("m", &mut opt.m), ("v", &mut opt.v)] {
+        let view = st
+            .tensor(name)
+            .with_context(|| format!("{}: tensor \"{name}\" is missing", opt_path.display()))?;
+        if view.dtype() != Dtype::F32 || view.data().len() != dst.len() * 4 {
+            bail!(
+                "{}: tensor \"{name}\" does not match the model ({} parameters)",
+                opt_path.display(),
+                dst.len()
+            );
+        }
+        for (d, b) in dst.iter_mut().zip(view.data().chunks_exact(4)) {
+            *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+    }
+    opt.step = state.optimizer_step;
+    Ok((model, opt, state))
+}
+
+fn sibling(dir: &Path, suffix: &str) -> PathBuf {
+    let mut s = dir.as_os_str().to_owned();
+    s.push(".");
+    s.push(suffix);
+    PathBuf::from(s)
+}

@@ -1,0 +1,290 @@
+//! The training loop, as nanoGPT's train.py runs it: evaluate every eval_interval, checkpoint,
+//! then gradient_accumulation_steps micro-batches, clip, AdamW, log.
+
+use super::checkpoint::{self, TrainState};
+use super::config::{learning_rate_at, TrainConfig};
+use super::metrics::Metrics;
+use crate::data::TokenFile;
+use crate::kernels::cpu::adamw::AdamW;
+use crate::model::pretrained::{load_pretrained, GPT2_NAMES};
+use crate::model::{Gpt, Mode};
+use crate::optim::Optimizer;
+use crate::perf::{measure_cpu_peak_tflops, mfu};
+use crate::rng::{mix64, Rng};
+use crate::tokenizer::Tokenizer;
+use anyhow::{bail, Context, Result};
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+/// nanoGPT's vocabulary for GPT-2 BPE data trained from scratch: 50257 padded to 50304.
+const GPT2_PADDED_VOCAB: usize = 50304;
+
+/// What a finished run reports.
+#[derive(Clone, Debug, Default)]
+pub struct TrainSummary {
+    /// The mean loss of each iteration run in this session, in order.
+    pub losses: Vec<f32>,
+    /// (iter, train loss, val loss) of each evaluation.
+    pub evals: Vec<(usize, f32, f32)>,
+    pub best_val_loss: f32,
+    /// The next iteration to run (what a resume would start from).
+    pub iter_num: usize,
+    pub stopped_by_user: bool,
+}
+
+/// Seeds derived from (run seed, iteration, micro-step): the data order and dropout masks depend
+/// only on where training is, so a resumed run draws exactly what an uninterrupted one would.
+fn stream_seed(seed: u64, purpose: u64, iter: usize, micro: usize) -> u64 {
+    mix64(seed ^ mix64(purpose ^ mix64((iter as u64) << 16 | micro as u64)))
+}
+const BATCHES: u64 = 1;
+const DROPOUT: u64 = 2;
+const EVAL_BATCHES: u64 = 3;
+
+/// Runs training as configured. Progress goes to `log`; `stop` (set by Ctrl-C) ends the run after
+/// the current iteration with a checkpoint.
+pub fn train(cfg: &TrainConfig, log: &mut dyn Write, stop: &AtomicBool) -> Result<TrainSummary> {
+    cfg.validate()?;
+    let data_dir = cfg.dataset_dir();
+    let out_dir = cfg.out_dir();
+    let hyper = AdamW {
+        lr: cfg.learning_rate,
+        beta1: cfg.beta1,
+        beta2: cfg.beta2,
+        eps: 1e-8,
+        weight_decay: cfg.weight_decay,
+    };
+
+    let (mut model, mut opt, mut iter_num, mut best_val_loss) = match cfg.init_from.as_str() {
+        "scratch" => {
+            let vocab = dataset_vocab(&data_dir)?;
+            let model = Gpt::new(cfg.model_config(vocab), cfg.seed)?;
+            let opt = Optimizer::new(&model, hyper);
+            (model, opt, 0, f32::INFINITY)
+        }
+        "resume" => {
+            let (mut model, opt, state) = checkpoint::load(&out_dir.join("latest"), hyper)?;
+            model.set_dropout(cfg.dropout);
+            (model, opt, state.iter_num, state.best_val_loss)
+        }
+        name => {
+            if !GPT2_NAMES.contains(&name) && !Path::new(name).is_dir() {
+                bail!("init_from '{name}' is not scratch, resume, gpt2, gpt2-medium, gpt2-large, gpt2-xl or a model directory");
+            }
+            let mut model = load_pretrained(name)?;
+            model.crop_block_size(cfg.block_size);
+            model.set_dropout(cfg.dropout);
+            let opt = Optimizer::new(&model, hyper);
+            (model, opt, 0, f32::INFINITY)
+        }
+    };
+    opt.hyper = hyper;
+    let mcfg = model.config.clone();
+    let (b, t) = (cfg.batch_size, cfg.block_size.min(mcfg.block_size));
+    let train_data = open_split(&data_dir, "train", mcfg.vocab_size, t)?;
+    let val_data = open_split(&data_dir, "val", mcfg.vocab_size, t)?;
+    std::fs::create_dir_all(&out_dir)
+        .with_context(|| format!("cannot create out_dir {}", out_dir.display()))?;
+    let mut metrics = Metrics::open(&out_dir.join("metrics.jsonl"))?;
+
+    let (peak, peak_source) = if cfg.peak_tflops > 0.0 {
+        (cfg.peak_tflops, "peak_tflops")
+    } else {
+        (
+            measure_cpu_peak_tflops(),
+            "measured f32 matmul peak of this CPU",
+        )
+    };
+    let tokens_per_iter = cfg.gradient_accumulation_steps * b * t;
+    let flops_per_iter = mcfg.flops_per_token(t) * tokens_per_iter as f64;
+    writeln!(
+        log,
+        "{:.2}M parameters, {} tokens per iteration ({} x {} x {}), {} threads; MFU against {:.1} GFLOP/s ({peak_source})",
+        mcfg.num_params() as f64 / 1e6,
+        tokens_per_iter,
+        cfg.gradient_accumulation_steps,
+        b,
+        t,
+        rayon::current_num_threads(),
+        peak * 1e3
+    )?;
+
+    let mut summary = TrainSummary {
+        best_val_loss,
+        ..Default::default()
+    };
+    let (mut x, mut y) = (Vec::with_capacity(b * t), Vec::with_capacity(b * t));
+    let mut ema_ms: Option<f64> = None;
+    let mut window = (Instant::now(), 0usize);
+    loop {
+        let lr = learning_rate_at(cfg, iter_num);
+        if iter_num % cfg.eval_interval == 0 {
+            let (train_loss, val_loss) = (
+                estimate_loss(&mut model, &train_data, cfg, iter_num, b, t, &mut x, &mut y)?,
+                estimate_loss(&mut model, &val_data, cfg, iter_num, b, t, &mut x, &mut y)?,
+            );
+            writeln!(
+                log,
+                "step {iter_num}: train loss {train_loss:.4}, val loss {val_loss:.4}"
+            )?;
+            metrics.eval(iter_num, train_loss, val_loss)?;
+            summary.evals.push((iter_num, train_loss, val_loss));
+            // "best" is the lowest val loss seen; "latest" follows always_save_checkpoint.
+            let improved = val_loss < best_val_loss;
+            if improved {
+                best_val_loss = val_loss;
+            }
+            if iter_num > 0 && !cfg.eval_only {
+                let state = TrainState {
+                    iter_num,
+                    best_val_loss,
+                    model: model.config.clone(),
+                    train: cfg.clone(),
+                    optimizer_step: opt.step,
+                };
+                if improved {
+                    checkpoint::save(&out_dir.join("best"), &model, &opt, &state)?;
+                }
+                if improved || cfg.always_save_checkpoint {
+                    checkpoint::save(&out_dir.join("latest"), &model, &opt, &state)?;
+                    writeln!(
+                        log,
+                        "saved checkpoint to {}{}",
+                        out_dir.join("latest").display(),
+                        if improved { " and best/" } else { "" }
+                    )?;
+                }
+            }
+        }
+        if cfg.eval_only {
+            break;
+        }
+
+        let t0 = Instant::now();
+        model.zero_grad();
+        let mut loss_sum = 0.0f64;
+        for micro in 0..cfg.gradient_accumulation_steps {
+            let mut rng = Rng::new(stream_seed(cfg.seed, BATCHES, iter_num, micro));
+            train_data.get_batch_into(&mut rng, b, t, &mut x, &mut y)?;
+            let mode = Mode::Train {
+                seed: stream_seed(cfg.seed, DROPOUT, iter_num, micro),
+            };
+            let loss = model.forward(&x, Some(&y), b, t, mode)?.unwrap_or(f32::NAN);
+            if !loss.is_finite() {
+                bail!(
+                    "loss became {loss} at iteration {iter_num}: training stopped; the last good checkpoint in {} is kept \
+                     (try a lower learning_rate or grad_clip)",
+                    out_dir.join("latest").display()
+                );
+            }
+            loss_sum += loss as f64;
+            model.backward(1.0 / cfg.gradient_accumulation_steps as f32)?;
+        }
+        opt.step(&mut model, lr, cfg.grad_clip);
+        let loss = (loss_sum / cfg.gradient_accumulation_steps as f64) as f32;
+        summary.losses.push(loss);
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        ema_ms = Some(ema_ms.map_or(ms, |e| 0.9 * e + 0.1 * ms));
+        window.1 += 1;
+        if iter_num % cfg.log_interval == 0 {
+            let secs = window.0.elapsed().as_secs_f64();
+            let per_iter = secs / window.1 as f64;
+            let tok_s = tokens_per_iter as f64 / per_iter;
+            let m = mfu(flops_per_iter, per_iter, peak);
+            let eta = ema_ms.unwrap_or(ms) / 1e3 * cfg.max_iters.saturating_sub(iter_num) as f64;
+            writeln!(
+                log,
+                "iter {iter_num}: loss {loss:.4}, lr {lr:.3e}, time {:.1}ms, {tok_s:.0} tok/s, mfu {:.1}%, eta {}",
+                per_iter * 1e3,
+                m * 100.0,
+                format_duration(eta)
+            )?;
+            metrics.step(iter_num, loss, lr, per_iter * 1e3, tok_s, m)?;
+            window = (Instant::now(), 0);
+        }
+        iter_num += 1;
+        let interrupted = stop.load(Ordering::SeqCst);
+        if interrupted || iter_num > cfg.max_iters {
+            // Always end with a checkpoint to resume from, whatever the eval schedule.
+            let state = TrainState {
+                iter_num,
+                best_val_loss,
+                model: model.config.clone(),
+                train: cfg.clone(),
+                optimizer_step: opt.step,
+            };
+            checkpoint::save(&out_dir.join("latest"), &model, &opt, &state)?;
+            if interrupted {
+                writeln!(log, "interrupted: saved {} at iteration {iter_num}; continue with --init_from=resume", out_dir.join("latest").display())?;
+            } else {
+                writeln!(
+                    log,
+                    "done: saved {} at iteration {iter_num}",
+                    out_dir.join("latest").display()
+                )?;
+            }
+            summary.stopped_by_user = interrupted;
+            break;
+        }
+    }
+    summary.best_val_loss = best_val_loss;
+    summary.iter_num = iter_num;
+    Ok(summary)
+}
+
+/// Mean loss over eval_iters random batches, without dropout. The batches depend only on the
+/// iteration, so evaluating never disturbs the training stream.
+#[allow(clippy::too_many_arguments)]
+fn estimate_loss(
+    model: &mut Gpt,
+    data: &TokenFile,
+    cfg: &TrainConfig,
+    iter: usize,
+    b: usize,
+    t: usize,
+    x: &mut Vec<u32>,
+    y: &mut Vec<i32>,
+) -> Result<f32> {
+    let mut rng = Rng::new(stream_seed(cfg.seed, EVAL_BATCHES, iter, 0));
+    let mut total = 0.0f64;
+    let n = cfg.eval_iters.max(1);
+    for _ in 0..n {
+        data.get_batch_into(&mut rng, b, t, x, y)?;
+        total += model
+            .forward(x, Some(y), b, t, Mode::Eval)?
+            .unwrap_or(f32::NAN) as f64;
+    }
+    Ok((total / n as f64) as f32)
+}
+
+/// The vocabulary to train on: meta.json's (character data) or GPT-2's padded 50304.
+fn dataset_vocab(data_dir: &Path) -> Result<usize> {
+    if data_dir.join("meta.json").is_file() || data_dir.join("meta.pkl").is_file() {
+        Ok(Tokenizer::for_data_dir(data_dir)?.vocab_size())
+    } else {
+        Ok(GPT2_PADDED_VOCAB)
+    }
+}
+
+fn open_split(data_dir: &Path, split: &str, vocab: usize, block_size: usize) -> Result<TokenFile> {
+    let path = data_dir.join(format!("{split}.bin"));
+    if !path.is_file() {
+        bail!("{} not found: prepare the dataset first (nanogpt prepare ...), or set dataset / data_dir", path.display());
+    }
+    let file = TokenFile::open(&path, vocab)?;
+    file.require_len(block_size)?;
+    Ok(file)
+}
+
+fn format_duration(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
