@@ -59,7 +59,7 @@ pub fn train(cfg: &TrainConfig, log: &mut dyn Write, stop: &AtomicBool) -> Resul
 
     let (mut model, mut opt, mut iter_num, mut best_val_loss) = match cfg.init_from.as_str() {
         "scratch" => {
-            let vocab = dataset_vocab(&data_dir)?;
+            let vocab = if cfg.vocab_size > 0 { cfg.vocab_size } else { dataset_vocab(&data_dir)? };
             let model = Gpt::new(cfg.model_config(vocab), cfg.seed)?;
             let opt = Optimizer::new(&model, hyper);
             (model, opt, 0, f32::INFINITY)
