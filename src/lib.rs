@@ -4,6 +4,7 @@ pub mod atomic_file;
 pub mod bench;
 pub mod config;
 pub mod data;
+pub mod download;
 pub mod kernels;
 pub mod model;
 pub mod optim;

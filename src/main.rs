@@ -32,15 +32,22 @@ fn parse_bool(s: &str) -> Result<bool, String> {
     }
 }
 
+/// The char-rnn tiny Shakespeare text that nanoGPT downloads.
+const TINY_SHAKESPEARE_URL: &str =
+    "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt";
+
 #[derive(Subcommand)]
 enum Command {
     /// Prepare a dataset into data/<name>/ (train.bin, val.bin, meta.json for characters).
     Prepare {
         /// shakespeare_char (characters) or shakespeare (GPT-2 BPE).
         dataset: String,
-        /// The text to prepare (tiny Shakespeare: input.txt).
+        /// The text to prepare; without it, tiny Shakespeare is downloaded to <dataset>/input.txt.
         #[arg(long)]
         input: Option<PathBuf>,
+        /// Where to download tiny Shakespeare from.
+        #[arg(long, default_value = TINY_SHAKESPEARE_URL)]
+        url: String,
         /// Put <dataset>/ under this directory instead of data/.
         #[arg(long = "data_dir", default_value = "data")]
         data_dir: PathBuf,
@@ -125,14 +132,25 @@ fn run() -> Result<()> {
         Command::Prepare {
             dataset,
             input,
+            url,
             data_dir,
         } => {
-            let Some(input) = input else {
-                anyhow::bail!(
-                    "no --input given: download tiny Shakespeare's input.txt (the char-rnn dataset) and pass --input=path/to/input.txt"
-                );
-            };
             let out = data_dir.join(&dataset);
+            let input = match input {
+                Some(path) => path,
+                None => {
+                    let path = out.join("input.txt");
+                    if !path.is_file() {
+                        eprintln!("downloading tiny Shakespeare to {}", path.display());
+                        nanogpt::download::download(
+                            &url,
+                            &path,
+                            "download input.txt yourself and pass --input=path/to/input.txt",
+                        )?;
+                    }
+                    path
+                }
+            };
             let summary = match dataset.as_str() {
                 "shakespeare_char" => nanogpt::data::prepare_shakespeare_char(&input, &out)?,
                 "shakespeare" => nanogpt::data::prepare_shakespeare_bpe(&input, &out)?,

@@ -1,0 +1,134 @@
+//! Downloads that survive bad networks: a progress bar, retries, resuming a partial file
+//! (`NAME.part`, continued with an HTTP Range request), and an atomic rename when complete.
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::fs::OpenOptions;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const ATTEMPTS: usize = 4;
+
+/// Downloads `url` to `dest` (created whole or not at all). `hint` ends the error message when
+/// the download cannot be done, to say what to do instead (e.g. "pass --input FILE").
+pub fn download(url: &str, dest: &Path, hint: &str) -> Result<()> {
+    if let Some(dir) = dest.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let part = part_path(dest);
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(15))
+        .timeout_read(Duration::from_secs(60))
+        .build();
+    let mut last_error = String::new();
+    for attempt in 0..ATTEMPTS {
+        if attempt > 0 {
+            std::thread::sleep(Duration::from_millis(500 << attempt));
+        }
+        match fetch(&agent, url, &part) {
+            Ok(()) => {
+                std::fs::rename(&part, dest).with_context(|| {
+                    format!("cannot rename {} to {}", part.display(), dest.display())
+                })?;
+                return Ok(());
+            }
+            Err(Fetch::Fatal(e)) => bail!("cannot download {url}: {e}; {hint}"),
+            Err(Fetch::Retry(e)) => last_error = e,
+        }
+    }
+    bail!("cannot download {url} after {ATTEMPTS} attempts ({last_error}); no network? {hint}")
+}
+
+enum Fetch {
+    /// Worth another try (network trouble); the partial file is kept for resuming.
+    Retry(String),
+    /// Will not get better (404, disk full).
+    Fatal(String),
+}
+
+fn fetch(agent: &ureq::Agent, url: &str, part: &Path) -> Result<(), Fetch> {
+    let have = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
+    let mut request = agent.get(url);
+    if have > 0 {
+        request = request.set("Range", &format!("bytes={have}-"));
+    }
+    let response = match request.call() {
+        Ok(r) => r,
+        // The partial file is already complete.
+        Err(ureq::Error::Status(416, _)) if have > 0 => return Ok(()),
+        Err(ureq::Error::Status(code, r)) if (400..500).contains(&code) => {
+            return Err(Fetch::Fatal(format!("HTTP {code} {}", r.status_text())))
+        }
+        // No name resolution means no network: retrying will not help.
+        Err(ureq::Error::Transport(t)) if t.kind() == ureq::ErrorKind::Dns => {
+            return Err(Fetch::Fatal(format!(
+                "cannot resolve the host ({})",
+                t.message().unwrap_or("no network?")
+            )))
+        }
+        Err(e) => return Err(Fetch::Retry(e.to_string())),
+    };
+    let resumed = response.status() == 206;
+    let start = if resumed { have } else { 0 };
+    let total = response
+        .header("Content-Length")
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|n| n + start);
+    let mut file = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(resumed)
+        .truncate(!resumed)
+        .open(part)
+        .map_err(|e| Fetch::Fatal(format!("cannot write {}: {e}", part.display())))?;
+    let bar = match total {
+        Some(n) => ProgressBar::new(n),
+        None => ProgressBar::new_spinner(),
+    };
+    if let Ok(style) = ProgressStyle::with_template(
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(
+        part.file_name()
+            .map(|n| n.to_string_lossy().trim_end_matches(".part").to_string())
+            .unwrap_or_default(),
+    );
+    bar.set_position(start);
+    let mut reader = response.into_reader();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut written = start;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                bar.abandon();
+                return Err(Fetch::Retry(e.to_string()));
+            }
+        };
+        file.write_all(&buf[..n]).map_err(|e| {
+            Fetch::Fatal(format!("cannot write {}: {e} (disk full?)", part.display()))
+        })?;
+        written += n as u64;
+        bar.set_position(written);
+    }
+    bar.finish_and_clear();
+    if let Some(n) = total {
+        if written != n {
+            return Err(Fetch::Retry(format!(
+                "connection closed after {written} of {n} bytes"
+            )));
+        }
+    }
+    file.sync_all()
+        .map_err(|e| Fetch::Fatal(format!("cannot write {}: {e}", part.display())))
+}
+
+fn part_path(dest: &Path) -> PathBuf {
+    let mut s = dest.as_os_str().to_owned();
+    s.push(".part");
+    PathBuf::from(s)
+}
