@@ -233,21 +233,16 @@ impl Gpt {
             Mode::Train { seed } if cfg.dropout > 0.0 => Some(seed),
             _ => None,
         };
-        let bias = |off: usize, n: usize| cfg.bias.then(|| &p[off..off + n]);
+        let w = Weights { p, bias: cfg.bias };
         let dims = AttnDims {
             batch: b,
             n_head: nh,
             head_size: c / nh,
         };
+        let key = |l: usize, site: u64| drop.map(|seed| dropout_key(seed, l, site));
 
         encoder_forward(&mut a.encoded, tokens, &p[tb.wte..], &p[tb.wpe..], t, 0, c);
-        if let Some(seed) = drop {
-            dropout_inplace(
-                &mut a.encoded,
-                dropout_key(seed, 0, SITE_EMBED),
-                cfg.dropout,
-            );
-        }
+        dropout_maybe(&mut a.encoded, key(0, SITE_EMBED), cfg.dropout);
         for (l, o) in tb.layers.iter().enumerate() {
             let (r_c, r_3c, r_4c) = (
                 l * bt * c..(l + 1) * bt * c,
@@ -255,31 +250,35 @@ impl Gpt {
                 l * bt * 4 * c..(l + 1) * bt * 4 * c,
             );
             let r_row = l * bt..(l + 1) * bt;
+            let (before, this_and_after) = a.residual3.split_at_mut(l * bt * c);
             let residual: &[f32] = if l == 0 {
                 &a.encoded
             } else {
-                &a.residual3[(l - 1) * bt * c..l * bt * c]
+                &before[(l - 1) * bt * c..]
             };
+            let residual3 = &mut this_and_after[..bt * c];
+
+            // x + drop(attn(ln_1(x)) @ W_proj + b)
             layernorm_forward(
                 &mut a.ln1[r_c.clone()],
                 &mut a.ln1_mean[r_row.clone()],
                 &mut a.ln1_rstd[r_row.clone()],
                 residual,
-                &p[o.ln1_w..o.ln1_w + c],
-                bias(o.ln1_b, c),
+                w.w(o.ln1_w, c),
+                w.b(o.ln1_b, c),
                 c,
             );
             matmul_forward(
                 &mut a.qkv[r_3c.clone()],
                 &a.ln1[r_c.clone()],
-                &p[o.qkv_w..o.qkv_w + 3 * c * c],
+                w.w(o.qkv_w, 3 * c * c),
                 Layout::InOut,
-                bias(o.qkv_b, 3 * c),
+                w.b(o.qkv_b, 3 * c),
                 c,
                 3 * c,
             );
-            let att_drop = drop.map(|seed| AttnDropout {
-                key: dropout_key(seed, l, SITE_ATTN),
+            let att_drop = key(l, SITE_ATTN).map(|key| AttnDropout {
+                key,
                 p: cfg.dropout,
                 max_t: t,
             });
@@ -294,73 +293,61 @@ impl Gpt {
             matmul_forward(
                 &mut a.proj,
                 &a.atty[r_c.clone()],
-                &p[o.attproj_w..o.attproj_w + c * c],
+                w.w(o.attproj_w, c * c),
                 Layout::InOut,
-                bias(o.attproj_b, c),
+                w.b(o.attproj_b, c),
                 c,
                 c,
             );
-            if let Some(seed) = drop {
-                dropout_inplace(
-                    &mut a.proj,
-                    dropout_key(seed, l, SITE_ATTN_RESID),
-                    cfg.dropout,
-                );
-            }
+            dropout_maybe(&mut a.proj, key(l, SITE_ATTN_RESID), cfg.dropout);
             residual_forward(&mut a.residual2[r_c.clone()], residual, &a.proj);
+
+            // x + drop(gelu(ln_2(x) @ W_fc + b) @ W_proj + b)
             layernorm_forward(
                 &mut a.ln2[r_c.clone()],
                 &mut a.ln2_mean[r_row.clone()],
-                &mut a.ln2_rstd[r_row.clone()],
+                &mut a.ln2_rstd[r_row],
                 &a.residual2[r_c.clone()],
-                &p[o.ln2_w..o.ln2_w + c],
-                bias(o.ln2_b, c),
+                w.w(o.ln2_w, c),
+                w.b(o.ln2_b, c),
                 c,
             );
             matmul_forward(
                 &mut a.fch[r_4c.clone()],
                 &a.ln2[r_c.clone()],
-                &p[o.fc_w..o.fc_w + 4 * c * c],
+                w.w(o.fc_w, 4 * c * c),
                 Layout::InOut,
-                bias(o.fc_b, 4 * c),
+                w.b(o.fc_b, 4 * c),
                 c,
                 4 * c,
             );
             gelu_forward(&mut a.fch_gelu[r_4c.clone()], &a.fch[r_4c.clone()]);
             matmul_forward(
                 &mut a.proj,
-                &a.fch_gelu[r_4c.clone()],
-                &p[o.fcproj_w..o.fcproj_w + 4 * c * c],
+                &a.fch_gelu[r_4c],
+                w.w(o.fcproj_w, 4 * c * c),
                 Layout::InOut,
-                bias(o.fcproj_b, c),
+                w.b(o.fcproj_b, c),
                 4 * c,
                 c,
             );
-            if let Some(seed) = drop {
-                dropout_inplace(
-                    &mut a.proj,
-                    dropout_key(seed, l, SITE_MLP_RESID),
-                    cfg.dropout,
-                );
-            }
-            let (before, after) = a.residual3.split_at_mut(l * bt * c);
-            let _ = before;
-            residual_forward(&mut after[..bt * c], &a.residual2[r_c], &a.proj);
+            dropout_maybe(&mut a.proj, key(l, SITE_MLP_RESID), cfg.dropout);
+            residual_forward(residual3, &a.residual2[r_c], &a.proj);
         }
-        let last = &a.residual3[(cfg.n_layer - 1) * bt * c..cfg.n_layer * bt * c];
+        let last = &a.residual3[(cfg.n_layer - 1) * bt * c..];
         layernorm_forward(
             &mut a.lnf,
             &mut a.lnf_mean,
             &mut a.lnf_rstd,
             last,
-            &p[tb.lnf_w..tb.lnf_w + c],
-            bias(tb.lnf_b, c),
+            w.w(tb.lnf_w, c),
+            w.b(tb.lnf_b, c),
             c,
         );
         matmul_forward(
             &mut a.logits,
             &a.lnf,
-            &p[tb.wte..tb.wte + vp * c],
+            w.w(tb.wte, vp * c),
             Layout::OutIn,
             None,
             c,
@@ -403,12 +390,16 @@ impl Gpt {
             Mode::Train { seed } if cfg.dropout > 0.0 => Some(seed),
             _ => None,
         };
+        let key = |l: usize, site: u64| drop.map(|seed| dropout_key(seed, l, site));
         let dims = AttnDims {
             batch: b,
             n_head: nh,
             head_size: c / nh,
         };
+        let w = Weights { p, bias: cfg.bias };
+        let bias_at = |off: usize| cfg.bias.then_some(off);
 
+        // Loss -> logits (in place) -> ln_f output -> the residual stream.
         let valid = count_valid(&a.targets);
         let scale = if valid == 0 {
             0.0
@@ -416,36 +407,32 @@ impl Gpt {
             grad_scale / valid as f32
         };
         crossentropy_backward_inplace(&mut a.logits, &a.row_lse, &a.targets, v, vp, scale);
-        {
-            let (dwte, _) = split_grad(grads, tb.wte, vp * c, None);
-            matmul_backward(
-                &mut g.dln,
-                dwte,
-                None,
-                &a.logits,
-                &a.lnf,
-                &p[tb.wte..tb.wte + vp * c],
-                Layout::OutIn,
-                c,
-                vp,
-            );
-        }
+        let (dwte, _) = split_grad(grads, tb.wte, vp * c, None);
+        matmul_backward(
+            &mut g.dln,
+            dwte,
+            None,
+            &a.logits,
+            &a.lnf,
+            w.w(tb.wte, vp * c),
+            Layout::OutIn,
+            c,
+            vp,
+        );
         g.dresidual.fill(0.0);
-        {
-            let last = &a.residual3[(nl - 1) * bt * c..nl * bt * c];
-            let (dw, db) = split_grad(grads, tb.lnf_w, c, cfg.bias.then_some(tb.lnf_b));
-            layernorm_backward(
-                &mut g.dresidual,
-                dw,
-                db,
-                &g.dln,
-                last,
-                &p[tb.lnf_w..tb.lnf_w + c],
-                &a.lnf_mean,
-                &a.lnf_rstd,
-                c,
-            );
-        }
+        let (dw, db) = split_grad(grads, tb.lnf_w, c, bias_at(tb.lnf_b));
+        layernorm_backward(
+            &mut g.dresidual,
+            dw,
+            db,
+            &g.dln,
+            &a.residual3[(nl - 1) * bt * c..],
+            w.w(tb.lnf_w, c),
+            &a.lnf_mean,
+            &a.lnf_rstd,
+            c,
+        );
+
         for (l, o) in tb.layers.iter().enumerate().rev() {
             let (r_c, r_3c, r_4c) = (
                 l * bt * c..(l + 1) * bt * c,
@@ -460,92 +447,71 @@ impl Gpt {
             };
 
             // MLP branch: residual3 = residual2 + drop(gelu(fch) @ W_proj + b)
-            let dproj_mlp: &[f32] = match drop {
-                Some(seed) => {
-                    g.dproj.copy_from_slice(&g.dresidual);
-                    dropout_inplace(
-                        &mut g.dproj,
-                        dropout_key(seed, l, SITE_MLP_RESID),
-                        cfg.dropout,
-                    );
-                    &g.dproj
-                }
-                None => &g.dresidual,
-            };
-            {
-                let (dw, db) =
-                    split_grad(grads, o.fcproj_w, 4 * c * c, cfg.bias.then_some(o.fcproj_b));
-                matmul_backward(
-                    &mut g.dfch,
-                    dw,
-                    db,
-                    dproj_mlp,
-                    &a.fch_gelu[r_4c.clone()],
-                    &p[o.fcproj_w..o.fcproj_w + 4 * c * c],
-                    Layout::InOut,
-                    4 * c,
-                    c,
-                );
-            }
-            gelu_backward_inplace(&mut g.dfch, &a.fch[r_4c.clone()]);
-            {
-                let (dw, db) = split_grad(grads, o.fc_w, 4 * c * c, cfg.bias.then_some(o.fc_b));
-                matmul_backward(
-                    &mut g.dln,
-                    dw,
-                    db,
-                    &g.dfch,
-                    &a.ln2[r_c.clone()],
-                    &p[o.fc_w..o.fc_w + 4 * c * c],
-                    Layout::InOut,
-                    c,
-                    4 * c,
-                );
-            }
-            {
-                let (dw, db) = split_grad(grads, o.ln2_w, c, cfg.bias.then_some(o.ln2_b));
-                layernorm_backward(
-                    &mut g.dresidual,
-                    dw,
-                    db,
-                    &g.dln,
-                    &a.residual2[r_c.clone()],
-                    &p[o.ln2_w..o.ln2_w + c],
-                    &a.ln2_mean[r_row.clone()],
-                    &a.ln2_rstd[r_row.clone()],
-                    c,
-                );
-            }
+            let dproj = branch_grad(
+                &g.dresidual,
+                &mut g.dproj,
+                key(l, SITE_MLP_RESID),
+                cfg.dropout,
+            );
+            let (dw, db) = split_grad(grads, o.fcproj_w, 4 * c * c, bias_at(o.fcproj_b));
+            matmul_backward(
+                &mut g.dfch,
+                dw,
+                db,
+                dproj,
+                &a.fch_gelu[r_4c.clone()],
+                w.w(o.fcproj_w, 4 * c * c),
+                Layout::InOut,
+                4 * c,
+                c,
+            );
+            gelu_backward_inplace(&mut g.dfch, &a.fch[r_4c]);
+            let (dw, db) = split_grad(grads, o.fc_w, 4 * c * c, bias_at(o.fc_b));
+            matmul_backward(
+                &mut g.dln,
+                dw,
+                db,
+                &g.dfch,
+                &a.ln2[r_c.clone()],
+                w.w(o.fc_w, 4 * c * c),
+                Layout::InOut,
+                c,
+                4 * c,
+            );
+            let (dw, db) = split_grad(grads, o.ln2_w, c, bias_at(o.ln2_b));
+            layernorm_backward(
+                &mut g.dresidual,
+                dw,
+                db,
+                &g.dln,
+                &a.residual2[r_c.clone()],
+                w.w(o.ln2_w, c),
+                &a.ln2_mean[r_row.clone()],
+                &a.ln2_rstd[r_row.clone()],
+                c,
+            );
+
             // Attention branch: residual2 = residual + drop(attn(ln1) @ W_proj + b)
-            let dproj_attn: &[f32] = match drop {
-                Some(seed) => {
-                    g.dproj.copy_from_slice(&g.dresidual);
-                    dropout_inplace(
-                        &mut g.dproj,
-                        dropout_key(seed, l, SITE_ATTN_RESID),
-                        cfg.dropout,
-                    );
-                    &g.dproj
-                }
-                None => &g.dresidual,
-            };
-            {
-                let (dw, db) =
-                    split_grad(grads, o.attproj_w, c * c, cfg.bias.then_some(o.attproj_b));
-                matmul_backward(
-                    &mut g.datty,
-                    dw,
-                    db,
-                    dproj_attn,
-                    &a.atty[r_c.clone()],
-                    &p[o.attproj_w..o.attproj_w + c * c],
-                    Layout::InOut,
-                    c,
-                    c,
-                );
-            }
-            let att_drop = drop.map(|seed| AttnDropout {
-                key: dropout_key(seed, l, SITE_ATTN),
+            let dproj = branch_grad(
+                &g.dresidual,
+                &mut g.dproj,
+                key(l, SITE_ATTN_RESID),
+                cfg.dropout,
+            );
+            let (dw, db) = split_grad(grads, o.attproj_w, c * c, bias_at(o.attproj_b));
+            matmul_backward(
+                &mut g.datty,
+                dw,
+                db,
+                dproj,
+                &a.atty[r_c.clone()],
+                w.w(o.attproj_w, c * c),
+                Layout::InOut,
+                c,
+                c,
+            );
+            let att_drop = key(l, SITE_ATTN).map(|key| AttnDropout {
+                key,
                 p: cfg.dropout,
                 max_t: t,
             });
@@ -559,46 +525,76 @@ impl Gpt {
                 t,
                 att_drop,
             );
-            {
-                let (dw, db) = split_grad(grads, o.qkv_w, 3 * c * c, cfg.bias.then_some(o.qkv_b));
-                matmul_backward(
-                    &mut g.dln,
-                    dw,
-                    db,
-                    &g.dqkv,
-                    &a.ln1[r_c.clone()],
-                    &p[o.qkv_w..o.qkv_w + 3 * c * c],
-                    Layout::InOut,
-                    c,
-                    3 * c,
-                );
-            }
-            {
-                let (dw, db) = split_grad(grads, o.ln1_w, c, cfg.bias.then_some(o.ln1_b));
-                layernorm_backward(
-                    &mut g.dresidual,
-                    dw,
-                    db,
-                    &g.dln,
-                    residual,
-                    &p[o.ln1_w..o.ln1_w + c],
-                    &a.ln1_mean[r_row.clone()],
-                    &a.ln1_rstd[r_row],
-                    c,
-                );
-            }
-        }
-        if let Some(seed) = drop {
-            dropout_inplace(
+            let (dw, db) = split_grad(grads, o.qkv_w, 3 * c * c, bias_at(o.qkv_b));
+            matmul_backward(
+                &mut g.dln,
+                dw,
+                db,
+                &g.dqkv,
+                &a.ln1[r_c],
+                w.w(o.qkv_w, 3 * c * c),
+                Layout::InOut,
+                c,
+                3 * c,
+            );
+            let (dw, db) = split_grad(grads, o.ln1_w, c, bias_at(o.ln1_b));
+            layernorm_backward(
                 &mut g.dresidual,
-                dropout_key(seed, 0, SITE_EMBED),
-                cfg.dropout,
+                dw,
+                db,
+                &g.dln,
+                residual,
+                w.w(o.ln1_w, c),
+                &a.ln1_mean[r_row.clone()],
+                &a.ln1_rstd[r_row],
+                c,
             );
         }
+        dropout_maybe(&mut g.dresidual, key(0, SITE_EMBED), cfg.dropout);
         let (dwte, dwpe) = grads.split_at_mut(tb.wpe);
         encoder_backward(&mut dwte[tb.wte..], dwpe, &g.dresidual, &a.tokens, t, c);
         a.has_targets = false;
         Ok(())
+    }
+}
+
+/// Read-only views of weights (and biases, which a bias-free model does not have).
+struct Weights<'a> {
+    p: &'a [f32],
+    bias: bool,
+}
+
+impl<'a> Weights<'a> {
+    fn w(&self, off: usize, len: usize) -> &'a [f32] {
+        &self.p[off..off + len]
+    }
+    fn b(&self, off: usize, len: usize) -> Option<&'a [f32]> {
+        self.bias.then(|| &self.p[off..off + len])
+    }
+}
+
+/// Dropout, when this site has a mask (train mode with dropout > 0).
+fn dropout_maybe(x: &mut [f32], key: Option<u64>, p: f32) {
+    if let Some(key) = key {
+        dropout_inplace(x, key, p);
+    }
+}
+
+/// The gradient reaching a residual branch's output: the stream's gradient, through the
+/// branch's dropout mask when there is one (then written to `scratch`).
+fn branch_grad<'a>(
+    dresidual: &'a [f32],
+    scratch: &'a mut [f32],
+    key: Option<u64>,
+    p: f32,
+) -> &'a [f32] {
+    match key {
+        Some(key) => {
+            scratch.copy_from_slice(dresidual);
+            dropout_inplace(scratch, key, p);
+            scratch
+        }
+        None => dresidual,
     }
 }
 

@@ -31,8 +31,23 @@ pub struct TrainState {
     pub optimizer_step: u64,
 }
 
-/// Writes a complete checkpoint to `dir`, replacing any earlier one there.
-pub fn save(dir: &Path, model: &Gpt, opt: &Optimizer, state: &TrainState) -> Result<()> {
+/// Writes a complete checkpoint to `dir`, replacing any earlier one there. `iter_num` is the
+/// next iteration to run.
+pub fn save(
+    dir: &Path,
+    model: &Gpt,
+    opt: &Optimizer,
+    train: &TrainConfig,
+    iter_num: usize,
+    best_val_loss: f32,
+) -> Result<()> {
+    let state = TrainState {
+        iter_num,
+        best_val_loss,
+        model: model.config.clone(),
+        train: train.clone(),
+        optimizer_step: opt.step,
+    };
     let tmp = sibling(dir, "tmp");
     let old = sibling(dir, "old");
     if tmp.exists() {
@@ -53,7 +68,7 @@ pub fn save(dir: &Path, model: &Gpt, opt: &Optimizer, state: &TrainState) -> Res
     write_atomic(&tmp.join(OPTIMIZER_FILE), &bytes)?;
     write_atomic(
         &tmp.join(STATE_FILE),
-        serde_json::to_string_pretty(state)?.as_bytes(),
+        serde_json::to_string_pretty(&state)?.as_bytes(),
     )?;
     if dir.exists() {
         if old.exists() {

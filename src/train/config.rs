@@ -275,13 +275,6 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
             bail!("beta1 and beta2 must be in [0, 1)");
         }
-        if self.decay_lr && self.lr_decay_iters < self.warmup_iters {
-            bail!(
-                "lr_decay_iters ({}) must be at least warmup_iters ({})",
-                self.lr_decay_iters,
-                self.warmup_iters
-            );
-        }
         if self.device != "cpu" {
             bail!(
                 "device '{}' is not available: this build trains on the CPU (device = \"cpu\")",

@@ -1,7 +1,7 @@
 //! The training loop, as nanoGPT's train.py runs it: evaluate every eval_interval, checkpoint,
 //! then gradient_accumulation_steps micro-batches, clip, AdamW, log.
 
-use super::checkpoint::{self, TrainState};
+use super::checkpoint;
 use super::config::{learning_rate_at, TrainConfig};
 use super::metrics::Metrics;
 use crate::data::TokenFile;
@@ -59,7 +59,11 @@ pub fn train(cfg: &TrainConfig, log: &mut dyn Write, stop: &AtomicBool) -> Resul
 
     let (mut model, mut opt, mut iter_num, mut best_val_loss) = match cfg.init_from.as_str() {
         "scratch" => {
-            let vocab = if cfg.vocab_size > 0 { cfg.vocab_size } else { dataset_vocab(&data_dir)? };
+            let vocab = if cfg.vocab_size > 0 {
+                cfg.vocab_size
+            } else {
+                dataset_vocab(&data_dir)?
+            };
             let model = Gpt::new(cfg.model_config(vocab), cfg.seed)?;
             let opt = Optimizer::new(&model, hyper);
             (model, opt, 0, f32::INFINITY)
@@ -137,18 +141,25 @@ pub fn train(cfg: &TrainConfig, log: &mut dyn Write, stop: &AtomicBool) -> Resul
                 best_val_loss = val_loss;
             }
             if iter_num > 0 && !cfg.eval_only {
-                let state = TrainState {
-                    iter_num,
-                    best_val_loss,
-                    model: model.config.clone(),
-                    train: cfg.clone(),
-                    optimizer_step: opt.step,
-                };
                 if improved {
-                    checkpoint::save(&out_dir.join("best"), &model, &opt, &state)?;
+                    checkpoint::save(
+                        &out_dir.join("best"),
+                        &model,
+                        &opt,
+                        cfg,
+                        iter_num,
+                        best_val_loss,
+                    )?;
                 }
                 if improved || cfg.always_save_checkpoint {
-                    checkpoint::save(&out_dir.join("latest"), &model, &opt, &state)?;
+                    checkpoint::save(
+                        &out_dir.join("latest"),
+                        &model,
+                        &opt,
+                        cfg,
+                        iter_num,
+                        best_val_loss,
+                    )?;
                     writeln!(
                         log,
                         "saved checkpoint to {}{}",
@@ -208,14 +219,14 @@ pub fn train(cfg: &TrainConfig, log: &mut dyn Write, stop: &AtomicBool) -> Resul
         let interrupted = stop.load(Ordering::SeqCst);
         if interrupted || iter_num > cfg.max_iters {
             // Always end with a checkpoint to resume from, whatever the eval schedule.
-            let state = TrainState {
+            checkpoint::save(
+                &out_dir.join("latest"),
+                &model,
+                &opt,
+                cfg,
                 iter_num,
                 best_val_loss,
-                model: model.config.clone(),
-                train: cfg.clone(),
-                optimizer_step: opt.step,
-            };
-            checkpoint::save(&out_dir.join("latest"), &model, &opt, &state)?;
+            )?;
             if interrupted {
                 writeln!(log, "interrupted: saved {} at iteration {iter_num}; continue with --init_from=resume", out_dir.join("latest").display())?;
             } else {
