@@ -41,6 +41,31 @@ pub fn measure_cpu_peak_tflops() -> f64 {
     2.0 * (m * k * n) as f64 / best / 1e12
 }
 
+/// Dense peak TFLOP/s of known GPUs for the precision training would use on them (bf16 tensor
+/// cores; the RTX cards' figures are with FP32 accumulation), from the vendors' data sheets. A
+/// GPU backend looks its device name up here; `--peak_tflops` overrides. Longer names first, so
+/// "H100 PCIe" is not taken for "H100".
+pub const GPU_PEAK_TFLOPS: &[(&str, f64)] = &[
+    ("H200", 989.0),
+    ("H100 PCIe", 756.0),
+    ("H100", 989.0),
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("L4", 121.0),
+    ("RTX 4090", 165.2),
+    ("RTX 3090", 71.0),
+    ("V100", 125.0),
+    ("T4", 65.0),
+];
+
+/// The peak of a GPU whose name (as the driver reports it) contains a known model.
+pub fn gpu_peak_tflops(device_name: &str) -> Option<f64> {
+    GPU_PEAK_TFLOPS
+        .iter()
+        .find(|(model, _)| device_name.contains(model))
+        .map(|&(_, peak)| peak)
+}
+
 /// Model FLOPs utilisation: achieved FLOP/s over the peak.
 pub fn mfu(flops_per_iter: f64, seconds_per_iter: f64, peak_tflops: f64) -> f64 {
     flops_per_iter / seconds_per_iter / (peak_tflops * 1e12)
@@ -94,4 +119,23 @@ unsafe impl GlobalAlloc for CountingAlloc {
 /// Heap allocations so far (0 unless `CountingAlloc` is the global allocator).
 pub fn allocations() -> u64 {
     ALLOCATIONS.load(Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpu_names_resolve_to_their_own_peak() {
+        assert_eq!(gpu_peak_tflops("NVIDIA H100 80GB HBM3"), Some(989.0));
+        assert_eq!(gpu_peak_tflops("NVIDIA H100 PCIe"), Some(756.0));
+        assert_eq!(gpu_peak_tflops("NVIDIA A100-SXM4-40GB"), Some(312.0));
+        assert_eq!(gpu_peak_tflops("NVIDIA GeForce RTX 3090"), Some(71.0));
+        assert_eq!(gpu_peak_tflops("Some CPU"), None);
+    }
+
+    #[test]
+    fn mfu_is_achieved_over_peak() {
+        assert!((mfu(1e12, 0.5, 4.0) - 0.5).abs() < 1e-12);
+    }
 }
