@@ -1,5 +1,6 @@
 //! nanogpt-rs: nanoGPT rebuilt in Rust. See README.md and DESIGN.md.
 
+pub mod arithmetic;
 pub mod atomic_file;
 pub mod bench;
 pub mod config;

@@ -3,6 +3,7 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use nanogpt::bench::{run_generate_bench, run_train_bench, BenchOptions};
+use nanogpt::arithmetic::{prepare_arithmetic, ArithmeticOptions, Format, Op};
 use nanogpt::config::GptConfig;
 use nanogpt::train::TrainConfig;
 use std::path::PathBuf;
@@ -38,19 +39,15 @@ const TINY_SHAKESPEARE_URL: &str =
 
 #[derive(Subcommand)]
 enum Command {
-    /// Prepare a dataset into data/<name>/ (train.bin, val.bin, meta.json for characters).
+    /// Prepare a dataset into data/<name>/ (train.bin, val.bin, and meta.json for characters).
     Prepare {
-        /// shakespeare_char (characters) or shakespeare (GPT-2 BPE).
-        dataset: String,
-        /// The text to prepare; without it, tiny Shakespeare is downloaded to <dataset>/input.txt.
-        #[arg(long)]
-        input: Option<PathBuf>,
-        /// Where to download tiny Shakespeare from.
-        #[arg(long, default_value = TINY_SHAKESPEARE_URL)]
-        url: String,
-        /// Put <dataset>/ under this directory instead of data/.
-        #[arg(long = "data_dir", default_value = "data")]
-        data_dir: PathBuf,
+        #[command(subcommand)]
+        dataset: PrepareCommand,
+    },
+    /// Evaluate a trained model.
+    Eval {
+        #[command(subcommand)]
+        task: EvalCommand,
     },
     /// Train a GPT: nanoGPT's train.py. `nanogpt train config/train_shakespeare_char.toml --max_iters=2000`
     Train {
@@ -109,6 +106,79 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum PrepareCommand {
+    /// Tiny Shakespeare by character (nanoGPT's data/shakespeare_char).
+    #[command(name = "shakespeare_char")]
+    ShakespeareChar(ShakespeareArgs),
+    /// Tiny Shakespeare with GPT-2 BPE (nanoGPT's data/shakespeare).
+    Shakespeare(ShakespeareArgs),
+    /// Arithmetic problems (+ - * /), character level, with a held-out test set.
+    Arithmetic(ArithmeticArgs),
+}
+
+#[derive(Subcommand)]
+enum EvalCommand {
+    /// Exact-match accuracy on the held-out arithmetic problems, per operation and length.
+    Arithmetic {
+        /// The training run's out_dir (its best/ checkpoint, else latest/).
+        #[arg(long = "out_dir", default_value = "out-arithmetic")]
+        out_dir: PathBuf,
+        #[arg(long = "data_dir", default_value = "data")]
+        data_dir: PathBuf,
+        /// The dataset's name under data_dir.
+        #[arg(long, default_value = "arithmetic")]
+        name: String,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct ShakespeareArgs {
+    /// The text to prepare; without it, tiny Shakespeare is downloaded to <dataset>/input.txt.
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// Where to download tiny Shakespeare from.
+    #[arg(long, default_value = TINY_SHAKESPEARE_URL)]
+    url: String,
+    /// Put <dataset>/ under this directory instead of data/.
+    #[arg(long = "data_dir", default_value = "data")]
+    data_dir: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct ArithmeticArgs {
+    /// Operations, e.g. "+-" or "+-*/".
+    #[arg(long, default_value = "+-")]
+    ops: String,
+    /// plain (123+45=168), reversed (answer digits least significant first: 123+45=861) or
+    /// scratchpad (reversed, with multiplication's partial products written out).
+    #[arg(long, default_value = "reversed")]
+    format: String,
+    #[arg(long = "min_digits", default_value_t = 1)]
+    min_digits: usize,
+    #[arg(long = "max_digits", default_value_t = 3)]
+    max_digits: usize,
+    /// Largest divisor length in digits.
+    #[arg(long = "max_divisor_digits", default_value_t = 2)]
+    max_divisor_digits: usize,
+    /// Training problems per operation.
+    #[arg(long = "train_per_op", default_value_t = 100_000)]
+    train_per_op: usize,
+    /// Held-out test problems per operation.
+    #[arg(long = "test_per_op", default_value_t = 1000)]
+    test_per_op: usize,
+    #[arg(long, default_value_t = 1337)]
+    seed: u64,
+    /// The dataset's name under data_dir.
+    #[arg(long, default_value = "arithmetic")]
+    name: String,
+    #[arg(long = "data_dir", default_value = "data")]
+    data_dir: PathBuf,
+}
+
 #[global_allocator]
 static ALLOCATOR: nanogpt::perf::CountingAlloc = nanogpt::perf::CountingAlloc;
 
@@ -129,42 +199,15 @@ fn run() -> Result<()> {
             .context("cannot set up the thread pool")?;
     }
     match cli.command {
-        Command::Prepare {
-            dataset,
-            input,
-            url,
-            data_dir,
-        } => {
-            let out = data_dir.join(&dataset);
-            let input = match input {
-                Some(path) => path,
-                None => {
-                    let path = out.join("input.txt");
-                    if !path.is_file() {
-                        eprintln!("downloading tiny Shakespeare to {}", path.display());
-                        nanogpt::download::download(
-                            &url,
-                            &path,
-                            "download input.txt yourself and pass --input=path/to/input.txt",
-                        )?;
-                    }
-                    path
-                }
-            };
-            let summary = match dataset.as_str() {
-                "shakespeare_char" => nanogpt::data::prepare_shakespeare_char(&input, &out)?,
-                "shakespeare" => nanogpt::data::prepare_shakespeare_bpe(&input, &out)?,
-                other => {
-                    anyhow::bail!("unknown dataset '{other}': use shakespeare_char or shakespeare")
-                }
-            };
-            println!(
-                "{}: vocab {}, {} train tokens, {} val tokens",
-                out.display(),
-                summary.vocab_size,
-                summary.train_tokens,
-                summary.val_tokens
-            );
+        Command::Prepare { dataset } => prepare(dataset)?,
+        Command::Eval { task: EvalCommand::Arithmetic { out_dir, data_dir, name, json } } => {
+            let (model, _) = nanogpt::train::checkpoint::load_trained_model(&out_dir)?;
+            let report = nanogpt::arithmetic::eval::evaluate(&model, &data_dir.join(name))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_arithmetic_report(&report);
+            }
         }
         Command::Train { args } => {
             let mut cfg = TrainConfig::default();
@@ -259,4 +302,83 @@ fn run() -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn prepare(dataset: PrepareCommand) -> Result<()> {
+    match dataset {
+        PrepareCommand::ShakespeareChar(args) => prepare_shakespeare("shakespeare_char", args)?,
+        PrepareCommand::Shakespeare(args) => prepare_shakespeare("shakespeare", args)?,
+        PrepareCommand::Arithmetic(args) => {
+            let ops = args
+                .ops
+                .chars()
+                .map(|c| Op::from_symbol(c).with_context(|| format!("--ops: '{c}' is not one of + - * /")))
+                .collect::<Result<Vec<_>>>()?;
+            let format = Format::parse(&args.format)
+                .with_context(|| format!("--format: '{}' is not plain, reversed or scratchpad", args.format))?;
+            let opts = ArithmeticOptions {
+                ops,
+                format,
+                min_digits: args.min_digits,
+                max_digits: args.max_digits,
+                max_divisor_digits: args.max_divisor_digits,
+                train_per_op: args.train_per_op,
+                test_per_op: args.test_per_op,
+                seed: args.seed,
+            };
+            let out = args.data_dir.join(&args.name);
+            let s = prepare_arithmetic(&opts, &out)?;
+            println!(
+                "{}: {} training problems ({} tokens), {} held-out test problems, {} longer (out-of-distribution) ones",
+                out.display(),
+                s.train_problems,
+                s.train_tokens,
+                s.test_problems,
+                s.ood_problems
+            );
+        }
+    }
+    Ok(())
+}
+
+fn prepare_shakespeare(name: &str, args: ShakespeareArgs) -> Result<()> {
+    let out = args.data_dir.join(name);
+    let input = match args.input {
+        Some(path) => path,
+        None => {
+            let path = out.join("input.txt");
+            if !path.is_file() {
+                eprintln!("downloading tiny Shakespeare to {}", path.display());
+                nanogpt::download::download(&args.url, &path, "download input.txt yourself and pass --input=path/to/input.txt")?;
+            }
+            path
+        }
+    };
+    let summary = if name == "shakespeare_char" {
+        nanogpt::data::prepare_shakespeare_char(&input, &out)?
+    } else {
+        nanogpt::data::prepare_shakespeare_bpe(&input, &out)?
+    };
+    println!(
+        "{}: vocab {}, {} train tokens, {} val tokens",
+        out.display(),
+        summary.vocab_size,
+        summary.train_tokens,
+        summary.val_tokens
+    );
+    Ok(())
+}
+
+fn print_arithmetic_report(report: &nanogpt::arithmetic::eval::ArithmeticReport) {
+    use nanogpt::arithmetic::eval::markdown_table;
+    println!("Held-out problems, exact match by operand length (format: {:?}):\n", report.format);
+    print!("{}", markdown_table(&report.test));
+    if !report.ood.accuracy.is_empty() {
+        println!("\nOut of distribution (one digit longer than training):\n");
+        print!("{}", markdown_table(&report.ood));
+    }
+    println!("\nExamples:");
+    for e in &report.examples {
+        println!("  {} {}{}", if e.correct { "right" } else { "WRONG" }, e.prompt, if e.correct { e.got.clone() } else { format!("{} (expected {})", e.got, e.expected) });
+    }
 }

@@ -134,6 +134,13 @@ pub fn train(cfg: &TrainConfig, log: &mut dyn Write, stop: &AtomicBool) -> Resul
                 "step {iter_num}: train loss {train_loss:.4}, val loss {val_loss:.4}"
             )?;
             metrics.eval(iter_num, train_loss, val_loss)?;
+            if !(train_loss.is_finite() && val_loss.is_finite()) {
+                bail!(
+                    "evaluation at iteration {iter_num} gave a loss of {train_loss} / {val_loss}: training stopped without saving; \
+                     the last good checkpoint in {} is kept (try a lower learning_rate or grad_clip)",
+                    out_dir.join("latest").display()
+                );
+            }
             summary.evals.push((iter_num, train_loss, val_loss));
             // "best" is the lowest val loss seen; "latest" follows always_save_checkpoint.
             let improved = val_loss < best_val_loss;
