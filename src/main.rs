@@ -2,8 +2,8 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use nanogpt::bench::{run_generate_bench, run_train_bench, BenchOptions};
 use nanogpt::arithmetic::{prepare_arithmetic, ArithmeticOptions, Format, Op};
+use nanogpt::bench::{run_generate_bench, run_train_bench, BenchOptions};
 use nanogpt::config::GptConfig;
 use nanogpt::train::TrainConfig;
 use std::path::PathBuf;
@@ -43,6 +43,21 @@ enum Command {
     Prepare {
         #[command(subcommand)]
         dataset: PrepareCommand,
+    },
+    /// The main job, no network needed: prepare arithmetic problems, train a small GPT on them
+    /// (a few minutes on 2 cores), and show its accuracy on problems it never saw.
+    Quickstart {
+        #[arg(long = "out_dir", default_value = "out-arithmetic")]
+        out_dir: PathBuf,
+        #[arg(long = "data_dir", default_value = "data")]
+        data_dir: PathBuf,
+        /// Training overrides, e.g. --max_iters=500 (see config/arithmetic.toml).
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "--key=value"
+        )]
+        overrides: Vec<String>,
     },
     /// Evaluate a trained model.
     Eval {
@@ -200,7 +215,29 @@ fn run() -> Result<()> {
     }
     match cli.command {
         Command::Prepare { dataset } => prepare(dataset)?,
-        Command::Eval { task: EvalCommand::Arithmetic { out_dir, data_dir, name, json } } => {
+        Command::Quickstart {
+            out_dir,
+            data_dir,
+            overrides,
+        } => {
+            let stop = ctrl_c_flag()?;
+            let mut log = LiveLog::new();
+            let report = nanogpt::arithmetic::quickstart::quickstart(
+                &data_dir, &out_dir, &overrides, &mut log, &stop,
+            )?;
+            println!();
+            print_arithmetic_report(&report);
+            println!("\nThe model is in {}/best (transformers can open it); evaluate again with `nanogpt eval arithmetic --out_dir={}`.", out_dir.display(), out_dir.display());
+        }
+        Command::Eval {
+            task:
+                EvalCommand::Arithmetic {
+                    out_dir,
+                    data_dir,
+                    name,
+                    json,
+                },
+        } => {
             let (model, _) = nanogpt::train::checkpoint::load_trained_model(&out_dir)?;
             let report = nanogpt::arithmetic::eval::evaluate(&model, &data_dir.join(name))?;
             if json {
@@ -219,16 +256,7 @@ fn run() -> Result<()> {
                 _ => &args[..],
             };
             cfg.apply_overrides(overrides)?;
-            let stop = Arc::new(AtomicBool::new(false));
-            let handler_stop = stop.clone();
-            ctrlc::set_handler(move || {
-                if handler_stop.swap(true, Ordering::SeqCst) {
-                    eprintln!("second Ctrl-C: exiting without saving");
-                    std::process::exit(130);
-                }
-                eprintln!("Ctrl-C: finishing this iteration, then saving a checkpoint (Ctrl-C again to quit now)");
-            })
-            .context("cannot install the Ctrl-C handler")?;
+            let stop = ctrl_c_flag()?;
             let mut out = std::io::stdout();
             nanogpt::train::train(&cfg, &mut out, &stop)?;
         }
@@ -312,10 +340,17 @@ fn prepare(dataset: PrepareCommand) -> Result<()> {
             let ops = args
                 .ops
                 .chars()
-                .map(|c| Op::from_symbol(c).with_context(|| format!("--ops: '{c}' is not one of + - * /")))
+                .map(|c| {
+                    Op::from_symbol(c)
+                        .with_context(|| format!("--ops: '{c}' is not one of + - * /"))
+                })
                 .collect::<Result<Vec<_>>>()?;
-            let format = Format::parse(&args.format)
-                .with_context(|| format!("--format: '{}' is not plain, reversed or scratchpad", args.format))?;
+            let format = Format::parse(&args.format).with_context(|| {
+                format!(
+                    "--format: '{}' is not plain, reversed or scratchpad",
+                    args.format
+                )
+            })?;
             let opts = ArithmeticOptions {
                 ops,
                 format,
@@ -349,7 +384,11 @@ fn prepare_shakespeare(name: &str, args: ShakespeareArgs) -> Result<()> {
             let path = out.join("input.txt");
             if !path.is_file() {
                 eprintln!("downloading tiny Shakespeare to {}", path.display());
-                nanogpt::download::download(&args.url, &path, "download input.txt yourself and pass --input=path/to/input.txt")?;
+                nanogpt::download::download(
+                    &args.url,
+                    &path,
+                    "download input.txt yourself and pass --input=path/to/input.txt",
+                )?;
             }
             path
         }
@@ -371,14 +410,92 @@ fn prepare_shakespeare(name: &str, args: ShakespeareArgs) -> Result<()> {
 
 fn print_arithmetic_report(report: &nanogpt::arithmetic::eval::ArithmeticReport) {
     use nanogpt::arithmetic::eval::markdown_table;
-    println!("Held-out problems, exact match by operand length (format: {:?}):\n", report.format);
+    println!(
+        "Held-out problems, exact match by operand length (format: {:?}):\n",
+        report.format
+    );
     print!("{}", markdown_table(&report.test));
     if !report.ood.accuracy.is_empty() {
         println!("\nOut of distribution (one digit longer than training):\n");
         print!("{}", markdown_table(&report.ood));
     }
-    println!("\nExamples:");
+    println!("\nIt answers problems it never saw (what it wrote, then the value that means):");
     for e in &report.examples {
-        println!("  {} {}{}", if e.correct { "right" } else { "WRONG" }, e.prompt, if e.correct { e.got.clone() } else { format!("{} (expected {})", e.got, e.expected) });
+        let value = e.got_value.as_deref().unwrap_or("unreadable");
+        if e.correct {
+            println!("  right  {}{}  -> {value}", e.prompt, e.got);
+        } else {
+            println!(
+                "  WRONG  {}{}  -> {value}, should be {} ({})",
+                e.prompt, e.got, e.expected_value, e.expected
+            );
+        }
+    }
+}
+
+/// A flag that Ctrl-C sets: training finishes its iteration, saves and stops. A second Ctrl-C
+/// quits at once.
+fn ctrl_c_flag() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let handler_stop = stop.clone();
+    ctrlc::set_handler(move || {
+        if handler_stop.swap(true, Ordering::SeqCst) {
+            eprintln!("second Ctrl-C: exiting without saving");
+            std::process::exit(130);
+        }
+        eprintln!(
+            "Ctrl-C: finishing this iteration, then saving a checkpoint (Ctrl-C again to quit now)"
+        );
+    })
+    .context("cannot install the Ctrl-C handler")?;
+    Ok(stop)
+}
+
+/// Training output for a terminal: the per-iteration lines rewrite one live status line; every
+/// other line (evaluations, checkpoints) is printed normally. Not a terminal: lines pass through.
+struct LiveLog {
+    line: Vec<u8>,
+    live: bool,
+    tty: bool,
+}
+
+impl LiveLog {
+    fn new() -> LiveLog {
+        use std::io::IsTerminal;
+        LiveLog {
+            line: Vec::new(),
+            live: false,
+            tty: std::io::stdout().is_terminal(),
+        }
+    }
+}
+
+impl std::io::Write for LiveLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut out = std::io::stdout().lock();
+        for &byte in buf {
+            if byte != b'\n' {
+                self.line.push(byte);
+                continue;
+            }
+            let text = String::from_utf8_lossy(&self.line).into_owned();
+            if self.tty && text.starts_with("iter ") {
+                write!(out, "\r\x1b[2K{text}")?;
+                self.live = true;
+            } else {
+                if self.live {
+                    write!(out, "\r\x1b[2K")?;
+                    self.live = false;
+                }
+                writeln!(out, "{text}")?;
+            }
+            self.line.clear();
+        }
+        out.flush()?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stdout().flush()
     }
 }

@@ -79,7 +79,11 @@ fn carries(a: u64, b: u64) -> usize {
 fn draw(rng: &mut Rng, op: Op, opts: &ArithmeticOptions, max_digits: usize) -> Problem {
     let span = |rng: &mut Rng, lo: usize, hi: usize| lo + rng.below((hi - lo + 1) as u64) as usize;
     let la = span(rng, opts.min_digits, max_digits);
-    let lb_max = if op == Op::Div { max_digits.min(opts.max_divisor_digits) } else { max_digits };
+    let lb_max = if op == Op::Div {
+        max_digits.min(opts.max_divisor_digits)
+    } else {
+        max_digits
+    };
     let lb = span(rng, opts.min_digits.min(lb_max), lb_max);
     let want_carries = (op == Op::Add).then(|| rng.below(la.max(lb) as u64 + 1) as usize);
     let mut p = Problem { a: 0, op, b: 0 };
@@ -101,7 +105,15 @@ fn draw(rng: &mut Rng, op: Op, opts: &ArithmeticOptions, max_digits: usize) -> P
 
 /// Draws `n` distinct problems of `op` on the held-out (or training) side of the split. Small
 /// problem spaces (1-digit operands) may hold fewer than `n`; sampling stops after enough tries.
-fn sample(rng: &mut Rng, op: Op, opts: &ArithmeticOptions, max_digits: usize, n: usize, held_out: bool, distinct: bool) -> Vec<Problem> {
+fn sample(
+    rng: &mut Rng,
+    op: Op,
+    opts: &ArithmeticOptions,
+    max_digits: usize,
+    n: usize,
+    held_out: bool,
+    distinct: bool,
+) -> Vec<Problem> {
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(n);
     let mut tries = 0;
@@ -128,25 +140,57 @@ pub fn prepare_arithmetic(opts: &ArithmeticOptions, out_dir: &Path) -> Result<Ar
         bail!("no operations chosen: use --ops with some of + - * /");
     }
     if opts.min_digits == 0 || opts.min_digits > opts.max_digits || opts.max_digits > 9 {
-        bail!("digits must satisfy 1 <= min_digits <= max_digits <= 9 (got {}..{})", opts.min_digits, opts.max_digits);
+        bail!(
+            "digits must satisfy 1 <= min_digits <= max_digits <= 9 (got {}..{})",
+            opts.min_digits,
+            opts.max_digits
+        );
     }
-    std::fs::create_dir_all(out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
+    std::fs::create_dir_all(out_dir)
+        .with_context(|| format!("cannot create {}", out_dir.display()))?;
     let vocab = CharVocab::from_text(VOCAB);
     let mut rng = Rng::new(opts.seed);
     let (mut train, mut test, mut ood) = (String::new(), String::new(), String::new());
     let (mut n_train, mut n_test, mut n_ood) = (0, 0, 0);
     for &op in &opts.ops {
-        for p in sample(&mut rng, op, opts, opts.max_digits, opts.train_per_op, false, false) {
+        for p in sample(
+            &mut rng,
+            op,
+            opts,
+            opts.max_digits,
+            opts.train_per_op,
+            false,
+            false,
+        ) {
             train.push_str(&p.line(opts.format));
             n_train += 1;
         }
-        for p in sample(&mut rng, op, opts, opts.max_digits, opts.test_per_op, true, true) {
+        for p in sample(
+            &mut rng,
+            op,
+            opts,
+            opts.max_digits,
+            opts.test_per_op,
+            true,
+            true,
+        ) {
             test.push_str(&p.line(opts.format));
             n_test += 1;
         }
         // Out of distribution: one digit longer than anything trained on.
-        let longer = ArithmeticOptions { min_digits: opts.max_digits + 1, ..opts.clone() };
-        for p in sample(&mut rng, op, &longer, opts.max_digits + 1, opts.test_per_op / 4, true, true) {
+        let longer = ArithmeticOptions {
+            min_digits: opts.max_digits + 1,
+            ..opts.clone()
+        };
+        for p in sample(
+            &mut rng,
+            op,
+            &longer,
+            opts.max_digits + 1,
+            opts.test_per_op / 4,
+            true,
+            true,
+        ) {
             debug_assert!(p.length() > opts.max_digits || digits(p.b) <= opts.max_divisor_digits);
             ood.push_str(&p.line(opts.format));
             n_ood += 1;
@@ -159,12 +203,24 @@ pub fn prepare_arithmetic(opts: &ArithmeticOptions, out_dir: &Path) -> Result<Ar
     }
     let train_ids = vocab.encode(&lines.concat())?;
     write_tokens(&out_dir.join("train.bin"), &train_ids, TokenFormat::RawU16)?;
-    write_tokens(&out_dir.join("val.bin"), &vocab.encode(&test)?, TokenFormat::RawU16)?;
+    write_tokens(
+        &out_dir.join("val.bin"),
+        &vocab.encode(&test)?,
+        TokenFormat::RawU16,
+    )?;
     write_atomic(&out_dir.join("meta.json"), vocab.to_meta_json().as_bytes())?;
     write_atomic(&out_dir.join("test.txt"), test.as_bytes())?;
     write_atomic(&out_dir.join("ood.txt"), ood.as_bytes())?;
-    write_atomic(&out_dir.join(OPTIONS_FILE), serde_json::to_string_pretty(opts)?.as_bytes())?;
-    Ok(ArithmeticSummary { train_problems: n_train, test_problems: n_test, ood_problems: n_ood, train_tokens: train_ids.len() })
+    write_atomic(
+        &out_dir.join(OPTIONS_FILE),
+        serde_json::to_string_pretty(opts)?.as_bytes(),
+    )?;
+    Ok(ArithmeticSummary {
+        train_problems: n_train,
+        test_problems: n_test,
+        ood_problems: n_ood,
+        train_tokens: train_ids.len(),
+    })
 }
 
 #[cfg(test)]
@@ -188,10 +244,18 @@ mod tests {
             assert!((share - 1.0 / 3.0).abs() < 0.03, "length {len}: {share}");
         }
         // Among 3-digit + 3-digit problems, 0, 1, 2 and 3 carries are equally likely.
-        let both3: Vec<_> = ps.iter().filter(|p| digits(p.a) == 3 && digits(p.b) == 3).collect();
+        let both3: Vec<_> = ps
+            .iter()
+            .filter(|p| digits(p.a) == 3 && digits(p.b) == 3)
+            .collect();
         for k in 0..=3 {
-            let share = both3.iter().filter(|p| carries(p.a, p.b) == k).count() as f64 / both3.len() as f64;
-            assert!((share - 0.25).abs() < 0.06, "{k} carries: {share} of {}", both3.len());
+            let share =
+                both3.iter().filter(|p| carries(p.a, p.b) == k).count() as f64 / both3.len() as f64;
+            assert!(
+                (share - 0.25).abs() < 0.06,
+                "{k} carries: {share} of {}",
+                both3.len()
+            );
         }
     }
 }

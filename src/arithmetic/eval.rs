@@ -18,8 +18,13 @@ const BATCH: usize = 64;
 #[derive(Clone, Debug, Serialize)]
 pub struct Example {
     pub prompt: String,
+    /// The completion in the dataset's format, as the model should write it.
     pub expected: String,
+    /// What the model wrote.
     pub got: String,
+    /// The value the model's answer states (None if it does not parse), for people to read.
+    pub got_value: Option<String>,
+    pub expected_value: String,
     pub correct: bool,
 }
 
@@ -43,7 +48,12 @@ pub struct ArithmeticReport {
 }
 
 /// A model's greedy completion of each problem (`\n` + prompt), cut at the first newline.
-pub fn complete(model: &Gpt, vocab: &CharVocab, problems: &[Problem], format: Format) -> Result<Vec<String>> {
+pub fn complete(
+    model: &Gpt,
+    vocab: &CharVocab,
+    problems: &[Problem],
+    format: Format,
+) -> Result<Vec<String>> {
     let newline = vocab.id_of('\n').context("the vocabulary has no newline")?;
     let mut out = vec![String::new(); problems.len()];
     // Batch problems whose prompts have the same length, so one KV cache serves the batch.
@@ -56,10 +66,17 @@ pub fn complete(model: &Gpt, vocab: &CharVocab, problems: &[Problem], format: Fo
         for chunk in idx.chunks(BATCH) {
             let b = chunk.len();
             // Room for the expected answer plus slack: a longer answer is wrong anyway.
-            let max_new = chunk.iter().map(|&i| problems[i].completion(format).len() + 3).max().unwrap_or(1);
+            let max_new = chunk
+                .iter()
+                .map(|&i| problems[i].completion(format).len() + 3)
+                .max()
+                .unwrap_or(1);
             let max_t = (plen + max_new).min(model.config.block_size);
             if plen >= max_t {
-                bail!("prompts of {plen} characters do not fit the model's block_size {}", model.config.block_size);
+                bail!(
+                    "prompts of {plen} characters do not fit the model's block_size {}",
+                    model.config.block_size
+                );
             }
             let mut tokens = Vec::with_capacity(b * plen);
             for &i in chunk {
@@ -71,7 +88,9 @@ pub fn complete(model: &Gpt, vocab: &CharVocab, problems: &[Problem], format: Fo
             let mut done = vec![false; b];
             let mut generated: Vec<Vec<u32>> = vec![Vec::new(); b];
             loop {
-                let next: Vec<u32> = (0..b).map(|r| argmax(&logits[r * vp..r * vp + model.config.vocab_size]) as u32).collect();
+                let next: Vec<u32> = (0..b)
+                    .map(|r| argmax(&logits[r * vp..r * vp + model.config.vocab_size]) as u32)
+                    .collect();
                 for r in 0..b {
                     if !done[r] {
                         if next[r] == newline {
@@ -81,7 +100,10 @@ pub fn complete(model: &Gpt, vocab: &CharVocab, problems: &[Problem], format: Fo
                         }
                     }
                 }
-                if done.iter().all(|&d| d) || cache.len >= max_t || generated.iter().any(|g| g.len() >= max_new) {
+                if done.iter().all(|&d| d)
+                    || cache.len >= max_t
+                    || generated.iter().any(|g| g.len() >= max_new)
+                {
                     break;
                 }
                 model.forward_cached(&mut cache, &next, 1, &mut logits)?;
@@ -95,19 +117,31 @@ pub fn complete(model: &Gpt, vocab: &CharVocab, problems: &[Problem], format: Fo
 }
 
 /// Scores completions against the problems' true answers.
-pub fn score(problems: &[Problem], completions: &[String], format: Format) -> (Scores, Vec<Example>) {
+pub fn score(
+    problems: &[Problem],
+    completions: &[String],
+    format: Format,
+) -> (Scores, Vec<Example>) {
     let mut tally: BTreeMap<(char, usize), (usize, usize)> = BTreeMap::new();
     let mut examples = Vec::new();
     let mut shown: BTreeMap<(char, bool), usize> = BTreeMap::new();
     for (p, got) in problems.iter().zip(completions) {
-        let correct = parse_answer(got, p.op, format) == Some(p.answer());
+        let stated = parse_answer(got, p.op, format);
+        let correct = stated == Some(p.answer());
         let t = tally.entry((p.op.symbol(), p.length())).or_default();
         t.0 += usize::from(correct);
         t.1 += 1;
         let n = shown.entry((p.op.symbol(), correct)).or_default();
         if *n < 2 {
             *n += 1;
-            examples.push(Example { prompt: p.prompt(), expected: p.completion(format), got: got.clone(), correct });
+            examples.push(Example {
+                prompt: p.prompt(),
+                expected: p.completion(format),
+                got: got.clone(),
+                got_value: stated.map(|a| a.to_string()),
+                expected_value: p.answer().to_string(),
+                correct,
+            });
         }
     }
     let mut scores = Scores::default();
@@ -117,7 +151,11 @@ pub fn score(problems: &[Problem], completions: &[String], format: Format) -> (S
         let (mut right, mut n) = (0, 0);
         for (&(sym, len), &(r, t)) in &tally {
             if sym == op.symbol() {
-                scores.accuracy.entry(key.clone()).or_default().insert(len, r as f64 / t as f64);
+                scores
+                    .accuracy
+                    .entry(key.clone())
+                    .or_default()
+                    .insert(len, r as f64 / t as f64);
                 right += r;
                 n += t;
             }
@@ -130,7 +168,9 @@ pub fn score(problems: &[Problem], completions: &[String], format: Format) -> (S
         all_n += n;
     }
     if all_n > 0 {
-        scores.overall.insert("all".into(), all_right as f64 / all_n as f64);
+        scores
+            .overall
+            .insert("all".into(), all_right as f64 / all_n as f64);
         scores.count.insert("all".into(), all_n);
     }
     (scores, examples)
@@ -138,35 +178,68 @@ pub fn score(problems: &[Problem], completions: &[String], format: Format) -> (S
 
 /// Reads `test.txt` / `ood.txt` (one problem per line) from a prepared dataset.
 pub fn read_problems(path: &Path) -> Result<Vec<Problem>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}: run `nanogpt prepare arithmetic` first", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "cannot read {}: run `nanogpt prepare arithmetic` first",
+            path.display()
+        )
+    })?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.is_empty())
-        .map(|(i, l)| Problem::parse_line(l).map(|(p, _)| p).with_context(|| format!("{}:{}: not a problem: {l:?}", path.display(), i + 1)))
+        .map(|(i, l)| {
+            Problem::parse_line(l)
+                .map(|(p, _)| p)
+                .with_context(|| format!("{}:{}: not a problem: {l:?}", path.display(), i + 1))
+        })
         .collect()
 }
 
 /// Evaluates `model` on the dataset in `data_dir` (made by `prepare arithmetic`).
 pub fn evaluate(model: &Gpt, data_dir: &Path) -> Result<ArithmeticReport> {
     let opts_path = data_dir.join(OPTIONS_FILE);
-    let text = std::fs::read_to_string(&opts_path).with_context(|| format!("cannot read {}: run `nanogpt prepare arithmetic` first", opts_path.display()))?;
-    let opts: ArithmeticOptions = serde_json::from_str(&text).with_context(|| format!("{} is damaged", opts_path.display()))?;
+    let text = std::fs::read_to_string(&opts_path).with_context(|| {
+        format!(
+            "cannot read {}: run `nanogpt prepare arithmetic` first",
+            opts_path.display()
+        )
+    })?;
+    let opts: ArithmeticOptions = serde_json::from_str(&text)
+        .with_context(|| format!("{} is damaged", opts_path.display()))?;
     let vocab = CharVocab::load(&data_dir.join("meta.json"))?;
     if vocab.vocab_size() != model.config.vocab_size {
-        bail!("the model's vocabulary ({}) is not the dataset's ({}): was it trained on {}?", model.config.vocab_size, vocab.vocab_size(), data_dir.display());
+        bail!(
+            "the model's vocabulary ({}) is not the dataset's ({}): was it trained on {}?",
+            model.config.vocab_size,
+            vocab.vocab_size(),
+            data_dir.display()
+        );
     }
     let test = read_problems(&data_dir.join("test.txt"))?;
     let ood = read_problems(&data_dir.join("ood.txt"))?;
-    let (test_scores, mut examples) = score(&test, &complete(model, &vocab, &test, opts.format)?, opts.format);
+    let (test_scores, mut examples) = score(
+        &test,
+        &complete(model, &vocab, &test, opts.format)?,
+        opts.format,
+    );
     let ood_completions = complete(model, &vocab, &ood, opts.format)?;
     let (ood_scores, _) = score(&ood, &ood_completions, opts.format);
     examples.sort_by_key(|e| (e.prompt.contains('+'), !e.correct));
-    Ok(ArithmeticReport { format: opts.format, test: test_scores, ood: ood_scores, examples })
+    Ok(ArithmeticReport {
+        format: opts.format,
+        test: test_scores,
+        ood: ood_scores,
+        examples,
+    })
 }
 
 /// The accuracy table as Markdown: one row per operation, one column per operand length.
 pub fn markdown_table(scores: &Scores) -> String {
-    let lengths: std::collections::BTreeSet<usize> = scores.accuracy.values().flat_map(|m| m.keys().copied()).collect();
+    let lengths: std::collections::BTreeSet<usize> = scores
+        .accuracy
+        .values()
+        .flat_map(|m| m.keys().copied())
+        .collect();
     let mut s = String::from("| op |");
     for l in &lengths {
         s += &format!(" {l} digits |");
@@ -177,9 +250,14 @@ pub fn markdown_table(scores: &Scores) -> String {
     for (op, by_len) in &scores.accuracy {
         s += &format!("| {op} |");
         for l in &lengths {
-            s += &by_len.get(l).map_or(" - |".to_string(), |a| format!(" {:.1}% |", a * 100.0));
+            s += &by_len
+                .get(l)
+                .map_or(" - |".to_string(), |a| format!(" {:.1}% |", a * 100.0));
         }
-        s += &format!(" {:.1}% |\n", scores.overall.get(op).copied().unwrap_or(0.0) * 100.0);
+        s += &format!(
+            " {:.1}% |\n",
+            scores.overall.get(op).copied().unwrap_or(0.0) * 100.0
+        );
     }
     s
 }
@@ -190,8 +268,27 @@ mod tests {
 
     #[test]
     fn scoring_counts_right_and_wrong_answers() {
-        let problems = [Problem { a: 12, op: Op::Add, b: 30 }, Problem { a: 123, op: Op::Add, b: 45 }, Problem { a: 17, op: Op::Div, b: 5 }];
-        let right: Vec<String> = problems.iter().map(|p| p.completion(Format::Reversed)).collect();
+        let problems = [
+            Problem {
+                a: 12,
+                op: Op::Add,
+                b: 30,
+            },
+            Problem {
+                a: 123,
+                op: Op::Add,
+                b: 45,
+            },
+            Problem {
+                a: 17,
+                op: Op::Div,
+                b: 5,
+            },
+        ];
+        let right: Vec<String> = problems
+            .iter()
+            .map(|p| p.completion(Format::Reversed))
+            .collect();
         let (s, _) = score(&problems, &right, Format::Reversed);
         assert_eq!(s.overall["all"], 1.0);
         let wrong = vec!["24".to_string(), "861".to_string(), "3r3".to_string()];

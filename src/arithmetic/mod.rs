@@ -6,3 +6,4 @@ pub mod problems;
 pub use dataset::{prepare_arithmetic, ArithmeticOptions};
 pub use problems::{Format, Op, Problem};
 pub mod eval;
+pub mod quickstart;

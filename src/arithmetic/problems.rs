@@ -72,6 +72,15 @@ pub enum Answer {
     DivRem(u64, u64),
 }
 
+impl std::fmt::Display for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Answer::Int(v) => write!(f, "{v}"),
+            Answer::DivRem(q, r) => write!(f, "{q} remainder {r}"),
+        }
+    }
+}
+
 pub fn digits(x: u64) -> usize {
     x.checked_ilog10().map_or(1, |d| d as usize + 1)
 }
@@ -103,8 +112,20 @@ impl Problem {
 
     /// What follows the `=`, without the newline.
     pub fn completion(&self, format: Format) -> String {
-        let num = |x: u64| if format == Format::Plain { x.to_string() } else { reversed(x) };
-        let int = |v: i64| if v < 0 { format!("-{}", num(v.unsigned_abs())) } else { num(v as u64) };
+        let num = |x: u64| {
+            if format == Format::Plain {
+                x.to_string()
+            } else {
+                reversed(x)
+            }
+        };
+        let int = |v: i64| {
+            if v < 0 {
+                format!("-{}", num(v.unsigned_abs()))
+            } else {
+                num(v as u64)
+            }
+        };
         if format == Format::Scratchpad && self.op == Op::Mul {
             let mut parts: Vec<String> = Vec::new();
             let mut rest = self.b;
@@ -118,7 +139,11 @@ impl Problem {
                 }
             }
             let total = num(self.a * self.b);
-            return if parts.len() == 1 { total } else { format!("{}={total}", parts.join("+")) };
+            return if parts.len() == 1 {
+                total
+            } else {
+                format!("{}={total}", parts.join("+"))
+            };
         }
         match self.answer() {
             Answer::Int(v) => int(v),
@@ -135,7 +160,11 @@ impl Problem {
     pub fn parse_line(line: &str) -> Option<(Problem, String)> {
         let line = line.trim_end_matches('\n');
         let (lhs, completion) = line.split_once('=')?;
-        let pos = lhs.char_indices().skip(1).find(|&(_, c)| Op::from_symbol(c).is_some())?.0;
+        let pos = lhs
+            .char_indices()
+            .skip(1)
+            .find(|&(_, c)| Op::from_symbol(c).is_some())?
+            .0;
         let op = Op::from_symbol(lhs[pos..].chars().next()?)?;
         let (a, b) = (lhs[..pos].parse().ok()?, lhs[pos + 1..].parse().ok()?);
         Some((Problem { a, op, b }, completion.to_string()))
@@ -151,7 +180,11 @@ pub fn parse_answer(completion: &str, op: Op, format: Format) -> Option<Answer> 
         if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
             return None;
         }
-        let s: String = if format == Format::Plain { s.to_string() } else { s.chars().rev().collect() };
+        let s: String = if format == Format::Plain {
+            s.to_string()
+        } else {
+            s.chars().rev().collect()
+        };
         s.parse().ok()
     };
     if op == Op::Div {
@@ -170,14 +203,26 @@ mod tests {
 
     #[test]
     fn formats_read_back_to_the_right_value() {
-        let cases = [(123, Op::Add, 45), (12, Op::Sub, 45), (999, Op::Mul, 99), (7, Op::Mul, 8), (127, Op::Div, 5), (5, Op::Div, 17), (0, Op::Sub, 0)];
+        let cases = [
+            (123, Op::Add, 45),
+            (12, Op::Sub, 45),
+            (999, Op::Mul, 99),
+            (7, Op::Mul, 8),
+            (127, Op::Div, 5),
+            (5, Op::Div, 17),
+            (0, Op::Sub, 0),
+        ];
         for (a, op, b) in cases {
             let p = Problem { a, op, b };
             for format in [Format::Plain, Format::Reversed, Format::Scratchpad] {
                 let line = p.line(format);
                 let (back, completion) = Problem::parse_line(&line).unwrap();
                 assert_eq!(back, p, "{line}");
-                assert_eq!(parse_answer(&completion, op, format), Some(p.answer()), "{line:?} in {format:?}");
+                assert_eq!(
+                    parse_answer(&completion, op, format),
+                    Some(p.answer()),
+                    "{line:?} in {format:?}"
+                );
                 assert!(line.chars().all(|c| VOCAB.contains(c)), "{line:?}");
             }
         }
@@ -191,12 +236,18 @@ mod tests {
         assert_eq!(p(12, Op::Sub, 45).line(Format::Reversed), "12-45=-33\n");
         assert_eq!(p(17, Op::Div, 5).line(Format::Reversed), "17/5=3r2\n");
         assert_eq!(p(127, Op::Div, 5).line(Format::Reversed), "127/5=52r2\n");
-        assert_eq!(p(123, Op::Mul, 45).line(Format::Scratchpad), "123*45=516+0294=5355\n");
+        assert_eq!(
+            p(123, Op::Mul, 45).line(Format::Scratchpad),
+            "123*45=516+0294=5355\n"
+        );
     }
 
     #[test]
     fn wrong_or_garbled_answers_are_rejected_or_differ() {
-        assert_eq!(parse_answer("86", Op::Add, Format::Reversed), Some(Answer::Int(68)));
+        assert_eq!(
+            parse_answer("86", Op::Add, Format::Reversed),
+            Some(Answer::Int(68))
+        );
         assert_eq!(parse_answer("", Op::Add, Format::Reversed), None);
         assert_eq!(parse_answer("8-6", Op::Add, Format::Reversed), None);
         assert_eq!(parse_answer("3r", Op::Div, Format::Plain), None);

@@ -212,16 +212,21 @@ impl TrainConfig {
     pub fn apply_file(&mut self, path: &Path) -> Result<()> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
+        self.apply_toml(&text, &path.display().to_string())
+    }
+
+    /// Applies the `key = value` lines of a TOML text; `source` names it in errors.
+    pub fn apply_toml(&mut self, text: &str, source: &str) -> Result<()> {
         let table: toml::Table = text
             .parse()
-            .with_context(|| format!("{} is not valid TOML", path.display()))?;
+            .with_context(|| format!("{source} is not valid TOML"))?;
         for (key, value) in table {
             let text = match &value {
                 toml::Value::String(s) => s.clone(),
                 other => other.to_string(),
             };
             self.set(&key, &text)
-                .with_context(|| format!("in {}", path.display()))?;
+                .with_context(|| format!("in {source}"))?;
         }
         Ok(())
     }
