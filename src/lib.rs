@@ -10,6 +10,8 @@ pub mod kernels;
 pub mod model;
 pub mod optim;
 pub mod perf;
+pub mod plot;
 pub mod rng;
+pub mod sample;
 pub mod tokenizer;
 pub mod train;

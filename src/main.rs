@@ -59,6 +59,8 @@ enum Command {
         )]
         overrides: Vec<String>,
     },
+    /// Draw OUT_DIR/metrics.jsonl (loss, learning rate, tokens/s) to OUT_DIR/metrics.png.
+    Plot { out_dir: PathBuf },
     /// Evaluate a trained model.
     Eval {
         #[command(subcommand)]
@@ -215,6 +217,10 @@ fn run() -> Result<()> {
     }
     match cli.command {
         Command::Prepare { dataset } => prepare(dataset)?,
+        Command::Plot { out_dir } => {
+            let (png, summary) = nanogpt::plot::plot_out_dir(&out_dir)?;
+            println!("wrote {}: {summary}", png.display());
+        }
         Command::Quickstart {
             out_dir,
             data_dir,

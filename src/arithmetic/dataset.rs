@@ -51,7 +51,7 @@ impl Default for ArithmeticOptions {
 /// Held out: about 1 problem in 20, chosen by a hash of the problem (not of the seed), so the
 /// test set is disjoint from every training set made with any seed.
 fn is_held_out(p: &Problem) -> bool {
-    mix64(p.a.wrapping_mul(0x9E37_79B9) ^ (p.b << 32) ^ p.op as u64) % 20 == 0
+    mix64(p.a.wrapping_mul(0x9E37_79B9) ^ (p.b << 32) ^ p.op as u64).is_multiple_of(20)
 }
 
 fn random_with_digits(rng: &mut Rng, n: usize) -> u64 {

@@ -15,6 +15,8 @@ use anyhow::{bail, Result};
 pub struct KvCache {
     batch: usize,
     max_t: usize,
+    n_layer: usize,
+    n_embd: usize,
     /// Tokens already in the cache (the same for every sequence of the batch).
     pub len: usize,
     k: Vec<f32>,
@@ -41,6 +43,8 @@ impl KvCache {
         KvCache {
             batch,
             max_t,
+            n_layer: cfg.n_layer,
+            n_embd: cfg.n_embd,
             len: 0,
             k: vec![0.0; n],
             v: vec![0.0; n],
@@ -69,6 +73,67 @@ impl KvCache {
 
     pub fn clear(&mut self) {
         self.len = 0;
+    }
+
+    /// Rebuilds the batch from existing rows: new row `i` is old row `rows[i]`. Rows may be
+    /// permuted, duplicated (beam search, several samples from one prompt pass) or dropped
+    /// (finished samples); the batch size becomes `rows.len()`. Only the `len` cached positions
+    /// are copied.
+    pub fn reorder(&mut self, rows: &[usize]) -> Result<()> {
+        if let Some(&bad) = rows.iter().find(|&&r| r >= self.batch) {
+            bail!(
+                "cannot reorder the KV cache: row {bad} does not exist (batch {})",
+                self.batch
+            );
+        }
+        let (c, max_t, len, old_b) = (self.n_embd, self.max_t, self.len, self.batch);
+        let used = len * c;
+        let row = |b: usize, l: usize, r: usize| (l * b + r) * max_t * c;
+        if rows.len() == old_b {
+            if rows.iter().enumerate().all(|(i, &r)| i == r) {
+                return Ok(());
+            }
+            // In place: save every row that some other row copies, then write.
+            let mut saved: Vec<Option<(Vec<f32>, Vec<f32>)>> = vec![None; old_b];
+            for (i, &r) in rows.iter().enumerate() {
+                if r != i && saved[r].is_none() {
+                    let mut k = Vec::with_capacity(self.n_layer * used);
+                    let mut v = Vec::with_capacity(self.n_layer * used);
+                    for l in 0..self.n_layer {
+                        let o = row(old_b, l, r);
+                        k.extend_from_slice(&self.k[o..o + used]);
+                        v.extend_from_slice(&self.v[o..o + used]);
+                    }
+                    saved[r] = Some((k, v));
+                }
+            }
+            for (i, &r) in rows.iter().enumerate() {
+                if let (true, Some((k, v))) = (r != i, &saved[r]) {
+                    for l in 0..self.n_layer {
+                        let o = row(old_b, l, i);
+                        self.k[o..o + used].copy_from_slice(&k[l * used..(l + 1) * used]);
+                        self.v[o..o + used].copy_from_slice(&v[l * used..(l + 1) * used]);
+                    }
+                }
+            }
+            return Ok(());
+        }
+        let new_b = rows.len();
+        let n = self.n_layer * new_b * max_t * c;
+        let (mut k, mut v) = (vec![0.0f32; n], vec![0.0f32; n]);
+        for l in 0..self.n_layer {
+            for (i, &r) in rows.iter().enumerate() {
+                let (src, dst) = (row(old_b, l, r), row(new_b, l, i));
+                k[dst..dst + used].copy_from_slice(&self.k[src..src + used]);
+                v[dst..dst + used].copy_from_slice(&self.v[src..src + used]);
+            }
+        }
+        self.k = k;
+        self.v = v;
+        self.batch = new_b;
+        // The scratch buffers are sized per batch: regrow them on the next forward.
+        self.chunk = 0;
+        Ok(())
     }
 
     fn ensure_chunk(&mut self, n: usize, c: usize) {

@@ -135,7 +135,8 @@ pub fn load(
 
 /// The trained model of a run: `out_dir/best` (lowest val loss), else `out_dir/latest`.
 pub fn load_trained_model(out_dir: &Path) -> Result<(Gpt, TrainState)> {
-    let Some(dir) = resolve(&out_dir.join("best")).or_else(|| resolve(&out_dir.join("latest"))) else {
+    let Some(dir) = resolve(&out_dir.join("best")).or_else(|| resolve(&out_dir.join("latest")))
+    else {
         bail!("no checkpoint in {} (neither best/ nor latest/): train a model first, or check --out_dir", out_dir.display());
     };
     read_model(&dir)
@@ -144,9 +145,14 @@ pub fn load_trained_model(out_dir: &Path) -> Result<(Gpt, TrainState)> {
 /// The model and state of one complete checkpoint directory.
 fn read_model(dir: &Path) -> Result<(Gpt, TrainState)> {
     let state_path = dir.join(STATE_FILE);
-    let text = std::fs::read_to_string(&state_path).with_context(|| format!("cannot read {}", state_path.display()))?;
-    let state: TrainState = serde_json::from_str(&text).with_context(|| format!("{} is damaged: not a training state", state_path.display()))?;
-    Ok((load_model_file(&dir.join("model.safetensors"), state.model.clone())?, state))
+    let text = std::fs::read_to_string(&state_path)
+        .with_context(|| format!("cannot read {}", state_path.display()))?;
+    let state: TrainState = serde_json::from_str(&text)
+        .with_context(|| format!("{} is damaged: not a training state", state_path.display()))?;
+    Ok((
+        load_model_file(&dir.join("model.safetensors"), state.model.clone())?,
+        state,
+    ))
 }
 
 fn sibling(dir: &Path, suffix: &str) -> PathBuf {

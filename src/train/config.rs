@@ -33,6 +33,9 @@ pub struct TrainConfig {
     pub bias: bool,
     /// 0 = from the dataset's meta.json, else 50304 (nanoGPT's padded GPT-2 vocab).
     pub vocab_size: usize,
+    /// Completion-only loss for character data: when set (e.g. "="), only the characters after
+    /// it up to the end of the line are predicted targets. Empty: every token (nanoGPT).
+    pub loss_after: String,
     // AdamW
     pub learning_rate: f32,
     pub max_iters: usize,
@@ -77,6 +80,7 @@ impl Default for TrainConfig {
             dropout: 0.0,
             bias: false,
             vocab_size: 0,
+            loss_after: String::new(),
             learning_rate: 6e-4,
             max_iters: 600_000,
             weight_decay: 0.1,
@@ -137,6 +141,7 @@ knobs!(
     dropout,
     bias,
     vocab_size,
+    loss_after,
     learning_rate,
     max_iters,
     weight_decay,

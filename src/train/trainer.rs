@@ -4,6 +4,7 @@
 use super::checkpoint;
 use super::config::{learning_rate_at, TrainConfig};
 use super::metrics::Metrics;
+use crate::data::batch::mask_to_completions;
 use crate::data::TokenFile;
 use crate::kernels::cpu::adamw::AdamW;
 use crate::model::pretrained::{load_pretrained, GPT2_NAMES};
@@ -87,8 +88,8 @@ pub fn train(cfg: &TrainConfig, log: &mut dyn Write, stop: &AtomicBool) -> Resul
     opt.hyper = hyper;
     let mcfg = model.config.clone();
     let (b, t) = (cfg.batch_size, cfg.block_size.min(mcfg.block_size));
-    let train_data = open_split(&data_dir, "train", mcfg.vocab_size, t)?;
-    let val_data = open_split(&data_dir, "val", mcfg.vocab_size, t)?;
+    let train_data = Split::open(cfg, &data_dir, "train", mcfg.vocab_size, t)?;
+    let val_data = Split::open(cfg, &data_dir, "val", mcfg.vocab_size, t)?;
     std::fs::create_dir_all(&out_dir)
         .with_context(|| format!("cannot create out_dir {}", out_dir.display()))?;
     let mut metrics = Metrics::open(&out_dir.join("metrics.jsonl"))?;
@@ -185,7 +186,7 @@ pub fn train(cfg: &TrainConfig, log: &mut dyn Write, stop: &AtomicBool) -> Resul
         let mut loss_sum = 0.0f64;
         for micro in 0..cfg.gradient_accumulation_steps {
             let mut rng = Rng::new(stream_seed(cfg.seed, BATCHES, iter_num, micro));
-            train_data.get_batch_into(&mut rng, b, t, &mut x, &mut y)?;
+            train_data.batch(&mut rng, b, t, &mut x, &mut y)?;
             let mode = Mode::Train {
                 seed: stream_seed(cfg.seed, DROPOUT, iter_num, micro),
             };
@@ -257,7 +258,7 @@ pub fn train(cfg: &TrainConfig, log: &mut dyn Write, stop: &AtomicBool) -> Resul
 #[allow(clippy::too_many_arguments)]
 fn estimate_loss(
     model: &mut Gpt,
-    data: &TokenFile,
+    data: &Split,
     cfg: &TrainConfig,
     iter: usize,
     b: usize,
@@ -269,7 +270,7 @@ fn estimate_loss(
     let mut total = 0.0f64;
     let n = cfg.eval_iters.max(1);
     for _ in 0..n {
-        data.get_batch_into(&mut rng, b, t, x, y)?;
+        data.batch(&mut rng, b, t, x, y)?;
         total += model
             .forward(x, Some(y), b, t, Mode::Eval)?
             .unwrap_or(f32::NAN) as f64;
@@ -286,14 +287,46 @@ fn dataset_vocab(data_dir: &Path) -> Result<usize> {
     }
 }
 
-fn open_split(data_dir: &Path, split: &str, vocab: usize, block_size: usize) -> Result<TokenFile> {
-    let path = data_dir.join(format!("{split}.bin"));
-    if !path.is_file() {
-        bail!("{} not found: prepare the dataset first (nanogpt prepare ...), or set dataset / data_dir", path.display());
+/// One split's token file, and the completion-only mask (`loss_after`) applied to its batches.
+struct Split {
+    file: TokenFile,
+    /// (separator, end-of-line) token ids when only completions are targets.
+    completion: Option<(u32, u32)>,
+}
+
+impl Split {
+    fn open(cfg: &TrainConfig, data_dir: &Path, split: &str, vocab: usize, block_size: usize) -> Result<Split> {
+        let path = data_dir.join(format!("{split}.bin"));
+        if !path.is_file() {
+            bail!("{} not found: prepare the dataset first (nanogpt prepare ...), or set dataset / data_dir", path.display());
+        }
+        let file = TokenFile::open(&path, vocab)?;
+        file.require_len(block_size)?;
+        let completion = if cfg.loss_after.is_empty() {
+            None
+        } else {
+            let Tokenizer::Char(chars) = Tokenizer::for_data_dir(data_dir)? else {
+                bail!("loss_after needs a character-level dataset (meta.json): {} has none", data_dir.display());
+            };
+            let id = |c: char, what: &str| {
+                chars.id_of(c).with_context(|| format!("loss_after: {what} {c:?} is not in {}'s vocabulary", data_dir.display()))
+            };
+            let mut sep = cfg.loss_after.chars();
+            let (Some(c), None) = (sep.next(), sep.next()) else {
+                bail!("loss_after must be a single character, got {:?}", cfg.loss_after);
+            };
+            Some((id(c, "the separator")?, id('\n', "the newline")?))
+        };
+        Ok(Split { file, completion })
     }
-    let file = TokenFile::open(&path, vocab)?;
-    file.require_len(block_size)?;
-    Ok(file)
+
+    fn batch(&self, rng: &mut Rng, b: usize, t: usize, x: &mut Vec<u32>, y: &mut Vec<i32>) -> Result<()> {
+        self.file.get_batch_into(rng, b, t, x, y)?;
+        if let Some((sep, eol)) = self.completion {
+            mask_to_completions(x, y, t, sep, eol);
+        }
+        Ok(())
+    }
 }
 
 fn format_duration(secs: f64) -> String {

@@ -1,0 +1,219 @@
+//! Every decoding knob in one place, with nanoGPT's `sample.py` defaults where nanoGPT has the
+//! knob and Hugging Face `generate`'s defaults (i.e. "off") for the rest.
+
+use anyhow::{bail, Result};
+
+/// When beam search stops (Hugging Face's `early_stopping`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EarlyStopping {
+    /// `True`: stop as soon as `num_beams` finished hypotheses exist.
+    True,
+    /// `False` (Hugging Face's default): also stop when no running beam can beat the worst finished
+    /// hypothesis, judged by its score normalised at the current length.
+    False,
+    /// `"never"`: as `False`, but judged at the best length the beam could still reach.
+    Never,
+}
+
+/// llama.cpp's DRY ("don't repeat yourself") penalty; see [`crate::sample::dry`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct DryConfig {
+    /// Strength; 0 turns DRY off (llama.cpp `--dry-multiplier`, suggested 0.8).
+    pub multiplier: f32,
+    /// Growth per extra repeated token (`--dry-base`, default 1.75).
+    pub base: f32,
+    /// Repeats up to this long are not penalised (`--dry-allowed-length`, default 2).
+    pub allowed_length: usize,
+    /// Token ids that break a repeat (see [`crate::sample::dry::breaker_ids`] to get them from
+    /// strings such as llama.cpp's default `["\n", ":", "\"", "*"]`).
+    pub breakers: Vec<u32>,
+    /// Look at the last this many tokens of the sequence; `None` = all of it (llama.cpp's
+    /// `--dry-penalty-last-n -1`). `Some(0)` turns DRY off, as llama.cpp's 0 does.
+    pub penalty_last_n: Option<usize>,
+}
+
+impl Default for DryConfig {
+    fn default() -> Self {
+        DryConfig {
+            multiplier: 0.0,
+            base: 1.75,
+            allowed_length: 2,
+            breakers: Vec::new(),
+            penalty_last_n: None,
+        }
+    }
+}
+
+/// The default sequence breakers of llama.cpp and text-generation-webui.
+pub const DRY_DEFAULT_BREAKERS: [&str; 4] = ["\n", ":", "\"", "*"];
+
+/// All decoding settings. `Default` is nanoGPT's `sample.py`: 10 samples of 500 tokens,
+/// temperature 0.8, top_k 200, seed 1337; everything else off.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SamplingConfig {
+    /// Independent samples (batched together, see `batch_size`). Beam search ignores it and
+    /// returns `num_return_sequences` sequences.
+    pub num_samples: usize,
+    pub max_new_tokens: usize,
+    /// Sample from the distribution; `false` (or `temperature == 0`) picks the most likely token
+    /// (greedy), or does deterministic beam search when `num_beams > 1`.
+    pub do_sample: bool,
+    /// Divides the logits; 0 means greedy (nanoGPT's convention).
+    pub temperature: f32,
+    /// Keep the k most likely tokens (ties with the k-th kept); `None` or 0 = off.
+    pub top_k: Option<usize>,
+    /// Nucleus: keep the smallest set of most likely tokens whose probability reaches p.
+    pub top_p: Option<f32>,
+    /// Keep tokens whose probability is at least `min_p` times the top token's.
+    pub min_p: Option<f32>,
+    /// Locally typical sampling (Meister et al. 2022) with this mass.
+    pub typical_p: Option<f32>,
+    /// CTRL's penalty over every token in the prompt and the generated text; 1 = off.
+    pub repetition_penalty: f32,
+    /// Ban tokens that would repeat an n-gram of this size already in the sequence; 0 = off.
+    pub no_repeat_ngram_size: usize,
+    /// OpenAI's penalties over the generated tokens: logit -= count * frequency_penalty +
+    /// (count > 0) * presence_penalty.
+    pub frequency_penalty: f32,
+    pub presence_penalty: f32,
+    pub dry: DryConfig,
+    pub seed: u64,
+    /// A sample ends when its generated text contains one of these (the text up to and including
+    /// the stop string is kept; see [`crate::sample::FinishReason::Stop`]).
+    pub stop: Vec<String>,
+    /// End a sample at the vocabulary's end-of-text token (`<|endoftext|>` for GPT-2).
+    pub stop_at_eot: bool,
+    /// How many samples share one batch of the KV cache; 0 = all of them. Each sample has its own
+    /// random stream, so the samples do not depend on the batching (up to rounding).
+    pub batch_size: usize,
+    /// Beam search when > 1.
+    pub num_beams: usize,
+    /// Beam scores are sum(log p) / generated_len^length_penalty.
+    pub length_penalty: f32,
+    pub early_stopping: EarlyStopping,
+    /// Finished beams returned, best first (at most `num_beams`).
+    pub num_return_sequences: usize,
+}
+
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        SamplingConfig {
+            num_samples: 10,
+            max_new_tokens: 500,
+            do_sample: true,
+            temperature: 0.8,
+            top_k: Some(200),
+            top_p: None,
+            min_p: None,
+            typical_p: None,
+            repetition_penalty: 1.0,
+            no_repeat_ngram_size: 0,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
+            dry: DryConfig::default(),
+            seed: 1337,
+            stop: Vec::new(),
+            stop_at_eot: true,
+            batch_size: 0,
+            num_beams: 1,
+            length_penalty: 1.0,
+            early_stopping: EarlyStopping::False,
+            num_return_sequences: 1,
+        }
+    }
+}
+
+impl SamplingConfig {
+    /// Hugging Face `generate(do_sample=False)`: one greedy sequence, no filters, no penalties.
+    pub fn greedy(max_new_tokens: usize) -> Self {
+        SamplingConfig {
+            num_samples: 1,
+            max_new_tokens,
+            do_sample: false,
+            temperature: 1.0,
+            top_k: None,
+            ..SamplingConfig::default()
+        }
+    }
+
+    /// True when tokens are drawn at random (otherwise argmax / deterministic beams).
+    pub fn sampling(&self) -> bool {
+        self.do_sample && self.temperature > 0.0
+    }
+
+    pub fn dry_enabled(&self) -> bool {
+        self.dry.multiplier != 0.0 && self.dry.penalty_last_n != Some(0)
+    }
+
+    /// Checks every knob's range; the message names the knob and its valid range.
+    pub fn validate(&self) -> Result<()> {
+        let finite = |name: &str, v: f32| -> Result<()> {
+            if !v.is_finite() {
+                bail!("{name} must be a finite number, got {v}");
+            }
+            Ok(())
+        };
+        if self.num_samples == 0 {
+            bail!("num_samples must be at least 1");
+        }
+        finite("temperature", self.temperature)?;
+        if self.temperature < 0.0 {
+            bail!(
+                "temperature must be >= 0 (0 = greedy), got {}",
+                self.temperature
+            );
+        }
+        for (name, v) in [("top_p", self.top_p), ("typical_p", self.typical_p)] {
+            if let Some(p) = v {
+                if !(p > 0.0 && p <= 1.0) {
+                    bail!("{name} must be in (0, 1], got {p}");
+                }
+            }
+        }
+        if let Some(p) = self.min_p {
+            if !(0.0..=1.0).contains(&p) {
+                bail!("min_p must be in [0, 1], got {p}");
+            }
+        }
+        finite("repetition_penalty", self.repetition_penalty)?;
+        if self.repetition_penalty <= 0.0 {
+            bail!(
+                "repetition_penalty must be > 0 (1 = off), got {}",
+                self.repetition_penalty
+            );
+        }
+        finite("frequency_penalty", self.frequency_penalty)?;
+        finite("presence_penalty", self.presence_penalty)?;
+        finite("dry_multiplier", self.dry.multiplier)?;
+        finite("dry_base", self.dry.base)?;
+        if self.dry.multiplier < 0.0 {
+            bail!(
+                "dry_multiplier must be >= 0 (0 = off), got {}",
+                self.dry.multiplier
+            );
+        }
+        if self.dry_enabled() && self.dry.base < 1.0 {
+            bail!("dry_base must be >= 1, got {}", self.dry.base);
+        }
+        if self.stop.iter().any(|s| s.is_empty()) {
+            bail!("a stop string must not be empty");
+        }
+        if self.num_beams == 0 {
+            bail!("num_beams must be at least 1");
+        }
+        finite("length_penalty", self.length_penalty)?;
+        if self.num_return_sequences == 0 || self.num_return_sequences > self.num_beams.max(1) {
+            if self.num_beams > 1 {
+                bail!(
+                    "num_return_sequences must be between 1 and num_beams ({}), got {}",
+                    self.num_beams,
+                    self.num_return_sequences
+                );
+            }
+            bail!(
+                "num_return_sequences > 1 needs beam search (num_beams >= it); for several samples use num_samples"
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,182 @@
+//! Greedy decoding and sampling: several samples decoded as one batch over a KV cache.
+
+use super::beam::beam_search;
+use super::config::SamplingConfig;
+use super::context::Context;
+use super::dist::{argmax, logsumexp, sample_logits};
+use super::processors::Processors;
+use super::stop::{StopScan, Vocab};
+use crate::model::Gpt;
+use crate::rng::{mix64, Rng};
+use anyhow::{anyhow, bail, Result};
+
+/// Why a generated sequence ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// `max_new_tokens` reached.
+    Length,
+    /// The end-of-text token was generated (it is not part of `tokens`).
+    Eot,
+    /// Stop string number `index` occurs in the generated text, starting at byte `at_byte` of the
+    /// bytes `tokens` decode to (the token that completed it is the last of `tokens`; cut the
+    /// text at `at_byte` to drop the stop string).
+    Stop { index: usize, at_byte: usize },
+}
+
+/// One generated sequence.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Generation {
+    /// The generated ids (prompt not included; a final end-of-text token not included).
+    pub tokens: Vec<u32>,
+    /// The model's log-probability of each token of `tokens` given everything before it, from the
+    /// raw logits (before temperature, filters or penalties).
+    pub logprobs: Vec<f32>,
+    pub finished_by: FinishReason,
+    /// Beam search only: the hypothesis' score, sum of processed log-probs / len^length_penalty.
+    pub score: Option<f32>,
+}
+
+impl Generation {
+    fn new() -> Self {
+        Generation {
+            tokens: Vec::new(),
+            logprobs: Vec::new(),
+            finished_by: FinishReason::Length,
+            score: None,
+        }
+    }
+}
+
+/// The token sequence generation starts from. An empty prompt starts from the end-of-text token
+/// when the vocabulary has one (as transformers starts GPT-2 from its BOS = `<|endoftext|>`);
+/// otherwise it is an error, since the model needs at least one token to predict the next.
+pub fn start_tokens(model: &Gpt, prompt: &[u32], vocab: &dyn Vocab) -> Result<Vec<u32>> {
+    let v = model.config.vocab_size;
+    if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= v) {
+        bail!("prompt token {bad} is outside the model's vocabulary (vocab_size {v}): encode the prompt with the model's tokenizer");
+    }
+    if !prompt.is_empty() {
+        return Ok(prompt.to_vec());
+    }
+    match vocab.eot() {
+        Some(eot) if (eot as usize) < v => Ok(vec![eot]),
+        _ => bail!("the prompt is empty and this vocabulary has no end-of-text token to start from: give a start text of at least one character"),
+    }
+}
+
+/// The random stream of sample `i`: independent of how samples are batched.
+pub(crate) fn sample_rng(seed: u64, i: usize) -> Rng {
+    Rng::new(mix64(seed ^ mix64(i as u64 + 1)))
+}
+
+/// Generates from `prompt` with `cfg`: `cfg.num_samples` samples (greedy when not sampling), or
+/// beam search when `cfg.num_beams > 1`. `on_token(sample, token)` sees every token as it is
+/// appended to `Generation::tokens`, in order (beam search calls it once the search is over, for
+/// each returned sequence, since beams change until the end).
+pub fn generate(
+    model: &Gpt,
+    prompt: &[u32],
+    cfg: &SamplingConfig,
+    vocab: &dyn Vocab,
+    on_token: &mut dyn FnMut(usize, u32),
+) -> Result<Vec<Generation>> {
+    cfg.validate()?;
+    if !cfg.stop.is_empty() {
+        // Fail early (not mid-generation) when stop strings cannot be checked.
+        vocab.token_bytes(0)?;
+    }
+    if cfg.num_beams > 1 {
+        return beam_search(model, prompt, cfg, vocab, on_token);
+    }
+    let start = start_tokens(model, prompt, vocab)?;
+    let n = cfg.num_samples;
+    let group = if cfg.batch_size == 0 {
+        n
+    } else {
+        cfg.batch_size.min(n)
+    };
+    let mut out = Vec::with_capacity(n);
+    let mut first = 0;
+    while first < n {
+        let g = group.min(n - first);
+        out.extend(sample_group(model, &start, cfg, vocab, first, g, on_token)?);
+        first += g;
+    }
+    Ok(out)
+}
+
+/// Samples `first..first+g`, decoded together.
+fn sample_group(
+    model: &Gpt,
+    start: &[u32],
+    cfg: &SamplingConfig,
+    vocab: &dyn Vocab,
+    first: usize,
+    g: usize,
+    on_token: &mut dyn FnMut(usize, u32),
+) -> Result<Vec<Generation>> {
+    let mut gens: Vec<Generation> = (0..g).map(|_| Generation::new()).collect();
+    if cfg.max_new_tokens == 0 {
+        return Ok(gens);
+    }
+    let procs = Processors::new(cfg, model.config.vocab_size);
+    let eot = if cfg.stop_at_eot { vocab.eot() } else { None };
+    let sampling = cfg.sampling();
+    let n_prompt = start.len();
+    let mut seqs: Vec<Vec<u32>> = vec![start.to_vec(); g];
+    let mut rngs: Vec<Rng> = (0..g).map(|i| sample_rng(cfg.seed, first + i)).collect();
+    let mut scans: Vec<StopScan> = vec![StopScan::default(); g];
+    let mut ctx = Context::start(model, start, g, cfg.max_new_tokens)?;
+    // Row r of the cache holds sample active[r].
+    let mut active: Vec<usize> = (0..g).collect();
+    let mut row_logits = Vec::new();
+    for step in 0..cfg.max_new_tokens {
+        let mut done = vec![false; active.len()];
+        for (r, &s) in active.iter().enumerate() {
+            let raw = ctx.logits(r);
+            row_logits.clear();
+            row_logits.extend_from_slice(raw);
+            procs.apply(&mut row_logits, &seqs[s], n_prompt, 1);
+            let pick = if sampling {
+                sample_logits(&row_logits, &mut rngs[s])
+            } else {
+                argmax(&row_logits)
+            };
+            let tok = pick.ok_or_else(|| {
+                anyhow!("every token was filtered out at step {step} (all logits -inf): loosen the filters or penalties")
+            })?;
+            if eot == Some(tok as u32) {
+                gens[s].finished_by = super::FinishReason::Eot;
+                done[r] = true;
+                continue;
+            }
+            let tok = tok as u32;
+            let logprob = (raw[tok as usize] as f64 - logsumexp(raw)) as f32;
+            seqs[s].push(tok);
+            gens[s].tokens.push(tok);
+            gens[s].logprobs.push(logprob);
+            on_token(first + s, tok);
+            if !cfg.stop.is_empty() {
+                let bytes = vocab.token_bytes(tok)?;
+                if let Some((index, at_byte)) = scans[s].push(&bytes, &cfg.stop) {
+                    gens[s].finished_by = super::FinishReason::Stop { index, at_byte };
+                    done[r] = true;
+                }
+            }
+        }
+        if step + 1 == cfg.max_new_tokens {
+            break;
+        }
+        if done.iter().any(|&d| d) {
+            let keep: Vec<usize> = (0..active.len()).filter(|&r| !done[r]).collect();
+            if keep.is_empty() {
+                break;
+            }
+            active = keep.iter().map(|&r| active[r]).collect();
+            ctx.reorder(&keep)?;
+        }
+        let rows: Vec<&[u32]> = active.iter().map(|&s| seqs[s].as_slice()).collect();
+        ctx.advance(&rows)?;
+    }
+    Ok(gens)
+}
