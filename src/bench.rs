@@ -7,6 +7,7 @@ use crate::model::{Gpt, Mode};
 use crate::optim::Optimizer;
 use crate::perf::{allocations, measure_cpu_peak_tflops, mfu, peak_rss_mib};
 use crate::rng::Rng;
+use crate::sample::dist::argmax;
 use anyhow::Result;
 use std::time::Instant;
 
@@ -147,7 +148,7 @@ pub fn run_generate_bench(
         let t_prompt = t0.elapsed().as_secs_f64();
         for step in 0..max_new_tokens {
             for (bi, tok) in next.iter_mut().enumerate() {
-                *tok = argmax(&logits[bi * vp..bi * vp + cfg.vocab_size]) as u32;
+                *tok = argmax(&logits[bi * vp..bi * vp + cfg.vocab_size]).unwrap_or(0) as u32;
             }
             if step + 1 < max_new_tokens {
                 model.forward_cached(&mut cache, &next, 1, &mut logits)?;
@@ -172,15 +173,4 @@ pub fn run_generate_bench(
         peak_rss_mib: peak_rss_mib(),
         config: cfg.clone(),
     })
-}
-
-/// Index of the largest value (the first one on ties, as torch.argmax).
-pub fn argmax(x: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &v) in x.iter().enumerate() {
-        if v > x[best] {
-            best = i;
-        }
-    }
-    best
 }

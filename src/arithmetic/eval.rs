@@ -3,9 +3,9 @@
 
 use super::dataset::{ArithmeticOptions, OPTIONS_FILE};
 use super::problems::{parse_answer, Format, Op, Problem};
-use crate::bench::argmax;
 use crate::model::inference::KvCache;
 use crate::model::Gpt;
+use crate::sample::dist::argmax;
 use crate::tokenizer::CharVocab;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -89,7 +89,10 @@ pub fn complete(
             let mut generated: Vec<Vec<u32>> = vec![Vec::new(); b];
             loop {
                 let next: Vec<u32> = (0..b)
-                    .map(|r| argmax(&logits[r * vp..r * vp + model.config.vocab_size]) as u32)
+                    .map(|r| {
+                        argmax(&logits[r * vp..r * vp + model.config.vocab_size]).unwrap_or(0)
+                            as u32
+                    })
                     .collect();
                 for r in 0..b {
                     if !done[r] {
