@@ -121,6 +121,10 @@ enum Command {
         #[arg(long = "max_new_tokens", default_value_t = 128)]
         max_new_tokens: usize,
     },
+    /// Generate text from a checkpoint or GPT-2, streamed (nanoGPT's sample.py; --json for scripts).
+    Sample(nanogpt::sample::cli::SampleArgs),
+    /// Measure how much decoding settings repeat themselves (rep-n, distinct-n, loops) as a table.
+    Repetition(nanogpt::sample::cli::RepetitionArgs),
 }
 
 #[derive(Subcommand)]
@@ -217,6 +221,20 @@ fn run() -> Result<()> {
     }
     match cli.command {
         Command::Prepare { dataset } => prepare(dataset)?,
+        Command::Sample(args) => {
+            nanogpt::sample::cli::run_sample(
+                &args,
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            )?;
+        }
+        Command::Repetition(args) => {
+            nanogpt::sample::cli::run_repetition(
+                &args,
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            )?;
+        }
         Command::Plot { out_dir } => {
             let (png, summary) = nanogpt::plot::plot_out_dir(&out_dir)?;
             println!("wrote {}: {summary}", png.display());

@@ -518,7 +518,7 @@ fn greedy_by_full_forward(model: &mut Gpt, prompt: &[u32], steps: usize) -> Vec<
             .forward(ctx, None, 1, ctx.len(), Mode::Eval)
             .expect("forward");
         let last = &model.logits()[(ctx.len() - 1) * vp..][..v];
-        seq.push(nanogpt::bench::argmax(last) as u32);
+        seq.push(nanogpt::sample::dist::argmax(last).expect("finite logits") as u32);
     }
     seq[prompt.len()..].to_vec()
 }

@@ -49,9 +49,11 @@
 //! # Files
 //! `config` (the knobs), `processors` and `dry` (logits processors), `dist` (softmax, argmax,
 //! draws), `stop` (end-of-text and stop strings), `context` (KV cache and context cropping),
-//! `generate` (greedy and sampling), `beam` (beam search), `repetition` (metrics).
+//! `generate` (greedy and sampling), `beam` (beam search), `repetition` (metrics), `cli` (the
+//! `nanogpt sample` and `nanogpt repetition` commands), `report` (the repetition table).
 
 pub mod beam;
+pub mod cli;
 pub mod config;
 pub mod context;
 pub mod dist;
@@ -59,6 +61,7 @@ pub mod dry;
 pub mod generate;
 pub mod processors;
 pub mod repetition;
+pub mod report;
 pub mod stop;
 
 pub use beam::beam_search;
