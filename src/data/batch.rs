@@ -78,7 +78,10 @@ impl TokenFile {
 /// that starts mid-line is masked until its first `sep` or end of line, since what came before
 /// the window is not known. `x` and `y` are rows of `block_size` tokens as `sample_batch` makes.
 pub fn mask_to_completions(x: &[u32], y: &mut [i32], block_size: usize, sep: u32, eol: u32) {
-    for (xr, yr) in x.chunks_exact(block_size).zip(y.chunks_exact_mut(block_size)) {
+    for (xr, yr) in x
+        .chunks_exact(block_size)
+        .zip(y.chunks_exact_mut(block_size))
+    {
         let mut in_completion = false;
         for (&t, target) in xr.iter().zip(yr.iter_mut()) {
             if t == eol {

@@ -295,7 +295,13 @@ struct Split {
 }
 
 impl Split {
-    fn open(cfg: &TrainConfig, data_dir: &Path, split: &str, vocab: usize, block_size: usize) -> Result<Split> {
+    fn open(
+        cfg: &TrainConfig,
+        data_dir: &Path,
+        split: &str,
+        vocab: usize,
+        block_size: usize,
+    ) -> Result<Split> {
         let path = data_dir.join(format!("{split}.bin"));
         if !path.is_file() {
             bail!("{} not found: prepare the dataset first (nanogpt prepare ...), or set dataset / data_dir", path.display());
@@ -306,21 +312,39 @@ impl Split {
             None
         } else {
             let Tokenizer::Char(chars) = Tokenizer::for_data_dir(data_dir)? else {
-                bail!("loss_after needs a character-level dataset (meta.json): {} has none", data_dir.display());
+                bail!(
+                    "loss_after needs a character-level dataset (meta.json): {} has none",
+                    data_dir.display()
+                );
             };
             let id = |c: char, what: &str| {
-                chars.id_of(c).with_context(|| format!("loss_after: {what} {c:?} is not in {}'s vocabulary", data_dir.display()))
+                chars.id_of(c).with_context(|| {
+                    format!(
+                        "loss_after: {what} {c:?} is not in {}'s vocabulary",
+                        data_dir.display()
+                    )
+                })
             };
             let mut sep = cfg.loss_after.chars();
             let (Some(c), None) = (sep.next(), sep.next()) else {
-                bail!("loss_after must be a single character, got {:?}", cfg.loss_after);
+                bail!(
+                    "loss_after must be a single character, got {:?}",
+                    cfg.loss_after
+                );
             };
             Some((id(c, "the separator")?, id('\n', "the newline")?))
         };
         Ok(Split { file, completion })
     }
 
-    fn batch(&self, rng: &mut Rng, b: usize, t: usize, x: &mut Vec<u32>, y: &mut Vec<i32>) -> Result<()> {
+    fn batch(
+        &self,
+        rng: &mut Rng,
+        b: usize,
+        t: usize,
+        x: &mut Vec<u32>,
+        y: &mut Vec<i32>,
+    ) -> Result<()> {
         self.file.get_batch_into(rng, b, t, x, y)?;
         if let Some((sep, eol)) = self.completion {
             mask_to_completions(x, y, t, sep, eol);
