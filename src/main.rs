@@ -136,6 +136,37 @@ enum PrepareCommand {
     Shakespeare(ShakespeareArgs),
     /// Arithmetic problems (+ - * /), character level, with a held-out test set.
     Arithmetic(ArithmeticArgs),
+    /// Your own text: files or folders of .txt (one document each) and .jsonl (one per line).
+    Text(TextArgs),
+}
+
+#[derive(clap::Args)]
+struct TextArgs {
+    /// Files or folders (walked recursively: *.txt, *.jsonl).
+    #[arg(long, required = true, num_args = 1..)]
+    input: Vec<PathBuf>,
+    /// gpt2 (BPE, <|endoftext|> after each document) or char (vocabulary from the text).
+    #[arg(long, default_value = "gpt2")]
+    tokenizer: String,
+    /// The JSON field that holds a document's text.
+    #[arg(long = "text_field", default_value = "text")]
+    text_field: String,
+    /// Share of documents (chosen by a seeded hash) that go to val.bin.
+    #[arg(long = "val_fraction", default_value_t = 0.0005)]
+    val_fraction: f64,
+    #[arg(long, default_value_t = 2357)]
+    seed: u64,
+    /// Write llm.c shards of this many tokens instead of train.bin / val.bin.
+    #[arg(long = "shard_tokens")]
+    shard_tokens: Option<usize>,
+    /// The dataset's name under data_dir.
+    #[arg(long, default_value = "text")]
+    name: String,
+    #[arg(long = "data_dir", default_value = "data")]
+    data_dir: PathBuf,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -360,6 +391,31 @@ fn prepare(dataset: PrepareCommand) -> Result<()> {
     match dataset {
         PrepareCommand::ShakespeareChar(args) => prepare_shakespeare("shakespeare_char", args)?,
         PrepareCommand::Shakespeare(args) => prepare_shakespeare("shakespeare", args)?,
+        PrepareCommand::Text(args) => {
+            let mut opts =
+                nanogpt::data::TextPrepareOptions::new(args.input, args.data_dir.join(&args.name));
+            opts.tokenizer = args.tokenizer.parse()?;
+            opts.text_field = args.text_field;
+            opts.val_fraction = args.val_fraction;
+            opts.seed = args.seed;
+            opts.shard_tokens = args.shard_tokens;
+            let summary = nanogpt::data::prepare_text(&opts)?;
+            for warning in summary.warnings() {
+                eprintln!("warning: {warning}");
+            }
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                println!(
+                    "{}: {} documents, {} train tokens, {} val tokens, {:.1} MB/s",
+                    opts.out_dir.display(),
+                    summary.documents,
+                    summary.train_tokens,
+                    summary.val_tokens,
+                    summary.mb_per_s
+                );
+            }
+        }
         PrepareCommand::Arithmetic(args) => {
             let ops = args
                 .ops

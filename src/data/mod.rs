@@ -1,10 +1,15 @@
 //! Data: preparing datasets, token files (nanoGPT's raw uint16 and llm.c's shards), batches.
 
 pub mod batch;
+pub mod corpus;
+pub mod gpt2_threads;
+pub mod pipeline;
 pub mod prepare;
+pub mod text;
 pub mod tokens;
 pub mod writer;
 
 pub use prepare::{prepare_shakespeare_bpe, prepare_shakespeare_char, PrepareSummary};
+pub use text::{prepare_text, TextPrepareOptions, TextPrepareSummary, TextTokenizer};
 pub use tokens::{TokenFile, TokenFormat};
 pub use writer::write_tokens;

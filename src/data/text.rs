@@ -1,0 +1,493 @@
+//! `prepare text`: a user's own corpus (text files, JSON-lines files, folders of them) into
+//! token files, streamed with bounded memory and tokenized in parallel.
+//!
+//! - **Documents**: each `.txt` file is one document, each non-blank JSON-lines line is one
+//!   (see [`super::corpus`] for the walk order and reading rules). Documents are numbered from 0
+//!   in input order.
+//! - **GPT-2 BPE**: each document is `encode_ordinary`'d (a literal `<|endoftext|>` in the text
+//!   is plain text) and followed by the end-of-text token 50256, as nanoGPT's
+//!   `data/openwebtext/prepare.py` does.
+//! - **Characters**: a first pass over the inputs collects the vocabulary (the sorted distinct
+//!   characters of all documents and of the separator), written to `meta.json`; each document
+//!   is followed by [`TextPrepareOptions::char_separator`] (default `"\n\n"`; empty for
+//!   none). There is no end-of-text token.
+//! - **Split, by document**: document `i` goes to validation when
+//!   [`is_val_document`]`(seed, i, val_fraction)`: a hash of the seed and the index, so the
+//!   split does not depend on thread count, batch size or file sizes, and the same corpus with
+//!   the same seed always splits the same way. About `val_fraction` of the documents (default
+//!   0.0005, nanoGPT's openwebtext; seed 2357, its `train_test_split` seed) go to validation;
+//!   with few documents that may be none, see [`TextPrepareSummary::warnings`].
+//! - **Output** in `out_dir`: `train.bin` / `val.bin` (nanoGPT's raw uint16), or with
+//!   `shard_tokens` llm.c shards `train_000000.bin`, ... / `val_000000.bin`, ... Everything is
+//!   written to `*.tmp` files and renamed into place only after the whole corpus succeeded,
+//!   so an error or a crash never leaves a half-written token file (a failed run leaves the
+//!   previous output as it was). Outputs of the other format left by an earlier run
+//!   (`train.bin` vs shards, surplus shards) are then removed, and so is a `meta.json` /
+//!   `meta.pkl` in GPT-2 mode, which would otherwise make the dataset look character-level.
+//! - **Memory**: the reader keeps about three batches of text (`batch_bytes`, default 16 MiB)
+//!   plus the tokens of one; documents longer than `piece_bytes` are cut where the tokens do
+//!   not change, see [`super::corpus`].
+
+use super::corpus::{collect_inputs, CorpusReader, InputFile, Piece, ReaderOptions};
+use super::gpt2_threads::Gpt2PerThread;
+use super::pipeline::{tokenize_ordered, with_pool, Batch};
+use super::writer::{shard_path, PendingFile, SplitWriter};
+use crate::atomic_file::write_atomic;
+use crate::rng::mix64;
+use crate::tokenizer::{CharVocab, EOT};
+use anyhow::{anyhow, bail, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Which tokenizer `prepare text` uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum TextTokenizer {
+    /// GPT-2's BPE, an end-of-text token after every document.
+    Gpt2,
+    /// A character vocabulary built from the corpus, written to `meta.json`.
+    Char,
+}
+
+impl std::str::FromStr for TextTokenizer {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "gpt2" => Ok(TextTokenizer::Gpt2),
+            "char" => Ok(TextTokenizer::Char),
+            other => bail!("unknown tokenizer '{other}': use gpt2 or char"),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct TextPrepareOptions {
+    /// Files and folders, in order (see [`super::corpus`]).
+    pub inputs: Vec<PathBuf>,
+    /// Created if missing.
+    pub out_dir: PathBuf,
+    pub tokenizer: TextTokenizer,
+    /// The JSON-lines field holding a document's text.
+    pub text_field: String,
+    /// Fraction of documents for validation, in [0, 1).
+    pub val_fraction: f64,
+    /// Seeds the document split.
+    pub seed: u64,
+    /// `None`: `train.bin`/`val.bin`; `Some(n)`: llm.c shards of `n` tokens.
+    pub shard_tokens: Option<usize>,
+    /// Tokenizing threads; `None` uses rayon's global pool.
+    pub num_threads: Option<usize>,
+    /// Character mode: text appended after every document.
+    pub char_separator: String,
+    /// Text per batch read ahead and tokenized together.
+    pub batch_bytes: usize,
+    /// Documents longer than this are cut into pieces tokenized in parallel.
+    pub piece_bytes: usize,
+    /// Show a progress bar on stderr (hidden anyway when stderr is not a terminal).
+    pub progress: bool,
+}
+
+impl TextPrepareOptions {
+    pub fn new(inputs: Vec<PathBuf>, out_dir: impl Into<PathBuf>) -> Self {
+        TextPrepareOptions {
+            inputs,
+            out_dir: out_dir.into(),
+            ..Self::default()
+        }
+    }
+}
+
+impl Default for TextPrepareOptions {
+    fn default() -> Self {
+        TextPrepareOptions {
+            inputs: Vec::new(),
+            out_dir: PathBuf::from("data/text"),
+            tokenizer: TextTokenizer::Gpt2,
+            text_field: "text".to_string(),
+            val_fraction: 0.0005,
+            seed: 2357,
+            shard_tokens: None,
+            num_threads: None,
+            char_separator: "\n\n".to_string(),
+            batch_bytes: 16 << 20,
+            piece_bytes: 256 << 10,
+            progress: true,
+        }
+    }
+}
+
+/// What `prepare_text` did. MB are 10^6 bytes.
+#[derive(Clone, Debug, Serialize)]
+pub struct TextPrepareSummary {
+    pub tokenizer: TextTokenizer,
+    pub vocab_size: usize,
+    /// Input files read, and files skipped in folders (other extensions).
+    pub files: usize,
+    pub skipped_files: Vec<PathBuf>,
+    pub documents: u64,
+    pub train_documents: u64,
+    pub val_documents: u64,
+    /// Input bytes read (file sizes; both passes read them in character mode, counted once).
+    pub bytes: u64,
+    pub train_tokens: u64,
+    pub val_tokens: u64,
+    /// The token files written: one each, or the shards in order.
+    pub train_files: Vec<PathBuf>,
+    pub val_files: Vec<PathBuf>,
+    pub meta_path: Option<PathBuf>,
+    /// Earlier outputs removed (see the module docs).
+    pub removed_stale: Vec<PathBuf>,
+    pub threads: usize,
+    pub elapsed_s: f64,
+    /// Input bytes per second over the whole run, in MB/s.
+    pub mb_per_s: f64,
+}
+
+impl TextPrepareSummary {
+    /// Things a user should hear about: an empty split, skipped files.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.val_documents == 0 {
+            w.push(format!(
+                "no validation documents ({} documents in all): raise val_fraction, or split the text into more documents (files or JSON lines)",
+                self.documents
+            ));
+        }
+        if self.train_documents == 0 {
+            w.push("no training documents: lower val_fraction or add documents".to_string());
+        }
+        if !self.skipped_files.is_empty() {
+            w.push(format!(
+                "skipped {} files in folders that are not .txt, .jsonl or .json-lines (first: {})",
+                self.skipped_files.len(),
+                self.skipped_files[0].display()
+            ));
+        }
+        w
+    }
+}
+
+/// Whether document `index` belongs to the validation split: the top 53 bits of
+/// `mix64(mix64(seed) ^ index)` (SplitMix64's finaliser, [`crate::rng::mix64`]) as a fraction in
+/// [0, 1) fall below `val_fraction`.
+pub fn is_val_document(seed: u64, index: u64, val_fraction: f64) -> bool {
+    let h = mix64(mix64(seed) ^ index);
+    ((h >> 11) as f64 * (1.0 / (1u64 << 53) as f64)) < val_fraction
+}
+
+/// Prepares `opts.inputs` into token files in `opts.out_dir` (see the module docs).
+pub fn prepare_text(opts: &TextPrepareOptions) -> Result<TextPrepareSummary> {
+    let start = Instant::now();
+    if opts.inputs.is_empty() {
+        bail!("no inputs: give text files (.txt), JSON-lines files (.jsonl) or folders of them");
+    }
+    if !(0.0..1.0).contains(&opts.val_fraction) {
+        bail!(
+            "val_fraction must be at least 0 and below 1, got {}",
+            opts.val_fraction
+        );
+    }
+    if opts.text_field.is_empty() {
+        bail!("text_field is empty: give the JSON field that holds each document's text");
+    }
+    let (files, skipped) = collect_inputs(&opts.inputs)?;
+    if files.is_empty() {
+        bail!(
+            "no input files in {}: folders are searched for *.txt, *.jsonl and *.json-lines ({} other files skipped)",
+            list_paths(&opts.inputs),
+            skipped.len()
+        );
+    }
+    let out = &opts.out_dir;
+    std::fs::create_dir_all(out)
+        .map_err(|e| anyhow!("cannot create the output folder {}: {e}", out.display()))?;
+    let total_bytes: u64 = files.iter().map(|f| f.bytes).sum();
+    let bar = progress_bar(opts.progress, total_bytes);
+
+    let result = with_pool(opts.num_threads, || tokenize_corpus(opts, &files, &bar));
+    bar.finish_and_clear(); // before any error message
+    let (done, threads) = result?;
+    let done = done?;
+    if done.documents == 0 {
+        bail!(
+            "no documents in {}: the files are empty or hold only blank lines",
+            list_paths(&opts.inputs)
+        );
+    }
+
+    // Everything is complete at its temp name: move it all into place.
+    let train_files = commit_all(done.train)?;
+    let val_files = commit_all(done.val)?;
+    let meta_path = match &done.vocab {
+        Some(vocab) => {
+            let path = out.join("meta.json");
+            write_atomic(&path, vocab.to_meta_json().as_bytes())?;
+            Some(path)
+        }
+        None => None,
+    };
+    let removed_stale = remove_stale(out, opts, &train_files, &val_files)?;
+
+    let elapsed_s = start.elapsed().as_secs_f64();
+    Ok(TextPrepareSummary {
+        tokenizer: opts.tokenizer,
+        vocab_size: done.vocab_size,
+        files: files.len(),
+        skipped_files: skipped,
+        documents: done.documents,
+        train_documents: done.documents - done.val_documents,
+        val_documents: done.val_documents,
+        bytes: total_bytes,
+        train_tokens: done.train_tokens,
+        val_tokens: done.val_tokens,
+        train_files,
+        val_files,
+        meta_path,
+        removed_stale,
+        threads,
+        elapsed_s,
+        mb_per_s: total_bytes as f64 / 1e6 / elapsed_s.max(1e-9),
+    })
+}
+
+/// The result of tokenizing, before anything is renamed into place.
+struct Tokenized {
+    train: Vec<PendingFile>,
+    val: Vec<PendingFile>,
+    train_tokens: u64,
+    val_tokens: u64,
+    documents: u64,
+    val_documents: u64,
+    vocab: Option<CharVocab>,
+    vocab_size: usize,
+}
+
+enum Encoder {
+    Gpt2(Gpt2PerThread),
+    /// Code point -> id, `u32::MAX` where absent.
+    Char(Vec<u32>),
+}
+
+impl Encoder {
+    fn encode(&self, piece: &Piece) -> Result<Vec<u32>> {
+        match self {
+            Encoder::Gpt2(bpe) => bpe.encode_ordinary(&piece.text),
+            Encoder::Char(table) => piece
+                .text
+                .chars()
+                .map(|c| match table.get(c as usize) {
+                    Some(&id) if id != u32::MAX => Ok(id),
+                    _ => Err(anyhow!(
+                        "document {}: character {c:?} was not there in the first pass over the inputs; did an input file change while it was being prepared?",
+                        piece.doc
+                    )),
+                })
+                .collect(),
+        }
+    }
+}
+
+fn tokenize_corpus(
+    opts: &TextPrepareOptions,
+    files: &[InputFile],
+    bar: &ProgressBar,
+) -> Result<Tokenized> {
+    let reader = || {
+        CorpusReader::new(
+            files.to_vec(),
+            ReaderOptions {
+                text_field: opts.text_field.clone(),
+                piece_bytes: opts.piece_bytes,
+                batch_bytes: opts.batch_bytes,
+            },
+        )
+    };
+    let (encoder, end_of_doc, vocab) = match opts.tokenizer {
+        TextTokenizer::Gpt2 => (Encoder::Gpt2(Gpt2PerThread::new()?), vec![EOT], None),
+        TextTokenizer::Char => {
+            bar.set_message("pass 1/2: characters");
+            let vocab = char_vocab(reader(), &opts.char_separator, bar)?;
+            bar.set_message("pass 2/2: tokens");
+            bar.set_position(0);
+            let mut table = vec![u32::MAX; vocab.chars().last().map_or(0, |&c| c as usize + 1)];
+            for (i, &c) in vocab.chars().iter().enumerate() {
+                table[c as usize] = i as u32;
+            }
+            let sep = vocab.encode(&opts.char_separator)?;
+            (Encoder::Char(table), sep, Some(vocab))
+        }
+    };
+    let vocab_size = vocab
+        .as_ref()
+        .map_or(crate::tokenizer::GPT2_VOCAB_SIZE, |v| v.vocab_size());
+
+    let out = &opts.out_dir;
+    let mut train = SplitWriter::create(out, "train", opts.shard_tokens)?;
+    let mut val = SplitWriter::create(out, "val", opts.shard_tokens)?;
+    let mut documents = 0u64;
+    let mut val_documents = 0u64;
+    tokenize_ordered(
+        reader(),
+        |p: &Piece| encoder.encode(p),
+        |batch: Batch<Piece>, tokens| {
+            for (piece, ids) in batch.items.iter().zip(&tokens) {
+                let is_val = is_val_document(opts.seed, piece.doc, opts.val_fraction);
+                let w = if is_val { &mut val } else { &mut train };
+                w.append(ids)?;
+                if piece.last {
+                    w.append(&end_of_doc)?;
+                    documents += 1;
+                    val_documents += is_val as u64;
+                }
+            }
+            bar.inc(batch.bytes);
+            Ok(())
+        },
+        1,
+    )?;
+    let (train_tokens, val_tokens) = (train.len(), val.len());
+    Ok(Tokenized {
+        train: train.finish()?,
+        val: val.finish()?,
+        train_tokens,
+        val_tokens,
+        documents,
+        val_documents,
+        vocab,
+        vocab_size,
+    })
+}
+
+/// The first pass of character mode: the sorted distinct characters of every document and of
+/// the separator.
+fn char_vocab(reader: CorpusReader, separator: &str, bar: &ProgressBar) -> Result<CharVocab> {
+    let mut seen = vec![false; char::MAX as usize + 1];
+    for c in separator.chars() {
+        seen[c as usize] = true;
+    }
+    tokenize_ordered(
+        reader,
+        |p: &Piece| Ok(distinct_chars(&p.text)),
+        |batch, sets| {
+            for set in sets {
+                for c in set {
+                    seen[c as usize] = true;
+                }
+            }
+            bar.inc(batch.bytes);
+            Ok(())
+        },
+        1,
+    )?;
+    let chars: Vec<char> = seen
+        .par_iter()
+        .enumerate()
+        .filter(|&(_, &s)| s)
+        .filter_map(|(i, _)| char::from_u32(i as u32))
+        .collect();
+    if chars.len() > 1 << 16 {
+        bail!(
+            "the inputs hold {} distinct characters, more than uint16 token files can number (65536); use the GPT-2 tokenizer",
+            chars.len()
+        );
+    }
+    CharVocab::from_itos(chars)
+}
+
+/// The distinct code points of `text`, sorted.
+fn distinct_chars(text: &str) -> Vec<u32> {
+    let mut ascii = [false; 128];
+    let mut other = Vec::new();
+    for c in text.chars() {
+        if c.is_ascii() {
+            ascii[c as usize] = true;
+        } else {
+            other.push(c as u32);
+        }
+    }
+    other.sort_unstable();
+    other.dedup();
+    let mut out: Vec<u32> = (0..128u32).filter(|&c| ascii[c as usize]).collect();
+    out.extend(other);
+    out
+}
+
+fn commit_all(files: Vec<PendingFile>) -> Result<Vec<PathBuf>> {
+    files.into_iter().map(PendingFile::commit).collect()
+}
+
+/// Removes earlier outputs in `dir` that this run did not write but that would be read with it:
+/// the other format's token files, surplus shards, and in GPT-2 mode a character vocabulary.
+fn remove_stale(
+    dir: &Path,
+    opts: &TextPrepareOptions,
+    train: &[PathBuf],
+    val: &[PathBuf],
+) -> Result<Vec<PathBuf>> {
+    let mut stale = Vec::new();
+    for (name, written) in [("train", train), ("val", val)] {
+        let single = dir.join(format!("{name}.bin"));
+        if opts.shard_tokens.is_some() && single.is_file() {
+            stale.push(single);
+        }
+        // Shards are numbered from 0 without gaps; look past the ones just written.
+        let mut i = if opts.shard_tokens.is_some() {
+            written.len()
+        } else {
+            0
+        };
+        loop {
+            let shard = shard_path(dir, name, i);
+            if !shard.is_file() {
+                break;
+            }
+            stale.push(shard);
+            i += 1;
+        }
+    }
+    if opts.tokenizer == TextTokenizer::Gpt2 {
+        for name in ["meta.json", "meta.pkl"] {
+            let meta = dir.join(name);
+            if meta.is_file() {
+                stale.push(meta);
+            }
+        }
+    }
+    for path in &stale {
+        std::fs::remove_file(path).map_err(|e| {
+            anyhow!(
+                "cannot remove {} left by an earlier run: {e}; remove it by hand",
+                path.display()
+            )
+        })?;
+    }
+    Ok(stale)
+}
+
+fn progress_bar(show: bool, total: u64) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    if let Ok(style) = ProgressStyle::with_template(
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message("tokens");
+    bar
+}
+
+fn list_paths(paths: &[PathBuf]) -> String {
+    let mut names: Vec<String> = paths
+        .iter()
+        .take(3)
+        .map(|p| p.display().to_string())
+        .collect();
+    if paths.len() > 3 {
+        names.push(format!("and {} more", paths.len() - 3));
+    }
+    names.join(", ")
+}
