@@ -4,7 +4,7 @@
 //! backward, in place over the logits: dz_v = (exp(z_v - lse) - [v == target]) * scale for v < V,
 //! 0 for padded columns and ignored rows. scale = 1 / (valid positions * grad accumulation steps).
 
-use super::math::{fast_exp, sum_exp};
+use super::math::{fast_exp, min_rows_per_task, sum_exp};
 use rayon::prelude::*;
 
 /// Writes each row's log-sum-exp and loss (0 for ignored rows); returns the mean loss over the
@@ -21,6 +21,7 @@ pub fn crossentropy_forward(
         .par_iter_mut()
         .zip(row_lse.par_iter_mut())
         .zip(logits.par_chunks(padded_vocab).zip(targets.par_iter()))
+        .with_min_len(min_rows_per_task(padded_vocab))
         .for_each(|((loss, lse_out), (z, &target))| {
             let z = &z[..vocab];
             let m = z.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
@@ -48,6 +49,7 @@ pub fn crossentropy_backward_inplace(
     logits
         .par_chunks_mut(padded_vocab)
         .zip(row_lse.par_iter().zip(targets.par_iter()))
+        .with_min_len(min_rows_per_task(padded_vocab))
         .for_each(|(z, (&lse, &target))| {
             if target < 0 {
                 z.fill(0.0);

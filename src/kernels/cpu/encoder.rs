@@ -1,6 +1,6 @@
 //! Token + position embedding: out[b,t,:] = wte[x[b,t],:] + wpe[pos0 + t,:].
 
-use super::math::SharedMut;
+use super::math::{min_rows_per_task, SharedMut};
 use rayon::prelude::*;
 
 /// `tokens` holds rows of `t` tokens whose first position is `pos0` (0 in training; the cache
@@ -17,6 +17,7 @@ pub fn encoder_forward(
     out.par_chunks_mut(c)
         .zip(tokens.par_iter())
         .enumerate()
+        .with_min_len(min_rows_per_task(c))
         .for_each(|(row, (o, &tok))| {
             let pos = pos0 + row % t;
             let e = &wte[tok as usize * c..(tok as usize + 1) * c];

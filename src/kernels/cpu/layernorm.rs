@@ -4,7 +4,7 @@
 //! backward, with n = (x-mean)*rstd and g = dy*w:
 //!   dx = rstd * (g - mean(g) - n*mean(g*n)),  dw += sum_rows dy*n,  db += sum_rows dy
 
-use super::math::SharedMut;
+use super::math::{min_rows_per_task, SharedMut};
 use super::matmul::column_sums_into;
 use rayon::prelude::*;
 
@@ -22,6 +22,7 @@ pub fn layernorm_forward(
     out.par_chunks_mut(c)
         .zip(inp.par_chunks(c))
         .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
+        .with_min_len(min_rows_per_task(c))
         .for_each(|((y, x), (m_out, s_out))| {
             let m = x.iter().sum::<f32>() / c as f32;
             let var = x.iter().map(|v| (v - m) * (v - m)).sum::<f32>() / c as f32;
@@ -61,6 +62,7 @@ pub fn layernorm_backward(
         .zip(dout.par_chunks(c))
         .zip(inp.par_chunks(c))
         .zip(mean.par_iter().zip(rstd.par_iter()))
+        .with_min_len(min_rows_per_task(c))
         .for_each(|(((dx, dy), x), (&m, &s))| {
             let mut g_mean = 0.0f32;
             let mut gn_mean = 0.0f32;

@@ -77,6 +77,13 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     s + acc.iter().sum::<f32>()
 }
 
+/// Rows per parallel task for row-wise kernels of `width` columns: about 4K elements a task, so
+/// small models do not drown in task overhead (one row of 128 is far too little work).
+#[inline]
+pub fn min_rows_per_task(width: usize) -> usize {
+    (4096 / width.max(1)).max(1)
+}
+
 /// A raw pointer that parallel tasks share to write disjoint parts of one buffer.
 #[derive(Clone, Copy)]
 pub struct SharedMut(pub *mut f32);

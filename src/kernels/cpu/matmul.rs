@@ -3,7 +3,7 @@
 //! Weights keep GPT-2's Conv1D layout (in, out) so checkpoints load without transposes; the tied
 //! lm_head reads wte (vocab, C) as (out, in). gemm takes arbitrary strides, so neither costs a copy.
 
-use super::math::{dot, SharedMut};
+use super::math::{dot, min_rows_per_task, SharedMut};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -169,6 +169,7 @@ pub fn matmul_forward(
     if let Some(b) = bias {
         out[..rows * oc]
             .par_chunks_mut(oc)
+            .with_min_len(min_rows_per_task(oc))
             .for_each(|row| row.copy_from_slice(&b[..oc]));
     }
     // SAFETY: shapes asserted above; out is a distinct &mut.
