@@ -26,14 +26,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
-
-def parse_bool(s):
-    v = str(s).strip().lower()
-    if v in ("true", "1", "yes", "y", "on"):
-        return True
-    if v in ("false", "0", "no", "n", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean, got {s!r}")
+from pytorch_train_step import parse_bool  # noqa: E402  (same folder; one boolean parser)
 
 
 def parse_args(argv=None):
