@@ -2,7 +2,7 @@
 //! (`NAME.part`, continued with an HTTP Range request), and an atomic rename when complete.
 
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -13,6 +13,22 @@ const ATTEMPTS: usize = 4;
 /// Downloads `url` to `dest` (created whole or not at all). `hint` ends the error message when
 /// the download cannot be done, to say what to do instead (e.g. "pass --input FILE").
 pub fn download(url: &str, dest: &Path, hint: &str) -> Result<()> {
+    download_with(url, dest, hint, &DownloadOptions::default())
+}
+
+/// What else a download may need.
+#[derive(Default)]
+pub struct DownloadOptions<'a> {
+    /// Sent as `Authorization: Bearer` (e.g. `$HF_TOKEN`).
+    pub token: Option<String>,
+    /// Show the progress bar among these bars (when something else shows progress too).
+    pub bars: Option<&'a MultiProgress>,
+    /// Says when to give up (asked every 64 KiB); the partial file is kept for resuming.
+    pub cancel: Option<&'a (dyn Fn() -> bool + Sync)>,
+}
+
+/// [`download`] with a token, a place among other progress bars, and a way to cancel.
+pub fn download_with(url: &str, dest: &Path, hint: &str, opts: &DownloadOptions) -> Result<()> {
     if let Some(dir) = dest.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -26,7 +42,7 @@ pub fn download(url: &str, dest: &Path, hint: &str) -> Result<()> {
         if attempt > 0 {
             std::thread::sleep(Duration::from_millis(500 << attempt));
         }
-        match fetch(&agent, url, &part) {
+        match fetch(&agent, url, &part, opts) {
             Ok(()) => {
                 std::fs::rename(&part, dest).with_context(|| {
                     format!("cannot rename {} to {}", part.display(), dest.display())
@@ -47,9 +63,12 @@ enum Fetch {
     Fatal(String),
 }
 
-fn fetch(agent: &ureq::Agent, url: &str, part: &Path) -> Result<(), Fetch> {
+fn fetch(agent: &ureq::Agent, url: &str, part: &Path, opts: &DownloadOptions) -> Result<(), Fetch> {
     let have = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
     let mut request = agent.get(url);
+    if let Some(token) = &opts.token {
+        request = request.set("Authorization", &format!("Bearer {token}"));
+    }
     if have > 0 {
         request = request.set("Range", &format!("bytes={have}-"));
     }
@@ -86,6 +105,10 @@ fn fetch(agent: &ureq::Agent, url: &str, part: &Path) -> Result<(), Fetch> {
         Some(n) => ProgressBar::new(n),
         None => ProgressBar::new_spinner(),
     };
+    let bar = match opts.bars {
+        Some(bars) => bars.add(bar),
+        None => bar,
+    };
     if let Ok(style) = ProgressStyle::with_template(
         "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
     ) {
@@ -101,6 +124,10 @@ fn fetch(agent: &ureq::Agent, url: &str, part: &Path) -> Result<(), Fetch> {
     let mut buf = vec![0u8; 1 << 16];
     let mut written = start;
     loop {
+        if opts.cancel.is_some_and(|cancelled| cancelled()) {
+            bar.finish_and_clear();
+            return Err(Fetch::Fatal("interrupted".to_string()));
+        }
         let n = match reader.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,

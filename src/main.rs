@@ -138,6 +138,56 @@ enum PrepareCommand {
     Arithmetic(ArithmeticArgs),
     /// Your own text: files or folders of .txt (one document each) and .jsonl (one per line).
     Text(TextArgs),
+    /// OpenWebText (or any Hugging Face text dataset) streamed shard by shard with GPT-2 BPE:
+    /// about one shard of extra disk, resumable (rerun the same command after an interruption).
+    Openwebtext(OpenWebTextArgs),
+}
+
+#[derive(clap::Args)]
+struct OpenWebTextArgs {
+    /// The Hugging Face dataset (owner/name) whose parquet files to stream.
+    #[arg(long, default_value = "Skylion007/openwebtext")]
+    dataset: String,
+    /// Branch, tag or commit of the dataset [default: main, else refs/convert/parquet].
+    #[arg(long)]
+    revision: Option<String>,
+    /// The dataset split whose files to read.
+    #[arg(long, default_value = "train")]
+    split: String,
+    /// Only the files under this folder of the dataset (a configuration, e.g. plain_text).
+    #[arg(long)]
+    subset: Option<String>,
+    /// Use these parquet / .jsonl / .txt files or folders instead of downloading.
+    #[arg(long, num_args = 1..)]
+    input: Vec<PathBuf>,
+    /// The column (or JSON field) that holds each document's text.
+    #[arg(long = "text_field", default_value = "text")]
+    text_field: String,
+    /// Share of documents (chosen by a seeded hash of the document's index) for val.bin.
+    #[arg(long = "val_fraction", default_value_t = 0.0005)]
+    val_fraction: f64,
+    #[arg(long, default_value_t = 2357)]
+    seed: u64,
+    /// Tokenizing threads [default: all cores].
+    #[arg(long = "num_proc")]
+    num_proc: Option<usize>,
+    /// Only the first N documents (a quick try).
+    #[arg(long = "max_docs")]
+    max_docs: Option<u64>,
+    /// Write llm.c shards of this many tokens instead of train.bin / val.bin.
+    #[arg(long = "shard_tokens")]
+    shard_tokens: Option<usize>,
+    /// Forget an earlier (unfinished or finished) run in the output folder and start over.
+    #[arg(long)]
+    restart: bool,
+    /// The dataset's name under data_dir.
+    #[arg(long, default_value = "openwebtext")]
+    name: String,
+    #[arg(long = "data_dir", default_value = "data")]
+    data_dir: PathBuf,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -416,6 +466,7 @@ fn prepare(dataset: PrepareCommand) -> Result<()> {
                 );
             }
         }
+        PrepareCommand::Openwebtext(args) => prepare_openwebtext(args)?,
         PrepareCommand::Arithmetic(args) => {
             let ops = args
                 .ops
@@ -452,6 +503,76 @@ fn prepare(dataset: PrepareCommand) -> Result<()> {
                 s.ood_problems
             );
         }
+    }
+    Ok(())
+}
+
+fn prepare_openwebtext(args: OpenWebTextArgs) -> Result<()> {
+    use nanogpt::data::hub::HubDataset;
+    use nanogpt::data::{StreamPrepareOptions, StreamSource};
+    use nanogpt::model::pretrained::{hf_endpoint, hf_offline};
+    let source = if !args.input.is_empty() {
+        StreamSource::Local(args.input)
+    } else {
+        if hf_offline() {
+            anyhow::bail!("HF_HUB_OFFLINE is set, so {} cannot be downloaded: pass --input DIR with its parquet files", args.dataset);
+        }
+        if args.dataset.split('/').count() != 2 {
+            anyhow::bail!("--dataset: '{}' is not owner/name", args.dataset);
+        }
+        StreamSource::Hub(HubDataset {
+            endpoint: hf_endpoint(),
+            repo: args.dataset,
+            revision: args.revision,
+            split: args.split,
+            subset: args.subset,
+            token: std::env::var("HF_TOKEN").ok().filter(|t| !t.trim().is_empty()),
+        })
+    };
+    let mut opts = StreamPrepareOptions::new(source, args.data_dir.join(&args.name));
+    opts.text_field = args.text_field;
+    opts.val_fraction = args.val_fraction;
+    opts.seed = args.seed;
+    opts.shard_tokens = args.shard_tokens;
+    opts.num_threads = args.num_proc;
+    opts.max_docs = args.max_docs;
+    opts.restart = args.restart;
+    let stop = ctrl_c_flag()?;
+    let s = nanogpt::data::prepare_stream(&opts, &stop)?;
+    if s.null_rows > 0 {
+        eprintln!(
+            "warning: skipped {} rows whose text is null",
+            s.null_rows
+        );
+    }
+    if s.val_documents == 0 {
+        eprintln!(
+            "warning: no validation documents ({} in all): raise --val_fraction",
+            s.documents
+        );
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else if s.already_complete {
+        println!(
+            "{} is already prepared ({} documents, {} train tokens, {} val tokens); pass --restart to prepare it again",
+            s.out_dir.display(),
+            s.documents,
+            s.train_tokens,
+            s.val_tokens
+        );
+    } else {
+        println!(
+            "{}: {} documents from {} files, {} train tokens, {} val tokens; {:.1} MB of text at {:.1} MB/s on {} threads",
+            s.out_dir.display(),
+            s.documents,
+            s.sources,
+            s.train_tokens,
+            s.val_tokens,
+            s.text_bytes as f64 / 1e6,
+            s.text_mb_per_s,
+            s.threads
+        );
     }
     Ok(())
 }

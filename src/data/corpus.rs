@@ -6,9 +6,11 @@
 //!   `open(path).read()` and `prepare shakespeare`).
 //! - Each non-blank line of a `.jsonl` / `.json-lines` file is one document: a JSON object whose
 //!   text field (default `"text"`) is a string. Blank lines are skipped and are not documents.
+//! - Each row of a `.parquet` file (Hugging Face's dataset format) is one document: the string
+//!   in its text column. A null is a row without text: skipped and counted, not a document.
 //! - Folders are walked recursively, entries in sorted (byte-wise) name order, taking `*.txt`,
-//!   `*.jsonl` and `*.json-lines` (any case); other files, and symbolic links to folders, are
-//!   skipped and counted.
+//!   `*.jsonl`, `*.json-lines` and `*.parquet` (any case); other files, and symbolic links to
+//!   folders, are skipped and counted.
 //!
 //! Documents longer than `piece_bytes` are cut into pieces, so that a huge file is neither held
 //! whole nor tokenized on one thread. A cut is made only just after a `\n` that has a printable
@@ -17,6 +19,7 @@
 //! exactly the tokens of the whole document (the tests check this on real text). A document
 //! with no such place is kept whole.
 
+use super::parquet::ParquetTextColumn;
 use super::pipeline::Batch;
 use anyhow::{anyhow, bail, Result};
 use std::collections::VecDeque;
@@ -30,6 +33,8 @@ pub enum InputKind {
     Text,
     /// One document per non-blank line.
     JsonLines,
+    /// One document per row (see [`super::parquet`]).
+    Parquet,
 }
 
 #[derive(Clone, Debug)]
@@ -57,7 +62,7 @@ pub fn collect_inputs(inputs: &[PathBuf]) -> Result<(Vec<InputFile>, Vec<PathBuf
         if meta.is_dir() {
             walk(input, &mut files, &mut skipped)?;
         } else {
-            // Named explicitly: JSON lines by extension, anything else is text.
+            // Named explicitly: JSON lines or parquet by extension, anything else is text.
             let kind = kind_of(input).unwrap_or(InputKind::Text);
             files.push(InputFile {
                 path: input.clone(),
@@ -74,6 +79,7 @@ fn kind_of(path: &Path) -> Option<InputKind> {
     match ext.as_str() {
         "txt" => Some(InputKind::Text),
         "jsonl" | "json-lines" => Some(InputKind::JsonLines),
+        "parquet" => Some(InputKind::Parquet),
         _ => None,
     }
 }
@@ -173,12 +179,16 @@ pub fn split_document(text: String, piece_bytes: usize) -> Vec<String> {
 /// What the reader needs to know.
 #[derive(Clone, Debug)]
 pub struct ReaderOptions {
-    /// The JSON-lines field that holds a document's text.
+    /// The JSON-lines field / parquet column that holds a document's text.
     pub text_field: String,
     /// Documents longer than this are cut into pieces (at least 1).
     pub piece_bytes: usize,
     /// A batch closes once its text reaches this many bytes.
     pub batch_bytes: usize,
+    /// The index of the first document read (when these files continue a larger corpus).
+    pub first_doc: u64,
+    /// Stop before document `end_doc` (for "only the first N documents").
+    pub end_doc: Option<u64>,
 }
 
 /// Reads the corpus as batches of [`Piece`]s, in order. An iterator of `Result<Batch<Piece>>`;
@@ -192,13 +202,29 @@ pub struct CorpusReader {
     opts: ReaderOptions,
     bytes_read: u64,
     bytes_reported: u64,
+    text_bytes: u64,
+    null_rows: u64,
     done: bool,
 }
 
 enum OpenFile {
     Text(TextFile),
     JsonLines(JsonLinesFile),
+    Parquet(ParquetFile),
 }
+
+struct ParquetFile {
+    column: ParquetTextColumn,
+    rows: std::vec::IntoIter<Option<String>>,
+    buffer: Vec<Option<String>>,
+    /// The file's size and row count, to turn rows read into bytes for progress.
+    file_bytes: u64,
+    num_rows: u64,
+    rows_read: u64,
+}
+
+/// Rows read from a parquet file at a time.
+const PARQUET_ROWS_PER_READ: usize = 256;
 
 struct TextFile {
     path: PathBuf,
@@ -230,12 +256,30 @@ impl CorpusReader {
             next_file: 0,
             open: None,
             queued: VecDeque::new(),
-            doc: 0,
+            doc: opts.first_doc,
             opts,
             bytes_read: 0,
             bytes_reported: 0,
+            text_bytes: 0,
+            null_rows: 0,
             done: false,
         }
+    }
+
+    /// The index the next document gets (so, after the last batch, the first document index
+    /// plus the documents read).
+    pub fn next_doc(&self) -> u64 {
+        self.doc
+    }
+
+    /// Bytes of (UTF-8) text in the documents handed out so far.
+    pub fn text_bytes(&self) -> u64 {
+        self.text_bytes
+    }
+
+    /// Parquet rows without text (null), skipped.
+    pub fn null_rows(&self) -> u64 {
+        self.null_rows
     }
 
     fn next_batch(&mut self) -> Result<Option<Batch<Piece>>> {
@@ -245,6 +289,7 @@ impl CorpusReader {
             match self.next_piece()? {
                 Some(p) => {
                     text_bytes += p.text.len();
+                    self.text_bytes += p.text.len() as u64;
                     items.push(p);
                 }
                 None => break,
@@ -262,6 +307,9 @@ impl CorpusReader {
         loop {
             if let Some(p) = self.queued.pop_front() {
                 return Ok(Some(p));
+            }
+            if self.opts.end_doc.is_some_and(|end| self.doc >= end) {
+                return Ok(None);
             }
             let Some(open) = self.open.as_mut() else {
                 let Some(f) = self.files.get(self.next_file) else {
@@ -285,6 +333,17 @@ impl CorpusReader {
                         line_no: 0,
                         line: Vec::new(),
                     }),
+                    InputKind::Parquet => {
+                        let column = ParquetTextColumn::open(&f.path, &self.opts.text_field)?;
+                        OpenFile::Parquet(ParquetFile {
+                            num_rows: column.num_rows(),
+                            column,
+                            rows: Vec::new().into_iter(),
+                            buffer: Vec::new(),
+                            file_bytes: f.bytes,
+                            rows_read: 0,
+                        })
+                    }
                 });
                 continue;
             };
@@ -306,22 +365,56 @@ impl CorpusReader {
                 OpenFile::JsonLines(j) => {
                     match j.next_document(&self.opts.text_field, &mut self.bytes_read)? {
                         None => self.open = None,
-                        Some(text) => {
-                            let pieces = split_document(text, self.opts.piece_bytes);
-                            let n = pieces.len();
-                            let doc = self.doc;
-                            self.queued
-                                .extend(pieces.into_iter().enumerate().map(|(i, text)| Piece {
-                                    doc,
-                                    text,
-                                    last: i + 1 == n,
-                                }));
-                            self.doc += 1;
-                        }
+                        Some(text) => self.queue_document(text),
                     }
                 }
+                OpenFile::Parquet(pq) => match pq.next_row(&mut self.bytes_read)? {
+                    None => self.open = None,
+                    Some(None) => self.null_rows += 1,
+                    Some(Some(text)) => self.queue_document(text),
+                },
             }
         }
+    }
+}
+
+impl CorpusReader {
+    /// Queues a whole document, cut into pieces when long.
+    fn queue_document(&mut self, text: String) {
+        let pieces = split_document(text, self.opts.piece_bytes);
+        let n = pieces.len();
+        let doc = self.doc;
+        self.queued
+            .extend(pieces.into_iter().enumerate().map(|(i, text)| Piece {
+                doc,
+                text,
+                last: i + 1 == n,
+            }));
+        self.doc += 1;
+    }
+}
+
+impl ParquetFile {
+    /// The next row's text (`Some(None)` for a null), or `None` at the end of the file.
+    fn next_row(&mut self, bytes_read: &mut u64) -> Result<Option<Option<String>>> {
+        if self.rows.len() == 0 {
+            self.column.read(PARQUET_ROWS_PER_READ, &mut self.buffer)?;
+            self.rows = std::mem::take(&mut self.buffer).into_iter();
+        }
+        let Some(row) = self.rows.next() else {
+            // All of the file has been read, whatever the footer's row count said.
+            *bytes_read += self.file_bytes - self.bytes_at(self.rows_read);
+            return Ok(None);
+        };
+        *bytes_read += self.bytes_at(self.rows_read + 1) - self.bytes_at(self.rows_read);
+        self.rows_read += 1;
+        Ok(Some(row))
+    }
+
+    /// The share of the file's bytes that `rows` rows stand for.
+    fn bytes_at(&self, rows: u64) -> u64 {
+        let rows = rows.min(self.num_rows);
+        (self.file_bytes as u128 * rows as u128 / self.num_rows.max(1) as u128) as u64
     }
 }
 

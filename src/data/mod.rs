@@ -3,12 +3,16 @@
 pub mod batch;
 pub mod corpus;
 pub mod gpt2_threads;
+pub mod hub;
+pub mod parquet;
 pub mod pipeline;
 pub mod prepare;
+pub mod stream;
 pub mod text;
 pub mod tokens;
 pub mod writer;
 
+pub use stream::{prepare_stream, StreamPrepareOptions, StreamPrepareSummary, StreamSource};
 pub use prepare::{prepare_shakespeare_bpe, prepare_shakespeare_char, PrepareSummary};
 pub use text::{prepare_text, TextPrepareOptions, TextPrepareSummary, TextTokenizer};
 pub use tokens::{TokenFile, TokenFormat};

@@ -228,7 +228,13 @@ pub fn prepare_text(opts: &TextPrepareOptions) -> Result<TextPrepareSummary> {
         }
         None => None,
     };
-    let removed_stale = remove_stale(out, opts, &train_files, &val_files)?;
+    let removed_stale = remove_stale(
+        out,
+        opts.shard_tokens,
+        opts.tokenizer,
+        &train_files,
+        &val_files,
+    )?;
 
     let elapsed_s = start.elapsed().as_secs_f64();
     Ok(TextPrepareSummary {
@@ -301,6 +307,8 @@ fn tokenize_corpus(
                 text_field: opts.text_field.clone(),
                 piece_bytes: opts.piece_bytes,
                 batch_bytes: opts.batch_bytes,
+                first_doc: 0,
+                end_doc: None,
             },
         )
     };
@@ -324,40 +332,66 @@ fn tokenize_corpus(
         .map_or(crate::tokenizer::GPT2_VOCAB_SIZE, |v| v.vocab_size());
 
     let out = &opts.out_dir;
-    let mut train = SplitWriter::create(out, "train", opts.shard_tokens)?;
-    let mut val = SplitWriter::create(out, "val", opts.shard_tokens)?;
-    let mut documents = 0u64;
-    let mut val_documents = 0u64;
+    let mut sink = SplitSink {
+        train: SplitWriter::create(out, "train", opts.shard_tokens)?,
+        val: SplitWriter::create(out, "val", opts.shard_tokens)?,
+        seed: opts.seed,
+        val_fraction: opts.val_fraction,
+        end_of_doc,
+        documents: 0,
+        val_documents: 0,
+    };
     tokenize_ordered(
         reader(),
         |p: &Piece| encoder.encode(p),
         |batch: Batch<Piece>, tokens| {
-            for (piece, ids) in batch.items.iter().zip(&tokens) {
-                let is_val = is_val_document(opts.seed, piece.doc, opts.val_fraction);
-                let w = if is_val { &mut val } else { &mut train };
-                w.append(ids)?;
-                if piece.last {
-                    w.append(&end_of_doc)?;
-                    documents += 1;
-                    val_documents += is_val as u64;
-                }
-            }
+            sink.add(&batch.items, &tokens)?;
             bar.inc(batch.bytes);
             Ok(())
         },
         1,
     )?;
-    let (train_tokens, val_tokens) = (train.len(), val.len());
+    let (train_tokens, val_tokens) = (sink.train.len(), sink.val.len());
     Ok(Tokenized {
-        train: train.finish()?,
-        val: val.finish()?,
+        train: sink.train.finish()?,
+        val: sink.val.finish()?,
         train_tokens,
         val_tokens,
-        documents,
-        val_documents,
+        documents: sink.documents,
+        val_documents: sink.val_documents,
         vocab,
         vocab_size,
     })
+}
+
+/// Where tokenized documents go: each to the split [`is_val_document`] picks for it, followed
+/// by the end-of-document tokens.
+pub(crate) struct SplitSink {
+    pub train: SplitWriter,
+    pub val: SplitWriter,
+    pub seed: u64,
+    pub val_fraction: f64,
+    pub end_of_doc: Vec<u32>,
+    /// Documents completed so far, and how many of them went to val.
+    pub documents: u64,
+    pub val_documents: u64,
+}
+
+impl SplitSink {
+    /// Appends `tokens[i]`, the tokens of `pieces[i]`, in order.
+    pub fn add(&mut self, pieces: &[Piece], tokens: &[Vec<u32>]) -> Result<()> {
+        for (piece, ids) in pieces.iter().zip(tokens) {
+            let is_val = is_val_document(self.seed, piece.doc, self.val_fraction);
+            let w = if is_val { &mut self.val } else { &mut self.train };
+            w.append(ids)?;
+            if piece.last {
+                w.append(&self.end_of_doc)?;
+                self.documents += 1;
+                self.val_documents += is_val as u64;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The first pass of character mode: the sorted distinct characters of every document and of
@@ -420,20 +454,21 @@ fn commit_all(files: Vec<PendingFile>) -> Result<Vec<PathBuf>> {
 
 /// Removes earlier outputs in `dir` that this run did not write but that would be read with it:
 /// the other format's token files, surplus shards, and in GPT-2 mode a character vocabulary.
-fn remove_stale(
+pub(crate) fn remove_stale(
     dir: &Path,
-    opts: &TextPrepareOptions,
+    shard_tokens: Option<usize>,
+    tokenizer: TextTokenizer,
     train: &[PathBuf],
     val: &[PathBuf],
 ) -> Result<Vec<PathBuf>> {
     let mut stale = Vec::new();
     for (name, written) in [("train", train), ("val", val)] {
         let single = dir.join(format!("{name}.bin"));
-        if opts.shard_tokens.is_some() && single.is_file() {
+        if shard_tokens.is_some() && single.is_file() {
             stale.push(single);
         }
         // Shards are numbered from 0 without gaps; look past the ones just written.
-        let mut i = if opts.shard_tokens.is_some() {
+        let mut i = if shard_tokens.is_some() {
             written.len()
         } else {
             0
@@ -447,7 +482,7 @@ fn remove_stale(
             i += 1;
         }
     }
-    if opts.tokenizer == TextTokenizer::Gpt2 {
+    if tokenizer == TextTokenizer::Gpt2 {
         for name in ["meta.json", "meta.pkl"] {
             let meta = dir.join(name);
             if meta.is_file() {
@@ -466,7 +501,7 @@ fn remove_stale(
     Ok(stale)
 }
 
-fn progress_bar(show: bool, total: u64) -> ProgressBar {
+pub(crate) fn progress_bar(show: bool, total: u64) -> ProgressBar {
     if !show {
         return ProgressBar::hidden();
     }

@@ -50,8 +50,8 @@ pub fn write_tokens(path: &Path, tokens: &[u32], format: TokenFormat) -> Result<
 
 /// A token file written as it goes: tokens are appended to `NAME.tmp`; [`finish`] completes it
 /// (the shard header's token count, a sync) and hands back a [`PendingFile`] whose
-/// [`PendingFile::commit`] renames it over `NAME`. Dropped before that, the temp file is removed,
-/// so an error or a crash never leaves a half-written `NAME`.
+/// [`PendingFile::commit`] renames it over `NAME`. Dropped before that, the temp file is removed
+/// (unless it was made to be resumed), so an error or a crash never leaves a half-written `NAME`.
 ///
 /// [`finish`]: TokenFileWriter::finish
 pub struct TokenFileWriter {
@@ -61,6 +61,8 @@ pub struct TokenFileWriter {
     format: TokenFormat,
     count: u64,
     buf: Vec<u8>,
+    /// Leave the temp file when dropped unfinished, for a later run to continue.
+    keep_on_drop: bool,
 }
 
 impl TokenFileWriter {
@@ -81,12 +83,80 @@ impl TokenFileWriter {
             format,
             count: 0,
             buf: Vec::with_capacity(1 << 16),
+            keep_on_drop: false,
         };
         if format == TokenFormat::Shard {
             let header = shard_header(0);
             writer.write_bytes(&header)?;
         }
         Ok(writer)
+    }
+
+    /// Continues the temp file of `path` that an earlier run left with at least `count` tokens:
+    /// keeps the first `count` and cuts off anything after them (written after the earlier
+    /// run's last sync point). The temp file is kept if this writer is dropped unfinished.
+    pub fn resume(path: &Path, format: TokenFormat, count: u64) -> Result<TokenFileWriter> {
+        let tmp = tmp_path(path);
+        let header = if format == TokenFormat::Shard {
+            (SHARD_HEADER_INTS * 4) as u64
+        } else {
+            0
+        };
+        let want = header + 2 * count;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&tmp)
+            .map_err(|e| {
+                anyhow!(
+                    "cannot continue {}: {e}; start over with --restart",
+                    tmp.display()
+                )
+            })?;
+        let have = file
+            .metadata()
+            .map_err(|e| anyhow!("cannot read {}: {e}", tmp.display()))?
+            .len();
+        if have < want {
+            bail!(
+                "cannot continue {}: it holds {have} bytes, fewer than the {want} the manifest records; start over with --restart",
+                tmp.display()
+            );
+        }
+        let mut file = file;
+        file.set_len(want)
+            .and_then(|_| file.seek(SeekFrom::End(0)).map(|_| ()))
+            .map_err(|e| anyhow!("cannot continue {}: {e}", tmp.display()))?;
+        Ok(TokenFileWriter {
+            path: path.to_path_buf(),
+            tmp,
+            w: Some(BufWriter::with_capacity(1 << 20, file)),
+            format,
+            count,
+            buf: Vec::with_capacity(1 << 16),
+            keep_on_drop: true,
+        })
+    }
+
+    /// Makes dropping this writer unfinished leave its temp file (see [`TokenFileWriter::resume`]).
+    pub fn keep_on_drop(mut self) -> TokenFileWriter {
+        self.keep_on_drop = true;
+        self
+    }
+
+    /// Flushes and syncs what was appended, so that it survives a crash.
+    pub fn sync(&mut self) -> Result<()> {
+        let Some(w) = self.w.as_mut() else {
+            bail!("{} was already finished", self.path.display());
+        };
+        w.flush()
+            .and_then(|_| w.get_ref().sync_data())
+            .map_err(|e| {
+                anyhow!(
+                    "cannot write {}: {e} (disk full, or the directory is not writable?)",
+                    self.tmp.display()
+                )
+            })
     }
 
     /// The file this becomes once committed.
@@ -145,6 +215,7 @@ impl TokenFileWriter {
             bail!("{} was already finished", self.path.display());
         };
         let tmp = self.tmp.clone();
+        let keep = self.keep_on_drop;
         let result = (|| -> std::io::Result<()> {
             let mut file = w.into_inner().map_err(|e| e.into_error())?;
             if self.format == TokenFormat::Shard {
@@ -155,7 +226,9 @@ impl TokenFileWriter {
             file.sync_all()
         })();
         if let Err(e) = result {
-            let _ = std::fs::remove_file(&tmp);
+            if !keep {
+                let _ = std::fs::remove_file(&tmp);
+            }
             bail!(
                 "cannot write {}: {e} (disk full, or the directory is not writable?)",
                 tmp.display()
@@ -164,7 +237,7 @@ impl TokenFileWriter {
         Ok(PendingFile {
             tmp,
             path: std::mem::take(&mut self.path),
-            done: false,
+            done: keep,
         })
     }
 
@@ -183,18 +256,20 @@ impl TokenFileWriter {
 
 impl Drop for TokenFileWriter {
     fn drop(&mut self) {
-        if self.w.take().is_some() {
+        if self.w.take().is_some() && !self.keep_on_drop {
             let _ = std::fs::remove_file(&self.tmp);
         }
     }
 }
 
 /// A complete file at its temp name, waiting to be renamed over its real name. Several can be
-/// committed together once all of them are complete. Dropped uncommitted, it is removed.
+/// committed together once all of them are complete. Dropped uncommitted, it is removed, unless
+/// it was written to be resumed.
 #[derive(Debug)]
 pub struct PendingFile {
     tmp: PathBuf,
     path: PathBuf,
+    /// Committed, or to be left in place when dropped.
     done: bool,
 }
 
@@ -206,9 +281,12 @@ impl PendingFile {
 
     /// Renames the temp file over the final name.
     pub fn commit(mut self) -> Result<PathBuf> {
+        let keep = self.done;
         self.done = true;
         if let Err(e) = std::fs::rename(&self.tmp, &self.path) {
-            let _ = std::fs::remove_file(&self.tmp);
+            if !keep {
+                let _ = std::fs::remove_file(&self.tmp);
+            }
             bail!(
                 "cannot rename {} to {}: {e}",
                 self.tmp.display(),
@@ -238,6 +316,8 @@ pub struct SplitWriter {
     current: TokenFileWriter,
     done: Vec<PendingFile>,
     total: u64,
+    /// Temp files survive errors, for [`SplitWriter::resume`].
+    resumable: bool,
 }
 
 impl SplitWriter {
@@ -262,7 +342,80 @@ impl SplitWriter {
             current: first,
             done: Vec::new(),
             total: 0,
+            resumable: false,
         })
+    }
+
+    /// Like [`SplitWriter::create`], but the temp files survive errors and drops, so that a
+    /// later run can [`SplitWriter::resume`] them.
+    pub fn create_resumable(
+        dir: &Path,
+        name: &str,
+        shard_tokens: Option<usize>,
+    ) -> Result<SplitWriter> {
+        let mut w = SplitWriter::create(dir, name, shard_tokens)?;
+        w.current = w.current.keep_on_drop();
+        w.resumable = true;
+        Ok(w)
+    }
+
+    /// Continues the temp files a resumable writer left with `total` tokens in all (shards
+    /// before the last one full and complete); anything written after those is cut off.
+    pub fn resume(
+        dir: &Path,
+        name: &str,
+        shard_tokens: Option<usize>,
+        total: u64,
+    ) -> Result<SplitWriter> {
+        let Some(cap) = shard_tokens else {
+            let path = dir.join(format!("{name}.bin"));
+            return Ok(SplitWriter {
+                dir: dir.to_path_buf(),
+                name: name.to_string(),
+                shard_tokens,
+                current: TokenFileWriter::resume(&path, TokenFormat::RawU16, total)?,
+                done: Vec::new(),
+                total,
+                resumable: true,
+            });
+        };
+        // The writer moves to the next shard only when it has more tokens for it, so a full
+        // last shard is still the current one.
+        let cap = cap as u64;
+        let current = if total == 0 { 0 } else { (total - 1) / cap };
+        let mut done = Vec::new();
+        for i in 0..current as usize {
+            let path = shard_path(dir, name, i);
+            let tmp = tmp_path(&path);
+            let want = (SHARD_HEADER_INTS * 4) as u64 + 2 * cap;
+            match std::fs::metadata(&tmp) {
+                Ok(m) if m.len() == want => {}
+                _ => bail!(
+                    "cannot continue: {} is missing or not a full shard of {cap} tokens; start over with --restart",
+                    tmp.display()
+                ),
+            }
+            done.push(PendingFile {
+                tmp,
+                path,
+                done: true,
+            });
+        }
+        let path = shard_path(dir, name, current as usize);
+        Ok(SplitWriter {
+            dir: dir.to_path_buf(),
+            name: name.to_string(),
+            shard_tokens,
+            current: TokenFileWriter::resume(&path, TokenFormat::Shard, total - current * cap)?,
+            done,
+            total,
+            resumable: true,
+        })
+    }
+
+    /// Flushes and syncs the file being written (finished shards already are).
+    pub fn sync(&mut self) -> Result<()> {
+        self.current.sync()
     }
 
     /// Tokens appended so far, over all files.
@@ -283,7 +436,10 @@ impl SplitWriter {
         while !tokens.is_empty() {
             if self.current.len() == cap as u64 {
                 let next = shard_path(&self.dir, &self.name, self.done.len() + 1);
-                let next = TokenFileWriter::create(&next, TokenFormat::Shard)?;
+                let mut next = TokenFileWriter::create(&next, TokenFormat::Shard)?;
+                if self.resumable {
+                    next = next.keep_on_drop();
+                }
                 let full = std::mem::replace(&mut self.current, next);
                 self.done.push(full.finish()?);
             }
