@@ -1,0 +1,512 @@
+//! `prepare openwebtext` against a local HTTP server that serves parquet shards (written here)
+//! in the Hugging Face hub's layout: output equal to tokenizing the documents directly, resuming
+//! after an interruption byte for byte, a stable split, and the bad-input errors.
+
+use nanogpt::data::hub::HubDataset;
+use nanogpt::data::text::is_val_document;
+use nanogpt::data::{prepare_stream, StreamPrepareOptions, StreamPrepareSummary, StreamSource};
+use nanogpt::tokenizer::{Gpt2Bpe, EOT};
+use parquet::basic::{Compression, GzipLevel, ZstdLevel};
+use parquet::data_type::{ByteArray, ByteArrayType, Int64Type};
+use parquet::file::properties::WriterProperties;
+use parquet::file::writer::SerializedFileWriter;
+use parquet::schema::parser::parse_message_type;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+const REPO: &str = "someone/tiny-webtext";
+
+/// Documents for the shards: paragraphs of tiny Shakespeare, some joined into long documents
+/// (cut into pieces by the reader), and a few odd ones. `None` is a null row.
+fn documents() -> Vec<Option<String>> {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/tinyshakespeare.txt"))
+            .unwrap();
+    let paragraphs: Vec<&str> = text.split("\n\n").take(400).collect();
+    let mut docs: Vec<Option<String>> = Vec::new();
+    for (i, chunk) in paragraphs.chunks(10).enumerate() {
+        if i % 7 == 3 {
+            // One long document (about 5 KB), longer than the tests' piece size.
+            docs.push(Some(chunk.join("\n\n")));
+        } else {
+            docs.extend(chunk.iter().map(|p| Some(p.to_string())));
+        }
+    }
+    docs.insert(5, Some("naïve café — 東京 🚀 <|endoftext|> literal".to_string()));
+    docs.insert(9, Some(String::new()));
+    docs.insert(13, None);
+    docs
+}
+
+/// Writes `docs` as a parquet file with an optional string column `text` and an int64 `id`.
+fn write_parquet(path: &Path, docs: &[Option<String>], compression: Compression, rows_per_group: usize) {
+    let schema = Arc::new(
+        parse_message_type("message doc { required int64 id; optional binary text (UTF8); }")
+            .unwrap(),
+    );
+    let props = Arc::new(
+        WriterProperties::builder()
+            .set_compression(compression)
+            .set_data_page_size_limit(2048)
+            .build(),
+    );
+    let mut w = SerializedFileWriter::new(std::fs::File::create(path).unwrap(), schema, props).unwrap();
+    for (g, group) in docs.chunks(rows_per_group).enumerate() {
+        let mut rg = w.next_row_group().unwrap();
+        let mut col = rg.next_column().unwrap().unwrap();
+        let ids: Vec<i64> = (0..group.len()).map(|i| (g * rows_per_group + i) as i64).collect();
+        col.typed::<Int64Type>().write_batch(&ids, None, None).unwrap();
+        col.close().unwrap();
+        let mut col = rg.next_column().unwrap().unwrap();
+        let values: Vec<ByteArray> = group
+            .iter()
+            .flatten()
+            .map(|s| ByteArray::from(s.as_bytes().to_vec()))
+            .collect();
+        let defs: Vec<i16> = group.iter().map(|d| d.is_some() as i16).collect();
+        col.typed::<ByteArrayType>()
+            .write_batch(&values, Some(&defs), None)
+            .unwrap();
+        col.close().unwrap();
+        rg.close().unwrap();
+    }
+    w.close().unwrap();
+}
+
+/// The dataset as three parquet shards (snappy, zstd, gzip), in the hub's path layout.
+fn shards(docs: &[Option<String>]) -> Vec<(String, Vec<u8>)> {
+    let third = docs.len() / 3;
+    let parts = [&docs[..third], &docs[third..2 * third], &docs[2 * third..]];
+    let codecs = [
+        Compression::SNAPPY,
+        Compression::ZSTD(ZstdLevel::default()),
+        Compression::GZIP(GzipLevel::default()),
+    ];
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = temp(&format!("shards-{n}"));
+    parts
+        .iter()
+        .zip(codecs)
+        .enumerate()
+        .map(|(i, (part, codec))| {
+            let path = dir.join(format!("{i}.parquet"));
+            write_parquet(&path, part, codec, 37);
+            (
+                format!("plain_text/train-{i:05}-of-00003.parquet"),
+                std::fs::read(&path).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// What the hub serves, and how it misbehaves.
+#[derive(Default)]
+struct Hub {
+    /// Repository path -> content.
+    files: BTreeMap<String, Vec<u8>>,
+    /// sha256 to list instead of the real one.
+    listed_sha256: BTreeMap<String, String>,
+    /// Paths answered with 404.
+    missing: HashSet<String>,
+    /// Every request's path.
+    log: Vec<String>,
+}
+
+/// A local hub: `GET /api/datasets/{repo}/tree/{rev}?recursive=true` (two entries per page,
+/// with a `Link` to the next) and `GET /datasets/{repo}/resolve/{rev}/{path}` (with Range).
+fn serve(hub: Arc<Mutex<Hub>>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let base2 = base.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let hub = hub.clone();
+            let base = base2.clone();
+            std::thread::spawn(move || respond(stream, &hub, &base));
+        }
+    });
+    base
+}
+
+fn respond(mut stream: std::net::TcpStream, hub: &Mutex<Hub>, base: &str) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut request = String::new();
+    reader.read_line(&mut request).unwrap_or(0);
+    let target = request.split_whitespace().nth(1).unwrap_or("").to_string();
+    let mut range = None;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
+            range = v.trim().trim_end_matches('-').parse::<usize>().ok();
+        }
+    }
+    let mut hub = hub.lock().unwrap();
+    hub.log.push(target.clone());
+    let send = |stream: &mut std::net::TcpStream, status: &str, extra: &str, body: &[u8]| {
+        let head = format!(
+            "HTTP/1.1 {status}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
+            body.len()
+        );
+        let _ = stream.write_all(head.as_bytes());
+        let _ = stream.write_all(body);
+    };
+    let tree_prefix = format!("/api/datasets/{REPO}/tree/main?recursive=true");
+    let resolve_prefix = format!("/datasets/{REPO}/resolve/main/");
+    if let Some(rest) = target.strip_prefix(&tree_prefix) {
+        let page: usize = rest.strip_prefix("&cursor=").map_or(0, |c| c.parse().unwrap());
+        let entries: Vec<serde_json::Value> = hub
+            .files
+            .iter()
+            .map(|(path, body)| {
+                let sha = hub.listed_sha256.get(path).cloned().unwrap_or_else(|| hex(&Sha256::digest(body)));
+                serde_json::json!({"type": "file", "oid": "0", "size": body.len(), "path": path,
+                                   "lfs": {"oid": sha, "size": body.len(), "pointerSize": 134}})
+            })
+            .chain([serde_json::json!({"type": "directory", "oid": "0", "size": 0, "path": "plain_text"}),
+                    serde_json::json!({"type": "file", "oid": "1", "size": 9, "path": "README.md"})])
+            .collect();
+        let chunk: Vec<_> = entries.iter().skip(page * 2).take(2).cloned().collect();
+        let link = if (page + 1) * 2 < entries.len() {
+            format!("Link: <{base}{tree_prefix}&cursor={}>; rel=\"next\"\r\n", page + 1)
+        } else {
+            String::new()
+        };
+        send(&mut stream, "200 OK", &link, serde_json::to_string(&chunk).unwrap().as_bytes());
+    } else if let Some(path) = target.strip_prefix(&resolve_prefix) {
+        match hub.files.get(path) {
+            Some(body) if !hub.missing.contains(path) => {
+                let start = range.unwrap_or(0).min(body.len());
+                let status = if range.is_some() { "206 Partial Content" } else { "200 OK" };
+                send(&mut stream, status, "", &body[start..]);
+            }
+            _ => send(&mut stream, "404 Not Found", "", b""),
+        }
+    } else {
+        send(&mut stream, "404 Not Found", "", b"");
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn temp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("nanogpt-owt-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn hub_with_shards() -> (Arc<Mutex<Hub>>, String, Vec<Option<String>>) {
+    let docs = documents();
+    let mut hub = Hub::default();
+    hub.files.extend(shards(&docs));
+    let hub = Arc::new(Mutex::new(hub));
+    let base = serve(hub.clone());
+    (hub, base, docs)
+}
+
+fn hub_options(base: &str, out: &Path) -> StreamPrepareOptions {
+    let mut opts = StreamPrepareOptions::new(
+        StreamSource::Hub(HubDataset {
+            endpoint: base.to_string(),
+            repo: REPO.to_string(),
+            revision: None,
+            split: "train".to_string(),
+            subset: None,
+            token: None,
+        }),
+        out,
+    );
+    opts.progress = false;
+    opts.piece_bytes = 1000; // long documents are cut into pieces
+    opts.batch_bytes = 8 << 10;
+    opts
+}
+
+fn run(opts: &StreamPrepareOptions) -> anyhow::Result<StreamPrepareSummary> {
+    prepare_stream(opts, &AtomicBool::new(false))
+}
+
+/// Each non-null document's tokens and EOT, split by `is_val_document` over document indices.
+fn expected(docs: &[Option<String>], seed: u64, val_fraction: f64) -> (Vec<u16>, Vec<u16>) {
+    let bpe = Gpt2Bpe::new().unwrap();
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    for (i, doc) in docs.iter().flatten().enumerate() {
+        let out = if is_val_document(seed, i as u64, val_fraction) { &mut val } else { &mut train };
+        out.extend(bpe.encode_ordinary(doc).iter().map(|&t| t as u16));
+        out.push(EOT as u16);
+    }
+    (train, val)
+}
+
+fn read_u16(path: &Path) -> Vec<u16> {
+    std::fs::read(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .chunks_exact(2)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        .collect()
+}
+
+/// Every file of `dir` (not folders) and its bytes.
+fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_file())
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
+        .collect()
+}
+
+#[test]
+fn output_equals_tokenizing_the_documents_directly() {
+    let (hub, base, docs) = hub_with_shards();
+    let out = temp("direct");
+    let mut opts = hub_options(&base, &out);
+    opts.val_fraction = 0.0;
+    let s = run(&opts).unwrap();
+    let (train, _) = expected(&docs, 2357, 0.0);
+    assert_eq!(read_u16(&out.join("train.bin")), train);
+    assert!(read_u16(&out.join("val.bin")).is_empty());
+    assert_eq!(s.documents as usize, docs.iter().flatten().count());
+    assert_eq!(s.null_rows, 1);
+    assert_eq!(s.sources, 3);
+    assert_eq!(s.train_tokens as usize, train.len());
+    let text_bytes: usize = docs.iter().flatten().map(|d| d.len()).sum();
+    assert_eq!(s.text_bytes as usize, text_bytes);
+    // No temp files or downloads are left; the manifest says it is complete.
+    let files: Vec<String> = snapshot(&out).into_keys().collect();
+    assert_eq!(files, ["manifest.json", "train.bin", "val.bin"]);
+    assert!(!out.join("download").exists());
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["complete"], true);
+    assert_eq!(manifest["sources"].as_array().unwrap().len(), 3);
+    let listed = &manifest["sources"][0]["sha256"];
+    let served = hex(&Sha256::digest(&hub.lock().unwrap().files["plain_text/train-00000-of-00003.parquet"]));
+    assert_eq!(listed, &serde_json::Value::String(served));
+    // The listing was read over several pages.
+    assert!(hub.lock().unwrap().log.iter().any(|p| p.contains("cursor=2")));
+
+    // Rerunning a finished run does nothing.
+    let before = snapshot(&out);
+    let again = run(&opts).unwrap();
+    assert!(again.already_complete);
+    assert_eq!(again.documents, s.documents);
+    assert_eq!(snapshot(&out), before);
+}
+
+#[test]
+fn split_is_by_document_and_stable_for_a_seed() {
+    let (_hub, base, docs) = hub_with_shards();
+    let mut outputs = Vec::new();
+    for (name, threads, seed) in [("split-a", 1, 7), ("split-b", 2, 7), ("split-c", 2, 8)] {
+        let out = temp(name);
+        let mut opts = hub_options(&base, &out);
+        opts.val_fraction = 0.2;
+        opts.seed = seed;
+        opts.num_threads = Some(threads);
+        let s = run(&opts).unwrap();
+        let (train, val) = expected(&docs, seed, 0.2);
+        assert_eq!(read_u16(&out.join("train.bin")), train, "{name}");
+        assert_eq!(read_u16(&out.join("val.bin")), val, "{name}");
+        let n = s.documents as f64;
+        assert!((s.val_documents as f64 - 0.2 * n).abs() < 4.0 * (0.16 * n).sqrt(), "{name}: {} of {n}", s.val_documents);
+        outputs.push(snapshot(&out));
+    }
+    assert_eq!(outputs[0]["train.bin"], outputs[1]["train.bin"], "thread count changed the output");
+    assert_ne!(outputs[1]["val.bin"], outputs[2]["val.bin"], "the seed did not change the split");
+}
+
+/// The outputs of an uninterrupted run, to compare resumed runs with.
+fn uninterrupted(base: &str, shard_tokens: Option<usize>) -> BTreeMap<String, Vec<u8>> {
+    let out = temp(&format!("uninterrupted-{shard_tokens:?}"));
+    let mut opts = hub_options(base, &out);
+    opts.val_fraction = 0.1;
+    opts.shard_tokens = shard_tokens;
+    run(&opts).unwrap();
+    let mut files = snapshot(&out);
+    files.remove("manifest.json");
+    files
+}
+
+#[test]
+fn interrupted_after_the_first_shard_resumes_byte_identical() {
+    let (hub, base, _docs) = hub_with_shards();
+    let want = uninterrupted(&base, Some(3000));
+    assert!(want.len() > 6, "expected several output shards, got {:?}", want.keys());
+
+    let out = temp("resume");
+    let mut opts = hub_options(&base, &out);
+    opts.val_fraction = 0.1;
+    opts.shard_tokens = Some(3000);
+    let second = "plain_text/train-00001-of-00003.parquet".to_string();
+    hub.lock().unwrap().missing.insert(second.clone());
+    let err = format!("{:#}", run(&opts).unwrap_err());
+    assert!(err.contains("1 of 3 source files are done") && err.contains("rerun"), "{err}");
+    assert!(err.contains("404"), "{err}");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["complete"], false);
+    assert_eq!(manifest["done"].as_array().unwrap().len(), 1);
+    assert!(!out.join("train_000000.bin").exists(), "nothing is renamed into place before the end");
+
+    // A crash in the middle of the second shard leaves tokens past the manifest's record.
+    let current = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with(".bin.tmp") && p.to_string_lossy().contains("train_"))
+        .max()
+        .unwrap();
+    std::fs::OpenOptions::new().append(true).open(&current).unwrap().write_all(&[7u8; 999]).unwrap();
+
+    hub.lock().unwrap().missing.clear();
+    let s = run(&opts).unwrap();
+    assert_eq!(s.resumed_after_sources, 1);
+    let mut got = snapshot(&out);
+    got.remove("manifest.json");
+    assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
+    assert!(got == want, "the resumed output differs from the uninterrupted one");
+}
+
+#[test]
+fn a_shard_that_fails_its_checksum_is_a_clear_error() {
+    let (hub, base, _docs) = hub_with_shards();
+    let bad = "plain_text/train-00002-of-00003.parquet".to_string();
+    hub.lock().unwrap().listed_sha256.insert(bad.clone(), "ab".repeat(32));
+    let out = temp("checksum");
+    let err = format!("{:#}", run(&hub_options(&base, &out)).unwrap_err());
+    assert!(err.contains(&bad) && err.contains("checksum"), "{err}");
+    assert!(err.contains("2 of 3 source files are done"), "{err}");
+    // The bad file was deleted; it was downloaded twice.
+    assert!(!out.join("download").join(bad.replace('/', "--")).exists());
+    let fetched = hub.lock().unwrap().log.iter().filter(|p| p.ends_with(&bad)).count();
+    assert_eq!(fetched, 2);
+}
+
+#[test]
+fn no_network_says_how_to_use_local_files() {
+    // A port nothing listens on.
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let out = temp("offline");
+    let err = format!("{:#}", run(&hub_options(&format!("http://127.0.0.1:{port}"), &out)).unwrap_err());
+    assert!(err.contains("cannot reach") && err.contains("--input DIR"), "{err}");
+}
+
+#[test]
+fn a_missing_text_field_names_the_columns() {
+    let (_hub, base, _docs) = hub_with_shards();
+    let out = temp("field");
+    let mut opts = hub_options(&base, &out);
+    opts.text_field = "content".to_string();
+    let err = format!("{:#}", run(&opts).unwrap_err());
+    assert!(err.contains("no column \"content\"") && err.contains("\"text\"") && err.contains("--text_field"), "{err}");
+}
+
+#[test]
+fn local_files_and_max_docs() {
+    let docs = documents();
+    let dir = temp("local-in");
+    let shards = shards(&docs);
+    for (i, (_, bytes)) in shards.iter().enumerate() {
+        std::fs::write(dir.join(format!("part-{i}.parquet")), bytes).unwrap();
+    }
+    // JSON lines and a text file after the parquet files (folders are read in name order).
+    let extra = ["a JSON line document", "another one"];
+    let jsonl: String = extra.iter().map(|t| format!("{}\n", serde_json::json!({"text": t}))).collect();
+    std::fs::write(dir.join("x.jsonl"), jsonl).unwrap();
+    std::fs::write(dir.join("y.txt"), "the last document\n").unwrap();
+    let mut all = docs.clone();
+    all.extend(extra.iter().map(|t| Some(t.to_string())));
+    all.push(Some("the last document\n".to_string()));
+
+    let out = temp("local-out");
+    let mut opts = StreamPrepareOptions::new(StreamSource::Local(vec![dir.clone()]), &out);
+    opts.progress = false;
+    opts.val_fraction = 0.0;
+    let s = run(&opts).unwrap();
+    assert_eq!(s.sources, 5);
+    assert_eq!(read_u16(&out.join("train.bin")), expected(&all, 0, 0.0).0);
+    // The user's files are kept.
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 5);
+
+    let out = temp("local-max");
+    let mut opts = StreamPrepareOptions::new(StreamSource::Local(vec![dir]), &out);
+    opts.progress = false;
+    opts.val_fraction = 0.0;
+    opts.max_docs = Some(150);
+    let s = run(&opts).unwrap();
+    assert_eq!(s.documents, 150);
+    let first: Vec<Option<String>> = docs.iter().flatten().take(150).cloned().map(Some).collect();
+    assert_eq!(read_u16(&out.join("train.bin")), expected(&first, 0, 0.0).0);
+}
+
+#[test]
+fn other_settings_do_not_mix_with_an_unfinished_run() {
+    let (hub, base, _docs) = hub_with_shards();
+    let out = temp("settings");
+    let mut opts = hub_options(&base, &out);
+    hub.lock().unwrap().missing.insert("plain_text/train-00001-of-00003.parquet".into());
+    assert!(run(&opts).is_err());
+    hub.lock().unwrap().missing.clear();
+    opts.val_fraction = 0.01;
+    let err = format!("{:#}", run(&opts).unwrap_err());
+    assert!(err.contains("val_fraction") && err.contains("--restart"), "{err}");
+    opts.restart = true;
+    let s = run(&opts).unwrap();
+    assert_eq!(s.resumed_after_sources, 0);
+}
+
+/// A full disk, simulated with a file-size limit on the process (writes fail with EFBIG as
+/// they would with ENOSPC): a clear error, and a rerun finishes byte-identical.
+#[test]
+fn a_full_disk_stops_resumably() {
+    let (hub, base, _docs) = hub_with_shards();
+    let want = uninterrupted(&base, None);
+    let out = temp("disk-full");
+    let command = |limit: Option<u64>| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_nanogpt"));
+        c.args(["prepare", "openwebtext", "--dataset", REPO, "--name", "x", "--val_fraction=0.1"])
+            .arg("--data_dir")
+            .arg(&out)
+            .env("HF_ENDPOINT", &base);
+        if let Some(limit) = limit {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only async-signal-safe calls between fork and exec.
+            unsafe {
+                c.pre_exec(move || {
+                    libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                    let l = libc::rlimit { rlim_cur: limit, rlim_max: limit };
+                    libc::setrlimit(libc::RLIMIT_FSIZE, &l);
+                    Ok(())
+                });
+            }
+        }
+        c.output().unwrap()
+    };
+    // The limit lets the downloads through; train.bin grows past it.
+    let largest = hub.lock().unwrap().files.values().map(|b| b.len()).max().unwrap() as u64;
+    let final_size = want["train.bin"].len() as u64;
+    assert!(final_size > largest + 8192, "train.bin {final_size}, largest download {largest}");
+    let failed = command(Some(largest + 10));
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success());
+    assert!(stderr.contains("disk full") || stderr.contains("too large"), "{stderr}");
+    assert!(stderr.contains("rerun the same command"), "{stderr}");
+    let ok = command(None);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let mut got = snapshot(&out.join("x"));
+    got.remove("manifest.json");
+    assert!(got == want, "the output after a full disk differs from an uninterrupted run");
+}
