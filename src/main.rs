@@ -526,7 +526,9 @@ fn prepare_openwebtext(args: OpenWebTextArgs) -> Result<()> {
             revision: args.revision,
             split: args.split,
             subset: args.subset,
-            token: std::env::var("HF_TOKEN").ok().filter(|t| !t.trim().is_empty()),
+            token: std::env::var("HF_TOKEN")
+                .ok()
+                .filter(|t| !t.trim().is_empty()),
         })
     };
     let mut opts = StreamPrepareOptions::new(source, args.data_dir.join(&args.name));
@@ -540,10 +542,7 @@ fn prepare_openwebtext(args: OpenWebTextArgs) -> Result<()> {
     let stop = ctrl_c_flag()?;
     let s = nanogpt::data::prepare_stream(&opts, &stop)?;
     if s.null_rows > 0 {
-        eprintln!(
-            "warning: skipped {} rows whose text is null",
-            s.null_rows
-        );
+        eprintln!("warning: skipped {} rows whose text is null", s.null_rows);
     }
     if s.val_documents == 0 {
         eprintln!(

@@ -24,9 +24,11 @@ const REPO: &str = "someone/tiny-webtext";
 /// Documents for the shards: paragraphs of tiny Shakespeare, some joined into long documents
 /// (cut into pieces by the reader), and a few odd ones. `None` is a null row.
 fn documents() -> Vec<Option<String>> {
-    let text =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/tinyshakespeare.txt"))
-            .unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/data/tinyshakespeare.txt"
+    ))
+    .unwrap();
     let paragraphs: Vec<&str> = text.split("\n\n").take(400).collect();
     let mut docs: Vec<Option<String>> = Vec::new();
     for (i, chunk) in paragraphs.chunks(10).enumerate() {
@@ -37,14 +39,22 @@ fn documents() -> Vec<Option<String>> {
             docs.extend(chunk.iter().map(|p| Some(p.to_string())));
         }
     }
-    docs.insert(5, Some("naïve café — 東京 🚀 <|endoftext|> literal".to_string()));
+    docs.insert(
+        5,
+        Some("naïve café — 東京 🚀 <|endoftext|> literal".to_string()),
+    );
     docs.insert(9, Some(String::new()));
     docs.insert(13, None);
     docs
 }
 
 /// Writes `docs` as a parquet file with an optional string column `text` and an int64 `id`.
-fn write_parquet(path: &Path, docs: &[Option<String>], compression: Compression, rows_per_group: usize) {
+fn write_parquet(
+    path: &Path,
+    docs: &[Option<String>],
+    compression: Compression,
+    rows_per_group: usize,
+) {
     let schema = Arc::new(
         parse_message_type("message doc { required int64 id; optional binary text (UTF8); }")
             .unwrap(),
@@ -55,12 +65,17 @@ fn write_parquet(path: &Path, docs: &[Option<String>], compression: Compression,
             .set_data_page_size_limit(2048)
             .build(),
     );
-    let mut w = SerializedFileWriter::new(std::fs::File::create(path).unwrap(), schema, props).unwrap();
+    let mut w =
+        SerializedFileWriter::new(std::fs::File::create(path).unwrap(), schema, props).unwrap();
     for (g, group) in docs.chunks(rows_per_group).enumerate() {
         let mut rg = w.next_row_group().unwrap();
         let mut col = rg.next_column().unwrap().unwrap();
-        let ids: Vec<i64> = (0..group.len()).map(|i| (g * rows_per_group + i) as i64).collect();
-        col.typed::<Int64Type>().write_batch(&ids, None, None).unwrap();
+        let ids: Vec<i64> = (0..group.len())
+            .map(|i| (g * rows_per_group + i) as i64)
+            .collect();
+        col.typed::<Int64Type>()
+            .write_batch(&ids, None, None)
+            .unwrap();
         col.close().unwrap();
         let mut col = rg.next_column().unwrap().unwrap();
         let values: Vec<ByteArray> = group
@@ -163,7 +178,9 @@ fn respond(mut stream: std::net::TcpStream, hub: &Mutex<Hub>, base: &str) {
     let tree_prefix = format!("/api/datasets/{REPO}/tree/main?recursive=true");
     let resolve_prefix = format!("/datasets/{REPO}/resolve/main/");
     if let Some(rest) = target.strip_prefix(&tree_prefix) {
-        let page: usize = rest.strip_prefix("&cursor=").map_or(0, |c| c.parse().unwrap());
+        let page: usize = rest
+            .strip_prefix("&cursor=")
+            .map_or(0, |c| c.parse().unwrap());
         let entries: Vec<serde_json::Value> = hub
             .files
             .iter()
@@ -177,16 +194,28 @@ fn respond(mut stream: std::net::TcpStream, hub: &Mutex<Hub>, base: &str) {
             .collect();
         let chunk: Vec<_> = entries.iter().skip(page * 2).take(2).cloned().collect();
         let link = if (page + 1) * 2 < entries.len() {
-            format!("Link: <{base}{tree_prefix}&cursor={}>; rel=\"next\"\r\n", page + 1)
+            format!(
+                "Link: <{base}{tree_prefix}&cursor={}>; rel=\"next\"\r\n",
+                page + 1
+            )
         } else {
             String::new()
         };
-        send(&mut stream, "200 OK", &link, serde_json::to_string(&chunk).unwrap().as_bytes());
+        send(
+            &mut stream,
+            "200 OK",
+            &link,
+            serde_json::to_string(&chunk).unwrap().as_bytes(),
+        );
     } else if let Some(path) = target.strip_prefix(&resolve_prefix) {
         match hub.files.get(path) {
             Some(body) if !hub.missing.contains(path) => {
                 let start = range.unwrap_or(0).min(body.len());
-                let status = if range.is_some() { "206 Partial Content" } else { "200 OK" };
+                let status = if range.is_some() {
+                    "206 Partial Content"
+                } else {
+                    "200 OK"
+                };
                 send(&mut stream, status, "", &body[start..]);
             }
             _ => send(&mut stream, "404 Not Found", "", b""),
@@ -243,7 +272,11 @@ fn expected(docs: &[Option<String>], seed: u64, val_fraction: f64) -> (Vec<u16>,
     let bpe = Gpt2Bpe::new().unwrap();
     let (mut train, mut val) = (Vec::new(), Vec::new());
     for (i, doc) in docs.iter().flatten().enumerate() {
-        let out = if is_val_document(seed, i as u64, val_fraction) { &mut val } else { &mut train };
+        let out = if is_val_document(seed, i as u64, val_fraction) {
+            &mut val
+        } else {
+            &mut train
+        };
         out.extend(bpe.encode_ordinary(doc).iter().map(|&t| t as u16));
         out.push(EOT as u16);
     }
@@ -264,7 +297,12 @@ fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
         .unwrap()
         .flatten()
         .filter(|e| e.path().is_file())
-        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -293,10 +331,17 @@ fn output_equals_tokenizing_the_documents_directly() {
     assert_eq!(manifest["complete"], true);
     assert_eq!(manifest["sources"].as_array().unwrap().len(), 3);
     let listed = &manifest["sources"][0]["sha256"];
-    let served = hex(&Sha256::digest(&hub.lock().unwrap().files["plain_text/train-00000-of-00003.parquet"]));
+    let served = hex(&Sha256::digest(
+        &hub.lock().unwrap().files["plain_text/train-00000-of-00003.parquet"],
+    ));
     assert_eq!(listed, &serde_json::Value::String(served));
     // The listing was read over several pages.
-    assert!(hub.lock().unwrap().log.iter().any(|p| p.contains("cursor=2")));
+    assert!(hub
+        .lock()
+        .unwrap()
+        .log
+        .iter()
+        .any(|p| p.contains("cursor=2")));
 
     // Rerunning a finished run does nothing.
     let before = snapshot(&out);
@@ -321,11 +366,21 @@ fn split_is_by_document_and_stable_for_a_seed() {
         assert_eq!(read_u16(&out.join("train.bin")), train, "{name}");
         assert_eq!(read_u16(&out.join("val.bin")), val, "{name}");
         let n = s.documents as f64;
-        assert!((s.val_documents as f64 - 0.2 * n).abs() < 4.0 * (0.16 * n).sqrt(), "{name}: {} of {n}", s.val_documents);
+        assert!(
+            (s.val_documents as f64 - 0.2 * n).abs() < 4.0 * (0.16 * n).sqrt(),
+            "{name}: {} of {n}",
+            s.val_documents
+        );
         outputs.push(snapshot(&out));
     }
-    assert_eq!(outputs[0]["train.bin"], outputs[1]["train.bin"], "thread count changed the output");
-    assert_ne!(outputs[1]["val.bin"], outputs[2]["val.bin"], "the seed did not change the split");
+    assert_eq!(
+        outputs[0]["train.bin"], outputs[1]["train.bin"],
+        "thread count changed the output"
+    );
+    assert_ne!(
+        outputs[1]["val.bin"], outputs[2]["val.bin"],
+        "the seed did not change the split"
+    );
 }
 
 /// The outputs of an uninterrupted run, to compare resumed runs with.
@@ -344,7 +399,11 @@ fn uninterrupted(base: &str, shard_tokens: Option<usize>) -> BTreeMap<String, Ve
 fn interrupted_after_the_first_shard_resumes_byte_identical() {
     let (hub, base, _docs) = hub_with_shards();
     let want = uninterrupted(&base, Some(3000));
-    assert!(want.len() > 6, "expected several output shards, got {:?}", want.keys());
+    assert!(
+        want.len() > 6,
+        "expected several output shards, got {:?}",
+        want.keys()
+    );
 
     let out = temp("resume");
     let mut opts = hub_options(&base, &out);
@@ -353,55 +412,93 @@ fn interrupted_after_the_first_shard_resumes_byte_identical() {
     let second = "plain_text/train-00001-of-00003.parquet".to_string();
     hub.lock().unwrap().missing.insert(second.clone());
     let err = format!("{:#}", run(&opts).unwrap_err());
-    assert!(err.contains("1 of 3 source files are done") && err.contains("rerun"), "{err}");
+    assert!(
+        err.contains("1 of 3 source files are done") && err.contains("rerun"),
+        "{err}"
+    );
     assert!(err.contains("404"), "{err}");
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["complete"], false);
     assert_eq!(manifest["done"].as_array().unwrap().len(), 1);
-    assert!(!out.join("train_000000.bin").exists(), "nothing is renamed into place before the end");
+    assert!(
+        !out.join("train_000000.bin").exists(),
+        "nothing is renamed into place before the end"
+    );
 
     // A crash in the middle of the second shard leaves tokens past the manifest's record.
     let current = std::fs::read_dir(&out)
         .unwrap()
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.to_string_lossy().ends_with(".bin.tmp") && p.to_string_lossy().contains("train_"))
+        .filter(|p| {
+            p.to_string_lossy().ends_with(".bin.tmp") && p.to_string_lossy().contains("train_")
+        })
         .max()
         .unwrap();
-    std::fs::OpenOptions::new().append(true).open(&current).unwrap().write_all(&[7u8; 999]).unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&current)
+        .unwrap()
+        .write_all(&[7u8; 999])
+        .unwrap();
 
     hub.lock().unwrap().missing.clear();
     let s = run(&opts).unwrap();
     assert_eq!(s.resumed_after_sources, 1);
     let mut got = snapshot(&out);
     got.remove("manifest.json");
-    assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
-    assert!(got == want, "the resumed output differs from the uninterrupted one");
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
+    assert!(
+        got == want,
+        "the resumed output differs from the uninterrupted one"
+    );
 }
 
 #[test]
 fn a_shard_that_fails_its_checksum_is_a_clear_error() {
     let (hub, base, _docs) = hub_with_shards();
     let bad = "plain_text/train-00002-of-00003.parquet".to_string();
-    hub.lock().unwrap().listed_sha256.insert(bad.clone(), "ab".repeat(32));
+    hub.lock()
+        .unwrap()
+        .listed_sha256
+        .insert(bad.clone(), "ab".repeat(32));
     let out = temp("checksum");
     let err = format!("{:#}", run(&hub_options(&base, &out)).unwrap_err());
     assert!(err.contains(&bad) && err.contains("checksum"), "{err}");
     assert!(err.contains("2 of 3 source files are done"), "{err}");
     // The bad file was deleted; it was downloaded twice.
     assert!(!out.join("download").join(bad.replace('/', "--")).exists());
-    let fetched = hub.lock().unwrap().log.iter().filter(|p| p.ends_with(&bad)).count();
+    let fetched = hub
+        .lock()
+        .unwrap()
+        .log
+        .iter()
+        .filter(|p| p.ends_with(&bad))
+        .count();
     assert_eq!(fetched, 2);
 }
 
 #[test]
 fn no_network_says_how_to_use_local_files() {
     // A port nothing listens on.
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let out = temp("offline");
-    let err = format!("{:#}", run(&hub_options(&format!("http://127.0.0.1:{port}"), &out)).unwrap_err());
-    assert!(err.contains("cannot reach") && err.contains("--input DIR"), "{err}");
+    let err = format!(
+        "{:#}",
+        run(&hub_options(&format!("http://127.0.0.1:{port}"), &out)).unwrap_err()
+    );
+    assert!(
+        err.contains("cannot reach") && err.contains("--input DIR"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -411,7 +508,12 @@ fn a_missing_text_field_names_the_columns() {
     let mut opts = hub_options(&base, &out);
     opts.text_field = "content".to_string();
     let err = format!("{:#}", run(&opts).unwrap_err());
-    assert!(err.contains("no column \"content\"") && err.contains("\"text\"") && err.contains("--text_field"), "{err}");
+    assert!(
+        err.contains("no column \"content\"")
+            && err.contains("\"text\"")
+            && err.contains("--text_field"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -424,7 +526,10 @@ fn local_files_and_max_docs() {
     }
     // JSON lines and a text file after the parquet files (folders are read in name order).
     let extra = ["a JSON line document", "another one"];
-    let jsonl: String = extra.iter().map(|t| format!("{}\n", serde_json::json!({"text": t}))).collect();
+    let jsonl: String = extra
+        .iter()
+        .map(|t| format!("{}\n", serde_json::json!({"text": t})))
+        .collect();
     std::fs::write(dir.join("x.jsonl"), jsonl).unwrap();
     std::fs::write(dir.join("y.txt"), "the last document\n").unwrap();
     let mut all = docs.clone();
@@ -457,12 +562,18 @@ fn other_settings_do_not_mix_with_an_unfinished_run() {
     let (hub, base, _docs) = hub_with_shards();
     let out = temp("settings");
     let mut opts = hub_options(&base, &out);
-    hub.lock().unwrap().missing.insert("plain_text/train-00001-of-00003.parquet".into());
+    hub.lock()
+        .unwrap()
+        .missing
+        .insert("plain_text/train-00001-of-00003.parquet".into());
     assert!(run(&opts).is_err());
     hub.lock().unwrap().missing.clear();
     opts.val_fraction = 0.01;
     let err = format!("{:#}", run(&opts).unwrap_err());
-    assert!(err.contains("val_fraction") && err.contains("--restart"), "{err}");
+    assert!(
+        err.contains("val_fraction") && err.contains("--restart"),
+        "{err}"
+    );
     opts.restart = true;
     let s = run(&opts).unwrap();
     assert_eq!(s.resumed_after_sources, 0);
@@ -477,17 +588,28 @@ fn a_full_disk_stops_resumably() {
     let out = temp("disk-full");
     let command = |limit: Option<u64>| {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_nanogpt"));
-        c.args(["prepare", "openwebtext", "--dataset", REPO, "--name", "x", "--val_fraction=0.1"])
-            .arg("--data_dir")
-            .arg(&out)
-            .env("HF_ENDPOINT", &base);
+        c.args([
+            "prepare",
+            "openwebtext",
+            "--dataset",
+            REPO,
+            "--name",
+            "x",
+            "--val_fraction=0.1",
+        ])
+        .arg("--data_dir")
+        .arg(&out)
+        .env("HF_ENDPOINT", &base);
         if let Some(limit) = limit {
             use std::os::unix::process::CommandExt;
             // SAFETY: only async-signal-safe calls between fork and exec.
             unsafe {
                 c.pre_exec(move || {
                     libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-                    let l = libc::rlimit { rlim_cur: limit, rlim_max: limit };
+                    let l = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
                     libc::setrlimit(libc::RLIMIT_FSIZE, &l);
                     Ok(())
                 });
@@ -496,17 +618,37 @@ fn a_full_disk_stops_resumably() {
         c.output().unwrap()
     };
     // The limit lets the downloads through; train.bin grows past it.
-    let largest = hub.lock().unwrap().files.values().map(|b| b.len()).max().unwrap() as u64;
+    let largest = hub
+        .lock()
+        .unwrap()
+        .files
+        .values()
+        .map(|b| b.len())
+        .max()
+        .unwrap() as u64;
     let final_size = want["train.bin"].len() as u64;
-    assert!(final_size > largest + 8192, "train.bin {final_size}, largest download {largest}");
+    assert!(
+        final_size > largest + 8192,
+        "train.bin {final_size}, largest download {largest}"
+    );
     let failed = command(Some(largest + 10));
     let stderr = String::from_utf8_lossy(&failed.stderr);
     assert!(!failed.status.success());
-    assert!(stderr.contains("disk full") || stderr.contains("too large"), "{stderr}");
+    assert!(
+        stderr.contains("disk full") || stderr.contains("too large"),
+        "{stderr}"
+    );
     assert!(stderr.contains("rerun the same command"), "{stderr}");
     let ok = command(None);
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     let mut got = snapshot(&out.join("x"));
     got.remove("manifest.json");
-    assert!(got == want, "the output after a full disk differs from an uninterrupted run");
+    assert!(
+        got == want,
+        "the output after a full disk differs from an uninterrupted run"
+    );
 }

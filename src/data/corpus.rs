@@ -210,7 +210,8 @@ pub struct CorpusReader {
 enum OpenFile {
     Text(TextFile),
     JsonLines(JsonLinesFile),
-    Parquet(ParquetFile),
+    // Boxed: the parquet reader is large, and there is one open file at a time.
+    Parquet(Box<ParquetFile>),
 }
 
 struct ParquetFile {
@@ -335,14 +336,14 @@ impl CorpusReader {
                     }),
                     InputKind::Parquet => {
                         let column = ParquetTextColumn::open(&f.path, &self.opts.text_field)?;
-                        OpenFile::Parquet(ParquetFile {
+                        OpenFile::Parquet(Box::new(ParquetFile {
                             num_rows: column.num_rows(),
                             column,
                             rows: Vec::new().into_iter(),
                             buffer: Vec::new(),
                             file_bytes: f.bytes,
                             rows_read: 0,
-                        })
+                        }))
                     }
                 });
                 continue;

@@ -173,13 +173,16 @@ impl HubDataset {
                     self.endpoint
                 )
             })?;
-            files.extend(entries.into_iter().filter(|e| e.kind == "file").map(|e| {
-                HubFile {
-                    path: e.path,
-                    size: e.size,
-                    sha256: e.lfs.map(|l| l.oid),
-                }
-            }));
+            files.extend(
+                entries
+                    .into_iter()
+                    .filter(|e| e.kind == "file")
+                    .map(|e| HubFile {
+                        path: e.path,
+                        size: e.size,
+                        sha256: e.lfs.map(|l| l.oid),
+                    }),
+            );
         }
         Ok(files)
     }
@@ -204,7 +207,13 @@ fn next_page(link: &str) -> Option<String> {
         params
             .split(';')
             .any(|p| matches!(p.trim(), "rel=\"next\"" | "rel=next"))
-            .then(|| target.trim().trim_start_matches('<').trim_end_matches('>').to_string())
+            .then(|| {
+                target
+                    .trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_string()
+            })
     })
 }
 
@@ -234,7 +243,9 @@ pub fn names_split(path: &str, split: &str) -> bool {
         return true;
     }
     let stem = file.strip_suffix(".parquet").unwrap_or(file);
-    let is_sep = |c: Option<char>| c.is_none_or(|c| matches!(c, '-' | '.' | '_' | ' ') || c.is_ascii_digit());
+    let is_sep = |c: Option<char>| {
+        c.is_none_or(|c| matches!(c, '-' | '.' | '_' | ' ') || c.is_ascii_digit())
+    };
     stem.match_indices(split).any(|(i, m)| {
         is_sep(stem[..i].chars().next_back()) && is_sep(stem[i + m.len()..].chars().next())
     })
@@ -254,7 +265,10 @@ mod tests {
 
     #[test]
     fn split_names_in_paths() {
-        assert!(names_split("plain_text/train-00000-of-00080.parquet", "train"));
+        assert!(names_split(
+            "plain_text/train-00000-of-00080.parquet",
+            "train"
+        ));
         assert!(names_split("plain_text/train/0000.parquet", "train"));
         assert!(names_split("data/train_0.parquet", "train"));
         assert!(names_split("wikitext-103-v1/wikitext-test.parquet", "test"));
@@ -265,7 +279,10 @@ mod tests {
 
     #[test]
     fn unnamed_splits_are_all_train() {
-        let files = vec![file("data/000_00000.parquet"), file("data/000_00001.parquet")];
+        let files = vec![
+            file("data/000_00000.parquet"),
+            file("data/000_00001.parquet"),
+        ];
         assert_eq!(select_split(files.clone(), "train"), files);
         assert!(select_split(files, "test").is_empty());
         let named = vec![file("d/train-0.parquet"), file("d/test-0.parquet")];

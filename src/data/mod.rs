@@ -12,8 +12,8 @@ pub mod text;
 pub mod tokens;
 pub mod writer;
 
-pub use stream::{prepare_stream, StreamPrepareOptions, StreamPrepareSummary, StreamSource};
 pub use prepare::{prepare_shakespeare_bpe, prepare_shakespeare_char, PrepareSummary};
+pub use stream::{prepare_stream, StreamPrepareOptions, StreamPrepareSummary, StreamSource};
 pub use text::{prepare_text, TextPrepareOptions, TextPrepareSummary, TextTokenizer};
 pub use tokens::{TokenFile, TokenFormat};
 pub use writer::write_tokens;

@@ -98,7 +98,11 @@ impl ParquetTextColumn {
                 let present = !self.nullable || self.def_levels[r] > 0;
                 let text = if present {
                     let bytes = texts.next().ok_or_else(|| {
-                        anyhow!("{}: row {}: fewer values than rows", self.path.display(), self.row)
+                        anyhow!(
+                            "{}: row {}: fewer values than rows",
+                            self.path.display(),
+                            self.row
+                        )
                     })?;
                     Some(String::from_utf8(bytes.data().to_vec()).map_err(|_| {
                         anyhow!(

@@ -382,7 +382,11 @@ impl SplitSink {
     pub fn add(&mut self, pieces: &[Piece], tokens: &[Vec<u32>]) -> Result<()> {
         for (piece, ids) in pieces.iter().zip(tokens) {
             let is_val = is_val_document(self.seed, piece.doc, self.val_fraction);
-            let w = if is_val { &mut self.val } else { &mut self.train };
+            let w = if is_val {
+                &mut self.val
+            } else {
+                &mut self.train
+            };
             w.append(ids)?;
             if piece.last {
                 w.append(&self.end_of_doc)?;
