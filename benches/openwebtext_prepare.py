@@ -1,9 +1,12 @@
 """`nanogpt prepare openwebtext` against Python tiktoken, on the same documents, end to end.
 
 Builds a dataset of --mb megabytes of text as parquet shards (snappy, as the hub's files) in the
-Hugging Face hub's layout, documents of ~5 KB (OpenWebText's mean) made of tiny Shakespeare
-paragraphs (the only text on this machine; repeated, so compression ratios are not web text's),
-and serves it from a local HTTP hub. Then:
+Hugging Face hub's layout and serves it from a local HTTP hub. There is no web text on this
+machine (and no way to download it), so the documents are either (--corpus shakespeare) ~5 KB
+(OpenWebText's mean) of tiny Shakespeare paragraphs drawn at random: documents never repeat
+but the vocabulary is small (1 MB of source text), which flatters any tokenizer that remembers
+words, as ours does; or (--corpus DIR,DIR) every text file under those folders, e.g. Python's
+library and site-packages (~200 MB of code, docstrings and READMEs: a large vocabulary). Then:
 
 1. tiktoken: each shard's texts are read with pyarrow (not timed) and `encode_ordinary_batch`
    with --threads threads is timed; MB/s = text bytes / encode seconds. This is only the
@@ -28,6 +31,7 @@ import hashlib
 import http.server
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -38,23 +42,68 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tokenize_throughput import SHAKESPEARE, build_documents, gpt2_encoding  # noqa: E402
+from tokenize_throughput import SHAKESPEARE, gpt2_encoding  # noqa: E402
 
 REPO = "bench/webtext"
 
 
-def write_shards(root, total_mb, shard_mb):
-    """Writes the dataset; returns [(repo path, file path, text bytes, documents)]."""
-    docs, _ = build_documents(SHAKESPEARE, shard_mb * 1_000_000)
-    shard_bytes = sum(len(d.encode("utf-8")) for d in docs)
+def shakespeare_documents(seed=0, doc_bytes=5000):
+    """Endless ~5 KB documents of tiny Shakespeare paragraphs drawn at random (so documents do
+    not repeat, though their words do: 1 MB of source text)."""
+    with open(SHAKESPEARE, encoding="utf-8") as f:
+        paragraphs = [p + "\n" for p in f.read().split("\n\n") if p]
+    rng = random.Random(seed)
+    while True:
+        doc, size = [], 0
+        while size < doc_bytes:
+            p = rng.choice(paragraphs)
+            doc.append(p)
+            size += len(p)
+        yield "\n".join(doc)
+
+
+def file_documents(roots):
+    """Endless documents: every text file (.py .pyi .md .rst .txt, under 2 MB) under `roots`,
+    one document each, in sorted order, over and over: a far larger vocabulary than
+    Shakespeare's (identifiers, docstrings, READMEs)."""
+    paths = []
+    for root in roots:
+        for dirpath, _, names in os.walk(os.path.expanduser(root)):
+            for n in names:
+                if n.endswith((".py", ".pyi", ".md", ".rst", ".txt")):
+                    p = os.path.join(dirpath, n)
+                    if os.path.isfile(p) and os.path.getsize(p) < 2_000_000:
+                        paths.append(p)
+    paths.sort()
+    if not paths:
+        sys.exit(f"no text files under {roots}")
+    while True:
+        for p in paths:
+            try:
+                with open(p, encoding="utf-8") as f:
+                    text = f.read()
+            except (UnicodeDecodeError, OSError):
+                continue
+            if text:
+                yield text
+
+
+def write_shards(root, documents, total_mb, shard_mb):
+    """Writes the dataset from the `documents` iterator; returns [(repo path, file path, text
+    bytes, documents)]."""
     count = max(1, round(total_mb / shard_mb))
     out = []
     for i in range(count):
+        docs, size = [], 0
+        while size < shard_mb * 1_000_000:
+            d = next(documents)
+            docs.append(d)
+            size += len(d.encode("utf-8"))
         rel = f"plain_text/train-{i:05d}-of-{count:05d}.parquet"
         path = os.path.join(root, rel)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         pq.write_table(pa.table({"text": docs}), path, compression="snappy", row_group_size=1000)
-        out.append((rel, path, shard_bytes, len(docs)))
+        out.append((rel, path, size, len(docs)))
     return out
 
 
@@ -140,6 +189,8 @@ def main():
     ap.add_argument("--mb", type=float, default=1000, help="megabytes of text in all")
     ap.add_argument("--shard_mb", type=float, default=100, help="megabytes of text per shard")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--corpus", default="shakespeare",
+                    help="shakespeare, or comma-separated folders whose text files are the documents")
     ap.add_argument("--nanogpt", default="target/release/nanogpt")
     ap.add_argument("--workdir", default="/tmp/nanogpt-owt-bench")
     ap.add_argument("--ranks", default=None, help="r50k_base.tiktoken when offline")
@@ -148,7 +199,11 @@ def main():
 
     shutil.rmtree(args.workdir, ignore_errors=True)
     hub_root = os.path.join(args.workdir, "hub")
-    shards = write_shards(hub_root, args.mb, args.shard_mb)
+    if args.corpus == "shakespeare":
+        documents = shakespeare_documents()
+    else:
+        documents = file_documents(args.corpus.split(","))
+    shards = write_shards(hub_root, documents, args.mb, args.shard_mb)
     text_bytes = sum(s[2] for s in shards)
     documents = sum(s[3] for s in shards)
     parquet_bytes = sum(os.path.getsize(s[1]) for s in shards)

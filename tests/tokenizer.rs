@@ -257,3 +257,95 @@ fn meta_pkl_errors() {
     assert_eq!(d[0].0, d[0].1, "BINGET returns the memoised object");
     assert_eq!(doc.as_int(d[1].1), Some(-1));
 }
+
+/// Our GPT-2 encoder against tiktoken-rs's (regex-based) one, the oracle, on `text`.
+fn assert_same_as_tiktoken(oracle: &tiktoken_rs::CoreBPE, ours: &Gpt2Bpe, text: &str, what: &str) {
+    let want = oracle.encode_ordinary(text);
+    let got = ours.encode_ordinary(text);
+    if got != want {
+        let first = got
+            .iter()
+            .zip(&want)
+            .position(|(a, b)| a != b)
+            .unwrap_or(got.len().min(want.len()));
+        panic!(
+            "{what}: tokens differ from tiktoken-rs at token {first}: ours {:?}, tiktoken {:?}; text {text:?}",
+            &got[first..(first + 5).min(got.len())],
+            &want[first..(first + 5).min(want.len())]
+        );
+    }
+}
+
+/// Every Unicode scalar value, alone and in the places where the pre-tokenizer's classes
+/// matter (after a letter, a space, a digit, an apostrophe, whitespace), 256 code points per
+/// text: the classes agree with the regex engine's everywhere.
+#[test]
+fn gpt2_encoder_equals_tiktoken_on_every_code_point() {
+    let oracle = tiktoken_rs::r50k_base().unwrap();
+    let ours = Gpt2Bpe::new().unwrap();
+    for block in (0..=0x10FFFFu32).step_by(256) {
+        let mut text = String::new();
+        for c in (block..block + 256).filter_map(char::from_u32) {
+            for form in [
+                "{}",
+                "a{}",
+                " {}1",
+                "'{}",
+                " {}{}",
+                "\n{}  ",
+                "{}\u{3000}x",
+                "1{}",
+            ] {
+                text.push_str(&form.replace("{}", &c.to_string()));
+            }
+        }
+        assert_same_as_tiktoken(&oracle, &ours, &text, &format!("code points {block:#x}.."));
+    }
+}
+
+/// Random strings over the characters where the pattern's alternatives meet: spaces and other
+/// whitespace, apostrophes and contraction letters, digits of several kinds, combining marks,
+/// CJK, emoji, punctuation; and random code points anywhere.
+#[test]
+fn gpt2_encoder_equals_tiktoken_on_random_text() {
+    let oracle = tiktoken_rs::r50k_base().unwrap();
+    let ours = Gpt2Bpe::new().unwrap();
+    let alphabet: Vec<char> = " \n\t\r\u{a0}\u{3000}\u{85}\u{2028}\u{200b}\u{feff}'sdmtlvreSLa Zz019\u{663}\u{216b}\u{bd}\u{e9}\u{301}\u{4e1c}\u{1f680}-._,!?\"()ß"
+        .chars()
+        .collect();
+    let mut rng = nanogpt::rng::Rng::new(2024);
+    for case in 0..20_000 {
+        let len = rng.below(40) as usize;
+        let text: String = (0..len)
+            .map(|_| {
+                if rng.below(10) == 0 {
+                    char::from_u32(rng.below(0x110000) as u32).unwrap_or('?')
+                } else {
+                    alphabet[rng.below(alphabet.len() as u64) as usize]
+                }
+            })
+            .collect();
+        assert_same_as_tiktoken(&oracle, &ours, &text, &format!("case {case}"));
+    }
+    // Long runs take the long-piece path, and the merge memory is reused.
+    for text in [
+        "a".repeat(5000),
+        format!(" {}", "ab1".repeat(400)),
+        "!@".repeat(300),
+        " ".repeat(1000) + "x",
+    ] {
+        assert_same_as_tiktoken(&oracle, &ours, &text, "long run");
+        assert_same_as_tiktoken(&oracle, &ours, &text, "long run, again");
+    }
+}
+
+#[test]
+fn gpt2_encoder_equals_tiktoken_on_shakespeare() {
+    let oracle = tiktoken_rs::r50k_base().unwrap();
+    let ours = Gpt2Bpe::new().unwrap();
+    let text = tinyshakespeare();
+    assert_same_as_tiktoken(&oracle, &ours, &text, "tiny Shakespeare");
+    for (i, paragraph) in text.split("\n\n").take(2000).enumerate() {
+        assert_same_as_tiktoken(&oracle, &ours, paragraph, &format!("paragraph {i}"));
+    }
+}

@@ -2,7 +2,6 @@
 
 pub mod batch;
 pub mod corpus;
-pub mod gpt2_threads;
 pub mod hub;
 pub mod parquet;
 pub mod pipeline;

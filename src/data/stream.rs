@@ -25,14 +25,13 @@
 //!   state. Rerunning a finished run does nothing; `restart` starts over.
 
 use super::corpus::{collect_inputs, CorpusReader, InputFile, InputKind, Piece, ReaderOptions};
-use super::gpt2_threads::Gpt2PerThread;
 use super::hub::{HubDataset, HubFile};
 use super::pipeline::{tokenize_ordered, with_pool, Batch};
 use super::text::{progress_bar, remove_stale, SplitSink, TextTokenizer};
 use super::writer::{shard_path, PendingFile, SplitWriter};
 use crate::atomic_file::{tmp_path, write_atomic};
 use crate::download::{download_with, DownloadOptions};
-use crate::tokenizer::EOT;
+use crate::tokenizer::{Gpt2Bpe, EOT};
 use anyhow::{anyhow, bail, Result};
 use indicatif::MultiProgress;
 use serde::{Deserialize, Serialize};
@@ -317,7 +316,7 @@ fn run(
         documents: totals.documents,
         val_documents: totals.val_documents,
     };
-    let encoder = Gpt2PerThread::new()?;
+    let encoder = Gpt2Bpe::new()?;
     let total_bytes: u64 = manifest.sources.iter().map(|s| s.size).sum();
     let done_bytes: u64 = manifest.sources[..manifest.done.len()]
         .iter()
@@ -405,7 +404,7 @@ fn run(
                 );
                 tokenize_ordered(
                     &mut reader,
-                    |p: &Piece| encoder.encode_ordinary(&p.text),
+                    |p: &Piece| Ok(encoder.encode_ordinary(&p.text)),
                     |batch: Batch<Piece>, tokens| {
                         if stop.load(Ordering::Relaxed) {
                             bail!("interrupted");

@@ -29,12 +29,11 @@
 //!   not change, see [`super::corpus`].
 
 use super::corpus::{collect_inputs, CorpusReader, InputFile, Piece, ReaderOptions};
-use super::gpt2_threads::Gpt2PerThread;
 use super::pipeline::{tokenize_ordered, with_pool, Batch};
 use super::writer::{shard_path, PendingFile, SplitWriter};
 use crate::atomic_file::write_atomic;
 use crate::rng::mix64;
-use crate::tokenizer::{CharVocab, EOT};
+use crate::tokenizer::{CharVocab, Gpt2Bpe, EOT};
 use anyhow::{anyhow, bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
@@ -271,7 +270,7 @@ struct Tokenized {
 }
 
 enum Encoder {
-    Gpt2(Gpt2PerThread),
+    Gpt2(Gpt2Bpe),
     /// Code point -> id, `u32::MAX` where absent.
     Char(Vec<u32>),
 }
@@ -279,7 +278,7 @@ enum Encoder {
 impl Encoder {
     fn encode(&self, piece: &Piece) -> Result<Vec<u32>> {
         match self {
-            Encoder::Gpt2(bpe) => bpe.encode_ordinary(&piece.text),
+            Encoder::Gpt2(bpe) => Ok(bpe.encode_ordinary(&piece.text)),
             Encoder::Char(table) => piece
                 .text
                 .chars()
@@ -313,7 +312,7 @@ fn tokenize_corpus(
         )
     };
     let (encoder, end_of_doc, vocab) = match opts.tokenizer {
-        TextTokenizer::Gpt2 => (Encoder::Gpt2(Gpt2PerThread::new()?), vec![EOT], None),
+        TextTokenizer::Gpt2 => (Encoder::Gpt2(Gpt2Bpe::new()?), vec![EOT], None),
         TextTokenizer::Char => {
             bar.set_message("pass 1/2: characters");
             let vocab = char_vocab(reader(), &opts.char_separator, bar)?;

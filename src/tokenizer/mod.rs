@@ -3,6 +3,7 @@
 mod char_vocab;
 mod gpt2;
 pub mod pickle;
+mod pretokenize;
 
 pub use char_vocab::CharVocab;
 pub use gpt2::{Gpt2Bpe, EOT, EOT_TEXT, VOCAB_SIZE as GPT2_VOCAB_SIZE};
