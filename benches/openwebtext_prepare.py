@@ -15,7 +15,7 @@ library and site-packages (~200 MB of code, docstrings and READMEs: a large voca
 2. ours from the hub: `nanogpt prepare openwebtext --num_proc THREADS` with HF_ENDPOINT at the
    local hub, timed as a process: download, checksums, parquet decoding, tokenizing, writing,
    syncing. Its disk use is sampled every 50 ms (peak extra disk = the most bytes its download/
-   folder held at once) and its peak RSS read from the kernel.
+   folder held at once) and its peak RSS comes from /usr/bin/time.
 3. ours from local files (`--input`): the same without HTTP.
 
 MB are 10^6 bytes of UTF-8 text. Token counts of ours and tiktoken are checked to agree (plus
@@ -166,22 +166,24 @@ def tree_bytes(path):
 
 def run_ours(cmd, env, out_dir):
     """Runs cmd, sampling out_dir's download/ folder; returns (summary, wall s, peak download
-    bytes, peak RSS bytes of the child)."""
+    bytes, peak RSS bytes). The RSS comes from /usr/bin/time: a child forked from this Python
+    process would report Python's own resident size as its peak (ru_maxrss counts the pages it
+    had between fork and exec)."""
+    rss_file = os.path.join(os.path.dirname(os.path.dirname(out_dir)), "rss.txt")
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", rss_file, *cmd], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak_download = 0
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid != 0:
-            break
+    while proc.poll() is None:
         peak_download = max(peak_download, tree_bytes(os.path.join(out_dir, "download")))
         time.sleep(0.05)
     wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    stdout, stderr = proc.stdout.read(), proc.stderr.read()
+    stdout, stderr = proc.communicate()
     if proc.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{stderr}")
-    return json.loads(stdout), wall, peak_download, usage.ru_maxrss * 1024
+    with open(rss_file) as f:
+        rss = int(f.read().split()[-1]) * 1024
+    return json.loads(stdout), wall, peak_download, rss
 
 
 def main():
