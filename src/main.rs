@@ -541,14 +541,8 @@ fn prepare_openwebtext(args: OpenWebTextArgs) -> Result<()> {
     opts.restart = args.restart;
     let stop = ctrl_c_flag()?;
     let s = nanogpt::data::prepare_stream(&opts, &stop)?;
-    if s.null_rows > 0 {
-        eprintln!("warning: skipped {} rows whose text is null", s.null_rows);
-    }
-    if s.val_documents == 0 {
-        eprintln!(
-            "warning: no validation documents ({} in all): raise --val_fraction",
-            s.documents
-        );
+    for warning in s.warnings() {
+        eprintln!("warning: {warning}");
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&s)?);

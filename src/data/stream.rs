@@ -124,6 +124,32 @@ pub struct StreamPrepareSummary {
     pub text_mb_per_s: f64,
     /// The most bytes the download folder held at once (0 for files on disk).
     pub peak_download_bytes: u64,
+    /// Some source files are the hub's partial parquet conversion (`partial-train/`: only the
+    /// first few GB of a large script-based dataset).
+    pub partial_conversion: bool,
+}
+
+impl StreamPrepareSummary {
+    /// Things a user should hear about.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.partial_conversion {
+            w.push("the hub's parquet files of this dataset are a partial conversion (a partial-* folder: only its first few GB); for all of it, download its original files and pass --input".to_string());
+        }
+        if self.null_rows > 0 {
+            w.push(format!(
+                "skipped {} rows whose text is null",
+                self.null_rows
+            ));
+        }
+        if self.val_documents == 0 {
+            w.push(format!(
+                "no validation documents ({} in all): raise --val_fraction",
+                self.documents
+            ));
+        }
+        w
+    }
 }
 
 /// The settings a resumed run must share with the run it continues.
@@ -788,5 +814,6 @@ fn summary_of(
         elapsed_s: start.elapsed().as_secs_f64(),
         text_mb_per_s: 0.0,
         peak_download_bytes,
+        partial_conversion: m.sources.iter().any(|s| s.name.contains("/partial-")),
     }
 }
