@@ -131,10 +131,13 @@ struct Hub {
     missing: HashSet<String>,
     /// Every request's path.
     log: Vec<String>,
+    /// The revision the parquet files are in (`main` holds only a README then); empty: main.
+    revision: String,
 }
 
 /// A local hub: `GET /api/datasets/{repo}/tree/{rev}?recursive=true` (two entries per page,
-/// with a `Link` to the next) and `GET /datasets/{repo}/resolve/{rev}/{path}` (with Range).
+/// with a `Link` to the next; a revision other than main or the files' is a 404) and
+/// `GET /datasets/{repo}/resolve/{rev}/{path}` (with Range).
 fn serve(hub: Arc<Mutex<Hub>>) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -175,9 +178,20 @@ fn respond(mut stream: std::net::TcpStream, hub: &Mutex<Hub>, base: &str) {
         let _ = stream.write_all(head.as_bytes());
         let _ = stream.write_all(body);
     };
-    let tree_prefix = format!("/api/datasets/{REPO}/tree/main?recursive=true");
-    let resolve_prefix = format!("/datasets/{REPO}/resolve/main/");
-    if let Some(rest) = target.strip_prefix(&tree_prefix) {
+    let revision = match hub.revision.as_str() {
+        "" => "main".to_string(),
+        r => r.replace('/', "%2F"),
+    };
+    let tree_prefix = format!("/api/datasets/{REPO}/tree/{revision}?recursive=true");
+    let resolve_prefix = format!("/datasets/{REPO}/resolve/{revision}/");
+    if target.starts_with(&format!("/api/datasets/{REPO}/tree/main?"))
+        && !target.starts_with(&tree_prefix)
+    {
+        // main holds a loading script and no parquet files.
+        let entries =
+            serde_json::json!([{"type": "file", "oid": "2", "size": 9, "path": "tiny-webtext.py"}]);
+        send(&mut stream, "200 OK", "", entries.to_string().as_bytes());
+    } else if let Some(rest) = target.strip_prefix(&tree_prefix) {
         let page: usize = rest
             .strip_prefix("&cursor=")
             .map_or(0, |c| c.parse().unwrap());
@@ -650,5 +664,43 @@ fn a_full_disk_stops_resumably() {
     assert!(
         got == want,
         "the output after a full disk differs from an uninterrupted run"
+    );
+}
+
+#[test]
+fn without_parquet_files_in_main_the_hubs_conversion_is_used() {
+    let docs = documents();
+    let mut hub = Hub {
+        revision: "refs/convert/parquet".to_string(),
+        ..Hub::default()
+    };
+    // The conversion's layout: config/split/NNNN.parquet.
+    hub.files.extend(
+        shards(&docs)
+            .into_iter()
+            .enumerate()
+            .map(|(i, (_, bytes))| (format!("plain_text/train/{i:04}.parquet"), bytes)),
+    );
+    let base = serve(Arc::new(Mutex::new(hub)));
+    let out = temp("converted");
+    let mut opts = hub_options(&base, &out);
+    opts.val_fraction = 0.0;
+    let s = run(&opts).unwrap();
+    assert_eq!(s.sources, 3);
+    assert!(!s.partial_conversion);
+    assert_eq!(read_u16(&out.join("train.bin")), expected(&docs, 0, 0.0).0);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["revision"], "refs/convert/parquet");
+
+    // Asking for main alone finds nothing, and says so.
+    let mut opts = hub_options(&base, &temp("converted-main"));
+    if let StreamSource::Hub(h) = &mut opts.source {
+        h.revision = Some("main".to_string());
+    }
+    let err = format!("{:#}", run(&opts).unwrap_err());
+    assert!(
+        err.contains("no parquet files") && err.contains("--input"),
+        "{err}"
     );
 }
