@@ -136,7 +136,8 @@ enum PrepareCommand {
     Shakespeare(ShakespeareArgs),
     /// Arithmetic problems (+ - * /), character level, with a held-out test set.
     Arithmetic(ArithmeticArgs),
-    /// Your own text: files or folders of .txt (one document each) and .jsonl (one per line).
+    /// Your own text: files or folders of .txt (one document each), .jsonl and .parquet (one per
+    /// line / row).
     Text(TextArgs),
     /// OpenWebText (or any Hugging Face text dataset) streamed shard by shard with GPT-2 BPE:
     /// about one shard of extra disk, resumable (rerun the same command after an interruption).
@@ -160,7 +161,26 @@ struct OpenWebTextArgs {
     /// Use these parquet / .jsonl / .txt files or folders instead of downloading.
     #[arg(long, num_args = 1..)]
     input: Vec<PathBuf>,
-    /// The column (or JSON field) that holds each document's text.
+    #[command(flatten)]
+    out: TokenOutputArgs,
+    /// Tokenizing threads [default: all cores].
+    #[arg(long = "num_proc")]
+    num_proc: Option<usize>,
+    /// Only the first N documents (a quick try).
+    #[arg(long = "max_docs")]
+    max_docs: Option<u64>,
+    /// Forget an earlier (unfinished or finished) run in the output folder and start over.
+    #[arg(long)]
+    restart: bool,
+    /// The dataset's name under data_dir.
+    #[arg(long, default_value = "openwebtext")]
+    name: String,
+}
+
+/// What `prepare text` and `prepare openwebtext` share: documents in, token files out.
+#[derive(clap::Args)]
+struct TokenOutputArgs {
+    /// The JSON field or parquet column that holds each document's text.
     #[arg(long = "text_field", default_value = "text")]
     text_field: String,
     /// Share of documents (chosen by a seeded hash of the document's index) for val.bin.
@@ -168,21 +188,9 @@ struct OpenWebTextArgs {
     val_fraction: f64,
     #[arg(long, default_value_t = 2357)]
     seed: u64,
-    /// Tokenizing threads [default: all cores].
-    #[arg(long = "num_proc")]
-    num_proc: Option<usize>,
-    /// Only the first N documents (a quick try).
-    #[arg(long = "max_docs")]
-    max_docs: Option<u64>,
     /// Write llm.c shards of this many tokens instead of train.bin / val.bin.
     #[arg(long = "shard_tokens")]
     shard_tokens: Option<usize>,
-    /// Forget an earlier (unfinished or finished) run in the output folder and start over.
-    #[arg(long)]
-    restart: bool,
-    /// The dataset's name under data_dir.
-    #[arg(long, default_value = "openwebtext")]
-    name: String,
     #[arg(long = "data_dir", default_value = "data")]
     data_dir: PathBuf,
     /// Print the summary as JSON.
@@ -192,31 +200,17 @@ struct OpenWebTextArgs {
 
 #[derive(clap::Args)]
 struct TextArgs {
-    /// Files or folders (walked recursively: *.txt, *.jsonl).
+    /// Files or folders (walked recursively: *.txt, *.jsonl, *.parquet).
     #[arg(long, required = true, num_args = 1..)]
     input: Vec<PathBuf>,
     /// gpt2 (BPE, <|endoftext|> after each document) or char (vocabulary from the text).
     #[arg(long, default_value = "gpt2")]
     tokenizer: String,
-    /// The JSON field that holds a document's text.
-    #[arg(long = "text_field", default_value = "text")]
-    text_field: String,
-    /// Share of documents (chosen by a seeded hash) that go to val.bin.
-    #[arg(long = "val_fraction", default_value_t = 0.0005)]
-    val_fraction: f64,
-    #[arg(long, default_value_t = 2357)]
-    seed: u64,
-    /// Write llm.c shards of this many tokens instead of train.bin / val.bin.
-    #[arg(long = "shard_tokens")]
-    shard_tokens: Option<usize>,
+    #[command(flatten)]
+    out: TokenOutputArgs,
     /// The dataset's name under data_dir.
     #[arg(long, default_value = "text")]
     name: String,
-    #[arg(long = "data_dir", default_value = "data")]
-    data_dir: PathBuf,
-    /// Print the summary as JSON.
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -442,18 +436,20 @@ fn prepare(dataset: PrepareCommand) -> Result<()> {
         PrepareCommand::ShakespeareChar(args) => prepare_shakespeare("shakespeare_char", args)?,
         PrepareCommand::Shakespeare(args) => prepare_shakespeare("shakespeare", args)?,
         PrepareCommand::Text(args) => {
-            let mut opts =
-                nanogpt::data::TextPrepareOptions::new(args.input, args.data_dir.join(&args.name));
+            let mut opts = nanogpt::data::TextPrepareOptions::new(
+                args.input,
+                args.out.data_dir.join(&args.name),
+            );
             opts.tokenizer = args.tokenizer.parse()?;
-            opts.text_field = args.text_field;
-            opts.val_fraction = args.val_fraction;
-            opts.seed = args.seed;
-            opts.shard_tokens = args.shard_tokens;
+            opts.text_field = args.out.text_field;
+            opts.val_fraction = args.out.val_fraction;
+            opts.seed = args.out.seed;
+            opts.shard_tokens = args.out.shard_tokens;
             let summary = nanogpt::data::prepare_text(&opts)?;
             for warning in summary.warnings() {
                 eprintln!("warning: {warning}");
             }
-            if args.json {
+            if args.out.json {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
             } else {
                 println!(
@@ -531,11 +527,11 @@ fn prepare_openwebtext(args: OpenWebTextArgs) -> Result<()> {
                 .filter(|t| !t.trim().is_empty()),
         })
     };
-    let mut opts = StreamPrepareOptions::new(source, args.data_dir.join(&args.name));
-    opts.text_field = args.text_field;
-    opts.val_fraction = args.val_fraction;
-    opts.seed = args.seed;
-    opts.shard_tokens = args.shard_tokens;
+    let mut opts = StreamPrepareOptions::new(source, args.out.data_dir.join(&args.name));
+    opts.text_field = args.out.text_field;
+    opts.val_fraction = args.out.val_fraction;
+    opts.seed = args.out.seed;
+    opts.shard_tokens = args.out.shard_tokens;
     opts.num_threads = args.num_proc;
     opts.max_docs = args.max_docs;
     opts.restart = args.restart;
@@ -544,7 +540,7 @@ fn prepare_openwebtext(args: OpenWebTextArgs) -> Result<()> {
     for warning in s.warnings() {
         eprintln!("warning: {warning}");
     }
-    if args.json {
+    if args.out.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
     } else if s.already_complete {
         println!(

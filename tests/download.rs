@@ -1,8 +1,11 @@
 //! The downloader against a local HTTP server: whole files, resumed partial files, retries after
 //! a dropped connection, and clear errors.
 
+mod common;
+
+use common::read_http_request;
 use nanogpt::download::download;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
@@ -20,17 +23,7 @@ fn serve(
     std::thread::spawn(move || {
         for (i, stream) in listener.incoming().enumerate().take(16) {
             let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut range = None;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
-                    range = v.trim().trim_end_matches('-').parse::<usize>().ok();
-                }
-            }
+            let range = read_http_request(&stream).range_start;
             log2.lock().unwrap().push(range.map(|r| r.to_string()));
             if status_404 {
                 let _ = stream.write_all(

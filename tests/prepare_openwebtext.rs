@@ -13,7 +13,10 @@ use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::parser::parse_message_type;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, BufReader, Write};
+mod common;
+
+use common::{read_http_request, write_http_response, HttpRequest};
+use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -154,30 +157,13 @@ fn serve(hub: Arc<Mutex<Hub>>) -> String {
 }
 
 fn respond(mut stream: std::net::TcpStream, hub: &Mutex<Hub>, base: &str) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut request = String::new();
-    reader.read_line(&mut request).unwrap_or(0);
-    let target = request.split_whitespace().nth(1).unwrap_or("").to_string();
-    let mut range = None;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-            break;
-        }
-        if let Some(v) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
-            range = v.trim().trim_end_matches('-').parse::<usize>().ok();
-        }
-    }
+    let HttpRequest {
+        target,
+        range_start: range,
+    } = read_http_request(&stream);
     let mut hub = hub.lock().unwrap();
     hub.log.push(target.clone());
-    let send = |stream: &mut std::net::TcpStream, status: &str, extra: &str, body: &[u8]| {
-        let head = format!(
-            "HTTP/1.1 {status}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
-            body.len()
-        );
-        let _ = stream.write_all(head.as_bytes());
-        let _ = stream.write_all(body);
-    };
+    let send = write_http_response;
     let revision = match hub.revision.as_str() {
         "" => "main".to_string(),
         r => r.replace('/', "%2F"),

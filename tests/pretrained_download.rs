@@ -3,10 +3,9 @@
 
 mod common;
 
-use common::fixtures;
+use common::{fixtures, read_http_request, write_http_response};
 use nanogpt::model::pretrained::{cache_snapshot_dir, download_gpt2, find_in_cache};
 use nanogpt::model::weights::load_hf_dir;
-use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,35 +21,16 @@ fn hub() -> (String, Arc<Mutex<Vec<String>>>) {
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut request = String::new();
-            let _ = reader.read_line(&mut request);
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-            }
-            let path = request.split_whitespace().nth(1).unwrap_or("").to_string();
+            let path = read_http_request(&stream).target;
             log2.lock().unwrap().push(path.clone());
             let body = path
                 .strip_prefix("/openai-community/gpt2/resolve/main/")
                 .filter(|f| *f == "config.json" || *f == "model.safetensors")
                 .and_then(|f| std::fs::read(dir.join(f)).ok());
-            let _ = match body {
-                Some(body) => stream
-                    .write_all(
-                        format!(
-                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                            body.len()
-                        )
-                        .as_bytes(),
-                    )
-                    .and_then(|_| stream.write_all(&body)),
-                None => stream.write_all(
-                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                ),
-            };
+            match body {
+                Some(body) => write_http_response(&mut stream, "200 OK", "", &body),
+                None => write_http_response(&mut stream, "404 Not Found", "", b""),
+            }
         }
     });
     (base, log)

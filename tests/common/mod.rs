@@ -45,3 +45,55 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
         .fold(0.0f64, |m, (&x, &y)| m.max((x as f64 - y as f64).abs()));
     diff / scale
 }
+
+/// A request as the tests' small HTTP servers see it.
+pub struct HttpRequest {
+    /// The request target, e.g. `/datasets/a/b/resolve/main/x.parquet`.
+    pub target: String,
+    /// N of a `Range: bytes=N-` header.
+    pub range_start: Option<usize>,
+}
+
+/// Reads a request line and its headers.
+pub fn read_http_request(stream: &std::net::TcpStream) -> HttpRequest {
+    use std::io::BufRead;
+    let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+    let mut request_line = String::new();
+    let _ = reader.read_line(&mut request_line);
+    let mut range_start = None;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
+            range_start = v.trim().trim_end_matches('-').parse::<usize>().ok();
+        }
+    }
+    HttpRequest {
+        target: request_line
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("")
+            .to_string(),
+        range_start,
+    }
+}
+
+/// Writes a response with a Content-Length and `Connection: close`; `headers` are extra header
+/// lines, each ending in `\r\n`. Errors (the client hung up) are ignored.
+pub fn write_http_response(
+    stream: &mut std::net::TcpStream,
+    status: &str,
+    headers: &str,
+    body: &[u8],
+) {
+    use std::io::Write;
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\n{headers}Connection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream
+        .write_all(head.as_bytes())
+        .and_then(|_| stream.write_all(body));
+}
