@@ -4,16 +4,10 @@
 //! - reversed:   the answer's digits least significant first (`123+45=861`; a minus sign stays
 //!   in front: `12-45=-33`, reversed `-33`; division reverses quotient and remainder each)
 //! - scratchpad: reversed, and multiplication writes its partial products first, each reversed:
-//!   `123*45=516+0294=5355` (123*5, then 123*40, then the sum). Division writes long division,
-//!   most significant digit first, as it is worked out by hand: for each digit of the dividend,
-//!   the quotient digit and the remainder so far, then the answer in plain digits:
-//!   `847/13=0r8+6r6+5r2=65r2` (8/13 = 0 r 8, 84/13 = 6 r 6, 67/13 = 5 r 2).
+//!   `123*45=516+0294=5355` (123*5, then 123*40, then the sum).
 //!
 //! Reversed answers let a left-to-right model produce the digit it can already compute (Lee et
-//! al. 2023 found small models learn addition far faster this way). Division is the other way
-//! round: its quotient digits come most significant first, each from the remainder before it,
-//! so its scratchpad is written in that order (reversed division answers were learned badly:
-//! 57% exact on held-out problems where + - * reached 96-100%).
+//! al. 2023 found small models learn addition far faster this way).
 
 use serde::{Deserialize, Serialize};
 
@@ -132,17 +126,6 @@ impl Problem {
                 num(v as u64)
             }
         };
-        if format == Format::Scratchpad && self.op == Op::Div {
-            let mut steps = Vec::new();
-            let mut rem = 0;
-            for d in self.a.to_string().bytes().map(|c| (c - b'0') as u64) {
-                let cur = rem * 10 + d;
-                rem = cur % self.b;
-                steps.push(format!("{}r{rem}", cur / self.b));
-            }
-            let (q, r) = (self.a / self.b, self.a % self.b);
-            return format!("{}={q}r{r}", steps.join("+"));
-        }
         if format == Format::Scratchpad && self.op == Op::Mul {
             let mut parts: Vec<String> = Vec::new();
             let mut rest = self.b;
@@ -197,9 +180,7 @@ pub fn parse_answer(completion: &str, op: Op, format: Format) -> Option<Answer> 
         if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
             return None;
         }
-        // Division's scratchpad ends in plain digits (see the module docs).
-        let plain = format == Format::Plain || (format == Format::Scratchpad && op == Op::Div);
-        let s: String = if plain {
+        let s: String = if format == Format::Plain {
             s.to_string()
         } else {
             s.chars().rev().collect()
@@ -229,8 +210,6 @@ mod tests {
             (7, Op::Mul, 8),
             (127, Op::Div, 5),
             (5, Op::Div, 17),
-            (999, Op::Div, 1),
-            (100, Op::Div, 99),
             (0, Op::Sub, 0),
         ];
         for (a, op, b) in cases {
@@ -261,11 +240,6 @@ mod tests {
             p(123, Op::Mul, 45).line(Format::Scratchpad),
             "123*45=516+0294=5355\n"
         );
-        assert_eq!(
-            p(847, Op::Div, 13).line(Format::Scratchpad),
-            "847/13=0r8+6r6+5r2=65r2\n"
-        );
-        assert_eq!(p(5, Op::Div, 17).line(Format::Scratchpad), "5/17=0r5=0r5\n");
     }
 
     #[test]
