@@ -4,7 +4,7 @@
 //! backward, with n = (x-mean)*rstd and g = dy*w:
 //!   dx = rstd * (g - mean(g) - n*mean(g*n)),  dw += sum_rows dy*n,  db += sum_rows dy
 
-use super::math::{min_rows_per_task, SharedMut};
+use super::math::{dot, min_rows_per_task, sum_map, SharedMut};
 use super::matmul::column_sums_into;
 use rayon::prelude::*;
 
@@ -24,8 +24,8 @@ pub fn layernorm_forward(
         .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
         .with_min_len(min_rows_per_task(c))
         .for_each(|((y, x), (m_out, s_out))| {
-            let m = x.iter().sum::<f32>() / c as f32;
-            let var = x.iter().map(|v| (v - m) * (v - m)).sum::<f32>() / c as f32;
+            let m = sum_map(x, |v| v) / c as f32;
+            let var = sum_map(x, |v| (v - m) * (v - m)) / c as f32;
             let s = 1.0 / (var + EPS).sqrt();
             match b {
                 Some(b) => {
@@ -64,15 +64,18 @@ pub fn layernorm_backward(
         .zip(mean.par_iter().zip(rstd.par_iter()))
         .with_min_len(min_rows_per_task(c))
         .for_each(|(((dx, dy), x), (&m, &s))| {
-            let mut g_mean = 0.0f32;
-            let mut gn_mean = 0.0f32;
-            for i in 0..c {
-                let g = dy[i] * w[i];
-                g_mean += g;
-                gn_mean += g * (x[i] - m) * s;
+            let g_mean = dot(dy, w) / c as f32;
+            // sum g*n = rstd * sum dy*w*(x - mean)
+            let mut acc = [0.0f32; 8];
+            let (dy8, w8, x8) = (dy.chunks_exact(8), w.chunks_exact(8), x.chunks_exact(8));
+            let tail = dy8.remainder().iter().zip(w8.remainder()).zip(x8.remainder());
+            let tail: f32 = tail.map(|((&d, &wi), &xi)| d * wi * (xi - m)).sum();
+            for ((d, wi), xi) in dy8.zip(w8).zip(x8) {
+                for j in 0..8 {
+                    acc[j] += d[j] * wi[j] * (xi[j] - m);
+                }
             }
-            g_mean /= c as f32;
-            gn_mean /= c as f32;
+            let gn_mean = (acc.iter().sum::<f32>() + tail) * s / c as f32;
             for i in 0..c {
                 let n = (x[i] - m) * s;
                 dx[i] += s * (dy[i] * w[i] - g_mean - n * gn_mean);

@@ -58,6 +58,21 @@ pub fn sum_exp(x: &[f32], shift: f32) -> f64 {
     total
 }
 
+/// sum_i f(x_i) with 8 independent partial sums, so the loop vectorises (a plain running sum
+/// cannot be reordered by the compiler, and runs one add at a time).
+#[inline(always)]
+pub fn sum_map(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let mut lanes = x.chunks_exact(8);
+    for c in &mut lanes {
+        for j in 0..8 {
+            acc[j] += f(c[j]);
+        }
+    }
+    let tail: f32 = lanes.remainder().iter().map(|&v| f(v)).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
 /// Dot product with 8 independent partial sums, so the loop vectorises.
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
