@@ -103,6 +103,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--max_iters", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=1337,
+                   help="both sides' seed (init and batches; the two sides' random streams differ anyway)")
     p.add_argument("--lr_decay_iters", type=int, default=None,
                    help="default: max_iters (as in nanoGPT's CPU example)")
     p.add_argument("--eval_interval", type=int, default=250)
@@ -162,6 +164,7 @@ def main(argv=None):
         gradient_accumulation_steps=1, batch_size=12, block_size=64, n_layer=4, n_head=4,
         n_embd=128, dropout="0.0", bias="false", learning_rate="1e-3", max_iters=a.max_iters,
         lr_decay_iters=lr_decay_iters, min_lr="1e-4", beta2=0.99, warmup_iters=warmup_iters,
+        seed=a.seed,
     )
     knob_flags = [f"--{k}={v}" for k, v in knobs.items()]
     prep_cmd = [str(binary), "prepare", "shakespeare_char", f"--input={a.input}",
