@@ -76,6 +76,10 @@ fn fetch(agent: &ureq::Agent, url: &str, part: &Path, opts: &DownloadOptions) ->
         Ok(r) => r,
         // The partial file is already complete.
         Err(ureq::Error::Status(416, _)) if have > 0 => return Ok(()),
+        // Too many requests: worth another try after the back-off.
+        Err(ureq::Error::Status(429, _)) => {
+            return Err(Fetch::Retry("HTTP 429 Too Many Requests".into()))
+        }
         Err(ureq::Error::Status(code, r)) if (400..500).contains(&code) => {
             return Err(Fetch::Fatal(format!("HTTP {code} {}", r.status_text())))
         }

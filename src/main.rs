@@ -319,7 +319,7 @@ fn run() -> Result<()> {
             data_dir,
             overrides,
         } => {
-            let stop = ctrl_c_flag()?;
+            let stop = ctrl_c_flag("finishing this iteration, then saving a checkpoint")?;
             let mut log = LiveLog::new();
             let report = nanogpt::arithmetic::quickstart::quickstart(
                 &data_dir, &out_dir, &overrides, &mut log, &stop,
@@ -355,7 +355,7 @@ fn run() -> Result<()> {
                 _ => &args[..],
             };
             cfg.apply_overrides(overrides)?;
-            let stop = ctrl_c_flag()?;
+            let stop = ctrl_c_flag("finishing this iteration, then saving a checkpoint")?;
             let mut out = std::io::stdout();
             nanogpt::train::train(&cfg, &mut out, &stop)?;
         }
@@ -535,7 +535,7 @@ fn prepare_openwebtext(args: OpenWebTextArgs) -> Result<()> {
     opts.num_threads = args.num_proc;
     opts.max_docs = args.max_docs;
     opts.restart = args.restart;
-    let stop = ctrl_c_flag()?;
+    let stop = ctrl_c_flag("stopping after this batch; the files done so far are kept")?;
     let s = nanogpt::data::prepare_stream(&opts, &stop)?;
     for warning in s.warnings() {
         eprintln!("warning: {warning}");
@@ -625,17 +625,17 @@ fn print_arithmetic_report(report: &nanogpt::arithmetic::eval::ArithmeticReport)
 
 /// A flag that Ctrl-C sets: training finishes its iteration, saves and stops. A second Ctrl-C
 /// quits at once.
-fn ctrl_c_flag() -> Result<Arc<AtomicBool>> {
+/// A flag the first Ctrl-C sets (after printing `what_now`, what the command does about it);
+/// a second Ctrl-C exits at once.
+fn ctrl_c_flag(what_now: &'static str) -> Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
     let handler_stop = stop.clone();
     ctrlc::set_handler(move || {
         if handler_stop.swap(true, Ordering::SeqCst) {
-            eprintln!("second Ctrl-C: exiting without saving");
+            eprintln!("second Ctrl-C: exiting now");
             std::process::exit(130);
         }
-        eprintln!(
-            "Ctrl-C: finishing this iteration, then saving a checkpoint (Ctrl-C again to quit now)"
-        );
+        eprintln!("Ctrl-C: {what_now} (Ctrl-C again to quit now)");
     })
     .context("cannot install the Ctrl-C handler")?;
     Ok(stop)

@@ -68,7 +68,11 @@ pub fn layernorm_backward(
             // sum g*n = rstd * sum dy*w*(x - mean)
             let mut acc = [0.0f32; 8];
             let (dy8, w8, x8) = (dy.chunks_exact(8), w.chunks_exact(8), x.chunks_exact(8));
-            let tail = dy8.remainder().iter().zip(w8.remainder()).zip(x8.remainder());
+            let tail = dy8
+                .remainder()
+                .iter()
+                .zip(w8.remainder())
+                .zip(x8.remainder());
             let tail: f32 = tail.map(|((&d, &wi), &xi)| d * wi * (xi - m)).sum();
             for ((d, wi), xi) in dy8.zip(w8).zip(x8) {
                 for j in 0..8 {
