@@ -132,6 +132,8 @@ struct Hub {
     listed_sha256: BTreeMap<String, String>,
     /// Paths answered with 404.
     missing: HashSet<String>,
+    /// Paths answered only after two seconds.
+    slow: HashSet<String>,
     /// Every request's path.
     log: Vec<String>,
     /// The revision the parquet files are in (`main` holds only a README then); empty: main.
@@ -216,7 +218,13 @@ fn respond(mut stream: std::net::TcpStream, hub: &Mutex<Hub>, base: &str) {
                 } else {
                     "200 OK"
                 };
-                send(&mut stream, status, "", &body[start..]);
+                let body = body[start..].to_vec();
+                let slow = hub.slow.contains(path);
+                drop(hub);
+                if slow {
+                    std::thread::sleep(std::time::Duration::from_secs(2));
+                }
+                send(&mut stream, status, "", &body);
             }
             _ => send(&mut stream, "404 Not Found", "", b""),
         }
@@ -688,5 +696,77 @@ fn without_parquet_files_in_main_the_hubs_conversion_is_used() {
     assert!(
         err.contains("no parquet files") && err.contains("--input"),
         "{err}"
+    );
+}
+
+/// Ctrl-C (SIGINT) to the binary while it waits for the second shard: it stops with a message,
+/// keeps the first shard's work, and a rerun finishes byte-identical to an uninterrupted run.
+#[test]
+fn ctrl_c_stops_resumably() {
+    let (hub, base, _docs) = hub_with_shards();
+    let want = uninterrupted(&base, None);
+    let out = temp("ctrl-c");
+    let command = || {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_nanogpt"));
+        c.args([
+            "prepare",
+            "openwebtext",
+            "--dataset",
+            REPO,
+            "--name",
+            "x",
+            "--val_fraction=0.1",
+        ])
+        .arg("--data_dir")
+        .arg(&out)
+        .env("HF_ENDPOINT", &base)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+        c
+    };
+    hub.lock()
+        .unwrap()
+        .slow
+        .insert("plain_text/train-00001-of-00003.parquet".into());
+    let child = command().spawn().unwrap();
+    let manifest = out.join("x").join("manifest.json");
+    let start = std::time::Instant::now();
+    loop {
+        let done = std::fs::read(&manifest)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|m| m["done"].as_array().is_some_and(|d| d.len() == 1));
+        if done {
+            break;
+        }
+        assert!(
+            start.elapsed().as_secs() < 30,
+            "the first shard never finished"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let stopped = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&stopped.stderr);
+    assert!(!stopped.status.success());
+    assert!(
+        stderr.contains("interrupted after 1 of 3 source files")
+            && stderr.contains("rerun the same command"),
+        "{stderr}"
+    );
+
+    hub.lock().unwrap().slow.clear();
+    let again = command().output().unwrap();
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let mut got = snapshot(&out.join("x"));
+    got.remove("manifest.json");
+    assert!(
+        got == want,
+        "the output after Ctrl-C differs from an uninterrupted run"
     );
 }
