@@ -391,9 +391,10 @@ fn split_is_by_document_and_stable_for_a_seed() {
     );
 }
 
-/// The outputs of an uninterrupted run, to compare resumed runs with.
-fn uninterrupted(base: &str, shard_tokens: Option<usize>) -> BTreeMap<String, Vec<u8>> {
-    let out = temp(&format!("uninterrupted-{shard_tokens:?}"));
+/// The outputs of an uninterrupted run, to compare resumed runs with (in a folder of its own
+/// for each test: tests run in parallel).
+fn uninterrupted(test: &str, base: &str, shard_tokens: Option<usize>) -> BTreeMap<String, Vec<u8>> {
+    let out = temp(&format!("uninterrupted-{test}"));
     let mut opts = hub_options(base, &out);
     opts.val_fraction = 0.1;
     opts.shard_tokens = shard_tokens;
@@ -406,7 +407,7 @@ fn uninterrupted(base: &str, shard_tokens: Option<usize>) -> BTreeMap<String, Ve
 #[test]
 fn interrupted_after_the_first_shard_resumes_byte_identical() {
     let (hub, base, _docs) = hub_with_shards();
-    let want = uninterrupted(&base, Some(3000));
+    let want = uninterrupted("resume", &base, Some(3000));
     assert!(
         want.len() > 6,
         "expected several output shards, got {:?}",
@@ -592,7 +593,7 @@ fn other_settings_do_not_mix_with_an_unfinished_run() {
 #[test]
 fn a_full_disk_stops_resumably() {
     let (hub, base, _docs) = hub_with_shards();
-    let want = uninterrupted(&base, None);
+    let want = uninterrupted("disk-full", &base, None);
     let out = temp("disk-full");
     let command = |limit: Option<u64>| {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_nanogpt"));
@@ -704,7 +705,7 @@ fn without_parquet_files_in_main_the_hubs_conversion_is_used() {
 #[test]
 fn ctrl_c_stops_resumably() {
     let (hub, base, _docs) = hub_with_shards();
-    let want = uninterrupted(&base, None);
+    let want = uninterrupted("ctrl-c", &base, None);
     let out = temp("ctrl-c");
     let command = || {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_nanogpt"));
