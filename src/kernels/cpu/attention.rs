@@ -99,6 +99,9 @@ unsafe fn attend_head(
     dropout: Option<(AttnDropout, usize)>,
 ) {
     let scale = 1.0 / (hs as f32).sqrt();
+    if n_q == 1 && lse.is_none() && dropout.is_none() {
+        return attend_one_query(q, k, v, kv_rs, out, q_pos0 + 1, hs, scale);
+    }
     let mut i0 = 0;
     while i0 < n_q {
         let rb = ROW_BLOCK.min(n_q - i0);
@@ -167,6 +170,37 @@ unsafe fn attend_head(
     }
 }
 
+/// One query against `n_keys` cached keys (a decoding step): scores are dot products with the
+/// key rows and the output a weighted sum of the value rows, so the cache is read once, in
+/// order, with nothing copied (gemm would first pack the transposed keys).
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_one_query(
+    q: *const f32,
+    k: *const f32,
+    v: *const f32,
+    kv_rs: usize,
+    out: *mut f32,
+    n_keys: usize,
+    hs: usize,
+    scale: f32,
+) {
+    let q = std::slice::from_raw_parts(q, hs);
+    let out = std::slice::from_raw_parts_mut(out, hs);
+    with_scratch(n_keys, |p| {
+        for (j, pj) in p.iter_mut().enumerate() {
+            *pj = scale * dot(q, std::slice::from_raw_parts(k.add(j * kv_rs), hs));
+        }
+        softmax_row(p, n_keys);
+        out.fill(0.0);
+        for (j, &pj) in p.iter().enumerate() {
+            let vj = std::slice::from_raw_parts(v.add(j * kv_rs), hs);
+            for (o, &x) in out.iter_mut().zip(vj) {
+                *o = pj.mul_add(x, *o);
+            }
+        }
+    })
+}
+
 /// Training forward. qkv: (B, T, 3C) with q, k, v sections; out: (B, T, C); lse: (B, H, T).
 pub fn attention_forward(
     out: &mut [f32],
@@ -202,7 +236,8 @@ pub fn attention_forward(
 }
 
 /// Inference with a KV cache: `n_new` queries per sequence at positions pos.. attend to the cached
-/// keys/values 0..pos+n_new. q: (B, n_new, q_rs) rows; k_cache, v_cache: (B, max_t, C); out: (B, n_new, C).
+/// keys/values 0..pos+n_new. q: (B, n_new, q_rs) rows; k_cache, v_cache: (B, H, max_t, hs);
+/// out: (B, n_new, C).
 #[allow(clippy::too_many_arguments)]
 pub fn attention_forward_cached(
     out: &mut [f32],
@@ -219,7 +254,7 @@ pub fn attention_forward_cached(
     let out_ptr = SharedMut(out.as_mut_ptr());
     (0..dims.batch * nh).into_par_iter().for_each(|bh| {
         let (b, h) = (bh / nh, bh % nh);
-        let kv = b * max_t * c + h * hs;
+        let kv = (b * nh + h) * max_t * hs;
         // SAFETY: (b, h) owns its own columns of out; the rest is read only.
         unsafe {
             attend_head(
@@ -227,7 +262,7 @@ pub fn attention_forward_cached(
                 q_rs,
                 k_cache.as_ptr().add(kv),
                 v_cache.as_ptr().add(kv),
-                c,
+                hs,
                 out_ptr.get().add(b * n_new * c + h * hs),
                 c,
                 n_new,
