@@ -588,6 +588,18 @@ fn other_settings_do_not_mix_with_an_unfinished_run() {
     assert_eq!(s.resumed_after_sources, 0);
 }
 
+/// `nanogpt prepare openwebtext` from the local hub into `data_dir/x`, with the settings of
+/// [`uninterrupted`] (val_fraction 0.1, train.bin / val.bin).
+fn prepare_command(base: &str, data_dir: &Path) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_nanogpt"));
+    c.args(["prepare", "openwebtext", "--dataset", REPO])
+        .args(["--name", "x", "--val_fraction=0.1"])
+        .arg("--data_dir")
+        .arg(data_dir)
+        .env("HF_ENDPOINT", base);
+    c
+}
+
 /// A full disk, simulated with a file-size limit on the process (writes fail with EFBIG as
 /// they would with ENOSPC): a clear error, and a rerun finishes byte-identical.
 #[test]
@@ -596,19 +608,7 @@ fn a_full_disk_stops_resumably() {
     let want = uninterrupted("disk-full", &base, None);
     let out = temp("disk-full");
     let command = |limit: Option<u64>| {
-        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_nanogpt"));
-        c.args([
-            "prepare",
-            "openwebtext",
-            "--dataset",
-            REPO,
-            "--name",
-            "x",
-            "--val_fraction=0.1",
-        ])
-        .arg("--data_dir")
-        .arg(&out)
-        .env("HF_ENDPOINT", &base);
+        let mut c = prepare_command(&base, &out);
         if let Some(limit) = limit {
             use std::os::unix::process::CommandExt;
             // SAFETY: only async-signal-safe calls between fork and exec.
@@ -708,21 +708,9 @@ fn ctrl_c_stops_resumably() {
     let want = uninterrupted("ctrl-c", &base, None);
     let out = temp("ctrl-c");
     let command = || {
-        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_nanogpt"));
-        c.args([
-            "prepare",
-            "openwebtext",
-            "--dataset",
-            REPO,
-            "--name",
-            "x",
-            "--val_fraction=0.1",
-        ])
-        .arg("--data_dir")
-        .arg(&out)
-        .env("HF_ENDPOINT", &base)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
+        let mut c = prepare_command(&base, &out);
+        c.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
         c
     };
     // Slow shards 2 and 3: however slowly the machine tokenizes, the run is still waiting for
