@@ -74,7 +74,8 @@ pub fn collect_inputs(inputs: &[PathBuf]) -> Result<(Vec<InputFile>, Vec<PathBuf
     Ok((files, skipped))
 }
 
-fn kind_of(path: &Path) -> Option<InputKind> {
+/// The kind a file's extension says, if it names one.
+pub fn kind_of(path: &Path) -> Option<InputKind> {
     let ext = path.extension()?.to_str()?.to_ascii_lowercase();
     match ext.as_str() {
         "txt" => Some(InputKind::Text),

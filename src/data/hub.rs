@@ -70,7 +70,7 @@ impl HubDataset {
             if parquet.is_empty() {
                 continue;
             }
-            let mut files = select_split(parquet.clone(), &self.split);
+            let mut files = select_split(&parquet, &self.split);
             if files.is_empty() {
                 let some: Vec<&str> = parquet.iter().take(5).map(|f| f.path.as_str()).collect();
                 bail!(
@@ -219,16 +219,17 @@ fn next_page(link: &str) -> Option<String> {
 
 /// The files of `split`, or all of them when no file names any split and the split is
 /// `train` (see the module docs).
-fn select_split(files: Vec<HubFile>, split: &str) -> Vec<HubFile> {
+fn select_split(files: &[HubFile], split: &str) -> Vec<HubFile> {
     let named = files
         .iter()
         .any(|f| SPLIT_NAMES.iter().any(|s| names_split(&f.path, s)));
-    if !named {
-        return if split == "train" { files } else { Vec::new() };
-    }
     files
-        .into_iter()
-        .filter(|f| names_split(&f.path, split))
+        .iter()
+        .filter(|f| match named {
+            true => names_split(&f.path, split),
+            false => split == "train",
+        })
+        .cloned()
         .collect()
 }
 
@@ -283,11 +284,11 @@ mod tests {
             file("data/000_00000.parquet"),
             file("data/000_00001.parquet"),
         ];
-        assert_eq!(select_split(files.clone(), "train"), files);
-        assert!(select_split(files, "test").is_empty());
+        assert_eq!(select_split(&files, "train"), files);
+        assert!(select_split(&files, "test").is_empty());
         let named = vec![file("d/train-0.parquet"), file("d/test-0.parquet")];
-        assert_eq!(select_split(named.clone(), "train"), vec![named[0].clone()]);
-        assert_eq!(select_split(named.clone(), "test"), vec![named[1].clone()]);
+        assert_eq!(select_split(&named, "train"), vec![named[0].clone()]);
+        assert_eq!(select_split(&named, "test"), vec![named[1].clone()]);
     }
 
     #[test]

@@ -24,7 +24,9 @@
 //!   to an uninterrupted run. A full disk, a network failure or Ctrl-C all leave a resumable
 //!   state. Rerunning a finished run does nothing; `restart` starts over.
 
-use super::corpus::{collect_inputs, CorpusReader, InputFile, InputKind, Piece, ReaderOptions};
+use super::corpus::{
+    collect_inputs, kind_of, CorpusReader, InputFile, InputKind, Piece, ReaderOptions,
+};
 use super::hub::{HubDataset, HubFile};
 use super::pipeline::{tokenize_ordered, with_pool, Batch};
 use super::text::{progress_bar, remove_stale, SplitSink, TextTokenizer};
@@ -404,7 +406,8 @@ fn run(
                     }
                     StreamSource::Local(_) => {
                         let path = PathBuf::from(&source.name);
-                        let kind = local_kind(&path);
+                        // As `collect_inputs` reads a named file: text unless it says otherwise.
+                        let kind = kind_of(&path).unwrap_or(InputKind::Text);
                         check_unchanged(&path, source.size)?;
                         (path, kind, false)
                     }
@@ -628,18 +631,6 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect())
-}
-
-fn local_kind(path: &Path) -> InputKind {
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(|e| e.to_ascii_lowercase());
-    match ext.as_deref() {
-        Some("parquet") => InputKind::Parquet,
-        Some("jsonl") | Some("json-lines") => InputKind::JsonLines,
-        _ => InputKind::Text,
-    }
 }
 
 fn check_unchanged(path: &Path, size: u64) -> Result<()> {

@@ -2,7 +2,9 @@
 //! ([`write_tokens`]) or streamed ([`TokenFileWriter`], [`SplitWriter`]), always via a temp file
 //! that is renamed into place only when complete.
 
-use super::tokens::{TokenFormat, SHARD_HEADER_INTS, SHARD_MAGIC, SHARD_VERSION};
+use super::tokens::{
+    TokenFormat, SHARD_HEADER_BYTES, SHARD_HEADER_INTS, SHARD_MAGIC, SHARD_VERSION,
+};
 use crate::atomic_file::{tmp_path, write_atomic_with};
 use anyhow::{anyhow, bail, Result};
 use std::fs::File;
@@ -98,7 +100,7 @@ impl TokenFileWriter {
     pub fn resume(path: &Path, format: TokenFormat, count: u64) -> Result<TokenFileWriter> {
         let tmp = tmp_path(path);
         let header = if format == TokenFormat::Shard {
-            (SHARD_HEADER_INTS * 4) as u64
+            SHARD_HEADER_BYTES as u64
         } else {
             0
         };
@@ -387,7 +389,7 @@ impl SplitWriter {
         for i in 0..current as usize {
             let path = shard_path(dir, name, i);
             let tmp = tmp_path(&path);
-            let want = (SHARD_HEADER_INTS * 4) as u64 + 2 * cap;
+            let want = SHARD_HEADER_BYTES as u64 + 2 * cap;
             match std::fs::metadata(&tmp) {
                 Ok(m) if m.len() == want => {}
                 _ => bail!(

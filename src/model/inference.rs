@@ -95,17 +95,21 @@ impl KvCache {
         if rows.len() == old_b && rows.iter().enumerate().all(|(i, &r)| i == r) {
             return Ok(());
         }
-        // Copy each new row's used positions out of the old cache, then lay them down.
-        let rows_kv: Vec<(Vec<f32>, Vec<f32>)> = rows
+        let new_b = rows.len();
+        // Copy each moved row's used positions out of the old cache, then lay them down; with
+        // the batch size unchanged, a row that stays where it is is left alone.
+        let rows_kv: Vec<Option<(Vec<f32>, Vec<f32>)>> = rows
             .iter()
-            .map(|&r| {
-                (
-                    self.used_of_row(&self.k, old_b, r),
-                    self.used_of_row(&self.v, old_b, r),
-                )
+            .enumerate()
+            .map(|(i, &r)| {
+                (new_b != old_b || r != i).then(|| {
+                    (
+                        self.used_of_row(&self.k, old_b, r),
+                        self.used_of_row(&self.v, old_b, r),
+                    )
+                })
             })
             .collect();
-        let new_b = rows.len();
         if new_b != old_b {
             let n = self.n_layer * new_b * self.max_t * self.n_embd;
             self.k = vec![0.0; n];
@@ -116,7 +120,8 @@ impl KvCache {
         }
         let hs = self.n_embd / self.n_head;
         let (n_layer, n_head, max_t, len) = (self.n_layer, self.n_head, self.max_t, self.len);
-        for (i, (k, v)) in rows_kv.iter().enumerate() {
+        let moved = rows_kv.iter().enumerate();
+        for (i, (k, v)) in moved.filter_map(|(i, kv)| kv.as_ref().map(|kv| (i, kv))) {
             for (src, dst) in [(k, &mut self.k), (v, &mut self.v)] {
                 let mut offset = 0;
                 for range in Self::used_ranges(n_layer, n_head, max_t, hs, len, new_b, i) {
