@@ -6,6 +6,7 @@ pub mod bench;
 pub mod config;
 pub mod data;
 pub mod download;
+pub mod engine;
 pub mod kernels;
 pub mod model;
 pub mod optim;
