@@ -1,11 +1,9 @@
 //! `nanogpt bench`: nanoGPT's bench.py. Times forward + backward + AdamW update on random data.
 
 use crate::config::GptConfig;
-use crate::kernels::cpu::adamw::AdamW;
-use crate::model::inference::KvCache;
-use crate::model::{Gpt, Mode};
-use crate::optim::Optimizer;
-use crate::perf::{allocations, measure_cpu_peak_tflops, mfu, peak_rss_mib};
+use crate::engine::{self, Device, Mode};
+use crate::model::Gpt;
+use crate::perf::{allocations, mfu, peak_rss_mib};
 use crate::rng::Rng;
 use crate::sample::dist::argmax;
 use anyhow::Result;
@@ -44,25 +42,14 @@ pub fn run_train_bench(opts: &BenchOptions) -> Result<BenchReport> {
     let cfg = &opts.config;
     cfg.validate()?;
     let (b, t) = (opts.batch_size, cfg.block_size);
-    let mut model = Gpt::new(cfg.clone(), opts.seed)?;
-    let hyper = AdamW {
-        lr: 6e-4,
-        beta1: 0.9,
-        beta2: 0.95,
-        eps: 1e-8,
-        weight_decay: 0.1,
-    };
-    let mut opt = Optimizer::new(&model, hyper);
+    let mut engine = engine::open(Gpt::new(cfg.clone(), opts.seed)?, Device::Auto)?;
     let mut rng = Rng::new(opts.seed ^ 0x5EED);
     let v = cfg.vocab_size as u64;
     let x: Vec<u32> = (0..b * t).map(|_| rng.below(v) as u32).collect();
     let y: Vec<i32> = (0..b * t).map(|_| rng.below(v) as i32).collect();
     let (peak_tflops, peak_source) = match opts.peak_tflops {
         Some(p) => (p, "--peak_tflops"),
-        None => (
-            measure_cpu_peak_tflops(),
-            "measured f32 matmul peak of this CPU",
-        ),
+        None => engine.peak_tflops(),
     };
     let mut times = Vec::with_capacity(opts.iters);
     let mut loss = f32::NAN;
@@ -72,12 +59,12 @@ pub fn run_train_bench(opts: &BenchOptions) -> Result<BenchReport> {
             allocs_before = allocations();
         }
         let t0 = Instant::now();
-        model.zero_grad();
-        loss = model
+        engine.zero_grad();
+        loss = engine
             .forward(&x, Some(&y), b, t, Mode::Train { seed: i as u64 })?
             .unwrap_or(f32::NAN);
-        model.backward(1.0)?;
-        opt.step(&mut model, 6e-4, 1.0);
+        engine.backward(1.0)?;
+        engine.update(6e-4, 1.0);
         if i >= opts.warmup {
             times.push(t0.elapsed().as_secs_f64());
         }
@@ -130,12 +117,12 @@ pub fn run_generate_bench(
     if prompt_len == 0 || prompt_len + max_new_tokens > cfg.block_size {
         anyhow::bail!("prompt_len ({prompt_len}) + max_new_tokens ({max_new_tokens}) must be between 1 and block_size ({})", cfg.block_size);
     }
-    let model = Gpt::new(cfg.clone(), opts.seed)?;
+    let engine = engine::open(Gpt::new(cfg.clone(), opts.seed)?, Device::Auto)?;
     let mut rng = Rng::new(opts.seed ^ 0x5EED);
     let prompt: Vec<u32> = (0..b * prompt_len)
         .map(|_| rng.below(cfg.vocab_size as u64) as u32)
         .collect();
-    let mut cache = KvCache::new(&model, b, prompt_len + max_new_tokens);
+    let mut cache = engine.kv_cache(b, prompt_len + max_new_tokens);
     let vp = cfg.padded_vocab_size();
     let mut logits = vec![0.0f32; b * vp];
     let mut next = vec![0u32; b];
@@ -144,14 +131,14 @@ pub fn run_generate_bench(
     for rep in 0..opts.warmup + opts.iters {
         cache.clear();
         let t0 = Instant::now();
-        model.forward_cached(&mut cache, &prompt, prompt_len, &mut logits)?;
+        engine.forward_cached_all(&mut cache, &prompt, prompt_len, &mut logits)?;
         let t_prompt = t0.elapsed().as_secs_f64();
         for step in 0..max_new_tokens {
             for (bi, tok) in next.iter_mut().enumerate() {
                 *tok = argmax(&logits[bi * vp..bi * vp + cfg.vocab_size]).unwrap_or(0) as u32;
             }
             if step + 1 < max_new_tokens {
-                model.forward_cached(&mut cache, &next, 1, &mut logits)?;
+                engine.forward_cached_all(&mut cache, &next, 1, &mut logits)?;
             }
         }
         if rep >= opts.warmup {

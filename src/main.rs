@@ -338,7 +338,9 @@ fn run() -> Result<()> {
                 },
         } => {
             let (model, _) = nanogpt::train::checkpoint::load_trained_model(&out_dir)?;
-            let report = nanogpt::arithmetic::eval::evaluate(&model, &data_dir.join(name))?;
+            let engine = nanogpt::engine::open(model, nanogpt::engine::Device::Auto)?;
+            let report =
+                nanogpt::arithmetic::eval::evaluate(engine.as_ref(), &data_dir.join(name))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

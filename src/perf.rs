@@ -1,45 +1,8 @@
-//! Speed accounting: the device's f32 matmul peak (measured, not assumed) and MFU.
+//! Speed accounting: device peaks, MFU, memory and allocation counts. (A CPU's peak is measured
+//! by its backend, `engine::cpu`.)
 
-use crate::kernels::cpu::matmul::{gemm_into, View};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
-
-/// Measures this CPU's f32 matmul throughput in TFLOP/s with the thread pool in use, on the
-/// same `gemm` path the model uses: the best of several products of GPT-2's MLP shape
-/// (1024 x 768 @ 768 x 3072, and its transpose-shaped partner), about 0.2 s in all. Square
-/// power-of-two sizes are avoided: their strides alias in cache and understate the peak.
-pub fn measure_cpu_peak_tflops() -> f64 {
-    let (m, k, n) = (1024, 768, 3072);
-    let a: Vec<f32> = (0..m * n).map(|i| (i % 7) as f32 * 0.1).collect();
-    let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect();
-    let mut c = vec![0.0f32; m * n];
-    let mut best = f64::INFINITY;
-    // The first products pay for page faults and the thread pool waking up: run, then time.
-    for rep in 0..16 {
-        // Alternate (m,k)@(k,n) and (m,n)@(n,k): the two shapes of an MLP block.
-        let (kk, nn) = if rep % 2 == 0 { (k, n) } else { (n, k) };
-        let t0 = Instant::now();
-        // SAFETY: a holds m*kk, b holds kk*nn and c holds m*nn elements; all distinct.
-        unsafe {
-            gemm_into(
-                m,
-                nn,
-                kk,
-                c.as_mut_ptr(),
-                nn,
-                false,
-                View::rows(&a, kk),
-                View::rows(&b, nn),
-                1.0,
-                true,
-            );
-        }
-        best = best.min(t0.elapsed().as_secs_f64());
-    }
-    std::hint::black_box(&c);
-    2.0 * (m * k * n) as f64 / best / 1e12
-}
 
 /// Dense peak TFLOP/s of known GPUs for the precision training would use on them (bf16 tensor
 /// cores; the RTX cards' figures are with FP32 accumulation), from the vendors' data sheets. A

@@ -31,6 +31,8 @@
 //! Run `cargo test --release --test gradcheck -- --nocapture` to see the measured errors.
 
 use nanogpt::config::GptConfig;
+use nanogpt::engine::cpu::CpuEngine;
+use nanogpt::engine::{Engine, Mode};
 use nanogpt::kernels::cpu::attention::{
     attention_backward, attention_forward, AttnDims, AttnDropout,
 };
@@ -43,7 +45,7 @@ use nanogpt::kernels::cpu::gelu::{gelu_backward_inplace, gelu_forward};
 use nanogpt::kernels::cpu::layernorm::{layernorm_backward, layernorm_forward};
 use nanogpt::kernels::cpu::matmul::{matmul_backward, matmul_forward, Layout};
 use nanogpt::kernels::cpu::residual::residual_forward;
-use nanogpt::model::{Gpt, Mode};
+use nanogpt::model::Gpt;
 use nanogpt::rng::Rng;
 
 /// Finite-difference step for the kernels (inputs are O(1)).
@@ -643,13 +645,13 @@ fn model_case(bias: bool, dropout: f32) -> f64 {
         dropout,
     };
     let (c, v, vp) = (cfg.n_embd, cfg.vocab_size, cfg.padded_vocab_size());
-    let mut model = Gpt::new(cfg, 1000 + bias as u64).unwrap();
+    let mut model = CpuEngine::new(Gpt::new(cfg, 1000 + bias as u64).unwrap());
     let mut rng = Rng::new(90 + bias as u64 * 2 + (dropout > 0.0) as u64);
     // nanoGPT's init (weights of std 0.02, zero biases, unit LayerNorm weights) leaves the loss
     // nearly flat at log(V) and would hide a backward pass that mixes up biases or LayerNorm
     // weights: draw every parameter generically instead, padding rows of wte included (garbage
     // there must not reach the loss).
-    for e in model.table.entries.clone() {
+    for e in model.model.table.entries.clone() {
         let (mean, std) = if e.name.contains("ln_") && e.name.ends_with(".weight") {
             (1.0, 0.2)
         } else if e.name.ends_with(".bias") {
@@ -657,7 +659,7 @@ fn model_case(bias: bool, dropout: f32) -> f64 {
         } else {
             (0.0, WEIGHT_STD)
         };
-        for x in &mut model.params[e.range()] {
+        for x in &mut model.model.params[e.range()] {
             *x = (mean + std * rng.normal()) as f32;
         }
     }
@@ -669,7 +671,7 @@ fn model_case(bias: bool, dropout: f32) -> f64 {
     // The scalar is the model's loss, recomputed in f64 from its f32 logits: the f32 loss it
     // returns has a granularity of ~2.4e-7, i.e. ~1e-4 in a finite difference, larger than many
     // gradients here. The two are asserted to agree.
-    let loss = |model: &mut Gpt| -> f64 {
+    let loss = |model: &mut CpuEngine| -> f64 {
         let returned = model
             .forward(&tokens, Some(&targets), b, t, mode)
             .unwrap()
@@ -691,7 +693,7 @@ fn model_case(bias: bool, dropout: f32) -> f64 {
         "the forward pass is not deterministic"
     );
 
-    let wte = model.table.get("wte.weight").unwrap().clone();
+    let wte = model.model.table.get("wte.weight").unwrap().clone();
     let live = v * c;
     assert!(
         grads[wte.offset + live..wte.offset + wte.len()]
@@ -699,7 +701,7 @@ fn model_case(bias: bool, dropout: f32) -> f64 {
             .all(|&g| g == 0.0),
         "padding rows of wte have a gradient"
     );
-    let wpe = model.table.get("wpe.weight").unwrap().clone();
+    let wpe = model.model.table.get("wpe.weight").unwrap().clone();
     assert!(
         grads[wpe.offset + t * c..wpe.offset + wpe.len()]
             .iter()
@@ -710,7 +712,7 @@ fn model_case(bias: bool, dropout: f32) -> f64 {
     let case = format!("model bias={bias} dropout={dropout}");
     let (mut worst, mut controls, mut n_checked) = (0.0f64, 0, 0);
     let mut worst_name = String::new();
-    for e in model.table.entries.clone() {
+    for e in model.model.table.entries.clone() {
         let g = &grads[e.range()];
         let n_live = if e.name == "wte.weight" {
             live
@@ -733,13 +735,13 @@ fn model_case(bias: bool, dropout: f32) -> f64 {
         let mut fd = Vec::new();
         for &i in &idx {
             let at = e.offset + i;
-            let x = model.params[at];
+            let x = model.model.params[at];
             let (xp, xm) = (x + MODEL_H, x - MODEL_H);
-            model.params[at] = xp;
+            model.model.params[at] = xp;
             let lp = loss(&mut model);
-            model.params[at] = xm;
+            model.model.params[at] = xm;
             let lm = loss(&mut model);
-            model.params[at] = x;
+            model.model.params[at] = x;
             fd.push((lp - lm) / (xp as f64 - xm as f64));
         }
         let an: Vec<f64> = idx.iter().map(|&i| g[i] as f64).collect();

@@ -4,11 +4,10 @@ mod common;
 
 use common::{fixtures, rel_err};
 use nanogpt::config::GptConfig;
-use nanogpt::kernels::cpu::adamw::AdamW;
-use nanogpt::model::inference::KvCache;
+use nanogpt::engine::cpu::CpuEngine;
+use nanogpt::engine::{AdamW, Engine, Mode};
 use nanogpt::model::weights::{load_hf_dir, save_hf_dir};
-use nanogpt::model::{Gpt, Mode};
-use nanogpt::optim::Optimizer;
+use nanogpt::model::Gpt;
 use nanogpt::rng::Rng;
 
 fn small_config(bias: bool, dropout: f32) -> GptConfig {
@@ -99,17 +98,14 @@ fn missing_or_truncated_weights_name_the_file() {
 
 /// Three training steps; returns the losses.
 fn train_losses(cfg: &GptConfig, seed: u64) -> Vec<f32> {
-    let mut model = Gpt::new(cfg.clone(), seed).unwrap();
-    let mut opt = Optimizer::new(
-        &model,
-        AdamW {
-            lr: 1e-3,
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-            weight_decay: 0.1,
-        },
-    );
+    let mut model = CpuEngine::new(Gpt::new(cfg.clone(), seed).unwrap());
+    model.set_adamw(AdamW {
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+    });
     let (b, t) = (3, 16);
     (0..3)
         .map(|step| {
@@ -124,7 +120,7 @@ fn train_losses(cfg: &GptConfig, seed: u64) -> Vec<f32> {
                 .unwrap()
                 .unwrap();
             model.backward(1.0).unwrap();
-            opt.step(&mut model, 1e-3, 1.0);
+            model.update(1e-3, 1.0);
             loss
         })
         .collect()
@@ -152,13 +148,16 @@ fn kv_cache_logits_equal_full_forward() {
         Gpt::new(small_config(true, 0.0), 3).unwrap(),
         load_hf_dir(&fixtures().join("tiny-gpt2")).unwrap(),
     ] {
-        let mut model = model;
+        let mut model = CpuEngine::new(model);
         let (b, t, prompt) = (2, 24, 7);
-        let (v, vp) = (model.config.vocab_size, model.config.padded_vocab_size());
+        let (v, vp) = (
+            model.config().vocab_size,
+            model.config().padded_vocab_size(),
+        );
         let tokens = random_tokens(b * t, v, 11);
         model.forward(&tokens, None, b, t, Mode::Eval).unwrap();
         let full = model.logits().to_vec();
-        let mut cache = KvCache::new(&model, b, t);
+        let mut cache = model.kv_cache(b, t);
         let mut logits = vec![0.0; b * vp];
         let mut pos = 0;
         while pos < t {
@@ -167,7 +166,7 @@ fn kv_cache_logits_equal_full_forward() {
                 .flat_map(|bi| tokens[bi * t + pos..bi * t + pos + n].iter().copied())
                 .collect();
             model
-                .forward_cached(&mut cache, &chunk, n, &mut logits)
+                .forward_cached_all(&mut cache, &chunk, n, &mut logits)
                 .unwrap();
             pos += n;
             for bi in 0..b {
@@ -182,7 +181,7 @@ fn kv_cache_logits_equal_full_forward() {
         }
         assert!(
             model
-                .forward_cached(&mut cache, &tokens[..b], 1, &mut logits)
+                .forward_cached_all(&mut cache, &tokens[..b], 1, &mut logits)
                 .is_err(),
             "a full cache must refuse more tokens"
         );

@@ -11,17 +11,16 @@
 mod common;
 
 use common::{fixtures, read_f32, read_i32, rel_err};
-use nanogpt::kernels::cpu::adamw::AdamW;
+use nanogpt::engine::cpu::CpuEngine;
+use nanogpt::engine::{AdamW, Engine, Mode};
 use nanogpt::model::weights::load_hf_dir;
-use nanogpt::model::{Gpt, Mode};
-use nanogpt::optim::Optimizer;
 use safetensors::SafeTensors;
 
 const B: usize = 2;
 const T: usize = 32;
 
-fn load() -> (Gpt, Vec<u8>) {
-    let model = load_hf_dir(&fixtures().join("tiny-gpt2")).expect("load tiny-gpt2");
+fn load() -> (CpuEngine, Vec<u8>) {
+    let model = CpuEngine::new(load_hf_dir(&fixtures().join("tiny-gpt2")).expect("load tiny-gpt2"));
     let refs = std::fs::read(fixtures().join("tiny-gpt2-refs.safetensors")).expect("read refs");
     (model, refs)
 }
@@ -31,8 +30,11 @@ fn tokens(v: &[i32]) -> Vec<u32> {
 }
 
 /// Our logits without the padding columns.
-fn real_logits(model: &Gpt) -> Vec<f32> {
-    let (v, vp) = (model.config.vocab_size, model.config.padded_vocab_size());
+fn real_logits(model: &CpuEngine) -> Vec<f32> {
+    let (v, vp) = (
+        model.model.config.vocab_size,
+        model.model.config.padded_vocab_size(),
+    );
     model
         .logits()
         .chunks(vp)
@@ -59,13 +61,15 @@ fn logits_loss_and_gradients_match_pytorch() {
 
     model.zero_grad();
     model.backward(1.0).unwrap();
-    let v = model.config.vocab_size;
-    for entry in &model.table.entries {
+    let v = model.model.config.vocab_size;
+    for entry in &model.model.table.entries {
         let mut ours = &model.grads[entry.range()];
         if entry.name == "wte.weight" {
             // Padding rows have no reference; they must stay exactly zero.
-            assert!(ours[v * model.config.n_embd..].iter().all(|&g| g == 0.0));
-            ours = &ours[..v * model.config.n_embd];
+            assert!(ours[v * model.model.config.n_embd..]
+                .iter()
+                .all(|&g| g == 0.0));
+            ours = &ours[..v * model.model.config.n_embd];
         }
         let reference = read_f32(&st, &format!("grad.transformer.{}", entry.name));
         let e = rel_err(ours, &reference);
@@ -89,7 +93,7 @@ fn ten_adamw_steps_match_pytorch() {
         eps: 1e-8,
         weight_decay: 0.1,
     };
-    let mut opt = Optimizer::new(&model, hyper);
+    model.set_adamw(hyper);
     for s in 0..10 {
         let r = s * B * T..(s + 1) * B * T;
         let loss = model
@@ -104,7 +108,7 @@ fn ten_adamw_steps_match_pytorch() {
             .unwrap();
         model.zero_grad();
         model.backward(1.0).unwrap();
-        let norm = opt.step(&mut model, 1e-3, 1.0);
+        let norm = model.update(1e-3, 1.0);
         let (el, en) = (
             ((loss - ref_losses[s]) / ref_losses[s]).abs(),
             ((norm - ref_norms[s]) / ref_norms[s]).abs(),
@@ -120,9 +124,9 @@ fn ten_adamw_steps_match_pytorch() {
             ref_norms[s]
         );
     }
-    let v = model.config.vocab_size * model.config.n_embd;
-    for entry in &model.table.entries {
-        let mut ours = &model.params[entry.range()];
+    let v = model.model.config.vocab_size * model.model.config.n_embd;
+    for entry in &model.model.table.entries {
+        let mut ours = &model.model.params[entry.range()];
         if entry.name == "wte.weight" {
             ours = &ours[..v];
         }

@@ -5,9 +5,9 @@
 mod common;
 
 use common::fixtures;
-use nanogpt::model::inference::KvCache;
+use nanogpt::engine::cpu::CpuEngine;
+use nanogpt::engine::{Engine, Mode};
 use nanogpt::model::weights::load_hf_dir;
-use nanogpt::model::{Gpt, Mode};
 use nanogpt::sample::processors::{self, banned_ngram_tokens, Processors};
 use nanogpt::sample::repetition::{self, LoopRule};
 use nanogpt::sample::{
@@ -20,9 +20,11 @@ use std::sync::OnceLock;
 
 const NEG: f32 = f32::NEG_INFINITY;
 
-fn tiny() -> &'static Gpt {
-    static M: OnceLock<Gpt> = OnceLock::new();
-    M.get_or_init(|| load_hf_dir(&fixtures().join("tiny-gpt2")).expect("load tiny-gpt2"))
+fn tiny() -> &'static CpuEngine {
+    static M: OnceLock<CpuEngine> = OnceLock::new();
+    M.get_or_init(|| {
+        CpuEngine::new(load_hf_dir(&fixtures().join("tiny-gpt2")).expect("load tiny-gpt2"))
+    })
 }
 
 fn fixture() -> Value {
@@ -49,7 +51,7 @@ fn floats(v: &Value) -> Vec<f32> {
 
 const NO_EOS: IdsOnly = IdsOnly { eot: None };
 
-fn run(model: &Gpt, prompt: &[u32], cfg: &SamplingConfig) -> Vec<Generation> {
+fn run(model: &dyn Engine, prompt: &[u32], cfg: &SamplingConfig) -> Vec<Generation> {
     generate(model, prompt, cfg, &NO_EOS, &mut |_, _| {}).expect("generate")
 }
 
@@ -132,12 +134,12 @@ fn config_from_name(name: &str) -> SamplingConfig {
     cfg
 }
 
-fn last_logits(model: &Gpt, prompt: &[u32]) -> Vec<f32> {
-    let cfg = &model.config;
-    let mut cache = KvCache::new(model, 1, prompt.len());
+fn last_logits(model: &dyn Engine, prompt: &[u32]) -> Vec<f32> {
+    let cfg = model.config();
+    let mut cache = model.kv_cache(1, prompt.len());
     let mut logits = vec![0.0; cfg.padded_vocab_size()];
     model
-        .forward_cached(&mut cache, prompt, prompt.len(), &mut logits)
+        .forward_cached_all(&mut cache, prompt, prompt.len(), &mut logits)
         .expect("forward");
     logits.truncate(cfg.vocab_size);
     logits
@@ -505,11 +507,11 @@ fn stop_scan_across_tokens() {
 
 /// The argmax continuation computed the slow way: the full forward pass over the last block_size
 /// tokens at every step (nanoGPT's loop without a cache).
-fn greedy_by_full_forward(model: &mut Gpt, prompt: &[u32], steps: usize) -> Vec<u32> {
+fn greedy_by_full_forward(model: &mut CpuEngine, prompt: &[u32], steps: usize) -> Vec<u32> {
     let (block, v, vp) = (
-        model.config.block_size,
-        model.config.vocab_size,
-        model.config.padded_vocab_size(),
+        model.config().block_size,
+        model.config().vocab_size,
+        model.config().padded_vocab_size(),
     );
     let mut seq = prompt.to_vec();
     for _ in 0..steps {
@@ -536,7 +538,7 @@ fn shakespeare_ids(n: usize) -> Vec<u32> {
 
 #[test]
 fn kv_cache_generation_equals_full_recompute() {
-    let mut full = load_hf_dir(&fixtures().join("tiny-gpt2")).unwrap();
+    let mut full = CpuEngine::new(load_hf_dir(&fixtures().join("tiny-gpt2")).unwrap());
     let model = tiny();
     // Short context; then a prompt near block_size (128) so generation crosses the window and
     // the cache is recomputed from the cropped context.
@@ -571,7 +573,7 @@ fn kv_cache_generation_equals_full_recompute() {
 fn prompt_longer_than_block_size_is_cropped() {
     let model = tiny();
     let prompt = shakespeare_ids(200);
-    let block = model.config.block_size;
+    let block = model.config().block_size;
     let cfg = SamplingConfig::greedy(10);
     let long = run(model, &prompt, &cfg);
     let cropped = run(model, &prompt[prompt.len() - block..], &cfg);
@@ -884,28 +886,33 @@ fn beam_sampling_is_seeded() {
 #[test]
 fn kv_cache_reorder_permutes_duplicates_and_drops_rows() {
     let model = tiny();
-    let (v, vp) = (model.config.vocab_size, model.config.padded_vocab_size());
+    let (v, vp) = (
+        model.config().vocab_size,
+        model.config().padded_vocab_size(),
+    );
     let seqs = [
         shakespeare_ids(9),
         shakespeare_ids(20)[11..].to_vec(),
         vec![50256; 9],
     ];
-    let mut cache = KvCache::new(model, 3, 12);
+    let mut cache = model.kv_cache(3, 12);
     let flat: Vec<u32> = seqs.iter().flatten().copied().collect();
     let mut logits = vec![0.0; 3 * vp];
     model
-        .forward_cached(&mut cache, &flat, 9, &mut logits)
+        .forward_cached_all(&mut cache, &flat, 9, &mut logits)
         .unwrap();
     let next = [198u32, 13, 11, 40];
     for rows in [vec![2, 0, 0], vec![1, 2, 0], vec![1], vec![2, 1, 0, 0]] {
-        let mut c = KvCache::new(model, 3, 12);
-        model.forward_cached(&mut c, &flat, 9, &mut logits).unwrap();
-        c.reorder(&rows).unwrap();
-        assert_eq!(c.batch(), rows.len());
+        let mut c = model.kv_cache(3, 12);
+        model
+            .forward_cached_all(&mut c, &flat, 9, &mut logits)
+            .unwrap();
+        model.reorder_cache(&mut c, &rows).unwrap();
+        assert_eq!(c.rows(), rows.len());
         let b = rows.len();
         let mut got = vec![0.0; b * vp];
         model
-            .forward_cached(&mut c, &next[..b], 1, &mut got)
+            .forward_cached_all(&mut c, &next[..b], 1, &mut got)
             .unwrap();
         for (i, &r) in rows.iter().enumerate() {
             let mut s = seqs[r].clone();
@@ -915,7 +922,7 @@ fn kv_cache_reorder_permutes_duplicates_and_drops_rows() {
             assert!(e < 1e-5, "rows {rows:?}, row {i}: rel err {e}");
         }
     }
-    assert!(cache.reorder(&[3]).is_err());
+    assert!(model.reorder_cache(&mut cache, &[3]).is_err());
 }
 
 #[test]

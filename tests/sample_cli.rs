@@ -5,9 +5,8 @@
 mod common;
 
 use common::fixtures;
-use nanogpt::kernels::cpu::adamw::AdamW;
+use nanogpt::engine::cpu::CpuEngine;
 use nanogpt::model::Gpt;
-use nanogpt::optim::Optimizer;
 use nanogpt::sample::cli::{run_repetition, run_sample, RepetitionArgs, SampleArgs, SEPARATOR};
 use nanogpt::tokenizer::CharVocab;
 use nanogpt::train::TrainConfig;
@@ -289,24 +288,14 @@ fn char_checkpoint(root: &std::path::Path) -> PathBuf {
         bias: true,
         dropout: 0.0,
     };
-    let model = Gpt::new(cfg, 1).unwrap();
-    let opt = Optimizer::new(
-        &model,
-        AdamW {
-            lr: 1e-3,
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-            weight_decay: 0.1,
-        },
-    );
+    let model = CpuEngine::new(Gpt::new(cfg, 1).unwrap());
     let train = TrainConfig {
         dataset: "chars".into(),
         data_dir: data.display().to_string(),
         ..TrainConfig::default()
     };
     let out = root.join("out");
-    nanogpt::train::checkpoint::save(&out.join("best"), &model, &opt, &train, 1, 9.0).unwrap();
+    nanogpt::train::checkpoint::save(&out.join("best"), &model, &train, 1, 9.0).unwrap();
     out
 }
 

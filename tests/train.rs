@@ -6,9 +6,9 @@
 mod common;
 
 use nanogpt::data::{prepare_shakespeare_char, write_tokens, TokenFile, TokenFormat};
-use nanogpt::kernels::cpu::adamw::AdamW;
+use nanogpt::engine::cpu::CpuEngine;
+use nanogpt::engine::{Engine, Mode};
 use nanogpt::model::weights::load_hf_dir;
-use nanogpt::model::Mode;
 use nanogpt::rng::Rng;
 use nanogpt::train::checkpoint;
 use nanogpt::train::config::{learning_rate_at, KEYS};
@@ -172,16 +172,6 @@ fn eval_bits(e: &[(usize, f32, f32)]) -> Vec<(usize, u32, u32)> {
     e.iter()
         .map(|&(i, t, v)| (i, t.to_bits(), v.to_bits()))
         .collect()
-}
-
-fn hyper() -> AdamW {
-    AdamW {
-        lr: 1e-3,
-        beta1: 0.9,
-        beta2: 0.95,
-        eps: 1e-8,
-        weight_decay: 0.1,
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -601,7 +591,7 @@ fn learns_tiny_shakespeare() {
     assert_eq!(hf_cfg["n_positions"], 32);
     assert_eq!(hf_cfg["n_embd"], 64);
     let hf = load_hf_dir(&best_dir).unwrap_or_else(|e| panic!("load_hf_dir: {e:#}"));
-    let (ck, _, state) = checkpoint::load(&best_dir, hyper()).expect("checkpoint::load");
+    let (ck, _, state) = checkpoint::load(&best_dir).expect("checkpoint::load");
     assert_eq!(state.iter_num, best_iter);
     assert!(!ck.config.bias, "trained without biases");
     assert!(
@@ -615,7 +605,7 @@ fn learns_tiny_shakespeare() {
     assert_eq!((hf.config.vocab_size, hf.config.block_size), (65, 32));
     let val = TokenFile::open(&data_dir.join("shakespeare_char/val.bin"), 65).expect("val.bin");
     let (x, y) = val.get_batch(&mut Rng::new(7), 4, 32).expect("batch");
-    let (mut hf, mut ck) = (hf, ck);
+    let (mut hf, mut ck) = (CpuEngine::new(hf), CpuEngine::new(ck));
     let l_hf = hf
         .forward(&x, Some(&y), 4, 32, Mode::Eval)
         .expect("forward")
@@ -902,7 +892,7 @@ fn nan_at_an_evaluation_keeps_the_checkpoint() {
     cfg.eval_interval = 1; // every iteration evaluates before it trains
     let e = run_err(&cfg);
     assert!(e.contains("iteration"), "{e}");
-    let (model, _, state) = checkpoint::load(&out.join("latest"), hyper()).expect("load latest");
+    let (model, _, state) = checkpoint::load(&out.join("latest")).expect("load latest");
     let bad = model.params.iter().filter(|x| !x.is_finite()).count();
     assert_eq!(
         bad, 0,

@@ -3,8 +3,7 @@
 
 use super::dataset::{ArithmeticOptions, OPTIONS_FILE};
 use super::problems::{parse_answer, Format, Op, Problem};
-use crate::model::inference::KvCache;
-use crate::model::Gpt;
+use crate::engine::Engine;
 use crate::sample::dist::argmax;
 use crate::tokenizer::CharVocab;
 use anyhow::{bail, Context, Result};
@@ -49,7 +48,7 @@ pub struct ArithmeticReport {
 
 /// A model's greedy completion of each problem (`\n` + prompt), cut at the first newline.
 pub fn complete(
-    model: &Gpt,
+    model: &dyn Engine,
     vocab: &CharVocab,
     problems: &[Problem],
     format: Format,
@@ -61,7 +60,7 @@ pub fn complete(
     for (i, p) in problems.iter().enumerate() {
         by_len.entry(p.prompt().len() + 1).or_default().push(i);
     }
-    let vp = model.config.padded_vocab_size();
+    let vp = model.config().padded_vocab_size();
     for (plen, idx) in by_len {
         for chunk in idx.chunks(BATCH) {
             let b = chunk.len();
@@ -71,26 +70,26 @@ pub fn complete(
                 .map(|&i| problems[i].completion(format).len() + 3)
                 .max()
                 .unwrap_or(1);
-            let max_t = (plen + max_new).min(model.config.block_size);
+            let max_t = (plen + max_new).min(model.config().block_size);
             if plen >= max_t {
                 bail!(
                     "prompts of {plen} characters do not fit the model's block_size {}",
-                    model.config.block_size
+                    model.config().block_size
                 );
             }
             let mut tokens = Vec::with_capacity(b * plen);
             for &i in chunk {
                 tokens.extend(vocab.encode(&format!("\n{}", problems[i].prompt()))?);
             }
-            let mut cache = KvCache::new(model, b, max_t);
+            let mut cache = model.kv_cache(b, max_t);
             let mut logits = vec![0.0f32; b * vp];
-            model.forward_cached(&mut cache, &tokens, plen, &mut logits)?;
+            model.forward_cached_all(&mut cache, &tokens, plen, &mut logits)?;
             let mut done = vec![false; b];
             let mut generated: Vec<Vec<u32>> = vec![Vec::new(); b];
             loop {
                 let next: Vec<u32> = (0..b)
                     .map(|r| {
-                        argmax(&logits[r * vp..r * vp + model.config.vocab_size]).unwrap_or(0)
+                        argmax(&logits[r * vp..r * vp + model.config().vocab_size]).unwrap_or(0)
                             as u32
                     })
                     .collect();
@@ -104,12 +103,12 @@ pub fn complete(
                     }
                 }
                 if done.iter().all(|&d| d)
-                    || cache.len >= max_t
+                    || cache.len(0) >= max_t
                     || generated.iter().any(|g| g.len() >= max_new)
                 {
                     break;
                 }
-                model.forward_cached(&mut cache, &next, 1, &mut logits)?;
+                model.forward_cached_all(&mut cache, &next, 1, &mut logits)?;
             }
             for (r, &i) in chunk.iter().enumerate() {
                 out[i] = vocab.decode(&generated[r])?;
@@ -199,7 +198,7 @@ pub fn read_problems(path: &Path) -> Result<Vec<Problem>> {
 }
 
 /// Evaluates `model` on the dataset in `data_dir` (made by `prepare arithmetic`).
-pub fn evaluate(model: &Gpt, data_dir: &Path) -> Result<ArithmeticReport> {
+pub fn evaluate(model: &dyn Engine, data_dir: &Path) -> Result<ArithmeticReport> {
     let opts_path = data_dir.join(OPTIONS_FILE);
     let text = std::fs::read_to_string(&opts_path).with_context(|| {
         format!(
@@ -210,10 +209,10 @@ pub fn evaluate(model: &Gpt, data_dir: &Path) -> Result<ArithmeticReport> {
     let opts: ArithmeticOptions = serde_json::from_str(&text)
         .with_context(|| format!("{} is damaged", opts_path.display()))?;
     let vocab = CharVocab::load(&data_dir.join("meta.json"))?;
-    if vocab.vocab_size() != model.config.vocab_size {
+    if vocab.vocab_size() != model.config().vocab_size {
         bail!(
             "the model's vocabulary ({}) is not the dataset's ({}): was it trained on {}?",
-            model.config.vocab_size,
+            model.config().vocab_size,
             vocab.vocab_size(),
             data_dir.display()
         );

@@ -4,6 +4,7 @@
 
 use super::dataset::{prepare_arithmetic, ArithmeticOptions};
 use super::eval::{evaluate, ArithmeticReport};
+use crate::engine;
 use crate::train::checkpoint::load_trained_model;
 use crate::train::{train, TrainConfig};
 use anyhow::Result;
@@ -40,5 +41,8 @@ pub fn quickstart(
     cfg.apply_overrides(overrides)?;
     train(&cfg, log, stop)?;
     let (model, _) = load_trained_model(out_dir)?;
-    evaluate(&model, &dataset_dir)
+    evaluate(
+        engine::open(model, engine::Device::Auto)?.as_ref(),
+        &dataset_dir,
+    )
 }

@@ -4,7 +4,14 @@
 //! device, and runs the GPT's forward and backward passes, the optimizer step and cached
 //! inference there. Everything above this module talks to a backend through [`Engine`] only.
 
+pub mod cpu;
+
+use crate::config::GptConfig;
+use crate::model::Gpt;
+pub use crate::optim::{AdamW, OptimizerState};
 use anyhow::{bail, Result};
+use cpu::CpuEngine;
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
@@ -40,5 +47,167 @@ impl fmt::Display for Device {
             Device::Cuda => "cuda",
             Device::Auto => "auto",
         })
+    }
+}
+
+/// Train mode applies dropout with masks derived from `seed`; eval mode has no dropout.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Mode {
+    Train { seed: u64 },
+    Eval,
+}
+
+/// The backend for `device`, holding `model`. `auto` is the CPU until a CUDA backend exists.
+pub fn open(model: Gpt, device: Device) -> Result<Box<dyn Engine>> {
+    match device {
+        Device::Cpu | Device::Auto => Ok(Box::new(CpuEngine::new(model))),
+        Device::Cuda => {
+            bail!("--device=cuda: this build has no CUDA backend yet; use --device=cpu (or auto)")
+        }
+    }
+}
+
+/// One sequence's new tokens in a cached forward pass: `tokens` are appended to cache row `row`
+/// after the positions it already holds.
+#[derive(Clone, Copy, Debug)]
+pub struct Feed<'a> {
+    pub row: usize,
+    pub tokens: &'a [u32],
+}
+
+/// Keys and values of `rows` sequences of up to `capacity` tokens each. Every row holds its own
+/// number of positions, so one batch can prefill a sequence while others decode, and a finished
+/// row can be freed and reused. The storage belongs to the backend that made the cache.
+pub struct KvCache {
+    lens: Vec<usize>,
+    capacity: usize,
+    pub(crate) storage: Box<dyn std::any::Any + Send>,
+}
+
+impl KvCache {
+    pub(crate) fn new(
+        rows: usize,
+        capacity: usize,
+        storage: Box<dyn std::any::Any + Send>,
+    ) -> Self {
+        KvCache {
+            lens: vec![0; rows],
+            capacity,
+            storage,
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.lens.len()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Positions held by row `row`.
+    pub fn len(&self, row: usize) -> usize {
+        self.lens[row]
+    }
+
+    /// Positions held by each row.
+    pub fn lens(&self) -> &[usize] {
+        &self.lens
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lens.iter().all(|&n| n == 0)
+    }
+
+    /// Empties row `row` for a new sequence.
+    pub fn free(&mut self, row: usize) {
+        self.lens[row] = 0;
+    }
+
+    /// Empties every row.
+    pub fn clear(&mut self) {
+        self.lens.fill(0);
+    }
+
+    pub(crate) fn lens_mut(&mut self) -> &mut Vec<usize> {
+        &mut self.lens
+    }
+}
+
+/// What training, sampling, `bench` and `eval` ask of a backend: llm.c's `train_gpt2.c` and
+/// `train_gpt2.cu` are two implementations of this. Parameters, gradients and AdamW moments
+/// share the [`ParamTable`](crate::model::ParamTable) layout, so state crosses the seam as flat buffers.
+pub trait Engine {
+    /// The device, as the log names it.
+    fn device_name(&self) -> String;
+    /// Dense peak TFLOP/s of this device for the precision it trains in (the MFU denominator),
+    /// and where the figure comes from.
+    fn peak_tflops(&self) -> (f64, &'static str);
+    fn config(&self) -> &GptConfig;
+
+    /// Forward pass over `tokens` (B*T, row-major). With `targets` (-1 = ignore) returns the mean
+    /// loss over the positions that have one.
+    fn forward(
+        &mut self,
+        tokens: &[u32],
+        targets: Option<&[i32]>,
+        b: usize,
+        t: usize,
+        mode: Mode,
+    ) -> Result<Option<f32>>;
+    /// Adds the gradient of `grad_scale` x the last forward's loss to the gradients (scale is
+    /// 1/gradient_accumulation_steps when accumulating).
+    fn backward(&mut self, grad_scale: f32) -> Result<()>;
+    fn zero_grad(&mut self);
+    /// The global L2 norm of the gradients.
+    fn grad_norm(&mut self) -> f32;
+    /// Clips the gradients to global norm `grad_clip` (0 = off), then one AdamW step with
+    /// learning rate `lr`. Returns the norm before clipping.
+    fn update(&mut self, lr: f32, grad_clip: f32) -> f32;
+    /// AdamW's hyperparameters (the learning rate is given per step to [`Engine::update`]).
+    fn set_adamw(&mut self, hyper: AdamW);
+
+    /// An empty cache for `rows` sequences of up to `capacity` tokens (at most block_size).
+    fn kv_cache(&self, rows: usize, capacity: usize) -> KvCache;
+    /// Appends each feed's tokens to its row of the cache and writes the logits of each feed's
+    /// last token to `logits` (one padded-vocabulary row per feed, in feed order; columns past
+    /// `vocab_size` are padding). Rows not fed are left as they are.
+    fn forward_cached(&self, cache: &mut KvCache, feeds: &[Feed], logits: &mut [f32])
+        -> Result<()>;
+    /// Rebuilds the cache from its own rows: new row `i` is old row `rows[i]`. Rows may be
+    /// permuted, duplicated (beam search, several samples from one prompt) or dropped.
+    fn reorder_cache(&self, cache: &mut KvCache, rows: &[usize]) -> Result<()>;
+
+    /// The parameters on the host, with the config and table (for checkpoints).
+    fn model(&self) -> Cow<'_, Gpt>;
+    /// The gradients on the host, in the parameter layout.
+    fn grads(&self) -> Cow<'_, [f32]>;
+    /// The AdamW state on the host, in the parameter layout.
+    fn optimizer_state(&self) -> Cow<'_, OptimizerState>;
+    fn set_optimizer_state(&mut self, state: OptimizerState) -> Result<()>;
+
+    /// Every row of `cache` takes `n` more tokens (`tokens` is rows x n, row-major): a prompt
+    /// pass over a batch, or one decoding step.
+    fn forward_cached_all(
+        &self,
+        cache: &mut KvCache,
+        tokens: &[u32],
+        n: usize,
+        logits: &mut [f32],
+    ) -> Result<()> {
+        let rows = cache.rows();
+        if n == 0 || tokens.len() != rows * n {
+            bail!(
+                "expected {} tokens ({rows} sequences x {n}), got {}",
+                rows * n,
+                tokens.len()
+            );
+        }
+        let feeds: Vec<Feed> = tokens
+            .chunks(n)
+            .enumerate()
+            .map(|(row, tokens)| Feed { row, tokens })
+            .collect();
+        self.forward_cached(cache, &feeds, logits)
     }
 }

@@ -28,7 +28,7 @@ use super::dist::{log_softmax_inplace, sample_weights};
 use super::generate::{sample_rng, start_tokens, FinishReason, Generation};
 use super::processors::Processors;
 use super::stop::{StopScan, Vocab};
-use crate::model::Gpt;
+use crate::engine::Engine;
 use anyhow::{bail, Result};
 
 #[derive(Clone)]
@@ -69,7 +69,7 @@ fn top_of_row(row: &[f32], k: usize) -> Vec<(f32, u32)> {
 /// Beam search from `prompt` (see the module docs). `on_token` gets each returned sequence's
 /// tokens after the search.
 pub fn beam_search(
-    model: &Gpt,
+    model: &dyn Engine,
     prompt: &[u32],
     cfg: &SamplingConfig,
     vocab: &dyn Vocab,
@@ -89,7 +89,7 @@ pub fn beam_search(
             .collect();
         return Ok(out);
     }
-    let vocab_size = model.config.vocab_size;
+    let vocab_size = model.config().vocab_size;
     let procs = Processors::new(cfg, vocab_size);
     let eot = if cfg.stop_at_eot { vocab.eot() } else { None };
     let sampling = cfg.sampling();

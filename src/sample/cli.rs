@@ -45,6 +45,7 @@ use super::generate::{generate, start_tokens, FinishReason, Generation};
 use super::repetition::{measure_generations, LoopRule};
 use super::report::{self, RepetitionReport, RepetitionRow};
 use super::stop::{StopScan, Vocab};
+use crate::engine::{self, Device};
 use crate::model::pretrained::{
     download_gpt2, find_model_dir, hf_endpoint, hf_hub_cache, hf_offline, GPT2_NAMES,
 };
@@ -753,8 +754,9 @@ pub fn run_sample(
         }
     }
     let loaded = load_model(&args.model, err)?;
-    let (model, tok) = (&loaded.model, &loaded.tokenizer);
-    let cfg = args.config(tok, model.config.vocab_size)?;
+    let engine = engine::open(loaded.model, Device::Auto)?;
+    let (model, tok) = (engine.as_ref(), &loaded.tokenizer);
+    let cfg = args.config(tok, model.config().vocab_size)?;
     let prompt = tok
         .encode(&prompt_text)
         .context("cannot encode --start with the model's vocabulary")?;
@@ -766,7 +768,7 @@ pub fn run_sample(
             start.first().copied().unwrap_or_default()
         )?;
     }
-    let block = model.config.block_size;
+    let block = model.config().block_size;
     if start.len() > block {
         writeln!(
             err,
@@ -1114,7 +1116,8 @@ pub fn run_repetition(
     }
     let prompts = read_prompts(args.prompts.as_deref())?;
     let loaded = load_model(&args.model, err)?;
-    let (model, tok) = (&loaded.model, &loaded.tokenizer);
+    let engine = engine::open(loaded.model, Device::Auto)?;
+    let (model, tok) = (engine.as_ref(), &loaded.tokenizer);
     let mut encoded = Vec::with_capacity(prompts.len());
     for (i, p) in prompts.iter().enumerate() {
         let ids = tok.encode(p).with_context(|| {
@@ -1136,7 +1139,7 @@ pub fn run_repetition(
         };
         if cfg.dry_enabled() {
             cfg.dry.breakers =
-                dry_breaker_ids(tok, model.config.vocab_size, &setting.dry_breakers)?;
+                dry_breaker_ids(tok, model.config().vocab_size, &setting.dry_breakers)?;
         }
         let mut gens = Vec::new();
         for ids in &encoded {

@@ -9,12 +9,11 @@
 //! context window generation therefore costs a full `block_size` forward per token, as
 //! nanoGPT's own loop does, and gives the same tokens.
 
-use crate::model::inference::KvCache;
-use crate::model::Gpt;
+use crate::engine::{Engine, KvCache};
 use anyhow::{bail, Result};
 
 pub struct Context<'m> {
-    model: &'m Gpt,
+    model: &'m dyn Engine,
     cache: KvCache,
     logits: Vec<f32>,
     /// Full-window recomputations done so far (after the context filled up).
@@ -25,12 +24,12 @@ impl<'m> Context<'m> {
     /// Runs `prompt` (its last `block_size` tokens) through the model once and copies the result
     /// into `rows` identical rows. `max_new_tokens` sizes the cache.
     pub fn start(
-        model: &'m Gpt,
+        model: &'m dyn Engine,
         prompt: &[u32],
         rows: usize,
         max_new_tokens: usize,
     ) -> Result<Context<'m>> {
-        let cfg = &model.config;
+        let cfg = model.config();
         if prompt.is_empty() {
             bail!("the prompt has no tokens: give at least one (e.g. the end-of-text token)");
         }
@@ -40,12 +39,12 @@ impl<'m> Context<'m> {
         let block = cfg.block_size;
         let window = &prompt[prompt.len().saturating_sub(block)..];
         let capacity = (window.len() + max_new_tokens).min(block);
-        let mut cache = KvCache::new(model, 1, capacity);
+        let mut cache = model.kv_cache(1, capacity);
         let vp = cfg.padded_vocab_size();
         let mut logits = vec![0.0f32; vp];
-        model.forward_cached(&mut cache, window, window.len(), &mut logits)?;
+        model.forward_cached_all(&mut cache, window, window.len(), &mut logits)?;
         if rows > 1 {
-            cache.reorder(&vec![0; rows])?;
+            model.reorder_cache(&mut cache, &vec![0; rows])?;
             logits = logits.repeat(rows);
         }
         Ok(Context {
@@ -57,21 +56,21 @@ impl<'m> Context<'m> {
     }
 
     pub fn rows(&self) -> usize {
-        self.cache.batch()
+        self.cache.rows()
     }
 
     /// The logits of row `r`'s next token over the real vocabulary (padding excluded).
     pub fn logits(&self, r: usize) -> &[f32] {
-        let cfg = &self.model.config;
+        let cfg = self.model.config();
         let vp = cfg.padded_vocab_size();
         &self.logits[r * vp..r * vp + cfg.vocab_size]
     }
 
-    /// New row `i` is old row `rows[i]` (see [`KvCache::reorder`]). The logits are stale until
+    /// New row `i` is old row `rows[i]` (see [`Engine::reorder_cache`]). The logits are stale until
     /// the next [`Context::advance`].
     pub fn reorder(&mut self, rows: &[usize]) -> Result<()> {
-        self.cache.reorder(rows)?;
-        let vp = self.model.config.padded_vocab_size();
+        self.model.reorder_cache(&mut self.cache, rows)?;
+        let vp = self.model.config().padded_vocab_size();
         self.logits.resize(rows.len() * vp, 0.0);
         Ok(())
     }
@@ -79,7 +78,7 @@ impl<'m> Context<'m> {
     /// Feeds each row's newest token: `seqs[r]` is row r's whole sequence (prompt + generated,
     /// uncropped), ending with the token to feed. All rows must have the same length.
     pub fn advance(&mut self, seqs: &[&[u32]]) -> Result<()> {
-        let b = self.cache.batch();
+        let b = self.cache.rows();
         if seqs.len() != b {
             bail!("{} sequences for {b} rows", seqs.len());
         }
@@ -87,12 +86,12 @@ impl<'m> Context<'m> {
         if seqs.iter().any(|s| s.len() != len) || len == 0 {
             bail!("all rows must hold the same, non-zero number of tokens");
         }
-        let block = self.model.config.block_size;
-        if self.cache.len < self.cache.capacity() {
+        let block = self.model.config().block_size;
+        if self.cache.len(0) < self.cache.capacity() {
             let next: Vec<u32> = seqs.iter().map(|s| s[len - 1]).collect();
             return self
                 .model
-                .forward_cached(&mut self.cache, &next, 1, &mut self.logits);
+                .forward_cached_all(&mut self.cache, &next, 1, &mut self.logits);
         }
         // The cache is full: recompute it from the last `block_size` tokens of each row.
         let n = len.min(block).min(self.cache.capacity());
@@ -103,6 +102,6 @@ impl<'m> Context<'m> {
         self.cache.clear();
         self.recomputes += 1;
         self.model
-            .forward_cached(&mut self.cache, &tokens, n, &mut self.logits)
+            .forward_cached_all(&mut self.cache, &tokens, n, &mut self.logits)
     }
 }

@@ -6,7 +6,7 @@ use super::context::Context;
 use super::dist::{argmax, logsumexp, sample_logits};
 use super::processors::Processors;
 use super::stop::{StopScan, Vocab};
-use crate::model::Gpt;
+use crate::engine::Engine;
 use crate::rng::{mix64, Rng};
 use anyhow::{anyhow, bail, Result};
 
@@ -50,8 +50,8 @@ impl Generation {
 /// The token sequence generation starts from. An empty prompt starts from the end-of-text token
 /// when the vocabulary has one (as transformers starts GPT-2 from its BOS = `<|endoftext|>`);
 /// otherwise it is an error, since the model needs at least one token to predict the next.
-pub fn start_tokens(model: &Gpt, prompt: &[u32], vocab: &dyn Vocab) -> Result<Vec<u32>> {
-    let v = model.config.vocab_size;
+pub fn start_tokens(model: &dyn Engine, prompt: &[u32], vocab: &dyn Vocab) -> Result<Vec<u32>> {
+    let v = model.config().vocab_size;
     if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= v) {
         bail!("prompt token {bad} is outside the model's vocabulary (vocab_size {v}): encode the prompt with the model's tokenizer");
     }
@@ -74,7 +74,7 @@ pub(crate) fn sample_rng(seed: u64, i: usize) -> Rng {
 /// appended to `Generation::tokens`, in order (beam search calls it once the search is over, for
 /// each returned sequence, since beams change until the end).
 pub fn generate(
-    model: &Gpt,
+    model: &dyn Engine,
     prompt: &[u32],
     cfg: &SamplingConfig,
     vocab: &dyn Vocab,
@@ -107,7 +107,7 @@ pub fn generate(
 
 /// Samples `first..first+g`, decoded together.
 fn sample_group(
-    model: &Gpt,
+    model: &dyn Engine,
     start: &[u32],
     cfg: &SamplingConfig,
     vocab: &dyn Vocab,
@@ -119,7 +119,7 @@ fn sample_group(
     if cfg.max_new_tokens == 0 {
         return Ok(gens);
     }
-    let procs = Processors::new(cfg, model.config.vocab_size);
+    let procs = Processors::new(cfg, model.config().vocab_size);
     let eot = if cfg.stop_at_eot { vocab.eot() } else { None };
     let sampling = cfg.sampling();
     let n_prompt = start.len();

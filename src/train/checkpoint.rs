@@ -9,9 +9,9 @@
 use super::config::TrainConfig;
 use crate::atomic_file::write_atomic;
 use crate::config::GptConfig;
+use crate::engine::{Engine, OptimizerState};
 use crate::model::weights::{f32_le_bytes, load_model_file, save_hf_dir};
 use crate::model::Gpt;
-use crate::optim::Optimizer;
 use anyhow::{bail, Context, Result};
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
@@ -35,12 +35,12 @@ pub struct TrainState {
 /// next iteration to run.
 pub fn save(
     dir: &Path,
-    model: &Gpt,
-    opt: &Optimizer,
+    engine: &dyn Engine,
     train: &TrainConfig,
     iter_num: usize,
     best_val_loss: f32,
 ) -> Result<()> {
+    let (model, opt) = (engine.model(), engine.optimizer_state());
     let state = TrainState {
         iter_num,
         best_val_loss,
@@ -54,7 +54,7 @@ pub fn save(
         std::fs::remove_dir_all(&tmp)
             .with_context(|| format!("cannot remove stale {}", tmp.display()))?;
     }
-    save_hf_dir(model, &tmp)?;
+    save_hf_dir(&model, &tmp)?;
     let tensors = [("m", &opt.m), ("v", &opt.v)]
         .into_iter()
         .map(|(name, x)| {
@@ -96,10 +96,7 @@ pub fn resolve(dir: &Path) -> Option<PathBuf> {
 }
 
 /// Loads model, optimizer and state from a checkpoint directory.
-pub fn load(
-    dir: &Path,
-    hyper: crate::kernels::cpu::adamw::AdamW,
-) -> Result<(Gpt, Optimizer, TrainState)> {
+pub fn load(dir: &Path) -> Result<(Gpt, OptimizerState, TrainState)> {
     let Some(dir) = resolve(dir) else {
         bail!("no checkpoint in {} (no {STATE_FILE}): train with init_from=scratch first, or check out_dir", dir.display());
     };
@@ -113,7 +110,7 @@ pub fn load(
             opt_path.display()
         )
     })?;
-    let mut opt = Optimizer::new(&model, hyper);
+    let mut opt = OptimizerState::new(model.params.len());
     for (name, dst) in [("m", &mut opt.m), ("v", &mut opt.v)] {
         let view = st
             .tensor(name)

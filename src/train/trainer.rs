@@ -6,11 +6,10 @@ use super::config::{learning_rate_at, TrainConfig};
 use super::metrics::Metrics;
 use crate::data::batch::mask_to_completions;
 use crate::data::TokenFile;
-use crate::kernels::cpu::adamw::AdamW;
+use crate::engine::{self, AdamW, Device, Engine, Mode};
 use crate::model::pretrained::{load_pretrained, GPT2_NAMES};
-use crate::model::{Gpt, Mode};
-use crate::optim::Optimizer;
-use crate::perf::{measure_cpu_peak_tflops, mfu};
+use crate::model::Gpt;
+use crate::perf::mfu;
 use crate::rng::{mix64, Rng};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
@@ -58,7 +57,7 @@ pub fn train(cfg: &TrainConfig, log: &mut dyn Write, stop: &AtomicBool) -> Resul
         weight_decay: cfg.weight_decay,
     };
 
-    let (mut model, mut opt, mut iter_num, mut best_val_loss) = match cfg.init_from.as_str() {
+    let (model, opt, mut iter_num, mut best_val_loss) = match cfg.init_from.as_str() {
         "scratch" => {
             let vocab = if cfg.vocab_size > 0 {
                 cfg.vocab_size
@@ -66,13 +65,12 @@ pub fn train(cfg: &TrainConfig, log: &mut dyn Write, stop: &AtomicBool) -> Resul
                 dataset_vocab(&data_dir)?
             };
             let model = Gpt::new(cfg.model_config(vocab), cfg.seed)?;
-            let opt = Optimizer::new(&model, hyper);
-            (model, opt, 0, f32::INFINITY)
+            (model, None, 0, f32::INFINITY)
         }
         "resume" => {
-            let (mut model, opt, state) = checkpoint::load(&out_dir.join("latest"), hyper)?;
+            let (mut model, opt, state) = checkpoint::load(&out_dir.join("latest"))?;
             model.set_dropout(cfg.dropout);
-            (model, opt, state.iter_num, state.best_val_loss)
+            (model, Some(opt), state.iter_num, state.best_val_loss)
         }
         name => {
             if !GPT2_NAMES.contains(&name) && !Path::new(name).is_dir() {
@@ -81,12 +79,15 @@ pub fn train(cfg: &TrainConfig, log: &mut dyn Write, stop: &AtomicBool) -> Resul
             let mut model = load_pretrained(name)?;
             model.crop_block_size(cfg.block_size);
             model.set_dropout(cfg.dropout);
-            let opt = Optimizer::new(&model, hyper);
-            (model, opt, 0, f32::INFINITY)
+            (model, None, 0, f32::INFINITY)
         }
     };
-    opt.hyper = hyper;
     let mcfg = model.config.clone();
+    let mut engine = engine::open(model, Device::Auto)?;
+    engine.set_adamw(hyper);
+    if let Some(opt) = opt {
+        engine.set_optimizer_state(opt)?;
+    }
     let (b, t) = (cfg.batch_size, cfg.block_size.min(mcfg.block_size));
     let train_data = Split::open(cfg, &data_dir, "train", mcfg.vocab_size, t)?;
     let val_data = Split::open(cfg, &data_dir, "val", mcfg.vocab_size, t)?;
@@ -97,22 +98,19 @@ pub fn train(cfg: &TrainConfig, log: &mut dyn Write, stop: &AtomicBool) -> Resul
     let (peak, peak_source) = if cfg.peak_tflops > 0.0 {
         (cfg.peak_tflops, "peak_tflops")
     } else {
-        (
-            measure_cpu_peak_tflops(),
-            "measured f32 matmul peak of this CPU",
-        )
+        engine.peak_tflops()
     };
     let tokens_per_iter = cfg.gradient_accumulation_steps * b * t;
     let flops_per_iter = mcfg.flops_per_token(t) * tokens_per_iter as f64;
     writeln!(
         log,
-        "{:.2}M parameters, {} tokens per iteration ({} x {} x {}), {} threads; MFU against {:.1} GFLOP/s ({peak_source})",
+        "{:.2}M parameters, {} tokens per iteration ({} x {} x {}), on {}; MFU against {:.1} GFLOP/s ({peak_source})",
         mcfg.num_params() as f64 / 1e6,
         tokens_per_iter,
         cfg.gradient_accumulation_steps,
         b,
         t,
-        rayon::current_num_threads(),
+        engine.device_name(),
         peak * 1e3
     )?;
 
@@ -127,8 +125,26 @@ pub fn train(cfg: &TrainConfig, log: &mut dyn Write, stop: &AtomicBool) -> Resul
         let lr = learning_rate_at(cfg, iter_num);
         if iter_num % cfg.eval_interval == 0 {
             let (train_loss, val_loss) = (
-                estimate_loss(&mut model, &train_data, cfg, iter_num, b, t, &mut x, &mut y)?,
-                estimate_loss(&mut model, &val_data, cfg, iter_num, b, t, &mut x, &mut y)?,
+                estimate_loss(
+                    engine.as_mut(),
+                    &train_data,
+                    cfg,
+                    iter_num,
+                    b,
+                    t,
+                    &mut x,
+                    &mut y,
+                )?,
+                estimate_loss(
+                    engine.as_mut(),
+                    &val_data,
+                    cfg,
+                    iter_num,
+                    b,
+                    t,
+                    &mut x,
+                    &mut y,
+                )?,
             );
             writeln!(
                 log,
@@ -152,8 +168,7 @@ pub fn train(cfg: &TrainConfig, log: &mut dyn Write, stop: &AtomicBool) -> Resul
                 if improved {
                     checkpoint::save(
                         &out_dir.join("best"),
-                        &model,
-                        &opt,
+                        engine.as_ref(),
                         cfg,
                         iter_num,
                         best_val_loss,
@@ -162,8 +177,7 @@ pub fn train(cfg: &TrainConfig, log: &mut dyn Write, stop: &AtomicBool) -> Resul
                 if improved || cfg.always_save_checkpoint {
                     checkpoint::save(
                         &out_dir.join("latest"),
-                        &model,
-                        &opt,
+                        engine.as_ref(),
                         cfg,
                         iter_num,
                         best_val_loss,
@@ -182,7 +196,7 @@ pub fn train(cfg: &TrainConfig, log: &mut dyn Write, stop: &AtomicBool) -> Resul
         }
 
         let t0 = Instant::now();
-        model.zero_grad();
+        engine.zero_grad();
         let mut loss_sum = 0.0f64;
         for micro in 0..cfg.gradient_accumulation_steps {
             let mut rng = Rng::new(stream_seed(cfg.seed, BATCHES, iter_num, micro));
@@ -190,7 +204,9 @@ pub fn train(cfg: &TrainConfig, log: &mut dyn Write, stop: &AtomicBool) -> Resul
             let mode = Mode::Train {
                 seed: stream_seed(cfg.seed, DROPOUT, iter_num, micro),
             };
-            let loss = model.forward(&x, Some(&y), b, t, mode)?.unwrap_or(f32::NAN);
+            let loss = engine
+                .forward(&x, Some(&y), b, t, mode)?
+                .unwrap_or(f32::NAN);
             if !loss.is_finite() {
                 bail!(
                     "loss became {loss} at iteration {iter_num}: training stopped; the last good checkpoint in {} is kept \
@@ -199,9 +215,9 @@ pub fn train(cfg: &TrainConfig, log: &mut dyn Write, stop: &AtomicBool) -> Resul
                 );
             }
             loss_sum += loss as f64;
-            model.backward(1.0 / cfg.gradient_accumulation_steps as f32)?;
+            engine.backward(1.0 / cfg.gradient_accumulation_steps as f32)?;
         }
-        opt.step(&mut model, lr, cfg.grad_clip);
+        engine.update(lr, cfg.grad_clip);
         let loss = (loss_sum / cfg.gradient_accumulation_steps as f64) as f32;
         summary.losses.push(loss);
         let ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -229,8 +245,7 @@ pub fn train(cfg: &TrainConfig, log: &mut dyn Write, stop: &AtomicBool) -> Resul
             // Always end with a checkpoint to resume from, whatever the eval schedule.
             checkpoint::save(
                 &out_dir.join("latest"),
-                &model,
-                &opt,
+                engine.as_ref(),
                 cfg,
                 iter_num,
                 best_val_loss,
@@ -257,7 +272,7 @@ pub fn train(cfg: &TrainConfig, log: &mut dyn Write, stop: &AtomicBool) -> Resul
 /// iteration, so evaluating never disturbs the training stream.
 #[allow(clippy::too_many_arguments)]
 fn estimate_loss(
-    model: &mut Gpt,
+    model: &mut dyn Engine,
     data: &Split,
     cfg: &TrainConfig,
     iter: usize,

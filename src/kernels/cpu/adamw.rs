@@ -4,18 +4,10 @@
 //! m = m + (1-b1)*(g - m);  v = b2*v + (1-b2)*g^2
 //! p -= (lr / (1-b1^t)) * m / (sqrt(v) / sqrt(1-b2^t) + eps)
 
+use crate::optim::AdamW;
 use rayon::prelude::*;
 
 const CHUNK: usize = 1 << 14;
-
-#[derive(Clone, Copy, Debug)]
-pub struct AdamW {
-    pub lr: f32,
-    pub beta1: f32,
-    pub beta2: f32,
-    pub eps: f32,
-    pub weight_decay: f32,
-}
 
 /// One update of the whole buffer for step `t` (1-based), in a single parallel pass.
 /// `groups` lists (first index, decays?) for consecutive ranges, sorted, starting at 0.

@@ -235,9 +235,21 @@ pub fn attention_forward(
     });
 }
 
-/// Inference with a KV cache: `n_new` queries per sequence at positions pos.. attend to the cached
-/// keys/values 0..pos+n_new. q: (B, n_new, q_rs) rows; k_cache, v_cache: (B, H, max_t, hs);
-/// out: (B, n_new, C).
+/// One sequence's queries in a cached forward pass: rows `first..first + n` of `q` and `out`, at
+/// positions `pos..pos + n`, attending to cache row `slot`'s keys/values at positions
+/// `0..pos + n`. Sequences of one call may sit at different positions.
+#[derive(Clone, Copy, Debug)]
+pub struct CachedQueries {
+    pub slot: usize,
+    pub first: usize,
+    pub n: usize,
+    pub pos: usize,
+}
+
+/// Inference with a KV cache. q: rows of stride `q_rs` (the query is the first C columns);
+/// k_cache, v_cache: (dims.batch cache rows, H, max_t, hs); out: rows of C. Each (sequence,
+/// head) is one task: the sequences of a decoding step run in one parallel pass whatever their
+/// positions. `seqs` must be in row order with disjoint rows.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_forward_cached(
     out: &mut [f32],
@@ -247,26 +259,43 @@ pub fn attention_forward_cached(
     v_cache: &[f32],
     dims: AttnDims,
     max_t: usize,
-    pos: usize,
-    n_new: usize,
+    seqs: &[CachedQueries],
 ) {
     let (c, hs, nh) = (dims.c(), dims.head_size, dims.n_head);
+    // What makes the unsafe writes below sound: in-bounds, rows in order and disjoint.
+    let cache_len = dims.batch * nh * max_t * hs;
+    let mut next_free_row = 0;
+    for s in seqs {
+        assert!(
+            s.n > 0
+                && s.first >= next_free_row
+                && s.slot < dims.batch
+                && s.pos + s.n <= max_t
+                && (s.first + s.n - 1) * q_rs + c <= q.len()
+                && (s.first + s.n) * c <= out.len()
+                && k_cache.len() >= cache_len
+                && v_cache.len() >= cache_len,
+            "cached attention: sequence {s:?} out of bounds or overlapping"
+        );
+        next_free_row = s.first + s.n;
+    }
     let out_ptr = SharedMut(out.as_mut_ptr());
-    (0..dims.batch * nh).into_par_iter().for_each(|bh| {
-        let (b, h) = (bh / nh, bh % nh);
-        let kv = (b * nh + h) * max_t * hs;
-        // SAFETY: (b, h) owns its own columns of out; the rest is read only.
+    (0..seqs.len() * nh).into_par_iter().for_each(|sh| {
+        let (s, h) = (&seqs[sh / nh], sh % nh);
+        let kv = (s.slot * nh + h) * max_t * hs;
+        // SAFETY: (sequence, head) owns its own rows and columns of out (sequences' rows are
+        // disjoint); the bounds were checked above; the rest is read only.
         unsafe {
             attend_head(
-                q.as_ptr().add(b * n_new * q_rs + h * hs),
+                q.as_ptr().add(s.first * q_rs + h * hs),
                 q_rs,
                 k_cache.as_ptr().add(kv),
                 v_cache.as_ptr().add(kv),
                 hs,
-                out_ptr.get().add(b * n_new * c + h * hs),
+                out_ptr.get().add(s.first * c + h * hs),
                 c,
-                n_new,
-                pos,
+                s.n,
+                s.pos,
                 hs,
                 None,
                 None,

@@ -1,0 +1,136 @@
+//! One transformer block's forward pass, written once for training and cached inference:
+//!
+//! x2  = x  + drop(attn(ln_1(x)) @ W_attnproj + b)
+//! out = x2 + drop(gelu(ln_2(x2) @ W_fc + b) @ W_fcproj + b)
+//!
+//! The two callers differ only in how attention reads its keys and values (the whole causal
+//! sequence with its log-sum-exp kept for backward, or a KV cache) and in dropout, so attention
+//! is a closure and dropout keys are optional. Every intermediate lands in the caller's buffers:
+//! training keeps them per layer for the backward pass, inference reuses one set.
+
+use crate::kernels::cpu::dropout::dropout_inplace;
+use crate::kernels::cpu::gelu::gelu_forward;
+use crate::kernels::cpu::layernorm::layernorm_forward;
+use crate::kernels::cpu::matmul::{matmul_forward, Layout};
+use crate::kernels::cpu::residual::residual_forward;
+use crate::model::params::LayerOffsets;
+
+/// Read-only views of weights (and biases, which a bias-free model does not have).
+#[derive(Clone, Copy)]
+pub(super) struct Weights<'a> {
+    pub p: &'a [f32],
+    pub bias: bool,
+}
+
+impl<'a> Weights<'a> {
+    pub fn w(&self, off: usize, len: usize) -> &'a [f32] {
+        &self.p[off..off + len]
+    }
+    pub fn b(&self, off: usize, len: usize) -> Option<&'a [f32]> {
+        self.bias.then(|| &self.p[off..off + len])
+    }
+}
+
+/// Where one block's intermediates go, each (rows, width): what the backward pass reads.
+pub(super) struct BlockActs<'a> {
+    pub ln1: &'a mut [f32],
+    pub ln1_mean: &'a mut [f32],
+    pub ln1_rstd: &'a mut [f32],
+    pub qkv: &'a mut [f32],
+    pub atty: &'a mut [f32],
+    pub residual2: &'a mut [f32],
+    pub ln2: &'a mut [f32],
+    pub ln2_mean: &'a mut [f32],
+    pub ln2_rstd: &'a mut [f32],
+    pub fch: &'a mut [f32],
+    pub fch_gelu: &'a mut [f32],
+}
+
+/// Dropout on the two residual branches: the mask keys of the attention and MLP branches.
+#[derive(Clone, Copy)]
+pub(super) struct BranchDropout {
+    pub attn_key: u64,
+    pub mlp_key: u64,
+    pub p: f32,
+}
+
+/// `out = block(x)` over `x.len() / c` rows. `attend(atty, qkv)` writes attention's output
+/// from the projected queries, keys and values. `proj` is (rows, C) scratch.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn block_forward(
+    out: &mut [f32],
+    x: &[f32],
+    a: BlockActs,
+    proj: &mut [f32],
+    w: Weights,
+    o: &LayerOffsets,
+    c: usize,
+    dropout: Option<BranchDropout>,
+    attend: impl FnOnce(&mut [f32], &[f32]),
+) {
+    layernorm_forward(
+        a.ln1,
+        a.ln1_mean,
+        a.ln1_rstd,
+        x,
+        w.w(o.ln1_w, c),
+        w.b(o.ln1_b, c),
+        c,
+    );
+    matmul_forward(
+        a.qkv,
+        a.ln1,
+        w.w(o.qkv_w, 3 * c * c),
+        Layout::InOut,
+        w.b(o.qkv_b, 3 * c),
+        c,
+        3 * c,
+    );
+    attend(a.atty, a.qkv);
+    matmul_forward(
+        proj,
+        a.atty,
+        w.w(o.attproj_w, c * c),
+        Layout::InOut,
+        w.b(o.attproj_b, c),
+        c,
+        c,
+    );
+    if let Some(d) = dropout {
+        dropout_inplace(proj, d.attn_key, d.p);
+    }
+    residual_forward(a.residual2, x, proj);
+
+    layernorm_forward(
+        a.ln2,
+        a.ln2_mean,
+        a.ln2_rstd,
+        a.residual2,
+        w.w(o.ln2_w, c),
+        w.b(o.ln2_b, c),
+        c,
+    );
+    matmul_forward(
+        a.fch,
+        a.ln2,
+        w.w(o.fc_w, 4 * c * c),
+        Layout::InOut,
+        w.b(o.fc_b, 4 * c),
+        c,
+        4 * c,
+    );
+    gelu_forward(a.fch_gelu, a.fch);
+    matmul_forward(
+        proj,
+        a.fch_gelu,
+        w.w(o.fcproj_w, 4 * c * c),
+        Layout::InOut,
+        w.b(o.fcproj_b, c),
+        4 * c,
+        c,
+    );
+    if let Some(d) = dropout {
+        dropout_inplace(proj, d.mlp_key, d.p);
+    }
+    residual_forward(out, a.residual2, proj);
+}

@@ -1,0 +1,214 @@
+//! The CPU backend: llm.c's `train_gpt2.c`. The model's math is in the files beside this one
+//! (`block`: one transformer block, `train`: forward and backward with saved activations,
+//! `infer`: the KV cache), on the kernels of `crate::kernels::cpu`; AdamW and the gradient norm
+//! are one pass each over the flat buffers.
+
+mod block;
+mod infer;
+mod train;
+
+use super::{AdamW, Engine, Feed, KvCache, Mode, OptimizerState};
+use crate::config::GptConfig;
+use crate::kernels::cpu::adamw::{adamw_update, clip_grads, global_norm, norm_partials_len};
+use crate::kernels::cpu::matmul::{gemm_into, View};
+use crate::model::Gpt;
+use anyhow::{bail, Result};
+use std::borrow::Cow;
+use std::sync::OnceLock;
+use std::time::Instant;
+use train::{ActGrads, Activations};
+
+/// nanoGPT's defaults, until the trainer sets its own.
+const DEFAULT_ADAMW: AdamW = AdamW {
+    lr: 6e-4,
+    beta1: 0.9,
+    beta2: 0.95,
+    eps: 1e-8,
+    weight_decay: 0.1,
+};
+
+/// The model and everything training it needs, in host memory.
+pub struct CpuEngine {
+    pub model: Gpt,
+    /// Same layout as the parameters; empty until the first backward pass.
+    pub grads: Vec<f32>,
+    acts: Option<Activations>,
+    act_grads: Option<ActGrads>,
+    opt: OptimizerState,
+    hyper: AdamW,
+    /// (first index, decays?) of each parameter tensor, in buffer order: AdamW's two groups.
+    groups: Vec<(usize, bool)>,
+    norm_partials: Vec<f64>,
+}
+
+impl CpuEngine {
+    pub fn new(model: Gpt) -> CpuEngine {
+        let n = model.params.len();
+        let groups = model
+            .table
+            .entries
+            .iter()
+            .map(|e| (e.offset, e.decay))
+            .collect();
+        CpuEngine {
+            model,
+            grads: Vec::new(),
+            acts: None,
+            act_grads: None,
+            opt: OptimizerState::new(n),
+            hyper: DEFAULT_ADAMW,
+            groups,
+            norm_partials: vec![0.0; norm_partials_len(n)],
+        }
+    }
+
+    fn ensure_grads(&mut self) {
+        if self.grads.len() != self.model.params.len() {
+            self.grads = vec![0.0; self.model.params.len()];
+        }
+    }
+}
+
+impl Engine for CpuEngine {
+    fn device_name(&self) -> String {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+
+    fn peak_tflops(&self) -> (f64, &'static str) {
+        static PEAK: OnceLock<f64> = OnceLock::new();
+        (
+            *PEAK.get_or_init(measure_cpu_peak_tflops),
+            "measured f32 matmul peak of this CPU",
+        )
+    }
+
+    fn config(&self) -> &GptConfig {
+        &self.model.config
+    }
+
+    fn forward(
+        &mut self,
+        tokens: &[u32],
+        targets: Option<&[i32]>,
+        b: usize,
+        t: usize,
+        mode: Mode,
+    ) -> Result<Option<f32>> {
+        self.forward_pass(tokens, targets, b, t, mode)
+    }
+
+    fn backward(&mut self, grad_scale: f32) -> Result<()> {
+        self.backward_pass(grad_scale)
+    }
+
+    fn zero_grad(&mut self) {
+        self.ensure_grads();
+        self.grads.fill(0.0);
+    }
+
+    fn grad_norm(&mut self) -> f32 {
+        self.ensure_grads();
+        global_norm(&self.grads, &mut self.norm_partials)
+    }
+
+    fn update(&mut self, lr: f32, grad_clip: f32) -> f32 {
+        let norm = self.grad_norm();
+        if grad_clip > 0.0 {
+            clip_grads(&mut self.grads, norm, grad_clip);
+        }
+        self.opt.step += 1;
+        let hyper = AdamW { lr, ..self.hyper };
+        adamw_update(
+            &mut self.model.params,
+            &self.grads,
+            &mut self.opt.m,
+            &mut self.opt.v,
+            &hyper,
+            self.opt.step,
+            &self.groups,
+        );
+        norm
+    }
+
+    fn set_adamw(&mut self, hyper: AdamW) {
+        self.hyper = hyper;
+    }
+
+    fn kv_cache(&self, rows: usize, capacity: usize) -> KvCache {
+        self.new_kv_cache(rows, capacity)
+    }
+
+    fn forward_cached(
+        &self,
+        cache: &mut KvCache,
+        feeds: &[Feed],
+        logits: &mut [f32],
+    ) -> Result<()> {
+        self.forward_feeds(cache, feeds, logits)
+    }
+
+    fn reorder_cache(&self, cache: &mut KvCache, rows: &[usize]) -> Result<()> {
+        self.reorder_kv(cache, rows)
+    }
+
+    fn model(&self) -> Cow<'_, Gpt> {
+        Cow::Borrowed(&self.model)
+    }
+
+    fn grads(&self) -> Cow<'_, [f32]> {
+        Cow::Borrowed(&self.grads)
+    }
+
+    fn optimizer_state(&self) -> Cow<'_, OptimizerState> {
+        Cow::Borrowed(&self.opt)
+    }
+
+    fn set_optimizer_state(&mut self, state: OptimizerState) -> Result<()> {
+        let n = self.model.params.len();
+        if state.m.len() != n || state.v.len() != n {
+            bail!(
+                "optimizer state has {} / {} moments for a model of {n} parameters",
+                state.m.len(),
+                state.v.len()
+            );
+        }
+        self.opt = state;
+        Ok(())
+    }
+}
+
+/// Measures this CPU's f32 matmul throughput in TFLOP/s with the thread pool in use, on the
+/// same `gemm` path the model uses: the best of several products of GPT-2's MLP shape
+/// (1024 x 768 @ 768 x 3072, and its transpose-shaped partner), about 0.2 s in all. Square
+/// power-of-two sizes are avoided: their strides alias in cache and understate the peak.
+pub fn measure_cpu_peak_tflops() -> f64 {
+    let (m, k, n) = (1024, 768, 3072);
+    let a: Vec<f32> = (0..m * n).map(|i| (i % 7) as f32 * 0.1).collect();
+    let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect();
+    let mut c = vec![0.0f32; m * n];
+    let mut best = f64::INFINITY;
+    // The first products pay for page faults and the thread pool waking up: run, then time.
+    for rep in 0..16 {
+        // Alternate (m,k)@(k,n) and (m,n)@(n,k): the two shapes of an MLP block.
+        let (kk, nn) = if rep % 2 == 0 { (k, n) } else { (n, k) };
+        let t0 = Instant::now();
+        // SAFETY: a holds m*kk, b holds kk*nn and c holds m*nn elements; all distinct.
+        unsafe {
+            gemm_into(
+                m,
+                nn,
+                kk,
+                c.as_mut_ptr(),
+                nn,
+                false,
+                View::rows(&a, kk),
+                View::rows(&b, nn),
+                1.0,
+                true,
+            );
+        }
+        best = best.min(t0.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(&c);
+    2.0 * (m * k * n) as f64 / best / 1e12
+}
