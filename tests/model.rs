@@ -5,7 +5,7 @@ mod common;
 use common::{fixtures, rel_err};
 use nanogpt::config::GptConfig;
 use nanogpt::engine::cpu::CpuEngine;
-use nanogpt::engine::{AdamW, Engine, Mode};
+use nanogpt::engine::{AdamW, Engine, Feed, Mode};
 use nanogpt::model::weights::{load_hf_dir, save_hf_dir};
 use nanogpt::model::Gpt;
 use nanogpt::rng::Rng;
@@ -185,5 +185,137 @@ fn kv_cache_logits_equal_full_forward() {
                 .is_err(),
             "a full cache must refuse more tokens"
         );
+    }
+}
+
+/// Greedy continuation of each sequence alone, one row in its own cache: (tokens, the logits of
+/// every step).
+fn greedy_alone(model: &dyn Engine, prompt: &[u32], steps: usize) -> (Vec<u32>, Vec<Vec<f32>>) {
+    let (v, vp) = (
+        model.config().vocab_size,
+        model.config().padded_vocab_size(),
+    );
+    let mut cache = model.kv_cache(1, prompt.len() + steps);
+    let mut logits = vec![0.0; vp];
+    let (mut out, mut all) = (Vec::new(), Vec::new());
+    let mut feed = prompt.to_vec();
+    for _ in 0..steps {
+        model
+            .forward_cached(
+                &mut cache,
+                &[Feed {
+                    row: 0,
+                    tokens: &feed,
+                }],
+                &mut logits,
+            )
+            .unwrap();
+        all.push(logits[..v].to_vec());
+        let next = nanogpt::sample::dist::argmax(&logits[..v]).unwrap() as u32;
+        out.push(next);
+        feed = vec![next];
+    }
+    (out, all)
+}
+
+/// A continuous-batching schedule: sequences join a shared cache at different times (one row
+/// prefills while the others decode), a finished row is freed and reused by a new sequence, and
+/// one pass may feed only some rows. Each sequence must decode exactly as it does alone.
+#[test]
+fn ragged_batch_decodes_each_sequence_as_alone() {
+    for model in [
+        Gpt::new(small_config(true, 0.0), 5).unwrap(),
+        load_hf_dir(&fixtures().join("tiny-gpt2")).unwrap(),
+    ] {
+        let model = CpuEngine::new(model);
+        let (v, vp) = (
+            model.config().vocab_size,
+            model.config().padded_vocab_size(),
+        );
+        let steps = 6;
+        let prompts: Vec<Vec<u32>> = [7usize, 3, 11, 5]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| random_tokens(n, v, 40 + i as u64))
+            .collect();
+        let alone: Vec<_> = prompts
+            .iter()
+            .map(|p| greedy_alone(&model, p, steps))
+            .collect();
+        // (sequence, row, the pass it joins at): sequence 3 reuses row 1 after sequence 1 ends.
+        let schedule = [(0usize, 0usize, 0usize), (1, 1, 0), (2, 2, 2), (3, 1, 6)];
+        let mut cache = model.kv_cache(3, 32);
+        let mut feeds: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
+        let mut got: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
+        let mut logits = vec![0.0; 3 * vp];
+        for pass in 0..14 {
+            let mut live = Vec::new();
+            for &(s, row, start) in &schedule {
+                if pass == start {
+                    if s == 3 {
+                        assert_eq!(
+                            got[1].len(),
+                            steps,
+                            "sequence 1 is done before row 1 is reused"
+                        );
+                        cache.free(row);
+                    }
+                    feeds[s] = prompts[s].clone();
+                }
+                // Sequence 2 skips pass 3: a pass need not feed every row.
+                if pass >= start && got[s].len() < steps && !(s == 2 && pass == 3) {
+                    live.push((s, row));
+                }
+            }
+            if live.is_empty() {
+                continue;
+            }
+            let fed: Vec<Feed> = live
+                .iter()
+                .map(|&(s, row)| Feed {
+                    row,
+                    tokens: &feeds[s],
+                })
+                .collect();
+            model.forward_cached(&mut cache, &fed, &mut logits).unwrap();
+            for (i, &(s, _)) in live.iter().enumerate() {
+                let row_logits = &logits[i * vp..i * vp + v];
+                let step = got[s].len();
+                let e = rel_err(row_logits, &alone[s].1[step]);
+                assert!(
+                    e < 1e-5,
+                    "sequence {s}, step {step}: logits differ from alone (rel {e})"
+                );
+                let next = nanogpt::sample::dist::argmax(row_logits).unwrap() as u32;
+                got[s].push(next);
+                feeds[s] = vec![next];
+            }
+        }
+        for (s, (want, _)) in alone.iter().enumerate() {
+            assert_eq!(&got[s], want, "sequence {s}");
+        }
+        assert_eq!(cache.len(1), prompts[3].len() + steps - 1);
+        // Feeding one row twice in a pass, or a row that does not exist, is refused.
+        let one = [1u32];
+        let twice = [
+            Feed {
+                row: 0,
+                tokens: &one,
+            },
+            Feed {
+                row: 0,
+                tokens: &one,
+            },
+        ];
+        assert!(model
+            .forward_cached(&mut cache, &twice, &mut logits)
+            .is_err());
+        let missing = [Feed {
+            row: 3,
+            tokens: &one,
+        }];
+        assert!(model
+            .forward_cached(&mut cache, &missing, &mut logits)
+            .is_err());
     }
 }
