@@ -15,7 +15,7 @@
 //! here too, but not the cache: their files are deleted once tokenized.
 
 use crate::download::{progress_bar, sort_error, with_retries, Fetch};
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use hf_hub::api::sync::{ApiBuilder, ApiError};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -73,6 +73,13 @@ impl Hub {
         }
     }
 
+    /// The cache directory, or an error saying how to name one.
+    pub fn cache_dir(&self) -> Result<&Path> {
+        self.cache.as_deref().context(
+            "no Hugging Face cache directory (no home directory): set HF_HUB_CACHE or HF_HOME",
+        )
+    }
+
     /// Downloads `file` of the model repository `repo` (`owner/name`) at `main` into the cache
     /// and returns its path in the snapshot of the commit the hub served it from. Progress
     /// shows on stderr; a failed attempt is retried as [`crate::download`] does, and resumes
@@ -80,11 +87,9 @@ impl Hub {
     /// once. Every error ends with `hint`: what to do without the network.
     pub fn download(&self, repo: &str, file: &str, hint: &str) -> Result<PathBuf> {
         if self.offline {
-            anyhow::bail!("HF_HUB_OFFLINE is set, so {repo} cannot be downloaded; {hint}");
+            bail!("HF_HUB_OFFLINE is set, so {repo} cannot be downloaded; {hint}");
         }
-        let cache = self.cache.as_deref().context(
-            "no Hugging Face cache directory to download into: set HF_HUB_CACHE or HF_HOME",
-        )?;
+        let cache = self.cache_dir()?;
         // hf-hub links a snapshot to its blob by a relative path computed from the two
         // paths, which must both be absolute.
         let cache = std::path::absolute(cache)
@@ -101,33 +106,43 @@ impl Hub {
         with_retries(&url, hint, || {
             let attempt = api.download_with_progress(file, Bar::default());
             let first_attempt = std::mem::replace(&mut first, false);
-            attempt.map_err(|e| match e {
-                ApiError::RequestError(e) => match *e {
-                    ureq::Error::Transport(t)
-                        if first_attempt
-                            && matches!(
-                                t.kind(),
-                                ureq::ErrorKind::Dns
-                                    | ureq::ErrorKind::ConnectionFailed
-                                    | ureq::ErrorKind::ProxyConnect
-                            ) =>
-                    {
-                        Fetch::Fatal(format!("cannot reach {} (offline? {t})", self.endpoint))
-                    }
-                    e => sort_error(e),
-                },
-                ApiError::MissingHeader(h) | ApiError::InvalidHeader(h) => Fetch::Fatal(format!(
-                    "the answer has no valid {h} header (is {} a Hugging Face hub? check HF_ENDPOINT)",
-                    self.endpoint
-                )),
-                ApiError::IoError(e) if is_disk_full(&e) => {
-                    Fetch::Fatal(format!("{e} (disk full? set HF_HUB_CACHE to another disk)"))
-                }
-                // Reading the answer failed midway: the partial blob is resumed.
-                ApiError::IoError(e) => Fetch::Retry(e.to_string()),
-                e => Fetch::Fatal(e.to_string()),
-            })
+            attempt.map_err(|e| self.sort_error(e, first_attempt))
         })
+    }
+
+    /// Whether another try may help with `e`. A hub that cannot be reached on the first
+    /// attempt is taken to be out of reach.
+    fn sort_error(&self, e: ApiError, first_attempt: bool) -> Fetch {
+        let endpoint = &self.endpoint;
+        match e {
+            ApiError::RequestError(e) => match *e {
+                ureq::Error::Transport(t)
+                    if first_attempt
+                        && matches!(
+                            t.kind(),
+                            ureq::ErrorKind::Dns
+                                | ureq::ErrorKind::ConnectionFailed
+                                | ureq::ErrorKind::ProxyConnect
+                        ) =>
+                {
+                    let why = std::error::Error::source(&t)
+                        .map(|e| e.to_string())
+                        .or_else(|| t.message().map(str::to_string))
+                        .unwrap_or_default();
+                    Fetch::Fatal(format!("cannot reach {endpoint} (offline? {}: {why})", t.kind()))
+                }
+                e => sort_error(e),
+            },
+            ApiError::MissingHeader(h) | ApiError::InvalidHeader(h) => Fetch::Fatal(format!(
+                "the answer has no valid {h} header (is {endpoint} a Hugging Face hub? check HF_ENDPOINT)"
+            )),
+            ApiError::IoError(e) if is_disk_full(&e) => {
+                Fetch::Fatal(format!("{e} (disk full? set HF_HUB_CACHE to another disk)"))
+            }
+            // Reading the answer failed midway: the partial blob is resumed.
+            ApiError::IoError(e) => Fetch::Retry(e.to_string()),
+            e => Fetch::Fatal(e.to_string()),
+        }
     }
 }
 

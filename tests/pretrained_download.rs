@@ -16,9 +16,8 @@ use std::time::{Duration, Instant};
 
 /// The commit the local hub's `main` is at.
 const COMMIT: &str = "607a30d783dfa663caf39e06633721c8d4cfcd7e";
-/// What the local hub sends as config.json's ETag. The real hub sends the git blob id; for
-/// the cache, any id names the blob.
-const CONFIG_ETAG: &str = "10c66461e4c109db5a2196bff4bb59be30396ed8";
+/// config.json's ETag: its git blob id (`git hash-object`), as the real hub sends it.
+const CONFIG_ETAG: &str = "5ebc425da027804d47e8e8da6349cf89bee8e164";
 
 /// Serves `../shared/fixtures/tiny-gpt2-hub-layout/` as the hub serves `openai-community/gpt2`
 /// at [`COMMIT`], with the requests and headers hf-hub reads:

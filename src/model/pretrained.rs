@@ -61,9 +61,7 @@ pub fn download_gpt2(name: &str, hub: &Hub) -> Result<PathBuf> {
             GPT2_NAMES.join(", ")
         );
     }
-    let cache = hub.cache.as_deref().context(
-        "no Hugging Face cache directory to download GPT-2 into: set HF_HUB_CACHE or HF_HOME",
-    )?;
+    let cache = hub.cache_dir()?;
     if let Some(d) = find_in_cache(cache, name) {
         return Ok(d);
     }
