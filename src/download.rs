@@ -1,5 +1,7 @@
 //! Downloads that survive bad networks: a progress bar, retries, resuming a partial file
 //! (`NAME.part`, continued with an HTTP Range request), and an atomic rename when complete.
+//! The retry policy, error sorting and bar are shared with the hub's model downloads
+//! ([`crate::hf`]).
 
 use anyhow::{bail, Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -8,6 +10,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Tries per download; the waits between them are 1, 2 and 4 s.
 const ATTEMPTS: usize = 4;
 
 /// Downloads `url` to `dest` (created whole or not at all). `hint` ends the error message when
@@ -33,22 +36,25 @@ pub fn download_with(url: &str, dest: &Path, hint: &str, opts: &DownloadOptions)
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let part = part_path(dest);
-    let agent = ureq::AgentBuilder::new()
-        .timeout_connect(Duration::from_secs(15))
-        .timeout_read(Duration::from_secs(60))
-        .build();
+    with_retries(url, hint, || fetch(url, &part, opts))?;
+    std::fs::rename(&part, dest)
+        .with_context(|| format!("cannot rename {} to {}", part.display(), dest.display()))
+}
+
+/// Runs `attempt` until it succeeds, fails for good, or has been tried [`ATTEMPTS`] times;
+/// errors name `url` and end with `hint`.
+pub(crate) fn with_retries<T>(
+    url: &str,
+    hint: &str,
+    mut attempt: impl FnMut() -> Result<T, Fetch>,
+) -> Result<T> {
     let mut last_error = String::new();
-    for attempt in 0..ATTEMPTS {
-        if attempt > 0 {
-            std::thread::sleep(Duration::from_millis(500 << attempt));
+    for n in 0..ATTEMPTS {
+        if n > 0 {
+            std::thread::sleep(Duration::from_millis(500 << n));
         }
-        match fetch(&agent, url, &part, opts) {
-            Ok(()) => {
-                std::fs::rename(&part, dest).with_context(|| {
-                    format!("cannot rename {} to {}", part.display(), dest.display())
-                })?;
-                return Ok(());
-            }
+        match attempt() {
+            Ok(v) => return Ok(v),
             Err(Fetch::Fatal(e)) => bail!("cannot download {url}: {e}; {hint}"),
             Err(Fetch::Retry(e)) => last_error = e,
         }
@@ -56,16 +62,16 @@ pub fn download_with(url: &str, dest: &Path, hint: &str, opts: &DownloadOptions)
     bail!("cannot download {url} after {ATTEMPTS} attempts ({last_error}); no network? {hint}")
 }
 
-enum Fetch {
+pub(crate) enum Fetch {
     /// Worth another try (network trouble); the partial file is kept for resuming.
     Retry(String),
     /// Will not get better (404, disk full).
     Fatal(String),
 }
 
-fn fetch(agent: &ureq::Agent, url: &str, part: &Path, opts: &DownloadOptions) -> Result<(), Fetch> {
+fn fetch(url: &str, part: &Path, opts: &DownloadOptions) -> Result<(), Fetch> {
     let have = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
-    let mut request = agent.get(url);
+    let mut request = crate::hf::agent().get(url);
     if let Some(token) = &opts.token {
         request = request.set("Authorization", &format!("Bearer {token}"));
     }
@@ -76,21 +82,7 @@ fn fetch(agent: &ureq::Agent, url: &str, part: &Path, opts: &DownloadOptions) ->
         Ok(r) => r,
         // The partial file is already complete.
         Err(ureq::Error::Status(416, _)) if have > 0 => return Ok(()),
-        // Too many requests: worth another try after the back-off.
-        Err(ureq::Error::Status(429, _)) => {
-            return Err(Fetch::Retry("HTTP 429 Too Many Requests".into()))
-        }
-        Err(ureq::Error::Status(code, r)) if (400..500).contains(&code) => {
-            return Err(Fetch::Fatal(format!("HTTP {code} {}", r.status_text())))
-        }
-        // No name resolution means no network: retrying will not help.
-        Err(ureq::Error::Transport(t)) if t.kind() == ureq::ErrorKind::Dns => {
-            return Err(Fetch::Fatal(format!(
-                "cannot resolve the host ({})",
-                t.message().unwrap_or("no network?")
-            )))
-        }
-        Err(e) => return Err(Fetch::Retry(e.to_string())),
+        Err(e) => return Err(sort_error(e)),
     };
     let resumed = response.status() == 206;
     let start = if resumed { have } else { 0 };
@@ -105,24 +97,15 @@ fn fetch(agent: &ureq::Agent, url: &str, part: &Path, opts: &DownloadOptions) ->
         .truncate(!resumed)
         .open(part)
         .map_err(|e| Fetch::Fatal(format!("cannot write {}: {e}", part.display())))?;
-    let bar = match total {
-        Some(n) => ProgressBar::new(n),
-        None => ProgressBar::new_spinner(),
-    };
+    let name = part
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let bar = progress_bar(total, name.trim_end_matches(".part"));
     let bar = match opts.bars {
         Some(bars) => bars.add(bar),
         None => bar,
     };
-    if let Ok(style) = ProgressStyle::with_template(
-        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-    ) {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar.set_message(
-        part.file_name()
-            .map(|n| n.to_string_lossy().trim_end_matches(".part").to_string())
-            .unwrap_or_default(),
-    );
     bar.set_position(start);
     let mut reader = response.into_reader();
     let mut buf = vec![0u8; 1 << 16];
@@ -156,6 +139,38 @@ fn fetch(agent: &ureq::Agent, url: &str, part: &Path, opts: &DownloadOptions) ->
     }
     file.sync_all()
         .map_err(|e| Fetch::Fatal(format!("cannot write {}: {e}", part.display())))
+}
+
+/// Whether another try may help with a failed request.
+pub(crate) fn sort_error(e: ureq::Error) -> Fetch {
+    match e {
+        // Too many requests: worth another try after the back-off.
+        ureq::Error::Status(429, _) => Fetch::Retry("HTTP 429 Too Many Requests".into()),
+        ureq::Error::Status(code, r) if (400..500).contains(&code) => {
+            Fetch::Fatal(format!("HTTP {code} {}", r.status_text()))
+        }
+        // No name resolution means no network: retrying will not help.
+        ureq::Error::Transport(t) if t.kind() == ureq::ErrorKind::Dns => Fetch::Fatal(format!(
+            "cannot resolve the host ({})",
+            t.message().unwrap_or("no network?")
+        )),
+        e => Fetch::Retry(e.to_string()),
+    }
+}
+
+/// A download's progress bar (a spinner when the size is unknown), labelled `name`.
+pub(crate) fn progress_bar(total: Option<u64>, name: &str) -> ProgressBar {
+    let bar = match total {
+        Some(n) => ProgressBar::new(n),
+        None => ProgressBar::new_spinner(),
+    };
+    if let Ok(style) = ProgressStyle::with_template(
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(name.to_string());
+    bar
 }
 
 fn part_path(dest: &Path) -> PathBuf {

@@ -7,6 +7,7 @@ pub mod config;
 pub mod data;
 pub mod download;
 pub mod engine;
+pub mod hf;
 pub mod kernels;
 pub mod model;
 pub mod optim;

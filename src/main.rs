@@ -508,25 +508,24 @@ fn prepare(dataset: PrepareCommand) -> Result<()> {
 fn prepare_openwebtext(args: OpenWebTextArgs) -> Result<()> {
     use nanogpt::data::hub::HubDataset;
     use nanogpt::data::{StreamPrepareOptions, StreamSource};
-    use nanogpt::model::pretrained::{hf_endpoint, hf_offline};
+    use nanogpt::hf::Hub;
     let source = if !args.input.is_empty() {
         StreamSource::Local(args.input)
     } else {
-        if hf_offline() {
+        let hub = Hub::from_env();
+        if hub.offline {
             anyhow::bail!("HF_HUB_OFFLINE is set, so {} cannot be downloaded: pass --input DIR with its parquet files", args.dataset);
         }
         if args.dataset.split('/').count() != 2 {
             anyhow::bail!("--dataset: '{}' is not owner/name", args.dataset);
         }
         StreamSource::Hub(HubDataset {
-            endpoint: hf_endpoint(),
+            endpoint: hub.endpoint,
             repo: args.dataset,
             revision: args.revision,
             split: args.split,
             subset: args.subset,
-            token: std::env::var("HF_TOKEN")
-                .ok()
-                .filter(|t| !t.trim().is_empty()),
+            token: hub.token,
         })
     };
     let mut opts = StreamPrepareOptions::new(source, args.out.data_dir.join(&args.name));

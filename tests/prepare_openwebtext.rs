@@ -162,6 +162,7 @@ fn respond(mut stream: std::net::TcpStream, hub: &Mutex<Hub>, base: &str) {
     let HttpRequest {
         target,
         range_start: range,
+        ..
     } = read_http_request(&stream);
     let mut hub = hub.lock().unwrap();
     hub.log.push(target.clone());

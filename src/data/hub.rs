@@ -14,7 +14,6 @@
 use anyhow::{anyhow, bail, Result};
 use serde::{Deserialize, Serialize};
 use std::io::Read;
-use std::time::Duration;
 
 /// A file of the dataset on the hub.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,7 +29,7 @@ pub struct HubFile {
 /// Where a dataset is and which of its files to take.
 #[derive(Clone, Debug)]
 pub struct HubDataset {
-    /// e.g. `https://huggingface.co` (see [`crate::model::pretrained::hf_endpoint`]).
+    /// e.g. `https://huggingface.co` (see [`crate::hf::Hub`]).
     pub endpoint: String,
     /// `owner/name`.
     pub repo: String,
@@ -39,7 +38,7 @@ pub struct HubDataset {
     pub split: String,
     /// Only files under this folder of the repository (a configuration such as `plain_text`).
     pub subset: Option<String>,
-    /// Sent as a bearer token (`$HF_TOKEN`), for private or gated datasets.
+    /// Sent as a bearer token (see [`crate::hf::Hub`]), for private or gated datasets.
     pub token: Option<String>,
 }
 
@@ -52,13 +51,13 @@ const SPLIT_NAMES: [&str; 7] = ["train", "validation", "valid", "val", "test", "
 impl HubDataset {
     /// The dataset's parquet files for the split, in order, and the revision they are in.
     pub fn parquet_files(&self) -> Result<(String, Vec<HubFile>)> {
-        let agent = agent();
+        let agent = crate::hf::agent();
         let revisions = match &self.revision {
             Some(r) => vec![r.clone()],
             None => vec!["main".to_string(), CONVERTED_PARQUET_REVISION.to_string()],
         };
         for revision in &revisions {
-            let all = self.list(&agent, revision)?;
+            let all = self.list(agent, revision)?;
             let parquet: Vec<HubFile> = all
                 .into_iter()
                 .filter(|f| f.path.to_ascii_lowercase().ends_with(".parquet"))
@@ -186,13 +185,6 @@ impl HubDataset {
         }
         Ok(files)
     }
-}
-
-fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new()
-        .timeout_connect(Duration::from_secs(15))
-        .timeout_read(Duration::from_secs(60))
-        .build()
 }
 
 /// A revision inside a URL path: `refs/convert/parquet` -> `refs%2Fconvert%2Fparquet`.

@@ -46,9 +46,8 @@ use super::repetition::{measure_generations, LoopRule};
 use super::report::{self, RepetitionReport, RepetitionRow};
 use super::stop::{StopScan, Vocab};
 use crate::engine::{self, Device};
-use crate::model::pretrained::{
-    download_gpt2, find_model_dir, hf_endpoint, hf_hub_cache, hf_offline, GPT2_NAMES,
-};
+use crate::hf::Hub;
+use crate::model::pretrained::{download_gpt2, find_model_dir, GPT2_NAMES};
 use crate::model::weights::{load_hf_dir, load_model_file};
 use crate::model::Gpt;
 use crate::tokenizer::{Tokenizer, GPT2_VOCAB_SIZE};
@@ -148,18 +147,16 @@ pub fn load_model(args: &ModelArgs, err: &mut dyn Write) -> Result<LoadedModel> 
         let dir = match find_model_dir(init) {
             Ok(dir) => dir,
             Err(not_found) => {
-                if hf_offline() {
+                let hub = Hub::from_env();
+                if hub.offline {
                     bail!("{not_found:#} (HF_HUB_OFFLINE is set, so it was not downloaded)");
                 }
-                let cache = hf_hub_cache().context(
-                    "no Hugging Face cache directory to download GPT-2 into: set HF_HUB_CACHE or HF_HOME",
-                )?;
-                let endpoint = hf_endpoint();
                 writeln!(
                     err,
-                    "{init} is neither in ./{init}/ nor in the Hugging Face cache: downloading it from {endpoint}"
+                    "{init} is neither in ./{init}/ nor in the Hugging Face cache: downloading it from {}",
+                    hub.endpoint
                 )?;
-                download_gpt2(init, &endpoint, &cache)?
+                download_gpt2(init, &hub)?
             }
         };
         let model = load_hf_dir(&dir)?;

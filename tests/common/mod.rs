@@ -50,8 +50,10 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
 pub struct HttpRequest {
     /// The request target, e.g. `/datasets/a/b/resolve/main/x.parquet`.
     pub target: String,
-    /// N of a `Range: bytes=N-` header.
+    /// N of a `Range: bytes=N-` or `bytes=N-M` header.
     pub range_start: Option<usize>,
+    /// M of a `Range: bytes=N-M` header (the last byte wanted).
+    pub range_end: Option<usize>,
 }
 
 /// Reads a request line and its headers.
@@ -60,14 +62,16 @@ pub fn read_http_request(stream: &std::net::TcpStream) -> HttpRequest {
     let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
     let mut request_line = String::new();
     let _ = reader.read_line(&mut request_line);
-    let mut range_start = None;
+    let (mut range_start, mut range_end) = (None, None);
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
             break;
         }
         if let Some(v) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
-            range_start = v.trim().trim_end_matches('-').parse::<usize>().ok();
+            let (start, end) = v.trim().split_once('-').unwrap_or((v.trim(), ""));
+            range_start = start.parse::<usize>().ok();
+            range_end = end.parse::<usize>().ok();
         }
     }
     HttpRequest {
@@ -77,6 +81,7 @@ pub fn read_http_request(stream: &std::net::TcpStream) -> HttpRequest {
             .unwrap_or("")
             .to_string(),
         range_start,
+        range_end,
     }
 }
 
