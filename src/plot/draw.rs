@@ -289,3 +289,34 @@ fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_labels_hide_float_noise() {
+        for (v, want) in [
+            (0.0, "0"),
+            (1e-4, "1e-4"),
+            (6.000000000000001e-4, "6e-4"),
+            (9.9012e-6, "9.901e-6"),
+            (2.5000000000000004, "2.5"),
+            (1.23456, "1.235"),
+            (12345.6, "12346"),
+            (0.05, "0.05"),
+            (-3.0, "-3"),
+            (2.5e6, "2.5e6"),
+        ] {
+            assert_eq!(short(v), want, "{v}");
+        }
+    }
+
+    #[test]
+    fn padded_ranges() {
+        assert_eq!(padded_range([].into_iter(), 0.05), None);
+        assert_eq!(padded_range([0.0].into_iter(), 0.0), Some((0.0, 1.0)));
+        assert_eq!(padded_range([2.0].into_iter(), 0.0), Some((1.8, 2.2)));
+        assert_eq!(padded_range([1.0, 3.0].into_iter(), 0.5), Some((0.0, 4.0)));
+    }
+}
