@@ -3,7 +3,7 @@
 
 mod common;
 
-use nanogpt::tokenizer::{pickle, CharVocab, Gpt2Bpe, Tokenizer, EOT};
+use nanogpt::tokenizer::{CharVocab, Gpt2Bpe, Tokenizer, EOT};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
@@ -243,19 +243,36 @@ fn meta_pkl_errors() {
         .expect_err("list")
         .to_string();
     assert!(e.contains("not a dict"), "{e}");
-    // A class instance (GLOBAL opcode 'c') is refused, not executed.
+    // A global (GLOBAL opcode 'c', here `os.system`) is refused, not executed.
     let e = CharVocab::from_meta_pkl(b"\x80\x02cos\nsystem\n.", p)
         .expect_err("global")
         .to_string();
-    assert!(e.contains("opcode 0x63"), "{e}");
-    // The pickle reader itself: shared (memoised) objects stay shared.
-    let doc = pickle::load(b"\x80\x04\x95\x00\x00\x00\x00\x00\x00\x00\x00}\x94(\x8c\x01a\x94h\x01\x8c\x01b\x94J\xff\xff\xff\xffu.")
-        .expect("small pickle");
-    let d = doc.as_dict(doc.root()).expect("dict");
-    assert_eq!(d.len(), 2);
-    assert_eq!(doc.as_str(d[0].0), Some("a"));
-    assert_eq!(d[0].0, d[0].1, "BINGET returns the memoised object");
-    assert_eq!(doc.as_int(d[1].1), Some(-1));
+    assert!(
+        e.contains("d/meta.pkl") && e.contains("refused, not run"),
+        "{e}"
+    );
+    assert!(!e.contains('\n'), "one line: {e}");
+    // A call (REDUCE) of `os.system("touch <file>")`: refused, and the file never appears.
+    let dir = tmp_dir("evil-pkl");
+    let witness = dir.join("ran");
+    let cmd = format!("touch {}", witness.display());
+    let mut evil = b"\x80\x02cos\nsystem\nX".to_vec();
+    evil.extend_from_slice(&(cmd.len() as u32).to_le_bytes());
+    evil.extend_from_slice(cmd.as_bytes());
+    evil.extend_from_slice(b"\x85R.");
+    let e = CharVocab::from_meta_pkl(&evil, p)
+        .expect_err("reduce")
+        .to_string();
+    assert!(
+        e.contains("d/meta.pkl") && e.contains("refused, not run"),
+        "{e}"
+    );
+    assert!(!witness.exists(), "the pickle's call ran");
+    let _ = std::fs::remove_dir_all(&dir);
+    // Shared (memoised) objects are read through BINGET: the 'a' of itos is stoi's key.
+    let small = b"\x80\x04\x95\x00\x00\x00\x00\x00\x00\x00\x00}\x94(\x8c\x04itos\x94}\x94K\x00\x8c\x01a\x94s\x8c\x04stoi\x94}\x94h\x03K\x00su.";
+    let v = CharVocab::from_meta_pkl(small, p).expect("small pickle");
+    assert_eq!(v.chars(), &['a']);
 }
 
 /// Our GPT-2 encoder against tiktoken-rs's (regex-based) one, the oracle, on `text`.

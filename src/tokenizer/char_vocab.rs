@@ -2,7 +2,6 @@
 //! (Unicode code points) of a text, numbered from 0. Stored as `meta.json`; nanoGPT's `meta.pkl`
 //! is read too.
 
-use super::pickle;
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::HashMap;
 use std::path::Path;
@@ -135,56 +134,65 @@ impl CharVocab {
     }
 
     /// Reads nanoGPT's `meta.pkl`: a pickled dict `{'vocab_size': int, 'itos': {int: str},
-    /// 'stoi': {str: int}}`.
+    /// 'stoi': {str: int}}`. `serde-pickle` only builds data: a pickle that names Python code
+    /// (a global such as `os.system`, which REDUCE would call in Python) is refused, never run.
     pub fn from_meta_pkl(bytes: &[u8], path: &Path) -> Result<CharVocab> {
+        use serde_pickle::{DeOptions, Error, ErrorCode, HashableValue as Key, Value};
         let p = path.display();
-        let doc = pickle::load(bytes).map_err(|e| {
-            anyhow!("{p}: cannot read this pickle ({e}); convert it to meta.json (vocab_size, itos, stoi)")
+        let doc = serde_pickle::value_from_slice(bytes, DeOptions::new()).map_err(|e| {
+            let why = match e {
+                Error::Eval(ErrorCode::EOFWhileParsing, at) => {
+                    format!("the pickle is truncated at byte {at}")
+                }
+                Error::Syntax(ErrorCode::UnresolvedGlobal) => {
+                    "it names a Python global, code that is refused, not run".into()
+                }
+                e => e.to_string(),
+            };
+            anyhow!("{p}: cannot read this pickle ({why}); convert it to meta.json (vocab_size, itos, stoi)")
         })?;
-        let top = doc
-            .as_dict(doc.root())
-            .with_context(|| format!("{p}: the pickle is not a dict"))?;
-        let field = |name: &str| {
-            top.iter()
-                .find(|&&(k, _)| doc.as_str(k) == Some(name))
-                .map(|&(_, v)| v)
+        let Value::Dict(mut top) = doc else {
+            bail!("{p}: the pickle is not a dict");
         };
-        let itos_id = field("itos").with_context(|| format!("{p}: missing 'itos'"))?;
-        let itos_dict = doc
-            .as_dict(itos_id)
-            .with_context(|| format!("{p}: 'itos' is not a dict"))?;
-        let mut itos = vec![None; itos_dict.len()];
-        for &(k, v) in itos_dict {
-            let i = doc
-                .as_int(k)
-                .filter(|&i| i >= 0 && (i as usize) < itos.len())
-                .with_context(|| {
-                    format!("{p}: 'itos' keys must be the ids 0..{}", itos_dict.len())
-                })?;
-            let c = doc
-                .as_str(v)
-                .and_then(single_char)
-                .with_context(|| format!("{p}: itos[{i}] is not a one-character string"))?;
-            itos[i as usize] = Some(c);
+        let mut field = |name: &str| top.remove(&Key::String(name.into()));
+        let (itos, vocab_size, stoi) = (field("itos"), field("vocab_size"), field("stoi"));
+        let Some(Value::Dict(itos_dict)) = itos else {
+            bail!("{p}: 'itos' is missing or not a dict");
+        };
+        // The keys come sorted, so the ids 0..n are each there once exactly when key i is i.
+        let n = itos_dict.len();
+        let mut itos = Vec::with_capacity(n);
+        for (i, (k, v)) in itos_dict.into_iter().enumerate() {
+            if !matches!(k, Key::I64(id) if id == i as i64) {
+                bail!("{p}: 'itos' keys must be the ids 0..{n}");
+            }
+            let c = match &v {
+                Value::String(s) => single_char(s),
+                _ => None,
+            };
+            itos.push(c.with_context(|| format!("{p}: itos[{i}] is not a one-character string"))?);
         }
-        let itos = itos
-            .into_iter()
-            .collect::<Option<Vec<char>>>()
-            .with_context(|| format!("{p}: 'itos' repeats an id, so some ids have no character"))?;
         let vocab = CharVocab::from_itos(itos).map_err(|e| anyhow!("{p}: bad 'itos': {e}"))?;
-        if let Some(v) = field("vocab_size") {
-            let n = doc
-                .as_int(v)
-                .with_context(|| format!("{p}: 'vocab_size' is not an integer"))?;
+        if let Some(v) = vocab_size {
+            let Value::I64(n) = v else {
+                bail!("{p}: 'vocab_size' is not an integer");
+            };
             vocab.check_size(n.max(0) as usize, path)?;
         }
-        if let Some(v) = field("stoi") {
-            let stoi = doc
-                .as_dict(v)
-                .with_context(|| format!("{p}: 'stoi' is not a dict"))?;
-            let pairs = stoi.iter().map(|&(k, v)| {
-                let id = doc.as_int(v).and_then(|i| u64::try_from(i).ok());
-                (doc.as_str(k).unwrap_or(""), id)
+        if let Some(v) = stoi {
+            let Value::Dict(stoi) = v else {
+                bail!("{p}: 'stoi' is not a dict");
+            };
+            let pairs = stoi.iter().map(|(k, v)| {
+                let id = match v {
+                    Value::I64(i) => u64::try_from(*i).ok(),
+                    _ => None,
+                };
+                let key = match k {
+                    Key::String(s) => s.as_str(),
+                    _ => "",
+                };
+                (key, id)
             });
             vocab.check_stoi(pairs, stoi.len(), path)?;
         }

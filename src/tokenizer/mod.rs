@@ -2,7 +2,6 @@
 
 mod char_vocab;
 mod gpt2;
-pub mod pickle;
 mod pretokenize;
 
 pub use char_vocab::CharVocab;
