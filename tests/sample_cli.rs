@@ -8,7 +8,7 @@ use common::fixtures;
 use nanogpt::kernels::cpu::adamw::AdamW;
 use nanogpt::model::Gpt;
 use nanogpt::optim::Optimizer;
-use nanogpt::sample::cli::{run_repetition, run_sample, RepetitionArgs, SampleArgs, SEPARATOR};
+use nanogpt::sample::{run_repetition, run_sample, RepetitionArgs, SampleArgs, SEPARATOR};
 use nanogpt::tokenizer::CharVocab;
 use nanogpt::train::TrainConfig;
 use serde_json::Value;
@@ -306,7 +306,7 @@ fn char_checkpoint(root: &std::path::Path) -> PathBuf {
         ..TrainConfig::default()
     };
     let out = root.join("out");
-    nanogpt::train::checkpoint::save(&out.join("best"), &model, &opt, &train, 1, 9.0).unwrap();
+    nanogpt::checkpoint::save(&out.join("best"), &model, &opt, &train, 1, 9.0).unwrap();
     out
 }
 
