@@ -49,7 +49,7 @@
 //! # Files
 //! `config` (the knobs), `processors` and `dry` (logits processors), `dist` (softmax, argmax,
 //! draws), `stop` (end-of-text and stop strings), `context` (KV cache and context cropping),
-//! `generate` (greedy and sampling), `beam` (beam search), `repetition` (metrics), `report` (the
+//! `sequence` (what generation produces), `generate` (greedy and sampling), `beam` (beam search), `repetition` (metrics), `report` (the
 //! repetition table); for the commands: `options` (the settings tables), `settings` (the
 //! `repetition` settings language), `stream` (streamed and `--json` output), `run`
 //! (`nanogpt sample` and `nanogpt repetition`).
@@ -65,15 +65,17 @@ pub mod processors;
 pub mod repetition;
 pub mod report;
 pub mod run;
+pub mod sequence;
 pub mod settings;
 pub mod stop;
 pub mod stream;
 
 pub use beam::beam_search;
 pub use config::{DryConfig, EarlyStopping, SamplingConfig, DRY_DEFAULT_BREAKERS};
-pub use generate::{generate, start_tokens, FinishReason, Generation};
+pub use generate::generate;
 pub use options::{RepetitionArgs, SampleArgs, SampleSettings};
 pub use processors::Processors;
 pub use run::{run_repetition, run_sample};
+pub use sequence::{start_tokens, FinishReason, Generation};
 pub use stop::{IdsOnly, StopScan, Vocab};
 pub use stream::SEPARATOR;

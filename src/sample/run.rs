@@ -20,10 +20,11 @@
 //! does the same), with a note on stderr. An empty prompt starts from `<|endoftext|>` with GPT-2's
 //! vocabulary (as transformers does) and is an error with a character vocabulary.
 
-use super::generate::{generate, start_tokens};
+use super::generate::generate;
 use super::options::{dry_breaker_ids, unescape, RepetitionArgs, SampleArgs};
 use super::repetition::{measure_generations, LoopRule};
 use super::report::{self, RepetitionReport, RepetitionRow};
+use super::sequence::start_tokens;
 use super::settings::{parse_setting, Setting, SETTING_NAMES};
 use super::stream::{record, SampleRecord, Streamer};
 use crate::load;

@@ -9,7 +9,7 @@
 //! - A stop string ends the sample's text right after the stop string (both streaming and
 //!   `text`), even when the token that completed it carries more characters.
 
-use super::generate::{FinishReason, Generation};
+use super::sequence::{FinishReason, Generation};
 use super::stop::{StopScan, Vocab};
 use crate::tokenizer::Tokenizer;
 use anyhow::Result;
