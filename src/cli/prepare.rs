@@ -1,10 +1,12 @@
 //! `nanogpt prepare ...`: the datasets' flags, and the calls into [`nanogpt::data`] and
 //! [`nanogpt::arithmetic`].
 
+use super::knobs::Knobs;
 use super::output::ctrl_c_flag;
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use nanogpt::arithmetic::{prepare_arithmetic, ArithmeticOptions, Format, Op};
+use nanogpt::data::DocumentOptions;
 use std::path::PathBuf;
 
 /// The char-rnn tiny Shakespeare text that nanoGPT downloads.
@@ -47,9 +49,6 @@ pub struct OpenWebTextArgs {
     input: Vec<PathBuf>,
     #[command(flatten)]
     out: TokenOutputArgs,
-    /// Tokenizing threads [default: all cores].
-    #[arg(long = "num_proc")]
-    num_proc: Option<usize>,
     /// Only the first N documents (a quick try).
     #[arg(long = "max_docs")]
     max_docs: Option<u64>,
@@ -64,17 +63,8 @@ pub struct OpenWebTextArgs {
 /// What `prepare text` and `prepare openwebtext` share: documents in, token files out.
 #[derive(clap::Args)]
 pub struct TokenOutputArgs {
-    /// The JSON field or parquet column that holds each document's text.
-    #[arg(long = "text_field", default_value = "text")]
-    text_field: String,
-    /// Share of documents (chosen by a seeded hash of the document's index) for val.bin.
-    #[arg(long = "val_fraction", default_value_t = 0.0005)]
-    val_fraction: f64,
-    #[arg(long, default_value_t = 2357)]
-    seed: u64,
-    /// Write llm.c shards of this many tokens instead of train.bin / val.bin.
-    #[arg(long = "shard_tokens")]
-    shard_tokens: Option<usize>,
+    #[command(flatten)]
+    docs: Knobs<DocumentOptions>,
     #[arg(long = "data_dir", default_value = "data")]
     data_dir: PathBuf,
     /// Print the summary as JSON.
@@ -151,10 +141,7 @@ pub fn prepare(dataset: PrepareCommand) -> Result<()> {
                 args.out.data_dir.join(&args.name),
             );
             opts.tokenizer = args.tokenizer.parse()?;
-            opts.text_field = args.out.text_field;
-            opts.val_fraction = args.out.val_fraction;
-            opts.seed = args.out.seed;
-            opts.shard_tokens = args.out.shard_tokens;
+            opts.docs = args.out.docs.parse()?;
             let summary = nanogpt::data::prepare_text(&opts)?;
             for warning in summary.warnings() {
                 eprintln!("warning: {warning}");
@@ -238,11 +225,7 @@ fn prepare_openwebtext(args: OpenWebTextArgs) -> Result<()> {
         })
     };
     let mut opts = StreamPrepareOptions::new(source, args.out.data_dir.join(&args.name));
-    opts.text_field = args.out.text_field;
-    opts.val_fraction = args.out.val_fraction;
-    opts.seed = args.out.seed;
-    opts.shard_tokens = args.out.shard_tokens;
-    opts.num_threads = args.num_proc;
+    opts.docs = args.out.docs.parse()?;
     opts.max_docs = args.max_docs;
     opts.restart = args.restart;
     let stop = ctrl_c_flag("stopping after this batch; the files done so far are kept")?;

@@ -27,6 +27,7 @@
 use super::corpus::{
     collect_inputs, kind_of, CorpusReader, InputFile, InputKind, Piece, ReaderOptions,
 };
+use super::documents::DocumentOptions;
 use super::hub::{HubDataset, HubFile};
 use super::pipeline::{tokenize_ordered, with_pool, Batch};
 use super::text::{progress_bar, remove_stale, SplitSink, TextTokenizer};
@@ -58,22 +59,9 @@ pub struct StreamPrepareOptions {
     pub source: StreamSource,
     /// Created if missing; holds the outputs, `manifest.json` and `download/`.
     pub out_dir: PathBuf,
-    /// The parquet column / JSON field holding each document's text.
-    pub text_field: String,
-    /// Fraction of documents for validation, in [0, 1).
-    pub val_fraction: f64,
-    pub seed: u64,
-    /// `None`: `train.bin`/`val.bin`; `Some(n)`: llm.c shards of `n` tokens.
-    pub shard_tokens: Option<usize>,
-    /// Tokenizing threads; `None` uses rayon's global pool.
-    pub num_threads: Option<usize>,
+    pub docs: DocumentOptions,
     /// Only the first this many documents.
     pub max_docs: Option<u64>,
-    /// Text per batch tokenized together.
-    pub batch_bytes: usize,
-    /// Documents longer than this are cut into pieces tokenized in parallel.
-    pub piece_bytes: usize,
-    pub progress: bool,
     /// Forget an unfinished or finished earlier run in `out_dir` and start over.
     pub restart: bool,
 }
@@ -83,15 +71,8 @@ impl StreamPrepareOptions {
         StreamPrepareOptions {
             source,
             out_dir: out_dir.into(),
-            text_field: "text".to_string(),
-            val_fraction: 0.0005,
-            seed: 2357,
-            shard_tokens: None,
-            num_threads: None,
+            docs: DocumentOptions::default(),
             max_docs: None,
-            batch_bytes: 16 << 20,
-            piece_bytes: 256 << 10,
-            progress: true,
             restart: false,
         }
     }
@@ -239,15 +220,7 @@ pub fn prepare_stream(
     stop: &AtomicBool,
 ) -> Result<StreamPrepareSummary> {
     let start = Instant::now();
-    if !(0.0..1.0).contains(&opts.val_fraction) {
-        bail!(
-            "val_fraction must be at least 0 and below 1, got {}",
-            opts.val_fraction
-        );
-    }
-    if opts.text_field.is_empty() {
-        bail!("text_field is empty: give the column that holds each document's text");
-    }
+    opts.docs.validate()?;
     if opts.max_docs == Some(0) {
         bail!("max_docs must be at least 1");
     }
@@ -289,10 +262,10 @@ pub fn prepare_stream(
     };
     let resumed_after = manifest.done.len();
     let bars = MultiProgress::new();
-    if !opts.progress {
+    if !opts.docs.progress {
         bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let result = with_pool(opts.num_threads, || {
+    let result = with_pool(opts.docs.num_proc, || {
         run(opts, &mut manifest, &manifest_path, &bars, stop)
     });
     let (run_result, threads) = result?;
@@ -326,20 +299,20 @@ fn run(
     let resuming = !manifest.done.is_empty();
     let (train, val) = if resuming {
         (
-            SplitWriter::resume(out, "train", opts.shard_tokens, totals.train_tokens)?,
-            SplitWriter::resume(out, "val", opts.shard_tokens, totals.val_tokens)?,
+            SplitWriter::resume(out, "train", opts.docs.shard_tokens, totals.train_tokens)?,
+            SplitWriter::resume(out, "val", opts.docs.shard_tokens, totals.val_tokens)?,
         )
     } else {
         (
-            SplitWriter::create_resumable(out, "train", opts.shard_tokens)?,
-            SplitWriter::create_resumable(out, "val", opts.shard_tokens)?,
+            SplitWriter::create_resumable(out, "train", opts.docs.shard_tokens)?,
+            SplitWriter::create_resumable(out, "val", opts.docs.shard_tokens)?,
         )
     };
     let mut sink = SplitSink {
         train,
         val,
-        seed: opts.seed,
-        val_fraction: opts.val_fraction,
+        seed: opts.docs.seed,
+        val_fraction: opts.docs.val_fraction,
         end_of_doc: vec![EOT],
         documents: totals.documents,
         val_documents: totals.val_documents,
@@ -350,7 +323,7 @@ fn run(
         .iter()
         .map(|s| s.size)
         .sum();
-    let bar = bars.add(progress_bar(opts.progress, total_bytes));
+    let bar = bars.add(progress_bar(opts.docs.progress, total_bytes));
     bar.set_position(done_bytes);
     let download_dir = out.join("download");
     let first = manifest.done.len();
@@ -424,9 +397,9 @@ fn run(
                         bytes: source.size,
                     }],
                     ReaderOptions {
-                        text_field: opts.text_field.clone(),
-                        piece_bytes: opts.piece_bytes,
-                        batch_bytes: opts.batch_bytes,
+                        text_field: opts.docs.text_field.clone(),
+                        piece_bytes: opts.docs.piece_bytes,
+                        batch_bytes: opts.docs.batch_bytes,
                         first_doc: sink.documents,
                         end_doc: opts.max_docs,
                     },
@@ -497,7 +470,7 @@ fn run(
     if manifest.totals().documents == 0 {
         bail!(
             "no documents: the source files hold no text in \"{}\"",
-            opts.text_field
+            opts.docs.text_field
         );
     }
 
@@ -509,7 +482,7 @@ fn run(
     let val_files = commit(sink.val.finish()?)?;
     let removed = remove_stale(
         out,
-        opts.shard_tokens,
+        opts.docs.shard_tokens,
         TextTokenizer::Gpt2,
         &train_files,
         &val_files,
@@ -678,10 +651,10 @@ fn settings_of(opts: &StreamPrepareOptions) -> Settings {
     };
     Settings {
         source,
-        text_field: opts.text_field.clone(),
-        val_fraction: opts.val_fraction,
-        seed: opts.seed,
-        shard_tokens: opts.shard_tokens,
+        text_field: opts.docs.text_field.clone(),
+        val_fraction: opts.docs.val_fraction,
+        seed: opts.docs.seed,
+        shard_tokens: opts.docs.shard_tokens,
         max_docs: opts.max_docs,
         tokenizer: "gpt2".to_string(),
     }
