@@ -4,6 +4,7 @@ pub mod batch;
 pub mod corpus;
 pub mod documents;
 pub mod hub;
+mod manifest;
 pub mod parquet;
 pub mod pipeline;
 pub mod prepare;

@@ -29,15 +29,19 @@ use super::corpus::{
 };
 use super::documents::DocumentOptions;
 use super::hub::{HubDataset, HubFile};
+use super::manifest::{
+    read_manifest, settings_diff, write_manifest, Manifest, Settings, SourceDone, SourceFile,
+    MANIFEST_FORMAT,
+};
 use super::pipeline::{tokenize_ordered, with_pool, Batch};
 use super::text::{progress_bar, remove_stale, SplitSink, TextTokenizer};
 use super::writer::{shard_path, PendingFile, SplitWriter};
-use crate::atomic_file::{tmp_path, write_atomic};
+use crate::atomic_file::tmp_path;
 use crate::download::{download_with, DownloadOptions};
 use crate::tokenizer::{Gpt2Bpe, EOT};
 use anyhow::{anyhow, bail, Result};
 use indicatif::MultiProgress;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -132,84 +136,6 @@ impl StreamPrepareSummary {
             ));
         }
         w
-    }
-}
-
-/// The settings a resumed run must share with the run it continues.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-struct Settings {
-    /// `hub:owner/name@revision split=S subset=X`, or `local`.
-    source: String,
-    text_field: String,
-    val_fraction: f64,
-    seed: u64,
-    shard_tokens: Option<usize>,
-    max_docs: Option<u64>,
-    tokenizer: String,
-}
-
-/// One source file of the plan.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct SourceFile {
-    /// The path inside the hub repository, or on disk.
-    name: String,
-    size: u64,
-    /// From the hub's listing, checked after the download; for files on disk, computed when
-    /// the file is read.
-    sha256: Option<String>,
-}
-
-/// A source file that has been tokenized and appended (and the outputs synced).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-struct SourceDone {
-    name: String,
-    sha256: String,
-    documents: u64,
-    val_documents: u64,
-    null_rows: u64,
-    text_bytes: u64,
-    /// The outputs' token counts after this file.
-    train_tokens: u64,
-    val_tokens: u64,
-}
-
-const MANIFEST_FORMAT: &str = "nanogpt-prepare-stream/1";
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct Manifest {
-    format: String,
-    complete: bool,
-    settings: Settings,
-    /// For the hub: the revision the files were listed at.
-    revision: Option<String>,
-    sources: Vec<SourceFile>,
-    done: Vec<SourceDone>,
-    /// When complete: the output files.
-    train_files: Vec<String>,
-    val_files: Vec<String>,
-}
-
-impl Manifest {
-    fn totals(&self) -> SourceDone {
-        let mut t = SourceDone::default();
-        for d in &self.done {
-            t.documents += d.documents;
-            t.val_documents += d.val_documents;
-            t.null_rows += d.null_rows;
-            t.text_bytes += d.text_bytes;
-            t.train_tokens = d.train_tokens;
-            t.val_tokens = d.val_tokens;
-        }
-        t
-    }
-
-    /// True when no more documents are wanted.
-    fn finished_reading(&self) -> bool {
-        self.done.len() == self.sources.len()
-            || self
-                .settings
-                .max_docs
-                .is_some_and(|m| self.totals().documents >= m)
     }
 }
 
@@ -658,50 +584,6 @@ fn settings_of(opts: &StreamPrepareOptions) -> Settings {
         max_docs: opts.max_docs,
         tokenizer: "gpt2".to_string(),
     }
-}
-
-fn settings_diff(was: &Settings, now: &Settings) -> String {
-    let (a, b) = (
-        serde_json::to_value(was).unwrap_or_default(),
-        serde_json::to_value(now).unwrap_or_default(),
-    );
-    let mut diffs = Vec::new();
-    if let (Some(a), Some(b)) = (a.as_object(), b.as_object()) {
-        for (key, old) in a {
-            let new = b.get(key).cloned().unwrap_or_default();
-            if *old != new {
-                diffs.push(format!("{key} was {old}, now {new}"));
-            }
-        }
-    }
-    diffs.join(", ")
-}
-
-fn read_manifest(path: &Path) -> Result<Option<Manifest>> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => bail!("cannot read {}: {e}", path.display()),
-    };
-    let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
-        anyhow!(
-            "{} is damaged ({e}); pass --restart to start over",
-            path.display()
-        )
-    })?;
-    if manifest.format != MANIFEST_FORMAT {
-        bail!(
-            "{} is a manifest of another kind ({}); pass --restart to start over",
-            path.display(),
-            manifest.format
-        );
-    }
-    Ok(Some(manifest))
-}
-
-fn write_manifest(path: &Path, m: &Manifest) -> Result<()> {
-    let json = serde_json::to_string_pretty(m)?;
-    write_atomic(path, json.as_bytes())
 }
 
 /// Removes the temp outputs and downloads an unfinished earlier run left in `dir`.
