@@ -39,7 +39,7 @@ impl Knob for bool {
     const KIND: Kind = Kind::Flag;
     fn set_text(&mut self, text: &str) -> Result<(), String> {
         // nanoGPT spells booleans True/False.
-        *self = match text {
+        *self = match text.trim() {
             "true" | "True" | "1" => true,
             "false" | "False" | "0" => false,
             _ => return Err("expected true or false".into()),
@@ -107,21 +107,15 @@ macro_rules! numbers {
 numbers!(usize => "expected a whole number", u64 => "expected a whole number",
          i64 => "expected a whole number", f32 => "expected a number", f64 => "expected a number");
 
-/// Knobs whose type reads itself with `FromStr` and shows itself with `Display`.
-macro_rules! from_str_knobs {
-    ($($t:ty),*) => {$(
-        impl Knob for $t {
-            fn set_text(&mut self, text: &str) -> Result<(), String> {
-                *self = text.parse::<$t>().map_err(|e| format!("{e:#}"))?;
-                Ok(())
-            }
-            fn show(&self) -> String {
-                self.to_string()
-            }
-        }
-    )*};
+impl Knob for crate::engine::Device {
+    fn set_text(&mut self, text: &str) -> Result<(), String> {
+        *self = text.trim().parse().map_err(|e| format!("{e:#}"))?;
+        Ok(())
+    }
+    fn show(&self) -> String {
+        self.to_string()
+    }
 }
-from_str_knobs!(crate::engine::Device);
 
 impl Knob for PathBuf {
     fn set_text(&mut self, text: &str) -> Result<(), String> {
@@ -139,10 +133,11 @@ pub trait Table: Sized {
     fn parse_from_args(args: &[String]) -> Result<Self>;
 }
 
-/// Sets one knob from text; the error names the key, the value and what was expected.
+/// Sets one knob from text (taken as it is: text knobs keep their spaces); the error names the
+/// key, the value and what was expected.
 pub fn set_knob<T: Knob>(field: &mut T, key: &str, value: &str) -> Result<()> {
     field
-        .set_text(value.trim())
+        .set_text(value)
         .map_err(|why| anyhow::anyhow!("bad value for {key}: '{value}' ({why})"))
 }
 
@@ -204,7 +199,7 @@ pub fn apply_toml(
             toml::Value::String(s) => s.clone(),
             other => other.to_string(),
         };
-        set(&key, &text).with_context(|| format!("in {source}"))?;
+        set(&key, text.trim()).with_context(|| format!("in {source}"))?;
     }
     Ok(())
 }

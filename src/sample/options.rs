@@ -198,7 +198,7 @@ crate::knobs! {
 
 impl Knob for EarlyStopping {
     fn set_text(&mut self, text: &str) -> Result<(), String> {
-        *self = match text {
+        *self = match text.trim() {
             "true" | "True" | "1" => EarlyStopping::True,
             "false" | "False" | "0" => EarlyStopping::False,
             "never" => EarlyStopping::Never,
