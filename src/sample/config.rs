@@ -1,8 +1,7 @@
 //! The decoding configuration that generation runs with. Its defaults come from the settings
-//! table, [`SampleSettings`] (nanoGPT's `sample.py` where nanoGPT has the knob, Hugging Face
-//! `generate`'s "off" for the rest).
+//! table, [`crate::sample::SampleSettings`] (nanoGPT's `sample.py` where nanoGPT has the knob,
+//! Hugging Face `generate`'s "off" for the rest).
 
-use super::options::SampleSettings;
 use anyhow::{bail, Result};
 
 /// When beam search stops (Hugging Face's `early_stopping`).
@@ -35,7 +34,7 @@ pub struct DryConfig {
 }
 
 impl Default for DryConfig {
-    /// Off, with llama.cpp's other defaults (from [`SampleSettings`]).
+    /// Off, with llama.cpp's other defaults (from [`crate::sample::SampleSettings`]).
     fn default() -> Self {
         SamplingConfig::default().dry
     }
@@ -45,7 +44,8 @@ impl Default for DryConfig {
 pub const DRY_DEFAULT_BREAKERS: [&str; 4] = ["\n", ":", "\"", "*"];
 
 /// All decoding settings. `Default` is nanoGPT's `sample.py`: 10 samples of 500 tokens,
-/// temperature 0.8, top_k 200, seed 1337; everything else off (see [`SampleSettings`]).
+/// temperature 0.8, top_k 200, seed 1337; everything else off (from
+/// [`crate::sample::SampleSettings`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SamplingConfig {
     /// Independent samples (batched together, see `batch_size`). Beam search ignores it and
@@ -90,13 +90,6 @@ pub struct SamplingConfig {
     pub early_stopping: EarlyStopping,
     /// Finished beams returned, best first (at most `num_beams`).
     pub num_return_sequences: usize,
-}
-
-impl Default for SamplingConfig {
-    /// The defaults of the settings table, [`SampleSettings`].
-    fn default() -> Self {
-        SampleSettings::default().sampling_config()
-    }
 }
 
 impl SamplingConfig {

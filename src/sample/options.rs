@@ -72,6 +72,13 @@ crate::knobs! {
     }
 }
 
+impl Default for SamplingConfig {
+    /// The defaults of the settings table.
+    fn default() -> Self {
+        SampleSettings::default().sampling_config()
+    }
+}
+
 impl SampleSettings {
     /// The [`SamplingConfig`] these settings describe, DRY's breakers not yet turned into ids
     /// (see [`SampleSettings::dry_breakers`]).
