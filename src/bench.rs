@@ -6,8 +6,58 @@ use crate::model::Gpt;
 use crate::perf::{allocations, mfu, peak_rss_mib};
 use crate::rng::Rng;
 use crate::sample::dist::argmax;
-use anyhow::Result;
+use anyhow::{bail, Result};
 use std::time::Instant;
+
+crate::with_model_shape! {
+    /// `nanogpt bench`'s settings (nanoGPT's bench.py), the model shape shared with `train`.
+    #[derive(Clone, Debug)]
+    pub struct BenchArgs {
+        {}
+        {
+            /// Sequences per step
+            batch_size: usize = 12,
+            vocab_size: usize = 50304,
+            /// Round the vocabulary up to a multiple of 64
+            pad_vocab: bool = true,
+            /// Timed iterations (the median is reported)
+            iters: usize = 10,
+            /// Untimed iterations first
+            warmup: usize = 3,
+            seed: u64 = 1337,
+            /// Peak TFLOP/s for MFU [default: measured f32 matmul peak of this CPU]
+            peak_tflops: Option<f64> = None,
+            /// Print one JSON object instead of text
+            json: bool = false,
+            /// Time greedy generation with the KV cache instead of training
+            generate: bool = false,
+            /// Prompt tokens for --generate
+            prompt_len: usize = 16,
+            /// New tokens for --generate
+            max_new_tokens: usize = 128,
+            /// cpu, cuda or auto (a GPU when there is one)
+            device: Device = Device::Auto,
+        }
+    }
+}
+
+impl BenchArgs {
+    /// The options the benchmarks run with.
+    pub fn options(&self) -> Result<BenchOptions> {
+        if self.iters == 0 {
+            bail!("--iters must be at least 1");
+        }
+        Ok(BenchOptions {
+            config: self.model_config(self.vocab_size, self.pad_vocab),
+            batch_size: self.batch_size,
+            warmup: self.warmup,
+            iters: self.iters,
+            seed: self.seed,
+            peak_tflops: self.peak_tflops,
+            device: self.device,
+        })
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
@@ -18,6 +68,7 @@ pub struct BenchOptions {
     pub seed: u64,
     /// Overrides the measured matmul peak.
     pub peak_tflops: Option<f64>,
+    pub device: Device,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -42,7 +93,7 @@ pub fn run_train_bench(opts: &BenchOptions) -> Result<BenchReport> {
     let cfg = &opts.config;
     cfg.validate()?;
     let (b, t) = (opts.batch_size, cfg.block_size);
-    let mut engine = engine::open(Gpt::new(cfg.clone(), opts.seed)?, Device::Auto)?;
+    let mut engine = engine::open(Gpt::new(cfg.clone(), opts.seed)?, opts.device)?;
     let mut rng = Rng::new(opts.seed ^ 0x5EED);
     let v = cfg.vocab_size as u64;
     let x: Vec<u32> = (0..b * t).map(|_| rng.below(v) as u32).collect();
@@ -115,9 +166,9 @@ pub fn run_generate_bench(
     cfg.validate()?;
     let b = opts.batch_size;
     if prompt_len == 0 || prompt_len + max_new_tokens > cfg.block_size {
-        anyhow::bail!("prompt_len ({prompt_len}) + max_new_tokens ({max_new_tokens}) must be between 1 and block_size ({})", cfg.block_size);
+        bail!("prompt_len ({prompt_len}) + max_new_tokens ({max_new_tokens}) must be between 1 and block_size ({})", cfg.block_size);
     }
-    let engine = engine::open(Gpt::new(cfg.clone(), opts.seed)?, Device::Auto)?;
+    let engine = engine::open(Gpt::new(cfg.clone(), opts.seed)?, opts.device)?;
     let mut rng = Rng::new(opts.seed ^ 0x5EED);
     let prompt: Vec<u32> = (0..b * prompt_len)
         .map(|_| rng.below(cfg.vocab_size as u64) as u32)

@@ -3,12 +3,14 @@
 pub mod arithmetic;
 pub mod atomic_file;
 pub mod bench;
+pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod download;
 pub mod engine;
 pub mod hf;
 pub mod kernels;
+pub mod load;
 pub mod model;
 pub mod optim;
 pub mod perf;

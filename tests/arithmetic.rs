@@ -3,7 +3,7 @@
 use nanogpt::arithmetic::eval::evaluate;
 use nanogpt::arithmetic::{prepare_arithmetic, ArithmeticOptions, Format, Op};
 use nanogpt::engine::cpu::CpuEngine;
-use nanogpt::train::checkpoint::load_trained_model;
+use nanogpt::load;
 use nanogpt::train::{train, TrainConfig};
 use std::sync::atomic::AtomicBool;
 
@@ -48,7 +48,7 @@ fn a_few_seconds_of_training_beats_chance_on_one_digit_addition() {
     cfg.data_dir = dir.join("data").display().to_string();
     cfg.out_dir = dir.join("out").display().to_string();
     train(&cfg, &mut std::io::sink(), &AtomicBool::new(false)).unwrap();
-    let (model, _) = load_trained_model(&dir.join("out")).unwrap();
+    let (model, _) = load::trained(&dir.join("out")).unwrap();
     let report = evaluate(&CpuEngine::new(model), &dir.join("data/arithmetic")).unwrap();
     let accuracy = report.test.overall["all"];
     // 1-digit addition has 100 problems, 7 of them held out. Answers run from 0 to 18: a guess is

@@ -266,9 +266,9 @@ fn hub_options(base: &str, out: &Path) -> StreamPrepareOptions {
         }),
         out,
     );
-    opts.progress = false;
-    opts.piece_bytes = 1000; // long documents are cut into pieces
-    opts.batch_bytes = 8 << 10;
+    opts.docs.progress = false;
+    opts.docs.piece_bytes = 1000; // long documents are cut into pieces
+    opts.docs.batch_bytes = 8 << 10;
     opts
 }
 
@@ -320,7 +320,7 @@ fn output_equals_tokenizing_the_documents_directly() {
     let (hub, base, docs) = hub_with_shards();
     let out = temp("direct");
     let mut opts = hub_options(&base, &out);
-    opts.val_fraction = 0.0;
+    opts.docs.val_fraction = 0.0;
     let s = run(&opts).unwrap();
     let (train, _) = expected(&docs, 2357, 0.0);
     assert_eq!(read_u16(&out.join("train.bin")), train);
@@ -367,9 +367,9 @@ fn split_is_by_document_and_stable_for_a_seed() {
     for (name, threads, seed) in [("split-a", 1, 7), ("split-b", 2, 7), ("split-c", 2, 8)] {
         let out = temp(name);
         let mut opts = hub_options(&base, &out);
-        opts.val_fraction = 0.2;
-        opts.seed = seed;
-        opts.num_threads = Some(threads);
+        opts.docs.val_fraction = 0.2;
+        opts.docs.seed = seed;
+        opts.docs.num_proc = Some(threads);
         let s = run(&opts).unwrap();
         let (train, val) = expected(&docs, seed, 0.2);
         assert_eq!(read_u16(&out.join("train.bin")), train, "{name}");
@@ -397,8 +397,8 @@ fn split_is_by_document_and_stable_for_a_seed() {
 fn uninterrupted(test: &str, base: &str, shard_tokens: Option<usize>) -> BTreeMap<String, Vec<u8>> {
     let out = temp(&format!("uninterrupted-{test}"));
     let mut opts = hub_options(base, &out);
-    opts.val_fraction = 0.1;
-    opts.shard_tokens = shard_tokens;
+    opts.docs.val_fraction = 0.1;
+    opts.docs.shard_tokens = shard_tokens;
     run(&opts).unwrap();
     let mut files = snapshot(&out);
     files.remove("manifest.json");
@@ -417,8 +417,8 @@ fn interrupted_after_the_first_shard_resumes_byte_identical() {
 
     let out = temp("resume");
     let mut opts = hub_options(&base, &out);
-    opts.val_fraction = 0.1;
-    opts.shard_tokens = Some(3000);
+    opts.docs.val_fraction = 0.1;
+    opts.docs.shard_tokens = Some(3000);
     let second = "plain_text/train-00001-of-00003.parquet".to_string();
     hub.lock().unwrap().missing.insert(second.clone());
     let err = format!("{:#}", run(&opts).unwrap_err());
@@ -516,7 +516,7 @@ fn a_missing_text_field_names_the_columns() {
     let (_hub, base, _docs) = hub_with_shards();
     let out = temp("field");
     let mut opts = hub_options(&base, &out);
-    opts.text_field = "content".to_string();
+    opts.docs.text_field = "content".to_string();
     let err = format!("{:#}", run(&opts).unwrap_err());
     assert!(
         err.contains("no column \"content\"")
@@ -548,8 +548,8 @@ fn local_files_and_max_docs() {
 
     let out = temp("local-out");
     let mut opts = StreamPrepareOptions::new(StreamSource::Local(vec![dir.clone()]), &out);
-    opts.progress = false;
-    opts.val_fraction = 0.0;
+    opts.docs.progress = false;
+    opts.docs.val_fraction = 0.0;
     let s = run(&opts).unwrap();
     assert_eq!(s.sources, 5);
     assert_eq!(read_u16(&out.join("train.bin")), expected(&all, 0, 0.0).0);
@@ -558,8 +558,8 @@ fn local_files_and_max_docs() {
 
     let out = temp("local-max");
     let mut opts = StreamPrepareOptions::new(StreamSource::Local(vec![dir]), &out);
-    opts.progress = false;
-    opts.val_fraction = 0.0;
+    opts.docs.progress = false;
+    opts.docs.val_fraction = 0.0;
     opts.max_docs = Some(150);
     let s = run(&opts).unwrap();
     assert_eq!(s.documents, 150);
@@ -578,7 +578,7 @@ fn other_settings_do_not_mix_with_an_unfinished_run() {
         .insert("plain_text/train-00001-of-00003.parquet".into());
     assert!(run(&opts).is_err());
     hub.lock().unwrap().missing.clear();
-    opts.val_fraction = 0.01;
+    opts.docs.val_fraction = 0.01;
     let err = format!("{:#}", run(&opts).unwrap_err());
     assert!(
         err.contains("val_fraction") && err.contains("--restart"),
@@ -680,7 +680,7 @@ fn without_parquet_files_in_main_the_hubs_conversion_is_used() {
     let base = serve(Arc::new(Mutex::new(hub)));
     let out = temp("converted");
     let mut opts = hub_options(&base, &out);
-    opts.val_fraction = 0.0;
+    opts.docs.val_fraction = 0.0;
     let s = run(&opts).unwrap();
     assert_eq!(s.sources, 3);
     assert!(!s.partial_conversion);

@@ -38,11 +38,10 @@ fn jsonl(field: &str, docs: &[String]) -> String {
 }
 
 fn opts(inputs: &[&Path], out: &Path) -> TextPrepareOptions {
-    TextPrepareOptions {
-        val_fraction: 0.0,
-        progress: false,
-        ..TextPrepareOptions::new(inputs.iter().map(|p| p.to_path_buf()).collect(), out)
-    }
+    let mut o = TextPrepareOptions::new(inputs.iter().map(|p| p.to_path_buf()).collect(), out);
+    o.docs.val_fraction = 0.0;
+    o.docs.progress = false;
+    o
 }
 
 fn run(o: &TextPrepareOptions) -> TextPrepareSummary {
@@ -170,7 +169,7 @@ fn gpt2_output_is_each_document_tokenized_in_input_order() {
     write(&extra, "Named explicitly.");
     let out = dir.join("out");
     let mut o = opts(&[&corpus, &extra], &out);
-    o.text_field = "body".to_string();
+    o.docs.text_field = "body".to_string();
     let s = run(&o);
 
     let docs: Vec<String> = [
@@ -245,8 +244,8 @@ fn split_is_by_document_stable_and_seeded() {
     let prep = |name: &str, seed: u64| {
         let out = dir.join(name);
         let mut o = opts(&[&input], &out);
-        o.val_fraction = 0.2;
-        o.seed = seed;
+        o.docs.val_fraction = 0.2;
+        o.docs.seed = seed;
         let s = run(&o);
         (s, out)
     };
@@ -300,9 +299,9 @@ fn split_is_by_document_stable_and_seeded() {
 
     // The documented default (nanoGPT's openwebtext): 0.0005 of the documents.
     let d = TextPrepareOptions::default();
-    assert_eq!((d.val_fraction, d.seed), (0.0005, 2357));
+    assert_eq!((d.docs.val_fraction, d.docs.seed), (0.0005, 2357));
     let n = (0..200_000u64)
-        .filter(|&i| is_val_document(d.seed, i, d.val_fraction))
+        .filter(|&i| is_val_document(d.docs.seed, i, d.docs.val_fraction))
         .count();
     assert!((60..=140).contains(&n), "{n} of 200000");
 }
@@ -324,10 +323,10 @@ fn output_does_not_depend_on_threads_batches_or_pieces() {
     ] {
         let out = dir.join(format!("out-{threads}-{batch_bytes}-{piece_bytes}"));
         let mut o = opts(&[&input, &big], &out);
-        o.val_fraction = 0.1;
-        o.num_threads = Some(threads);
-        o.batch_bytes = batch_bytes;
-        o.piece_bytes = piece_bytes;
+        o.docs.val_fraction = 0.1;
+        o.docs.num_proc = Some(threads);
+        o.docs.batch_bytes = batch_bytes;
+        o.docs.piece_bytes = piece_bytes;
         let s = run(&o);
         assert_eq!(s.threads, threads);
         assert_eq!(s.documents, 301);
@@ -339,7 +338,7 @@ fn output_does_not_depend_on_threads_batches_or_pieces() {
             None => {
                 let mut all = docs.clone();
                 all.push(read_text(&big).expect("big"));
-                let (train, val) = split_docs(&all, o.seed, 0.1);
+                let (train, val) = split_docs(&all, o.docs.seed, 0.1);
                 assert_tokens(
                     &raw_tokens(&out.join("train.bin")),
                     &gpt2_expected(&train),
@@ -373,8 +372,8 @@ fn long_documents_cut_into_pieces_tokenize_the_same() {
     write(&doc_json, jsonl("text", std::slice::from_ref(&text)));
     let out = dir.join("out");
     let mut o = opts(&[&shakespeare, &doc_json], &out);
-    o.piece_bytes = 4096;
-    o.batch_bytes = 64 << 10;
+    o.docs.piece_bytes = 4096;
+    o.docs.batch_bytes = 64 << 10;
     let s = run(&o);
     assert_eq!(s.documents, 2);
     let expected = gpt2_expected([&text, &text]);
@@ -395,8 +394,8 @@ fn long_documents_cut_into_pieces_tokenize_the_same() {
     let tricky = read_text(&tricky_path).expect("tricky");
     let out = dir.join("out-tricky");
     let mut o = opts(&[&tricky_path], &out);
-    o.piece_bytes = 40;
-    o.batch_bytes = 1000;
+    o.docs.piece_bytes = 40;
+    o.docs.batch_bytes = 1000;
     run(&o);
     assert!(split_document(tricky.clone(), 40).len() > 100);
     assert_tokens(
@@ -434,7 +433,7 @@ fn char_mode_round_trips_through_meta_json() {
     let out = dir.join("out");
     let mut o = opts(&[&input], &out);
     o.tokenizer = TextTokenizer::Char;
-    o.piece_bytes = 3;
+    o.docs.piece_bytes = 3;
     let s = run(&o);
     let meta = s.meta_path.clone().expect("meta.json");
     assert_eq!(meta, out.join("meta.json"));
@@ -462,10 +461,10 @@ fn char_mode_round_trips_through_meta_json() {
     let mut o = opts(&[&input], &out);
     o.tokenizer = TextTokenizer::Char;
     o.char_separator = String::new();
-    o.val_fraction = 0.25;
+    o.docs.val_fraction = 0.25;
     let s = run(&o);
     let tok = Tokenizer::from_meta(&out.join("meta.json")).expect("meta");
-    let (train, val) = split_docs(&many, o.seed, 0.25);
+    let (train, val) = split_docs(&many, o.docs.seed, 0.25);
     let decode = |name: &str| tok.decode(&raw_tokens(&out.join(name))).expect("decode");
     assert_eq!(decode("train.bin"), train.concat());
     assert_eq!(decode("val.bin"), val.concat());
@@ -473,7 +472,7 @@ fn char_mode_round_trips_through_meta_json() {
 
     // GPT-2 into the same folder: the stale meta.json goes, or the data would look char-level.
     let mut o = opts(&[&input], &out);
-    o.val_fraction = 0.25;
+    o.docs.val_fraction = 0.25;
     let s = run(&o);
     assert_eq!(s.removed_stale, vec![out.join("meta.json")]);
     assert!(!out.join("meta.json").exists());
@@ -507,11 +506,11 @@ fn shards_have_llmc_headers_and_hold_the_same_tokens() {
     let out = dir.join("out");
     // A raw run first: switching to shards removes its train.bin/val.bin.
     let mut o = opts(&[&input], &out);
-    o.val_fraction = 0.1;
+    o.docs.val_fraction = 0.1;
     run(&o);
-    o.shard_tokens = Some(500);
+    o.docs.shard_tokens = Some(500);
     let s = run(&o);
-    let (train, val) = split_docs(&docs, o.seed, 0.1);
+    let (train, val) = split_docs(&docs, o.docs.seed, 0.1);
     for (files, docs, name) in [
         (&s.train_files, &train, "train"),
         (&s.val_files, &val, "val"),
@@ -539,25 +538,25 @@ fn shards_have_llmc_headers_and_hold_the_same_tokens() {
 
     // Bigger shards: fewer files, and the surplus ones of the last run are gone.
     let before = s.train_files.len();
-    o.shard_tokens = Some(2000);
+    o.docs.shard_tokens = Some(2000);
     let s = run(&o);
     assert!(s.train_files.len() < before);
     assert!(!out
         .join(format!("train_{:06}.bin", s.train_files.len()))
         .exists());
     // Back to raw: every shard goes.
-    o.shard_tokens = None;
+    o.docs.shard_tokens = None;
     run(&o);
     assert!(!out.join("train_000000.bin").exists() && !out.join("val_000000.bin").exists());
     assert!(out.join("train.bin").exists());
 
     // An empty split is still one (empty) shard.
     let mut o = opts(&[&input], &dir.join("out-empty-val"));
-    o.shard_tokens = Some(1000);
+    o.docs.shard_tokens = Some(1000);
     let s = run(&o);
     assert_eq!(s.val_files.len(), 1);
     assert_eq!(shard_tokens(&s.val_files[0]).0, 0);
-    o.shard_tokens = Some(0);
+    o.docs.shard_tokens = Some(0);
     assert!(err_of(&o).contains("shard_tokens"));
 }
 
@@ -593,7 +592,7 @@ fn bad_inputs_are_one_line_errors_and_write_nothing() {
         "{e}"
     );
     let mut o = opts(&[&field], &out);
-    o.text_field = "content".into();
+    o.docs.text_field = "content".into();
     let e = err_of(&o);
     assert!(
         e.contains("field.jsonl:1") && e.contains("\"content\""),
@@ -629,7 +628,7 @@ fn bad_inputs_are_one_line_errors_and_write_nothing() {
     let late_path = dir.join("late.txt");
     write(&late_path, &late);
     let mut o = opts(&[&late_path], &out);
-    o.piece_bytes = 100;
+    o.docs.piece_bytes = 100;
     let e = err_of(&o);
     assert!(e.contains("late.txt") && e.contains("offset 9000"), "{e}");
     assert_no_output(&out);
@@ -652,7 +651,7 @@ fn bad_inputs_are_one_line_errors_and_write_nothing() {
     let e = err_of(&opts(&[], &out));
     assert!(e.contains("no inputs"), "{e}");
     let mut o = opts(&[&bad], &out);
-    o.val_fraction = 1.0;
+    o.docs.val_fraction = 1.0;
     assert!(err_of(&o).contains("val_fraction"));
     assert_no_output(&out);
 }
@@ -665,8 +664,8 @@ fn a_failed_run_leaves_the_previous_output_as_it_was() {
     write(&good, jsonl("text", &docs));
     let out = dir.join("out");
     let mut o = opts(&[&good], &out);
-    o.val_fraction = 0.1;
-    o.shard_tokens = None;
+    o.docs.val_fraction = 0.1;
+    o.docs.shard_tokens = None;
     run(&o);
     let before: Vec<Vec<u8>> = ["train.bin", "val.bin"]
         .iter()
@@ -679,8 +678,8 @@ fn a_failed_run_leaves_the_previous_output_as_it_was() {
     let bad = dir.join("bad.jsonl");
     write(&bad, text);
     let mut o = opts(&[&bad], &out);
-    o.val_fraction = 0.1;
-    o.batch_bytes = 1000;
+    o.docs.val_fraction = 0.1;
+    o.docs.batch_bytes = 1000;
     let e = err_of(&o);
     assert!(e.contains("bad.jsonl:3001"), "{e}");
     for (n, b) in ["train.bin", "val.bin"].iter().zip(&before) {
@@ -692,7 +691,7 @@ fn a_failed_run_leaves_the_previous_output_as_it_was() {
     assert_no_tmp(&out);
 
     // The same with shards: no shard appears.
-    o.shard_tokens = Some(100);
+    o.docs.shard_tokens = Some(100);
     err_of(&o);
     assert!(!out.join("train_000000.bin").exists());
     assert_no_tmp(&out);

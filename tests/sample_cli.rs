@@ -7,7 +7,7 @@ mod common;
 use common::fixtures;
 use nanogpt::engine::cpu::CpuEngine;
 use nanogpt::model::Gpt;
-use nanogpt::sample::cli::{run_repetition, run_sample, RepetitionArgs, SampleArgs, SEPARATOR};
+use nanogpt::sample::{run_repetition, run_sample, RepetitionArgs, SampleArgs, SEPARATOR};
 use nanogpt::tokenizer::CharVocab;
 use nanogpt::train::TrainConfig;
 use serde_json::Value;
@@ -295,7 +295,7 @@ fn char_checkpoint(root: &std::path::Path) -> PathBuf {
         ..TrainConfig::default()
     };
     let out = root.join("out");
-    nanogpt::train::checkpoint::save(&out.join("best"), &model, &train, 1, 9.0).unwrap();
+    nanogpt::checkpoint::save(&out.join("best"), &model, &train, 1, 9.0).unwrap();
     out
 }
 

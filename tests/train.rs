@@ -5,12 +5,12 @@
 
 mod common;
 
+use nanogpt::checkpoint;
 use nanogpt::data::{prepare_shakespeare_char, write_tokens, TokenFile, TokenFormat};
 use nanogpt::engine::cpu::CpuEngine;
 use nanogpt::engine::{Engine, Mode};
 use nanogpt::model::weights::load_hf_dir;
 use nanogpt::rng::Rng;
-use nanogpt::train::checkpoint;
 use nanogpt::train::config::{learning_rate_at, KEYS};
 use nanogpt::train::{train, TrainConfig, TrainSummary};
 use std::io::Write;
@@ -206,8 +206,11 @@ fn defaults_are_nanogpt_train_py() {
     assert_eq!(c.seed, 1337);
     // nanoGPT's tokens per iteration: 40 * 12 * 1024.
     assert_eq!(c.tokens_per_iter(), 491_520);
-    // This build trains on the CPU in f32, and its defaults say so.
-    assert_eq!((c.device.as_str(), c.dtype.as_str()), ("cpu", "float32"));
+    // This build trains in f32; the device is picked at run time (issue 10: `auto` by default).
+    assert_eq!(
+        (c.device, c.dtype.as_str()),
+        (nanogpt::engine::Device::Auto, "float32")
+    );
     c.validate().expect("the defaults are valid");
 }
 

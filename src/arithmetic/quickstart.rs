@@ -5,7 +5,7 @@
 use super::dataset::{prepare_arithmetic, ArithmeticOptions};
 use super::eval::{evaluate, ArithmeticReport};
 use crate::engine;
-use crate::train::checkpoint::load_trained_model;
+use crate::load;
 use crate::train::{train, TrainConfig};
 use anyhow::Result;
 use std::io::Write;
@@ -40,9 +40,6 @@ pub fn quickstart(
     cfg.out_dir = out_dir.display().to_string();
     cfg.apply_overrides(overrides)?;
     train(&cfg, log, stop)?;
-    let (model, _) = load_trained_model(out_dir)?;
-    evaluate(
-        engine::open(model, engine::Device::Auto)?.as_ref(),
-        &dataset_dir,
-    )
+    let (model, _) = load::trained(out_dir)?;
+    evaluate(engine::open(model, cfg.device)?.as_ref(), &dataset_dir)
 }

@@ -2,7 +2,9 @@
 
 pub mod batch;
 pub mod corpus;
+pub mod documents;
 pub mod hub;
+mod manifest;
 pub mod parquet;
 pub mod pipeline;
 pub mod prepare;
@@ -11,6 +13,7 @@ pub mod text;
 pub mod tokens;
 pub mod writer;
 
+pub use documents::DocumentOptions;
 pub use prepare::{prepare_shakespeare_bpe, prepare_shakespeare_char, PrepareSummary};
 pub use stream::{prepare_stream, StreamPrepareOptions, StreamPrepareSummary, StreamSource};
 pub use text::{prepare_text, TextPrepareOptions, TextPrepareSummary, TextTokenizer};

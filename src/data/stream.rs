@@ -27,16 +27,21 @@
 use super::corpus::{
     collect_inputs, kind_of, CorpusReader, InputFile, InputKind, Piece, ReaderOptions,
 };
+use super::documents::DocumentOptions;
 use super::hub::{HubDataset, HubFile};
+use super::manifest::{
+    read_manifest, settings_diff, write_manifest, Manifest, Settings, SourceDone, SourceFile,
+    MANIFEST_FORMAT,
+};
 use super::pipeline::{tokenize_ordered, with_pool, Batch};
 use super::text::{progress_bar, remove_stale, SplitSink, TextTokenizer};
 use super::writer::{shard_path, PendingFile, SplitWriter};
-use crate::atomic_file::{tmp_path, write_atomic};
+use crate::atomic_file::tmp_path;
 use crate::download::{download_with, DownloadOptions};
 use crate::tokenizer::{Gpt2Bpe, EOT};
 use anyhow::{anyhow, bail, Result};
 use indicatif::MultiProgress;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -58,22 +63,9 @@ pub struct StreamPrepareOptions {
     pub source: StreamSource,
     /// Created if missing; holds the outputs, `manifest.json` and `download/`.
     pub out_dir: PathBuf,
-    /// The parquet column / JSON field holding each document's text.
-    pub text_field: String,
-    /// Fraction of documents for validation, in [0, 1).
-    pub val_fraction: f64,
-    pub seed: u64,
-    /// `None`: `train.bin`/`val.bin`; `Some(n)`: llm.c shards of `n` tokens.
-    pub shard_tokens: Option<usize>,
-    /// Tokenizing threads; `None` uses rayon's global pool.
-    pub num_threads: Option<usize>,
+    pub docs: DocumentOptions,
     /// Only the first this many documents.
     pub max_docs: Option<u64>,
-    /// Text per batch tokenized together.
-    pub batch_bytes: usize,
-    /// Documents longer than this are cut into pieces tokenized in parallel.
-    pub piece_bytes: usize,
-    pub progress: bool,
     /// Forget an unfinished or finished earlier run in `out_dir` and start over.
     pub restart: bool,
 }
@@ -83,15 +75,8 @@ impl StreamPrepareOptions {
         StreamPrepareOptions {
             source,
             out_dir: out_dir.into(),
-            text_field: "text".to_string(),
-            val_fraction: 0.0005,
-            seed: 2357,
-            shard_tokens: None,
-            num_threads: None,
+            docs: DocumentOptions::default(),
             max_docs: None,
-            batch_bytes: 16 << 20,
-            piece_bytes: 256 << 10,
-            progress: true,
             restart: false,
         }
     }
@@ -154,84 +139,6 @@ impl StreamPrepareSummary {
     }
 }
 
-/// The settings a resumed run must share with the run it continues.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-struct Settings {
-    /// `hub:owner/name@revision split=S subset=X`, or `local`.
-    source: String,
-    text_field: String,
-    val_fraction: f64,
-    seed: u64,
-    shard_tokens: Option<usize>,
-    max_docs: Option<u64>,
-    tokenizer: String,
-}
-
-/// One source file of the plan.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct SourceFile {
-    /// The path inside the hub repository, or on disk.
-    name: String,
-    size: u64,
-    /// From the hub's listing, checked after the download; for files on disk, computed when
-    /// the file is read.
-    sha256: Option<String>,
-}
-
-/// A source file that has been tokenized and appended (and the outputs synced).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-struct SourceDone {
-    name: String,
-    sha256: String,
-    documents: u64,
-    val_documents: u64,
-    null_rows: u64,
-    text_bytes: u64,
-    /// The outputs' token counts after this file.
-    train_tokens: u64,
-    val_tokens: u64,
-}
-
-const MANIFEST_FORMAT: &str = "nanogpt-prepare-stream/1";
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct Manifest {
-    format: String,
-    complete: bool,
-    settings: Settings,
-    /// For the hub: the revision the files were listed at.
-    revision: Option<String>,
-    sources: Vec<SourceFile>,
-    done: Vec<SourceDone>,
-    /// When complete: the output files.
-    train_files: Vec<String>,
-    val_files: Vec<String>,
-}
-
-impl Manifest {
-    fn totals(&self) -> SourceDone {
-        let mut t = SourceDone::default();
-        for d in &self.done {
-            t.documents += d.documents;
-            t.val_documents += d.val_documents;
-            t.null_rows += d.null_rows;
-            t.text_bytes += d.text_bytes;
-            t.train_tokens = d.train_tokens;
-            t.val_tokens = d.val_tokens;
-        }
-        t
-    }
-
-    /// True when no more documents are wanted.
-    fn finished_reading(&self) -> bool {
-        self.done.len() == self.sources.len()
-            || self
-                .settings
-                .max_docs
-                .is_some_and(|m| self.totals().documents >= m)
-    }
-}
-
 /// Prepares the source into token files in `opts.out_dir` (see the module docs). `stop` (e.g.
 /// set by Ctrl-C) ends the run at the next batch, resumably.
 pub fn prepare_stream(
@@ -239,15 +146,7 @@ pub fn prepare_stream(
     stop: &AtomicBool,
 ) -> Result<StreamPrepareSummary> {
     let start = Instant::now();
-    if !(0.0..1.0).contains(&opts.val_fraction) {
-        bail!(
-            "val_fraction must be at least 0 and below 1, got {}",
-            opts.val_fraction
-        );
-    }
-    if opts.text_field.is_empty() {
-        bail!("text_field is empty: give the column that holds each document's text");
-    }
+    opts.docs.validate()?;
     if opts.max_docs == Some(0) {
         bail!("max_docs must be at least 1");
     }
@@ -289,10 +188,10 @@ pub fn prepare_stream(
     };
     let resumed_after = manifest.done.len();
     let bars = MultiProgress::new();
-    if !opts.progress {
+    if !opts.docs.progress {
         bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let result = with_pool(opts.num_threads, || {
+    let result = with_pool(opts.docs.num_proc, || {
         run(opts, &mut manifest, &manifest_path, &bars, stop)
     });
     let (run_result, threads) = result?;
@@ -326,20 +225,20 @@ fn run(
     let resuming = !manifest.done.is_empty();
     let (train, val) = if resuming {
         (
-            SplitWriter::resume(out, "train", opts.shard_tokens, totals.train_tokens)?,
-            SplitWriter::resume(out, "val", opts.shard_tokens, totals.val_tokens)?,
+            SplitWriter::resume(out, "train", opts.docs.shard_tokens, totals.train_tokens)?,
+            SplitWriter::resume(out, "val", opts.docs.shard_tokens, totals.val_tokens)?,
         )
     } else {
         (
-            SplitWriter::create_resumable(out, "train", opts.shard_tokens)?,
-            SplitWriter::create_resumable(out, "val", opts.shard_tokens)?,
+            SplitWriter::create_resumable(out, "train", opts.docs.shard_tokens)?,
+            SplitWriter::create_resumable(out, "val", opts.docs.shard_tokens)?,
         )
     };
     let mut sink = SplitSink {
         train,
         val,
-        seed: opts.seed,
-        val_fraction: opts.val_fraction,
+        seed: opts.docs.seed,
+        val_fraction: opts.docs.val_fraction,
         end_of_doc: vec![EOT],
         documents: totals.documents,
         val_documents: totals.val_documents,
@@ -350,7 +249,7 @@ fn run(
         .iter()
         .map(|s| s.size)
         .sum();
-    let bar = bars.add(progress_bar(opts.progress, total_bytes));
+    let bar = bars.add(progress_bar(opts.docs.progress, total_bytes));
     bar.set_position(done_bytes);
     let download_dir = out.join("download");
     let first = manifest.done.len();
@@ -424,9 +323,9 @@ fn run(
                         bytes: source.size,
                     }],
                     ReaderOptions {
-                        text_field: opts.text_field.clone(),
-                        piece_bytes: opts.piece_bytes,
-                        batch_bytes: opts.batch_bytes,
+                        text_field: opts.docs.text_field.clone(),
+                        piece_bytes: opts.docs.piece_bytes,
+                        batch_bytes: opts.docs.batch_bytes,
                         first_doc: sink.documents,
                         end_doc: opts.max_docs,
                     },
@@ -497,7 +396,7 @@ fn run(
     if manifest.totals().documents == 0 {
         bail!(
             "no documents: the source files hold no text in \"{}\"",
-            opts.text_field
+            opts.docs.text_field
         );
     }
 
@@ -509,7 +408,7 @@ fn run(
     let val_files = commit(sink.val.finish()?)?;
     let removed = remove_stale(
         out,
-        opts.shard_tokens,
+        opts.docs.shard_tokens,
         TextTokenizer::Gpt2,
         &train_files,
         &val_files,
@@ -678,57 +577,13 @@ fn settings_of(opts: &StreamPrepareOptions) -> Settings {
     };
     Settings {
         source,
-        text_field: opts.text_field.clone(),
-        val_fraction: opts.val_fraction,
-        seed: opts.seed,
-        shard_tokens: opts.shard_tokens,
+        text_field: opts.docs.text_field.clone(),
+        val_fraction: opts.docs.val_fraction,
+        seed: opts.docs.seed,
+        shard_tokens: opts.docs.shard_tokens,
         max_docs: opts.max_docs,
         tokenizer: "gpt2".to_string(),
     }
-}
-
-fn settings_diff(was: &Settings, now: &Settings) -> String {
-    let (a, b) = (
-        serde_json::to_value(was).unwrap_or_default(),
-        serde_json::to_value(now).unwrap_or_default(),
-    );
-    let mut diffs = Vec::new();
-    if let (Some(a), Some(b)) = (a.as_object(), b.as_object()) {
-        for (key, old) in a {
-            let new = b.get(key).cloned().unwrap_or_default();
-            if *old != new {
-                diffs.push(format!("{key} was {old}, now {new}"));
-            }
-        }
-    }
-    diffs.join(", ")
-}
-
-fn read_manifest(path: &Path) -> Result<Option<Manifest>> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => bail!("cannot read {}: {e}", path.display()),
-    };
-    let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
-        anyhow!(
-            "{} is damaged ({e}); pass --restart to start over",
-            path.display()
-        )
-    })?;
-    if manifest.format != MANIFEST_FORMAT {
-        bail!(
-            "{} is a manifest of another kind ({}); pass --restart to start over",
-            path.display(),
-            manifest.format
-        );
-    }
-    Ok(Some(manifest))
-}
-
-fn write_manifest(path: &Path, m: &Manifest) -> Result<()> {
-    let json = serde_json::to_string_pretty(m)?;
-    write_atomic(path, json.as_bytes())
 }
 
 /// Removes the temp outputs and downloads an unfinished earlier run left in `dir`.

@@ -29,6 +29,7 @@
 //!   not change, see [`super::corpus`].
 
 use super::corpus::{collect_inputs, CorpusReader, InputFile, Piece, ReaderOptions};
+use super::documents::DocumentOptions;
 use super::pipeline::{tokenize_ordered, with_pool, Batch};
 use super::writer::{shard_path, PendingFile, SplitWriter};
 use crate::atomic_file::write_atomic;
@@ -68,24 +69,9 @@ pub struct TextPrepareOptions {
     /// Created if missing.
     pub out_dir: PathBuf,
     pub tokenizer: TextTokenizer,
-    /// The JSON-lines field holding a document's text.
-    pub text_field: String,
-    /// Fraction of documents for validation, in [0, 1).
-    pub val_fraction: f64,
-    /// Seeds the document split.
-    pub seed: u64,
-    /// `None`: `train.bin`/`val.bin`; `Some(n)`: llm.c shards of `n` tokens.
-    pub shard_tokens: Option<usize>,
-    /// Tokenizing threads; `None` uses rayon's global pool.
-    pub num_threads: Option<usize>,
     /// Character mode: text appended after every document.
     pub char_separator: String,
-    /// Text per batch read ahead and tokenized together.
-    pub batch_bytes: usize,
-    /// Documents longer than this are cut into pieces tokenized in parallel.
-    pub piece_bytes: usize,
-    /// Show a progress bar on stderr (hidden anyway when stderr is not a terminal).
-    pub progress: bool,
+    pub docs: DocumentOptions,
 }
 
 impl TextPrepareOptions {
@@ -104,15 +90,8 @@ impl Default for TextPrepareOptions {
             inputs: Vec::new(),
             out_dir: PathBuf::from("data/text"),
             tokenizer: TextTokenizer::Gpt2,
-            text_field: "text".to_string(),
-            val_fraction: 0.0005,
-            seed: 2357,
-            shard_tokens: None,
-            num_threads: None,
             char_separator: "\n\n".to_string(),
-            batch_bytes: 16 << 20,
-            piece_bytes: 256 << 10,
-            progress: true,
+            docs: DocumentOptions::default(),
         }
     }
 }
@@ -182,15 +161,7 @@ pub fn prepare_text(opts: &TextPrepareOptions) -> Result<TextPrepareSummary> {
     if opts.inputs.is_empty() {
         bail!("no inputs: give text files (.txt), JSON-lines files (.jsonl) or folders of them");
     }
-    if !(0.0..1.0).contains(&opts.val_fraction) {
-        bail!(
-            "val_fraction must be at least 0 and below 1, got {}",
-            opts.val_fraction
-        );
-    }
-    if opts.text_field.is_empty() {
-        bail!("text_field is empty: give the JSON field that holds each document's text");
-    }
+    opts.docs.validate()?;
     let (files, skipped) = collect_inputs(&opts.inputs)?;
     if files.is_empty() {
         bail!(
@@ -203,9 +174,9 @@ pub fn prepare_text(opts: &TextPrepareOptions) -> Result<TextPrepareSummary> {
     std::fs::create_dir_all(out)
         .map_err(|e| anyhow!("cannot create the output folder {}: {e}", out.display()))?;
     let total_bytes: u64 = files.iter().map(|f| f.bytes).sum();
-    let bar = progress_bar(opts.progress, total_bytes);
+    let bar = progress_bar(opts.docs.progress, total_bytes);
 
-    let result = with_pool(opts.num_threads, || tokenize_corpus(opts, &files, &bar));
+    let result = with_pool(opts.docs.num_proc, || tokenize_corpus(opts, &files, &bar));
     bar.finish_and_clear(); // before any error message
     let (done, threads) = result?;
     let done = done?;
@@ -229,7 +200,7 @@ pub fn prepare_text(opts: &TextPrepareOptions) -> Result<TextPrepareSummary> {
     };
     let removed_stale = remove_stale(
         out,
-        opts.shard_tokens,
+        opts.docs.shard_tokens,
         opts.tokenizer,
         &train_files,
         &val_files,
@@ -303,9 +274,9 @@ fn tokenize_corpus(
         CorpusReader::new(
             files.to_vec(),
             ReaderOptions {
-                text_field: opts.text_field.clone(),
-                piece_bytes: opts.piece_bytes,
-                batch_bytes: opts.batch_bytes,
+                text_field: opts.docs.text_field.clone(),
+                piece_bytes: opts.docs.piece_bytes,
+                batch_bytes: opts.docs.batch_bytes,
                 first_doc: 0,
                 end_doc: None,
             },
@@ -332,10 +303,10 @@ fn tokenize_corpus(
 
     let out = &opts.out_dir;
     let mut sink = SplitSink {
-        train: SplitWriter::create(out, "train", opts.shard_tokens)?,
-        val: SplitWriter::create(out, "val", opts.shard_tokens)?,
-        seed: opts.seed,
-        val_fraction: opts.val_fraction,
+        train: SplitWriter::create(out, "train", opts.docs.shard_tokens)?,
+        val: SplitWriter::create(out, "val", opts.docs.shard_tokens)?,
+        seed: opts.docs.seed,
+        val_fraction: opts.docs.val_fraction,
         end_of_doc,
         documents: 0,
         val_documents: 0,

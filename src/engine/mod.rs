@@ -16,7 +16,8 @@ use std::fmt;
 use std::str::FromStr;
 
 /// Where the model runs: `--device=cpu|cuda|auto`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Device {
     Cpu,
     Cuda,

@@ -25,8 +25,8 @@
 use super::config::{EarlyStopping, SamplingConfig};
 use super::context::Context;
 use super::dist::{log_softmax_inplace, sample_weights};
-use super::generate::{sample_rng, start_tokens, FinishReason, Generation};
 use super::processors::Processors;
+use super::sequence::{sample_rng, start_tokens, FinishReason, Generation};
 use super::stop::{StopScan, Vocab};
 use crate::engine::Engine;
 use anyhow::{bail, Result};

@@ -1,5 +1,6 @@
-//! Every decoding knob in one place, with nanoGPT's `sample.py` defaults where nanoGPT has the
-//! knob and Hugging Face `generate`'s defaults (i.e. "off") for the rest.
+//! The decoding configuration that generation runs with. Its defaults come from the settings
+//! table, [`crate::sample::SampleSettings`] (nanoGPT's `sample.py` where nanoGPT has the knob,
+//! Hugging Face `generate`'s "off" for the rest).
 
 use anyhow::{bail, Result};
 
@@ -33,14 +34,9 @@ pub struct DryConfig {
 }
 
 impl Default for DryConfig {
+    /// Off, with llama.cpp's other defaults (from [`crate::sample::SampleSettings`]).
     fn default() -> Self {
-        DryConfig {
-            multiplier: 0.0,
-            base: 1.75,
-            allowed_length: 2,
-            breakers: Vec::new(),
-            penalty_last_n: None,
-        }
+        SamplingConfig::default().dry
     }
 }
 
@@ -48,7 +44,8 @@ impl Default for DryConfig {
 pub const DRY_DEFAULT_BREAKERS: [&str; 4] = ["\n", ":", "\"", "*"];
 
 /// All decoding settings. `Default` is nanoGPT's `sample.py`: 10 samples of 500 tokens,
-/// temperature 0.8, top_k 200, seed 1337; everything else off.
+/// temperature 0.8, top_k 200, seed 1337; everything else off (from
+/// [`crate::sample::SampleSettings`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SamplingConfig {
     /// Independent samples (batched together, see `batch_size`). Beam search ignores it and
@@ -93,34 +90,6 @@ pub struct SamplingConfig {
     pub early_stopping: EarlyStopping,
     /// Finished beams returned, best first (at most `num_beams`).
     pub num_return_sequences: usize,
-}
-
-impl Default for SamplingConfig {
-    fn default() -> Self {
-        SamplingConfig {
-            num_samples: 10,
-            max_new_tokens: 500,
-            do_sample: true,
-            temperature: 0.8,
-            top_k: Some(200),
-            top_p: None,
-            min_p: None,
-            typical_p: None,
-            repetition_penalty: 1.0,
-            no_repeat_ngram_size: 0,
-            frequency_penalty: 0.0,
-            presence_penalty: 0.0,
-            dry: DryConfig::default(),
-            seed: 1337,
-            stop: Vec::new(),
-            stop_at_eot: true,
-            batch_size: 0,
-            num_beams: 1,
-            length_penalty: 1.0,
-            early_stopping: EarlyStopping::False,
-            num_return_sequences: 1,
-        }
-    }
 }
 
 impl SamplingConfig {

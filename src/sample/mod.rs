@@ -49,23 +49,33 @@
 //! # Files
 //! `config` (the knobs), `processors` and `dry` (logits processors), `dist` (softmax, argmax,
 //! draws), `stop` (end-of-text and stop strings), `context` (KV cache and context cropping),
-//! `generate` (greedy and sampling), `beam` (beam search), `repetition` (metrics), `cli` (the
-//! `nanogpt sample` and `nanogpt repetition` commands), `report` (the repetition table).
+//! `sequence` (what generation produces), `generate` (greedy and sampling), `beam` (beam search), `repetition` (metrics), `report` (the
+//! repetition table); for the commands: `options` (the settings tables), `settings` (the
+//! `repetition` settings language), `stream` (streamed and `--json` output), `run`
+//! (`nanogpt sample` and `nanogpt repetition`).
 
 pub mod beam;
-pub mod cli;
 pub mod config;
 pub mod context;
 pub mod dist;
 pub mod dry;
 pub mod generate;
+pub mod options;
 pub mod processors;
 pub mod repetition;
 pub mod report;
+pub mod run;
+pub mod sequence;
+pub mod settings;
 pub mod stop;
+pub mod stream;
 
 pub use beam::beam_search;
 pub use config::{DryConfig, EarlyStopping, SamplingConfig, DRY_DEFAULT_BREAKERS};
-pub use generate::{generate, start_tokens, FinishReason, Generation};
+pub use generate::generate;
+pub use options::{RepetitionArgs, SampleArgs, SampleSettings};
 pub use processors::Processors;
+pub use run::{run_repetition, run_sample};
+pub use sequence::{start_tokens, FinishReason, Generation};
 pub use stop::{IdsOnly, StopScan, Vocab};
+pub use stream::SEPARATOR;

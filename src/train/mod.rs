@@ -1,6 +1,6 @@
-//! Training: knobs and schedule, checkpoints, the loop.
+//! Training: the learning-rate schedule, metrics, the loop (knobs: [`crate::config::train`];
+//! checkpoints: [`crate::checkpoint`]; where the model comes from: [`crate::load`]).
 
-pub mod checkpoint;
 pub mod config;
 pub mod metrics;
 pub mod trainer;

@@ -1,14 +1,13 @@
 //! The training loop, as nanoGPT's train.py runs it: evaluate every eval_interval, checkpoint,
 //! then gradient_accumulation_steps micro-batches, clip, AdamW, log.
 
-use super::checkpoint;
 use super::config::{learning_rate_at, TrainConfig};
 use super::metrics::Metrics;
+use crate::checkpoint;
 use crate::data::batch::mask_to_completions;
 use crate::data::TokenFile;
-use crate::engine::{self, AdamW, Device, Engine, Mode};
-use crate::model::pretrained::{load_pretrained, GPT2_NAMES};
-use crate::model::Gpt;
+use crate::engine::{self, AdamW, Engine, Mode};
+use crate::load::{self, TrainStart};
 use crate::perf::mfu;
 use crate::rng::{mix64, Rng};
 use crate::tokenizer::Tokenizer;
@@ -17,9 +16,6 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
-
-/// nanoGPT's vocabulary for GPT-2 BPE data trained from scratch: 50257 padded to 50304.
-const GPT2_PADDED_VOCAB: usize = 50304;
 
 /// What a finished run reports.
 #[derive(Clone, Debug, Default)]
@@ -57,33 +53,14 @@ pub fn train(cfg: &TrainConfig, log: &mut dyn Write, stop: &AtomicBool) -> Resul
         weight_decay: cfg.weight_decay,
     };
 
-    let (model, opt, mut iter_num, mut best_val_loss) = match cfg.init_from.as_str() {
-        "scratch" => {
-            let vocab = if cfg.vocab_size > 0 {
-                cfg.vocab_size
-            } else {
-                dataset_vocab(&data_dir)?
-            };
-            let model = Gpt::new(cfg.model_config(vocab), cfg.seed)?;
-            (model, None, 0, f32::INFINITY)
-        }
-        "resume" => {
-            let (mut model, opt, state) = checkpoint::load(&out_dir.join("latest"))?;
-            model.set_dropout(cfg.dropout);
-            (model, Some(opt), state.iter_num, state.best_val_loss)
-        }
-        name => {
-            if !GPT2_NAMES.contains(&name) && !Path::new(name).is_dir() {
-                bail!("init_from '{name}' is not scratch, resume, gpt2, gpt2-medium, gpt2-large, gpt2-xl or a model directory");
-            }
-            let mut model = load_pretrained(name)?;
-            model.crop_block_size(cfg.block_size);
-            model.set_dropout(cfg.dropout);
-            (model, None, 0, f32::INFINITY)
-        }
-    };
+    let TrainStart {
+        model,
+        opt,
+        mut iter_num,
+        mut best_val_loss,
+    } = load::for_training(cfg, log)?;
     let mcfg = model.config.clone();
-    let mut engine = engine::open(model, Device::Auto)?;
+    let mut engine = engine::open(model, cfg.device)?;
     engine.set_adamw(hyper);
     if let Some(opt) = opt {
         engine.set_optimizer_state(opt)?;
@@ -291,15 +268,6 @@ fn estimate_loss(
             .unwrap_or(f32::NAN) as f64;
     }
     Ok((total / n as f64) as f32)
-}
-
-/// The vocabulary to train on: meta.json's (character data) or GPT-2's padded 50304.
-fn dataset_vocab(data_dir: &Path) -> Result<usize> {
-    if data_dir.join("meta.json").is_file() || data_dir.join("meta.pkl").is_file() {
-        Ok(Tokenizer::for_data_dir(data_dir)?.vocab_size())
-    } else {
-        Ok(GPT2_PADDED_VOCAB)
-    }
 }
 
 /// One split's token file, and the completion-only mask (`loss_after`) applied to its batches.

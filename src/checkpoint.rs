@@ -1,4 +1,4 @@
-//! Checkpoints: a directory that transformers' `GPT2LMHeadModel.from_pretrained` opens as it is
+//! The checkpoint format, written by training and read by [`crate::load`]: a directory that transformers' `GPT2LMHeadModel.from_pretrained` opens as it is
 //! (`config.json` + `model.safetensors`), plus the training state beside it
 //! (`optimizer.safetensors`: AdamW moments in the parameter layout; `train_state.json`).
 //!
@@ -6,9 +6,8 @@
 //! to `NAME.old/`, the new one renamed into place and the old one removed. A crash at any point
 //! leaves either `NAME/` or `NAME.old/` complete, and `resolve` finds whichever it is.
 
-use super::config::TrainConfig;
 use crate::atomic_file::write_atomic;
-use crate::config::GptConfig;
+use crate::config::{GptConfig, TrainConfig};
 use crate::engine::{Engine, OptimizerState};
 use crate::model::weights::{f32_le_bytes, load_model_file, save_hf_dir};
 use crate::model::Gpt;
@@ -95,7 +94,7 @@ pub fn resolve(dir: &Path) -> Option<PathBuf> {
         .find(|d| d.join(STATE_FILE).is_file())
 }
 
-/// Loads model, optimizer and state from a checkpoint directory.
+/// Loads model, optimizer and state from a checkpoint directory (to resume training).
 pub fn load(dir: &Path) -> Result<(Gpt, OptimizerState, TrainState)> {
     let Some(dir) = resolve(dir) else {
         bail!("no checkpoint in {} (no {STATE_FILE}): train with init_from=scratch first, or check out_dir", dir.display());
@@ -130,17 +129,8 @@ pub fn load(dir: &Path) -> Result<(Gpt, OptimizerState, TrainState)> {
     Ok((model, opt, state))
 }
 
-/// The trained model of a run: `out_dir/best` (lowest val loss), else `out_dir/latest`.
-pub fn load_trained_model(out_dir: &Path) -> Result<(Gpt, TrainState)> {
-    let Some(dir) = resolve(&out_dir.join("best")).or_else(|| resolve(&out_dir.join("latest")))
-    else {
-        bail!("no checkpoint in {} (neither best/ nor latest/): train a model first, or check --out_dir", out_dir.display());
-    };
-    read_model(&dir)
-}
-
 /// The model and state of one complete checkpoint directory.
-fn read_model(dir: &Path) -> Result<(Gpt, TrainState)> {
+pub fn read_model(dir: &Path) -> Result<(Gpt, TrainState)> {
     let state_path = dir.join(STATE_FILE);
     let text = std::fs::read_to_string(&state_path)
         .with_context(|| format!("cannot read {}", state_path.display()))?;

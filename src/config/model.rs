@@ -1,4 +1,5 @@
-//! Model configuration: nanoGPT's `GPTConfig`, its presets, and validation with clear errors.
+//! Model configuration: nanoGPT's `GPTConfig`, its presets, and validation with clear errors;
+//! and the model-shape knobs that `train` and `bench` share ([`crate::with_model_shape`]).
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -112,4 +113,54 @@ impl GptConfig {
     pub fn flops_per_token(&self, seq_len: usize) -> f64 {
         6.0 * self.num_params() as f64 + 12.0 * (self.n_layer * self.n_embd * seq_len) as f64
     }
+}
+
+/// Declares a [`crate::knobs!`] table with the model-shape knobs (nanoGPT's train.py defaults)
+/// between two groups of its own rows, and `model_config` to turn them into a [`GptConfig`].
+/// `train` and `bench` both use it, so the shape is defined here once.
+#[macro_export]
+macro_rules! with_model_shape {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident { { $($before:tt)* } { $($after:tt)* } }
+    ) => {
+        $crate::knobs! {
+            $(#[$meta])*
+            pub struct $name {
+                { $($before)* }
+                {
+                    /// Context length in tokens
+                    block_size: usize = 1024,
+                    /// Transformer blocks
+                    n_layer: usize = 12,
+                    /// Attention heads per block
+                    n_head: usize = 12,
+                    /// Embedding width
+                    n_embd: usize = 768,
+                    /// Dropout probability while training
+                    dropout: f32 = 0.0,
+                    /// Biases in the linear layers and LayerNorms
+                    bias: bool = false,
+                }
+                { $($after)* }
+            }
+        }
+
+        impl $name {
+            /// The model these knobs describe, with a vocabulary of `vocab_size` (padded to a
+            /// multiple of 64 when `pad_vocab`).
+            pub fn model_config(&self, vocab_size: usize, pad_vocab: bool) -> $crate::config::GptConfig {
+                $crate::config::GptConfig {
+                    n_layer: self.n_layer,
+                    n_head: self.n_head,
+                    n_embd: self.n_embd,
+                    block_size: self.block_size,
+                    vocab_size,
+                    pad_vocab,
+                    bias: self.bias,
+                    dropout: self.dropout,
+                }
+            }
+        }
+    };
 }

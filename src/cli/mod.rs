@@ -1,0 +1,213 @@
+//! The `nanogpt` command line: parses arguments and calls the library, nothing else. The flags of
+//! `train`, `sample`, `repetition` and `bench` come from the library's settings tables
+//! ([`knobs`]); `prepare`'s are in [`prepare`].
+
+mod knobs;
+mod output;
+mod prepare;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use knobs::Knobs;
+use nanogpt::bench::{run_generate_bench, run_train_bench, BenchArgs};
+use nanogpt::engine::Device;
+use nanogpt::sample::{RepetitionArgs, SampleArgs};
+use nanogpt::train::TrainConfig;
+use output::{ctrl_c_flag, print_arithmetic_report, LiveLog};
+use prepare::{prepare, PrepareCommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "nanogpt",
+    version,
+    about = "nanoGPT rebuilt in Rust: train, fine-tune and sample GPT-2-family models"
+)]
+struct Cli {
+    /// Worker threads (default: all cores; RAYON_NUM_THREADS also works).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Prepare a dataset into data/<name>/ (train.bin, val.bin, and meta.json for characters).
+    Prepare {
+        #[command(subcommand)]
+        dataset: PrepareCommand,
+    },
+    /// The main job, no network needed: prepare arithmetic problems, train a small GPT on them
+    /// (a few minutes on 2 cores), and show its accuracy on problems it never saw.
+    Quickstart {
+        #[arg(long = "out_dir", default_value = "out-arithmetic")]
+        out_dir: PathBuf,
+        #[arg(long = "data_dir", default_value = "data")]
+        data_dir: PathBuf,
+        /// Training overrides, e.g. --max_iters=500 (see config/arithmetic.toml).
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "--key=value"
+        )]
+        overrides: Vec<String>,
+    },
+    /// Draw OUT_DIR/metrics.jsonl (loss, learning rate, tokens/s) to OUT_DIR/metrics.png.
+    Plot { out_dir: PathBuf },
+    /// Evaluate a trained model.
+    Eval {
+        #[command(subcommand)]
+        task: EvalCommand,
+    },
+    /// Train a GPT: nanoGPT's train.py. `nanogpt train config/train_shakespeare_char.toml --max_iters=2000`
+    #[command(after_help = knobs::overrides_help::<TrainConfig>())]
+    Train {
+        /// A TOML config file, then --key=value overrides (nanoGPT's knob names).
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "CONFIG] [--key=value"
+        )]
+        args: Vec<String>,
+    },
+    /// Time forward + backward + AdamW on random data (nanoGPT's bench.py).
+    Bench(Knobs<BenchArgs>),
+    /// Generate text from a checkpoint or GPT-2, streamed (nanoGPT's sample.py; --json for scripts).
+    Sample(Knobs<SampleArgs>),
+    /// Measure how much decoding settings repeat themselves (rep-n, distinct-n, loops) as a table.
+    Repetition(Knobs<RepetitionArgs>),
+}
+
+#[derive(Subcommand)]
+enum EvalCommand {
+    /// Exact-match accuracy on the held-out arithmetic problems, per operation and length.
+    Arithmetic {
+        /// The training run's out_dir (its best/ checkpoint, else latest/).
+        #[arg(long = "out_dir", default_value = "out-arithmetic")]
+        out_dir: PathBuf,
+        #[arg(long = "data_dir", default_value = "data")]
+        data_dir: PathBuf,
+        /// The dataset's name under data_dir.
+        #[arg(long, default_value = "arithmetic")]
+        name: String,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// cpu, cuda or auto (a GPU when there is one).
+        #[arg(long, default_value_t = Device::Auto)]
+        device: Device,
+    },
+}
+
+/// Parses the command line and runs the command.
+pub fn run() -> Result<()> {
+    let cli = Cli::parse();
+    nanogpt::perf::keep_large_allocations_in_heap();
+    if let Some(n) = cli.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("cannot set up the thread pool")?;
+    }
+    match cli.command {
+        Command::Prepare { dataset } => prepare(dataset)?,
+        Command::Sample(flags) => {
+            let args = flags.parse()?;
+            nanogpt::sample::run_sample(&args, &mut std::io::stdout(), &mut std::io::stderr())?;
+        }
+        Command::Repetition(flags) => {
+            nanogpt::sample::run_repetition(
+                &flags.parse()?,
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            )?;
+        }
+        Command::Plot { out_dir } => {
+            let (png, summary) = nanogpt::plot::plot_out_dir(&out_dir)?;
+            println!("wrote {}: {summary}", png.display());
+        }
+        Command::Quickstart {
+            out_dir,
+            data_dir,
+            overrides,
+        } => {
+            let stop = ctrl_c_flag("finishing this iteration, then saving a checkpoint")?;
+            let mut log = LiveLog::new();
+            let report = nanogpt::arithmetic::quickstart::quickstart(
+                &data_dir, &out_dir, &overrides, &mut log, &stop,
+            )?;
+            println!();
+            print_arithmetic_report(&report);
+            println!("\nThe model is in {}/best (transformers can open it); evaluate again with `nanogpt eval arithmetic --out_dir={}`.", out_dir.display(), out_dir.display());
+        }
+        Command::Eval {
+            task:
+                EvalCommand::Arithmetic {
+                    out_dir,
+                    data_dir,
+                    name,
+                    json,
+                    device,
+                },
+        } => {
+            let (model, _) = nanogpt::load::trained(&out_dir)?;
+            let engine = nanogpt::engine::open(model, device)?;
+            let report =
+                nanogpt::arithmetic::eval::evaluate(engine.as_ref(), &data_dir.join(name))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_arithmetic_report(&report);
+            }
+        }
+        Command::Train { args } => {
+            let mut cfg = TrainConfig::default();
+            let overrides = match args.first() {
+                Some(first) if !first.starts_with("--") => {
+                    cfg.apply_file(std::path::Path::new(first))?;
+                    &args[1..]
+                }
+                _ => &args[..],
+            };
+            cfg.apply_overrides(overrides)?;
+            let stop = ctrl_c_flag("finishing this iteration, then saving a checkpoint")?;
+            let mut out = std::io::stdout();
+            nanogpt::train::train(&cfg, &mut out, &stop)?;
+        }
+        Command::Bench(flags) => bench(&flags.parse()?)?,
+    }
+    Ok(())
+}
+
+fn bench(args: &BenchArgs) -> Result<()> {
+    let opts = args.options()?;
+    if args.generate {
+        let r = run_generate_bench(&opts, args.prompt_len, args.max_new_tokens)?;
+        if args.json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            println!(
+                "generate B={} prompt={} new={}: {:.1} tokens/s ({:.2} ms/token, prompt pass {:.1} ms), {} threads, peak RSS {:.0} MiB",
+                r.batch_size, r.prompt_len, r.max_new_tokens, r.tokens_per_s, r.ms_per_token, r.prompt_ms, r.threads, r.peak_rss_mib.unwrap_or(f64::NAN)
+            );
+        }
+        return Ok(());
+    }
+    let r = run_train_bench(&opts)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "peak: {:.1} GFLOP/s ({}), {} threads",
+            r.peak_tflops * 1e3,
+            r.peak_source,
+            r.threads
+        );
+        println!(
+            "{:.2}M params, B={} T={}: {:.1} ms/iter (min {:.1}), {:.0} tokens/s, MFU {:.1}%, peak RSS {:.0} MiB",
+            r.params as f64 / 1e6, r.batch_size, r.config.block_size, r.ms_per_iter, r.ms_per_iter_min, r.tokens_per_s, r.mfu * 100.0, r.peak_rss_mib.unwrap_or(f64::NAN)
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,9 @@
+//! Settings: the knob tables ([`knobs`]), the model's configuration and shape ([`model`]), and
+//! the training knobs ([`train`]).
+
+pub mod knobs;
+pub mod model;
+pub mod train;
+
+pub use model::GptConfig;
+pub use train::TrainConfig;

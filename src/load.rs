@@ -1,0 +1,290 @@
+//! Where a model comes from, for `train`, `sample`, `repetition` and `eval` alike, with one set of
+//! error messages. The sources:
+//! - `scratch` (training only): a new model of the configured shape, its vocabulary the
+//!   dataset's `meta.json`, else GPT-2's padded 50304.
+//! - `resume`: the run in `out_dir`. Training resumes from `out_dir/latest` (model, optimizer
+//!   moments, iteration); sampling takes `out_dir/best`, else `latest`, with the tokenizer of the
+//!   dataset the run trained on (`data_dir/dataset` from the run's saved training config, or
+//!   `--data_dir=DIR` when the data moved): its `meta.json`/`meta.pkl` characters, else GPT-2
+//!   BPE. If that dataset directory is gone, a model with GPT-2's vocabulary size still gets
+//!   GPT-2 BPE; any other is an error saying where the vocabulary was expected.
+//! - `gpt2`, `gpt2-medium`, `gpt2-large`, `gpt2-xl`: `./NAME/`, the Hugging Face cache, or a
+//!   download into the cache (see [`crate::model::pretrained::download_gpt2`]; `HF_ENDPOINT`
+//!   picks a mirror, `HF_HUB_OFFLINE=1` forbids the download).
+//! - a directory: any Hugging Face GPT-2 directory (`config.json` + `model.safetensors`, GPT-2
+//!   BPE), a checkpoint directory of this crate (it has `train_state.json`: tokenizer as for
+//!   `resume`), or a run's out_dir (same as `resume` with that out_dir).
+//!
+//! The checkpoint format itself is [`crate::checkpoint`].
+
+use crate::checkpoint::{self, TrainState, STATE_FILE};
+use crate::config::TrainConfig;
+use crate::engine::OptimizerState;
+use crate::hf::Hub;
+use crate::model::pretrained::{download_gpt2, find_model_dir, GPT2_NAMES};
+use crate::model::weights::load_hf_dir;
+use crate::model::Gpt;
+use crate::tokenizer::{Tokenizer, GPT2_VOCAB_SIZE};
+use anyhow::{bail, Result};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// nanoGPT's vocabulary for GPT-2 BPE data trained from scratch: 50257 padded to 50304.
+const GPT2_PADDED_VOCAB: usize = 50304;
+
+crate::knobs! {
+    /// Where `sample` and `repetition` take the model from (see the module docs).
+    #[derive(Clone, Debug)]
+    pub struct ModelSource {
+        {
+            /// resume (the checkpoint in --out_dir), gpt2, gpt2-medium, gpt2-large, gpt2-xl
+            /// (./NAME/, the Hugging Face cache, or downloaded into it), or a directory with
+            /// config.json + model.safetensors
+            init_from: String = "resume".into(),
+            /// The training run's directory, for --init_from=resume [default: out]
+            out_dir: Option<PathBuf> = None,
+            /// Where the run's dataset directory is now (DATA_DIR/<dataset>/ with meta.json), if
+            /// it moved [default: the data_dir the run trained with]
+            data_dir: Option<PathBuf> = None,
+        }
+    }
+}
+
+/// A loaded model with its tokenizer.
+pub struct LoadedModel {
+    pub model: Gpt,
+    pub tokenizer: Tokenizer,
+    /// What was loaded, for reports ("gpt2", "out/best", ...).
+    pub name: String,
+}
+
+/// Where training starts: a model, and the optimizer state when resuming.
+pub struct TrainStart {
+    pub model: Gpt,
+    pub opt: Option<OptimizerState>,
+    /// The next iteration to run.
+    pub iter_num: usize,
+    pub best_val_loss: f32,
+}
+
+/// The error for an `init_from` that names no source; `accepted` lists what the caller takes
+/// besides the GPT-2 names and directories.
+fn unknown_source(init: &str, accepted: &[&str]) -> anyhow::Error {
+    anyhow::anyhow!(
+        "init_from={init}: not {}, {}, nor a directory: pass one of those",
+        accepted.join(", "),
+        GPT2_NAMES.join(", ")
+    )
+}
+
+/// The model training starts from, as `cfg.init_from` says. Notes (a download) go to `log`.
+pub fn for_training(cfg: &TrainConfig, log: &mut dyn Write) -> Result<TrainStart> {
+    let fresh = |model: Gpt| TrainStart {
+        opt: None,
+        model,
+        iter_num: 0,
+        best_val_loss: f32::INFINITY,
+    };
+    match cfg.init_from.as_str() {
+        "scratch" => {
+            let vocab = if cfg.vocab_size > 0 {
+                cfg.vocab_size
+            } else {
+                dataset_vocab(&cfg.dataset_dir())?
+            };
+            Ok(fresh(Gpt::new(cfg.model_config(vocab, true), cfg.seed)?))
+        }
+        "resume" => {
+            let (mut model, opt, state) = checkpoint::load(&cfg.out_dir().join("latest"))?;
+            model.set_dropout(cfg.dropout);
+            Ok(TrainStart {
+                model,
+                opt: Some(opt),
+                iter_num: state.iter_num,
+                best_val_loss: state.best_val_loss,
+            })
+        }
+        name => {
+            let dir = if GPT2_NAMES.contains(&name) {
+                gpt2_dir(name, log)?
+            } else if Path::new(name).is_dir() {
+                find_model_dir(name)?
+            } else {
+                return Err(unknown_source(name, &["scratch", "resume"]));
+            };
+            let mut model = load_hf_dir(&dir)?;
+            model.crop_block_size(cfg.block_size);
+            model.set_dropout(cfg.dropout);
+            Ok(fresh(model))
+        }
+    }
+}
+
+/// The vocabulary to train on: meta.json's (character data) or GPT-2's padded 50304.
+fn dataset_vocab(data_dir: &Path) -> Result<usize> {
+    if data_dir.join("meta.json").is_file() || data_dir.join("meta.pkl").is_file() {
+        Ok(Tokenizer::for_data_dir(data_dir)?.vocab_size())
+    } else {
+        Ok(GPT2_PADDED_VOCAB)
+    }
+}
+
+/// The model and tokenizer `src` names, for sampling. Notes go to `err`.
+pub fn for_sampling(src: &ModelSource, err: &mut dyn Write) -> Result<LoadedModel> {
+    let init = src.init_from.trim();
+    if init == "resume" {
+        let out_dir = src.out_dir.clone().unwrap_or_else(|| PathBuf::from("out"));
+        return out_dir_model(&out_dir, src.data_dir.as_deref(), err);
+    }
+    if let Some(out_dir) = &src.out_dir {
+        writeln!(
+            err,
+            "note: --out_dir={} is not used with --init_from={init} (it is for --init_from=resume)",
+            out_dir.display()
+        )?;
+    }
+    if GPT2_NAMES.contains(&init) {
+        let dir = gpt2_dir(init, err)?;
+        let model = load_hf_dir(&dir)?;
+        let tokenizer = gpt2_tokenizer_for(&model, &dir)?;
+        return Ok(LoadedModel {
+            model,
+            tokenizer,
+            name: init.to_string(),
+        });
+    }
+    let dir = Path::new(init);
+    if !dir.is_dir() {
+        return Err(unknown_source(init, &["resume"]));
+    }
+    let has = |f: &str| dir.join(f).is_file();
+    if has("config.json") && has("model.safetensors") {
+        let name = dir.display().to_string();
+        if has(STATE_FILE) {
+            // One of this crate's checkpoint directories: it knows its dataset.
+            let (model, state) = checkpoint::read_model(dir)?;
+            let tokenizer = checkpoint_tokenizer(&state, &model, src.data_dir.as_deref(), err)?;
+            return Ok(LoadedModel {
+                model,
+                tokenizer,
+                name,
+            });
+        }
+        let model = load_hf_dir(dir)?;
+        let tokenizer = gpt2_tokenizer_for(&model, dir)?;
+        return Ok(LoadedModel {
+            model,
+            tokenizer,
+            name,
+        });
+    }
+    if dir.join("best").is_dir() || dir.join("latest").is_dir() {
+        return out_dir_model(dir, src.data_dir.as_deref(), err);
+    }
+    bail!(
+        "--init_from={init}: the directory has no config.json + model.safetensors (nor best/ or latest/ checkpoints): pass a GPT-2 model directory"
+    );
+}
+
+/// The trained model of a run: `out_dir/best` (lowest val loss), else `out_dir/latest`.
+pub fn trained(out_dir: &Path) -> Result<(Gpt, TrainState)> {
+    let Some(dir) = checkpoint::resolve(&out_dir.join("best"))
+        .or_else(|| checkpoint::resolve(&out_dir.join("latest")))
+    else {
+        bail!("no checkpoint in {} (neither best/ nor latest/): train a model first, or check --out_dir", out_dir.display());
+    };
+    checkpoint::read_model(&dir)
+}
+
+/// GPT-2 weights by name: `./NAME/`, the Hugging Face cache, or downloaded into the cache
+/// (a note to `err` says so).
+fn gpt2_dir(name: &str, err: &mut dyn Write) -> Result<PathBuf> {
+    match find_model_dir(name) {
+        Ok(dir) => Ok(dir),
+        Err(not_found) => {
+            let hub = Hub::from_env();
+            if hub.offline {
+                bail!("{not_found:#} (HF_HUB_OFFLINE is set, so it was not downloaded)");
+            }
+            writeln!(
+                err,
+                "{name} is neither in ./{name}/ nor in the Hugging Face cache: downloading it from {}",
+                hub.endpoint
+            )?;
+            download_gpt2(name, &hub)
+        }
+    }
+}
+
+fn out_dir_model(
+    out_dir: &Path,
+    data_dir: Option<&Path>,
+    err: &mut dyn Write,
+) -> Result<LoadedModel> {
+    if !out_dir.is_dir() {
+        bail!(
+            "--out_dir={}: no such directory: train a model first (nanogpt train ...), pass the run's --out_dir, or use --init_from=gpt2",
+            out_dir.display()
+        );
+    }
+    let (model, state) = trained(out_dir)?;
+    let tokenizer = checkpoint_tokenizer(&state, &model, data_dir, err)?;
+    Ok(LoadedModel {
+        model,
+        tokenizer,
+        name: out_dir.display().to_string(),
+    })
+}
+
+/// GPT-2 BPE for a model loaded from a Hugging Face directory, if its vocabulary can be GPT-2's.
+fn gpt2_tokenizer_for(model: &Gpt, dir: &Path) -> Result<Tokenizer> {
+    let v = model.config.vocab_size;
+    if v < GPT2_VOCAB_SIZE {
+        bail!(
+            "{}: the model's vocabulary has {v} tokens, fewer than GPT-2's {GPT2_VOCAB_SIZE}, and the directory names no dataset: \
+             for a model trained here, pass its run directory with --out_dir",
+            dir.display()
+        );
+    }
+    Tokenizer::gpt2()
+}
+
+/// The tokenizer of the dataset a checkpoint was trained on.
+fn checkpoint_tokenizer(
+    state: &TrainState,
+    model: &Gpt,
+    data_dir: Option<&Path>,
+    err: &mut dyn Write,
+) -> Result<Tokenizer> {
+    let dataset_dir = match data_dir {
+        Some(d) => d.join(&state.train.dataset),
+        None => state.train.dataset_dir(),
+    };
+    let v = model.config.vocab_size;
+    let tokenizer = if dataset_dir.is_dir() {
+        Tokenizer::for_data_dir(&dataset_dir)?
+    } else if v >= GPT2_VOCAB_SIZE {
+        writeln!(
+            err,
+            "note: the run's dataset directory {} is gone; its vocabulary size ({v}) is GPT-2's, so using GPT-2 BPE",
+            dataset_dir.display()
+        )?;
+        Tokenizer::gpt2()?
+    } else {
+        bail!(
+            "the model was trained on {} (a {v}-token vocabulary, not GPT-2's), which is gone: \
+             restore that directory (its meta.json holds the vocabulary) or pass --data_dir=DIR where DIR/{}/meta.json is",
+            dataset_dir.display(),
+            state.train.dataset
+        );
+    };
+    if tokenizer.vocab_size() > v {
+        bail!(
+            "{}'s vocabulary has {} tokens but the model only {v}: it is not the dataset the model was trained on; pass --data_dir=DIR with the right {}/",
+            dataset_dir.display(),
+            tokenizer.vocab_size(),
+            state.train.dataset
+        );
+    }
+    Ok(tokenizer)
+}

@@ -1,0 +1,248 @@
+//! The sampling settings, each defined once: [`SampleSettings`] is the table of decoding knobs
+//! that `nanogpt sample`'s flags, the `repetition` settings language ([`super::settings`]) and
+//! [`SamplingConfig::default`] all read; [`SampleArgs`] and [`RepetitionArgs`] are the two
+//! commands' option tables (the command line in `src/cli/` builds its flags from them).
+
+use super::config::{DryConfig, EarlyStopping, SamplingConfig, DRY_DEFAULT_BREAKERS};
+use super::stop::Vocab;
+use crate::config::knobs::Knob;
+use crate::engine::Device;
+use crate::load::ModelSource;
+use crate::tokenizer::Tokenizer;
+use anyhow::Result;
+use std::path::PathBuf;
+
+crate::knobs! {
+    /// The decoding knobs, with nanoGPT's `sample.py` defaults where nanoGPT has the knob and
+    /// Hugging Face `generate`'s ("off") for the rest.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct SampleSettings {
+        {
+            /// Samples to generate
+            num_samples: usize = 10,
+            /// Tokens to generate per sample
+            max_new_tokens: usize = 500,
+            /// 0 = greedy (the most likely token)
+            temperature: f32 = 0.8,
+            /// Keep the k most likely tokens; 0 = off
+            top_k: usize = 200,
+            /// Random seed: the same seed gives the same samples (not the same as PyTorch's)
+            seed: u64 = 1337,
+            /// Nucleus sampling: keep the most likely tokens up to this probability mass
+            top_p: Option<f32> = None,
+            /// Keep tokens at least this times as likely as the most likely one
+            min_p: Option<f32> = None,
+            /// Locally typical sampling with this mass
+            typical_p: Option<f32> = None,
+            /// CTRL's penalty on every token already in the prompt or output; 1 = off (try 1.3)
+            repetition_penalty: f32 = 1.0,
+            /// Never repeat an n-gram of this size; 0 = off
+            no_repeat_ngram_size: usize = 0,
+            /// OpenAI's: logit -= count in the output * this
+            frequency_penalty: f32 = 0.0,
+            /// OpenAI's: logit -= this for every token already in the output
+            presence_penalty: f32 = 0.0,
+            /// llama.cpp's DRY penalty strength; 0 = off (try 0.8)
+            dry_multiplier: f32 = 0.0,
+            /// DRY's penalty grows by this factor per repeated token beyond the allowed length
+            dry_base: f32 = 1.75,
+            /// Repeats up to this many tokens are not penalised
+            dry_allowed_length: usize = 2,
+            /// A string that breaks a repeat (repeatable; \n escapes understood; "none" for none)
+            /// [default: \n : " *]
+            dry_sequence_breakers: Vec<String> = Vec::new(),
+            /// Look back this many tokens; -1 = the whole sequence, 0 = DRY off
+            dry_penalty_last_n: i64 = -1,
+            /// Beam search with this many beams (deterministic with --temperature=0, else beam
+            /// sampling)
+            num_beams: usize = 1,
+            /// Beam scores are sum(log p) / length^length_penalty
+            length_penalty: f32 = 1.0,
+            /// Beam search: true, false or never (Hugging Face's meanings)
+            early_stopping: EarlyStopping = EarlyStopping::False,
+            /// Beam search: how many of the best beams to return
+            num_return_sequences: usize = 1,
+            /// End a sample when its text contains this (repeatable; \n escapes understood)
+            stop: Vec<String> = Vec::new(),
+            /// End a sample at <|endoftext|>
+            stop_at_eot: bool = true,
+            /// Samples decoded together in one batch; 0 = all of them
+            batch_size: usize = 0,
+        }
+    }
+}
+
+impl Default for SamplingConfig {
+    /// The defaults of the settings table.
+    fn default() -> Self {
+        SampleSettings::default().sampling_config()
+    }
+}
+
+impl SampleSettings {
+    /// The [`SamplingConfig`] these settings describe, DRY's breakers not yet turned into ids
+    /// (see [`SampleSettings::dry_breakers`]).
+    pub fn sampling_config(&self) -> SamplingConfig {
+        SamplingConfig {
+            num_samples: self.num_samples,
+            max_new_tokens: self.max_new_tokens,
+            do_sample: true,
+            temperature: self.temperature,
+            top_k: Some(self.top_k).filter(|&k| k > 0),
+            top_p: self.top_p,
+            min_p: self.min_p,
+            typical_p: self.typical_p,
+            repetition_penalty: self.repetition_penalty,
+            no_repeat_ngram_size: self.no_repeat_ngram_size,
+            frequency_penalty: self.frequency_penalty,
+            presence_penalty: self.presence_penalty,
+            dry: DryConfig {
+                multiplier: self.dry_multiplier,
+                base: self.dry_base,
+                allowed_length: self.dry_allowed_length,
+                breakers: Vec::new(),
+                // Negative is llama.cpp's "the whole sequence".
+                penalty_last_n: usize::try_from(self.dry_penalty_last_n).ok(),
+            },
+            seed: self.seed,
+            stop: self.stop.iter().map(|s| unescape(s)).collect(),
+            stop_at_eot: self.stop_at_eot,
+            batch_size: self.batch_size,
+            num_beams: self.num_beams,
+            length_penalty: self.length_penalty,
+            early_stopping: self.early_stopping,
+            num_return_sequences: self.num_return_sequences,
+        }
+    }
+
+    /// DRY's sequence breakers as strings: llama.cpp's default when none are given, none for
+    /// "none".
+    pub fn dry_breakers(&self) -> Vec<String> {
+        if self.dry_sequence_breakers.is_empty() {
+            DRY_DEFAULT_BREAKERS.iter().map(|s| s.to_string()).collect()
+        } else if self.dry_sequence_breakers.iter().any(|s| s == "none") {
+            Vec::new()
+        } else {
+            self.dry_sequence_breakers
+                .iter()
+                .map(|s| unescape(s))
+                .collect()
+        }
+    }
+
+    /// The complete [`SamplingConfig`], checked; `tok` turns DRY's breaker strings into ids.
+    pub fn config(&self, tok: &Tokenizer, vocab_size: usize) -> Result<SamplingConfig> {
+        let mut cfg = self.sampling_config();
+        cfg.validate()?;
+        if cfg.dry_enabled() {
+            cfg.dry.breakers = dry_breaker_ids(tok, vocab_size, &self.dry_breakers())?;
+        }
+        Ok(cfg)
+    }
+}
+
+/// DRY's breaker strings as token ids of `tok` (within the model's `vocab_size`).
+pub fn dry_breaker_ids(
+    tok: &Tokenizer,
+    vocab_size: usize,
+    breakers: &[String],
+) -> Result<Vec<u32>> {
+    let n = vocab_size.min(tok.vocab_size());
+    super::dry::breaker_ids(n, breakers, &|id| tok.token_bytes(id))
+}
+
+crate::knobs! {
+    /// `nanogpt sample`: the model, the decoding settings, the prompt and the output.
+    #[derive(Clone, Debug)]
+    pub struct SampleArgs [model: ModelSource, decoding: SampleSettings] {
+        {
+            /// The prompt, or FILE:path to read it from a file. Empty: start from <|endoftext|>
+            /// (GPT-2 vocabulary only) [default: a newline, as nanoGPT]
+            start: String = "\n".into(),
+            /// Print one JSON object per sample and line (no streaming): prompt_ids,
+            /// generated_ids, text, finish_reason, ...
+            json: bool = false,
+            /// cpu, cuda or auto (a GPU when there is one)
+            device: Device = Device::Auto,
+            /// Accepted for nanoGPT's sample.py command lines; ignored (f32 only)
+            dtype: Option<String> = None,
+            /// Accepted for nanoGPT's sample.py command lines; ignored
+            compile: Option<String> = None,
+        }
+    }
+}
+
+crate::knobs! {
+    /// `nanogpt repetition`: how much each decoding setting repeats itself.
+    #[derive(Clone, Debug)]
+    pub struct RepetitionArgs [model: ModelSource] {
+        {
+            /// A file with one prompt per line (\n in a line is a newline; empty lines are
+            /// skipped) [default: six Shakespeare-like openings]
+            prompts: Option<PathBuf> = None,
+            /// Tokens to generate per sample
+            max_new_tokens: usize = 128,
+            /// Samples per prompt for the settings that sample (greedy and beam search give one)
+            num_samples: usize = 4,
+            /// Comma-separated settings: greedy, sample (temperature 0.8 + top_k 200, nanoGPT's),
+            /// top_p (0.9), repetition_penalty (1.3), no_repeat_ngram (3), freq_presence (0.5 +
+            /// 0.5), dry (0.8/1.75/2), beam (4 beams); penalties are applied to greedy decoding.
+            /// Or your own: key=value pairs joined by '+' on top of greedy, with sample's option
+            /// names, e.g. temperature=0.8+top_p=0.95+dry_multiplier=0.8
+            /// (dry_sequence_breakers=none|default|a|b) [default: all built-in ones]
+            settings: Vec<String> = Vec::new(),
+            /// Random seed of the sampled settings
+            seed: u64 = 1337,
+            /// Print CSV instead of Markdown
+            csv: bool = false,
+            /// Print JSON instead of Markdown
+            json: bool = false,
+            /// cpu, cuda or auto (a GPU when there is one)
+            device: Device = Device::Auto,
+        }
+    }
+}
+
+impl Knob for EarlyStopping {
+    fn set_text(&mut self, text: &str) -> Result<(), String> {
+        *self = match text.trim() {
+            "true" | "True" | "1" => EarlyStopping::True,
+            "false" | "False" | "0" => EarlyStopping::False,
+            "never" => EarlyStopping::Never,
+            _ => return Err("expected true, false or never".into()),
+        };
+        Ok(())
+    }
+    fn show(&self) -> String {
+        match self {
+            EarlyStopping::True => "true",
+            EarlyStopping::False => "false",
+            EarlyStopping::Never => "never",
+        }
+        .into()
+    }
+}
+
+/// `\n`, `\t`, `\r` and `\\` in a stop string or sequence breaker typed on a command line.
+pub fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('t') => out.push('\t'),
+            Some('r') => out.push('\r'),
+            Some('\\') => out.push('\\'),
+            Some(other) => {
+                out.push('\\');
+                out.push(other);
+            }
+            None => out.push('\\'),
+        }
+    }
+    out
+}

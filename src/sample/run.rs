@@ -1,0 +1,265 @@
+//! `nanogpt sample` (nanoGPT's `sample.py`) and `nanogpt repetition` (repetition metrics per
+//! decoding setting): [`run_sample`] and [`run_repetition`] load the model ([`crate::load`]),
+//! generate, and write to the given streams, so tests drive them exactly as the command line
+//! does. The options are [`super::options`].
+//!
+//! # `nanogpt sample` output
+//! - Default: each sample streams to stdout token by token (see [`super::stream`]). Each sample
+//!   has its own random stream, so the text does not depend on `--batch_size`.
+//! - `--json`: no streaming; one JSON object per line per sample (JSON Lines):
+//!   `{"sample", "prompt", "prompt_ids", "generated_ids", "text", "finish_reason", "stop",
+//!   "score", "mean_logprob"}`. `prompt_ids` are the ids generation started from (the prompt's,
+//!   or `[50256]` for an empty prompt with GPT-2's vocabulary); `text` is the generated text
+//!   only; `finish_reason` is `length`, `eot` (the end-of-text token, not in `generated_ids`) or
+//!   `stop` (`stop` then names the string; `generated_ids` ends with the token that completed it).
+//! - Notes (prompt cropped to the context, download progress, empty prompt) go to stderr.
+//!
+//! # Prompts
+//! `--start` is the text itself or `FILE:path` (the whole file, as nanoGPT reads it). A prompt
+//! longer than the model's `block_size` is cropped to its last `block_size` tokens (nanoGPT
+//! does the same), with a note on stderr. An empty prompt starts from `<|endoftext|>` with GPT-2's
+//! vocabulary (as transformers does) and is an error with a character vocabulary.
+
+use super::generate::generate;
+use super::options::{dry_breaker_ids, unescape, RepetitionArgs, SampleArgs};
+use super::repetition::{measure_generations, LoopRule};
+use super::report::{self, RepetitionReport, RepetitionRow};
+use super::sequence::start_tokens;
+use super::settings::{parse_setting, Setting, SETTING_NAMES};
+use super::stream::{record, SampleRecord, Streamer};
+use crate::engine;
+use crate::load;
+use anyhow::{anyhow, bail, Context, Result};
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+/// The prompt text of `--start`: the text itself, or the file of `FILE:path`.
+pub fn read_start(start: &str) -> Result<String> {
+    match start.strip_prefix("FILE:") {
+        Some(path) => std::fs::read_to_string(path).map_err(|e| {
+            anyhow!("--start=FILE:{path}: cannot read the prompt file ({e}): check the path, or pass the prompt text itself")
+        }),
+        None => Ok(start.to_string()),
+    }
+}
+
+/// `nanogpt sample`: loads the model, generates, and prints to `out` (streaming, or JSON Lines
+/// with `--json`); notes go to `err`. Returns the samples as `--json` prints them.
+pub fn run_sample(
+    args: &SampleArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<Vec<SampleRecord>> {
+    let prompt_text = read_start(&args.start)?;
+    for (flag, v) in [("dtype", &args.dtype), ("compile", &args.compile)] {
+        if v.is_some() {
+            writeln!(err, "note: --{flag} is ignored: nanogpt samples in f32")?;
+        }
+    }
+    let loaded = load::for_sampling(&args.model, err)?;
+    let engine = engine::open(loaded.model, args.device)?;
+    let (model, tok) = (engine.as_ref(), &loaded.tokenizer);
+    let cfg = args.decoding.config(tok, model.config().vocab_size)?;
+    let prompt = tok
+        .encode(&prompt_text)
+        .context("cannot encode --start with the model's vocabulary")?;
+    let start = start_tokens(model, &prompt, tok)?;
+    if prompt.is_empty() {
+        writeln!(
+            err,
+            "note: empty prompt: starting from <|endoftext|> (token {})",
+            start.first().copied().unwrap_or_default()
+        )?;
+    }
+    let block = model.config().block_size;
+    if start.len() > block {
+        writeln!(
+            err,
+            "note: the prompt has {} tokens, more than the model's context of {block}: the model sees only its last {block} (as nanoGPT crops it)",
+            start.len()
+        )?;
+    }
+    if cfg.num_beams > 1 && cfg.num_samples > 1 {
+        writeln!(
+            err,
+            "note: beam search returns --num_return_sequences={} sequences; --num_samples is not used",
+            cfg.num_return_sequences
+        )?;
+    }
+    let gens = if args.json {
+        let gens = generate(model, &start, &cfg, tok, &mut |_, _| {})?;
+        for (i, g) in gens.iter().enumerate() {
+            let r = record(i, &prompt_text, &start, g, tok, &cfg.stop);
+            writeln!(out, "{}", serde_json::to_string(&r)?)?;
+        }
+        out.flush()?;
+        gens
+    } else {
+        let group = if cfg.num_beams > 1 {
+            1
+        } else if cfg.batch_size == 0 {
+            cfg.num_samples
+        } else {
+            cfg.batch_size.min(cfg.num_samples)
+        }
+        .max(1);
+        let mut streamer = Streamer::new(out, tok, &cfg.stop, &prompt_text, group);
+        let gens = generate(model, &start, &cfg, tok, &mut |s, t| streamer.token(s, t));
+        match gens {
+            Ok(gens) => {
+                streamer.finish(gens.len())?;
+                gens
+            }
+            Err(e) => {
+                // Show what was generated before the failure, then the failure.
+                streamer.flush();
+                return Err(e);
+            }
+        }
+    };
+    Ok(gens
+        .iter()
+        .enumerate()
+        .map(|(i, g)| record(i, &prompt_text, &start, g, tok, &cfg.stop))
+        .collect())
+}
+
+/// Prompts used when `--prompts` is not given: openings in the style of tiny Shakespeare (the
+/// dataset nanoGPT's examples train on; plain characters, so character vocabularies have them).
+pub const DEFAULT_PROMPTS: [&str; 6] = [
+    "ROMEO:\n",
+    "First Citizen:\nBefore we proceed any further, hear me speak.\n",
+    "KING RICHARD III:\nNow is the winter of our discontent\n",
+    "JULIET:\nO Romeo, Romeo! wherefore art thou Romeo?\n",
+    "HAMLET:\nTo be, or not to be, that is the question:\n",
+    "MENENIUS:\nI tell you, friends, most charitable care\n",
+];
+
+/// The prompts of `--prompts FILE` (one per line, `\n` escapes), or [`DEFAULT_PROMPTS`].
+pub fn read_prompts(path: Option<&Path>) -> Result<Vec<String>> {
+    let Some(path) = path else {
+        return Ok(DEFAULT_PROMPTS.iter().map(|s| s.to_string()).collect());
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        anyhow!(
+            "--prompts={}: cannot read the prompt file ({e}): give a text file with one prompt per line",
+            path.display()
+        )
+    })?;
+    let prompts: Vec<String> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(unescape)
+        .collect();
+    if prompts.is_empty() {
+        bail!(
+            "--prompts={}: no prompts in the file (one per line)",
+            path.display()
+        );
+    }
+    Ok(prompts)
+}
+
+/// `nanogpt repetition`: generates for every prompt and setting, measures, and prints the table
+/// to `out` (Markdown, or CSV / JSON); progress goes to `err`.
+pub fn run_repetition(
+    args: &RepetitionArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<RepetitionReport> {
+    if args.csv && args.json {
+        bail!("--csv and --json: choose one");
+    }
+    if args.num_samples == 0 {
+        bail!("--num_samples must be at least 1");
+    }
+    let settings: Vec<Setting> = if args.settings.is_empty() {
+        SETTING_NAMES
+            .iter()
+            .map(|n| parse_setting(n))
+            .collect::<Result<_>>()?
+    } else {
+        args.settings
+            .iter()
+            .flat_map(|s| s.split(','))
+            .filter(|s| !s.trim().is_empty())
+            .map(parse_setting)
+            .collect::<Result<_>>()?
+    };
+    if settings.is_empty() {
+        bail!(
+            "--settings is empty: name at least one of {}",
+            SETTING_NAMES.join(", ")
+        );
+    }
+    let prompts = read_prompts(args.prompts.as_deref())?;
+    let loaded = load::for_sampling(&args.model, err)?;
+    let engine = engine::open(loaded.model, args.device)?;
+    let (model, tok) = (engine.as_ref(), &loaded.tokenizer);
+    let mut encoded = Vec::with_capacity(prompts.len());
+    for (i, p) in prompts.iter().enumerate() {
+        let ids = tok.encode(p).with_context(|| {
+            format!("prompt {} ({p:?}) does not fit the model's vocabulary: pass --prompts FILE with prompts it can encode", i + 1)
+        })?;
+        encoded.push(start_tokens(model, &ids, tok)?);
+    }
+    let rule = LoopRule::default();
+    let mut rows = Vec::with_capacity(settings.len());
+    for (si, setting) in settings.iter().enumerate() {
+        let t0 = Instant::now();
+        let mut cfg = setting.config.clone();
+        cfg.max_new_tokens = args.max_new_tokens;
+        cfg.seed = args.seed;
+        cfg.num_samples = if cfg.sampling() && cfg.num_beams == 1 {
+            args.num_samples
+        } else {
+            1
+        };
+        if cfg.dry_enabled() {
+            cfg.dry.breakers =
+                dry_breaker_ids(tok, model.config().vocab_size, &setting.dry_breakers)?;
+        }
+        let mut gens = Vec::new();
+        for ids in &encoded {
+            gens.extend(
+                generate(model, ids, &cfg, tok, &mut |_, _| {})
+                    .with_context(|| format!("setting {}", setting.name))?,
+            );
+        }
+        let stats = measure_generations(&gens, &rule);
+        writeln!(
+            err,
+            "[{}/{}] {}: {} samples, {} tokens, {:.1}s",
+            si + 1,
+            settings.len(),
+            setting.name,
+            stats.samples,
+            stats.tokens,
+            t0.elapsed().as_secs_f64()
+        )?;
+        rows.push(RepetitionRow {
+            setting: setting.name.clone(),
+            description: setting.description.clone(),
+            stats,
+        });
+    }
+    let report = RepetitionReport {
+        model: loaded.name.clone(),
+        prompts,
+        max_new_tokens: args.max_new_tokens,
+        num_samples: args.num_samples,
+        seed: args.seed,
+        loop_rule: rule,
+        rows,
+    };
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+    } else if args.csv {
+        write!(out, "{}", report::csv(&report))?;
+    } else {
+        write!(out, "{}", report::markdown(&report))?;
+    }
+    out.flush()?;
+    Ok(report)
+}
