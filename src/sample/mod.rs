@@ -7,10 +7,11 @@
 //! use nanogpt::tokenizer::Tokenizer;
 //! # fn main() -> anyhow::Result<()> {
 //! let model = nanogpt::model::pretrained::load_pretrained("gpt2")?;
+//! let engine = nanogpt::engine::open(model, nanogpt::engine::Device::Auto)?;
 //! let tok = Tokenizer::gpt2()?;
 //! let cfg = SamplingConfig { num_samples: 2, max_new_tokens: 50, top_p: Some(0.9), ..Default::default() };
 //! let prompt = tok.encode("Hello, I'm a language model,")?;
-//! let gens = generate(&model, &prompt, &cfg, &tok, &mut |sample, token| {
+//! let gens = generate(engine.as_ref(), &prompt, &cfg, &tok, &mut |sample, token| {
 //!     // stream: print tok.decode(&[token]) for `sample` as it comes
 //!     let _ = (sample, token);
 //! })?;
