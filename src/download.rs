@@ -8,10 +8,24 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// Tries per download; the waits between them are 1, 2 and 4 s.
 const ATTEMPTS: usize = 4;
+
+/// The agent of every request this crate makes itself (dataset listings and downloads, plain
+/// downloads): one connection pool and one set of timeouts. Model downloads go through
+/// `hf-hub`, which builds its own agents and takes none from outside.
+pub fn agent() -> &'static ureq::Agent {
+    static AGENT: OnceLock<ureq::Agent> = OnceLock::new();
+    AGENT.get_or_init(|| {
+        ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(15))
+            .timeout_read(Duration::from_secs(60))
+            .build()
+    })
+}
 
 /// Downloads `url` to `dest` (created whole or not at all). `hint` ends the error message when
 /// the download cannot be done, to say what to do instead (e.g. "pass --input FILE").
@@ -71,7 +85,7 @@ pub(crate) enum Fetch {
 
 fn fetch(url: &str, part: &Path, opts: &DownloadOptions) -> Result<(), Fetch> {
     let have = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
-    let mut request = crate::hf::agent().get(url);
+    let mut request = agent().get(url);
     if let Some(token) = &opts.token {
         request = request.set("Authorization", &format!("Bearer {token}"));
     }

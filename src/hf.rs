@@ -1,6 +1,5 @@
 //! The Hugging Face hub: its settings, read from the environment as `huggingface_hub` reads
-//! them ([`Hub::from_env`]); the one HTTP agent of this crate's own requests ([`agent`]); and
-//! the hub's cache on disk, which this crate reads ([`find_snapshot`]) and fills
+//! them ([`Hub::from_env`]); and the hub's cache on disk, which this crate reads ([`find_snapshot`]) and fills
 //! ([`Hub::download`], through the `hf-hub` crate) in the layout `huggingface_hub` and
 //! transformers use, so that each finds what the other downloaded:
 //!
@@ -18,8 +17,6 @@ use crate::download::{progress_bar, sort_error, with_retries, Fetch};
 use anyhow::{anyhow, bail, Context, Result};
 use hf_hub::api::sync::{ApiBuilder, ApiError};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
-use std::time::Duration;
 
 /// Where the hub is, who is asking, whether the network may be used, and where its cache is.
 #[derive(Clone, Debug)]
@@ -149,19 +146,6 @@ impl Hub {
 fn is_disk_full(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::{FileTooLarge, QuotaExceeded, StorageFull};
     matches!(e.kind(), StorageFull | QuotaExceeded | FileTooLarge)
-}
-
-/// The agent of every request this crate makes itself (dataset listings and downloads, plain
-/// downloads): one connection pool and one set of timeouts. Model downloads go through
-/// `hf-hub`, which builds its own agents and takes none from outside.
-pub fn agent() -> &'static ureq::Agent {
-    static AGENT: OnceLock<ureq::Agent> = OnceLock::new();
-    AGENT.get_or_init(|| {
-        ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(15))
-            .timeout_read(Duration::from_secs(60))
-            .build()
-    })
 }
 
 /// The snapshot folder of `revision` of model `repo` in `cache`: the commit that

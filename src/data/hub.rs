@@ -51,7 +51,7 @@ const SPLIT_NAMES: [&str; 7] = ["train", "validation", "valid", "val", "test", "
 impl HubDataset {
     /// The dataset's parquet files for the split, in order, and the revision they are in.
     pub fn parquet_files(&self) -> Result<(String, Vec<HubFile>)> {
-        let agent = crate::hf::agent();
+        let agent = crate::download::agent();
         let revisions = match &self.revision {
             Some(r) => vec![r.clone()],
             None => vec!["main".to_string(), CONVERTED_PARQUET_REVISION.to_string()],
