@@ -6,8 +6,11 @@ mod cli;
 static ALLOCATOR: nanogpt::perf::CountingAlloc = nanogpt::perf::CountingAlloc;
 
 fn main() {
-    if let Err(e) = cli::run() {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
+    match cli::run() {
+        Ok(status) => std::process::exit(status),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
     }
 }

@@ -13,7 +13,7 @@ use nanogpt::bench::{run_generate_bench, run_train_bench, BenchArgs};
 use nanogpt::engine::Device;
 use nanogpt::sample::{RepetitionArgs, SampleArgs};
 use nanogpt::train::TrainConfig;
-use output::{ctrl_c_flag, print_arithmetic_report, LiveLog};
+use output::{print_arithmetic_report, Interrupt, LiveLog, Tolerant};
 use prepare::{prepare, PrepareCommand};
 use std::path::PathBuf;
 
@@ -100,8 +100,9 @@ enum EvalCommand {
     },
 }
 
-/// Parses the command line and runs the command.
-pub fn run() -> Result<()> {
+/// Parses the command line and runs the command. Returns the exit status: 0, or 128 + the
+/// signal that stopped a training run early.
+pub fn run() -> Result<i32> {
     let cli = Cli::parse();
     nanogpt::perf::keep_large_allocations_in_heap();
     if let Some(n) = cli.threads {
@@ -132,11 +133,19 @@ pub fn run() -> Result<()> {
             data_dir,
             overrides,
         } => {
-            let stop = ctrl_c_flag("finishing this iteration, then saving a checkpoint")?;
-            let mut log = LiveLog::new();
+            let interrupt =
+                Interrupt::install("finishing this iteration, then saving a checkpoint")?;
+            let mut log = Tolerant::new(LiveLog::new());
             let report = nanogpt::arithmetic::quickstart::quickstart(
-                &data_dir, &out_dir, &overrides, &mut log, &stop,
+                &data_dir,
+                &out_dir,
+                &overrides,
+                &mut log,
+                &interrupt.stop,
             )?;
+            if interrupt.stop.load(std::sync::atomic::Ordering::SeqCst) {
+                return Ok(interrupt.exit_status());
+            }
             println!();
             print_arithmetic_report(&report);
             println!("\nThe model is in {}/best (transformers can open it); evaluate again with `nanogpt eval arithmetic --out_dir={}`.", out_dir.display(), out_dir.display());
@@ -171,13 +180,17 @@ pub fn run() -> Result<()> {
                 _ => &args[..],
             };
             cfg.apply_overrides(overrides)?;
-            let stop = ctrl_c_flag("finishing this iteration, then saving a checkpoint")?;
-            let mut out = std::io::stdout();
-            nanogpt::train::train(&cfg, &mut out, &stop)?;
+            let interrupt =
+                Interrupt::install("finishing this iteration, then saving a checkpoint")?;
+            let mut out = Tolerant::new(std::io::stdout());
+            let summary = nanogpt::train::train(&cfg, &mut out, &interrupt.stop)?;
+            if summary.stopped_by_user {
+                return Ok(interrupt.exit_status());
+            }
         }
         Command::Bench(flags) => bench(&flags.parse()?)?,
     }
-    Ok(())
+    Ok(0)
 }
 
 fn bench(args: &BenchArgs) -> Result<()> {

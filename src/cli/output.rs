@@ -1,9 +1,13 @@
 //! What the commands print beyond their own results: the arithmetic report, the live training
-//! status line, and Ctrl-C handling.
+//! status line, stopping on a signal, and output that a closed reader cannot stop.
 
 use anyhow::{Context, Result};
-use std::sync::atomic::{AtomicBool, Ordering};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 pub fn print_arithmetic_report(report: &nanogpt::arithmetic::eval::ArithmeticReport) {
     use nanogpt::arithmetic::eval::markdown_table;
@@ -30,20 +34,96 @@ pub fn print_arithmetic_report(report: &nanogpt::arithmetic::eval::ArithmeticRep
     }
 }
 
-/// A flag the first Ctrl-C sets (after printing `what_now`, what the command does about it);
-/// a second Ctrl-C exits at once.
-pub fn ctrl_c_flag(what_now: &'static str) -> Result<Arc<AtomicBool>> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let handler_stop = stop.clone();
-    ctrlc::set_handler(move || {
-        if handler_stop.swap(true, Ordering::SeqCst) {
-            eprintln!("second Ctrl-C: exiting now");
-            std::process::exit(130);
+/// How a long command learns that it should stop: the first SIGINT (Ctrl-C), SIGTERM (what
+/// schedulers and `kill` send) or SIGHUP (a closed terminal) sets `stop`, and the command
+/// finishes what it says in `what_now` (saving, keeping finished files). A second signal exits
+/// at once, unless it comes within a second of the first: `timeout` and a terminal can both
+/// deliver one Ctrl-C, and that must not skip the save.
+pub struct Interrupt {
+    pub stop: Arc<AtomicBool>,
+    signal: Arc<AtomicI32>,
+}
+
+impl Interrupt {
+    pub fn install(what_now: &'static str) -> Result<Interrupt> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let signal = Arc::new(AtomicI32::new(0));
+        let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])
+            .context("cannot install the signal handlers")?;
+        let (thread_stop, thread_signal) = (stop.clone(), signal.clone());
+        std::thread::spawn(move || {
+            let mut first: Option<Instant> = None;
+            for sig in signals.forever() {
+                // stderr may be a closed terminal (SIGHUP): a failed note must not stop anything.
+                let mut err = std::io::stderr();
+                match first {
+                    None => {
+                        first = Some(Instant::now());
+                        thread_signal.store(sig, Ordering::SeqCst);
+                        thread_stop.store(true, Ordering::SeqCst);
+                        let _ = writeln!(
+                            err,
+                            "{}: {what_now} (Ctrl-C again to quit now)",
+                            signal_name(sig)
+                        );
+                    }
+                    Some(at) if at.elapsed() < Duration::from_secs(1) => {}
+                    Some(_) => {
+                        let _ = writeln!(err, "second {}: exiting now", signal_name(sig));
+                        std::process::exit(128 + sig);
+                    }
+                }
+            }
+        });
+        Ok(Interrupt { stop, signal })
+    }
+
+    /// The exit status of a command stopped by a signal: 128 + the signal's number, as shells
+    /// report it (130 for Ctrl-C), so `train && next` does not go on.
+    pub fn exit_status(&self) -> i32 {
+        128 + self.signal.load(Ordering::SeqCst)
+    }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        SIGINT => "Ctrl-C",
+        SIGTERM => "SIGTERM",
+        SIGHUP => "SIGHUP",
+        _ => "signal",
+    }
+}
+
+/// Standard output that a closed reader cannot stop: once a write fails (a closed pipe, a
+/// hung-up terminal) the rest of the output is dropped, so training still saves its checkpoint.
+pub struct Tolerant<W: std::io::Write> {
+    inner: W,
+    closed: bool,
+}
+
+impl<W: std::io::Write> Tolerant<W> {
+    pub fn new(inner: W) -> Self {
+        Tolerant {
+            inner,
+            closed: false,
         }
-        eprintln!("Ctrl-C: {what_now} (Ctrl-C again to quit now)");
-    })
-    .context("cannot install the Ctrl-C handler")?;
-    Ok(stop)
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for Tolerant<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if !self.closed && self.inner.write_all(buf).is_err() {
+            self.closed = true;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.closed && self.inner.flush().is_err() {
+            self.closed = true;
+        }
+        Ok(())
+    }
 }
 
 /// Training output for a terminal: the per-iteration lines rewrite one live status line; every

@@ -2,7 +2,7 @@
 //! [`nanogpt::arithmetic`].
 
 use super::knobs::Knobs;
-use super::output::ctrl_c_flag;
+use super::output::Interrupt;
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use nanogpt::arithmetic::{prepare_arithmetic, ArithmeticOptions, Format, Op};
@@ -227,8 +227,9 @@ fn prepare_openwebtext(args: OpenWebTextArgs) -> Result<()> {
     opts.docs = args.out.docs.parse()?;
     opts.max_docs = args.max_docs;
     opts.restart = args.restart;
-    let stop = ctrl_c_flag("stopping after this batch; the files done so far are kept")?;
-    let s = nanogpt::data::prepare_stream(&opts, &stop)?;
+    let interrupt =
+        Interrupt::install("stopping after this batch; the files done so far are kept")?;
+    let s = nanogpt::data::prepare_stream(&opts, &interrupt.stop)?;
     for warning in s.warnings() {
         eprintln!("warning: {warning}");
     }
