@@ -2,6 +2,7 @@
 //! in the Hugging Face hub's layout: output equal to tokenizing the documents directly, resuming
 //! after an interruption byte for byte, a stable split, and the bad-input errors.
 
+use nanogpt::data::dataset::{verify, Verified};
 use nanogpt::data::hub::HubDataset;
 use nanogpt::data::text::is_val_document;
 use nanogpt::data::{prepare_stream, StreamPrepareOptions, StreamPrepareSummary, StreamSource};
@@ -331,9 +332,14 @@ fn output_equals_tokenizing_the_documents_directly() {
     assert_eq!(s.train_tokens as usize, train.len());
     let text_bytes: usize = docs.iter().flatten().map(|d| d.len()).sum();
     assert_eq!(s.text_bytes as usize, text_bytes);
-    // No temp files or downloads are left; the manifest says it is complete.
+    // No temp files or downloads are left; the manifest says it is complete, and the dataset
+    // record verifies.
     let files: Vec<String> = snapshot(&out).into_keys().collect();
-    assert_eq!(files, ["manifest.json", "train.bin", "val.bin"]);
+    assert_eq!(
+        files,
+        ["dataset.json", "manifest.json", "train.bin", "val.bin"]
+    );
+    assert_eq!(verify(&out).unwrap(), Verified::Recorded);
     assert!(!out.join("download").exists());
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
