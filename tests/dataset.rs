@@ -7,7 +7,7 @@
 mod common;
 
 use nanogpt::atomic_file::{tmp_path, PendingFile};
-use nanogpt::data::dataset::{commit_recorded, dataset_dir, stage, verify, Verified};
+use nanogpt::data::dataset::{commit_recorded, dataset_dir, fingerprint, stage, verify, Verified};
 use nanogpt::data::writer::write_tokens_pending;
 use nanogpt::data::{prepare_text, TextPrepareOptions, TextTokenizer, TokenFormat, TokenSplit};
 use nanogpt::rng::Rng;
@@ -131,8 +131,9 @@ fn a_commit_verifies_and_changed_files_are_refused() {
 }
 
 /// Every state a kill can leave during a commit (the record written, then each rename, then the
-/// stale files removed): the reader accepts exactly the complete old and new states, and refuses
-/// the rest; finishing the commit from its record always ends in the new state.
+/// stale files removed): the reader accepts the old state until the first rename and the new
+/// one after the removals, and refuses the states between; finishing the commit from its
+/// record always ends in the new state, byte for byte.
 #[test]
 fn every_intermediate_state_of_a_commit_is_complete_or_refused() {
     let root = tmp_dir("steps");
@@ -163,9 +164,27 @@ fn every_intermediate_state_of_a_commit_is_complete_or_refused() {
         let removed = staged.commit().expect("commit");
         assert_eq!(removed, vec![new_dir.join("val_000000.bin")]);
         let new = snapshot(&new_dir);
-        let record = new["dataset.json"].clone();
 
-        // Kill points: before the record; after it and k renames; after the removals.
+        // The record a commit writes first: the new files, and the old ones while they last.
+        let previous: Vec<_> = if legacy {
+            old.keys()
+                .map(|n| fingerprint(&old_dir.join(n), n.clone()).expect("fingerprint"))
+                .collect()
+        } else {
+            let record: serde_json::Value =
+                serde_json::from_slice(&old["dataset.json"]).expect("old record");
+            serde_json::from_value(record["files"].clone()).expect("old files")
+        };
+        let record = serde_json::to_string_pretty(&serde_json::json!({
+            "format": "nanogpt-dataset/1", "files": entries, "previous": previous
+        }))
+        .expect("json");
+        let without_record = |mut s: BTreeMap<String, Vec<u8>>| {
+            s.remove("dataset.json");
+            s
+        };
+
+        // Kill points: before the record; after it and k - 1 renames; after the removals.
         let dir = root.join(format!("steps-{legacy}"));
         for k in 0..=entries.len() + 2 {
             restore(&dir, &staged_files);
@@ -181,24 +200,29 @@ fn every_intermediate_state_of_a_commit_is_complete_or_refused() {
             }
             let files: BTreeMap<_, _> = snapshot(&dir)
                 .into_iter()
-                .filter(|(n, _)| !n.ends_with(".tmp"))
+                .filter(|(n, _)| !n.ends_with(".tmp") && n != "dataset.json")
                 .collect();
+            let what = format!("legacy {legacy}, kill point {k}");
             match verify(&dir) {
-                Ok(_) => assert!(
-                    files == old || files == new,
-                    "legacy {legacy}, kill point {k}: a state that is neither old nor new verifies"
-                ),
+                Ok(_) => {
+                    let is_old = files == without_record(old.clone());
+                    let is_new = files == without_record(new.clone());
+                    assert!(is_old || is_new, "{what}: neither old nor new verifies");
+                    assert!(is_old == (k <= 1), "{what}: old until the first rename");
+                }
                 Err(e) => {
                     assert!(format!("{e}").contains("not a complete dataset"), "{e}");
-                    assert!(k > 0, "the untouched old state must verify");
+                    assert!(
+                        (2..=entries.len() + 1).contains(&k),
+                        "{what}: refused outside the renames and removals"
+                    );
                 }
             }
             if k == 0 {
-                assert_eq!(files, old, "nothing replaced before the record");
                 continue; // a rerun of prepare stages the files again
             }
             commit_recorded(&dir, &entries).expect("finish the commit");
-            assert_eq!(snapshot(&dir), new, "legacy {legacy}, kill point {k}");
+            assert_eq!(snapshot(&dir), new, "{what}");
         }
     }
 }

@@ -4,17 +4,17 @@
 //! - **Commit**: a prepare command writes every file of the new state (`train.bin`, `val.bin`
 //!   or shards, `meta.json`, ...) to its temp name first ([`PendingFile`]). [`Staged::commit`]
 //!   then writes `dataset.json`, which names each file of the new state with its size and a
-//!   fingerprint, syncs the folder, renames the temp files into place, removes the dataset files
-//!   the new state does not have (the other token format, surplus shards, a character
-//!   vocabulary beside GPT-2 tokens) and syncs the folder again.
-//! - **Reading** ([`verify`]): the files present must be exactly those `dataset.json` names, each
-//!   with its size and fingerprint. A kill after `dataset.json` was written and before the last
-//!   rename leaves old and new files side by side (say a new `train.bin` beside the old
-//!   `meta.json`): that matches no record, and the reader says the dataset is half-written and
-//!   to rerun the prepare command, instead of reading tokens through the wrong vocabulary. A kill
-//!   before `dataset.json` is written leaves the previous state as it was (and its record, if
-//!   it had one); after the renames, the new one. Rerunning the prepare command always ends in
-//!   the new state.
+//!   fingerprint, and the files of the state it replaces (if that one is complete), syncs the
+//!   folder, renames the temp files into place, removes the dataset files the new state does
+//!   not have (the other token format, surplus shards, a character vocabulary beside GPT-2
+//!   tokens), and writes `dataset.json` again without the previous state.
+//! - **Reading** ([`verify`]): the files present must be exactly those `dataset.json` names (or,
+//!   during a commit, those of the previous state), each with its size and fingerprint. Until
+//!   the first rename the folder holds the previous state, and after the removals the new one.
+//!   A kill between them (the renames take microseconds) leaves old and new files side by side,
+//!   say a new `train.bin` beside the old `meta.json`: that matches neither, and the reader says
+//!   the dataset is half-written and to rerun the prepare command, instead of reading tokens
+//!   through the wrong vocabulary. Rerunning the prepare command always ends in the new state.
 //! - **Legacy**: a folder without `dataset.json` (nanoGPT's own `prepare.py`, or a dataset we
 //!   prepared before this record existed) is read as it is, unverified. A `dataset.json` that
 //!   disagrees with the files is always an error.
@@ -59,6 +59,10 @@ pub struct FileEntry {
 struct Record {
     format: String,
     files: Vec<FileEntry>,
+    /// During a commit: the complete state being replaced, which still verifies until the
+    /// first rename.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    previous: Option<Vec<FileEntry>>,
 }
 
 /// What [`verify`] found.
@@ -76,14 +80,19 @@ pub fn verify(dir: &Path) -> Result<Verified> {
     let Some(record) = read_record(dir)? else {
         return Ok(Verified::Legacy);
     };
-    if let Some(problem) = mismatch(dir, &record.files)? {
-        bail!(
-            "{} is not a complete dataset ({problem}): a prepare was interrupted or its files were changed; rerun the prepare command that made it (if you replaced its files yourself, delete {})",
-            dir.display(),
-            dir.join(RECORD_FILE).display()
-        );
+    let Some(problem) = mismatch(dir, &record.files)? else {
+        return Ok(Verified::Recorded);
+    };
+    if let Some(previous) = &record.previous {
+        if mismatch(dir, previous)?.is_none() {
+            return Ok(Verified::Recorded);
+        }
     }
-    Ok(Verified::Recorded)
+    bail!(
+        "{} is not a complete dataset ({problem}): a prepare was interrupted or its files were changed; rerun the prepare command that made it (if you replaced its files yourself, delete {})",
+        dir.display(),
+        dir.join(RECORD_FILE).display()
+    )
 }
 
 /// Files complete at their temp names, fingerprinted, to be committed as one dataset.
@@ -148,16 +157,9 @@ pub fn commit_recorded(dir: &Path, files: &[FileEntry]) -> Result<Vec<PathBuf>> 
             );
         }
     }
-    let record = Record {
-        format: RECORD_FORMAT.to_string(),
-        files: files.to_vec(),
-    };
-    write_atomic(
-        &dir.join(RECORD_FILE),
-        serde_json::to_string_pretty(&record)?.as_bytes(),
-    )?;
+    let previous = current_state(dir)?;
     // The record must be durable before any file it names replaces an old one.
-    sync_dir(dir)?;
+    write_record(dir, files, previous)?;
     for (tmp, path) in renames {
         std::fs::rename(&tmp, &path)
             .map_err(|e| anyhow!("cannot rename {} to {}: {e}", tmp.display(), path.display()))?;
@@ -177,8 +179,43 @@ pub fn commit_recorded(dir: &Path, files: &[FileEntry]) -> Result<Vec<PathBuf>> 
         })?;
         removed.push(path);
     }
-    sync_dir(dir)?;
+    write_record(dir, files, None)?;
     Ok(removed)
+}
+
+fn write_record(dir: &Path, files: &[FileEntry], previous: Option<Vec<FileEntry>>) -> Result<()> {
+    let record = Record {
+        format: RECORD_FORMAT.to_string(),
+        files: files.to_vec(),
+        previous,
+    };
+    write_atomic(
+        &dir.join(RECORD_FILE),
+        serde_json::to_string_pretty(&record)?.as_bytes(),
+    )?;
+    sync_dir(dir)
+}
+
+/// The complete state `dir` holds now, if it verifies: the files its record names (or the
+/// record's previous state), or for a folder without a record its dataset files as they are.
+fn current_state(dir: &Path) -> Result<Option<Vec<FileEntry>>> {
+    let record = match read_record(dir) {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            let files = dataset_files(dir)?
+                .into_iter()
+                .map(|name| fingerprint(&dir.join(&name), name))
+                .collect::<Result<Vec<_>>>()?;
+            return Ok((!files.is_empty()).then_some(files));
+        }
+        Err(_) => return Ok(None), // damaged: nothing to fall back to
+    };
+    for candidate in [Some(record.files), record.previous].into_iter().flatten() {
+        if mismatch(dir, &candidate)?.is_none() {
+            return Ok(Some(candidate));
+        }
+    }
+    Ok(None)
 }
 
 /// Refuses a dataset name that would put the dataset anywhere but directly under `data_dir`.
@@ -285,7 +322,7 @@ fn differs(path: &Path, entry: &FileEntry) -> Result<Option<String>> {
 }
 
 /// The size and sampled sha256 of the file at `path`, to be listed as `name`.
-fn fingerprint(path: &Path, name: String) -> Result<FileEntry> {
+pub fn fingerprint(path: &Path, name: String) -> Result<FileEntry> {
     let p = path.display();
     let mut file = std::fs::File::open(path).map_err(|e| anyhow!("cannot read {p}: {e}"))?;
     let bytes = file

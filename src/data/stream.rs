@@ -444,11 +444,11 @@ fn complete(manifest: &mut Manifest, manifest_path: &Path, outputs: &[FileEntry]
     manifest.train_files = names("train");
     manifest.val_files = names("val");
     manifest.complete = true;
-    write_manifest(manifest_path, manifest)?;
+    // Before the manifest says complete: a rerun of a complete run does nothing.
     if let Some(dir) = manifest_path.parent() {
         let _ = std::fs::remove_dir_all(dir.join("download"));
     }
-    Ok(())
+    write_manifest(manifest_path, manifest)
 }
 
 /// Lists the source files: the hub dataset's parquet files, or the local inputs.
