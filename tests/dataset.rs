@@ -273,8 +273,8 @@ fn lone_surrogates_in_json_lines_become_replacement_characters() {
     )
     .expect("write");
     let mut o = TextPrepareOptions::new(vec![input], dir.join("out"));
-    o.val_fraction = 0.0;
-    o.progress = false;
+    o.docs.val_fraction = 0.0;
+    o.docs.progress = false;
     let s = prepare_text(&o).unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(s.documents, 3);
     assert_eq!(s.lone_surrogates, 3);
@@ -355,9 +355,9 @@ fn training_reads_shards_as_the_same_sequence_as_train_bin() {
     for (name, shards) in [("single", None), ("sharded", Some(700))] {
         let mut o = TextPrepareOptions::new(vec![input.clone()], data.join(name));
         o.tokenizer = TextTokenizer::Char;
-        o.val_fraction = 0.1;
-        o.shard_tokens = shards;
-        o.progress = false;
+        o.docs.val_fraction = 0.1;
+        o.docs.shard_tokens = shards;
+        o.docs.progress = false;
         prepare_text(&o).unwrap_or_else(|e| panic!("{e:#}"));
     }
     let sharded = TokenSplit::open(&data.join("sharded"), "train", 65536).expect("open shards");

@@ -814,6 +814,7 @@ fn killed_at_random_moments_resumes_byte_identical() {
     let (mut rng, seed) = fault_rng("openwebtext");
     let mut tally = Tally::default();
     let (mut chain, mut attempt) = (0, 0);
+    let mut phases = BTreeMap::new();
     while tally.kills < kills_wanted() {
         chain += 1;
         assert!(
@@ -837,6 +838,17 @@ fn killed_at_random_moments_resumes_byte_identical() {
             }
             let found = check_after_kill(&ds, &before, &new, &what);
             tally.add(found);
+            // Which phase the kill hit, by what the manifest says.
+            let manifest = std::fs::read(ds.join("manifest.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+            let phase = match manifest {
+                None => "planning".to_string(),
+                Some(m) if m["complete"] == true => "complete".to_string(),
+                Some(m) if !m["outputs"].is_null() => "committing".to_string(),
+                Some(m) => format!("{} files done", m["done"].as_array().map_or(0, |d| d.len())),
+            };
+            *phases.entry(phase).or_insert(0usize) += 1;
             if found == common::fault::Found::New {
                 before = new.clone();
             }
@@ -854,7 +866,7 @@ fn killed_at_random_moments_resumes_byte_identical() {
         assert_eq!(manifest["complete"], true, "{what}");
         std::fs::remove_file(ds.join("manifest.json")).unwrap();
     }
-    eprintln!("openwebtext: seed {seed}, run length {length:?}, {tally:?}");
+    eprintln!("openwebtext: seed {seed}, run length {length:?}, {tally:?}, phases {phases:?}");
 }
 
 /// Killed in the final step (the 2-in-3 case): the outputs renamed into place, or some

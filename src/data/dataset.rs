@@ -29,7 +29,6 @@
 //!   run that recorded the list before committing and was killed during it
 //!   (`prepare openwebtext`).
 
-use super::split::is_split_file;
 use crate::atomic_file::{sync_dir, tmp_path, write_atomic, PendingFile};
 use anyhow::{anyhow, bail, Result};
 use serde::{Deserialize, Serialize};
@@ -242,6 +241,19 @@ fn dataset_files(dir: &Path) -> Result<BTreeSet<String>> {
         }
     }
     Ok(names)
+}
+
+/// Whether a file named `name` holds tokens of `split` (`train`, `val`): `SPLIT.bin`, or a
+/// `.bin` whose `_`-separated name has `SPLIT` as a part and ends in it or in a shard number
+/// (`train_000003.bin`, `edufineweb_train_000001.bin`, `tiny_shakespeare_val.bin`).
+pub fn is_split_file(name: &str, split: &str) -> bool {
+    let Some(stem) = name.strip_suffix(".bin") else {
+        return false;
+    };
+    let parts: Vec<&str> = stem.split('_').collect();
+    let last = parts[parts.len() - 1];
+    let number = !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit());
+    parts.contains(&split) && (last == split || number)
 }
 
 /// Whether a dataset file has a name our prepare commands write (the commit may remove it).

@@ -2,8 +2,8 @@
 
 pub mod batch;
 pub mod corpus;
-pub mod documents;
 pub mod dataset;
+pub mod documents;
 pub mod hub;
 mod manifest;
 pub mod parquet;

@@ -5,24 +5,11 @@
 //! documents already do). The folder is checked against its `dataset.json` first.
 
 use super::batch::sample_windows;
-use super::dataset::verify;
+use super::dataset::{is_split_file, verify};
 use super::tokens::TokenFile;
 use crate::rng::Rng;
 use anyhow::{anyhow, bail, Result};
 use std::path::{Path, PathBuf};
-
-/// Whether a file named `name` holds tokens of `split` (`train`, `val`): `SPLIT.bin`, or a
-/// `.bin` whose `_`-separated name has `SPLIT` as a part and ends in it or in a shard number
-/// (`train_000003.bin`, `edufineweb_train_000001.bin`, `tiny_shakespeare_val.bin`).
-pub fn is_split_file(name: &str, split: &str) -> bool {
-    let Some(stem) = name.strip_suffix(".bin") else {
-        return false;
-    };
-    let parts: Vec<&str> = stem.split('_').collect();
-    let last = parts[parts.len() - 1];
-    let number = !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit());
-    parts.contains(&split) && (last == split || number)
-}
 
 /// A split's token files, open and validated, read as one sequence.
 #[derive(Debug)]

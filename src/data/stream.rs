@@ -29,15 +29,14 @@
 use super::corpus::{
     collect_inputs, kind_of, CorpusReader, InputFile, InputKind, Piece, ReaderOptions,
 };
+use super::dataset::{self, is_split_file, FileEntry};
 use super::documents::DocumentOptions;
-use super::dataset::{self, FileEntry};
 use super::hub::{HubDataset, HubFile};
 use super::manifest::{
     read_manifest, settings_diff, write_manifest, Manifest, Settings, SourceDone, SourceFile,
     MANIFEST_FORMAT,
 };
 use super::pipeline::{tokenize_ordered, with_pool, Batch};
-use super::split::is_split_file;
 use super::text::{lone_surrogates_warning, progress_bar, SplitSink};
 use super::writer::{shard_path, SplitWriter};
 use crate::atomic_file::tmp_path;

@@ -30,8 +30,8 @@
 //!   not change, see [`super::corpus`].
 
 use super::corpus::{collect_inputs, CorpusReader, InputFile, Piece, ReaderOptions};
-use super::documents::DocumentOptions;
 use super::dataset;
+use super::documents::DocumentOptions;
 use super::pipeline::{tokenize_ordered, with_pool, Batch};
 use super::writer::SplitWriter;
 use crate::atomic_file::{write_pending, PendingFile};

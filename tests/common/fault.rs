@@ -1,8 +1,7 @@
 //! Fault injection for the prepare commands: kill -9 at seeded random moments of the real
 //! binary, then check what a reader finds and that a rerun finishes the job.
 
-use nanogpt::data::dataset::{verify, RECORD_FILE};
-use nanogpt::data::split::is_split_file;
+use nanogpt::data::dataset::{is_split_file, verify, RECORD_FILE};
 use nanogpt::rng::Rng;
 use std::collections::BTreeMap;
 use std::path::Path;
