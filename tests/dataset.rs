@@ -397,3 +397,47 @@ fn training_reads_shards_as_the_same_sequence_as_train_bin() {
     assert_eq!(want.0.len(), 5); // iterations 0 to max_iters, as nanoGPT
     assert_eq!(losses("sharded"), want);
 }
+
+/// The case through `train`: a new character `train.bin` (and the new record) beside
+/// the old `val.bin` and `meta.json`, as a kill between renames leaves them. Every id of the new
+/// file is below the old vocabulary's size, so only the record can tell; `train` refuses, names
+/// the folder and says to rerun the prepare command.
+#[test]
+fn train_refuses_a_half_committed_dataset() {
+    let root = tmp_dir("half");
+    let text = std::fs::read_to_string(common::fixtures().join("../data/tinyshakespeare.txt"))
+        .expect("tiny shakespeare");
+    let data = root.join("data");
+    let prepare = |name: &str, text: &str| {
+        let input = root.join(format!("{name}.txt"));
+        std::fs::write(&input, text).expect("write");
+        let mut o = TextPrepareOptions::new(vec![input], data.join(name));
+        o.tokenizer = TextTokenizer::Char;
+        o.docs.val_fraction = 0.0;
+        o.docs.progress = false;
+        prepare_text(&o).unwrap_or_else(|e| panic!("{e:#}"));
+    };
+    prepare("ds", &text[..200_000]);
+    prepare("lower", &text[200_000..300_000].to_lowercase());
+    let ds = data.join("ds");
+    // val.bin of the old dataset is empty; give it tokens so that only the record is wrong.
+    std::fs::copy(ds.join("train.bin"), ds.join("val.bin")).expect("copy");
+    std::fs::remove_file(ds.join("dataset.json")).expect("rm");
+    let cfg = tiny_config(&data, "ds", &root.join("out"));
+    train(&cfg, &mut Vec::new(), &AtomicBool::new(false)).expect("the legacy dataset trains");
+
+    for name in ["train.bin", "dataset.json"] {
+        std::fs::copy(data.join("lower").join(name), ds.join(name)).expect("copy");
+    }
+    let cfg = tiny_config(&data, "ds", &root.join("out-half"));
+    let e = format!(
+        "{:#}",
+        train(&cfg, &mut Vec::new(), &AtomicBool::new(false)).expect_err("refused")
+    );
+    assert!(
+        e.contains(ds.to_str().unwrap())
+            && e.contains("not a complete dataset")
+            && e.contains("rerun the prepare command"),
+        "{e}"
+    );
+}
