@@ -98,14 +98,14 @@ pub fn run_killed(command: &mut Command, delay: Duration) -> Option<Duration> {
 }
 
 /// A kill moment for attempt number `attempt`, given the fastest run's `length`: uniform over
-/// it, or, every other attempt, from its middle to half as long again (the commit is at the
-/// end, and most runs are slower than the fastest one; a run that ends first is no kill).
+/// it, or, every other attempt, from its middle to twice as long (the commit is at the end, and
+/// most runs are slower than the fastest one; a run that ends first is no kill).
 pub fn kill_delay(rng: &mut Rng, length: Duration, attempt: usize) -> Duration {
     let us = length.as_micros().max(1) as u64;
     let at = if attempt.is_multiple_of(2) {
         rng.below(us)
     } else {
-        us / 2 + rng.below(us + 1)
+        us / 2 + rng.below(us * 3 / 2 + 1)
     };
     Duration::from_micros(at)
 }
