@@ -2,6 +2,7 @@
 //! in the Hugging Face hub's layout: output equal to tokenizing the documents directly, resuming
 //! after an interruption byte for byte, a stable split, and the bad-input errors.
 
+use nanogpt::data::dataset::{verify, Verified};
 use nanogpt::data::hub::HubDataset;
 use nanogpt::data::text::is_val_document;
 use nanogpt::data::{prepare_stream, StreamPrepareOptions, StreamPrepareSummary, StreamSource};
@@ -331,9 +332,14 @@ fn output_equals_tokenizing_the_documents_directly() {
     assert_eq!(s.train_tokens as usize, train.len());
     let text_bytes: usize = docs.iter().flatten().map(|d| d.len()).sum();
     assert_eq!(s.text_bytes as usize, text_bytes);
-    // No temp files or downloads are left; the manifest says it is complete.
+    // No temp files or downloads are left; the manifest says it is complete, and the dataset
+    // record verifies.
     let files: Vec<String> = snapshot(&out).into_keys().collect();
-    assert_eq!(files, ["manifest.json", "train.bin", "val.bin"]);
+    assert_eq!(
+        files,
+        ["dataset.json", "manifest.json", "train.bin", "val.bin"]
+    );
+    assert_eq!(verify(&out).unwrap(), Verified::Recorded);
     assert!(!out.join("download").exists());
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
@@ -762,4 +768,149 @@ fn ctrl_c_stops_resumably() {
         got == want,
         "the output after Ctrl-C differs from an uninterrupted run"
     );
+}
+
+/// Fault injection: the binary killed with SIGKILL at seeded random moments of every phase
+/// (listing, downloading, tokenizing, recording a file, committing the outputs), over an
+/// earlier character dataset in the same folder, and the same command rerun, killed again
+/// (up to three kills in a row) or to the end (`NANOGPT_FAULT_KILLS`, default 30 kills;
+/// `NANOGPT_FAULT_SEED`). After each kill the folder holds the old dataset, the new one, or a
+/// commit in progress that the reader refuses; the last rerun is byte-identical to an
+/// uninterrupted run.
+#[test]
+fn killed_at_random_moments_resumes_byte_identical() {
+    use common::fault::{
+        check_after_kill, dataset_snapshot, fault_rng, kill_delay, kills_wanted, restore,
+        run_killed, run_ok, temp_files, Tally,
+    };
+    let (_hub, base, _docs) = hub_with_shards();
+    let root = temp("killed");
+    let data = root.join("data");
+    let ds = data.join("x");
+    // The earlier dataset: characters, with a vocabulary the new one must remove.
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/data/tinyshakespeare.txt"
+    ))
+    .unwrap();
+    let input = root.join("old.txt");
+    std::fs::write(&input, &text[..100_000]).unwrap();
+    let mut old_run = std::process::Command::new(env!("CARGO_BIN_EXE_nanogpt"));
+    old_run
+        .args(["prepare", "text", "--tokenizer=char", "--name=x", "--input"])
+        .arg(&input)
+        .arg("--data_dir")
+        .arg(&data);
+    run_ok(&mut old_run);
+    let old = dataset_snapshot(&ds);
+    assert!(old.contains_key("meta.json"));
+    let mut length = run_ok(&mut prepare_command(&base, &data));
+    let new = dataset_snapshot(&ds);
+    assert_eq!(
+        new.keys().collect::<Vec<_>>(),
+        ["dataset.json", "train.bin", "val.bin"]
+    );
+
+    let (mut rng, seed) = fault_rng("openwebtext");
+    let mut tally = Tally::default();
+    let (mut chain, mut attempt) = (0, 0);
+    let mut phases = BTreeMap::new();
+    while tally.kills < kills_wanted() {
+        chain += 1;
+        assert!(
+            chain < 2 * kills_wanted(),
+            "too few kills landed: {tally:?}"
+        );
+        restore(&ds, &old);
+        // The state before each kill: the old dataset until a run commits the new one.
+        let mut before = old.clone();
+        for k in 0..3 {
+            attempt += 1;
+            let delay = kill_delay(&mut rng, length, attempt);
+            let what = format!("seed {seed}, chain {chain}, kill {k} at {delay:?}");
+            if let Some(took) = run_killed(&mut prepare_command(&base, &data), delay) {
+                if k == 0 {
+                    // Runs vary with the machine's load: aim the next kills within the fastest.
+                    length = length.min(took);
+                }
+                tally.finished_first += 1;
+                break;
+            }
+            let found = check_after_kill(&ds, &before, &new, &what);
+            tally.add(found);
+            // Which phase the kill hit, by what the manifest says.
+            let manifest = std::fs::read(ds.join("manifest.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+            let phase = match manifest {
+                None => "planning".to_string(),
+                Some(m) if m["complete"] == true => "complete".to_string(),
+                Some(m) if !m["outputs"].is_null() => "committing".to_string(),
+                Some(m) => format!("{} files done", m["done"].as_array().map_or(0, |d| d.len())),
+            };
+            *phases.entry(phase).or_insert(0usize) += 1;
+            if found == common::fault::Found::New {
+                before = new.clone();
+            }
+        }
+        let what = format!("seed {seed}, chain {chain}");
+        run_ok(&mut prepare_command(&base, &data));
+        assert!(
+            dataset_snapshot(&ds) == new,
+            "{what}: differs from an uninterrupted run"
+        );
+        assert!(temp_files(&ds).is_empty(), "{what}: {:?}", temp_files(&ds));
+        assert!(!ds.join("download").exists(), "{what}: downloads left");
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(ds.join("manifest.json")).unwrap()).unwrap();
+        assert_eq!(manifest["complete"], true, "{what}");
+        std::fs::remove_file(ds.join("manifest.json")).unwrap();
+    }
+    eprintln!("openwebtext: seed {seed}, run length {length:?}, {tally:?}, phases {phases:?}");
+}
+
+/// Killed in the final step (the 2-in-3 case): the outputs renamed into place, or some
+/// of them, before the manifest says complete. The rerun recognises the finished outputs and
+/// completes, byte-identical, instead of looking for temp files that are gone.
+#[test]
+fn killed_in_the_final_step_finishes_on_rerun() {
+    let (_hub, base, _docs) = hub_with_shards();
+    let want = uninterrupted("final-step", &base, None);
+    let data = temp("final-step");
+    let ds = data.join("x");
+    let manifest_path = ds.join("manifest.json");
+    let rerun = || {
+        let out = prepare_command(&base, &data).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    rerun();
+    let finished = std::fs::read(&manifest_path).unwrap();
+    let unfinished = {
+        let mut m: serde_json::Value = serde_json::from_slice(&finished).unwrap();
+        assert!(m["outputs"].as_array().is_some_and(|o| o.len() == 2));
+        m["complete"] = false.into();
+        m["train_files"] = serde_json::json!([]);
+        m["val_files"] = serde_json::json!([]);
+        serde_json::to_vec(&m).unwrap()
+    };
+    // Every output renamed; then val.bin not yet renamed, beside an old vocabulary the commit
+    // removes.
+    for partly in [false, true] {
+        std::fs::write(&manifest_path, &unfinished).unwrap();
+        if partly {
+            std::fs::rename(ds.join("val.bin"), ds.join("val.bin.tmp")).unwrap();
+            std::fs::write(ds.join("meta.json"), "{}").unwrap();
+        }
+        rerun();
+        let mut got = snapshot(&ds);
+        assert_eq!(got.remove("manifest.json").as_deref(), Some(&finished[..]));
+        assert!(
+            got == want,
+            "partly {partly}: differs from an uninterrupted run"
+        );
+    }
 }

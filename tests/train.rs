@@ -763,10 +763,12 @@ fn missing_dataset_says_prepare() {
 }
 
 /// Freshly prepared shakespeare_char under `<root>/data`, for a test to break one file of:
-/// `(data_dir, data_dir/shakespeare_char)`.
+/// `(data_dir, data_dir/shakespeare_char)`. Without its `dataset.json` (as nanoGPT's prepare.py
+/// writes it), so that the token files themselves are checked rather than found changed.
 fn broken_data(root: &Path) -> (PathBuf, PathBuf) {
     let data_dir = prepare_data(root);
     let ds = data_dir.join("shakespeare_char");
+    std::fs::remove_file(ds.join("dataset.json")).expect("remove dataset.json");
     (data_dir, ds)
 }
 

@@ -6,8 +6,10 @@
 //! ood.txt (longer operands than training, never trained on), arithmetic.json (the options).
 
 use super::problems::{digits, Format, Op, Problem, VOCAB};
-use crate::atomic_file::write_atomic;
-use crate::data::{write_tokens, TokenFormat};
+use crate::atomic_file::write_pending;
+use crate::data::dataset;
+use crate::data::writer::write_tokens_pending;
+use crate::data::TokenFormat;
 use crate::rng::{mix64, Rng};
 use crate::tokenizer::CharVocab;
 use anyhow::{bail, Context, Result};
@@ -202,19 +204,22 @@ pub fn prepare_arithmetic(opts: &ArithmeticOptions, out_dir: &Path) -> Result<Ar
         lines.swap(i, rng.below(i as u64 + 1) as usize);
     }
     let train_ids = vocab.encode(&lines.concat())?;
-    write_tokens(&out_dir.join("train.bin"), &train_ids, TokenFormat::RawU16)?;
-    write_tokens(
-        &out_dir.join("val.bin"),
-        &vocab.encode(&test)?,
-        TokenFormat::RawU16,
-    )?;
-    write_atomic(&out_dir.join("meta.json"), vocab.to_meta_json().as_bytes())?;
-    write_atomic(&out_dir.join("test.txt"), test.as_bytes())?;
-    write_atomic(&out_dir.join("ood.txt"), ood.as_bytes())?;
-    write_atomic(
-        &out_dir.join(OPTIONS_FILE),
-        serde_json::to_string_pretty(opts)?.as_bytes(),
-    )?;
+    // All files change together (a new train.bin beside an old test.txt could hold test
+    // problems): temp names first, then one commit.
+    let options = serde_json::to_string_pretty(opts)?;
+    let files = vec![
+        write_tokens_pending(&out_dir.join("train.bin"), &train_ids, TokenFormat::RawU16)?,
+        write_tokens_pending(
+            &out_dir.join("val.bin"),
+            &vocab.encode(&test)?,
+            TokenFormat::RawU16,
+        )?,
+        write_pending(&out_dir.join("meta.json"), vocab.to_meta_json().as_bytes())?,
+        write_pending(&out_dir.join("test.txt"), test.as_bytes())?,
+        write_pending(&out_dir.join("ood.txt"), ood.as_bytes())?,
+        write_pending(&out_dir.join(OPTIONS_FILE), options.as_bytes())?,
+    ];
+    dataset::stage(out_dir, files)?.commit()?;
     Ok(ArithmeticSummary {
         train_problems: n_train,
         test_problems: n_test,

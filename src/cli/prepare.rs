@@ -6,6 +6,7 @@ use super::output::Interrupt;
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use nanogpt::arithmetic::{prepare_arithmetic, ArithmeticOptions, Format, Op};
+use nanogpt::data::dataset::dataset_dir;
 use nanogpt::data::DocumentOptions;
 use std::path::PathBuf;
 
@@ -138,7 +139,7 @@ pub fn prepare(dataset: PrepareCommand) -> Result<()> {
         PrepareCommand::Text(args) => {
             let mut opts = nanogpt::data::TextPrepareOptions::new(
                 args.input,
-                args.out.data_dir.join(&args.name),
+                dataset_dir(&args.out.data_dir, &args.name)?,
             );
             opts.tokenizer = args.tokenizer.parse()?;
             opts.docs = args.out.docs.parse()?;
@@ -185,7 +186,7 @@ pub fn prepare(dataset: PrepareCommand) -> Result<()> {
                 test_per_op: args.test_per_op,
                 seed: args.seed,
             };
-            let out = args.data_dir.join(&args.name);
+            let out = dataset_dir(&args.data_dir, &args.name)?;
             let s = prepare_arithmetic(&opts, &out)?;
             println!(
                 "{}: {} training problems ({} tokens), {} held-out test problems, {} longer (out-of-distribution) ones",
@@ -223,7 +224,7 @@ fn prepare_openwebtext(args: OpenWebTextArgs) -> Result<()> {
             token: hub.token,
         })
     };
-    let mut opts = StreamPrepareOptions::new(source, args.out.data_dir.join(&args.name));
+    let mut opts = StreamPrepareOptions::new(source, dataset_dir(&args.out.data_dir, &args.name)?);
     opts.docs = args.out.docs.parse()?;
     opts.max_docs = args.max_docs;
     opts.restart = args.restart;

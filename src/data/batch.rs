@@ -16,31 +16,48 @@ pub fn sample_batch(
     x: &mut Vec<u32>,
     y: &mut Vec<i32>,
 ) -> Result<()> {
+    sample_windows(tokens.len(), rng, batch_size, block_size, x, y, |i, n| {
+        tokens[i..i + n].iter().copied()
+    })
+}
+
+/// [`sample_batch`] over a sequence of `len` tokens that `window(start, n)` reads (`n` tokens
+/// from `start`), e.g. one spread over several shards.
+pub(crate) fn sample_windows<W: Iterator<Item = u16>>(
+    len: usize,
+    rng: &mut Rng,
+    batch_size: usize,
+    block_size: usize,
+    x: &mut Vec<u32>,
+    y: &mut Vec<i32>,
+    window: impl Fn(usize, usize) -> W,
+) -> Result<()> {
     if block_size == 0 || batch_size == 0 {
         bail!("batch_size and block_size must be at least 1");
     }
-    if tokens.len() <= block_size {
+    if len <= block_size {
         bail!(
-            "{} tokens is too few for block_size {block_size} (need at least {})",
-            tokens.len(),
+            "{len} tokens is too few for block_size {block_size} (need at least {})",
             block_size + 1
         );
     }
     let n = batch_size * block_size;
     x.resize(n, 0);
     y.resize(n, 0);
-    let range = (tokens.len() - block_size) as u64;
+    let range = (len - block_size) as u64;
     for (xr, yr) in x
         .chunks_exact_mut(block_size)
         .zip(y.chunks_exact_mut(block_size))
     {
         let i = rng.below(range) as usize;
-        let window = &tokens[i..i + block_size + 1];
-        for (d, &t) in xr.iter_mut().zip(&window[..block_size]) {
-            *d = t as u32;
-        }
-        for (d, &t) in yr.iter_mut().zip(&window[1..]) {
-            *d = t as i32;
+        // Token k of the window is input k and target k - 1.
+        for (k, t) in window(i, block_size + 1).enumerate() {
+            if k < block_size {
+                xr[k] = t as u32;
+            }
+            if k > 0 {
+                yr[k - 1] = t as i32;
+            }
         }
     }
     Ok(())

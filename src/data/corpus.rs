@@ -205,6 +205,7 @@ pub struct CorpusReader {
     bytes_reported: u64,
     text_bytes: u64,
     null_rows: u64,
+    lone_surrogates: u64,
     done: bool,
 }
 
@@ -264,6 +265,7 @@ impl CorpusReader {
             bytes_reported: 0,
             text_bytes: 0,
             null_rows: 0,
+            lone_surrogates: 0,
             done: false,
         }
     }
@@ -282,6 +284,11 @@ impl CorpusReader {
     /// Parquet rows without text (null), skipped.
     pub fn null_rows(&self) -> u64 {
         self.null_rows
+    }
+
+    /// Lone UTF-16 surrogates in JSON escapes, read as U+FFFD (see [`replace_lone_surrogates`]).
+    pub fn lone_surrogates(&self) -> u64 {
+        self.lone_surrogates
     }
 
     fn next_batch(&mut self) -> Result<Option<Batch<Piece>>> {
@@ -365,7 +372,8 @@ impl CorpusReader {
                     return Ok(Some(piece));
                 }
                 OpenFile::JsonLines(j) => {
-                    match j.next_document(&self.opts.text_field, &mut self.bytes_read)? {
+                    let field = &self.opts.text_field;
+                    match j.next_document(field, &mut self.bytes_read, &mut self.lone_surrogates)? {
                         None => self.open = None,
                         Some(text) => self.queue_document(text),
                     }
@@ -495,8 +503,14 @@ impl TextFile {
 }
 
 impl JsonLinesFile {
-    /// The text of the next non-blank line, or `None` at the end of the file.
-    fn next_document(&mut self, field: &str, bytes_read: &mut u64) -> Result<Option<String>> {
+    /// The text of the next non-blank line, or `None` at the end of the file. Lone surrogates
+    /// replaced are added to `lone_surrogates`.
+    fn next_document(
+        &mut self,
+        field: &str,
+        bytes_read: &mut u64,
+        lone_surrogates: &mut u64,
+    ) -> Result<Option<String>> {
         let p = self.path.display();
         loop {
             self.line.clear();
@@ -518,11 +532,22 @@ impl JsonLinesFile {
                 (1, Some(rest)) => rest,
                 _ => &self.line[..],
             };
-            let value: serde_json::Value = serde_json::from_slice(line).map_err(|e| {
+            let invalid = |e: serde_json::Error| {
                 anyhow!(
                     "{p}:{line_no}: invalid JSON ({e}); each line of a JSON-lines file must be one JSON object"
                 )
-            })?;
+            };
+            let value: serde_json::Value = match serde_json::from_slice(line) {
+                Ok(v) => v,
+                Err(e) => match replace_lone_surrogates(line) {
+                    Some((fixed, n)) => {
+                        let v = serde_json::from_slice(&fixed).map_err(invalid)?;
+                        *lone_surrogates += n;
+                        v
+                    }
+                    None => return Err(invalid(e)),
+                },
+            };
             let serde_json::Value::Object(mut object) = value else {
                 bail!(
                     "{p}:{line_no}: not a JSON object; each line of a JSON-lines file must be an object with a \"{field}\" string"
@@ -545,6 +570,49 @@ impl JsonLinesFile {
             };
         }
     }
+}
+
+/// Python's `json.dumps` escapes a lone UTF-16 surrogate (`"\ud800"`), which is not Unicode and
+/// which serde_json refuses; Hugging Face `datasets` reads it as U+FFFD. Returns `line` with each
+/// lone surrogate escape replaced by `\ufffd`, and how many there were; `None` when there are
+/// none. (Backslashes occur only inside strings in valid JSON, so escapes are found without
+/// tracking strings.)
+fn replace_lone_surrogates(line: &[u8]) -> Option<(Vec<u8>, u64)> {
+    // The code unit of a `\uXXXX` escape at `at`.
+    let unit = |at: usize| -> Option<u16> {
+        if line.get(at..at + 2)? != b"\\u" {
+            return None;
+        }
+        let hex = line.get(at + 2..at + 6)?;
+        if !hex.iter().all(u8::is_ascii_hexdigit) {
+            return None;
+        }
+        u16::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+    };
+    let mut out = Vec::with_capacity(line.len());
+    let mut count = 0;
+    let mut i = 0;
+    while i < line.len() {
+        if line[i] != b'\\' {
+            out.push(line[i]);
+            i += 1;
+            continue;
+        }
+        let n = match unit(i) {
+            Some(0xD800..=0xDBFF) if matches!(unit(i + 6), Some(0xDC00..=0xDFFF)) => 12,
+            Some(0xD800..=0xDFFF) => {
+                out.extend_from_slice(b"\\ufffd");
+                count += 1;
+                i += 6;
+                continue;
+            }
+            // Any other escape: the backslash and the character it escapes.
+            _ => 2.min(line.len() - i),
+        };
+        out.extend_from_slice(&line[i..i + n]);
+        i += n;
+    }
+    (count > 0).then_some((out, count))
 }
 
 fn json_kind(v: &serde_json::Value) -> &'static str {

@@ -1,6 +1,7 @@
 //! `manifest.json` of `prepare openwebtext`: the settings, the source files and what each
 //! finished file added, so an interrupted run resumes where it stopped (see [`super::stream`]).
 
+use super::dataset::FileEntry;
 use crate::atomic_file::write_atomic;
 use anyhow::{anyhow, bail, Result};
 use serde::{Deserialize, Serialize};
@@ -38,6 +39,9 @@ pub(super) struct SourceDone {
     pub(super) documents: u64,
     pub(super) val_documents: u64,
     pub(super) null_rows: u64,
+    /// Lone surrogates in JSON escapes read as U+FFFD.
+    #[serde(default)]
+    pub(super) lone_surrogates: u64,
     pub(super) text_bytes: u64,
     /// The outputs' token counts after this file.
     pub(super) train_tokens: u64,
@@ -55,6 +59,10 @@ pub(super) struct Manifest {
     pub(super) revision: Option<String>,
     pub(super) sources: Vec<SourceFile>,
     pub(super) done: Vec<SourceDone>,
+    /// The finished outputs, recorded before they are committed, so that a run killed while
+    /// committing can finish the commit (`dataset::commit_recorded`).
+    #[serde(default)]
+    pub(super) outputs: Option<Vec<FileEntry>>,
     /// When complete: the output files.
     pub(super) train_files: Vec<String>,
     pub(super) val_files: Vec<String>,
@@ -67,6 +75,7 @@ impl Manifest {
             t.documents += d.documents;
             t.val_documents += d.val_documents;
             t.null_rows += d.null_rows;
+            t.lone_surrogates += d.lone_surrogates;
             t.text_bytes += d.text_bytes;
             t.train_tokens = d.train_tokens;
             t.val_tokens = d.val_tokens;

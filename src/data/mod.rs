@@ -2,12 +2,14 @@
 
 pub mod batch;
 pub mod corpus;
+pub mod dataset;
 pub mod documents;
 pub mod hub;
 mod manifest;
 pub mod parquet;
 pub mod pipeline;
 pub mod prepare;
+pub mod split;
 pub mod stream;
 pub mod text;
 pub mod tokens;
@@ -15,6 +17,7 @@ pub mod writer;
 
 pub use documents::DocumentOptions;
 pub use prepare::{prepare_shakespeare_bpe, prepare_shakespeare_char, PrepareSummary};
+pub use split::TokenSplit;
 pub use stream::{prepare_stream, StreamPrepareOptions, StreamPrepareSummary, StreamSource};
 pub use text::{prepare_text, TextPrepareOptions, TextPrepareSummary, TextTokenizer};
 pub use tokens::{TokenFile, TokenFormat};

@@ -2,10 +2,12 @@
 //! `data/shakespeare/prepare.py`: the first 90% of the text's characters (Unicode code points)
 //! are the training split, the rest validation; each split is tokenized and written as raw
 //! uint16 `train.bin` / `val.bin`. They work for any UTF-8 text file, not just Shakespeare.
+//! The files are committed together as one dataset ([`super::dataset`]).
 
+use super::dataset;
 use super::tokens::TokenFormat;
-use super::writer::write_tokens;
-use crate::atomic_file::write_atomic;
+use super::writer::write_tokens_pending;
+use crate::atomic_file::write_pending;
 use crate::tokenizer::{CharVocab, Gpt2Bpe};
 use anyhow::{anyhow, bail, Result};
 use std::path::{Path, PathBuf};
@@ -69,11 +71,14 @@ pub fn prepare_shakespeare_char(input: &Path, out_dir: &Path) -> Result<PrepareS
     let (train, val) = split_chars(&text, 0.9);
     let train_ids = vocab.encode(train)?;
     let val_ids = vocab.encode(val)?;
-    let mut summary = write_splits(out_dir, &train_ids, &val_ids, vocab.vocab_size())?;
-    let meta = out_dir.join("meta.json");
-    write_atomic(&meta, vocab.to_meta_json().as_bytes())?;
-    summary.meta_path = Some(meta);
-    Ok(summary)
+    let meta = vocab.to_meta_json();
+    write_splits(
+        out_dir,
+        &train_ids,
+        &val_ids,
+        vocab.vocab_size(),
+        Some(meta.as_bytes()),
+    )
 }
 
 /// nanoGPT's `shakespeare`: each split encoded separately with GPT-2's `encode_ordinary`;
@@ -84,27 +89,37 @@ pub fn prepare_shakespeare_bpe(input: &Path, out_dir: &Path) -> Result<PrepareSu
     let (train, val) = split_chars(&text, 0.9);
     let (train_ids, val_ids) =
         rayon::join(|| bpe.encode_ordinary(train), || bpe.encode_ordinary(val));
-    write_splits(out_dir, &train_ids, &val_ids, bpe.vocab_size())
+    write_splits(out_dir, &train_ids, &val_ids, bpe.vocab_size(), None)
 }
 
+/// Writes `train.bin`, `val.bin` and `meta` (as `meta.json`) to temp names, then commits them
+/// as the dataset in `out_dir` (see [`super::dataset`]).
 fn write_splits(
     out_dir: &Path,
     train: &[u32],
     val: &[u32],
     vocab_size: usize,
+    meta: Option<&[u8]>,
 ) -> Result<PrepareSummary> {
     std::fs::create_dir_all(out_dir)
         .map_err(|e| anyhow!("cannot create {}: {e}", out_dir.display()))?;
     let train_path = out_dir.join("train.bin");
     let val_path = out_dir.join("val.bin");
-    write_tokens(&train_path, train, TokenFormat::RawU16)?;
-    write_tokens(&val_path, val, TokenFormat::RawU16)?;
+    let meta_path = meta.map(|_| out_dir.join("meta.json"));
+    let mut files = vec![
+        write_tokens_pending(&train_path, train, TokenFormat::RawU16)?,
+        write_tokens_pending(&val_path, val, TokenFormat::RawU16)?,
+    ];
+    if let (Some(path), Some(bytes)) = (&meta_path, meta) {
+        files.push(write_pending(path, bytes)?);
+    }
+    dataset::stage(out_dir, files)?.commit()?;
     Ok(PrepareSummary {
         vocab_size,
         train_tokens: train.len(),
         val_tokens: val.len(),
         train_path,
         val_path,
-        meta_path: None,
+        meta_path,
     })
 }

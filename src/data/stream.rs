@@ -14,8 +14,10 @@
 //!   the seed and `i` says so. With `val_fraction = 0`, `train.bin` is exactly every document's
 //!   tokens followed by EOT, in input order.
 //! - **Output**: `train.bin` / `val.bin` (nanoGPT's raw uint16) or llm.c shards of
-//!   `shard_tokens`, written as `NAME.tmp` while the run goes on and renamed into place when it
-//!   has finished, so an earlier complete output stays usable until then.
+//!   `shard_tokens`, written as `NAME.tmp` while the run goes on and committed as one dataset
+//!   when it has finished ([`super::dataset`]), so an earlier complete output stays usable until
+//!   then. The manifest lists the finished outputs before the commit, so a run stopped during
+//!   the commit finishes it when rerun.
 //! - **Resuming**: `manifest.json` records the settings, the source files (sizes, sha256) and,
 //!   after each finished file, its documents and tokens; the outputs were synced before the
 //!   manifest was written. A rerun with the same settings cuts the temp outputs back to what the
@@ -27,6 +29,7 @@
 use super::corpus::{
     collect_inputs, kind_of, CorpusReader, InputFile, InputKind, Piece, ReaderOptions,
 };
+use super::dataset::{self, is_split_file, FileEntry};
 use super::documents::DocumentOptions;
 use super::hub::{HubDataset, HubFile};
 use super::manifest::{
@@ -34,8 +37,8 @@ use super::manifest::{
     MANIFEST_FORMAT,
 };
 use super::pipeline::{tokenize_ordered, with_pool, Batch};
-use super::text::{progress_bar, remove_stale, SplitSink, TextTokenizer};
-use super::writer::{shard_path, PendingFile, SplitWriter};
+use super::text::{lone_surrogates_warning, progress_bar, SplitSink};
+use super::writer::{shard_path, SplitWriter};
 use crate::atomic_file::tmp_path;
 use crate::download::{download_with, DownloadOptions};
 use crate::tokenizer::{Gpt2Bpe, EOT};
@@ -97,6 +100,8 @@ pub struct StreamPrepareSummary {
     pub val_documents: u64,
     /// Parquet rows with a null text, skipped.
     pub null_rows: u64,
+    /// Lone UTF-16 surrogates in JSON escapes, read as U+FFFD.
+    pub lone_surrogates: u64,
     /// UTF-8 bytes of all documents' text.
     pub text_bytes: u64,
     pub train_tokens: u64,
@@ -122,6 +127,9 @@ impl StreamPrepareSummary {
         let mut w = Vec::new();
         if self.partial_conversion {
             w.push("the hub's parquet files of this dataset are a partial conversion (a partial-* folder: only its first few GB); for all of it, download its original files and pass --input".to_string());
+        }
+        if let Some(warning) = lone_surrogates_warning(self.lone_surrogates) {
+            w.push(warning);
         }
         if self.null_rows > 0 {
             w.push(format!(
@@ -179,6 +187,7 @@ pub fn prepare_stream(
                 revision,
                 sources,
                 done: Vec::new(),
+                outputs: None,
                 train_files: Vec::new(),
                 val_files: Vec::new(),
             };
@@ -221,6 +230,15 @@ fn run(
     stop: &AtomicBool,
 ) -> Result<(Vec<PathBuf>, u64, u64)> {
     let out = &opts.out_dir;
+    if let Some(outputs) = manifest.outputs.clone() {
+        // Every source file is in and the outputs are complete; an earlier run was stopped
+        // while committing them.
+        let removed = dataset::commit_recorded(out, &outputs).map_err(|e| {
+            e.context("cannot finish the earlier run's last step; start over with --restart")
+        })?;
+        complete(manifest, manifest_path, &outputs)?;
+        return Ok((removed, 0, 0));
+    }
     let totals = manifest.totals();
     let resuming = !manifest.done.is_empty();
     let (train, val) = if resuming {
@@ -359,6 +377,7 @@ fn run(
                     documents: sink.documents - before.0,
                     val_documents: sink.val_documents - before.1,
                     null_rows: reader.null_rows(),
+                    lone_surrogates: reader.lone_surrogates(),
                     text_bytes: reader.text_bytes(),
                     train_tokens: sink.train.len(),
                     val_tokens: sink.val.len(),
@@ -400,25 +419,35 @@ fn run(
         );
     }
 
-    // Every source file is in: move the outputs into place.
-    let commit = |files: Vec<PendingFile>| -> Result<Vec<PathBuf>> {
-        files.into_iter().map(PendingFile::commit).collect()
-    };
-    let train_files = commit(sink.train.finish()?)?;
-    let val_files = commit(sink.val.finish()?)?;
-    let removed = remove_stale(
-        out,
-        opts.docs.shard_tokens,
-        TextTokenizer::Gpt2,
-        &train_files,
-        &val_files,
-    )?;
-    manifest.complete = true;
-    manifest.train_files = file_names(&train_files);
-    manifest.val_files = file_names(&val_files);
+    // Every source file is in: record the outputs, then commit them as one dataset.
+    let mut outputs = sink.train.finish()?;
+    outputs.extend(sink.val.finish()?);
+    let staged = dataset::stage(out, outputs)?;
+    manifest.outputs = Some(staged.files().to_vec());
     write_manifest(manifest_path, manifest)?;
-    let _ = std::fs::remove_dir_all(&download_dir);
+    let outputs = staged.files().to_vec();
+    let removed = staged.commit()?;
+    complete(manifest, manifest_path, &outputs)?;
     Ok((removed, text_bytes_this_run, peak_download))
+}
+
+/// Marks the manifest complete, with the output files committed.
+fn complete(manifest: &mut Manifest, manifest_path: &Path, outputs: &[FileEntry]) -> Result<()> {
+    let names = |split: &str| {
+        outputs
+            .iter()
+            .filter(|f| is_split_file(&f.name, split))
+            .map(|f| f.name.clone())
+            .collect()
+    };
+    manifest.train_files = names("train");
+    manifest.val_files = names("val");
+    manifest.complete = true;
+    // Before the manifest says complete: a rerun of a complete run does nothing.
+    if let Some(dir) = manifest_path.parent() {
+        let _ = std::fs::remove_dir_all(dir.join("download"));
+    }
+    write_manifest(manifest_path, manifest)
 }
 
 /// Lists the source files: the hub dataset's parquet files, or the local inputs.
@@ -620,14 +649,6 @@ fn remove_unfinished(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn file_names(paths: &[PathBuf]) -> Vec<String> {
-    paths
-        .iter()
-        .filter_map(|p| p.file_name())
-        .map(|n| n.to_string_lossy().into_owned())
-        .collect()
-}
-
 #[allow(clippy::too_many_arguments)]
 fn summary_of(
     opts: &StreamPrepareOptions,
@@ -650,6 +671,7 @@ fn summary_of(
         train_documents: t.documents - t.val_documents,
         val_documents: t.val_documents,
         null_rows: t.null_rows,
+        lone_surrogates: t.lone_surrogates,
         text_bytes: t.text_bytes,
         train_tokens: t.train_tokens,
         val_tokens: t.val_tokens,

@@ -19,27 +19,29 @@
 //!   with few documents that may be none, see [`TextPrepareSummary::warnings`].
 //! - **Output** in `out_dir`: `train.bin` / `val.bin` (nanoGPT's raw uint16), or with
 //!   `shard_tokens` llm.c shards `train_000000.bin`, ... / `val_000000.bin`, ... Everything is
-//!   written to `*.tmp` files and renamed into place only after the whole corpus succeeded,
-//!   so an error or a crash never leaves a half-written token file (a failed run leaves the
-//!   previous output as it was). Outputs of the other format left by an earlier run
-//!   (`train.bin` vs shards, surplus shards) are then removed, and so is a `meta.json` /
-//!   `meta.pkl` in GPT-2 mode, which would otherwise make the dataset look character-level.
+//!   written to `*.tmp` files and committed as one dataset only after the whole corpus
+//!   succeeded ([`super::dataset`]), so an error or a crash never leaves a half-written token
+//!   file, nor new token files beside an old vocabulary (a failed run leaves the previous
+//!   output as it was). Outputs of the other format left by an earlier run (`train.bin` vs
+//!   shards, surplus shards) are removed by the commit, and so is a `meta.json` / `meta.pkl` in
+//!   GPT-2 mode, which would otherwise make the dataset look character-level.
 //! - **Memory**: the reader keeps about three batches of text (`batch_bytes`, default 16 MiB)
 //!   plus the tokens of one; documents longer than `piece_bytes` are cut where the tokens do
 //!   not change, see [`super::corpus`].
 
 use super::corpus::{collect_inputs, CorpusReader, InputFile, Piece, ReaderOptions};
+use super::dataset;
 use super::documents::DocumentOptions;
 use super::pipeline::{tokenize_ordered, with_pool, Batch};
-use super::writer::{shard_path, PendingFile, SplitWriter};
-use crate::atomic_file::write_atomic;
+use super::writer::SplitWriter;
+use crate::atomic_file::{write_pending, PendingFile};
 use crate::rng::mix64;
 use crate::tokenizer::{CharVocab, Gpt2Bpe, EOT};
 use anyhow::{anyhow, bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 /// Which tokenizer `prepare text` uses.
@@ -107,6 +109,8 @@ pub struct TextPrepareSummary {
     pub documents: u64,
     pub train_documents: u64,
     pub val_documents: u64,
+    /// Lone UTF-16 surrogates in JSON escapes, read as U+FFFD.
+    pub lone_surrogates: u64,
     /// Input bytes read (file sizes; both passes read them in character mode, counted once).
     pub bytes: u64,
     pub train_tokens: u64,
@@ -136,6 +140,9 @@ impl TextPrepareSummary {
         if self.train_documents == 0 {
             w.push("no training documents: lower val_fraction or add documents".to_string());
         }
+        if let Some(w2) = lone_surrogates_warning(self.lone_surrogates) {
+            w.push(w2);
+        }
         if !self.skipped_files.is_empty() {
             w.push(format!(
                 "skipped {} files in folders that are not .txt, .jsonl or .json-lines (first: {})",
@@ -145,6 +152,13 @@ impl TextPrepareSummary {
         }
         w
     }
+}
+
+/// The warning for JSON lines that held lone surrogates, if any did.
+pub(crate) fn lone_surrogates_warning(count: u64) -> Option<String> {
+    (count > 0).then(|| format!(
+        "replaced {count} lone UTF-16 surrogates in JSON escapes (\\ud800-\\udfff without their pair, which Python's json.dumps writes) with U+FFFD, as Hugging Face datasets reads them"
+    ))
 }
 
 /// Whether document `index` belongs to the validation split: the top 53 bits of
@@ -187,24 +201,20 @@ pub fn prepare_text(opts: &TextPrepareOptions) -> Result<TextPrepareSummary> {
         );
     }
 
-    // Everything is complete at its temp name: move it all into place.
-    let train_files = commit_all(done.train)?;
-    let val_files = commit_all(done.val)?;
+    // Everything is complete at its temp name: commit it all as one dataset.
+    let train_files: Vec<PathBuf> = done.train.iter().map(|p| p.path().to_path_buf()).collect();
+    let val_files: Vec<PathBuf> = done.val.iter().map(|p| p.path().to_path_buf()).collect();
+    let mut outputs = done.train;
+    outputs.extend(done.val);
     let meta_path = match &done.vocab {
         Some(vocab) => {
             let path = out.join("meta.json");
-            write_atomic(&path, vocab.to_meta_json().as_bytes())?;
+            outputs.push(write_pending(&path, vocab.to_meta_json().as_bytes())?);
             Some(path)
         }
         None => None,
     };
-    let removed_stale = remove_stale(
-        out,
-        opts.docs.shard_tokens,
-        opts.tokenizer,
-        &train_files,
-        &val_files,
-    )?;
+    let removed_stale = dataset::stage(out, outputs)?.commit()?;
 
     let elapsed_s = start.elapsed().as_secs_f64();
     Ok(TextPrepareSummary {
@@ -215,6 +225,7 @@ pub fn prepare_text(opts: &TextPrepareOptions) -> Result<TextPrepareSummary> {
         documents: done.documents,
         train_documents: done.documents - done.val_documents,
         val_documents: done.val_documents,
+        lone_surrogates: done.lone_surrogates,
         bytes: total_bytes,
         train_tokens: done.train_tokens,
         val_tokens: done.val_tokens,
@@ -236,6 +247,7 @@ struct Tokenized {
     val_tokens: u64,
     documents: u64,
     val_documents: u64,
+    lone_surrogates: u64,
     vocab: Option<CharVocab>,
     vocab_size: usize,
 }
@@ -311,8 +323,9 @@ fn tokenize_corpus(
         documents: 0,
         val_documents: 0,
     };
+    let mut pieces = reader();
     tokenize_ordered(
-        reader(),
+        &mut pieces,
         |p: &Piece| encoder.encode(p),
         |batch: Batch<Piece>, tokens| {
             sink.add(&batch.items, &tokens)?;
@@ -329,6 +342,7 @@ fn tokenize_corpus(
         val_tokens,
         documents: sink.documents,
         val_documents: sink.val_documents,
+        lone_surrogates: pieces.lone_surrogates(),
         vocab,
         vocab_size,
     })
@@ -420,59 +434,6 @@ fn distinct_chars(text: &str) -> Vec<u32> {
     let mut out: Vec<u32> = (0..128u32).filter(|&c| ascii[c as usize]).collect();
     out.extend(other);
     out
-}
-
-fn commit_all(files: Vec<PendingFile>) -> Result<Vec<PathBuf>> {
-    files.into_iter().map(PendingFile::commit).collect()
-}
-
-/// Removes earlier outputs in `dir` that this run did not write but that would be read with it:
-/// the other format's token files, surplus shards, and in GPT-2 mode a character vocabulary.
-pub(crate) fn remove_stale(
-    dir: &Path,
-    shard_tokens: Option<usize>,
-    tokenizer: TextTokenizer,
-    train: &[PathBuf],
-    val: &[PathBuf],
-) -> Result<Vec<PathBuf>> {
-    let mut stale = Vec::new();
-    for (name, written) in [("train", train), ("val", val)] {
-        let single = dir.join(format!("{name}.bin"));
-        if shard_tokens.is_some() && single.is_file() {
-            stale.push(single);
-        }
-        // Shards are numbered from 0 without gaps; look past the ones just written.
-        let mut i = if shard_tokens.is_some() {
-            written.len()
-        } else {
-            0
-        };
-        loop {
-            let shard = shard_path(dir, name, i);
-            if !shard.is_file() {
-                break;
-            }
-            stale.push(shard);
-            i += 1;
-        }
-    }
-    if tokenizer == TextTokenizer::Gpt2 {
-        for name in ["meta.json", "meta.pkl"] {
-            let meta = dir.join(name);
-            if meta.is_file() {
-                stale.push(meta);
-            }
-        }
-    }
-    for path in &stale {
-        std::fs::remove_file(path).map_err(|e| {
-            anyhow!(
-                "cannot remove {} left by an earlier run: {e}; remove it by hand",
-                path.display()
-            )
-        })?;
-    }
-    Ok(stale)
 }
 
 pub(crate) fn progress_bar(show: bool, total: u64) -> ProgressBar {

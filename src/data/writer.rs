@@ -5,7 +5,7 @@
 use super::tokens::{
     TokenFormat, SHARD_HEADER_BYTES, SHARD_HEADER_INTS, SHARD_MAGIC, SHARD_VERSION,
 };
-use crate::atomic_file::{tmp_path, write_atomic_with};
+use crate::atomic_file::{tmp_path, write_pending_with, PendingFile};
 use anyhow::{anyhow, bail, Result};
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
@@ -15,6 +15,18 @@ use std::path::{Path, PathBuf};
 /// llm.c shard (256 x int32 header: magic, version 1, token count; then uint16 tokens).
 /// Every id must fit in 16 bits.
 pub fn write_tokens(path: &Path, tokens: &[u32], format: TokenFormat) -> Result<()> {
+    write_tokens_pending(path, tokens, format)?
+        .commit()
+        .map(|_| ())
+}
+
+/// [`write_tokens`], but the file stays at its temp name until committed (with the other files
+/// of its dataset, see [`super::dataset`]).
+pub fn write_tokens_pending(
+    path: &Path,
+    tokens: &[u32],
+    format: TokenFormat,
+) -> Result<PendingFile> {
     if let Some(pos) = tokens.iter().position(|&t| t > u16::MAX as u32) {
         bail!(
             "cannot write {}: token {} at position {pos} does not fit in 16 bits \
@@ -30,7 +42,7 @@ pub fn write_tokens(path: &Path, tokens: &[u32], format: TokenFormat) -> Result<
             tokens.len()
         );
     }
-    write_atomic_with(path, |w| {
+    write_pending_with(path, |w| {
         if format == TokenFormat::Shard {
             let mut header = [0i32; SHARD_HEADER_INTS];
             header[0] = SHARD_MAGIC;
@@ -236,11 +248,7 @@ impl TokenFileWriter {
                 tmp.display()
             );
         }
-        Ok(PendingFile {
-            tmp,
-            path: std::mem::take(&mut self.path),
-            done: keep,
-        })
+        Ok(PendingFile::new(tmp, std::mem::take(&mut self.path), keep))
     }
 
     fn write_bytes(&mut self, bytes: &[u8]) -> Result<()> {
@@ -259,49 +267,6 @@ impl TokenFileWriter {
 impl Drop for TokenFileWriter {
     fn drop(&mut self) {
         if self.w.take().is_some() && !self.keep_on_drop {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
-    }
-}
-
-/// A complete file at its temp name, waiting to be renamed over its real name. Several can be
-/// committed together once all of them are complete. Dropped uncommitted, it is removed, unless
-/// it was written to be resumed.
-#[derive(Debug)]
-pub struct PendingFile {
-    tmp: PathBuf,
-    path: PathBuf,
-    /// Committed, or to be left in place when dropped.
-    done: bool,
-}
-
-impl PendingFile {
-    /// The final name.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Renames the temp file over the final name.
-    pub fn commit(mut self) -> Result<PathBuf> {
-        let keep = self.done;
-        self.done = true;
-        if let Err(e) = std::fs::rename(&self.tmp, &self.path) {
-            if !keep {
-                let _ = std::fs::remove_file(&self.tmp);
-            }
-            bail!(
-                "cannot rename {} to {}: {e}",
-                self.tmp.display(),
-                self.path.display()
-            );
-        }
-        Ok(std::mem::take(&mut self.path))
-    }
-}
-
-impl Drop for PendingFile {
-    fn drop(&mut self) {
-        if !self.done {
             let _ = std::fs::remove_file(&self.tmp);
         }
     }
@@ -397,11 +362,7 @@ impl SplitWriter {
                     tmp.display()
                 ),
             }
-            done.push(PendingFile {
-                tmp,
-                path,
-                done: true,
-            });
+            done.push(PendingFile::new(tmp, path, true));
         }
         let path = shard_path(dir, name, current as usize);
         Ok(SplitWriter {

@@ -5,7 +5,7 @@ use super::config::{learning_rate_at, TrainConfig};
 use super::metrics::Metrics;
 use crate::checkpoint;
 use crate::data::batch::mask_to_completions;
-use crate::data::TokenFile;
+use crate::data::TokenSplit;
 use crate::engine::{self, AdamW, Engine, Mode};
 use crate::load::{self, TrainStart};
 use crate::perf::mfu;
@@ -270,9 +270,10 @@ fn estimate_loss(
     Ok((total / n as f64) as f32)
 }
 
-/// One split's token file, and the completion-only mask (`loss_after`) applied to its batches.
+/// One split's tokens (`train.bin` or shards), and the completion-only mask (`loss_after`)
+/// applied to its batches.
 struct Split {
-    file: TokenFile,
+    tokens: TokenSplit,
     /// (separator, end-of-line) token ids when only completions are targets.
     completion: Option<(u32, u32)>,
 }
@@ -285,12 +286,8 @@ impl Split {
         vocab: usize,
         block_size: usize,
     ) -> Result<Split> {
-        let path = data_dir.join(format!("{split}.bin"));
-        if !path.is_file() {
-            bail!("{} not found: prepare the dataset first (nanogpt prepare ...), or set dataset / data_dir", path.display());
-        }
-        let file = TokenFile::open(&path, vocab)?;
-        file.require_len(block_size)?;
+        let tokens = TokenSplit::open(data_dir, split, vocab)?;
+        tokens.require_len(block_size)?;
         let completion = if cfg.loss_after.is_empty() {
             None
         } else {
@@ -317,7 +314,7 @@ impl Split {
             };
             Some((id(c, "the separator")?, id('\n', "the newline")?))
         };
-        Ok(Split { file, completion })
+        Ok(Split { tokens, completion })
     }
 
     fn batch(
@@ -328,7 +325,7 @@ impl Split {
         x: &mut Vec<u32>,
         y: &mut Vec<i32>,
     ) -> Result<()> {
-        self.file.get_batch_into(rng, b, t, x, y)?;
+        self.tokens.get_batch_into(rng, b, t, x, y)?;
         if let Some((sep, eol)) = self.completion {
             mask_to_completions(x, y, t, sep, eol);
         }

@@ -102,3 +102,5 @@ pub fn write_http_response(
         .write_all(head.as_bytes())
         .and_then(|_| stream.write_all(body));
 }
+
+pub mod fault;
