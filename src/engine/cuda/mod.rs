@@ -26,7 +26,7 @@ pub use device::gpu_present;
 use super::{AdamW, Engine, Feed, KvCache, Mode, OptimizerState};
 use crate::config::GptConfig;
 use crate::model::Gpt;
-use crate::perf::gpu_peak_tflops;
+use crate::perf::gpu_peak;
 use anyhow::{anyhow, bail, Result};
 use blas::Blas;
 use memory::{is_out_of_memory, DevBuf};
@@ -47,6 +47,8 @@ const DEFAULT_ADAMW: AdamW = AdamW {
 pub struct CudaEngine {
     gpu: Gpu,
     name: String,
+    /// Whether cuBLASLt may use TF32 (NANOGPT_CUDA_TF32=1).
+    tf32: bool,
     /// The config and table; its `params` are what was uploaded at open (the live ones are on
     /// the device).
     host: Gpt,
@@ -113,6 +115,7 @@ impl CudaEngine {
                 blas,
             },
             name,
+            tf32,
             params,
             grads: DevBuf::zeros(n).map_err(alloc("gradients"))?,
             m: DevBuf::zeros(n).map_err(alloc("moments"))?,
@@ -215,13 +218,19 @@ impl Engine for CudaEngine {
         format!("cuda ({})", self.name)
     }
 
+    /// The peak of the precision this engine computes in: FP32, or TF32 when enabled (the bf16
+    /// peak, nanoGPT's MFU denominator, belongs to a bf16 engine).
     fn peak_tflops(&self) -> (f64, &'static str) {
-        match gpu_peak_tflops(&self.name) {
-            Some(peak) => (
-                peak,
-                "the GPU's dense bf16 peak from its data sheet (perf::GPU_PEAK_TFLOPS)",
+        match (gpu_peak(&self.name), self.tf32) {
+            (Some(p), false) => (
+                p.fp32,
+                "the GPU's FP32 peak from its data sheet (perf::GPU_PEAKS)",
             ),
-            None => (f64::NAN, "unknown GPU model: pass --peak_tflops for MFU"),
+            (Some(p), true) => (
+                p.tf32,
+                "the GPU's dense TF32 peak from its data sheet (perf::GPU_PEAKS)",
+            ),
+            (None, _) => (f64::NAN, "unknown GPU model: pass --peak_tflops for MFU"),
         }
     }
 
