@@ -16,6 +16,7 @@ use cudarc::cublaslt::sys::{
     cublasLtMatmulPreferenceAttributes_t as Pref, cublasLtMatrixLayout_t, cudaDataType,
 };
 use std::cell::RefCell;
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::ffi::c_void;
 
@@ -62,7 +63,9 @@ pub(super) struct Blas {
     handle: cublasLtHandle_t,
     workspace: DevBuf<u8>,
     tf32: bool,
-    plans: RefCell<HashMap<Gemm, Plan>>,
+    /// Keyed by shape and the alignment (bytes, at most 16) its pointers share: an algorithm
+    /// chosen for aligned pointers may refuse misaligned ones.
+    plans: RefCell<HashMap<(Gemm, u32), Plan>>,
 }
 
 impl Drop for Blas {
@@ -91,7 +94,7 @@ impl Blas {
         })
     }
 
-    fn plan(&self, g: Gemm) -> Result<Plan> {
+    fn plan(&self, g: Gemm, align: u32) -> Result<Plan> {
         let compute = if self.tf32 {
             cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
         } else {
@@ -134,12 +137,25 @@ impl Blas {
             )?;
             let pref = lt::create_matmul_pref().map_err(lt_err("preference"))?;
             let ws = WORKSPACE_BYTES as u64;
-            let found = lt::set_matmul_pref_attribute(
-                pref,
+            let set_pref = |attr: Pref, ptr: *const c_void, size: usize| {
+                lt::set_matmul_pref_attribute(pref, attr, ptr, size)
+            };
+            let found = set_pref(
                 Pref::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                 &ws as *const u64 as _,
                 8,
             )
+            .and_then(|_| {
+                for attr in [
+                    Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                    Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                    Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                    Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                ] {
+                    set_pref(attr, &align as *const u32 as _, 4)?;
+                }
+                Ok(())
+            })
             .and_then(|_| {
                 lt::get_matmul_algo_heuristic(
                     self.handle,
@@ -167,12 +183,16 @@ impl Blas {
             bias.is_some(),
             "bias pointer without a bias plan, or the reverse"
         );
+        let align = [a, b, d, bias.unwrap_or(d)]
+            .iter()
+            .map(|p| 1u32 << p.trailing_zeros().min(4))
+            .min()
+            .unwrap_or(16);
         let mut plans = self.plans.borrow_mut();
-        if !plans.contains_key(&g) {
-            let plan = self.plan(g)?;
-            plans.insert(g, plan);
-        }
-        let plan = &plans[&g];
+        let plan = match plans.entry((g, align)) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(self.plan(g, align)?),
+        };
         let (alpha, beta) = (1.0f32, if g.accumulate { 1.0f32 } else { 0.0 });
         // SAFETY: the caller's addresses cover the shapes of `g`; the plan was made for `g`.
         unsafe {
