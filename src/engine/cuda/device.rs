@@ -2,6 +2,7 @@
 //! each missing piece reported as one line that says what to do.
 
 use anyhow::{bail, Result};
+use cudarc::driver::sys::cudaError_enum;
 use cudarc::driver::{result, CudaContext};
 use std::sync::Arc;
 
@@ -21,8 +22,12 @@ pub fn open_context() -> Result<Arc<CudaContext>> {
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
         bail!("--device=cuda: no NVIDIA driver found (libcuda.so); install the driver, or use --device=cpu");
     }
-    if let Err(e) = result::init() {
-        bail!("--device=cuda: the NVIDIA driver did not start ({e:?}): check nvidia-smi, or use --device=cpu");
+    match result::init() {
+        Ok(()) => {}
+        Err(e) if e.0 == cudaError_enum::CUDA_ERROR_NO_DEVICE => bail!(
+            "--device=cuda: the NVIDIA driver finds no GPU (check nvidia-smi and CUDA_VISIBLE_DEVICES), or use --device=cpu"
+        ),
+        Err(e) => bail!("--device=cuda: the NVIDIA driver did not start ({e:?}): check nvidia-smi, or use --device=cpu"),
     }
     match result::device::get_count() {
         Ok(n) if n > 0 => {}
