@@ -80,9 +80,9 @@ with_memory() {
     echo "$name: exit $rc"
 }
 
-# 5: GPT-2 124M, T=1024, B=12 (nanoGPT's bench.py shape). `bench` opens --device=auto: CUDA here.
-with_memory bench_f32 "$BIN_DIR/nanogpt" bench --json --iters 10 --warmup 3
-NANOGPT_CUDA_TF32=1 with_memory bench_tf32 "$BIN_DIR/nanogpt" bench --json --iters 10 --warmup 3
+# 5: GPT-2 124M, T=1024, B=12 (nanoGPT's bench.py shape).
+with_memory bench_f32 "$BIN_DIR/nanogpt" bench --device=cuda --json --iters 10 --warmup 3
+NANOGPT_CUDA_TF32=1 with_memory bench_tf32 "$BIN_DIR/nanogpt" bench --device=cuda --json --iters 10 --warmup 3
 peer=(benches/pytorch_train_step.py --device=cuda --json --iters 10 --warmup 3)
 with_memory peer_f32 $PY "${peer[@]}"
 with_memory peer_tf32 $PY "${peer[@]}" --tf32=true
