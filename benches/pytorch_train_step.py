@@ -10,7 +10,9 @@ tanh-approximated GELU MLP, final LayerNorm, lm_head tied to the token
 embedding, optional biases and dropout. Initialisation and the AdamW
 parameter groups follow nanoGPT's conventions.
 
-Runs in float32 on CPU: no autocast, no torch.compile.
+Runs in float32 on CPU by default: no autocast, no torch.compile. On a GPU
+(--device=cuda), --dtype=bfloat16 and --compile=true give nanoGPT's own
+settings, and --tf32=true lets float32 matmuls use TF32 tensor cores.
 
 Example:
     python benches/pytorch_train_step.py --n_layer=4 --n_head=4 --n_embd=128 \
@@ -166,8 +168,9 @@ class GPT(nn.Module):
             {"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
-        # CPU: fused=False; foreach left at PyTorch's default choice
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=False)
+        # fused on a GPU (as nanoGPT), not on the CPU; foreach left at PyTorch's default
+        fused = self.transformer.wte.weight.is_cuda
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
 
     def flops_per_token(self):
         # PaLM-style estimate used by nanoGPT's estimate_mfu: 6N + 12*L*H*Q*T
@@ -219,6 +222,12 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="bfloat16 runs the model under autocast, as nanoGPT on a GPU")
+    p.add_argument("--compile", type=parse_bool, default=False, help="torch.compile the model")
+    p.add_argument("--tf32", type=parse_bool, default=False,
+                   help="allow TF32 for float32 matmuls on the GPU")
     return p.parse_args(argv)
 
 
@@ -238,16 +247,26 @@ def main(argv=None):
     cfg = Config(n_layer=a.n_layer, n_head=a.n_head, n_embd=a.n_embd,
                  block_size=a.block_size, vocab_size=a.vocab_size,
                  bias=a.bias, dropout=a.dropout)
-    model = GPT(cfg)
+    dev = torch.device(a.device)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = a.tf32
+        torch.backends.cudnn.allow_tf32 = a.tf32
+    model = GPT(cfg).to(dev)
     model.train()
     opt = model.make_optimizer(a.weight_decay, a.learning_rate, (a.beta1, a.beta2))
+    flops_per_token = model.flops_per_token()
+    n_params = model.num_params()
+    run = torch.compile(model) if a.compile else model
+    autocast = torch.autocast(device_type=dev.type, dtype=torch.bfloat16,
+                              enabled=a.dtype == "bfloat16")
 
     B, T, V = a.batch_size, a.block_size, a.vocab_size
 
     def step():
-        x = torch.randint(0, V, (B, T), dtype=torch.long)
-        y = torch.randint(0, V, (B, T), dtype=torch.long)
-        _, loss = model(x, y)
+        x = torch.randint(0, V, (B, T), dtype=torch.long, device=dev)
+        y = torch.randint(0, V, (B, T), dtype=torch.long, device=dev)
+        with autocast:
+            _, loss = run(x, y)
         loss.backward()
         if a.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), a.grad_clip)
@@ -266,13 +285,14 @@ def main(argv=None):
 
     ms = statistics.median(times) * 1000.0
     tok_s = B * T / (ms / 1000.0)
-    flops_per_iter = model.flops_per_token() * B * T
+    flops_per_iter = flops_per_token * B * T
     achieved = flops_per_iter / (ms / 1000.0)
 
     config = dict(n_layer=a.n_layer, n_head=a.n_head, n_embd=a.n_embd,
                   block_size=T, batch_size=B, vocab_size=V, bias=a.bias,
                   dropout=a.dropout, iters=a.iters, warmup=a.warmup,
-                  threads=a.threads)
+                  threads=a.threads, device=a.device, dtype=a.dtype,
+                  compile=a.compile, tf32=a.tf32)
     result = {
         "impl": "pytorch",
         "ms_per_iter": ms,
@@ -280,9 +300,11 @@ def main(argv=None):
         "ms_min": min(times) * 1000.0,
         "ms_mean": statistics.fmean(times) * 1000.0,
         "gflops_per_s": achieved / 1e9,
-        "n_params": model.num_params(),
+        "n_params": n_params,
         "final_loss": losses[-1],
         "peak_rss_mib": peak_rss_mib(),
+        "peak_gpu_mib": (torch.cuda.max_memory_allocated() / 2**20
+                         if dev.type == "cuda" else None),
         "torch_version": torch.__version__,
         "config": config,
     }
@@ -290,7 +312,7 @@ def main(argv=None):
         print(json.dumps(result))
     else:
         print(f"pytorch {torch.__version__} on {platform.machine()}, "
-              f"{a.threads} threads, {model.num_params() / 1e6:.2f}M params")
+              f"{a.threads} threads, {n_params / 1e6:.2f}M params")
         print(f"config: {config}")
         print(f"ms/iter (median of {a.iters}): {ms:.2f}   "
               f"min {result['ms_min']:.2f}   mean {result['ms_mean']:.2f}")

@@ -4,29 +4,72 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Dense peak TFLOP/s of known GPUs for the precision training would use on them (bf16 tensor
-/// cores; the RTX cards' figures are with FP32 accumulation), from the vendors' data sheets. A
-/// GPU backend looks its device name up here; `--peak_tflops` overrides. Longer names first, so
-/// "H100 PCIe" is not taken for "H100".
-pub const GPU_PEAK_TFLOPS: &[(&str, f64)] = &[
-    ("H200", 989.0),
-    ("H100 PCIe", 756.0),
-    ("H100", 989.0),
-    ("A100", 312.0),
-    ("L40S", 362.0),
-    ("L4", 121.0),
-    ("RTX 4090", 165.2),
-    ("RTX 3090", 71.0),
-    ("V100", 125.0),
-    ("T4", 65.0),
+/// Dense (no sparsity) peak TFLOP/s of one GPU model, per precision: bf16 on tensor cores
+/// (FP32 accumulate), TF32 on tensor cores, and plain FP32 on the CUDA cores. Where a card has no
+/// TF32 units, its TF32 figure is its FP32 one (cuBLAS falls back to FP32 there).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GpuPeak {
+    /// A substring of the name the driver reports, e.g. "H100 PCIe".
+    pub model: &'static str,
+    pub bf16: f64,
+    pub tf32: f64,
+    pub fp32: f64,
+}
+
+const fn peak(model: &'static str, bf16: f64, tf32: f64, fp32: f64) -> GpuPeak {
+    GpuPeak {
+        model,
+        bf16,
+        tf32,
+        fp32,
+    }
+}
+
+/// Known GPUs, from NVIDIA's data sheets (the sheets print sparse tensor figures, twice the
+/// dense ones used here). Longer names first, so "H100 PCIe" is not taken for "H100".
+pub const GPU_PEAKS: &[GpuPeak] = &[
+    // H200 NVL data sheet (nvidia.com/h200): bf16 1,671 sparse, TF32 835 sparse, FP32 60.
+    peak("H200 NVL", 835.5, 417.5, 60.0),
+    // H200 SXM data sheet (nvidia.com/h200): bf16 1,979 sparse, TF32 989 sparse, FP32 67.
+    peak("H200", 989.4, 494.7, 67.0),
+    // H100 data sheet (nvidia.com/h100), NVL: bf16 1,671 sparse, TF32 835 sparse, FP32 60.
+    peak("H100 NVL", 835.5, 417.5, 60.0),
+    // H100 data sheet, PCIe: bf16 1,513 sparse, TF32 756 sparse, FP32 51.
+    peak("H100 PCIe", 756.5, 378.0, 51.0),
+    // H100 data sheet, SXM5 (the driver says e.g. "NVIDIA H100 80GB HBM3"): bf16 1,979 sparse,
+    // TF32 989 sparse, FP32 67.
+    peak("H100", 989.4, 494.7, 67.0),
+    // A100 data sheet (nvidia.com/a100), SXM and PCIe alike: bf16 312, TF32 156, FP32 19.5.
+    peak("A100", 312.0, 156.0, 19.5),
+    // L40S data sheet (nvidia.com/l40s): bf16 733 sparse, TF32 366 sparse, FP32 91.6.
+    peak("L40S", 362.05, 183.0, 91.6),
+    // L40 data sheet (nvidia.com/l40): bf16 362.1 sparse, TF32 181 sparse, FP32 90.5.
+    peak("L40", 181.05, 90.5, 90.5),
+    // L4 data sheet (nvidia.com/l4): bf16 242 sparse, TF32 120 sparse, FP32 30.3.
+    peak("L4", 121.0, 60.0, 30.3),
+    // Ada Lovelace architecture whitepaper, RTX 4090: bf16 (FP32 accumulate) 165.2 dense,
+    // TF32 82.6 dense, FP32 82.6.
+    peak("RTX 4090", 165.2, 82.6, 82.6),
+    // Ampere GA102 whitepaper, RTX 3090: bf16 (FP32 accumulate) 71 dense, TF32 35.6 dense,
+    // FP32 35.6.
+    peak("RTX 3090", 71.0, 35.6, 35.6),
+    // V100 data sheet, SXM2: FP16 tensor 125 (no bf16, no TF32), FP32 15.7.
+    peak("V100", 125.0, 15.7, 15.7),
+    // T4 data sheet: FP16 tensor 65 (no bf16, no TF32), FP32 8.1.
+    peak("T4", 65.0, 8.1, 8.1),
 ];
 
-/// The peak of a GPU whose name (as the driver reports it) contains a known model.
-pub fn gpu_peak_tflops(device_name: &str) -> Option<f64> {
-    GPU_PEAK_TFLOPS
+/// The peaks of a GPU whose name (as the driver reports it) contains a known model.
+pub fn gpu_peak(device_name: &str) -> Option<GpuPeak> {
+    GPU_PEAKS
         .iter()
-        .find(|(model, _)| device_name.contains(model))
-        .map(|&(_, peak)| peak)
+        .find(|p| device_name.contains(p.model))
+        .copied()
+}
+
+/// The bf16 peak of a known GPU (what nanoGPT and llm.c report MFU against).
+pub fn gpu_peak_tflops(device_name: &str) -> Option<f64> {
+    gpu_peak(device_name).map(|p| p.bf16)
 }
 
 /// Model FLOPs utilisation: achieved FLOP/s over the peak.
@@ -90,8 +133,15 @@ mod tests {
 
     #[test]
     fn gpu_names_resolve_to_their_own_peak() {
-        assert_eq!(gpu_peak_tflops("NVIDIA H100 80GB HBM3"), Some(989.0));
-        assert_eq!(gpu_peak_tflops("NVIDIA H100 PCIe"), Some(756.0));
+        assert_eq!(gpu_peak_tflops("NVIDIA H100 80GB HBM3"), Some(989.4));
+        assert_eq!(gpu_peak_tflops("NVIDIA H100 PCIe"), Some(756.5));
+        assert_eq!(gpu_peak_tflops("NVIDIA H200"), Some(989.4));
+        assert_eq!(gpu_peak_tflops("NVIDIA H200 NVL"), Some(835.5));
+        assert_eq!(gpu_peak_tflops("NVIDIA L4"), Some(121.0));
+        assert_eq!(gpu_peak_tflops("NVIDIA L40"), Some(181.05));
+        assert_eq!(gpu_peak_tflops("NVIDIA L40S"), Some(362.05));
+        assert_eq!(gpu_peak_tflops("NVIDIA GeForce RTX 4090"), Some(165.2));
+        assert_eq!(gpu_peak("NVIDIA H200").map(|p| p.fp32), Some(67.0));
         assert_eq!(gpu_peak_tflops("NVIDIA A100-SXM4-40GB"), Some(312.0));
         assert_eq!(gpu_peak_tflops("NVIDIA GeForce RTX 3090"), Some(71.0));
         assert_eq!(gpu_peak_tflops("Some CPU"), None);

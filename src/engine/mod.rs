@@ -5,6 +5,7 @@
 //! inference there. Everything above this module talks to a backend through [`Engine`] only.
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::config::GptConfig;
 use crate::model::Gpt;
@@ -58,13 +59,13 @@ pub enum Mode {
     Eval,
 }
 
-/// The backend for `device`, holding `model`. `auto` is the CPU until a CUDA backend exists.
+/// The backend for `device`, holding `model`. `auto` is CUDA when a driver and a GPU are
+/// present, else the CPU.
 pub fn open(model: Gpt, device: Device) -> Result<Box<dyn Engine>> {
     match device {
-        Device::Cpu | Device::Auto => Ok(Box::new(CpuEngine::new(model))),
-        Device::Cuda => {
-            bail!("--device=cuda: this build has no CUDA backend yet; use --device=cpu (or auto)")
-        }
+        Device::Cpu => Ok(Box::new(CpuEngine::new(model))),
+        Device::Auto if !cuda::gpu_present() => Ok(Box::new(CpuEngine::new(model))),
+        Device::Cuda | Device::Auto => Ok(Box::new(cuda::CudaEngine::new(model)?)),
     }
 }
 

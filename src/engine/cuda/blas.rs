@@ -1,0 +1,229 @@
+//! Matrix products on cuBLASLt, through its `result`-level API: the safe `Matmul` wrapper
+//! silently allows TF32 for f32, rebuilds its descriptors on every call and has no bias-only
+//! epilogue. Here each shape gets its descriptors and algorithm once, cached, and the compute
+//! type is plain f32 (TF32 off) unless TF32 is asked for.
+//!
+//! cuBLASLt is column-major: D (m x n, ldd) = op(A) op(B) [+ D] [+ bias per row of D]. A
+//! row-major (r x c) buffer is a column-major (c x r) one, which is how the engine maps the
+//! model's row-major products onto it (see `engine::cuda::matmul`).
+
+use super::memory::DevBuf;
+use anyhow::{anyhow, Result};
+use cudarc::cublaslt::result as lt;
+use cudarc::cublaslt::sys::{
+    cublasComputeType_t, cublasLtEpilogue_t, cublasLtHandle_t, cublasLtMatmulAlgo_t,
+    cublasLtMatmulDescAttributes_t as Desc, cublasLtMatmulDesc_t,
+    cublasLtMatmulPreferenceAttributes_t as Pref, cublasLtMatrixLayout_t, cudaDataType,
+};
+use std::cell::RefCell;
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::ffi::c_void;
+
+/// cuBLASLt's scratch space: 32 MiB, what NVIDIA recommends for Hopper.
+const WORKSPACE_BYTES: usize = 32 << 20;
+
+/// One product's shape in cuBLASLt's terms. `ta`/`tb` transpose A/B; `accumulate` adds to D
+/// (beta = 1); `bias` adds a vector of m entries to every column of D.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub(super) struct Gemm {
+    pub ta: bool,
+    pub tb: bool,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub lda: usize,
+    pub ldb: usize,
+    pub ldd: usize,
+    pub accumulate: bool,
+    pub bias: bool,
+}
+
+struct Plan {
+    desc: cublasLtMatmulDesc_t,
+    a: cublasLtMatrixLayout_t,
+    b: cublasLtMatrixLayout_t,
+    d: cublasLtMatrixLayout_t,
+    algo: cublasLtMatmulAlgo_t,
+}
+
+impl Drop for Plan {
+    fn drop(&mut self) {
+        // SAFETY: created in Plan::new and destroyed once, here.
+        unsafe {
+            let _ = lt::destroy_matrix_layout(self.a);
+            let _ = lt::destroy_matrix_layout(self.b);
+            let _ = lt::destroy_matrix_layout(self.d);
+            let _ = lt::destroy_matmul_desc(self.desc);
+        }
+    }
+}
+
+pub(super) struct Blas {
+    handle: cublasLtHandle_t,
+    workspace: DevBuf<u8>,
+    tf32: bool,
+    /// Keyed by shape and the alignment (bytes, at most 16) its pointers share: an algorithm
+    /// chosen for aligned pointers may refuse misaligned ones.
+    plans: RefCell<HashMap<(Gemm, u32), Plan>>,
+}
+
+impl Drop for Blas {
+    fn drop(&mut self) {
+        self.plans.borrow_mut().clear();
+        // SAFETY: created in Blas::new, destroyed once after every plan made with it.
+        let _ = unsafe { lt::destroy_handle(self.handle) };
+    }
+}
+
+fn lt_err(what: &str) -> impl Fn(lt::CublasError) -> anyhow::Error + '_ {
+    move |e| anyhow!("cuBLASLt {what} failed: {e}")
+}
+
+impl Blas {
+    /// `tf32` lets the tensor cores round f32 inputs to TF32 (faster, ~1e-3 relative error).
+    pub fn new(tf32: bool) -> Result<Blas> {
+        let handle = lt::create_handle().map_err(lt_err("initialisation"))?;
+        let workspace = DevBuf::zeros(WORKSPACE_BYTES)
+            .map_err(|e| anyhow!("could not allocate cuBLASLt's workspace: {e:?}"))?;
+        Ok(Blas {
+            handle,
+            workspace,
+            tf32,
+            plans: RefCell::new(HashMap::new()),
+        })
+    }
+
+    fn plan(&self, g: Gemm, align: u32) -> Result<Plan> {
+        let compute = if self.tf32 {
+            cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
+        } else {
+            cublasComputeType_t::CUBLAS_COMPUTE_32F
+        };
+        let f32_t = cudaDataType::CUDA_R_32F;
+        let desc = lt::create_matmul_desc(compute, f32_t).map_err(lt_err("descriptor"))?;
+        // Stored shapes: A is (m x k), or (k x m) when transposed; B likewise with n.
+        let (ar, ac) = if g.ta { (g.k, g.m) } else { (g.m, g.k) };
+        let (br, bc) = if g.tb { (g.n, g.k) } else { (g.k, g.n) };
+        let layout = |r: usize, c: usize, ld: usize| {
+            lt::create_matrix_layout(f32_t, r as u64, c as u64, ld as i64).map_err(lt_err("layout"))
+        };
+        let mut plan = Plan {
+            desc,
+            a: layout(ar, ac, g.lda)?,
+            b: layout(br, bc, g.ldb)?,
+            d: layout(g.m, g.n, g.ldd)?,
+            algo: cublasLtMatmulAlgo_t { data: [0; 8] },
+        };
+        // cublasOperation_t as int32: 0 = N, 1 = T.
+        let (ta, tb) = (i32::from(g.ta), i32::from(g.tb));
+        let epilogue = if g.bias {
+            cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS
+        } else {
+            cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DEFAULT
+        };
+        // SAFETY: each attribute gets a value of the type cuBLASLt documents for it.
+        unsafe {
+            let set = |attr: Desc, ptr: *const c_void, size: usize| {
+                lt::set_matmul_desc_attribute(plan.desc, attr, ptr, size)
+                    .map_err(lt_err("attribute"))
+            };
+            set(Desc::CUBLASLT_MATMUL_DESC_TRANSA, &ta as *const i32 as _, 4)?;
+            set(Desc::CUBLASLT_MATMUL_DESC_TRANSB, &tb as *const i32 as _, 4)?;
+            set(
+                Desc::CUBLASLT_MATMUL_DESC_EPILOGUE,
+                &epilogue as *const cublasLtEpilogue_t as _,
+                size_of::<cublasLtEpilogue_t>(),
+            )?;
+            let pref = lt::create_matmul_pref().map_err(lt_err("preference"))?;
+            let ws = WORKSPACE_BYTES as u64;
+            let set_pref = |attr: Pref, ptr: *const c_void, size: usize| {
+                lt::set_matmul_pref_attribute(pref, attr, ptr, size)
+            };
+            let found = set_pref(
+                Pref::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                &ws as *const u64 as _,
+                8,
+            )
+            .and_then(|_| {
+                for attr in [
+                    Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                    Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                    Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                    Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                ] {
+                    set_pref(attr, &align as *const u32 as _, 4)?;
+                }
+                Ok(())
+            })
+            .and_then(|_| {
+                lt::get_matmul_algo_heuristic(
+                    self.handle,
+                    plan.desc,
+                    plan.a,
+                    plan.b,
+                    plan.d,
+                    plan.d,
+                    pref,
+                )
+            });
+            let _ = lt::destroy_matmul_pref(pref);
+            plan.algo = found
+                .map_err(|e| anyhow!("cuBLASLt has no algorithm for {g:?}: {e}"))?
+                .algo;
+        }
+        Ok(plan)
+    }
+
+    /// D = op(A) op(B) [+ D] [+ bias], queued on the default stream. Addresses are device
+    /// pointers into the engine's buffers; `bias` must be given exactly when `g.bias` is set.
+    pub fn matmul(&self, g: Gemm, a: u64, b: u64, d: u64, bias: Option<u64>) -> Result<()> {
+        assert_eq!(
+            g.bias,
+            bias.is_some(),
+            "bias pointer without a bias plan, or the reverse"
+        );
+        let align = [a, b, d, bias.unwrap_or(d)]
+            .iter()
+            .map(|p| 1u32 << p.trailing_zeros().min(4))
+            .min()
+            .unwrap_or(16);
+        let mut plans = self.plans.borrow_mut();
+        let plan = match plans.entry((g, align)) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(self.plan(g, align)?),
+        };
+        let (alpha, beta) = (1.0f32, if g.accumulate { 1.0f32 } else { 0.0 });
+        // SAFETY: the caller's addresses cover the shapes of `g`; the plan was made for `g`.
+        unsafe {
+            if let Some(bias) = bias {
+                lt::set_matmul_desc_attribute(
+                    plan.desc,
+                    Desc::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                    &bias as *const u64 as _,
+                    8,
+                )
+                .map_err(lt_err("bias"))?;
+            }
+            lt::matmul(
+                self.handle,
+                plan.desc,
+                &alpha as *const f32 as _,
+                &beta as *const f32 as _,
+                a as *const c_void,
+                plan.a,
+                b as *const c_void,
+                plan.b,
+                d as *const c_void,
+                plan.d,
+                d as *mut c_void,
+                plan.d,
+                &plan.algo,
+                self.workspace.ptr() as *mut c_void,
+                WORKSPACE_BYTES,
+                std::ptr::null_mut(),
+            )
+            .map_err(lt_err("matmul"))
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! One transformer block's forward pass on the GPU, written once for training and cached
+//! inference (as `engine::cpu::block`):
+//!
+//! x2  = x  + drop(attn(ln_1(x)) @ W_attnproj + b)
+//! out = x2 + drop(gelu(ln_2(x2) @ W_fc + b) @ W_fcproj + b)
+//!
+//! Attention is a closure (the whole causal sequence, or the KV cache), dropout optional.
+
+use super::memory::DevBuf;
+use super::ops::{Dropout, Gpu};
+use crate::kernels::cpu::matmul::Layout;
+use crate::model::params::LayerOffsets;
+use anyhow::Result;
+
+/// Where one block's intermediates go (device addresses), each (rows, width).
+pub(super) struct BlockBufs {
+    pub ln1: u64,
+    pub ln1_mean: u64,
+    pub ln1_rstd: u64,
+    pub qkv: u64,
+    pub atty: u64,
+    pub residual2: u64,
+    pub ln2: u64,
+    pub ln2_mean: u64,
+    pub ln2_rstd: u64,
+    pub fch: u64,
+    pub fch_gelu: u64,
+    /// (rows, C) scratch for a projection's output.
+    pub proj: u64,
+}
+
+/// Dropout on the two residual branches.
+#[derive(Clone, Copy)]
+pub(super) struct BranchDropout {
+    pub attn: Dropout,
+    pub mlp: Dropout,
+}
+
+/// `out = block(x)` over `rows` rows. `attend(atty, qkv)` writes attention's output.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn block_forward(
+    gpu: &Gpu,
+    out: u64,
+    x: u64,
+    a: &BlockBufs,
+    p: &DevBuf<f32>,
+    o: &LayerOffsets,
+    has_bias: bool,
+    rows: usize,
+    c: usize,
+    dropout: Option<BranchDropout>,
+    attend: impl FnOnce(u64, u64) -> Result<()>,
+) -> Result<()> {
+    let bias = |off: usize| has_bias.then(|| p.at(off));
+    let or_null = |off: usize| bias(off).unwrap_or(0);
+    let n = rows * c;
+    gpu.layernorm_forward(
+        a.ln1,
+        a.ln1_mean,
+        a.ln1_rstd,
+        x,
+        p.at(o.ln1_w),
+        or_null(o.ln1_b),
+        rows,
+        c,
+    )?;
+    gpu.matmul_forward(
+        a.qkv,
+        a.ln1,
+        p.at(o.qkv_w),
+        Layout::InOut,
+        bias(o.qkv_b),
+        rows,
+        c,
+        3 * c,
+    )?;
+    attend(a.atty, a.qkv)?;
+    gpu.matmul_forward(
+        a.proj,
+        a.atty,
+        p.at(o.attproj_w),
+        Layout::InOut,
+        bias(o.attproj_b),
+        rows,
+        c,
+        c,
+    )?;
+    if let Some(d) = dropout {
+        gpu.dropout(a.proj, n, d.attn)?;
+    }
+    gpu.residual(a.residual2, x, a.proj, n)?;
+
+    gpu.layernorm_forward(
+        a.ln2,
+        a.ln2_mean,
+        a.ln2_rstd,
+        a.residual2,
+        p.at(o.ln2_w),
+        or_null(o.ln2_b),
+        rows,
+        c,
+    )?;
+    gpu.matmul_forward(
+        a.fch,
+        a.ln2,
+        p.at(o.fc_w),
+        Layout::InOut,
+        bias(o.fc_b),
+        rows,
+        c,
+        4 * c,
+    )?;
+    gpu.gelu_forward(a.fch_gelu, a.fch, 4 * n)?;
+    gpu.matmul_forward(
+        a.proj,
+        a.fch_gelu,
+        p.at(o.fcproj_w),
+        Layout::InOut,
+        bias(o.fcproj_b),
+        rows,
+        4 * c,
+        c,
+    )?;
+    if let Some(d) = dropout {
+        gpu.dropout(a.proj, n, d.mlp)?;
+    }
+    gpu.residual(out, a.residual2, a.proj, n)
+}

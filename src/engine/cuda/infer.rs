@@ -1,0 +1,357 @@
+//! Cached inference on the GPU: the CPU's `engine::cpu::infer` on device buffers. Keys and
+//! values are laid out (layer, row, head, position, head_size), each row holds its own number
+//! of positions, and one pass can prefill some rows while it decodes others. The cache's
+//! device memory is allocated at the first pass (so running out of it is an error, not a
+//! panic), with the scratch of a pass grown to the most token rows seen.
+
+use super::block::{block_forward, BlockBufs};
+use super::memory::{is_out_of_memory, DevBuf};
+use super::CudaEngine;
+use crate::engine::{Feed, KvCache};
+use crate::kernels::cpu::matmul::Layout;
+use anyhow::{anyhow, bail, Context, Result};
+use cudarc::driver::result::DriverError;
+
+/// The GPU's side of a [`KvCache`].
+pub(super) struct CudaKv {
+    rows: usize,
+    max_t: usize,
+    /// Keys and values, allocated at the first pass.
+    kv: Option<(DevBuf<f32>, DevBuf<f32>)>,
+    scratch: Option<Scratch>,
+}
+
+/// One block's buffers for `capacity` token rows, and the pass's inputs and outputs.
+struct Scratch {
+    capacity: usize,
+    feeds: usize,
+    x: DevBuf<f32>,
+    out: DevBuf<f32>,
+    ln1: DevBuf<f32>,
+    ln1_mean: DevBuf<f32>,
+    ln1_rstd: DevBuf<f32>,
+    qkv: DevBuf<f32>,
+    atty: DevBuf<f32>,
+    residual2: DevBuf<f32>,
+    ln2: DevBuf<f32>,
+    ln2_mean: DevBuf<f32>,
+    ln2_rstd: DevBuf<f32>,
+    fch: DevBuf<f32>,
+    fch_gelu: DevBuf<f32>,
+    proj: DevBuf<f32>,
+    tokens: DevBuf<u32>,
+    pos: DevBuf<i32>,
+    slot: DevBuf<i32>,
+    last: DevBuf<f32>,
+    last_norm: DevBuf<f32>,
+    last_mean: DevBuf<f32>,
+    last_rstd: DevBuf<f32>,
+    logits: DevBuf<f32>,
+}
+
+impl Scratch {
+    fn new(capacity: usize, feeds: usize, c: usize, vp: usize) -> Result<Scratch, DriverError> {
+        let z = DevBuf::<f32>::zeros;
+        Ok(Scratch {
+            capacity,
+            feeds,
+            x: z(capacity * c)?,
+            out: z(capacity * c)?,
+            ln1: z(capacity * c)?,
+            ln1_mean: z(capacity)?,
+            ln1_rstd: z(capacity)?,
+            qkv: z(capacity * 3 * c)?,
+            atty: z(capacity * c)?,
+            residual2: z(capacity * c)?,
+            ln2: z(capacity * c)?,
+            ln2_mean: z(capacity)?,
+            ln2_rstd: z(capacity)?,
+            fch: z(capacity * 4 * c)?,
+            fch_gelu: z(capacity * 4 * c)?,
+            proj: z(capacity * c)?,
+            tokens: DevBuf::zeros(capacity)?,
+            pos: DevBuf::zeros(capacity)?,
+            slot: DevBuf::zeros(capacity)?,
+            last: z(feeds * c)?,
+            last_norm: z(feeds * c)?,
+            last_mean: z(feeds)?,
+            last_rstd: z(feeds)?,
+            logits: z(feeds * vp)?,
+        })
+    }
+}
+
+fn cuda_kv(cache: &mut KvCache) -> Result<&mut CudaKv> {
+    cache
+        .storage
+        .downcast_mut::<CudaKv>()
+        .context("this KV cache belongs to another device's engine")
+}
+
+fn oom(what: String) -> impl Fn(DriverError) -> anyhow::Error {
+    move |e| {
+        if is_out_of_memory(&e) {
+            anyhow!("out of GPU memory for {what}: generate fewer sequences at once or shorten the context")
+        } else {
+            anyhow!("GPU allocation for {what} failed: {e:?}")
+        }
+    }
+}
+
+fn copy_err(e: DriverError) -> anyhow::Error {
+    anyhow!("copy between the GPU and the host failed: {e:?}")
+}
+
+impl CudaEngine {
+    pub(super) fn new_kv_cache(&self, rows: usize, capacity: usize) -> KvCache {
+        let capacity = capacity.min(self.host.config.block_size);
+        let storage = CudaKv {
+            rows,
+            max_t: capacity,
+            kv: None,
+            scratch: None,
+        };
+        KvCache::new(rows, capacity, Box::new(storage))
+    }
+
+    /// See [`crate::engine::Engine::forward_cached`].
+    pub(super) fn forward_feeds(
+        &self,
+        cache: &mut KvCache,
+        feeds: &[Feed],
+        logits: &mut [f32],
+    ) -> Result<()> {
+        let cfg = &self.host.config;
+        let (c, nh, vp, v, nl) = (
+            cfg.n_embd,
+            cfg.n_head,
+            cfg.padded_vocab_size(),
+            cfg.vocab_size,
+            cfg.n_layer,
+        );
+        let hs = c / nh;
+        let (rows, capacity) = (cache.rows(), cache.capacity());
+        // (row, first token row of the pass, tokens, position of the first)
+        let mut seqs: Vec<(usize, usize, usize, usize)> = Vec::with_capacity(feeds.len());
+        let mut seen = vec![false; rows];
+        for f in feeds {
+            if f.row >= rows {
+                bail!("KV cache row {} does not exist ({rows} rows)", f.row);
+            }
+            if std::mem::replace(&mut seen[f.row], true) {
+                bail!("KV cache row {} is fed twice in one pass", f.row);
+            }
+            if f.tokens.is_empty() {
+                bail!("KV cache row {}: no tokens to feed", f.row);
+            }
+            let pos = cache.len(f.row);
+            if pos + f.tokens.len() > capacity {
+                bail!(
+                    "the KV cache holds {capacity} tokens per row; row {} has {pos} and {} do not fit (crop the context first)",
+                    f.row,
+                    f.tokens.len()
+                );
+            }
+            if let Some(&bad) = f.tokens.iter().find(|&&x| x as usize >= v) {
+                bail!("token id {bad} is outside the vocabulary (vocab_size {v})");
+            }
+            let first = seqs.last().map_or(0, |s| s.1 + s.2);
+            seqs.push((f.row, first, f.tokens.len(), pos));
+        }
+        let n_tok = seqs.last().map_or(0, |s| s.1 + s.2);
+        if n_tok == 0 {
+            return Ok(());
+        }
+        if logits.len() < feeds.len() * vp {
+            bail!(
+                "logits buffer holds {} values, needs {}",
+                logits.len(),
+                feeds.len() * vp
+            );
+        }
+        let kv = cuda_kv(cache)?;
+        if kv.kv.is_none() {
+            let n = nl * kv.rows * kv.max_t * c;
+            let what = format!("the KV cache ({} sequences x {} tokens)", kv.rows, kv.max_t);
+            kv.kv = Some((
+                DevBuf::zeros(n).map_err(oom(what.clone()))?,
+                DevBuf::zeros(n).map_err(oom(what))?,
+            ));
+        }
+        if !matches!(&kv.scratch, Some(s) if s.capacity >= n_tok && s.feeds >= feeds.len()) {
+            let (cap, nf) = kv
+                .scratch
+                .as_ref()
+                .map_or((0, 0), |s| (s.capacity, s.feeds));
+            kv.scratch = None;
+            let what = format!("a pass over {n_tok} tokens");
+            kv.scratch =
+                Some(Scratch::new(cap.max(n_tok), nf.max(feeds.len()), c, vp).map_err(oom(what))?);
+        }
+        let (max_t, layer_stride) = (kv.max_t, kv.rows * kv.max_t * c);
+        let (kc, vc) = kv.kv.as_ref().expect("allocated above");
+        let s = kv.scratch.as_mut().expect("allocated above");
+
+        // Per token row: its token, absolute position and cache row.
+        let mut tokens = Vec::with_capacity(n_tok);
+        let (mut pos, mut slot) = (Vec::with_capacity(n_tok), Vec::with_capacity(n_tok));
+        for (f, &(row, _, n, p0)) in feeds.iter().zip(&seqs) {
+            tokens.extend_from_slice(f.tokens);
+            pos.extend((p0..p0 + n).map(|p| p as i32));
+            slot.extend(std::iter::repeat_n(row as i32, n));
+        }
+        s.tokens.upload(&tokens).map_err(copy_err)?;
+        s.pos.upload(&pos).map_err(copy_err)?;
+        s.slot.upload(&slot).map_err(copy_err)?;
+
+        let (gpu, p, tb) = (&self.gpu, &self.params, &self.host.table);
+        gpu.encoder_forward(
+            s.x.ptr(),
+            s.tokens.ptr(),
+            s.pos.ptr(),
+            p.at(tb.wte),
+            p.at(tb.wpe),
+            n_tok,
+            c,
+        )?;
+        for (l, o) in tb.layers.iter().enumerate() {
+            let bufs = BlockBufs {
+                ln1: s.ln1.ptr(),
+                ln1_mean: s.ln1_mean.ptr(),
+                ln1_rstd: s.ln1_rstd.ptr(),
+                qkv: s.qkv.ptr(),
+                atty: s.atty.ptr(),
+                residual2: s.residual2.ptr(),
+                ln2: s.ln2.ptr(),
+                ln2_mean: s.ln2_mean.ptr(),
+                ln2_rstd: s.ln2_rstd.ptr(),
+                fch: s.fch.ptr(),
+                fch_gelu: s.fch_gelu.ptr(),
+                proj: s.proj.ptr(),
+            };
+            let (kl, vl) = (kc.at(l * layer_stride), vc.at(l * layer_stride));
+            let (slot_p, pos_p) = (s.slot.ptr(), s.pos.ptr());
+            block_forward(
+                gpu,
+                s.out.ptr(),
+                s.x.ptr(),
+                &bufs,
+                p,
+                o,
+                cfg.bias,
+                n_tok,
+                c,
+                None,
+                |atty, qkv| {
+                    // This pass's keys and values join the cache before attention reads it.
+                    gpu.kv_cache_write(kl, vl, qkv, slot_p, pos_p, n_tok, nh, hs, max_t)?;
+                    gpu.attention_cached(
+                        atty,
+                        qkv,
+                        3 * c,
+                        kl,
+                        vl,
+                        slot_p,
+                        pos_p,
+                        n_tok,
+                        nh,
+                        hs,
+                        max_t,
+                    )
+                },
+            )?;
+            std::mem::swap(&mut s.x, &mut s.out);
+        }
+        // Only each feed's last position needs logits.
+        for (i, &(_, first, n, _)) in seqs.iter().enumerate() {
+            // SAFETY: both ranges are c floats inside their buffers (i < feeds, row < n_tok).
+            unsafe {
+                cudarc::driver::result::memcpy_dtod_sync(
+                    s.last.at(i * c),
+                    s.x.at((first + n - 1) * c),
+                    c * 4,
+                )
+            }
+            .map_err(copy_err)?;
+        }
+        let n_feeds = feeds.len();
+        let lnf_b = if cfg.bias { p.at(tb.lnf_b) } else { 0 };
+        gpu.layernorm_forward(
+            s.last_norm.ptr(),
+            s.last_mean.ptr(),
+            s.last_rstd.ptr(),
+            s.last.ptr(),
+            p.at(tb.lnf_w),
+            lnf_b,
+            n_feeds,
+            c,
+        )?;
+        gpu.matmul_forward(
+            s.logits.ptr(),
+            s.last_norm.ptr(),
+            p.at(tb.wte),
+            Layout::OutIn,
+            None,
+            n_feeds,
+            c,
+            vp,
+        )?;
+        s.logits
+            .download_at(0, &mut logits[..n_feeds * vp])
+            .map_err(copy_err)?;
+        for &(row, _, n, _) in &seqs {
+            cache.lens_mut()[row] += n;
+        }
+        Ok(())
+    }
+
+    /// See [`crate::engine::Engine::reorder_cache`]: new row `i` is old row `order[i]`, copied
+    /// on the device (only the positions each row holds).
+    pub(super) fn reorder_kv(&self, cache: &mut KvCache, order: &[usize]) -> Result<()> {
+        let old_rows = cache.rows();
+        if let Some(&bad) = order.iter().find(|&&r| r >= old_rows) {
+            bail!("cannot reorder the KV cache: row {bad} does not exist ({old_rows} rows)");
+        }
+        if order.len() == old_rows && order.iter().enumerate().all(|(i, &r)| i == r) {
+            return Ok(());
+        }
+        let old_lens = cache.lens().to_vec();
+        let cfg = &self.host.config;
+        let (nl, nh, hs) = (cfg.n_layer, cfg.n_head, cfg.head_size());
+        let kv = cuda_kv(cache)?;
+        let new_rows = order.len();
+        if let Some((k_old, v_old)) = &kv.kv {
+            // Always into fresh buffers: rows may be duplicated or swapped.
+            let n = nl * new_rows * kv.max_t * nh * hs;
+            let what = format!("the KV cache ({new_rows} sequences x {} tokens)", kv.max_t);
+            let (k_new, v_new) = (
+                DevBuf::zeros(n).map_err(oom(what.clone()))?,
+                DevBuf::zeros(n).map_err(oom(what))?,
+            );
+            for (i, &r) in order.iter().enumerate() {
+                let len = old_lens[r] * hs;
+                for l in 0..nl {
+                    for h in 0..nh {
+                        let src = ((l * old_rows + r) * nh + h) * kv.max_t * hs;
+                        let dst = ((l * new_rows + i) * nh + h) * kv.max_t * hs;
+                        for (from, to) in [(k_old, &k_new), (v_old, &v_new)] {
+                            // SAFETY: len floats from each offset lie inside the buffers.
+                            unsafe {
+                                cudarc::driver::result::memcpy_dtod_sync(
+                                    to.at(dst),
+                                    from.at(src),
+                                    len * 4,
+                                )
+                            }
+                            .map_err(copy_err)?;
+                        }
+                    }
+                }
+            }
+            kv.kv = Some((k_new, v_new));
+        }
+        kv.rows = new_rows;
+        *cache.lens_mut() = order.iter().map(|&r| old_lens[r]).collect();
+        Ok(())
+    }
+}

@@ -1,0 +1,336 @@
+//! The CUDA backend: llm.c's `train_gpt2.cu` beside the CPU's `train_gpt2.c`. Parameters,
+//! gradients and AdamW moments live on the GPU in one buffer each, in the `ParamTable` layout;
+//! activations are allocated once per (batch, seq len). The host sees them only through
+//! `model()`, `grads()` and `optimizer_state()` (checkpoints, tests).
+//!
+//! This is the exact mode: f32 everywhere, matrix products on cuBLASLt with TF32 off, every
+//! reduction in a fixed order (no atomics), so two runs give the same bits. Setting
+//! NANOGPT_CUDA_TF32=1 lets cuBLASLt use TF32 tensor cores (faster, ~1e-3 relative error).
+//! Hand-written kernels (`kernels::cuda`) cover what no library provides: embedding, LayerNorm,
+//! GELU, residual, dropout (the CPU's hash), fused softmax + cross-entropy, flash-style
+//! attention, AdamW and the global norm. The files beside this one: `device` (finding the GPU),
+//! `module` (NVRTC and the PTX cache), `memory` (device buffers), `blas` (cuBLASLt), `ops` (one
+//! launch per kernel), `block`, `train`, `infer` (the model's math, as in `engine::cpu`).
+
+mod blas;
+mod block;
+mod device;
+mod infer;
+mod memory;
+mod module;
+mod ops;
+mod train;
+
+pub use device::gpu_present;
+
+use super::{AdamW, Engine, Feed, KvCache, Mode, OptimizerState};
+use crate::config::GptConfig;
+use crate::model::Gpt;
+use crate::perf::gpu_peak;
+use anyhow::{anyhow, bail, Result};
+use blas::Blas;
+use memory::{is_out_of_memory, DevBuf};
+use module::Kernels;
+use ops::{norm_chunks, Gpu};
+use std::borrow::Cow;
+use train::{ActGrads, Activations};
+
+/// nanoGPT's defaults, until the trainer sets its own (as the CPU engine).
+const DEFAULT_ADAMW: AdamW = AdamW {
+    lr: 6e-4,
+    beta1: 0.9,
+    beta2: 0.95,
+    eps: 1e-8,
+    weight_decay: 0.1,
+};
+
+pub struct CudaEngine {
+    gpu: Gpu,
+    name: String,
+    /// Whether cuBLASLt may use TF32 (NANOGPT_CUDA_TF32=1).
+    tf32: bool,
+    /// The config and table; its `params` are what was uploaded at open (the live ones are on
+    /// the device).
+    host: Gpt,
+    params: DevBuf<f32>,
+    grads: DevBuf<f32>,
+    m: DevBuf<f32>,
+    v: DevBuf<f32>,
+    step: u64,
+    hyper: AdamW,
+    /// AdamW's groups: each tensor's first index, and whether it decays.
+    group_start: DevBuf<u64>,
+    group_decay: DevBuf<i32>,
+    norm_partials: DevBuf<f64>,
+    acts: Option<Activations>,
+    act_grads: Option<ActGrads>,
+    /// The first GPU failure in a method that cannot return an error (grad_norm, update,
+    /// zero_grad); the next forward or backward reports it.
+    fault: Option<String>,
+}
+
+impl CudaEngine {
+    /// Uploads `model` to GPU 0 and compiles (or loads the cached) kernels.
+    pub fn new(model: Gpt) -> Result<CudaEngine> {
+        ops::attention_bound(model.config.head_size())?;
+        let ctx = device::open_context()?;
+        let name = ctx.name().unwrap_or_else(|_| "unknown NVIDIA GPU".into());
+        let kernels = Kernels::load(&ctx)?;
+        let tf32 = std::env::var("NANOGPT_CUDA_TF32").is_ok_and(|v| v == "1");
+        let blas = Blas::new(tf32)?;
+        let stream = ctx.default_stream();
+        let n = model.params.len();
+        let mib = (4 * n * 4) as f64 / (1 << 20) as f64;
+        let alloc = |what: &str| {
+            let what = what.to_string();
+            move |e: cudarc::driver::result::DriverError| {
+                if is_out_of_memory(&e) {
+                    anyhow!("out of GPU memory for the model's parameters, gradients and AdamW moments ({mib:.0} MiB): use a smaller model")
+                } else {
+                    anyhow!("GPU allocation of the {what} failed: {e:?}")
+                }
+            }
+        };
+        let mut params = DevBuf::zeros(n).map_err(alloc("parameters"))?;
+        params.upload(&model.params).map_err(alloc("parameters"))?;
+        let (starts, decays): (Vec<u64>, Vec<i32>) = model
+            .table
+            .entries
+            .iter()
+            .map(|e| (e.offset as u64, i32::from(e.decay)))
+            .unzip();
+        let mut group_start = DevBuf::zeros(starts.len()).map_err(alloc("optimizer groups"))?;
+        group_start
+            .upload(&starts)
+            .map_err(alloc("optimizer groups"))?;
+        let mut group_decay = DevBuf::zeros(decays.len()).map_err(alloc("optimizer groups"))?;
+        group_decay
+            .upload(&decays)
+            .map_err(alloc("optimizer groups"))?;
+        Ok(CudaEngine {
+            gpu: Gpu {
+                ctx,
+                stream,
+                kernels,
+                blas,
+            },
+            name,
+            tf32,
+            params,
+            grads: DevBuf::zeros(n).map_err(alloc("gradients"))?,
+            m: DevBuf::zeros(n).map_err(alloc("moments"))?,
+            v: DevBuf::zeros(n).map_err(alloc("moments"))?,
+            step: 0,
+            hyper: DEFAULT_ADAMW,
+            group_start,
+            group_decay,
+            norm_partials: DevBuf::zeros(norm_chunks(n)).map_err(alloc("norm scratch"))?,
+            acts: None,
+            act_grads: None,
+            fault: None,
+            host: model,
+        })
+    }
+
+    /// Makes this engine's context current on the calling thread (the raw memory calls need
+    /// it), after reporting any earlier failure.
+    fn ready(&self) -> Result<()> {
+        if let Some(msg) = &self.fault {
+            bail!("an earlier GPU operation failed: {msg}");
+        }
+        self.gpu
+            .ctx
+            .bind_to_thread()
+            .map_err(|e| anyhow!("could not make the GPU context current: {e:?}"))
+    }
+
+    /// Keeps the first failure for the next forward/backward; `None` on failure.
+    fn stash<T>(&mut self, r: Result<T>) -> Option<T> {
+        match r {
+            Ok(x) => Some(x),
+            Err(e) => {
+                self.fault.get_or_insert(format!("{e:#}"));
+                None
+            }
+        }
+    }
+
+    fn try_grad_norm(&mut self) -> Result<f32> {
+        let n = self.grads.len();
+        self.gpu
+            .norm_partials(self.norm_partials.ptr(), self.grads.ptr(), n)?;
+        let partials = self
+            .norm_partials
+            .to_vec()
+            .map_err(|e| anyhow!("the GPU reported an error computing the gradient norm: {e:?}"))?;
+        // Summed in order, as the CPU sums its partials.
+        Ok(partials.iter().sum::<f64>().sqrt() as f32)
+    }
+
+    fn try_update(&mut self, lr: f32, grad_clip: f32) -> Result<f32> {
+        let n = self.grads.len();
+        let norm = self.try_grad_norm()?;
+        if grad_clip > 0.0 {
+            // PyTorch's clip_grad_norm_, as the CPU's clip_grads.
+            let coef = grad_clip / (norm + 1e-6);
+            if coef < 1.0 {
+                self.gpu.scale(self.grads.ptr(), n, coef)?;
+            }
+        }
+        self.step += 1;
+        let h = AdamW { lr, ..self.hyper };
+        // The step's scalars exactly as the CPU's adamw_update computes them.
+        let t = self.step as i32;
+        let bc1 = 1.0 - (h.beta1 as f64).powi(t);
+        let bc2 = 1.0 - (h.beta2 as f64).powi(t);
+        let step_size = (h.lr as f64 / bc1) as f32;
+        let bc2_sqrt = bc2.sqrt() as f32;
+        let decayed = 1.0 - h.lr * h.weight_decay;
+        self.gpu.adamw(
+            self.params.ptr(),
+            self.grads.ptr(),
+            self.m.ptr(),
+            self.v.ptr(),
+            n,
+            (
+                self.group_start.ptr(),
+                self.group_decay.ptr(),
+                self.group_start.len(),
+            ),
+            [h.beta1, h.beta2, h.eps, step_size, bc2_sqrt, decayed],
+        )?;
+        self.gpu.synchronize()?;
+        Ok(norm)
+    }
+}
+
+/// A device-to-host copy that the seam gives no way to fail: a GPU that cannot copy memory has
+/// faulted, and the run cannot go on.
+fn download(gpu: &Gpu, buf: &DevBuf<f32>, what: &str) -> Vec<f32> {
+    gpu.ctx
+        .bind_to_thread()
+        .and_then(|_| buf.to_vec())
+        .unwrap_or_else(|e| panic!("copying the {what} from the GPU failed ({e:?}); the GPU has faulted, see nvidia-smi"))
+}
+
+impl Engine for CudaEngine {
+    fn device_name(&self) -> String {
+        format!("cuda ({})", self.name)
+    }
+
+    /// The peak of the precision this engine computes in: FP32, or TF32 when enabled (the bf16
+    /// peak, nanoGPT's MFU denominator, belongs to a bf16 engine).
+    fn peak_tflops(&self) -> (f64, &'static str) {
+        match (gpu_peak(&self.name), self.tf32) {
+            (Some(p), false) => (
+                p.fp32,
+                "the GPU's FP32 peak from its data sheet (perf::GPU_PEAKS)",
+            ),
+            (Some(p), true) => (
+                p.tf32,
+                "the GPU's dense TF32 peak from its data sheet (perf::GPU_PEAKS)",
+            ),
+            (None, _) => (f64::NAN, "unknown GPU model: pass --peak_tflops for MFU"),
+        }
+    }
+
+    fn config(&self) -> &GptConfig {
+        &self.host.config
+    }
+
+    fn forward(
+        &mut self,
+        tokens: &[u32],
+        targets: Option<&[i32]>,
+        b: usize,
+        t: usize,
+        mode: Mode,
+    ) -> Result<Option<f32>> {
+        self.ready()?;
+        self.forward_pass(tokens, targets, b, t, mode)
+    }
+
+    fn backward(&mut self, grad_scale: f32) -> Result<()> {
+        self.ready()?;
+        self.backward_pass(grad_scale)
+    }
+
+    fn zero_grad(&mut self) {
+        let r = self.ready().and_then(|_| {
+            self.grads
+                .zero()
+                .map_err(|e| anyhow!("clearing the gradients failed: {e:?}"))
+        });
+        self.stash(r);
+    }
+
+    fn grad_norm(&mut self) -> f32 {
+        let r = self.ready().and_then(|_| self.try_grad_norm());
+        self.stash(r).unwrap_or(f32::NAN)
+    }
+
+    fn update(&mut self, lr: f32, grad_clip: f32) -> f32 {
+        let r = self.ready().and_then(|_| self.try_update(lr, grad_clip));
+        self.stash(r).unwrap_or(f32::NAN)
+    }
+
+    fn set_adamw(&mut self, hyper: AdamW) {
+        self.hyper = hyper;
+    }
+
+    fn kv_cache(&self, rows: usize, capacity: usize) -> KvCache {
+        self.new_kv_cache(rows, capacity)
+    }
+
+    fn forward_cached(
+        &self,
+        cache: &mut KvCache,
+        feeds: &[Feed],
+        logits: &mut [f32],
+    ) -> Result<()> {
+        self.ready()?;
+        self.forward_feeds(cache, feeds, logits)
+    }
+
+    fn reorder_cache(&self, cache: &mut KvCache, rows: &[usize]) -> Result<()> {
+        self.ready()?;
+        self.reorder_kv(cache, rows)
+    }
+
+    fn model(&self) -> Cow<'_, Gpt> {
+        Cow::Owned(Gpt {
+            config: self.host.config.clone(),
+            table: self.host.table.clone(),
+            params: download(&self.gpu, &self.params, "parameters"),
+        })
+    }
+
+    fn grads(&self) -> Cow<'_, [f32]> {
+        Cow::Owned(download(&self.gpu, &self.grads, "gradients"))
+    }
+
+    fn optimizer_state(&self) -> Cow<'_, OptimizerState> {
+        Cow::Owned(OptimizerState {
+            m: download(&self.gpu, &self.m, "AdamW moments"),
+            v: download(&self.gpu, &self.v, "AdamW moments"),
+            step: self.step,
+        })
+    }
+
+    fn set_optimizer_state(&mut self, state: OptimizerState) -> Result<()> {
+        self.ready()?;
+        let n = self.params.len();
+        if state.m.len() != n || state.v.len() != n {
+            bail!(
+                "optimizer state has {} / {} moments for a model of {n} parameters",
+                state.m.len(),
+                state.v.len()
+            );
+        }
+        let up = |e| anyhow!("copying the AdamW moments to the GPU failed: {e:?}");
+        self.m.upload(&state.m).map_err(up)?;
+        self.v.upload(&state.v).map_err(up)?;
+        self.step = state.step;
+        Ok(())
+    }
+}

@@ -1,0 +1,706 @@
+//! The GPU the engine drives, and one method per kernel of `kernels::cuda`: grid shapes and
+//! argument lists live here, next to nothing else, so each matches its `.cu` signature at a
+//! glance. Buffers are passed as device addresses (`u64`, see `memory`), sizes as the kernel
+//! declares them (`u64` for `unsigned long long`, `i32` for `int`). Matrix products go to
+//! cuBLASLt (`matmul_forward`/`matmul_backward`, mapped from the CPU's row-major layouts).
+
+use super::blas::{Blas, Gemm};
+use super::module::Kernels;
+use crate::kernels::cpu::matmul::Layout;
+use crate::kernels::cuda::{ATTENTION_HEAD_SIZES, ATT_ROWS, COLSUM_ROWS, NORM_CHUNK};
+use anyhow::{anyhow, bail, Result};
+use cudarc::driver::{CudaContext, CudaStream, LaunchConfig, PushKernelArg};
+use std::sync::Arc;
+
+pub(super) struct Gpu {
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    pub kernels: Kernels,
+    pub blas: Blas,
+}
+
+/// Launches kernel `$name` with `$cfg` and the arguments in order (each bound to a local so it
+/// outlives the launch).
+macro_rules! launch {
+    ($gpu:expr, $name:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
+        let f = $gpu.kernels.get($name)?;
+        let mut builder = $gpu.stream.launch_builder(f);
+        $( let arg = $arg; builder.arg(&arg); )+
+        // SAFETY: the argument list matches the kernel's signature in kernels/cuda (this file's
+        // one job), and every address points into a live buffer of the size the kernel reads.
+        unsafe { builder.launch($cfg) }
+            .map(|_| ())
+            .map_err(|e| anyhow!("CUDA kernel {} failed to launch: {e:?}", $name))
+    }};
+}
+
+/// Dropout on a buffer: the mask key and the drop probability.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Dropout {
+    pub key: u64,
+    pub p: f32,
+}
+
+impl Dropout {
+    /// The survivors' scale, computed as the CPU computes it.
+    fn scale(self) -> f32 {
+        1.0 / (1.0 - self.p)
+    }
+}
+
+fn cfg(grid: (usize, usize), block: usize, shared: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (grid.0 as u32, grid.1 as u32, 1),
+        block_dim: (block as u32, 1, 1),
+        shared_mem_bytes: shared,
+    }
+}
+
+/// One thread per element.
+fn elementwise(n: usize) -> LaunchConfig {
+    cfg((n.div_ceil(256).max(1), 1), 256, 0)
+}
+
+/// One warp per row, 8 rows a block.
+fn warp_rows(rows: usize) -> LaunchConfig {
+    cfg((rows.div_ceil(8).max(1), 1), 256, 0)
+}
+
+pub(super) fn colsum_chunks(rows: usize) -> usize {
+    rows.div_ceil(COLSUM_ROWS)
+}
+
+/// The attention kernels' head-size bound for head size `hs`.
+pub(super) fn attention_bound(hs: usize) -> Result<usize> {
+    match ATTENTION_HEAD_SIZES.iter().find(|&&b| b >= hs) {
+        Some(&b) => Ok(b),
+        None => bail!(
+            "head size {hs} (n_embd / n_head) is above {}, the largest the CUDA attention kernels support; use --device=cpu",
+            ATTENTION_HEAD_SIZES[ATTENTION_HEAD_SIZES.len() - 1]
+        ),
+    }
+}
+
+pub(super) fn norm_chunks(n: usize) -> usize {
+    n.div_ceil(NORM_CHUNK)
+}
+
+impl Gpu {
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(|e| anyhow!("the GPU reported an error: {e:?}"))
+    }
+
+    pub fn residual(&self, out: u64, a: u64, b: u64, n: usize) -> Result<()> {
+        launch!(
+            self,
+            "residual_forward",
+            elementwise(n),
+            out,
+            a,
+            b,
+            n as u64
+        )
+    }
+
+    pub fn gelu_forward(&self, out: u64, inp: u64, n: usize) -> Result<()> {
+        launch!(self, "gelu_forward", elementwise(n), out, inp, n as u64)
+    }
+
+    pub fn gelu_backward_inplace(&self, grad: u64, inp: u64, n: usize) -> Result<()> {
+        launch!(
+            self,
+            "gelu_backward_inplace",
+            elementwise(n),
+            grad,
+            inp,
+            n as u64
+        )
+    }
+
+    pub fn dropout(&self, x: u64, n: usize, d: Dropout) -> Result<()> {
+        launch!(
+            self,
+            "dropout_inplace",
+            elementwise(n),
+            x,
+            n as u64,
+            d.key,
+            d.p,
+            d.scale()
+        )
+    }
+
+    pub fn scale(&self, x: u64, n: usize, coef: f32) -> Result<()> {
+        launch!(self, "scale_inplace", elementwise(n), x, n as u64, coef)
+    }
+
+    /// acc (n) += column sums of m (rows, n); `partial` holds colsum_chunks(rows) * n floats.
+    pub fn colsum(&self, acc: u64, m: u64, rows: usize, n: usize, partial: u64) -> Result<()> {
+        let chunks = colsum_chunks(rows);
+        let grid = (n.div_ceil(128), chunks);
+        launch!(
+            self,
+            "colsum_partial",
+            cfg(grid, 128, 0),
+            partial,
+            m,
+            rows as u64,
+            n as u64
+        )?;
+        self.colsum_finish(acc, partial, chunks, n)
+    }
+
+    fn colsum_finish(&self, acc: u64, partial: u64, chunks: usize, n: usize) -> Result<()> {
+        let grid = (n.div_ceil(128), 1);
+        launch!(
+            self,
+            "colsum_finish",
+            cfg(grid, 128, 0),
+            acc,
+            partial,
+            chunks as u64,
+            n as u64
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn encoder_forward(
+        &self,
+        out: u64,
+        tokens: u64,
+        pos: u64,
+        wte: u64,
+        wpe: u64,
+        rows: usize,
+        c: usize,
+    ) -> Result<()> {
+        let n = rows * c;
+        launch!(
+            self,
+            "encoder_forward",
+            elementwise(n),
+            out,
+            tokens,
+            pos,
+            wte,
+            wpe,
+            rows as u64,
+            c as u64
+        )
+    }
+
+    /// Token-embedding gradient from `buckets` buckets of rows (see encoder.cu).
+    #[allow(clippy::too_many_arguments)]
+    pub fn encoder_backward_wte(
+        &self,
+        dwte: u64,
+        dout: u64,
+        starts: u64,
+        rows: u64,
+        tokens: u64,
+        buckets: usize,
+        c: usize,
+    ) -> Result<()> {
+        let grid = (buckets, c.div_ceil(128));
+        launch!(
+            self,
+            "encoder_backward_wte",
+            cfg(grid, 128, 0),
+            dwte,
+            dout,
+            starts,
+            rows,
+            tokens,
+            c as u64
+        )
+    }
+
+    pub fn encoder_backward_wpe(
+        &self,
+        dwpe: u64,
+        dout: u64,
+        b: usize,
+        t: usize,
+        c: usize,
+    ) -> Result<()> {
+        launch!(
+            self,
+            "encoder_backward_wpe",
+            elementwise(t * c),
+            dwpe,
+            dout,
+            b as u64,
+            t as u64,
+            c as u64
+        )
+    }
+
+    /// `b` is 0 for a model without biases.
+    #[allow(clippy::too_many_arguments)]
+    pub fn layernorm_forward(
+        &self,
+        out: u64,
+        mean: u64,
+        rstd: u64,
+        inp: u64,
+        w: u64,
+        b: u64,
+        rows: usize,
+        c: usize,
+    ) -> Result<()> {
+        launch!(
+            self,
+            "layernorm_forward",
+            warp_rows(rows),
+            out,
+            mean,
+            rstd,
+            inp,
+            w,
+            b,
+            rows as u64,
+            c as i32
+        )
+    }
+
+    /// dinp += the input gradient; dw, db (db 0 without biases) += the parameter gradients.
+    /// `partial` holds 2 * colsum_chunks(rows) * c floats.
+    #[allow(clippy::too_many_arguments)]
+    pub fn layernorm_backward(
+        &self,
+        dinp: u64,
+        dw: u64,
+        db: u64,
+        dout: u64,
+        inp: u64,
+        w: u64,
+        mean: u64,
+        rstd: u64,
+        rows: usize,
+        c: usize,
+        partial: u64,
+    ) -> Result<()> {
+        launch!(
+            self,
+            "layernorm_backward_dx",
+            warp_rows(rows),
+            dinp,
+            dout,
+            inp,
+            w,
+            mean,
+            rstd,
+            rows as u64,
+            c as i32
+        )?;
+        let chunks = colsum_chunks(rows);
+        let partial_b = if db == 0 {
+            0
+        } else {
+            partial + (chunks * c * 4) as u64
+        };
+        let grid = (c.div_ceil(128), chunks);
+        launch!(
+            self,
+            "layernorm_backward_params",
+            cfg(grid, 128, 0),
+            partial,
+            partial_b,
+            dout,
+            inp,
+            mean,
+            rstd,
+            rows as u64,
+            c as u64
+        )?;
+        self.colsum_finish(dw, partial, chunks, c)?;
+        if db != 0 {
+            self.colsum_finish(db, partial_b, chunks, c)?;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn crossentropy_forward(
+        &self,
+        row_loss: u64,
+        row_lse: u64,
+        logits: u64,
+        targets: u64,
+        rows: usize,
+        v: usize,
+        vp: usize,
+    ) -> Result<()> {
+        launch!(
+            self,
+            "crossentropy_forward",
+            cfg((rows, 1), 1024, 0),
+            row_loss,
+            row_lse,
+            logits,
+            targets,
+            v as u64,
+            vp as u64
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn crossentropy_backward_inplace(
+        &self,
+        logits: u64,
+        row_lse: u64,
+        targets: u64,
+        rows: usize,
+        v: usize,
+        vp: usize,
+        scale: f32,
+    ) -> Result<()> {
+        launch!(
+            self,
+            "crossentropy_backward_inplace",
+            cfg((rows, 1), 1024, 0),
+            logits,
+            row_lse,
+            targets,
+            v as u64,
+            vp as u64,
+            scale
+        )
+    }
+
+    /// Training attention over qkv (B, T, 3C): out (B, T, C) and lse (B, H, T).
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_forward(
+        &self,
+        out: u64,
+        lse: u64,
+        qkv: u64,
+        b: usize,
+        t: usize,
+        nh: usize,
+        hs: usize,
+        drop: Option<Dropout>,
+    ) -> Result<()> {
+        let name = format!("attention_forward_{}", attention_bound(hs)?);
+        let (key, p, inv_keep, on) = drop_args(drop);
+        let grid = (t.div_ceil(ATT_ROWS), b * nh);
+        let scale = 1.0 / (hs as f32).sqrt();
+        launch!(
+            self,
+            &name,
+            cfg(grid, ATT_ROWS, 0),
+            out,
+            lse,
+            qkv,
+            t as i32,
+            nh as i32,
+            hs as i32,
+            scale,
+            key,
+            p,
+            inv_keep,
+            on
+        )
+    }
+
+    /// dqkv (overwritten) from dout; `dd` is (B, H, T) scratch.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_backward(
+        &self,
+        dqkv: u64,
+        dout: u64,
+        qkv: u64,
+        out: u64,
+        lse: u64,
+        dd: u64,
+        b: usize,
+        t: usize,
+        nh: usize,
+        hs: usize,
+        drop: Option<Dropout>,
+    ) -> Result<()> {
+        let bound = attention_bound(hs)?;
+        let bht = b * nh * t;
+        launch!(
+            self,
+            "attention_backward_d",
+            elementwise(bht),
+            dd,
+            dout,
+            out,
+            bht as u64,
+            t as i32,
+            nh as i32,
+            hs as i32
+        )?;
+        let (key, p, inv_keep, on) = drop_args(drop);
+        let grid = (t.div_ceil(ATT_ROWS), b * nh);
+        let scale = 1.0 / (hs as f32).sqrt();
+        for kernel in ["attention_backward_dq", "attention_backward_dkv"] {
+            let name = format!("{kernel}_{bound}");
+            launch!(
+                self,
+                &name,
+                cfg(grid, ATT_ROWS, 0),
+                dqkv,
+                dout,
+                qkv,
+                lse,
+                dd,
+                t as i32,
+                nh as i32,
+                hs as i32,
+                scale,
+                key,
+                p,
+                inv_keep,
+                on
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Appends n_tok token rows of keys/values (from qkv) to this layer's cache block.
+    #[allow(clippy::too_many_arguments)]
+    pub fn kv_cache_write(
+        &self,
+        k_cache: u64,
+        v_cache: u64,
+        qkv: u64,
+        slot: u64,
+        pos: u64,
+        n_tok: usize,
+        nh: usize,
+        hs: usize,
+        max_t: usize,
+    ) -> Result<()> {
+        let n = n_tok * nh * hs;
+        launch!(
+            self,
+            "kv_cache_write",
+            elementwise(n),
+            k_cache,
+            v_cache,
+            qkv,
+            slot,
+            pos,
+            n_tok as u64,
+            nh as i32,
+            hs as i32,
+            max_t as u64
+        )
+    }
+
+    /// Each token row attends to its cache row's positions 0..=pos.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_cached(
+        &self,
+        out: u64,
+        q: u64,
+        q_rs: usize,
+        k_cache: u64,
+        v_cache: u64,
+        slot: u64,
+        pos: u64,
+        n_tok: usize,
+        nh: usize,
+        hs: usize,
+        max_t: usize,
+    ) -> Result<()> {
+        let name = format!("attention_cached_{}", attention_bound(hs)?);
+        let scale = 1.0 / (hs as f32).sqrt();
+        let pairs = n_tok * nh;
+        launch!(
+            self,
+            &name,
+            cfg((pairs.div_ceil(4), 1), 128, 0),
+            out,
+            q,
+            q_rs as u64,
+            k_cache,
+            v_cache,
+            slot,
+            pos,
+            n_tok as u64,
+            nh as i32,
+            hs as i32,
+            max_t as u64,
+            scale
+        )
+    }
+
+    /// partials[chunk] = sum of squares of grads over NORM_CHUNK-element chunks, in f64.
+    pub fn norm_partials(&self, partials: u64, grads: u64, n: usize) -> Result<()> {
+        launch!(
+            self,
+            "norm_partials",
+            cfg((norm_chunks(n), 1), 256, 0),
+            partials,
+            grads,
+            n as u64
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn adamw(
+        &self,
+        params: u64,
+        grads: u64,
+        m: u64,
+        v: u64,
+        n: usize,
+        groups: (u64, u64, usize),
+        hyper: [f32; 6],
+    ) -> Result<()> {
+        let (starts, decays, n_groups) = groups;
+        let [b1, b2, eps, step_size, bc2_sqrt, decayed] = hyper;
+        launch!(
+            self,
+            "adamw_update",
+            elementwise(n),
+            params,
+            grads,
+            m,
+            v,
+            n as u64,
+            starts,
+            decays,
+            n_groups as i32,
+            b1,
+            b2,
+            eps,
+            step_size,
+            bc2_sqrt,
+            decayed
+        )
+    }
+
+    /// out (rows, oc) = inp (rows, c) @ W [+ bias], W stored as `layout` (row-major).
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_forward(
+        &self,
+        out: u64,
+        inp: u64,
+        w: u64,
+        layout: Layout,
+        bias: Option<u64>,
+        rows: usize,
+        c: usize,
+        oc: usize,
+    ) -> Result<()> {
+        // Column-major: out^T (oc x rows) = W' (oc x c) inp^T (c x rows), where W' is the
+        // (c, oc) buffer as stored (InOut) or the transposed (oc, c) one (OutIn).
+        let (ta, lda) = match layout {
+            Layout::InOut => (false, oc),
+            Layout::OutIn => (true, c),
+        };
+        let g = Gemm {
+            ta,
+            tb: false,
+            m: oc,
+            n: rows,
+            k: c,
+            lda,
+            ldb: c,
+            ldd: oc,
+            accumulate: false,
+            bias: bias.is_some(),
+        };
+        self.blas.matmul(g, w, inp, out, bias)
+    }
+
+    /// dinp = dout @ W^T (overwritten); dW += inp^T @ dout (dout^T @ inp for OutIn);
+    /// dbias += column sums of dout (`partial`: colsum_chunks(rows) * oc floats).
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_backward(
+        &self,
+        dinp: u64,
+        dw: u64,
+        dbias: Option<u64>,
+        dout: u64,
+        inp: u64,
+        w: u64,
+        layout: Layout,
+        rows: usize,
+        c: usize,
+        oc: usize,
+        partial: u64,
+    ) -> Result<()> {
+        let (dinp_gemm, dw_gemm, dw_ab) = match layout {
+            // dinp^T (c x rows) = W (c x oc) dout^T: the (c, oc) buffer is (oc x c) col-major.
+            // dW^T (oc x c) += dout^T (oc x rows) inp (rows x c).
+            Layout::InOut => (
+                Gemm {
+                    ta: true,
+                    tb: false,
+                    m: c,
+                    n: rows,
+                    k: oc,
+                    lda: oc,
+                    ldb: oc,
+                    ldd: c,
+                    accumulate: false,
+                    bias: false,
+                },
+                Gemm {
+                    ta: false,
+                    tb: true,
+                    m: oc,
+                    n: c,
+                    k: rows,
+                    lda: oc,
+                    ldb: c,
+                    ldd: oc,
+                    accumulate: true,
+                    bias: false,
+                },
+                (dout, inp),
+            ),
+            // dinp^T (c x rows) = W^T (c x oc) dout^T: the (oc, c) buffer is (c x oc) col-major.
+            // dW^T (c x oc) += inp^T (c x rows) dout (rows x oc).
+            Layout::OutIn => (
+                Gemm {
+                    ta: false,
+                    tb: false,
+                    m: c,
+                    n: rows,
+                    k: oc,
+                    lda: c,
+                    ldb: oc,
+                    ldd: c,
+                    accumulate: false,
+                    bias: false,
+                },
+                Gemm {
+                    ta: false,
+                    tb: true,
+                    m: c,
+                    n: oc,
+                    k: rows,
+                    lda: c,
+                    ldb: oc,
+                    ldd: c,
+                    accumulate: true,
+                    bias: false,
+                },
+                (inp, dout),
+            ),
+        };
+        self.blas.matmul(dinp_gemm, w, dout, dinp, None)?;
+        self.blas.matmul(dw_gemm, dw_ab.0, dw_ab.1, dw, None)?;
+        if let Some(db) = dbias {
+            self.colsum(db, dout, rows, oc, partial)?;
+        }
+        Ok(())
+    }
+}
+
+/// The attention kernels' dropout arguments: key, p, 1/(1-p) as the CPU computes it, on/off.
+fn drop_args(drop: Option<Dropout>) -> (u64, f32, f32, i32) {
+    match drop {
+        Some(d) => (d.key, d.p, d.scale(), 1),
+        None => (0, 0.0, 1.0, 0),
+    }
+}

@@ -1,0 +1,576 @@
+//! Training on the GPU: the CPU's forward and backward passes (`engine::cpu::train`), op for op,
+//! on device buffers allocated once per (batch, seq len). The CPU file is the reference for the
+//! order of operations and for what is saved; this one differs only in where it runs.
+//!
+//! x = drop(wte[idx] + wpe[pos])
+//! per layer: x = x + drop(attn(ln_1(x)) @ c_proj);  x = x + drop(gelu(ln_2(x) @ c_fc) @ c_proj)
+//! logits = ln_f(x) @ wte^T;  loss = mean cross-entropy over positions whose target is not -1
+
+use super::block::{block_forward, BlockBufs, BranchDropout};
+use super::memory::{is_out_of_memory, DevBuf};
+use super::ops::{colsum_chunks, Dropout};
+use super::CudaEngine;
+use crate::config::GptConfig;
+use crate::engine::Mode;
+use crate::kernels::cpu::crossentropy::count_valid;
+use crate::kernels::cpu::matmul::Layout;
+use crate::rng::dropout_key;
+use anyhow::{anyhow, bail, Result};
+use cudarc::driver::result::DriverError;
+
+/// Dropout sites inside a layer, for deriving mask keys (the CPU's numbering).
+const SITE_ATTN: u64 = 0;
+const SITE_ATTN_RESID: u64 = 1;
+const SITE_MLP_RESID: u64 = 2;
+const SITE_EMBED: u64 = 3;
+
+/// What the forward pass saves for the backward pass, all layers (layer l at l*rows*width).
+pub(super) struct Activations {
+    b: usize,
+    t: usize,
+    tokens: Vec<u32>,
+    targets: Vec<i32>,
+    has_targets: bool,
+    mode: Mode,
+    d_tokens: DevBuf<u32>,
+    d_pos: DevBuf<i32>,
+    d_targets: DevBuf<i32>,
+    encoded: DevBuf<f32>,
+    ln1: DevBuf<f32>,
+    ln1_mean: DevBuf<f32>,
+    ln1_rstd: DevBuf<f32>,
+    qkv: DevBuf<f32>,
+    atty: DevBuf<f32>,
+    att_lse: DevBuf<f32>,
+    residual2: DevBuf<f32>,
+    ln2: DevBuf<f32>,
+    ln2_mean: DevBuf<f32>,
+    ln2_rstd: DevBuf<f32>,
+    fch: DevBuf<f32>,
+    fch_gelu: DevBuf<f32>,
+    residual3: DevBuf<f32>,
+    lnf: DevBuf<f32>,
+    lnf_mean: DevBuf<f32>,
+    lnf_rstd: DevBuf<f32>,
+    /// (B, T, Vp); the backward pass turns them into their gradient in place.
+    logits: DevBuf<f32>,
+    row_loss: DevBuf<f32>,
+    row_lse: DevBuf<f32>,
+    /// (B, T, C) scratch for a projection's output before it joins the residual stream.
+    proj: DevBuf<f32>,
+}
+
+/// Gradients of activations for one layer at a time, and the backward pass's scratch.
+pub(super) struct ActGrads {
+    dresidual: DevBuf<f32>,
+    dproj: DevBuf<f32>,
+    dln: DevBuf<f32>,
+    dqkv: DevBuf<f32>,
+    datty: DevBuf<f32>,
+    dfch: DevBuf<f32>,
+    /// Attention's D = dO . O, (B, H, T).
+    att_d: DevBuf<f32>,
+    /// Partial column sums (bias and LayerNorm gradients): colsum_chunks(rows) * 4C.
+    partial: DevBuf<f32>,
+    /// The token embedding's gradient buckets (see encoder.cu).
+    bucket_start: DevBuf<i32>,
+    bucket_rows: DevBuf<i32>,
+    bucket_token: DevBuf<u32>,
+}
+
+/// An allocation error, with out-of-memory turned into what to lower.
+fn oom(b: usize, t: usize) -> impl Fn(DriverError) -> anyhow::Error {
+    move |e| {
+        if is_out_of_memory(&e) {
+            anyhow!("out of GPU memory for batch_size={b} and block_size={t}: lower --batch_size (and raise gradient_accumulation_steps to keep the tokens per step) or --block_size")
+        } else {
+            anyhow!("GPU allocation failed: {e:?}")
+        }
+    }
+}
+
+impl Activations {
+    fn new(cfg: &GptConfig, b: usize, t: usize) -> Result<Activations, DriverError> {
+        let (l, c, nh, vp) = (cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.padded_vocab_size());
+        let bt = b * t;
+        let z = DevBuf::<f32>::zeros;
+        let mut d_pos = DevBuf::zeros(bt)?;
+        let pos: Vec<i32> = (0..bt).map(|r| (r % t) as i32).collect();
+        d_pos.upload(&pos)?;
+        Ok(Activations {
+            b,
+            t,
+            tokens: vec![0; bt],
+            targets: vec![-1; bt],
+            has_targets: false,
+            mode: Mode::Eval,
+            d_tokens: DevBuf::zeros(bt)?,
+            d_pos,
+            d_targets: DevBuf::zeros(bt)?,
+            encoded: z(bt * c)?,
+            ln1: z(l * bt * c)?,
+            ln1_mean: z(l * bt)?,
+            ln1_rstd: z(l * bt)?,
+            qkv: z(l * bt * 3 * c)?,
+            atty: z(l * bt * c)?,
+            att_lse: z(l * b * nh * t)?,
+            residual2: z(l * bt * c)?,
+            ln2: z(l * bt * c)?,
+            ln2_mean: z(l * bt)?,
+            ln2_rstd: z(l * bt)?,
+            fch: z(l * bt * 4 * c)?,
+            fch_gelu: z(l * bt * 4 * c)?,
+            residual3: z(l * bt * c)?,
+            lnf: z(bt * c)?,
+            lnf_mean: z(bt)?,
+            lnf_rstd: z(bt)?,
+            logits: z(bt * vp)?,
+            row_loss: z(bt)?,
+            row_lse: z(bt)?,
+            proj: z(bt * c)?,
+        })
+    }
+}
+
+impl ActGrads {
+    fn new(cfg: &GptConfig, b: usize, t: usize) -> Result<ActGrads, DriverError> {
+        let (c, bt) = (cfg.n_embd, b * t);
+        let z = DevBuf::<f32>::zeros;
+        Ok(ActGrads {
+            dresidual: z(bt * c)?,
+            dproj: z(bt * c)?,
+            dln: z(bt * c)?,
+            dqkv: z(bt * 3 * c)?,
+            datty: z(bt * c)?,
+            dfch: z(bt * 4 * c)?,
+            att_d: z(b * cfg.n_head * t)?,
+            partial: z(colsum_chunks(bt) * 4 * c)?,
+            bucket_start: DevBuf::zeros(bt + 1)?,
+            bucket_rows: DevBuf::zeros(bt)?,
+            bucket_token: DevBuf::zeros(bt)?,
+        })
+    }
+}
+
+/// Rows grouped by token, each group's rows in increasing order: (group starts with a final
+/// end, rows, each group's token). Deterministic, so the embedding gradient is too.
+fn token_buckets(tokens: &[u32]) -> (Vec<i32>, Vec<i32>, Vec<u32>) {
+    let mut rows: Vec<i32> = (0..tokens.len() as i32).collect();
+    rows.sort_by_key(|&r| (tokens[r as usize], r));
+    let mut starts = Vec::new();
+    let mut toks = Vec::new();
+    for (i, &r) in rows.iter().enumerate() {
+        let tok = tokens[r as usize];
+        if toks.last() != Some(&tok) {
+            starts.push(i as i32);
+            toks.push(tok);
+        }
+    }
+    starts.push(rows.len() as i32);
+    (starts, rows, toks)
+}
+
+impl CudaEngine {
+    /// See [`crate::engine::Engine::forward`].
+    pub(super) fn forward_pass(
+        &mut self,
+        tokens: &[u32],
+        targets: Option<&[i32]>,
+        b: usize,
+        t: usize,
+        mode: Mode,
+    ) -> Result<Option<f32>> {
+        let cfg = self.host.config.clone();
+        let (c, nh, vp, v) = (
+            cfg.n_embd,
+            cfg.n_head,
+            cfg.padded_vocab_size(),
+            cfg.vocab_size,
+        );
+        let (bt, hs) = (b * t, c / nh);
+        if t == 0 || b == 0 {
+            bail!("empty batch (B={b}, T={t})");
+        }
+        if t > cfg.block_size {
+            bail!("sequence length {t} exceeds block_size {}", cfg.block_size);
+        }
+        if tokens.len() != bt {
+            bail!("expected {bt} tokens (B={b} x T={t}), got {}", tokens.len());
+        }
+        if let Some(&bad) = tokens.iter().find(|&&x| x as usize >= v) {
+            bail!("token id {bad} is outside the vocabulary (vocab_size {v})");
+        }
+        if let Some(tg) = targets {
+            if tg.len() != bt {
+                bail!("expected {bt} targets, got {}", tg.len());
+            }
+            if let Some(&bad) = tg.iter().find(|&&x| x < -1 || x as i64 >= v as i64) {
+                bail!(
+                    "target id {bad} is outside the vocabulary (vocab_size {v}; -1 means ignore)"
+                );
+            }
+        }
+        if !matches!(&self.acts, Some(a) if a.b == b && a.t == t) {
+            // Free the old set first: two sets may not fit together.
+            self.acts = None;
+            self.act_grads = None;
+            self.acts = Some(Activations::new(&cfg, b, t).map_err(oom(b, t))?);
+        }
+        let a = self.acts.as_mut().expect("allocated above");
+        let dev = |e: DriverError| anyhow!("copy to the GPU failed: {e:?}");
+        a.tokens.copy_from_slice(tokens);
+        a.d_tokens.upload(tokens).map_err(dev)?;
+        a.has_targets = targets.is_some();
+        if let Some(tg) = targets {
+            a.targets.copy_from_slice(tg);
+            a.d_targets.upload(tg).map_err(dev)?;
+        }
+        a.mode = mode;
+        let drop = match mode {
+            Mode::Train { seed } if cfg.dropout > 0.0 => Some(seed),
+            _ => None,
+        };
+        let site = |l: usize, site: u64| {
+            drop.map(|seed| Dropout {
+                key: dropout_key(seed, l, site),
+                p: cfg.dropout,
+            })
+        };
+        let (gpu, p, tb) = (&self.gpu, &self.params, &self.host.table);
+
+        gpu.encoder_forward(
+            a.encoded.ptr(),
+            a.d_tokens.ptr(),
+            a.d_pos.ptr(),
+            p.at(tb.wte),
+            p.at(tb.wpe),
+            bt,
+            c,
+        )?;
+        if let Some(d) = site(0, SITE_EMBED) {
+            gpu.dropout(a.encoded.ptr(), bt * c, d)?;
+        }
+        for (l, o) in tb.layers.iter().enumerate() {
+            let (lc, l3c, l4c, lr) = (l * bt * c, l * bt * 3 * c, l * bt * 4 * c, l * bt);
+            let residual = if l == 0 {
+                a.encoded.ptr()
+            } else {
+                a.residual3.at(lc - bt * c)
+            };
+            let bufs = BlockBufs {
+                ln1: a.ln1.at(lc),
+                ln1_mean: a.ln1_mean.at(lr),
+                ln1_rstd: a.ln1_rstd.at(lr),
+                qkv: a.qkv.at(l3c),
+                atty: a.atty.at(lc),
+                residual2: a.residual2.at(lc),
+                ln2: a.ln2.at(lc),
+                ln2_mean: a.ln2_mean.at(lr),
+                ln2_rstd: a.ln2_rstd.at(lr),
+                fch: a.fch.at(l4c),
+                fch_gelu: a.fch_gelu.at(l4c),
+                proj: a.proj.ptr(),
+            };
+            let branches = site(l, SITE_ATTN_RESID).zip(site(l, SITE_MLP_RESID));
+            let lse = a.att_lse.at(l * b * nh * t);
+            block_forward(
+                gpu,
+                a.residual3.at(lc),
+                residual,
+                &bufs,
+                p,
+                o,
+                cfg.bias,
+                bt,
+                c,
+                branches.map(|(attn, mlp)| BranchDropout { attn, mlp }),
+                |atty, qkv| gpu.attention_forward(atty, lse, qkv, b, t, nh, hs, site(l, SITE_ATTN)),
+            )?;
+        }
+        let last = a.residual3.at((cfg.n_layer - 1) * bt * c);
+        gpu.layernorm_forward(
+            a.lnf.ptr(),
+            a.lnf_mean.ptr(),
+            a.lnf_rstd.ptr(),
+            last,
+            p.at(tb.lnf_w),
+            if cfg.bias { p.at(tb.lnf_b) } else { 0 },
+            bt,
+            c,
+        )?;
+        gpu.matmul_forward(
+            a.logits.ptr(),
+            a.lnf.ptr(),
+            p.at(tb.wte),
+            Layout::OutIn,
+            None,
+            bt,
+            c,
+            vp,
+        )?;
+        let Some(tg) = targets else {
+            gpu.synchronize()?;
+            return Ok(None);
+        };
+        gpu.crossentropy_forward(
+            a.row_loss.ptr(),
+            a.row_lse.ptr(),
+            a.logits.ptr(),
+            a.d_targets.ptr(),
+            bt,
+            v,
+            vp,
+        )?;
+        // The mean as the CPU takes it: row losses summed in order in f64.
+        let mut row_loss = vec![0.0f32; bt];
+        a.row_loss
+            .download_at(0, &mut row_loss)
+            .map_err(|e| anyhow!("the GPU reported an error in the forward pass: {e:?}"))?;
+        let total: f64 = row_loss.iter().map(|&l| l as f64).sum();
+        Ok(Some((total / count_valid(tg) as f64) as f32))
+    }
+
+    /// See [`crate::engine::Engine::backward`].
+    pub(super) fn backward_pass(&mut self, grad_scale: f32) -> Result<()> {
+        let cfg = self.host.config.clone();
+        let (c, nh, vp, v, nl) = (
+            cfg.n_embd,
+            cfg.n_head,
+            cfg.padded_vocab_size(),
+            cfg.vocab_size,
+            cfg.n_layer,
+        );
+        let Some(a) = self.acts.as_mut() else {
+            bail!("backward() called before forward()");
+        };
+        if !a.has_targets {
+            bail!("backward() needs a forward pass with targets");
+        }
+        let (b, t) = (a.b, a.t);
+        let (bt, hs) = (b * t, c / nh);
+        if self.act_grads.is_none() {
+            self.act_grads = Some(ActGrads::new(&cfg, b, t).map_err(oom(b, t))?);
+        }
+        let g = self.act_grads.as_mut().expect("allocated above");
+        let drop = match a.mode {
+            Mode::Train { seed } if cfg.dropout > 0.0 => Some(seed),
+            _ => None,
+        };
+        let site = |l: usize, site: u64| {
+            drop.map(|seed| Dropout {
+                key: dropout_key(seed, l, site),
+                p: cfg.dropout,
+            })
+        };
+        let (gpu, p, gr, tb) = (&self.gpu, &self.params, &self.grads, &self.host.table);
+        let bias = |off: usize| cfg.bias.then(|| gr.at(off));
+        let or_null = |off: usize| bias(off).unwrap_or(0);
+        let part = g.partial.ptr();
+
+        // Loss -> logits (in place) -> ln_f output -> the residual stream.
+        let valid = count_valid(&a.targets);
+        let scale = if valid == 0 {
+            0.0
+        } else {
+            grad_scale / valid as f32
+        };
+        gpu.crossentropy_backward_inplace(
+            a.logits.ptr(),
+            a.row_lse.ptr(),
+            a.d_targets.ptr(),
+            bt,
+            v,
+            vp,
+            scale,
+        )?;
+        gpu.matmul_backward(
+            g.dln.ptr(),
+            gr.at(tb.wte),
+            None,
+            a.logits.ptr(),
+            a.lnf.ptr(),
+            p.at(tb.wte),
+            Layout::OutIn,
+            bt,
+            c,
+            vp,
+            part,
+        )?;
+        g.dresidual
+            .zero()
+            .map_err(|e| anyhow!("GPU memset failed: {e:?}"))?;
+        let last = a.residual3.at((nl - 1) * bt * c);
+        gpu.layernorm_backward(
+            g.dresidual.ptr(),
+            gr.at(tb.lnf_w),
+            or_null(tb.lnf_b),
+            g.dln.ptr(),
+            last,
+            p.at(tb.lnf_w),
+            a.lnf_mean.ptr(),
+            a.lnf_rstd.ptr(),
+            bt,
+            c,
+            part,
+        )?;
+
+        for (l, o) in tb.layers.iter().enumerate().rev() {
+            let (lc, l3c, l4c, lr) = (l * bt * c, l * bt * 3 * c, l * bt * 4 * c, l * bt);
+            let residual = if l == 0 {
+                a.encoded.ptr()
+            } else {
+                a.residual3.at(lc - bt * c)
+            };
+
+            // MLP branch: residual3 = residual2 + drop(gelu(fch) @ W_proj + b)
+            let dproj = branch_grad(
+                gpu,
+                g.dresidual.ptr(),
+                g.dproj.ptr(),
+                bt * c,
+                site(l, SITE_MLP_RESID),
+            )?;
+            gpu.matmul_backward(
+                g.dfch.ptr(),
+                gr.at(o.fcproj_w),
+                bias(o.fcproj_b),
+                dproj,
+                a.fch_gelu.at(l4c),
+                p.at(o.fcproj_w),
+                Layout::InOut,
+                bt,
+                4 * c,
+                c,
+                part,
+            )?;
+            gpu.gelu_backward_inplace(g.dfch.ptr(), a.fch.at(l4c), bt * 4 * c)?;
+            gpu.matmul_backward(
+                g.dln.ptr(),
+                gr.at(o.fc_w),
+                bias(o.fc_b),
+                g.dfch.ptr(),
+                a.ln2.at(lc),
+                p.at(o.fc_w),
+                Layout::InOut,
+                bt,
+                c,
+                4 * c,
+                part,
+            )?;
+            gpu.layernorm_backward(
+                g.dresidual.ptr(),
+                gr.at(o.ln2_w),
+                or_null(o.ln2_b),
+                g.dln.ptr(),
+                a.residual2.at(lc),
+                p.at(o.ln2_w),
+                a.ln2_mean.at(lr),
+                a.ln2_rstd.at(lr),
+                bt,
+                c,
+                part,
+            )?;
+
+            // Attention branch: residual2 = residual + drop(attn(ln1) @ W_proj + b)
+            let dproj = branch_grad(
+                gpu,
+                g.dresidual.ptr(),
+                g.dproj.ptr(),
+                bt * c,
+                site(l, SITE_ATTN_RESID),
+            )?;
+            gpu.matmul_backward(
+                g.datty.ptr(),
+                gr.at(o.attproj_w),
+                bias(o.attproj_b),
+                dproj,
+                a.atty.at(lc),
+                p.at(o.attproj_w),
+                Layout::InOut,
+                bt,
+                c,
+                c,
+                part,
+            )?;
+            gpu.attention_backward(
+                g.dqkv.ptr(),
+                g.datty.ptr(),
+                a.qkv.at(l3c),
+                a.atty.at(lc),
+                a.att_lse.at(l * b * nh * t),
+                g.att_d.ptr(),
+                b,
+                t,
+                nh,
+                hs,
+                site(l, SITE_ATTN),
+            )?;
+            gpu.matmul_backward(
+                g.dln.ptr(),
+                gr.at(o.qkv_w),
+                bias(o.qkv_b),
+                g.dqkv.ptr(),
+                a.ln1.at(lc),
+                p.at(o.qkv_w),
+                Layout::InOut,
+                bt,
+                c,
+                3 * c,
+                part,
+            )?;
+            gpu.layernorm_backward(
+                g.dresidual.ptr(),
+                gr.at(o.ln1_w),
+                or_null(o.ln1_b),
+                g.dln.ptr(),
+                residual,
+                p.at(o.ln1_w),
+                a.ln1_mean.at(lr),
+                a.ln1_rstd.at(lr),
+                bt,
+                c,
+                part,
+            )?;
+        }
+        if let Some(d) = site(0, SITE_EMBED) {
+            gpu.dropout(g.dresidual.ptr(), bt * c, d)?;
+        }
+        let (starts, rows, toks) = token_buckets(&a.tokens);
+        let up = |e: DriverError| anyhow!("copy to the GPU failed: {e:?}");
+        g.bucket_start.upload(&starts).map_err(up)?;
+        g.bucket_rows.upload(&rows).map_err(up)?;
+        g.bucket_token.upload(&toks).map_err(up)?;
+        gpu.encoder_backward_wte(
+            gr.at(tb.wte),
+            g.dresidual.ptr(),
+            g.bucket_start.ptr(),
+            g.bucket_rows.ptr(),
+            g.bucket_token.ptr(),
+            toks.len(),
+            c,
+        )?;
+        gpu.encoder_backward_wpe(gr.at(tb.wpe), g.dresidual.ptr(), b, t, c)?;
+        gpu.synchronize()?;
+        a.has_targets = false;
+        Ok(())
+    }
+}
+
+/// The gradient reaching a residual branch's output: the stream's gradient, through the
+/// branch's dropout mask when there is one (then copied to `scratch` first).
+fn branch_grad(
+    gpu: &super::ops::Gpu,
+    dresidual: u64,
+    scratch: u64,
+    n: usize,
+    drop: Option<Dropout>,
+) -> Result<u64> {
+    let Some(d) = drop else {
+        return Ok(dresidual);
+    };
+    // SAFETY: both are n-float ranges of distinct live buffers.
+    unsafe { cudarc::driver::result::memcpy_dtod_sync(scratch, dresidual, n * 4) }
+        .map_err(|e| anyhow!("GPU copy failed: {e:?}"))?;
+    gpu.dropout(scratch, n, d)?;
+    Ok(scratch)
+}

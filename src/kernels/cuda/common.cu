@@ -1,0 +1,56 @@
+// Shared device helpers, compiled ahead of every kernel file (NVRTC has no headers at run time,
+// so the kernel files are concatenated into one program: this file first).
+//
+// keep(key, i, p): the dropout mask of src/rng.rs, bit for bit:
+//   bits = mix64(key ^ i * 0xD6E8FEB86659FD93),  kept = (bits >> 40) * 2^-24 >= p
+//   mix64(z): z = (z ^ z>>30) * 0xBF58476D1CE4E5B9; z = (z ^ z>>27) * 0x94D049BB133111EB; z ^ z>>31
+// (bits >> 40) has 24 bits, so its float conversion and the scaling by 2^-24 are exact.
+
+typedef unsigned long long u64;
+
+// -infinity without math.h.
+#define NEG_INF __int_as_float(0xff800000)
+
+__device__ __forceinline__ u64 mix64(u64 z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+__device__ __forceinline__ bool keep(u64 key, u64 index, float p_drop) {
+    u64 bits = mix64(key ^ (index * 0xD6E8FEB86659FD93ULL));
+    return (float)(bits >> 40) * (1.0f / 16777216.0f) >= p_drop;
+}
+
+// Sum and max over a warp; every lane gets the result.
+__device__ __forceinline__ float warp_sum(float x) {
+    for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+    return x;
+}
+
+__device__ __forceinline__ float warp_max(float x) {
+    for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+    return x;
+}
+
+// Sum over a block of at most 1024 threads (a multiple of 32); every thread gets the result.
+// `shared` holds 32 floats. The order of additions is fixed, so the result is deterministic.
+__device__ float block_sum(float x, float* shared) {
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    x = warp_sum(x);
+    __syncthreads();
+    if (lane == 0) shared[warp] = x;
+    __syncthreads();
+    x = lane < warps ? shared[lane] : 0.0f;
+    return warp_sum(x);
+}
+
+__device__ float block_max(float x, float* shared) {
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    x = warp_max(x);
+    __syncthreads();
+    if (lane == 0) shared[warp] = x;
+    __syncthreads();
+    x = lane < warps ? shared[lane] : NEG_INF;
+    return warp_max(x);
+}

@@ -1,0 +1,24 @@
+// GELU, GPT-2's tanh form (gelu_new): y = x/2 * (1 + tanh(k*(x + 0.044715 x^3))), k = sqrt(2/pi).
+// dy/dx = (1 + t)/2 + x/2 * (1 - t^2) * k * (1 + 3*0.044715 x^2), t = tanh(k*(x + 0.044715 x^3)).
+
+#define GELU_K 0.7978845608f
+#define GELU_A 0.044715f
+
+extern "C" __global__ void gelu_forward(float* out, const float* inp, u64 n) {
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        float x = inp[i];
+        out[i] = 0.5f * x * (1.0f + tanhf(GELU_K * (x + GELU_A * x * x * x)));
+    }
+}
+
+// In place: grad holds dL/dy on entry and dL/dx on return.
+extern "C" __global__ void gelu_backward_inplace(float* grad, const float* inp, u64 n) {
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        float x = inp[i];
+        float t = tanhf(GELU_K * (x + GELU_A * x * x * x));
+        float d = 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * GELU_K * (1.0f + 3.0f * GELU_A * x * x);
+        grad[i] *= d;
+    }
+}

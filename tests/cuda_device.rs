@@ -1,0 +1,319 @@
+//! The CUDA engine on a GPU, against the PyTorch references and the CPU engine: what
+//! benches/cuda_check.sh runs on the device machine (this test binary is built on a CPU machine
+//! and copied there). Without a GPU each test is skipped with a note; NANOGPT_REQUIRE_GPU=1
+//! makes that a failure. NANOGPT_FIXTURES points at the fixtures folder on the device machine.
+//!
+//! Tolerances (f32 against f32, relative): tiny-gpt2 as tests/reference.rs (loss 1e-5,
+//! gradients 1e-4 of each tensor's largest magnitude, 10-step losses 1e-5, norms 1e-4); the
+//! cached-inference logits of every position 1e-5; GPT-2 124M one batch against the CPU engine:
+//! loss 2e-5, each tensor's gradient norm 1e-3 (the two sum in different orders over 12 layers).
+
+mod common;
+
+use common::{read_f32, read_i32, rel_err};
+use nanogpt::config::GptConfig;
+use nanogpt::engine::cpu::CpuEngine;
+use nanogpt::engine::{cuda::gpu_present, open, AdamW, Device, Engine, Feed, Mode};
+use nanogpt::model::weights::load_hf_dir;
+use nanogpt::model::Gpt;
+use nanogpt::rng::Rng;
+use nanogpt::sample::dist::argmax;
+use safetensors::SafeTensors;
+use std::path::PathBuf;
+
+fn fixtures() -> PathBuf {
+    std::env::var_os("NANOGPT_FIXTURES").map_or_else(common::fixtures, PathBuf::from)
+}
+
+/// The CUDA engine for `model()`, or None (skip) without a GPU.
+fn cuda(model: impl FnOnce() -> Gpt, test: &str) -> Option<Box<dyn Engine>> {
+    if !gpu_present() {
+        let required = std::env::var("NANOGPT_REQUIRE_GPU").is_ok_and(|v| v == "1");
+        assert!(!required, "{test}: no GPU found and NANOGPT_REQUIRE_GPU=1");
+        eprintln!("{test}: skipped, no GPU");
+        return None;
+    }
+    Some(open(model(), Device::Cuda).unwrap_or_else(|e| panic!("{test}: {e:#}")))
+}
+
+fn tiny_gpt2() -> Gpt {
+    load_hf_dir(&fixtures().join("tiny-gpt2")).expect("load tiny-gpt2")
+}
+
+fn as_tokens(v: &[i32]) -> Vec<u32> {
+    v.iter().map(|&x| x as u32).collect()
+}
+
+const B: usize = 2;
+const T: usize = 32;
+
+#[test]
+fn tiny_gpt2_loss_gradients_and_cached_logits_match_pytorch() {
+    let Some(mut gpu) = cuda(tiny_gpt2, "tiny_gpt2_loss_gradients") else {
+        return;
+    };
+    let refs = std::fs::read(fixtures().join("tiny-gpt2-refs.safetensors")).expect("refs");
+    let st = SafeTensors::deserialize(&refs).expect("refs parse");
+    let (x, y) = (read_i32(&st, "x"), read_i32(&st, "y"));
+    let loss = gpu
+        .forward(&as_tokens(&x), Some(&y), B, T, Mode::Train { seed: 0 })
+        .expect("forward")
+        .expect("loss");
+    let ref_loss = read_f32(&st, "loss")[0];
+    let el = ((loss - ref_loss) / ref_loss).abs();
+    println!("tiny-gpt2 loss {loss} vs {ref_loss}: rel {el:.2e}");
+    assert!(el < 1e-5);
+    gpu.zero_grad();
+    gpu.backward(1.0).expect("backward");
+    let (grads, model) = (gpu.grads(), gpu.model());
+    let (v, c) = (model.config.vocab_size, model.config.n_embd);
+    let mut worst = 0.0f64;
+    for e in &model.table.entries {
+        let mut ours = &grads[e.range()];
+        if e.name == "wte.weight" {
+            assert!(ours[v * c..].iter().all(|&g| g == 0.0), "padding rows");
+            ours = &ours[..v * c];
+        }
+        let err = rel_err(
+            ours,
+            &read_f32(&st, &format!("grad.transformer.{}", e.name)),
+        );
+        worst = worst.max(err);
+        assert!(err < 1e-4, "grad {} rel err {err:.2e}", e.name);
+    }
+    println!("tiny-gpt2 gradients: worst rel err {worst:.2e}");
+
+    // Cached inference, one position at a time: every position's logits.
+    let vp = model.config.padded_vocab_size();
+    let mut cache = gpu.kv_cache(B, T);
+    let mut step_logits = vec![0.0f32; B * vp];
+    let mut ours = vec![0.0f32; B * T * v];
+    for t in 0..T {
+        let toks: Vec<u32> = (0..B).map(|b| x[b * T + t] as u32).collect();
+        gpu.forward_cached_all(&mut cache, &toks, 1, &mut step_logits)
+            .expect("cached forward");
+        for b in 0..B {
+            ours[(b * T + t) * v..][..v].copy_from_slice(&step_logits[b * vp..][..v]);
+        }
+    }
+    let err = rel_err(&ours, &read_f32(&st, "logits"));
+    println!("tiny-gpt2 cached logits: rel err {err:.2e}");
+    assert!(err < 1e-5);
+}
+
+#[test]
+fn tiny_gpt2_ten_adamw_steps_match_pytorch() {
+    let Some(mut gpu) = cuda(tiny_gpt2, "tiny_gpt2_ten_adamw_steps") else {
+        return;
+    };
+    let refs = std::fs::read(fixtures().join("tiny-gpt2-refs.safetensors")).expect("refs");
+    let st = SafeTensors::deserialize(&refs).expect("refs parse");
+    let (xs, ys) = (read_i32(&st, "traj.x"), read_i32(&st, "traj.y"));
+    let (ref_losses, ref_norms) = (
+        read_f32(&st, "traj.losses"),
+        read_f32(&st, "traj.grad_norms"),
+    );
+    gpu.set_adamw(AdamW {
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+    });
+    for s in 0..10 {
+        let r = s * B * T..(s + 1) * B * T;
+        let loss = gpu
+            .forward(
+                &as_tokens(&xs[r.clone()]),
+                Some(&ys[r]),
+                B,
+                T,
+                Mode::Train { seed: s as u64 },
+            )
+            .expect("forward")
+            .expect("loss");
+        gpu.zero_grad();
+        gpu.backward(1.0).expect("backward");
+        let norm = gpu.update(1e-3, 1.0);
+        let el = ((loss - ref_losses[s]) / ref_losses[s]).abs();
+        let en = ((norm - ref_norms[s]) / ref_norms[s]).abs();
+        println!("step {s}: loss rel {el:.2e}, grad norm rel {en:.2e}");
+        assert!(
+            el < 1e-5 && en < 1e-4,
+            "step {s}: loss {loss} vs {}, norm {norm} vs {}",
+            ref_losses[s],
+            ref_norms[s]
+        );
+    }
+}
+
+fn gpt2_124m(dropout: f32) -> Gpt {
+    let cfg = GptConfig {
+        bias: false,
+        dropout,
+        ..GptConfig::default()
+    };
+    Gpt::new(cfg, 1).expect("GPT-2 124M")
+}
+
+fn random_batch(b: usize, t: usize, v: usize, seed: u64) -> (Vec<u32>, Vec<i32>) {
+    let mut rng = Rng::new(seed);
+    let x = (0..b * t).map(|_| rng.below(v as u64) as u32).collect();
+    let y = (0..b * t).map(|_| rng.below(v as u64) as i32).collect();
+    (x, y)
+}
+
+#[test]
+fn gpt2_124m_one_batch_matches_the_cpu_engine() {
+    let Some(mut gpu) = cuda(|| gpt2_124m(0.0), "gpt2_124m_one_batch") else {
+        return;
+    };
+    let mut cpu = CpuEngine::new(gpt2_124m(0.0));
+    let (b, t) = (4, 1024);
+    let (x, y) = random_batch(b, t, 50257, 7);
+    let mode = Mode::Train { seed: 1 };
+    let lg = gpu
+        .forward(&x, Some(&y), b, t, mode)
+        .expect("gpu forward")
+        .expect("loss");
+    let lc = cpu
+        .forward(&x, Some(&y), b, t, mode)
+        .expect("cpu forward")
+        .expect("loss");
+    let el = ((lg - lc) / lc).abs();
+    println!("GPT-2 124M loss: cuda {lg} cpu {lc} rel {el:.2e}");
+    gpu.zero_grad();
+    gpu.backward(1.0).expect("gpu backward");
+    cpu.zero_grad();
+    cpu.backward(1.0).expect("cpu backward");
+    let gg = gpu.grads();
+    let mut worst = (0.0f64, String::new());
+    for e in &cpu.model.table.entries {
+        let norm = |g: &[f32]| g.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+        let (ng, nc) = (norm(&gg[e.range()]), norm(&cpu.grads[e.range()]));
+        let err = if nc == 0.0 {
+            ng
+        } else {
+            ((ng - nc) / nc).abs()
+        };
+        if err > worst.0 {
+            worst = (err, e.name.clone());
+        }
+    }
+    println!(
+        "GPT-2 124M per-tensor gradient norms: worst rel err {:.2e} ({})",
+        worst.0, worst.1
+    );
+    assert!(el < 2e-5, "loss rel err {el:.2e}");
+    assert!(
+        worst.0 < 1e-3,
+        "gradient norm of {} rel err {:.2e}",
+        worst.1,
+        worst.0
+    );
+}
+
+/// Three training steps; the losses and the final parameters.
+fn three_steps(engine: &mut dyn Engine, b: usize, t: usize, v: usize) -> (Vec<f32>, Vec<f32>) {
+    let mut losses = Vec::new();
+    for s in 0..3u64 {
+        let (x, y) = random_batch(b, t, v, 100 + s);
+        let loss = engine
+            .forward(&x, Some(&y), b, t, Mode::Train { seed: s })
+            .expect("forward")
+            .expect("loss");
+        engine.zero_grad();
+        engine.backward(1.0).expect("backward");
+        engine.update(6e-4, 1.0);
+        losses.push(loss);
+    }
+    (losses, engine.model().params.clone())
+}
+
+#[test]
+fn two_cuda_runs_are_bit_identical() {
+    let Some(mut first) = cuda(|| gpt2_124m(0.1), "two_cuda_runs_are_bit_identical") else {
+        return;
+    };
+    let (l1, p1) = three_steps(first.as_mut(), 4, 1024, 50257);
+    drop(first);
+    let mut second = cuda(|| gpt2_124m(0.1), "two_cuda_runs").expect("GPU present");
+    let (l2, p2) = three_steps(second.as_mut(), 4, 1024, 50257);
+    println!("GPT-2 124M, dropout 0.1, 3 steps twice: losses {l1:?} / {l2:?}");
+    assert!(l1.iter().zip(&l2).all(|(a, b)| a.to_bits() == b.to_bits()));
+    assert!(
+        p1.iter().zip(&p2).all(|(a, b)| a.to_bits() == b.to_bits()),
+        "parameters differ"
+    );
+}
+
+#[test]
+fn dropout_masks_are_the_cpus() {
+    let cfg = GptConfig {
+        n_layer: 2,
+        n_head: 4,
+        n_embd: 128,
+        block_size: 64,
+        vocab_size: 512,
+        dropout: 0.2,
+        ..GptConfig::default()
+    };
+    let Some(mut gpu) = cuda(|| Gpt::new(cfg.clone(), 3).expect("model"), "dropout_masks") else {
+        return;
+    };
+    let mut cpu = CpuEngine::new(Gpt::new(cfg, 3).expect("model"));
+    let (lg, _) = three_steps(gpu.as_mut(), 4, 64, 512);
+    let (lc, _) = three_steps(&mut cpu, 4, 64, 512);
+    println!("dropout 0.2, 3 steps: cuda {lg:?} cpu {lc:?}");
+    // Other masks would move the loss by ~1e-2; the same masks leave rounding only.
+    for (g, c) in lg.iter().zip(&lc) {
+        assert!(((g - c) / c).abs() < 1e-5, "cuda {g} vs cpu {c}");
+    }
+}
+
+/// Greedy decoding, two rows of different prompt lengths in one cache, a row reorder midway:
+/// the ids of each step.
+fn greedy(engine: &dyn Engine, steps: usize) -> Vec<u32> {
+    let cfg = engine.config().clone();
+    let (v, vp) = (cfg.vocab_size, cfg.padded_vocab_size());
+    let prompts: [&[u32]; 2] = [
+        &[464, 3290, 318, 257],
+        &[15496, 11, 616, 1438, 318, 12, 290],
+    ];
+    let mut cache = engine.kv_cache(2, cfg.block_size);
+    let mut logits = vec![0.0f32; 2 * vp];
+    let feeds: Vec<Feed> = prompts
+        .iter()
+        .enumerate()
+        .map(|(row, tokens)| Feed { row, tokens })
+        .collect();
+    engine
+        .forward_cached(&mut cache, &feeds, &mut logits)
+        .expect("prefill");
+    let mut ids = Vec::new();
+    for step in 0..steps {
+        let next: Vec<u32> = (0..2)
+            .map(|r| argmax(&logits[r * vp..r * vp + v]).unwrap_or(0) as u32)
+            .collect();
+        ids.extend_from_slice(&next);
+        if step == steps / 2 {
+            engine.reorder_cache(&mut cache, &[1, 0]).expect("reorder");
+            engine.forward_cached_all(&mut cache, &[next[1], next[0]], 1, &mut logits)
+        } else {
+            engine.forward_cached_all(&mut cache, &next, 1, &mut logits)
+        }
+        .expect("decode");
+    }
+    ids
+}
+
+#[test]
+fn greedy_sampling_gives_the_cpus_ids() {
+    let Some(gpu) = cuda(tiny_gpt2, "greedy_sampling") else {
+        return;
+    };
+    let cpu = CpuEngine::new(tiny_gpt2());
+    let (ig, ic) = (greedy(gpu.as_ref(), 100), greedy(&cpu, 100));
+    println!("greedy: {} ids, first {:?}", ig.len(), &ig[..10]);
+    assert_eq!(ig, ic);
+}

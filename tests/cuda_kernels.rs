@@ -1,0 +1,174 @@
+//! The CUDA kernel sources, checked without a GPU: every entry point compiles under NVRTC for
+//! sm_80 and sm_90 (NVRTC from PyPI, see `.ci/run`), the engine's list of entry points is the
+//! sources' list, and the device's dropout hash, transcribed here, gives the CPU's masks.
+
+use nanogpt::kernels::cpu::dropout::dropout_inplace;
+use nanogpt::kernels::cuda::{
+    compile_ptx, entry_points, nvrtc_available, ATTENTION_HEAD_SIZES, SOURCES,
+};
+use nanogpt::rng::{dropout_key, keep, Rng};
+use std::collections::BTreeSet;
+
+/// NVRTC is on the library path, or: in CI (CI=true) the test fails; elsewhere it is skipped
+/// with a note.
+fn nvrtc_or_skip(test: &str) -> bool {
+    if nvrtc_available() {
+        return true;
+    }
+    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    assert!(
+        !in_ci,
+        "{test}: NVRTC (libnvrtc.so) is not on LD_LIBRARY_PATH; .ci/run installs it into .nvrtc/"
+    );
+    eprintln!("{test}: skipped, NVRTC not found (run .ci/run, or put libnvrtc on LD_LIBRARY_PATH)");
+    false
+}
+
+#[test]
+fn every_kernel_compiles_for_sm80_and_sm90() {
+    if !nvrtc_or_skip("every_kernel_compiles_for_sm80_and_sm90") {
+        return;
+    }
+    for cc in [80, 90] {
+        let ptx = compile_ptx(cc).unwrap_or_else(|e| panic!("{e:#}"));
+        assert!(
+            ptx.contains(&format!(".target sm_{cc}")),
+            "PTX for compute_{cc} targets another architecture"
+        );
+        let missing: Vec<String> = entry_points()
+            .into_iter()
+            .filter(|name| !ptx.contains(&format!(".entry {name}(")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "compute_{cc}: entry points missing from the PTX: {missing:?}"
+        );
+    }
+}
+
+/// The `__global__` functions the sources define (macro-made `NAME_##HS` ones expanded for each
+/// head size).
+fn entries_in_sources() -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for (_, src) in SOURCES {
+        for rest in src.split("__global__ void").skip(1) {
+            let mut rest = rest.trim_start();
+            if let Some(after) = rest.strip_prefix("__launch_bounds__(") {
+                rest = after
+                    .split_once(')')
+                    .expect("launch bounds close")
+                    .1
+                    .trim_start();
+            }
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '#')
+                .collect();
+            match name.strip_suffix("_##HS") {
+                Some(stem) => {
+                    names.extend(ATTENTION_HEAD_SIZES.iter().map(|hs| format!("{stem}_{hs}")))
+                }
+                None => {
+                    names.insert(name);
+                }
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn entry_list_is_the_sources_list() {
+    let listed: BTreeSet<String> = entry_points().into_iter().collect();
+    let defined = entries_in_sources();
+    assert!(defined.len() > 20, "found only {defined:?} in the sources");
+    assert_eq!(
+        listed, defined,
+        "kernels::cuda::entry_points() and the .cu files disagree"
+    );
+}
+
+#[test]
+fn kernel_sources_include_no_headers() {
+    for (name, src) in SOURCES {
+        assert!(
+            !src.contains("#include"),
+            "{name} includes a header; NVRTC has none at run time"
+        );
+    }
+}
+
+// The device's hash (common.cu's mix64 and keep), transcribed line for line.
+const MUL_1: u64 = 0xBF58476D1CE4E5B9;
+const MUL_2: u64 = 0x94D049BB133111EB;
+const INDEX_MUL: u64 = 0xD6E8FEB86659FD93;
+
+fn device_mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(MUL_1);
+    z = (z ^ (z >> 27)).wrapping_mul(MUL_2);
+    z ^ (z >> 31)
+}
+
+fn device_keep(key: u64, index: u64, p_drop: f32) -> bool {
+    let bits = device_mix64(key ^ index.wrapping_mul(INDEX_MUL));
+    (bits >> 40) as f32 * (1.0f32 / 16777216.0f32) >= p_drop
+}
+
+#[test]
+fn the_transcribed_hash_is_the_one_in_common_cu() {
+    let common = SOURCES
+        .iter()
+        .find(|(name, _)| *name == "common.cu")
+        .expect("common.cu")
+        .1;
+    let code: String = common
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for needle in [
+        format!("(z ^ (z >> 30)) * 0x{MUL_1:X}ULL"),
+        format!("(z ^ (z >> 27)) * 0x{MUL_2:X}ULL"),
+        "return z ^ (z >> 31);".to_string(),
+        format!("mix64(key ^ (index * 0x{INDEX_MUL:X}ULL))"),
+        "(float)(bits >> 40) * (1.0f / 16777216.0f) >= p_drop".to_string(),
+    ] {
+        assert!(
+            code.contains(&needle),
+            "common.cu no longer contains `{needle}`"
+        );
+    }
+}
+
+#[test]
+fn device_dropout_hash_gives_the_cpu_masks() {
+    let mut rng = Rng::new(7);
+    let mut kept = 0u64;
+    let n = 200_000u64;
+    for trial in 0..n {
+        let key = dropout_key(rng.next_u64(), (trial % 13) as usize, trial % 4);
+        let index = if trial % 2 == 0 {
+            rng.below(1 << 40)
+        } else {
+            trial
+        };
+        let p = [0.0f32, 0.1, 0.2, 0.5, 0.9, 1.0 / 3.0][(trial % 6) as usize];
+        let dev = device_keep(key, index, p);
+        assert_eq!(dev, keep(key, index, p), "key {key:#x} index {index} p {p}");
+        kept += u64::from(dev);
+    }
+    // Not a constant function: about 1 - mean(p) of the elements are kept.
+    let expect = n as f64 * (1.0 - (0.1 + 0.2 + 0.5 + 0.9 + 1.0 / 3.0) / 6.0);
+    assert!(
+        (kept as f64 - expect).abs() < 0.01 * n as f64,
+        "kept {kept} of {n}"
+    );
+
+    // The CPU's dropout kernel over a buffer: the elements it zeroes are the ones the device drops.
+    let (key, p) = (dropout_key(1234, 3, 2), 0.25f32);
+    let mut x = vec![1.0f32; 100_003];
+    dropout_inplace(&mut x, key, p);
+    for (i, &v) in x.iter().enumerate() {
+        assert_eq!(v != 0.0, device_keep(key, i as u64, p), "element {i}");
+    }
+}
