@@ -35,7 +35,7 @@ crate::with_model_shape! {
             prompt_len: usize = 16,
             /// New tokens for --generate
             max_new_tokens: usize = 128,
-            /// cpu, cuda or auto (a GPU when there is one)
+            /// cpu, cuda or auto (the CPU until the CUDA backend has passed its GPU check)
             device: Device = Device::Auto,
         }
     }

@@ -408,8 +408,7 @@ fn shipped_configs_load() {
 #[test]
 fn validate_rejects_nonsense() {
     let ok = TrainConfig::default();
-    let cases: [(&str, &str, &str); 7] = [
-        ("device", "cuda", "cpu"),
+    let cases: [(&str, &str, &str); 6] = [
         ("dtype", "bfloat16", "float32"),
         ("batch_size", "0", "batch_size"),
         (

@@ -63,7 +63,7 @@ crate::with_model_shape! {
             seed: u64 = 1337,
             /// 0 = measure this CPU's f32 matmul peak for MFU
             peak_tflops: f64 = 0.0,
-            /// cpu, cuda or auto (a GPU when there is one)
+            /// cpu, cuda or auto (the CPU until the CUDA backend has passed its GPU check)
             device: Device = Device::Auto,
             /// Only float32 here
             dtype: String = "float32".into(),
@@ -134,11 +134,6 @@ impl TrainConfig {
         }
         if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
             bail!("beta1 and beta2 must be in [0, 1)");
-        }
-        if self.device == Device::Cuda {
-            bail!(
-                "device 'cuda' is not available yet: this build trains on the CPU (device = \"cpu\" or \"auto\")"
-            );
         }
         if self.dtype != "float32" {
             bail!(

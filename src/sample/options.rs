@@ -162,7 +162,7 @@ crate::knobs! {
             /// Print one JSON object per sample and line (no streaming): prompt_ids,
             /// generated_ids, text, finish_reason, ...
             json: bool = false,
-            /// cpu, cuda or auto (a GPU when there is one)
+            /// cpu, cuda or auto (the CPU until the CUDA backend has passed its GPU check)
             device: Device = Device::Auto,
             /// Accepted for nanoGPT's sample.py command lines; ignored (f32 only)
             dtype: Option<String> = None,
@@ -197,7 +197,7 @@ crate::knobs! {
             csv: bool = false,
             /// Print JSON instead of Markdown
             json: bool = false,
-            /// cpu, cuda or auto (a GPU when there is one)
+            /// cpu, cuda or auto (the CPU until the CUDA backend has passed its GPU check)
             device: Device = Device::Auto,
         }
     }
