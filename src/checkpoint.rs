@@ -136,10 +136,16 @@ pub fn read_model(dir: &Path) -> Result<(Gpt, TrainState)> {
         .with_context(|| format!("cannot read {}", state_path.display()))?;
     let state: TrainState = serde_json::from_str(&text)
         .with_context(|| format!("{} is damaged: not a training state", state_path.display()))?;
-    Ok((
-        load_model_file(&dir.join("model.safetensors"), state.model.clone())?,
-        state,
-    ))
+    let weights = dir.join("model.safetensors");
+    let model = load_model_file(&weights, state.model.clone())?;
+    // A diverged model would only sample garbage or fail far from the cause.
+    if model.params.iter().any(|x| !x.is_finite()) {
+        bail!(
+            "{}: the weights contain NaN or infinite values (the run diverged): use an earlier checkpoint, or retrain with a lower learning_rate",
+            weights.display()
+        );
+    }
+    Ok((model, state))
 }
 
 fn sibling(dir: &Path, suffix: &str) -> PathBuf {

@@ -90,12 +90,23 @@ pub fn for_training(cfg: &TrainConfig, log: &mut dyn Write) -> Result<TrainStart
             let vocab = if cfg.vocab_size > 0 {
                 cfg.vocab_size
             } else {
-                dataset_vocab(&cfg.dataset_dir())?
+                dataset_vocab(&cfg.dataset_dir(), log)?
             };
             Ok(fresh(Gpt::new(cfg.model_config(vocab, true), cfg.seed)?))
         }
         "resume" => {
-            let (mut model, opt, state) = checkpoint::load(&cfg.out_dir().join("latest"))?;
+            let latest = cfg.out_dir().join("latest");
+            let (mut model, opt, state) = checkpoint::load(&latest)?;
+            require_dataset_vocab(
+                cfg,
+                model.config.vocab_size,
+                state.train.vocab_size,
+                &latest.display().to_string(),
+                &format!(
+                    "resume with the dataset the run trained on (--dataset={})",
+                    state.train.dataset
+                ),
+            )?;
             model.set_dropout(cfg.dropout);
             Ok(TrainStart {
                 model,
@@ -113,6 +124,13 @@ pub fn for_training(cfg: &TrainConfig, log: &mut dyn Write) -> Result<TrainStart
                 return Err(unknown_source(name, &["scratch", "resume"]));
             };
             let mut model = load_hf_dir(&dir)?;
+            require_dataset_vocab(
+                cfg,
+                model.config.vocab_size,
+                0,
+                name,
+                "fine-tune it on a dataset in its own vocabulary (GPT-2 BPE: prepare shakespeare or openwebtext), or train from scratch with --init_from=scratch",
+            )?;
             model.crop_block_size(cfg.block_size);
             model.set_dropout(cfg.dropout);
             Ok(fresh(model))
@@ -120,12 +138,55 @@ pub fn for_training(cfg: &TrainConfig, log: &mut dyn Write) -> Result<TrainStart
     }
 }
 
-/// The vocabulary to train on: meta.json's (character data) or GPT-2's padded 50304.
-fn dataset_vocab(data_dir: &Path) -> Result<usize> {
+/// The vocabulary to train on from scratch: meta.json's (character data), else GPT-2's padded
+/// 50304, with a note to `log` as nanoGPT prints one.
+fn dataset_vocab(data_dir: &Path, log: &mut dyn Write) -> Result<usize> {
+    if let Some(v) = char_vocab(data_dir)? {
+        return Ok(v);
+    }
+    writeln!(
+        log,
+        "note: no meta.json in {}: assuming GPT-2 BPE tokens, vocab_size {GPT2_PADDED_VOCAB} (50257 padded, as nanoGPT does)",
+        data_dir.display()
+    )?;
+    Ok(GPT2_PADDED_VOCAB)
+}
+
+/// The size of a character dataset's vocabulary (its meta.json or meta.pkl), or None for GPT-2
+/// BPE data.
+fn char_vocab(data_dir: &Path) -> Result<Option<usize>> {
     if data_dir.join("meta.json").is_file() || data_dir.join("meta.pkl").is_file() {
-        Ok(Tokenizer::for_data_dir(data_dir)?.vocab_size())
+        Ok(Some(Tokenizer::for_data_dir(data_dir)?.vocab_size()))
     } else {
-        Ok(GPT2_PADDED_VOCAB)
+        Ok(None)
+    }
+}
+
+/// Refuses to train a model (its vocabulary `model_vocab`, from `source`) on a dataset whose
+/// tokens mean something else: a character dataset needs exactly its vocabulary (or the
+/// `vocab_size` the model was deliberately padded to), GPT-2 BPE data at least GPT-2's. A missing
+/// dataset is left to the data loader, which says how to prepare it.
+fn require_dataset_vocab(
+    cfg: &TrainConfig,
+    model_vocab: usize,
+    padded_to: usize,
+    source: &str,
+    fix: &str,
+) -> Result<()> {
+    let data_dir = cfg.dataset_dir();
+    if !data_dir.is_dir() {
+        return Ok(());
+    }
+    match char_vocab(&data_dir)? {
+        Some(v) if v != model_vocab && !(padded_to == model_vocab && v < model_vocab) => bail!(
+            "vocabulary mismatch: the model from {source} has {model_vocab} tokens but the dataset {} has {v} characters (meta.json): {fix}",
+            data_dir.display()
+        ),
+        None if model_vocab < GPT2_VOCAB_SIZE => bail!(
+            "vocabulary mismatch: the model from {source} has {model_vocab} tokens but the dataset {} is GPT-2 BPE ({GPT2_VOCAB_SIZE} tokens, no meta.json): {fix}",
+            data_dir.display()
+        ),
+        _ => Ok(()),
     }
 }
 
@@ -278,11 +339,17 @@ fn checkpoint_tokenizer(
             state.train.dataset
         );
     };
-    if tokenizer.vocab_size() > v {
+    // Characters must map one to one (unless the run padded vocab_size on purpose); GPT-2 BPE
+    // only needs to fit, as GPT-2's own 50257 sit in nanoGPT's padded 50304.
+    let n = tokenizer.vocab_size();
+    let fits = match tokenizer {
+        Tokenizer::Char(_) => n == v || (n < v && state.train.vocab_size == v),
+        Tokenizer::Gpt2(_) => n <= v,
+    };
+    if !fits {
         bail!(
-            "{}'s vocabulary has {} tokens but the model only {v}: it is not the dataset the model was trained on; pass --data_dir=DIR with the right {}/",
+            "vocabulary mismatch: {}'s vocabulary has {n} tokens but the model {v}: it is not the dataset the model was trained on; pass --data_dir=DIR with the right {}/",
             dataset_dir.display(),
-            tokenizer.vocab_size(),
             state.train.dataset
         );
     }

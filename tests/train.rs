@@ -1020,3 +1020,188 @@ fn stop_flag_mid_run_saves_and_resumes() {
     let joined: Vec<f32> = s.losses.iter().chain(&rest.losses).copied().collect();
     assert_eq!(bits(&joined), bits(&all.losses));
 }
+
+// ---------------------------------------------------------------------------------------------
+// 8. one run per out_dir, vocabularies that must match, and what a failure says
+
+/// A second run from scratch into the same out_dir moves the first one's files, unchanged, to
+/// `previous-1/` (a third to `previous-2/`) and says so; the out_dir then holds only the new run.
+#[test]
+fn a_new_run_moves_the_earlier_one_aside() {
+    let dir = TempDir::new("aside");
+    let data_dir = prepare_data(dir.path());
+    let out = dir.path().join("out");
+    let mut cfg = tiny_config(&data_dir, &out);
+    cfg.max_iters = 2;
+    run_ok(&cfg);
+    let first = snapshot(&out.join("latest"));
+    let first_metrics = std::fs::read(out.join("metrics.jsonl")).expect("metrics.jsonl");
+
+    cfg.n_layer = 1;
+    let (_, log) = run(&cfg).expect("second run");
+    let previous = out.join("previous-1");
+    assert!(
+        log.contains(previous.to_str().expect("utf-8")),
+        "the log does not say where the earlier run went:\n{log}"
+    );
+    assert!(
+        snapshot(&previous.join("latest")) == first,
+        "previous-1/latest/ changed"
+    );
+    assert_eq!(
+        std::fs::read(previous.join("metrics.jsonl")).expect("moved metrics"),
+        first_metrics
+    );
+    let state = read_json(&out.join("latest/train_state.json"));
+    assert_eq!(state["model"]["n_layer"], 1, "latest/ is the new run");
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).expect("metrics");
+    assert_eq!(
+        metrics.lines().count(),
+        String::from_utf8_lossy(&first_metrics).lines().count(),
+        "metrics.jsonl holds only the new run's lines"
+    );
+
+    run_ok(&cfg);
+    assert!(out.join("previous-2/latest").is_dir());
+    assert!(snapshot(&previous.join("latest")) == first);
+
+    // A resume continues the run in place.
+    cfg.init_from = "resume".into();
+    cfg.max_iters = 4;
+    run_ok(&cfg);
+    assert!(!out.join("previous-3").exists());
+}
+
+/// While one run holds an out_dir, a second is refused before it touches anything.
+#[test]
+fn a_second_run_on_a_locked_out_dir_is_refused() {
+    let dir = TempDir::new("lock");
+    let data_dir = prepare_data(dir.path());
+    let out = dir.path().join("out");
+    let mut cfg = tiny_config(&data_dir, &out);
+    cfg.max_iters = 2;
+    run_ok(&cfg);
+    let before = snapshot(&out.join("latest"));
+    let held = nanogpt::train::run_dir::lock(&out).expect("lock");
+    let e = run_err(&cfg);
+    assert!(
+        e.contains(out.to_str().expect("utf-8")) && e.contains("another training run"),
+        "{e}"
+    );
+    assert!(snapshot(&out.join("latest")) == before);
+    assert!(!out.join("previous-1").exists());
+    drop(held);
+    run_ok(&cfg);
+}
+
+/// `<root>/<name>/shakespeare_char`: a character dataset of the first 3000 characters, a
+/// smaller vocabulary than the whole text's 65.
+fn small_char_dataset(root: &Path, name: &str) -> (PathBuf, usize) {
+    let text = std::fs::read_to_string(shakespeare_txt()).expect("tiny shakespeare");
+    let input = root.join(format!("{name}.txt"));
+    std::fs::write(&input, &text[..3000]).expect("write input");
+    let data_dir = root.join(name);
+    let summary = prepare_shakespeare_char(&input, &data_dir.join("shakespeare_char"))
+        .expect("prepare small dataset");
+    assert!(summary.vocab_size < 65);
+    (data_dir, summary.vocab_size)
+}
+
+/// GPT-2 fine-tuned on characters, a resume on another dataset, and sampling through another
+/// character table are each refused with both sizes.
+#[test]
+fn vocabulary_mismatches_are_refused() {
+    let dir = TempDir::new("vocab");
+    let data_dir = prepare_data(dir.path());
+    let out = dir.path().join("out");
+    let mut cfg = tiny_config(&data_dir, &out);
+
+    cfg.init_from = common::fixtures()
+        .join("tiny-gpt2")
+        .to_str()
+        .expect("utf-8")
+        .into();
+    let e = run_err(&cfg);
+    assert!(e.contains("50257") && e.contains("65"), "{e}");
+    assert!(e.contains("--init_from=scratch"), "{e}");
+
+    cfg.init_from = "scratch".into();
+    cfg.max_iters = 2;
+    run_ok(&cfg);
+    let (small, v) = small_char_dataset(dir.path(), "small");
+    cfg.init_from = "resume".into();
+    cfg.data_dir = small.to_str().expect("utf-8").into();
+    let e = run_err(&cfg);
+    assert!(
+        e.contains("65") && e.contains(&format!("{v} characters")),
+        "{e}"
+    );
+    assert!(e.contains("--dataset=shakespeare_char"), "{e}");
+
+    let src = nanogpt::load::ModelSource {
+        init_from: "resume".into(),
+        out_dir: Some(out.clone()),
+        data_dir: Some(small),
+    };
+    let e = err_text(nanogpt::load::for_sampling(&src, &mut Vec::new()).map(|m| m.name));
+    assert!(
+        e.contains(&format!("{v} tokens")) && e.contains("65"),
+        "{e}"
+    );
+    assert!(e.contains("--data_dir"), "{e}");
+}
+
+/// A NaN before the first checkpoint says there is none yet; a checkpoint whose weights hold
+/// NaN is refused by name wherever it is loaded.
+#[test]
+fn nan_messages_say_what_exists() {
+    let dir = TempDir::new("nan-msg");
+    let data_dir = prepare_data(dir.path());
+    let out = dir.path().join("out");
+    let mut cfg = tiny_config(&data_dir, &out);
+    cfg.learning_rate = 1e30;
+    cfg.decay_lr = false;
+    cfg.max_iters = 20;
+    let e = run_err(&cfg);
+    assert!(e.contains("no checkpoint exists yet"), "{e}");
+    assert!(!e.contains("is kept"), "{e}");
+
+    cfg = tiny_config(&data_dir, &out);
+    cfg.max_iters = 2;
+    run_ok(&cfg);
+    let latest = out.join("latest");
+    let (mut model, _, _) = checkpoint::load(&latest).expect("load");
+    model.params[7] = f32::NAN;
+    nanogpt::model::weights::save_hf_dir(&model, &latest).expect("rewrite weights");
+    let e = err_text(checkpoint::load(&latest).map(|_| ()));
+    assert!(
+        e.contains("the weights contain NaN") && e.contains("model.safetensors"),
+        "{e}"
+    );
+    let src = nanogpt::load::ModelSource {
+        init_from: "resume".into(),
+        out_dir: Some(out.clone()),
+        data_dir: None,
+    };
+    let e = err_text(nanogpt::load::for_sampling(&src, &mut Vec::new()).map(|m| m.name));
+    assert!(e.contains("the weights contain NaN"), "{e}");
+}
+
+/// Token files without meta.json are GPT-2 BPE: training from scratch says it assumes 50304.
+#[test]
+fn missing_meta_json_is_noted() {
+    let dir = TempDir::new("no-meta");
+    let ds = dir.path().join("data/bpe");
+    std::fs::create_dir_all(&ds).expect("mkdir");
+    let ids: Vec<u32> = (0..4000u32).map(|i| (i * 7919) % 50257).collect();
+    write_tokens(&ds.join("train.bin"), &ids, TokenFormat::RawU16).expect("train.bin");
+    write_tokens(&ds.join("val.bin"), &ids[..500], TokenFormat::RawU16).expect("val.bin");
+    let mut cfg = tiny_config(&dir.path().join("data"), &dir.path().join("out"));
+    cfg.dataset = "bpe".into();
+    cfg.max_iters = 1;
+    let (_, log) = run(&cfg).expect("train on BPE tokens");
+    assert!(
+        log.contains("no meta.json") && log.contains("50304"),
+        "{log}"
+    );
+}

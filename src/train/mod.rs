@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod metrics;
+pub mod run_dir;
 pub mod trainer;
 
 pub use config::TrainConfig;

@@ -3,6 +3,7 @@
 
 use super::config::{learning_rate_at, TrainConfig};
 use super::metrics::Metrics;
+use super::run_dir;
 use crate::checkpoint;
 use crate::data::batch::mask_to_completions;
 use crate::data::TokenSplit;
@@ -53,6 +54,9 @@ pub fn train(cfg: &TrainConfig, log: &mut dyn Write, stop: &AtomicBool) -> Resul
         weight_decay: cfg.weight_decay,
     };
 
+    // Held until training returns; taken before loading so a resume reads a checkpoint no
+    // other run is writing.
+    let run = run_dir::lock(&out_dir)?;
     let TrainStart {
         model,
         opt,
@@ -68,8 +72,10 @@ pub fn train(cfg: &TrainConfig, log: &mut dyn Write, stop: &AtomicBool) -> Resul
     let (b, t) = (cfg.batch_size, cfg.block_size.min(mcfg.block_size));
     let train_data = Split::open(cfg, &data_dir, "train", mcfg.vocab_size, t)?;
     let val_data = Split::open(cfg, &data_dir, "val", mcfg.vocab_size, t)?;
-    std::fs::create_dir_all(&out_dir)
-        .with_context(|| format!("cannot create out_dir {}", out_dir.display()))?;
+    // After loading, so init_from may name a checkpoint inside this out_dir.
+    if cfg.init_from != "resume" {
+        run.set_aside_previous(log)?;
+    }
     let mut metrics = Metrics::open(&out_dir.join("metrics.jsonl"))?;
 
     let (peak, peak_source) = if cfg.peak_tflops > 0.0 {
@@ -130,9 +136,9 @@ pub fn train(cfg: &TrainConfig, log: &mut dyn Write, stop: &AtomicBool) -> Resul
             metrics.eval(iter_num, train_loss, val_loss)?;
             if !(train_loss.is_finite() && val_loss.is_finite()) {
                 bail!(
-                    "evaluation at iteration {iter_num} gave a loss of {train_loss} / {val_loss}: training stopped without saving; \
-                     the last good checkpoint in {} is kept (try a lower learning_rate or grad_clip)",
-                    out_dir.join("latest").display()
+                    "evaluation at iteration {iter_num} gave a loss of {train_loss} / {val_loss}: training stopped without saving; {} \
+                     (try a lower learning_rate or grad_clip)",
+                    what_is_kept(&out_dir)
                 );
             }
             summary.evals.push((iter_num, train_loss, val_loss));
@@ -186,9 +192,8 @@ pub fn train(cfg: &TrainConfig, log: &mut dyn Write, stop: &AtomicBool) -> Resul
                 .unwrap_or(f32::NAN);
             if !loss.is_finite() {
                 bail!(
-                    "loss became {loss} at iteration {iter_num}: training stopped; the last good checkpoint in {} is kept \
-                     (try a lower learning_rate or grad_clip)",
-                    out_dir.join("latest").display()
+                    "loss became {loss} at iteration {iter_num}: training stopped; {} (try a lower learning_rate or grad_clip)",
+                    what_is_kept(&out_dir)
                 );
             }
             loss_sum += loss as f64;
@@ -243,6 +248,15 @@ pub fn train(cfg: &TrainConfig, log: &mut dyn Write, stop: &AtomicBool) -> Resul
     summary.best_val_loss = best_val_loss;
     summary.iter_num = iter_num;
     Ok(summary)
+}
+
+/// After a failed step: the checkpoint left to resume from, or that this run has none yet.
+fn what_is_kept(out_dir: &Path) -> String {
+    let latest = out_dir.join("latest");
+    match checkpoint::resolve(&latest) {
+        Some(dir) => format!("the last good checkpoint in {} is kept", dir.display()),
+        None => format!("no checkpoint exists yet in {}", out_dir.display()),
+    }
 }
 
 /// Mean loss over eval_iters random batches, without dropout. The batches depend only on the
