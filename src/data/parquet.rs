@@ -30,7 +30,7 @@ impl ParquetTextColumn {
     pub fn open(path: &Path, field: &str) -> Result<ParquetTextColumn> {
         let p = path.display();
         let handle = File::open(path).map_err(|e| anyhow!("cannot read {p}: {e}"))?;
-        let file = SerializedFileReader::new(handle)
+        let file = no_panic(|| SerializedFileReader::new(handle))
             .map_err(|e| anyhow!("{p} is not a readable parquet file ({e}); is it truncated? delete it and fetch it again"))?;
         let schema = file.metadata().file_metadata().schema_descr_ptr();
         let columns = schema.columns();
@@ -86,8 +86,7 @@ impl ParquetTextColumn {
             self.def_levels.clear();
             let want = max_rows - out.len();
             let defs = self.nullable.then_some(&mut self.def_levels);
-            let (rows, values, _) = reader
-                .read_records(want, defs, None, &mut self.values)
+            let (rows, values, _) = no_panic(|| reader.read_records(want, defs, None, &mut self.values))
                 .map_err(|e| anyhow!("{}: cannot read row {} ({e}); the file is damaged: delete it and fetch it again", self.path.display(), self.row))?;
             if rows == 0 {
                 self.reader = None; // this row group is done
@@ -127,10 +126,11 @@ impl ParquetTextColumn {
             if self.next_row_group >= self.file.num_row_groups() {
                 return Ok(false);
             }
-            let group = self
-                .file
-                .get_row_group(self.next_row_group)
-                .and_then(|g| g.get_column_reader(self.column))
+            let group = no_panic(|| {
+                self.file
+                    .get_row_group(self.next_row_group)
+                    .and_then(|g| g.get_column_reader(self.column))
+            })
                 .map_err(|e| {
                     anyhow!(
                         "{}: cannot read row group {} ({e}); the file is damaged: delete it and fetch it again",
@@ -143,4 +143,14 @@ impl ParquetTextColumn {
         }
         Ok(true)
     }
+}
+
+/// The parquet crate panics on some damaged files (slice bounds in its decoders, found by
+/// `tests/fuzz.rs`); such a panic is the file's fault, so it becomes the crate's own error.
+fn no_panic<T>(f: impl FnOnce() -> parquet::errors::Result<T>) -> parquet::errors::Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        Err(parquet::errors::ParquetError::General(
+            "its decoder failed on damaged data".into(),
+        ))
+    })
 }

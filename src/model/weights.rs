@@ -68,6 +68,11 @@ pub fn load_model_file(path: &Path, cfg: GptConfig) -> Result<Gpt> {
             path.display()
         )
     })?;
+    // Checked before the table is built: a config claiming more than the file holds would
+    // otherwise allocate (or overflow counting) a model that size.
+    if floats_needed(&cfg).is_none_or(|n| n > bytes.len() / 4) {
+        bail!("{}: the model's shape needs more parameters than the file's {} bytes hold; does config.json match it?", path.display(), bytes.len());
+    }
     let table = ParamTable::new(&cfg);
     let mut params = vec![0.0f32; table.total];
     for e in &table.entries {
@@ -176,4 +181,15 @@ pub fn hf_config_json(cfg: &GptConfig) -> String {
 pub fn f32_le_bytes(x: &[f32]) -> &[u8] {
     // SAFETY: f32 has no padding and any byte pattern is a valid u8; alignment of u8 is 1.
     unsafe { std::slice::from_raw_parts(x.as_ptr() as *const u8, std::mem::size_of_val(x)) }
+}
+
+/// Floats that every tensor of a `cfg`-shaped model takes in a file (wte unpadded, biases not
+/// counted: a lower bound), or `None` past `usize`.
+fn floats_needed(cfg: &GptConfig) -> Option<usize> {
+    let c = cfg.n_embd;
+    let per_layer = c.checked_mul(c)?.checked_mul(12)?;
+    cfg.n_layer
+        .checked_mul(per_layer)?
+        .checked_add(cfg.block_size.checked_mul(c)?)?
+        .checked_add(cfg.vocab_size.checked_mul(c)?)
 }
