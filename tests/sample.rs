@@ -965,6 +965,13 @@ fn validation_errors_name_the_knob() {
         ),
         (
             SamplingConfig {
+                num_return_sequences: 0,
+                ..Default::default()
+            },
+            "num_return_sequences must be at least 1",
+        ),
+        (
+            SamplingConfig {
                 stop: vec![String::new()],
                 ..Default::default()
             },
