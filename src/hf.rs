@@ -129,7 +129,7 @@ impl Hub {
         match request.call() {
             Err(ureq::Error::Transport(t)) if t.kind() == ureq::ErrorKind::Io => {
                 Err(Fetch::Retry(format!(
-                    "{} did not answer within {} s ({t})",
+                    "{} did not answer within {} s",
                     self.endpoint,
                     self.first_byte_timeout.as_secs_f64()
                 )))
