@@ -47,6 +47,9 @@ impl BenchArgs {
         if self.iters == 0 {
             bail!("--iters must be at least 1");
         }
+        if let Some(p) = self.peak_tflops.filter(|p| !p.is_finite() || *p <= 0.0) {
+            bail!("--peak_tflops must be a positive number, got {p}");
+        }
         Ok(BenchOptions {
             config: self.model_config(self.vocab_size, self.pad_vocab),
             batch_size: self.batch_size,
@@ -211,4 +214,20 @@ pub fn run_generate_bench(
         peak_rss_mib: peak_rss_mib(),
         config: cfg.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BenchArgs;
+
+    #[test]
+    fn peak_tflops_must_be_positive() {
+        for bad in ["-1", "NaN", "0"] {
+            let args = BenchArgs::parse_from([format!("--peak_tflops={bad}")]).unwrap();
+            let err = args.options().unwrap_err().to_string();
+            assert!(err.contains("--peak_tflops"), "{bad}: {err}");
+        }
+        let args = BenchArgs::parse_from(["--peak_tflops=2.5"]).unwrap();
+        assert_eq!(args.options().unwrap().peak_tflops, Some(2.5));
+    }
 }

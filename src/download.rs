@@ -14,6 +14,10 @@ use std::time::Duration;
 /// Tries per download; the waits between them are 1, 2 and 4 s.
 const ATTEMPTS: usize = 4;
 
+/// How long a server may take to connect, or to send the next bytes, before the attempt is
+/// retried: a hub that accepts connections but never answers is noticed within this.
+pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// The agent of every request this crate makes itself (dataset listings and downloads, plain
 /// downloads): one connection pool and one set of timeouts. Model downloads go through
 /// `hf-hub`, which builds its own agents and takes none from outside.
@@ -21,8 +25,8 @@ pub fn agent() -> &'static ureq::Agent {
     static AGENT: OnceLock<ureq::Agent> = OnceLock::new();
     AGENT.get_or_init(|| {
         ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(15))
-            .timeout_read(Duration::from_secs(60))
+            .timeout_connect(FIRST_BYTE_TIMEOUT)
+            .timeout_read(FIRST_BYTE_TIMEOUT)
             .build()
     })
 }
@@ -65,7 +69,14 @@ pub(crate) fn with_retries<T>(
     let mut last_error = String::new();
     for n in 0..ATTEMPTS {
         if n > 0 {
-            std::thread::sleep(Duration::from_millis(500 << n));
+            let wait = Duration::from_millis(500 << n);
+            // Said at once, so a slow or silent server does not look like a hang.
+            eprintln!(
+                "note: {url}: {last_error}; retrying in {} s (attempt {} of {ATTEMPTS})",
+                wait.as_secs_f64(),
+                n + 1
+            );
+            std::thread::sleep(wait);
         }
         match attempt() {
             Ok(v) => return Ok(v),

@@ -13,10 +13,11 @@
 //! Dataset listings and downloads ([`crate::data::hub`]) take the endpoint and token from
 //! here too, but not the cache: their files are deleted once tokenized.
 
-use crate::download::{progress_bar, sort_error, with_retries, Fetch};
+use crate::download::{progress_bar, sort_error, with_retries, Fetch, FIRST_BYTE_TIMEOUT};
 use anyhow::{anyhow, bail, Context, Result};
 use hf_hub::api::sync::{ApiBuilder, ApiError};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Where the hub is, who is asking, whether the network may be used, and where its cache is.
 #[derive(Clone, Debug)]
@@ -32,6 +33,8 @@ pub struct Hub {
     /// `$HF_HUB_CACHE`, else `$HF_HOME/hub`, where `$HF_HOME` defaults to
     /// `$XDG_CACHE_HOME/huggingface`, else `~/.cache/huggingface`; `None` without a home.
     pub cache: Option<PathBuf>,
+    /// How long the hub may take to start answering a request before the attempt is retried.
+    pub first_byte_timeout: Duration,
 }
 
 impl Hub {
@@ -67,6 +70,7 @@ impl Hub {
                 matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
             }),
             cache: path("HF_HUB_CACHE").or_else(|| home.map(|h| h.join("hub"))),
+            first_byte_timeout: FIRST_BYTE_TIMEOUT,
         }
     }
 
@@ -101,10 +105,37 @@ impl Hub {
         let url = api.url(file);
         let mut first = true;
         with_retries(&url, hint, || {
+            self.probe(&url)?;
             let attempt = api.download_with_progress(file, Bar::default());
             let first_attempt = std::mem::replace(&mut first, false);
             attempt.map_err(|e| self.sort_error(e, first_attempt))
         })
+    }
+
+    /// hf-hub's agents have no timeouts, so a hub that accepts the connection but never answers
+    /// would hold the download for as long as the OS keeps the socket: ask once with a deadline
+    /// first. Hubs that cannot be reached at all are left to hf-hub's attempt ([`Self::sort_error`]).
+    fn probe(&self, url: &str) -> Result<(), Fetch> {
+        let agent = ureq::AgentBuilder::new()
+            .try_proxy_from_env(true)
+            .timeout_connect(self.first_byte_timeout)
+            .timeout_read(self.first_byte_timeout)
+            .redirects(0)
+            .build();
+        let mut request = agent.head(url);
+        if let Some(token) = &self.token {
+            request = request.set("Authorization", &format!("Bearer {token}"));
+        }
+        match request.call() {
+            Err(ureq::Error::Transport(t)) if t.kind() == ureq::ErrorKind::Io => {
+                Err(Fetch::Retry(format!(
+                    "{} did not answer within {} s",
+                    self.endpoint,
+                    self.first_byte_timeout.as_secs_f64()
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Whether another try may help with `e`. A hub that cannot be reached on the first

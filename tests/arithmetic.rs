@@ -60,3 +60,31 @@ fn a_few_seconds_of_training_beats_chance_on_one_digit_addition() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn repeated_ops_and_no_training_problems_are_refused() {
+    let dir = std::env::temp_dir().join(format!("nanogpt-arith-bad-{}", std::process::id()));
+    for (opts, mention) in [
+        (
+            ArithmeticOptions {
+                ops: vec![Op::Add, Op::Add],
+                ..ArithmeticOptions::default()
+            },
+            "+ twice",
+        ),
+        (
+            ArithmeticOptions {
+                train_per_op: 0,
+                ..ArithmeticOptions::default()
+            },
+            "train_per_op",
+        ),
+    ] {
+        let err = match prepare_arithmetic(&opts, &dir) {
+            Ok(_) => panic!("{mention}: prepared a dataset"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(err.contains(mention), "{err}");
+        assert!(!dir.exists(), "{mention}: wrote {}", dir.display());
+    }
+}

@@ -319,3 +319,60 @@ fn ragged_batch_decodes_each_sequence_as_alone() {
             .is_err());
     }
 }
+
+/// tiny-gpt2 with `edit` applied to its config.json, in a fresh directory.
+fn tiny_with_config(tag: &str, edit: impl Fn(&mut serde_json::Value)) -> std::path::PathBuf {
+    let src = fixtures().join("tiny-gpt2");
+    let dir = std::env::temp_dir().join(format!("nanogpt-cfg-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
+    edit(&mut cfg);
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    std::fs::copy(src.join("model.safetensors"), dir.join("model.safetensors")).unwrap();
+    dir
+}
+
+fn load_err(dir: &std::path::Path) -> String {
+    let err = match load_hf_dir(dir) {
+        Ok(_) => panic!("{} loaded, but should have been refused", dir.display()),
+        Err(e) => format!("{e:#}"),
+    };
+    std::fs::remove_dir_all(dir).ok();
+    err
+}
+
+#[test]
+fn fewer_layers_in_config_than_in_weights_is_refused() {
+    let err = load_err(&tiny_with_config("nlayer", |c| c["n_layer"] = 1.into()));
+    assert!(
+        err.contains("h.1.attn.c_attn.weight") && err.contains("n_layer"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unsupported_config_fields_are_refused_by_name() {
+    let cases: [(&str, &str, serde_json::Value); 5] = [
+        ("eps", "layer_norm_epsilon", 1e-6.into()),
+        ("inner", "n_inner", 100.into()),
+        ("invidx", "scale_attn_by_inverse_layer_idx", true.into()),
+        ("mtype", "model_type", "gpt_neo".into()),
+        ("scale", "scale_attn_weights", false.into()),
+    ];
+    for (tag, key, value) in cases {
+        let dir = tiny_with_config(tag, |c| c[key] = value.clone());
+        let err = load_err(&dir);
+        assert!(err.contains(key) && err.contains("config.json"), "{err}");
+    }
+}
+
+#[test]
+fn config_fields_with_gpt2_values_load() {
+    let want = load_hf_dir(&fixtures().join("tiny-gpt2")).unwrap();
+    // n_inner written out as 4 * n_embd is the same model as null.
+    let dir = tiny_with_config("inner4", |c| c["n_inner"] = 256.into());
+    let got = load_hf_dir(&dir).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(got.params == want.params);
+}

@@ -122,6 +122,7 @@ fn hub_at(endpoint: &str, cache: &Path) -> Hub {
         token: None,
         offline: false,
         cache: Some(cache.to_path_buf()),
+        first_byte_timeout: nanogpt::download::FIRST_BYTE_TIMEOUT,
     }
 }
 
@@ -313,4 +314,38 @@ fn reads_a_snapshot_that_huggingface_hub_wrote() {
         !out.status.success() && err.contains("HF_HUB_OFFLINE"),
         "{err}"
     );
+}
+
+/// A hub that accepts connections and never answers is given up on attempt by attempt, each
+/// after the first-byte timeout, instead of holding the download for minutes.
+#[test]
+fn a_silent_hub_times_out_attempt_by_attempt() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let held = accepted.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            // Kept open, never read from or written to.
+            held.lock().unwrap().push(stream);
+        }
+    });
+    let cache = temp("silent");
+    let hub = Hub {
+        first_byte_timeout: Duration::from_millis(500),
+        ..hub_at(&endpoint, &cache)
+    };
+    let t0 = Instant::now();
+    let err = format!(
+        "{:#}",
+        download_gpt2("gpt2", &hub).expect_err("a silent hub fails")
+    );
+    let took = t0.elapsed();
+    assert!(
+        err.contains("did not answer within 0.5 s") && err.contains("4 attempts"),
+        "{err}"
+    );
+    // Four attempts of 0.5 s and the waits between them (1 + 2 + 4 s); minutes before.
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    assert!(accepted.lock().unwrap().len() >= 4);
 }

@@ -11,8 +11,8 @@ use nanogpt::model::weights::load_hf_dir;
 use nanogpt::sample::processors::{self, banned_ngram_tokens, Processors};
 use nanogpt::sample::repetition::{self, LoopRule};
 use nanogpt::sample::{
-    dry, generate, DryConfig, EarlyStopping, FinishReason, Generation, IdsOnly, SamplingConfig,
-    StopScan, Vocab,
+    dry, generate, generate_each, DryConfig, EarlyStopping, FinishReason, Generation, IdsOnly,
+    SamplingConfig, StopScan, Vocab,
 };
 use nanogpt::tokenizer::Tokenizer;
 use serde_json::Value;
@@ -965,6 +965,13 @@ fn validation_errors_name_the_knob() {
         ),
         (
             SamplingConfig {
+                num_return_sequences: 0,
+                ..Default::default()
+            },
+            "num_return_sequences must be at least 1",
+        ),
+        (
+            SamplingConfig {
                 stop: vec![String::new()],
                 ..Default::default()
             },
@@ -1100,4 +1107,53 @@ fn measure_reports_every_metric() {
     assert!((st.rep_4 - (1.0 - 4.0 / 7.0)).abs() < 1e-12);
     assert!((st.seq_rep_4 - 0.25).abs() < 1e-12);
     assert!(st.distinct_1 > 0.0 && st.distinct_1 < 1.0);
+}
+
+/// Each batch's generations are handed out as soon as the batch ends, before the next batch
+/// starts, so `nanogpt sample` holds one batch, not every sample; and the default batch is
+/// bounded.
+#[test]
+fn generations_are_handed_out_batch_by_batch() {
+    assert_eq!(SamplingConfig::default().batch_size, 64);
+    let model = tiny();
+    let tok = Tokenizer::gpt2().unwrap();
+    let cfg = SamplingConfig {
+        num_samples: 5,
+        batch_size: 2,
+        max_new_tokens: 3,
+        do_sample: true,
+        stop_at_eot: false,
+        ..SamplingConfig::default()
+    };
+    let events = std::cell::RefCell::new(Vec::new());
+    let mut done = Vec::new();
+    generate_each(
+        model,
+        &[1639, 389],
+        &cfg,
+        &tok,
+        &mut |s, _| events.borrow_mut().push(("token", s)),
+        &mut |s, g| {
+            events.borrow_mut().push(("done", s));
+            done.push(g);
+            Ok(())
+        },
+    )
+    .unwrap();
+    let events = events.into_inner();
+    let first_done = |s: usize| events.iter().position(|&e| e == ("done", s)).unwrap();
+    let first_token = |s: usize| events.iter().position(|&e| e == ("token", s)).unwrap();
+    // Samples 0 and 1 are done before batch {2, 3} starts, and 3 before 4 starts.
+    assert!(first_done(1) < first_token(2), "{events:?}");
+    assert!(first_done(3) < first_token(4), "{events:?}");
+    let order: Vec<usize> = events
+        .iter()
+        .filter(|e| e.0 == "done")
+        .map(|e| e.1)
+        .collect();
+    assert_eq!(order, [0, 1, 2, 3, 4]);
+    assert_eq!(
+        done,
+        generate(model, &[1639, 389], &cfg, &tok, &mut |_, _| {}).unwrap()
+    );
 }

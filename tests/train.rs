@@ -381,6 +381,26 @@ wandb_log = false
         "{e}"
     );
 
+    // TOML has no True or 5*8: the error says how TOML spells them, and the quoted forms work.
+    for (line, hint) in [
+        ("bias = True\n", "true"),
+        ("gradient_accumulation_steps = 5*8\n", "\"5*8\""),
+    ] {
+        let nanogpt_style = dir.path().join("nanogpt_style.toml");
+        std::fs::write(&nanogpt_style, line).expect("write");
+        let e = err_text(TrainConfig::from_file(&nanogpt_style));
+        assert!(e.contains("nanogpt_style.toml") && e.contains(hint), "{e}");
+    }
+    let quoted = dir.path().join("quoted.toml");
+    std::fs::write(
+        &quoted,
+        "bias = 'True'\ngradient_accumulation_steps = \"5*8\"\n",
+    )
+    .expect("write");
+    let c = TrainConfig::from_file(&quoted).expect("quoted True and 5*8");
+    assert!(c.bias);
+    assert_eq!(c.gradient_accumulation_steps, 40);
+
     let unknown = dir.path().join("unknown.toml");
     std::fs::write(&unknown, "n_layers = 3\n").expect("write");
     let e = err_text(TrainConfig::from_file(&unknown));
@@ -408,7 +428,13 @@ fn shipped_configs_load() {
 #[test]
 fn validate_rejects_nonsense() {
     let ok = TrainConfig::default();
-    let cases: [(&str, &str, &str); 6] = [
+    let cases: [(&str, &str, &str); 12] = [
+        ("grad_clip", "-1", "grad_clip"),
+        ("weight_decay", "-1", "weight_decay"),
+        ("eval_iters", "0", "eval_iters"),
+        ("peak_tflops", "-1", "peak_tflops"),
+        ("peak_tflops", "NaN", "peak_tflops"),
+        ("out_dir", "", "out_dir"),
         ("dtype", "bfloat16", "float32"),
         ("batch_size", "0", "batch_size"),
         (

@@ -141,6 +141,18 @@ pub fn prepare_arithmetic(opts: &ArithmeticOptions, out_dir: &Path) -> Result<Ar
     if opts.ops.is_empty() {
         bail!("no operations chosen: use --ops with some of + - * /");
     }
+    if let Some(op) = opts.ops.iter().enumerate().find_map(|(i, op)| {
+        // A repeated operation would silently double its share of the problems.
+        opts.ops[..i].contains(op).then_some(op)
+    }) {
+        bail!(
+            "--ops names {} twice: give each operation once",
+            op.symbol()
+        );
+    }
+    if opts.train_per_op == 0 {
+        bail!("train_per_op must be at least 1: a dataset with no training problems cannot train");
+    }
     if opts.min_digits == 0 || opts.min_digits > opts.max_digits || opts.max_digits > 9 {
         bail!(
             "digits must satisfy 1 <= min_digits <= max_digits <= 9 (got {}..{})",

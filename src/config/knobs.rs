@@ -191,9 +191,13 @@ pub fn apply_toml(
     text: &str,
     source: &str,
 ) -> Result<()> {
-    let table: toml::Table = text
-        .parse()
-        .with_context(|| format!("{source} is not valid TOML"))?;
+    let table: toml::Table = text.parse().with_context(|| {
+        // nanoGPT's config/*.py spell these the Python way, which TOML does not parse.
+        format!(
+            "{source} is not valid TOML (TOML writes booleans as true/false, and a product \
+                 such as 5*8 as 40 or the string \"5*8\")"
+        )
+    })?;
     for (key, value) in table {
         let text = match &value {
             toml::Value::String(s) => s.clone(),

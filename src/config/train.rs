@@ -121,6 +121,7 @@ impl TrainConfig {
             ),
             ("batch_size", self.batch_size),
             ("block_size", self.block_size),
+            ("eval_iters", self.eval_iters),
         ] {
             if v == 0 {
                 bail!("{key} must be at least 1");
@@ -131,6 +132,24 @@ impl TrainConfig {
                 "learning_rate must be a non-negative number, got {}",
                 self.learning_rate
             );
+        }
+        for (key, v) in [
+            ("grad_clip", self.grad_clip),
+            ("weight_decay", self.weight_decay),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                bail!("{key} must be a non-negative number (0 turns it off), got {v}");
+            }
+        }
+        if !self.peak_tflops.is_finite() || self.peak_tflops < 0.0 {
+            bail!(
+                "peak_tflops must be a positive number, or 0 to measure this CPU's peak, got {}",
+                self.peak_tflops
+            );
+        }
+        // An empty out_dir would put checkpoints straight into the current directory.
+        if self.out_dir.trim().is_empty() {
+            bail!("out_dir is empty: give the directory for checkpoints, e.g. out_dir = \"out\"");
         }
         if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
             bail!("beta1 and beta2 must be in [0, 1)");

@@ -35,6 +35,7 @@ pub fn read_hf_config(dir: &Path) -> Result<GptConfig> {
             );
         }
     }
+    refuse_unsupported_fields(&json, &path)?;
     let cfg = GptConfig {
         n_layer: get("n_layer")?,
         n_head: get("n_head")?,
@@ -50,6 +51,39 @@ pub fn read_hf_config(dir: &Path) -> Result<GptConfig> {
     Ok(cfg)
 }
 
+/// Fields of GPT-2's config.json that change the computation in ways this model does not
+/// implement: refused by name rather than silently giving a different model.
+fn refuse_unsupported_fields(json: &serde_json::Value, path: &Path) -> Result<()> {
+    let p = path.display();
+    if let Some(t) = json.get("model_type") {
+        if t.as_str() != Some("gpt2") {
+            bail!("{p}: model_type {t} is not supported (only \"gpt2\")");
+        }
+    }
+    if let Some(eps) = json.get("layer_norm_epsilon") {
+        // The LayerNorm kernels have GPT-2's epsilon built in (kernels/cpu/layernorm.rs).
+        let ok = eps
+            .as_f64()
+            .is_some_and(|e| (e - 1e-5).abs() <= 1e-5 * 1e-6);
+        if !ok {
+            bail!("{p}: layer_norm_epsilon {eps} is not supported (only GPT-2's 1e-5)");
+        }
+    }
+    if let Some(inner) = json.get("n_inner").filter(|v| !v.is_null()) {
+        let embd = json.get("n_embd").and_then(|v| v.as_u64());
+        if inner.as_u64().is_none() || inner.as_u64().zip(embd).is_some_and(|(i, e)| i != 4 * e) {
+            bail!("{p}: n_inner {inner} is not supported (only null or 4 * n_embd)");
+        }
+    }
+    if json.get("scale_attn_by_inverse_layer_idx") == Some(&serde_json::Value::Bool(true)) {
+        bail!("{p}: scale_attn_by_inverse_layer_idx true is not supported (only false, as GPT-2)");
+    }
+    if json.get("scale_attn_weights") == Some(&serde_json::Value::Bool(false)) {
+        bail!("{p}: scale_attn_weights false is not supported (only true, as GPT-2)");
+    }
+    Ok(())
+}
+
 /// Loads a model from a Hugging Face GPT-2 directory.
 pub fn load_hf_dir(dir: &Path) -> Result<Gpt> {
     let cfg = read_hf_config(dir)?;
@@ -58,7 +92,8 @@ pub fn load_hf_dir(dir: &Path) -> Result<Gpt> {
 
 /// Loads the parameters of a model shaped `cfg` from a GPT-2-layout safetensors file. Tensors
 /// the model does not have (biases of a bias-free model, `attn.bias` masks, `lm_head`) are
-/// ignored.
+/// ignored; any other tensor is an error, since it means the file holds a different model (more
+/// layers than `cfg` says, say) and loading part of it would silently give wrong outputs.
 pub fn load_model_file(path: &Path, cfg: GptConfig) -> Result<Gpt> {
     cfg.validate()?;
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -108,7 +143,54 @@ pub fn load_model_file(path: &Path, cfg: GptConfig) -> Result<Gpt> {
             *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
         }
     }
+    refuse_unused_tensors(&st, &cfg, path)?;
     Ok(Gpt::from_parts(cfg, table, params))
+}
+
+/// Errors naming the tensors in `st` that a model shaped `cfg` does not use.
+fn refuse_unused_tensors(st: &SafeTensors, cfg: &GptConfig, path: &Path) -> Result<()> {
+    // A bias-free model is saved with zero biases (save_hf_dir), so the full table's names are
+    // all known ones.
+    let known = ParamTable::new(&GptConfig {
+        bias: true,
+        ..cfg.clone()
+    });
+    let known: std::collections::HashSet<&str> =
+        known.entries.iter().map(|e| e.name.as_str()).collect();
+    let mut unused: Vec<&str> = st
+        .names()
+        .into_iter()
+        .filter(|n| {
+            let bare = n.strip_prefix("transformer.").unwrap_or(n);
+            // Causal masks and the tied lm_head hold nothing the model needs.
+            let ignorable = bare.ends_with(".attn.bias")
+                || bare.ends_with(".attn.masked_bias")
+                || bare == "lm_head.weight";
+            !ignorable && !known.contains(bare)
+        })
+        .collect();
+    if unused.is_empty() {
+        return Ok(());
+    }
+    unused.sort();
+    let shown = unused
+        .iter()
+        .take(5)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ");
+    let more = if unused.len() > 5 {
+        format!(" and {} more", unused.len() - 5)
+    } else {
+        String::new()
+    };
+    bail!(
+        "{}: {} tensor(s) that a {}-layer model does not use: {shown}{more}; \
+         does config.json's n_layer match the weights?",
+        path.display(),
+        unused.len(),
+        cfg.n_layer
+    )
 }
 
 /// Writes `config.json` + `model.safetensors` as transformers' `save_pretrained` does

@@ -171,7 +171,10 @@ impl SamplingConfig {
             bail!("num_beams must be at least 1");
         }
         finite("length_penalty", self.length_penalty)?;
-        if self.num_return_sequences == 0 || self.num_return_sequences > self.num_beams.max(1) {
+        if self.num_return_sequences == 0 {
+            bail!("num_return_sequences must be at least 1");
+        }
+        if self.num_return_sequences > self.num_beams.max(1) {
             if self.num_beams > 1 {
                 bail!(
                     "num_return_sequences must be between 1 and num_beams ({}), got {}",

@@ -22,13 +22,36 @@ pub fn generate(
     vocab: &dyn Vocab,
     on_token: &mut dyn FnMut(usize, u32),
 ) -> Result<Vec<Generation>> {
+    let mut out = Vec::with_capacity(cfg.num_samples.min(cfg.batch_size.max(1)));
+    generate_each(model, prompt, cfg, vocab, on_token, &mut |_, g| {
+        out.push(g);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// [`generate`], handing each generation to `on_done(sample, generation)`, in order, as soon as
+/// its batch ends: memory stays at one batch (`cfg.batch_size`) however many samples are asked
+/// for.
+pub fn generate_each(
+    model: &dyn Engine,
+    prompt: &[u32],
+    cfg: &SamplingConfig,
+    vocab: &dyn Vocab,
+    on_token: &mut dyn FnMut(usize, u32),
+    on_done: &mut dyn FnMut(usize, Generation) -> Result<()>,
+) -> Result<()> {
     cfg.validate()?;
     if !cfg.stop.is_empty() {
         // Fail early (not mid-generation) when stop strings cannot be checked.
         vocab.token_bytes(0)?;
     }
     if cfg.num_beams > 1 {
-        return beam_search(model, prompt, cfg, vocab, on_token);
+        let gens = beam_search(model, prompt, cfg, vocab, on_token)?;
+        return gens
+            .into_iter()
+            .enumerate()
+            .try_for_each(|(i, g)| on_done(i, g));
     }
     let start = start_tokens(model, prompt, vocab)?;
     let n = cfg.num_samples;
@@ -37,14 +60,18 @@ pub fn generate(
     } else {
         cfg.batch_size.min(n)
     };
-    let mut out = Vec::with_capacity(n);
     let mut first = 0;
     while first < n {
         let g = group.min(n - first);
-        out.extend(sample_group(model, &start, cfg, vocab, first, g, on_token)?);
+        for (i, gen) in sample_group(model, &start, cfg, vocab, first, g, on_token)?
+            .into_iter()
+            .enumerate()
+        {
+            on_done(first + i, gen)?;
+        }
         first += g;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Samples `first..first+g`, decoded together.

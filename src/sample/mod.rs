@@ -73,7 +73,7 @@ pub mod stream;
 
 pub use beam::beam_search;
 pub use config::{DryConfig, EarlyStopping, SamplingConfig, DRY_DEFAULT_BREAKERS};
-pub use generate::generate;
+pub use generate::{generate, generate_each};
 pub use options::{RepetitionArgs, SampleArgs, SampleSettings};
 pub use processors::Processors;
 pub use run::{run_repetition, run_sample};

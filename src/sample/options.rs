@@ -66,8 +66,8 @@ crate::knobs! {
             stop: Vec<String> = Vec::new(),
             /// End a sample at <|endoftext|>
             stop_at_eot: bool = true,
-            /// Samples decoded together in one batch; 0 = all of them
-            batch_size: usize = 0,
+            /// Samples decoded together in one batch; 0 = all of them (memory grows with it)
+            batch_size: usize = 64,
         }
     }
 }

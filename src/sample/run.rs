@@ -20,13 +20,13 @@
 //! does the same), with a note on stderr. An empty prompt starts from `<|endoftext|>` with GPT-2's
 //! vocabulary (as transformers does) and is an error with a character vocabulary.
 
-use super::generate::generate;
+use super::generate::{generate, generate_each};
 use super::options::{dry_breaker_ids, unescape, RepetitionArgs, SampleArgs};
 use super::repetition::{measure_generations, LoopRule};
 use super::report::{self, RepetitionReport, RepetitionRow};
 use super::sequence::start_tokens;
 use super::settings::{parse_setting, Setting, SETTING_NAMES};
-use super::stream::{record, SampleRecord, Streamer};
+use super::stream::{record, Streamer};
 use crate::engine;
 use crate::load;
 use anyhow::{anyhow, bail, Context, Result};
@@ -45,12 +45,8 @@ pub fn read_start(start: &str) -> Result<String> {
 }
 
 /// `nanogpt sample`: loads the model, generates, and prints to `out` (streaming, or JSON Lines
-/// with `--json`); notes go to `err`. Returns the samples as `--json` prints them.
-pub fn run_sample(
-    args: &SampleArgs,
-    out: &mut dyn Write,
-    err: &mut dyn Write,
-) -> Result<Vec<SampleRecord>> {
+/// with `--json`) batch by batch, keeping no more than one batch in memory; notes go to `err`.
+pub fn run_sample(args: &SampleArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
     let prompt_text = read_start(&args.start)?;
     for (flag, v) in [("dtype", &args.dtype), ("compile", &args.compile)] {
         if v.is_some() {
@@ -87,42 +83,44 @@ pub fn run_sample(
             cfg.num_return_sequences
         )?;
     }
-    let gens = if args.json {
-        let gens = generate(model, &start, &cfg, tok, &mut |_, _| {})?;
-        for (i, g) in gens.iter().enumerate() {
-            let r = record(i, &prompt_text, &start, g, tok, &cfg.stop);
+    if args.json {
+        generate_each(model, &start, &cfg, tok, &mut |_, _| {}, &mut |i, g| {
+            let r = record(i, &prompt_text, &start, &g, tok, &cfg.stop);
             writeln!(out, "{}", serde_json::to_string(&r)?)?;
-        }
+            Ok(())
+        })?;
         out.flush()?;
-        gens
+        return Ok(());
+    }
+    let group = if cfg.num_beams > 1 {
+        1
+    } else if cfg.batch_size == 0 {
+        cfg.num_samples
     } else {
-        let group = if cfg.num_beams > 1 {
-            1
-        } else if cfg.batch_size == 0 {
-            cfg.num_samples
-        } else {
-            cfg.batch_size.min(cfg.num_samples)
+        cfg.batch_size.min(cfg.num_samples)
+    }
+    .max(1);
+    let mut streamer = Streamer::new(out, tok, &cfg.stop, &prompt_text, group);
+    let mut done = 0;
+    let result = generate_each(
+        model,
+        &start,
+        &cfg,
+        tok,
+        &mut |s, t| streamer.token(s, t),
+        &mut |_, _| {
+            done += 1;
+            Ok(())
+        },
+    );
+    match result {
+        Ok(()) => streamer.finish(done),
+        Err(e) => {
+            // Show what was generated before the failure, then the failure.
+            streamer.flush();
+            Err(e)
         }
-        .max(1);
-        let mut streamer = Streamer::new(out, tok, &cfg.stop, &prompt_text, group);
-        let gens = generate(model, &start, &cfg, tok, &mut |s, t| streamer.token(s, t));
-        match gens {
-            Ok(gens) => {
-                streamer.finish(gens.len())?;
-                gens
-            }
-            Err(e) => {
-                // Show what was generated before the failure, then the failure.
-                streamer.flush();
-                return Err(e);
-            }
-        }
-    };
-    Ok(gens
-        .iter()
-        .enumerate()
-        .map(|(i, g)| record(i, &prompt_text, &start, g, tok, &cfg.stop))
-        .collect())
+    }
 }
 
 /// Prompts used when `--prompts` is not given: openings in the style of tiny Shakespeare (the
