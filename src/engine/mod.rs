@@ -137,6 +137,113 @@ impl KvCache {
     }
 }
 
+/// The checks every backend's [`Engine::forward`] makes before touching its buffers.
+pub(crate) fn check_batch(
+    cfg: &GptConfig,
+    tokens: &[u32],
+    targets: Option<&[i32]>,
+    b: usize,
+    t: usize,
+) -> Result<()> {
+    let (bt, v) = (b * t, cfg.vocab_size);
+    if t == 0 || b == 0 {
+        bail!("empty batch (B={b}, T={t})");
+    }
+    if t > cfg.block_size {
+        bail!("sequence length {t} exceeds block_size {}", cfg.block_size);
+    }
+    if tokens.len() != bt {
+        bail!("expected {bt} tokens (B={b} x T={t}), got {}", tokens.len());
+    }
+    if let Some(&bad) = tokens.iter().find(|&&x| x as usize >= v) {
+        bail!("token id {bad} is outside the vocabulary (vocab_size {v})");
+    }
+    if let Some(tg) = targets {
+        if tg.len() != bt {
+            bail!("expected {bt} targets, got {}", tg.len());
+        }
+        if let Some(&bad) = tg.iter().find(|&&x| x < -1 || x as i64 >= v as i64) {
+            bail!("target id {bad} is outside the vocabulary (vocab_size {v}; -1 means ignore)");
+        }
+    }
+    Ok(())
+}
+
+/// The check every backend's [`Engine::set_optimizer_state`] makes.
+pub(crate) fn check_optimizer_state(state: &OptimizerState, n_params: usize) -> Result<()> {
+    if state.m.len() != n_params || state.v.len() != n_params {
+        bail!(
+            "optimizer state has {} / {} moments for a model of {n_params} parameters",
+            state.m.len(),
+            state.v.len()
+        );
+    }
+    Ok(())
+}
+
+/// Where one feed's tokens go in a cached pass: token rows `first..first + n` of the pass, at
+/// positions `pos..pos + n` of cache row `row`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FeedPlan {
+    pub row: usize,
+    pub first: usize,
+    pub n: usize,
+    pub pos: usize,
+}
+
+impl KvCache {
+    /// Checks `feeds` against the cache, the vocabulary and a logits buffer of `logits_len`
+    /// values (`vp` per feed), and lays their tokens out one after another: what every
+    /// backend's [`Engine::forward_cached`] does first.
+    pub(crate) fn plan(
+        &self,
+        feeds: &[Feed],
+        vocab_size: usize,
+        vp: usize,
+        logits_len: usize,
+    ) -> Result<Vec<FeedPlan>> {
+        let (rows, capacity) = (self.rows(), self.capacity);
+        let mut plan: Vec<FeedPlan> = Vec::with_capacity(feeds.len());
+        let mut seen = vec![false; rows];
+        for f in feeds {
+            if f.row >= rows {
+                bail!("KV cache row {} does not exist ({rows} rows)", f.row);
+            }
+            if std::mem::replace(&mut seen[f.row], true) {
+                bail!("KV cache row {} is fed twice in one pass", f.row);
+            }
+            if f.tokens.is_empty() {
+                bail!("KV cache row {}: no tokens to feed", f.row);
+            }
+            let pos = self.len(f.row);
+            if pos + f.tokens.len() > capacity {
+                bail!(
+                    "the KV cache holds {capacity} tokens per row; row {} has {pos} and {} do not fit (crop the context first)",
+                    f.row,
+                    f.tokens.len()
+                );
+            }
+            if let Some(&bad) = f.tokens.iter().find(|&&x| x as usize >= vocab_size) {
+                bail!("token id {bad} is outside the vocabulary (vocab_size {vocab_size})");
+            }
+            let first = plan.last().map_or(0, |q| q.first + q.n);
+            plan.push(FeedPlan {
+                row: f.row,
+                first,
+                n: f.tokens.len(),
+                pos,
+            });
+        }
+        if !plan.is_empty() && logits_len < feeds.len() * vp {
+            bail!(
+                "logits buffer holds {logits_len} values, needs {}",
+                feeds.len() * vp
+            );
+        }
+        Ok(plan)
+    }
+}
+
 /// What training, sampling, `bench` and `eval` ask of a backend: llm.c's `train_gpt2.c` and
 /// `train_gpt2.cu` are two implementations of this. Parameters, gradients and AdamW moments
 /// share the [`ParamTable`](crate::model::ParamTable) layout, so state crosses the seam as flat buffers.

@@ -145,48 +145,20 @@ impl CpuEngine {
             cfg.vocab_size,
         );
         let hs = c / nh;
-        let (rows, capacity) = (cache.rows(), cache.capacity());
-        let mut seqs = Vec::with_capacity(feeds.len());
-        let mut seen = vec![false; rows];
-        for f in feeds {
-            if f.row >= rows {
-                bail!("KV cache row {} does not exist ({rows} rows)", f.row);
-            }
-            if std::mem::replace(&mut seen[f.row], true) {
-                bail!("KV cache row {} is fed twice in one pass", f.row);
-            }
-            if f.tokens.is_empty() {
-                bail!("KV cache row {}: no tokens to feed", f.row);
-            }
-            let pos = cache.len(f.row);
-            if pos + f.tokens.len() > capacity {
-                bail!(
-                    "the KV cache holds {capacity} tokens per row; row {} has {pos} and {} do not fit (crop the context first)",
-                    f.row,
-                    f.tokens.len()
-                );
-            }
-            if let Some(&bad) = f.tokens.iter().find(|&&x| x as usize >= v) {
-                bail!("token id {bad} is outside the vocabulary (vocab_size {v})");
-            }
-            let first = seqs.last().map_or(0, |s: &CachedQueries| s.first + s.n);
-            seqs.push(CachedQueries {
-                slot: f.row,
-                first,
-                n: f.tokens.len(),
-                pos,
-            });
-        }
+        let rows = cache.rows();
+        let seqs: Vec<CachedQueries> = cache
+            .plan(feeds, v, vp, logits.len())?
+            .into_iter()
+            .map(|q| CachedQueries {
+                slot: q.row,
+                first: q.first,
+                n: q.n,
+                pos: q.pos,
+            })
+            .collect();
         let n_tok = seqs.last().map_or(0, |s| s.first + s.n);
         if n_tok == 0 {
             return Ok(());
-        }
-        if logits.len() < feeds.len() * vp {
-            bail!(
-                "logits buffer holds {} values, needs {}",
-                logits.len(),
-                feeds.len() * vp
-            );
         }
         let kv = cpu_kv(cache)?;
         kv.scratch.ensure(n_tok, feeds.len(), c);

@@ -12,7 +12,7 @@ use crate::config::GptConfig;
 use crate::kernels::cpu::adamw::{adamw_update, clip_grads, global_norm, norm_partials_len};
 use crate::kernels::cpu::matmul::{gemm_into, View};
 use crate::model::Gpt;
-use anyhow::{bail, Result};
+use anyhow::Result;
 use std::borrow::Cow;
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -164,14 +164,7 @@ impl Engine for CpuEngine {
     }
 
     fn set_optimizer_state(&mut self, state: OptimizerState) -> Result<()> {
-        let n = self.model.params.len();
-        if state.m.len() != n || state.v.len() != n {
-            bail!(
-                "optimizer state has {} / {} moments for a model of {n} parameters",
-                state.m.len(),
-                state.v.len()
-            );
-        }
+        super::check_optimizer_state(&state, self.model.params.len())?;
         self.opt = state;
         Ok(())
     }

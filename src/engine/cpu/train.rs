@@ -8,7 +8,7 @@
 use super::block::{block_forward, BlockActs, BranchDropout, Weights};
 use super::CpuEngine;
 use crate::config::GptConfig;
-use crate::engine::Mode;
+use crate::engine::{check_batch, Mode};
 use crate::kernels::cpu::attention::{
     attention_backward, attention_forward, AttnDims, AttnDropout,
 };
@@ -151,28 +151,7 @@ impl CpuEngine {
             cfg.vocab_size,
         );
         let bt = b * t;
-        if t == 0 || b == 0 {
-            bail!("empty batch (B={b}, T={t})");
-        }
-        if t > cfg.block_size {
-            bail!("sequence length {t} exceeds block_size {}", cfg.block_size);
-        }
-        if tokens.len() != bt {
-            bail!("expected {bt} tokens (B={b} x T={t}), got {}", tokens.len());
-        }
-        if let Some(&bad) = tokens.iter().find(|&&x| x as usize >= v) {
-            bail!("token id {bad} is outside the vocabulary (vocab_size {v})");
-        }
-        if let Some(tg) = targets {
-            if tg.len() != bt {
-                bail!("expected {bt} targets, got {}", tg.len());
-            }
-            if let Some(&bad) = tg.iter().find(|&&x| x < -1 || x as i64 >= v as i64) {
-                bail!(
-                    "target id {bad} is outside the vocabulary (vocab_size {v}; -1 means ignore)"
-                );
-            }
-        }
+        check_batch(&cfg, tokens, targets, b, t)?;
         if !matches!(&self.acts, Some(a) if a.b == b && a.t == t) {
             self.acts = Some(Activations::new(&cfg, b, t));
             self.act_grads = None;

@@ -7,7 +7,7 @@
 use super::block::{block_forward, BlockBufs};
 use super::memory::{is_out_of_memory, DevBuf};
 use super::CudaEngine;
-use crate::engine::{Feed, KvCache};
+use crate::engine::{Feed, FeedPlan, KvCache};
 use crate::kernels::cpu::matmul::Layout;
 use anyhow::{anyhow, bail, Context, Result};
 use cudarc::driver::result::DriverError;
@@ -130,44 +130,10 @@ impl CudaEngine {
             cfg.n_layer,
         );
         let hs = c / nh;
-        let (rows, capacity) = (cache.rows(), cache.capacity());
-        // (row, first token row of the pass, tokens, position of the first)
-        let mut seqs: Vec<(usize, usize, usize, usize)> = Vec::with_capacity(feeds.len());
-        let mut seen = vec![false; rows];
-        for f in feeds {
-            if f.row >= rows {
-                bail!("KV cache row {} does not exist ({rows} rows)", f.row);
-            }
-            if std::mem::replace(&mut seen[f.row], true) {
-                bail!("KV cache row {} is fed twice in one pass", f.row);
-            }
-            if f.tokens.is_empty() {
-                bail!("KV cache row {}: no tokens to feed", f.row);
-            }
-            let pos = cache.len(f.row);
-            if pos + f.tokens.len() > capacity {
-                bail!(
-                    "the KV cache holds {capacity} tokens per row; row {} has {pos} and {} do not fit (crop the context first)",
-                    f.row,
-                    f.tokens.len()
-                );
-            }
-            if let Some(&bad) = f.tokens.iter().find(|&&x| x as usize >= v) {
-                bail!("token id {bad} is outside the vocabulary (vocab_size {v})");
-            }
-            let first = seqs.last().map_or(0, |s| s.1 + s.2);
-            seqs.push((f.row, first, f.tokens.len(), pos));
-        }
-        let n_tok = seqs.last().map_or(0, |s| s.1 + s.2);
+        let seqs = cache.plan(feeds, v, vp, logits.len())?;
+        let n_tok = seqs.last().map_or(0, |q| q.first + q.n);
         if n_tok == 0 {
             return Ok(());
-        }
-        if logits.len() < feeds.len() * vp {
-            bail!(
-                "logits buffer holds {} values, needs {}",
-                logits.len(),
-                feeds.len() * vp
-            );
         }
         let kv = cuda_kv(cache)?;
         if kv.kv.is_none() {
@@ -195,7 +161,13 @@ impl CudaEngine {
         // Per token row: its token, absolute position and cache row.
         let mut tokens = Vec::with_capacity(n_tok);
         let (mut pos, mut slot) = (Vec::with_capacity(n_tok), Vec::with_capacity(n_tok));
-        for (f, &(row, _, n, p0)) in feeds.iter().zip(&seqs) {
+        for (
+            f,
+            &FeedPlan {
+                row, n, pos: p0, ..
+            },
+        ) in feeds.iter().zip(&seqs)
+        {
             tokens.extend_from_slice(f.tokens);
             pos.extend((p0..p0 + n).map(|p| p as i32));
             slot.extend(std::iter::repeat_n(row as i32, n));
@@ -263,7 +235,7 @@ impl CudaEngine {
             std::mem::swap(&mut s.x, &mut s.out);
         }
         // Only each feed's last position needs logits.
-        for (i, &(_, first, n, _)) in seqs.iter().enumerate() {
+        for (i, &FeedPlan { first, n, .. }) in seqs.iter().enumerate() {
             // SAFETY: both ranges are c floats inside their buffers (i < feeds, row < n_tok).
             unsafe {
                 cudarc::driver::result::memcpy_dtod_sync(
@@ -299,7 +271,7 @@ impl CudaEngine {
         s.logits
             .download_at(0, &mut logits[..n_feeds * vp])
             .map_err(copy_err)?;
-        for &(row, _, n, _) in &seqs {
+        for &FeedPlan { row, n, .. } in &seqs {
             cache.lens_mut()[row] += n;
         }
         Ok(())

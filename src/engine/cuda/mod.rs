@@ -319,14 +319,7 @@ impl Engine for CudaEngine {
 
     fn set_optimizer_state(&mut self, state: OptimizerState) -> Result<()> {
         self.ready()?;
-        let n = self.params.len();
-        if state.m.len() != n || state.v.len() != n {
-            bail!(
-                "optimizer state has {} / {} moments for a model of {n} parameters",
-                state.m.len(),
-                state.v.len()
-            );
-        }
+        super::check_optimizer_state(&state, self.params.len())?;
         let up = |e| anyhow!("copying the AdamW moments to the GPU failed: {e:?}");
         self.m.upload(&state.m).map_err(up)?;
         self.v.upload(&state.v).map_err(up)?;

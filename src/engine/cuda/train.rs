@@ -11,7 +11,7 @@ use super::memory::{is_out_of_memory, DevBuf};
 use super::ops::{colsum_chunks, Dropout};
 use super::CudaEngine;
 use crate::config::GptConfig;
-use crate::engine::Mode;
+use crate::engine::{check_batch, Mode};
 use crate::kernels::cpu::crossentropy::count_valid;
 use crate::kernels::cpu::matmul::Layout;
 use crate::rng::dropout_key;
@@ -188,28 +188,7 @@ impl CudaEngine {
             cfg.vocab_size,
         );
         let (bt, hs) = (b * t, c / nh);
-        if t == 0 || b == 0 {
-            bail!("empty batch (B={b}, T={t})");
-        }
-        if t > cfg.block_size {
-            bail!("sequence length {t} exceeds block_size {}", cfg.block_size);
-        }
-        if tokens.len() != bt {
-            bail!("expected {bt} tokens (B={b} x T={t}), got {}", tokens.len());
-        }
-        if let Some(&bad) = tokens.iter().find(|&&x| x as usize >= v) {
-            bail!("token id {bad} is outside the vocabulary (vocab_size {v})");
-        }
-        if let Some(tg) = targets {
-            if tg.len() != bt {
-                bail!("expected {bt} targets, got {}", tg.len());
-            }
-            if let Some(&bad) = tg.iter().find(|&&x| x < -1 || x as i64 >= v as i64) {
-                bail!(
-                    "target id {bad} is outside the vocabulary (vocab_size {v}; -1 means ignore)"
-                );
-            }
-        }
+        check_batch(&cfg, tokens, targets, b, t)?;
         if !matches!(&self.acts, Some(a) if a.b == b && a.t == t) {
             // Free the old set first: two sets may not fit together.
             self.acts = None;
