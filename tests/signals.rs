@@ -6,41 +6,15 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 const ITERS: usize = 300;
 
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("nanogpt-signals-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    dir
-}
-
-fn nanogpt() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_nanogpt"))
-}
-
-/// `<root>/data/shakespeare_char`, prepared by the binary.
-fn prepare(root: &Path) -> PathBuf {
-    let data = root.join("data");
-    let status = nanogpt()
-        .args(["prepare", "shakespeare_char", "--input"])
-        .arg(common::fixtures().join("../data/tinyshakespeare.txt"))
-        .arg("--data_dir")
-        .arg(&data)
-        .stdout(Stdio::null())
-        .status()
-        .expect("run prepare");
-    assert!(status.success());
-    data
-}
-
 /// `nanogpt train` on a small character model, logging every iteration. The learning rate is
 /// constant, so runs of different lengths share one schedule.
 fn train(data: &Path, out: &Path, init_from: &str) -> Command {
-    let mut cmd = nanogpt();
+    let mut cmd = common::nanogpt();
     cmd.arg("--threads=1").arg("train");
     cmd.args([
         "--dataset=shakespeare_char",
@@ -63,17 +37,6 @@ fn train(data: &Path, out: &Path, init_from: &str) -> Command {
     cmd.arg(format!("--data_dir={}", data.display()));
     cmd.arg(format!("--out_dir={}", out.display()));
     cmd
-}
-
-/// The "iter N: loss X" lines of a log, as (N, X).
-fn losses(log: &str) -> Vec<(usize, String)> {
-    log.lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix("iter ")?;
-            let (n, rest) = rest.split_once(": loss ")?;
-            Some((n.parse().ok()?, rest.split(',').next()?.to_string()))
-        })
-        .collect()
 }
 
 /// Waits for the log line of iteration `at`, sends `signals` to the child (back to back), and
@@ -110,13 +73,13 @@ fn state_iter(dir: &Path) -> usize {
 
 #[test]
 fn each_signal_saves_exits_with_its_status_and_resumes_exactly() {
-    let root = temp("each");
-    let data = prepare(&root);
+    let root = common::temp_dir("signals", "each");
+    let data = common::prepare_shakespeare_char(&root);
     let full = train(&data, &root.join("full"), "scratch")
         .output()
         .expect("uninterrupted run");
     assert!(full.status.success());
-    let full = losses(&String::from_utf8_lossy(&full.stdout));
+    let full = common::loss_lines(&String::from_utf8_lossy(&full.stdout));
     assert_eq!(full.len(), ITERS + 1, "one loss line per iteration");
 
     let cases = [
@@ -141,7 +104,7 @@ fn each_signal_saves_exits_with_its_status_and_resumes_exactly() {
 
         let resumed = train(&data, &out, "resume").output().expect("resume");
         assert!(resumed.status.success(), "{name}: resume failed");
-        let resumed = losses(&String::from_utf8_lossy(&resumed.stdout));
+        let resumed = common::loss_lines(&String::from_utf8_lossy(&resumed.stdout));
         assert_eq!(resumed.first().map(|l| l.0), Some(saved), "{name}");
         assert_eq!(
             resumed[..],
@@ -154,8 +117,8 @@ fn each_signal_saves_exits_with_its_status_and_resumes_exactly() {
 
 #[test]
 fn a_closed_stdout_does_not_stop_training() {
-    let root = temp("closed");
-    let data = prepare(&root);
+    let root = common::temp_dir("signals", "closed");
+    let data = common::prepare_shakespeare_char(&root);
     let out = root.join("out");
     let mut child = train(&data, &out, "scratch")
         .stdout(Stdio::piped())

@@ -11,44 +11,17 @@ use common::fault::{fault_rng, kills_wanted};
 use nanogpt::checkpoint;
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const ITERS: usize = 150;
 const EVAL_INTERVAL: usize = 5;
 
-fn temp(name: &str) -> PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("nanogpt-trainfault-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    dir
-}
-
-fn nanogpt() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_nanogpt"))
-}
-
-/// `<root>/data/shakespeare_char`, prepared by the binary.
-fn prepare(root: &Path) -> PathBuf {
-    let data = root.join("data");
-    let status = nanogpt()
-        .args(["prepare", "shakespeare_char", "--input"])
-        .arg(common::fixtures().join("../data/tinyshakespeare.txt"))
-        .arg("--data_dir")
-        .arg(&data)
-        .stdout(Stdio::null())
-        .status()
-        .expect("run prepare");
-    assert!(status.success());
-    data
-}
-
 /// A tiny character model that logs every iteration and saves `latest/` every EVAL_INTERVAL
 /// iterations; a constant learning rate and no dropout, so a resume replays the same stream.
 fn train(data: &Path, out: &Path, init_from: &str) -> Command {
-    let mut cmd = nanogpt();
+    let mut cmd = common::nanogpt();
     cmd.arg("--threads=1").arg("train");
     cmd.args([
         "--dataset=shakespeare_char",
@@ -73,18 +46,6 @@ fn train(data: &Path, out: &Path, init_from: &str) -> Command {
     cmd.arg(format!("--out_dir={}", out.display()));
     cmd.stdout(Stdio::piped()).stderr(Stdio::null());
     cmd
-}
-
-/// The complete "iter N: loss X" lines of a log (a killed run's last line may be cut short).
-fn losses(log: &str) -> Vec<(usize, String)> {
-    log.split_inclusive('\n')
-        .filter(|l| l.ends_with('\n'))
-        .filter_map(|l| {
-            let rest = l.strip_prefix("iter ")?;
-            let (n, rest) = rest.split_once(": loss ")?;
-            Some((n.parse().ok()?, rest.split(',').next()?.to_string()))
-        })
-        .collect()
 }
 
 /// Runs `cmd`, killing it after `delay` unless it exits first; returns its log and whether it
@@ -124,8 +85,8 @@ fn params_bits(out: &Path) -> Vec<u32> {
 
 #[test]
 fn killed_training_resumes_to_the_uninterrupted_run() {
-    let root = temp("kill");
-    let data = prepare(&root);
+    let root = common::temp_dir("trainfault", "kill");
+    let data = common::prepare_shakespeare_char(&root);
     let start = Instant::now();
     let reference_out = root.join("reference");
     let (log, _) = run_until(
@@ -133,7 +94,7 @@ fn killed_training_resumes_to_the_uninterrupted_run() {
         Duration::from_secs(600),
     );
     let length = start.elapsed();
-    let reference: BTreeMap<usize, String> = losses(&log).into_iter().collect();
+    let reference: BTreeMap<usize, String> = common::loss_lines(&log).into_iter().collect();
     assert_eq!(reference.len(), ITERS + 1, "one loss line per iteration");
 
     let (mut rng, seed) = fault_rng("train");
@@ -150,7 +111,7 @@ fn killed_training_resumes_to_the_uninterrupted_run() {
         // which costs a whole run and injects nothing.
         let delay = Duration::from_micros(rng.below(length.as_micros() as u64));
         let (log, killed) = run_until(train(&data, &out, init), delay);
-        for (n, loss) in losses(&log) {
+        for (n, loss) in common::loss_lines(&log) {
             assert_eq!(
                 Some(&loss),
                 reference.get(&n),
@@ -198,7 +159,7 @@ fn killed_training_resumes_to_the_uninterrupted_run() {
     };
     let (log, killed) = run_until(train(&data, &out, init), Duration::from_secs(600));
     assert!(!killed);
-    for (n, loss) in losses(&log) {
+    for (n, loss) in common::loss_lines(&log) {
         assert_eq!(
             Some(&loss),
             reference.get(&n),

@@ -1,4 +1,5 @@
-//! Helpers shared by the integration tests: fixture paths and safetensors readers.
+//! Helpers shared by the integration tests: fixture paths, safetensors readers, and running the
+//! binary.
 #![allow(dead_code)]
 
 use safetensors::{Dtype, SafeTensors};
@@ -7,6 +8,47 @@ use std::path::PathBuf;
 /// `../shared/fixtures`, beside the checkout.
 pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
+}
+
+/// A fresh directory `nanogpt-{prefix}-{pid}-{name}` under the system temp dir.
+pub fn temp_dir(prefix: &str, name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("nanogpt-{prefix}-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+/// The `nanogpt` binary of this build.
+pub fn nanogpt() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_nanogpt"))
+}
+
+/// `<root>/data/shakespeare_char`, prepared by the binary; returns `<root>/data`.
+pub fn prepare_shakespeare_char(root: &std::path::Path) -> PathBuf {
+    let data = root.join("data");
+    let status = nanogpt()
+        .args(["prepare", "shakespeare_char", "--input"])
+        .arg(fixtures().join("../data/tinyshakespeare.txt"))
+        .arg("--data_dir")
+        .arg(&data)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("run prepare");
+    assert!(status.success());
+    data
+}
+
+/// The complete "iter N: loss X" lines of a training log, as (N, X); a last line cut off by a
+/// kill is left out.
+pub fn loss_lines(log: &str) -> Vec<(usize, String)> {
+    log.split_inclusive('\n')
+        .filter(|l| l.ends_with('\n'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix("iter ")?;
+            let (n, rest) = rest.split_once(": loss ")?;
+            Some((n.parse().ok()?, rest.split(',').next()?.to_string()))
+        })
+        .collect()
 }
 
 pub fn read_f32(st: &SafeTensors, name: &str) -> Vec<f32> {
