@@ -7,6 +7,8 @@ use nanogpt::load;
 use nanogpt::train::{train, TrainConfig};
 use std::sync::atomic::AtomicBool;
 
+mod common;
+
 #[test]
 fn a_few_seconds_of_training_beats_chance_on_one_digit_addition() {
     let dir = std::env::temp_dir().join(format!("nanogpt-arith-{}", std::process::id()));
@@ -58,6 +60,17 @@ fn a_few_seconds_of_training_beats_chance_on_one_digit_addition() {
         accuracy >= 2.0 / 7.0,
         "1-digit addition accuracy after 1000 iterations: {accuracy}"
     );
+    // The command finds the dataset the model was trained on without being told, from any
+    // working directory.
+    let out = common::nanogpt()
+        .current_dir("/")
+        .args(["eval", "arithmetic", "--json", "--out_dir"])
+        .arg(dir.join("out"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["test"]["overall"]["all"].as_f64(), Some(accuracy));
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -5,7 +5,7 @@
 //! vocabulary), test.txt (held-out problems, one line each, val.bin is these lines),
 //! ood.txt (longer operands than training, never trained on), arithmetic.json (the options).
 
-use super::problems::{digits, Format, Op, Problem, VOCAB};
+use super::problems::{digits, Format, Layout, Op, Problem, VOCAB};
 use crate::atomic_file::write_pending;
 use crate::data::dataset;
 use crate::data::writer::write_tokens_pending;
@@ -30,6 +30,14 @@ pub struct ArithmeticOptions {
     pub max_divisor_digits: usize,
     /// Training problems per operation.
     pub train_per_op: usize,
+    /// Division, the hardest operation, gets this many times `train_per_op` training problems.
+    #[serde(default = "one")]
+    pub div_train_factor: usize,
+    /// Relative frequency of each dividend length (min_digits..=max_digits) among the training
+    /// divisions; `None` weighs length n by n(n+1)/2 (1 : 3 : 6 for 1 to 3 digits). Held-out
+    /// problems stay uniform over lengths, so each length is measured alike.
+    #[serde(default)]
+    pub dividend_weights: Option<Vec<f64>>,
     /// Held-out problems per operation (and as many out-of-distribution ones).
     pub test_per_op: usize,
     pub seed: u64,
@@ -44,8 +52,37 @@ impl Default for ArithmeticOptions {
             max_digits: 3,
             max_divisor_digits: 2,
             train_per_op: 100_000,
+            div_train_factor: 3,
+            dividend_weights: None,
             test_per_op: 1000,
             seed: 1337,
+        }
+    }
+}
+
+/// Datasets written before the factor existed gave division `train_per_op` problems.
+fn one() -> usize {
+    1
+}
+
+impl ArithmeticOptions {
+    /// How the dataset writes its problems: scratchpad division pads to the widest training
+    /// operands.
+    pub fn layout(&self) -> Layout {
+        Layout {
+            format: self.format,
+            dividend_width: self.max_digits,
+            divisor_width: self.max_divisor_digits.min(self.max_digits),
+        }
+    }
+
+    /// The dividend-length weights, one per length from min_digits to max_digits.
+    fn dividend_weights(&self) -> Vec<f64> {
+        match &self.dividend_weights {
+            Some(w) => w.clone(),
+            None => (self.min_digits..=self.max_digits)
+                .map(|n| (n * (n + 1) / 2) as f64)
+                .collect(),
         }
     }
 }
@@ -75,12 +112,22 @@ fn carries(a: u64, b: u64) -> usize {
     count
 }
 
-/// One problem: lengths uniform over the allowed range; for addition the number of carries is
-/// also drawn uniformly (0..=longer length) and operands are redrawn until it matches (up to a
-/// bound, for combinations that rarely carry that often, like 999+1).
-fn draw(rng: &mut Rng, op: Op, opts: &ArithmeticOptions, max_digits: usize) -> Problem {
+/// One problem: lengths uniform over the allowed range (the first operand's by
+/// `first_length_weights` when given); for addition the number of carries is also drawn
+/// uniformly (0..=longer length) and operands are redrawn until it matches (up to a bound, for
+/// combinations that rarely carry that often, like 999+1).
+fn draw(
+    rng: &mut Rng,
+    op: Op,
+    opts: &ArithmeticOptions,
+    max_digits: usize,
+    first_length_weights: Option<&[f64]>,
+) -> Problem {
     let span = |rng: &mut Rng, lo: usize, hi: usize| lo + rng.below((hi - lo + 1) as u64) as usize;
-    let la = span(rng, opts.min_digits, max_digits);
+    let la = match first_length_weights {
+        Some(w) => opts.min_digits + weighted_index(rng, w),
+        None => span(rng, opts.min_digits, max_digits),
+    };
     let lb_max = if op == Op::Div {
         max_digits.min(opts.max_divisor_digits)
     } else {
@@ -105,8 +152,23 @@ fn draw(rng: &mut Rng, op: Op, opts: &ArithmeticOptions, max_digits: usize) -> P
     p
 }
 
-/// Draws `n` distinct problems of `op` on the held-out (or training) side of the split. Small
-/// problem spaces (1-digit operands) may hold fewer than `n`; sampling stops after enough tries.
+/// An index drawn with probability proportional to its weight.
+fn weighted_index(rng: &mut Rng, weights: &[f64]) -> usize {
+    let total: f64 = weights.iter().sum();
+    let mut x = rng.below(1 << 53) as f64 / (1u64 << 53) as f64 * total;
+    for (i, &w) in weights.iter().enumerate() {
+        if x < w {
+            return i;
+        }
+        x -= w;
+    }
+    weights.len() - 1
+}
+
+/// Draws `n` problems of `op` on the held-out (or training) side of the split. Held-out problems
+/// are distinct, so each counts once in a score; training problems may repeat, as the operand
+/// space allows. Small problem spaces (1-digit operands) may hold fewer than `n` distinct ones;
+/// sampling stops after enough tries.
 fn sample(
     rng: &mut Rng,
     op: Op,
@@ -114,15 +176,15 @@ fn sample(
     max_digits: usize,
     n: usize,
     held_out: bool,
-    distinct: bool,
+    first_length_weights: Option<&[f64]>,
 ) -> Vec<Problem> {
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(n);
     let mut tries = 0;
     while out.len() < n && tries < 50 * n + 1000 {
         tries += 1;
-        let p = draw(rng, op, opts, max_digits);
-        if is_held_out(&p) != held_out || (distinct && !seen.insert(p)) {
+        let p = draw(rng, op, opts, max_digits, first_length_weights);
+        if is_held_out(&p) != held_out || (held_out && !seen.insert(p)) {
             continue;
         }
         out.push(p);
@@ -160,6 +222,23 @@ pub fn prepare_arithmetic(opts: &ArithmeticOptions, out_dir: &Path) -> Result<Ar
             opts.max_digits
         );
     }
+    let weights = opts.dividend_weights();
+    if weights.len() != opts.max_digits - opts.min_digits + 1
+        || weights.iter().any(|w| !(w.is_finite() && *w >= 0.0))
+        || weights.iter().sum::<f64>() <= 0.0
+    {
+        bail!(
+            "dividend_weights: give {} non-negative weights, one per dividend length from {} to {} digits (got {:?})",
+            opts.max_digits - opts.min_digits + 1,
+            opts.min_digits,
+            opts.max_digits,
+            weights
+        );
+    }
+    if opts.ops.contains(&Op::Div) && opts.div_train_factor == 0 {
+        bail!("div_train_factor must be at least 1: division would have no training problems");
+    }
+    let layout = opts.layout();
     std::fs::create_dir_all(out_dir)
         .with_context(|| format!("cannot create {}", out_dir.display()))?;
     let vocab = CharVocab::from_text(VOCAB);
@@ -167,16 +246,23 @@ pub fn prepare_arithmetic(opts: &ArithmeticOptions, out_dir: &Path) -> Result<Ar
     let (mut train, mut test, mut ood) = (String::new(), String::new(), String::new());
     let (mut n_train, mut n_test, mut n_ood) = (0, 0, 0);
     for &op in &opts.ops {
+        let (count, length_weights) = match op {
+            Op::Div => (
+                opts.train_per_op * opts.div_train_factor,
+                Some(weights.as_slice()),
+            ),
+            _ => (opts.train_per_op, None),
+        };
         for p in sample(
             &mut rng,
             op,
             opts,
             opts.max_digits,
-            opts.train_per_op,
+            count,
             false,
-            false,
+            length_weights,
         ) {
-            train.push_str(&p.line(opts.format));
+            train.push_str(&p.line(layout));
             n_train += 1;
         }
         for p in sample(
@@ -186,9 +272,9 @@ pub fn prepare_arithmetic(opts: &ArithmeticOptions, out_dir: &Path) -> Result<Ar
             opts.max_digits,
             opts.test_per_op,
             true,
-            true,
+            None,
         ) {
-            test.push_str(&p.line(opts.format));
+            test.push_str(&p.line(layout));
             n_test += 1;
         }
         // Out of distribution: one digit longer than anything trained on.
@@ -203,10 +289,10 @@ pub fn prepare_arithmetic(opts: &ArithmeticOptions, out_dir: &Path) -> Result<Ar
             opts.max_digits + 1,
             opts.test_per_op / 4,
             true,
-            true,
+            None,
         ) {
             debug_assert!(p.length() > opts.max_digits || digits(p.b) <= opts.max_divisor_digits);
-            ood.push_str(&p.line(opts.format));
+            ood.push_str(&p.line(layout));
             n_ood += 1;
         }
     }
@@ -252,10 +338,65 @@ mod tests {
     }
 
     #[test]
+    fn held_out_problems_never_appear_in_training_in_the_scratchpad_format() {
+        let dir = std::env::temp_dir().join(format!("nanogpt-arith-held-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let opts = ArithmeticOptions {
+            ops: Op::ALL.to_vec(),
+            format: Format::Scratchpad,
+            train_per_op: 20_000,
+            ..ArithmeticOptions::default()
+        };
+        prepare_arithmetic(&opts, &dir).unwrap();
+        let vocab = CharVocab::load(&dir.join("meta.json")).unwrap();
+        let bytes = std::fs::read(dir.join("train.bin")).unwrap();
+        let ids: Vec<u32> = bytes
+            .chunks_exact(2)
+            .map(|c| u32::from(u16::from_le_bytes([c[0], c[1]])))
+            .collect();
+        let train = vocab.decode(&ids).unwrap();
+        let read = |name: &str| -> HashSet<Problem> {
+            let text = std::fs::read_to_string(dir.join(name)).unwrap();
+            text.lines()
+                .map(|l| Problem::parse_line(l).unwrap().0)
+                .collect()
+        };
+        let (test, ood) = (read("test.txt"), read("ood.txt"));
+        assert!(test.iter().chain(&ood).all(is_held_out));
+        let mut divisions = 0;
+        for line in train.lines() {
+            let (p, completion) = Problem::parse_line(line).unwrap();
+            assert!(!is_held_out(&p), "{line}");
+            assert_eq!(completion, p.completion(opts.layout()), "{line}");
+            if p.op == Op::Div {
+                divisions += 1;
+                assert_eq!(line.len(), 52, "{line}");
+            }
+        }
+        // Division is half of the lines: 3 x train_per_op against 1 x for each other operation.
+        assert_eq!(divisions, 60_000);
+        assert_eq!(train.lines().count(), 120_000);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn dividend_lengths_follow_the_weights() {
+        let opts = ArithmeticOptions::default();
+        let weights = opts.dividend_weights();
+        assert_eq!(weights, [1.0, 3.0, 6.0]);
+        let mut rng = Rng::new(2);
+        let ps = sample(&mut rng, Op::Div, &opts, 3, 20_000, false, Some(&weights));
+        for (len, want) in [(1, 0.1), (2, 0.3), (3, 0.6)] {
+            let share = ps.iter().filter(|p| digits(p.a) == len).count() as f64 / ps.len() as f64;
+            assert!((share - want).abs() < 0.015, "length {len}: {share}");
+        }
+    }
+
+    #[test]
     fn addition_is_balanced_by_length_and_carries() {
         let opts = ArithmeticOptions::default();
         let mut rng = Rng::new(1);
-        let ps = sample(&mut rng, Op::Add, &opts, 3, 6000, false, false);
+        let ps = sample(&mut rng, Op::Add, &opts, 3, 6000, false, None);
         for len in 1..=3 {
             let share = ps.iter().filter(|p| digits(p.a) == len).count() as f64 / ps.len() as f64;
             assert!((share - 1.0 / 3.0).abs() < 0.03, "length {len}: {share}");

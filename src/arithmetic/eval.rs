@@ -2,7 +2,7 @@
 //! the value stated after the last `=`, per operation and per operand length.
 
 use super::dataset::{ArithmeticOptions, OPTIONS_FILE};
-use super::problems::{parse_answer, Format, Op, Problem};
+use super::problems::{parse_answer, Format, Layout, Op, Problem};
 use crate::engine::Engine;
 use crate::sample::dist::argmax;
 use crate::tokenizer::CharVocab;
@@ -51,14 +51,17 @@ pub fn complete(
     model: &dyn Engine,
     vocab: &CharVocab,
     problems: &[Problem],
-    format: Format,
+    layout: Layout,
 ) -> Result<Vec<String>> {
     let newline = vocab.id_of('\n').context("the vocabulary has no newline")?;
     let mut out = vec![String::new(); problems.len()];
     // Batch problems whose prompts have the same length, so one KV cache serves the batch.
     let mut by_len: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for (i, p) in problems.iter().enumerate() {
-        by_len.entry(p.prompt().len() + 1).or_default().push(i);
+        by_len
+            .entry(p.prompt(layout).len() + 1)
+            .or_default()
+            .push(i);
     }
     let vp = model.config().padded_vocab_size();
     for (plen, idx) in by_len {
@@ -67,7 +70,7 @@ pub fn complete(
             // Room for the expected answer plus slack: a longer answer is wrong anyway.
             let max_new = chunk
                 .iter()
-                .map(|&i| problems[i].completion(format).len() + 3)
+                .map(|&i| problems[i].completion(layout).len() + 3)
                 .max()
                 .unwrap_or(1);
             let max_t = (plen + max_new).min(model.config().block_size);
@@ -79,7 +82,7 @@ pub fn complete(
             }
             let mut tokens = Vec::with_capacity(b * plen);
             for &i in chunk {
-                tokens.extend(vocab.encode(&format!("\n{}", problems[i].prompt()))?);
+                tokens.extend(vocab.encode(&format!("\n{}", problems[i].prompt(layout)))?);
             }
             let mut cache = model.kv_cache(b, max_t);
             let mut logits = vec![0.0f32; b * vp];
@@ -122,13 +125,13 @@ pub fn complete(
 pub fn score(
     problems: &[Problem],
     completions: &[String],
-    format: Format,
+    layout: Layout,
 ) -> (Scores, Vec<Example>) {
     let mut tally: BTreeMap<(char, usize), (usize, usize)> = BTreeMap::new();
     let mut examples = Vec::new();
     let mut shown: BTreeMap<(char, bool), usize> = BTreeMap::new();
     for (p, got) in problems.iter().zip(completions) {
-        let stated = parse_answer(got, p.op, format);
+        let stated = parse_answer(got, p.op, layout);
         let correct = stated == Some(p.answer());
         let t = tally.entry((p.op.symbol(), p.length())).or_default();
         t.0 += usize::from(correct);
@@ -137,8 +140,8 @@ pub fn score(
         if *n < 2 {
             *n += 1;
             examples.push(Example {
-                prompt: p.prompt(),
-                expected: p.completion(format),
+                prompt: p.prompt(layout),
+                expected: p.completion(layout),
                 got: got.clone(),
                 got_value: stated.map(|a| a.to_string()),
                 expected_value: p.answer().to_string(),
@@ -219,13 +222,10 @@ pub fn evaluate(model: &dyn Engine, data_dir: &Path) -> Result<ArithmeticReport>
     }
     let test = read_problems(&data_dir.join("test.txt"))?;
     let ood = read_problems(&data_dir.join("ood.txt"))?;
-    let (test_scores, mut examples) = score(
-        &test,
-        &complete(model, &vocab, &test, opts.format)?,
-        opts.format,
-    );
-    let ood_completions = complete(model, &vocab, &ood, opts.format)?;
-    let (ood_scores, _) = score(&ood, &ood_completions, opts.format);
+    let layout = opts.layout();
+    let (test_scores, mut examples) =
+        score(&test, &complete(model, &vocab, &test, layout)?, layout);
+    let (ood_scores, _) = score(&ood, &complete(model, &vocab, &ood, layout)?, layout);
     examples.sort_by_key(|e| (e.prompt.contains('+'), !e.correct));
     Ok(ArithmeticReport {
         format: opts.format,
@@ -270,6 +270,7 @@ mod tests {
 
     #[test]
     fn scoring_counts_right_and_wrong_answers() {
+        let reversed = Layout::unpadded(Format::Reversed);
         let problems = [
             Problem {
                 a: 12,
@@ -287,14 +288,11 @@ mod tests {
                 b: 5,
             },
         ];
-        let right: Vec<String> = problems
-            .iter()
-            .map(|p| p.completion(Format::Reversed))
-            .collect();
-        let (s, _) = score(&problems, &right, Format::Reversed);
+        let right: Vec<String> = problems.iter().map(|p| p.completion(reversed)).collect();
+        let (s, _) = score(&problems, &right, reversed);
         assert_eq!(s.overall["all"], 1.0);
         let wrong = vec!["24".to_string(), "861".to_string(), "3r3".to_string()];
-        let (s, examples) = score(&problems, &wrong, Format::Reversed);
+        let (s, examples) = score(&problems, &wrong, reversed);
         assert_eq!(s.accuracy["+"][&2], 1.0); // 12+30=42 reversed is "24": right
         assert_eq!(s.accuracy["+"][&3], 1.0);
         assert_eq!(s.accuracy["/"][&2], 0.0);

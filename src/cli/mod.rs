@@ -86,11 +86,12 @@ enum EvalCommand {
         /// The training run's out_dir (its best/ checkpoint, else latest/).
         #[arg(long = "out_dir", default_value = "out-arithmetic")]
         out_dir: PathBuf,
-        #[arg(long = "data_dir", default_value = "data")]
-        data_dir: PathBuf,
-        /// The dataset's name under data_dir.
-        #[arg(long, default_value = "arithmetic")]
-        name: String,
+        /// Where the dataset is (default: the data_dir the model was trained with).
+        #[arg(long = "data_dir")]
+        data_dir: Option<PathBuf>,
+        /// The dataset's name under data_dir (default: the dataset the model was trained on).
+        #[arg(long)]
+        name: Option<String>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -175,7 +176,9 @@ pub fn run() -> Result<i32> {
                     device,
                 },
         } => {
-            let (model, _) = nanogpt::load::trained(&out_dir)?;
+            let (model, state) = nanogpt::load::trained(&out_dir)?;
+            let data_dir = data_dir.unwrap_or_else(|| PathBuf::from(&state.train.data_dir));
+            let name = name.unwrap_or(state.train.dataset);
             let engine = nanogpt::engine::open(model, device)?;
             let report =
                 nanogpt::arithmetic::eval::evaluate(engine.as_ref(), &data_dir.join(name))?;

@@ -107,7 +107,8 @@ pub struct ArithmeticArgs {
     #[arg(long, default_value = "+-")]
     ops: String,
     /// plain (123+45=168), reversed (answer digits least significant first: 123+45=861) or
-    /// scratchpad (reversed, with multiplication's partial products written out).
+    /// scratchpad (reversed, with multiplication's partial products written out, and division
+    /// as fixed-width long division: 005/07=000,0,000,00;000,0,000,00;005,0,000,05;000r05).
     #[arg(long, default_value = "reversed")]
     format: String,
     #[arg(long = "min_digits", default_value_t = 1)]
@@ -120,6 +121,14 @@ pub struct ArithmeticArgs {
     /// Training problems per operation.
     #[arg(long = "train_per_op", default_value_t = 100_000)]
     train_per_op: usize,
+    /// Division gets this many times train_per_op training problems (3: half of all lines
+    /// with + - * /, the measured recipe).
+    #[arg(long = "div_train_factor", default_value_t = 3)]
+    div_train_factor: usize,
+    /// Relative frequency of each dividend length in training, e.g. 0.1,0.3,0.6 for 1 to 3
+    /// digits (the default: length n weighs n(n+1)/2).
+    #[arg(long = "dividend_weights", value_delimiter = ',')]
+    dividend_weights: Option<Vec<f64>>,
     /// Held-out test problems per operation.
     #[arg(long = "test_per_op", default_value_t = 1000)]
     test_per_op: usize,
@@ -183,6 +192,8 @@ pub fn prepare(dataset: PrepareCommand) -> Result<()> {
                 max_digits: args.max_digits,
                 max_divisor_digits: args.max_divisor_digits,
                 train_per_op: args.train_per_op,
+                div_train_factor: args.div_train_factor,
+                dividend_weights: args.dividend_weights,
                 test_per_op: args.test_per_op,
                 seed: args.seed,
             };
