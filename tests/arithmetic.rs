@@ -68,7 +68,11 @@ fn a_few_seconds_of_training_beats_chance_on_one_digit_addition() {
         .arg(dir.join("out"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["test"]["overall"]["all"].as_f64(), Some(accuracy));
     std::fs::remove_dir_all(&dir).ok();

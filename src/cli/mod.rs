@@ -3,6 +3,7 @@
 //! ([`knobs`]); `prepare`'s are in [`prepare`].
 
 mod knobs;
+mod launch;
 mod output;
 mod prepare;
 
@@ -77,6 +78,9 @@ enum Command {
     Sample(Knobs<SampleArgs>),
     /// Measure how much decoding settings repeat themselves (rep-n, distinct-n, loops) as a table.
     Repetition(Knobs<RepetitionArgs>),
+    /// Start the ranks of a data-parallel run (torchrun's flags): `nanogpt launch
+    /// --nproc_per_node=2 -- train config/x.toml`.
+    Launch(launch::LaunchArgs),
 }
 
 #[derive(Subcommand)]
@@ -133,6 +137,7 @@ pub fn run() -> Result<i32> {
             let args = flags.parse()?;
             nanogpt::sample::run_sample(&args, &mut std::io::stdout(), &mut std::io::stderr())?;
         }
+        Command::Launch(args) => return launch::launch(args),
         Command::Repetition(flags) => {
             nanogpt::sample::run_repetition(
                 &flags.parse()?,

@@ -8,6 +8,7 @@ pub mod cpu;
 pub mod cuda;
 
 use crate::config::GptConfig;
+use crate::dist::Collective;
 use crate::model::Gpt;
 pub use crate::optim::{AdamW, OptimizerState};
 use anyhow::{bail, Result};
@@ -276,6 +277,9 @@ pub trait Engine {
     fn update(&mut self, lr: f32, grad_clip: f32) -> f32;
     /// AdamW's hyperparameters (the learning rate is given per step to [`Engine::update`]).
     fn set_adamw(&mut self, hyper: AdamW);
+    /// Sums the gradients across the ranks of a data-parallel run (every rank calls it after
+    /// its backward passes, before [`Engine::update`]).
+    fn all_reduce_grads(&mut self, comm: &mut dyn Collective) -> Result<()>;
 
     /// An empty cache for `rows` sequences of up to `capacity` tokens (at most block_size).
     fn kv_cache(&self, rows: usize, capacity: usize) -> KvCache;

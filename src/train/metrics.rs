@@ -7,7 +7,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub struct Metrics {
-    file: File,
+    /// None on the ranks of a data-parallel run other than rank 0, which alone writes.
+    file: Option<File>,
     path: PathBuf,
 }
 
@@ -19,9 +20,17 @@ impl Metrics {
             .open(path)
             .with_context(|| format!("cannot open {}", path.display()))?;
         Ok(Metrics {
-            file,
+            file: Some(file),
             path: path.to_path_buf(),
         })
+    }
+
+    /// Metrics that go nowhere.
+    pub fn silent() -> Metrics {
+        Metrics {
+            file: None,
+            path: PathBuf::new(),
+        }
     }
 
     pub fn step(
@@ -41,7 +50,10 @@ impl Metrics {
     }
 
     fn write(&mut self, v: serde_json::Value) -> Result<()> {
-        writeln!(self.file, "{v}")
+        let Some(file) = &mut self.file else {
+            return Ok(());
+        };
+        writeln!(file, "{v}")
             .with_context(|| format!("cannot append to {} (disk full?)", self.path.display()))
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod metrics;
+pub mod ranks;
 pub mod run_dir;
 pub mod trainer;
 

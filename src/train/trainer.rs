@@ -3,6 +3,7 @@
 
 use super::config::{learning_rate_at, TrainConfig};
 use super::metrics::Metrics;
+use super::ranks::Ranks;
 use super::run_dir;
 use crate::checkpoint;
 use crate::data::batch::mask_to_completions;
@@ -41,9 +42,27 @@ const DROPOUT: u64 = 2;
 const EVAL_BATCHES: u64 = 3;
 
 /// Runs training as configured. Progress goes to `log`; `stop` (set by Ctrl-C) ends the run after
-/// the current iteration with a checkpoint.
+/// the current iteration with a checkpoint. Under a launcher (`nanogpt launch`, torchrun, Slurm,
+/// mpirun) this process is one rank of a data-parallel run, and only rank 0 writes to `log`.
 pub fn train(cfg: &TrainConfig, log: &mut dyn Write, stop: &AtomicBool) -> Result<TrainSummary> {
     cfg.validate()?;
+    let mut ranks = Ranks::join(cfg)?;
+    if ranks.leader() {
+        run(cfg, log, stop, &mut ranks)
+    } else {
+        let rank = ranks.rank();
+        run(cfg, &mut std::io::sink(), stop, &mut ranks)
+            .map_err(|e| e.context(format!("rank {rank}")))
+    }
+}
+
+fn run(
+    cfg: &TrainConfig,
+    log: &mut dyn Write,
+    stop: &AtomicBool,
+    ranks: &mut Ranks,
+) -> Result<TrainSummary> {
+    let leader = ranks.leader();
     let data_dir = cfg.dataset_dir();
     let out_dir = cfg.out_dir();
     let hyper = AdamW {
@@ -55,8 +74,12 @@ pub fn train(cfg: &TrainConfig, log: &mut dyn Write, stop: &AtomicBool) -> Resul
     };
 
     // Held until training returns; taken before loading so a resume reads a checkpoint no
-    // other run is writing.
-    let run = run_dir::lock(&out_dir)?;
+    // other run is writing. Rank 0 holds it for the whole data-parallel run.
+    let run = if leader {
+        Some(run_dir::lock(&out_dir)?)
+    } else {
+        None
+    };
     let TrainStart {
         model,
         opt,
@@ -73,28 +96,38 @@ pub fn train(cfg: &TrainConfig, log: &mut dyn Write, stop: &AtomicBool) -> Resul
     let train_data = Split::open(cfg, &data_dir, "train", mcfg.vocab_size, t)?;
     let val_data = Split::open(cfg, &data_dir, "val", mcfg.vocab_size, t)?;
     // After loading, so init_from may name a checkpoint inside this out_dir.
-    if cfg.init_from != "resume" {
-        run.set_aside_previous(log)?;
-    }
-    let mut metrics = Metrics::open(&out_dir.join("metrics.jsonl"))?;
+    let mut metrics = match run {
+        Some(run) => {
+            if cfg.init_from != "resume" {
+                run.set_aside_previous(log)?;
+            }
+            Metrics::open(&out_dir.join("metrics.jsonl"))?
+        }
+        None => Metrics::silent(),
+    };
 
     let (peak, peak_source) = if cfg.peak_tflops > 0.0 {
         (cfg.peak_tflops, "peak_tflops")
     } else {
         engine.peak_tflops()
     };
+    // Over all ranks: each runs its share of the micro-batches.
     let tokens_per_iter = cfg.gradient_accumulation_steps * b * t;
     let flops_per_iter = mcfg.flops_per_token(t) * tokens_per_iter as f64;
     writeln!(
         log,
-        "{:.2}M parameters, {} tokens per iteration ({} x {} x {}), on {}; MFU against {:.1} GFLOP/s ({peak_source})",
+        "{:.2}M parameters, {} tokens per iteration ({} x {} x {}), on {}{}; MFU against {:.1} GFLOP/s ({peak_source})",
         mcfg.num_params() as f64 / 1e6,
         tokens_per_iter,
         cfg.gradient_accumulation_steps,
         b,
         t,
         engine.device_name(),
-        peak * 1e3
+        match ranks.size() {
+            1 => String::new(),
+            n => format!(" x {n} ranks"),
+        },
+        peak * 1e3 * ranks.size() as f64
     )?;
 
     let mut summary = TrainSummary {
@@ -106,7 +139,7 @@ pub fn train(cfg: &TrainConfig, log: &mut dyn Write, stop: &AtomicBool) -> Resul
     let mut window = (Instant::now(), 0usize);
     loop {
         let lr = learning_rate_at(cfg, iter_num);
-        if iter_num % cfg.eval_interval == 0 {
+        if leader && iter_num % cfg.eval_interval == 0 {
             let (train_loss, val_loss) = (
                 estimate_loss(
                     engine.as_mut(),
@@ -181,7 +214,7 @@ pub fn train(cfg: &TrainConfig, log: &mut dyn Write, stop: &AtomicBool) -> Resul
         let t0 = Instant::now();
         engine.zero_grad();
         let mut loss_sum = 0.0f64;
-        for micro in 0..cfg.gradient_accumulation_steps {
+        for micro in ranks.micro_steps(cfg.gradient_accumulation_steps) {
             let mut rng = Rng::new(stream_seed(cfg.seed, BATCHES, iter_num, micro));
             train_data.batch(&mut rng, b, t, &mut x, &mut y)?;
             let mode = Mode::Train {
@@ -199,6 +232,8 @@ pub fn train(cfg: &TrainConfig, log: &mut dyn Write, stop: &AtomicBool) -> Resul
             loss_sum += loss as f64;
             engine.backward(1.0 / cfg.gradient_accumulation_steps as f32)?;
         }
+        let (loss_sum, interrupted) =
+            ranks.reduce(engine.as_mut(), loss_sum, stop.load(Ordering::SeqCst))?;
         engine.update(lr, cfg.grad_clip);
         let loss = (loss_sum / cfg.gradient_accumulation_steps as f64) as f32;
         summary.losses.push(loss);
@@ -206,10 +241,11 @@ pub fn train(cfg: &TrainConfig, log: &mut dyn Write, stop: &AtomicBool) -> Resul
         ema_ms = Some(ema_ms.map_or(ms, |e| 0.9 * e + 0.1 * ms));
         window.1 += 1;
         if iter_num % cfg.log_interval == 0 {
+            ranks.check_in_step(engine.as_ref())?;
             let secs = window.0.elapsed().as_secs_f64();
             let per_iter = secs / window.1 as f64;
             let tok_s = tokens_per_iter as f64 / per_iter;
-            let m = mfu(flops_per_iter, per_iter, peak);
+            let m = mfu(flops_per_iter, per_iter, peak * ranks.size() as f64);
             let eta = ema_ms.unwrap_or(ms) / 1e3 * cfg.max_iters.saturating_sub(iter_num) as f64;
             writeln!(
                 log,
@@ -222,16 +258,17 @@ pub fn train(cfg: &TrainConfig, log: &mut dyn Write, stop: &AtomicBool) -> Resul
             window = (Instant::now(), 0);
         }
         iter_num += 1;
-        let interrupted = stop.load(Ordering::SeqCst);
         if interrupted || iter_num > cfg.max_iters {
             // Always end with a checkpoint to resume from, whatever the eval schedule.
-            checkpoint::save(
-                &out_dir.join("latest"),
-                engine.as_ref(),
-                cfg,
-                iter_num,
-                best_val_loss,
-            )?;
+            if leader {
+                checkpoint::save(
+                    &out_dir.join("latest"),
+                    engine.as_ref(),
+                    cfg,
+                    iter_num,
+                    best_val_loss,
+                )?;
+            }
             if interrupted {
                 writeln!(log, "interrupted: saved {} at iteration {iter_num}; continue with --init_from=resume", out_dir.join("latest").display())?;
             } else {

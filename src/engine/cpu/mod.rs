@@ -9,6 +9,7 @@ mod train;
 
 use super::{AdamW, Engine, Feed, KvCache, Mode, OptimizerState};
 use crate::config::GptConfig;
+use crate::dist::Collective;
 use crate::kernels::cpu::adamw::{adamw_update, clip_grads, global_norm, norm_partials_len};
 use crate::kernels::cpu::matmul::{gemm_into, View};
 use crate::model::Gpt;
@@ -132,6 +133,11 @@ impl Engine for CpuEngine {
 
     fn set_adamw(&mut self, hyper: AdamW) {
         self.hyper = hyper;
+    }
+
+    fn all_reduce_grads(&mut self, comm: &mut dyn Collective) -> Result<()> {
+        self.ensure_grads();
+        comm.all_reduce_sum(&mut self.grads)
     }
 
     fn kv_cache(&self, rows: usize, capacity: usize) -> KvCache {

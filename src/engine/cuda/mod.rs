@@ -25,6 +25,7 @@ pub use device::gpu_present;
 
 use super::{AdamW, Engine, Feed, KvCache, Mode, OptimizerState};
 use crate::config::GptConfig;
+use crate::dist::Collective;
 use crate::model::Gpt;
 use crate::perf::gpu_peak;
 use anyhow::{anyhow, bail, Result};
@@ -276,6 +277,17 @@ impl Engine for CudaEngine {
 
     fn set_adamw(&mut self, hyper: AdamW) {
         self.hyper = hyper;
+    }
+
+    /// Through the host: right for the TCP ring between CPU processes; GPU ranks want NCCL on
+    /// the device buffers instead (not built yet).
+    fn all_reduce_grads(&mut self, comm: &mut dyn Collective) -> Result<()> {
+        self.ready()?;
+        let mut grads = download(&self.gpu, &self.grads, "gradients");
+        comm.all_reduce_sum(&mut grads)?;
+        self.grads
+            .upload(&grads)
+            .map_err(|e| anyhow!("copying the summed gradients to the GPU failed: {e:?}"))
     }
 
     fn kv_cache(&self, rows: usize, capacity: usize) -> KvCache {

@@ -1,0 +1,389 @@
+//! A TCP ring all-reduce between processes, for CPU ranks (and the tests of data-parallel
+//! training). GPU ranks want NCCL instead; this moves every byte through the kernel's TCP stack.
+//!
+//! Rendezvous: rank 0 listens on MASTER_PORT; every other rank connects, says its rank, the port
+//! of its own ring listener and its training settings. Rank 0 refuses settings that differ from
+//! its own (naming the rank and the key), then tells each rank the address of its right-hand
+//! neighbour (rank + 1 mod W). Each rank connects to its right and accepts its left.
+//!
+//! All-reduce of n floats over W ranks, in W chunks: W-1 reduce-scatter steps (send chunk
+//! (r - s) mod W to the right, add the chunk (r - s - 1) mod W that arrives from the left), after
+//! which rank r holds the finished sum of chunk (r + 1) mod W, then W-1 all-gather steps that pass
+//! the finished chunks round. Chunk c is summed in the order c, c+1, ... around the ring on every
+//! run, so the result is deterministic, and every rank ends with the same bits.
+
+use super::{Collective, World};
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+/// How long ranks wait for each other to start: processes of a multi-node launch can come up
+/// far apart (torchrun waits 900 s; a typo in MASTER_ADDR should not take that long to report).
+const RENDEZVOUS: Duration = Duration::from_secs(120);
+
+pub struct Ring {
+    world: World,
+    /// From rank - 1.
+    left: TcpStream,
+    /// To rank + 1.
+    right: TcpStream,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Hello {
+    rank: usize,
+    size: usize,
+    ring_port: u16,
+    settings: serde_json::Value,
+}
+
+#[derive(Serialize, Deserialize)]
+enum Reply {
+    Right(SocketAddr),
+    Refused(String),
+}
+
+impl Ring {
+    /// Joins the run: every rank passes the same `settings` (the training config), or rank 0
+    /// refuses the run.
+    pub fn connect(world: World, settings: serde_json::Value) -> Result<Ring> {
+        let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0))
+            .context("cannot open a port for the ring of ranks")?;
+        let ring_port = listener.local_addr()?.port();
+        let right = if world.rank == 0 {
+            rendezvous_as_master(&world, ring_port, &settings)?
+        } else {
+            let hello = Hello {
+                rank: world.rank,
+                size: world.size,
+                ring_port,
+                settings,
+            };
+            rendezvous(&world, &hello)?
+        };
+        let deadline = Instant::now() + RENDEZVOUS;
+        let mut right = retry_connect(&right, deadline, "its right-hand neighbour")?;
+        right.write_all(&(world.rank as u64).to_le_bytes())?;
+        let left = accept_until(&listener, deadline).with_context(|| {
+            format!(
+                "rank {} never heard from rank {}",
+                world.rank,
+                left_of(&world)
+            )
+        })?;
+        let mut who = [0u8; 8];
+        (&left).read_exact(&mut who)?;
+        if u64::from_le_bytes(who) as usize != left_of(&world) {
+            bail!("rank {}: a stranger connected to the ring port", world.rank);
+        }
+        for s in [&left, &right] {
+            s.set_nodelay(true)?;
+        }
+        Ok(Ring { world, left, right })
+    }
+
+    /// Sends `out` to the right while receiving as many bytes from the left (both at once: a
+    /// ring where everyone only sends would fill the sockets' buffers and stall).
+    fn exchange(&mut self, out: &[u8], into: &mut [u8]) -> Result<()> {
+        let (left_rank, right_rank) = (
+            left_of(&self.world),
+            (self.world.rank + 1) % self.world.size,
+        );
+        let right = &mut self.right;
+        let left = &mut self.left;
+        std::thread::scope(|scope| {
+            let sender = scope.spawn(move || right.write_all(out));
+            let received = left.read_exact(into);
+            let sent = sender
+                .join()
+                .map_err(|_| anyhow!("the sending thread panicked"))?;
+            sent.map_err(|e| peer_gone(right_rank, e))?;
+            received.map_err(|e| peer_gone(left_rank, e))
+        })
+    }
+}
+
+impl Collective for Ring {
+    fn world(&self) -> &World {
+        &self.world
+    }
+
+    fn all_reduce_sum(&mut self, buf: &mut [f32]) -> Result<()> {
+        let (w, r) = (self.world.size, self.world.rank);
+        let n = buf.len();
+        let bounds = |c: usize| (c * n / w, (c + 1) * n / w);
+        let bytes_of = |xs: &[f32]| xs.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let mut incoming = Vec::new();
+        for step in 0..2 * (w - 1) {
+            let reduce = step < w - 1;
+            let s = step % (w - 1);
+            // Reduce-scatter sends chunk r - s; all-gather sends the finished chunk r + 1 - s.
+            let send = (r + w - s + usize::from(!reduce)) % w;
+            let recv = (send + w - 1) % w;
+            let (s0, s1) = bounds(send);
+            let (r0, r1) = bounds(recv);
+            let out = bytes_of(&buf[s0..s1]);
+            incoming.resize(4 * (r1 - r0), 0);
+            self.exchange(&out, &mut incoming)?;
+            for (x, b) in buf[r0..r1].iter_mut().zip(incoming.chunks_exact(4)) {
+                let v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                *x = if reduce { v + *x } else { v };
+            }
+        }
+        Ok(())
+    }
+}
+
+fn left_of(world: &World) -> usize {
+    (world.rank + world.size - 1) % world.size
+}
+
+fn peer_gone(rank: usize, e: std::io::Error) -> anyhow::Error {
+    anyhow!("rank {rank} stopped ({e}): ending this rank too; see rank {rank}'s error")
+}
+
+/// Rank 0: waits for every other rank, checks their settings, and sends each its neighbour.
+/// Returns rank 0's own right-hand neighbour.
+fn rendezvous_as_master(
+    world: &World,
+    ring_port: u16,
+    settings: &serde_json::Value,
+) -> Result<SocketAddr> {
+    let listener =
+        TcpListener::bind((Ipv4Addr::UNSPECIFIED, world.master_port)).with_context(|| {
+            format!(
+            "rank 0 cannot listen on port {}: is another run using it? Choose another MASTER_PORT",
+            world.master_port
+        )
+        })?;
+    let deadline = Instant::now() + RENDEZVOUS;
+    let mut ranks: Vec<Option<(TcpStream, SocketAddr)>> = (0..world.size).map(|_| None).collect();
+    let mut refusal = None;
+    let mut waiting = world.size - 1;
+    while waiting > 0 {
+        let stream = accept_until(&listener, deadline).with_context(|| {
+            let missing: Vec<String> = (1..world.size)
+                .filter(|&r| ranks[r].is_none())
+                .map(|r| r.to_string())
+                .collect();
+            format!(
+                "rank 0 waited {} s for ranks {}: did they start, with MASTER_ADDR pointing here?",
+                RENDEZVOUS.as_secs(),
+                missing.join(", ")
+            )
+        })?;
+        let mut line = String::new();
+        BufReader::new(&stream).read_line(&mut line)?;
+        let hello: Hello = serde_json::from_str(&line)
+            .context("a rank sent a garbled hello: is something else using MASTER_PORT?")?;
+        if hello.size != world.size
+            || hello.rank == 0
+            || hello.rank >= world.size
+            || ranks[hello.rank].is_some()
+        {
+            refusal.get_or_insert(format!(
+                "rank {} of {} joined a run of {} ranks (or twice): check the launcher's settings",
+                hello.rank, hello.size, world.size
+            ));
+            continue;
+        }
+        if let Some(key) = first_difference(settings, &hello.settings) {
+            refusal.get_or_insert(format!(
+                "rank {}'s settings differ from rank 0's at {key}: every rank must run the same command",
+                hello.rank
+            ));
+        }
+        let peer = SocketAddr::new(stream.peer_addr()?.ip(), hello.ring_port);
+        ranks[hello.rank] = Some((stream, peer));
+        waiting -= 1;
+    }
+    // The others reach rank 0 where they reached it for the rendezvous.
+    let own = (world.master_addr.as_str(), ring_port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .unwrap_or(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), ring_port));
+    let addresses: Vec<SocketAddr> = ranks
+        .iter()
+        .map(|r| r.as_ref().map_or(own, |(_, a)| *a))
+        .collect();
+    for r in 1..world.size {
+        let reply = match &refusal {
+            Some(why) => Reply::Refused(why.clone()),
+            None => Reply::Right(addresses[(r + 1) % world.size]),
+        };
+        if let Some((stream, _)) = &mut ranks[r] {
+            writeln!(stream, "{}", serde_json::to_string(&reply)?)?;
+        }
+    }
+    if let Some(why) = refusal {
+        bail!("{why}");
+    }
+    Ok(addresses[1])
+}
+
+/// Any other rank: says hello to rank 0 and learns its right-hand neighbour.
+fn rendezvous(world: &World, hello: &Hello) -> Result<SocketAddr> {
+    let master = format!("{}:{}", world.master_addr, world.master_port);
+    let mut stream = retry_connect(&master, Instant::now() + RENDEZVOUS, "rank 0")?;
+    writeln!(stream, "{}", serde_json::to_string(hello)?)?;
+    let mut line = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut line)
+        .context("rank 0 closed the connection during the rendezvous")?;
+    match serde_json::from_str(&line).context("rank 0 sent a garbled reply")? {
+        Reply::Right(addr) => Ok(addr),
+        Reply::Refused(why) => bail!("{why}"),
+    }
+}
+
+fn retry_connect(addr: &impl ToSocketAddrs, deadline: Instant, who: &str) -> Result<TcpStream> {
+    loop {
+        let err = match addr.to_socket_addrs() {
+            Ok(mut addrs) => match addrs.next() {
+                Some(a) => match TcpStream::connect_timeout(&a, Duration::from_secs(5)) {
+                    Ok(s) => return Ok(s),
+                    Err(e) => e.to_string(),
+                },
+                None => "no address".into(),
+            },
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() > deadline {
+            bail!("cannot reach {who} ({err}) after {} s: check MASTER_ADDR and MASTER_PORT, and that every rank started", RENDEZVOUS.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn accept_until(listener: &TcpListener, deadline: Instant) -> Result<TcpStream> {
+    listener.set_nonblocking(true)?;
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                stream.set_nonblocking(false)?;
+                return Ok(stream);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if Instant::now() > deadline {
+                    bail!("timed out");
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The first key (path) where two settings differ, if any.
+fn first_difference(a: &serde_json::Value, b: &serde_json::Value) -> Option<String> {
+    match (a, b) {
+        (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            keys.into_iter().find_map(|k| match (x.get(k), y.get(k)) {
+                (Some(p), Some(q)) => first_difference(p, q).map(|d| {
+                    if d.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{k}.{d}")
+                    }
+                }),
+                _ => Some(k.clone()),
+            })
+        }
+        _ => (a != b).then(String::new),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// W ranks as threads on loopback: each buffer is rank-specific, the sums must be exact
+    /// where floats are (small integers) and identical on every rank.
+    #[test]
+    fn ranks_on_threads_sum_identically() {
+        for (size, n, port) in [(2, 1000, 29611), (3, 7, 29612), (4, 2, 29613)] {
+            let results: Vec<Vec<f32>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..size)
+                    .map(|rank| {
+                        scope.spawn(move || {
+                            let world = World {
+                                rank,
+                                size,
+                                local_rank: rank,
+                                master_addr: "127.0.0.1".into(),
+                                master_port: port,
+                            };
+                            let mut ring =
+                                Ring::connect(world, serde_json::json!({"a": 1})).unwrap();
+                            let mut buf: Vec<f32> =
+                                (0..n).map(|i| (i * (rank + 1)) as f32).collect();
+                            ring.all_reduce_sum(&mut buf).unwrap();
+                            buf
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let want: Vec<f32> = (0..n).map(|i| (i * size * (size + 1) / 2) as f32).collect();
+            for r in &results {
+                assert_eq!(r, &want, "{size} ranks");
+            }
+        }
+    }
+
+    /// Two ranks on threads; rank 1's buffer differs from rank 0's in one bit iff `differ`.
+    fn compare_on_two_ranks(port: u16, differ: bool) -> Vec<Result<()>> {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..2)
+                .map(|rank| {
+                    scope.spawn(move || {
+                        let world = World {
+                            rank,
+                            size: 2,
+                            local_rank: rank,
+                            master_addr: "127.0.0.1".into(),
+                            master_port: port,
+                        };
+                        let mut ring = Ring::connect(world, serde_json::json!({})).unwrap();
+                        let mut params = vec![0.5f32; 100];
+                        if differ && rank == 1 {
+                            params[37] = f32::from_bits(params[37].to_bits() ^ 1);
+                        }
+                        crate::dist::check_same_on_every_rank(&mut ring, &params, "parameters")
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    }
+
+    #[test]
+    fn ranks_that_diverge_by_one_bit_are_caught() {
+        assert!(compare_on_two_ranks(29614, false).iter().all(|r| r.is_ok()));
+        for r in compare_on_two_ranks(29615, true) {
+            let err = format!("{:#}", r.unwrap_err());
+            assert!(
+                err.contains("rank 1's parameters differ from rank 0's"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn settings_differences_are_named() {
+        let a = serde_json::json!({"lr": 1.0, "n": {"x": 1}});
+        assert_eq!(first_difference(&a, &a), None);
+        assert_eq!(
+            first_difference(&a, &serde_json::json!({"lr": 1.0, "n": {"x": 2}})),
+            Some("n.x".into())
+        );
+        assert_eq!(
+            first_difference(&a, &serde_json::json!({"lr": 2.0, "n": {"x": 1}})),
+            Some("lr".into())
+        );
+    }
+}

@@ -1,0 +1,255 @@
+//! Data-parallel training on CPU ranks through the real binary: `nanogpt launch` with 2 ranks
+//! trains as one process with the same flags does, a killed rank stops the others, Ctrl-C on the
+//! launcher saves and resumes exactly, and ranks started with different settings are refused.
+
+mod common;
+
+use safetensors::SafeTensors;
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `train` flags of a small character model, logging every iteration (each log line also checks
+/// that the ranks hold bit-identical parameters). `port` keeps concurrent tests apart.
+fn train_args(data: &Path, out: &Path, iters: usize, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "train",
+        "--dataset=shakespeare_char",
+        "--n_layer=2",
+        "--n_head=2",
+        "--n_embd=32",
+        "--block_size=32",
+        "--batch_size=4",
+        "--gradient_accumulation_steps=2",
+        "--eval_iters=2",
+        "--eval_interval=10",
+        "--log_interval=1",
+        "--dropout=0.1",
+        "--peak_tflops=1",
+        "--device=cpu",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.push(format!("--max_iters={iters}"));
+    args.push(format!("--lr_decay_iters={iters}"));
+    args.push(format!("--data_dir={}", data.display()));
+    args.push(format!("--out_dir={}", out.display()));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn launch(port: u16, args: &[String]) -> Command {
+    let mut cmd = common::nanogpt();
+    cmd.args([
+        "launch",
+        "--nproc_per_node=2",
+        &format!("--master_port={port}"),
+        "--",
+    ]);
+    cmd.args(args).env("RAYON_NUM_THREADS", "1");
+    cmd
+}
+
+fn params(dir: &Path) -> Vec<(String, Vec<f32>)> {
+    let bytes = std::fs::read(dir.join("model.safetensors")).expect("model.safetensors");
+    let st = SafeTensors::deserialize(&bytes).expect("safetensors");
+    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|n| {
+            let v = common::read_f32(&st, &n);
+            (n, v)
+        })
+        .collect()
+}
+
+#[test]
+fn two_ranks_train_as_one_process_does() {
+    let root = common::temp_dir("ddp", "equal");
+    let data = common::prepare_shakespeare_char(&root);
+    let one = common::nanogpt()
+        .env("RAYON_NUM_THREADS", "1")
+        .args(train_args(&data, &root.join("one"), 30, &[]))
+        .output()
+        .expect("one process");
+    assert!(
+        one.status.success(),
+        "{}",
+        String::from_utf8_lossy(&one.stderr)
+    );
+    let two = launch(29531, &train_args(&data, &root.join("two"), 30, &[]))
+        .output()
+        .expect("two ranks");
+    let log2 = String::from_utf8_lossy(&two.stdout).to_string();
+    assert!(
+        two.status.success(),
+        "{log2}\n{}",
+        String::from_utf8_lossy(&two.stderr)
+    );
+    // Rank 0 alone logs: one line per iteration, the same losses (4 decimals) as one process.
+    let (l1, l2) = (
+        common::loss_lines(&String::from_utf8_lossy(&one.stdout)),
+        common::loss_lines(&log2),
+    );
+    assert_eq!(l1.len(), 31);
+    assert_eq!(l1, l2);
+    assert!(log2.contains("x 2 ranks"), "{log2}");
+    // The gradients are summed in another order (per rank, then across), so the parameters agree
+    // to float rounding, not bit for bit.
+    let (p1, p2) = (
+        params(&root.join("one/latest")),
+        params(&root.join("two/latest")),
+    );
+    assert_eq!(p1.len(), p2.len());
+    for ((name, a), (_, b)) in p1.iter().zip(&p2) {
+        let err = common::rel_err(b, a);
+        assert!(err <= 1e-6, "{name}: relative difference {err:e}");
+    }
+    std::fs::remove_dir_all(&root).ok();
+}
+
+/// The pids of a process's children (the launcher's ranks).
+fn children(pid: u32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Reads the launcher's log until iteration `at`, returning what was read and the reader.
+fn log_until(
+    child: &mut std::process::Child,
+    at: usize,
+) -> (String, BufReader<std::process::ChildStdout>) {
+    let mut reader = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let mut log = String::new();
+    let mark = format!("iter {at}:");
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).expect("read log") == 0 {
+            panic!("training ended before iteration {at}:\n{log}");
+        }
+        log.push_str(&line);
+        if line.starts_with(&mark) {
+            return (log, reader);
+        }
+    }
+}
+
+#[test]
+fn a_killed_rank_stops_the_others_and_the_checkpoint_survives() {
+    let root = common::temp_dir("ddp", "kill");
+    let data = common::prepare_shakespeare_char(&root);
+    let out = root.join("out");
+    let mut launcher = launch(29532, &train_args(&data, &out, 100_000, &[]))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("launch");
+    let (_, _reader) = log_until(&mut launcher, 25);
+    let ranks = children(launcher.id());
+    assert_eq!(ranks.len(), 2, "{ranks:?}");
+    // SAFETY: kill(2) on a rank the launcher started.
+    unsafe { libc::kill(ranks[1], libc::SIGKILL) };
+    let killed = Instant::now();
+    let status = loop {
+        if let Some(status) = launcher.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "the launcher still runs 30 s after rank 1 died"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let mut err = String::new();
+    launcher
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("stderr");
+    assert!(err.contains("rank 1"), "{err}");
+    // Rank 0 saved at iteration 10 and 20; that checkpoint loads.
+    let (model, state) = nanogpt::load::trained(&out).expect("the last checkpoint loads");
+    assert!(state.iter_num >= 20 && model.params.iter().all(|x| x.is_finite()));
+    std::fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn ctrl_c_on_the_launcher_saves_and_a_resume_continues_exactly() {
+    let root = common::temp_dir("ddp", "resume");
+    let data = common::prepare_shakespeare_char(&root);
+    let constant = ["--decay_lr=false"];
+    let full = launch(29533, &train_args(&data, &root.join("full"), 40, &constant))
+        .output()
+        .expect("uninterrupted run");
+    assert!(full.status.success());
+    let out = root.join("cut");
+    let mut launcher = launch(29534, &train_args(&data, &out, 40, &constant))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("launch");
+    let (mut log, mut reader) = log_until(&mut launcher, 12);
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(launcher.id() as i32, libc::SIGINT) };
+    reader.read_to_string(&mut log).expect("read log");
+    let status = launcher.wait().expect("wait");
+    assert_eq!(status.code(), Some(130), "{log}");
+    assert!(log.contains("interrupted: saved"), "{log}");
+    let resumed = launch(
+        29535,
+        &train_args(&data, &out, 40, &["--decay_lr=false", "--init_from=resume"]),
+    )
+    .output()
+    .expect("resume");
+    assert!(resumed.status.success());
+    let mut cut = common::loss_lines(&log);
+    cut.extend(common::loss_lines(&String::from_utf8_lossy(
+        &resumed.stdout,
+    )));
+    let whole = common::loss_lines(&String::from_utf8_lossy(&full.stdout));
+    assert_eq!(cut, whole);
+    std::fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn ranks_with_different_settings_or_an_uneven_share_are_refused() {
+    let root = common::temp_dir("ddp", "refuse");
+    let data = common::prepare_shakespeare_char(&root);
+    let rank = |r: usize, extra: &[&str], port: u16| {
+        common::nanogpt()
+            .args(train_args(&data, &root.join("out"), 5, extra))
+            .env("RANK", r.to_string())
+            .env("WORLD_SIZE", "2")
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start rank")
+    };
+    let (r0, r1) = (
+        rank(0, &[], 29536),
+        rank(1, &["--learning_rate=0.1"], 29536),
+    );
+    for (r, child) in [(0, r0), (1, r1)] {
+        let out = child.wait_with_output().expect("wait");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "rank {r}");
+        assert!(
+            err.contains("rank 1's settings differ from rank 0's at learning_rate"),
+            "rank {r}: {err}"
+        );
+    }
+    let uneven = rank(0, &["--gradient_accumulation_steps=3"], 29537)
+        .wait_with_output()
+        .expect("wait");
+    assert!(String::from_utf8_lossy(&uneven.stderr)
+        .contains("gradient_accumulation_steps (3) must be a multiple of the number of ranks (2)"));
+    std::fs::remove_dir_all(&root).ok();
+}
