@@ -66,10 +66,14 @@ pub fn launch(args: LaunchArgs) -> Result<i32> {
         if std::env::var_os("RAYON_NUM_THREADS").is_none() {
             cmd.env("RAYON_NUM_THREADS", &threads);
         }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start rank {rank}"))?;
-        children.push((rank, Some(child)));
+        match cmd.spawn() {
+            Ok(child) => children.push((rank, Some(child))),
+            Err(e) => {
+                // The ranks already started would wait for this one until they time out.
+                signal_all(&children, libc::SIGKILL);
+                return Err(e).with_context(|| format!("cannot start rank {rank}"));
+            }
+        }
     }
     let children = Arc::new(Mutex::new(children));
     let signalled = Arc::new(AtomicBool::new(false));
