@@ -25,11 +25,14 @@
 //!   survive a plain copy). Vocabularies and other small files are hashed whole; a token file
 //!   replaced by another of exactly the same size that differs only between the sampled blocks
 //!   would go unnoticed.
+//! - **Readers**: [`crate::data::TokenSplit::open`] (tokens) and [`vocabulary`] /
+//!   [`tokenizer`] (the vocabulary, for `train`, `sample` and `eval`) verify the folder first.
 //! - **Resuming a commit**: [`commit_recorded`] finishes a commit from its list of files, for a
 //!   run that recorded the list before committing and was killed during it
 //!   (`prepare openwebtext`).
 
 use crate::atomic_file::{sync_dir, tmp_path, write_atomic, PendingFile};
+use crate::tokenizer::{CharVocab, Tokenizer};
 use anyhow::{anyhow, bail, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -92,6 +95,31 @@ pub fn verify(dir: &Path) -> Result<Verified> {
         dir.display(),
         dir.join(RECORD_FILE).display()
     )
+}
+
+/// The character vocabulary of the dataset folder `dir` (`meta.json`, else nanoGPT's
+/// `meta.pkl`), or `None` for GPT-2 BPE tokens, once the folder [`verify`]s. Every reader of a
+/// dataset's vocabulary goes through here, so that `train`, `sample` and `eval` refuse a
+/// half-committed folder with the same message instead of pairing tokens with the wrong
+/// vocabulary.
+pub fn vocabulary(dir: &Path) -> Result<Option<CharVocab>> {
+    verify(dir)?;
+    for name in ["meta.json", "meta.pkl"] {
+        let path = dir.join(name);
+        if path.is_file() {
+            return CharVocab::load(&path).map(Some);
+        }
+    }
+    Ok(None)
+}
+
+/// As nanoGPT's `sample.py`: the dataset folder's character vocabulary when it has one,
+/// otherwise GPT-2's BPE (see [`vocabulary`]).
+pub fn tokenizer(dir: &Path) -> Result<Tokenizer> {
+    match vocabulary(dir)? {
+        Some(chars) => Ok(Tokenizer::Char(chars)),
+        None => Tokenizer::gpt2(),
+    }
 }
 
 /// Files complete at their temp names, fingerprinted, to be committed as one dataset.
