@@ -8,7 +8,9 @@ mod common;
 
 use nanogpt::arithmetic::{prepare_arithmetic, ArithmeticOptions, Op};
 use nanogpt::atomic_file::{tmp_path, PendingFile};
-use nanogpt::data::dataset::{commit_recorded, dataset_dir, fingerprint, stage, verify, Verified};
+use nanogpt::data::dataset::{
+    commit_recorded, dataset_dir, fingerprint, finish_interrupted, stage, verify, Verified,
+};
 use nanogpt::data::writer::write_tokens_pending;
 use nanogpt::data::{prepare_text, TextPrepareOptions, TextTokenizer, TokenFormat, TokenSplit};
 use nanogpt::rng::Rng;
@@ -133,8 +135,9 @@ fn a_commit_verifies_and_changed_files_are_refused() {
 
 /// Every state a kill can leave during a commit (the record written, then each rename, then the
 /// stale files removed): the reader accepts the old state until the first rename and the new
-/// one after the removals, and refuses the states between; finishing the commit from its
-/// record always ends in the new state, byte for byte.
+/// one after the removals, and refuses the states between, which a prepare rolls forward
+/// before anything else; finishing the commit from its record always ends in the new state,
+/// byte for byte.
 #[test]
 fn every_intermediate_state_of_a_commit_is_complete_or_refused() {
     let root = tmp_dir("steps");
@@ -218,6 +221,13 @@ fn every_intermediate_state_of_a_commit_is_complete_or_refused() {
                         "{what}: refused outside the renames and removals"
                     );
                 }
+            }
+            // A prepare's first step rolls forward exactly the refused states.
+            let rolled = finish_interrupted(&dir).expect("roll forward");
+            assert_eq!(rolled, (2..=entries.len() + 1).contains(&k), "{what}");
+            if rolled {
+                assert_eq!(snapshot(&dir), new, "{what}: rolled forward");
+                verify(&dir).expect("rolled forward");
             }
             if k == 0 {
                 continue; // a rerun of prepare stages the files again
