@@ -115,6 +115,9 @@ impl Hub {
     /// hf-hub's agents have no timeouts, so a hub that accepts the connection but never answers
     /// would hold the download for as long as the OS keeps the socket: ask once with a deadline
     /// first. Hubs that cannot be reached at all are left to hf-hub's attempt ([`Self::sort_error`]).
+    /// hf-hub 0.4.3's `ApiBuilder` takes no agent and no timeout (only endpoint, cache, token,
+    /// retries, progress and user agent), so [`crate::download::agent`] cannot be handed to it,
+    /// and a hub that answers this probe and then stalls mid-download still holds the attempt.
     fn probe(&self, url: &str) -> Result<(), Fetch> {
         let agent = ureq::AgentBuilder::new()
             .try_proxy_from_env(true)

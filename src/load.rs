@@ -19,6 +19,7 @@
 
 use crate::checkpoint::{self, TrainState, STATE_FILE};
 use crate::config::TrainConfig;
+use crate::data::dataset;
 use crate::engine::OptimizerState;
 use crate::hf::Hub;
 use crate::model::pretrained::{download_gpt2, find_model_dir, GPT2_NAMES};
@@ -155,11 +156,7 @@ fn dataset_vocab(data_dir: &Path, log: &mut dyn Write) -> Result<usize> {
 /// The size of a character dataset's vocabulary (its meta.json or meta.pkl), or None for GPT-2
 /// BPE data.
 fn char_vocab(data_dir: &Path) -> Result<Option<usize>> {
-    if data_dir.join("meta.json").is_file() || data_dir.join("meta.pkl").is_file() {
-        Ok(Some(Tokenizer::for_data_dir(data_dir)?.vocab_size()))
-    } else {
-        Ok(None)
-    }
+    Ok(dataset::vocabulary(data_dir)?.map(|v| v.vocab_size()))
 }
 
 /// Refuses to train a model (its vocabulary `model_vocab`, from `source`) on a dataset whose
@@ -323,7 +320,7 @@ fn checkpoint_tokenizer(
     };
     let v = model.config.vocab_size;
     let tokenizer = if dataset_dir.is_dir() {
-        Tokenizer::for_data_dir(&dataset_dir)?
+        dataset::tokenizer(&dataset_dir)?
     } else if v >= GPT2_VOCAB_SIZE {
         writeln!(
             err,

@@ -6,8 +6,11 @@
 
 mod common;
 
+use nanogpt::arithmetic::{prepare_arithmetic, ArithmeticOptions, Op};
 use nanogpt::atomic_file::{tmp_path, PendingFile};
-use nanogpt::data::dataset::{commit_recorded, dataset_dir, fingerprint, stage, verify, Verified};
+use nanogpt::data::dataset::{
+    commit_recorded, dataset_dir, fingerprint, finish_interrupted, stage, verify, Verified,
+};
 use nanogpt::data::writer::write_tokens_pending;
 use nanogpt::data::{prepare_text, TextPrepareOptions, TextTokenizer, TokenFormat, TokenSplit};
 use nanogpt::rng::Rng;
@@ -132,8 +135,9 @@ fn a_commit_verifies_and_changed_files_are_refused() {
 
 /// Every state a kill can leave during a commit (the record written, then each rename, then the
 /// stale files removed): the reader accepts the old state until the first rename and the new
-/// one after the removals, and refuses the states between; finishing the commit from its
-/// record always ends in the new state, byte for byte.
+/// one after the removals, and refuses the states between, which a prepare rolls forward
+/// before anything else; finishing the commit from its record always ends in the new state,
+/// byte for byte.
 #[test]
 fn every_intermediate_state_of_a_commit_is_complete_or_refused() {
     let root = tmp_dir("steps");
@@ -217,6 +221,13 @@ fn every_intermediate_state_of_a_commit_is_complete_or_refused() {
                         "{what}: refused outside the renames and removals"
                     );
                 }
+            }
+            // A prepare's first step rolls forward exactly the refused states.
+            let rolled = finish_interrupted(&dir).expect("roll forward");
+            assert_eq!(rolled, (2..=entries.len() + 1).contains(&k), "{what}");
+            if rolled {
+                assert_eq!(snapshot(&dir), new, "{what}: rolled forward");
+                verify(&dir).expect("rolled forward");
             }
             if k == 0 {
                 continue; // a rerun of prepare stages the files again
@@ -440,4 +451,76 @@ fn train_refuses_a_half_committed_dataset() {
             && e.contains("rerun the prepare command"),
         "{e}"
     );
+}
+
+/// `sample` and `eval arithmetic` read the dataset folder too (its vocabulary, its held-out
+/// problems): through the binary, both refuse a half-committed folder (a new `train.bin` and
+/// record beside the old `test.txt`) with the one-line message `train` gives.
+#[test]
+fn sample_and_eval_refuse_a_half_committed_dataset() {
+    let root = tmp_dir("half-sample-eval");
+    let data = root.join("data");
+    let ds = data.join("arithmetic");
+    for (dir, seed) in [(&ds, 1), (&data.join("other"), 2)] {
+        let opts = ArithmeticOptions {
+            ops: vec![Op::Add],
+            min_digits: 1,
+            max_digits: 2,
+            train_per_op: 300,
+            test_per_op: 20,
+            seed,
+            ..ArithmeticOptions::default()
+        };
+        prepare_arithmetic(&opts, dir).unwrap_or_else(|e| panic!("{e:#}"));
+    }
+    let out = root.join("out");
+    let mut cfg = tiny_config(&data, "arithmetic", &out);
+    cfg.block_size = 16;
+    train(&cfg, &mut Vec::new(), &AtomicBool::new(false)).unwrap_or_else(|e| panic!("{e:#}"));
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_nanogpt"))
+            .args(args)
+            .arg(format!("--out_dir={}", out.display()))
+            .arg(format!("--data_dir={}", data.display()))
+            .output()
+            .expect("run nanogpt")
+    };
+    let sample = [
+        "sample",
+        "--num_samples=1",
+        "--max_new_tokens=4",
+        "--device=cpu",
+    ];
+    let eval = ["eval", "arithmetic", "--device=cpu"];
+    for args in [&sample[..], &eval[..]] {
+        let o = run(args);
+        assert!(
+            o.status.success(),
+            "{args:?} on the complete dataset: {o:?}"
+        );
+    }
+
+    for name in ["train.bin", "dataset.json"] {
+        std::fs::copy(data.join("other").join(name), ds.join(name)).expect("copy");
+    }
+    let want = format!("error: {:#}\n", verify(&ds).expect_err("half-committed"));
+    assert!(
+        want.contains(ds.to_str().expect("utf-8")) && want.contains("rerun the prepare command"),
+        "{want}"
+    );
+    for args in [&sample[..], &eval[..]] {
+        let o = run(args);
+        assert!(
+            !o.status.success(),
+            "{args:?} read a half-committed dataset"
+        );
+        assert_eq!(String::from_utf8_lossy(&o.stderr), want, "{args:?}");
+    }
+    let e = train(
+        &tiny_config(&data, "arithmetic", &root.join("out-half")),
+        &mut Vec::new(),
+        &AtomicBool::new(false),
+    )
+    .expect_err("train refuses");
+    assert_eq!(format!("error: {e:#}\n"), want);
 }

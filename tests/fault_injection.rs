@@ -2,8 +2,10 @@
 //! dataset) and `prepare shakespeare_char` are killed with SIGKILL at seeded random moments
 //! (`NANOGPT_FAULT_KILLS`, default 30 per command; `NANOGPT_FAULT_SEED`), and stopped by a full
 //! disk (a file-size limit). After each fault the folder holds the previous complete dataset,
-//! the new one, or (killed during the commit's renames) a state the reader refuses; a rerun
-//! always finishes byte-identical to an uninterrupted run. `prepare openwebtext` gets the same
+//! the new one, or (killed during the commit's renames) a state the reader refuses, which the
+//! first step of any later prepare into the folder rolls forward to the new one (checked with a
+//! prepare that then fails on its input); a rerun always finishes byte-identical to an
+//! uninterrupted run. `prepare openwebtext` gets the same
 //! in tests/prepare_openwebtext.rs, which has the mock hub.
 
 mod common;
@@ -12,6 +14,7 @@ use common::fault::{
     check_after_kill, dataset_snapshot, fault_rng, kill_delay, kills_wanted, restore, run_killed,
     run_ok, temp_files, Found, Tally,
 };
+use nanogpt::atomic_file::tmp_path;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -67,15 +70,34 @@ fn prepare_text(input: &Path, data_dir: &Path, extra: &[&str]) -> Command {
     c
 }
 
+/// `prepare text` into `data_dir/name` of JSON lines whose third line is broken: it fails while
+/// tokenizing, after the prepare's first step (rolling forward an interrupted commit).
+fn failing_prepare(dir: &Path, data_dir: &Path, name: &str) -> Command {
+    let input = dir.join("broken.jsonl");
+    std::fs::write(
+        &input,
+        "{\"text\": \"a\"}\n{\"text\": \"b\"}\n{\"text\": oops}\n",
+    )
+    .expect("write");
+    let mut c = nanogpt();
+    c.args(["prepare", "text", "--name", name, "--input"])
+        .arg(&input)
+        .arg("--data_dir")
+        .arg(data_dir);
+    c
+}
+
 /// Kills `new_run` at random moments over the old dataset (`old`, restored each time; as a
-/// legacy folder without `dataset.json` half of the time), checks what is left and that a
-/// rerun gives `new`. Returns the tally.
+/// legacy folder without `dataset.json` half of the time), checks what is left, that a failing
+/// prepare into the folder (`failing_run`) rolls a refused state forward to the new one and
+/// leaves the others as they are, and that a rerun gives `new`. Returns the tally.
 fn kill_repeatedly(
     test: &str,
     dir: &Path,
     old: &BTreeMap<String, Vec<u8>>,
     new: &BTreeMap<String, Vec<u8>>,
     new_run: &dyn Fn() -> Command,
+    failing_run: &dyn Fn() -> Command,
 ) -> Tally {
     let (mut rng, seed) = fault_rng(test);
     // The run's length over the old dataset, measured.
@@ -109,6 +131,21 @@ fn kill_repeatedly(
         }
         let found = check_after_kill(dir, &before, new, &what);
         tally.add(found);
+        let out = failing_run().output().expect("run nanogpt");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("invalid JSON") && stderr.lines().count() == 1,
+            "{what}: {stderr}"
+        );
+        let rolled = match found {
+            Found::Refused => Found::New,
+            other => other,
+        };
+        assert_eq!(
+            check_after_kill(dir, &before, new, &what),
+            rolled,
+            "{what}: after a failing prepare"
+        );
         run_ok(&mut new_run());
         assert_eq!(
             &dataset_snapshot(dir),
@@ -135,7 +172,8 @@ fn prepare_text_char_killed_at_random() {
     run_ok(&mut run_b());
     let new = dataset_snapshot(&ds);
     assert_ne!(old["meta.json"], new["meta.json"]);
-    kill_repeatedly("text-char", &ds, &old, &new, &run_b);
+    let failing = || failing_prepare(&dir, &data, "ds");
+    kill_repeatedly("text-char", &ds, &old, &new, &run_b, &failing);
 }
 
 /// GPT-2 over characters written as shards: the commit also removes the old shards and the
@@ -160,7 +198,8 @@ fn prepare_text_gpt2_over_char_shards_killed_at_random() {
         new.keys().collect::<Vec<_>>(),
         ["dataset.json", "train.bin", "val.bin"]
     );
-    kill_repeatedly("text-gpt2", &ds, &old, &new, &run_b);
+    let failing = || failing_prepare(&dir, &data, "ds");
+    kill_repeatedly("text-gpt2", &ds, &old, &new, &run_b, &failing);
 }
 
 #[test]
@@ -186,7 +225,8 @@ fn prepare_shakespeare_char_killed_at_random() {
     run_ok(&mut run(&b));
     let new = dataset_snapshot(&ds);
     assert_ne!(old["meta.json"], new["meta.json"]);
-    kill_repeatedly("shakespeare-char", &ds, &old, &new, &|| run(&b));
+    let failing = || failing_prepare(&dir, &data, "shakespeare_char");
+    kill_repeatedly("shakespeare-char", &ds, &old, &new, &|| run(&b), &failing);
 }
 
 /// A full disk, simulated with a file-size limit at random sizes (writes then fail with EFBIG,
@@ -239,4 +279,67 @@ fn prepare_text_on_a_full_disk_keeps_the_old_dataset() {
     }
     run_ok(&mut run_b());
     assert_eq!(dataset_snapshot(&ds), new);
+}
+
+/// Every state a kill during the commit's renames and removals leaves (the window is
+/// microseconds, so random kills rarely land in it), made by hand from the two runs' files:
+/// the reader refuses it, and a prepare into the folder that then fails on its input has
+/// rolled it forward to the new dataset first.
+#[test]
+fn a_commit_killed_during_its_renames_is_rolled_forward_by_the_next_prepare() {
+    let dir = tmp_dir("roll-forward");
+    let (a, b) = corpora(&dir);
+    let data = dir.join("data");
+    let ds = data.join("ds");
+    let mut cases = 0;
+    for (old_flags, new_flags) in [
+        (&["--tokenizer=char"][..], &["--tokenizer=char"][..]),
+        (&["--tokenizer=char", "--shard_tokens=20000"][..], &[][..]),
+    ] {
+        run_ok(&mut prepare_text(&a, &data, old_flags));
+        let old = dataset_snapshot(&ds);
+        run_ok(&mut prepare_text(&b, &data, new_flags));
+        let new = dataset_snapshot(&ds);
+        let files = |s: &BTreeMap<String, Vec<u8>>| {
+            serde_json::from_slice::<serde_json::Value>(&s["dataset.json"]).expect("record")
+                ["files"]
+                .clone()
+        };
+        let record = serde_json::json!({
+            "format": "nanogpt-dataset/1", "files": files(&new), "previous": files(&old)
+        });
+        let names: Vec<&String> = new.keys().filter(|n| *n != "dataset.json").collect();
+        // Kill points: after k renames; k = all of them leaves the removals undone.
+        for k in 1..=names.len() {
+            let what = format!("{old_flags:?} -> {new_flags:?}, {k} renamed");
+            restore(&ds, &old);
+            std::fs::write(ds.join("dataset.json"), record.to_string()).expect("record");
+            for (i, name) in names.iter().enumerate() {
+                let path = ds.join(name);
+                let to = if i < k { path } else { tmp_path(&path) };
+                std::fs::write(to, &new[*name]).expect("write");
+            }
+            // All renamed and nothing to remove is the new dataset already.
+            let done = k == names.len() && old.keys().all(|n| new.contains_key(n));
+            let found = check_after_kill(&ds, &old, &new, &what);
+            assert_eq!(
+                found,
+                if done { Found::New } else { Found::Refused },
+                "{what}"
+            );
+            if done {
+                continue;
+            }
+            let out = failing_prepare(&dir, &data, "ds").output().expect("run");
+            assert!(!out.status.success(), "{what}");
+            assert_eq!(
+                check_after_kill(&ds, &old, &new, &what),
+                Found::New,
+                "{what}"
+            );
+            assert!(temp_files(&ds).is_empty(), "{what}: {:?}", temp_files(&ds));
+            cases += 1;
+        }
+    }
+    assert_eq!(cases, 4);
 }

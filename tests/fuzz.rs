@@ -695,3 +695,36 @@ fn fuzz_parquet() {
         regressions: &[include_bytes!("data/fuzz/parquet_bit_util_panic.parquet")],
     });
 }
+
+/// A panic the parquet crate makes on a damaged file is caught and reported as one error line:
+/// through the binary, with backtraces asked for, stderr holds only that line.
+#[test]
+fn a_parquet_decoder_panic_is_one_error_line() {
+    let dir = std::env::temp_dir().join(format!("nanogpt-fuzz-{}-panic", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let input = dir.join("damaged.parquet");
+    std::fs::write(
+        &input,
+        include_bytes!("data/fuzz/parquet_bit_util_panic.parquet"),
+    )
+    .expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nanogpt"))
+        .args(["prepare", "text", "--name=ds", "--data_dir"])
+        .arg(dir.join("data"))
+        .arg("--input")
+        .arg(&input)
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("run nanogpt");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.lines().count() == 1
+            && stderr.starts_with("error: ")
+            && stderr.contains("damaged.parquet")
+            && stderr.contains("decoder failed")
+            && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+}

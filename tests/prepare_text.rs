@@ -5,6 +5,7 @@
 mod common;
 
 use nanogpt::data::corpus::{find_cut, split_document};
+use nanogpt::data::dataset;
 use nanogpt::data::prepare::read_text;
 use nanogpt::data::text::is_val_document;
 use nanogpt::data::tokens::{SHARD_HEADER_BYTES, SHARD_MAGIC, SHARD_VERSION};
@@ -444,7 +445,7 @@ fn char_mode_round_trips_through_meta_json() {
     assert_eq!(s.vocab_size, chars.len());
     assert_eq!(tok.vocab_size(), chars.len());
     assert_eq!(
-        Tokenizer::for_data_dir(&out).expect("dir").vocab_size(),
+        dataset::tokenizer(&out).expect("dir").vocab_size(),
         chars.len()
     );
     let ids = raw_tokens(&out.join("train.bin"));
@@ -476,10 +477,7 @@ fn char_mode_round_trips_through_meta_json() {
     let s = run(&o);
     assert_eq!(s.removed_stale, vec![out.join("meta.json")]);
     assert!(!out.join("meta.json").exists());
-    assert_eq!(
-        Tokenizer::for_data_dir(&out).expect("dir").vocab_size(),
-        50257
-    );
+    assert_eq!(dataset::tokenizer(&out).expect("dir").vocab_size(), 50257);
 }
 
 /// An llm.c shard's header count and tokens.

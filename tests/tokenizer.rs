@@ -3,6 +3,7 @@
 
 mod common;
 
+use nanogpt::data::dataset;
 use nanogpt::tokenizer::{CharVocab, Gpt2Bpe, Tokenizer, EOT};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -159,7 +160,7 @@ fn char_vocab_shakespeare_and_meta_json_round_trip() {
     let path = dir.join("meta.json");
     std::fs::write(&path, &json).expect("write");
     assert_eq!(CharVocab::load(&path).expect("load"), v);
-    let t = Tokenizer::for_data_dir(&dir).expect("for_data_dir");
+    let t = dataset::tokenizer(&dir).expect("dataset::tokenizer");
     assert!(matches!(t, Tokenizer::Char(ref c) if *c == v));
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -167,7 +168,7 @@ fn char_vocab_shakespeare_and_meta_json_round_trip() {
 #[test]
 fn data_dir_without_meta_is_gpt2() {
     let dir = tmp_dir("no-meta");
-    let t = Tokenizer::for_data_dir(&dir).expect("for_data_dir");
+    let t = dataset::tokenizer(&dir).expect("dataset::tokenizer");
     assert!(matches!(t, Tokenizer::Gpt2(_)));
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -222,7 +223,7 @@ fn meta_pkl_from_nanogpt() {
     // And through the Tokenizer, from a data directory that only has meta.pkl.
     let dir = tmp_dir("meta-pkl");
     std::fs::copy(test_data("shakespeare_char_meta.pkl"), dir.join("meta.pkl")).expect("copy");
-    let t = Tokenizer::for_data_dir(&dir).expect("for_data_dir");
+    let t = dataset::tokenizer(&dir).expect("dataset::tokenizer");
     assert_eq!(t.vocab_size(), 65);
     assert_eq!(
         t.decode(&t.encode("ROMEO:").expect("enc")).expect("dec"),

@@ -12,7 +12,7 @@ use crate::data::writer::write_tokens_pending;
 use crate::data::TokenFormat;
 use crate::rng::{mix64, Rng};
 use crate::tokenizer::CharVocab;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::path::Path;
@@ -239,8 +239,7 @@ pub fn prepare_arithmetic(opts: &ArithmeticOptions, out_dir: &Path) -> Result<Ar
         bail!("div_train_factor must be at least 1: division would have no training problems");
     }
     let layout = opts.layout();
-    std::fs::create_dir_all(out_dir)
-        .with_context(|| format!("cannot create {}", out_dir.display()))?;
+    dataset::open_for_prepare(out_dir)?;
     let vocab = CharVocab::from_text(VOCAB);
     let mut rng = Rng::new(opts.seed);
     let (mut train, mut test, mut ood) = (String::new(), String::new(), String::new());

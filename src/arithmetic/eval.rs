@@ -3,6 +3,7 @@
 
 use super::dataset::{ArithmeticOptions, OPTIONS_FILE};
 use super::problems::{parse_answer, Format, Layout, Op, Problem};
+use crate::data::dataset;
 use crate::engine::Engine;
 use crate::sample::dist::argmax;
 use crate::tokenizer::CharVocab;
@@ -202,6 +203,8 @@ pub fn read_problems(path: &Path) -> Result<Vec<Problem>> {
 
 /// Evaluates `model` on the dataset in `data_dir` (made by `prepare arithmetic`).
 pub fn evaluate(model: &dyn Engine, data_dir: &Path) -> Result<ArithmeticReport> {
+    // First: it verifies the folder, whose other files change in the same commit.
+    let vocab = dataset::vocabulary(data_dir)?;
     let opts_path = data_dir.join(OPTIONS_FILE);
     let text = std::fs::read_to_string(&opts_path).with_context(|| {
         format!(
@@ -211,7 +214,12 @@ pub fn evaluate(model: &dyn Engine, data_dir: &Path) -> Result<ArithmeticReport>
     })?;
     let opts: ArithmeticOptions = serde_json::from_str(&text)
         .with_context(|| format!("{} is damaged", opts_path.display()))?;
-    let vocab = CharVocab::load(&data_dir.join("meta.json"))?;
+    let Some(vocab) = vocab else {
+        bail!(
+            "{} has no meta.json: run `nanogpt prepare arithmetic` again",
+            data_dir.display()
+        );
+    };
     if vocab.vocab_size() != model.config().vocab_size {
         bail!(
             "the model's vocabulary ({}) is not the dataset's ({}): was it trained on {}?",

@@ -15,6 +15,18 @@
 //!   say a new `train.bin` beside the old `meta.json`: that matches neither, and the reader says
 //!   the dataset is half-written and to rerun the prepare command, instead of reading tokens
 //!   through the wrong vocabulary. Rerunning the prepare command always ends in the new state.
+//! - **Rolling forward**: every prepare command starts with [`open_for_prepare`], which finishes
+//!   such a commit from its record when all of its new files are complete (at their temp names
+//!   or in place; a kill during the renames leaves them so), in milliseconds and before the
+//!   prepare's own work. Readers never write, so until a prepare runs the folder is refused.
+//! - **Why the window is not closed**: a commit could be one atomic step by swapping a symlink
+//!   (`data/NAME -> NAME.v2`, renamed over), but `data/NAME` is a plain folder that nanoGPT's
+//!   layout, its `prepare.py` and users' own files share: an existing folder cannot be turned
+//!   into a symlink atomically (rename(2) does not replace a non-empty directory), the other
+//!   files in it (`input.txt`, the openwebtext manifest and downloads) would have to move to
+//!   each new version, and `cp -r`/`rsync -a` of `data/NAME` would copy a link instead of the
+//!   dataset. Between the first rename and the last removal the folder therefore holds old and
+//!   new files, which no reader can pair safely; the record lets it refuse them instead.
 //! - **Legacy**: a folder without `dataset.json` (nanoGPT's own `prepare.py`, or a dataset we
 //!   prepared before this record existed) is read as it is, unverified. A `dataset.json` that
 //!   disagrees with the files is always an error.
@@ -25,11 +37,14 @@
 //!   survive a plain copy). Vocabularies and other small files are hashed whole; a token file
 //!   replaced by another of exactly the same size that differs only between the sampled blocks
 //!   would go unnoticed.
+//! - **Readers**: [`crate::data::TokenSplit::open`] (tokens) and [`vocabulary`] /
+//!   [`tokenizer`] (the vocabulary, for `train`, `sample` and `eval`) verify the folder first.
 //! - **Resuming a commit**: [`commit_recorded`] finishes a commit from its list of files, for a
 //!   run that recorded the list before committing and was killed during it
 //!   (`prepare openwebtext`).
 
 use crate::atomic_file::{sync_dir, tmp_path, write_atomic, PendingFile};
+use crate::tokenizer::{CharVocab, Tokenizer};
 use anyhow::{anyhow, bail, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -87,11 +102,41 @@ pub fn verify(dir: &Path) -> Result<Verified> {
             return Ok(Verified::Recorded);
         }
     }
+    let d = dir.display();
+    if record.previous.is_some() {
+        bail!(
+            "{d} is not a complete dataset ({problem}): a prepare was killed while renaming its files into place; rerun the prepare command that made it, which first finishes those renames"
+        )
+    }
     bail!(
-        "{} is not a complete dataset ({problem}): a prepare was interrupted or its files were changed; rerun the prepare command that made it (if you replaced its files yourself, delete {})",
-        dir.display(),
+        "{d} is not a complete dataset ({problem}): a prepare was interrupted or its files were changed; rerun the prepare command that made it (if you replaced its files yourself, delete {})",
         dir.join(RECORD_FILE).display()
     )
+}
+
+/// The character vocabulary of the dataset folder `dir` (`meta.json`, else nanoGPT's
+/// `meta.pkl`), or `None` for GPT-2 BPE tokens, once the folder [`verify`]s. Every reader of a
+/// dataset's vocabulary goes through here, so that `train`, `sample` and `eval` refuse a
+/// half-committed folder with the same message instead of pairing tokens with the wrong
+/// vocabulary.
+pub fn vocabulary(dir: &Path) -> Result<Option<CharVocab>> {
+    verify(dir)?;
+    for name in ["meta.json", "meta.pkl"] {
+        let path = dir.join(name);
+        if path.is_file() {
+            return CharVocab::load(&path).map(Some);
+        }
+    }
+    Ok(None)
+}
+
+/// As nanoGPT's `sample.py`: the dataset folder's character vocabulary when it has one,
+/// otherwise GPT-2's BPE (see [`vocabulary`]).
+pub fn tokenizer(dir: &Path) -> Result<Tokenizer> {
+    match vocabulary(dir)? {
+        Some(chars) => Ok(Tokenizer::Char(chars)),
+        None => Tokenizer::gpt2(),
+    }
 }
 
 /// Files complete at their temp names, fingerprinted, to be committed as one dataset.
@@ -139,9 +184,40 @@ impl Staged {
     }
 }
 
-/// Commits the state `files` in `dir`, or finishes that commit after a kill: each file must be
-/// complete at its temp name or already in place. Returns the files removed.
-pub fn commit_recorded(dir: &Path, files: &[FileEntry]) -> Result<Vec<PathBuf>> {
+/// Creates the dataset folder `dir` of a prepare command if it is missing, and first of all
+/// finishes a commit that a kill interrupted there ([`finish_interrupted`]): the rerun that the
+/// refusal asks for makes the folder whole in milliseconds, before its own work, and it stays
+/// whole even if that work then fails or is stopped.
+pub fn open_for_prepare(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| anyhow!("cannot create the dataset folder {}: {e}", dir.display()))?;
+    finish_interrupted(dir)?;
+    Ok(())
+}
+
+/// Rolls forward a commit killed between its first rename and its removals: when the folder
+/// verifies as neither state of its record but every file of the new state is complete (at its
+/// temp name or in place), the renames and removals are finished. Returns whether it did. Any
+/// other folder is left as it is: a complete one needs nothing, and one whose new files are
+/// gone is only mended by a prepare that writes them again.
+pub fn finish_interrupted(dir: &Path) -> Result<bool> {
+    // A damaged record is verify's to report; the prepare replaces it.
+    let Ok(Some(record)) = read_record(dir) else {
+        return Ok(false);
+    };
+    if record.previous.is_none() || verify(dir).is_ok() || renames(dir, &record.files)?.is_err() {
+        return Ok(false);
+    }
+    commit_recorded(dir, &record.files)?;
+    Ok(true)
+}
+
+/// Temp names and the names they are renamed to.
+type Renames = Vec<(PathBuf, PathBuf)>;
+
+/// The renames that commit `files` in `dir` (each file complete at its temp name or already in
+/// place), or the first file that is neither.
+fn renames(dir: &Path, files: &[FileEntry]) -> Result<Result<Renames, String>> {
     let mut renames = Vec::new();
     for entry in files {
         let path = dir.join(&entry.name);
@@ -149,13 +225,20 @@ pub fn commit_recorded(dir: &Path, files: &[FileEntry]) -> Result<Vec<PathBuf>> 
         if tmp.is_file() && differs(&tmp, entry)?.is_none() {
             renames.push((tmp, path));
         } else if let Some(problem) = differs(&path, entry)? {
-            bail!(
-                "cannot commit {}: {problem}, and {} is not its complete new version",
-                dir.display(),
+            return Ok(Err(format!(
+                "{problem}, and {} is not its complete new version",
                 tmp.display()
-            );
+            )));
         }
     }
+    Ok(Ok(renames))
+}
+
+/// Commits the state `files` in `dir`, or finishes that commit after a kill: each file must be
+/// complete at its temp name or already in place. Returns the files removed.
+pub fn commit_recorded(dir: &Path, files: &[FileEntry]) -> Result<Vec<PathBuf>> {
+    let renames = renames(dir, files)?
+        .map_err(|problem| anyhow!("cannot commit {}: {problem}", dir.display()))?;
     let previous = current_state(dir)?;
     // The record must be durable before any file it names replaces an old one.
     write_record(dir, files, previous)?;

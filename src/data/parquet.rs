@@ -9,8 +9,10 @@ use parquet::basic::Type as PhysicalType;
 use parquet::column::reader::{get_typed_column_reader, ColumnReaderImpl};
 use parquet::data_type::{ByteArray, ByteArrayType};
 use parquet::file::reader::{FileReader, SerializedFileReader};
+use std::cell::Cell;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Once;
 
 pub struct ParquetTextColumn {
     path: PathBuf,
@@ -146,11 +148,58 @@ impl ParquetTextColumn {
 }
 
 /// The parquet crate panics on some damaged files (slice bounds in its decoders, found by
-/// `tests/fuzz.rs`); such a panic is the file's fault, so it becomes the crate's own error.
+/// `tests/fuzz.rs`); such a panic is the file's fault, so it becomes the crate's own error,
+/// carrying the panic's message. The panic hook stays quiet for it (see [`QuietPanics`]), so
+/// the user sees that one error, not a "thread panicked" report and backtrace first.
 fn no_panic<T>(f: impl FnOnce() -> parquet::errors::Result<T>) -> parquet::errors::Result<T> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
-        Err(parquet::errors::ParquetError::General(
-            "its decoder failed on damaged data".into(),
-        ))
+    let caught = {
+        let _quiet = QuietPanics::start();
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+    };
+    caught.unwrap_or_else(|payload| {
+        let why = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(parquet::errors::ParquetError::General(format!(
+            "its decoder failed on damaged data: {why}"
+        )))
     })
+}
+
+thread_local! {
+    /// Whether a panic on this thread is caught by [`no_panic`] and so must not be reported.
+    static QUIET: Cell<bool> = const { Cell::new(false) };
+}
+
+/// While alive, panics on this thread do not reach the panic hook. The hook is process-wide,
+/// so it is wrapped once, keeping the previous one for every other panic; the flag is
+/// per-thread, so a panic elsewhere meanwhile (another reader thread, a real bug) is still
+/// reported. Dropping restores the flag even if the code between panicked.
+struct QuietPanics {
+    was: bool,
+}
+
+impl QuietPanics {
+    fn start() -> QuietPanics {
+        static WRAP_HOOK: Once = Once::new();
+        WRAP_HOOK.call_once(|| {
+            let report = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                if !QUIET.with(Cell::get) {
+                    report(info);
+                }
+            }));
+        });
+        QuietPanics {
+            was: QUIET.with(|q| q.replace(true)),
+        }
+    }
+}
+
+impl Drop for QuietPanics {
+    fn drop(&mut self) {
+        QUIET.with(|q| q.set(self.was));
+    }
 }

@@ -101,8 +101,7 @@ fn write_splits(
     vocab_size: usize,
     meta: Option<&[u8]>,
 ) -> Result<PrepareSummary> {
-    std::fs::create_dir_all(out_dir)
-        .map_err(|e| anyhow!("cannot create {}: {e}", out_dir.display()))?;
+    dataset::open_for_prepare(out_dir)?;
     let train_path = out_dir.join("train.bin");
     let val_path = out_dir.join("val.bin");
     let meta_path = meta.map(|_| out_dir.join("meta.json"));

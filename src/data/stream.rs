@@ -159,8 +159,7 @@ pub fn prepare_stream(
         bail!("max_docs must be at least 1");
     }
     let out = &opts.out_dir;
-    std::fs::create_dir_all(out)
-        .map_err(|e| anyhow!("cannot create the output folder {}: {e}", out.display()))?;
+    dataset::open_for_prepare(out)?;
     let settings = settings_of(opts);
     let manifest_path = out.join("manifest.json");
 

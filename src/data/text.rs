@@ -185,8 +185,7 @@ pub fn prepare_text(opts: &TextPrepareOptions) -> Result<TextPrepareSummary> {
         );
     }
     let out = &opts.out_dir;
-    std::fs::create_dir_all(out)
-        .map_err(|e| anyhow!("cannot create the output folder {}: {e}", out.display()))?;
+    dataset::open_for_prepare(out)?;
     let total_bytes: u64 = files.iter().map(|f| f.bytes).sum();
     let bar = progress_bar(opts.docs.progress, total_bytes);
 

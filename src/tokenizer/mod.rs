@@ -27,18 +27,6 @@ impl Tokenizer {
         Ok(Tokenizer::Char(CharVocab::load(path)?))
     }
 
-    /// As nanoGPT's `sample.py`: the dataset directory's character vocabulary when it has one
-    /// (`meta.json`, else `meta.pkl`), otherwise GPT-2's BPE.
-    pub fn for_data_dir(dir: &Path) -> Result<Tokenizer> {
-        for name in ["meta.json", "meta.pkl"] {
-            let path = dir.join(name);
-            if path.is_file() {
-                return Self::from_meta(&path);
-            }
-        }
-        Self::gpt2()
-    }
-
     pub fn vocab_size(&self) -> usize {
         match self {
             Tokenizer::Gpt2(t) => t.vocab_size(),

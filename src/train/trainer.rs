@@ -7,12 +7,12 @@ use super::ranks::Ranks;
 use super::run_dir;
 use crate::checkpoint;
 use crate::data::batch::mask_to_completions;
+use crate::data::dataset;
 use crate::data::TokenSplit;
 use crate::engine::{self, AdamW, Engine, Mode};
 use crate::load::{self, TrainStart};
 use crate::perf::mfu;
 use crate::rng::{mix64, Rng};
-use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
 use std::io::Write;
 use std::path::Path;
@@ -342,7 +342,7 @@ impl Split {
         let completion = if cfg.loss_after.is_empty() {
             None
         } else {
-            let Tokenizer::Char(chars) = Tokenizer::for_data_dir(data_dir)? else {
+            let Some(chars) = dataset::vocabulary(data_dir)? else {
                 bail!(
                     "loss_after needs a character-level dataset (meta.json): {} has none",
                     data_dir.display()
