@@ -28,6 +28,14 @@ pub struct TrainState {
     pub train: TrainConfig,
     /// AdamW steps taken (PyTorch's `state['step']`).
     pub optimizer_step: u64,
+    /// Ranks of the data-parallel run that saved it (1: one process).
+    #[serde(default = "one_rank")]
+    pub world_size: usize,
+}
+
+/// Checkpoints written before data-parallel runs came from one process.
+fn one_rank() -> usize {
+    1
 }
 
 /// Writes a complete checkpoint to `dir`, replacing any earlier one there. `iter_num` is the
@@ -38,6 +46,7 @@ pub fn save(
     train: &TrainConfig,
     iter_num: usize,
     best_val_loss: f32,
+    world_size: usize,
 ) -> Result<()> {
     let (model, opt) = (engine.model(), engine.optimizer_state());
     let state = TrainState {
@@ -46,6 +55,7 @@ pub fn save(
         model: model.config.clone(),
         train: train.clone(),
         optimizer_step: opt.step,
+        world_size,
     };
     let tmp = sibling(dir, "tmp");
     let old = sibling(dir, "old");

@@ -66,6 +66,8 @@ pub struct TrainStart {
     /// The next iteration to run.
     pub iter_num: usize,
     pub best_val_loss: f32,
+    /// Ranks of the run that saved the checkpoint resumed from (1 otherwise).
+    pub world_size: usize,
 }
 
 /// The error for an `init_from` that names no source; `accepted` lists what the caller takes
@@ -85,6 +87,7 @@ pub fn for_training(cfg: &TrainConfig, log: &mut dyn Write) -> Result<TrainStart
         model,
         iter_num: 0,
         best_val_loss: f32::INFINITY,
+        world_size: 1,
     };
     match cfg.init_from.as_str() {
         "scratch" => {
@@ -114,6 +117,7 @@ pub fn for_training(cfg: &TrainConfig, log: &mut dyn Write) -> Result<TrainStart
                 opt: Some(opt),
                 iter_num: state.iter_num,
                 best_val_loss: state.best_val_loss,
+                world_size: state.world_size,
             })
         }
         name => {

@@ -202,6 +202,11 @@ fn ctrl_c_on_the_launcher_saves_and_a_resume_continues_exactly() {
     let status = launcher.wait().expect("wait");
     assert_eq!(status.code(), Some(130), "{log}");
     assert!(log.contains("interrupted: saved"), "{log}");
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("latest/train_state.json")).expect("train_state.json"),
+    )
+    .expect("json");
+    assert_eq!(state["world_size"], 2);
     let resumed = launch(
         29535,
         &train_args(&data, &out, 40, &["--decay_lr=false", "--init_from=resume"]),

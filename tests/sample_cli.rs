@@ -295,7 +295,7 @@ fn char_checkpoint(root: &std::path::Path) -> PathBuf {
         ..TrainConfig::default()
     };
     let out = root.join("out");
-    nanogpt::checkpoint::save(&out.join("best"), &model, &train, 1, 9.0).unwrap();
+    nanogpt::checkpoint::save(&out.join("best"), &model, &train, 1, 9.0, 1).unwrap();
     out
 }
 

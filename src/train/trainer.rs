@@ -85,7 +85,17 @@ fn run(
         opt,
         mut iter_num,
         mut best_val_loss,
+        world_size,
     } = load::for_training(cfg, log)?;
+    if cfg.init_from == "resume" && world_size != ranks.size() {
+        // Batches and dropout follow the global micro-step, whoever runs it: the run goes on
+        // with the same data, only the gradients add in another order (float rounding).
+        writeln!(
+            log,
+            "note: resuming a run of {world_size} rank(s) with {}: the same batches continue, but the losses will match the earlier ranks' only to float rounding",
+            ranks.size()
+        )?;
+    }
     let mcfg = model.config.clone();
     let mut engine = engine::open(model, cfg.device)?;
     engine.set_adamw(hyper);
@@ -188,6 +198,7 @@ fn run(
                         cfg,
                         iter_num,
                         best_val_loss,
+                        ranks.size(),
                     )?;
                 }
                 if improved || cfg.always_save_checkpoint {
@@ -197,6 +208,7 @@ fn run(
                         cfg,
                         iter_num,
                         best_val_loss,
+                        ranks.size(),
                     )?;
                     writeln!(
                         log,
@@ -267,6 +279,7 @@ fn run(
                     cfg,
                     iter_num,
                     best_val_loss,
+                    ranks.size(),
                 )?;
             }
             if interrupted {
