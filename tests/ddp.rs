@@ -5,7 +5,7 @@
 mod common;
 
 use safetensors::SafeTensors;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufReader, Read};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -126,18 +126,7 @@ fn log_until(
     at: usize,
 ) -> (String, BufReader<std::process::ChildStdout>) {
     let mut reader = BufReader::new(child.stdout.take().expect("piped stdout"));
-    let mut log = String::new();
-    let mark = format!("iter {at}:");
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).expect("read log") == 0 {
-            panic!("training ended before iteration {at}:\n{log}");
-        }
-        log.push_str(&line);
-        if line.starts_with(&mark) {
-            return (log, reader);
-        }
-    }
+    (common::read_until_iter(&mut reader, at), reader)
 }
 
 #[test]

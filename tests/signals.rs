@@ -44,18 +44,7 @@ fn train(data: &Path, out: &Path, init_from: &str) -> Command {
 fn interrupt_at(mut child: Child, at: usize, signals: &[i32]) -> (i32, String) {
     let stdout = child.stdout.take().expect("piped stdout");
     let mut reader = BufReader::new(stdout);
-    let mut log = String::new();
-    let mark = format!("iter {at}:");
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).expect("read log") == 0 {
-            panic!("training ended before iteration {at}:\n{log}");
-        }
-        log.push_str(&line);
-        if line.starts_with(&mark) {
-            break;
-        }
-    }
+    let mut log = common::read_until_iter(&mut reader, at);
     for &sig in signals {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(child.id() as i32, sig) };

@@ -140,6 +140,17 @@ fn run(
         peak * 1e3 * ranks.size() as f64
     )?;
 
+    let world_size = ranks.size();
+    let save = |name: &str, engine: &dyn Engine, iter_num, best_val_loss| {
+        checkpoint::save(
+            &out_dir.join(name),
+            engine,
+            cfg,
+            iter_num,
+            best_val_loss,
+            world_size,
+        )
+    };
     let mut summary = TrainSummary {
         best_val_loss,
         ..Default::default()
@@ -192,24 +203,10 @@ fn run(
             }
             if iter_num > 0 && !cfg.eval_only {
                 if improved {
-                    checkpoint::save(
-                        &out_dir.join("best"),
-                        engine.as_ref(),
-                        cfg,
-                        iter_num,
-                        best_val_loss,
-                        ranks.size(),
-                    )?;
+                    save("best", engine.as_ref(), iter_num, best_val_loss)?;
                 }
                 if improved || cfg.always_save_checkpoint {
-                    checkpoint::save(
-                        &out_dir.join("latest"),
-                        engine.as_ref(),
-                        cfg,
-                        iter_num,
-                        best_val_loss,
-                        ranks.size(),
-                    )?;
+                    save("latest", engine.as_ref(), iter_num, best_val_loss)?;
                     writeln!(
                         log,
                         "saved checkpoint to {}{}",
@@ -273,14 +270,7 @@ fn run(
         if interrupted || iter_num > cfg.max_iters {
             // Always end with a checkpoint to resume from, whatever the eval schedule.
             if leader {
-                checkpoint::save(
-                    &out_dir.join("latest"),
-                    engine.as_ref(),
-                    cfg,
-                    iter_num,
-                    best_val_loss,
-                    ranks.size(),
-                )?;
+                save("latest", engine.as_ref(), iter_num, best_val_loss)?;
             }
             if interrupted {
                 writeln!(log, "interrupted: saved {} at iteration {iter_num}; continue with --init_from=resume", out_dir.join("latest").display())?;

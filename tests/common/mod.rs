@@ -38,6 +38,23 @@ pub fn prepare_shakespeare_char(root: &std::path::Path) -> PathBuf {
     data
 }
 
+/// Reads a training log up to and including the line of iteration `at` (`iter AT: ...`), and
+/// returns what it read; panics if the log ends first.
+pub fn read_until_iter(reader: &mut impl std::io::BufRead, at: usize) -> String {
+    let mut log = String::new();
+    let mark = format!("iter {at}:");
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).expect("read log") == 0 {
+            panic!("training ended before iteration {at}:\n{log}");
+        }
+        log.push_str(&line);
+        if line.starts_with(&mark) {
+            return log;
+        }
+    }
+}
+
 /// The complete "iter N: loss X" lines of a training log, as (N, X); a last line cut off by a
 /// kill is left out.
 pub fn loss_lines(log: &str) -> Vec<(usize, String)> {
