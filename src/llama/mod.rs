@@ -1,0 +1,10 @@
+//! The Llama-2 family on the host: its config, one canonical form of its parameters and the
+//! files it comes in (llama2.c v0/v1/v2, Hugging Face). No engine runs these models yet.
+
+pub mod config;
+pub mod llama2c;
+pub mod weights;
+
+pub use config::LlamaConfig;
+pub use llama2c::{read_llama2c, write_llama2c_v1, Llama2cFormat};
+pub use weights::{load_hf_dir, save_hf_dir, Llama, LlamaTable};

@@ -1,0 +1,271 @@
+//! The Llama host side against llama2.c's and Hugging Face's files in `fixtures/llama` (see its
+//! README): weight formats, the tokenizer, run.c's sampler.
+
+mod common;
+
+use common::fixtures;
+use nanogpt::llama::{
+    load_hf_dir, read_llama2c, save_hf_dir, write_llama2c_v1, Llama, Llama2cFormat,
+};
+use std::path::{Path, PathBuf};
+
+fn llama_dir() -> PathBuf {
+    fixtures().join("llama")
+}
+
+fn bits(m: &Llama) -> Vec<u32> {
+    m.params.iter().map(|x| x.to_bits()).collect()
+}
+
+fn read(name: &str) -> (Llama, Llama2cFormat) {
+    read_llama2c(&llama_dir().join(name)).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// Both fixture models: (Hugging Face directory, llama2.c file stem).
+const MODELS: [&str; 2] = ["tiny-llama", "tiny-llama-tied"];
+
+#[test]
+fn llama2c_v0_v1_and_hf_give_identical_canonical_tensors() {
+    for name in MODELS {
+        let hf = load_hf_dir(&llama_dir().join(name)).unwrap();
+        let tied = name.ends_with("tied");
+        assert_eq!(hf.config.shared_classifier, tied);
+        assert_eq!(
+            (hf.config.dim, hf.config.hidden_dim, hf.config.n_layers),
+            (64, 192, 3)
+        );
+        assert_eq!(
+            (hf.config.n_heads, hf.config.n_kv_heads, hf.config.seq_len),
+            (4, 2, 256)
+        );
+        let n_tensors = 1 + 9 * 3 + 1 + usize::from(!tied);
+        assert_eq!(hf.table.entries.len(), n_tensors, "{name}");
+        for (file, format) in [("v0", Llama2cFormat::V0), ("v1", Llama2cFormat::V1)] {
+            let (m, got) = read(&format!("{name}.{file}.bin"));
+            assert_eq!(got, format);
+            assert_eq!(m.config, hf.config, "{name}.{file}");
+            assert!(
+                bits(&m) == bits(&hf),
+                "{name}.{file}: tensors differ from HF's"
+            );
+        }
+    }
+}
+
+/// Per-layer tensor sizes of the tiny models in llama2.c's order (v1 and v2 alike after the
+/// norms): token embedding, wq, wk, wv, wo, w1, w2, w3 (3 layers each), [wcls].
+fn q8_tensor_sizes(tied: bool) -> Vec<usize> {
+    let mut sizes = vec![512 * 64];
+    for len in [
+        64 * 64,
+        32 * 64,
+        32 * 64,
+        64 * 64,
+        192 * 64,
+        64 * 192,
+        192 * 64,
+    ] {
+        sizes.extend([len; 3]);
+    }
+    if !tied {
+        sizes.push(512 * 64);
+    }
+    sizes
+}
+
+fn le_f32(b: &[u8]) -> f32 {
+    f32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
+#[test]
+fn llama2c_v2_is_dequantized_as_q_times_scale_within_half_a_step_of_v1() {
+    let dir = common::temp_dir("llama", "v2");
+    for name in MODELS {
+        let (v2, format) = read(&format!("{name}.v2.bin"));
+        assert_eq!(format, Llama2cFormat::V2 { group_size: 64 });
+        let (v1, _) = read(&format!("{name}.v1.bin"));
+        // Per tensor, the README's bound: half a step of the tensor's largest group.
+        for e in &v1.table.entries {
+            let (a, b) = (&v1.params[e.range()], &v2.params[e.range()]);
+            let max = a.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+            let err = a
+                .iter()
+                .zip(b)
+                .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(
+                err <= max / 127.0 * 0.5 * 1.0001,
+                "{name} {}: {err}",
+                e.name
+            );
+            if e.shape.len() == 1 {
+                assert_eq!(a, b, "{name} {}: norms are f32 in v2", e.name);
+            } else {
+                assert!(err > 0.0, "{name} {}: not quantized?", e.name);
+            }
+        }
+        // Exactly q * scale: exported as v1, the dequantized tensors come out in v2's order, so
+        // the two files can be walked side by side.
+        let out = dir.join(format!("{name}.v1.bin"));
+        write_llama2c_v1(&v2, &out).unwrap();
+        let (q8, f32s) = (
+            std::fs::read(llama_dir().join(format!("{name}.v2.bin"))).unwrap(),
+            std::fs::read(&out).unwrap(),
+        );
+        let norms = 4 * (2 * 3 * 64 + 64);
+        assert_eq!(q8[256..256 + norms], f32s[256..256 + norms]);
+        let (mut at_q, mut at_f) = (256 + norms, 256 + norms);
+        for len in q8_tensor_sizes(name.ends_with("tied")) {
+            let scales = &q8[at_q + len..at_q + len + 4 * (len / 64)];
+            for i in 0..len {
+                let want = q8[at_q + i] as i8 as f32 * le_f32(&scales[4 * (i / 64)..]);
+                let got = le_f32(&f32s[at_f + 4 * i..]);
+                assert_eq!(got.to_bits(), want.to_bits(), "{name}: value {i}");
+            }
+            at_q += len + 4 * (len / 64);
+            at_f += 4 * len;
+        }
+        assert_eq!((at_q, at_f), (q8.len(), f32s.len()));
+    }
+}
+
+#[test]
+fn llama2c_v1_and_hf_exports_round_trip_bit_exactly() {
+    let dir = common::temp_dir("llama", "export");
+    for name in MODELS {
+        let hf = load_hf_dir(&llama_dir().join(name)).unwrap();
+        // From the HF weights, llama2.c's own v1 file byte for byte.
+        let v1 = dir.join(format!("{name}.v1.bin"));
+        write_llama2c_v1(&hf, &v1).unwrap();
+        let fixture = std::fs::read(llama_dir().join(format!("{name}.v1.bin"))).unwrap();
+        assert!(
+            std::fs::read(&v1).unwrap() == fixture,
+            "{name}: v1 export differs"
+        );
+        let hf_out = dir.join(name);
+        save_hf_dir(&hf, &hf_out).unwrap();
+        let back = load_hf_dir(&hf_out).unwrap();
+        assert_eq!(back.config, hf.config);
+        assert!(bits(&back) == bits(&hf), "{name}: HF round trip differs");
+        let names = |m: &Llama| {
+            m.table
+                .entries
+                .iter()
+                .map(|e| e.name.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&back), names(&hf));
+        assert!(!hf_out.join("model.safetensors.tmp").exists());
+    }
+}
+
+#[test]
+fn llama2c_reads_karpathys_stories260k() {
+    let (m, format) = read("stories260K.bin");
+    assert_eq!(format, Llama2cFormat::V0);
+    let c = &m.config;
+    assert_eq!(
+        (
+            c.dim,
+            c.hidden_dim,
+            c.n_layers,
+            c.n_heads,
+            c.n_kv_heads,
+            c.vocab_size,
+            c.seq_len
+        ),
+        (64, 172, 5, 8, 4, 512, 512)
+    );
+    assert!(c.shared_classifier);
+    assert_eq!(m.table.lm_head, m.table.embed);
+}
+
+/// `bytes` written to a temp file named `name`; the error reading it, which must be one line
+/// naming the file.
+fn read_error(bytes: &[u8], name: &str) -> String {
+    let path = common::temp_dir("llama", "bad").join(name);
+    std::fs::write(&path, bytes).unwrap();
+    let err = match read_llama2c(&path) {
+        Ok(_) => panic!("{name}: read without error"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(!err.contains('\n'), "{name}: not one line: {err}");
+    assert!(err.contains(&path.display().to_string()), "{name}: {err}");
+    err
+}
+
+fn fixture_bytes(name: &str) -> Vec<u8> {
+    std::fs::read(llama_dir().join(name)).unwrap()
+}
+
+#[test]
+fn llama2c_bad_files_are_one_line_errors_naming_the_file() {
+    for name in [
+        "tiny-llama.v0.bin",
+        "tiny-llama.v1.bin",
+        "tiny-llama-tied.v2.bin",
+    ] {
+        let good = fixture_bytes(name);
+        let err = read_error(&good[..good.len() - 1], &format!("cut-{name}"));
+        assert!(err.contains("too short"), "{err}");
+        let err = read_error(&good[..20], &format!("header-{name}"));
+        assert!(err.contains("truncated"), "{err}");
+        let mut long = good.clone();
+        long.push(0);
+        assert!(read_error(&long, &format!("long-{name}")).contains("too long"));
+    }
+    let v1 = fixture_bytes("tiny-llama.v1.bin");
+    let mut bad = v1.clone();
+    bad[0] = b'x';
+    let err = read_error(&bad, "magic.bin");
+    assert!(err.contains("ak42"), "{err}");
+    let mut bad = v1.clone();
+    bad[4] = 3;
+    assert!(read_error(&bad, "version.bin").contains("version 3"));
+    let mut bad = v1.clone();
+    bad[16] = 4; // n_layers 3 -> 4
+    assert!(read_error(&bad, "layers.bin").contains("too short"));
+    let mut bad = v1.clone();
+    bad[20] = 3; // n_heads 4 -> 3
+    assert!(read_error(&bad, "heads.bin").contains("not a multiple"));
+    let mut bad = v1.clone();
+    bad[36] = 7;
+    assert!(read_error(&bad, "shared.bin").contains("shared_classifier"));
+    let mut bad = fixture_bytes("tiny-llama.v2.bin");
+    bad[37..41].copy_from_slice(&48i32.to_le_bytes());
+    assert!(read_error(&bad, "group.bin").contains("group size 48"));
+    let mut bad = fixture_bytes("tiny-llama.v0.bin");
+    bad[0..4].copy_from_slice(&(-64i32).to_le_bytes());
+    assert!(read_error(&bad, "dim.bin").contains("dim -64"));
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(from.join(f), to.join(f)).unwrap();
+    }
+}
+
+#[test]
+fn llama_hf_dir_that_does_not_match_its_config_is_refused() {
+    let dir = common::temp_dir("llama", "hf-bad");
+    copy_dir(&llama_dir().join("tiny-llama"), &dir);
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let set = |from: &str, to: &str| {
+        std::fs::write(dir.join("config.json"), config.replace(from, to)).unwrap();
+        format!("{:#}", load_hf_dir(&dir).unwrap_err())
+    };
+    let err = set("\"num_hidden_layers\": 3", "\"num_hidden_layers\": 2");
+    assert!(err.contains("model.layers.2."), "{err}");
+    let err = set("\"intermediate_size\": 192", "\"intermediate_size\": 160");
+    assert!(
+        err.contains("gate_proj") && err.contains("[160, 64]"),
+        "{err}"
+    );
+    // Untied weights read as tied: the file's own lm_head would be dropped silently.
+    let err = set(
+        "\"tie_word_embeddings\": false",
+        "\"tie_word_embeddings\": true",
+    );
+    assert!(err.contains("lm_head.weight differs"), "{err}");
+    assert!(!err.contains('\n') && err.contains(&dir.display().to_string()));
+}
