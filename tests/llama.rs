@@ -4,6 +4,7 @@
 mod common;
 
 use common::fixtures;
+use nanogpt::llama::run_c::{sample_mult, sample_topp, softmax, Sampler, XorShift};
 use nanogpt::llama::{
     load_hf_dir, read_llama2c, save_hf_dir, write_llama2c_v1, Llama, Llama2cFormat,
 };
@@ -268,4 +269,99 @@ fn llama_hf_dir_that_does_not_match_its_config_is_refused() {
     );
     assert!(err.contains("lm_head.weight differs"), "{err}");
     assert!(!err.contains('\n') && err.contains(&dir.display().to_string()));
+}
+
+fn run_c_json() -> serde_json::Value {
+    let text = std::fs::read_to_string(llama_dir().join("run_c.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn f32_list(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+#[test]
+fn run_c_xorshift_gives_run_cs_own_numbers_and_coins() {
+    let json = run_c_json();
+    for case in json["xorshift"].as_array().unwrap() {
+        let seed = case["seed"].as_u64().unwrap();
+        let mut rng = XorShift::new(seed);
+        let u32s: Vec<u64> = (0..8).map(|_| rng.random_u32() as u64).collect();
+        let want: Vec<u64> = case["random_u32"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect();
+        assert_eq!(u32s, want, "seed {seed}");
+        let mut rng = XorShift::new(seed);
+        let f32s: Vec<f32> = (0..8).map(|_| rng.random_f32()).collect();
+        assert_eq!(f32s, f32_list(&case["random_f32"]), "seed {seed}");
+    }
+    // Each sampled run drew one coin per sampled token from its seed (`-s`).
+    let mut runs = 0;
+    for run in json["runs"].as_array().unwrap() {
+        let Some(coins) = run.get("coins").filter(|c| !c.is_null()) else {
+            continue;
+        };
+        let argv: Vec<&str> = run["argv"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        let seed: u64 = argv[argv.iter().position(|&a| a == "-s").unwrap() + 1]
+            .parse()
+            .unwrap();
+        let coins = f32_list(coins);
+        let mut rng = XorShift::new(seed);
+        let ours: Vec<f32> = coins.iter().map(|_| rng.random_f32()).collect();
+        assert_eq!(ours, coins, "{argv:?}");
+        runs += 1;
+    }
+    assert_eq!(runs, 9);
+}
+
+#[test]
+fn run_c_sampler_on_hand_made_logits() {
+    // Greedy: the first of equal maxima, and no coin drawn.
+    let mut greedy = Sampler::new(0.0, 0.9, 42);
+    assert_eq!(greedy.sample(&mut [1.0, 3.0, 3.0, 2.0]), 1);
+    assert_eq!(greedy.rng.state, 42);
+    // Multinomial in id order: cdf 0.1, 0.3, 0.6, 1.0.
+    let probs = [0.1, 0.2, 0.3, 0.4];
+    assert_eq!(sample_mult(&probs, 0.05), 0);
+    assert_eq!(sample_mult(&probs, 0.25), 1);
+    assert_eq!(sample_mult(&probs, 0.99), 3);
+    // Top-p 0.9: sorted 1 (.5), 3 (.3), 2 (.15), 0 (.05); the running sum passes 0.9 at 2
+    // (0.95), so 0 is out and the coin scales by 0.95.
+    let probs = [0.05, 0.5, 0.15, 0.3];
+    assert_eq!(sample_topp(&probs, 0.9, 0.5), 1); // r = .475
+    assert_eq!(sample_topp(&probs, 0.9, 0.6), 3); // r = .57
+    assert_eq!(sample_topp(&probs, 0.9, 0.99), 2); // r = .9405: not 0, which is cut
+                                                   // The cutoff (1 - .7) / 3 = .1 drops 0 and 2 before sorting: 1 (.6), 3 (.26), sum .86.
+    let probs = [0.05, 0.6, 0.09, 0.26];
+    assert_eq!(sample_topp(&probs, 0.7, 0.69), 1); // r = .5934
+    assert_eq!(sample_topp(&probs, 0.7, 0.71), 3); // r = .6106
+    assert_eq!(sample_topp(&probs, 0.7, 0.999), 3);
+    // Ties keep id order: 0, 1, 2 make the nucleus (.75 > .6); r = .375 falls in id 1.
+    assert_eq!(sample_topp(&[0.25; 4], 0.6, 0.5), 1);
+    assert_eq!(sample_topp(&[0.25; 4], 0.6, 0.7), 2);
+    // Temperature divides the logits: [0, ln 3] at 0.5 is [1, 9]/10; seed 42's first coin is
+    // 0.339 (run_c.json), above 0.1, so id 1; at temperature 4 the split is
+    // [1, 3^0.25] / (1 + 3^0.25) = [.43, .57]: id 0.
+    let mut hot = Sampler::new(0.5, 1.0, 42);
+    let mut logits = [0.0, 3f32.ln()];
+    assert_eq!(hot.sample(&mut logits), 1);
+    assert!((logits[0] - 0.1).abs() < 1e-6 && (logits[1] - 0.9).abs() < 1e-6);
+    let mut cool = Sampler::new(4.0, 0.0, 42);
+    assert_eq!(cool.sample(&mut [0.0, 3f32.ln()]), 0);
+    // run.c's softmax: max subtracted, sums to one.
+    let mut x = [1000.0, 1000.0];
+    softmax(&mut x);
+    assert_eq!(x, [0.5, 0.5]);
 }

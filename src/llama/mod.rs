@@ -1,8 +1,10 @@
 //! The Llama-2 family on the host: its config, one canonical form of its parameters and the
-//! files it comes in (llama2.c v0/v1/v2, Hugging Face). No engine runs these models yet.
+//! files it comes in (llama2.c v0/v1/v2, Hugging Face), and run.c's sampler. No engine runs
+//! these models yet.
 
 pub mod config;
 pub mod llama2c;
+pub mod run_c;
 pub mod weights;
 
 pub use config::LlamaConfig;
