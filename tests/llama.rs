@@ -5,6 +5,7 @@ mod common;
 
 use common::fixtures;
 use nanogpt::llama::run_c::{sample_mult, sample_topp, softmax, Sampler, XorShift};
+use nanogpt::llama::tokenizer::{LlamaTokenizer, BOS};
 use nanogpt::llama::{
     load_hf_dir, read_llama2c, save_hf_dir, write_llama2c_v1, Llama, Llama2cFormat,
 };
@@ -364,4 +365,123 @@ fn run_c_sampler_on_hand_made_logits() {
     let mut x = [1000.0, 1000.0];
     softmax(&mut x);
     assert_eq!(x, [0.5, 0.5]);
+}
+
+fn tokenizer() -> LlamaTokenizer {
+    LlamaTokenizer::read_bin(&llama_dir().join("tok512.bin")).unwrap()
+}
+
+fn cases() -> serde_json::Value {
+    let text = std::fs::read_to_string(llama_dir().join("tokenizer_cases.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn llama_tokenizer_encodes_as_sentencepiece_and_as_run_c() {
+    let tok = tokenizer();
+    assert_eq!(tok.vocab_size(), 512);
+    for case in cases()["cases"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(
+            tok.encode_sentencepiece(text),
+            ids(&case["ids"]),
+            "sp {text:?}"
+        );
+        let runc = tok.encode_runc(text);
+        assert_eq!(runc, ids(&case["runc_ids"]), "run.c {text:?}");
+        let mut printed = Vec::new();
+        let mut prev = BOS;
+        for &id in &runc {
+            printed.extend(tok.runc_printed(prev, id).unwrap());
+            prev = id;
+        }
+        assert_eq!(
+            hex(&printed),
+            case["runc_printed_hex"].as_str().unwrap(),
+            "{text:?}"
+        );
+        assert_eq!(
+            tok.decode_sentencepiece(&ids(&case["ids"])).unwrap(),
+            case["decoded"].as_str().unwrap()
+        );
+    }
+}
+
+#[test]
+fn llama_tokenizer_decodes_as_sentencepiece() {
+    let tok = tokenizer();
+    for case in cases()["decode_cases"].as_array().unwrap() {
+        let ids = ids(&case["ids"]);
+        let want = case["decoded"].as_str().unwrap();
+        // tokenizer.bin does not record `<unk>`'s text; sentencepiece's default stands in.
+        let want = want.replace(" \\342\\201\\207 ", " \u{2047} ");
+        assert_eq!(tok.decode_sentencepiece(&ids).unwrap(), want, "{ids:?}");
+    }
+    let err = tok.decode_sentencepiece(&[5, 512]).unwrap_err().to_string();
+    assert!(err.contains("512"), "{err}");
+}
+
+/// run.c's prompt ids (BOS first) and its whole printed output, for every recorded run.
+#[test]
+fn llama_tokenizer_reproduces_run_cs_prompts_and_output() {
+    let tok = tokenizer();
+    for run in run_c_json()["runs"].as_array().unwrap() {
+        let prompt = run["prompt"].as_str().unwrap_or("");
+        let mut want = vec![BOS];
+        want.extend(tok.encode_runc(prompt));
+        assert_eq!(want, ids(&run["prompt_ids"]), "{prompt:?}");
+        let all = ids(&run["ids"]);
+        let mut out = Vec::new();
+        for w in all.windows(2) {
+            if w[1] == BOS {
+                break;
+            }
+            out.extend(tok.runc_printed(w[0], w[1]).unwrap());
+        }
+        out.push(b'\n');
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            run["stdout"].as_str().unwrap(),
+            "{:?}",
+            run["argv"]
+        );
+    }
+}
+
+#[test]
+fn llama_tokenizer_training_stream_matches_sentencepiece() {
+    use sha2::{Digest, Sha256};
+    let tok = tokenizer();
+    let text = std::fs::read_to_string(fixtures().join("../data/tinyshakespeare.txt")).unwrap();
+    let sha = |ids: &[u32]| {
+        let bytes: Vec<u8> = ids.iter().flat_map(|&i| (i as u16).to_le_bytes()).collect();
+        hex(&Sha256::digest(&bytes))
+    };
+    let cases = cases();
+    let first: String = text.chars().take(10_000).collect();
+    let ids = tok.encode_sentencepiece(&first);
+    assert_eq!(
+        ids.len() as u64,
+        cases["shakespeare_first_10k_chars"]["n_tokens"]
+            .as_u64()
+            .unwrap()
+    );
+    assert_eq!(
+        sha(&ids),
+        cases["shakespeare_first_10k_chars"]["sha256_u16le"]
+            .as_str()
+            .unwrap()
+    );
 }

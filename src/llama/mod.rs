@@ -5,6 +5,7 @@
 pub mod config;
 pub mod llama2c;
 pub mod run_c;
+pub mod tokenizer;
 pub mod weights;
 
 pub use config::LlamaConfig;
