@@ -368,7 +368,7 @@ fn run_c_sampler_on_hand_made_logits() {
 }
 
 fn tokenizer() -> LlamaTokenizer {
-    LlamaTokenizer::read_bin(&llama_dir().join("tok512.bin")).unwrap()
+    LlamaTokenizer::read_bin(&llama_dir().join("tok512.bin"), 512).unwrap()
 }
 
 fn cases() -> serde_json::Value {
@@ -484,4 +484,58 @@ fn llama_tokenizer_training_stream_matches_sentencepiece() {
             .as_str()
             .unwrap()
     );
+}
+
+#[test]
+fn llama_tokenizer_model_equals_its_bin_export_and_decodes_unk_as_trained() {
+    let bin = tokenizer();
+    let model = LlamaTokenizer::read_model(&llama_dir().join("tok512.model")).unwrap();
+    assert_eq!(model.pieces, bin.pieces);
+    assert_eq!(model.scores, bin.scores);
+    assert_eq!(model.kinds, bin.kinds);
+    assert!(model.add_dummy_prefix && model.remove_extra_whitespaces);
+    for case in cases()["decode_cases"].as_array().unwrap() {
+        let want = case["decoded"].as_str().unwrap();
+        assert_eq!(
+            model.decode_sentencepiece(&ids(&case["ids"])).unwrap(),
+            want
+        );
+    }
+    for case in cases()["cases"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(
+            model.encode_sentencepiece(text),
+            ids(&case["ids"]),
+            "{text:?}"
+        );
+    }
+}
+
+#[test]
+fn llama_tokenizer_bad_files_are_one_line_errors_naming_the_file() {
+    let dir = common::temp_dir("llama", "bad-tok");
+    for (name, cut) in [
+        ("tok512.bin", 100),
+        ("tok512.model", 7000),
+        ("tok512.model", 3),
+    ] {
+        let bytes = fixture_bytes(name);
+        let path = dir.join(format!("{cut}-{name}"));
+        std::fs::write(&path, &bytes[..cut]).unwrap();
+        let err = match name.ends_with(".bin") {
+            true => LlamaTokenizer::read_bin(&path, 512),
+            false => LlamaTokenizer::read_model(&path),
+        };
+        let err = format!("{:#}", err.unwrap_err());
+        assert!(
+            err.contains(&path.display().to_string()) && err.contains("truncated"),
+            "{err}"
+        );
+        assert!(!err.contains('\n'), "{err}");
+    }
+    // Whole, but for a model of another vocabulary size.
+    for vocab in [511, 513] {
+        let err = LlamaTokenizer::read_bin(&llama_dir().join("tok512.bin"), vocab).unwrap_err();
+        assert!(format!("{err:#}").contains("tok512.bin"), "{err:#}");
+    }
 }

@@ -46,6 +46,8 @@ pub struct LlamaTokenizer {
     normal: HashMap<Vec<u8>, u32>,
     /// The id of each byte's piece.
     byte_ids: [Option<u32>; 256],
+    /// `<unk>`, for text that neither pieces nor byte pieces cover.
+    unk: u32,
 }
 
 impl LlamaTokenizer {
@@ -68,7 +70,12 @@ impl LlamaTokenizer {
                 _ => {}
             }
         }
+        let unk = kinds
+            .iter()
+            .position(|k| *k == PieceKind::Unknown)
+            .unwrap_or(0) as u32;
         LlamaTokenizer {
+            unk,
             pieces,
             scores,
             kinds,
@@ -86,13 +93,17 @@ impl LlamaTokenizer {
     }
 
     /// Reads llama2.c's `tokenizer.bin`: u32 max_token_length, then per id f32 score, i32
-    /// length and the bytes, until the file ends (the vocabulary size is the model's, not
-    /// stored). Kinds follow sentencepiece's layout for Llama: id 0 `<unk>`, 1 and 2 control,
+    /// length and the bytes. The file does not store how many tokens it holds (run.c takes the
+    /// model's vocab_size), so neither a file cut at a token boundary nor one made for another
+    /// model could be told without `vocab_size`: the file must hold exactly that many. Kinds follow sentencepiece's layout for Llama: id 0 `<unk>`, 1 and 2 control,
     /// `<0xNN>` at id NN + 3 a byte piece.
-    pub fn read_bin(path: &Path) -> Result<LlamaTokenizer> {
+    pub fn read_bin(path: &Path, vocab_size: usize) -> Result<LlamaTokenizer> {
         let bytes =
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         let p = path.display();
+        if vocab_size == 0 {
+            bail!("{p}: a vocabulary of 0 tokens was asked for; pass the model's vocab_size");
+        }
         let Some(max_len) = bytes.get(..4) else {
             bail!(
                 "{p}: {} bytes, too short for a tokenizer.bin header",
@@ -102,10 +113,11 @@ impl LlamaTokenizer {
         let max_len = u32::from_le_bytes([max_len[0], max_len[1], max_len[2], max_len[3]]) as usize;
         let (mut pieces, mut scores, mut kinds) = (Vec::new(), Vec::new(), Vec::new());
         let mut at = 4;
-        while at < bytes.len() {
-            let id = pieces.len();
+        for id in 0..vocab_size {
             let Some(head) = bytes.get(at..at + 8) else {
-                bail!("{p}: truncated in the score and length of token {id} (byte {at})");
+                bail!(
+                    "{p}: truncated: it ends at token {id} of the model's {vocab_size} (byte {at})"
+                );
             };
             let score = f32::from_le_bytes([head[0], head[1], head[2], head[3]]);
             let len = i32::from_le_bytes([head[4], head[5], head[6], head[7]]);
@@ -123,8 +135,12 @@ impl LlamaTokenizer {
             scores.push(score);
             at += 8 + len as usize;
         }
-        if pieces.is_empty() {
-            bail!("{p}: no tokens after the header");
+        if at != bytes.len() {
+            bail!(
+                "{p}: {} bytes left after the model's {vocab_size} tokens; is it the tokenizer \
+                 of another model?",
+                bytes.len() - at
+            );
         }
         Ok(LlamaTokenizer::new(
             pieces,
@@ -132,6 +148,21 @@ impl LlamaTokenizer {
             kinds,
             DEFAULT_UNK_SURFACE.into(),
         ))
+    }
+
+    /// Reads sentencepiece's `tokenizer.model` (a `ModelProto`): BPE with identity
+    /// normalization, as Llama's. Pieces are stored as `tokenizer.bin` has them (llama2.c's
+    /// `export()`: `▁` as a space, BOS as "\n<s>\n", EOS as "\n</s>\n"), so either file gives
+    /// the same tokenizer; the normalizer's settings and `<unk>`'s text come from the file.
+    pub fn read_model(path: &Path) -> Result<LlamaTokenizer> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        read_model_proto(&bytes).with_context(|| {
+            format!(
+                "{}: not a sentencepiece model this tokenizer reads (truncated?)",
+                path.display()
+            )
+        })
     }
 
     /// Ids of `text` as run.c's `encode(text, bos=0, eos=0)`.
@@ -149,14 +180,14 @@ impl LlamaTokenizer {
                 for b in s {
                     match self.byte_ids[*b as usize] {
                         Some(id) => symbols.push(self.pieces[id as usize].clone()),
-                        None => symbols.push(self.pieces[0].clone()),
+                        None => symbols.push(self.pieces[self.unk as usize].clone()),
                     }
                 }
             }
         }
         merge(symbols, &self.all, &self.scores)
             .iter()
-            .map(|s| self.all.get(s).copied().unwrap_or(0))
+            .map(|s| self.all.get(s).copied().unwrap_or(self.unk))
             .collect()
     }
 
@@ -173,7 +204,10 @@ impl LlamaTokenizer {
         for s in merge(symbols, &self.normal, &self.scores) {
             match self.normal.get(&s) {
                 Some(&id) => ids.push(id),
-                None => ids.extend(s.iter().map(|&b| self.byte_ids[b as usize].unwrap_or(0))),
+                None => ids.extend(
+                    s.iter()
+                        .map(|&b| self.byte_ids[b as usize].unwrap_or(self.unk)),
+                ),
             }
         }
         ids
@@ -400,4 +434,153 @@ fn merge(
         }
     }
     symbols.into_iter().filter(|s| !s.is_empty()).collect()
+}
+
+/// One field of a protobuf message.
+enum Field<'a> {
+    Varint(u64),
+    Fixed32([u8; 4]),
+    Bytes(&'a [u8]),
+}
+
+/// The fields of one protobuf message, in order: the little of the wire format that
+/// sentencepiece's model needs (varints, 32/64-bit values, length-delimited bytes).
+fn proto_fields(mut b: &[u8]) -> Result<Vec<(u64, Field<'_>)>> {
+    fn varint(b: &mut &[u8]) -> Result<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&x, rest) = b.split_first().context("a varint runs past the end")?;
+            *b = rest;
+            v |= u64::from(x & 0x7f) << shift;
+            if x < 0x80 {
+                return Ok(v);
+            }
+        }
+        bail!("a varint longer than 10 bytes")
+    }
+    fn take<'a>(b: &mut &'a [u8], n: u64) -> Result<&'a [u8]> {
+        let n = usize::try_from(n).ok().filter(|&n| n <= b.len());
+        let n = n.context("a field runs past the end")?;
+        let (now, rest) = b.split_at(n);
+        *b = rest;
+        Ok(now)
+    }
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let key = varint(&mut b)?;
+        let value = match key & 7 {
+            0 => Field::Varint(varint(&mut b)?),
+            1 => {
+                take(&mut b, 8)?;
+                continue;
+            }
+            2 => {
+                let n = varint(&mut b)?;
+                Field::Bytes(take(&mut b, n)?)
+            }
+            5 => {
+                let v = take(&mut b, 4)?;
+                Field::Fixed32([v[0], v[1], v[2], v[3]])
+            }
+            w => bail!("wire type {w} (field {}) is not protobuf's", key >> 3),
+        };
+        out.push((key >> 3, value));
+    }
+    Ok(out)
+}
+
+fn proto_string(v: &Field, what: &str) -> Result<String> {
+    match v {
+        Field::Bytes(b) => {
+            String::from_utf8(b.to_vec()).with_context(|| format!("{what} is not UTF-8"))
+        }
+        _ => bail!("{what} is not a string"),
+    }
+}
+
+/// sentencepiece's `ModelProto` field numbers: pieces 1 (piece 1, score 2, type 3), trainer
+/// spec 2 (model_type 3, treat_whitespace_as_suffix 24, bos_id 41, eos_id 42, unk_surface 44),
+/// normalizer spec 3 (name 1, precompiled_charsmap 2, add_dummy_prefix 3,
+/// remove_extra_whitespaces 4, escape_whitespaces 5).
+fn read_model_proto(bytes: &[u8]) -> Result<LlamaTokenizer> {
+    let (mut raw, mut bos, mut eos) = (Vec::new(), 1i64, 2i64);
+    let mut unk_surface = DEFAULT_UNK_SURFACE.to_string();
+    let (mut dummy, mut collapse, mut model_type) = (true, true, 1);
+    for (field, value) in proto_fields(bytes)? {
+        let Field::Bytes(msg) = value else { continue };
+        match field {
+            1 => raw.push(msg),
+            2 => {
+                for (f, v) in proto_fields(msg)? {
+                    match (f, v) {
+                        (3, Field::Varint(x)) => model_type = x,
+                        (24, Field::Varint(1)) => {
+                            bail!("treat_whitespace_as_suffix is not supported")
+                        }
+                        (41, Field::Varint(x)) => bos = x as i32 as i64,
+                        (42, Field::Varint(x)) => eos = x as i32 as i64,
+                        (44, v) => unk_surface = proto_string(&v, "unk_surface")?,
+                        _ => {}
+                    }
+                }
+            }
+            3 => {
+                let mut name = String::from("identity");
+                for (f, v) in proto_fields(msg)? {
+                    match (f, v) {
+                        (1, v) => name = proto_string(&v, "the normalizer's name")?,
+                        (2, Field::Bytes(map)) if !map.is_empty() => {
+                            bail!("normalization rule \"{name}\" is not supported (only identity)")
+                        }
+                        (3, Field::Varint(x)) => dummy = x != 0,
+                        (4, Field::Varint(x)) => collapse = x != 0,
+                        (5, Field::Varint(0)) => bail!("escape_whitespaces false is not supported"),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if model_type != 2 {
+        bail!("model_type {model_type} is not supported (only 2, BPE)");
+    }
+    let (mut pieces, mut scores, mut kinds) = (Vec::new(), Vec::new(), Vec::new());
+    for (id, msg) in raw.into_iter().enumerate() {
+        let (mut text, mut score, mut kind) = (String::new(), 0.0, 1);
+        for (f, v) in proto_fields(msg)? {
+            match (f, v) {
+                (1, v) => text = proto_string(&v, "a piece")?,
+                (2, Field::Fixed32(x)) => score = f32::from_le_bytes(x),
+                (3, Field::Varint(x)) => kind = x,
+                _ => {}
+            }
+        }
+        kinds.push(match kind {
+            1 => PieceKind::Normal,
+            2 => PieceKind::Unknown,
+            3 => PieceKind::Control,
+            6 => PieceKind::Byte(
+                byte_piece(text.as_bytes())
+                    .with_context(|| format!("byte piece {id} is {text:?}, not <0xNN>"))?,
+            ),
+            k => bail!(
+                "piece {id} {text:?} has type {k} (user-defined or unused), which is not supported"
+            ),
+        });
+        let text = match id as i64 {
+            i if i == bos => "\n<s>\n".to_string(),
+            i if i == eos => "\n</s>\n".to_string(),
+            _ => text.replace('\u{2581}', " "),
+        };
+        pieces.push(text.into_bytes());
+        scores.push(score);
+    }
+    if pieces.is_empty() {
+        bail!("no pieces");
+    }
+    let mut tok = LlamaTokenizer::new(pieces, scores, kinds, unk_surface);
+    tok.add_dummy_prefix = dummy;
+    tok.remove_extra_whitespaces = collapse;
+    Ok(tok)
 }
