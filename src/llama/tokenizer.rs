@@ -584,3 +584,34 @@ fn read_model_proto(bytes: &[u8]) -> Result<LlamaTokenizer> {
     tok.remove_extra_whitespaces = collapse;
     Ok(tok)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `<unk>`, `<s>`, `</s>`, then "a", "aa", " ".
+    fn tiny() -> LlamaTokenizer {
+        let pieces = ["<unk>", "\n<s>\n", "\n</s>\n", "a", "aa", " "];
+        let kinds = [PieceKind::Unknown, PieceKind::Control, PieceKind::Control]
+            .into_iter()
+            .chain([PieceKind::Normal; 3])
+            .collect();
+        LlamaTokenizer::new(
+            pieces.iter().map(|p| p.as_bytes().to_vec()).collect(),
+            vec![0.0, 0.0, 0.0, -3.0, -1.0, -2.0],
+            kinds,
+            DEFAULT_UNK_SURFACE.into(),
+        )
+    }
+
+    #[test]
+    fn llama_tokenizer_merges_the_leftmost_of_equal_pairs() {
+        let tok = tiny();
+        // " aaa": "aa" at symbols 1 and 2 score the same; the left one goes first.
+        assert_eq!(tok.encode_sentencepiece("aaa"), [5, 4, 3]);
+        assert_eq!(tok.encode_runc("aaa"), [5, 4, 3]);
+        // No byte pieces: text outside the vocabulary is <unk>.
+        assert_eq!(tok.encode_sentencepiece("b"), [5, 0]);
+        assert_eq!(tok.encode_runc("b"), [5, 0]);
+    }
+}
