@@ -1,5 +1,6 @@
-//! The Llama-2 family on the host: its config, one canonical form of its parameters and the
-//! files it comes in (llama2.c v0/v1/v2, Hugging Face), and run.c's sampler. No engine runs
+//! The Llama-2 family on the host: its config, one canonical form of its parameters, the
+//! files it comes in (llama2.c v0/v1/v2, Hugging Face), its tokenizer (llama2.c's
+//! `tokenizer.bin`, sentencepiece's `tokenizer.model`) and run.c's sampler. No engine runs
 //! these models yet.
 
 pub mod config;
