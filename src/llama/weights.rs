@@ -197,11 +197,12 @@ pub fn load_hf_dir(dir: &Path) -> Result<Llama> {
         }
     }
     if let (true, Ok(head)) = (model.config.shared_classifier, st.tensor("lm_head.weight")) {
-        let embed = &model.params[model.table.entries[0].range()];
+        let embed_len = model.config.vocab_size * model.config.dim;
+        let embed = &model.params[model.table.embed..model.table.embed + embed_len];
         if head.data() != f32_le_bytes(embed) {
             bail!(
                 "{}: config.json ties the classifier to the embedding (tie_word_embeddings), \
-                 but the file's lm_head.weight differs from it; fix tie_word_embeddings",
+                 but the file's lm_head.weight differs from it; set tie_word_embeddings to false",
                 path.display()
             );
         }
