@@ -11,6 +11,7 @@ pub mod download;
 pub mod engine;
 pub mod hf;
 pub mod kernels;
+pub mod llama;
 pub mod load;
 pub mod model;
 pub mod optim;
