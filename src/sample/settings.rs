@@ -40,7 +40,14 @@ const BUILT_IN: [(&str, &str); 8] = [
 ];
 
 /// Keys that switch sampling on (at temperature 1 unless the spec gives a temperature).
-const SAMPLING_KEYS: [&str; 4] = ["top_k", "top_p", "min_p", "typical_p"];
+const SAMPLING_KEYS: [&str; 6] = [
+    "top_k",
+    "top_p",
+    "min_p",
+    "typical_p",
+    "epsilon_cutoff",
+    "eta_cutoff",
+];
 
 /// Keys the repetition run sets itself, the same for every setting.
 const RUN_KEYS: [&str; 3] = ["num_samples", "max_new_tokens", "seed"];
@@ -50,11 +57,11 @@ const RUN_KEYS: [&str; 3] = ["num_samples", "max_new_tokens", "seed"];
 pub struct Setting {
     pub name: String,
     pub description: String,
-    /// `num_samples`, `max_new_tokens` and `seed` are set per run; DRY's breaker ids are filled
-    /// in from `dry_breakers` when DRY is on.
+    /// `num_samples`, `max_new_tokens` and `seed` are set per run; the ids of the settings given
+    /// as text are filled in from `settings` ([`SampleSettings::resolve_tokens`]).
     pub config: SamplingConfig,
-    /// DRY's sequence breakers as strings (llama.cpp's default unless the spec says otherwise).
-    pub dry_breakers: Vec<String>,
+    /// The settings as parsed, text not yet turned into token ids.
+    pub settings: SampleSettings,
 }
 
 /// A built-in setting by name, or a custom one: `key=value` pairs joined by `+`, on top of
@@ -97,6 +104,12 @@ pub fn parse_setting(spec: &str) -> Result<Setting> {
                     .map(String::from)
                     .collect(),
             };
+        } else if k == "bad_words" || k == "sequence_bias" {
+            // Several, separated by '|', as DRY's breakers.
+            for item in v.split('|').filter(|b| !b.is_empty()) {
+                s.set(k, item)
+                    .with_context(|| format!("setting '{spec}'"))?;
+            }
         } else {
             s.set(k, v).with_context(|| format!("setting '{spec}'"))?;
         }
@@ -119,8 +132,8 @@ pub fn parse_setting(spec: &str) -> Result<Setting> {
     Ok(Setting {
         name: spec.to_string(),
         description,
-        dry_breakers: s.dry_breakers(),
         config,
+        settings: s,
     })
 }
 
@@ -138,7 +151,7 @@ mod tests {
         .unwrap();
         assert!(s.config.sampling());
         assert_eq!(s.config.top_p, Some(0.95));
-        assert!(s.dry_breakers.is_empty());
+        assert!(s.settings.dry_breakers().is_empty());
         let g = parse_setting("repetition_penalty=1.2").unwrap();
         assert!(!g.config.sampling());
         assert!(g.description.starts_with("greedy"));
