@@ -1195,7 +1195,65 @@ fn kv_cache_reorder_permutes_duplicates_and_drops_rows() {
 
 #[test]
 fn validation_errors_name_the_knob() {
+    let beams = |groups, diversity| SamplingConfig {
+        num_beams: 4,
+        num_beam_groups: groups,
+        diversity_penalty: diversity,
+        ..SamplingConfig::greedy(4)
+    };
     for (cfg, knob) in [
+        (
+            SamplingConfig {
+                eta_cutoff: Some(0.0),
+                ..Default::default()
+            },
+            "eta_cutoff",
+        ),
+        (beams(3, 1.0), "num_beam_groups"),
+        (beams(2, 0.0), "diversity_penalty"),
+        (beams(1, 1.0), "diversity_penalty"),
+        (
+            SamplingConfig {
+                temperature: 1.0,
+                do_sample: true,
+                ..beams(2, 1.0)
+            },
+            "deterministic",
+        ),
+        (
+            SamplingConfig {
+                penalty_alpha: 1.5,
+                top_k: Some(4),
+                ..SamplingConfig::greedy(4)
+            },
+            "penalty_alpha",
+        ),
+        (
+            SamplingConfig {
+                penalty_alpha: 0.6,
+                top_k: Some(4),
+                num_beams: 2,
+                ..SamplingConfig::greedy(4)
+            },
+            "num_beams=1",
+        ),
+        (
+            SamplingConfig {
+                bad_words_ids: vec![vec![]],
+                ..Default::default()
+            },
+            "bad_words",
+        ),
+        (
+            SamplingConfig {
+                exponential_decay_length_penalty: Some(LengthDecay {
+                    start: 1,
+                    factor: 0.0,
+                }),
+                ..Default::default()
+            },
+            "exponential_decay_length_penalty",
+        ),
         (
             SamplingConfig {
                 top_p: Some(0.0),

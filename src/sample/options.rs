@@ -290,7 +290,8 @@ crate::knobs! {
             /// 0.5), dry (0.8/1.75/2), beam (4 beams); penalties are applied to greedy decoding.
             /// Or your own: key=value pairs joined by '+' on top of greedy, with sample's option
             /// names, e.g. temperature=0.8+top_p=0.95+dry_multiplier=0.8
-            /// (dry_sequence_breakers=none|default|a|b) [default: all built-in ones]
+            /// (dry_sequence_breakers=none|default|a|b; bad_words=a|b; sequence_bias=a=-2|b=1)
+            /// [default: all built-in ones]
             settings: Vec<String> = Vec::new(),
             /// Random seed of the sampled settings
             seed: u64 = 1337,

@@ -141,6 +141,7 @@ pub fn parse_setting(spec: &str) -> Result<Setting> {
 mod tests {
     use super::*;
     use crate::sample::options::unescape;
+    use crate::tokenizer::Tokenizer;
 
     #[test]
     fn escapes_and_custom_settings() {
@@ -158,6 +159,39 @@ mod tests {
         assert!(parse_setting("top_p=2").is_err());
         for name in SETTING_NAMES {
             assert_eq!(parse_setting(name).unwrap().name, name);
+        }
+    }
+
+    #[test]
+    fn bad_words_and_sequence_bias_as_text_or_ids() {
+        let tok = Tokenizer::gpt2().unwrap();
+        let s =
+            parse_setting("bad_words=Romeo|ids:13+sequence_bias=\\n=-2|ids:11,290=1.5").unwrap();
+        let mut cfg = s.config.clone();
+        s.settings.resolve_tokens(&mut cfg, &tok, 50257).unwrap();
+        // Text: as written and after a space (other BPE tokens); ids: exactly those.
+        let romeo = tok.encode("Romeo").unwrap();
+        let spaced = tok.encode(" Romeo").unwrap();
+        assert_ne!(romeo, spaced);
+        assert_eq!(cfg.bad_words_ids, vec![romeo, spaced, vec![13]]);
+        // "\n" starts with whitespace: as written only.
+        assert_eq!(
+            cfg.sequence_bias,
+            vec![(tok.encode("\n").unwrap(), -2.0), (vec![11, 290], 1.5)]
+        );
+        // Text that starts with a space is taken as written only.
+        let mut settings = s.settings.clone();
+        settings.bad_words = vec![" the".into()];
+        settings.sequence_bias.clear();
+        settings.resolve_tokens(&mut cfg, &tok, 50257).unwrap();
+        assert_eq!(cfg.bad_words_ids, vec![tok.encode(" the").unwrap()]);
+        for bad in ["bad_words=ids:", "sequence_bias=x", "sequence_bias=x=nan"] {
+            let s = parse_setting(bad).unwrap();
+            let mut cfg = s.config.clone();
+            assert!(
+                s.settings.resolve_tokens(&mut cfg, &tok, 50257).is_err(),
+                "{bad}"
+            );
         }
     }
 }
