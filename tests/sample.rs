@@ -351,6 +351,34 @@ fn decoding_refs_contrastive_search() {
     check_generations("contrastive", 9);
 }
 
+/// Past the context window contrastive search crops the context (as nanoGPT) and goes on; the
+/// tokens before the crop are those of a shorter run.
+#[test]
+fn contrastive_search_runs_past_the_context_window() {
+    let model = tiny();
+    let block = model.config().block_size;
+    let prompt = shakespeare_ids(block - 3);
+    let cfg = |n| SamplingConfig {
+        penalty_alpha: 0.6,
+        top_k: Some(4),
+        ..SamplingConfig::greedy(n)
+    };
+    let long = run(model, &prompt, &cfg(8));
+    assert_eq!(long[0].tokens.len(), 8);
+    let short = run(model, &prompt, &cfg(2));
+    assert_eq!(short[0].tokens[..], long[0].tokens[..2]);
+    // num_samples copies of the one sequence.
+    let three = run(
+        model,
+        &prompt,
+        &SamplingConfig {
+            num_samples: 3,
+            ..cfg(2)
+        },
+    );
+    assert!(three.iter().all(|g| g.tokens == short[0].tokens) && three.len() == 3);
+}
+
 /// The hidden states contrastive search reads: for every fed token, after ln_f, so that
 /// hidden . wte^T gives the logits; the same values whether the tokens come in one feed or one
 /// at a time.
