@@ -1,7 +1,7 @@
 //! Beam search with Hugging Face `transformers` semantics (`generate(num_beams=...)`), the beams
 //! kept as rows of one KV-cache batch (rows reordered each step).
 //!
-//! Each step, for each running beam: log_softmax of its logits, the penalties of
+//! Each step, for each running beam (of each group, in diverse beam search): log_softmax of its logits, the penalties of
 //! [`Processors::penalize`] applied to those log-probs (and, in beam *sampling*, the warpers with
 //! at least 2 tokens kept), plus the beam's running score. Over all beams the best
 //! `2 * num_beams` candidates are taken (beam sampling: drawn without replacement from the softmax
@@ -137,15 +137,16 @@ pub fn beam_search(
             improvable: true,
         })
         .collect();
+    let mut st = Step {
+        cfg,
+        procs: &procs,
+        vocab,
+        start: &start,
+        eot: if cfg.stop_at_eot { vocab.eot() } else { None },
+        step: 0,
+    };
     for step in 0..cfg.max_new_tokens {
-        let st = Step {
-            cfg,
-            procs: &procs,
-            vocab,
-            start: &start,
-            eot: if cfg.stop_at_eot { vocab.eot() } else { None },
-            step,
-        };
+        st.step = step;
         // The groups choose in turn; a group's beams are the cache rows after the earlier
         // groups' ones. `chosen` holds the tokens the earlier groups' beams took at this step.
         let mut chosen: Vec<u32> = Vec::new();
