@@ -119,6 +119,10 @@ pub fn parse_setting(spec: &str) -> Result<Setting> {
         }
         parts.push(format!("{k} {v}"));
     }
+    if s.penalty_alpha > 0.0 && !temperature_given {
+        // top_k is contrastive search's candidate count here, not a sampling filter.
+        s.temperature = 0.0;
+    }
     let config = s.sampling_config();
     let description = description.unwrap_or_else(|| {
         if !config.sampling() && config.num_beams == 1 {
@@ -185,6 +189,9 @@ mod tests {
         settings.sequence_bias.clear();
         settings.resolve_tokens(&mut cfg, &tok, 50257).unwrap();
         assert_eq!(cfg.bad_words_ids, vec![tok.encode(" the").unwrap()]);
+        // With penalty_alpha, top_k counts contrastive search's candidates: no sampling.
+        let c = parse_setting("penalty_alpha=0.6+top_k=4").unwrap();
+        assert!(!c.config.sampling() && c.description.starts_with("greedy"));
         for bad in ["bad_words=ids:", "sequence_bias=x", "sequence_bias=x=nan"] {
             let s = parse_setting(bad).unwrap();
             let mut cfg = s.config.clone();
