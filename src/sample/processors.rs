@@ -50,11 +50,10 @@ fn kth_largest(x: &[f32], k: usize) -> f32 {
 /// Removes tokens with probability below `cut`, except those whose logit is at least the
 /// `min_keep`-th largest (transformers' rule in the epsilon and eta warpers).
 fn cut_below(logits: &mut [f32], probs: &[f64], cut: f64, min_keep: usize) {
-    let k = min_keep.clamp(1, logits.len().max(1));
     if logits.is_empty() {
         return;
     }
-    let keep_from = kth_largest(logits, k);
+    let keep_from = kth_largest(logits, min_keep.clamp(1, logits.len()));
     for (v, &p) in logits.iter_mut().zip(probs) {
         if p < cut && *v < keep_from {
             *v = f32::NEG_INFINITY;
