@@ -6,13 +6,13 @@ mod common;
 
 use common::fixtures;
 use nanogpt::engine::cpu::CpuEngine;
-use nanogpt::engine::{Engine, Mode};
+use nanogpt::engine::{Engine, Feed, Mode};
 use nanogpt::model::weights::load_hf_dir;
 use nanogpt::sample::processors::{self, banned_ngram_tokens, Processors};
 use nanogpt::sample::repetition::{self, LoopRule};
 use nanogpt::sample::{
     dry, generate, generate_each, DryConfig, EarlyStopping, FinishReason, Generation, IdsOnly,
-    SamplingConfig, StopScan, Vocab,
+    LengthDecay, SamplingConfig, StopScan, Vocab,
 };
 use nanogpt::tokenizer::Tokenizer;
 use serde_json::Value;
@@ -72,6 +72,27 @@ fn config_from_kwargs(kwargs: &Value, max_new_tokens: usize) -> SamplingConfig {
                 } else {
                     EarlyStopping::False
                 }
+            }
+            "bad_words_ids" => {
+                cfg.bad_words_ids = v.as_array().expect("list").iter().map(ids).collect()
+            }
+            "sequence_bias" => {
+                cfg.sequence_bias = v
+                    .as_array()
+                    .expect("list")
+                    .iter()
+                    .map(|pair| (ids(&pair[0]), pair[1].as_f64().expect("bias") as f32))
+                    .collect()
+            }
+            "penalty_alpha" => cfg.penalty_alpha = v.as_f64().expect("num") as f32,
+            "top_k" => cfg.top_k = Some(v.as_u64().expect("int") as usize),
+            "num_beam_groups" => cfg.num_beam_groups = v.as_u64().expect("int") as usize,
+            "diversity_penalty" => cfg.diversity_penalty = v.as_f64().expect("num") as f32,
+            "exponential_decay_length_penalty" => {
+                cfg.exponential_decay_length_penalty = Some(LengthDecay {
+                    start: v[0].as_u64().expect("start") as usize,
+                    factor: v[1].as_f64().expect("factor") as f32,
+                })
             }
             other => panic!("fixture kwarg {other} not mapped"),
         }
@@ -163,7 +184,7 @@ fn fixture_filters_keep_the_same_tokens() {
             let label = format!("{:?} / {name}", f["prompt"].as_str());
             let cfg = config_from_name(name);
             let mut row = raw.clone();
-            Processors::new(&cfg, row.len()).apply(&mut row, &prompt, prompt.len(), 1);
+            Processors::new(&cfg, row.len(), None).apply(&mut row, &prompt, prompt.len(), 1);
             checked += 1;
             if let Some(kept) = case.get("kept_ids") {
                 let want = ids(kept);
@@ -217,6 +238,281 @@ fn fixture_filters_keep_the_same_tokens() {
     }
     assert!(checked >= 21, "only {checked} filter cases found");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// tests/data/decoding_refs.json (tests/data/make_decoding_refs.py): the options of issue 18.
+
+fn decoding_refs() -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/decoding_refs.json");
+    let text = std::fs::read_to_string(path).expect("read tests/data/decoding_refs.json");
+    serde_json::from_str(&text).expect("parse decoding_refs.json")
+}
+
+/// Runs every reference of `section` (transformers' kwargs, greedy or beams) and compares the
+/// generated ids exactly. A reference's final EOS is not in our tokens; the generation must then
+/// end by it.
+fn check_generations(section: &str, min_cases: usize) {
+    let refs = decoding_refs();
+    let model = tiny();
+    let mut failures = Vec::new();
+    let cases = refs[section].as_array().expect("section");
+    assert!(cases.len() >= min_cases, "{section}: {} cases", cases.len());
+    for g in cases {
+        let prompt = ids(&g["prompt_ids"]);
+        let max_new = g["max_new_tokens"].as_u64().expect("max_new_tokens") as usize;
+        let eot = g["eos_token_id"].as_u64().map(|e| e as u32);
+        let cfg = config_from_kwargs(&g["kwargs"], max_new);
+        let name = format!("{prompt:?} / {}", g["kwargs"]);
+        let got = generate(model, &prompt, &cfg, &IdsOnly { eot }, &mut |_, _| {})
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let want: Vec<Vec<u32>> = g["new_ids"]
+            .as_array()
+            .expect("new_ids")
+            .iter()
+            .map(ids)
+            .collect();
+        let got_ids: Vec<Vec<u32>> = got
+            .iter()
+            .map(|g| {
+                let mut t = g.tokens.clone();
+                if g.finished_by == FinishReason::Eot {
+                    t.extend(eot);
+                }
+                t
+            })
+            .collect();
+        if got_ids != want {
+            failures.push(format!("{name}:\n  want {want:?}\n  got  {got_ids:?}"));
+        } else {
+            eprintln!("ok: {name}");
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn decoding_refs_epsilon_and_eta_keep_the_same_tokens() {
+    let refs = decoding_refs();
+    let model = tiny();
+    let mut failures = Vec::new();
+    let cases = refs["warpers"].as_array().expect("warpers");
+    assert!(cases.len() >= 21);
+    let mut sizes = Vec::new();
+    for case in cases {
+        let prompt = ids(&case["prompt_ids"]);
+        let value = case["value"].as_f64().expect("value") as f32;
+        let min_keep = case["min_keep"].as_u64().expect("min_keep") as usize;
+        let mut cfg = SamplingConfig {
+            temperature: case["temperature"].as_f64().expect("temperature") as f32,
+            top_k: None,
+            ..SamplingConfig::default()
+        };
+        match case["name"].as_str().expect("name") {
+            "epsilon_cutoff" => cfg.epsilon_cutoff = Some(value),
+            "eta_cutoff" => cfg.eta_cutoff = Some(value),
+            other => panic!("warper {other} not mapped"),
+        }
+        let mut row = last_logits(model, &prompt);
+        Processors::new(&cfg, row.len(), None).warp(&mut row, min_keep);
+        let got: Vec<u32> = (0..row.len() as u32)
+            .filter(|&i| row[i as usize] > NEG)
+            .collect();
+        let count = case["kept_count"].as_u64().expect("kept_count") as usize;
+        let sum = case["kept_id_sum"].as_u64().expect("kept_id_sum");
+        let got_sum: u64 = got.iter().map(|&i| i as u64).sum();
+        sizes.push(count);
+        // Long lists are stored as count and id sum only.
+        let same_ids = case.get("kept_ids").is_none_or(|w| ids(w) == got);
+        if got.len() != count || got_sum != sum || !same_ids {
+            failures.push(format!(
+                "{prompt:?} {} {value} T={} min_keep {min_keep}: kept {} (sum {got_sum}) want {count} (sum {sum})",
+                case["name"], case["temperature"], got.len()
+            ));
+        }
+    }
+    // The references must be decisive: some cut keeps many tokens, not one or two.
+    assert!(sizes.iter().any(|&n| n > 50), "kept sizes {sizes:?}");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn decoding_refs_bad_words_sequence_bias_length_decay() {
+    check_generations("generations", 18);
+}
+
+#[test]
+fn decoding_refs_diverse_beam_search() {
+    check_generations("group_beam", 9);
+}
+
+#[test]
+fn decoding_refs_contrastive_search() {
+    check_generations("contrastive", 9);
+}
+
+/// Past the context window contrastive search crops the context (as nanoGPT) and goes on; the
+/// tokens before the crop are those of a shorter run.
+#[test]
+fn contrastive_search_runs_past_the_context_window() {
+    let model = tiny();
+    let block = model.config().block_size;
+    let prompt = shakespeare_ids(block - 3);
+    let cfg = |n| SamplingConfig {
+        penalty_alpha: 0.6,
+        top_k: Some(4),
+        ..SamplingConfig::greedy(n)
+    };
+    let long = run(model, &prompt, &cfg(8));
+    assert_eq!(long[0].tokens.len(), 8);
+    let short = run(model, &prompt, &cfg(2));
+    assert_eq!(short[0].tokens[..], long[0].tokens[..2]);
+    // num_samples copies of the one sequence.
+    let three = run(
+        model,
+        &prompt,
+        &SamplingConfig {
+            num_samples: 3,
+            ..cfg(2)
+        },
+    );
+    assert!(three.iter().all(|g| g.tokens == short[0].tokens) && three.len() == 3);
+}
+
+/// The hidden states contrastive search reads: for every fed token, after ln_f, so that
+/// hidden . wte^T gives the logits; the same values whether the tokens come in one feed or one
+/// at a time.
+#[test]
+fn forward_cached_hidden_gives_every_tokens_final_state() {
+    let model = tiny();
+    let cfg = model.config();
+    let (c, vp) = (cfg.n_embd, cfg.padded_vocab_size());
+    let prompt = [1639u32, 389, 616, 34488, 13];
+    let feed = |cache: &mut nanogpt::engine::KvCache, row, tokens: &[u32]| {
+        let mut logits = vec![0.0; vp];
+        let mut hidden = vec![0.0; tokens.len() * c];
+        model
+            .forward_cached_hidden(cache, &[Feed { row, tokens }], &mut logits, &mut hidden)
+            .expect("forward_cached_hidden");
+        (logits, hidden)
+    };
+    let mut cache = model.kv_cache(1, 8);
+    let (logits, hidden) = feed(&mut cache, 0, &prompt);
+    let wte = &model.model().params[model.model().table.wte..][..cfg.vocab_size * c];
+    let last = &hidden[(prompt.len() - 1) * c..];
+    for tok in [0usize, 198, 50256] {
+        let dot: f32 = last
+            .iter()
+            .zip(&wte[tok * c..(tok + 1) * c])
+            .map(|(a, b)| a * b)
+            .sum();
+        assert!(
+            (dot - logits[tok]).abs() < 1e-4,
+            "token {tok}: {dot} vs {}",
+            logits[tok]
+        );
+    }
+    let mut one_by_one = model.kv_cache(1, 8);
+    for (i, &t) in prompt.iter().enumerate() {
+        let (_, h) = feed(&mut one_by_one, 0, &[t]);
+        for (a, b) in h.iter().zip(&hidden[i * c..(i + 1) * c]) {
+            assert!((a - b).abs() < 1e-5, "position {i}: {a} vs {b}");
+        }
+    }
+    // A buffer too small is an error, not a panic.
+    let mut small = vec![0.0; c];
+    let mut logits = vec![0.0; vp];
+    let err = model.forward_cached_hidden(
+        &mut model.kv_cache(1, 8),
+        &[Feed {
+            row: 0,
+            tokens: &prompt,
+        }],
+        &mut logits,
+        &mut small,
+    );
+    assert!(err.is_err());
+}
+
+#[test]
+fn epsilon_and_eta_edges() {
+    let probs = [0.5, 0.3, 0.15, 0.05];
+    let eps = |e: f32, min_keep: usize| {
+        let mut x = ln(&probs);
+        processors::epsilon_cutoff(&mut x, e, min_keep);
+        kept(&x)
+    };
+    assert_eq!(eps(0.1, 1), vec![0, 1, 2]);
+    assert_eq!(eps(0.16, 1), vec![0, 1]);
+    assert_eq!(eps(0.9, 1), vec![0]); // the most likely always stays
+    assert_eq!(eps(0.9, 3), vec![0, 1, 2]);
+    // Entropy 1.142 nats: eta = min(0.2, sqrt(0.2) * e^-1.142 = 0.1427) cuts only 0.05.
+    let mut x = ln(&probs);
+    processors::eta_cutoff(&mut x, 0.2, 1);
+    assert_eq!(kept(&x), vec![0, 1, 2]);
+    // eta itself when the row is peaked: entropy of [0.97, 0.02, 0.01] is 0.154 nats, so
+    // sqrt(0.015) * e^-0.154 = 0.105 > 0.015 and the cut is 0.015.
+    let mut x = ln(&[0.97, 0.02, 0.01]);
+    processors::eta_cutoff(&mut x, 0.015, 1);
+    assert_eq!(kept(&x), vec![0, 1]);
+}
+
+#[test]
+fn sequence_bias_and_bad_words_match_the_sequence_end() {
+    let biases = vec![(vec![3], -1.0), (vec![1, 2, 4], 2.0), (vec![2, 4], 0.5)];
+    let mut x = vec![0.0f32; 5];
+    processors::sequence_bias(&mut x, &[0, 1, 2], &biases);
+    // [3] always; [1 2 | 4] and [2 | 4] both match: 4 gains 2.5.
+    assert_eq!(x, vec![0.0, 0.0, 0.0, -1.0, 2.5]);
+    let mut x = vec![0.0f32; 5];
+    processors::sequence_bias(&mut x, &[2], &biases);
+    assert_eq!(
+        x,
+        vec![0.0, 0.0, 0.0, -1.0, 0.5],
+        "a prefix longer than the text does not match"
+    );
+    // bad_words: -inf on completions; a ban of the end-of-text token alone is ignored; equal
+    // sequences given twice count once (the last bias).
+    let cfg = SamplingConfig {
+        bad_words_ids: vec![vec![4], vec![1, 2], vec![0]],
+        sequence_bias: vec![(vec![3], 1.0), (vec![3], 2.0)],
+        ..SamplingConfig::greedy(1)
+    };
+    let mut x = vec![0.0f32; 5];
+    Processors::new(&cfg, 5, Some(0)).penalize(&mut x, &[1], 1);
+    assert_eq!(x, vec![0.0, 0.0, NEG, 2.0, NEG]);
+}
+
+#[test]
+fn exponential_decay_favours_the_end_of_text_token() {
+    let decay = LengthDecay {
+        start: 2,
+        factor: 2.0,
+    };
+    let run = |generated: usize, eot_logit: f32| {
+        let mut x = vec![1.0, eot_logit];
+        processors::exponential_decay_length_penalty(&mut x, generated, decay, 1);
+        x
+    };
+    assert_eq!(run(2, -3.0), vec![1.0, -3.0]); // not past start yet
+    assert_eq!(run(3, -3.0), vec![1.0, 0.0]); // -3 + 3 * (2^1 - 1)
+    assert_eq!(run(4, 2.0), vec![1.0, 8.0]); // 2 + 2 * (2^2 - 1)
+    assert_eq!(run(5, NEG), vec![1.0, NEG]); // a banned EOS stays banned
+                                             // Through the processors: the count is of generated tokens (the prompt does not count).
+    let cfg = SamplingConfig {
+        exponential_decay_length_penalty: Some(decay),
+        ..SamplingConfig::greedy(1)
+    };
+    let mut x = vec![1.0, -3.0];
+    Processors::new(&cfg, 2, Some(1)).penalize(&mut x, &[0, 0, 0, 0, 0], 2);
+    assert_eq!(x, vec![1.0, 0.0]);
+    let mut x = vec![1.0, -3.0];
+    Processors::new(&cfg, 2, None).penalize(&mut x, &[0, 0, 0, 0, 0], 2);
+    assert_eq!(
+        x,
+        vec![1.0, -3.0],
+        "no end-of-text token: nothing to favour"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -363,7 +659,7 @@ fn frequency_and_presence_count_generated_tokens_only() {
         presence_penalty: 1.0,
         ..SamplingConfig::greedy(1)
     };
-    Processors::new(&cfg, 5).penalize(&mut x, &seq, 1);
+    Processors::new(&cfg, 5, None).penalize(&mut x, &seq, 1);
     assert_eq!(x, vec![0.0, -1.5, 0.0, -2.5, 0.0]);
     let mut y = vec![0.0f32; 5];
     processors::frequency_presence(&mut y, &[2, 2], -1.0, 0.0);
@@ -927,7 +1223,65 @@ fn kv_cache_reorder_permutes_duplicates_and_drops_rows() {
 
 #[test]
 fn validation_errors_name_the_knob() {
+    let beams = |groups, diversity| SamplingConfig {
+        num_beams: 4,
+        num_beam_groups: groups,
+        diversity_penalty: diversity,
+        ..SamplingConfig::greedy(4)
+    };
     for (cfg, knob) in [
+        (
+            SamplingConfig {
+                eta_cutoff: Some(0.0),
+                ..Default::default()
+            },
+            "eta_cutoff",
+        ),
+        (beams(3, 1.0), "num_beam_groups"),
+        (beams(2, 0.0), "diversity_penalty"),
+        (beams(1, 1.0), "diversity_penalty"),
+        (
+            SamplingConfig {
+                temperature: 1.0,
+                do_sample: true,
+                ..beams(2, 1.0)
+            },
+            "deterministic",
+        ),
+        (
+            SamplingConfig {
+                penalty_alpha: 1.5,
+                top_k: Some(4),
+                ..SamplingConfig::greedy(4)
+            },
+            "penalty_alpha",
+        ),
+        (
+            SamplingConfig {
+                penalty_alpha: 0.6,
+                top_k: Some(4),
+                num_beams: 2,
+                ..SamplingConfig::greedy(4)
+            },
+            "num_beams=1",
+        ),
+        (
+            SamplingConfig {
+                bad_words_ids: vec![vec![]],
+                ..Default::default()
+            },
+            "bad_words",
+        ),
+        (
+            SamplingConfig {
+                exponential_decay_length_penalty: Some(LengthDecay {
+                    start: 1,
+                    factor: 0.0,
+                }),
+                ..Default::default()
+            },
+            "exponential_decay_length_penalty",
+        ),
         (
             SamplingConfig {
                 top_p: Some(0.0),

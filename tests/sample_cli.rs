@@ -438,3 +438,110 @@ fn repetition_rejects_unknown_settings_and_bad_prompt_files() {
         "{e}"
     );
 }
+
+/// The flags of issue 18 reach generation: each run's ids equal the reference of
+/// tests/data/decoding_refs.json for the prompt "ROMEO:" (its EOS, if any, ends the sample).
+#[test]
+fn issue_18_flags_match_the_decoding_references() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/decoding_refs.json");
+    let refs: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let romeo = serde_json::json!([33676, 4720, 25]);
+    let find = |section: &str, pick: &dyn Fn(&Value) -> bool| -> Vec<Vec<u64>> {
+        let case = refs[section]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["prompt_ids"] == romeo && pick(c))
+            .unwrap_or_else(|| panic!("no {section} reference"));
+        case["new_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(ids)
+            .collect()
+    };
+    let setting = |name: &'static str| move |c: &Value| c["setting"] == name;
+    let kwarg = |key: &'static str, v: f64| move |c: &Value| c["kwargs"][key].as_f64() == Some(v);
+    let cases: Vec<(Vec<&str>, Vec<Vec<u64>>)> = vec![
+        (
+            vec![
+                "--bad_words=ids:1870,263",
+                "--bad_words=ids:11,198",
+                "--bad_words=ids:13",
+                "--max_new_tokens=30",
+            ],
+            find("generations", &setting("bad_words")),
+        ),
+        (
+            vec![
+                "--sequence_bias=ids:198=-3",
+                "--sequence_bias=ids:11,290=2.5",
+                "--sequence_bias=ids:262=1",
+                "--max_new_tokens=30",
+            ],
+            find("generations", &setting("sequence_bias")),
+        ),
+        (
+            vec![
+                "--exponential_decay_length_penalty=4,1.6",
+                "--stop_at_eot=true",
+                "--max_new_tokens=30",
+            ],
+            find("generations", &setting("length_decay")),
+        ),
+        (
+            vec![
+                "--num_beams=4",
+                "--num_beam_groups=2",
+                "--diversity_penalty=1",
+                "--num_return_sequences=4",
+                "--max_new_tokens=20",
+            ],
+            find("group_beam", &kwarg("diversity_penalty", 1.0)),
+        ),
+        (
+            vec!["--penalty_alpha=0.3", "--top_k=8", "--max_new_tokens=30"],
+            find("contrastive", &kwarg("penalty_alpha", 0.3)),
+        ),
+    ];
+    for (flags, mut want) in cases {
+        let mut args = vec![
+            tiny_arg(),
+            s("--start=ROMEO:"),
+            s("--temperature=0"),
+            s("--num_samples=1"),
+            s("--json"),
+            s("--stop_at_eot=false"),
+        ];
+        args.extend(flags.iter().map(|f| s(f)));
+        let (out, _) = sample_ok(&args);
+        let recs = json_lines(&out);
+        for (r, w) in recs.iter().zip(&mut want) {
+            if w.last() == Some(&50256) {
+                w.pop();
+                assert_eq!(r["finish_reason"], "eot", "{flags:?}");
+            }
+        }
+        let got: Vec<Vec<u64>> = recs.iter().map(|r| ids(&r["generated_ids"])).collect();
+        assert_eq!(got, want, "{flags:?}");
+    }
+    // Wrong values are one-line errors that name the option.
+    for (flag, needle) in [
+        ("--sequence_bias=the", "TEXT=BIAS"),
+        ("--bad_words=ids:1,x", "ids:"),
+        ("--bad_words=ids:99999999", "outside the vocabulary"),
+        ("--exponential_decay_length_penalty=3", "START,FACTOR"),
+        ("--penalty_alpha=0.6", "top_k"),
+        ("--epsilon_cutoff=1.5", "epsilon_cutoff"),
+    ] {
+        let (r, _, _) = sample(&[
+            tiny_arg(),
+            s("--temperature=0"),
+            s("--top_k=0"),
+            s("--max_new_tokens=2"),
+            s(flag),
+        ]);
+        let e = format!("{:#}", r.expect_err(flag));
+        assert!(e.contains(needle), "{flag}: {e}");
+    }
+}

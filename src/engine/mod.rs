@@ -324,4 +324,22 @@ pub trait Engine {
             .collect();
         self.forward_cached(cache, &feeds, logits)
     }
+
+    /// [`Engine::forward_cached`], also writing the final hidden state (after the last layer
+    /// norm: what the logits are computed from) of every fed token to `hidden`, `n_embd` values
+    /// per token, feeds in order (contrastive search compares them). Backends that cannot yet
+    /// say so.
+    fn forward_cached_hidden(
+        &self,
+        cache: &mut KvCache,
+        feeds: &[Feed],
+        logits: &mut [f32],
+        hidden: &mut [f32],
+    ) -> Result<()> {
+        let _ = (cache, feeds, logits, hidden);
+        bail!(
+            "hidden states (contrastive search, penalty_alpha) are not supported on {} yet: use --device=cpu",
+            self.device_name()
+        )
+    }
 }

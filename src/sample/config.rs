@@ -90,6 +90,40 @@ pub struct SamplingConfig {
     pub early_stopping: EarlyStopping,
     /// Finished beams returned, best first (at most `num_beams`).
     pub num_return_sequences: usize,
+    /// Epsilon sampling (Hewitt et al. 2022): drop tokens less likely than this; in (0, 1).
+    pub epsilon_cutoff: Option<f32>,
+    /// Eta sampling (Hewitt et al. 2022): drop tokens less likely than
+    /// min(eta, sqrt(eta) * exp(-entropy)); in (0, 1).
+    pub eta_cutoff: Option<f32>,
+    /// Token sequences never generated: the last token of one is banned when the sequence so far
+    /// ends with the rest of it. A ban of the end-of-text token alone is ignored, as transformers
+    /// ignores a ban of the EOS token.
+    pub bad_words_ids: Vec<Vec<u32>>,
+    /// (sequence, bias): the bias is added to the sequence's last token when the sequence so far
+    /// ends with the rest of it (a one-token sequence: always). Equal sequences: the last counts.
+    pub sequence_bias: Vec<(Vec<u32>, f32)>,
+    /// Raises the end-of-text token's logit by |logit| * (factor^(n - start) - 1) once n > start
+    /// tokens are generated, to end long generations gently.
+    pub exponential_decay_length_penalty: Option<LengthDecay>,
+    /// Diverse beam search (Vijayakumar et al. 2016) when > 1: the beams form this many groups
+    /// that choose in turn each step (see [`crate::sample::beam`]); must divide `num_beams`.
+    pub num_beam_groups: usize,
+    /// Diverse beam search: a group's log-prob of a token drops by this much for each earlier
+    /// group that chose the token at this step (Hamming diversity).
+    pub diversity_penalty: f32,
+    /// Contrastive search (Su et al. 2022) when > 0: among the `top_k` most likely tokens, the
+    /// one with the best (1 - alpha) * probability - alpha * (largest cosine similarity of its
+    /// hidden state to an earlier token's); see [`crate::sample::contrastive`].
+    pub penalty_alpha: f32,
+}
+
+/// transformers' `exponential_decay_length_penalty = (start_index, decay_factor)`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LengthDecay {
+    /// Generated tokens before the penalty starts.
+    pub start: usize,
+    /// Growth per token past `start` (> 1 makes ending ever more likely).
+    pub factor: f32,
 }
 
 impl SamplingConfig {
@@ -171,6 +205,72 @@ impl SamplingConfig {
             bail!("num_beams must be at least 1");
         }
         finite("length_penalty", self.length_penalty)?;
+        for (name, v) in [
+            ("epsilon_cutoff", self.epsilon_cutoff),
+            ("eta_cutoff", self.eta_cutoff),
+        ] {
+            if let Some(e) = v {
+                if !(e > 0.0 && e < 1.0) {
+                    bail!("{name} must be in (0, 1), got {e}");
+                }
+            }
+        }
+        if self.bad_words_ids.iter().any(|w| w.is_empty())
+            || self.sequence_bias.iter().any(|(w, _)| w.is_empty())
+        {
+            bail!("a bad_words or sequence_bias sequence must not be empty");
+        }
+        if let Some((_, b)) = self.sequence_bias.iter().find(|(_, b)| b.is_nan()) {
+            bail!("a sequence_bias must be a number, got {b}");
+        }
+        if let Some(d) = self.exponential_decay_length_penalty {
+            finite("exponential_decay_length_penalty's factor", d.factor)?;
+            if d.factor <= 0.0 {
+                bail!(
+                    "exponential_decay_length_penalty's factor must be > 0 (> 1 favours ending), got {}",
+                    d.factor
+                );
+            }
+        }
+        finite("diversity_penalty", self.diversity_penalty)?;
+        if self.num_beam_groups == 0 || !self.num_beams.is_multiple_of(self.num_beam_groups) {
+            bail!(
+                "num_beam_groups must divide num_beams ({}), got {}",
+                self.num_beams,
+                self.num_beam_groups
+            );
+        }
+        if self.num_beam_groups > 1 {
+            if self.sampling() {
+                bail!("diverse beam search (num_beam_groups > 1) is deterministic: set temperature=0 or do_sample=false");
+            }
+            if self.diversity_penalty <= 0.0 {
+                bail!(
+                    "diversity_penalty must be > 0 with num_beam_groups > 1 (else the groups are identical), got {}",
+                    self.diversity_penalty
+                );
+            }
+        } else if self.diversity_penalty != 0.0 {
+            bail!("diversity_penalty needs diverse beam search: set num_beam_groups > 1");
+        }
+        finite("penalty_alpha", self.penalty_alpha)?;
+        if !(0.0..=1.0).contains(&self.penalty_alpha) {
+            bail!(
+                "penalty_alpha must be in [0, 1] (0 = off), got {}",
+                self.penalty_alpha
+            );
+        }
+        if self.penalty_alpha > 0.0 {
+            if self.sampling() {
+                bail!("contrastive search (penalty_alpha > 0) is deterministic: set temperature=0 or do_sample=false");
+            }
+            if self.num_beams > 1 {
+                bail!("contrastive search (penalty_alpha > 0) does not combine with beam search: set num_beams=1");
+            }
+            if self.top_k.is_none_or(|k| k <= 1) {
+                bail!("contrastive search (penalty_alpha > 0) needs top_k > 1 candidates (try 4)");
+            }
+        }
         if self.num_return_sequences == 0 {
             bail!("num_return_sequences must be at least 1");
         }

@@ -3,6 +3,7 @@
 use super::beam::beam_search;
 use super::config::SamplingConfig;
 use super::context::Context;
+use super::contrastive::contrastive_search;
 use super::dist::{argmax, logsumexp, sample_logits};
 use super::processors::Processors;
 use super::sequence::{sample_rng, start_tokens, Generation};
@@ -11,8 +12,8 @@ use crate::engine::Engine;
 use crate::rng::Rng;
 use anyhow::{anyhow, Result};
 
-/// Generates from `prompt` with `cfg`: `cfg.num_samples` samples (greedy when not sampling), or
-/// beam search when `cfg.num_beams > 1`. `on_token(sample, token)` sees every token as it is
+/// Generates from `prompt` with `cfg`: `cfg.num_samples` samples (greedy when not sampling),
+/// contrastive search when `cfg.penalty_alpha > 0`, or beam search when `cfg.num_beams > 1`. `on_token(sample, token)` sees every token as it is
 /// appended to `Generation::tokens`, in order (beam search calls it once the search is over, for
 /// each returned sequence, since beams change until the end).
 pub fn generate(
@@ -45,6 +46,13 @@ pub fn generate_each(
     if !cfg.stop.is_empty() {
         // Fail early (not mid-generation) when stop strings cannot be checked.
         vocab.token_bytes(0)?;
+    }
+    if cfg.penalty_alpha > 0.0 {
+        let gens = contrastive_search(model, prompt, cfg, vocab, on_token)?;
+        return gens
+            .into_iter()
+            .enumerate()
+            .try_for_each(|(i, g)| on_done(i, g));
     }
     if cfg.num_beams > 1 {
         let gens = beam_search(model, prompt, cfg, vocab, on_token)?;
@@ -88,7 +96,7 @@ fn sample_group(
     if cfg.max_new_tokens == 0 {
         return Ok(gens);
     }
-    let procs = Processors::new(cfg, model.config().vocab_size);
+    let procs = Processors::new(cfg, model.config().vocab_size, vocab.eot());
     let eot = if cfg.stop_at_eot { vocab.eot() } else { None };
     let sampling = cfg.sampling();
     let n_prompt = start.len();

@@ -28,7 +28,10 @@
 //! - **Processors** follow Hugging Face transformers' semantics and order (see [`processors`]):
 //!   penalties (repetition_penalty over prompt + generated, no_repeat_ngram_size, then OpenAI's
 //!   frequency/presence penalties over the generated tokens and llama.cpp's DRY), then, only when
-//!   sampling, temperature, top_k, top_p, min_p, typical_p. Filtered tokens become -inf.
+//!   sampling, temperature, top_k, top_p, min_p, typical_p, epsilon and eta cutoffs. Filtered
+//!   tokens become -inf. Token sequences can be banned (`bad_words_ids`) or biased
+//!   (`sequence_bias`), and the end-of-text token favoured after a length
+//!   (`exponential_decay_length_penalty`).
 //! - **Batching**: the prompt goes through the model once; its KV cache is copied to every
 //!   sample's row and all samples advance together, one token per step (`batch_size` caps how
 //!   many share a batch). Finished samples leave the batch. Each sample draws from its own
@@ -45,12 +48,15 @@
 //!   each step recomputes the cache from the last `block_size` tokens. The processors
 //!   (penalties, n-gram bans) always see the whole uncropped sequence.
 //! - **Beam search** (`num_beams > 1`, see [`beam`]): transformers' algorithm; returns
-//!   `num_return_sequences` hypotheses best first, each with its score.
+//!   `num_return_sequences` hypotheses best first, each with its score. Diverse beam search
+//!   with `num_beam_groups > 1` and `diversity_penalty`.
+//! - **Contrastive search** (`penalty_alpha > 0` with `top_k`, see [`contrastive`]): needs the
+//!   model's hidden states ([`crate::engine::Engine::forward_cached_hidden`], CPU only for now).
 //!
 //! # Files
 //! `config` (the knobs), `processors` and `dry` (logits processors), `dist` (softmax, argmax,
 //! draws), `stop` (end-of-text and stop strings), `context` (KV cache and context cropping),
-//! `sequence` (what generation produces), `generate` (greedy and sampling), `beam` (beam search), `repetition` (metrics), `report` (the
+//! `sequence` (what generation produces), `generate` (greedy and sampling), `beam` (beam search), `contrastive` (contrastive search), `repetition` (metrics), `report` (the
 //! repetition table); for the commands: `options` (the settings tables), `settings` (the
 //! `repetition` settings language), `stream` (streamed and `--json` output), `run`
 //! (`nanogpt sample` and `nanogpt repetition`).
@@ -58,6 +64,7 @@
 pub mod beam;
 pub mod config;
 pub mod context;
+pub mod contrastive;
 pub mod dist;
 pub mod dry;
 pub mod generate;
@@ -72,7 +79,7 @@ pub mod stop;
 pub mod stream;
 
 pub use beam::beam_search;
-pub use config::{DryConfig, EarlyStopping, SamplingConfig, DRY_DEFAULT_BREAKERS};
+pub use config::{DryConfig, EarlyStopping, LengthDecay, SamplingConfig, DRY_DEFAULT_BREAKERS};
 pub use generate::{generate, generate_each};
 pub use options::{RepetitionArgs, SampleArgs, SampleSettings};
 pub use processors::Processors;

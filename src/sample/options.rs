@@ -3,13 +3,13 @@
 //! [`SamplingConfig::default`] all read; [`SampleArgs`] and [`RepetitionArgs`] are the two
 //! commands' option tables (the command line in `src/cli/` builds its flags from them).
 
-use super::config::{DryConfig, EarlyStopping, SamplingConfig, DRY_DEFAULT_BREAKERS};
+use super::config::{DryConfig, EarlyStopping, LengthDecay, SamplingConfig, DRY_DEFAULT_BREAKERS};
 use super::stop::Vocab;
 use crate::config::knobs::Knob;
 use crate::engine::Device;
 use crate::load::ModelSource;
 use crate::tokenizer::Tokenizer;
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 
 crate::knobs! {
@@ -68,6 +68,29 @@ crate::knobs! {
             stop_at_eot: bool = true,
             /// Samples decoded together in one batch; 0 = all of them (memory grows with it)
             batch_size: usize = 64,
+            /// Epsilon sampling: drop tokens less likely than this, in (0, 1) (try 3e-4)
+            epsilon_cutoff: Option<f32> = None,
+            /// Eta sampling: drop tokens less likely than min(eta, sqrt(eta)*exp(-entropy)), in
+            /// (0, 1) (try 2e-3)
+            eta_cutoff: Option<f32> = None,
+            /// Never generate this text (repeatable; \n escapes): banned as written and after a
+            /// space; ids:1,2,3 bans exactly those token ids
+            bad_words: Vec<String> = Vec::new(),
+            /// TEXT=BIAS: add BIAS to the logit of the token that completes TEXT (repeatable; TEXT
+            /// as for bad_words, e.g. " the=-2" or ids:262=-2)
+            sequence_bias: Vec<String> = Vec::new(),
+            /// START,FACTOR: past START generated tokens, favour <|endoftext|> more by FACTOR per
+            /// token (e.g. 20,1.1)
+            exponential_decay_length_penalty: Option<LengthDecay> = None,
+            /// Diverse beam search: split the beams into this many groups (must divide
+            /// num_beams; deterministic only)
+            num_beam_groups: usize = 1,
+            /// Diverse beam search: a group's log-prob of a token earlier groups chose at this
+            /// step drops by this much per group (try 0.5-2)
+            diversity_penalty: f32 = 0.0,
+            /// Contrastive search when > 0 (with --top_k candidates, --temperature=0): weight of
+            /// the penalty on repeating earlier hidden states (try 0.6 with top_k 4)
+            penalty_alpha: f32 = 0.0,
         }
     }
 }
@@ -112,6 +135,14 @@ impl SampleSettings {
             length_penalty: self.length_penalty,
             early_stopping: self.early_stopping,
             num_return_sequences: self.num_return_sequences,
+            epsilon_cutoff: self.epsilon_cutoff,
+            eta_cutoff: self.eta_cutoff,
+            bad_words_ids: Vec::new(),
+            sequence_bias: Vec::new(),
+            exponential_decay_length_penalty: self.exponential_decay_length_penalty,
+            num_beam_groups: self.num_beam_groups,
+            diversity_penalty: self.diversity_penalty,
+            penalty_alpha: self.penalty_alpha,
         }
     }
 
@@ -130,15 +161,85 @@ impl SampleSettings {
         }
     }
 
-    /// The complete [`SamplingConfig`], checked; `tok` turns DRY's breaker strings into ids.
+    /// The complete [`SamplingConfig`], checked, with the settings given as text in ids of `tok`
+    /// (see [`SampleSettings::resolve_tokens`]).
     pub fn config(&self, tok: &Tokenizer, vocab_size: usize) -> Result<SamplingConfig> {
         let mut cfg = self.sampling_config();
         cfg.validate()?;
+        self.resolve_tokens(&mut cfg, tok, vocab_size)?;
+        Ok(cfg)
+    }
+
+    /// Fills in `cfg`'s token ids from the settings given as text: DRY's breakers (when DRY is
+    /// on), `bad_words` and `sequence_bias` (see [`token_sequences`]).
+    pub fn resolve_tokens(
+        &self,
+        cfg: &mut SamplingConfig,
+        tok: &Tokenizer,
+        vocab_size: usize,
+    ) -> Result<()> {
         if cfg.dry_enabled() {
             cfg.dry.breakers = dry_breaker_ids(tok, vocab_size, &self.dry_breakers())?;
         }
-        Ok(cfg)
+        cfg.bad_words_ids.clear();
+        for w in &self.bad_words {
+            cfg.bad_words_ids.extend(
+                token_sequences(tok, vocab_size, w).with_context(|| format!("bad_words {w:?}"))?,
+            );
+        }
+        cfg.sequence_bias.clear();
+        for spec in &self.sequence_bias {
+            let (text, bias) = spec
+                .rsplit_once('=')
+                .and_then(|(t, b)| Some((t, b.trim().parse::<f32>().ok()?)))
+                .filter(|(_, b)| !b.is_nan())
+                .with_context(|| format!("sequence_bias {spec:?}: expected TEXT=BIAS, e.g. \" the=-2\" or ids:262=-2"))?;
+            let seqs = token_sequences(tok, vocab_size, text)
+                .with_context(|| format!("sequence_bias {spec:?}"))?;
+            cfg.sequence_bias
+                .extend(seqs.into_iter().map(|s| (s, bias)));
+        }
+        Ok(())
     }
+}
+
+/// The token sequences a bad word or biased text stands for. `ids:1,2,3` is exactly those ids.
+/// Text (with `\n` escapes) is its tokens as written and, unless it starts with whitespace, the
+/// tokens of " text" as well: GPT-2's BPE spells a word after a space with other tokens, and who
+/// bans "Romeo" means it in the middle of a line too.
+pub fn token_sequences(tok: &Tokenizer, vocab_size: usize, spec: &str) -> Result<Vec<Vec<u32>>> {
+    let n = vocab_size.min(tok.vocab_size());
+    let seqs = match spec.strip_prefix("ids:") {
+        Some(list) => {
+            let ids = list
+                .split(',')
+                .map(|x| x.trim().parse::<u32>().ok())
+                .collect::<Option<Vec<u32>>>()
+                .filter(|ids| !ids.is_empty())
+                .with_context(|| format!("'{spec}': expected ids:ID,ID,... (token ids)"))?;
+            vec![ids]
+        }
+        None => {
+            let text = unescape(spec);
+            if text.is_empty() {
+                bail!("the text is empty");
+            }
+            let mut seqs = vec![tok.encode(&text)?];
+            if !text.starts_with(char::is_whitespace) {
+                // A vocabulary without a space cannot spell it; the text as written is enough.
+                if let Ok(spaced) = tok.encode(&format!(" {text}")) {
+                    if spaced != seqs[0] {
+                        seqs.push(spaced);
+                    }
+                }
+            }
+            seqs
+        }
+    };
+    if let Some(&bad) = seqs.iter().flatten().find(|&&id| id as usize >= n) {
+        bail!("token id {bad} is outside the vocabulary ({n} tokens)");
+    }
+    Ok(seqs)
 }
 
 /// DRY's breaker strings as token ids of `tok` (within the model's `vocab_size`).
@@ -189,7 +290,8 @@ crate::knobs! {
             /// 0.5), dry (0.8/1.75/2), beam (4 beams); penalties are applied to greedy decoding.
             /// Or your own: key=value pairs joined by '+' on top of greedy, with sample's option
             /// names, e.g. temperature=0.8+top_p=0.95+dry_multiplier=0.8
-            /// (dry_sequence_breakers=none|default|a|b) [default: all built-in ones]
+            /// (dry_sequence_breakers=none|default|a|b; bad_words=a|b; sequence_bias=a=-2|b=1)
+            /// [default: all built-in ones]
             settings: Vec<String> = Vec::new(),
             /// Random seed of the sampled settings
             seed: u64 = 1337,
@@ -220,6 +322,25 @@ impl Knob for EarlyStopping {
             EarlyStopping::Never => "never",
         }
         .into()
+    }
+}
+
+/// `START,FACTOR`, as transformers' `(start_index, decay_factor)` (parentheses allowed).
+impl Knob for LengthDecay {
+    fn set_text(&mut self, text: &str) -> Result<(), String> {
+        let inner = text.trim().trim_start_matches('(').trim_end_matches(')');
+        let parsed = inner.split_once(',').and_then(|(a, b)| {
+            Some(LengthDecay {
+                start: a.trim().parse().ok()?,
+                factor: b.trim().parse().ok()?,
+            })
+        });
+        *self = parsed
+            .ok_or("expected START,FACTOR (generated tokens, growth per token), e.g. 20,1.1")?;
+        Ok(())
+    }
+    fn show(&self) -> String {
+        format!("{},{}", self.start, self.factor)
     }
 }
 

@@ -2,16 +2,17 @@
 //! real vocabulary; padded columns never reach here). Filtered tokens become -inf.
 //!
 //! [`Processors::apply`] runs them in the order `generate` does:
-//! 1. penalties (always, also for greedy and beam search): `repetition_penalty`,
-//!    `no_repeat_ngram_size`, then the two that transformers does not have, placed with the
-//!    penalties as llama.cpp does (before temperature): OpenAI's `frequency_penalty` /
-//!    `presence_penalty`, then DRY;
-//! 2. warpers (only when sampling): temperature, top_k, top_p, min_p, typical_p.
+//! 1. penalties (always, also for greedy and beam search): `sequence_bias`, `repetition_penalty`,
+//!    `no_repeat_ngram_size`, `bad_words_ids`, `exponential_decay_length_penalty`, then the two
+//!    that transformers does not have, placed with the penalties as llama.cpp does (before
+//!    temperature): OpenAI's `frequency_penalty` / `presence_penalty`, then DRY;
+//! 2. warpers (only when sampling): temperature, top_k, top_p, min_p, typical_p,
+//!    epsilon_cutoff, eta_cutoff.
 //!
 //! "Keep at least `min_keep`" is transformers' `min_tokens_to_keep`: 1 when sampling, 2 in beam
 //! sampling.
 
-use super::config::SamplingConfig;
+use super::config::{LengthDecay, SamplingConfig};
 use super::dist::softmax;
 use super::dry;
 use std::collections::HashMap;
@@ -30,15 +31,59 @@ pub fn top_k(logits: &mut [f32], k: usize, min_keep: usize) {
     if k == 0 || k == logits.len() {
         return;
     }
-    let mut vals: Vec<f32> = logits.to_vec();
-    // Descending: the k-th largest ends at index k-1. NaN sorts last.
-    let (_, kth, _) = vals.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
-    let kth = *kth;
+    let kth = kth_largest(logits, k);
     for v in logits.iter_mut() {
         if *v < kth {
             *v = f32::NEG_INFINITY;
         }
     }
+}
+
+/// The k-th largest value of a non-empty row (1 <= k <= len).
+fn kth_largest(x: &[f32], k: usize) -> f32 {
+    let mut vals: Vec<f32> = x.to_vec();
+    // Descending: the k-th largest ends at index k-1. NaN sorts last.
+    let (_, kth, _) = vals.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+    *kth
+}
+
+/// Removes tokens with probability below `cut`, except those whose logit is at least the
+/// `min_keep`-th largest (transformers' rule in the epsilon and eta warpers).
+fn cut_below(logits: &mut [f32], probs: &[f64], cut: f64, min_keep: usize) {
+    if logits.is_empty() {
+        return;
+    }
+    let keep_from = kth_largest(logits, min_keep.clamp(1, logits.len()));
+    for (v, &p) in logits.iter_mut().zip(probs) {
+        if p < cut && *v < keep_from {
+            *v = f32::NEG_INFINITY;
+        }
+    }
+}
+
+/// Epsilon sampling (`EpsilonLogitsWarper`, Hewitt et al. 2022): removes tokens whose
+/// probability is below `epsilon`; the `min_keep` most likely always stay.
+pub fn epsilon_cutoff(logits: &mut [f32], epsilon: f32, min_keep: usize) {
+    let probs = softmax(logits);
+    cut_below(logits, &probs, epsilon as f64, min_keep);
+}
+
+/// Eta sampling (`EtaLogitsWarper`, Hewitt et al. 2022): as [`epsilon_cutoff`] with the cut
+/// min(eta, sqrt(eta) * exp(-H)), H the entropy of the row: a flat distribution keeps more tokens.
+pub fn eta_cutoff(logits: &mut [f32], eta: f32, min_keep: usize) {
+    let probs = softmax(logits);
+    let entropy: f64 = -probs
+        .iter()
+        .filter(|&&p| p > 0.0)
+        .map(|&p| p * p.ln())
+        .sum::<f64>();
+    let eta = eta as f64;
+    cut_below(
+        logits,
+        &probs,
+        eta.min(eta.sqrt() * (-entropy).exp()),
+        min_keep,
+    );
 }
 
 /// Indices of the tokens still in play (logit > -inf) sorted by logit, ascending; ties in
@@ -219,14 +264,68 @@ pub fn frequency_presence(logits: &mut [f32], generated: &[u32], frequency: f32,
     }
 }
 
+/// Adds each bias to its sequence's last token when `seq` ends with the rest of the sequence (a
+/// one-token sequence: always): `SequenceBiasLogitsProcessor`, and with a bias of -inf,
+/// `NoBadWordsLogitsProcessor`.
+pub fn sequence_bias(logits: &mut [f32], seq: &[u32], biases: &[(Vec<u32>, f32)]) {
+    for (ids, bias) in biases {
+        let Some((&last, prefix)) = ids.split_last() else {
+            continue;
+        };
+        if seq.ends_with(prefix) {
+            if let Some(v) = logits.get_mut(last as usize) {
+                *v += bias;
+            }
+        }
+    }
+}
+
+/// `ExponentialDecayLengthPenalty`: once more than `decay.start` tokens are generated, the
+/// end-of-text logit x gains |x| * (factor^(generated - start) - 1), so a negative log-prob
+/// moves towards 0 as well as a positive logit grows.
+pub fn exponential_decay_length_penalty(
+    logits: &mut [f32],
+    generated: usize,
+    decay: LengthDecay,
+    eot: u32,
+) {
+    if generated <= decay.start {
+        return;
+    }
+    let Some(v) = logits.get_mut(eot as usize) else {
+        return;
+    };
+    if v.is_finite() {
+        let steps = i32::try_from(generated - decay.start).unwrap_or(i32::MAX);
+        *v += v.abs() * ((decay.factor as f64).powi(steps) - 1.0) as f32;
+    }
+}
+
+/// Equal sequences keep the last bias given (transformers keeps them in a dict).
+fn dedup_sequences(biases: impl Iterator<Item = (Vec<u32>, f32)>) -> Vec<(Vec<u32>, f32)> {
+    let mut out: Vec<(Vec<u32>, f32)> = Vec::new();
+    for (ids, bias) in biases {
+        match out.iter_mut().find(|(seen, _)| *seen == ids) {
+            Some(entry) => entry.1 = bias,
+            None => out.push((ids, bias)),
+        }
+    }
+    out
+}
+
 /// The processors a [`SamplingConfig`] switches on, ready to run on rows.
 pub struct Processors<'a> {
     cfg: &'a SamplingConfig,
     breakers: Vec<bool>,
+    eot: Option<u32>,
+    biases: Vec<(Vec<u32>, f32)>,
+    bad_words: Vec<(Vec<u32>, f32)>,
 }
 
 impl<'a> Processors<'a> {
-    pub fn new(cfg: &'a SamplingConfig, vocab_size: usize) -> Self {
+    /// `eot` is the vocabulary's end-of-text token (transformers' EOS): what
+    /// `exponential_decay_length_penalty` favours and `bad_words_ids` may not ban alone.
+    pub fn new(cfg: &'a SamplingConfig, vocab_size: usize, eot: Option<u32>) -> Self {
         let mut breakers = vec![false; if cfg.dry_enabled() { vocab_size } else { 0 }];
         if cfg.dry_enabled() {
             for &b in &cfg.dry.breakers {
@@ -235,18 +334,36 @@ impl<'a> Processors<'a> {
                 }
             }
         }
-        Processors { cfg, breakers }
+        let biases = dedup_sequences(cfg.sequence_bias.iter().cloned());
+        let bad_words = dedup_sequences(
+            cfg.bad_words_ids
+                .iter()
+                .filter(|w| eot.is_none_or(|e| w[..] != [e]))
+                .map(|w| (w.clone(), f32::NEG_INFINITY)),
+        );
+        Processors {
+            cfg,
+            breakers,
+            eot,
+            biases,
+            bad_words,
+        }
     }
 
     /// Step 1: the penalties. `seq` is the whole sequence so far (prompt + generated), the last
     /// `seq.len() - n_prompt` tokens of it generated.
     pub fn penalize(&self, logits: &mut [f32], seq: &[u32], n_prompt: usize) {
         let c = self.cfg;
+        sequence_bias(logits, seq, &self.biases);
         repetition_penalty(logits, seq, c.repetition_penalty);
         if c.no_repeat_ngram_size > 0 {
             no_repeat_ngram(logits, seq, c.no_repeat_ngram_size);
         }
+        sequence_bias(logits, seq, &self.bad_words);
         let generated = &seq[n_prompt.min(seq.len())..];
+        if let (Some(decay), Some(eot)) = (c.exponential_decay_length_penalty, self.eot) {
+            exponential_decay_length_penalty(logits, generated.len(), decay, eot);
+        }
         frequency_presence(logits, generated, c.frequency_penalty, c.presence_penalty);
         if c.dry_enabled() {
             dry::apply(logits, seq, &c.dry, &self.breakers);
@@ -270,6 +387,12 @@ impl<'a> Processors<'a> {
         }
         if let Some(p) = c.typical_p.filter(|&p| p < 1.0) {
             typical_p(logits, p, min_keep);
+        }
+        if let Some(e) = c.epsilon_cutoff {
+            epsilon_cutoff(logits, e, min_keep);
+        }
+        if let Some(e) = c.eta_cutoff {
+            eta_cutoff(logits, e, min_keep);
         }
     }
 

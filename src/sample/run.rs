@@ -21,7 +21,7 @@
 //! vocabulary (as transformers does) and is an error with a character vocabulary.
 
 use super::generate::{generate, generate_each};
-use super::options::{dry_breaker_ids, unescape, RepetitionArgs, SampleArgs};
+use super::options::{unescape, RepetitionArgs, SampleArgs};
 use super::repetition::{measure_generations, LoopRule};
 use super::report::{self, RepetitionReport, RepetitionRow};
 use super::sequence::start_tokens;
@@ -214,10 +214,10 @@ pub fn run_repetition(
         } else {
             1
         };
-        if cfg.dry_enabled() {
-            cfg.dry.breakers =
-                dry_breaker_ids(tok, model.config().vocab_size, &setting.dry_breakers)?;
-        }
+        setting
+            .settings
+            .resolve_tokens(&mut cfg, tok, model.config().vocab_size)
+            .with_context(|| format!("setting {}", setting.name))?;
         let mut gens = Vec::new();
         for ids in &encoded {
             gens.extend(

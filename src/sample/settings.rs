@@ -40,7 +40,14 @@ const BUILT_IN: [(&str, &str); 8] = [
 ];
 
 /// Keys that switch sampling on (at temperature 1 unless the spec gives a temperature).
-const SAMPLING_KEYS: [&str; 4] = ["top_k", "top_p", "min_p", "typical_p"];
+const SAMPLING_KEYS: [&str; 6] = [
+    "top_k",
+    "top_p",
+    "min_p",
+    "typical_p",
+    "epsilon_cutoff",
+    "eta_cutoff",
+];
 
 /// Keys the repetition run sets itself, the same for every setting.
 const RUN_KEYS: [&str; 3] = ["num_samples", "max_new_tokens", "seed"];
@@ -50,11 +57,11 @@ const RUN_KEYS: [&str; 3] = ["num_samples", "max_new_tokens", "seed"];
 pub struct Setting {
     pub name: String,
     pub description: String,
-    /// `num_samples`, `max_new_tokens` and `seed` are set per run; DRY's breaker ids are filled
-    /// in from `dry_breakers` when DRY is on.
+    /// `num_samples`, `max_new_tokens` and `seed` are set per run; the ids of the settings given
+    /// as text are filled in from `settings` ([`SampleSettings::resolve_tokens`]).
     pub config: SamplingConfig,
-    /// DRY's sequence breakers as strings (llama.cpp's default unless the spec says otherwise).
-    pub dry_breakers: Vec<String>,
+    /// The settings as parsed, text not yet turned into token ids.
+    pub settings: SampleSettings,
 }
 
 /// A built-in setting by name, or a custom one: `key=value` pairs joined by `+`, on top of
@@ -97,6 +104,12 @@ pub fn parse_setting(spec: &str) -> Result<Setting> {
                     .map(String::from)
                     .collect(),
             };
+        } else if k == "bad_words" || k == "sequence_bias" {
+            // Several, separated by '|', as DRY's breakers.
+            for item in v.split('|').filter(|b| !b.is_empty()) {
+                s.set(k, item)
+                    .with_context(|| format!("setting '{spec}'"))?;
+            }
         } else {
             s.set(k, v).with_context(|| format!("setting '{spec}'"))?;
         }
@@ -105,6 +118,10 @@ pub fn parse_setting(spec: &str) -> Result<Setting> {
             s.temperature = 1.0;
         }
         parts.push(format!("{k} {v}"));
+    }
+    if s.penalty_alpha > 0.0 && !temperature_given {
+        // top_k is contrastive search's candidate count here, not a sampling filter.
+        s.temperature = 0.0;
     }
     let config = s.sampling_config();
     let description = description.unwrap_or_else(|| {
@@ -119,8 +136,8 @@ pub fn parse_setting(spec: &str) -> Result<Setting> {
     Ok(Setting {
         name: spec.to_string(),
         description,
-        dry_breakers: s.dry_breakers(),
         config,
+        settings: s,
     })
 }
 
@@ -128,6 +145,7 @@ pub fn parse_setting(spec: &str) -> Result<Setting> {
 mod tests {
     use super::*;
     use crate::sample::options::unescape;
+    use crate::tokenizer::Tokenizer;
 
     #[test]
     fn escapes_and_custom_settings() {
@@ -138,13 +156,49 @@ mod tests {
         .unwrap();
         assert!(s.config.sampling());
         assert_eq!(s.config.top_p, Some(0.95));
-        assert!(s.dry_breakers.is_empty());
+        assert!(s.settings.dry_breakers().is_empty());
         let g = parse_setting("repetition_penalty=1.2").unwrap();
         assert!(!g.config.sampling());
         assert!(g.description.starts_with("greedy"));
         assert!(parse_setting("top_p=2").is_err());
         for name in SETTING_NAMES {
             assert_eq!(parse_setting(name).unwrap().name, name);
+        }
+    }
+
+    #[test]
+    fn bad_words_and_sequence_bias_as_text_or_ids() {
+        let tok = Tokenizer::gpt2().unwrap();
+        let s =
+            parse_setting("bad_words=Romeo|ids:13+sequence_bias=\\n=-2|ids:11,290=1.5").unwrap();
+        let mut cfg = s.config.clone();
+        s.settings.resolve_tokens(&mut cfg, &tok, 50257).unwrap();
+        // Text: as written and after a space (other BPE tokens); ids: exactly those.
+        let romeo = tok.encode("Romeo").unwrap();
+        let spaced = tok.encode(" Romeo").unwrap();
+        assert_ne!(romeo, spaced);
+        assert_eq!(cfg.bad_words_ids, vec![romeo, spaced, vec![13]]);
+        // "\n" starts with whitespace: as written only.
+        assert_eq!(
+            cfg.sequence_bias,
+            vec![(tok.encode("\n").unwrap(), -2.0), (vec![11, 290], 1.5)]
+        );
+        // Text that starts with a space is taken as written only.
+        let mut settings = s.settings.clone();
+        settings.bad_words = vec![" the".into()];
+        settings.sequence_bias.clear();
+        settings.resolve_tokens(&mut cfg, &tok, 50257).unwrap();
+        assert_eq!(cfg.bad_words_ids, vec![tok.encode(" the").unwrap()]);
+        // With penalty_alpha, top_k counts contrastive search's candidates: no sampling.
+        let c = parse_setting("penalty_alpha=0.6+top_k=4").unwrap();
+        assert!(!c.config.sampling() && c.description.starts_with("greedy"));
+        for bad in ["bad_words=ids:", "sequence_bias=x", "sequence_bias=x=nan"] {
+            let s = parse_setting(bad).unwrap();
+            let mut cfg = s.config.clone();
+            assert!(
+                s.settings.resolve_tokens(&mut cfg, &tok, 50257).is_err(),
+                "{bad}"
+            );
         }
     }
 }

@@ -129,13 +129,15 @@ impl CpuEngine {
         KvCache::new(rows, capacity, Box::new(CpuKv::new(self, rows, capacity)))
     }
 
-    /// See [`crate::engine::Engine::forward_cached`]. All feeds' tokens go through the weights
+    /// See [`crate::engine::Engine::forward_cached`] and, with `hidden`,
+    /// [`crate::engine::Engine::forward_cached_hidden`]. All feeds' tokens go through the weights
     /// as one (tokens, C) matrix; only attention and the cache writes are per feed.
     pub(super) fn forward_feeds(
         &self,
         cache: &mut KvCache,
         feeds: &[Feed],
         logits: &mut [f32],
+        hidden: Option<&mut [f32]>,
     ) -> Result<()> {
         let cfg = &self.model.config;
         let (c, nh, vp, v) = (
@@ -159,6 +161,15 @@ impl CpuEngine {
         let n_tok = seqs.last().map_or(0, |s| s.first + s.n);
         if n_tok == 0 {
             return Ok(());
+        }
+        if let Some(h) = &hidden {
+            if h.len() < n_tok * c {
+                bail!(
+                    "hidden-state buffer holds {} values, needs {} ({n_tok} tokens x {c})",
+                    h.len(),
+                    n_tok * c
+                );
+            }
         }
         let kv = cpu_kv(cache)?;
         kv.scratch.ensure(n_tok, feeds.len(), c);
@@ -225,6 +236,18 @@ impl CpuEngine {
                 },
             );
             std::mem::swap(&mut s.x, &mut s.out);
+        }
+        if let Some(h) = hidden {
+            // Every position's final layer norm; the blocks' statistics buffers are free now.
+            layernorm_forward(
+                &mut h[..n_tok * c],
+                &mut s.ln1_mean[..n_tok],
+                &mut s.ln1_rstd[..n_tok],
+                &s.x[..n_tok * c],
+                w.w(tb.lnf_w, c),
+                w.b(tb.lnf_b, c),
+                c,
+            );
         }
         // Only each feed's last position needs logits.
         for (i, q) in seqs.iter().enumerate() {

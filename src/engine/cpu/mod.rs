@@ -150,7 +150,17 @@ impl Engine for CpuEngine {
         feeds: &[Feed],
         logits: &mut [f32],
     ) -> Result<()> {
-        self.forward_feeds(cache, feeds, logits)
+        self.forward_feeds(cache, feeds, logits, None)
+    }
+
+    fn forward_cached_hidden(
+        &self,
+        cache: &mut KvCache,
+        feeds: &[Feed],
+        logits: &mut [f32],
+        hidden: &mut [f32],
+    ) -> Result<()> {
+        self.forward_feeds(cache, feeds, logits, Some(hidden))
     }
 
     fn reorder_cache(&self, cache: &mut KvCache, rows: &[usize]) -> Result<()> {
