@@ -1,7 +1,8 @@
 //! A seeded mutation fuzzer for every parser of a file or setting a user hands us: token files
 //! and llm.c shard headers (through the split reader), safetensors model files, `config.json`,
-//! `meta.json`, `meta.pkl`, TOML configs, `--key=value` overrides, JSON lines, parquet and
-//! `dataset.json`. Each target starts from valid inputs and mutates them (bit flips, interesting
+//! `meta.json`, `meta.pkl`, TOML configs, `--key=value` overrides, JSON lines, parquet,
+//! `dataset.json`, and the Llama family's llama2.c model files, `tokenizer.bin` and
+//! `tokenizer.model`. Each target starts from valid inputs and mutates them (bit flips, interesting
 //! integers, inserts, deletes, truncation, duplicated ranges, splices, format tokens).
 //!
 //! Properties, per input: no panic (caught, the input saved under `target/fuzz-failures/`), no
@@ -693,6 +694,89 @@ fn fuzz_parquet() {
         parse: |file, bytes| read_corpus(file, InputKind::Parquet, bytes),
         // A damaged page: the parquet crate's bit reader indexed past its slice.
         regressions: &[include_bytes!("data/fuzz/parquet_bit_util_panic.parquet")],
+    });
+}
+
+/// A Llama small enough that its llama2.c file fits a fuzz input (tied and untied).
+fn tiny_llama(shared_classifier: bool) -> nanogpt::llama::weights::Llama {
+    use nanogpt::llama::config::LlamaConfig;
+    use nanogpt::llama::weights::{Llama, LlamaTable};
+    let config = LlamaConfig {
+        dim: 16,
+        hidden_dim: 32,
+        n_layers: 2,
+        n_heads: 4,
+        n_kv_heads: 2,
+        vocab_size: 32,
+        seq_len: 16,
+        norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        shared_classifier,
+    };
+    let table = LlamaTable::new(&config).unwrap();
+    let params = (0..table.total)
+        .map(|i| (i % 17) as f32 * 0.01 - 0.08)
+        .collect();
+    Llama {
+        config,
+        table,
+        params,
+    }
+}
+
+fn llama_fixture(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/llama");
+    std::fs::read(path.join(name)).unwrap()
+}
+
+#[test]
+fn fuzz_llama2c_files() {
+    fuzz(Target {
+        name: "llama2c",
+        file: "model.bin",
+        setup: |dir| {
+            let mut seeds = Vec::new();
+            for tied in [false, true] {
+                let path = dir.join("seed.bin");
+                nanogpt::llama::llama2c::write_llama2c_v1(&tiny_llama(tied), &path).unwrap();
+                seeds.push(std::fs::read(&path).unwrap());
+            }
+            // v2 (Q8_0): the fixture's tied model is small enough to seed with.
+            seeds.push(llama_fixture("tiny-llama-tied.v2.bin"));
+            seeds
+        },
+        parse: |file, _| nanogpt::llama::llama2c::read_llama2c(file).map(drop),
+        regressions: &[],
+    });
+}
+
+#[test]
+fn fuzz_llama_tokenizer_bin() {
+    fuzz(Target {
+        name: "llama_tokenizer_bin",
+        file: "tokenizer.bin",
+        setup: |_| vec![llama_fixture("tok512.bin")],
+        parse: |file, _| {
+            let tok = nanogpt::llama::tokenizer::LlamaTokenizer::read_bin(file, 512)?;
+            tok.encode_runc("First Citizen: 3 \u{e9}");
+            Ok(())
+        },
+        regressions: &[],
+    });
+}
+
+#[test]
+fn fuzz_llama_tokenizer_model() {
+    fuzz(Target {
+        name: "llama_tokenizer_model",
+        file: "tokenizer.model",
+        setup: |_| vec![llama_fixture("tok512.model")],
+        parse: |file, _| {
+            let tok = nanogpt::llama::tokenizer::LlamaTokenizer::read_model(file)?;
+            let ids = tok.encode_sentencepiece("  First  Citizen: 3 \u{e9}");
+            tok.decode_sentencepiece(&ids).map(drop)
+        },
+        regressions: &[],
     });
 }
 
