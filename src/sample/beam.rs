@@ -85,6 +85,7 @@ pub fn beam_search(
                 logprobs: Vec::new(),
                 finished_by: FinishReason::Length,
                 score: Some(0.0),
+                loop_events: Vec::new(),
             })
             .collect();
         return Ok(out);
@@ -100,7 +101,7 @@ pub fn beam_search(
     let lp = cfg.length_penalty as f64;
     let norm = |score: f32, len: usize| (score as f64 / (len as f64).powf(lp)) as f32;
 
-    let mut ctx = Context::start(model, &start, nb, cfg.max_new_tokens)?;
+    let mut ctx = Context::start(model, &start, nb, cfg.max_new_tokens)?.with_mode(cfg.context);
     let mut beams: Vec<Beam> = (0..nb)
         .map(|i| Beam {
             tokens: Vec::new(),
@@ -209,6 +210,7 @@ pub fn beam_search(
                         logprobs,
                         finished_by: reason,
                         score: Some(score),
+                        loop_events: Vec::new(),
                     },
                 });
             }

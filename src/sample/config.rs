@@ -2,6 +2,8 @@
 //! table, [`crate::sample::SampleSettings`] (nanoGPT's `sample.py` where nanoGPT has the knob,
 //! Hugging Face `generate`'s "off" for the rest).
 
+use super::context::ContextMode;
+use super::loop_guard::LoopGuardConfig;
 use anyhow::{bail, Result};
 
 /// When beam search stops (Hugging Face's `early_stopping`).
@@ -90,6 +92,10 @@ pub struct SamplingConfig {
     pub early_stopping: EarlyStopping,
     /// Finished beams returned, best first (at most `num_beams`).
     pub num_return_sequences: usize,
+    /// Ends or backtracks out of loops as they form (see [`crate::sample::loop_guard`]).
+    pub loop_guard: LoopGuardConfig,
+    /// How generation continues past `block_size` (see [`crate::sample::context`]).
+    pub context: ContextMode,
 }
 
 impl SamplingConfig {
@@ -185,6 +191,10 @@ impl SamplingConfig {
             bail!(
                 "num_return_sequences > 1 needs beam search (num_beams >= it); for several samples use num_samples"
             );
+        }
+        self.loop_guard.validate()?;
+        if self.loop_guard.enabled() && self.num_beams > 1 {
+            bail!("loop_guard works with greedy decoding and sampling, not beam search (num_beams > 1)");
         }
         Ok(())
     }

@@ -42,13 +42,19 @@
 //!   transformers does for GPT-2, whose BOS is `<|endoftext|>`); an error otherwise.
 //! - **Context longer than `block_size`** (see [`context`]): as nanoGPT, the model sees the last
 //!   `block_size` tokens. A longer prompt is cropped to them; once generation runs past the window,
-//!   each step recomputes the cache from the last `block_size` tokens. The processors
-//!   (penalties, n-gram bans) always see the whole uncropped sequence.
+//!   `crop` (the default) recomputes the cache from the last `block_size` tokens at each step
+//!   (nanoGPT's tokens exactly), `slide` re-prefills the last half block when the cache is full
+//!   (faster, approximate). The processors (penalties, n-gram bans) always see the whole
+//!   uncropped sequence.
+//! - **Loop guard** (see [`loop_guard`]): `stop` ends a sample whose last tokens are a span
+//!   repeated `repeats` times ([`FinishReason::Loop`]); `backtrack` deletes the loop (and takes
+//!   the KV cache row back), bans the token that began it there, and goes on. Each sample keeps
+//!   its own guard state, so rows of a batch can be at different lengths.
 //! - **Beam search** (`num_beams > 1`, see [`beam`]): transformers' algorithm; returns
 //!   `num_return_sequences` hypotheses best first, each with its score.
 //!
 //! # Files
-//! `config` (the knobs), `processors` and `dry` (logits processors), `dist` (softmax, argmax,
+//! `config` (the knobs), `processors` and `dry` (logits processors), `loop_guard`, `dist` (softmax, argmax,
 //! draws), `stop` (end-of-text and stop strings), `context` (KV cache and context cropping),
 //! `sequence` (what generation produces), `generate` (greedy and sampling), `beam` (beam search), `repetition` (metrics), `report` (the
 //! repetition table); for the commands: `options` (the settings tables), `settings` (the
@@ -61,6 +67,7 @@ pub mod context;
 pub mod dist;
 pub mod dry;
 pub mod generate;
+pub mod loop_guard;
 pub mod options;
 pub mod processors;
 pub mod repetition;
@@ -74,6 +81,7 @@ pub mod stream;
 pub use beam::beam_search;
 pub use config::{DryConfig, EarlyStopping, SamplingConfig, DRY_DEFAULT_BREAKERS};
 pub use generate::{generate, generate_each};
+pub use loop_guard::{LoopAction, LoopEvent, LoopGuardConfig, LoopGuardMode};
 pub use options::{RepetitionArgs, SampleArgs, SampleSettings};
 pub use processors::Processors;
 pub use run::{run_repetition, run_sample};

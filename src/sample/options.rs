@@ -4,6 +4,8 @@
 //! commands' option tables (the command line in `src/cli/` builds its flags from them).
 
 use super::config::{DryConfig, EarlyStopping, SamplingConfig, DRY_DEFAULT_BREAKERS};
+use super::context::ContextMode;
+use super::loop_guard::{LoopGuardConfig, LoopGuardMode, SpanRange};
 use super::stop::Vocab;
 use crate::config::knobs::Knob;
 use crate::engine::Device;
@@ -68,6 +70,18 @@ crate::knobs! {
             stop_at_eot: bool = true,
             /// Samples decoded together in one batch; 0 = all of them (memory grows with it)
             batch_size: usize = 64,
+            /// Loop guard: off, stop (end the sample; finish reason loop) or backtrack (delete
+            /// the loop, ban the token that began it there, go on)
+            loop_guard: LoopGuardMode = LoopGuardMode::Off,
+            /// Loop guard: the lengths in tokens a loop's repeated span may have, MIN..MAX
+            loop_guard_ngram: SpanRange = SpanRange { min: 2, max: 32 },
+            /// Loop guard: copies of a span back to back that make a loop
+            loop_guard_repeats: usize = 3,
+            /// Loop guard: backtracks per sample; the loop after them stops the sample
+            loop_guard_max_backtracks: usize = 8,
+            /// Past block_size: crop (nanoGPT's exact window, a full forward per token) or
+            /// slide (re-prefill half a block when full: faster, approximate)
+            context: ContextMode = ContextMode::Crop,
         }
     }
 }
@@ -112,6 +126,13 @@ impl SampleSettings {
             length_penalty: self.length_penalty,
             early_stopping: self.early_stopping,
             num_return_sequences: self.num_return_sequences,
+            loop_guard: LoopGuardConfig {
+                mode: self.loop_guard,
+                spans: self.loop_guard_ngram,
+                repeats: self.loop_guard_repeats,
+                max_backtracks: self.loop_guard_max_backtracks,
+            },
+            context: self.context,
         }
     }
 
