@@ -207,7 +207,8 @@ crate::knobs! {
             num_samples: usize = 4,
             /// Comma-separated settings: greedy, sample (temperature 0.8 + top_k 200, nanoGPT's),
             /// top_p (0.9), repetition_penalty (1.3), no_repeat_ngram (3), freq_presence (0.5 +
-            /// 0.5), dry (0.8/1.75/2), beam (4 beams); penalties are applied to greedy decoding.
+            /// 0.5), dry (0.8/1.75/2), beam (4 beams), loop_stop, loop_backtrack (the loop guard);
+            /// penalties and the loop guard are applied to greedy decoding.
             /// Or your own: key=value pairs joined by '+' on top of greedy, with sample's option
             /// names, e.g. temperature=0.8+top_p=0.95+dry_multiplier=0.8
             /// (dry_sequence_breakers=none|default|a|b) [default: all built-in ones]

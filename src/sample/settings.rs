@@ -7,7 +7,7 @@ use super::options::SampleSettings;
 use anyhow::{bail, Context, Result};
 
 /// The built-in decoding settings of `nanogpt repetition`, in report order.
-pub const SETTING_NAMES: [&str; 8] = [
+pub const SETTING_NAMES: [&str; 10] = [
     "greedy",
     "sample",
     "top_p",
@@ -16,10 +16,12 @@ pub const SETTING_NAMES: [&str; 8] = [
     "freq_presence",
     "dry",
     "beam",
+    "loop_stop",
+    "loop_backtrack",
 ];
 
 /// Each built-in setting: its `key=value` spec and its description. Penalties apply to greedy.
-const BUILT_IN: [(&str, &str); 8] = [
+const BUILT_IN: [(&str, &str); 10] = [
     ("", "greedy"),
     (
         "temperature=0.8+top_k=200",
@@ -37,6 +39,8 @@ const BUILT_IN: [(&str, &str); 8] = [
         "greedy, DRY 0.8 / 1.75 / 2",
     ),
     ("num_beams=4", "beam search, 4 beams"),
+    ("loop_guard=stop", "greedy, loop guard stop"),
+    ("loop_guard=backtrack", "greedy, loop guard backtrack"),
 ];
 
 /// Keys that switch sampling on (at temperature 1 unless the spec gives a temperature).
