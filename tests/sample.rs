@@ -1380,3 +1380,77 @@ fn crop_equals_nanogpt_and_slide_its_own_window_to_three_blocks() {
     assert_eq!(slide[0].tokens, sliding);
     assert_ne!(slide[0].tokens, crop[0].tokens, "slide is an approximation");
 }
+
+// ---------------------------------------------------------------------------------------------
+// llama.cpp's samplers in generation (their formulas on hand-made logits: the unit tests of
+// src/sample/llama_samplers.rs).
+
+#[test]
+fn mirostat_with_a_tiny_target_surprise_is_greedy() {
+    let model = tiny();
+    let prompt = [33676, 4720, 25];
+    let greedy = run(model, &prompt, &SamplingConfig::greedy(40));
+    // mu starts at 2 tau = 0.02 bits: v2 keeps only the most likely token, and mu grows by
+    // eta * tau per step, far from any second token's surprise.
+    let cfg = SamplingConfig {
+        mirostat: 2,
+        mirostat_tau: 0.01,
+        temperature: 1.0,
+        top_k: None,
+        num_samples: 1,
+        max_new_tokens: 40,
+        ..SamplingConfig::default()
+    };
+    assert_eq!(run(model, &prompt, &cfg)[0].tokens, greedy[0].tokens);
+    // At llama.cpp's default target (5 bits) it samples, seeded and batch-independent.
+    for version in [1, 2] {
+        let cfg = SamplingConfig {
+            mirostat: version,
+            mirostat_tau: 5.0,
+            num_samples: 3,
+            ..cfg.clone()
+        };
+        let gens = run(model, &prompt, &cfg);
+        assert_ne!(gens[0].tokens, greedy[0].tokens, "v{version}");
+        let alone = run(
+            model,
+            &prompt,
+            &SamplingConfig {
+                batch_size: 1,
+                ..cfg
+            },
+        );
+        assert_eq!(alone, gens, "v{version}");
+    }
+}
+
+#[test]
+fn xtc_always_on_with_top_k_two_picks_the_second_choice() {
+    let model = tiny();
+    let prompt = [33676, 4720, 25];
+    let cfg = SamplingConfig {
+        num_samples: 1,
+        max_new_tokens: 15,
+        temperature: 1.0,
+        top_k: Some(2),
+        xtc_probability: 1.0,
+        xtc_threshold: 0.0,
+        ..SamplingConfig::default()
+    };
+    let g = &run(model, &prompt, &cfg)[0];
+    let mut seq = prompt.to_vec();
+    for &t in &g.tokens {
+        let mut l = last_logits(model, &seq);
+        let top = nanogpt::sample::dist::argmax(&l).unwrap();
+        l[top] = NEG;
+        assert_eq!(t as usize, nanogpt::sample::dist::argmax(&l).unwrap());
+        seq.push(t);
+    }
+    let bad = SamplingConfig {
+        xtc_probability: 1.5,
+        ..cfg.clone()
+    };
+    assert!(format!("{:#}", bad.validate().unwrap_err()).contains("xtc_probability"));
+    let bad = SamplingConfig { mirostat: 3, ..cfg };
+    assert!(format!("{:#}", bad.validate().unwrap_err()).contains("mirostat"));
+}

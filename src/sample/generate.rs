@@ -4,7 +4,9 @@ use super::beam::beam_search;
 use super::config::SamplingConfig;
 use super::context::Context;
 use super::dist::{argmax, logsumexp, sample_logits};
+use super::llama_samplers::{xtc, Mirostat};
 use super::loop_guard::{LoopAction, LoopGuardMode, RowGuard};
+use super::processors::temperature;
 use super::processors::Processors;
 use super::sequence::{sample_rng, start_tokens, FinishReason, Generation};
 use super::stop::{StopScan, Vocab};
@@ -101,6 +103,12 @@ fn sample_group(
     let mut rngs: Vec<Rng> = (0..g).map(|i| sample_rng(cfg.seed, first + i)).collect();
     let mut scans: Vec<StopScan> = vec![StopScan::default(); g];
     let mut guards: Vec<RowGuard> = vec![RowGuard::default(); g];
+    let mut mirostats: Vec<Option<Mirostat>> = (0..g)
+        .map(|_| {
+            (cfg.mirostat > 0)
+                .then(|| Mirostat::new(cfg.mirostat, cfg.mirostat_tau, cfg.mirostat_eta))
+        })
+        .collect();
     let mut ctx = Context::start(model, start, g, cfg.max_new_tokens)?.with_mode(cfg.context);
     // Row r of the cache holds sample active[r].
     let mut active: Vec<usize> = (0..g).collect();
@@ -114,13 +122,24 @@ fn sample_group(
             row_logits.extend_from_slice(raw);
             procs.penalize(&mut row_logits, &seqs[s], n_prompt);
             guards[s].apply_bans(&mut row_logits, &gens[s].tokens);
-            if sampling {
-                procs.warp(&mut row_logits, 1);
-            }
-            let pick = if sampling {
-                sample_logits(&row_logits, &mut rngs[s])
-            } else {
-                argmax(&row_logits)
+            let pick = match (sampling, mirostats[s].as_mut()) {
+                (false, _) => argmax(&row_logits),
+                // Mirostat draws after temperature alone, as llama.cpp chains it.
+                (true, Some(m)) => {
+                    temperature(&mut row_logits, cfg.temperature);
+                    m.sample(&mut row_logits, &mut rngs[s])
+                }
+                (true, None) => {
+                    procs.warp(&mut row_logits, 1);
+                    xtc(
+                        &mut row_logits,
+                        cfg.xtc_probability,
+                        cfg.xtc_threshold,
+                        1,
+                        &mut rngs[s],
+                    );
+                    sample_logits(&row_logits, &mut rngs[s])
+                }
             };
             let tok = pick.ok_or_else(|| {
                 anyhow!("every token was filtered out at generated position {pos} (all logits -inf): loosen the filters or penalties")

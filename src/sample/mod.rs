@@ -67,6 +67,7 @@ pub mod context;
 pub mod dist;
 pub mod dry;
 pub mod generate;
+pub mod llama_samplers;
 pub mod loop_guard;
 pub mod options;
 pub mod processors;

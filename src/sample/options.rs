@@ -82,6 +82,20 @@ crate::knobs! {
             /// Past block_size: crop (nanoGPT's exact window, a full forward per token) or
             /// slide (re-prefill half a block when full: faster, approximate)
             context: ContextMode = ContextMode::Crop,
+            /// llama.cpp's mirostat: 0 = off, 1 or 2 = that version (draws the token itself; the
+            /// other filters are not used)
+            mirostat: usize = 0,
+            /// Mirostat's target surprise in bits
+            mirostat_tau: f32 = 5.0,
+            /// Mirostat's learning rate
+            mirostat_eta: f32 = 0.1,
+            /// XTC: how often to remove the top choices; 0 = off
+            xtc_probability: f32 = 0.0,
+            /// XTC: tokens at least this likely are top choices (all but the least likely go)
+            xtc_threshold: f32 = 0.1,
+            /// Keep tokens whose logit is within this many standard deviations of the top one;
+            /// <= 0 = off
+            top_n_sigma: f32 = -1.0,
         }
     }
 }
@@ -133,6 +147,12 @@ impl SampleSettings {
                 max_backtracks: self.loop_guard_max_backtracks,
             },
             context: self.context,
+            mirostat: self.mirostat,
+            mirostat_tau: self.mirostat_tau,
+            mirostat_eta: self.mirostat_eta,
+            xtc_probability: self.xtc_probability,
+            xtc_threshold: self.xtc_threshold,
+            top_n_sigma: Some(self.top_n_sigma).filter(|&n| n > 0.0),
         }
     }
 
@@ -207,8 +227,9 @@ crate::knobs! {
             num_samples: usize = 4,
             /// Comma-separated settings: greedy, sample (temperature 0.8 + top_k 200, nanoGPT's),
             /// top_p (0.9), repetition_penalty (1.3), no_repeat_ngram (3), freq_presence (0.5 +
-            /// 0.5), dry (0.8/1.75/2), beam (4 beams), loop_stop, loop_backtrack (the loop guard);
-            /// penalties and the loop guard are applied to greedy decoding.
+            /// 0.5), dry (0.8/1.75/2), beam (4 beams), loop_stop, loop_backtrack (the loop guard),
+            /// mirostat (v2), xtc (0.5/0.1), top_n_sigma (1); penalties and the loop guard are
+            /// applied to greedy decoding.
             /// Or your own: key=value pairs joined by '+' on top of greedy, with sample's option
             /// names, e.g. temperature=0.8+top_p=0.95+dry_multiplier=0.8
             /// (dry_sequence_breakers=none|default|a|b) [default: all built-in ones]

@@ -271,6 +271,9 @@ impl<'a> Processors<'a> {
         if let Some(p) = c.typical_p.filter(|&p| p < 1.0) {
             typical_p(logits, p, min_keep);
         }
+        if let Some(n) = c.top_n_sigma {
+            super::llama_samplers::top_n_sigma(logits, n);
+        }
     }
 
     /// Both steps, the warpers only when the config samples (as `generate`).
