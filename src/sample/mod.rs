@@ -28,7 +28,9 @@
 //! - **Processors** follow Hugging Face transformers' semantics and order (see [`processors`]):
 //!   penalties (repetition_penalty over prompt + generated, no_repeat_ngram_size, then OpenAI's
 //!   frequency/presence penalties over the generated tokens and llama.cpp's DRY), then, only when
-//!   sampling, temperature, top_k, top_p, min_p, typical_p. Filtered tokens become -inf.
+//!   sampling, temperature, top_k, top_p, min_p, typical_p, top-n-sigma, then XTC (see
+//!   [`llama_samplers`]); mirostat replaces the warpers but temperature and draws the token
+//!   itself. Filtered tokens become -inf.
 //! - **Batching**: the prompt goes through the model once; its KV cache is copied to every
 //!   sample's row and all samples advance together, one token per step (`batch_size` caps how
 //!   many share a batch). Finished samples leave the batch. Each sample draws from its own

@@ -6,7 +6,9 @@
 //!    `no_repeat_ngram_size`, then the two that transformers does not have, placed with the
 //!    penalties as llama.cpp does (before temperature): OpenAI's `frequency_penalty` /
 //!    `presence_penalty`, then DRY;
-//! 2. warpers (only when sampling): temperature, top_k, top_p, min_p, typical_p.
+//! 2. warpers (only when sampling): temperature, top_k, top_p, min_p, typical_p, then
+//!    llama.cpp's top-n-sigma (its cut scales with the logits, so its place after temperature
+//!    changes nothing).
 //!
 //! "Keep at least `min_keep`" is transformers' `min_tokens_to_keep`: 1 when sampling, 2 in beam
 //! sampling.
