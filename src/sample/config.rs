@@ -3,6 +3,7 @@
 //! Hugging Face `generate`'s "off" for the rest).
 
 use super::context::ContextMode;
+use super::llama_samplers::FilterOrder;
 use super::loop_guard::LoopGuardConfig;
 use anyhow::{bail, Result};
 
@@ -106,6 +107,8 @@ pub struct SamplingConfig {
     pub xtc_threshold: f32,
     /// top-n-sigma: keep logits >= max - n * sigma.
     pub top_n_sigma: Option<f32>,
+    /// The filters' order (llama.cpp's `--samplers`); empty = Hugging Face's.
+    pub samplers: FilterOrder,
 }
 
 impl SamplingConfig {

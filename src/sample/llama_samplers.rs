@@ -16,9 +16,13 @@
 //!   draw, and update `mu` as v2 does.
 //!
 //! Mirostat picks the token itself, so the other filters (top_k, top_p, ...) do not apply with
-//! it, as in llama.cpp.
+//! it, as in llama.cpp. `--samplers` orders the filters (temperature, top_k, top_p, min_p,
+//! typical_p, top_n_sigma) as llama.cpp's option does; XTC always comes after them.
 
+use super::config::SamplingConfig;
 use super::dist::{sample_logits, softmax};
+use super::processors;
+use crate::config::knobs::Knob;
 use crate::rng::Rng;
 
 /// The tokens ranked by logit, most likely first (finite ones only).
@@ -141,6 +145,96 @@ impl Mirostat {
     }
 }
 
+/// A filter whose place in the chain `--samplers` sets, by llama.cpp's name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Filter {
+    Temperature,
+    TopK,
+    TopP,
+    MinP,
+    TypicalP,
+    TopNSigma,
+}
+
+/// The names `--samplers` takes (llama.cpp's; `typical_p` also as `typ_p`).
+const FILTER_NAMES: [(&str, Filter); 7] = [
+    ("temperature", Filter::Temperature),
+    ("top_k", Filter::TopK),
+    ("top_p", Filter::TopP),
+    ("min_p", Filter::MinP),
+    ("typ_p", Filter::TypicalP),
+    ("typical_p", Filter::TypicalP),
+    ("top_n_sigma", Filter::TopNSigma),
+];
+
+/// The order of the filters (`--samplers=top_k;top_p;min_p;temperature`, as llama.cpp's
+/// `--samplers`); empty = Hugging Face's order. A filter left out of the list is not applied.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FilterOrder(pub Vec<Filter>);
+
+impl Knob for FilterOrder {
+    fn set_text(&mut self, text: &str) -> Result<(), String> {
+        let names: Vec<&str> = FILTER_NAMES.iter().map(|(n, _)| *n).collect();
+        self.0 = text
+            .split([';', ','])
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(|n| {
+                FILTER_NAMES
+                    .iter()
+                    .find(|(name, _)| *name == n)
+                    .map(|&(_, f)| f)
+                    .ok_or_else(|| format!("unknown sampler '{n}': use {}", names.join(", ")))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(())
+    }
+    fn show(&self) -> String {
+        self.0
+            .iter()
+            .filter_map(|f| FILTER_NAMES.iter().find(|(_, g)| g == f).map(|(n, _)| *n))
+            .collect::<Vec<_>>()
+            .join(";")
+    }
+}
+
+/// The warpers of `cfg` in the order of `cfg.samplers` (each only if its knob is on).
+pub fn warp_in_order(cfg: &SamplingConfig, logits: &mut [f32], min_keep: usize) {
+    for f in &cfg.samplers.0 {
+        match f {
+            Filter::Temperature if cfg.temperature != 1.0 && cfg.temperature > 0.0 => {
+                processors::temperature(logits, cfg.temperature)
+            }
+            Filter::TopK => {
+                if let Some(k) = cfg.top_k.filter(|&k| k > 0) {
+                    processors::top_k(logits, k, min_keep)
+                }
+            }
+            Filter::TopP => {
+                if let Some(p) = cfg.top_p.filter(|&p| p < 1.0) {
+                    processors::top_p(logits, p, min_keep)
+                }
+            }
+            Filter::MinP => {
+                if let Some(p) = cfg.min_p {
+                    processors::min_p(logits, p, min_keep)
+                }
+            }
+            Filter::TypicalP => {
+                if let Some(p) = cfg.typical_p.filter(|&p| p < 1.0) {
+                    processors::typical_p(logits, p, min_keep)
+                }
+            }
+            Filter::TopNSigma => {
+                if let Some(n) = cfg.top_n_sigma {
+                    top_n_sigma(logits, n)
+                }
+            }
+            Filter::Temperature => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,6 +243,37 @@ mod tests {
 
     fn ln(ps: &[f64]) -> Vec<f32> {
         ps.iter().map(|p| p.ln() as f32).collect()
+    }
+
+    #[test]
+    fn samplers_order_the_filters() {
+        // min_p 0.3 before temperature 0.5 keeps two tokens, after it one.
+        let cfg = |order: &str| {
+            let mut samplers = FilterOrder::default();
+            samplers.set_text(order).unwrap();
+            SamplingConfig {
+                temperature: 0.5,
+                top_k: None,
+                min_p: Some(0.3),
+                samplers,
+                ..SamplingConfig::default()
+            }
+        };
+        let kept = |order: &str| {
+            let mut l = vec![0.0f32, -1.0, -2.0];
+            processors::Processors::new(&cfg(order), 3).warp(&mut l, 1);
+            l.iter().filter(|v| v.is_finite()).count()
+        };
+        assert_eq!(kept("min_p;temperature"), 2);
+        assert_eq!(kept("temperature;min_p"), 1);
+        assert_eq!(kept(""), 1, "Hugging Face's order: temperature first");
+        assert_eq!(kept("temperature"), 3, "left out = not applied");
+        assert_eq!(cfg("top_k;typ_p").samplers.show(), "top_k;typ_p");
+        let mut o = FilterOrder::default();
+        assert!(o
+            .set_text("top_k;nucleus")
+            .unwrap_err()
+            .contains("unknown sampler 'nucleus'"));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use super::config::{DryConfig, EarlyStopping, SamplingConfig, DRY_DEFAULT_BREAKERS};
 use super::context::ContextMode;
+use super::llama_samplers::FilterOrder;
 use super::loop_guard::{LoopGuardConfig, LoopGuardMode, SpanRange};
 use super::stop::Vocab;
 use crate::config::knobs::Knob;
@@ -96,6 +97,10 @@ crate::knobs! {
             /// Keep tokens whose logit is within this many standard deviations of the top one;
             /// <= 0 = off
             top_n_sigma: f32 = -1.0,
+            /// The filters' order, as llama.cpp's --samplers: names from temperature, top_k,
+            /// top_p, min_p, typ_p, top_n_sigma joined by ';' (left out = not applied)
+            /// [default: temperature;top_k;top_p;min_p;typ_p;top_n_sigma]
+            samplers: FilterOrder = FilterOrder::default(),
         }
     }
 }
@@ -153,6 +158,7 @@ impl SampleSettings {
             xtc_probability: self.xtc_probability,
             xtc_threshold: self.xtc_threshold,
             top_n_sigma: Some(self.top_n_sigma).filter(|&n| n > 0.0),
+            samplers: self.samplers.clone(),
         }
     }
 

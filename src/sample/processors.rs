@@ -258,6 +258,9 @@ impl<'a> Processors<'a> {
     /// Step 2: the warpers (temperature and the filters).
     pub fn warp(&self, logits: &mut [f32], min_keep: usize) {
         let c = self.cfg;
+        if !c.samplers.0.is_empty() {
+            return super::llama_samplers::warp_in_order(c, logits, min_keep);
+        }
         if c.temperature != 1.0 && c.temperature > 0.0 {
             temperature(logits, c.temperature);
         }
