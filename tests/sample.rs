@@ -8,11 +8,13 @@ use common::fixtures;
 use nanogpt::engine::cpu::CpuEngine;
 use nanogpt::engine::{Engine, Feed, Mode};
 use nanogpt::model::weights::load_hf_dir;
+use nanogpt::sample::context::ContextMode;
 use nanogpt::sample::processors::{self, banned_ngram_tokens, Processors};
 use nanogpt::sample::repetition::{self, LoopRule};
 use nanogpt::sample::{
-    dry, generate, generate_each, DryConfig, EarlyStopping, FinishReason, Generation, IdsOnly,
-    LengthDecay, SamplingConfig, StopScan, Vocab,
+    dry, generate, generate_each, loop_guard, DryConfig, EarlyStopping, FinishReason, Generation,
+    IdsOnly, LengthDecay, LoopAction, LoopGuardConfig, LoopGuardMode, SamplingConfig, StopScan,
+    Vocab,
 };
 use nanogpt::tokenizer::Tokenizer;
 use serde_json::Value;
@@ -1444,12 +1446,14 @@ fn measure_reports_every_metric() {
             logprobs: vec![-1.0; 9],
             finished_by: FinishReason::Length,
             score: None,
+            loop_events: Vec::new(),
         },
         Generation {
             tokens: vec![4, 5, 6, 7],
             logprobs: vec![-3.0; 4],
             finished_by: FinishReason::Eot,
             score: None,
+            loop_events: Vec::new(),
         },
     ];
     let st = repetition::measure_generations(&gens, &LoopRule::default());
@@ -1510,4 +1514,298 @@ fn generations_are_handed_out_batch_by_batch() {
         done,
         generate(model, &[1639, 389], &cfg, &tok, &mut |_, _| {}).unwrap()
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The loop guard and generation past block_size.
+
+const JULIET: &str = "JULIET:\nO Romeo, Romeo! wherefore art thou Romeo?\n";
+
+fn guard(mode: LoopGuardMode) -> LoopGuardConfig {
+    LoopGuardConfig {
+        mode,
+        ..SamplingConfig::default().loop_guard
+    }
+}
+
+/// The model's log-probability of each token of `tokens` after `prompt`, from one uncached
+/// forward pass over the whole sequence (at most block_size tokens).
+fn logprobs_by_full_forward(model: &mut CpuEngine, prompt: &[u32], tokens: &[u32]) -> Vec<f32> {
+    let (v, vp) = (
+        model.config().vocab_size,
+        model.config().padded_vocab_size(),
+    );
+    let seq = [prompt, tokens].concat();
+    model
+        .forward(&seq, None, 1, seq.len(), Mode::Eval)
+        .expect("forward");
+    (0..tokens.len())
+        .map(|i| {
+            let mut row = model.logits()[(prompt.len() - 1 + i) * vp..][..v].to_vec();
+            nanogpt::sample::dist::log_softmax_inplace(&mut row);
+            row[tokens[i] as usize]
+        })
+        .collect()
+}
+
+/// No prefix of `tokens` ends in a loop by the guard's rule: no loop was left in the text.
+fn assert_loop_free(tokens: &[u32], cfg: &LoopGuardConfig) {
+    for end in 1..=tokens.len() {
+        assert_eq!(
+            loop_guard::detect(&tokens[..end], cfg.spans, cfg.repeats),
+            None,
+            "a loop ends at {end}: {tokens:?}"
+        );
+    }
+}
+
+#[test]
+fn loop_guard_stop_ends_the_sample_where_greedy_starts_looping() {
+    let model = tiny();
+    let prompt = Tokenizer::gpt2().unwrap().encode(JULIET).unwrap();
+    let plain = run(model, &prompt, &SamplingConfig::greedy(100));
+    let cfg = SamplingConfig {
+        loop_guard: guard(LoopGuardMode::Stop),
+        ..SamplingConfig::greedy(100)
+    };
+    let g = &run(model, &prompt, &cfg)[0];
+    assert_eq!(g.finished_by, FinishReason::Loop);
+    assert!(plain[0].tokens.starts_with(&g.tokens));
+    let [e] = g.loop_events[..] else {
+        panic!("one event: {:?}", g.loop_events)
+    };
+    assert_eq!(e.action, LoopAction::Stop);
+    // The sample ends with exactly `repeats` copies of the span, beginning at `position`, and
+    // no shorter prefix held a loop.
+    let tail = &g.tokens[e.position..];
+    assert_eq!(tail.len(), cfg.loop_guard.repeats * e.span);
+    assert!(tail.chunks(e.span).all(|c| c == &tail[..e.span]));
+    assert_loop_free(&g.tokens[..g.tokens.len() - 1], &cfg.loop_guard);
+}
+
+#[test]
+fn loop_guard_backtrack_deletes_loops_and_rewinds_the_cache() {
+    let mut full = CpuEngine::new(load_hf_dir(&fixtures().join("tiny-gpt2")).unwrap());
+    let model = tiny();
+    let prompt = Tokenizer::gpt2().unwrap().encode(JULIET).unwrap();
+    let n = 100;
+    assert!(prompt.len() + n <= model.config().block_size);
+    let plain = &run(model, &prompt, &SamplingConfig::greedy(n))[0];
+    let cfg = SamplingConfig {
+        loop_guard: guard(LoopGuardMode::Backtrack),
+        ..SamplingConfig::greedy(n)
+    };
+    let g = &run(model, &prompt, &cfg)[0];
+    assert_eq!(g.finished_by, FinishReason::Length);
+    assert_eq!(g.tokens.len(), n);
+    let first = g
+        .loop_events
+        .first()
+        .expect("greedy loops here, so the guard fires");
+    assert!(g
+        .loop_events
+        .iter()
+        .all(|e| e.action == LoopAction::Backtrack));
+    // Greedy up to where the first loop began, then the banned token is gone from there.
+    assert_eq!(g.tokens[..first.position], plain.tokens[..first.position]);
+    assert_ne!(g.tokens[first.position], plain.tokens[first.position]);
+    assert_loop_free(&g.tokens, &cfg.loop_guard);
+    // After every rewind the cache holds exactly the kept tokens: each log-probability is the
+    // one a fresh forward pass over the final text gives.
+    let want = logprobs_by_full_forward(&mut full, &prompt, &g.tokens);
+    for (i, (&a, &b)) in g.logprobs.iter().zip(&want).enumerate() {
+        assert!(close(a, b), "token {i}: {a} vs {b}");
+    }
+    // Past block_size, a backtrack still leaves crop's window the last block_size tokens.
+    let block = model.config().block_size;
+    let long = [shakespeare_ids(block - 30), prompt].concat();
+    let g = &run(model, &long, &cfg)[0];
+    assert!(!g.loop_events.is_empty());
+    let mut seq = long.clone();
+    for (i, (&t, &lp)) in g.tokens.iter().zip(&g.logprobs).enumerate() {
+        let mut l = last_logits(model, &seq[seq.len().saturating_sub(block)..]);
+        nanogpt::sample::dist::log_softmax_inplace(&mut l);
+        assert!(
+            close(l[t as usize], lp),
+            "token {i}: {lp} vs {}",
+            l[t as usize]
+        );
+        seq.push(t);
+    }
+}
+
+#[test]
+fn loop_guard_keeps_state_per_sample_in_a_batch() {
+    let mut full = CpuEngine::new(load_hf_dir(&fixtures().join("tiny-gpt2")).unwrap());
+    let model = tiny();
+    let prompt = Tokenizer::gpt2().unwrap().encode(JULIET).unwrap();
+    let cfg = SamplingConfig {
+        num_samples: 3,
+        max_new_tokens: 70,
+        temperature: 0.3,
+        top_k: Some(5),
+        loop_guard: guard(LoopGuardMode::Backtrack),
+        ..SamplingConfig::default()
+    };
+    let mut streamed = vec![Vec::new(); cfg.num_samples];
+    let gens = generate(model, &prompt, &cfg, &NO_EOS, &mut |s, t| {
+        streamed[s].push(t)
+    })
+    .unwrap();
+    for (s, g) in gens.iter().enumerate() {
+        assert_eq!(streamed[s], g.tokens, "sample {s}: streamed = returned");
+        assert_loop_free(&g.tokens, &cfg.loop_guard);
+        let want = logprobs_by_full_forward(&mut full, &prompt, &g.tokens);
+        assert!(
+            g.logprobs.iter().zip(&want).all(|(&a, &b)| close(a, b)),
+            "sample {s}: the cache row was rewound with the sample"
+        );
+    }
+    // Rows backtrack at different moments and still give each sample what it gets alone.
+    let fired: Vec<usize> = gens.iter().map(|g| g.loop_events.len()).collect();
+    assert!(fired.iter().any(|&f| f > 0), "{fired:?}");
+    let alone = run(
+        model,
+        &prompt,
+        &SamplingConfig {
+            batch_size: 1,
+            ..cfg.clone()
+        },
+    );
+    assert_eq!(alone, gens);
+}
+
+#[test]
+fn loop_guard_settings_are_checked() {
+    let mut cfg = SamplingConfig {
+        loop_guard: guard(LoopGuardMode::Backtrack),
+        ..SamplingConfig::greedy(4)
+    };
+    cfg.loop_guard.repeats = 1;
+    assert!(format!("{:#}", cfg.validate().unwrap_err()).contains("loop_guard_repeats"));
+    cfg.loop_guard.repeats = 3;
+    cfg.num_beams = 2;
+    assert!(format!("{:#}", cfg.validate().unwrap_err()).contains("beam"));
+}
+
+/// Greedy decoding that recomputes the model's window from scratch at every step (a fresh
+/// cache each time, so nothing carries over between steps): `window(seq, w)` gives the start
+/// of the window the model sees, given the previous one.
+fn greedy_from_scratch(
+    model: &dyn Engine,
+    prompt: &[u32],
+    steps: usize,
+    window: &dyn Fn(usize, usize) -> usize,
+) -> Vec<u32> {
+    let mut seq = prompt.to_vec();
+    let mut w = 0;
+    for _ in 0..steps {
+        w = window(seq.len(), w);
+        let logits = last_logits(model, &seq[w..]);
+        seq.push(nanogpt::sample::dist::argmax(&logits).expect("finite logits") as u32);
+    }
+    seq[prompt.len()..].to_vec()
+}
+
+#[test]
+fn crop_equals_nanogpt_and_slide_its_own_window_to_three_blocks() {
+    let model = tiny();
+    let block = model.config().block_size;
+    let prompt = shakespeare_ids(5);
+    // The sequence reaches 3 x block_size tokens.
+    let steps = 3 * block - prompt.len();
+    // nanoGPT: the last block_size tokens, every step.
+    let crop = run(model, &prompt, &SamplingConfig::greedy(steps));
+    let nanogpt = greedy_from_scratch(model, &prompt, steps, &|len, _| len.saturating_sub(block));
+    assert_eq!(crop[0].tokens, nanogpt);
+    // Slide: the window keeps its start until it would exceed block_size, then keeps the last
+    // half block.
+    let slide_cfg = SamplingConfig {
+        context: ContextMode::Slide,
+        ..SamplingConfig::greedy(steps)
+    };
+    let slide = run(model, &prompt, &slide_cfg);
+    let sliding = greedy_from_scratch(model, &prompt, steps, &|len, w| {
+        if len - w > block {
+            len - block / 2
+        } else {
+            w
+        }
+    });
+    assert_eq!(slide[0].tokens, sliding);
+    assert_ne!(slide[0].tokens, crop[0].tokens, "slide is an approximation");
+}
+
+// ---------------------------------------------------------------------------------------------
+// llama.cpp's samplers in generation (their formulas on hand-made logits: the unit tests of
+// src/sample/llama_samplers.rs).
+
+#[test]
+fn mirostat_with_a_tiny_target_surprise_is_greedy() {
+    let model = tiny();
+    let prompt = [33676, 4720, 25];
+    let greedy = run(model, &prompt, &SamplingConfig::greedy(40));
+    // mu starts at 2 tau = 0.02 bits: v2 keeps only the most likely token, and mu grows by
+    // eta * tau per step, far from any second token's surprise.
+    let cfg = SamplingConfig {
+        mirostat: 2,
+        mirostat_tau: 0.01,
+        temperature: 1.0,
+        top_k: None,
+        num_samples: 1,
+        max_new_tokens: 40,
+        ..SamplingConfig::default()
+    };
+    assert_eq!(run(model, &prompt, &cfg)[0].tokens, greedy[0].tokens);
+    // At llama.cpp's default target (5 bits) it samples, seeded and batch-independent.
+    for version in [1, 2] {
+        let cfg = SamplingConfig {
+            mirostat: version,
+            mirostat_tau: 5.0,
+            num_samples: 3,
+            ..cfg.clone()
+        };
+        let gens = run(model, &prompt, &cfg);
+        assert_ne!(gens[0].tokens, greedy[0].tokens, "v{version}");
+        let alone = run(
+            model,
+            &prompt,
+            &SamplingConfig {
+                batch_size: 1,
+                ..cfg
+            },
+        );
+        assert_eq!(alone, gens, "v{version}");
+    }
+}
+
+#[test]
+fn xtc_always_on_with_top_k_two_picks_the_second_choice() {
+    let model = tiny();
+    let prompt = [33676, 4720, 25];
+    let cfg = SamplingConfig {
+        num_samples: 1,
+        max_new_tokens: 15,
+        temperature: 1.0,
+        top_k: Some(2),
+        xtc_probability: 1.0,
+        xtc_threshold: 0.0,
+        ..SamplingConfig::default()
+    };
+    let g = &run(model, &prompt, &cfg)[0];
+    let mut seq = prompt.to_vec();
+    for &t in &g.tokens {
+        let mut l = last_logits(model, &seq);
+        let top = nanogpt::sample::dist::argmax(&l).unwrap();
+        l[top] = NEG;
+        assert_eq!(t as usize, nanogpt::sample::dist::argmax(&l).unwrap());
+        seq.push(t);
+    }
+    let bad = SamplingConfig {
+        xtc_probability: 1.5,
+        ..cfg.clone()
+    };
+    assert!(format!("{:#}", bad.validate().unwrap_err()).contains("xtc_probability"));
+    let bad = SamplingConfig { mirostat: 3, ..cfg };
+    assert!(format!("{:#}", bad.validate().unwrap_err()).contains("mirostat"));
 }

@@ -545,3 +545,87 @@ fn issue_18_flags_match_the_decoding_references() {
         assert!(e.contains(needle), "{flag}: {e}");
     }
 }
+
+const JULIET: &str = "--start=JULIET:\\nO Romeo, Romeo! wherefore art thou Romeo?\\n";
+
+#[test]
+fn loop_guard_reports_where_it_fired() {
+    let base = vec![
+        tiny_arg(),
+        nanogpt::sample::options::unescape(JULIET),
+        s("--temperature=0"),
+        s("--num_samples=1"),
+        s("--max_new_tokens=100"),
+        s("--json"),
+    ];
+    let (out, _) = sample_ok(&[base.clone(), vec![s("--loop_guard=stop")]].concat());
+    let r = &json_lines(&out)[0];
+    assert_eq!(r["finish_reason"], "loop", "{r}");
+    let e = &r["loop_guard"][0];
+    assert_eq!(e["action"], "stop");
+    let (pos, span) = (e["position"].as_u64().unwrap(), e["span"].as_u64().unwrap());
+    assert_eq!(ids(&r["generated_ids"]).len() as u64, pos + 3 * span, "{r}");
+    let (out, _) = sample_ok(&[base.clone(), vec![s("--loop_guard=backtrack")]].concat());
+    let r = &json_lines(&out)[0];
+    assert_eq!(r["finish_reason"], "length");
+    assert_eq!(r["loop_guard"][0]["action"], "backtrack", "{r}");
+    // Off: no loop_guard field at all.
+    let (out, _) = sample_ok(&base);
+    assert!(json_lines(&out)[0].get("loop_guard").is_none());
+    let (r, _, _) = sample(&[base, vec![s("--loop_guard=sometimes")]].concat());
+    assert!(format!("{:#}", r.unwrap_err()).contains("off, stop or backtrack"));
+}
+
+#[test]
+fn loop_guard_backtrack_streams_only_what_it_keeps() {
+    let base = vec![
+        tiny_arg(),
+        nanogpt::sample::options::unescape(JULIET),
+        s("--temperature=0.3"),
+        s("--top_k=5"),
+        s("--num_samples=3"),
+        s("--max_new_tokens=70"),
+        s("--loop_guard=backtrack"),
+    ];
+    let (json_out, _) = sample_ok(&[base.clone(), vec![s("--json")]].concat());
+    let recs = json_lines(&json_out);
+    assert!(recs.iter().any(|r| r.get("loop_guard").is_some()));
+    let expected: String = recs
+        .iter()
+        .map(|r| {
+            format!(
+                "{}{}\n{SEPARATOR}\n",
+                r["prompt"].as_str().unwrap(),
+                r["text"].as_str().unwrap()
+            )
+        })
+        .collect();
+    for batch in ["0", "2"] {
+        let (out, _) = sample_ok(&[base.clone(), vec![format!("--batch_size={batch}")]].concat());
+        assert_eq!(out, expected, "batch_size {batch}");
+    }
+}
+
+#[test]
+fn repetition_with_the_loop_guard() {
+    let args = RepetitionArgs::parse_from([
+        tiny_arg(),
+        s("--settings=greedy,loop_guard=backtrack,loop_guard=stop+loop_guard_repeats=4"),
+        s("--max_new_tokens=64"),
+    ])
+    .unwrap();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let report = run_repetition(&args, &mut out, &mut err).unwrap();
+    let [greedy, backtrack, stop] = [0, 1, 2].map(|i| &report.rows[i].stats);
+    // At 64 tokens one backtracked sample is cut after two copies of a new loop: the guard
+    // waits for three, the metric counts two (at 128 tokens: none of 6, see the docs).
+    assert!(greedy.loop_share >= 0.5);
+    assert!(backtrack.loop_share <= greedy.loop_share / 2.0);
+    assert_eq!(backtrack.tokens, greedy.tokens);
+    assert!(backtrack.mean_logprob.unwrap() > greedy.mean_logprob.unwrap() - 0.5);
+    assert!(stop.tokens < greedy.tokens);
+    assert_eq!(
+        report.rows[2].description,
+        "greedy, loop_guard stop, loop_guard_repeats 4"
+    );
+}

@@ -128,6 +128,14 @@ impl KvCache {
         self.lens[row] = 0;
     }
 
+    /// Keeps the first `len` positions of row `row` (a shorter row stays as it is), to take back
+    /// tokens (the loop guard's backtrack). Host-side only, for every backend: a pass reads a
+    /// row's first `len(row)` positions and writes new tokens from there, over what was cut.
+    pub fn truncate(&mut self, row: usize, len: usize) {
+        let held = &mut self.lens[row];
+        *held = (*held).min(len);
+    }
+
     /// Empties every row.
     pub fn clear(&mut self) {
         self.lens.fill(0);

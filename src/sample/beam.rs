@@ -113,6 +113,7 @@ pub fn beam_search(
                 logprobs: Vec::new(),
                 finished_by: FinishReason::Length,
                 score: Some(0.0),
+                loop_events: Vec::new(),
             })
             .collect();
         return Ok(out);
@@ -120,7 +121,7 @@ pub fn beam_search(
     let procs = Processors::new(cfg, model.config().vocab_size, vocab.eot());
     let mut rng = sample_rng(cfg.seed, 0);
     let size = nb / cfg.num_beam_groups;
-    let mut ctx = Context::start(model, &start, nb, cfg.max_new_tokens)?;
+    let mut ctx = Context::start(model, &start, nb, cfg.max_new_tokens)?.with_mode(cfg.context);
     // Each group's first beam starts at 0, the others at -1e9: the first step expands one copy
     // of the prompt per group.
     let mut groups: Vec<Group> = (0..cfg.num_beam_groups)
@@ -319,6 +320,7 @@ fn step_group(
                     logprobs,
                     finished_by: reason,
                     score: Some(score),
+                    loop_events: Vec::new(),
                 },
             });
         }

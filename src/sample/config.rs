@@ -2,6 +2,9 @@
 //! table, [`crate::sample::SampleSettings`] (nanoGPT's `sample.py` where nanoGPT has the knob,
 //! Hugging Face `generate`'s "off" for the rest).
 
+use super::context::ContextMode;
+use super::llama_samplers::FilterOrder;
+use super::loop_guard::LoopGuardConfig;
 use anyhow::{bail, Result};
 
 /// When beam search stops (Hugging Face's `early_stopping`).
@@ -115,6 +118,22 @@ pub struct SamplingConfig {
     /// one with the best (1 - alpha) * probability - alpha * (largest cosine similarity of its
     /// hidden state to an earlier token's); see [`crate::sample::contrastive`].
     pub penalty_alpha: f32,
+    /// Ends or backtracks out of loops as they form (see [`crate::sample::loop_guard`]).
+    pub loop_guard: LoopGuardConfig,
+    /// How generation continues past `block_size` (see [`crate::sample::context`]).
+    pub context: ContextMode,
+    /// llama.cpp's mirostat version (0 = off, 1, 2), its target surprise (bits) and learning
+    /// rate (see [`crate::sample::llama_samplers`]). Sampling only.
+    pub mirostat: usize,
+    pub mirostat_tau: f32,
+    pub mirostat_eta: f32,
+    /// XTC: probability of removing the top choices (0 = off), and what counts as one.
+    pub xtc_probability: f32,
+    pub xtc_threshold: f32,
+    /// top-n-sigma: keep logits >= max - n * sigma.
+    pub top_n_sigma: Option<f32>,
+    /// The filters' order (llama.cpp's `--samplers`); empty = Hugging Face's.
+    pub samplers: FilterOrder,
 }
 
 /// transformers' `exponential_decay_length_penalty = (start_index, decay_factor)`.
@@ -285,6 +304,29 @@ impl SamplingConfig {
             bail!(
                 "num_return_sequences > 1 needs beam search (num_beams >= it); for several samples use num_samples"
             );
+        }
+        self.loop_guard.validate()?;
+        if self.mirostat > 2 {
+            bail!("mirostat must be 0 (off), 1 or 2, got {}", self.mirostat);
+        }
+        finite("mirostat_tau", self.mirostat_tau)?;
+        finite("mirostat_eta", self.mirostat_eta)?;
+        for (name, v) in [
+            ("xtc_probability", self.xtc_probability),
+            ("xtc_threshold", self.xtc_threshold),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                bail!("{name} must be in [0, 1], got {v}");
+            }
+        }
+        if let Some(n) = self.top_n_sigma {
+            finite("top_n_sigma", n)?;
+        }
+        if (self.mirostat > 0 || self.xtc_probability > 0.0) && self.num_beams > 1 {
+            bail!("mirostat and XTC work with sampling, not beam search (num_beams > 1)");
+        }
+        if self.loop_guard.enabled() && self.num_beams > 1 {
+            bail!("loop_guard works with greedy decoding and sampling, not beam search (num_beams > 1)");
         }
         Ok(())
     }

@@ -5,8 +5,11 @@ use super::config::SamplingConfig;
 use super::context::Context;
 use super::contrastive::contrastive_search;
 use super::dist::{argmax, logsumexp, sample_logits};
+use super::llama_samplers::{xtc, Mirostat};
+use super::loop_guard::{LoopAction, LoopGuardMode, RowGuard};
+use super::processors::temperature;
 use super::processors::Processors;
-use super::sequence::{sample_rng, start_tokens, Generation};
+use super::sequence::{sample_rng, start_tokens, FinishReason, Generation};
 use super::stop::{StopScan, Vocab};
 use crate::engine::Engine;
 use crate::rng::Rng;
@@ -82,7 +85,8 @@ pub fn generate_each(
     Ok(())
 }
 
-/// Samples `first..first+g`, decoded together.
+/// Samples `first..first+g`, decoded together. Rows may fall out of step: the loop guard's
+/// backtrack takes tokens back from single rows.
 fn sample_group(
     model: &dyn Engine,
     start: &[u32],
@@ -99,31 +103,57 @@ fn sample_group(
     let procs = Processors::new(cfg, model.config().vocab_size, vocab.eot());
     let eot = if cfg.stop_at_eot { vocab.eot() } else { None };
     let sampling = cfg.sampling();
+    // A backtrack deletes tokens, so with it on tokens reach `on_token` once their batch is done
+    // (in sample order, which is what the streaming printer expects), never to be taken back.
+    let hold_back = cfg.loop_guard.mode == LoopGuardMode::Backtrack;
     let n_prompt = start.len();
     let mut seqs: Vec<Vec<u32>> = vec![start.to_vec(); g];
     let mut rngs: Vec<Rng> = (0..g).map(|i| sample_rng(cfg.seed, first + i)).collect();
     let mut scans: Vec<StopScan> = vec![StopScan::default(); g];
-    let mut ctx = Context::start(model, start, g, cfg.max_new_tokens)?;
+    let mut guards: Vec<RowGuard> = vec![RowGuard::default(); g];
+    let mut mirostats: Vec<Option<Mirostat>> = (0..g)
+        .map(|_| {
+            (cfg.mirostat > 0)
+                .then(|| Mirostat::new(cfg.mirostat, cfg.mirostat_tau, cfg.mirostat_eta))
+        })
+        .collect();
+    let mut ctx = Context::start(model, start, g, cfg.max_new_tokens)?.with_mode(cfg.context);
     // Row r of the cache holds sample active[r].
     let mut active: Vec<usize> = (0..g).collect();
     let mut row_logits = Vec::new();
-    for step in 0..cfg.max_new_tokens {
+    loop {
         let mut done = vec![false; active.len()];
         for (r, &s) in active.iter().enumerate() {
+            let pos = gens[s].tokens.len();
             let raw = ctx.logits(r);
             row_logits.clear();
             row_logits.extend_from_slice(raw);
-            procs.apply(&mut row_logits, &seqs[s], n_prompt, 1);
-            let pick = if sampling {
-                sample_logits(&row_logits, &mut rngs[s])
-            } else {
-                argmax(&row_logits)
+            procs.penalize(&mut row_logits, &seqs[s], n_prompt);
+            guards[s].apply_bans(&mut row_logits, &gens[s].tokens);
+            let pick = match (sampling, mirostats[s].as_mut()) {
+                (false, _) => argmax(&row_logits),
+                // Mirostat draws after temperature alone, as llama.cpp chains it.
+                (true, Some(m)) => {
+                    temperature(&mut row_logits, cfg.temperature);
+                    m.sample(&mut row_logits, &mut rngs[s])
+                }
+                (true, None) => {
+                    procs.warp(&mut row_logits, 1);
+                    xtc(
+                        &mut row_logits,
+                        cfg.xtc_probability,
+                        cfg.xtc_threshold,
+                        1,
+                        &mut rngs[s],
+                    );
+                    sample_logits(&row_logits, &mut rngs[s])
+                }
             };
             let tok = pick.ok_or_else(|| {
-                anyhow!("every token was filtered out at step {step} (all logits -inf): loosen the filters or penalties")
+                anyhow!("every token was filtered out at generated position {pos} (all logits -inf): loosen the filters or penalties")
             })?;
             if eot == Some(tok as u32) {
-                gens[s].finished_by = super::FinishReason::Eot;
+                gens[s].finished_by = FinishReason::Eot;
                 done[r] = true;
                 continue;
             }
@@ -132,28 +162,56 @@ fn sample_group(
             seqs[s].push(tok);
             gens[s].tokens.push(tok);
             gens[s].logprobs.push(logprob);
-            on_token(first + s, tok);
+            if !hold_back {
+                on_token(first + s, tok);
+            }
             if !cfg.stop.is_empty() {
                 let bytes = vocab.token_bytes(tok)?;
                 if let Some((index, at_byte)) = scans[s].push(&bytes, &cfg.stop) {
-                    gens[s].finished_by = super::FinishReason::Stop { index, at_byte };
+                    gens[s].finished_by = FinishReason::Stop { index, at_byte };
                     done[r] = true;
+                    continue;
                 }
             }
+            if let Some(event) = guards[s].check(&cfg.loop_guard, &gens[s].tokens) {
+                gens[s].loop_events.push(event);
+                if event.action == LoopAction::Stop {
+                    gens[s].finished_by = FinishReason::Loop;
+                    done[r] = true;
+                    continue;
+                }
+                let keep = event.position;
+                gens[s].tokens.truncate(keep);
+                gens[s].logprobs.truncate(keep);
+                seqs[s].truncate(n_prompt + keep);
+                ctx.rewind(r, seqs[s].len());
+                if !cfg.stop.is_empty() {
+                    scans[s] = StopScan::default();
+                    for &t in &gens[s].tokens {
+                        // No stop string was found in these bytes before, nor is now.
+                        scans[s].push(&vocab.token_bytes(t)?, &cfg.stop);
+                    }
+                }
+            }
+            done[r] |= gens[s].tokens.len() == cfg.max_new_tokens;
         }
-        if step + 1 == cfg.max_new_tokens {
+        let keep: Vec<usize> = (0..active.len()).filter(|&r| !done[r]).collect();
+        if keep.is_empty() {
             break;
         }
-        if done.iter().any(|&d| d) {
-            let keep: Vec<usize> = (0..active.len()).filter(|&r| !done[r]).collect();
-            if keep.is_empty() {
-                break;
-            }
+        if keep.len() < active.len() {
             active = keep.iter().map(|&r| active[r]).collect();
             ctx.reorder(&keep)?;
         }
         let rows: Vec<&[u32]> = active.iter().map(|&s| seqs[s].as_slice()).collect();
         ctx.advance(&rows)?;
+    }
+    if hold_back {
+        for (s, gen) in gens.iter().enumerate() {
+            for &t in &gen.tokens {
+                on_token(first + s, t);
+            }
+        }
     }
     Ok(gens)
 }

@@ -28,10 +28,11 @@
 //! - **Processors** follow Hugging Face transformers' semantics and order (see [`processors`]):
 //!   penalties (repetition_penalty over prompt + generated, no_repeat_ngram_size, then OpenAI's
 //!   frequency/presence penalties over the generated tokens and llama.cpp's DRY), then, only when
-//!   sampling, temperature, top_k, top_p, min_p, typical_p, epsilon and eta cutoffs. Filtered
-//!   tokens become -inf. Token sequences can be banned (`bad_words_ids`) or biased
-//!   (`sequence_bias`), and the end-of-text token favoured after a length
-//!   (`exponential_decay_length_penalty`).
+//!   sampling, temperature, top_k, top_p, min_p, typical_p, epsilon and eta cutoffs,
+//!   top-n-sigma, then XTC (see [`llama_samplers`]); mirostat replaces the warpers but
+//!   temperature and draws the token itself. Filtered tokens become -inf. Token sequences can
+//!   be banned (`bad_words_ids`) or biased (`sequence_bias`), and the end-of-text token
+//!   favoured after a length (`exponential_decay_length_penalty`).
 //! - **Batching**: the prompt goes through the model once; its KV cache is copied to every
 //!   sample's row and all samples advance together, one token per step (`batch_size` caps how
 //!   many share a batch). Finished samples leave the batch. Each sample draws from its own
@@ -45,8 +46,14 @@
 //!   transformers does for GPT-2, whose BOS is `<|endoftext|>`); an error otherwise.
 //! - **Context longer than `block_size`** (see [`context`]): as nanoGPT, the model sees the last
 //!   `block_size` tokens. A longer prompt is cropped to them; once generation runs past the window,
-//!   each step recomputes the cache from the last `block_size` tokens. The processors
-//!   (penalties, n-gram bans) always see the whole uncropped sequence.
+//!   `crop` (the default) recomputes the cache from the last `block_size` tokens at each step
+//!   (nanoGPT's tokens exactly), `slide` re-prefills the last half block when the cache is full
+//!   (faster, approximate). The processors (penalties, n-gram bans) always see the whole
+//!   uncropped sequence.
+//! - **Loop guard** (see [`loop_guard`]): `stop` ends a sample whose last tokens are a span
+//!   repeated `repeats` times ([`FinishReason::Loop`]); `backtrack` deletes the loop (and takes
+//!   the KV cache row back), bans the token that began it there, and goes on. Each sample keeps
+//!   its own guard state, so rows of a batch can be at different lengths.
 //! - **Beam search** (`num_beams > 1`, see [`beam`]): transformers' algorithm; returns
 //!   `num_return_sequences` hypotheses best first, each with its score. Diverse beam search
 //!   with `num_beam_groups > 1` and `diversity_penalty`.
@@ -54,7 +61,7 @@
 //!   model's hidden states ([`crate::engine::Engine::forward_cached_hidden`], CPU only for now).
 //!
 //! # Files
-//! `config` (the knobs), `processors` and `dry` (logits processors), `dist` (softmax, argmax,
+//! `config` (the knobs), `processors` and `dry` (logits processors), `loop_guard`, `dist` (softmax, argmax,
 //! draws), `stop` (end-of-text and stop strings), `context` (KV cache and context cropping),
 //! `sequence` (what generation produces), `generate` (greedy and sampling), `beam` (beam search), `contrastive` (contrastive search), `repetition` (metrics), `report` (the
 //! repetition table); for the commands: `options` (the settings tables), `settings` (the
@@ -68,6 +75,8 @@ pub mod contrastive;
 pub mod dist;
 pub mod dry;
 pub mod generate;
+pub mod llama_samplers;
+pub mod loop_guard;
 pub mod options;
 pub mod processors;
 pub mod repetition;
@@ -81,6 +90,7 @@ pub mod stream;
 pub use beam::beam_search;
 pub use config::{DryConfig, EarlyStopping, LengthDecay, SamplingConfig, DRY_DEFAULT_BREAKERS};
 pub use generate::{generate, generate_each};
+pub use loop_guard::{LoopAction, LoopEvent, LoopGuardConfig, LoopGuardMode};
 pub use options::{RepetitionArgs, SampleArgs, SampleSettings};
 pub use processors::Processors;
 pub use run::{run_repetition, run_sample};

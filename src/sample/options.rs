@@ -4,6 +4,9 @@
 //! commands' option tables (the command line in `src/cli/` builds its flags from them).
 
 use super::config::{DryConfig, EarlyStopping, LengthDecay, SamplingConfig, DRY_DEFAULT_BREAKERS};
+use super::context::ContextMode;
+use super::llama_samplers::FilterOrder;
+use super::loop_guard::{LoopGuardConfig, LoopGuardMode, SpanRange};
 use super::stop::Vocab;
 use crate::config::knobs::Knob;
 use crate::engine::Device;
@@ -91,6 +94,36 @@ crate::knobs! {
             /// Contrastive search when > 0 (with --top_k candidates, --temperature=0): weight of
             /// the penalty on repeating earlier hidden states (try 0.6 with top_k 4)
             penalty_alpha: f32 = 0.0,
+            /// Loop guard: off, stop (end the sample; finish reason loop) or backtrack (delete
+            /// the loop, ban the token that began it there, go on)
+            loop_guard: LoopGuardMode = LoopGuardMode::Off,
+            /// Loop guard: the lengths in tokens a loop's repeated span may have, MIN..MAX
+            loop_guard_ngram: SpanRange = SpanRange { min: 2, max: 32 },
+            /// Loop guard: copies of a span back to back that make a loop
+            loop_guard_repeats: usize = 3,
+            /// Loop guard: backtracks per sample; the loop after them stops the sample
+            loop_guard_max_backtracks: usize = 8,
+            /// Past block_size: crop (nanoGPT's exact window, a full forward per token) or
+            /// slide (re-prefill half a block when full: faster, approximate)
+            context: ContextMode = ContextMode::Crop,
+            /// llama.cpp's mirostat: 0 = off, 1 or 2 = that version (draws the token itself; the
+            /// other filters are not used)
+            mirostat: usize = 0,
+            /// Mirostat's target surprise in bits
+            mirostat_tau: f32 = 5.0,
+            /// Mirostat's learning rate
+            mirostat_eta: f32 = 0.1,
+            /// XTC: how often to remove the top choices; 0 = off
+            xtc_probability: f32 = 0.0,
+            /// XTC: tokens at least this likely are top choices (all but the least likely go)
+            xtc_threshold: f32 = 0.1,
+            /// Keep tokens whose logit is within this many standard deviations of the top one;
+            /// <= 0 = off
+            top_n_sigma: f32 = -1.0,
+            /// The filters' order, as llama.cpp's --samplers: names from temperature, top_k,
+            /// top_p, min_p, typ_p, top_n_sigma joined by ';' (left out = not applied)
+            /// [default: temperature;top_k;top_p;min_p;typ_p;top_n_sigma]
+            samplers: FilterOrder = FilterOrder::default(),
         }
     }
 }
@@ -143,6 +176,20 @@ impl SampleSettings {
             num_beam_groups: self.num_beam_groups,
             diversity_penalty: self.diversity_penalty,
             penalty_alpha: self.penalty_alpha,
+            loop_guard: LoopGuardConfig {
+                mode: self.loop_guard,
+                spans: self.loop_guard_ngram,
+                repeats: self.loop_guard_repeats,
+                max_backtracks: self.loop_guard_max_backtracks,
+            },
+            context: self.context,
+            mirostat: self.mirostat,
+            mirostat_tau: self.mirostat_tau,
+            mirostat_eta: self.mirostat_eta,
+            xtc_probability: self.xtc_probability,
+            xtc_threshold: self.xtc_threshold,
+            top_n_sigma: Some(self.top_n_sigma).filter(|&n| n > 0.0),
+            samplers: self.samplers.clone(),
         }
     }
 
@@ -287,7 +334,9 @@ crate::knobs! {
             num_samples: usize = 4,
             /// Comma-separated settings: greedy, sample (temperature 0.8 + top_k 200, nanoGPT's),
             /// top_p (0.9), repetition_penalty (1.3), no_repeat_ngram (3), freq_presence (0.5 +
-            /// 0.5), dry (0.8/1.75/2), beam (4 beams); penalties are applied to greedy decoding.
+            /// 0.5), dry (0.8/1.75/2), beam (4 beams), loop_stop, loop_backtrack (the loop guard),
+            /// mirostat (v2), xtc (0.5/0.1), top_n_sigma (1); penalties and the loop guard are
+            /// applied to greedy decoding.
             /// Or your own: key=value pairs joined by '+' on top of greedy, with sample's option
             /// names, e.g. temperature=0.8+top_p=0.95+dry_multiplier=0.8
             /// (dry_sequence_breakers=none|default|a|b; bad_words=a|b; sequence_bias=a=-2|b=1)

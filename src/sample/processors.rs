@@ -7,7 +7,8 @@
 //!    that transformers does not have, placed with the penalties as llama.cpp does (before
 //!    temperature): OpenAI's `frequency_penalty` / `presence_penalty`, then DRY;
 //! 2. warpers (only when sampling): temperature, top_k, top_p, min_p, typical_p,
-//!    epsilon_cutoff, eta_cutoff.
+//!    epsilon_cutoff, eta_cutoff, then llama.cpp's top-n-sigma (its cut scales with the logits,
+//!    so its place after temperature changes nothing).
 //!
 //! "Keep at least `min_keep`" is transformers' `min_tokens_to_keep`: 1 when sampling, 2 in beam
 //! sampling.
@@ -373,26 +374,36 @@ impl<'a> Processors<'a> {
     /// Step 2: the warpers (temperature and the filters).
     pub fn warp(&self, logits: &mut [f32], min_keep: usize) {
         let c = self.cfg;
-        if c.temperature != 1.0 && c.temperature > 0.0 {
-            temperature(logits, c.temperature);
+        let ordered = !c.samplers.0.is_empty();
+        if ordered {
+            super::llama_samplers::warp_in_order(c, logits, min_keep);
+        } else {
+            if c.temperature != 1.0 && c.temperature > 0.0 {
+                temperature(logits, c.temperature);
+            }
+            if let Some(k) = c.top_k.filter(|&k| k > 0) {
+                top_k(logits, k, min_keep);
+            }
+            if let Some(p) = c.top_p.filter(|&p| p < 1.0) {
+                top_p(logits, p, min_keep);
+            }
+            if let Some(p) = c.min_p {
+                min_p(logits, p, min_keep);
+            }
+            if let Some(p) = c.typical_p.filter(|&p| p < 1.0) {
+                typical_p(logits, p, min_keep);
+            }
         }
-        if let Some(k) = c.top_k.filter(|&k| k > 0) {
-            top_k(logits, k, min_keep);
-        }
-        if let Some(p) = c.top_p.filter(|&p| p < 1.0) {
-            top_p(logits, p, min_keep);
-        }
-        if let Some(p) = c.min_p {
-            min_p(logits, p, min_keep);
-        }
-        if let Some(p) = c.typical_p.filter(|&p| p < 1.0) {
-            typical_p(logits, p, min_keep);
-        }
+        // Hugging Face's own cutoffs, which llama.cpp's sampler order has no names for: after
+        // the ordered filters when `samplers` is given.
         if let Some(e) = c.epsilon_cutoff {
             epsilon_cutoff(logits, e, min_keep);
         }
         if let Some(e) = c.eta_cutoff {
             eta_cutoff(logits, e, min_keep);
+        }
+        if let (false, Some(n)) = (ordered, c.top_n_sigma) {
+            super::llama_samplers::top_n_sigma(logits, n);
         }
     }
 

@@ -8,10 +8,13 @@
 //!   has its own random stream, so the text does not depend on `--batch_size`.
 //! - `--json`: no streaming; one JSON object per line per sample (JSON Lines):
 //!   `{"sample", "prompt", "prompt_ids", "generated_ids", "text", "finish_reason", "stop",
-//!   "score", "mean_logprob"}`. `prompt_ids` are the ids generation started from (the prompt's,
+//!   "score", "mean_logprob"}`, and `"loop_guard"` when the loop guard fired. `prompt_ids` are the ids generation started from (the prompt's,
 //!   or `[50256]` for an empty prompt with GPT-2's vocabulary); `text` is the generated text
 //!   only; `finish_reason` is `length`, `eot` (the end-of-text token, not in `generated_ids`) or
-//!   `stop` (`stop` then names the string; `generated_ids` ends with the token that completed it).
+//!   `stop` (`stop` then names the string; `generated_ids` ends with the token that completed it)
+//!   or `loop` (the loop guard stopped it). `loop_guard` lists where the guard fired:
+//!   `{"position", "span", "action"}`, `position` indexing the generated tokens as they were then
+//!   (where the loop began), `action` `stop` or `backtrack`.
 //! - Notes (prompt cropped to the context, download progress, empty prompt) go to stderr.
 //!
 //! # Prompts

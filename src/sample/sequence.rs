@@ -2,6 +2,7 @@
 //! search ([`super::beam`]): the generated sequence, why it ended, the start tokens, and each
 //! sample's random stream.
 
+use super::loop_guard::LoopEvent;
 use super::stop::Vocab;
 use crate::engine::Engine;
 use crate::rng::{mix64, Rng};
@@ -18,6 +19,9 @@ pub enum FinishReason {
     /// bytes `tokens` decode to (the token that completed it is the last of `tokens`; cut the
     /// text at `at_byte` to drop the stop string).
     Stop { index: usize, at_byte: usize },
+    /// The loop guard found a loop (`--loop_guard=stop`, or backtracks used up); the last of
+    /// [`Generation::loop_events`] says where it began.
+    Loop,
 }
 
 /// One generated sequence.
@@ -31,6 +35,8 @@ pub struct Generation {
     pub finished_by: FinishReason,
     /// Beam search only: the hypothesis' score, sum of processed log-probs / len^length_penalty.
     pub score: Option<f32>,
+    /// Every time the loop guard fired, in order.
+    pub loop_events: Vec<LoopEvent>,
 }
 
 impl Generation {
@@ -40,6 +46,7 @@ impl Generation {
             logprobs: Vec::new(),
             finished_by: FinishReason::Length,
             score: None,
+            loop_events: Vec::new(),
         }
     }
 }

@@ -7,7 +7,7 @@ use super::options::SampleSettings;
 use anyhow::{bail, Context, Result};
 
 /// The built-in decoding settings of `nanogpt repetition`, in report order.
-pub const SETTING_NAMES: [&str; 8] = [
+pub const SETTING_NAMES: [&str; 13] = [
     "greedy",
     "sample",
     "top_p",
@@ -16,10 +16,15 @@ pub const SETTING_NAMES: [&str; 8] = [
     "freq_presence",
     "dry",
     "beam",
+    "loop_stop",
+    "loop_backtrack",
+    "mirostat",
+    "xtc",
+    "top_n_sigma",
 ];
 
 /// Each built-in setting: its `key=value` spec and its description. Penalties apply to greedy.
-const BUILT_IN: [(&str, &str); 8] = [
+const BUILT_IN: [(&str, &str); 13] = [
     ("", "greedy"),
     (
         "temperature=0.8+top_k=200",
@@ -37,16 +42,27 @@ const BUILT_IN: [(&str, &str); 8] = [
         "greedy, DRY 0.8 / 1.75 / 2",
     ),
     ("num_beams=4", "beam search, 4 beams"),
+    ("loop_guard=stop", "greedy, loop guard stop"),
+    ("loop_guard=backtrack", "greedy, loop guard backtrack"),
+    ("mirostat=2", "mirostat v2, tau 5, eta 0.1 (llama.cpp)"),
+    (
+        "xtc_probability=0.5+xtc_threshold=0.1",
+        "temperature 1, XTC 0.5 / 0.1",
+    ),
+    ("top_n_sigma=1", "temperature 1, top-n-sigma 1"),
 ];
 
 /// Keys that switch sampling on (at temperature 1 unless the spec gives a temperature).
-const SAMPLING_KEYS: [&str; 6] = [
+const SAMPLING_KEYS: [&str; 9] = [
     "top_k",
     "top_p",
     "min_p",
     "typical_p",
     "epsilon_cutoff",
     "eta_cutoff",
+    "mirostat",
+    "xtc_probability",
+    "top_n_sigma",
 ];
 
 /// Keys the repetition run sets itself, the same for every setting.

@@ -9,6 +9,7 @@
 //! - A stop string ends the sample's text right after the stop string (both streaming and
 //!   `text`), even when the token that completed it carries more characters.
 
+use super::loop_guard::LoopEvent;
 use super::sequence::{FinishReason, Generation};
 use super::stop::{StopScan, Vocab};
 use crate::tokenizer::Tokenizer;
@@ -37,7 +38,7 @@ pub struct SampleRecord {
     pub prompt_ids: Vec<u32>,
     pub generated_ids: Vec<u32>,
     pub text: String,
-    /// `length`, `eot` or `stop`.
+    /// `length`, `eot`, `stop` or `loop`.
     pub finish_reason: &'static str,
     /// The stop string that ended the sample.
     pub stop: Option<String>,
@@ -45,6 +46,9 @@ pub struct SampleRecord {
     pub score: Option<f32>,
     /// Mean log-probability of the generated tokens under the model.
     pub mean_logprob: Option<f64>,
+    /// Where the loop guard fired (absent when it did not).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub loop_guard: Vec<LoopEvent>,
 }
 
 /// The bytes of the generated text, cut after the stop string that ended it.
@@ -73,6 +77,7 @@ pub fn record(
         FinishReason::Length => ("length", None),
         FinishReason::Eot => ("eot", None),
         FinishReason::Stop { index, .. } => ("stop", stops.get(*index).cloned()),
+        FinishReason::Loop => ("loop", None),
     };
     SampleRecord {
         sample: i,
@@ -84,6 +89,7 @@ pub fn record(
         stop,
         score: g.score,
         mean_logprob: super::repetition::mean_logprob(&[g.logprobs.as_slice()]),
+        loop_guard: g.loop_events.clone(),
     }
 }
 
