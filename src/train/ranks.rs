@@ -51,22 +51,27 @@ impl Ranks {
         self.rank() * share..(self.rank() + 1) * share
     }
 
-    /// Sums the gradients over the ranks, and this iteration's loss sum and stop requests with
-    /// them: every rank learns the whole iteration's loss, and all stop at the same iteration when
-    /// any one was asked to (a rank that stopped alone would leave the others waiting).
-    pub fn reduce(
-        &mut self,
-        engine: &mut dyn Engine,
-        loss_sum: f64,
-        stop: bool,
-    ) -> Result<(f64, bool)> {
+    /// Sums the gradients over the ranks, and this iteration's loss sum with them, so every rank
+    /// knows the whole iteration's loss.
+    pub fn reduce(&mut self, engine: &mut dyn Engine, loss_sum: f64) -> Result<f64> {
         let Some(ring) = &mut self.ring else {
-            return Ok((loss_sum, stop));
+            return Ok(loss_sum);
         };
         engine.all_reduce_grads(ring)?;
-        let mut scalars = [loss_sum as f32, f32::from(u8::from(stop))];
-        ring.all_reduce_sum(&mut scalars)?;
-        Ok((f64::from(scalars[0]), scalars[1] > 0.0))
+        let mut loss = [loss_sum as f32];
+        ring.all_reduce_sum(&mut loss)?;
+        Ok(f64::from(loss[0]))
+    }
+
+    /// Whether to stop after this iteration: when any rank was asked to, all stop together (a
+    /// rank that stopped alone would leave the others waiting in the next sum).
+    pub fn agree_to_stop(&mut self, asked: bool) -> Result<bool> {
+        let Some(ring) = &mut self.ring else {
+            return Ok(asked);
+        };
+        let mut flag = [f32::from(u8::from(asked))];
+        ring.all_reduce_sum(&mut flag)?;
+        Ok(flag[0] > 0.0)
     }
 
     /// Checks that every rank holds the same parameters (they must, bit for bit).

@@ -241,8 +241,7 @@ fn run(
             loss_sum += loss as f64;
             engine.backward(1.0 / cfg.gradient_accumulation_steps as f32)?;
         }
-        let (loss_sum, interrupted) =
-            ranks.reduce(engine.as_mut(), loss_sum, stop.load(Ordering::SeqCst))?;
+        let loss_sum = ranks.reduce(engine.as_mut(), loss_sum)?;
         engine.update(lr, cfg.grad_clip);
         let loss = (loss_sum / cfg.gradient_accumulation_steps as f64) as f32;
         summary.losses.push(loss);
@@ -267,6 +266,7 @@ fn run(
             window = (Instant::now(), 0);
         }
         iter_num += 1;
+        let interrupted = ranks.agree_to_stop(stop.load(Ordering::SeqCst))?;
         if interrupted || iter_num > cfg.max_iters {
             // Always end with a checkpoint to resume from, whatever the eval schedule.
             if leader {
