@@ -1231,3 +1231,26 @@ fn missing_meta_json_is_noted() {
         "{log}"
     );
 }
+
+/// Resuming a run that already reached max_iters trains nothing and says so (a run killed just
+/// after its last save would otherwise train one iteration past the end).
+#[test]
+fn resuming_a_finished_run_trains_nothing() {
+    let dir = TempDir::new("finished");
+    let data_dir = prepare_data(dir.path());
+    let mut cfg = tiny_config(&data_dir, &dir.path().join("out"));
+    cfg.max_iters = 3;
+    run_ok(&cfg);
+    let latest = dir.path().join("out/latest");
+    assert_eq!(state_iter(&latest), 4);
+    let before = std::fs::read(latest.join("model.safetensors")).expect("model");
+    cfg.init_from = "resume".into();
+    let (summary, log) = run(&cfg).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(summary.losses.is_empty(), "{log}");
+    assert!(log.contains("nothing to train"), "{log}");
+    assert_eq!(state_iter(&latest), 4);
+    assert_eq!(
+        std::fs::read(latest.join("model.safetensors")).expect("model"),
+        before
+    );
+}

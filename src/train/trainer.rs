@@ -155,6 +155,17 @@ fn run(
         best_val_loss,
         ..Default::default()
     };
+    if iter_num > cfg.max_iters && !cfg.eval_only {
+        // A finished run resumed (or one killed just after its last save): another iteration
+        // would train past max_iters.
+        writeln!(
+            log,
+            "nothing to train: the checkpoint is at iteration {iter_num}, past max_iters={}; raise max_iters to train further",
+            cfg.max_iters
+        )?;
+        summary.iter_num = iter_num;
+        return Ok(summary);
+    }
     let (mut x, mut y) = (Vec::with_capacity(b * t), Vec::with_capacity(b * t));
     let mut ema_ms: Option<f64> = None;
     let mut window = (Instant::now(), 0usize);
