@@ -12,7 +12,7 @@
 use super::config::{hf_config_json, read_hf_config, LlamaConfig};
 use crate::atomic_file::{tmp_path, write_atomic};
 use crate::model::params::ParamInfo;
-use crate::model::weights::f32_le_bytes;
+use crate::model::weights::{copy_f32_tensor, f32_le_bytes};
 use anyhow::{bail, Context, Result};
 use safetensors::{Dtype, SafeTensors};
 use std::collections::{HashMap, HashSet};
@@ -174,27 +174,13 @@ pub fn load_hf_dir(dir: &Path) -> Result<Llama> {
         let view = st
             .tensor(&e.name)
             .with_context(|| format!("{}: tensor \"{}\" is missing", path.display(), e.name))?;
-        if view.dtype() != Dtype::F32 {
-            bail!(
-                "{}: tensor \"{}\" is {:?}; only F32 is supported",
-                path.display(),
-                e.name,
-                view.dtype()
-            );
-        }
-        if view.shape() != e.shape.as_slice() {
-            bail!(
-                "{}: tensor \"{}\" has shape {:?}, but config.json makes it {:?}",
-                path.display(),
-                e.name,
-                view.shape(),
-                e.shape
-            );
-        }
-        let dst = &mut model.params[e.range()];
-        for (d, b) in dst.iter_mut().zip(view.data().chunks_exact(4)) {
-            *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        }
+        copy_f32_tensor(
+            &view,
+            &e.name,
+            &e.shape,
+            &mut model.params[e.range()],
+            &path,
+        )?;
     }
     if let (true, Ok(head)) = (model.config.shared_classifier, st.tensor("lm_head.weight")) {
         let embed_len = model.config.vocab_size * model.config.dim;

@@ -116,35 +116,51 @@ pub fn load_model_file(path: &Path, cfg: GptConfig) -> Result<Gpt> {
             .tensor(&prefixed)
             .or_else(|_| st.tensor(&e.name))
             .with_context(|| format!("{}: tensor \"{}\" is missing", path.display(), e.name))?;
-        if view.dtype() != Dtype::F32 {
-            bail!(
-                "{}: tensor \"{}\" is {:?}; only F32 is supported",
-                path.display(),
-                e.name,
-                view.dtype()
-            );
-        }
         // wte is stored with the real vocab; our table may have padding rows (left at zero).
         let mut expect = e.shape.clone();
         if e.name == "wte.weight" {
             expect[0] = cfg.vocab_size;
         }
-        if view.shape() != expect.as_slice() {
-            bail!(
-                "{}: tensor \"{}\" has shape {:?}, expected {:?}",
-                path.display(),
-                e.name,
-                view.shape(),
-                expect
-            );
-        }
-        let dst = &mut params[e.offset..e.offset + expect.iter().product::<usize>()];
-        for (d, b) in dst.iter_mut().zip(view.data().chunks_exact(4)) {
-            *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        }
+        let n = expect.iter().product::<usize>();
+        copy_f32_tensor(
+            &view,
+            &e.name,
+            &expect,
+            &mut params[e.offset..e.offset + n],
+            path,
+        )?;
     }
     refuse_unused_tensors(&st, &cfg, path)?;
     Ok(Gpt::from_parts(cfg, table, params))
+}
+
+/// Copies a little-endian f32 safetensors tensor into `dst`, or says why it cannot: not F32, or
+/// not the shape `expect` that config.json gives it (`name` as the model calls it).
+pub(crate) fn copy_f32_tensor(
+    view: &safetensors::tensor::TensorView,
+    name: &str,
+    expect: &[usize],
+    dst: &mut [f32],
+    path: &Path,
+) -> Result<()> {
+    if view.dtype() != Dtype::F32 {
+        bail!(
+            "{}: tensor \"{name}\" is {:?}; only F32 is supported",
+            path.display(),
+            view.dtype()
+        );
+    }
+    if view.shape() != expect {
+        bail!(
+            "{}: tensor \"{name}\" has shape {:?}, but config.json makes it {expect:?}",
+            path.display(),
+            view.shape()
+        );
+    }
+    for (d, b) in dst.iter_mut().zip(view.data().chunks_exact(4)) {
+        *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    }
+    Ok(())
 }
 
 /// Errors naming the tensors in `st` that a model shaped `cfg` does not use.
