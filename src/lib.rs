@@ -19,5 +19,6 @@ pub mod perf;
 pub mod plot;
 pub mod rng;
 pub mod sample;
+pub mod serve;
 pub mod tokenizer;
 pub mod train;

@@ -78,6 +78,9 @@ enum Command {
     Sample(Knobs<SampleArgs>),
     /// Measure how much decoding settings repeat themselves (rep-n, distinct-n, loops) as a table.
     Repetition(Knobs<RepetitionArgs>),
+    /// Serve a model: an OpenAI-compatible API with continuous batching, a web playground and
+    /// a training dashboard (--watch=OUT_DIR). `nanogpt serve --init_from=gpt2 --port 8000`
+    Serve(Knobs<nanogpt::serve::ServeArgs>),
     /// Start the ranks of a data-parallel run (torchrun's flags): `nanogpt launch
     /// --nproc_per_node=2 -- train config/x.toml`.
     Launch(launch::LaunchArgs),
@@ -138,6 +141,9 @@ pub fn run() -> Result<i32> {
             nanogpt::sample::run_sample(&args, &mut std::io::stdout(), &mut std::io::stderr())?;
         }
         Command::Launch(args) => return launch::launch(args),
+        Command::Serve(flags) => {
+            nanogpt::serve::run_serve(&flags.parse()?, &mut std::io::stderr())?
+        }
         Command::Repetition(flags) => {
             nanogpt::sample::run_repetition(
                 &flags.parse()?,

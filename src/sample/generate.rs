@@ -4,16 +4,13 @@ use super::beam::beam_search;
 use super::config::SamplingConfig;
 use super::context::Context;
 use super::contrastive::contrastive_search;
-use super::dist::{argmax, logsumexp, sample_logits};
-use super::llama_samplers::{xtc, Mirostat};
-use super::loop_guard::{LoopAction, LoopGuardMode, RowGuard};
-use super::processors::temperature;
+use super::loop_guard::LoopGuardMode;
 use super::processors::Processors;
-use super::sequence::{sample_rng, start_tokens, FinishReason, Generation};
-use super::stop::{StopScan, Vocab};
+use super::row::RowSampler;
+use super::sequence::{start_tokens, Generation};
+use super::stop::Vocab;
 use crate::engine::Engine;
-use crate::rng::Rng;
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 
 /// Generates from `prompt` with `cfg`: `cfg.num_samples` samples (greedy when not sampling),
 /// contrastive search when `cfg.penalty_alpha > 0`, or beam search when `cfg.num_beams > 1`. `on_token(sample, token)` sees every token as it is
@@ -96,104 +93,30 @@ fn sample_group(
     g: usize,
     on_token: &mut dyn FnMut(usize, u32),
 ) -> Result<Vec<Generation>> {
-    let mut gens: Vec<Generation> = (0..g).map(|_| Generation::new()).collect();
     if cfg.max_new_tokens == 0 {
-        return Ok(gens);
+        return Ok((0..g).map(|_| Generation::new()).collect());
     }
     let procs = Processors::new(cfg, model.config().vocab_size, vocab.eot());
-    let eot = if cfg.stop_at_eot { vocab.eot() } else { None };
-    let sampling = cfg.sampling();
     // A backtrack deletes tokens, so with it on tokens reach `on_token` once their batch is done
     // (in sample order, which is what the streaming printer expects), never to be taken back.
     let hold_back = cfg.loop_guard.mode == LoopGuardMode::Backtrack;
-    let n_prompt = start.len();
-    let mut seqs: Vec<Vec<u32>> = vec![start.to_vec(); g];
-    let mut rngs: Vec<Rng> = (0..g).map(|i| sample_rng(cfg.seed, first + i)).collect();
-    let mut scans: Vec<StopScan> = vec![StopScan::default(); g];
-    let mut guards: Vec<RowGuard> = vec![RowGuard::default(); g];
-    let mut mirostats: Vec<Option<Mirostat>> = (0..g)
-        .map(|_| {
-            (cfg.mirostat > 0)
-                .then(|| Mirostat::new(cfg.mirostat, cfg.mirostat_tau, cfg.mirostat_eta))
-        })
+    let mut rows: Vec<RowSampler> = (0..g)
+        .map(|i| RowSampler::new(cfg, start, first + i))
         .collect();
     let mut ctx = Context::start(model, start, g, cfg.max_new_tokens)?.with_mode(cfg.context);
     // Row r of the cache holds sample active[r].
     let mut active: Vec<usize> = (0..g).collect();
-    let mut row_logits = Vec::new();
     loop {
         let mut done = vec![false; active.len()];
         for (r, &s) in active.iter().enumerate() {
-            let pos = gens[s].tokens.len();
-            let raw = ctx.logits(r);
-            row_logits.clear();
-            row_logits.extend_from_slice(raw);
-            procs.penalize(&mut row_logits, &seqs[s], n_prompt);
-            guards[s].apply_bans(&mut row_logits, &gens[s].tokens);
-            let pick = match (sampling, mirostats[s].as_mut()) {
-                (false, _) => argmax(&row_logits),
-                // Mirostat draws after temperature alone, as llama.cpp chains it.
-                (true, Some(m)) => {
-                    temperature(&mut row_logits, cfg.temperature);
-                    m.sample(&mut row_logits, &mut rngs[s])
-                }
-                (true, None) => {
-                    procs.warp(&mut row_logits, 1);
-                    xtc(
-                        &mut row_logits,
-                        cfg.xtc_probability,
-                        cfg.xtc_threshold,
-                        1,
-                        &mut rngs[s],
-                    );
-                    sample_logits(&row_logits, &mut rngs[s])
-                }
-            };
-            let tok = pick.ok_or_else(|| {
-                anyhow!("every token was filtered out at generated position {pos} (all logits -inf): loosen the filters or penalties")
-            })?;
-            if eot == Some(tok as u32) {
-                gens[s].finished_by = FinishReason::Eot;
-                done[r] = true;
-                continue;
-            }
-            let tok = tok as u32;
-            let logprob = (raw[tok as usize] as f64 - logsumexp(raw)) as f32;
-            seqs[s].push(tok);
-            gens[s].tokens.push(tok);
-            gens[s].logprobs.push(logprob);
-            if !hold_back {
+            let step = rows[s].step(ctx.logits(r), &procs, cfg, vocab)?;
+            if let (Some(tok), false) = (step.token, hold_back) {
                 on_token(first + s, tok);
             }
-            if !cfg.stop.is_empty() {
-                let bytes = vocab.token_bytes(tok)?;
-                if let Some((index, at_byte)) = scans[s].push(&bytes, &cfg.stop) {
-                    gens[s].finished_by = FinishReason::Stop { index, at_byte };
-                    done[r] = true;
-                    continue;
-                }
+            if step.rewound_to.is_some() {
+                ctx.rewind(r, rows[s].sequence().len());
             }
-            if let Some(event) = guards[s].check(&cfg.loop_guard, &gens[s].tokens) {
-                gens[s].loop_events.push(event);
-                if event.action == LoopAction::Stop {
-                    gens[s].finished_by = FinishReason::Loop;
-                    done[r] = true;
-                    continue;
-                }
-                let keep = event.position;
-                gens[s].tokens.truncate(keep);
-                gens[s].logprobs.truncate(keep);
-                seqs[s].truncate(n_prompt + keep);
-                ctx.rewind(r, seqs[s].len());
-                if !cfg.stop.is_empty() {
-                    scans[s] = StopScan::default();
-                    for &t in &gens[s].tokens {
-                        // No stop string was found in these bytes before, nor is now.
-                        scans[s].push(&vocab.token_bytes(t)?, &cfg.stop);
-                    }
-                }
-            }
-            done[r] |= gens[s].tokens.len() == cfg.max_new_tokens;
+            done[r] = step.done;
         }
         let keep: Vec<usize> = (0..active.len()).filter(|&r| !done[r]).collect();
         if keep.is_empty() {
@@ -203,9 +126,10 @@ fn sample_group(
             active = keep.iter().map(|&r| active[r]).collect();
             ctx.reorder(&keep)?;
         }
-        let rows: Vec<&[u32]> = active.iter().map(|&s| seqs[s].as_slice()).collect();
-        ctx.advance(&rows)?;
+        let seqs: Vec<&[u32]> = active.iter().map(|&s| rows[s].sequence()).collect();
+        ctx.advance(&seqs)?;
     }
+    let gens: Vec<Generation> = rows.into_iter().map(|r| r.gen).collect();
     if hold_back {
         for (s, gen) in gens.iter().enumerate() {
             for &t in &gen.tokens {

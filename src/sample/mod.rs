@@ -63,7 +63,7 @@
 //! # Files
 //! `config` (the knobs), `processors` and `dry` (logits processors), `loop_guard`, `dist` (softmax, argmax,
 //! draws), `stop` (end-of-text and stop strings), `context` (KV cache and context cropping),
-//! `sequence` (what generation produces), `generate` (greedy and sampling), `beam` (beam search), `contrastive` (contrastive search), `repetition` (metrics), `report` (the
+//! `sequence` (what generation produces), `row` (one sample's step), `generate` (greedy and sampling), `beam` (beam search), `contrastive` (contrastive search), `repetition` (metrics), `report` (the
 //! repetition table); for the commands: `options` (the settings tables), `settings` (the
 //! `repetition` settings language), `stream` (streamed and `--json` output), `run`
 //! (`nanogpt sample` and `nanogpt repetition`).
@@ -81,6 +81,7 @@ pub mod options;
 pub mod processors;
 pub mod repetition;
 pub mod report;
+pub mod row;
 pub mod run;
 pub mod sequence;
 pub mod settings;
