@@ -58,10 +58,10 @@ fn free_port() -> u16 {
     listener.local_addr().unwrap().port()
 }
 
-/// `$var` if set, else the first of `names` on PATH.
+/// `$var` if set, else the first of `names` on PATH; None when that is not a file.
 fn find_program(var: &str, names: &[&str]) -> Option<PathBuf> {
     if let Some(p) = std::env::var_os(var) {
-        return Some(PathBuf::from(p));
+        return Some(PathBuf::from(p)).filter(|p| p.is_file());
     }
     let path = std::env::var_os("PATH")?;
     names
@@ -449,6 +449,16 @@ async fn steps(c: Client, base: String, dir: PathBuf, out_dir: PathBuf) {
     }
     click(&c, "ignore_eos").await;
 
+    // A value the server refuses: its 400 message shows as the status.
+    set(&c, "top_k", "-3").await;
+    click(&c, "generate").await;
+    let status = wait_text(&c, "status", Duration::from_secs(10), |t| {
+        t.starts_with("error")
+    })
+    .await;
+    assert!(status.contains("top_k"), "{status}");
+    set(&c, "top_k", "0").await;
+
     // Compare: greedy against no_repeat_ngram_size=3, same prompt and seed.
     click(&c, "tab-compare").await;
     set(&c, "cmp-prompt", PROMPT).await;
@@ -508,6 +518,13 @@ async fn steps(c: Client, base: String, dir: PathBuf, out_dir: PathBuf) {
         json!("none"),
         "the not-watching hint is shown while watching"
     );
+    // A sample of the run's checkpoint at its first evaluation (iteration 50) shows up.
+    let samples = wait_text(&c, "dash-samples", Duration::from_secs(90), |t| {
+        train.check_alive();
+        t.starts_with("iter ")
+    })
+    .await;
+    eprintln!("dashboard sample: {samples:?}");
     screenshot(&c, "dashboard.png").await;
     drop(train);
 }
