@@ -255,8 +255,7 @@ fn streamed_text_equals_the_whole_response_and_seeds_repeat() {
             let last = streamed
                 .iter()
                 .flat_map(|c| c["choices"].as_array().unwrap().clone())
-                .filter(|c| c["index"] == i)
-                .last()
+                .rfind(|c| c["index"] == i)
                 .unwrap();
             assert_eq!(last["finish_reason"], choice["finish_reason"]);
         }
