@@ -556,3 +556,89 @@ fn tokenize_models_defaults_and_repetition_routes_answer() {
     assert_eq!(r["loop"], json!({"start": 3, "period": 3, "copies": 3}));
     assert!(r["rep_3"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn train_dashboard_shows_metrics_as_they_are_written_and_samples_checkpoints() {
+    let root = temp_dir("serve", "dashboard");
+    let data = common::prepare_shakespeare_char(&root);
+    let out = root.join("out");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    // The training process serves the dashboard: killed when `s` drops.
+    let child = nanogpt()
+        .args([
+            "--threads=1",
+            "train",
+            "--dashboard",
+            &format!("--dashboard_port={port}"),
+        ])
+        .args([
+            "--dataset=shakespeare_char",
+            "--n_layer=2",
+            "--n_head=2",
+            "--n_embd=64",
+            "--block_size=64",
+            "--batch_size=8",
+            "--gradient_accumulation_steps=1",
+            "--eval_iters=2",
+            "--eval_interval=40",
+            "--log_interval=1",
+            "--max_iters=100000",
+            "--device=cpu",
+        ])
+        .arg(format!("--data_dir={}", data.display()))
+        .arg(format!("--out_dir={}", out.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start training");
+    let s = Server {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    let watch = |since: u64| -> Option<Value> {
+        ureq::get(&format!("{}/v1/watch?since={since}", s.url))
+            .call()
+            .ok()?
+            .into_json()
+            .ok()
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut first: Option<Value> = None;
+    let grown = loop {
+        assert!(Instant::now() < deadline, "no metrics appeared: {first:?}");
+        if let Some(w) = watch(0) {
+            match &first {
+                None if w["next"].as_u64() > Some(0) => first = Some(w),
+                Some(f)
+                    if w["next"].as_u64() > f["next"].as_u64()
+                        && !w["samples"].as_array().unwrap().is_empty() =>
+                {
+                    break w
+                }
+                _ => {}
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let first = first.unwrap();
+    // Reading from `next` gives only the new lines, which continue the old ones.
+    let since = first["next"].as_u64().unwrap();
+    let rest = watch(since).expect("watch");
+    assert_eq!(rest["lines"][0], grown["lines"][since as usize]);
+    assert!(grown["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l["tokens_per_s"].is_number()));
+    let sample = &grown["samples"][0];
+    assert!(sample["iter"].as_u64().unwrap() >= 40, "{sample}");
+    assert!(!sample["text"].as_str().unwrap().is_empty());
+    // The playground serves the run's checkpoint.
+    let v = completion(&s, json!({"prompt": "ROMEO:", "max_tokens": 5}));
+    assert_eq!(v["usage"]["completion_tokens"], 5);
+    drop(s);
+    let _ = std::fs::remove_dir_all(root);
+}
