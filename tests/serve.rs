@@ -642,3 +642,51 @@ fn train_dashboard_shows_metrics_as_they_are_written_and_samples_checkpoints() {
     drop(s);
     let _ = std::fs::remove_dir_all(root);
 }
+
+#[test]
+fn health_says_loading_until_the_watched_run_has_a_checkpoint() {
+    let dir = temp_dir("serve", "no-checkpoint-yet");
+    let mut child = nanogpt()
+        .args(["serve", "--port", "0"])
+        .arg(format!("--watch={}", dir.display()))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start");
+    let mut line = String::new();
+    BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let s = Server {
+        child,
+        url: format!("http://{addr}"),
+    };
+    let (status, v, _) = {
+        let r = ureq::get(&format!("{}/health", s.url)).call();
+        match r {
+            Err(ureq::Error::Status(code, r)) => (code, r.into_json::<Value>().unwrap(), ()),
+            other => panic!("expected 503, got {other:?}"),
+        }
+    };
+    assert_eq!(status, 503);
+    assert_eq!(v["status"], "loading");
+    let (status, v, retry) = post(&s, "/v1/completions", r#"{"prompt": "x"}"#, None);
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(retry.as_deref(), Some("1"));
+    // The dashboard answers already: no lines yet.
+    let w: Value = ureq::get(&format!("{}/v1/watch", s.url))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    assert_eq!(w["next"], 0);
+    drop(s);
+    let _ = std::fs::remove_dir_all(dir);
+}

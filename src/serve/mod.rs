@@ -74,9 +74,32 @@ struct Ready {
     jobs: Sender<SeqJob>,
 }
 
+/// Why the model is not ready: still loading (with what it waits for), or failed for good.
+#[derive(Clone, Debug)]
+enum NotReady {
+    Loading(Option<String>),
+    Failed(String),
+}
+
+impl Server {
+    fn not_ready(&self) -> NotReady {
+        self.not_ready
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or(NotReady::Loading(None))
+    }
+
+    fn set_not_ready(&self, state: NotReady) {
+        if let Ok(mut s) = self.not_ready.lock() {
+            *s = state;
+        }
+    }
+}
+
 struct Server {
     ready: OnceLock<Ready>,
-    load_error: Mutex<Option<String>>,
+    /// Why the model is not ready yet, while [`Server::ready`] is empty.
+    not_ready: Mutex<NotReady>,
     metrics: Metrics,
     /// Choices admitted and not yet in a slot.
     waiting: AtomicU64,
@@ -123,7 +146,7 @@ pub fn run_serve(args: &ServeArgs, err: &mut dyn Write) -> Result<()> {
     }
     let server = Arc::new(Server {
         ready: OnceLock::new(),
-        load_error: Mutex::new(None),
+        not_ready: Mutex::new(NotReady::Loading(None)),
         metrics: Metrics::default(),
         waiting: AtomicU64::new(0),
         parallel: args.parallel,
@@ -176,16 +199,14 @@ fn engine_thread(
         match load::for_sampling(&source, &mut std::io::stderr()) {
             Ok(l) => break l,
             Err(e) if wait_for_checkpoint => {
-                if let Ok(mut slot) = server.load_error.lock() {
-                    *slot = Some(format!("{e:#} (waiting for the run's first checkpoint)"));
-                }
+                server.set_not_ready(NotReady::Loading(Some(format!(
+                    "waiting for the run's first checkpoint ({e:#})"
+                ))));
                 std::thread::sleep(Duration::from_secs(1));
             }
             Err(e) => {
                 eprintln!("error: {e:#}");
-                if let Ok(mut slot) = server.load_error.lock() {
-                    *slot = Some(format!("{e:#}"));
-                }
+                server.set_not_ready(NotReady::Failed(format!("{e:#}")));
                 return;
             }
         }
@@ -194,9 +215,7 @@ fn engine_thread(
         Ok(e) => e,
         Err(e) => {
             eprintln!("error: {e:#}");
-            if let Ok(mut slot) = server.load_error.lock() {
-                *slot = Some(format!("{e:#}"));
-            }
+            server.set_not_ready(NotReady::Failed(format!("{e:#}")));
             return;
         }
     };
@@ -217,9 +236,6 @@ fn engine_thread(
     );
     if server.ready.set(ready).is_err() {
         return;
-    }
-    if let Ok(mut slot) = server.load_error.lock() {
-        *slot = None;
     }
     scheduler::run(
         engine.as_ref(),
