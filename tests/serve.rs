@@ -191,7 +191,13 @@ fn metric(s: &Server, name: &str) -> f64 {
 
 #[test]
 fn greedy_completions_equal_the_generate_fixture_token_for_token() {
-    let s = start(&tiny(), &[]);
+    // Prompts prefilled whole, and two tokens a step.
+    for chunk in ["512", "2"] {
+        greedy_equals_fixture(&start(&tiny(), &["--prefill_chunk", chunk]));
+    }
+}
+
+fn greedy_equals_fixture(s: &Server) {
     let fixture: Value = serde_json::from_slice(
         &std::fs::read(fixtures().join("tiny-gpt2-generation.json")).expect("fixture"),
     )
@@ -205,7 +211,7 @@ fn greedy_completions_equal_the_generate_fixture_token_for_token() {
             "prompt": g["prompt_ids"], "max_tokens": g["max_new_tokens"], "temperature": 0,
             "ignore_eos": g["eos_token_id"].is_null(), "return_tokens": true,
         });
-        let v = completion(&s, body);
+        let v = completion(s, body);
         let want = ids(&g["new_ids"][0]);
         assert_eq!(
             ids(&v["choices"][0]["tokens"]),
@@ -215,12 +221,7 @@ fn greedy_completions_equal_the_generate_fixture_token_for_token() {
         );
         assert_eq!(v["usage"]["completion_tokens"], want.len());
         // The text is the tokens' text.
-        let (_, text, _) = post(
-            &s,
-            "/detokenize",
-            &json!({"tokens": want}).to_string(),
-            None,
-        );
+        let (_, text, _) = post(s, "/detokenize", &json!({"tokens": want}).to_string(), None);
         assert_eq!(v["choices"][0]["text"], text["content"]);
         checked += 1;
     }

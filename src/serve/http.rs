@@ -340,26 +340,23 @@ async fn serve_request(
     let (tx, rx) = unbounded_channel();
     let prompt = Arc::new(req.prompt.clone());
     let cfg = Arc::new(req.cfg.clone());
-    {
-        let jobs = &r.jobs;
-        for choice in 0..req.n {
-            let job = SeqJob {
-                prompt: prompt.clone(),
-                cfg: cfg.clone(),
-                choice,
-                top_logprobs: req.logprobs,
-                events: tx.clone(),
-            };
-            if jobs.send(job).is_err() {
-                return error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "engine",
-                    "the engine thread has stopped",
-                );
-            }
-        }
-    }
+    let choices: Vec<SeqJob> = (0..req.n)
+        .map(|choice| SeqJob {
+            prompt: prompt.clone(),
+            cfg: cfg.clone(),
+            choice,
+            top_logprobs: req.logprobs,
+            events: tx.clone(),
+        })
+        .collect();
     drop(tx);
+    if r.jobs.send(choices).is_err() {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "engine",
+            "the engine thread has stopped",
+        );
+    }
     let shape = Shape::new(&req, &r.name);
     if req.stream {
         let stream = SseStream {

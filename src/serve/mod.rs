@@ -57,6 +57,9 @@ crate::knobs! {
             /// A training run's out_dir: the dashboard shows its metrics.jsonl and samples of
             /// its checkpoints (and the model is its checkpoint, once there is one)
             watch: Option<PathBuf> = None,
+            /// Prompt tokens prefilled per step, shared by new requests (a longer prompt takes
+            /// several steps while the others keep decoding)
+            prefill_chunk: usize = 512,
             /// Seconds between keep-alive comments on a stream that is waiting
             keep_alive: f64 = 5.0,
             /// cpu, cuda or auto (the CPU until the CUDA backend has passed its GPU check)
@@ -71,7 +74,8 @@ struct Ready {
     name: String,
     vocab_size: usize,
     block_size: usize,
-    jobs: Sender<SeqJob>,
+    /// One message per request: its choices.
+    jobs: Sender<Vec<SeqJob>>,
 }
 
 /// Why the model is not ready: still loading (with what it waits for), or failed for good.
@@ -122,6 +126,9 @@ pub fn run_serve(args: &ServeArgs, err: &mut dyn Write) -> Result<()> {
     }
     let port = u16::try_from(args.port)
         .with_context(|| format!("--port must be at most 65535, got {}", args.port))?;
+    if args.prefill_chunk == 0 {
+        bail!("--prefill_chunk must be at least 1");
+    }
     if !(args.keep_alive > 0.0 && args.keep_alive.is_finite()) {
         bail!(
             "--keep_alive must be a positive number of seconds, got {}",
@@ -177,22 +184,24 @@ pub fn run_serve(args: &ServeArgs, err: &mut dyn Write) -> Result<()> {
     }
     {
         let server = server.clone();
-        let (device, parallel, waits) = (args.device, args.parallel, args.watch.is_some());
+        let (device, waits) = (args.device, args.watch.is_some());
+        let shape = (args.parallel, args.prefill_chunk);
         std::thread::Builder::new()
             .name("engine".into())
-            .spawn(move || engine_thread(server, source, device, parallel, waits))?;
+            .spawn(move || engine_thread(server, source, device, shape, waits))?;
     }
     runtime
         .block_on(async { axum::serve(listener, http::router(server)).await })
         .context("the HTTP server stopped")
 }
 
-/// Loads the model (with `--watch`, once the run has a checkpoint), then runs the scheduler.
+/// Loads the model (with `--watch`, once the run has a checkpoint), then runs the scheduler;
+/// `(parallel, prefill_chunk)` shape its batch.
 fn engine_thread(
     server: Arc<Server>,
     source: ModelSource,
     device: Device,
-    parallel: usize,
+    (parallel, prefill_chunk): (usize, usize),
     wait_for_checkpoint: bool,
 ) {
     let loaded = loop {
@@ -241,6 +250,7 @@ fn engine_thread(
         engine.as_ref(),
         &loaded.tokenizer,
         parallel,
+        prefill_chunk,
         rx,
         &server.metrics,
     );
