@@ -24,6 +24,7 @@ Example:
 import argparse
 import http.client
 import json
+import os
 import statistics
 import sys
 import threading
@@ -76,7 +77,13 @@ class Client:
         return resp.status, raw
 
     def stream_completion(self, body):
-        """Send one streaming completions request; return a dict of timings and counts."""
+        """Send one streaming completions request; return a dict of timings and counts.
+
+        Each request opens its own connection (a TCP connect on localhost costs well under a
+        millisecond): servers differ in how long they keep an idle connection (llama-server: 5 s),
+        and a client waiting at the barrier would find its kept-alive connection closed.
+        """
+        self.close()
         conn = self._connect()
         headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
         if self.api_key:
@@ -95,7 +102,6 @@ class Client:
             if resp.status != 200:
                 raw = resp.read()
                 raise RuntimeError(f"HTTP {resp.status}: {raw[:500]!r}")
-            done = False
             while True:
                 line = resp.readline()
                 if not line:
@@ -105,9 +111,7 @@ class Client:
                     continue  # blank separators, ": keep-alive" comments, event: lines
                 payload = line[5:].strip()
                 if payload == b"[DONE]":
-                    done = True
-                    # Drain whatever follows so the connection can be reused.
-                    resp.read()
+                    resp.read()  # the end of the chunked body, so the server sees a clean close
                     break
                 now = time.perf_counter()
                 if t_first_chunk is None:
@@ -132,11 +136,8 @@ class Client:
                     usage_tokens = int(usage["completion_tokens"])
                 if chunk.get("timings"):  # llama-server extension
                     server_timings = chunk["timings"]
-            if not done:
-                self.close()
-        except Exception:
+        finally:
             self.close()
-            raise
         t_end = time.perf_counter()
         tokens = usage_tokens if usage_tokens is not None else text_chunks
         ttft = (t_first_text - t0) if t_first_text is not None else None
@@ -203,10 +204,12 @@ def run_phase(args, host, port, base, n_clients):
     for t in threads:
         t.start()
     barrier.wait()  # every client has finished its warm-up
+    load_before = os.getloadavg()[0]
     t_start = time.perf_counter()
     for t in threads:
         t.join()
     t_end = time.perf_counter()
+    load_after = os.getloadavg()[0]
     streams = [r for rs in results for r in rs]
     wall = t_end - t_start
     total_tokens = sum(r["tokens"] for r in streams)
@@ -229,6 +232,9 @@ def run_phase(args, host, port, base, n_clients):
         "ttft_s_max": max(ttfts) if ttfts else None,
         "tokens_from_usage": all(r["tokens_from_usage"] for r in streams) if streams else None,
         "streams_short_of_max_tokens": len(short),
+        # 1-minute load average before and after the measured phase: a figure taken while other
+        # work ran on the machine shows a load well above the server's thread count.
+        "loadavg_1m": [load_before, load_after],
         "stream_details": [
             {k: v for k, v in r.items() if k not in ("start", "end")} for r in streams
         ],
@@ -237,7 +243,10 @@ def run_phase(args, host, port, base, n_clients):
 
 
 def fmt(x, spec):
-    return format(x, spec) if x is not None else "-"
+    if x is not None:
+        return format(x, spec)
+    width = "".join(ch for ch in spec.split(".")[0] if ch.isdigit())
+    return "-".rjust(int(width)) if width else "-"
 
 
 def print_table(label, rows, out=sys.stdout):
@@ -301,7 +310,8 @@ def main():
         rows.append(r)
         print(f"C={c}: stream {fmt(r['stream_tok_s_median'], '.2f')} tok/s, TTFT "
               f"{fmt(r['ttft_s_median'] and r['ttft_s_median'] * 1000, '.1f')} ms, total "
-              f"{fmt(r['total_tok_s'], '.2f')} tok/s, {len(r['errors'])} error(s)", flush=True)
+              f"{fmt(r['total_tok_s'], '.2f')} tok/s, {len(r['errors'])} error(s), load "
+              f"{r['loadavg_1m'][0]:.1f}->{r['loadavg_1m'][1]:.1f}", flush=True)
     print_table(label, rows)
 
     if args.json:
