@@ -16,17 +16,20 @@
 #
 # Environment: CLIENTS ("1 2 4 8"), MAX_TOKENS (128), REQUESTS (2 per client), WARMUP (1),
 # THREADS (2), CTX_PER_SLOT (1024), PORT (18080), PYTHON (python3), LOG_DIR (a temp dir),
-# LLAMA_EXTRA / OURS_EXTRA (extra flags for either server).
+# LLAMA_EXTRA (extra flags for llama-server, none by default), OURS_EXTRA (extra flags for nanogpt
+# serve; default "--device cpu", OURS_EXTRA= for none).
 #
 # Fairness: llama-server runs with --no-cache-prompt and --cache-ram 0. Every request sends the
 # same prompt, so with its default prompt cache a slot would keep the prompt's KV from the previous
-# request and skip the prefill, which nanogpt serve does not do. Continuous batching is on by
-# default in llama-server (as in ours); -b/-ub (2048/512) only matter for prompts longer than ours.
-# llama-server splits -c between its -np slots: -c = C * CTX_PER_SLOT.
+# request and skip the prefill (TTFT would then measure no prefill at all). Continuous batching is
+# on by default in llama-server (as in ours); -b/-ub (2048/512) only matter for prompts longer than
+# ours; its worker threads busy-wait for work by default (--poll 50), left as is. llama-server
+# splits -c between its -np slots (no unified KV when -np is given): -c = C * CTX_PER_SLOT.
+# The load generator runs on the same machine and takes some CPU from both servers alike.
 set -euo pipefail
 
 if [ $# -lt 4 ]; then
-    sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 fi
 NANOGPT_BIN=$1
@@ -44,7 +47,7 @@ CTX_PER_SLOT=${CTX_PER_SLOT:-1024}
 PORT=${PORT:-18080}
 PYTHON=${PYTHON:-python3}
 LLAMA_EXTRA=${LLAMA_EXTRA:-}
-OURS_EXTRA=${OURS_EXTRA:-}
+OURS_EXTRA=${OURS_EXTRA---device cpu}  # CPU against CPU: llama-server is a CPU-only build
 HERE=$(cd "$(dirname "$0")" && pwd)
 LOG_DIR=${LOG_DIR:-$(mktemp -d -t serve_bench.XXXXXX)}
 mkdir -p "$LOG_DIR"
