@@ -62,6 +62,7 @@ enum Command {
         task: EvalCommand,
     },
     /// Train a GPT: nanoGPT's train.py. `nanogpt train config/train_shakespeare_char.toml --max_iters=2000`
+    /// (add `--dashboard [--dashboard_port=8000]` to watch it live in a browser)
     #[command(after_help = knobs::overrides_help::<TrainConfig>())]
     Train {
         /// A TOML config file, then --key=value overrides (nanoGPT's knob names).
@@ -200,6 +201,7 @@ pub fn run() -> Result<i32> {
             }
         }
         Command::Train { args } => {
+            let (args, dashboard) = dashboard_flags(&args)?;
             let mut cfg = TrainConfig::default();
             let overrides = match args.first() {
                 Some(first) if !first.starts_with("--") => {
@@ -209,6 +211,9 @@ pub fn run() -> Result<i32> {
                 _ => &args[..],
             };
             cfg.apply_overrides(overrides)?;
+            if let Some(port) = dashboard {
+                start_dashboard(std::path::Path::new(&cfg.out_dir), port)?;
+            }
             let interrupt =
                 Interrupt::install("finishing this iteration, then saving a checkpoint")?;
             let mut out = Tolerant::new(std::io::stdout());
@@ -220,6 +225,53 @@ pub fn run() -> Result<i32> {
         Command::Bench(flags) => bench(&flags.parse()?)?,
     }
     Ok(0)
+}
+
+/// `train ... --dashboard [--dashboard_port=N]`: the training arguments without them, and the
+/// dashboard's port when asked for.
+fn dashboard_flags(args: &[String]) -> Result<(Vec<String>, Option<usize>)> {
+    let mut rest = Vec::new();
+    let (mut on, mut port) = (false, 8000);
+    for a in args {
+        match a.as_str() {
+            "--dashboard" | "--dashboard=true" => on = true,
+            "--dashboard=false" => on = false,
+            _ => match a.strip_prefix("--dashboard_port=") {
+                Some(p) => {
+                    port = p
+                        .parse()
+                        .with_context(|| format!("--dashboard_port={p}: expected a port number"))?
+                }
+                None => rest.push(a.clone()),
+            },
+        }
+    }
+    Ok((rest, on.then_some(port)))
+}
+
+/// Serves the run's dashboard (`nanogpt serve --watch=OUT_DIR`) beside the training, from the
+/// first rank only; a server that cannot start is reported and training goes on.
+fn start_dashboard(out_dir: &std::path::Path, port: usize) -> Result<()> {
+    if std::env::var("RANK").is_ok_and(|r| r != "0") {
+        return Ok(());
+    }
+    std::fs::create_dir_all(out_dir)
+        .with_context(|| format!("cannot create out_dir {}", out_dir.display()))?;
+    let mut args = nanogpt::serve::ServeArgs {
+        port,
+        watch: Some(out_dir.to_path_buf()),
+        ..Default::default()
+    };
+    args.model.out_dir = Some(out_dir.to_path_buf());
+    std::thread::Builder::new()
+        .name("dashboard".into())
+        .spawn(move || {
+            if let Err(e) = nanogpt::serve::run_serve(&args, &mut std::io::stderr()) {
+                eprintln!("dashboard: {e:#} (training goes on without it)");
+            }
+        })
+        .context("cannot start the dashboard thread")?;
+    Ok(())
 }
 
 fn bench(args: &BenchArgs) -> Result<()> {

@@ -8,7 +8,7 @@
 
 use super::request::{self, Kind, Request};
 use super::scheduler::{Event, SeqJob, TokenInfo};
-use super::{Server, INDEX_HTML};
+use super::{NotReady, Server, INDEX_HTML};
 use crate::sample::repetition::{distinct_n, rep_n, trailing_loop, LoopRule};
 use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
@@ -78,9 +78,10 @@ fn authorize(server: &Server, headers: &HeaderMap) -> Result<(), Response> {
 /// The loaded model, or the 503 that says it is not ready yet.
 fn ready(server: &Server) -> Result<&super::Ready, Response> {
     server.ready.get().ok_or_else(|| {
-        let message = match server.load_error.lock().ok().and_then(|e| e.clone()) {
-            Some(e) => format!("the model failed to load: {e}"),
-            None => "the model is still loading: retry in a moment".to_string(),
+        let message = match server.not_ready() {
+            NotReady::Failed(e) => format!("the model failed to load: {e}"),
+            NotReady::Loading(Some(note)) => format!("the model is not loaded yet: {note}"),
+            NotReady::Loading(None) => "the model is still loading: retry in a moment".into(),
         };
         let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "loading", &message);
         r.headers_mut()
@@ -101,10 +102,9 @@ async fn health(State(server): State<Arc<Server>>) -> Response {
     match ready(&server) {
         Ok(_) => axum::Json(json!({"status": "ok"})).into_response(),
         Err(_) => {
-            let failed = server.load_error.lock().ok().and_then(|e| e.clone());
-            let body = match failed {
-                Some(message) => json!({"status": "error", "message": message}),
-                None => json!({"status": "loading"}),
+            let body = match server.not_ready() {
+                NotReady::Failed(message) => json!({"status": "error", "message": message}),
+                NotReady::Loading(note) => json!({"status": "loading", "message": note}),
             };
             (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
         }
@@ -340,26 +340,23 @@ async fn serve_request(
     let (tx, rx) = unbounded_channel();
     let prompt = Arc::new(req.prompt.clone());
     let cfg = Arc::new(req.cfg.clone());
-    {
-        let jobs = &r.jobs;
-        for choice in 0..req.n {
-            let job = SeqJob {
-                prompt: prompt.clone(),
-                cfg: cfg.clone(),
-                choice,
-                top_logprobs: req.logprobs,
-                events: tx.clone(),
-            };
-            if jobs.send(job).is_err() {
-                return error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "engine",
-                    "the engine thread has stopped",
-                );
-            }
-        }
-    }
+    let choices: Vec<SeqJob> = (0..req.n)
+        .map(|choice| SeqJob {
+            prompt: prompt.clone(),
+            cfg: cfg.clone(),
+            choice,
+            top_logprobs: req.logprobs,
+            events: tx.clone(),
+        })
+        .collect();
     drop(tx);
+    if r.jobs.send(choices).is_err() {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "engine",
+            "the engine thread has stopped",
+        );
+    }
     let shape = Shape::new(&req, &r.name);
     if req.stream {
         let stream = SseStream {

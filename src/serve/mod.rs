@@ -57,6 +57,9 @@ crate::knobs! {
             /// A training run's out_dir: the dashboard shows its metrics.jsonl and samples of
             /// its checkpoints (and the model is its checkpoint, once there is one)
             watch: Option<PathBuf> = None,
+            /// Prompt tokens prefilled per step, shared by new requests (a longer prompt takes
+            /// several steps while the others keep decoding)
+            prefill_chunk: usize = 512,
             /// Seconds between keep-alive comments on a stream that is waiting
             keep_alive: f64 = 5.0,
             /// cpu, cuda or auto (the CPU until the CUDA backend has passed its GPU check)
@@ -71,12 +74,36 @@ struct Ready {
     name: String,
     vocab_size: usize,
     block_size: usize,
-    jobs: Sender<SeqJob>,
+    /// One message per request: its choices.
+    jobs: Sender<Vec<SeqJob>>,
+}
+
+/// Why the model is not ready: still loading (with what it waits for), or failed for good.
+#[derive(Clone, Debug)]
+enum NotReady {
+    Loading(Option<String>),
+    Failed(String),
+}
+
+impl Server {
+    fn not_ready(&self) -> NotReady {
+        self.not_ready
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or(NotReady::Loading(None))
+    }
+
+    fn set_not_ready(&self, state: NotReady) {
+        if let Ok(mut s) = self.not_ready.lock() {
+            *s = state;
+        }
+    }
 }
 
 struct Server {
     ready: OnceLock<Ready>,
-    load_error: Mutex<Option<String>>,
+    /// Why the model is not ready yet, while [`Server::ready`] is empty.
+    not_ready: Mutex<NotReady>,
     metrics: Metrics,
     /// Choices admitted and not yet in a slot.
     waiting: AtomicU64,
@@ -99,6 +126,9 @@ pub fn run_serve(args: &ServeArgs, err: &mut dyn Write) -> Result<()> {
     }
     let port = u16::try_from(args.port)
         .with_context(|| format!("--port must be at most 65535, got {}", args.port))?;
+    if args.prefill_chunk == 0 {
+        bail!("--prefill_chunk must be at least 1");
+    }
     if !(args.keep_alive > 0.0 && args.keep_alive.is_finite()) {
         bail!(
             "--keep_alive must be a positive number of seconds, got {}",
@@ -123,7 +153,7 @@ pub fn run_serve(args: &ServeArgs, err: &mut dyn Write) -> Result<()> {
     }
     let server = Arc::new(Server {
         ready: OnceLock::new(),
-        load_error: Mutex::new(None),
+        not_ready: Mutex::new(NotReady::Loading(None)),
         metrics: Metrics::default(),
         waiting: AtomicU64::new(0),
         parallel: args.parallel,
@@ -154,38 +184,38 @@ pub fn run_serve(args: &ServeArgs, err: &mut dyn Write) -> Result<()> {
     }
     {
         let server = server.clone();
-        let (device, parallel, waits) = (args.device, args.parallel, args.watch.is_some());
+        let (device, waits) = (args.device, args.watch.is_some());
+        let shape = (args.parallel, args.prefill_chunk);
         std::thread::Builder::new()
             .name("engine".into())
-            .spawn(move || engine_thread(server, source, device, parallel, waits))?;
+            .spawn(move || engine_thread(server, source, device, shape, waits))?;
     }
     runtime
         .block_on(async { axum::serve(listener, http::router(server)).await })
         .context("the HTTP server stopped")
 }
 
-/// Loads the model (with `--watch`, once the run has a checkpoint), then runs the scheduler.
+/// Loads the model (with `--watch`, once the run has a checkpoint), then runs the scheduler;
+/// `(parallel, prefill_chunk)` shape its batch.
 fn engine_thread(
     server: Arc<Server>,
     source: ModelSource,
     device: Device,
-    parallel: usize,
+    (parallel, prefill_chunk): (usize, usize),
     wait_for_checkpoint: bool,
 ) {
     let loaded = loop {
         match load::for_sampling(&source, &mut std::io::stderr()) {
             Ok(l) => break l,
             Err(e) if wait_for_checkpoint => {
-                if let Ok(mut slot) = server.load_error.lock() {
-                    *slot = Some(format!("{e:#} (waiting for the run's first checkpoint)"));
-                }
+                server.set_not_ready(NotReady::Loading(Some(format!(
+                    "waiting for the run's first checkpoint ({e:#})"
+                ))));
                 std::thread::sleep(Duration::from_secs(1));
             }
             Err(e) => {
                 eprintln!("error: {e:#}");
-                if let Ok(mut slot) = server.load_error.lock() {
-                    *slot = Some(format!("{e:#}"));
-                }
+                server.set_not_ready(NotReady::Failed(format!("{e:#}")));
                 return;
             }
         }
@@ -194,9 +224,7 @@ fn engine_thread(
         Ok(e) => e,
         Err(e) => {
             eprintln!("error: {e:#}");
-            if let Ok(mut slot) = server.load_error.lock() {
-                *slot = Some(format!("{e:#}"));
-            }
+            server.set_not_ready(NotReady::Failed(format!("{e:#}")));
             return;
         }
     };
@@ -218,13 +246,11 @@ fn engine_thread(
     if server.ready.set(ready).is_err() {
         return;
     }
-    if let Ok(mut slot) = server.load_error.lock() {
-        *slot = None;
-    }
     scheduler::run(
         engine.as_ref(),
         &loaded.tokenizer,
         parallel,
+        prefill_chunk,
         rx,
         &server.metrics,
     );

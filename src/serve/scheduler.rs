@@ -4,7 +4,9 @@
 //! feed their newest token (decode). A slot whose client has gone (its event channel closed)
 //! is freed before the next step, so a disconnect frees its slot within one decode step.
 //!
-//! The HTTP side never computes: it sends [`SeqJob`]s here and reads [`Event`]s back.
+//! The HTTP side never computes: it sends each request's [`SeqJob`]s here together (so a
+//! request's choices enter the queue at once and, with free slots, start in one step) and reads
+//! [`Event`]s back.
 
 use super::metrics::Metrics;
 use super::text::TextStream;
@@ -78,12 +80,14 @@ struct Slot {
     unsent: Vec<TokenInfo>,
 }
 
-/// Runs until every sender of `jobs` is gone.
+/// Runs until every sender of `jobs` is gone. At most `prefill_chunk` prompt tokens go into
+/// one step.
 pub fn run(
     engine: &dyn Engine,
     tok: &Tokenizer,
     parallel: usize,
-    jobs: Receiver<SeqJob>,
+    prefill_chunk: usize,
+    jobs: Receiver<Vec<SeqJob>>,
     metrics: &Metrics,
 ) {
     let cfg = engine.config();
@@ -95,11 +99,11 @@ pub fn run(
     loop {
         if slots.iter().all(Option::is_none) && queue.is_empty() {
             match jobs.recv() {
-                Ok(job) => queue.push_back(job),
+                Ok(choices) => queue.extend(choices),
                 Err(_) => return,
             }
         }
-        queue.extend(jobs.try_iter());
+        queue.extend(jobs.try_iter().flatten());
         for slot in slots.iter_mut() {
             if slot.as_ref().is_some_and(|s| s.job.events.is_closed()) {
                 *slot = None;
@@ -128,25 +132,42 @@ pub fn run(
             continue;
         }
         let t0 = Instant::now();
-        let feeds: Vec<Feed> = busy
-            .iter()
-            .filter_map(|&row| {
-                let seq = slots[row].as_ref()?.sampler.sequence();
-                Some(Feed {
+        // Decoding rows feed their newest token; prompts share `prefill_chunk` tokens a step
+        // (a long prompt takes several steps), so one long prompt does not stall the others.
+        let mut budget = prefill_chunk;
+        let mut fed = Vec::with_capacity(busy.len());
+        let mut feeds = Vec::with_capacity(busy.len());
+        for &row in &busy {
+            let Some(slot) = slots[row].as_ref() else {
+                continue;
+            };
+            let seq = slot.sampler.sequence();
+            let held = cache.len(row);
+            let mut end = seq.len();
+            if end - held > 1 {
+                end = held + (end - held).min(budget);
+                budget -= end - held;
+            }
+            if end > held {
+                fed.push(row);
+                feeds.push(Feed {
                     row,
-                    tokens: &seq[cache.len(row)..],
-                })
-            })
-            .collect();
+                    tokens: &seq[held..end],
+                });
+            }
+        }
         logits.resize(feeds.len() * vp, 0.0);
         if let Err(e) = engine.forward_cached(&mut cache, &feeds, &mut logits) {
             fail_all(&mut slots, &mut cache, &format!("the model failed: {e:#}"));
             continue;
         }
         let mut generated = 0;
-        for (i, &row) in busy.iter().enumerate() {
+        for (i, &row) in fed.iter().enumerate() {
             let raw = &logits[i * vp..i * vp + vocab];
-            let slot = slots[row].as_mut().expect("busy rows hold a slot");
+            let slot = slots[row].as_mut().expect("fed rows hold a slot");
+            if cache.len(row) < slot.sampler.sequence().len() {
+                continue; // the prompt's next chunk comes next step
+            }
             match step(slot, raw, tok, block) {
                 Ok(Some(done)) => {
                     generated += done.token_count;
@@ -162,7 +183,7 @@ pub fn run(
                 }
             }
         }
-        metrics.record_step(busy.len(), generated, t0.elapsed());
+        metrics.record_step(fed.len(), generated, t0.elapsed());
     }
 }
 
