@@ -376,3 +376,43 @@ fn config_fields_with_gpt2_values_load() {
     std::fs::remove_dir_all(&dir).ok();
     assert!(got.params == want.params);
 }
+
+#[test]
+fn cached_inference_sees_the_optimizers_update() {
+    let cfg = small_config(true, 0.0);
+    let mut model = CpuEngine::new(Gpt::new(cfg.clone(), 5).unwrap());
+    let (b, t) = (2, 12);
+    let vp = cfg.padded_vocab_size();
+    let tokens = random_tokens(b * t, cfg.vocab_size, 21);
+    let cached = |model: &CpuEngine| {
+        let mut cache = model.kv_cache(b, t);
+        let mut logits = vec![0.0; b * vp];
+        model
+            .forward_cached_all(&mut cache, &tokens, t, &mut logits)
+            .unwrap();
+        logits
+    };
+    // A cached pass first: cached inference keeps its own (transposed) copy of the weights.
+    let before = cached(&model);
+    let targets: Vec<i32> = random_tokens(b * t, cfg.vocab_size, 22)
+        .iter()
+        .map(|&v| v as i32)
+        .collect();
+    model
+        .forward(&tokens, Some(&targets), b, t, Mode::Train { seed: 0 })
+        .unwrap();
+    model.backward(1.0).unwrap();
+    model.update(1e-2, 1.0);
+    model.forward(&tokens, None, b, t, Mode::Eval).unwrap();
+    let full = model.logits().to_vec();
+    let after = cached(&model);
+    for bi in 0..b {
+        let want = &full[(bi * t + t - 1) * vp..][..cfg.vocab_size];
+        let got = &after[bi * vp..bi * vp + cfg.vocab_size];
+        assert!(rel_err(got, want) < 1e-5, "cached logits use stale weights");
+    }
+    assert!(
+        rel_err(&after, &before) > 1e-4,
+        "the update changed nothing"
+    );
+}

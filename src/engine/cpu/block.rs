@@ -15,16 +15,26 @@ use crate::kernels::cpu::matmul::{matmul_forward, Layout};
 use crate::kernels::cpu::residual::residual_forward;
 use crate::model::params::LayerOffsets;
 
-/// Read-only views of weights (and biases, which a bias-free model does not have).
+/// Read-only views of weights (and biases, which a bias-free model does not have). Cached
+/// inference also passes the block matrices transposed (see `infer::DecodeWeights`).
 #[derive(Clone, Copy)]
 pub(super) struct Weights<'a> {
     pub p: &'a [f32],
     pub bias: bool,
+    pub transposed: Option<&'a super::infer::DecodeWeights>,
 }
 
 impl<'a> Weights<'a> {
     pub fn w(&self, off: usize, len: usize) -> &'a [f32] {
         &self.p[off..off + len]
+    }
+    /// The matrix at `off` (`len` values) and how it is laid out: (out, in) when a transposed
+    /// copy is there, the parameters' (in, out) otherwise.
+    pub fn matrix(&self, off: usize, len: usize) -> (&'a [f32], Layout) {
+        match self.transposed.and_then(|t| t.get(off, len)) {
+            Some(m) => (m, Layout::OutIn),
+            None => (self.w(off, len), Layout::InOut),
+        }
     }
     pub fn b(&self, off: usize, len: usize) -> Option<&'a [f32]> {
         self.bias.then(|| &self.p[off..off + len])
@@ -68,6 +78,10 @@ pub(super) fn block_forward(
     dropout: Option<BranchDropout>,
     attend: impl FnOnce(&mut [f32], &[f32]),
 ) {
+    let qkv_w = w.matrix(o.qkv_w, 3 * c * c);
+    let attproj_w = w.matrix(o.attproj_w, c * c);
+    let fc_w = w.matrix(o.fc_w, 4 * c * c);
+    let fcproj_w = w.matrix(o.fcproj_w, 4 * c * c);
     layernorm_forward(
         a.ln1,
         a.ln1_mean,
@@ -80,8 +94,8 @@ pub(super) fn block_forward(
     matmul_forward(
         a.qkv,
         a.ln1,
-        w.w(o.qkv_w, 3 * c * c),
-        Layout::InOut,
+        qkv_w.0,
+        qkv_w.1,
         w.b(o.qkv_b, 3 * c),
         c,
         3 * c,
@@ -90,8 +104,8 @@ pub(super) fn block_forward(
     matmul_forward(
         proj,
         a.atty,
-        w.w(o.attproj_w, c * c),
-        Layout::InOut,
+        attproj_w.0,
+        attproj_w.1,
         w.b(o.attproj_b, c),
         c,
         c,
@@ -110,21 +124,13 @@ pub(super) fn block_forward(
         w.b(o.ln2_b, c),
         c,
     );
-    matmul_forward(
-        a.fch,
-        a.ln2,
-        w.w(o.fc_w, 4 * c * c),
-        Layout::InOut,
-        w.b(o.fc_b, 4 * c),
-        c,
-        4 * c,
-    );
+    matmul_forward(a.fch, a.ln2, fc_w.0, fc_w.1, w.b(o.fc_b, 4 * c), c, 4 * c);
     gelu_forward(a.fch_gelu, a.fch);
     matmul_forward(
         proj,
         a.fch_gelu,
-        w.w(o.fcproj_w, 4 * c * c),
-        Layout::InOut,
+        fcproj_w.0,
+        fcproj_w.1,
         w.b(o.fcproj_b, c),
         4 * c,
         c,

@@ -30,6 +30,8 @@ const DEFAULT_ADAMW: AdamW = AdamW {
 
 /// The model and everything training it needs, in host memory.
 pub struct CpuEngine {
+    /// Change the parameters only through the `Engine` methods: `update` drops the transposed
+    /// copy that cached inference reads (`decode_weights`).
     pub model: Gpt,
     /// Same layout as the parameters; empty until the first backward pass.
     pub grads: Vec<f32>,
@@ -40,6 +42,8 @@ pub struct CpuEngine {
     /// (first index, decays?) of each parameter tensor, in buffer order: AdamW's two groups.
     groups: Vec<(usize, bool)>,
     norm_partials: Vec<f64>,
+    /// The block matrices transposed for cached inference, built at its first pass.
+    decode_weights: std::sync::OnceLock<infer::DecodeWeights>,
 }
 
 impl CpuEngine {
@@ -60,6 +64,7 @@ impl CpuEngine {
             hyper: DEFAULT_ADAMW,
             groups,
             norm_partials: vec![0.0; norm_partials_len(n)],
+            decode_weights: std::sync::OnceLock::new(),
         }
     }
 
@@ -118,6 +123,7 @@ impl Engine for CpuEngine {
             clip_grads(&mut self.grads, norm, grad_clip);
         }
         self.opt.step += 1;
+        self.decode_weights = std::sync::OnceLock::new();
         let hyper = AdamW { lr, ..self.hyper };
         adamw_update(
             &mut self.model.params,

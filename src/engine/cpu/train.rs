@@ -168,7 +168,11 @@ impl CpuEngine {
             Mode::Train { seed } if cfg.dropout > 0.0 => Some(seed),
             _ => None,
         };
-        let w = Weights { p, bias: cfg.bias };
+        let w = Weights {
+            p,
+            bias: cfg.bias,
+            transposed: None,
+        };
         let dims = AttnDims {
             batch: b,
             n_head: nh,
@@ -287,7 +291,11 @@ impl CpuEngine {
             n_head: nh,
             head_size: c / nh,
         };
-        let w = Weights { p, bias: cfg.bias };
+        let w = Weights {
+            p,
+            bias: cfg.bias,
+            transposed: None,
+        };
         let bias_at = |off: usize| cfg.bias.then_some(off);
 
         // Loss -> logits (in place) -> ln_f output -> the residual stream.

@@ -73,23 +73,42 @@ pub fn sum_map(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// Dot product with 8 independent partial sums, so the loop vectorises.
+/// Dot product. 64 independent partial sums (four AVX-512 registers) hide the FMA latency on
+/// long vectors (a lm_head row of 768 runs ~4x faster than with one register of sums); shorter
+/// tails go 8 at a time. The partial sums are added in a fixed order, so the result depends
+/// only on the inputs.
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    const WIDE: usize = 64;
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0.0f32; 8];
-    let chunks = n / 8;
-    for i in 0..chunks {
-        for j in 0..8 {
-            acc[j] += a[i * 8 + j] * b[i * 8 + j];
+    let mut wide = [0.0f32; WIDE];
+    let (mut ca, mut cb) = (a.chunks_exact(WIDE), b.chunks_exact(WIDE));
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for j in 0..WIDE {
+            wide[j] = x[j].mul_add(y[j], wide[j]);
         }
     }
-    let mut s = 0.0;
-    for i in chunks * 8..n {
-        s += a[i] * b[i];
+    let (a, b) = (ca.remainder(), cb.remainder());
+    let mut acc = [0.0f32; 8];
+    for j in 0..WIDE / 8 {
+        for i in 0..8 {
+            acc[i] += wide[j * 8 + i];
+        }
     }
-    s + acc.iter().sum::<f32>()
+    let (mut ca, mut cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for i in 0..8 {
+            acc[i] = x[i].mul_add(y[i], acc[i]);
+        }
+    }
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    acc.iter().sum::<f32>() + tail
 }
 
 /// Rows per parallel task for row-wise kernels of `width` columns: about 4K elements a task, so
