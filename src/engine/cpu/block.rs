@@ -11,7 +11,7 @@
 use crate::kernels::cpu::dropout::dropout_inplace;
 use crate::kernels::cpu::gelu::gelu_forward;
 use crate::kernels::cpu::layernorm::layernorm_forward;
-use crate::kernels::cpu::matmul::{matmul_forward, Layout};
+use crate::kernels::cpu::matmul::{is_skinny, matmul_forward, Layout};
 use crate::kernels::cpu::residual::residual_forward;
 use crate::model::params::LayerOffsets;
 
@@ -28,10 +28,13 @@ impl<'a> Weights<'a> {
     pub fn w(&self, off: usize, len: usize) -> &'a [f32] {
         &self.p[off..off + len]
     }
-    /// The matrix at `off` (`len` values) and how it is laid out: (out, in) when a transposed
-    /// copy is there, the parameters' (in, out) otherwise.
-    pub fn matrix(&self, off: usize, len: usize) -> (&'a [f32], Layout) {
-        match self.transposed.and_then(|t| t.get(off, len)) {
+    /// The matrix at `off` (`len` values) for a pass over `rows` token rows, and how it is
+    /// laid out: the transposed (out, in) copy when there is one and the rows are few enough for
+    /// dot products (`matmul::is_skinny`); the parameters' (in, out) otherwise, which gemm reads
+    /// fastest.
+    pub fn matrix(&self, off: usize, len: usize, rows: usize) -> (&'a [f32], Layout) {
+        let t = self.transposed.filter(|_| is_skinny(rows));
+        match t.and_then(|t| t.get(off, len)) {
             Some(m) => (m, Layout::OutIn),
             None => (self.w(off, len), Layout::InOut),
         }
@@ -78,10 +81,11 @@ pub(super) fn block_forward(
     dropout: Option<BranchDropout>,
     attend: impl FnOnce(&mut [f32], &[f32]),
 ) {
-    let qkv_w = w.matrix(o.qkv_w, 3 * c * c);
-    let attproj_w = w.matrix(o.attproj_w, c * c);
-    let fc_w = w.matrix(o.fc_w, 4 * c * c);
-    let fcproj_w = w.matrix(o.fcproj_w, 4 * c * c);
+    let rows = x.len() / c;
+    let qkv_w = w.matrix(o.qkv_w, 3 * c * c, rows);
+    let attproj_w = w.matrix(o.attproj_w, c * c, rows);
+    let fc_w = w.matrix(o.fc_w, 4 * c * c, rows);
+    let fcproj_w = w.matrix(o.fcproj_w, 4 * c * c, rows);
     layernorm_forward(
         a.ln1,
         a.ln1_mean,
