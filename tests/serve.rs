@@ -575,20 +575,8 @@ fn train_dashboard_shows_metrics_as_they_are_written_and_samples_checkpoints() {
             "--dashboard",
             &format!("--dashboard_port={port}"),
         ])
-        .args([
-            "--dataset=shakespeare_char",
-            "--n_layer=2",
-            "--n_head=2",
-            "--n_embd=64",
-            "--block_size=64",
-            "--batch_size=8",
-            "--gradient_accumulation_steps=1",
-            "--eval_iters=2",
-            "--eval_interval=40",
-            "--log_interval=1",
-            "--max_iters=100000",
-            "--device=cpu",
-        ])
+        .args(common::TINY_CHAR_TRAIN)
+        .args(["--eval_iters=2", "--eval_interval=40", "--max_iters=100000"])
         .arg(format!("--data_dir={}", data.display()))
         .arg(format!("--out_dir={}", out.display()))
         .stdout(Stdio::null())

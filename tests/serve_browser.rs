@@ -177,28 +177,20 @@ fn start_chromedriver(driver: &Path, dir: &Path) -> (Proc, String) {
 fn start_training(dir: &Path, out: &Path) -> Proc {
     let data = common::prepare_shakespeare_char(dir);
     let mut cmd = common::nanogpt();
-    cmd.args([
-        "train",
-        "--dataset=shakespeare_char",
-        "--n_layer=2",
-        "--n_head=2",
-        "--n_embd=64",
-        "--block_size=64",
-        "--batch_size=8",
-        "--gradient_accumulation_steps=1",
-        "--eval_iters=5",
-        "--eval_interval=50",
-        "--log_interval=1",
-        "--max_iters=1000000",
-        "--lr_decay_iters=1000000",
-        "--warmup_iters=20",
-        "--dropout=0.0",
-        "--peak_tflops=1",
-        "--device=cpu",
-    ])
-    .arg(format!("--data_dir={}", data.display()))
-    .arg(format!("--out_dir={}", out.display()))
-    .env("RAYON_NUM_THREADS", "1");
+    cmd.arg("train")
+        .args(common::TINY_CHAR_TRAIN)
+        .args([
+            "--eval_iters=5",
+            "--eval_interval=50",
+            "--max_iters=1000000",
+            "--lr_decay_iters=1000000",
+            "--warmup_iters=20",
+            "--dropout=0.0",
+            "--peak_tflops=1",
+        ])
+        .arg(format!("--data_dir={}", data.display()))
+        .arg(format!("--out_dir={}", out.display()))
+        .env("RAYON_NUM_THREADS", "1");
     Proc::spawn("nanogpt train", &mut cmd, dir.join("train.log"))
 }
 

@@ -38,6 +38,20 @@ pub fn prepare_shakespeare_char(root: &std::path::Path) -> PathBuf {
     data
 }
 
+/// `nanogpt train` flags for a tiny character model on `prepare_shakespeare_char`'s data that
+/// logs every iteration (a few ms each): add `--data_dir`, `--out_dir` and the run's length.
+pub const TINY_CHAR_TRAIN: [&str; 9] = [
+    "--dataset=shakespeare_char",
+    "--n_layer=2",
+    "--n_head=2",
+    "--n_embd=64",
+    "--block_size=64",
+    "--batch_size=8",
+    "--gradient_accumulation_steps=1",
+    "--log_interval=1",
+    "--device=cpu",
+];
+
 /// Reads a training log up to and including the line of iteration `at` (`iter AT: ...`), and
 /// returns what it read; panics if the log ends first.
 pub fn read_until_iter(reader: &mut impl std::io::BufRead, at: usize) -> String {
