@@ -150,6 +150,9 @@ pub struct GenerateReport {
     /// `generate` is usually timed).
     pub tokens_per_s: f64,
     pub ms_per_token: f64,
+    /// New tokens per second of the decoding steps alone (one cached pass each), the prompt
+    /// pass left out: what llama.cpp's `llama-bench` reports as `tg`, at depth `prompt_len`.
+    pub decode_tokens_per_s: f64,
     pub prompt_ms: f64,
     pub threads: usize,
     pub batch_size: usize,
@@ -182,11 +185,13 @@ pub fn run_generate_bench(
     let mut next = vec![0u32; b];
     let mut times = Vec::new();
     let mut prompt_times = Vec::new();
+    let mut decode_times = Vec::new();
     for rep in 0..opts.warmup + opts.iters {
         cache.clear();
         let t0 = Instant::now();
         engine.forward_cached_all(&mut cache, &prompt, prompt_len, &mut logits)?;
         let t_prompt = t0.elapsed().as_secs_f64();
+        let t_decode = Instant::now();
         for step in 0..max_new_tokens {
             for (bi, tok) in next.iter_mut().enumerate() {
                 *tok = argmax(&logits[bi * vp..bi * vp + cfg.vocab_size]).unwrap_or(0) as u32;
@@ -198,14 +203,19 @@ pub fn run_generate_bench(
         if rep >= opts.warmup {
             times.push(t0.elapsed().as_secs_f64());
             prompt_times.push(t_prompt);
+            decode_times.push(t_decode.elapsed().as_secs_f64());
         }
     }
-    times.sort_by(f64::total_cmp);
-    prompt_times.sort_by(f64::total_cmp);
+    for t in [&mut times, &mut prompt_times, &mut decode_times] {
+        t.sort_by(f64::total_cmp);
+    }
     let median = times[times.len() / 2];
+    // The first new token comes from the prompt pass: max_new_tokens - 1 decoding steps.
+    let steps = max_new_tokens.saturating_sub(1).max(1);
     Ok(GenerateReport {
         tokens_per_s: (b * max_new_tokens) as f64 / median,
         ms_per_token: median * 1e3 / max_new_tokens as f64,
+        decode_tokens_per_s: (b * steps) as f64 / decode_times[decode_times.len() / 2],
         prompt_ms: prompt_times[prompt_times.len() / 2] * 1e3,
         threads: rayon::current_num_threads(),
         batch_size: b,
