@@ -375,25 +375,6 @@ mod avx512 {
     }
 }
 
-/// How far ahead `inout_block` asks for W's rows. A tile reads a few cache lines of each row,
-/// rows apart by a whole row of W: too irregular for the hardware prefetcher to run ahead of,
-/// so without asking, each row's lines arrive one memory latency at a time.
-const PREFETCH_ROWS: usize = 16;
-
-/// Asks the CPU to start loading the cache lines of `s` (a hint; no effect on results).
-#[inline(always)]
-fn prefetch(s: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    for line in s.chunks(16) {
-        // SAFETY: a prefetch of an address inside a live slice; it cannot fault or write.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                line.as_ptr() as *const i8
-            )
-        };
-    }
-}
-
 /// Output columns per task in `skinny_forward` (InOut); a multiple of every tile width.
 const TASK_COLS: usize = 128;
 
@@ -423,9 +404,6 @@ fn inout_block<const RB: usize, const TW: usize>(
             }
         }
         for k in 0..c {
-            if k + PREFETCH_ROWS < c {
-                prefetch(&w[(k + PREFETCH_ROWS) * oc + j..][..TW]);
-            }
             let wk: &[f32; TW] = w[k * oc + j..][..TW].try_into().expect("TW columns");
             for r in 0..RB {
                 let xv = xs[r][k];
