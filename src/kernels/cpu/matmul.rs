@@ -276,16 +276,34 @@ unsafe fn outin_rows(
 mod avx512 {
     use std::arch::x86_64::*;
 
-    /// Weight rows (outputs) per tile; with up to 4 input rows, 16 sums stay in registers and
-    /// each load of W serves every row of the tile, each load of x four outputs.
-    const OUTS: usize = 4;
-
-    /// [`super::outin_rows`] with AVX-512. Each output is 16 lane-wise partial sums over k in
-    /// order (the last lanes masked), then added across lanes, then the bias: the same bits
-    /// whether its input row was tiled alone or with another.
+    /// [`super::outin_rows`] with AVX-512. Tiles of `OUTS` weight rows x up to 4 input rows
+    /// keep their sums in registers: each load of W serves every row of the tile, each load of x
+    /// every output. One input row (decoding a single sequence) takes 8 weight rows at a time,
+    /// more memory requests in flight; several take 4 (16 sums with 4 rows). Each output is 16
+    /// lane-wise partial sums over k in order (the last lanes masked), then added across lanes,
+    /// then the bias: the same bits whatever the tile.
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn outin_rows(
+        out: *mut f32,
+        inp: &[f32],
+        w: &[f32],
+        bias: Option<&[f32]>,
+        c: usize,
+        oc: usize,
+        o0: usize,
+        o1: usize,
+    ) {
+        if inp.len() == c {
+            sweep::<8>(out, inp, w, bias, c, oc, o0, o1)
+        } else {
+            sweep::<4>(out, inp, w, bias, c, oc, o0, o1)
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn sweep<const OUTS: usize>(
         out: *mut f32,
         inp: &[f32],
         w: &[f32],
@@ -305,20 +323,16 @@ mod avx512 {
             let mut r = 0;
             while r + 4 <= rows {
                 let xr: [*const f32; 4] = std::array::from_fn(|j| inp.as_ptr().add((r + j) * c));
-                store(out, &tile::<4>(wr, xr, c), r, o, n_out, oc, bias);
+                store(out, &tile::<4, OUTS>(wr, xr, c), r, o, n_out, oc, bias);
                 r += 4;
             }
             while r + 2 <= rows {
-                let sums = tile::<2>(
-                    wr,
-                    [inp.as_ptr().add(r * c), inp.as_ptr().add((r + 1) * c)],
-                    c,
-                );
-                store(out, &sums, r, o, n_out, oc, bias);
+                let xr = [inp.as_ptr().add(r * c), inp.as_ptr().add((r + 1) * c)];
+                store(out, &tile::<2, OUTS>(wr, xr, c), r, o, n_out, oc, bias);
                 r += 2;
             }
             if r < rows {
-                let sums = tile::<1>(wr, [inp.as_ptr().add(r * c)], c);
+                let sums = tile::<1, OUTS>(wr, [inp.as_ptr().add(r * c)], c);
                 store(out, &sums, r, o, n_out, oc, bias);
             }
             o += n_out;
@@ -327,7 +341,7 @@ mod avx512 {
 
     #[target_feature(enable = "avx512f")]
     #[inline]
-    unsafe fn tile<const ROWS: usize>(
+    unsafe fn tile<const ROWS: usize, const OUTS: usize>(
         wr: [*const f32; OUTS],
         xr: [*const f32; ROWS],
         c: usize,
@@ -358,7 +372,7 @@ mod avx512 {
         acc.map(|a| a.map(|v| _mm512_reduce_add_ps(v)))
     }
 
-    unsafe fn store<const ROWS: usize>(
+    unsafe fn store<const ROWS: usize, const OUTS: usize>(
         out: *mut f32,
         sums: &[[f32; OUTS]; ROWS],
         r: usize,
