@@ -16,6 +16,7 @@ use crate::sample::processors::Processors;
 use crate::sample::row::RowSampler;
 use crate::sample::{FinishReason, SamplingConfig, Vocab};
 use crate::tokenizer::Tokenizer;
+use rayon::prelude::*;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
@@ -161,27 +162,47 @@ pub fn run(
             fail_all(&mut slots, &mut cache, &format!("the model failed: {e:#}"));
             continue;
         }
-        let mut generated = 0;
+        // The slots' steps are independent (each draws from its own stream): run them across
+        // the thread pool, since a step's log-softmax over the vocabulary is not free.
+        let mut feed_of = vec![None; parallel];
         for (i, &row) in fed.iter().enumerate() {
-            let raw = &logits[i * vp..i * vp + vocab];
-            let slot = slots[row].as_mut().expect("fed rows hold a slot");
-            if cache.len(row) < slot.sampler.sequence().len() {
-                continue; // the prompt's next chunk comes next step
-            }
-            match step(slot, raw, tok, block) {
+            feed_of[row] = Some(i);
+        }
+        let lens = cache.lens().to_vec();
+        let outcomes: Vec<(usize, anyhow::Result<Option<Finished>>)> = slots
+            .par_iter_mut()
+            .enumerate()
+            .filter_map(|(row, slot)| {
+                let (i, slot) = (feed_of[row]?, slot.as_mut()?);
+                if lens[row] < slot.sampler.sequence().len() {
+                    return None; // the prompt's next chunk comes next step
+                }
+                Some((row, step(slot, &logits[i * vp..i * vp + vocab], tok, block)))
+            })
+            .collect();
+        let mut generated = 0;
+        for (row, outcome) in outcomes {
+            let events = &slots[row]
+                .as_ref()
+                .expect("stepped rows hold a slot")
+                .job
+                .events;
+            match outcome {
+                Ok(None) => {
+                    generated += 1;
+                    continue;
+                }
                 Ok(Some(done)) => {
                     generated += done.token_count;
-                    let _ = slot.job.events.send(done.event);
-                    slots[row] = None;
+                    let _ = events.send(done.event);
                 }
-                Ok(None) => generated += 1,
                 Err(e) => {
-                    let _ = slot.job.events.send(Event::Failed {
+                    let _ = events.send(Event::Failed {
                         message: format!("{e:#}"),
                     });
-                    slots[row] = None;
                 }
             }
+            slots[row] = None;
         }
         metrics.record_step(fed.len(), generated, t0.elapsed());
     }
