@@ -16,21 +16,12 @@ const ITERS: usize = 300;
 fn train(data: &Path, out: &Path, init_from: &str) -> Command {
     let mut cmd = common::nanogpt();
     cmd.arg("--threads=1").arg("train");
-    cmd.args([
-        "--dataset=shakespeare_char",
-        "--n_layer=2",
-        "--n_head=2",
-        "--n_embd=64",
-        "--block_size=64",
-        "--batch_size=8",
-        "--gradient_accumulation_steps=1",
+    cmd.args(common::TINY_CHAR_TRAIN).args([
         "--eval_iters=1",
         "--eval_interval=100000",
-        "--log_interval=1",
         "--decay_lr=false",
         "--dropout=0.0",
         "--peak_tflops=1",
-        "--device=cpu",
     ]);
     cmd.arg(format!("--max_iters={ITERS}"));
     cmd.arg(format!("--init_from={init_from}"));
