@@ -263,8 +263,25 @@ unsafe fn outin_rows(
     if std::arch::is_x86_feature_detected!("avx512f") {
         return avx512::outin_rows(out, inp, w, bias, c, oc, o0, o1);
     }
-    // Portable: row by row, so the first row streams the block of W from memory and the
-    // others find it in cache.
+    outin_rows_portable(out, inp, w, bias, c, oc, o0, o1)
+}
+
+/// [`outin_rows`] without AVX-512: row by row, so the first row streams the block of W from
+/// memory and the others find it in cache.
+///
+/// # Safety
+/// As [`outin_rows`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn outin_rows_portable(
+    out: *mut f32,
+    inp: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    c: usize,
+    oc: usize,
+    o0: usize,
+    o1: usize,
+) {
     for (r, x) in inp.chunks_exact(c).enumerate() {
         for o in o0..o1 {
             *out.add(r * oc + o) = dot(x, &w[o * c..(o + 1) * c]) + bias.map_or(0.0, |b| b[o]);
@@ -561,6 +578,20 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn the_portable_dot_products_match_f64_too() {
+        // What a CPU without AVX-512 runs for (out, in) weights.
+        let (c, oc, rows) = (37, 150, 5);
+        let (w, b, x) = (fill(c * oc, 3), fill(oc, 4), fill(rows * c, 5));
+        let mut out = vec![0.0f32; rows * oc];
+        // SAFETY: `out` holds rows x oc values and this call owns every column.
+        unsafe { outin_rows_portable(out.as_mut_ptr(), &x, &w, Some(&b), c, oc, 0, oc) };
+        let want = reference(&x, &w, Layout::OutIn, Some(&b), c, oc);
+        for (&got, &want) in out.iter().zip(&want) {
+            assert!((got as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()) * (c as f64).sqrt());
+        }
     }
 
     #[test]
