@@ -99,6 +99,9 @@ pub fn run(
     let mut logits: Vec<f32> = Vec::new();
     loop {
         if slots.iter().all(Option::is_none) && queue.is_empty() {
+            // Idle: the gauges say so while the thread waits for work.
+            metrics.busy_slots.store(0, Ordering::Relaxed);
+            metrics.queued.store(0, Ordering::Relaxed);
             match jobs.recv() {
                 Ok(choices) => queue.extend(choices),
                 Err(_) => return,
