@@ -399,6 +399,7 @@ fn tiny_config() -> GptConfig {
         pad_vocab: true,
         bias: true,
         dropout: 0.0,
+        arch: Default::default(),
     }
 }
 

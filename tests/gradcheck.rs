@@ -370,7 +370,7 @@ fn encoder() {
     let r = randn(&mut rng, b * t * c, 0.0, 1.0);
     let forward = |wte: &[f32], wpe: &[f32]| {
         let mut y = vec![0.0; b * t * c];
-        encoder_forward(&mut y, &tokens, wte, wpe, t, 0, c);
+        encoder_forward(&mut y, &tokens, wte, Some(wpe), t, 0, c);
         y
     };
     // Both outputs accumulate.
@@ -379,7 +379,7 @@ fn encoder() {
         randn(&mut rng, max_t * c, 0.0, 1.0),
     );
     let (mut dwte, mut dwpe) = (g_te.clone(), g_pe.clone());
-    encoder_backward(&mut dwte, &mut dwpe, &r, &tokens, t, c);
+    encoder_backward(&mut dwte, Some(&mut dwpe), &r, &tokens, t, c);
     let dwte: Vec<f32> = dwte.iter().zip(&g_te).map(|(a, b)| a - b).collect();
     let dwpe: Vec<f32> = dwpe.iter().zip(&g_pe).map(|(a, b)| a - b).collect();
     assert!(
@@ -452,6 +452,7 @@ fn attention_case(
         batch,
         n_head,
         head_size,
+        n_kv_head: n_head,
     };
     let c = n_head * head_size;
     let dropout = p.map(|p| AttnDropout {
@@ -643,6 +644,7 @@ fn model_case(bias: bool, dropout: f32) -> f64 {
         pad_vocab: true,
         bias,
         dropout,
+        arch: Default::default(),
     };
     let (c, v, vp) = (cfg.n_embd, cfg.vocab_size, cfg.padded_vocab_size());
     let mut model = CpuEngine::new(Gpt::new(cfg, 1000 + bias as u64).unwrap());

@@ -20,6 +20,7 @@ fn small_config(bias: bool, dropout: f32) -> GptConfig {
         pad_vocab: true,
         bias,
         dropout,
+        arch: Default::default(),
     }
 }
 

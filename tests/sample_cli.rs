@@ -287,6 +287,7 @@ fn char_checkpoint(root: &std::path::Path) -> PathBuf {
         pad_vocab: true,
         bias: true,
         dropout: 0.0,
+        arch: Default::default(),
     };
     let model = CpuEngine::new(Gpt::new(cfg, 1).unwrap());
     let train = TrainConfig {

@@ -74,6 +74,7 @@ fn slow_model() -> PathBuf {
         pad_vocab: true,
         bias: true,
         dropout: 0.0,
+        arch: Default::default(),
     };
     let model = nanogpt::model::Gpt::new(cfg, 7).expect("model");
     nanogpt::model::weights::save_hf_dir(&model, &dir).expect("save");

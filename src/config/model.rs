@@ -1,6 +1,7 @@
 //! Model configuration: nanoGPT's `GPTConfig`, its presets, and validation with clear errors;
 //! and the model-shape knobs that `train` and `bench` share ([`crate::with_model_shape`]).
 
+use crate::llama::LlamaConfig;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
@@ -16,6 +17,37 @@ pub struct GptConfig {
     pub pad_vocab: bool,
     pub bias: bool,
     pub dropout: f32,
+    /// GPT-2's block or Llama-2's; configs written before Llama existed read as GPT-2.
+    #[serde(default)]
+    pub arch: Arch,
+}
+
+/// Which transformer block the model is made of.
+///
+/// GPT-2: LayerNorm, learned positions, GELU MLP 4x wide, one head per key/value head, linear
+/// weights stored (in, out) as GPT-2's Conv1D, classifier tied to the token embedding.
+/// Llama-2: RMSNorm, rotary positions, SwiGLU MLP, grouped-query attention, no biases, linear
+/// weights stored (out, in) as Hugging Face's `nn.Linear`, classifier tied or separate.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    #[default]
+    Gpt2,
+    Llama(LlamaArch),
+}
+
+/// What a Llama adds to the shape `GptConfig` already says (`n_layer`, `n_head`, `n_embd`,
+/// `block_size`, `vocab_size`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LlamaArch {
+    /// Key/value heads: `n_head / n_kv_head` query heads share one.
+    pub n_kv_head: usize,
+    /// Width of the SwiGLU MLP.
+    pub hidden_dim: usize,
+    pub norm_eps: f32,
+    pub rope_theta: f32,
+    /// The classifier is the token embedding.
+    pub tied: bool,
 }
 
 impl Default for GptConfig {
@@ -30,6 +62,7 @@ impl Default for GptConfig {
             pad_vocab: true,
             bias: true,
             dropout: 0.0,
+            arch: Arch::Gpt2,
         }
     }
 }
@@ -67,6 +100,73 @@ impl GptConfig {
         self.n_embd / self.n_head
     }
 
+    pub fn llama(&self) -> Option<&LlamaArch> {
+        match &self.arch {
+            Arch::Llama(l) => Some(l),
+            Arch::Gpt2 => None,
+        }
+    }
+
+    /// Key/value heads (grouped-query attention); GPT-2 has one per query head.
+    pub fn n_kv_head(&self) -> usize {
+        self.llama().map_or(self.n_head, |l| l.n_kv_head)
+    }
+
+    /// Width of a token's packed queries, keys and values.
+    pub fn qkv_width(&self) -> usize {
+        (self.n_head + 2 * self.n_kv_head()) * self.head_size()
+    }
+
+    /// Width of the MLP's hidden activation (after GELU, or after SwiGLU's gate).
+    pub fn mlp_width(&self) -> usize {
+        self.llama().map_or(4 * self.n_embd, |l| l.hidden_dim)
+    }
+
+    /// Width of the MLP's first projection: GELU's input, or SwiGLU's gate and up side by side.
+    pub fn mlp_in_width(&self) -> usize {
+        match &self.arch {
+            Arch::Gpt2 => 4 * self.n_embd,
+            Arch::Llama(l) => 2 * l.hidden_dim,
+        }
+    }
+
+    /// The Llama shape in llama2.c's terms.
+    pub fn llama_config(&self) -> Option<LlamaConfig> {
+        self.llama().map(|l| LlamaConfig {
+            dim: self.n_embd,
+            hidden_dim: l.hidden_dim,
+            n_layers: self.n_layer,
+            n_heads: self.n_head,
+            n_kv_heads: l.n_kv_head,
+            vocab_size: self.vocab_size,
+            seq_len: self.block_size,
+            norm_eps: l.norm_eps,
+            rope_theta: l.rope_theta,
+            shared_classifier: l.tied,
+        })
+    }
+
+    /// A Llama of shape `cfg`: no biases, no vocabulary padding (its files have none).
+    pub fn from_llama(cfg: &LlamaConfig) -> GptConfig {
+        GptConfig {
+            n_layer: cfg.n_layers,
+            n_head: cfg.n_heads,
+            n_embd: cfg.dim,
+            block_size: cfg.seq_len,
+            vocab_size: cfg.vocab_size,
+            pad_vocab: false,
+            bias: false,
+            dropout: 0.0,
+            arch: Arch::Llama(LlamaArch {
+                n_kv_head: cfg.n_kv_heads,
+                hidden_dim: cfg.hidden_dim,
+                norm_eps: cfg.norm_eps,
+                rope_theta: cfg.rope_theta,
+                tied: cfg.shared_classifier,
+            }),
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         for (key, value) in [
             ("n_layer", self.n_layer),
@@ -92,12 +192,21 @@ impl GptConfig {
         if !(0.0..1.0).contains(&self.dropout) {
             bail!("dropout must be in [0, 1), got {}", self.dropout);
         }
+        if let Some(llama) = self.llama_config() {
+            if self.bias || self.pad_vocab {
+                bail!("a Llama has no biases and no vocabulary padding (set bias and pad_vocab to false)");
+            }
+            llama.validate()?;
+        }
         Ok(())
     }
 
     /// Parameters, counted as nanoGPT's `get_num_params()` does: position embeddings excluded,
     /// the tied token embedding counted once, padding rows excluded.
     pub fn num_params(&self) -> usize {
+        if let Some(llama) = self.llama_config() {
+            return llama.param_count().unwrap_or(usize::MAX);
+        }
         let (c, l, v) = (self.n_embd, self.n_layer, self.vocab_size);
         let b = usize::from(self.bias);
         let per_layer = 2 * (c + b * c) // two LayerNorms
@@ -159,6 +268,7 @@ macro_rules! with_model_shape {
                     pad_vocab,
                     bias: self.bias,
                     dropout: self.dropout,
+                    arch: $crate::config::Arch::Gpt2,
                 }
             }
         }

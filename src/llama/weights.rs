@@ -54,6 +54,11 @@ impl LlamaTable {
         if cfg.param_count().is_none() {
             bail!("the model's sizes overflow; the header or config is corrupt");
         }
+        Ok(LlamaTable::layout(cfg))
+    }
+
+    /// The layout of a shape that `LlamaConfig::validate` accepted and whose size fits.
+    pub(crate) fn layout(cfg: &LlamaConfig) -> LlamaTable {
         let (d, hd, kv, v) = (cfg.dim, cfg.hidden_dim, cfg.kv_dim(), cfg.vocab_size);
         let mut entries = Vec::new();
         let mut total = 0;
@@ -90,14 +95,14 @@ impl LlamaTable {
         } else {
             add("lm_head.weight".into(), vec![v, d])
         };
-        Ok(LlamaTable {
+        LlamaTable {
             entries,
             total,
             embed,
             layers,
             norm,
             lm_head,
-        })
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<&ParamInfo> {

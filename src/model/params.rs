@@ -3,6 +3,7 @@
 //! checkpoint is the table written out.
 
 use crate::config::GptConfig;
+use crate::llama::LlamaTable;
 use crate::rng::Rng;
 
 /// One tensor inside the flat buffer.
@@ -56,12 +57,17 @@ pub struct ParamTable {
     pub layers: Vec<LayerOffsets>,
     pub lnf_w: usize,
     pub lnf_b: usize,
+    /// The classifier: `wte` when tied (GPT-2 always is).
+    pub lm_head: usize,
 }
 
 impl ParamTable {
     /// Layout: wte (padded rows), wpe, then each layer's tensors in GPT-2's order, then ln_f.
     /// Linear weights keep GPT-2's Conv1D layout (in_features, out_features).
     pub fn new(cfg: &GptConfig) -> ParamTable {
+        if let Some(llama) = cfg.llama_config() {
+            return ParamTable::from_llama(&LlamaTable::layout(&llama));
+        }
         let (c, vp, t) = (cfg.n_embd, cfg.padded_vocab_size(), cfg.block_size);
         let mut entries = Vec::new();
         let mut total = 0;
@@ -116,6 +122,37 @@ impl ParamTable {
             layers,
             lnf_w,
             lnf_b,
+            lm_head: wte,
+        }
+    }
+
+    /// A Llama's layout (Hugging Face's names and order) in the block's terms: the fused
+    /// matrices the engine multiplies by are adjacent tensors, (out, in) each, so q, k and v
+    /// stack into one (q + 2 kv, C) matrix and gate and up into one (2 hidden, C).
+    /// No biases and no position table (`wpe` is unused).
+    fn from_llama(t: &LlamaTable) -> ParamTable {
+        let layers = t
+            .layers
+            .iter()
+            .map(|o| LayerOffsets {
+                ln1_w: o.attn_norm,
+                qkv_w: o.wq,
+                attproj_w: o.wo,
+                ln2_w: o.ffn_norm,
+                fc_w: o.w_gate,
+                fcproj_w: o.w_down,
+                ..Default::default()
+            })
+            .collect();
+        ParamTable {
+            entries: t.entries.clone(),
+            total: t.total,
+            wte: t.embed,
+            wpe: usize::MAX,
+            layers,
+            lnf_w: t.norm,
+            lnf_b: 0,
+            lm_head: t.lm_head,
         }
     }
 

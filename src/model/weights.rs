@@ -45,6 +45,7 @@ pub fn read_hf_config(dir: &Path) -> Result<GptConfig> {
         pad_vocab: true,
         bias: true,
         dropout: 0.0,
+        arch: Default::default(),
     };
     cfg.validate()
         .with_context(|| format!("{}: bad model shape", path.display()))?;

@@ -1,26 +1,96 @@
-//! One transformer block's forward pass, written once for training and cached inference:
+//! One transformer block's forward pass, written once for training and cached inference, and
+//! for both families (`config::Arch`):
 //!
-//! x2  = x  + drop(attn(ln_1(x)) @ W_attnproj + b)
-//! out = x2 + drop(gelu(ln_2(x2) @ W_fc + b) @ W_fcproj + b)
+//! GPT-2:  x2 = x + drop(attn(ln_1(x)) @ W_attnproj + b)
+//!         out = x2 + drop(gelu(ln_2(x2) @ W_fc + b) @ W_fcproj + b)
+//! Llama:  x2 = x + drop(attn(rope(rmsnorm_1(x) @ [Wq; Wk; Wv]^T)) @ Wo^T)
+//!         out = x2 + drop((silu(n @ Wgate^T) * (n @ Wup^T)) @ Wdown^T),  n = rmsnorm_2(x2)
 //!
 //! The two callers differ only in how attention reads its keys and values (the whole causal
-//! sequence with its log-sum-exp kept for backward, or a KV cache) and in dropout, so attention
-//! is a closure and dropout keys are optional. Every intermediate lands in the caller's buffers:
-//! training keeps them per layer for the backward pass, inference reuses one set.
+//! sequence with its log-sum-exp kept for backward, or a KV cache), in the positions rotary
+//! embeddings turn the queries and keys by, and in dropout, so attention is a closure (which
+//! gets the projected queries and keys to rotate first) and dropout keys are optional. Every
+//! intermediate lands in the caller's buffers: training keeps them per layer for the backward
+//! pass, inference reuses one set.
 
+use crate::config::{Arch, GptConfig};
 use crate::kernels::cpu::dropout::dropout_inplace;
 use crate::kernels::cpu::gelu::gelu_forward;
 use crate::kernels::cpu::layernorm::layernorm_forward;
 use crate::kernels::cpu::matmul::{is_skinny, matmul_forward, Layout};
 use crate::kernels::cpu::residual::residual_forward;
+use crate::kernels::cpu::rmsnorm::rmsnorm_forward;
+use crate::kernels::cpu::swiglu::swiglu_forward;
 use crate::model::params::LayerOffsets;
 
+/// The widths and kinds of one block's pieces, from the model's config.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Shape {
+    pub c: usize,
+    /// Packed queries, keys and values per token.
+    pub qkv: usize,
+    /// The MLP's first projection (GELU's input, or gate and up side by side).
+    pub mlp_in: usize,
+    /// The MLP's hidden activation.
+    pub mlp: usize,
+    pub norm: Norm,
+    /// How the parameters store the linear weights: (in, out) for GPT-2's Conv1D, (out, in) for
+    /// a Llama's `nn.Linear`.
+    pub layout: Layout,
+    pub swiglu: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Norm {
+    Layer,
+    Rms { eps: f32 },
+}
+
+impl Shape {
+    pub fn new(cfg: &GptConfig) -> Shape {
+        let llama = cfg.llama();
+        Shape {
+            c: cfg.n_embd,
+            qkv: cfg.qkv_width(),
+            mlp_in: cfg.mlp_in_width(),
+            mlp: cfg.mlp_width(),
+            norm: llama.map_or(Norm::Layer, |l| Norm::Rms { eps: l.norm_eps }),
+            layout: match cfg.arch {
+                Arch::Gpt2 => Layout::InOut,
+                Arch::Llama(_) => Layout::OutIn,
+            },
+            swiglu: llama.is_some(),
+        }
+    }
+}
+
+/// The block's normalisation over rows of `c`: LayerNorm (mean and rstd saved, optional bias)
+/// or RMSNorm (rstd saved; `mean` untouched).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn norm_forward(
+    norm: Norm,
+    out: &mut [f32],
+    mean: &mut [f32],
+    rstd: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    c: usize,
+) {
+    match norm {
+        Norm::Layer => layernorm_forward(out, mean, rstd, x, w, b, c),
+        Norm::Rms { eps } => rmsnorm_forward(out, rstd, x, w, c, eps),
+    }
+}
+
 /// Read-only views of weights (and biases, which a bias-free model does not have). Cached
-/// inference also passes the block matrices transposed (see `infer::DecodeWeights`).
+/// inference also passes GPT-2's block matrices transposed (see `infer::DecodeWeights`).
 #[derive(Clone, Copy)]
 pub(super) struct Weights<'a> {
     pub p: &'a [f32],
     pub bias: bool,
+    /// How the parameters store the block matrices.
+    pub layout: Layout,
     pub transposed: Option<&'a super::infer::DecodeWeights>,
 }
 
@@ -30,13 +100,13 @@ impl<'a> Weights<'a> {
     }
     /// The matrix at `off` (`len` values) for a pass over `rows` token rows, and how it is
     /// laid out: the transposed (out, in) copy when there is one and the rows are few enough for
-    /// dot products (`matmul::is_skinny`); the parameters' (in, out) otherwise, which gemm reads
-    /// fastest.
+    /// dot products (`matmul::is_skinny`); the parameters' layout otherwise ((in, out) is what
+    /// gemm reads fastest).
     pub fn matrix(&self, off: usize, len: usize, rows: usize) -> (&'a [f32], Layout) {
         let t = self.transposed.filter(|_| is_skinny(rows));
         match t.and_then(|t| t.get(off, len)) {
             Some(m) => (m, Layout::OutIn),
-            None => (self.w(off, len), Layout::InOut),
+            None => (self.w(off, len), self.layout),
         }
     }
     pub fn b(&self, off: usize, len: usize) -> Option<&'a [f32]> {
@@ -68,7 +138,8 @@ pub(super) struct BranchDropout {
 }
 
 /// `out = block(x)` over `x.len() / c` rows. `attend(atty, qkv)` writes attention's output
-/// from the projected queries, keys and values. `proj` is (rows, C) scratch.
+/// from the projected queries, keys and values (turning the queries and keys by their
+/// positions first, for a Llama). `proj` is (rows, C) scratch.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn block_forward(
     out: &mut [f32],
@@ -77,16 +148,18 @@ pub(super) fn block_forward(
     proj: &mut [f32],
     w: Weights,
     o: &LayerOffsets,
-    c: usize,
+    s: Shape,
     dropout: Option<BranchDropout>,
-    attend: impl FnOnce(&mut [f32], &[f32]),
+    attend: impl FnOnce(&mut [f32], &mut [f32]),
 ) {
+    let c = s.c;
     let rows = x.len() / c;
-    let qkv_w = w.matrix(o.qkv_w, 3 * c * c, rows);
+    let qkv_w = w.matrix(o.qkv_w, s.qkv * c, rows);
     let attproj_w = w.matrix(o.attproj_w, c * c, rows);
-    let fc_w = w.matrix(o.fc_w, 4 * c * c, rows);
-    let fcproj_w = w.matrix(o.fcproj_w, 4 * c * c, rows);
-    layernorm_forward(
+    let fc_w = w.matrix(o.fc_w, s.mlp_in * c, rows);
+    let fcproj_w = w.matrix(o.fcproj_w, s.mlp * c, rows);
+    norm_forward(
+        s.norm,
         a.ln1,
         a.ln1_mean,
         a.ln1_rstd,
@@ -100,9 +173,9 @@ pub(super) fn block_forward(
         a.ln1,
         qkv_w.0,
         qkv_w.1,
-        w.b(o.qkv_b, 3 * c),
+        w.b(o.qkv_b, s.qkv),
         c,
-        3 * c,
+        s.qkv,
     );
     attend(a.atty, a.qkv);
     matmul_forward(
@@ -119,7 +192,8 @@ pub(super) fn block_forward(
     }
     residual_forward(a.residual2, x, proj);
 
-    layernorm_forward(
+    norm_forward(
+        s.norm,
         a.ln2,
         a.ln2_mean,
         a.ln2_rstd,
@@ -128,15 +202,27 @@ pub(super) fn block_forward(
         w.b(o.ln2_b, c),
         c,
     );
-    matmul_forward(a.fch, a.ln2, fc_w.0, fc_w.1, w.b(o.fc_b, 4 * c), c, 4 * c);
-    gelu_forward(a.fch_gelu, a.fch);
+    matmul_forward(
+        a.fch,
+        a.ln2,
+        fc_w.0,
+        fc_w.1,
+        w.b(o.fc_b, s.mlp_in),
+        c,
+        s.mlp_in,
+    );
+    if s.swiglu {
+        swiglu_forward(a.fch_gelu, a.fch, s.mlp);
+    } else {
+        gelu_forward(a.fch_gelu, a.fch);
+    }
     matmul_forward(
         proj,
         a.fch_gelu,
         fcproj_w.0,
         fcproj_w.1,
         w.b(o.fcproj_b, c),
-        4 * c,
+        s.mlp,
         c,
     );
     if let Some(d) = dropout {

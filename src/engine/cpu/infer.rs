@@ -1,23 +1,25 @@
 //! Cached inference on the CPU: each new token costs O(context) attention plus one pass over the
 //! weights, not a recomputation of the whole sequence. No activations are saved.
 //!
-//! Keys and values are laid out (layer, row, head, position, head_size): a decoding step reads
+//! Keys and values are laid out (layer, row, kv head, position, head_size): a decoding step reads
 //! each head's cache as one contiguous block, instead of a slice of every 3 KB row (which cost
 //! ~2x per token at 900 tokens of context, in TLB and cache misses). Each row holds its own
 //! number of positions ([`KvCache::lens`]), so one pass can prefill some rows and decode others.
 
-use super::block::{block_forward, BlockActs, Weights};
+use super::block::{block_forward, norm_forward, BlockActs, Shape, Weights};
+use super::train::attn_dims;
 use super::CpuEngine;
 use crate::engine::{Feed, KvCache};
-use crate::kernels::cpu::attention::{attention_forward_cached, AttnDims, CachedQueries};
+use crate::kernels::cpu::attention::{attention_forward_cached, CachedQueries};
 use crate::kernels::cpu::encoder::encoder_forward;
-use crate::kernels::cpu::layernorm::layernorm_forward;
 use crate::kernels::cpu::matmul::{matmul_forward, Layout};
+use crate::kernels::cpu::rope::rope_forward;
 use crate::model::Gpt;
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 
-/// The four matrices of every block transposed to (out, in), for cached inference. A token's
+/// The four matrices of every GPT-2 block transposed to (out, in), for cached inference (a
+/// Llama's are stored that way already). A token's
 /// pass then reads each output's weights as one contiguous row (a dot product), where the
 /// parameters' (in, out) layout has it gather a few values from every row of W: decoding a
 /// handful of rows became ~2.5x faster at GPT-2 124M on 2 cores (`benches/serve_bench.sh`).
@@ -84,8 +86,8 @@ impl DecodeWeights {
 pub(super) struct CpuKv {
     max_t: usize,
     n_layer: usize,
-    n_head: usize,
-    n_embd: usize,
+    n_kv_head: usize,
+    head_size: usize,
     k: Vec<f32>,
     v: Vec<f32>,
     scratch: Scratch,
@@ -115,19 +117,20 @@ struct Scratch {
 }
 
 impl Scratch {
-    fn ensure(&mut self, token_rows: usize, feeds: usize, c: usize) {
+    fn ensure(&mut self, token_rows: usize, feeds: usize, s: &Shape) {
+        let c = s.c;
         if token_rows > self.capacity {
             self.capacity = token_rows;
             for (buf, width) in [
                 (&mut self.x, c),
                 (&mut self.out, c),
                 (&mut self.ln1, c),
-                (&mut self.qkv, 3 * c),
+                (&mut self.qkv, s.qkv),
                 (&mut self.atty, c),
                 (&mut self.residual2, c),
                 (&mut self.ln2, c),
-                (&mut self.fch, 4 * c),
-                (&mut self.fch_gelu, 4 * c),
+                (&mut self.fch, s.mlp_in),
+                (&mut self.fch_gelu, s.mlp),
                 (&mut self.proj, c),
             ] {
                 buf.resize(token_rows * width, 0.0);
@@ -152,23 +155,28 @@ impl Scratch {
 impl CpuKv {
     fn new(engine: &CpuEngine, rows: usize, max_t: usize) -> CpuKv {
         let cfg = &engine.model.config;
-        let n = cfg.n_layer * rows * max_t * cfg.n_embd;
+        let n = cfg.n_layer * rows * max_t * cfg.n_kv_head() * cfg.head_size();
         CpuKv {
             max_t,
             n_layer: cfg.n_layer,
-            n_head: cfg.n_head,
-            n_embd: cfg.n_embd,
+            n_kv_head: cfg.n_kv_head(),
+            head_size: cfg.head_size(),
             k: vec![0.0; n],
             v: vec![0.0; n],
             scratch: Scratch::default(),
         }
     }
 
+    /// Values per (layer, row) of a cache buffer.
+    fn row_len(&self) -> usize {
+        self.n_kv_head * self.max_t * self.head_size
+    }
+
     /// Where row `r`'s first `len` positions lie in a cache buffer of `rows` rows: one range per
-    /// (layer, head).
+    /// (layer, kv head).
     fn used_ranges(&self, rows: usize, r: usize, len: usize) -> Vec<std::ops::Range<usize>> {
-        let hs = self.n_embd / self.n_head;
-        let (n_head, max_t) = (self.n_head, self.max_t);
+        let hs = self.head_size;
+        let (n_head, max_t) = (self.n_kv_head, self.max_t);
         (0..self.n_layer)
             .flat_map(|l| {
                 (0..n_head).map(move |h| {
@@ -204,13 +212,8 @@ impl CpuEngine {
         hidden: Option<&mut [f32]>,
     ) -> Result<()> {
         let cfg = &self.model.config;
-        let (c, nh, vp, v) = (
-            cfg.n_embd,
-            cfg.n_head,
-            cfg.padded_vocab_size(),
-            cfg.vocab_size,
-        );
-        let hs = c / nh;
+        let (c, vp, v) = (cfg.n_embd, cfg.padded_vocab_size(), cfg.vocab_size);
+        let shape = Shape::new(cfg);
         let rows = cache.rows();
         let seqs: Vec<CachedQueries> = cache
             .plan(feeds, v, vp, logits.len())?
@@ -236,29 +239,30 @@ impl CpuEngine {
             }
         }
         let kv = cpu_kv(cache)?;
-        kv.scratch.ensure(n_tok, feeds.len(), c);
+        kv.scratch.ensure(n_tok, feeds.len(), &shape);
         let (p, tb) = (&self.model.params, &self.model.table);
-        let transposed = self
-            .decode_weights
-            .get_or_init(|| DecodeWeights::new(&self.model));
+        let transposed = (shape.layout == Layout::InOut).then(|| {
+            self.decode_weights
+                .get_or_init(|| DecodeWeights::new(&self.model))
+        });
         let w = Weights {
             p,
             bias: cfg.bias,
-            transposed: Some(transposed),
+            layout: shape.layout,
+            transposed,
         };
-        let dims = AttnDims {
-            batch: rows,
-            n_head: nh,
-            head_size: hs,
-        };
-        let (max_t, layer_stride) = (kv.max_t, rows * kv.max_t * c);
+        let dims = attn_dims(cfg, rows);
+        let (nh, nkv, hs, width) = (dims.n_head, dims.n_kv_head, dims.head_size, shape.qkv);
+        let (max_t, layer_stride) = (kv.max_t, rows * kv.row_len());
+        let rope = self.rope.as_ref();
+        let wpe = rope.is_none().then(|| &p[tb.wpe..]);
         let s = &mut kv.scratch;
         for (f, q) in feeds.iter().zip(&seqs) {
             encoder_forward(
                 &mut s.x[q.first * c..(q.first + q.n) * c],
                 f.tokens,
                 &p[tb.wte..],
-                &p[tb.wpe..],
+                wpe,
                 q.n,
                 q.pos,
                 c,
@@ -277,40 +281,47 @@ impl CpuEngine {
                     ln1: &mut s.ln1[..n_tok * c],
                     ln1_mean: &mut s.ln1_mean[..n_tok],
                     ln1_rstd: &mut s.ln1_rstd[..n_tok],
-                    qkv: &mut s.qkv[..n_tok * 3 * c],
+                    qkv: &mut s.qkv[..n_tok * width],
                     atty: &mut s.atty[..n_tok * c],
                     residual2: &mut s.residual2[..n_tok * c],
                     ln2: &mut s.ln2[..n_tok * c],
                     ln2_mean: &mut s.ln2_mean[..n_tok],
                     ln2_rstd: &mut s.ln2_rstd[..n_tok],
-                    fch: &mut s.fch[..n_tok * 4 * c],
-                    fch_gelu: &mut s.fch_gelu[..n_tok * 4 * c],
+                    fch: &mut s.fch[..n_tok * shape.mlp_in],
+                    fch_gelu: &mut s.fch_gelu[..n_tok * shape.mlp],
                 },
                 &mut s.proj[..n_tok * c],
                 w,
                 o,
-                c,
+                shape,
                 None,
                 |atty, qkv| {
-                    // This pass's keys and values join the cache before attention reads it.
+                    // This pass's keys and values join the cache (turned by their positions,
+                    // for a Llama) before attention reads it.
+                    let (k_at, v_at) = (nh * hs, (nh + nkv) * hs);
                     for q in &seqs {
+                        if let Some(rope) = rope {
+                            let rows = &mut qkv[q.first * width..];
+                            rope_forward(rows, width, q.n, nh + nkv, q.pos, rope);
+                        }
                         for i in 0..q.n {
-                            let src = &qkv[(q.first + i) * 3 * c..][..3 * c];
-                            for h in 0..nh {
-                                let dst = ((q.slot * nh + h) * max_t + q.pos + i) * hs;
-                                kl[dst..dst + hs].copy_from_slice(&src[c + h * hs..][..hs]);
-                                vl[dst..dst + hs].copy_from_slice(&src[2 * c + h * hs..][..hs]);
+                            let src = &qkv[(q.first + i) * width..][..width];
+                            for h in 0..nkv {
+                                let dst = ((q.slot * nkv + h) * max_t + q.pos + i) * hs;
+                                kl[dst..dst + hs].copy_from_slice(&src[k_at + h * hs..][..hs]);
+                                vl[dst..dst + hs].copy_from_slice(&src[v_at + h * hs..][..hs]);
                             }
                         }
                     }
-                    attention_forward_cached(atty, qkv, 3 * c, kl, vl, dims, max_t, &seqs);
+                    attention_forward_cached(atty, qkv, width, kl, vl, dims, max_t, &seqs);
                 },
             );
             std::mem::swap(&mut s.x, &mut s.out);
         }
         if let Some(h) = hidden {
-            // Every position's final layer norm; the blocks' statistics buffers are free now.
-            layernorm_forward(
+            // Every position's final norm; the blocks' statistics buffers are free now.
+            norm_forward(
+                shape.norm,
                 &mut h[..n_tok * c],
                 &mut s.ln1_mean[..n_tok],
                 &mut s.ln1_rstd[..n_tok],
@@ -326,7 +337,8 @@ impl CpuEngine {
             s.out[i * c..(i + 1) * c].copy_from_slice(&s.x[src..src + c]);
         }
         let n_feeds = feeds.len();
-        layernorm_forward(
+        norm_forward(
+            shape.norm,
             &mut s.last[..n_feeds * c],
             &mut s.last_mean[..n_feeds],
             &mut s.last_rstd[..n_feeds],
@@ -338,7 +350,7 @@ impl CpuEngine {
         matmul_forward(
             &mut logits[..n_feeds * vp],
             &s.last[..n_feeds * c],
-            w.w(tb.wte, vp * c),
+            w.w(tb.lm_head, vp * c),
             Layout::OutIn,
             None,
             c,
@@ -380,7 +392,7 @@ impl CpuEngine {
             })
             .collect();
         if new_rows != old_rows {
-            let n = kv.n_layer * new_rows * kv.max_t * kv.n_embd;
+            let n = kv.n_layer * new_rows * kv.row_len();
             kv.k = vec![0.0; n];
             kv.v = vec![0.0; n];
         }

@@ -12,6 +12,7 @@ use crate::config::GptConfig;
 use crate::dist::Collective;
 use crate::kernels::cpu::adamw::{adamw_update, clip_grads, global_norm, norm_partials_len};
 use crate::kernels::cpu::matmul::{gemm_into, View};
+use crate::kernels::cpu::rope::RopeTable;
 use crate::model::Gpt;
 use anyhow::Result;
 use std::borrow::Cow;
@@ -42,8 +43,10 @@ pub struct CpuEngine {
     /// (first index, decays?) of each parameter tensor, in buffer order: AdamW's two groups.
     groups: Vec<(usize, bool)>,
     norm_partials: Vec<f64>,
-    /// The block matrices transposed for cached inference, built at its first pass.
+    /// GPT-2's block matrices transposed for cached inference, built at its first pass.
     decode_weights: std::sync::OnceLock<infer::DecodeWeights>,
+    /// A Llama's rotary angles for every position up to `block_size`.
+    rope: Option<RopeTable>,
 }
 
 impl CpuEngine {
@@ -55,6 +58,10 @@ impl CpuEngine {
             .iter()
             .map(|e| (e.offset, e.decay))
             .collect();
+        let cfg = &model.config;
+        let rope = cfg
+            .llama()
+            .map(|l| RopeTable::new(cfg.head_size(), cfg.block_size, l.rope_theta));
         CpuEngine {
             model,
             grads: Vec::new(),
@@ -65,6 +72,7 @@ impl CpuEngine {
             groups,
             norm_partials: vec![0.0; norm_partials_len(n)],
             decode_weights: std::sync::OnceLock::new(),
+            rope,
         }
     }
 

@@ -1,11 +1,11 @@
 //! Training on the CPU: the GPT's forward and backward passes over the flat parameter buffer,
 //! with activations allocated once per (batch, seq len) and reused.
 //!
-//! x = drop(wte[idx] + wpe[pos])
-//! per layer: x = x + drop(attn(ln_1(x)) @ c_proj);  x = x + drop(gelu(ln_2(x) @ c_fc) @ c_proj)
-//! logits = ln_f(x) @ wte^T;  loss = mean cross-entropy over positions whose target is not -1
+//! x = drop(wte[idx] + wpe[pos])    (a Llama: wte[idx] alone; its positions are rotary)
+//! per layer: x = block(x)           (`block.rs`: GPT-2's or Llama's)
+//! logits = norm_f(x) @ lm_head^T;  loss = mean cross-entropy over positions whose target is not -1
 
-use super::block::{block_forward, BlockActs, BranchDropout, Weights};
+use super::block::{block_forward, norm_forward, BlockActs, BranchDropout, Norm, Shape, Weights};
 use super::CpuEngine;
 use crate::config::GptConfig;
 use crate::engine::{check_batch, Mode};
@@ -18,8 +18,11 @@ use crate::kernels::cpu::crossentropy::{
 use crate::kernels::cpu::dropout::dropout_inplace;
 use crate::kernels::cpu::encoder::{encoder_backward, encoder_forward};
 use crate::kernels::cpu::gelu::gelu_backward_inplace;
-use crate::kernels::cpu::layernorm::{layernorm_backward, layernorm_forward};
+use crate::kernels::cpu::layernorm::layernorm_backward;
 use crate::kernels::cpu::matmul::{matmul_backward, matmul_forward, Layout};
+use crate::kernels::cpu::rmsnorm::rmsnorm_backward;
+use crate::kernels::cpu::rope::{rope_backward, rope_forward, RopeTable};
+use crate::kernels::cpu::swiglu::swiglu_backward;
 use crate::rng::dropout_key;
 use anyhow::{bail, Result};
 
@@ -70,11 +73,14 @@ pub(super) struct ActGrads {
     dqkv: Vec<f32>,
     datty: Vec<f32>,
     dfch: Vec<f32>,
+    /// The MLP activation's gradient, when it is not taken in place (SwiGLU halves the width).
+    dact: Vec<f32>,
 }
 
 impl Activations {
     fn new(cfg: &GptConfig, b: usize, t: usize) -> Activations {
         let (l, c, nh, vp) = (cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.padded_vocab_size());
+        let (qkv, mlp_in, mlp) = (cfg.qkv_width(), cfg.mlp_in_width(), cfg.mlp_width());
         let bt = b * t;
         let z = |n: usize| vec![0.0f32; n];
         Activations {
@@ -88,15 +94,15 @@ impl Activations {
             ln1: z(l * bt * c),
             ln1_mean: z(l * bt),
             ln1_rstd: z(l * bt),
-            qkv: z(l * bt * 3 * c),
+            qkv: z(l * bt * qkv),
             atty: z(l * bt * c),
             att_lse: z(l * b * nh * t),
             residual2: z(l * bt * c),
             ln2: z(l * bt * c),
             ln2_mean: z(l * bt),
             ln2_rstd: z(l * bt),
-            fch: z(l * bt * 4 * c),
-            fch_gelu: z(l * bt * 4 * c),
+            fch: z(l * bt * mlp_in),
+            fch_gelu: z(l * bt * mlp),
             residual3: z(l * bt * c),
             lnf: z(bt * c),
             lnf_mean: z(bt),
@@ -117,9 +123,14 @@ impl ActGrads {
             dresidual: z(bt * c),
             dproj: z(bt * c),
             dln: z(bt * c),
-            dqkv: z(bt * 3 * c),
+            dqkv: z(bt * cfg.qkv_width()),
             datty: z(bt * c),
-            dfch: z(bt * 4 * c),
+            dfch: z(bt * cfg.mlp_in_width()),
+            dact: if cfg.llama().is_some() {
+                z(bt * cfg.mlp_width())
+            } else {
+                Vec::new()
+            },
         }
     }
 }
@@ -168,25 +179,26 @@ impl CpuEngine {
             Mode::Train { seed } if cfg.dropout > 0.0 => Some(seed),
             _ => None,
         };
+        let shape = Shape::new(&cfg);
         let w = Weights {
             p,
             bias: cfg.bias,
+            layout: shape.layout,
             transposed: None,
         };
-        let dims = AttnDims {
-            batch: b,
-            n_head: nh,
-            head_size: c / nh,
-        };
+        let dims = attn_dims(&cfg, b);
+        let rope = self.rope.as_ref();
         let key = |l: usize, site: u64| drop.map(|seed| dropout_key(seed, l, site));
+        let wpe = rope.is_none().then(|| &p[tb.wpe..]);
 
-        encoder_forward(&mut a.encoded, tokens, &p[tb.wte..], &p[tb.wpe..], t, 0, c);
+        encoder_forward(&mut a.encoded, tokens, &p[tb.wte..], wpe, t, 0, c);
         dropout_maybe(&mut a.encoded, key(0, SITE_EMBED), cfg.dropout);
         for (l, o) in tb.layers.iter().enumerate() {
-            let (r_c, r_3c, r_4c) = (
+            let (r_c, r_qkv, r_in, r_act) = (
                 l * bt * c..(l + 1) * bt * c,
-                l * bt * 3 * c..(l + 1) * bt * 3 * c,
-                l * bt * 4 * c..(l + 1) * bt * 4 * c,
+                l * bt * shape.qkv..(l + 1) * bt * shape.qkv,
+                l * bt * shape.mlp_in..(l + 1) * bt * shape.mlp_in,
+                l * bt * shape.mlp..(l + 1) * bt * shape.mlp,
             );
             let r_row = l * bt..(l + 1) * bt;
             let (before, this_and_after) = a.residual3.split_at_mut(l * bt * c);
@@ -213,25 +225,31 @@ impl CpuEngine {
                     ln1: &mut a.ln1[r_c.clone()],
                     ln1_mean: &mut a.ln1_mean[r_row.clone()],
                     ln1_rstd: &mut a.ln1_rstd[r_row.clone()],
-                    qkv: &mut a.qkv[r_3c],
+                    qkv: &mut a.qkv[r_qkv],
                     atty: &mut a.atty[r_c.clone()],
                     residual2: &mut a.residual2[r_c.clone()],
                     ln2: &mut a.ln2[r_c],
                     ln2_mean: &mut a.ln2_mean[r_row.clone()],
                     ln2_rstd: &mut a.ln2_rstd[r_row],
-                    fch: &mut a.fch[r_4c.clone()],
-                    fch_gelu: &mut a.fch_gelu[r_4c],
+                    fch: &mut a.fch[r_in],
+                    fch_gelu: &mut a.fch_gelu[r_act],
                 },
                 &mut a.proj,
                 w,
                 o,
-                c,
+                shape,
                 branch_dropout,
-                |atty, qkv| attention_forward(atty, att_lse, qkv, dims, t, att_drop),
+                |atty, qkv| {
+                    if let Some(rope) = rope {
+                        rope_rows(qkv, dims, t, rope, rope_forward);
+                    }
+                    attention_forward(atty, att_lse, qkv, dims, t, att_drop)
+                },
             );
         }
         let last = &a.residual3[(cfg.n_layer - 1) * bt * c..];
-        layernorm_forward(
+        norm_forward(
+            shape.norm,
             &mut a.lnf,
             &mut a.lnf_mean,
             &mut a.lnf_rstd,
@@ -243,7 +261,7 @@ impl CpuEngine {
         matmul_forward(
             &mut a.logits,
             &a.lnf,
-            w.w(tb.wte, vp * c),
+            w.w(tb.lm_head, vp * c),
             Layout::OutIn,
             None,
             c,
@@ -286,16 +304,15 @@ impl CpuEngine {
             _ => None,
         };
         let key = |l: usize, site: u64| drop.map(|seed| dropout_key(seed, l, site));
-        let dims = AttnDims {
-            batch: b,
-            n_head: nh,
-            head_size: c / nh,
-        };
+        let dims = attn_dims(&cfg, b);
+        let shape = Shape::new(&cfg);
         let w = Weights {
             p,
             bias: cfg.bias,
+            layout: shape.layout,
             transposed: None,
         };
+        let (qkv, mlp_in, mlp) = (shape.qkv, shape.mlp_in, shape.mlp);
         let bias_at = |off: usize| cfg.bias.then_some(off);
 
         // Loss -> logits (in place) -> ln_f output -> the residual stream.
@@ -306,21 +323,22 @@ impl CpuEngine {
             grad_scale / valid as f32
         };
         crossentropy_backward_inplace(&mut a.logits, &a.row_lse, &a.targets, v, vp, scale);
-        let (dwte, _) = split_grad(grads, tb.wte, vp * c, None);
+        let (dhead, _) = split_grad(grads, tb.lm_head, vp * c, None);
         matmul_backward(
             &mut g.dln,
-            dwte,
+            dhead,
             None,
             &a.logits,
             &a.lnf,
-            w.w(tb.wte, vp * c),
+            w.w(tb.lm_head, vp * c),
             Layout::OutIn,
             c,
             vp,
         );
         g.dresidual.fill(0.0);
         let (dw, db) = split_grad(grads, tb.lnf_w, c, bias_at(tb.lnf_b));
-        layernorm_backward(
+        norm_backward(
+            shape.norm,
             &mut g.dresidual,
             dw,
             db,
@@ -333,10 +351,11 @@ impl CpuEngine {
         );
 
         for (l, o) in tb.layers.iter().enumerate().rev() {
-            let (r_c, r_3c, r_4c) = (
+            let (r_c, r_qkv, r_in, r_act) = (
                 l * bt * c..(l + 1) * bt * c,
-                l * bt * 3 * c..(l + 1) * bt * 3 * c,
-                l * bt * 4 * c..(l + 1) * bt * 4 * c,
+                l * bt * qkv..(l + 1) * bt * qkv,
+                l * bt * mlp_in..(l + 1) * bt * mlp_in,
+                l * bt * mlp..(l + 1) * bt * mlp,
             );
             let r_row = l * bt..(l + 1) * bt;
             let residual: &[f32] = if l == 0 {
@@ -345,40 +364,50 @@ impl CpuEngine {
                 &a.residual3[(l - 1) * bt * c..l * bt * c]
             };
 
-            // MLP branch: residual3 = residual2 + drop(gelu(fch) @ W_proj + b)
+            // MLP branch: residual3 = residual2 + drop(act(fch) @ W_proj + b)
             let dproj = branch_grad(
                 &g.dresidual,
                 &mut g.dproj,
                 key(l, SITE_MLP_RESID),
                 cfg.dropout,
             );
-            let (dw, db) = split_grad(grads, o.fcproj_w, 4 * c * c, bias_at(o.fcproj_b));
+            let (dw, db) = split_grad(grads, o.fcproj_w, mlp * c, bias_at(o.fcproj_b));
+            let dact = if shape.swiglu {
+                &mut g.dact
+            } else {
+                &mut g.dfch
+            };
             matmul_backward(
-                &mut g.dfch,
+                dact,
                 dw,
                 db,
                 dproj,
-                &a.fch_gelu[r_4c.clone()],
-                w.w(o.fcproj_w, 4 * c * c),
-                Layout::InOut,
-                4 * c,
+                &a.fch_gelu[r_act],
+                w.w(o.fcproj_w, mlp * c),
+                shape.layout,
+                mlp,
                 c,
             );
-            gelu_backward_inplace(&mut g.dfch, &a.fch[r_4c]);
-            let (dw, db) = split_grad(grads, o.fc_w, 4 * c * c, bias_at(o.fc_b));
+            if shape.swiglu {
+                swiglu_backward(&mut g.dfch, &g.dact, &a.fch[r_in], mlp);
+            } else {
+                gelu_backward_inplace(&mut g.dfch, &a.fch[r_in]);
+            }
+            let (dw, db) = split_grad(grads, o.fc_w, mlp_in * c, bias_at(o.fc_b));
             matmul_backward(
                 &mut g.dln,
                 dw,
                 db,
                 &g.dfch,
                 &a.ln2[r_c.clone()],
-                w.w(o.fc_w, 4 * c * c),
-                Layout::InOut,
+                w.w(o.fc_w, mlp_in * c),
+                shape.layout,
                 c,
-                4 * c,
+                mlp_in,
             );
             let (dw, db) = split_grad(grads, o.ln2_w, c, bias_at(o.ln2_b));
-            layernorm_backward(
+            norm_backward(
+                shape.norm,
                 &mut g.dresidual,
                 dw,
                 db,
@@ -405,7 +434,7 @@ impl CpuEngine {
                 dproj,
                 &a.atty[r_c.clone()],
                 w.w(o.attproj_w, c * c),
-                Layout::InOut,
+                shape.layout,
                 c,
                 c,
             );
@@ -417,27 +446,31 @@ impl CpuEngine {
             attention_backward(
                 &mut g.dqkv,
                 &g.datty,
-                &a.qkv[r_3c.clone()],
+                &a.qkv[r_qkv],
                 &a.atty[r_c.clone()],
                 &a.att_lse[l * b * nh * t..(l + 1) * b * nh * t],
                 dims,
                 t,
                 att_drop,
             );
-            let (dw, db) = split_grad(grads, o.qkv_w, 3 * c * c, bias_at(o.qkv_b));
+            if let Some(rope) = self.rope.as_ref() {
+                rope_rows(&mut g.dqkv, dims, t, rope, rope_backward);
+            }
+            let (dw, db) = split_grad(grads, o.qkv_w, qkv * c, bias_at(o.qkv_b));
             matmul_backward(
                 &mut g.dln,
                 dw,
                 db,
                 &g.dqkv,
                 &a.ln1[r_c],
-                w.w(o.qkv_w, 3 * c * c),
-                Layout::InOut,
+                w.w(o.qkv_w, qkv * c),
+                shape.layout,
                 c,
-                3 * c,
+                qkv,
             );
             let (dw, db) = split_grad(grads, o.ln1_w, c, bias_at(o.ln1_b));
-            layernorm_backward(
+            norm_backward(
+                shape.norm,
                 &mut g.dresidual,
                 dw,
                 db,
@@ -450,10 +483,67 @@ impl CpuEngine {
             );
         }
         dropout_maybe(&mut g.dresidual, key(0, SITE_EMBED), cfg.dropout);
-        let (dwte, dwpe) = grads.split_at_mut(tb.wpe);
-        encoder_backward(&mut dwte[tb.wte..], dwpe, &g.dresidual, &a.tokens, t, c);
+        if self.rope.is_some() {
+            encoder_backward(&mut grads[tb.wte..], None, &g.dresidual, &a.tokens, t, c);
+        } else {
+            let (dwte, dwpe) = grads.split_at_mut(tb.wpe);
+            encoder_backward(
+                &mut dwte[tb.wte..],
+                Some(dwpe),
+                &g.dresidual,
+                &a.tokens,
+                t,
+                c,
+            );
+        }
         a.has_targets = false;
         Ok(())
+    }
+}
+
+/// Attention's shape for a batch of `b` sequences.
+pub(super) fn attn_dims(cfg: &GptConfig, b: usize) -> AttnDims {
+    AttnDims {
+        batch: b,
+        n_head: cfg.n_head,
+        n_kv_head: cfg.n_kv_head(),
+        head_size: cfg.head_size(),
+    }
+}
+
+/// Turns (`rope_forward`) or turns back (`rope_backward`) the queries and keys of `dims.batch`
+/// sequences of `t` packed qkv rows, at positions 0..t.
+fn rope_rows(
+    qkv: &mut [f32],
+    dims: AttnDims,
+    t: usize,
+    table: &RopeTable,
+    turn: fn(&mut [f32], usize, usize, usize, usize, &RopeTable),
+) {
+    let width = (dims.n_head + 2 * dims.n_kv_head) * dims.head_size;
+    for seq in qkv.chunks_mut(t * width) {
+        turn(seq, width, t, dims.n_head + dims.n_kv_head, 0, table);
+    }
+}
+
+/// The backward pass of `block::norm_forward`: dx += the input gradient, dw (and db) += the
+/// parameter gradients.
+#[allow(clippy::too_many_arguments)]
+fn norm_backward(
+    norm: Norm,
+    dx: &mut [f32],
+    dw: &mut [f32],
+    db: Option<&mut [f32]>,
+    dout: &[f32],
+    x: &[f32],
+    w: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+    c: usize,
+) {
+    match norm {
+        Norm::Layer => layernorm_backward(dx, dw, db, dout, x, w, mean, rstd, c),
+        Norm::Rms { .. } => rmsnorm_backward(dx, dw, dout, x, w, rstd, c),
     }
 }
 

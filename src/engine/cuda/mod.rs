@@ -73,6 +73,11 @@ pub struct CudaEngine {
 impl CudaEngine {
     /// Uploads `model` to GPU 0 and compiles (or loads the cached) kernels.
     pub fn new(model: Gpt) -> Result<CudaEngine> {
+        if model.config.llama().is_some() {
+            anyhow::bail!(
+                "the CUDA backend runs GPT-2 models only so far; run this Llama with --device=cpu"
+            );
+        }
         ops::attention_bound(model.config.head_size())?;
         let ctx = device::open_context()?;
         let name = ctx.name().unwrap_or_else(|_| "unknown NVIDIA GPU".into());

@@ -1,4 +1,5 @@
-//! Token + position embedding: out[b,t,:] = wte[x[b,t],:] + wpe[pos0 + t,:].
+//! Token + position embedding: out[b,t,:] = wte[x[b,t],:] + wpe[pos0 + t,:]. A model without
+//! learned positions (Llama: rotary, applied inside attention) passes no `wpe`.
 
 use super::math::{min_rows_per_task, SharedMut};
 use rayon::prelude::*;
@@ -9,7 +10,7 @@ pub fn encoder_forward(
     out: &mut [f32],
     tokens: &[u32],
     wte: &[f32],
-    wpe: &[f32],
+    wpe: Option<&[f32]>,
     t: usize,
     pos0: usize,
     c: usize,
@@ -21,9 +22,14 @@ pub fn encoder_forward(
         .for_each(|(row, (o, &tok))| {
             let pos = pos0 + row % t;
             let e = &wte[tok as usize * c..(tok as usize + 1) * c];
-            let p = &wpe[pos * c..(pos + 1) * c];
-            for i in 0..c {
-                o[i] = e[i] + p[i];
+            match wpe {
+                Some(wpe) => {
+                    let p = &wpe[pos * c..(pos + 1) * c];
+                    for i in 0..c {
+                        o[i] = e[i] + p[i];
+                    }
+                }
+                None => o.copy_from_slice(e),
             }
         });
 }
@@ -33,14 +39,15 @@ pub fn encoder_forward(
 /// the sums deterministic.
 pub fn encoder_backward(
     dwte: &mut [f32],
-    dwpe: &mut [f32],
+    dwpe: Option<&mut [f32]>,
     dout: &[f32],
     tokens: &[u32],
     t: usize,
     c: usize,
 ) {
     const BLOCK: usize = 32;
-    let (wte_ptr, wpe_ptr) = (SharedMut(dwte.as_mut_ptr()), SharedMut(dwpe.as_mut_ptr()));
+    let wte_ptr = SharedMut(dwte.as_mut_ptr());
+    let wpe_ptr = dwpe.map(|d| SharedMut(d.as_mut_ptr()));
     (0..c.div_ceil(BLOCK)).into_par_iter().for_each(|blk| {
         let (c0, c1) = (blk * BLOCK, ((blk + 1) * BLOCK).min(c));
         for (row, &tok) in tokens.iter().enumerate() {
@@ -49,10 +56,14 @@ pub fn encoder_backward(
             // SAFETY: this task alone writes columns [c0, c1) of every row.
             unsafe {
                 let e = wte_ptr.get().add(tok as usize * c + c0);
-                let p = wpe_ptr.get().add(pos * c + c0);
                 for (i, &g) in d.iter().enumerate() {
                     *e.add(i) += g;
-                    *p.add(i) += g;
+                }
+                if let Some(wpe_ptr) = wpe_ptr {
+                    let p = wpe_ptr.get().add(pos * c + c0);
+                    for (i, &g) in d.iter().enumerate() {
+                        *p.add(i) += g;
+                    }
                 }
             }
         }
