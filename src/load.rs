@@ -14,6 +14,10 @@
 //! - a directory: any Hugging Face GPT-2 directory (`config.json` + `model.safetensors`, GPT-2
 //!   BPE), a checkpoint directory of this crate (it has `train_state.json`: tokenizer as for
 //!   `resume`), or a run's out_dir (same as `resume` with that out_dir).
+//! - a Llama: a llama2.c model file (`.bin`, v0/v1/v2, told apart by its header) or a Hugging
+//!   Face Llama directory (`"model_type": "llama"`), with the sentencepiece tokenizer of
+//!   `--tokenizer` (llama2.c's `tokenizer.bin`, a `tokenizer.model`, or a directory holding
+//!   one), else the `tokenizer.model` or `tokenizer.bin` beside the model.
 //!
 //! The checkpoint format itself is [`crate::checkpoint`].
 
@@ -22,13 +26,17 @@ use crate::config::TrainConfig;
 use crate::data::dataset;
 use crate::engine::OptimizerState;
 use crate::hf::Hub;
+use crate::llama::config::is_llama_config;
+use crate::llama::tokenizer::LlamaTokenizer;
+use crate::llama::{load_hf_dir as load_llama_dir, read_llama2c, Llama};
 use crate::model::pretrained::{download_gpt2, find_model_dir, GPT2_NAMES};
 use crate::model::weights::load_hf_dir;
 use crate::model::Gpt;
 use crate::tokenizer::{Tokenizer, GPT2_VOCAB_SIZE};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// nanoGPT's vocabulary for GPT-2 BPE data trained from scratch: 50257 padded to 50304.
 const GPT2_PADDED_VOCAB: usize = 50304;
@@ -39,14 +47,17 @@ crate::knobs! {
     pub struct ModelSource {
         {
             /// resume (the checkpoint in --out_dir), gpt2, gpt2-medium, gpt2-large, gpt2-xl
-            /// (./NAME/, the Hugging Face cache, or downloaded into it), or a directory with
-            /// config.json + model.safetensors
+            /// (./NAME/, the Hugging Face cache, or downloaded into it), a directory with
+            /// config.json + model.safetensors (GPT-2 or Llama), or a llama2.c model .bin
             init_from: String = "resume".into(),
             /// The training run's directory, for --init_from=resume [default: out]
             out_dir: Option<PathBuf> = None,
             /// Where the run's dataset directory is now (DATA_DIR/<dataset>/ with meta.json), if
             /// it moved [default: the data_dir the run trained with]
             data_dir: Option<PathBuf> = None,
+            /// A Llama's tokenizer: llama2.c's tokenizer.bin, sentencepiece's tokenizer.model,
+            /// or a directory with one [default: the one beside the model]
+            tokenizer: Option<PathBuf> = None,
         }
     }
 }
@@ -216,10 +227,18 @@ pub fn for_sampling(src: &ModelSource, err: &mut dyn Write) -> Result<LoadedMode
         });
     }
     let dir = Path::new(init);
+    if dir.is_file() {
+        let (llama, _) = read_llama2c(dir)?;
+        let beside = dir.parent().unwrap_or(Path::new("."));
+        return llama_with_tokenizer(llama, src, beside, dir);
+    }
     if !dir.is_dir() {
         return Err(unknown_source(init, &["resume"]));
     }
     let has = |f: &str| dir.join(f).is_file();
+    if has("config.json") && has("model.safetensors") && is_llama_config(&dir.join("config.json")) {
+        return llama_with_tokenizer(load_llama_dir(dir)?, src, dir, dir);
+    }
     if has("config.json") && has("model.safetensors") {
         let name = dir.display().to_string();
         if has(STATE_FILE) {
@@ -246,6 +265,59 @@ pub fn for_sampling(src: &ModelSource, err: &mut dyn Write) -> Result<LoadedMode
     bail!(
         "--init_from={init}: the directory has no config.json + model.safetensors (nor best/ or latest/ checkpoints): pass a GPT-2 model directory"
     );
+}
+
+/// A Llama model and its tokenizer: `--tokenizer`, else a `tokenizer.model` or
+/// `tokenizer.bin` in `beside`.
+fn llama_with_tokenizer(
+    llama: Llama,
+    src: &ModelSource,
+    beside: &Path,
+    model_path: &Path,
+) -> Result<LoadedModel> {
+    let v = llama.config.vocab_size;
+    let tokenizer = llama_tokenizer(src.tokenizer.as_deref(), beside, v)?;
+    Ok(LoadedModel {
+        model: Gpt::from_llama(llama),
+        tokenizer,
+        name: model_path.display().to_string(),
+    })
+}
+
+/// The sentencepiece tokenizer at `path` (a `.model`, llama2.c's `.bin`, or a directory with
+/// either), or when `path` is `None`, the one in `beside`; `vocab_size` is the model's.
+pub fn llama_tokenizer(path: Option<&Path>, beside: &Path, vocab_size: usize) -> Result<Tokenizer> {
+    let find_in = |dir: &Path| {
+        ["tokenizer.model", "tokenizer.bin"]
+            .iter()
+            .map(|f| dir.join(f))
+            .find(|p| p.is_file())
+    };
+    let file = match path {
+        Some(p) if p.is_dir() => find_in(p).with_context(|| {
+            format!("--tokenizer={}: the directory has no tokenizer.model or tokenizer.bin", p.display())
+        })?,
+        Some(p) => p.to_path_buf(),
+        None => find_in(beside).with_context(|| {
+            format!(
+                "a Llama model needs its tokenizer, and {} has no tokenizer.model or tokenizer.bin: pass --tokenizer=FILE (llama2.c's tokenizer.bin or sentencepiece's tokenizer.model)",
+                beside.display()
+            )
+        })?,
+    };
+    let tok = if file.extension().is_some_and(|e| e == "model") {
+        LlamaTokenizer::read_model(&file)?
+    } else {
+        LlamaTokenizer::read_bin(&file, vocab_size)?
+    };
+    if tok.vocab_size() != vocab_size {
+        bail!(
+            "{}: the tokenizer has {} tokens but the model {vocab_size}: pass the tokenizer the model was trained with (--tokenizer=FILE)",
+            file.display(),
+            tok.vocab_size()
+        );
+    }
+    Ok(Tokenizer::Llama(Arc::new(tok)))
 }
 
 /// The trained model of a run: `out_dir/best` (lowest val loss), else `out_dir/latest`.
@@ -346,6 +418,7 @@ fn checkpoint_tokenizer(
     let fits = match tokenizer {
         Tokenizer::Char(_) => n == v || (n < v && state.train.vocab_size == v),
         Tokenizer::Gpt2(_) => n <= v,
+        Tokenizer::Llama(_) => n == v,
     };
     if !fits {
         bail!(

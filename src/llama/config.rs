@@ -123,6 +123,14 @@ pub fn read_hf_config(path: &Path) -> Result<LlamaConfig> {
     parse_hf_config(&json).with_context(|| format!("{}", path.display()))
 }
 
+/// Whether the `config.json` at `path` says `"model_type": "llama"` (false when unreadable).
+pub fn is_llama_config(path: &Path) -> bool {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+        .is_some_and(|json| json.get("model_type").and_then(Value::as_str) == Some("llama"))
+}
+
 fn parse_hf_config(json: &Value) -> Result<LlamaConfig> {
     match json.get("model_type").and_then(Value::as_str) {
         Some("llama") => {}

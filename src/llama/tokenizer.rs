@@ -293,6 +293,18 @@ impl LlamaTokenizer {
         Ok(out)
     }
 
+    /// The bytes token `id` stands for in running text: a byte piece its byte, a control
+    /// token nothing, `<unk>` its surface text, any other its piece (spaces kept).
+    pub fn token_bytes(&self, id: u32) -> Result<Vec<u8>> {
+        let i = self.check_id(id)?;
+        Ok(match self.kinds[i] {
+            PieceKind::Byte(b) => vec![b],
+            PieceKind::Control => Vec::new(),
+            PieceKind::Unknown => self.unk_surface.as_bytes().to_vec(),
+            PieceKind::Normal => self.pieces[i].clone(),
+        })
+    }
+
     /// What run.c prints for token `id` after token `prev`: the piece, one leading space
     /// dropped after BOS, a byte piece as its byte, and nothing for a single byte that is
     /// neither printable nor whitespace (`safe_printf`).

@@ -83,6 +83,7 @@ pub mod repetition;
 pub mod report;
 pub mod row;
 pub mod run;
+pub mod run_c;
 pub mod sequence;
 pub mod settings;
 pub mod stop;

@@ -316,7 +316,36 @@ crate::knobs! {
             dtype: Option<String> = None,
             /// Accepted for nanoGPT's sample.py command lines; ignored
             compile: Option<String> = None,
+            /// nanogpt (every decoding setting), or run_c: llama2.c's run.c loop and sampler
+            /// (temperature, top_p and seed only; a Llama model; prints what run.c prints)
+            sampler: SamplerKind = SamplerKind::Nanogpt,
         }
+    }
+}
+
+/// Which generate loop `nanogpt sample` runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SamplerKind {
+    Nanogpt,
+    /// llama2.c's `run.c` (see [`super::run_c`]).
+    RunC,
+}
+
+impl Knob for SamplerKind {
+    fn set_text(&mut self, text: &str) -> Result<(), String> {
+        *self = match text.trim() {
+            "nanogpt" => SamplerKind::Nanogpt,
+            "run_c" => SamplerKind::RunC,
+            _ => return Err("expected nanogpt or run_c".into()),
+        };
+        Ok(())
+    }
+    fn show(&self) -> String {
+        match self {
+            SamplerKind::Nanogpt => "nanogpt",
+            SamplerKind::RunC => "run_c",
+        }
+        .into()
     }
 }
 

@@ -24,14 +24,16 @@
 //! vocabulary (as transformers does) and is an error with a character vocabulary.
 
 use super::generate::{generate, generate_each};
-use super::options::{unescape, RepetitionArgs, SampleArgs};
+use super::options::{unescape, RepetitionArgs, SampleArgs, SamplerKind};
 use super::repetition::{measure_generations, LoopRule};
 use super::report::{self, RepetitionReport, RepetitionRow};
+use super::run_c::{run_c_generate, sets_unused};
 use super::sequence::start_tokens;
 use super::settings::{parse_setting, Setting, SETTING_NAMES};
 use super::stream::{record, Streamer};
 use crate::engine;
 use crate::load;
+use crate::tokenizer::Tokenizer;
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::Write;
 use std::path::Path;
@@ -59,6 +61,26 @@ pub fn run_sample(args: &SampleArgs, out: &mut dyn Write, err: &mut dyn Write) -
     let loaded = load::for_sampling(&args.model, err)?;
     let engine = engine::open(loaded.model, args.device)?;
     let (model, tok) = (engine.as_ref(), &loaded.tokenizer);
+    if args.sampler == SamplerKind::RunC {
+        let Tokenizer::Llama(llama_tok) = tok else {
+            bail!("--sampler=run_c is llama2.c's loop: it runs Llama models (a llama2.c .bin or a Llama directory), not this one");
+        };
+        if sets_unused(&args.decoding) {
+            writeln!(
+                err,
+                "note: --sampler=run_c reads --temperature, --top_p, --seed, --max_new_tokens and --num_samples only; the other decoding settings are not used"
+            )?;
+        }
+        run_c_generate(
+            model,
+            llama_tok,
+            &prompt_text,
+            &args.decoding,
+            args.json,
+            out,
+        )?;
+        return Ok(());
+    }
     let cfg = args.decoding.config(tok, model.config().vocab_size)?;
     let prompt = tok
         .encode(&prompt_text)

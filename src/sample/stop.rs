@@ -21,6 +21,7 @@ impl Vocab for Tokenizer {
         match self {
             Tokenizer::Gpt2(t) => t.decode_bytes(&[id]),
             Tokenizer::Char(v) => Ok(v.decode(&[id])?.into_bytes()),
+            Tokenizer::Llama(t) => t.token_bytes(id),
         }
     }
 }
