@@ -5,5 +5,5 @@ pub mod knobs;
 pub mod model;
 pub mod train;
 
-pub use model::{Arch, GptConfig, LlamaArch};
+pub use model::{Arch, GptConfig, LlamaArch, ModelFamily};
 pub use train::TrainConfig;

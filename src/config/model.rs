@@ -22,6 +22,33 @@ pub struct GptConfig {
     pub arch: Arch,
 }
 
+/// `--model`: which family a model trained from scratch belongs to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelFamily {
+    #[default]
+    Gpt2,
+    Llama,
+}
+
+impl crate::config::knobs::Knob for ModelFamily {
+    fn set_text(&mut self, text: &str) -> std::result::Result<(), String> {
+        *self = match text.trim() {
+            "gpt2" => ModelFamily::Gpt2,
+            "llama" => ModelFamily::Llama,
+            _ => return Err("expected gpt2 or llama".into()),
+        };
+        Ok(())
+    }
+    fn show(&self) -> String {
+        match self {
+            ModelFamily::Gpt2 => "gpt2",
+            ModelFamily::Llama => "llama",
+        }
+        .into()
+    }
+}
+
 /// Which transformer block the model is made of.
 ///
 /// GPT-2: LayerNorm, learned positions, GELU MLP 4x wide, one head per key/value head, linear
@@ -250,6 +277,23 @@ macro_rules! with_model_shape {
                     dropout: f32 = 0.0,
                     /// Biases in the linear layers and LayerNorms
                     bias: bool = false,
+                    /// gpt2, or llama (llama2.c's model: RMSNorm, rotary positions, SwiGLU,
+                    /// grouped-query attention, no biases, classifier tied to the embedding)
+                    model: $crate::config::ModelFamily = $crate::config::ModelFamily::Gpt2,
+                    /// llama2.c's name for n_embd (overrides it)
+                    dim: Option<usize> = None,
+                    /// llama2.c's name for n_layer (overrides it)
+                    n_layers: Option<usize> = None,
+                    /// llama2.c's name for n_head (overrides it)
+                    n_heads: Option<usize> = None,
+                    /// Llama: key/value heads, each shared by n_head / n_kv_heads query heads
+                    /// [default: n_head]
+                    n_kv_heads: Option<usize> = None,
+                    /// Llama: the SwiGLU width is 2/3 of 4 x dim, rounded up to a multiple of
+                    /// this (llama2.c's rule)
+                    multiple_of: usize = 32,
+                    /// llama2.c's name for block_size (overrides it)
+                    max_seq_len: Option<usize> = None,
                 }
                 { $($after)* }
             }
@@ -258,17 +302,45 @@ macro_rules! with_model_shape {
         impl $name {
             /// The model these knobs describe, with a vocabulary of `vocab_size` (padded to a
             /// multiple of 64 when `pad_vocab`).
+            /// A Llama (`model = "llama"`) is never padded and has llama2.c's norm epsilon and
+            /// RoPE base.
             pub fn model_config(&self, vocab_size: usize, pad_vocab: bool) -> $crate::config::GptConfig {
-                $crate::config::GptConfig {
-                    n_layer: self.n_layer,
-                    n_head: self.n_head,
-                    n_embd: self.n_embd,
-                    block_size: self.block_size,
-                    vocab_size,
-                    pad_vocab,
-                    bias: self.bias,
-                    dropout: self.dropout,
-                    arch: $crate::config::Arch::Gpt2,
+                let n_layer = self.n_layers.unwrap_or(self.n_layer);
+                let n_head = self.n_heads.unwrap_or(self.n_head);
+                let n_embd = self.dim.unwrap_or(self.n_embd);
+                let block_size = self.max_seq_len.unwrap_or(self.block_size);
+                match self.model {
+                    $crate::config::ModelFamily::Gpt2 => $crate::config::GptConfig {
+                        n_layer,
+                        n_head,
+                        n_embd,
+                        block_size,
+                        vocab_size,
+                        pad_vocab,
+                        bias: self.bias,
+                        dropout: self.dropout,
+                        arch: $crate::config::Arch::Gpt2,
+                    },
+                    $crate::config::ModelFamily::Llama => {
+                        let multiple = self.multiple_of.max(1);
+                        let llama = $crate::llama::LlamaConfig {
+                            dim: n_embd,
+                            hidden_dim: (2 * 4 * n_embd / 3).div_ceil(multiple) * multiple,
+                            n_layers: n_layer,
+                            n_heads: n_head,
+                            n_kv_heads: self.n_kv_heads.unwrap_or(n_head),
+                            vocab_size,
+                            seq_len: block_size,
+                            norm_eps: $crate::llama::config::LLAMA2C_NORM_EPS,
+                            rope_theta: $crate::llama::config::LLAMA2C_ROPE_THETA,
+                            shared_classifier: true,
+                        };
+                        $crate::config::GptConfig {
+                            bias: self.bias,
+                            dropout: self.dropout,
+                            ..$crate::config::GptConfig::from_llama(&llama)
+                        }
+                    }
                 }
             }
         }

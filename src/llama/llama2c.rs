@@ -419,10 +419,20 @@ fn fill_q8(m: &mut Llama, order: &[Part], group: usize, mut body: &[u8]) {
     }
 }
 
-/// Writes `m` as a llama2.c version 1 file (as export.py's `version1_export`), to a temp file
-/// then renamed. The format has no room for the norm epsilon or RoPE base, so a model with
-/// other values than run.c's built-in ones is refused.
+/// Writes `m` as a llama2.c version 1 file (`ak42` header; `export.py`'s `version1_export`).
 pub fn write_llama2c_v1(m: &Llama, path: &Path) -> Result<()> {
+    write_llama2c(m, path, Llama2cFormat::V1)
+}
+
+/// Writes `m` as llama2.c's legacy version 0 file, the one its `run.c` reads (`export.py`'s
+/// `legacy_export`: a 7-int header whose vocab_size is negative for a classifier of its own,
+/// then the stacked tensors and RoPE's cos/sin tables, which run.c skips).
+pub fn write_llama2c_v0(m: &Llama, path: &Path) -> Result<()> {
+    write_llama2c(m, path, Llama2cFormat::V0)
+}
+
+/// Writes version 0 or 1 (f32 both); version 2 (Q8_0) is not written.
+fn write_llama2c(m: &Llama, path: &Path, format: Llama2cFormat) -> Result<()> {
     let c = &m.config;
     let p = path.display();
     if c.norm_eps != LLAMA2C_NORM_EPS || c.rope_theta != LLAMA2C_ROPE_THETA {
@@ -433,33 +443,62 @@ pub fn write_llama2c_v1(m: &Llama, path: &Path) -> Result<()> {
             c.rope_theta
         );
     }
+    let vocab = i64::try_from(c.vocab_size).unwrap_or(i64::MAX);
     let fields = [
-        c.dim,
-        c.hidden_dim,
-        c.n_layers,
-        c.n_heads,
-        c.n_kv_heads,
-        c.vocab_size,
-        c.seq_len,
+        c.dim as i64,
+        c.hidden_dim as i64,
+        c.n_layers as i64,
+        c.n_heads as i64,
+        c.n_kv_heads as i64,
+        match (format, c.shared_classifier) {
+            (Llama2cFormat::V0, false) => -vocab,
+            _ => vocab,
+        },
+        c.seq_len as i64,
     ];
     let mut header = Vec::with_capacity(HEADER_BYTES);
-    header.extend(MAGIC.to_le_bytes());
-    header.extend(1i32.to_le_bytes());
+    let order = match format {
+        Llama2cFormat::V0 => with_classifier(&V0_ORDER, c.shared_classifier),
+        Llama2cFormat::V1 => {
+            header.extend(MAGIC.to_le_bytes());
+            header.extend(1i32.to_le_bytes());
+            with_classifier(&V1_ORDER, c.shared_classifier)
+        }
+        Llama2cFormat::V2 { .. } => bail!("{p}: writing llama2.c's Q8_0 version 2 is not supported; write version 1"),
+    };
     for f in fields {
         let f = i32::try_from(f)
             .with_context(|| format!("{p}: size {f} does not fit llama2.c's i32 header"))?;
         header.extend(f.to_le_bytes());
     }
-    header.push(c.shared_classifier as u8);
-    header.resize(HEADER_BYTES, 0);
-    let order = with_classifier(&V1_ORDER, c.shared_classifier);
+    if format == Llama2cFormat::V1 {
+        header.push(c.shared_classifier as u8);
+        header.resize(HEADER_BYTES, 0);
+    }
     write_atomic_with(path, |w| {
         w.write_all(&header)?;
         for &part in &order {
             for layer in 0..part.shape(c).0 {
-                w.write_all(f32_le_bytes(&extract(m, part, layer)))?;
+                let values = match part {
+                    FreqCisReal | FreqCisImag => rope_table(c, part == FreqCisImag),
+                    _ => extract(m, part, layer),
+                };
+                w.write_all(f32_le_bytes(&values))?;
             }
         }
         Ok(())
     })
+}
+
+/// Version 0's RoPE tables, (seq_len, head_dim / 2): cos (or sin) of pos * theta^(-2j/hd).
+fn rope_table(c: &LlamaConfig, sin: bool) -> Vec<f32> {
+    let (hd, theta) = (c.head_dim(), c.rope_theta as f64);
+    (0..c.seq_len)
+        .flat_map(|pos| {
+            (0..hd / 2).map(move |j| {
+                let angle = pos as f64 * theta.powf(-((2 * j) as f64) / hd as f64);
+                (if sin { angle.sin() } else { angle.cos() }) as f32
+            })
+        })
+        .collect()
 }

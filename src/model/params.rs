@@ -162,19 +162,22 @@ impl ParamTable {
 
     /// nanoGPT's init: N(0, 0.02) for weights and embeddings, N(0, 0.02/sqrt(2*n_layer)) for the
     /// residual projections, zero biases, unit LayerNorm weights. Padding rows of wte stay zero.
+    /// A Llama gets llama2.c's, the same but for which projections are scaled: its `wo` and
+    /// `w3` (Hugging Face's o_proj and up_proj).
     pub fn init(&self, cfg: &GptConfig, seed: u64) -> Vec<f32> {
         let mut data = vec![0.0f32; self.total];
         let mut rng = Rng::new(seed);
         let resid_std = 0.02 / (2.0 * cfg.n_layer as f64).sqrt();
         for e in &self.entries {
-            let is_ln = e.name.contains("ln_");
+            let is_ln = e.name.contains("ln_") || e.name.ends_with("norm.weight");
             let slice = &mut data[e.range()];
             if e.name.ends_with(".bias") {
                 continue;
             } else if is_ln {
                 slice.fill(1.0);
             } else {
-                let std = if e.name.ends_with("c_proj.weight") {
+                let scaled = ["c_proj.weight", "o_proj.weight", "up_proj.weight"];
+                let std = if scaled.iter().any(|s| e.name.ends_with(s)) {
                     resid_std
                 } else {
                     0.02

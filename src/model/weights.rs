@@ -5,6 +5,7 @@ use super::gpt::Gpt;
 use super::params::ParamTable;
 use crate::atomic_file::{tmp_path, write_atomic};
 use crate::config::GptConfig;
+use crate::llama::config::is_llama_config;
 use anyhow::{bail, Context, Result};
 use safetensors::{Dtype, SafeTensors};
 use std::collections::HashMap;
@@ -87,6 +88,9 @@ fn refuse_unsupported_fields(json: &serde_json::Value, path: &Path) -> Result<()
 
 /// Loads a model from a Hugging Face GPT-2 directory.
 pub fn load_hf_dir(dir: &Path) -> Result<Gpt> {
+    if is_llama_config(&dir.join("config.json")) {
+        return Ok(Gpt::from_llama(crate::llama::load_hf_dir(dir)?));
+    }
     let cfg = read_hf_config(dir)?;
     load_model_file(&dir.join("model.safetensors"), cfg)
 }
@@ -97,6 +101,19 @@ pub fn load_hf_dir(dir: &Path) -> Result<Gpt> {
 /// layers than `cfg` says, say) and loading part of it would silently give wrong outputs.
 pub fn load_model_file(path: &Path, cfg: GptConfig) -> Result<Gpt> {
     cfg.validate()?;
+    if cfg.llama().is_some() {
+        // A Llama's file is Hugging Face's LlamaForCausalLM directory, config.json beside it.
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mut model = Gpt::from_llama(crate::llama::load_hf_dir(dir)?);
+        if model.config.llama_config() != cfg.llama_config() {
+            bail!(
+                "{}: config.json describes another model than the training state does; the checkpoint was changed by hand",
+                dir.display()
+            );
+        }
+        model.config.dropout = cfg.dropout;
+        return Ok(model);
+    }
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let st = SafeTensors::deserialize(&bytes).with_context(|| {
         format!(
@@ -213,6 +230,9 @@ fn refuse_unused_tensors(st: &SafeTensors, cfg: &GptConfig, path: &Path) -> Resu
 /// Writes `config.json` + `model.safetensors` as transformers' `save_pretrained` does
 /// (`transformer.` prefix, lm_head tied and not stored), each to a temp file then renamed.
 pub fn save_hf_dir(model: &Gpt, dir: &Path) -> Result<()> {
+    if let Some(llama) = model.to_llama() {
+        return crate::llama::save_hf_dir(&llama, dir);
+    }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let cfg = &model.config;
     // transformers' GPT-2 always has biases: a bias-free model is the same model with zero biases.
