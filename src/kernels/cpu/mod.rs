@@ -11,3 +11,6 @@ pub mod layernorm;
 pub mod math;
 pub mod matmul;
 pub mod residual;
+pub mod rmsnorm;
+pub mod rope;
+pub mod swiglu;
