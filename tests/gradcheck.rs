@@ -452,6 +452,7 @@ fn attention_case(
         batch,
         n_head,
         head_size,
+        n_kv_head: n_head,
     };
     let c = n_head * head_size;
     let dropout = p.map(|p| AttnDropout {

@@ -250,6 +250,7 @@ impl CpuEngine {
             batch: rows,
             n_head: nh,
             head_size: hs,
+            n_kv_head: nh,
         };
         let (max_t, layer_stride) = (kv.max_t, rows * kv.max_t * c);
         let s = &mut kv.scratch;

@@ -177,6 +177,7 @@ impl CpuEngine {
             batch: b,
             n_head: nh,
             head_size: c / nh,
+            n_kv_head: nh,
         };
         let key = |l: usize, site: u64| drop.map(|seed| dropout_key(seed, l, site));
 
@@ -290,6 +291,7 @@ impl CpuEngine {
             batch: b,
             n_head: nh,
             head_size: c / nh,
+            n_kv_head: nh,
         };
         let w = Weights {
             p,

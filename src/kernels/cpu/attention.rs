@@ -8,6 +8,13 @@
 //!   dQ = dS K / sqrt(hs),  dK = dS^T Q / sqrt(hs).
 //! Work is split over (batch, head) pairs and, inside one, over blocks of query rows: a block of
 //! rows [i0, i1) only ever needs keys [0, i1), so the masked upper triangle is mostly skipped.
+//!
+//! Grouped-query attention (Llama): `n_kv_head` key/value heads serve `n_head` query heads, query
+//! head h reading kv head h / (n_head / n_kv_head). A packed qkv row is (n_head + 2*n_kv_head)*hs
+//! wide: q in columns [0, n_head*hs), k in [n_head*hs, (n_head + n_kv_head)*hs), v after that;
+//! the output is (rows, n_head*hs). dK and dV of a kv head sum over its group's query heads: the
+//! backward pass runs one task per (batch, kv head) and loops over the group in head order, so
+//! the sums are deterministic. With n_kv_head == n_head (GPT-2) this is plain multi-head attention.
 
 use super::math::{dot, fast_exp, SharedMut};
 use super::matmul::{gemm_into, View};
@@ -38,11 +45,35 @@ pub struct AttnDims {
     pub batch: usize,
     pub n_head: usize,
     pub head_size: usize,
+    /// Key/value heads; divides n_head (n_head for plain multi-head attention).
+    pub n_kv_head: usize,
 }
 
 impl AttnDims {
+    /// Width of the query and of the output: n_head * head_size.
     fn c(&self) -> usize {
         self.n_head * self.head_size
+    }
+
+    /// Width of the keys (and of the values): n_kv_head * head_size.
+    fn kv_c(&self) -> usize {
+        self.n_kv_head * self.head_size
+    }
+
+    /// Width of a packed qkv row.
+    fn qkv_width(&self) -> usize {
+        self.c() + 2 * self.kv_c()
+    }
+
+    /// Query heads per kv head. Panics unless n_kv_head divides n_head.
+    fn group(&self) -> usize {
+        assert!(
+            self.n_kv_head > 0 && self.n_head % self.n_kv_head == 0,
+            "attention: {} kv heads do not divide {} query heads",
+            self.n_kv_head,
+            self.n_head
+        );
+        self.n_head / self.n_kv_head
     }
 }
 
@@ -201,7 +232,8 @@ unsafe fn attend_one_query(
     })
 }
 
-/// Training forward. qkv: (B, T, 3C) with q, k, v sections; out: (B, T, C); lse: (B, H, T).
+/// Training forward. qkv: (B, T, (H + 2*H_kv)*hs) with q, k, v sections (3C wide for plain
+/// multi-head attention); out: (B, T, C); lse: (B, H, T).
 pub fn attention_forward(
     out: &mut [f32],
     lse: &mut [f32],
@@ -211,28 +243,41 @@ pub fn attention_forward(
     dropout: Option<AttnDropout>,
 ) {
     let (c, hs, nh) = (dims.c(), dims.head_size, dims.n_head);
+    let (kv_c, w, group) = (dims.kv_c(), dims.qkv_width(), dims.group());
+    let n_bh = dims.batch * nh;
+    assert!(
+        qkv.len() >= dims.batch * t * w && out.len() >= dims.batch * t * c && lse.len() >= n_bh * t,
+        "attention: buffers too short for {dims:?} and T={t}"
+    );
     let out_ptr = SharedMut(out.as_mut_ptr());
-    lse.par_chunks_mut(t).enumerate().for_each(|(bh, lse_bh)| {
-        let (b, h) = (bh / nh, bh % nh);
-        let base = b * t * 3 * c + h * hs;
-        // SAFETY: (b, h) owns out[b, :, h*hs..(h+1)*hs]; qkv is read only.
-        unsafe {
-            attend_head(
-                qkv.as_ptr().add(base),
-                3 * c,
-                qkv.as_ptr().add(base + c),
-                qkv.as_ptr().add(base + 2 * c),
-                3 * c,
-                out_ptr.get().add(b * t * c + h * hs),
-                c,
-                t,
-                0,
-                hs,
-                Some(lse_bh),
-                dropout.map(|d| (d, bh)),
-            );
-        }
-    });
+    if t == 0 || n_bh == 0 {
+        return;
+    }
+    lse[..n_bh * t]
+        .par_chunks_mut(t)
+        .enumerate()
+        .for_each(|(bh, lse_bh)| {
+            let (b, h) = (bh / nh, bh % nh);
+            let row0 = b * t * w;
+            let (q_off, k_off) = (row0 + h * hs, row0 + c + (h / group) * hs);
+            // SAFETY: (b, h) owns out[b, :, h*hs..(h+1)*hs]; qkv is read only; bounds checked above.
+            unsafe {
+                attend_head(
+                    qkv.as_ptr().add(q_off),
+                    w,
+                    qkv.as_ptr().add(k_off),
+                    qkv.as_ptr().add(k_off + kv_c),
+                    w,
+                    out_ptr.get().add(b * t * c + h * hs),
+                    c,
+                    t,
+                    0,
+                    hs,
+                    Some(lse_bh),
+                    dropout.map(|d| (d, bh)),
+                );
+            }
+        });
 }
 
 /// One sequence's queries in a cached forward pass: rows `first..first + n` of `q` and `out`, at
@@ -247,7 +292,7 @@ pub struct CachedQueries {
 }
 
 /// Inference with a KV cache. q: rows of stride `q_rs` (the query is the first C columns);
-/// k_cache, v_cache: (dims.batch cache rows, H, max_t, hs); out: rows of C. Each (sequence,
+/// k_cache, v_cache: (dims.batch cache rows, H_kv, max_t, hs); out: rows of C. Each (sequence,
 /// head) is one task: the sequences of a decoding step run in one parallel pass whatever their
 /// positions. `seqs` must be in row order with disjoint rows.
 #[allow(clippy::too_many_arguments)]
@@ -262,8 +307,9 @@ pub fn attention_forward_cached(
     seqs: &[CachedQueries],
 ) {
     let (c, hs, nh) = (dims.c(), dims.head_size, dims.n_head);
+    let (nkv, group) = (dims.n_kv_head, dims.group());
     // What makes the unsafe writes below sound: in-bounds, rows in order and disjoint.
-    let cache_len = dims.batch * nh * max_t * hs;
+    let cache_len = dims.batch * nkv * max_t * hs;
     let mut next_free_row = 0;
     for s in seqs {
         assert!(
@@ -282,7 +328,7 @@ pub fn attention_forward_cached(
     let out_ptr = SharedMut(out.as_mut_ptr());
     (0..seqs.len() * nh).into_par_iter().for_each(|sh| {
         let (s, h) = (&seqs[sh / nh], sh % nh);
-        let kv = (s.slot * nh + h) * max_t * hs;
+        let kv = (s.slot * nkv + h / group) * max_t * hs;
         // SAFETY: (sequence, head) owns its own rows and columns of out (sequences' rows are
         // disjoint); the bounds were checked above; the rest is read only.
         unsafe {
@@ -304,7 +350,7 @@ pub fn attention_forward_cached(
     });
 }
 
-/// Training backward: dqkv (B, T, 3C) is overwritten.
+/// Training backward: dqkv (B, T, (H + 2*H_kv)*hs) is overwritten.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     dqkv: &mut [f32],
@@ -317,190 +363,207 @@ pub fn attention_backward(
     dropout: Option<AttnDropout>,
 ) {
     let (c, hs, nh) = (dims.c(), dims.head_size, dims.n_head);
+    let (kv_c, w, group, nkv) = (dims.kv_c(), dims.qkv_width(), dims.group(), dims.n_kv_head);
+    let rows = dims.batch * t;
+    assert!(
+        qkv.len() >= rows * w
+            && dqkv.len() >= rows * w
+            && dout.len() >= rows * c
+            && out.len() >= rows * c
+            && lse.len() >= dims.batch * nh * t,
+        "attention backward: buffers too short for {dims:?} and T={t}"
+    );
     let scale = 1.0 / (hs as f32).sqrt();
     let d_ptr = SharedMut(dqkv.as_mut_ptr());
-    (0..dims.batch * nh).into_par_iter().for_each(|bh| {
-        let (b, h) = (bh / nh, bh % nh);
-        let base = b * t * 3 * c + h * hs;
-        let (q, k, v) = (
-            unsafe { qkv.as_ptr().add(base) },
-            unsafe { qkv.as_ptr().add(base + c) },
-            unsafe { qkv.as_ptr().add(base + 2 * c) },
-        );
-        // SAFETY: (b, h) owns dqkv[b, :, {q,k,v} head h columns] and writes nothing else.
+    // One task per (batch, kv head): it owns that kv head's dK and dV, summed over the group's
+    // query heads in head order (deterministic), and those query heads' dQ.
+    (0..dims.batch * nkv).into_par_iter().for_each(|bkv| {
+        let (b, kvh) = (bkv / nkv, bkv % nkv);
+        let row0 = b * t * w;
+        let k_off = row0 + c + kvh * hs;
+        let (k, v) = (unsafe { qkv.as_ptr().add(k_off) }, unsafe {
+            qkv.as_ptr().add(k_off + kv_c)
+        });
+        // SAFETY: (b, kv head) owns dqkv[b, :, k and v columns of kvh] and the q columns of its
+        // group's query heads, and writes nothing else; bounds checked above.
         unsafe {
-            let (dq, dk, dv) = (
-                d_ptr.get().add(base),
-                d_ptr.get().add(base + c),
-                d_ptr.get().add(base + 2 * c),
-            );
+            let (dk, dv) = (d_ptr.get().add(k_off), d_ptr.get().add(k_off + kv_c));
             for i in 0..t {
-                for d in [dq, dk, dv] {
-                    std::ptr::write_bytes(d.add(i * 3 * c), 0, hs);
+                for d in [dk, dv] {
+                    std::ptr::write_bytes(d.add(i * w), 0, hs);
                 }
             }
-            let lse = &lse[bh * t..(bh + 1) * t];
-            let mut i0 = 0;
-            while i0 < t {
-                let rb = ROW_BLOCK.min(t - i0);
-                let n_keys = i0 + rb;
-                with_scratch(2 * rb * n_keys, |scratch| {
-                    let (p, dp) = scratch.split_at_mut(rb * n_keys);
-                    let q_blk = View {
-                        ptr: q.add(i0 * 3 * c),
-                        rs: (3 * c) as isize,
-                        cs: 1,
-                    };
-                    let do_blk = View {
-                        ptr: dout.as_ptr().add(b * t * c + i0 * c + h * hs),
-                        rs: c as isize,
-                        cs: 1,
-                    };
-                    // P = exp(S - lse), recomputed.
-                    gemm_into(
-                        rb,
-                        n_keys,
-                        hs,
-                        p.as_mut_ptr(),
-                        n_keys,
-                        false,
-                        q_blk,
-                        View {
-                            ptr: k,
-                            rs: 1,
-                            cs: (3 * c) as isize,
-                        },
-                        scale,
-                        false,
-                    );
-                    for r in 0..rb {
-                        let i = i0 + r;
-                        let row = &mut p[r * n_keys..(r + 1) * n_keys];
-                        let l = lse[i];
-                        for s in row[..=i].iter_mut() {
-                            *s = fast_exp(*s - l);
-                        }
-                        row[i + 1..].fill(0.0);
-                    }
-                    // dV += (P*Z)^T dO; with dropout, P*Z goes through dp first.
-                    let pz: &[f32] = match dropout {
-                        Some(d) => {
-                            let inv_keep = 1.0 / (1.0 - d.p);
-                            for r in 0..rb {
-                                let i = i0 + r;
-                                for j in 0..n_keys {
-                                    let x = p[r * n_keys + j];
-                                    dp[r * n_keys + j] = if keep(d.key, d.index(bh, i, j), d.p) {
-                                        x * inv_keep
-                                    } else {
-                                        0.0
-                                    };
-                                }
-                            }
-                            dp
-                        }
-                        None => p,
-                    };
-                    gemm_into(
-                        n_keys,
-                        hs,
-                        rb,
-                        dv,
-                        3 * c,
-                        true,
-                        View {
-                            ptr: pz.as_ptr(),
-                            rs: 1,
-                            cs: n_keys as isize,
-                        },
-                        do_blk,
-                        1.0,
-                        false,
-                    );
-                    // dP = (dO V^T) * Z
-                    gemm_into(
-                        rb,
-                        n_keys,
-                        hs,
-                        dp.as_mut_ptr(),
-                        n_keys,
-                        false,
-                        do_blk,
-                        View {
-                            ptr: v,
-                            rs: 1,
-                            cs: (3 * c) as isize,
-                        },
-                        1.0,
-                        false,
-                    );
-                    for r in 0..rb {
-                        let i = i0 + r;
-                        let o_i = &out[b * t * c + i * c + h * hs..][..hs];
-                        let do_i = std::slice::from_raw_parts(do_blk.ptr.add(r * c), hs);
-                        let d_i = dot(do_i, o_i);
-                        let (prow, dprow) = (
-                            &mut p[r * n_keys..(r + 1) * n_keys],
-                            &dp[r * n_keys..(r + 1) * n_keys],
+            for h in kvh * group..(kvh + 1) * group {
+                let bh = b * nh + h;
+                let q = qkv.as_ptr().add(row0 + h * hs);
+                let dq = d_ptr.get().add(row0 + h * hs);
+                for i in 0..t {
+                    std::ptr::write_bytes(dq.add(i * w), 0, hs);
+                }
+                let lse = &lse[bh * t..(bh + 1) * t];
+                let mut i0 = 0;
+                while i0 < t {
+                    let rb = ROW_BLOCK.min(t - i0);
+                    let n_keys = i0 + rb;
+                    with_scratch(2 * rb * n_keys, |scratch| {
+                        let (p, dp) = scratch.split_at_mut(rb * n_keys);
+                        let q_blk = View {
+                            ptr: q.add(i0 * w),
+                            rs: w as isize,
+                            cs: 1,
+                        };
+                        let do_blk = View {
+                            ptr: dout.as_ptr().add(b * t * c + i0 * c + h * hs),
+                            rs: c as isize,
+                            cs: 1,
+                        };
+                        // P = exp(S - lse), recomputed.
+                        gemm_into(
+                            rb,
+                            n_keys,
+                            hs,
+                            p.as_mut_ptr(),
+                            n_keys,
+                            false,
+                            q_blk,
+                            View {
+                                ptr: k,
+                                rs: 1,
+                                cs: w as isize,
+                            },
+                            scale,
+                            false,
                         );
-                        match dropout {
+                        for r in 0..rb {
+                            let i = i0 + r;
+                            let row = &mut p[r * n_keys..(r + 1) * n_keys];
+                            let l = lse[i];
+                            for s in row[..=i].iter_mut() {
+                                *s = fast_exp(*s - l);
+                            }
+                            row[i + 1..].fill(0.0);
+                        }
+                        // dV += (P*Z)^T dO; with dropout, P*Z goes through dp first.
+                        let pz: &[f32] = match dropout {
                             Some(d) => {
                                 let inv_keep = 1.0 / (1.0 - d.p);
-                                for j in 0..=i {
-                                    let z = if keep(d.key, d.index(bh, i, j), d.p) {
-                                        inv_keep
-                                    } else {
-                                        0.0
-                                    };
-                                    prow[j] *= (dprow[j] * z - d_i) * scale;
+                                for r in 0..rb {
+                                    let i = i0 + r;
+                                    for j in 0..n_keys {
+                                        let x = p[r * n_keys + j];
+                                        dp[r * n_keys + j] = if keep(d.key, d.index(bh, i, j), d.p)
+                                        {
+                                            x * inv_keep
+                                        } else {
+                                            0.0
+                                        };
+                                    }
                                 }
+                                dp
                             }
-                            None => {
-                                for j in 0..=i {
-                                    prow[j] *= (dprow[j] - d_i) * scale;
+                            None => p,
+                        };
+                        gemm_into(
+                            n_keys,
+                            hs,
+                            rb,
+                            dv,
+                            w,
+                            true,
+                            View {
+                                ptr: pz.as_ptr(),
+                                rs: 1,
+                                cs: n_keys as isize,
+                            },
+                            do_blk,
+                            1.0,
+                            false,
+                        );
+                        // dP = (dO V^T) * Z
+                        gemm_into(
+                            rb,
+                            n_keys,
+                            hs,
+                            dp.as_mut_ptr(),
+                            n_keys,
+                            false,
+                            do_blk,
+                            View {
+                                ptr: v,
+                                rs: 1,
+                                cs: w as isize,
+                            },
+                            1.0,
+                            false,
+                        );
+                        for r in 0..rb {
+                            let i = i0 + r;
+                            let o_i = &out[b * t * c + i * c + h * hs..][..hs];
+                            let do_i = std::slice::from_raw_parts(do_blk.ptr.add(r * c), hs);
+                            let d_i = dot(do_i, o_i);
+                            let (prow, dprow) = (
+                                &mut p[r * n_keys..(r + 1) * n_keys],
+                                &dp[r * n_keys..(r + 1) * n_keys],
+                            );
+                            match dropout {
+                                Some(d) => {
+                                    let inv_keep = 1.0 / (1.0 - d.p);
+                                    for j in 0..=i {
+                                        let z = if keep(d.key, d.index(bh, i, j), d.p) {
+                                            inv_keep
+                                        } else {
+                                            0.0
+                                        };
+                                        prow[j] *= (dprow[j] * z - d_i) * scale;
+                                    }
+                                }
+                                None => {
+                                    for j in 0..=i {
+                                        prow[j] *= (dprow[j] - d_i) * scale;
+                                    }
                                 }
                             }
                         }
-                    }
-                    // p now holds dS (already scaled). dQ = dS K, dK += dS^T Q.
-                    gemm_into(
-                        rb,
-                        hs,
-                        n_keys,
-                        dq.add(i0 * 3 * c),
-                        3 * c,
-                        false,
-                        View {
-                            ptr: p.as_ptr(),
-                            rs: n_keys as isize,
-                            cs: 1,
-                        },
-                        View {
-                            ptr: k,
-                            rs: (3 * c) as isize,
-                            cs: 1,
-                        },
-                        1.0,
-                        false,
-                    );
-                    gemm_into(
-                        n_keys,
-                        hs,
-                        rb,
-                        dk,
-                        3 * c,
-                        true,
-                        View {
-                            ptr: p.as_ptr(),
-                            rs: 1,
-                            cs: n_keys as isize,
-                        },
-                        q_blk,
-                        1.0,
-                        false,
-                    );
-                });
-                i0 += rb;
+                        // p now holds dS (already scaled). dQ = dS K, dK += dS^T Q.
+                        gemm_into(
+                            rb,
+                            hs,
+                            n_keys,
+                            dq.add(i0 * w),
+                            w,
+                            false,
+                            View {
+                                ptr: p.as_ptr(),
+                                rs: n_keys as isize,
+                                cs: 1,
+                            },
+                            View {
+                                ptr: k,
+                                rs: w as isize,
+                                cs: 1,
+                            },
+                            1.0,
+                            false,
+                        );
+                        gemm_into(
+                            n_keys,
+                            hs,
+                            rb,
+                            dk,
+                            w,
+                            true,
+                            View {
+                                ptr: p.as_ptr(),
+                                rs: 1,
+                                cs: n_keys as isize,
+                            },
+                            q_blk,
+                            1.0,
+                            false,
+                        );
+                    });
+                    i0 += rb;
+                }
             }
         }
     });

@@ -119,7 +119,10 @@ mod tests {
                 for i in 0..c {
                     let want = w[i] as f64 * xr[i] as f64 * s;
                     let got = y[r * c + i] as f64;
-                    assert!((got - want).abs() <= 1e-6 * (1.0 + want.abs()), "y[{r},{i}]");
+                    assert!(
+                        (got - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                        "y[{r},{i}]"
+                    );
                 }
             }
         }

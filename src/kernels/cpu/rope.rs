@@ -201,7 +201,10 @@ mod tests {
                 }
                 // |pos*inv_freq| up to ~320 rad: the f32 table's rounding (~1.2e-7 relative on
                 // cos/sin) dominates.
-                assert!((g as f64 - w).abs() <= 1e-6, "n={n} pos0={pos0} i={i}: {g} vs {w}");
+                assert!(
+                    (g as f64 - w).abs() <= 1e-6,
+                    "n={n} pos0={pos0} i={i}: {g} vs {w}"
+                );
             }
         }
     }
