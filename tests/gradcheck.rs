@@ -16,7 +16,8 @@
 //! - kernels: h = 1e-2, err <= 1e-3. Inputs are O(1), so the O(h^2) truncation error is ~1e-5
 //!   and f32 rounding of the outputs contributes ~1e-7 / h ~ 1e-5. Measured worst: layernorm
 //!   6.3e-5, crossentropy 4.0e-5, attention 2.7e-5 (1.2e-5 at T=5), encoder 1.5e-5, matmul
-//!   1.6e-5, gelu 8.6e-6, dropout 1.9e-6, residual 9.3e-7.
+//!   1.6e-5, gelu 8.6e-6, dropout 1.9e-6, residual 9.3e-7; for Llama: rmsnorm 2.8e-5,
+//!   grouped-query attention 9.5e-6, swiglu 4.4e-6, rope 3.4e-6.
 //! - model: h = 3e-3, err <= 5e-3. Many more f32 roundings sit between a parameter and the loss,
 //!   and LayerNorm amplifies small embeddings' curvature; at h = 1e-2 truncation reaches 4.8e-3
 //!   with dropout, at h = 1e-3 rounding reaches 9e-4. Measured worst at h = 3e-3: 8.2e-4.
@@ -26,7 +27,8 @@
 //! would fail (wherever the checked elements include one of at least 3% of the tensor's scale
 //! for the kernels, 15% for the model, so that the control has a 3x margin; each case asserts
 //! that at least one control ran), and `negative_controls` asserts that a scaled gradient,
-//! one element off by 2%, two elements swapped and a LayerNorm backward missing a term all fail.
+//! one element off by 2%, two elements swapped and a LayerNorm or RMSNorm backward missing a
+//! term all fail.
 //!
 //! Run `cargo test --release --test gradcheck -- --nocapture` to see the measured errors.
 
@@ -45,6 +47,9 @@ use nanogpt::kernels::cpu::gelu::{gelu_backward_inplace, gelu_forward};
 use nanogpt::kernels::cpu::layernorm::{layernorm_backward, layernorm_forward};
 use nanogpt::kernels::cpu::matmul::{matmul_backward, matmul_forward, Layout};
 use nanogpt::kernels::cpu::residual::residual_forward;
+use nanogpt::kernels::cpu::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
+use nanogpt::kernels::cpu::rope::{rope_backward, rope_forward, RopeTable};
+use nanogpt::kernels::cpu::swiglu::{swiglu_backward, swiglu_forward};
 use nanogpt::model::Gpt;
 use nanogpt::rng::Rng;
 
@@ -447,20 +452,35 @@ fn attention_case(
     p: Option<f32>,
     seed: u64,
 ) -> f64 {
+    gqa_attention_case(batch, n_head, n_head, head_size, t, p, seed)
+}
+
+/// Grouped-query attention: n_kv_head key/value heads shared by n_head query heads; the packed
+/// qkv rows are (n_head + 2*n_kv_head)*head_size wide.
+fn gqa_attention_case(
+    batch: usize,
+    n_head: usize,
+    n_kv_head: usize,
+    head_size: usize,
+    t: usize,
+    p: Option<f32>,
+    seed: u64,
+) -> f64 {
     let mut rng = Rng::new(seed);
     let dims = AttnDims {
         batch,
         n_head,
         head_size,
-        n_kv_head: n_head,
+        n_kv_head,
     };
     let c = n_head * head_size;
+    let w = (n_head + 2 * n_kv_head) * head_size;
     let dropout = p.map(|p| AttnDropout {
         key: 0x5eed ^ seed,
         p,
         max_t: t,
     });
-    let qkv = randn(&mut rng, batch * t * 3 * c, 0.0, 1.0);
+    let qkv = randn(&mut rng, batch * t * w, 0.0, 1.0);
     let r = randn(&mut rng, batch * t * c, 0.0, 1.0);
     let forward = |qkv: &[f32]| {
         let (mut out, mut lse) = (vec![0.0; batch * t * c], vec![0.0; batch * n_head * t]);
@@ -471,7 +491,11 @@ fn attention_case(
     // dqkv is overwritten: start from garbage.
     let mut dqkv = randn(&mut rng, qkv.len(), 0.0, 10.0);
     attention_backward(&mut dqkv, &r, &qkv, &out, &lse, dims, t, dropout);
-    let case = format!("attention B{batch} H{n_head} hs{head_size} T{t} p={p:?}");
+    let case = if n_kv_head == n_head {
+        format!("attention B{batch} H{n_head} hs{head_size} T{t} p={p:?}")
+    } else {
+        format!("gqa B{batch} H{n_head}/{n_kv_head} hs{head_size} T{t} p={p:?}")
+    };
     check(&case, &["qkv"], &mut [qkv], &[dqkv], &mut rng, &|v| {
         weighted_sum(&forward(&v[0]).0, &r)
     })
@@ -484,6 +508,125 @@ fn attention() {
     // T > 64: queries are processed in two row blocks.
     attention_case(1, 2, 4, 70, None, 52);
     attention_case(1, 2, 4, 70, Some(0.3), 53);
+}
+
+#[test]
+fn gqa_attention() {
+    // Two and four query heads per kv head; T = 70 crosses a 64-row block.
+    gqa_attention_case(2, 4, 2, 4, 5, None, 54);
+    gqa_attention_case(2, 4, 1, 4, 5, None, 55);
+    gqa_attention_case(1, 4, 2, 4, 70, None, 56);
+    gqa_attention_case(1, 4, 1, 4, 70, None, 57);
+    gqa_attention_case(2, 4, 2, 4, 5, Some(0.3), 58);
+}
+
+fn rmsnorm_case(rows: usize, c: usize, seed: u64) -> f64 {
+    let mut rng = Rng::new(seed);
+    let eps = 1e-5;
+    let x = randn(&mut rng, rows * c, 0.5, 1.0);
+    let w = randn(&mut rng, c, 1.0, 0.3);
+    let r = randn(&mut rng, rows * c, 0.0, 1.0);
+    let forward = |x: &[f32], w: &[f32]| {
+        let (mut y, mut rstd) = (vec![0.0; rows * c], vec![0.0; rows]);
+        rmsnorm_forward(&mut y, &mut rstd, x, w, c, eps);
+        (y, rstd)
+    };
+    let (_, rstd) = forward(&x, &w);
+    // Both outputs accumulate (+=): start from garbage and subtract it afterwards.
+    let g0 = randn(&mut rng, rows * c + c, 0.0, 1.0);
+    let (mut dx, mut dw) = (g0[..rows * c].to_vec(), g0[rows * c..].to_vec());
+    rmsnorm_backward(&mut dx, &mut dw, &r, &x, &w, &rstd, c);
+    let sub = |d: &[f32], g: &[f32]| -> Vec<f32> { d.iter().zip(g).map(|(a, b)| a - b).collect() };
+    let dx = sub(&dx, &g0[..rows * c]);
+    let dw = sub(&dw, &g0[rows * c..]);
+    let mut inputs = vec![x, w];
+    check(
+        &format!("rmsnorm {rows}x{c}"),
+        &["x", "w"],
+        &mut inputs,
+        &[dx, dw],
+        &mut rng,
+        &|v| weighted_sum(&forward(&v[0], &v[1]).0, &r),
+    )
+}
+
+#[test]
+fn rmsnorm() {
+    rmsnorm_case(5, 7, 100);
+    // c > 64: the weight gradient is split over column blocks.
+    rmsnorm_case(3, 70, 101);
+}
+
+/// RoPE on rows laid out like a packed Llama qkv row: `n_rot` heads rotated (q and k), then
+/// `n_rest` heads (v) that must be left alone; rows at positions pos0...
+fn rope_case(rows: usize, hs: usize, n_rot: usize, n_rest: usize, pos0: usize, seed: u64) -> f64 {
+    let mut rng = Rng::new(seed);
+    let stride = (n_rot + n_rest) * hs;
+    let table = RopeTable::new(hs, pos0 + rows + 2, 10000.0);
+    let x = randn(&mut rng, rows * stride, 0.0, 1.0);
+    let r = randn(&mut rng, rows * stride, 0.0, 1.0);
+    let forward = |x: &[f32]| {
+        let mut y = x.to_vec();
+        rope_forward(&mut y, stride, rows, n_rot, pos0, &table);
+        y
+    };
+    // The rotation is orthogonal: backward(forward(x)) is x again.
+    let mut round_trip = forward(&x);
+    rope_backward(&mut round_trip, stride, rows, n_rot, pos0, &table);
+    let dev = x
+        .iter()
+        .zip(&round_trip)
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        dev <= 1e-6,
+        "rope: backward(forward(x)) is off x by {dev:.2e}"
+    );
+    let mut dx = r.clone();
+    rope_backward(&mut dx, stride, rows, n_rot, pos0, &table);
+    check(
+        &format!("rope {rows}x{n_rot}+{n_rest}x{hs} pos0={pos0}"),
+        &["x"],
+        &mut [x],
+        &[dx],
+        &mut rng,
+        &|v| weighted_sum(&forward(&v[0]), &r),
+    )
+}
+
+#[test]
+fn rope() {
+    rope_case(5, 8, 3, 1, 0, 110);
+    rope_case(4, 6, 2, 1, 9, 111);
+    // More rows than one task's share: the parallel path.
+    rope_case(300, 8, 3, 1, 5, 112);
+}
+
+#[test]
+fn swiglu() {
+    let mut rng = Rng::new(120);
+    let (rows, hd) = (4, 9);
+    // Gates spread over [-6, 6] (both tails of the sigmoid and the bend around 0), ups O(1).
+    let gu: Vec<f32> = (0..rows * 2 * hd)
+        .map(|i| {
+            if i % (2 * hd) < hd {
+                -6.0 + 12.0 * rng.below(1000) as f32 / 999.0
+            } else {
+                rng.normal() as f32
+            }
+        })
+        .collect();
+    let r = randn(&mut rng, rows * hd, 0.0, 1.0);
+    let forward = |gu: &[f32]| {
+        let mut y = vec![0.0; rows * hd];
+        swiglu_forward(&mut y, gu, hd);
+        y
+    };
+    // dgu is overwritten: start from garbage.
+    let mut dgu = randn(&mut rng, rows * 2 * hd, 0.0, 10.0);
+    swiglu_backward(&mut dgu, &r, &gu, hd);
+    check("swiglu", &["gu"], &mut [gu], &[dgu], &mut rng, &|v| {
+        weighted_sum(&forward(&v[0]), &r)
+    });
 }
 
 #[test]
@@ -611,6 +754,25 @@ fn negative_controls() {
     assert!(
         compare(&lfd, &wrong, lscale, KERNEL_TOL).err > KERNEL_TOL,
         "a LayerNorm backward without the n*mean(g*n) term must fail"
+    );
+    // So must an RMSNorm backward without its x*rstd^2*mean(g*x) term.
+    let rf = |v: &[Vec<f32>]| {
+        let (mut y, mut s) = (vec![0.0; lrows * lc], vec![0.0; lrows]);
+        rmsnorm_forward(&mut y, &mut s, &v[0], &lw, lc, 1e-5);
+        weighted_sum(&y, &lr)
+    };
+    let (mut y, mut s) = (vec![0.0; lrows * lc], vec![0.0; lrows]);
+    rmsnorm_forward(&mut y, &mut s, &linputs[0], &lw, lc, 1e-5);
+    let wrong: Vec<f64> = (0..lrows * lc)
+        .map(|i| s[i / lc] as f64 * (lr[i] * lw[i % lc]) as f64)
+        .collect();
+    let rfd: Vec<f64> = (0..lrows * lc)
+        .map(|i| central_diff(&mut linputs, 0, i, KERNEL_H, &rf))
+        .collect();
+    let rscale = wrong.iter().fold(0.0f64, |a, &b| a.max(b.abs()));
+    assert!(
+        compare(&rfd, &wrong, rscale, KERNEL_TOL).err > KERNEL_TOL,
+        "an RMSNorm backward without the x*rstd^2*mean(g*x) term must fail"
     );
 }
 

@@ -68,7 +68,7 @@ impl AttnDims {
     /// Query heads per kv head. Panics unless n_kv_head divides n_head.
     fn group(&self) -> usize {
         assert!(
-            self.n_kv_head > 0 && self.n_head % self.n_kv_head == 0,
+            self.n_kv_head > 0 && self.n_head.is_multiple_of(self.n_kv_head),
             "attention: {} kv heads do not divide {} query heads",
             self.n_kv_head,
             self.n_head
@@ -567,4 +567,119 @@ pub fn attention_backward(
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vals(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+            })
+            .collect()
+    }
+
+    /// Causal attention in f64, each query head reading its own copy of its kv head.
+    fn naive(qkv: &[f32], d: AttnDims, t: usize) -> Vec<f64> {
+        let (hs, nh, nkv) = (d.head_size, d.n_head, d.n_kv_head);
+        let (c, kv_c) = (nh * hs, nkv * hs);
+        let w = c + 2 * kv_c;
+        let mut out = vec![0.0f64; d.batch * t * c];
+        for b in 0..d.batch {
+            for h in 0..nh {
+                let kvh = h / (nh / nkv);
+                let at = |i: usize, col: usize| qkv[(b * t + i) * w + col] as f64;
+                for i in 0..t {
+                    let s: Vec<f64> = (0..=i)
+                        .map(|j| {
+                            (0..hs)
+                                .map(|e| at(i, h * hs + e) * at(j, c + kvh * hs + e))
+                                .sum::<f64>()
+                                / (hs as f64).sqrt()
+                        })
+                        .collect();
+                    let m = s.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+                    let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
+                    for e in 0..hs {
+                        out[(b * t + i) * c + h * hs + e] = (0..=i)
+                            .map(|j| (s[j] - m).exp() / z * at(j, c + kv_c + kvh * hs + e))
+                            .sum();
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn gqa_forward_matches_f64_and_cached_matches_training() {
+        for (batch, nh, nkv, hs, t) in [(2, 4, 2, 8, 5), (1, 4, 1, 8, 70), (2, 6, 3, 4, 67)] {
+            let d = AttnDims {
+                batch,
+                n_head: nh,
+                head_size: hs,
+                n_kv_head: nkv,
+            };
+            let (c, kv_c) = (nh * hs, nkv * hs);
+            let w = c + 2 * kv_c;
+            let qkv = vals(batch * t * w, (nh * 100 + nkv * 10 + t) as u64);
+            let (mut out, mut lse) = (vec![0.0f32; batch * t * c], vec![0.0f32; batch * nh * t]);
+            attention_forward(&mut out, &mut lse, &qkv, d, t, None);
+            let want = naive(&qkv, d, t);
+            for (i, (&g, &x)) in out.iter().zip(&want).enumerate() {
+                assert!(
+                    (g as f64 - x).abs() <= 1e-5 * (1.0 + x.abs()),
+                    "B{batch} H{nh}/{nkv} T{t} out[{i}]: {g} vs {x}"
+                );
+            }
+            // The cache, (batch, n_kv_head, max_t, hs), filled one position at a time, each step
+            // one query row per sequence.
+            let max_t = t + 3;
+            let mut k_cache = vec![0.0f32; batch * nkv * max_t * hs];
+            let mut v_cache = k_cache.clone();
+            let mut cached = vec![0.0f32; batch * t * c];
+            for pos in 0..t {
+                for b in 0..batch {
+                    let row = &qkv[(b * t + pos) * w..(b * t + pos + 1) * w];
+                    for kvh in 0..nkv {
+                        let at = ((b * nkv + kvh) * max_t + pos) * hs;
+                        k_cache[at..at + hs]
+                            .copy_from_slice(&row[c + kvh * hs..c + (kvh + 1) * hs]);
+                        v_cache[at..at + hs]
+                            .copy_from_slice(&row[c + kv_c + kvh * hs..c + kv_c + (kvh + 1) * hs]);
+                    }
+                }
+                // Queries of this step: one row per sequence, packed rows of width w.
+                let q: Vec<f32> = (0..batch)
+                    .flat_map(|b| qkv[(b * t + pos) * w..(b * t + pos + 1) * w].to_vec())
+                    .collect();
+                let seqs: Vec<CachedQueries> = (0..batch)
+                    .map(|b| CachedQueries {
+                        slot: b,
+                        first: b,
+                        n: 1,
+                        pos,
+                    })
+                    .collect();
+                let mut step = vec![0.0f32; batch * c];
+                attention_forward_cached(&mut step, &q, w, &k_cache, &v_cache, d, max_t, &seqs);
+                for b in 0..batch {
+                    cached[(b * t + pos) * c..(b * t + pos + 1) * c]
+                        .copy_from_slice(&step[b * c..(b + 1) * c]);
+                }
+            }
+            for (i, (&a, &b)) in cached.iter().zip(&out).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-6 * (1.0 + b.abs()),
+                    "B{batch} H{nh}/{nkv} T{t} cached row vs training out[{i}]: {a} vs {b}"
+                );
+            }
+        }
+    }
 }

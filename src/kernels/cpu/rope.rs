@@ -25,7 +25,7 @@ impl RopeTable {
     /// Panics (assert) if `head_size` is odd.
     pub fn new(head_size: usize, max_t: usize, theta: f32) -> RopeTable {
         assert!(
-            head_size % 2 == 0,
+            head_size.is_multiple_of(2),
             "RoPE needs an even head size, got {head_size}"
         );
         let half = head_size / 2;

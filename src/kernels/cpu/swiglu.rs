@@ -18,7 +18,7 @@ fn sigmoid(g: f32) -> f32 {
 /// hd..2hd. silu(g) = g / (1 + exp(-g)).
 pub fn swiglu_forward(out: &mut [f32], gu: &[f32], hd: usize) {
     assert!(
-        hd > 0 && gu.len() % (2 * hd) == 0 && out.len() >= gu.len() / 2,
+        hd > 0 && gu.len().is_multiple_of(2 * hd) && out.len() >= gu.len() / 2,
         "swiglu: gate/up of {} values, output of {}, hd {hd}",
         gu.len(),
         out.len()
@@ -37,7 +37,10 @@ pub fn swiglu_forward(out: &mut [f32], gu: &[f32], hd: usize) {
 /// dgu (rows, 2*hd) is overwritten with the gradients of gate and up, from dout (rows, hd).
 pub fn swiglu_backward(dgu: &mut [f32], dout: &[f32], gu: &[f32], hd: usize) {
     assert!(
-        hd > 0 && gu.len() % (2 * hd) == 0 && dgu.len() == gu.len() && dout.len() >= gu.len() / 2,
+        hd > 0
+            && gu.len().is_multiple_of(2 * hd)
+            && dgu.len() == gu.len()
+            && dout.len() >= gu.len() / 2,
         "swiglu backward: gate/up of {} values, dgu of {}, dout of {}, hd {hd}",
         gu.len(),
         dgu.len(),
