@@ -9,6 +9,7 @@ pub mod data;
 pub mod dist;
 pub mod download;
 pub mod engine;
+pub mod export;
 pub mod hf;
 pub mod kernels;
 pub mod llama;

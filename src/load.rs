@@ -267,6 +267,29 @@ pub fn for_sampling(src: &ModelSource, err: &mut dyn Write) -> Result<LoadedMode
     );
 }
 
+/// The model `src` names without its tokenizer (for `export`), and what it was.
+pub fn model_only(src: &ModelSource) -> Result<(Gpt, String)> {
+    let init = src.init_from.trim();
+    let path = Path::new(init);
+    let model = if init == "resume" {
+        let out_dir = src.out_dir.clone().unwrap_or_else(|| PathBuf::from("out"));
+        return Ok((trained(&out_dir)?.0, out_dir.display().to_string()));
+    } else if GPT2_NAMES.contains(&init) {
+        load_hf_dir(&find_model_dir(init)?)?
+    } else if path.is_file() {
+        Gpt::from_llama(read_llama2c(path)?.0)
+    } else if path.join(STATE_FILE).is_file() {
+        checkpoint::read_model(path)?.0
+    } else if path.join("config.json").is_file() {
+        load_hf_dir(path)?
+    } else if path.join("best").is_dir() || path.join("latest").is_dir() {
+        trained(path)?.0
+    } else {
+        return Err(unknown_source(init, &["resume", "a llama2.c .bin"]));
+    };
+    Ok((model, init.to_string()))
+}
+
 /// A Llama model and its tokenizer: `--tokenizer`, else a `tokenizer.model` or
 /// `tokenizer.bin` in `beside`.
 fn llama_with_tokenizer(

@@ -77,6 +77,9 @@ enum Command {
     Bench(Knobs<BenchArgs>),
     /// Generate text from a checkpoint or GPT-2, streamed (nanoGPT's sample.py; --json for scripts).
     Sample(Knobs<SampleArgs>),
+    /// Write a model as a Hugging Face directory or (a Llama) as llama2.c's .bin:
+    /// `nanogpt export --init_from=out-llama --format=llama2c --out=model.bin`
+    Export(Knobs<nanogpt::export::ExportArgs>),
     /// Measure how much decoding settings repeat themselves (rep-n, distinct-n, loops) as a table.
     Repetition(Knobs<RepetitionArgs>),
     /// Serve a model: an OpenAI-compatible API with continuous batching, a web playground and
@@ -142,6 +145,7 @@ pub fn run() -> Result<i32> {
             nanogpt::sample::run_sample(&args, &mut std::io::stdout(), &mut std::io::stderr())?;
         }
         Command::Launch(args) => return launch::launch(args),
+        Command::Export(flags) => println!("wrote {}", nanogpt::export::export(&flags.parse()?)?),
         Command::Serve(flags) => {
             nanogpt::serve::run_serve(&flags.parse()?, &mut std::io::stderr())?
         }

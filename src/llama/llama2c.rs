@@ -464,7 +464,9 @@ fn write_llama2c(m: &Llama, path: &Path, format: Llama2cFormat) -> Result<()> {
             header.extend(1i32.to_le_bytes());
             with_classifier(&V1_ORDER, c.shared_classifier)
         }
-        Llama2cFormat::V2 { .. } => bail!("{p}: writing llama2.c's Q8_0 version 2 is not supported; write version 1"),
+        Llama2cFormat::V2 { .. } => {
+            bail!("{p}: writing llama2.c's Q8_0 version 2 is not supported; write version 1")
+        }
     };
     for f in fields {
         let f = i32::try_from(f)

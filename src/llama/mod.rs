@@ -10,5 +10,5 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use config::LlamaConfig;
-pub use llama2c::{read_llama2c, write_llama2c_v1, Llama2cFormat};
+pub use llama2c::{read_llama2c, write_llama2c_v0, write_llama2c_v1, Llama2cFormat};
 pub use weights::{load_hf_dir, save_hf_dir, Llama, LlamaTable};

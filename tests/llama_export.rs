@@ -1,0 +1,132 @@
+//! `nanogpt export` of Llama models: a Hugging Face directory, llama2.c's v0 (what run.c reads)
+//! and v1 files; each loads back bit for bit, and llama2.c's own `run` (the peer build in
+//! `../shared/peers/llama2c/`) runs the v0 export and prints what `--sampler=run_c` prints.
+
+mod common;
+
+use common::{fixtures, nanogpt, temp_dir};
+use nanogpt::engine::cpu::CpuEngine;
+use nanogpt::engine::{Engine, Mode};
+use nanogpt::load::{model_only, ModelSource};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn llama_dir() -> PathBuf {
+    fixtures().join("llama")
+}
+
+fn run(cmd: &mut Command) -> Vec<u8> {
+    let out = cmd.output().expect("run");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn export(from: &Path, format: &str, to: &Path) {
+    run(nanogpt().args([
+        "export",
+        &format!("--init_from={}", from.display()),
+        &format!("--format={format}"),
+        &format!("--out={}", to.display()),
+    ]));
+}
+
+fn params(path: &Path) -> Vec<u32> {
+    let src = ModelSource {
+        init_from: path.display().to_string(),
+        ..ModelSource::default()
+    };
+    let (model, _) = model_only(&src).expect("load export");
+    model.params.iter().map(|x| x.to_bits()).collect()
+}
+
+fn logits(path: &Path, tokens: &[u32]) -> Vec<f32> {
+    let src = ModelSource {
+        init_from: path.display().to_string(),
+        ..ModelSource::default()
+    };
+    let mut engine = CpuEngine::new(model_only(&src).expect("load").0);
+    engine
+        .forward(tokens, None, 1, tokens.len(), Mode::Eval)
+        .unwrap();
+    engine.logits().to_vec()
+}
+
+#[test]
+fn llama_exports_load_back_bit_for_bit() {
+    let dir = temp_dir("llama-export", "roundtrip");
+    for name in ["tiny-llama", "tiny-llama-tied"] {
+        let from = llama_dir().join(name);
+        let original = params(&from);
+        let tokens: Vec<u32> = (0..40).map(|i| (i * 37 % 512) as u32).collect();
+        let reference = logits(&from, &tokens);
+        for (format, file) in [("hf", "hf"), ("llama2c", "v0.bin"), ("llama2c_v1", "v1.bin")] {
+            let to = dir.join(format!("{name}-{file}"));
+            export(&from, format, &to);
+            assert_eq!(params(&to), original, "{name} through {format}");
+            assert_eq!(logits(&to, &tokens), reference, "{name} through {format}");
+        }
+    }
+    // A GPT-2 model has no llama2.c form.
+    let out = nanogpt()
+        .args([
+            "export",
+            &format!("--init_from={}", fixtures().join("tiny-gpt2").display()),
+            "--format=llama2c",
+            &format!("--out={}", dir.join("gpt2.bin").display()),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--format=hf"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// llama2.c's `run`, when the peer build is there (it is beside the fixtures on the project's
+/// machines and in CI).
+fn run_c_peer() -> Option<PathBuf> {
+    let p = fixtures().join("../peers/llama2c/run");
+    p.is_file().then_some(p)
+}
+
+#[test]
+fn run_c_runs_the_v0_export_as_its_own_file() {
+    let Some(peer) = run_c_peer() else {
+        assert!(std::env::var("CI").is_err(), "the llama2.c peer build is missing in CI");
+        eprintln!("skipped: no ../shared/peers/llama2c/run");
+        return;
+    };
+    let dir = temp_dir("llama-export", "run-c");
+    let bin = dir.join("tiny.bin");
+    export(&llama_dir().join("tiny-llama"), "llama2c", &bin);
+    let tok = llama_dir().join("tok512.bin");
+    for (t, p, s) in [("0", "0.9", "1"), ("1", "0.9", "42")] {
+        let theirs = run(Command::new(&peer)
+            .env("OMP_NUM_THREADS", "1")
+            .arg(&bin)
+            .args(["-z", &tok.display().to_string()])
+            .args(["-t", t, "-p", p, "-s", s, "-n", "40", "-i", "ROMEO:"]));
+        // run.c's -n 40 with a 7-token prompt (BOS included) samples 34 tokens.
+        let ours = run(nanogpt().args([
+            "sample",
+            &format!("--init_from={}", bin.display()),
+            &format!("--tokenizer={}", tok.display()),
+            "--sampler=run_c",
+            "--start=ROMEO:",
+            "--num_samples=1",
+            "--max_new_tokens=34",
+            &format!("--temperature={t}"),
+            &format!("--top_p={p}"),
+            &format!("--seed={s}"),
+        ]));
+        assert_eq!(
+            String::from_utf8_lossy(&ours),
+            String::from_utf8_lossy(&theirs),
+            "-t {t} -p {p} -s {s}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
