@@ -2,10 +2,10 @@
 //! Hugging Face directory (GPT-2 or Llama, what transformers opens), or for a Llama, llama2.c's
 //! legacy v0 file (what its `run.c` reads) or its version 1 file.
 
-use crate::load::{self, ModelSource};
-use crate::llama::{write_llama2c_v0, write_llama2c_v1};
-use crate::model::weights::save_hf_dir;
 use crate::config::knobs::Knob;
+use crate::llama::{write_llama2c_v0, write_llama2c_v1};
+use crate::load::{self, ModelSource};
+use crate::model::weights::save_hf_dir;
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 
@@ -75,5 +75,9 @@ pub fn export(args: &ExportArgs) -> Result<String> {
             write(&llama, out).with_context(|| format!("exporting {name}"))?;
         }
     }
-    Ok(format!("{name} -> {} ({})", out.display(), args.format.show()))
+    Ok(format!(
+        "{name} -> {} ({})",
+        out.display(),
+        args.format.show()
+    ))
 }

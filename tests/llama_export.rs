@@ -63,7 +63,11 @@ fn llama_exports_load_back_bit_for_bit() {
         let original = params(&from);
         let tokens: Vec<u32> = (0..40).map(|i| (i * 37 % 512) as u32).collect();
         let reference = logits(&from, &tokens);
-        for (format, file) in [("hf", "hf"), ("llama2c", "v0.bin"), ("llama2c_v1", "v1.bin")] {
+        for (format, file) in [
+            ("hf", "hf"),
+            ("llama2c", "v0.bin"),
+            ("llama2c_v1", "v1.bin"),
+        ] {
             let to = dir.join(format!("{name}-{file}"));
             export(&from, format, &to);
             assert_eq!(params(&to), original, "{name} through {format}");
@@ -81,7 +85,10 @@ fn llama_exports_load_back_bit_for_bit() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("--format=hf"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("--format=hf"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -95,7 +102,10 @@ fn run_c_peer() -> Option<PathBuf> {
 #[test]
 fn run_c_runs_the_v0_export_as_its_own_file() {
     let Some(peer) = run_c_peer() else {
-        assert!(std::env::var("CI").is_err(), "the llama2.c peer build is missing in CI");
+        assert!(
+            std::env::var("CI").is_err(),
+            "the llama2.c peer build is missing in CI"
+        );
         eprintln!("skipped: no ../shared/peers/llama2c/run");
         return;
     };

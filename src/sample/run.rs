@@ -78,6 +78,7 @@ pub fn run_sample(args: &SampleArgs, out: &mut dyn Write, err: &mut dyn Write) -
             &args.decoding,
             args.json,
             out,
+            err,
         )?;
         return Ok(());
     }

@@ -16,6 +16,7 @@ use crate::llama::run_c::Sampler;
 use crate::llama::tokenizer::{LlamaTokenizer, BOS};
 use anyhow::{bail, Result};
 use std::io::Write;
+use std::time::Instant;
 
 /// One sample: its prompt ids (BOS first), the new ids, and whether it ended on BOS.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -41,7 +42,9 @@ pub fn sets_unused(s: &SampleSettings) -> bool {
 
 /// Generates `settings.num_samples` samples of up to `max_new_tokens` from `prompt` as run.c
 /// does, one sampler (one random stream) across them, printing each as run.c prints (or, with
-/// `json`, one JSON object per sample and line).
+/// `json`, one JSON object per sample and line). Each sample ends with run.c's speed line on
+/// `err`, measured as run.c does (the steps after the first, over the time since it ended), so
+/// the two programs can be timed side by side.
 pub fn run_c_generate(
     model: &dyn Engine,
     tok: &LlamaTokenizer,
@@ -49,6 +52,7 @@ pub fn run_c_generate(
     settings: &SampleSettings,
     json: bool,
     out: &mut dyn Write,
+    err: &mut dyn Write,
 ) -> Result<Vec<RunCSample>> {
     let (temperature, top_p, seed) = (
         settings.temperature,
@@ -83,6 +87,7 @@ pub fn run_c_generate(
             printed.extend(tok.runc_printed(w[0], w[1])?);
         }
         let mut prev = *prompt_ids.last().unwrap_or(&BOS);
+        let (mut steps, mut start) = (0usize, None);
         while s.new_ids.len() < settings.max_new_tokens {
             if cache.len(0) + feed.len() > block {
                 break;
@@ -95,6 +100,7 @@ pub fn run_c_generate(
                 }],
                 &mut logits,
             )?;
+            steps += 1;
             let next = sampler.sample(&mut logits[..v]) as u32;
             if next == BOS {
                 s.stopped_on_bos = true;
@@ -104,6 +110,7 @@ pub fn run_c_generate(
             s.new_ids.push(next);
             prev = next;
             feed = vec![next];
+            start.get_or_insert_with(Instant::now);
         }
         printed.push(b'\n');
         if json {
@@ -112,6 +119,10 @@ pub fn run_c_generate(
             out.write_all(&printed)?;
         }
         out.flush()?;
+        if let (Some(start), true) = (start, steps > 1) {
+            let per_s = (steps - 1) as f64 / start.elapsed().as_secs_f64();
+            writeln!(err, "achieved tok/s: {per_s:.6}")?;
+        }
         samples.push(s);
     }
     Ok(samples)
