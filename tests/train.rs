@@ -1168,6 +1168,7 @@ fn vocabulary_mismatches_are_refused() {
         init_from: "resume".into(),
         out_dir: Some(out.clone()),
         data_dir: Some(small),
+        tokenizer: None,
     };
     let e = err_text(nanogpt::load::for_sampling(&src, &mut Vec::new()).map(|m| m.name));
     assert!(
@@ -1208,6 +1209,7 @@ fn nan_messages_say_what_exists() {
         init_from: "resume".into(),
         out_dir: Some(out.clone()),
         data_dir: None,
+        tokenizer: None,
     };
     let e = err_text(nanogpt::load::for_sampling(&src, &mut Vec::new()).map(|m| m.name));
     assert!(e.contains("the weights contain NaN"), "{e}");

@@ -388,10 +388,13 @@ fn parse_bin(bytes: &[u8], vocab_size: Option<usize>, p: &str) -> Result<LlamaTo
         ),
         // llama2.c's export() writes the longest token's length; a file of another kind
         // that happens to parse (all zeros, say) does not.
-        None if pieces.len() < 3 || longest != max_len => bail!(
-            "{p}: not a llama2.c tokenizer.bin ({} tokens, the longest {longest} bytes, \
-             but its header says {max_len})",
+        None if pieces.len() < 3 || longest == 0 => bail!(
+            "{p}: not a llama2.c tokenizer.bin ({} tokens, none longer than 0 bytes)",
             pieces.len()
+        ),
+        None if longest != max_len => bail!(
+            "{p}: not a llama2.c tokenizer.bin (its longest token has {longest} bytes, \
+             but its header says {max_len})"
         ),
         _ => {}
     }
