@@ -121,10 +121,10 @@ pub fn verify(dir: &Path) -> Result<Verified> {
 }
 
 /// The character vocabulary of the dataset folder `dir` (`meta.json`, else nanoGPT's
-/// `meta.pkl`), or `None` for GPT-2 BPE tokens, once the folder [`verify`]s. Every reader of a
-/// dataset's vocabulary goes through here, so that `train`, `sample` and `eval` refuse a
-/// half-committed folder with the same message instead of pairing tokens with the wrong
-/// vocabulary.
+/// `meta.pkl`), or `None` for GPT-2 BPE tokens and sentencepiece ones (see [`tokenizer`]), once
+/// the folder [`verify`]s. Every reader of a dataset's vocabulary goes through here, so that
+/// `train`, `sample` and `eval` refuse a half-committed folder with the same message instead of
+/// pairing tokens with the wrong vocabulary.
 pub fn vocabulary(dir: &Path) -> Result<Option<CharVocab>> {
     verify(dir)?;
     for name in CHAR_VOCAB_FILES {
