@@ -154,10 +154,11 @@ pub fn for_training(cfg: &TrainConfig, log: &mut dyn Write) -> Result<TrainStart
     }
 }
 
-/// The vocabulary to train on from scratch: meta.json's (character data), else GPT-2's padded
-/// 50304, with a note to `log` as nanoGPT prints one.
+/// The vocabulary to train on from scratch: meta.json's (character data) or the dataset's
+/// sentencepiece tokenizer's, else GPT-2's padded 50304, with a note to `log` as nanoGPT
+/// prints one.
 fn dataset_vocab(data_dir: &Path, log: &mut dyn Write) -> Result<usize> {
-    if let Some(v) = char_vocab(data_dir)? {
+    if let Some((v, _)) = dataset_vocab_size(data_dir)? {
         return Ok(v);
     }
     writeln!(
@@ -168,10 +169,13 @@ fn dataset_vocab(data_dir: &Path, log: &mut dyn Write) -> Result<usize> {
     Ok(GPT2_PADDED_VOCAB)
 }
 
-/// The size of a character dataset's vocabulary (its meta.json or meta.pkl), or None for GPT-2
-/// BPE data.
-fn char_vocab(data_dir: &Path) -> Result<Option<usize>> {
-    Ok(dataset::vocabulary(data_dir)?.map(|v| v.vocab_size()))
+/// The size of a dataset's vocabulary (its meta.json or meta.pkl, or its tokenizer.model or
+/// tokenizer.bin) and what it is, or None for GPT-2 BPE data.
+fn dataset_vocab_size(data_dir: &Path) -> Result<Option<(usize, &'static str)>> {
+    if let Some(chars) = dataset::vocabulary(data_dir)? {
+        return Ok(Some((chars.vocab_size(), "characters (meta.json)")));
+    }
+    Ok(dataset::vocab_size(data_dir)?.map(|v| (v, "tokens (its sentencepiece tokenizer)")))
 }
 
 /// Refuses to train a model (its vocabulary `model_vocab`, from `source`) on a dataset whose
@@ -189,9 +193,9 @@ fn require_dataset_vocab(
     if !data_dir.is_dir() {
         return Ok(());
     }
-    match char_vocab(&data_dir)? {
-        Some(v) if v != model_vocab && !(padded_to == model_vocab && v < model_vocab) => bail!(
-            "vocabulary mismatch: the model from {source} has {model_vocab} tokens but the dataset {} has {v} characters (meta.json): {fix}",
+    match dataset_vocab_size(&data_dir)? {
+        Some((v, what)) if v != model_vocab && !(padded_to == model_vocab && v < model_vocab) => bail!(
+            "vocabulary mismatch: the model from {source} has {model_vocab} tokens but the dataset {} has {v} {what}: {fix}",
             data_dir.display()
         ),
         None if model_vocab < GPT2_VOCAB_SIZE => bail!(

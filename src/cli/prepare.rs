@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use nanogpt::arithmetic::{prepare_arithmetic, ArithmeticOptions, Format, Op};
 use nanogpt::data::dataset::dataset_dir;
-use nanogpt::data::DocumentOptions;
+use nanogpt::data::{DocumentOptions, TextTokenizer};
 use std::path::PathBuf;
 
 /// The char-rnn tiny Shakespeare text that nanoGPT downloads.
@@ -78,7 +78,9 @@ pub struct TextArgs {
     /// Files or folders (walked recursively: *.txt, *.jsonl, *.parquet).
     #[arg(long, required = true, num_args = 1..)]
     input: Vec<PathBuf>,
-    /// gpt2 (BPE, <|endoftext|> after each document) or char (vocabulary from the text).
+    /// gpt2 (BPE, <|endoftext|> after each document), char (vocabulary from the text), or a
+    /// sentencepiece tokenizer FILE: tokenizer.model, llama2.c's tokenizer.bin, or a folder
+    /// holding one (BOS before each document, as llama2.c; copied into the dataset).
     #[arg(long, default_value = "gpt2")]
     tokenizer: String,
     #[command(flatten)]
@@ -159,12 +161,18 @@ pub fn prepare(dataset: PrepareCommand) -> Result<()> {
             if args.out.json {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
             } else {
+                let tokenizer = match &summary.tokenizer {
+                    TextTokenizer::Gpt2 => "GPT-2 BPE".to_string(),
+                    TextTokenizer::Char => "characters".to_string(),
+                    TextTokenizer::Llama(path) => format!("sentencepiece {}", path.display()),
+                };
                 println!(
-                    "{}: {} documents, {} train tokens, {} val tokens, {:.1} MB/s",
+                    "{}: {} documents, {} train tokens, {} val tokens ({tokenizer}, vocab {}), {:.1} MB/s",
                     opts.out_dir.display(),
                     summary.documents,
                     summary.train_tokens,
                     summary.val_tokens,
+                    summary.vocab_size,
                     summary.mb_per_s
                 );
             }

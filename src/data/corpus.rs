@@ -17,7 +17,8 @@
 //! ASCII character on each side (`a\nb`): GPT-2's pre-tokenizer always ends a piece at such a
 //! `\n` and has no look-behind, so tokenizing the pieces separately and concatenating gives
 //! exactly the tokens of the whole document (the tests check this on real text). A document
-//! with no such place is kept whole.
+//! with no such place is kept whole. (Sentencepiece, whose normalizer looks at the start of the
+//! text, encodes the pieces after the first as continuations: see [`super::text`].)
 
 use super::parquet::ParquetTextColumn;
 use super::pipeline::Batch;
@@ -128,6 +129,8 @@ pub struct Piece {
     /// Index of the document in the corpus, from 0, in input order.
     pub doc: u64,
     pub text: String,
+    /// The document's first piece (a start-of-document token goes before it, if any).
+    pub first: bool,
     /// The document's last piece (its end-of-document token follows).
     pub last: bool,
 }
@@ -358,11 +361,13 @@ impl CorpusReader {
             };
             match open {
                 OpenFile::Text(t) => {
+                    let first = t.offset == 0;
                     let (text, raw_bytes, last) = t.next_piece(self.opts.piece_bytes)?;
                     self.bytes_read += raw_bytes;
                     let piece = Piece {
                         doc: self.doc,
                         text,
+                        first,
                         last,
                     };
                     if last {
@@ -398,6 +403,7 @@ impl CorpusReader {
             .extend(pieces.into_iter().enumerate().map(|(i, text)| Piece {
                 doc,
                 text,
+                first: i == 0,
                 last: i + 1 == n,
             }));
         self.doc += 1;

@@ -6,8 +6,9 @@
 //!   then writes `dataset.json`, which names each file of the new state with its size and a
 //!   fingerprint, and the files of the state it replaces (if that one is complete), syncs the
 //!   folder, renames the temp files into place, removes the dataset files the new state does
-//!   not have (the other token format, surplus shards, a character vocabulary beside GPT-2
-//!   tokens), and writes `dataset.json` again without the previous state.
+//!   not have (the other token format, surplus shards, a character vocabulary or a
+//!   sentencepiece tokenizer beside tokens of another vocabulary), and writes `dataset.json`
+//!   again without the previous state.
 //! - **Reading** ([`verify`]): the files present must be exactly those `dataset.json` names (or,
 //!   during a commit, those of the previous state), each with its size and fingerprint. Until
 //!   the first rename the folder holds the previous state, and after the removals the new one.
@@ -38,12 +39,16 @@
 //!   replaced by another of exactly the same size that differs only between the sampled blocks
 //!   would go unnoticed.
 //! - **Readers**: [`crate::data::TokenSplit::open`] (tokens) and [`vocabulary`] /
-//!   [`tokenizer`] (the vocabulary, for `train`, `sample` and `eval`) verify the folder first.
+//!   [`tokenizer`] / [`vocab_size`] (the vocabulary, for `train`, `sample` and `eval`) verify
+//!   the folder first. The vocabulary is `meta.json` / `meta.pkl` (characters),
+//!   `tokenizer.model` / `tokenizer.bin` (sentencepiece, from `prepare text --tokenizer=FILE`),
+//!   or none of them (GPT-2 BPE).
 //! - **Resuming a commit**: [`commit_recorded`] finishes a commit from its list of files, for a
 //!   run that recorded the list before committing and was killed during it
 //!   (`prepare openwebtext`).
 
 use crate::atomic_file::{sync_dir, tmp_path, write_atomic, PendingFile};
+use crate::llama::tokenizer::LlamaTokenizer;
 use crate::tokenizer::{CharVocab, Tokenizer};
 use anyhow::{anyhow, bail, Result};
 use serde::{Deserialize, Serialize};
@@ -51,6 +56,7 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The record of a dataset folder's complete state.
 pub const RECORD_FILE: &str = "dataset.json";
@@ -115,13 +121,13 @@ pub fn verify(dir: &Path) -> Result<Verified> {
 }
 
 /// The character vocabulary of the dataset folder `dir` (`meta.json`, else nanoGPT's
-/// `meta.pkl`), or `None` for GPT-2 BPE tokens, once the folder [`verify`]s. Every reader of a
-/// dataset's vocabulary goes through here, so that `train`, `sample` and `eval` refuse a
-/// half-committed folder with the same message instead of pairing tokens with the wrong
-/// vocabulary.
+/// `meta.pkl`), or `None` for GPT-2 BPE tokens and sentencepiece ones (see [`tokenizer`]), once
+/// the folder [`verify`]s. Every reader of a dataset's vocabulary goes through here, so that
+/// `train`, `sample` and `eval` refuse a half-committed folder with the same message instead of
+/// pairing tokens with the wrong vocabulary.
 pub fn vocabulary(dir: &Path) -> Result<Option<CharVocab>> {
     verify(dir)?;
-    for name in ["meta.json", "meta.pkl"] {
+    for name in CHAR_VOCAB_FILES {
         let path = dir.join(name);
         if path.is_file() {
             return CharVocab::load(&path).map(Some);
@@ -130,13 +136,60 @@ pub fn vocabulary(dir: &Path) -> Result<Option<CharVocab>> {
     Ok(None)
 }
 
-/// As nanoGPT's `sample.py`: the dataset folder's character vocabulary when it has one,
-/// otherwise GPT-2's BPE (see [`vocabulary`]).
+/// The names of a dataset's sentencepiece tokenizer (`prepare text --tokenizer=FILE` copies
+/// FILE there): sentencepiece's model, or llama2.c's `tokenizer.bin` (all its entries).
+pub const LLAMA_TOKENIZER_FILES: [&str; 2] = ["tokenizer.model", "tokenizer.bin"];
+/// The names of a character vocabulary: ours, then nanoGPT's.
+const CHAR_VOCAB_FILES: [&str; 2] = ["meta.json", "meta.pkl"];
+
+/// The sentencepiece tokenizer of the dataset folder `dir` (`tokenizer.model`, else
+/// `tokenizer.bin`), if it has one, once the folder [`verify`]s. A folder that also holds a
+/// character vocabulary (only possible without `dataset.json`: a commit keeps one of them) is
+/// refused rather than guessed.
+pub fn llama_tokenizer(dir: &Path) -> Result<Option<LlamaTokenizer>> {
+    verify(dir)?;
+    let Some(path) = LLAMA_TOKENIZER_FILES
+        .iter()
+        .map(|f| dir.join(f))
+        .find(|p| p.is_file())
+    else {
+        return Ok(None);
+    };
+    if let Some(meta) = CHAR_VOCAB_FILES.iter().find(|f| dir.join(f).is_file()) {
+        bail!(
+            "{} holds both {} and {meta}, two vocabularies for one set of tokens; rerun the prepare command that made it",
+            dir.display(),
+            file_name(&path)?
+        );
+    }
+    let tok = if path.extension().is_some_and(|e| e == "model") {
+        LlamaTokenizer::read_model(&path)?
+    } else {
+        LlamaTokenizer::read_bin_all(&path)?
+    };
+    Ok(Some(tok))
+}
+
+/// As nanoGPT's `sample.py`: the dataset folder's sentencepiece tokenizer or character
+/// vocabulary when it has one, otherwise GPT-2's BPE (see [`vocabulary`] and
+/// [`llama_tokenizer`]).
 pub fn tokenizer(dir: &Path) -> Result<Tokenizer> {
+    if let Some(tok) = llama_tokenizer(dir)? {
+        return Ok(Tokenizer::Llama(Arc::new(tok)));
+    }
     match vocabulary(dir)? {
         Some(chars) => Ok(Tokenizer::Char(chars)),
         None => Tokenizer::gpt2(),
     }
+}
+
+/// The size of the dataset folder's vocabulary, to size a model: its character vocabulary's or
+/// its sentencepiece tokenizer's, or `None` for GPT-2 BPE tokens (no vocabulary file).
+pub fn vocab_size(dir: &Path) -> Result<Option<usize>> {
+    if let Some(tok) = llama_tokenizer(dir)? {
+        return Ok(Some(tok.vocab_size()));
+    }
+    Ok(vocabulary(dir)?.map(|v| v.vocab_size()))
 }
 
 /// Files complete at their temp names, fingerprinted, to be committed as one dataset.
@@ -309,7 +362,7 @@ pub fn dataset_dir(data_dir: &Path, name: &str) -> Result<PathBuf> {
 }
 
 /// The files in `dir` that readers take as part of a dataset: token files of either split (see
-/// [`is_split_file`]) and character vocabularies. Sorted.
+/// [`is_split_file`]), character vocabularies and sentencepiece tokenizers. Sorted.
 fn dataset_files(dir: &Path) -> Result<BTreeSet<String>> {
     let entries = std::fs::read_dir(dir)
         .map_err(|e| anyhow!("cannot list the dataset folder {}: {e}", dir.display()))?;
@@ -318,7 +371,8 @@ fn dataset_files(dir: &Path) -> Result<BTreeSet<String>> {
         let entry =
             entry.map_err(|e| anyhow!("cannot list the dataset folder {}: {e}", dir.display()))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        let vocab = name == "meta.json" || name == "meta.pkl";
+        let vocab = CHAR_VOCAB_FILES.contains(&name.as_str())
+            || LLAMA_TOKENIZER_FILES.contains(&name.as_str());
         if vocab || is_split_file(&name, "train") || is_split_file(&name, "val") {
             names.insert(name);
         }
@@ -341,8 +395,11 @@ pub fn is_split_file(name: &str, split: &str) -> bool {
 
 /// Whether a dataset file has a name our prepare commands write (the commit may remove it).
 fn is_own_file(name: &str) -> bool {
+    if name == "tokenizer.bin" {
+        return true; // llama2.c's tokenizer, copied by prepare text
+    }
     let Some(stem) = name.strip_suffix(".bin") else {
-        return true; // meta.json, meta.pkl
+        return true; // meta.json, meta.pkl, tokenizer.model
     };
     let digits = |s: &str| s.len() == 6 && s.bytes().all(|b| b.is_ascii_digit());
     ["train", "val"].iter().any(|split| {

@@ -11,6 +11,15 @@
 //!   characters of all documents and of the separator), written to `meta.json`; each document
 //!   is followed by [`TextPrepareOptions::char_separator`] (default `"\n\n"`; empty for
 //!   none). There is no end-of-text token.
+//! - **Sentencepiece** (`--tokenizer=FILE`: sentencepiece's `tokenizer.model`, llama2.c's
+//!   `tokenizer.bin`, or a folder holding either): each document is `[BOS] + sp.encode(doc)`
+//!   (BOS = 1, no EOS), as llama2.c's pretokenizer writes Llama training data. A `tokenizer.bin`
+//!   does not store its size, so every entry in the file counts; nor its normalizer settings,
+//!   so sentencepiece's defaults (`add_dummy_prefix`, `remove_extra_whitespaces`, as llama2.c's
+//!   own trained tokenizers have) are assumed: for Meta's Llama-2 tokenizer give its
+//!   `tokenizer.model`. The file is copied into the dataset folder as `tokenizer.model` /
+//!   `tokenizer.bin` (committed with the tokens), where `train` and `sample` find it
+//!   ([`super::dataset::tokenizer`]). Ids must fit uint16: at most 65536 tokens.
 //! - **Split, by document**: document `i` goes to validation when
 //!   [`is_val_document`]`(seed, i, val_fraction)`: a hash of the seed and the index, so the
 //!   split does not depend on thread count, batch size or file sizes, and the same corpus with
@@ -23,11 +32,23 @@
 //!   succeeded ([`super::dataset`]), so an error or a crash never leaves a half-written token
 //!   file, nor new token files beside an old vocabulary (a failed run leaves the previous
 //!   output as it was). Outputs of the other format left by an earlier run (`train.bin` vs
-//!   shards, surplus shards) are removed by the commit, and so is a `meta.json` / `meta.pkl` in
-//!   GPT-2 mode, which would otherwise make the dataset look character-level.
+//!   shards, surplus shards) are removed by the commit, and so is every vocabulary file the new
+//!   state does not have (`meta.json` / `meta.pkl`, `tokenizer.model` / `tokenizer.bin`), which
+//!   would otherwise pair the tokens with the wrong vocabulary.
 //! - **Memory**: the reader keeps about three batches of text (`batch_bytes`, default 16 MiB)
 //!   plus the tokens of one; documents longer than `piece_bytes` are cut where the tokens do
 //!   not change, see [`super::corpus`].
+//! - **Long documents with sentencepiece** are cut at the same places (just after a `\n` with
+//!   printable ASCII on both sides), and stay exact: sentencepiece's normalizer only acts at
+//!   the start (dummy-prefix space, leading spaces trimmed) and end (trailing spaces trimmed)
+//!   of the text and on runs of spaces, none of which crosses such a `\n`, so the pieces after
+//!   the first are encoded as continuations, without the dummy prefix
+//!   ([`LlamaTokenizer::encode_sentencepiece_continued`]); and when no piece of the vocabulary
+//!   holds a `\n` before its end ([`LlamaTokenizer::newline_ends_merges`], true of llama2.c's
+//!   and Meta's vocabularies as far as we know, and checked at every run), no merge joins
+//!   the two sides of the cut. A vocabulary that fails that check gets no cuts: each document
+//!   is encoded whole, on one thread, as llama2.c does. The tests check the cut stream
+//!   against the uncut one and against sentencepiece's own.
 
 use super::corpus::{collect_inputs, CorpusReader, InputFile, Piece, ReaderOptions};
 use super::dataset;
@@ -35,33 +56,98 @@ use super::documents::DocumentOptions;
 use super::pipeline::{tokenize_ordered, with_pool, Batch};
 use super::writer::SplitWriter;
 use crate::atomic_file::{write_pending, PendingFile};
+use crate::llama::tokenizer::{LlamaTokenizer, BOS};
 use crate::rng::mix64;
 use crate::tokenizer::{CharVocab, Gpt2Bpe, EOT};
 use anyhow::{anyhow, bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use serde::Serialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Which tokenizer `prepare text` uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub enum TextTokenizer {
     /// GPT-2's BPE, an end-of-text token after every document.
     Gpt2,
     /// A character vocabulary built from the corpus, written to `meta.json`.
     Char,
+    /// A sentencepiece tokenizer: a `tokenizer.model`, llama2.c's `tokenizer.bin`, or a folder
+    /// holding one; BOS before every document (see the module docs).
+    Llama(PathBuf),
 }
 
 impl std::str::FromStr for TextTokenizer {
     type Err = anyhow::Error;
+    /// `gpt2`, `char`, or else the path of a sentencepiece tokenizer (checked when it is read).
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "gpt2" => Ok(TextTokenizer::Gpt2),
             "char" => Ok(TextTokenizer::Char),
-            other => bail!("unknown tokenizer '{other}': use gpt2 or char"),
+            "" => bail!("empty tokenizer: use gpt2, char, or a sentencepiece tokenizer file"),
+            path => Ok(TextTokenizer::Llama(PathBuf::from(path))),
         }
     }
+}
+
+/// A sentencepiece tokenizer read for `prepare text`, with the bytes to copy into the dataset.
+struct LlamaFile {
+    tok: LlamaTokenizer,
+    bytes: Vec<u8>,
+    /// `tokenizer.model` or `tokenizer.bin`: its name in the dataset folder.
+    name: &'static str,
+}
+
+/// Reads the tokenizer `--tokenizer=path` names: a `.model` is sentencepiece's, a `.bin`
+/// llama2.c's (all of its entries), a folder's `tokenizer.model` (else `tokenizer.bin`); a file
+/// named otherwise is tried as either. Each failure is one line naming the file.
+fn read_llama_file(path: &Path) -> Result<LlamaFile> {
+    let p = path.display();
+    let usage = "give gpt2, char, or a sentencepiece tokenizer (tokenizer.model, llama2.c's tokenizer.bin, or a folder holding one)";
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("--tokenizer: {p} does not exist: {usage}")
+        }
+        Err(e) => bail!("--tokenizer: cannot read {p}: {e}"),
+    };
+    let file = if meta.is_dir() {
+        super::dataset::LLAMA_TOKENIZER_FILES
+            .iter()
+            .map(|f| path.join(f))
+            .find(|f| f.is_file())
+            .ok_or_else(|| {
+                anyhow!("--tokenizer: the folder {p} has no tokenizer.model or tokenizer.bin")
+            })?
+    } else {
+        path.to_path_buf()
+    };
+    let bytes = std::fs::read(&file)
+        .map_err(|e| anyhow!("--tokenizer: cannot read {}: {e}", file.display()))?;
+    let ext = file.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let (tok, name) = match ext {
+        "model" => (LlamaTokenizer::parse_model(&bytes, &file)?, "tokenizer.model"),
+        "bin" => (LlamaTokenizer::parse_bin_all(&bytes, &file)?, "tokenizer.bin"),
+        _ => match LlamaTokenizer::parse_model(&bytes, &file) {
+            Ok(tok) => (tok, "tokenizer.model"),
+            Err(_) => match LlamaTokenizer::parse_bin_all(&bytes, &file) {
+                Ok(tok) => (tok, "tokenizer.bin"),
+                Err(_) => bail!(
+                    "--tokenizer: {} is neither a sentencepiece tokenizer.model nor a llama2.c tokenizer.bin; {usage}",
+                    file.display()
+                ),
+            },
+        },
+    };
+    if tok.vocab_size() > 1 << 16 {
+        bail!(
+            "{}: {} tokens, more than uint16 token files can number (65536)",
+            file.display(),
+            tok.vocab_size()
+        );
+    }
+    Ok(LlamaFile { tok, bytes, name })
 }
 
 #[derive(Clone, Debug)]
@@ -118,7 +204,11 @@ pub struct TextPrepareSummary {
     /// The token files written: one each, or the shards in order.
     pub train_files: Vec<PathBuf>,
     pub val_files: Vec<PathBuf>,
+    /// Character mode: the vocabulary written (`meta.json`).
     pub meta_path: Option<PathBuf>,
+    /// Sentencepiece mode: the tokenizer's copy in the dataset folder (`tokenizer.model` /
+    /// `tokenizer.bin`).
+    pub tokenizer_path: Option<PathBuf>,
     /// Earlier outputs removed (see the module docs).
     pub removed_stale: Vec<PathBuf>,
     pub threads: usize,
@@ -184,12 +274,18 @@ pub fn prepare_text(opts: &TextPrepareOptions) -> Result<TextPrepareSummary> {
             skipped.len()
         );
     }
+    let llama = match &opts.tokenizer {
+        TextTokenizer::Llama(path) => Some(read_llama_file(path)?),
+        _ => None,
+    };
     let out = &opts.out_dir;
     dataset::open_for_prepare(out)?;
     let total_bytes: u64 = files.iter().map(|f| f.bytes).sum();
     let bar = progress_bar(opts.docs.progress, total_bytes);
 
-    let result = with_pool(opts.docs.num_proc, || tokenize_corpus(opts, &files, &bar));
+    let result = with_pool(opts.docs.num_proc, || {
+        tokenize_corpus(opts, &files, llama.as_ref().map(|l| &l.tok), &bar)
+    });
     bar.finish_and_clear(); // before any error message
     let (done, threads) = result?;
     let done = done?;
@@ -213,11 +309,19 @@ pub fn prepare_text(opts: &TextPrepareOptions) -> Result<TextPrepareSummary> {
         }
         None => None,
     };
+    let tokenizer_path = match &llama {
+        Some(l) => {
+            let path = out.join(l.name);
+            outputs.push(write_pending(&path, &l.bytes)?);
+            Some(path)
+        }
+        None => None,
+    };
     let removed_stale = dataset::stage(out, outputs)?.commit()?;
 
     let elapsed_s = start.elapsed().as_secs_f64();
     Ok(TextPrepareSummary {
-        tokenizer: opts.tokenizer,
+        tokenizer: opts.tokenizer.clone(),
         vocab_size: done.vocab_size,
         files: files.len(),
         skipped_files: skipped,
@@ -231,6 +335,7 @@ pub fn prepare_text(opts: &TextPrepareOptions) -> Result<TextPrepareSummary> {
         train_files,
         val_files,
         meta_path,
+        tokenizer_path,
         removed_stale,
         threads,
         elapsed_s,
@@ -251,16 +356,24 @@ struct Tokenized {
     vocab_size: usize,
 }
 
-enum Encoder {
+enum Encoder<'a> {
     Gpt2(Gpt2Bpe),
     /// Code point -> id, `u32::MAX` where absent.
     Char(Vec<u32>),
+    /// BOS before each document's first piece; the later pieces of a cut document are
+    /// continuations (see the module docs).
+    Llama(&'a LlamaTokenizer),
 }
 
-impl Encoder {
+impl Encoder<'_> {
     fn encode(&self, piece: &Piece) -> Result<Vec<u32>> {
         match self {
             Encoder::Gpt2(bpe) => Ok(bpe.encode_ordinary(&piece.text)),
+            Encoder::Llama(tok) if piece.first => Ok([BOS]
+                .into_iter()
+                .chain(tok.encode_sentencepiece(&piece.text))
+                .collect()),
+            Encoder::Llama(tok) => Ok(tok.encode_sentencepiece_continued(&piece.text)),
             Encoder::Char(table) => piece
                 .text
                 .chars()
@@ -279,23 +392,34 @@ impl Encoder {
 fn tokenize_corpus(
     opts: &TextPrepareOptions,
     files: &[InputFile],
+    llama: Option<&LlamaTokenizer>,
     bar: &ProgressBar,
 ) -> Result<Tokenized> {
+    // A vocabulary whose merges may cross a cut gets none (see the module docs).
+    let piece_bytes = match llama {
+        Some(tok) if !tok.newline_ends_merges() => usize::MAX,
+        _ => opts.docs.piece_bytes,
+    };
     let reader = || {
         CorpusReader::new(
             files.to_vec(),
             ReaderOptions {
                 text_field: opts.docs.text_field.clone(),
-                piece_bytes: opts.docs.piece_bytes,
+                piece_bytes,
                 batch_bytes: opts.docs.batch_bytes,
                 first_doc: 0,
                 end_doc: None,
             },
         )
     };
-    let (encoder, end_of_doc, vocab) = match opts.tokenizer {
-        TextTokenizer::Gpt2 => (Encoder::Gpt2(Gpt2Bpe::new()?), vec![EOT], None),
-        TextTokenizer::Char => {
+    let (encoder, end_of_doc, vocab) = match (&opts.tokenizer, llama) {
+        (TextTokenizer::Llama(path), None) => bail!(
+            "the sentencepiece tokenizer {} was not read before tokenizing",
+            path.display()
+        ),
+        (TextTokenizer::Llama(_), Some(tok)) => (Encoder::Llama(tok), Vec::new(), None),
+        (TextTokenizer::Gpt2, _) => (Encoder::Gpt2(Gpt2Bpe::new()?), vec![EOT], None),
+        (TextTokenizer::Char, _) => {
             bar.set_message("pass 1/2: characters");
             let vocab = char_vocab(reader(), &opts.char_separator, bar)?;
             bar.set_message("pass 2/2: tokens");
@@ -308,9 +432,11 @@ fn tokenize_corpus(
             (Encoder::Char(table), sep, Some(vocab))
         }
     };
-    let vocab_size = vocab
-        .as_ref()
-        .map_or(crate::tokenizer::GPT2_VOCAB_SIZE, |v| v.vocab_size());
+    let vocab_size = match (&vocab, llama) {
+        (Some(v), _) => v.vocab_size(),
+        (None, Some(tok)) => tok.vocab_size(),
+        (None, None) => crate::tokenizer::GPT2_VOCAB_SIZE,
+    };
 
     let out = &opts.out_dir;
     let mut sink = SplitSink {

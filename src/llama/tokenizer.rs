@@ -104,50 +104,23 @@ impl LlamaTokenizer {
         if vocab_size == 0 {
             bail!("{p}: a vocabulary of 0 tokens was asked for; pass the model's vocab_size");
         }
-        let Some(max_len) = bytes.get(..4) else {
-            bail!(
-                "{p}: {} bytes, too short for a tokenizer.bin header",
-                bytes.len()
-            );
-        };
-        let max_len = u32::from_le_bytes([max_len[0], max_len[1], max_len[2], max_len[3]]) as usize;
-        let (mut pieces, mut scores, mut kinds) = (Vec::new(), Vec::new(), Vec::new());
-        let mut at = 4;
-        for id in 0..vocab_size {
-            let Some(head) = bytes.get(at..at + 8) else {
-                bail!(
-                    "{p}: truncated: it ends at token {id} of the model's {vocab_size} (byte {at})"
-                );
-            };
-            let score = f32::from_le_bytes([head[0], head[1], head[2], head[3]]);
-            let len = i32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-            if len < 0 || len as usize > max_len {
-                bail!(
-                    "{p}: token {id} has length {len}, outside 0..={max_len} (max_token_length); \
-                     not a llama2.c tokenizer.bin, or corrupt"
-                );
-            }
-            let Some(piece) = bytes.get(at + 8..at + 8 + len as usize) else {
-                bail!("{p}: truncated in the text of token {id} (byte {at})");
-            };
-            kinds.push(bin_kind(id, piece));
-            pieces.push(piece.to_vec());
-            scores.push(score);
-            at += 8 + len as usize;
-        }
-        if at != bytes.len() {
-            bail!(
-                "{p}: {} bytes left after the model's {vocab_size} tokens; is it the tokenizer \
-                 of another model?",
-                bytes.len() - at
-            );
-        }
-        Ok(LlamaTokenizer::new(
-            pieces,
-            scores,
-            kinds,
-            DEFAULT_UNK_SURFACE.into(),
-        ))
+        parse_bin(&bytes, Some(vocab_size), &p.to_string())
+    }
+
+    /// Reads llama2.c's `tokenizer.bin` as [`LlamaTokenizer::read_bin`] does, taking every
+    /// token the file holds (its entries up to the end of the file) as the vocabulary: for a
+    /// tokenizer given without a model (`prepare text --tokenizer`). As llama2.c's `export()`
+    /// writes it, `max_token_length` must be the longest token's length, which a file that is
+    /// not a `tokenizer.bin` (or is cut short) almost never satisfies.
+    pub fn read_bin_all(path: &Path) -> Result<LlamaTokenizer> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        LlamaTokenizer::parse_bin_all(&bytes, path)
+    }
+
+    /// [`LlamaTokenizer::read_bin_all`] of the file's bytes; `path` names it in errors.
+    pub fn parse_bin_all(bytes: &[u8], path: &Path) -> Result<LlamaTokenizer> {
+        parse_bin(bytes, None, &path.display().to_string())
     }
 
     /// Reads sentencepiece's `tokenizer.model` (a `ModelProto`): BPE with identity
@@ -157,7 +130,12 @@ impl LlamaTokenizer {
     pub fn read_model(path: &Path) -> Result<LlamaTokenizer> {
         let bytes =
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        read_model_proto(&bytes).with_context(|| {
+        LlamaTokenizer::parse_model(&bytes, path)
+    }
+
+    /// [`LlamaTokenizer::read_model`] of the file's bytes; `path` names it in errors.
+    pub fn parse_model(bytes: &[u8], path: &Path) -> Result<LlamaTokenizer> {
+        read_model_proto(bytes).with_context(|| {
             format!(
                 "{}: not a sentencepiece model this tokenizer reads (truncated?)",
                 path.display()
@@ -193,9 +171,37 @@ impl LlamaTokenizer {
 
     /// Ids of `text` as sentencepiece's `encode` (no BOS).
     pub fn encode_sentencepiece(&self, text: &str) -> Vec<u32> {
-        let normalized = self.normalize(text);
+        self.encode_normalized(&self.normalize(text, true))
+    }
+
+    /// Whether no normal piece holds a `\n` before its last byte. Then no merge ever joins a
+    /// `\n` to what follows it, so the merges of the text before a `\n` and of the text after
+    /// it are independent (each side's candidate pairs, and so the order of its merges, are
+    /// its own), and a text cut just after a `\n` can be encoded piece by piece; see
+    /// [`LlamaTokenizer::encode_sentencepiece_continued`].
+    pub fn newline_ends_merges(&self) -> bool {
+        self.normal.keys().all(|p| {
+            p.iter()
+                .position(|&b| b == b'\n')
+                .is_none_or(|i| i + 1 == p.len())
+        })
+    }
+
+    /// Ids of `text`, the part after a cut of a longer text, as sentencepiece encodes that part
+    /// of the whole: the cut must be just after a `\n`, `text` must start with neither a space
+    /// nor `▁`, and [`LlamaTokenizer::newline_ends_merges`] must hold. The normalizer then
+    /// treats each side alone as it does in the whole (its dummy prefix and leading trim
+    /// belong to the first part, the trailing trim to the last; a run of spaces never spans
+    /// the `\n`), so `encode_sentencepiece(a) + encode_sentencepiece_continued(b)` =
+    /// `encode_sentencepiece(a + b)`.
+    pub fn encode_sentencepiece_continued(&self, text: &str) -> Vec<u32> {
+        self.encode_normalized(&self.normalize(text, false))
+    }
+
+    /// Merges and byte fallback over normalized text.
+    fn encode_normalized(&self, normalized: &str) -> Vec<u32> {
         let mut symbols = Vec::new();
-        let mut rest = normalized.as_str();
+        let mut rest = normalized;
         while let Some(c) = rest.chars().next() {
             symbols.push(rest.as_bytes()[..c.len_utf8()].to_vec());
             rest = &rest[c.len_utf8()..];
@@ -214,20 +220,22 @@ impl LlamaTokenizer {
     }
 
     /// sentencepiece's normalizer (identity rules) in space form: a literal `▁` is a space
-    /// that is never collapsed, but is dropped at the end like one.
-    fn normalize(&self, text: &str) -> String {
+    /// that is never collapsed, but is dropped at the end like one. `start`: `text` is the
+    /// start of the text (the dummy prefix and the leading trim apply), else it continues one
+    /// just after a `\n` (see [`LlamaTokenizer::encode_sentencepiece_continued`]).
+    fn normalize(&self, text: &str, start: bool) -> String {
         if text.is_empty() {
             return String::new();
         }
         let mut text = text;
-        if self.remove_extra_whitespaces {
+        if self.remove_extra_whitespaces && start {
             text = text.trim_start_matches(' ');
         }
         let mut out = String::with_capacity(text.len() + 1);
-        if self.add_dummy_prefix {
+        if self.add_dummy_prefix && start {
             out.push(' ');
         }
-        let mut prev_space = self.remove_extra_whitespaces;
+        let mut prev_space = self.remove_extra_whitespaces && start;
         for c in text.chars() {
             if c == ' ' && prev_space {
                 continue;
@@ -326,6 +334,76 @@ impl LlamaTokenizer {
         }
         Ok(piece.to_vec())
     }
+}
+
+/// The tokens of a `tokenizer.bin` (see [`LlamaTokenizer::read_bin`]): exactly `vocab_size` of
+/// them, or with `None` every entry up to the end of the file. `p` names the file in errors.
+fn parse_bin(bytes: &[u8], vocab_size: Option<usize>, p: &str) -> Result<LlamaTokenizer> {
+    let Some(max_len) = bytes.get(..4) else {
+        bail!(
+            "{p}: {} bytes, too short for a tokenizer.bin header",
+            bytes.len()
+        );
+    };
+    let max_len = u32::from_le_bytes([max_len[0], max_len[1], max_len[2], max_len[3]]) as usize;
+    let (mut pieces, mut scores, mut kinds) = (Vec::new(), Vec::new(), Vec::new());
+    let mut at = 4;
+    let mut longest = 0;
+    while vocab_size.map_or(at < bytes.len(), |v| pieces.len() < v) {
+        let id = pieces.len();
+        let Some(head) = bytes.get(at..at + 8) else {
+            match vocab_size {
+                Some(v) => {
+                    bail!("{p}: truncated: it ends at token {id} of the model's {v} (byte {at})")
+                }
+                None => bail!(
+                    "{p}: truncated: {} bytes after token {id}, too few for another (byte {at}); \
+                     not a llama2.c tokenizer.bin, or cut short",
+                    bytes.len() - at
+                ),
+            }
+        };
+        let score = f32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+        let len = i32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        if len < 0 || len as usize > max_len {
+            bail!(
+                "{p}: token {id} has length {len}, outside 0..={max_len} (max_token_length); \
+                 not a llama2.c tokenizer.bin, or corrupt"
+            );
+        }
+        let Some(piece) = bytes.get(at + 8..at + 8 + len as usize) else {
+            bail!("{p}: truncated in the text of token {id} (byte {at})");
+        };
+        kinds.push(bin_kind(id, piece));
+        pieces.push(piece.to_vec());
+        scores.push(score);
+        longest = longest.max(len as usize);
+        at += 8 + len as usize;
+    }
+    match vocab_size {
+        Some(v) if at != bytes.len() => bail!(
+            "{p}: {} bytes left after the model's {v} tokens; is it the tokenizer \
+             of another model?",
+            bytes.len() - at
+        ),
+        // llama2.c's export() writes the longest token's length; a file of another kind
+        // that happens to parse (all zeros, say) does not.
+        None if pieces.len() < 3 || longest == 0 => bail!(
+            "{p}: not a llama2.c tokenizer.bin ({} tokens, none longer than 0 bytes)",
+            pieces.len()
+        ),
+        None if longest != max_len => bail!(
+            "{p}: not a llama2.c tokenizer.bin (its longest token has {longest} bytes, \
+             but its header says {max_len})"
+        ),
+        _ => {}
+    }
+    Ok(LlamaTokenizer::new(
+        pieces,
+        scores,
+        kinds,
+        DEFAULT_UNK_SURFACE.into(),
+    ))
 }
 
 /// llama2.c's vocabularies follow sentencepiece's Llama layout (see [`LlamaTokenizer::read_bin`]).
