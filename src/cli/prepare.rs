@@ -3,7 +3,7 @@
 
 use super::knobs::Knobs;
 use super::output::Interrupt;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use nanogpt::arithmetic::{prepare_arithmetic, ArithmeticOptions, Format, Op};
 use nanogpt::data::dataset::dataset_dir;
@@ -101,6 +101,13 @@ pub struct ShakespeareArgs {
     /// Put <dataset>/ under this directory instead of data/.
     #[arg(long = "data_dir", default_value = "data")]
     data_dir: PathBuf,
+    /// shakespeare only: a Llama's sentencepiece tokenizer (tokenizer.model, llama2.c's
+    /// tokenizer.bin, or a folder with one) instead of GPT-2 BPE; each split starts with BOS.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// The dataset's name under data_dir [default: the command's name].
+    #[arg(long)]
+    name: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -279,8 +286,9 @@ fn prepare_openwebtext(args: OpenWebTextArgs) -> Result<()> {
     Ok(())
 }
 
-fn prepare_shakespeare(name: &str, args: ShakespeareArgs) -> Result<()> {
-    let out = args.data_dir.join(name);
+fn prepare_shakespeare(command: &str, args: ShakespeareArgs) -> Result<()> {
+    let name = args.name.as_deref().unwrap_or(command);
+    let out = dataset_dir(&args.data_dir, name)?;
     let input = match args.input {
         Some(path) => path,
         None => {
@@ -296,10 +304,13 @@ fn prepare_shakespeare(name: &str, args: ShakespeareArgs) -> Result<()> {
             path
         }
     };
-    let summary = if name == "shakespeare_char" {
-        nanogpt::data::prepare_shakespeare_char(&input, &out)?
-    } else {
-        nanogpt::data::prepare_shakespeare_bpe(&input, &out)?
+    let summary = match (command, &args.tokenizer) {
+        ("shakespeare_char", None) => nanogpt::data::prepare_shakespeare_char(&input, &out)?,
+        ("shakespeare_char", Some(_)) => bail!(
+            "--tokenizer is for `prepare shakespeare` (subword tokens); shakespeare_char builds its own character vocabulary"
+        ),
+        (_, Some(tok)) => nanogpt::data::prepare_shakespeare_llama(&input, &out, tok)?,
+        (_, None) => nanogpt::data::prepare_shakespeare_bpe(&input, &out)?,
     };
     println!(
         "{}: vocab {}, {} train tokens, {} val tokens",

@@ -16,7 +16,9 @@ pub mod tokens;
 pub mod writer;
 
 pub use documents::DocumentOptions;
-pub use prepare::{prepare_shakespeare_bpe, prepare_shakespeare_char, PrepareSummary};
+pub use prepare::{
+    prepare_shakespeare_bpe, prepare_shakespeare_char, prepare_shakespeare_llama, PrepareSummary,
+};
 pub use split::TokenSplit;
 pub use stream::{prepare_stream, StreamPrepareOptions, StreamPrepareSummary, StreamSource};
 pub use text::{prepare_text, TextPrepareOptions, TextPrepareSummary, TextTokenizer};

@@ -2,12 +2,16 @@
 //! `data/shakespeare/prepare.py`: the first 90% of the text's characters (Unicode code points)
 //! are the training split, the rest validation; each split is tokenized and written as raw
 //! uint16 `train.bin` / `val.bin`. They work for any UTF-8 text file, not just Shakespeare.
+//! With a Llama's sentencepiece tokenizer, each split is BOS then its sentencepiece ids (as
+//! llama2.c's pretokenizer encodes a document), and the tokenizer file joins the dataset.
 //! The files are committed together as one dataset ([`super::dataset`]).
 
 use super::dataset;
+use super::text::read_llama_file;
 use super::tokens::TokenFormat;
 use super::writer::write_tokens_pending;
 use crate::atomic_file::write_pending;
+use crate::llama::tokenizer::BOS;
 use crate::tokenizer::{CharVocab, Gpt2Bpe};
 use anyhow::{anyhow, bail, Result};
 use std::path::{Path, PathBuf};
@@ -20,7 +24,7 @@ pub struct PrepareSummary {
     pub val_tokens: usize,
     pub train_path: PathBuf,
     pub val_path: PathBuf,
-    /// `meta.json`, for a character vocabulary.
+    /// `meta.json` for a character vocabulary, `tokenizer.model`/`.bin` for a Llama's.
     pub meta_path: Option<PathBuf>,
 }
 
@@ -77,7 +81,34 @@ pub fn prepare_shakespeare_char(input: &Path, out_dir: &Path) -> Result<PrepareS
         &train_ids,
         &val_ids,
         vocab.vocab_size(),
-        Some(meta.as_bytes()),
+        Some(("meta.json", meta.as_bytes())),
+    )
+}
+
+/// `shakespeare` with a Llama's sentencepiece tokenizer (`tokenizer.model`, llama2.c's
+/// `tokenizer.bin`, or a folder with one): each split is `[BOS] + encode(split)`; writes
+/// `train.bin`, `val.bin` and the tokenizer (as `tokenizer.model` or `tokenizer.bin`).
+pub fn prepare_shakespeare_llama(
+    input: &Path,
+    out_dir: &Path,
+    tokenizer: &Path,
+) -> Result<PrepareSummary> {
+    let text = read_text(input)?;
+    let file = read_llama_file(tokenizer)?;
+    let (train, val) = split_chars(&text, 0.9);
+    let encode = |s: &str| -> Vec<u32> {
+        [BOS]
+            .into_iter()
+            .chain(file.tok.encode_sentencepiece(s))
+            .collect()
+    };
+    let (train_ids, val_ids) = rayon::join(|| encode(train), || encode(val));
+    write_splits(
+        out_dir,
+        &train_ids,
+        &val_ids,
+        file.tok.vocab_size(),
+        Some((file.name, &file.bytes)),
     )
 }
 
@@ -92,24 +123,25 @@ pub fn prepare_shakespeare_bpe(input: &Path, out_dir: &Path) -> Result<PrepareSu
     write_splits(out_dir, &train_ids, &val_ids, bpe.vocab_size(), None)
 }
 
-/// Writes `train.bin`, `val.bin` and `meta` (as `meta.json`) to temp names, then commits them
+/// Writes `train.bin`, `val.bin` and the vocabulary file (`meta.json`, or a Llama's tokenizer:
+/// name and bytes) to temp names, then commits them
 /// as the dataset in `out_dir` (see [`super::dataset`]).
 fn write_splits(
     out_dir: &Path,
     train: &[u32],
     val: &[u32],
     vocab_size: usize,
-    meta: Option<&[u8]>,
+    vocabulary: Option<(&str, &[u8])>,
 ) -> Result<PrepareSummary> {
     dataset::open_for_prepare(out_dir)?;
     let train_path = out_dir.join("train.bin");
     let val_path = out_dir.join("val.bin");
-    let meta_path = meta.map(|_| out_dir.join("meta.json"));
+    let meta_path = vocabulary.map(|(name, _)| out_dir.join(name));
     let mut files = vec![
         write_tokens_pending(&train_path, train, TokenFormat::RawU16)?,
         write_tokens_pending(&val_path, val, TokenFormat::RawU16)?,
     ];
-    if let (Some(path), Some(bytes)) = (&meta_path, meta) {
+    if let (Some(path), Some((_, bytes))) = (&meta_path, vocabulary) {
         files.push(write_pending(path, bytes)?);
     }
     dataset::stage(out_dir, files)?.commit()?;

@@ -92,17 +92,17 @@ impl std::str::FromStr for TextTokenizer {
 }
 
 /// A sentencepiece tokenizer read for `prepare text`, with the bytes to copy into the dataset.
-struct LlamaFile {
-    tok: LlamaTokenizer,
-    bytes: Vec<u8>,
+pub(crate) struct LlamaFile {
+    pub tok: LlamaTokenizer,
+    pub bytes: Vec<u8>,
     /// `tokenizer.model` or `tokenizer.bin`: its name in the dataset folder.
-    name: &'static str,
+    pub name: &'static str,
 }
 
 /// Reads the tokenizer `--tokenizer=path` names: a `.model` is sentencepiece's, a `.bin`
 /// llama2.c's (all of its entries), a folder's `tokenizer.model` (else `tokenizer.bin`); a file
 /// named otherwise is tried as either. Each failure is one line naming the file.
-fn read_llama_file(path: &Path) -> Result<LlamaFile> {
+pub(crate) fn read_llama_file(path: &Path) -> Result<LlamaFile> {
     let p = path.display();
     let usage = "give gpt2, char, or a sentencepiece tokenizer (tokenizer.model, llama2.c's tokenizer.bin, or a folder holding one)";
     let meta = match std::fs::metadata(path) {
