@@ -164,7 +164,9 @@ impl Engine for CpuEngine {
         feeds: &[Feed],
         logits: &mut [f32],
     ) -> Result<()> {
-        self.forward_feeds(cache, feeds, logits, None)
+        // On a pool thread, the kernels' parallel loops start without a cross-thread handoff
+        // each: a decoding step of a small model is dozens of them, microseconds apiece.
+        rayon::scope(|_| self.forward_feeds(cache, feeds, logits, None))
     }
 
     fn forward_cached_hidden(
@@ -174,7 +176,7 @@ impl Engine for CpuEngine {
         logits: &mut [f32],
         hidden: &mut [f32],
     ) -> Result<()> {
-        self.forward_feeds(cache, feeds, logits, Some(hidden))
+        rayon::scope(|_| self.forward_feeds(cache, feeds, logits, Some(hidden)))
     }
 
     fn reorder_cache(&self, cache: &mut KvCache, rows: &[usize]) -> Result<()> {

@@ -16,7 +16,7 @@
 //! backward pass runs one task per (batch, kv head) and loops over the group in head order, so
 //! the sums are deterministic. With n_kv_head == n_head (GPT-2) this is plain multi-head attention.
 
-use super::math::{dot, fast_exp, SharedMut};
+use super::math::{dot, fast_exp, min_items_per_task, SharedMut};
 use super::matmul::{gemm_into, View};
 use crate::rng::keep;
 use rayon::prelude::*;
@@ -222,14 +222,52 @@ unsafe fn attend_one_query(
             *pj = scale * dot(q, std::slice::from_raw_parts(k.add(j * kv_rs), hs));
         }
         softmax_row(p, n_keys);
-        out.fill(0.0);
-        for (j, &pj) in p.iter().enumerate() {
-            let vj = std::slice::from_raw_parts(v.add(j * kv_rs), hs);
-            for (o, &x) in out.iter_mut().zip(vj) {
-                *o = pj.mul_add(x, *o);
+        if hs.is_multiple_of(16) {
+            weighted_rows::<16>(out, p, v, kv_rs);
+        } else if hs.is_multiple_of(8) {
+            weighted_rows::<8>(out, p, v, kv_rs);
+        } else {
+            out.fill(0.0);
+            for (j, &pj) in p.iter().enumerate() {
+                let vj = std::slice::from_raw_parts(v.add(j * kv_rs), hs);
+                for (o, &x) in out.iter_mut().zip(vj) {
+                    *o = pj.mul_add(x, *o);
+                }
             }
         }
     })
+}
+
+/// out = sum_j p[j] * v_j over the value rows v_j (stride `kv_rs`), W columns at a time, with
+/// four partial sums (key j into sum j % 4, added pairwise at the end): a single running sum
+/// makes each key wait for the previous key's multiply-add, which for a small head is all the
+/// time there is.
+unsafe fn weighted_rows<const W: usize>(out: &mut [f32], p: &[f32], v: *const f32, kv_rs: usize) {
+    for (d0, o) in out.chunks_exact_mut(W).enumerate().map(|(i, o)| (i * W, o)) {
+        let mut acc = [[0.0f32; W]; 4];
+        let mut quads = p.chunks_exact(4);
+        let row = |j: usize| std::slice::from_raw_parts(v.add(j * kv_rs + d0), W);
+        let mut j = 0;
+        for q in &mut quads {
+            let rows = [row(j), row(j + 1), row(j + 2), row(j + 3)];
+            for k in 0..4 {
+                for i in 0..W {
+                    acc[k][i] = q[k].mul_add(rows[k][i], acc[k][i]);
+                }
+            }
+            j += 4;
+        }
+        for &pj in quads.remainder() {
+            let r = row(j);
+            for i in 0..W {
+                acc[0][i] = pj.mul_add(r[i], acc[0][i]);
+            }
+            j += 1;
+        }
+        for i in 0..W {
+            o[i] = (acc[0][i] + acc[1][i]) + (acc[2][i] + acc[3][i]);
+        }
+    }
 }
 
 /// Training forward. qkv: (B, T, (H + 2*H_kv)*hs) with q, k, v sections (3C wide for plain
@@ -326,28 +364,34 @@ pub fn attention_forward_cached(
         next_free_row = s.first + s.n;
     }
     let out_ptr = SharedMut(out.as_mut_ptr());
-    (0..seqs.len() * nh).into_par_iter().for_each(|sh| {
-        let (s, h) = (&seqs[sh / nh], sh % nh);
-        let kv = (s.slot * nkv + h / group) * max_t * hs;
-        // SAFETY: (sequence, head) owns its own rows and columns of out (sequences' rows are
-        // disjoint); the bounds were checked above; the rest is read only.
-        unsafe {
-            attend_head(
-                q.as_ptr().add(s.first * q_rs + h * hs),
-                q_rs,
-                k_cache.as_ptr().add(kv),
-                v_cache.as_ptr().add(kv),
-                hs,
-                out_ptr.get().add(s.first * c + h * hs),
-                c,
-                s.n,
-                s.pos,
-                hs,
-                None,
-                None,
-            );
-        }
-    });
+    // A (sequence, head) reads its keys and values once, with its queries' scores for each.
+    let longest = seqs.iter().map(|s| s.n * (s.pos + s.n)).max().unwrap_or(1);
+    let min = min_items_per_task(2 * longest * hs);
+    (0..seqs.len() * nh)
+        .into_par_iter()
+        .with_min_len(min)
+        .for_each(|sh| {
+            let (s, h) = (&seqs[sh / nh], sh % nh);
+            let kv = (s.slot * nkv + h / group) * max_t * hs;
+            // SAFETY: (sequence, head) owns its own rows and columns of out (sequences' rows are
+            // disjoint); the bounds were checked above; the rest is read only.
+            unsafe {
+                attend_head(
+                    q.as_ptr().add(s.first * q_rs + h * hs),
+                    q_rs,
+                    k_cache.as_ptr().add(kv),
+                    v_cache.as_ptr().add(kv),
+                    hs,
+                    out_ptr.get().add(s.first * c + h * hs),
+                    c,
+                    s.n,
+                    s.pos,
+                    hs,
+                    None,
+                    None,
+                );
+            }
+        });
 }
 
 /// Training backward: dqkv (B, T, (H + 2*H_kv)*hs) is overwritten.

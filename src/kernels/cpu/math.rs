@@ -82,20 +82,26 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     const WIDE: usize = 64;
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
-    let mut wide = [0.0f32; WIDE];
-    let (mut ca, mut cb) = (a.chunks_exact(WIDE), b.chunks_exact(WIDE));
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        for j in 0..WIDE {
-            wide[j] = x[j].mul_add(y[j], wide[j]);
-        }
-    }
-    let (a, b) = (ca.remainder(), cb.remainder());
     let mut acc = [0.0f32; 8];
-    for j in 0..WIDE / 8 {
-        for i in 0..8 {
-            acc[i] += wide[j * 8 + i];
+    // Short vectors (a small model's attention heads) skip the wide sums: they would all be
+    // zero, so the result is the same, and setting them up costs more than the products.
+    let (a, b) = if n < WIDE {
+        (a, b)
+    } else {
+        let mut wide = [0.0f32; WIDE];
+        let (mut ca, mut cb) = (a.chunks_exact(WIDE), b.chunks_exact(WIDE));
+        for (x, y) in (&mut ca).zip(&mut cb) {
+            for j in 0..WIDE {
+                wide[j] = x[j].mul_add(y[j], wide[j]);
+            }
         }
-    }
+        for j in 0..WIDE / 8 {
+            for i in 0..8 {
+                acc[i] += wide[j * 8 + i];
+            }
+        }
+        (ca.remainder(), cb.remainder())
+    };
     let (mut ca, mut cb) = (a.chunks_exact(8), b.chunks_exact(8));
     for (x, y) in (&mut ca).zip(&mut cb) {
         for i in 0..8 {
@@ -116,6 +122,14 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 #[inline]
 pub fn min_rows_per_task(width: usize) -> usize {
     (4096 / width.max(1)).max(1)
+}
+
+/// Items per parallel task when each item costs `work` multiply-adds: about 64K a task, the
+/// least that pays for handing work to another thread (waking it costs microseconds). A small
+/// model's decoding step then runs its tiny products on one thread instead of waiting on two.
+#[inline]
+pub fn min_items_per_task(work: usize) -> usize {
+    ((1 << 16) / work.max(1)).max(1)
 }
 
 /// A raw pointer that parallel tasks share to write disjoint parts of one buffer.

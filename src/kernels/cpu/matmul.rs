@@ -3,7 +3,7 @@
 //! Weights keep GPT-2's Conv1D layout (in, out) so checkpoints load without transposes; the tied
 //! lm_head reads wte (vocab, C) as (out, in). gemm takes arbitrary strides, so neither costs a copy.
 
-use super::math::{dot, min_rows_per_task, SharedMut};
+use super::math::{dot, min_items_per_task, min_rows_per_task, SharedMut};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -216,29 +216,37 @@ fn skinny_forward(
         // W is (c, oc): tasks take blocks of columns; within one, blocks of rows keep their
         // sums in registers while W's rows stream by (see `inout_tile`).
         Layout::InOut => {
-            (0..oc.div_ceil(TASK_COLS)).into_par_iter().for_each(|t| {
-                let (j0, j1) = (t * TASK_COLS, ((t + 1) * TASK_COLS).min(oc));
-                let mut r = 0;
-                while r < rows {
-                    let x = &inp[r * c..];
-                    // SAFETY: this task alone writes columns [j0, j1) of every row.
-                    let o = unsafe { out_ptr.get().add(r * oc) };
-                    r += match rows - r {
-                        8.. => inout_block::<8, 32>(o, x, w, bias, c, oc, j0, j1),
-                        4..=7 => inout_block::<4, 64>(o, x, w, bias, c, oc, j0, j1),
-                        2..=3 => inout_block::<2, 64>(o, x, w, bias, c, oc, j0, j1),
-                        _ => inout_block::<1, 128>(o, x, w, bias, c, oc, j0, j1),
-                    };
-                }
-            });
+            let min = min_items_per_task(TASK_COLS * c * rows);
+            (0..oc.div_ceil(TASK_COLS))
+                .into_par_iter()
+                .with_min_len(min)
+                .for_each(|t| {
+                    let (j0, j1) = (t * TASK_COLS, ((t + 1) * TASK_COLS).min(oc));
+                    let mut r = 0;
+                    while r < rows {
+                        let x = &inp[r * c..];
+                        // SAFETY: this task alone writes columns [j0, j1) of every row.
+                        let o = unsafe { out_ptr.get().add(r * oc) };
+                        r += match rows - r {
+                            8.. => inout_block::<8, 32>(o, x, w, bias, c, oc, j0, j1),
+                            4..=7 => inout_block::<4, 64>(o, x, w, bias, c, oc, j0, j1),
+                            2..=3 => inout_block::<2, 64>(o, x, w, bias, c, oc, j0, j1),
+                            _ => inout_block::<1, 128>(o, x, w, bias, c, oc, j0, j1),
+                        };
+                    }
+                });
         }
         // W is (oc, c): each output is a dot product of two contiguous rows.
         Layout::OutIn => {
-            (0..oc.div_ceil(TASK_COLS)).into_par_iter().for_each(|t| {
-                let (o0, o1) = (t * TASK_COLS, ((t + 1) * TASK_COLS).min(oc));
-                // SAFETY: this task alone writes columns [o0, o1) of every row.
-                unsafe { outin_rows(out_ptr.get(), inp, w, bias, c, oc, o0, o1) }
-            });
+            let min = min_items_per_task(TASK_COLS * c * rows);
+            (0..oc.div_ceil(TASK_COLS))
+                .into_par_iter()
+                .with_min_len(min)
+                .for_each(|t| {
+                    let (o0, o1) = (t * TASK_COLS, ((t + 1) * TASK_COLS).min(oc));
+                    // SAFETY: this task alone writes columns [o0, o1) of every row.
+                    unsafe { outin_rows(out_ptr.get(), inp, w, bias, c, oc, o0, o1) }
+                });
         }
     }
 }
