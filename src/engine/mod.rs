@@ -5,6 +5,7 @@
 //! inference there. Everything above this module talks to a backend through [`Engine`] only.
 
 pub mod cpu;
+pub use cpu::q8_group;
 pub mod cuda;
 
 use crate::config::GptConfig;
@@ -81,7 +82,8 @@ pub enum InferenceWeights {
     /// Every matrix of the blocks and the classifier in int8, `group` consecutive values of a
     /// row per f32 scale, and each activation quantized the same way before its product: the
     /// arithmetic of llama2.c's `runq.c` (see `crate::kernels::cpu::q8`). A matrix whose rows
-    /// are not a multiple of `group` stays f32. Embeddings and norms stay f32.
+    /// are not a multiple of `group` takes the largest group dividing both (at least 16; else
+    /// it stays f32). Embeddings and norms stay f32.
     Q8 { group: usize },
 }
 

@@ -318,10 +318,16 @@ pub fn inference_weights(
         let mut widths = vec![cfg.n_embd, cfg.mlp_width()];
         widths.dedup();
         for inp in widths.into_iter().filter(|n| !n.is_multiple_of(group)) {
-            writeln!(
-                err,
-                "note: int8: rows of {inp} values are not a multiple of the group size {group}: the matrices they feed stay f32"
-            )?;
+            match engine::q8_group(group, inp) {
+                0 => writeln!(
+                    err,
+                    "note: int8: rows of {inp} values are not a multiple of the group size {group}: the matrices they feed stay f32"
+                )?,
+                g => writeln!(
+                    err,
+                    "note: int8: rows of {inp} values are not a multiple of the group size {group}: the matrices they feed use groups of {g} (runq.c would let its groups run across rows)"
+                )?,
+            }
         }
     }
     Ok(w)

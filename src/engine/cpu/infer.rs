@@ -86,7 +86,8 @@ impl DecodeWeights {
 /// inference with [`crate::engine::InferenceWeights::Q8`]: runq.c's arithmetic (see
 /// `crate::kernels::cpu::q8`). Quantized from the (out, in) form of each matrix (GPT-2's are
 /// transposed first), built at the first such pass, dropped when the optimizer changes the
-/// parameters. A matrix whose rows are not a multiple of `group` is left out (it stays f32).
+/// parameters. A matrix whose rows are not a multiple of `group` takes a smaller group
+/// ([`q8_group`]) or stays f32.
 pub(crate) struct Q8Weights {
     /// (offset in the parameters, number of values, the matrix).
     mats: Vec<(usize, usize, Q8Matrix)>,
@@ -112,23 +113,23 @@ impl Q8Weights {
                 ]
             })
             .collect();
-        let fits = |inp: usize| inp.is_multiple_of(group);
-        let all_blocks = blocks.iter().all(|&(_, _, inp)| fits(inp));
         let mut mats = Vec::with_capacity(blocks.len() + 1);
         for &(off, out, inp) in &blocks {
             let w = &p[off..off + out * inp];
+            let g = q8_group(group, inp);
             let m = match s.layout {
-                Layout::OutIn => Q8Matrix::quantize(w, out, inp, group),
-                Layout::InOut => Q8Matrix::quantize(&transpose(w, inp, out), out, inp, group),
+                Layout::OutIn => Q8Matrix::quantize(w, out, inp, g),
+                Layout::InOut => Q8Matrix::quantize(&transpose(w, inp, out), out, inp, g),
             };
             if let Ok(m) = m {
                 mats.push((off, out * inp, m));
             }
         }
+        let all_blocks = mats.len() == blocks.len();
         // The classifier (the tied one reads wte) is (vocab, C) either way.
         let vp = cfg.padded_vocab_size();
         let head = &p[tb.lm_head..tb.lm_head + vp * c];
-        if let Ok(m) = Q8Matrix::quantize(head, vp, c, group) {
+        if let Ok(m) = Q8Matrix::quantize(head, vp, c, q8_group(group, c)) {
             mats.push((tb.lm_head, vp * c, m));
         }
         Q8Weights { mats, all_blocks }
@@ -142,6 +143,25 @@ impl Q8Weights {
             .map(|(_, _, m)| m)
     }
 }
+
+/// The group size a matrix with rows of `inp` values is quantized with when `group` is asked
+/// for: `group` when it divides the rows, else their largest common divisor if that is at least
+/// [`MIN_FALLBACK_GROUP`] (runq.c would let its groups run across rows there), else 0 (the
+/// matrix stays f32).
+pub fn q8_group(group: usize, inp: usize) -> usize {
+    let (mut a, mut b) = (group, inp);
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    if a == group || a >= MIN_FALLBACK_GROUP {
+        a
+    } else {
+        0
+    }
+}
+
+/// The smallest group [`q8_group`] falls back to.
+pub(crate) const MIN_FALLBACK_GROUP: usize = 16;
 
 /// The (cols, rows) transpose of a row-major (rows, cols) matrix.
 fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {

@@ -18,6 +18,7 @@ use anyhow::Result;
 use std::borrow::Cow;
 use std::sync::OnceLock;
 use std::time::Instant;
+pub use infer::q8_group;
 use train::{ActGrads, Activations};
 
 /// nanoGPT's defaults, until the trainer sets its own.

@@ -37,6 +37,48 @@ pub struct Q8Matrix {
     pub q: Vec<i8>,
     /// (out, in / group), row-major.
     pub s: Vec<f32>,
+    /// The same values interleaved for the AVX-512 VNNI path, when this CPU has it.
+    packed: Option<Packed>,
+}
+
+/// [`Q8Matrix`] laid out for `vpdpbusd`, in blocks of 16 outputs (the last padded with zero
+/// rows): for block b, group k and each 4 inputs j..j+4 of the group, 64 bytes holding those 4
+/// values of outputs 16b..16b+16 in turn, so one instruction adds 4 products to each of 16
+/// outputs' sums, lane i being output i. Per (block, group), 16 lanes of each output's scale
+/// and of 128 x the sum of its values in the group (the product takes the activations as
+/// unsigned, q + 128, and subtracts that back: exact).
+#[derive(Clone, Debug, PartialEq)]
+struct Packed {
+    q: Vec<i8>,
+    s: Vec<f32>,
+    bias128: Vec<i32>,
+}
+
+impl Packed {
+    fn new(q: &[i8], s: &[f32], out: usize, inp: usize, group: usize) -> Packed {
+        let (blocks, ng) = (out.div_ceil(16), inp / group);
+        let mut pq = vec![0i8; blocks * 16 * inp];
+        let mut ps = vec![0.0f32; blocks * ng * 16];
+        let mut pb = vec![0i32; blocks * ng * 16];
+        for o in 0..out {
+            let (b, i) = (o / 16, o % 16);
+            for k in 0..ng {
+                let at = (b * ng + k) * 16 + i;
+                ps[at] = s[o * ng + k];
+                let row = &q[o * inp + k * group..o * inp + (k + 1) * group];
+                pb[at] = 128 * row.iter().map(|&v| v as i32).sum::<i32>();
+                for (c4, four) in row.chunks_exact(4).enumerate() {
+                    let dst = b * 16 * inp + k * group * 16 + c4 * 64 + i * 4;
+                    pq[dst..dst + 4].copy_from_slice(four);
+                }
+            }
+        }
+        Packed {
+            q: pq,
+            s: ps,
+            bias128: pb,
+        }
+    }
 }
 
 impl Q8Matrix {
@@ -57,12 +99,14 @@ impl Q8Matrix {
             .zip(w.par_chunks(group))
             .with_min_len(256)
             .for_each(|((q, s), w)| *s = quantize_group(q, w, f32::round_ties_even));
+        let packed = vnni::usable(group).then(|| Packed::new(&q, &s, out, inp, group));
         Ok(Q8Matrix {
             out,
             inp,
             group,
             q,
             s,
+            packed,
         })
     }
 
@@ -132,6 +176,15 @@ pub fn q8_matmul_forward(out: &mut [f32], inp: &[f32], m: &Q8Matrix) {
         rows,
     };
     #[cfg(target_arch = "x86_64")]
+    if let Some(p) = &m.packed {
+        // The activations as unsigned bytes, q + 128.
+        let xu: Vec<u8> = qx.iter().map(|&v| (v as u8) ^ 0x80).collect();
+        return for_output_blocks(out, m, |o, o0, o1| {
+            // SAFETY: `packed` exists only where VNNI is present; this task owns o0..o1.
+            unsafe { vnni::rows(o, &xu, &x, m, p, o0, o1) }
+        });
+    }
+    #[cfg(target_arch = "x86_64")]
     if avx512::usable(m) {
         let wide: Vec<i16> = qx.iter().map(|&v| v as i16).collect();
         return for_output_blocks(out, m, |o, o0, o1| {
@@ -180,6 +233,102 @@ unsafe fn portable_rows(out: *mut f32, x: &QuantRows, m: &Q8Matrix, o0: usize, o
                 val += ival as f32 * sw[k] * sx[k];
             }
             *out.add(r * m.out + o) = val;
+        }
+    }
+}
+
+/// The AVX-512 VNNI path (`vpdpbusd`) over [`Packed`] weights.
+mod vnni {
+    /// Whether matrices of this group size get the packed layout on this CPU.
+    pub(super) fn usable(group: usize) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            group.is_multiple_of(16)
+                && std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512vnni")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = group;
+            false
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    pub(super) use imp::rows;
+
+    #[cfg(target_arch = "x86_64")]
+    mod imp {
+        use super::super::{Packed, Q8Matrix, QuantRows};
+        use std::arch::x86_64::*;
+
+        /// [`super::super::portable_rows`] for o0..o1 (o0 a multiple of 16), `xu` being the
+        /// quantized rows plus 128 as bytes. Per block of 16 outputs and group, four running
+        /// sums of `vpdpbusd` (lane i: output i), added, less 128 x the weights' sum: the exact
+        /// integer sum; then (isum * sw) * sx added to the 16 values lane-wise, in group order.
+        ///
+        /// # Safety
+        /// AVX-512 F and VNNI must be present; as [`super::super::portable_rows`].
+        #[target_feature(enable = "avx512f,avx512vnni")]
+        pub(crate) unsafe fn rows(
+            out: *mut f32,
+            xu: &[u8],
+            x: &QuantRows,
+            m: &Q8Matrix,
+            p: &Packed,
+            o0: usize,
+            o1: usize,
+        ) {
+            let (n, g, ng) = (m.inp, m.group, m.inp / m.group);
+            debug_assert!(o0.is_multiple_of(16));
+            assert!(p.q.len() >= o1.div_ceil(16) * 16 * n && xu.len() >= x.rows * n);
+            let mut o = o0;
+            while o < o1 {
+                let (b, n_out) = (o / 16, (o1 - o).min(16));
+                let wb = p.q.as_ptr().add(b * 16 * n);
+                for r in 0..x.rows {
+                    let xr = xu.as_ptr().add(r * n);
+                    let mut val = _mm512_setzero_ps();
+                    for k in 0..ng {
+                        let (wg, xg) = (wb.add(k * g * 16), xr.add(k * g));
+                        let mut acc = [_mm512_setzero_si512(); 4];
+                        let mut c4 = 0;
+                        while c4 < g / 4 {
+                            for (a, acc) in acc.iter_mut().enumerate() {
+                                let xb = _mm512_set1_epi32(
+                                    (xg.add(4 * (c4 + a)) as *const i32).read_unaligned(),
+                                );
+                                let wv = _mm512_loadu_si512(wg.add(64 * (c4 + a)) as *const _);
+                                *acc = _mm512_dpbusd_epi32(*acc, xb, wv);
+                            }
+                            c4 += 4;
+                        }
+                        let at = (b * ng + k) * 16;
+                        let dp = _mm512_add_epi32(
+                            _mm512_add_epi32(acc[0], acc[1]),
+                            _mm512_add_epi32(acc[2], acc[3]),
+                        );
+                        let isum = _mm512_sub_epi32(
+                            dp,
+                            _mm512_loadu_si512(p.bias128.as_ptr().add(at) as *const _),
+                        );
+                        let term = _mm512_mul_ps(
+                            _mm512_mul_ps(
+                                _mm512_cvtepi32_ps(isum),
+                                _mm512_loadu_ps(p.s.as_ptr().add(at)),
+                            ),
+                            _mm512_set1_ps(*x.s.get_unchecked(r * ng + k)),
+                        );
+                        val = _mm512_add_ps(val, term);
+                    }
+                    let mut lanes = [0.0f32; 16];
+                    _mm512_storeu_ps(lanes.as_mut_ptr(), val);
+                    for (i, &v) in lanes.iter().enumerate().take(n_out) {
+                        *out.add(r * m.out + o + i) = v;
+                    }
+                }
+                o += n_out;
+            }
         }
     }
 }
@@ -399,6 +548,18 @@ mod tests {
                 let mut dispatched = vec![0.0f32; rows * out];
                 q8_matmul_forward(&mut dispatched, &x, &m);
                 assert_eq!(portable, dispatched, "({out},{inp}) rows={rows}");
+                #[cfg(target_arch = "x86_64")]
+                if let Some(p) = &m.packed {
+                    let xu: Vec<u8> = qx.iter().map(|&v| (v as u8) ^ 0x80).collect();
+                    let mut fast = vec![0.0f32; rows * out];
+                    // SAFETY: packed implies VNNI; one call owns every column.
+                    unsafe { vnni::rows(fast.as_mut_ptr(), &xu, &q, &m, p, 0, out) };
+                    assert_eq!(
+                        portable.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        fast.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        "vnni ({out},{inp}) rows={rows}"
+                    );
+                }
                 #[cfg(target_arch = "x86_64")]
                 if avx512::usable(&m) {
                     let wide: Vec<i16> = qx.iter().map(|&v| v as i16).collect();
