@@ -296,7 +296,9 @@ pub fn inference_weights(
     loaded: &load::LoadedModel,
     err: &mut dyn Write,
 ) -> Result<InferenceWeights> {
-    let file_q8 = loaded.int8_group.map(|group| InferenceWeights::Q8 { group });
+    let file_q8 = loaded
+        .int8_group
+        .map(|group| InferenceWeights::Q8 { group });
     let default = match args.sampler {
         SamplerKind::RunC => file_q8.unwrap_or(InferenceWeights::F32),
         SamplerKind::Nanogpt => InferenceWeights::F32,
@@ -306,7 +308,10 @@ pub fn inference_weights(
         Some("float32") => InferenceWeights::F32,
         Some("int8") => file_q8.unwrap_or(InferenceWeights::Q8 { group: 64 }),
         Some(d @ ("bfloat16" | "float16")) => {
-            writeln!(err, "note: --dtype={d} is ignored: nanogpt samples in f32 or int8")?;
+            writeln!(
+                err,
+                "note: --dtype={d} is ignored: nanogpt samples in f32 or int8"
+            )?;
             default
         }
         Some(d) => bail!(

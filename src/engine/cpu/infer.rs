@@ -341,8 +341,8 @@ impl CpuEngine {
             ),
             InferenceWeights::F32 => None,
         };
-        let transposed = (shape.layout == Layout::InOut && !q8.is_some_and(|q| q.all_blocks))
-            .then(|| {
+        let transposed =
+            (shape.layout == Layout::InOut && !q8.is_some_and(|q| q.all_blocks)).then(|| {
                 self.decode_weights
                     .get_or_init(|| DecodeWeights::new(&self.model))
             });

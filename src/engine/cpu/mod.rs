@@ -15,10 +15,10 @@ use crate::kernels::cpu::matmul::{gemm_into, View};
 use crate::kernels::cpu::rope::RopeTable;
 use crate::model::Gpt;
 use anyhow::Result;
+pub use infer::q8_group;
 use std::borrow::Cow;
 use std::sync::OnceLock;
 use std::time::Instant;
-pub use infer::q8_group;
 use train::{ActGrads, Activations};
 
 /// nanoGPT's defaults, until the trainer sets its own.

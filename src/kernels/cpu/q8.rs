@@ -479,11 +479,18 @@ mod tests {
         let back = m.dequantize();
         for (i, (&a, &b)) in w.iter().zip(&back).enumerate() {
             let step = m.s[i / g];
-            assert!((a - b).abs() <= 0.5 * step * (1.0 + 1e-6), "[{i}] {a} vs {b}");
+            assert!(
+                (a - b).abs() <= 0.5 * step * (1.0 + 1e-6),
+                "[{i}] {a} vs {b}"
+            );
         }
         // The largest value of each group is +-127 steps.
         for (k, q) in m.q.chunks(g).enumerate() {
-            assert_eq!(q.iter().map(|v| v.unsigned_abs()).max(), Some(127), "group {k}");
+            assert_eq!(
+                q.iter().map(|v| v.unsigned_abs()).max(),
+                Some(127),
+                "group {k}"
+            );
         }
         // Half-way cases round to even for weights, away from zero for activations.
         let w = [127.0, 0.5, 1.5, 2.5, -0.5, -2.5];
@@ -498,14 +505,23 @@ mod tests {
     #[test]
     fn rows_that_are_not_whole_groups_are_refused() {
         let e = Q8Matrix::quantize(&[0.0; 96], 2, 48, 64).unwrap_err();
-        assert!(e.to_string().contains("multiple of the group size 64"), "{e}");
+        assert!(
+            e.to_string().contains("multiple of the group size 64"),
+            "{e}"
+        );
         assert!(Q8Matrix::quantize(&[0.0; 4], 2, 3, 1).is_err());
         assert!(Q8Matrix::quantize(&[0.0; 4], 2, 2, 0).is_err());
     }
 
     #[test]
     fn the_product_matches_f64_on_odd_shapes_and_does_not_depend_on_the_batch() {
-        for (out, inp, g) in [(37, 64, 64), (150, 192, 64), (16, 128, 32), (3, 96, 32), (5, 30, 10)] {
+        for (out, inp, g) in [
+            (37, 64, 64),
+            (150, 192, 64),
+            (16, 128, 32),
+            (3, 96, 32),
+            (5, 30, 10),
+        ] {
             let m = Q8Matrix::quantize(&fill(out * inp, out), out, inp, g).unwrap();
             for rows in [1, 2, 5, 17] {
                 let x = fill(rows * inp, rows + 7);
@@ -514,7 +530,10 @@ mod tests {
                 let want = reference(&x, &m);
                 for (i, (&a, &b)) in got.iter().zip(&want).enumerate() {
                     let tol = 1e-5 * (1.0 + b.abs());
-                    assert!((a as f64 - b).abs() <= tol, "({out},{inp}) rows={rows} [{i}]: {a} vs {b}");
+                    assert!(
+                        (a as f64 - b).abs() <= tol,
+                        "({out},{inp}) rows={rows} [{i}]: {a} vs {b}"
+                    );
                 }
                 for r in 0..rows {
                     let mut one = vec![0.0f32; out];
