@@ -44,40 +44,36 @@ pub struct Q8Matrix {
 /// [`Q8Matrix`] laid out for `vpdpbusd`, in blocks of 16 outputs (the last padded with zero
 /// rows): for block b, group k and each 4 inputs j..j+4 of the group, 64 bytes holding those 4
 /// values of outputs 16b..16b+16 in turn, so one instruction adds 4 products to each of 16
-/// outputs' sums, lane i being output i. Per (block, group), 16 lanes of each output's scale
-/// and of 128 x the sum of its values in the group (the product takes the activations as
-/// unsigned, q + 128, and subtracts that back: exact).
+/// outputs' sums, lane i being output i. The values are stored as unsigned bytes, q + 128
+/// (`vpdpbusd` multiplies unsigned by signed bytes): the product then holds 128 x the sum of
+/// the activations' group too, which is subtracted back (exact). Per (block, group), the 16
+/// outputs' scales.
 #[derive(Clone, Debug, PartialEq)]
 struct Packed {
-    q: Vec<i8>,
+    q: Vec<u8>,
     s: Vec<f32>,
-    bias128: Vec<i32>,
 }
 
 impl Packed {
     fn new(q: &[i8], s: &[f32], out: usize, inp: usize, group: usize) -> Packed {
         let (blocks, ng) = (out.div_ceil(16), inp / group);
-        let mut pq = vec![0i8; blocks * 16 * inp];
+        // Padding rows hold q = 0 (128 stored): their sums are computed, never stored.
+        let mut pq = vec![0x80u8; blocks * 16 * inp];
         let mut ps = vec![0.0f32; blocks * ng * 16];
-        let mut pb = vec![0i32; blocks * ng * 16];
         for o in 0..out {
             let (b, i) = (o / 16, o % 16);
             for k in 0..ng {
-                let at = (b * ng + k) * 16 + i;
-                ps[at] = s[o * ng + k];
+                ps[(b * ng + k) * 16 + i] = s[o * ng + k];
                 let row = &q[o * inp + k * group..o * inp + (k + 1) * group];
-                pb[at] = 128 * row.iter().map(|&v| v as i32).sum::<i32>();
                 for (c4, four) in row.chunks_exact(4).enumerate() {
                     let dst = b * 16 * inp + k * group * 16 + c4 * 64 + i * 4;
-                    pq[dst..dst + 4].copy_from_slice(four);
+                    for (d, &v) in pq[dst..dst + 4].iter_mut().zip(four) {
+                        *d = (v as u8) ^ 0x80;
+                    }
                 }
             }
         }
-        Packed {
-            q: pq,
-            s: ps,
-            bias128: pb,
-        }
+        Packed { q: pq, s: ps }
     }
 }
 
@@ -177,11 +173,10 @@ pub fn q8_matmul_forward(out: &mut [f32], inp: &[f32], m: &Q8Matrix) {
     };
     #[cfg(target_arch = "x86_64")]
     if let Some(p) = &m.packed {
-        // The activations as unsigned bytes, q + 128.
-        let xu: Vec<u8> = qx.iter().map(|&v| (v as u8) ^ 0x80).collect();
+        let x128 = vnni::group_sums_128(&qx, m.group);
         return for_output_blocks(out, m, |o, o0, o1| {
             // SAFETY: `packed` exists only where VNNI is present; this task owns o0..o1.
-            unsafe { vnni::rows(o, &xu, &x, m, p, o0, o1) }
+            unsafe { vnni::rows(o, &x128, &x, m, p, o0, o1) }
         });
     }
     #[cfg(target_arch = "x86_64")]
@@ -205,16 +200,23 @@ struct QuantRows<'a> {
     rows: usize,
 }
 
-/// Runs `f(out, o0, o1)` over blocks of output columns in parallel.
+/// Runs `f(out, o0, o1)` over blocks of output columns in parallel: at least [`TASK_OUTS`]
+/// outputs each (a multiple of 16), and no more than 8 blocks per thread (a large classifier
+/// then costs a few dozen tasks, not hundreds).
 fn for_output_blocks(
     out: &mut [f32],
     m: &Q8Matrix,
     f: impl Fn(*mut f32, usize, usize) + Sync + Send,
 ) {
     let ptr = SharedMut(out.as_mut_ptr());
-    (0..m.out.div_ceil(TASK_OUTS))
+    let per = m
+        .out
+        .div_ceil(8 * rayon::current_num_threads())
+        .next_multiple_of(16)
+        .max(TASK_OUTS);
+    (0..m.out.div_ceil(per))
         .into_par_iter()
-        .for_each(|t| f(ptr.get(), t * TASK_OUTS, ((t + 1) * TASK_OUTS).min(m.out)));
+        .for_each(|t| f(ptr.get(), t * per, ((t + 1) * per).min(m.out)));
 }
 
 /// out[r][o] for every row and o in `o0..o1`, in plain Rust.
@@ -254,6 +256,13 @@ mod vnni {
         }
     }
 
+    /// 128 x the sum of each group of the quantized rows: what the unsigned weights add.
+    pub(super) fn group_sums_128(qx: &[i8], group: usize) -> Vec<i32> {
+        qx.chunks(group)
+            .map(|g| 128 * g.iter().map(|&v| v as i32).sum::<i32>())
+            .collect()
+    }
+
     #[cfg(target_arch = "x86_64")]
     pub(super) use imp::rows;
 
@@ -262,17 +271,18 @@ mod vnni {
         use super::super::{Packed, Q8Matrix, QuantRows};
         use std::arch::x86_64::*;
 
-        /// [`super::super::portable_rows`] for o0..o1 (o0 a multiple of 16), `xu` being the
-        /// quantized rows plus 128 as bytes. Per block of 16 outputs and group, four running
-        /// sums of `vpdpbusd` (lane i: output i), added, less 128 x the weights' sum: the exact
-        /// integer sum; then (isum * sw) * sx added to the 16 values lane-wise, in group order.
+        /// [`super::super::portable_rows`] for o0..o1 (o0 a multiple of 16), `x128` being
+        /// [`super::group_sums_128`] of the quantized rows. Per block of 16 outputs and group,
+        /// four running sums of `vpdpbusd` (lane i: output i), added, less 128 x the
+        /// activations' sum: the exact integer sum; then (isum * sw) * sx added to the 16
+        /// values lane-wise, in group order.
         ///
         /// # Safety
         /// AVX-512 F and VNNI must be present; as [`super::super::portable_rows`].
         #[target_feature(enable = "avx512f,avx512vnni")]
         pub(crate) unsafe fn rows(
             out: *mut f32,
-            xu: &[u8],
+            x128: &[i32],
             x: &QuantRows,
             m: &Q8Matrix,
             p: &Packed,
@@ -281,13 +291,14 @@ mod vnni {
         ) {
             let (n, g, ng) = (m.inp, m.group, m.inp / m.group);
             debug_assert!(o0.is_multiple_of(16));
-            assert!(p.q.len() >= o1.div_ceil(16) * 16 * n && xu.len() >= x.rows * n);
+            assert!(p.q.len() >= o1.div_ceil(16) * 16 * n && x.q.len() >= x.rows * n);
+            assert!(x128.len() >= x.rows * ng && x.s.len() >= x.rows * ng);
             let mut o = o0;
             while o < o1 {
                 let (b, n_out) = (o / 16, (o1 - o).min(16));
                 let wb = p.q.as_ptr().add(b * 16 * n);
                 for r in 0..x.rows {
-                    let xr = xu.as_ptr().add(r * n);
+                    let xr = x.q.as_ptr().add(r * n);
                     let mut val = _mm512_setzero_ps();
                     for k in 0..ng {
                         let (wg, xg) = (wb.add(k * g * 16), xr.add(k * g));
@@ -299,7 +310,7 @@ mod vnni {
                                     (xg.add(4 * (c4 + a)) as *const i32).read_unaligned(),
                                 );
                                 let wv = _mm512_loadu_si512(wg.add(64 * (c4 + a)) as *const _);
-                                *acc = _mm512_dpbusd_epi32(*acc, xb, wv);
+                                *acc = _mm512_dpbusd_epi32(*acc, wv, xb);
                             }
                             c4 += 4;
                         }
@@ -308,10 +319,7 @@ mod vnni {
                             _mm512_add_epi32(acc[0], acc[1]),
                             _mm512_add_epi32(acc[2], acc[3]),
                         );
-                        let isum = _mm512_sub_epi32(
-                            dp,
-                            _mm512_loadu_si512(p.bias128.as_ptr().add(at) as *const _),
-                        );
+                        let isum = _mm512_sub_epi32(dp, _mm512_set1_epi32(x128[r * ng + k]));
                         let term = _mm512_mul_ps(
                             _mm512_mul_ps(
                                 _mm512_cvtepi32_ps(isum),
@@ -569,10 +577,10 @@ mod tests {
                 assert_eq!(portable, dispatched, "({out},{inp}) rows={rows}");
                 #[cfg(target_arch = "x86_64")]
                 if let Some(p) = &m.packed {
-                    let xu: Vec<u8> = qx.iter().map(|&v| (v as u8) ^ 0x80).collect();
+                    let x128 = vnni::group_sums_128(&qx, g);
                     let mut fast = vec![0.0f32; rows * out];
                     // SAFETY: packed implies VNNI; one call owns every column.
-                    unsafe { vnni::rows(fast.as_mut_ptr(), &xu, &q, &m, p, 0, out) };
+                    unsafe { vnni::rows(fast.as_mut_ptr(), &x128, &q, &m, p, 0, out) };
                     assert_eq!(
                         portable.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                         fast.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
