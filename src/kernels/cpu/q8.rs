@@ -15,7 +15,18 @@
 //!   isum(r, o, g) = sum_{j < G} qx[r][g*G + j] * qw[o][g*G + j]        (exact, i32)
 //! the group terms added in f32 in group order from 0.0, each term multiplied in that order
 //! (runq.c: `val += ((float) ival) * w->s[..] * x->s[..]`). The integer sums are exact whatever
-//! the order, so the AVX-512 path and the portable one give the same bits.
+//! the order, so every path gives the same bits.
+//!
+//! Paths, chosen at run time (the build targets x86-64-v3; AVX-512 is enabled per function):
+//! - AVX-512 VNNI (`vpdpbusd`): weights repacked at quantization, 16 outputs x 4 inputs per
+//!   64 bytes, stored as q + 128 (the instruction multiplies unsigned by signed bytes; 128 x
+//!   the activations' group sum is subtracted back). Lane i of a register is output i, so no
+//!   horizontal sums; groups a multiple of 16.
+//! - AVX-512 BW: sign-extended i16 pairs (`vpmaddwd`), 16 outputs' lanes summed by a transpose
+//!   tree; groups a multiple of 32.
+//! - Portable Rust, any group.
+//! Output rows are split across threads in blocks (`for_output_blocks`); every row of the
+//! input gives the same bits whatever else is in the batch.
 
 use super::math::SharedMut;
 use anyhow::{bail, Result};
