@@ -25,6 +25,7 @@
 //! - AVX-512 BW: sign-extended i16 pairs (`vpmaddwd`), 16 outputs' lanes summed by a transpose
 //!   tree; groups a multiple of 32.
 //! - Portable Rust, any group.
+//!
 //! Output rows are split across threads in blocks (`for_output_blocks`); every row of the
 //! input gives the same bits whatever else is in the batch.
 
