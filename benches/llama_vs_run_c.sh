@@ -9,8 +9,11 @@
 # tok32000.bin). stories260K.bin runs with ../shared/fixtures/llama's tok512.bin.
 # Both programs print run.c's "achieved tok/s" (the steps after the first over their time); the
 # same model file, the same greedy tokens (both stop at BOS, which random models never pick).
-# nanogpt reads the v2 (Q8_0) file dequantized to f32: its int8 row is f32 compute on int8 weights'
-# values, not int8 arithmetic.
+# On the v2 (Q8_0) files ("(runq)" rows) nanogpt computes in int8 as runq does (--sampler=run_c's
+# default for a v2 file: int8 weights and activations, groups of the file's size; see
+# src/kernels/cpu/q8.rs). Where a matrix's rows are not a multiple of the file's group (15M's 288,
+# 42M's 1376 with group 64), runq lets its groups run across rows and skips each row's last
+# partial group; nanogpt quantizes those matrices with the largest group dividing both (32).
 set -euo pipefail
 NANOGPT=$1 PEERS=$2 MODELS=$3 ROUNDS=${4:-3} STEPS=${5:-256}
 FIX=$(cd "$(dirname "$0")/../../shared/fixtures/llama" && pwd)

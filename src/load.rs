@@ -28,7 +28,7 @@ use crate::engine::OptimizerState;
 use crate::hf::Hub;
 use crate::llama::config::is_llama_config;
 use crate::llama::tokenizer::LlamaTokenizer;
-use crate::llama::{load_hf_dir as load_llama_dir, read_llama2c, Llama};
+use crate::llama::{load_hf_dir as load_llama_dir, read_llama2c, Llama, Llama2cFormat};
 use crate::model::pretrained::{download_gpt2, find_model_dir, GPT2_NAMES};
 use crate::model::weights::load_hf_dir;
 use crate::model::Gpt;
@@ -68,6 +68,9 @@ pub struct LoadedModel {
     pub tokenizer: Tokenizer,
     /// What was loaded, for reports ("gpt2", "out/best", ...).
     pub name: String,
+    /// The Q8_0 group size of a llama2.c version 2 file (its weights were int8; runq.c computes
+    /// in int8 with that group), else None.
+    pub int8_group: Option<usize>,
 }
 
 /// Where training starts: a model, and the optimizer state when resuming.
@@ -228,13 +231,18 @@ pub fn for_sampling(src: &ModelSource, err: &mut dyn Write) -> Result<LoadedMode
             model,
             tokenizer,
             name: init.to_string(),
+            int8_group: None,
         });
     }
     let dir = Path::new(init);
     if dir.is_file() {
-        let (llama, _) = read_llama2c(dir)?;
+        let (llama, format) = read_llama2c(dir)?;
         let beside = dir.parent().unwrap_or(Path::new("."));
-        return llama_with_tokenizer(llama, src, beside, dir);
+        let mut loaded = llama_with_tokenizer(llama, src, beside, dir)?;
+        if let Llama2cFormat::V2 { group_size } = format {
+            loaded.int8_group = Some(group_size);
+        }
+        return Ok(loaded);
     }
     if !dir.is_dir() {
         return Err(unknown_source(init, &["resume"]));
@@ -253,6 +261,7 @@ pub fn for_sampling(src: &ModelSource, err: &mut dyn Write) -> Result<LoadedMode
                 model,
                 tokenizer,
                 name,
+                int8_group: None,
             });
         }
         let model = load_hf_dir(dir)?;
@@ -261,6 +270,7 @@ pub fn for_sampling(src: &ModelSource, err: &mut dyn Write) -> Result<LoadedMode
             model,
             tokenizer,
             name,
+            int8_group: None,
         });
     }
     if dir.join("best").is_dir() || dir.join("latest").is_dir() {
@@ -308,6 +318,7 @@ fn llama_with_tokenizer(
         model: Gpt::from_llama(llama),
         tokenizer,
         name: model_path.display().to_string(),
+        int8_group: None,
     })
 }
 
@@ -394,6 +405,7 @@ fn out_dir_model(
         model,
         tokenizer,
         name: out_dir.display().to_string(),
+        int8_group: None,
     })
 }
 

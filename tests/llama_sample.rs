@@ -91,8 +91,8 @@ fn llama_greedy_penalty_and_beam_ids_match_transformers() {
     assert_eq!(checked, 9);
 }
 
-/// The run.c runs this crate reproduces exactly: run.c's own (runq.c quantizes activations as
-/// well as weights, which `--sampler=run_c` on a v2 file does not).
+/// The run.c runs this crate reproduces exactly: run.c's own (runq.c's are in
+/// `tests/llama_q8.rs`).
 #[test]
 fn run_c_sampler_reproduces_run_cs_ids_and_output() {
     let tokenizer = llama_dir().join("tok512.bin");

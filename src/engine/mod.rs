@@ -5,6 +5,7 @@
 //! inference there. Everything above this module talks to a backend through [`Engine`] only.
 
 pub mod cpu;
+pub use cpu::q8_group;
 pub mod cuda;
 
 use crate::config::GptConfig;
@@ -69,6 +70,21 @@ pub fn open(model: Gpt, device: Device) -> Result<Box<dyn Engine>> {
         Device::Cpu | Device::Auto => Ok(Box::new(CpuEngine::new(model))),
         Device::Cuda => Ok(Box::new(cuda::CudaEngine::new(model)?)),
     }
+}
+
+/// The weights cached inference ([`Engine::forward_cached`] and the calls built on it) computes
+/// with. Training always uses the f32 parameters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum InferenceWeights {
+    /// The parameters themselves.
+    #[default]
+    F32,
+    /// Every matrix of the blocks and the classifier in int8, `group` consecutive values of a
+    /// row per f32 scale, and each activation quantized the same way before its product: the
+    /// arithmetic of llama2.c's `runq.c` (see `crate::kernels::cpu::q8`). A matrix whose rows
+    /// are not a multiple of `group` takes the largest group dividing both (at least 16; else
+    /// it stays f32). Embeddings and norms stay f32.
+    Q8 { group: usize },
 }
 
 /// One sequence's new tokens in a cached forward pass: `tokens` are appended to cache row `row`
@@ -307,6 +323,18 @@ pub trait Engine {
     /// The AdamW state on the host, in the parameter layout.
     fn optimizer_state(&self) -> Cow<'_, OptimizerState>;
     fn set_optimizer_state(&mut self, state: OptimizerState) -> Result<()>;
+
+    /// Which weights cached inference computes with, from the next cached pass on (the
+    /// parameters stay f32, and training uses them). Backends without int8 kernels refuse Q8.
+    fn set_inference_weights(&mut self, w: InferenceWeights) -> Result<()> {
+        match w {
+            InferenceWeights::F32 => Ok(()),
+            InferenceWeights::Q8 { .. } => bail!(
+                "int8 (Q8) inference is not supported on {} yet: use --device=cpu",
+                self.device_name()
+            ),
+        }
+    }
 
     /// Every row of `cache` takes `n` more tokens (`tokens` is rows x n, row-major): a prompt
     /// pass over a batch, or one decoding step.

@@ -6,8 +6,10 @@
 //! so a v0 file is accepted only when its size is exactly what that header implies.
 //!
 //! Version 2 is dequantized at load (w = q * scale per group, in f32, as runq.c's `dequantize`)
-//! and its group size kept in [`Llama2cFormat::V2`]: the engine computes in f32, so there is
-//! one canonical form, and runq.c's quantization of activations is not reproduced.
+//! and its group size kept in [`Llama2cFormat::V2`], so there is one canonical form. Int8
+//! inference (`engine::InferenceWeights::Q8`, what `sample --sampler=run_c` uses on a v2 file)
+//! quantizes those weights again, which gives back the file's int8 values and scales
+//! (`tests/llama_q8.rs`), and computes as runq.c does.
 //!
 //! llama2.c stacks each kind of tensor over the layers and turns RoPE pairs (2j, 2j+1) of each
 //! head where Hugging Face turns (j, j + head_dim/2); [`permute_rope_rows`] converts q and k.

@@ -31,7 +31,7 @@ use super::run_c::{run_c_generate, sets_unused};
 use super::sequence::start_tokens;
 use super::settings::{parse_setting, Setting, SETTING_NAMES};
 use super::stream::{record, Streamer};
-use crate::engine;
+use crate::engine::{self, InferenceWeights};
 use crate::load;
 use crate::tokenizer::Tokenizer;
 use anyhow::{anyhow, bail, Context, Result};
@@ -53,13 +53,13 @@ pub fn read_start(start: &str) -> Result<String> {
 /// with `--json`) batch by batch, keeping no more than one batch in memory; notes go to `err`.
 pub fn run_sample(args: &SampleArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
     let prompt_text = read_start(&args.start)?;
-    for (flag, v) in [("dtype", &args.dtype), ("compile", &args.compile)] {
-        if v.is_some() {
-            writeln!(err, "note: --{flag} is ignored: nanogpt samples in f32")?;
-        }
+    if args.compile.is_some() {
+        writeln!(err, "note: --compile is ignored")?;
     }
     let loaded = load::for_sampling(&args.model, err)?;
-    let engine = engine::open(loaded.model, args.device)?;
+    let weights = inference_weights(args, &loaded, err)?;
+    let mut engine = engine::open(loaded.model, args.device)?;
+    engine.set_inference_weights(weights)?;
     let (model, tok) = (engine.as_ref(), &loaded.tokenizer);
     if args.sampler == SamplerKind::RunC {
         let Tokenizer::Llama(llama_tok) = tok else {
@@ -286,4 +286,54 @@ pub fn run_repetition(
     }
     out.flush()?;
     Ok(report)
+}
+
+/// The weights `--dtype` asks cached inference to compute with: f32 by default, int8 (Q8_0, group
+/// 64, or a llama2.c v2 file's own group) for `int8`, and int8 at the file's group for a v2 file
+/// with `--sampler=run_c` unless `--dtype=float32` (runq.c's arithmetic). Notes go to `err`.
+pub fn inference_weights(
+    args: &SampleArgs,
+    loaded: &load::LoadedModel,
+    err: &mut dyn Write,
+) -> Result<InferenceWeights> {
+    let file_q8 = loaded
+        .int8_group
+        .map(|group| InferenceWeights::Q8 { group });
+    let default = match args.sampler {
+        SamplerKind::RunC => file_q8.unwrap_or(InferenceWeights::F32),
+        SamplerKind::Nanogpt => InferenceWeights::F32,
+    };
+    let w = match args.dtype.as_deref().map(str::trim) {
+        None => default,
+        Some("float32") => InferenceWeights::F32,
+        Some("int8") => file_q8.unwrap_or(InferenceWeights::Q8 { group: 64 }),
+        Some(d @ ("bfloat16" | "float16")) => {
+            writeln!(
+                err,
+                "note: --dtype={d} is ignored: nanogpt samples in f32 or int8"
+            )?;
+            default
+        }
+        Some(d) => bail!(
+            "--dtype={d}: expected float32 or int8 (bfloat16 and float16 are accepted and ignored)"
+        ),
+    };
+    if let InferenceWeights::Q8 { group } = w {
+        let cfg = &loaded.model.config;
+        let mut widths = vec![cfg.n_embd, cfg.mlp_width()];
+        widths.dedup();
+        for inp in widths.into_iter().filter(|n| !n.is_multiple_of(group)) {
+            match engine::q8_group(group, inp) {
+                0 => writeln!(
+                    err,
+                    "note: int8: rows of {inp} values are not a multiple of the group size {group}: the matrices they feed stay f32"
+                )?,
+                g => writeln!(
+                    err,
+                    "note: int8: rows of {inp} values are not a multiple of the group size {group}: the matrices they feed use groups of {g} (runq.c would let its groups run across rows)"
+                )?,
+            }
+        }
+    }
+    Ok(w)
 }

@@ -8,7 +8,9 @@
 //! newline. `--max_new_tokens=N` is run.c's `-n` minus the prompt's length plus one (run.c counts
 //! forward passes, and prints its last token without forwarding it). The prompt goes through
 //! the model in one pass where run.c feeds it a token at a time: the logits differ by rounding
-//! only (~1e-6 here), far below the gaps that decide run.c's choices.
+//! only (~1e-6 here), far below the gaps that decide run.c's choices. On a llama2.c v2 (Q8_0)
+//! file the engine computes in int8 as runq.c does (`--dtype=float32` turns that off; see
+//! `super::run::inference_weights`).
 
 use super::options::SampleSettings;
 use crate::engine::{Engine, Feed};

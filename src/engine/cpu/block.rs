@@ -18,6 +18,7 @@ use crate::kernels::cpu::dropout::dropout_inplace;
 use crate::kernels::cpu::gelu::gelu_forward;
 use crate::kernels::cpu::layernorm::layernorm_forward;
 use crate::kernels::cpu::matmul::{is_skinny, matmul_forward, Layout};
+use crate::kernels::cpu::q8::{q8_matmul_forward, Q8Matrix};
 use crate::kernels::cpu::residual::residual_forward;
 use crate::kernels::cpu::rmsnorm::rmsnorm_forward;
 use crate::kernels::cpu::swiglu::swiglu_forward;
@@ -84,7 +85,8 @@ pub(super) fn norm_forward(
 }
 
 /// Read-only views of weights (and biases, which a bias-free model does not have). Cached
-/// inference also passes GPT-2's block matrices transposed (see `infer::DecodeWeights`).
+/// inference also passes GPT-2's block matrices transposed (see `infer::DecodeWeights`), and,
+/// in int8 mode, the int8 matrices (see `infer::Q8Weights`).
 #[derive(Clone, Copy)]
 pub(super) struct Weights<'a> {
     pub p: &'a [f32],
@@ -92,6 +94,7 @@ pub(super) struct Weights<'a> {
     /// How the parameters store the block matrices.
     pub layout: Layout,
     pub transposed: Option<&'a super::infer::DecodeWeights>,
+    pub q8: Option<&'a super::infer::Q8Weights>,
 }
 
 impl<'a> Weights<'a> {
@@ -111,6 +114,48 @@ impl<'a> Weights<'a> {
     }
     pub fn b(&self, off: usize, len: usize) -> Option<&'a [f32]> {
         self.bias.then(|| &self.p[off..off + len])
+    }
+    /// out (rows, oc) = inp (rows, c) @ the block matrix at `off` + the bias at `bias_off`:
+    /// in int8 when the pass has that matrix quantized, else in f32 (`matrix`).
+    pub fn linear(
+        &self,
+        out: &mut [f32],
+        inp: &[f32],
+        off: usize,
+        bias_off: usize,
+        c: usize,
+        oc: usize,
+    ) {
+        let q8 = self.q8.and_then(|q| q.get(off, oc * c));
+        let f32_w = self.matrix(off, oc * c, inp.len() / c);
+        linear(out, inp, q8, f32_w, self.b(bias_off, oc), c, oc);
+    }
+}
+
+/// out (rows, oc) = inp (rows, c) @ W + bias, with the int8 matrix `q8` when there is one (the
+/// Q8_0 product, then the bias), else the f32 matrix `w` in its layout.
+pub(super) fn linear(
+    out: &mut [f32],
+    inp: &[f32],
+    q8: Option<&Q8Matrix>,
+    w: (&[f32], Layout),
+    bias: Option<&[f32]>,
+    c: usize,
+    oc: usize,
+) {
+    match q8 {
+        Some(m) => {
+            let out = &mut out[..inp.len() / c * oc];
+            q8_matmul_forward(out, inp, m);
+            if let Some(b) = bias {
+                for row in out.chunks_mut(oc) {
+                    for (o, &b) in row.iter_mut().zip(b) {
+                        *o += b;
+                    }
+                }
+            }
+        }
+        None => matmul_forward(out, inp, w.0, w.1, bias, c, oc),
     }
 }
 
@@ -153,11 +198,6 @@ pub(super) fn block_forward(
     attend: impl FnOnce(&mut [f32], &mut [f32]),
 ) {
     let c = s.c;
-    let rows = x.len() / c;
-    let qkv_w = w.matrix(o.qkv_w, s.qkv * c, rows);
-    let attproj_w = w.matrix(o.attproj_w, c * c, rows);
-    let fc_w = w.matrix(o.fc_w, s.mlp_in * c, rows);
-    let fcproj_w = w.matrix(o.fcproj_w, s.mlp * c, rows);
     norm_forward(
         s.norm,
         a.ln1,
@@ -168,25 +208,9 @@ pub(super) fn block_forward(
         w.b(o.ln1_b, c),
         c,
     );
-    matmul_forward(
-        a.qkv,
-        a.ln1,
-        qkv_w.0,
-        qkv_w.1,
-        w.b(o.qkv_b, s.qkv),
-        c,
-        s.qkv,
-    );
+    w.linear(a.qkv, a.ln1, o.qkv_w, o.qkv_b, c, s.qkv);
     attend(a.atty, a.qkv);
-    matmul_forward(
-        proj,
-        a.atty,
-        attproj_w.0,
-        attproj_w.1,
-        w.b(o.attproj_b, c),
-        c,
-        c,
-    );
+    w.linear(proj, a.atty, o.attproj_w, o.attproj_b, c, c);
     if let Some(d) = dropout {
         dropout_inplace(proj, d.attn_key, d.p);
     }
@@ -202,29 +226,13 @@ pub(super) fn block_forward(
         w.b(o.ln2_b, c),
         c,
     );
-    matmul_forward(
-        a.fch,
-        a.ln2,
-        fc_w.0,
-        fc_w.1,
-        w.b(o.fc_b, s.mlp_in),
-        c,
-        s.mlp_in,
-    );
+    w.linear(a.fch, a.ln2, o.fc_w, o.fc_b, c, s.mlp_in);
     if s.swiglu {
         swiglu_forward(a.fch_gelu, a.fch, s.mlp);
     } else {
         gelu_forward(a.fch_gelu, a.fch);
     }
-    matmul_forward(
-        proj,
-        a.fch_gelu,
-        fcproj_w.0,
-        fcproj_w.1,
-        w.b(o.fcproj_b, c),
-        s.mlp,
-        c,
-    );
+    w.linear(proj, a.fch_gelu, o.fcproj_w, o.fcproj_b, s.mlp, c);
     if let Some(d) = dropout {
         dropout_inplace(proj, d.mlp_key, d.p);
     }

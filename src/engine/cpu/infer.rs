@@ -6,13 +6,14 @@
 //! ~2x per token at 900 tokens of context, in TLB and cache misses). Each row holds its own
 //! number of positions ([`KvCache::lens`]), so one pass can prefill some rows and decode others.
 
-use super::block::{block_forward, norm_forward, BlockActs, Shape, Weights};
+use super::block::{block_forward, linear, norm_forward, BlockActs, Shape, Weights};
 use super::train::attn_dims;
 use super::CpuEngine;
-use crate::engine::{Feed, KvCache};
+use crate::engine::{Feed, InferenceWeights, KvCache};
 use crate::kernels::cpu::attention::{attention_forward_cached, CachedQueries};
 use crate::kernels::cpu::encoder::encoder_forward;
-use crate::kernels::cpu::matmul::{matmul_forward, Layout};
+use crate::kernels::cpu::matmul::Layout;
+use crate::kernels::cpu::q8::Q8Matrix;
 use crate::kernels::cpu::rope::rope_forward;
 use crate::model::Gpt;
 use anyhow::{bail, Context, Result};
@@ -79,6 +80,98 @@ impl DecodeWeights {
         let &(_, at, n) = self.at.iter().find(|&&(o, _, _)| o == off)?;
         (n == len).then(|| &self.data[at..at + n])
     }
+}
+
+/// Every block matrix and the classifier in int8 (Q8_0, `group` values per scale), for cached
+/// inference with [`crate::engine::InferenceWeights::Q8`]: runq.c's arithmetic (see
+/// `crate::kernels::cpu::q8`). Quantized from the (out, in) form of each matrix (GPT-2's are
+/// transposed first), built at the first such pass, dropped when the optimizer changes the
+/// parameters. A matrix whose rows are not a multiple of `group` takes a smaller group
+/// ([`q8_group`]) or stays f32.
+pub(crate) struct Q8Weights {
+    /// (offset in the parameters, number of values, the matrix).
+    mats: Vec<(usize, usize, Q8Matrix)>,
+    /// Whether every block matrix is here (GPT-2 then needs no transposed f32 copy).
+    pub(super) all_blocks: bool,
+}
+
+impl Q8Weights {
+    pub(super) fn new(model: &Gpt, group: usize) -> Q8Weights {
+        let cfg = &model.config;
+        let s = Shape::new(cfg);
+        let (c, p, tb) = (s.c, &model.params, &model.table);
+        // (offset, out, in) of each block matrix.
+        let blocks: Vec<(usize, usize, usize)> = tb
+            .layers
+            .iter()
+            .flat_map(|o| {
+                [
+                    (o.qkv_w, s.qkv, c),
+                    (o.attproj_w, c, c),
+                    (o.fc_w, s.mlp_in, c),
+                    (o.fcproj_w, c, s.mlp),
+                ]
+            })
+            .collect();
+        let mut mats = Vec::with_capacity(blocks.len() + 1);
+        for &(off, out, inp) in &blocks {
+            let w = &p[off..off + out * inp];
+            let g = q8_group(group, inp);
+            let m = match s.layout {
+                Layout::OutIn => Q8Matrix::quantize(w, out, inp, g),
+                Layout::InOut => Q8Matrix::quantize(&transpose(w, inp, out), out, inp, g),
+            };
+            if let Ok(m) = m {
+                mats.push((off, out * inp, m));
+            }
+        }
+        let all_blocks = mats.len() == blocks.len();
+        // The classifier (the tied one reads wte) is (vocab, C) either way.
+        let vp = cfg.padded_vocab_size();
+        let head = &p[tb.lm_head..tb.lm_head + vp * c];
+        if let Ok(m) = Q8Matrix::quantize(head, vp, c, q8_group(group, c)) {
+            mats.push((tb.lm_head, vp * c, m));
+        }
+        Q8Weights { mats, all_blocks }
+    }
+
+    /// The int8 form of the matrix at parameter offset `off` (`len` values), if it has one.
+    pub(super) fn get(&self, off: usize, len: usize) -> Option<&Q8Matrix> {
+        self.mats
+            .iter()
+            .find(|(o, n, _)| *o == off && *n == len)
+            .map(|(_, _, m)| m)
+    }
+}
+
+/// The group size a matrix with rows of `inp` values is quantized with when `group` is asked
+/// for: `group` when it divides the rows, else their largest common divisor if that is at least
+/// [`MIN_FALLBACK_GROUP`] (runq.c would let its groups run across rows there), else 0 (the
+/// matrix stays f32).
+pub fn q8_group(group: usize, inp: usize) -> usize {
+    let (mut a, mut b) = (group, inp);
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    if a == group || a >= MIN_FALLBACK_GROUP {
+        a
+    } else {
+        0
+    }
+}
+
+/// The smallest group [`q8_group`] falls back to.
+pub(crate) const MIN_FALLBACK_GROUP: usize = 16;
+
+/// The (cols, rows) transpose of a row-major (rows, cols) matrix.
+fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0.0f32; rows * cols];
+    for (j, row) in t.chunks_mut(rows).enumerate() {
+        for (k, v) in row.iter_mut().enumerate() {
+            *v = w[k * cols + j];
+        }
+    }
+    t
 }
 
 /// The CPU's side of a [`KvCache`]: keys and values, plus the scratch buffers of a forward pass
@@ -241,15 +334,24 @@ impl CpuEngine {
         let kv = cpu_kv(cache)?;
         kv.scratch.ensure(n_tok, feeds.len(), &shape);
         let (p, tb) = (&self.model.params, &self.model.table);
-        let transposed = (shape.layout == Layout::InOut).then(|| {
-            self.decode_weights
-                .get_or_init(|| DecodeWeights::new(&self.model))
-        });
+        let q8 = match self.inference {
+            InferenceWeights::Q8 { group } => Some(
+                self.q8_weights
+                    .get_or_init(|| Q8Weights::new(&self.model, group)),
+            ),
+            InferenceWeights::F32 => None,
+        };
+        let transposed =
+            (shape.layout == Layout::InOut && !q8.is_some_and(|q| q.all_blocks)).then(|| {
+                self.decode_weights
+                    .get_or_init(|| DecodeWeights::new(&self.model))
+            });
         let w = Weights {
             p,
             bias: cfg.bias,
             layout: shape.layout,
             transposed,
+            q8,
         };
         let dims = attn_dims(cfg, rows);
         let (nh, nkv, hs, width) = (dims.n_head, dims.n_kv_head, dims.head_size, shape.qkv);
@@ -347,11 +449,11 @@ impl CpuEngine {
             w.b(tb.lnf_b, c),
             c,
         );
-        matmul_forward(
+        linear(
             &mut logits[..n_feeds * vp],
             &s.last[..n_feeds * c],
-            w.w(tb.lm_head, vp * c),
-            Layout::OutIn,
+            q8.and_then(|q| q.get(tb.lm_head, vp * c)),
+            (w.w(tb.lm_head, vp * c), Layout::OutIn),
             None,
             c,
             vp,

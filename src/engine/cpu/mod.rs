@@ -7,7 +7,7 @@ mod block;
 mod infer;
 mod train;
 
-use super::{AdamW, Engine, Feed, KvCache, Mode, OptimizerState};
+use super::{AdamW, Engine, Feed, InferenceWeights, KvCache, Mode, OptimizerState};
 use crate::config::GptConfig;
 use crate::dist::Collective;
 use crate::kernels::cpu::adamw::{adamw_update, clip_grads, global_norm, norm_partials_len};
@@ -15,6 +15,7 @@ use crate::kernels::cpu::matmul::{gemm_into, View};
 use crate::kernels::cpu::rope::RopeTable;
 use crate::model::Gpt;
 use anyhow::Result;
+pub use infer::q8_group;
 use std::borrow::Cow;
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -32,7 +33,7 @@ const DEFAULT_ADAMW: AdamW = AdamW {
 /// The model and everything training it needs, in host memory.
 pub struct CpuEngine {
     /// Change the parameters only through the `Engine` methods: `update` drops the transposed
-    /// copy that cached inference reads (`decode_weights`).
+    /// and int8 copies that cached inference reads (`decode_weights`, `q8_weights`).
     pub model: Gpt,
     /// Same layout as the parameters; empty until the first backward pass.
     pub grads: Vec<f32>,
@@ -45,6 +46,11 @@ pub struct CpuEngine {
     norm_partials: Vec<f64>,
     /// GPT-2's block matrices transposed for cached inference, built at its first pass.
     decode_weights: std::sync::OnceLock<infer::DecodeWeights>,
+    /// What cached inference computes with (`Engine::set_inference_weights`).
+    inference: InferenceWeights,
+    /// With `InferenceWeights::Q8`: the block matrices and classifier in int8, built at the
+    /// first cached pass and dropped by `update` (as `decode_weights`).
+    q8_weights: OnceLock<infer::Q8Weights>,
     /// A Llama's rotary angles for every position up to `block_size`.
     rope: Option<RopeTable>,
 }
@@ -72,6 +78,8 @@ impl CpuEngine {
             groups,
             norm_partials: vec![0.0; norm_partials_len(n)],
             decode_weights: std::sync::OnceLock::new(),
+            inference: InferenceWeights::F32,
+            q8_weights: OnceLock::new(),
             rope,
         }
     }
@@ -132,6 +140,7 @@ impl Engine for CpuEngine {
         }
         self.opt.step += 1;
         self.decode_weights = std::sync::OnceLock::new();
+        self.q8_weights = OnceLock::new();
         let hyper = AdamW { lr, ..self.hyper };
         adamw_update(
             &mut self.model.params,
@@ -164,8 +173,9 @@ impl Engine for CpuEngine {
         feeds: &[Feed],
         logits: &mut [f32],
     ) -> Result<()> {
-        // On a pool thread, the kernels' parallel loops start without a cross-thread handoff
-        // each: a decoding step of a small model is dozens of them, microseconds apiece.
+        // The whole pass on a pool thread: its dozens of parallel kernels are then cheap forks
+        // there, where from an outside thread each would be a hand-off to the pool and a sleep
+        // until it finishes (a third of a decode step's time at 15M parameters).
         rayon::scope(|_| self.forward_feeds(cache, feeds, logits, None))
     }
 
@@ -181,6 +191,17 @@ impl Engine for CpuEngine {
 
     fn reorder_cache(&self, cache: &mut KvCache, rows: &[usize]) -> Result<()> {
         self.reorder_kv(cache, rows)
+    }
+
+    fn set_inference_weights(&mut self, w: InferenceWeights) -> Result<()> {
+        if w == (InferenceWeights::Q8 { group: 0 }) {
+            anyhow::bail!("int8 (Q8) inference needs a positive group size");
+        }
+        if w != self.inference {
+            self.inference = w;
+            self.q8_weights = OnceLock::new();
+        }
+        Ok(())
     }
 
     fn model(&self) -> Cow<'_, Gpt> {

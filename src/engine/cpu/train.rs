@@ -185,6 +185,7 @@ impl CpuEngine {
             bias: cfg.bias,
             layout: shape.layout,
             transposed: None,
+            q8: None,
         };
         let dims = attn_dims(&cfg, b);
         let rope = self.rope.as_ref();
@@ -311,6 +312,7 @@ impl CpuEngine {
             bias: cfg.bias,
             layout: shape.layout,
             transposed: None,
+            q8: None,
         };
         let (qkv, mlp_in, mlp) = (shape.qkv, shape.mlp_in, shape.mlp);
         let bias_at = |off: usize| cfg.bias.then_some(off);
