@@ -288,8 +288,8 @@ fn unknown_key_lists_the_valid_ones() {
     for key in KEYS {
         assert!(e.contains(key), "valid key {key} not listed: {e}");
     }
-    let e = err_text(c.set("n_layers", "3"));
-    assert!(e.contains("n_layers") && e.contains("n_layer,"), "{e}");
+    let e = err_text(c.set("n_layr", "3"));
+    assert!(e.contains("n_layr") && e.contains("n_layer,"), "{e}");
     // Every listed key is settable from text.
     let mut c = TrainConfig::default();
     for key in KEYS {
@@ -402,9 +402,9 @@ wandb_log = false
     assert_eq!(c.gradient_accumulation_steps, 40);
 
     let unknown = dir.path().join("unknown.toml");
-    std::fs::write(&unknown, "n_layers = 3\n").expect("write");
+    std::fs::write(&unknown, "n_layr = 3\n").expect("write");
     let e = err_text(TrainConfig::from_file(&unknown));
-    assert!(e.contains("unknown.toml") && e.contains("n_layers"), "{e}");
+    assert!(e.contains("unknown.toml") && e.contains("n_layr"), "{e}");
 }
 
 /// The shipped config/*.toml files all load and validate.

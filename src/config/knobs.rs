@@ -74,8 +74,13 @@ impl Knob for Vec<String> {
 }
 
 /// A knob with no default: set means `Some`.
+/// An optional knob: `none` (also Python's `None`, JSON's `null`) unsets it.
 impl<T: Knob + Default> Knob for Option<T> {
     fn set_text(&mut self, text: &str) -> Result<(), String> {
+        if matches!(text.trim(), "none" | "None" | "null") {
+            *self = None;
+            return Ok(());
+        }
         let mut v = T::default();
         v.set_text(text)?;
         *self = Some(v);
