@@ -97,6 +97,29 @@ pub fn keep_large_allocations_in_heap() {
     }
 }
 
+/// Asks the kernel to back `buf` with 2 MiB pages (transparent huge pages), now: a decoding
+/// step streams every weight once, and with 4 KiB pages that is a TLB miss every 4 KiB read.
+/// Best effort: where the kernel refuses (THP off, an old kernel), nothing changes.
+pub fn back_with_huge_pages<T>(buf: &[T]) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let start = (buf.as_ptr() as usize).next_multiple_of(HUGE);
+        let end = (buf.as_ptr() as usize + std::mem::size_of_val(buf)) / HUGE * HUGE;
+        if end <= start {
+            return;
+        }
+        // SAFETY: the range lies inside `buf`'s allocation; these advices change how its pages
+        // are backed, never their contents.
+        unsafe {
+            let (ptr, len) = (start as *mut libc::c_void, end - start);
+            libc::madvise(ptr, len, libc::MADV_HUGEPAGE);
+            #[cfg(target_env = "gnu")]
+            libc::madvise(ptr, len, libc::MADV_COLLAPSE);
+        }
+    }
+}
+
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 
 /// The system allocator, counting allocations so `bench` can report how many a training step

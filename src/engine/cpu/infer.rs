@@ -72,6 +72,7 @@ impl DecodeWeights {
                 }
             }
         });
+        crate::perf::back_with_huge_pages(&data);
         DecodeWeights { data, at }
     }
 

@@ -64,6 +64,7 @@ impl CpuEngine {
             .iter()
             .map(|e| (e.offset, e.decay))
             .collect();
+        crate::perf::back_with_huge_pages(&model.params);
         let cfg = &model.config;
         let rope = cfg
             .llama()

@@ -320,7 +320,7 @@ mod avx512 {
         o1: usize,
     ) {
         if inp.len() == c {
-            sweep::<8>(out, inp, w, bias, c, oc, o0, o1)
+            sweep::<1>(out, inp, w, bias, c, oc, o0, o1)
         } else {
             sweep::<4>(out, inp, w, bias, c, oc, o0, o1)
         }
@@ -364,6 +364,8 @@ mod avx512 {
         }
     }
 
+    const PREFETCH: usize = 1024;
+
     #[target_feature(enable = "avx512f")]
     #[inline]
     unsafe fn tile<const ROWS: usize, const OUTS: usize>(
@@ -374,6 +376,9 @@ mod avx512 {
         let mut acc = [[_mm512_setzero_ps(); OUTS]; ROWS];
         let mut k = 0;
         while k + 16 <= c {
+            for p in wr {
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(k + PREFETCH) as *const i8);
+            }
             let wv: [__m512; OUTS] = std::array::from_fn(|i| _mm512_loadu_ps(wr[i].add(k)));
             for (a, x) in acc.iter_mut().zip(xr) {
                 let xv = _mm512_loadu_ps(x.add(k));
