@@ -22,7 +22,7 @@ export OMP_NUM_THREADS=2
 speed() { grep -o 'achieved tok/s: [0-9.]*' | awk '{print $3}'; }
 ours() { # model tokenizer
     "$NANOGPT" --threads=2 sample --init_from="$1" --tokenizer="$2" --sampler=run_c --start= \
-        --num_samples=1 --max_new_tokens=$((STEPS - 1)) --temperature=0 2>&1 >/dev/null | speed
+        --num_samples=1 --max_new_tokens="$STEPS" --temperature=0 2>&1 >/dev/null | speed
 }
 theirs() { # program model tokenizer
     "$PEERS/$1" "$2" -z "$3" -t 0 -n "$STEPS" 2>&1 >/dev/null | speed

@@ -51,7 +51,19 @@ pub fn read_start(start: &str) -> Result<String> {
 
 /// `nanogpt sample`: loads the model, generates, and prints to `out` (streaming, or JSON Lines
 /// with `--json`) batch by batch, keeping no more than one batch in memory; notes go to `err`.
-pub fn run_sample(args: &SampleArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
+///
+/// It runs on a thread of rayon's pool (the caller waits): each decoding step starts dozens of
+/// parallel kernels, and from a thread outside the pool every one of them is a handoff and a
+/// wake-up, which for a small model costs more than the step.
+pub fn run_sample(
+    args: &SampleArgs,
+    out: &mut (dyn Write + Send),
+    err: &mut (dyn Write + Send),
+) -> Result<()> {
+    rayon::scope(|_| sample_on_pool(args, out, err))
+}
+
+fn sample_on_pool(args: &SampleArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
     let prompt_text = read_start(&args.start)?;
     if args.compile.is_some() {
         writeln!(err, "note: --compile is ignored")?;

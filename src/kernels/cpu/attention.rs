@@ -16,7 +16,7 @@
 //! backward pass runs one task per (batch, kv head) and loops over the group in head order, so
 //! the sums are deterministic. With n_kv_head == n_head (GPT-2) this is plain multi-head attention.
 
-use super::math::{dot, fast_exp, min_items_per_task, SharedMut};
+use super::math::{dot, dot_short, fast_exp, min_items_per_task, sum_map, SharedMut};
 use super::matmul::{gemm_into, View};
 use crate::rng::keep;
 use rayon::prelude::*;
@@ -98,12 +98,24 @@ impl AttnDropout {
 #[inline]
 fn softmax_row(row: &mut [f32], n_keys: usize) -> f32 {
     let (live, dead) = row.split_at_mut(n_keys);
-    let m = live.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    let mut sum = 0.0f32;
+    // Eight lanes each (the maximum is exact in any order): a single running max or sum
+    // keeps the loops scalar, and decoding a small model spends most of its attention here.
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let mut chunks = live.chunks_exact(8);
+    for c in &mut chunks {
+        for i in 0..8 {
+            lanes[i] = lanes[i].max(c[i]);
+        }
+    }
+    let m = chunks
+        .remainder()
+        .iter()
+        .chain(&lanes)
+        .fold(f32::NEG_INFINITY, |a, &b| a.max(b));
     for v in live.iter_mut() {
         *v = fast_exp(*v - m);
-        sum += *v;
     }
+    let sum = sum_map(live, |v| v);
     let inv = 1.0 / sum;
     for v in live.iter_mut() {
         *v *= inv;
@@ -218,8 +230,16 @@ unsafe fn attend_one_query(
     let q = std::slice::from_raw_parts(q, hs);
     let out = std::slice::from_raw_parts_mut(out, hs);
     with_scratch(n_keys, |p| {
-        for (j, pj) in p.iter_mut().enumerate() {
-            *pj = scale * dot(q, std::slice::from_raw_parts(k.add(j * kv_rs), hs));
+        let key = |j: usize| std::slice::from_raw_parts(k.add(j * kv_rs), hs);
+        if hs < 64 {
+            // A small head: `dot`'s own short path, inlined into this loop.
+            for (j, pj) in p.iter_mut().enumerate() {
+                *pj = scale * dot_short(q, key(j));
+            }
+        } else {
+            for (j, pj) in p.iter_mut().enumerate() {
+                *pj = scale * dot(q, key(j));
+            }
         }
         softmax_row(p, n_keys);
         if hs.is_multiple_of(16) {

@@ -102,6 +102,20 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         }
         (ca.remainder(), cb.remainder())
     };
+    lanes8(acc, a, b)
+}
+
+/// [`dot`] of vectors shorter than 64 values, to inline where it runs in a tight loop (a small
+/// attention head's scores): the same sums in the same order, so the same bits.
+#[inline(always)]
+pub fn dot_short(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    lanes8([0.0; 8], &a[..n], &b[..n])
+}
+
+/// The last stage of [`dot`]: 8 lanes of products added to `acc`, then the lanes and the tail.
+#[inline(always)]
+fn lanes8(mut acc: [f32; 8], a: &[f32], b: &[f32]) -> f32 {
     let (mut ca, mut cb) = (a.chunks_exact(8), b.chunks_exact(8));
     for (x, y) in (&mut ca).zip(&mut cb) {
         for i in 0..8 {
