@@ -8,12 +8,14 @@
 #   GGUF: GPT-2 124M as GGUF f32 (benches/serve_bench_model.py, then llama.cpp's
 #   convert_hf_to_gguf.py --outtype f32); ours uses random weights of the same shape (decoding
 #   cost does not depend on the values). Threads: 2 on both sides (THREADS=...).
+#   DTYPE=int8 times ours with Q8_0 weights (`bench --dtype=int8`): give a q8_0 GGUF
+#   (convert_hf_to_gguf.py --outtype q8_0) for the llama.cpp side.
 set -euo pipefail
-[ $# -ge 3 ] || { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
-NANOGPT=$1; GGUF=$2; LLAMA_BENCH=$3; ROUNDS=${4:-3}; THREADS=${THREADS:-2}
+[ $# -ge 3 ] || { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+NANOGPT=$1; GGUF=$2; LLAMA_BENCH=$3; ROUNDS=${4:-3}; THREADS=${THREADS:-2}; DTYPE=${DTYPE:-float32}
 ours() { # prompt_len new -> "decode_tok_s prompt_tok_s"
     "$NANOGPT" --threads "$THREADS" bench --generate --batch_size=1 --prompt_len="$1" \
-        --max_new_tokens="$2" --json | python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["decode_tokens_per_s"], r["prompt_len"]*1e3/r["prompt_ms"])'
+        --max_new_tokens="$2" --dtype="$DTYPE" --json | python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["decode_tokens_per_s"], r["prompt_len"]*1e3/r["prompt_ms"])'
 }
 llama() { # llama-bench args -> tokens/s
     "$LLAMA_BENCH" -m "$GGUF" -t "$THREADS" -o json "$@" 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["avg_ts"])'

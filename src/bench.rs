@@ -1,7 +1,7 @@
 //! `nanogpt bench`: nanoGPT's bench.py. Times forward + backward + AdamW update on random data.
 
 use crate::config::GptConfig;
-use crate::engine::{self, Device, Mode};
+use crate::engine::{self, Device, InferenceWeights, Mode};
 use crate::model::Gpt;
 use crate::perf::{allocations, mfu, peak_rss_mib};
 use crate::rng::Rng;
@@ -35,6 +35,9 @@ crate::with_model_shape! {
             prompt_len: usize = 16,
             /// New tokens for --generate
             max_new_tokens: usize = 128,
+            /// Weights --generate computes with: float32, or int8 (Q8_0 in groups of 64, as
+            /// `sample --dtype=int8`)
+            dtype: String = "float32".into(),
             /// cpu, cuda or auto (the CPU until the CUDA backend has passed its GPU check)
             device: Device = Device::Auto,
         }
@@ -50,7 +53,13 @@ impl BenchArgs {
         if let Some(p) = self.peak_tflops.filter(|p| !p.is_finite() || *p <= 0.0) {
             bail!("--peak_tflops must be a positive number, got {p}");
         }
+        let inference = match self.dtype.trim() {
+            "float32" => InferenceWeights::F32,
+            "int8" => InferenceWeights::Q8 { group: 64 },
+            d => bail!("--dtype={d}: expected float32 or int8"),
+        };
         Ok(BenchOptions {
+            inference,
             config: self.model_config(self.vocab_size, self.pad_vocab),
             batch_size: self.batch_size,
             warmup: self.warmup,
@@ -65,6 +74,8 @@ impl BenchArgs {
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
     pub config: GptConfig,
+    /// What `--generate`'s cached passes compute with.
+    pub inference: InferenceWeights,
     pub batch_size: usize,
     pub warmup: usize,
     pub iters: usize,
@@ -158,6 +169,8 @@ pub struct GenerateReport {
     pub batch_size: usize,
     pub prompt_len: usize,
     pub max_new_tokens: usize,
+    /// "float32", or "int8" (Q8_0).
+    pub dtype: &'static str,
     pub peak_rss_mib: Option<f64>,
     pub config: GptConfig,
 }
@@ -174,7 +187,8 @@ pub fn run_generate_bench(
     if prompt_len == 0 || prompt_len + max_new_tokens > cfg.block_size {
         bail!("prompt_len ({prompt_len}) + max_new_tokens ({max_new_tokens}) must be between 1 and block_size ({})", cfg.block_size);
     }
-    let engine = engine::open(Gpt::new(cfg.clone(), opts.seed)?, opts.device)?;
+    let mut engine = engine::open(Gpt::new(cfg.clone(), opts.seed)?, opts.device)?;
+    engine.set_inference_weights(opts.inference)?;
     let mut rng = Rng::new(opts.seed ^ 0x5EED);
     let prompt: Vec<u32> = (0..b * prompt_len)
         .map(|_| rng.below(cfg.vocab_size as u64) as u32)
@@ -221,6 +235,10 @@ pub fn run_generate_bench(
         batch_size: b,
         prompt_len,
         max_new_tokens,
+        dtype: match opts.inference {
+            InferenceWeights::F32 => "float32",
+            InferenceWeights::Q8 { .. } => "int8",
+        },
         peak_rss_mib: peak_rss_mib(),
         config: cfg.clone(),
     })
