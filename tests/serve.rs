@@ -194,15 +194,26 @@ fn metric(s: &Server, name: &str) -> f64 {
 fn greedy_completions_equal_the_generate_fixture_token_for_token() {
     // Prompts prefilled whole, and two tokens a step.
     for chunk in ["512", "2"] {
-        greedy_equals_fixture(&start(&tiny(), &["--prefill_chunk", chunk]));
+        let s = start(&tiny(), &["--prefill_chunk", chunk]);
+        greedy_equals_fixture(&s, "tiny-gpt2-generation.json");
     }
 }
 
-fn greedy_equals_fixture(s: &Server) {
-    let fixture: Value = serde_json::from_slice(
-        &std::fs::read(fixtures().join("tiny-gpt2-generation.json")).expect("fixture"),
-    )
-    .expect("fixture JSON");
+#[test]
+fn a_llama_serves_transformers_greedy_ids() {
+    let llama = fixtures().join("llama");
+    let tokenizer = format!("--tokenizer={}", llama.join("tok512.model").display());
+    let s = start(
+        &llama.join("tiny-llama"),
+        &[&tokenizer, "--prefill_chunk", "3"],
+    );
+    greedy_equals_fixture(&s, "llama/generation.json");
+}
+
+fn greedy_equals_fixture(s: &Server, fixture: &str) {
+    let fixture: Value =
+        serde_json::from_slice(&std::fs::read(fixtures().join(fixture)).expect("fixture"))
+            .expect("fixture JSON");
     let mut checked = 0;
     for g in fixture["generations"].as_array().expect("generations") {
         if g["setting"] != "greedy" {
