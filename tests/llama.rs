@@ -3,24 +3,22 @@
 
 mod common;
 
+use common::{json_ids, llama_fixtures};
+
 use common::fixtures;
 use nanogpt::llama::run_c::{sample_mult, sample_topp, softmax, Sampler, XorShift};
 use nanogpt::llama::tokenizer::{LlamaTokenizer, BOS};
 use nanogpt::llama::{
     load_hf_dir, read_llama2c, save_hf_dir, write_llama2c_v1, Llama, Llama2cFormat,
 };
-use std::path::{Path, PathBuf};
-
-fn llama_dir() -> PathBuf {
-    fixtures().join("llama")
-}
+use std::path::Path;
 
 fn bits(m: &Llama) -> Vec<u32> {
     m.params.iter().map(|x| x.to_bits()).collect()
 }
 
 fn read(name: &str) -> (Llama, Llama2cFormat) {
-    read_llama2c(&llama_dir().join(name)).unwrap_or_else(|e| panic!("{e:#}"))
+    read_llama2c(&llama_fixtures().join(name)).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Both fixture models: (Hugging Face directory, llama2.c file stem).
@@ -29,7 +27,7 @@ const MODELS: [&str; 2] = ["tiny-llama", "tiny-llama-tied"];
 #[test]
 fn llama2c_v0_v1_and_hf_give_identical_canonical_tensors() {
     for name in MODELS {
-        let hf = load_hf_dir(&llama_dir().join(name)).unwrap();
+        let hf = load_hf_dir(&llama_fixtures().join(name)).unwrap();
         let tied = name.ends_with("tied");
         assert_eq!(hf.config.shared_classifier, tied);
         assert_eq!(
@@ -110,7 +108,7 @@ fn llama2c_v2_is_dequantized_as_q_times_scale_within_half_a_step_of_v1() {
         let out = dir.join(format!("{name}.v1.bin"));
         write_llama2c_v1(&v2, &out).unwrap();
         let (q8, f32s) = (
-            std::fs::read(llama_dir().join(format!("{name}.v2.bin"))).unwrap(),
+            std::fs::read(llama_fixtures().join(format!("{name}.v2.bin"))).unwrap(),
             std::fs::read(&out).unwrap(),
         );
         let norms = 4 * (2 * 3 * 64 + 64);
@@ -134,11 +132,11 @@ fn llama2c_v2_is_dequantized_as_q_times_scale_within_half_a_step_of_v1() {
 fn llama2c_v1_and_hf_exports_round_trip_bit_exactly() {
     let dir = common::temp_dir("llama", "export");
     for name in MODELS {
-        let hf = load_hf_dir(&llama_dir().join(name)).unwrap();
+        let hf = load_hf_dir(&llama_fixtures().join(name)).unwrap();
         // From the HF weights, llama2.c's own v1 file byte for byte.
         let v1 = dir.join(format!("{name}.v1.bin"));
         write_llama2c_v1(&hf, &v1).unwrap();
-        let fixture = std::fs::read(llama_dir().join(format!("{name}.v1.bin"))).unwrap();
+        let fixture = std::fs::read(llama_fixtures().join(format!("{name}.v1.bin"))).unwrap();
         assert!(
             std::fs::read(&v1).unwrap() == fixture,
             "{name}: v1 export differs"
@@ -196,7 +194,7 @@ fn read_error(bytes: &[u8], name: &str) -> String {
 }
 
 fn fixture_bytes(name: &str) -> Vec<u8> {
-    std::fs::read(llama_dir().join(name)).unwrap()
+    std::fs::read(llama_fixtures().join(name)).unwrap()
 }
 
 #[test]
@@ -250,7 +248,7 @@ fn copy_dir(from: &Path, to: &Path) {
 #[test]
 fn llama_hf_dir_that_does_not_match_its_config_is_refused() {
     let dir = common::temp_dir("llama", "hf-bad");
-    copy_dir(&llama_dir().join("tiny-llama"), &dir);
+    copy_dir(&llama_fixtures().join("tiny-llama"), &dir);
     let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
     let set = |from: &str, to: &str| {
         std::fs::write(dir.join("config.json"), config.replace(from, to)).unwrap();
@@ -273,7 +271,7 @@ fn llama_hf_dir_that_does_not_match_its_config_is_refused() {
 }
 
 fn run_c_json() -> serde_json::Value {
-    let text = std::fs::read_to_string(llama_dir().join("run_c.json")).unwrap();
+    let text = std::fs::read_to_string(llama_fixtures().join("run_c.json")).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
@@ -368,20 +366,12 @@ fn run_c_sampler_on_hand_made_logits() {
 }
 
 fn tokenizer() -> LlamaTokenizer {
-    LlamaTokenizer::read_bin(&llama_dir().join("tok512.bin"), 512).unwrap()
+    LlamaTokenizer::read_bin(&llama_fixtures().join("tok512.bin"), 512).unwrap()
 }
 
 fn cases() -> serde_json::Value {
-    let text = std::fs::read_to_string(llama_dir().join("tokenizer_cases.json")).unwrap();
+    let text = std::fs::read_to_string(llama_fixtures().join("tokenizer_cases.json")).unwrap();
     serde_json::from_str(&text).unwrap()
-}
-
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -396,11 +386,11 @@ fn llama_tokenizer_encodes_as_sentencepiece_and_as_run_c() {
         let text = case["text"].as_str().unwrap();
         assert_eq!(
             tok.encode_sentencepiece(text),
-            ids(&case["ids"]),
+            json_ids(&case["ids"]),
             "sp {text:?}"
         );
         let runc = tok.encode_runc(text);
-        assert_eq!(runc, ids(&case["runc_ids"]), "run.c {text:?}");
+        assert_eq!(runc, json_ids(&case["runc_ids"]), "run.c {text:?}");
         let mut printed = Vec::new();
         let mut prev = BOS;
         for &id in &runc {
@@ -413,7 +403,7 @@ fn llama_tokenizer_encodes_as_sentencepiece_and_as_run_c() {
             "{text:?}"
         );
         assert_eq!(
-            tok.decode_sentencepiece(&ids(&case["ids"])).unwrap(),
+            tok.decode_sentencepiece(&json_ids(&case["ids"])).unwrap(),
             case["decoded"].as_str().unwrap()
         );
     }
@@ -423,7 +413,7 @@ fn llama_tokenizer_encodes_as_sentencepiece_and_as_run_c() {
 fn llama_tokenizer_decodes_as_sentencepiece() {
     let tok = tokenizer();
     for case in cases()["decode_cases"].as_array().unwrap() {
-        let ids = ids(&case["ids"]);
+        let ids = json_ids(&case["ids"]);
         let want = case["decoded"].as_str().unwrap();
         // tokenizer.bin does not record `<unk>`'s text; sentencepiece's default stands in.
         let want = want.replace(" \\342\\201\\207 ", " \u{2047} ");
@@ -441,8 +431,8 @@ fn llama_tokenizer_reproduces_run_cs_prompts_and_output() {
         let prompt = run["prompt"].as_str().unwrap_or("");
         let mut want = vec![BOS];
         want.extend(tok.encode_runc(prompt));
-        assert_eq!(want, ids(&run["prompt_ids"]), "{prompt:?}");
-        let all = ids(&run["ids"]);
+        assert_eq!(want, json_ids(&run["prompt_ids"]), "{prompt:?}");
+        let all = json_ids(&run["ids"]);
         let mut out = Vec::new();
         for w in all.windows(2) {
             if w[1] == BOS {
@@ -489,7 +479,7 @@ fn llama_tokenizer_training_stream_matches_sentencepiece() {
 #[test]
 fn llama_tokenizer_model_equals_its_bin_export_and_decodes_unk_as_trained() {
     let bin = tokenizer();
-    let model = LlamaTokenizer::read_model(&llama_dir().join("tok512.model")).unwrap();
+    let model = LlamaTokenizer::read_model(&llama_fixtures().join("tok512.model")).unwrap();
     assert_eq!(model.pieces, bin.pieces);
     assert_eq!(model.scores, bin.scores);
     assert_eq!(model.kinds, bin.kinds);
@@ -497,7 +487,7 @@ fn llama_tokenizer_model_equals_its_bin_export_and_decodes_unk_as_trained() {
     for case in cases()["decode_cases"].as_array().unwrap() {
         let want = case["decoded"].as_str().unwrap();
         assert_eq!(
-            model.decode_sentencepiece(&ids(&case["ids"])).unwrap(),
+            model.decode_sentencepiece(&json_ids(&case["ids"])).unwrap(),
             want
         );
     }
@@ -505,7 +495,7 @@ fn llama_tokenizer_model_equals_its_bin_export_and_decodes_unk_as_trained() {
         let text = case["text"].as_str().unwrap();
         assert_eq!(
             model.encode_sentencepiece(text),
-            ids(&case["ids"]),
+            json_ids(&case["ids"]),
             "{text:?}"
         );
     }
@@ -535,7 +525,8 @@ fn llama_tokenizer_bad_files_are_one_line_errors_naming_the_file() {
     }
     // Whole, but for a model of another vocabulary size.
     for vocab in [511, 513] {
-        let err = LlamaTokenizer::read_bin(&llama_dir().join("tok512.bin"), vocab).unwrap_err();
+        let err =
+            LlamaTokenizer::read_bin(&llama_fixtures().join("tok512.bin"), vocab).unwrap_err();
         assert!(format!("{err:#}").contains("tok512.bin"), "{err:#}");
     }
 }

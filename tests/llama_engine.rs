@@ -10,23 +10,20 @@
 
 mod common;
 
-use common::{fixtures, read_f32, read_i32, rel_err};
+use common::llama_fixtures;
+
+use common::{read_f32, read_i32, rel_err};
 use nanogpt::engine::cpu::CpuEngine;
 use nanogpt::engine::{AdamW, Engine, Feed, Mode};
 use nanogpt::llama::{load_hf_dir, read_llama2c};
 use nanogpt::model::Gpt;
 use safetensors::SafeTensors;
-use std::path::PathBuf;
 
 const B: usize = 2;
 const T: usize = 32;
 
-fn llama_dir() -> PathBuf {
-    fixtures().join("llama")
-}
-
 fn engine(name: &str) -> CpuEngine {
-    let path = llama_dir().join(name);
+    let path = llama_fixtures().join(name);
     let model = if name.ends_with(".bin") {
         read_llama2c(&path).expect("read llama2.c file").0
     } else {
@@ -36,7 +33,7 @@ fn engine(name: &str) -> CpuEngine {
 }
 
 fn refs() -> Vec<u8> {
-    std::fs::read(llama_dir().join("refs.safetensors")).expect("read refs")
+    std::fs::read(llama_fixtures().join("refs.safetensors")).expect("read refs")
 }
 
 fn tokens(v: &[i32]) -> Vec<u32> {

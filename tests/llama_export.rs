@@ -4,16 +4,14 @@
 
 mod common;
 
+use common::llama_fixtures;
+
 use common::{fixtures, nanogpt, temp_dir};
 use nanogpt::engine::cpu::CpuEngine;
 use nanogpt::engine::{Engine, Mode};
 use nanogpt::load::{model_only, ModelSource};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn llama_dir() -> PathBuf {
-    fixtures().join("llama")
-}
 
 fn run(cmd: &mut Command) -> Vec<u8> {
     let out = cmd.output().expect("run");
@@ -59,7 +57,7 @@ fn logits(path: &Path, tokens: &[u32]) -> Vec<f32> {
 fn llama_exports_load_back_bit_for_bit() {
     let dir = temp_dir("llama-export", "roundtrip");
     for name in ["tiny-llama", "tiny-llama-tied"] {
-        let from = llama_dir().join(name);
+        let from = llama_fixtures().join(name);
         let original = params(&from);
         let tokens: Vec<u32> = (0..40).map(|i| (i * 37 % 512) as u32).collect();
         let reference = logits(&from, &tokens);
@@ -117,8 +115,8 @@ fn run_c_runs_the_v0_export_as_its_own_file() {
     };
     let dir = temp_dir("llama-export", "run-c");
     let bin = dir.join("tiny.bin");
-    export(&llama_dir().join("tiny-llama"), "llama2c", &bin);
-    let tok = llama_dir().join("tok512.bin");
+    export(&llama_fixtures().join("tiny-llama"), "llama2c", &bin);
+    let tok = llama_fixtures().join("tok512.bin");
     for (t, p, s) in [("0", "0.9", "1"), ("1", "0.9", "42")] {
         let theirs = run(Command::new(&peer)
             .env("OMP_NUM_THREADS", "1")
@@ -160,7 +158,10 @@ fn a_trained_llama_resumes_exports_and_loads_back_with_the_same_logits() {
             "--input={}",
             fixtures().join("../data/tinyshakespeare.txt").display()
         ),
-        &format!("--tokenizer={}", llama_dir().join("tok512.model").display()),
+        &format!(
+            "--tokenizer={}",
+            llama_fixtures().join("tok512.model").display()
+        ),
         "--name=shakespeare_llama",
         &format!("--data_dir={}", data.display()),
     ]));

@@ -3,19 +3,18 @@
 
 mod common;
 
+use common::llama_fixtures;
+
 use common::{fixtures, nanogpt, temp_dir};
 use nanogpt::data::{dataset, prepare_text, TextPrepareOptions, TextTokenizer};
 use nanogpt::llama::tokenizer::{LlamaTokenizer, BOS};
 use nanogpt::tokenizer::Tokenizer;
 use sha2::{Digest, Sha256};
-use std::path::{Path, PathBuf};
-
-fn llama_dir() -> PathBuf {
-    fixtures().join("llama")
-}
+use std::path::Path;
 
 fn cases() -> serde_json::Value {
-    let text = std::fs::read_to_string(llama_dir().join("tokenizer_cases.json")).expect("cases");
+    let text =
+        std::fs::read_to_string(llama_fixtures().join("tokenizer_cases.json")).expect("cases");
     serde_json::from_str(&text).expect("cases parse")
 }
 
@@ -103,7 +102,7 @@ fn llama_prepare_reproduces_the_fixture_training_stream_from_model_and_bin() {
         let name = format!("{file}-{piece_bytes}");
         let (ok, stdout, stderr) = prepare(&[
             &path_arg("input", &input),
-            &path_arg("tokenizer", &llama_dir().join(file)),
+            &path_arg("tokenizer", &llama_fixtures().join(file)),
             "--val_fraction=0",
             &path_arg("data_dir", &dir),
             &format!("--name={name}"),
@@ -117,7 +116,7 @@ fn llama_prepare_reproduces_the_fixture_training_stream_from_model_and_bin() {
         assert_eq!(summary["train_tokens"], want["tokens"], "{name}");
         assert_eq!(
             summary["tokenizer"]["Llama"],
-            llama_dir().join(file).display().to_string()
+            llama_fixtures().join(file).display().to_string()
         );
         let out = dir.join(&name);
         let bytes = std::fs::read(out.join("train.bin")).expect("train.bin");
@@ -138,7 +137,7 @@ fn llama_prepare_reproduces_the_fixture_training_stream_from_model_and_bin() {
         };
         assert_eq!(
             std::fs::read(out.join(copy)).expect("copy"),
-            std::fs::read(llama_dir().join(file)).expect("fixture")
+            std::fs::read(llama_fixtures().join(file)).expect("fixture")
         );
         assert_eq!(
             summary["tokenizer_path"],
@@ -149,7 +148,7 @@ fn llama_prepare_reproduces_the_fixture_training_stream_from_model_and_bin() {
 
 #[test]
 fn llama_prepare_first_10k_chars_and_a_cut_text_file_equal_whole_encoding() {
-    let tok = LlamaTokenizer::read_model(&llama_dir().join("tok512.model")).expect("model");
+    let tok = LlamaTokenizer::read_model(&llama_fixtures().join("tok512.model")).expect("model");
     let text = shakespeare();
     let first: String = text.chars().take(10_000).collect();
     let want = &cases()["shakespeare_first_10k_chars"];
@@ -167,7 +166,7 @@ fn llama_prepare_first_10k_chars_and_a_cut_text_file_equal_whole_encoding() {
     let text = format!("   {}  \n", text.replace("\nAll:", "\n  All:  the  people"));
     std::fs::write(&input, &text).expect("write");
     let mut o = TextPrepareOptions::new(vec![input], dir.join("out"));
-    o.tokenizer = TextTokenizer::Llama(llama_dir().join("tok512.bin"));
+    o.tokenizer = TextTokenizer::Llama(llama_fixtures().join("tok512.bin"));
     o.docs.val_fraction = 0.0;
     o.docs.piece_bytes = 4096;
     o.docs.progress = false;
@@ -195,13 +194,15 @@ fn llama_dataset_remembers_its_tokenizer_and_other_modes_replace_it() {
         o
     };
     // A folder holding tokenizer.model names it.
-    let s = prepare_text(&base(TextTokenizer::Llama(llama_dir().join("tiny-llama"))))
-        .expect_err("tiny-llama has no tokenizer");
+    let s = prepare_text(&base(TextTokenizer::Llama(
+        llama_fixtures().join("tiny-llama"),
+    )))
+    .expect_err("tiny-llama has no tokenizer");
     assert!(format!("{s:#}").contains("tiny-llama"), "{s:#}");
     let tokdir = dir.join("tok");
     std::fs::create_dir_all(&tokdir).expect("mkdir");
     std::fs::copy(
-        llama_dir().join("tok512.model"),
+        llama_fixtures().join("tok512.model"),
         tokdir.join("tokenizer.model"),
     )
     .expect("copy");
@@ -236,8 +237,10 @@ fn llama_dataset_remembers_its_tokenizer_and_other_modes_replace_it() {
     );
 
     // And back, with the .bin: meta.json goes.
-    let s = prepare_text(&base(TextTokenizer::Llama(llama_dir().join("tok512.bin"))))
-        .expect("prepare bin");
+    let s = prepare_text(&base(TextTokenizer::Llama(
+        llama_fixtures().join("tok512.bin"),
+    )))
+    .expect("prepare bin");
     assert_eq!(s.removed_stale, vec![out.join("meta.json")]);
     assert!(out.join("tokenizer.bin").is_file());
     assert_eq!(dataset::vocab_size(&out).expect("vocab"), Some(512));
@@ -249,7 +252,7 @@ fn llama_dataset_remembers_its_tokenizer_and_other_modes_replace_it() {
 
     // .bin then .model: the other tokenizer file goes.
     let s = prepare_text(&base(TextTokenizer::Llama(
-        llama_dir().join("tok512.model"),
+        llama_fixtures().join("tok512.model"),
     )))
     .expect("prepare model");
     assert_eq!(s.removed_stale, vec![out.join("tokenizer.bin")]);
@@ -274,7 +277,7 @@ fn llama_prepare_bad_tokenizers_are_one_line_errors_naming_the_file() {
     let garbage_bin = dir.join("garbage.bin");
     std::fs::write(&garbage_bin, vec![0u8; 4 + 8 * 600]).expect("write");
     let cut = dir.join("cut.bin");
-    let bin = std::fs::read(llama_dir().join("tok512.bin")).expect("bin");
+    let bin = std::fs::read(llama_fixtures().join("tok512.bin")).expect("bin");
     std::fs::write(&cut, &bin[..bin.len() - 3]).expect("write");
     let noext = dir.join("tokenizer");
     std::fs::write(&noext, "neither\n").expect("write");
@@ -297,7 +300,7 @@ fn llama_prepare_bad_tokenizers_are_one_line_errors_naming_the_file() {
 
 #[test]
 fn llama_read_bin_all_takes_every_entry() {
-    let bin = llama_dir().join("tok512.bin");
+    let bin = llama_fixtures().join("tok512.bin");
     let all = LlamaTokenizer::read_bin_all(&bin).expect("read_bin_all");
     let sized = LlamaTokenizer::read_bin(&bin, 512).expect("read_bin");
     assert_eq!(all.vocab_size(), 512);

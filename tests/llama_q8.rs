@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::{json_ids, llama_fixtures, sample_bin};
+
 use common::{fixtures, nanogpt};
 use nanogpt::engine::cpu::CpuEngine;
 use nanogpt::engine::{Engine, InferenceWeights, Mode};
@@ -14,36 +16,8 @@ use nanogpt::llama::{load_hf_dir as load_llama_dir, read_llama2c};
 use nanogpt::model::weights::load_hf_dir;
 use nanogpt::model::Gpt;
 use serde_json::Value;
-use std::path::PathBuf;
 
 const Q8: InferenceWeights = InferenceWeights::Q8 { group: 64 };
-
-fn llama_dir() -> PathBuf {
-    fixtures().join("llama")
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .expect("id list")
-        .iter()
-        .map(|x| x.as_u64().expect("id") as u32)
-        .collect()
-}
-
-/// Runs `nanogpt sample ARGS`; stdout on success, a panic with stderr otherwise.
-fn sample(args: &[String]) -> Vec<u8> {
-    let out = nanogpt()
-        .arg("sample")
-        .args(args)
-        .output()
-        .expect("run nanogpt");
-    assert!(
-        out.status.success(),
-        "nanogpt sample {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
 
 /// runq.c's runs, each through `--sampler=run_c` on its v2 file (int8 by default, as runq.c;
 /// and with `--dtype=int8` said explicitly). The same model's v0 file with `--dtype=int8` would
@@ -51,9 +25,10 @@ fn sample(args: &[String]) -> Vec<u8> {
 /// a v2 file) has them dequantized: close, not the same run.
 #[test]
 fn runq_runs_give_runqs_ids_and_printed_text() {
-    let text = std::fs::read_to_string(llama_dir().join("run_c.json")).expect("read run_c.json");
+    let text =
+        std::fs::read_to_string(llama_fixtures().join("run_c.json")).expect("read run_c.json");
     let runs: Value = serde_json::from_str(&text).expect("run_c.json");
-    let tokenizer = llama_dir().join("tok512.bin");
+    let tokenizer = llama_fixtures().join("tok512.bin");
     let mut checked = 0;
     for run in runs["runs"].as_array().expect("runs") {
         if run["program"] != "runq.c" {
@@ -68,10 +43,10 @@ fn runq_runs_give_runqs_ids_and_printed_text() {
         let flag = |f: &str| argv.iter().position(|&a| a == f).map(|i| argv[i + 1]);
         let steps: usize = flag("-n").expect("-n").parse().expect("a number");
         assert_eq!(flag("-t"), Some("0"), "the runq.c runs are greedy");
-        let prompt_ids = ids(&run["prompt_ids"]);
+        let prompt_ids = json_ids(&run["prompt_ids"]);
         for dtype in [None, Some("--dtype=int8")] {
             let mut args = vec![
-                format!("--init_from={}", llama_dir().join(argv[1]).display()),
+                format!("--init_from={}", llama_fixtures().join(argv[1]).display()),
                 format!("--tokenizer={}", tokenizer.display()),
                 "--sampler=run_c".into(),
                 format!("--start={}", flag("-i").unwrap_or("")),
@@ -80,15 +55,19 @@ fn runq_runs_give_runqs_ids_and_printed_text() {
                 "--num_samples=1".into(),
             ];
             args.extend(dtype.map(String::from));
-            let printed = sample(&args);
+            let printed = sample_bin(&args);
             args.push("--json".into());
-            let line: Value = serde_json::from_slice(&sample(&args)).expect("a JSON line");
-            assert_eq!(ids(&line["prompt_ids"]), prompt_ids, "prompt of {args:?}");
-            let mut theirs = ids(&run["new_ids"]);
+            let line: Value = serde_json::from_slice(&sample_bin(&args)).expect("a JSON line");
+            assert_eq!(
+                json_ids(&line["prompt_ids"]),
+                prompt_ids,
+                "prompt of {args:?}"
+            );
+            let mut theirs = json_ids(&run["new_ids"]);
             if run["stopped_on_bos"] == true {
                 assert_eq!(theirs.pop(), Some(1), "{argv:?}");
             }
-            assert_eq!(ids(&line["new_ids"]), theirs, "{args:?}");
+            assert_eq!(json_ids(&line["new_ids"]), theirs, "{args:?}");
             assert_eq!(line["stopped_on_bos"], run["stopped_on_bos"], "{args:?}");
             assert_eq!(
                 String::from_utf8_lossy(&printed),
@@ -107,7 +86,7 @@ type QTensor = (Vec<i8>, Vec<f32>);
 /// The v2 files' Q8_0 tensors as stored: (int8 values, scales) per tensor (per layer), in file
 /// order, and the group size.
 fn v2_tensors(name: &str) -> (Vec<QTensor>, usize) {
-    let b = std::fs::read(llama_dir().join(name)).expect("read v2 file");
+    let b = std::fs::read(llama_fixtures().join(name)).expect("read v2 file");
     let i32_at =
         |at: usize| i32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes")) as usize;
     let (dim, hidden, layers, heads, kv_heads, vocab) = (
@@ -271,7 +250,7 @@ fn some_tokens(n: usize, vocab: usize) -> Vec<u32> {
 #[test]
 fn q8_logits_of_a_llama_and_a_gpt2_are_within_the_quantization_error() {
     for name in ["tiny-llama", "tiny-llama-tied"] {
-        let llama = load_llama_dir(&llama_dir().join(name)).expect("load tiny llama");
+        let llama = load_llama_dir(&llama_fixtures().join(name)).expect("load tiny llama");
         let model = Gpt::from_llama(llama);
         q8_against_f32(model, &some_tokens(24, 512), name);
     }
@@ -287,7 +266,7 @@ fn q8_logits_of_a_llama_and_a_gpt2_are_within_the_quantization_error() {
 /// weights (the same logits as a fresh engine holding them), not the old ones.
 #[test]
 fn q8_inference_sees_the_optimizers_update() {
-    let llama = read_llama2c(&llama_dir().join("tiny-llama.v0.bin"))
+    let llama = read_llama2c(&llama_fixtures().join("tiny-llama.v0.bin"))
         .expect("read v0")
         .0;
     let mut e = CpuEngine::new(Gpt::from_llama(llama));
@@ -322,9 +301,12 @@ fn dtype_knob_refuses_what_it_does_not_know() {
             "sample",
             &format!(
                 "--init_from={}",
-                llama_dir().join("tiny-llama.v2.bin").display()
+                llama_fixtures().join("tiny-llama.v2.bin").display()
             ),
-            &format!("--tokenizer={}", llama_dir().join("tok512.bin").display()),
+            &format!(
+                "--tokenizer={}",
+                llama_fixtures().join("tok512.bin").display()
+            ),
             "--dtype=int4",
         ])
         .output()

@@ -5,46 +5,20 @@
 
 mod common;
 
+use common::{json_ids, llama_fixtures, sample_bin};
+
 use common::{fixtures, nanogpt};
 use serde_json::Value;
-use std::path::PathBuf;
-
-fn llama_dir() -> PathBuf {
-    fixtures().join("llama")
-}
 
 fn json(name: &str) -> Value {
-    let text = std::fs::read_to_string(llama_dir().join(name)).expect("read fixture");
+    let text = std::fs::read_to_string(llama_fixtures().join(name)).expect("read fixture");
     serde_json::from_str(&text).expect("fixture JSON")
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .expect("id list")
-        .iter()
-        .map(|x| x.as_u64().expect("id") as u32)
-        .collect()
-}
-
-/// Runs `nanogpt sample ARGS`; stdout on success, a panic with stderr otherwise.
-fn sample(args: &[String]) -> Vec<u8> {
-    let out = nanogpt()
-        .arg("sample")
-        .args(args)
-        .output()
-        .expect("run nanogpt");
-    assert!(
-        out.status.success(),
-        "nanogpt sample {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
 }
 
 #[test]
 fn llama_greedy_penalty_and_beam_ids_match_transformers() {
-    let model = llama_dir().join("tiny-llama");
-    let tokenizer = llama_dir().join("tok512.model");
+    let model = llama_fixtures().join("tiny-llama");
+    let tokenizer = llama_fixtures().join("tok512.model");
     let mut checked = 0;
     for g in json("generation.json")["generations"].as_array().unwrap() {
         let kwargs = &g["kwargs"];
@@ -66,17 +40,17 @@ fn llama_greedy_penalty_and_beam_ids_match_transformers() {
             args.push(format!("--early_stopping={}", kwargs["early_stopping"]));
             args.push(format!("--length_penalty={}", kwargs["length_penalty"]));
         }
-        let out = sample(&args);
+        let out = sample_bin(&args);
         let line: Value = serde_json::from_slice(out.split(|&b| b == b'\n').next().unwrap())
             .expect("a JSON line");
         assert_eq!(
-            ids(&line["prompt_ids"]),
-            ids(&g["prompt_ids"]),
+            json_ids(&line["prompt_ids"]),
+            json_ids(&g["prompt_ids"]),
             "prompt ids of {args:?}"
         );
         assert_eq!(
-            ids(&line["generated_ids"]),
-            ids(&g["new_ids"][0]),
+            json_ids(&line["generated_ids"]),
+            json_ids(&g["new_ids"][0]),
             "{} {:?}",
             g["setting"],
             g["prompt"]
@@ -95,7 +69,7 @@ fn llama_greedy_penalty_and_beam_ids_match_transformers() {
 /// `tests/llama_q8.rs`).
 #[test]
 fn run_c_sampler_reproduces_run_cs_ids_and_output() {
-    let tokenizer = llama_dir().join("tok512.bin");
+    let tokenizer = llama_fixtures().join("tok512.bin");
     let (mut exact, mut partial) = (0, 0);
     for run in json("run_c.json")["runs"].as_array().unwrap() {
         if run["program"] != "run.c" {
@@ -109,9 +83,9 @@ fn run_c_sampler_reproduces_run_cs_ids_and_output() {
             .collect();
         let flag = |f: &str| argv.iter().position(|&a| a == f).map(|i| argv[i + 1]);
         let steps: usize = flag("-n").unwrap().parse().unwrap();
-        let prompt_ids = ids(&run["prompt_ids"]);
+        let prompt_ids = json_ids(&run["prompt_ids"]);
         let mut args = vec![
-            format!("--init_from={}", llama_dir().join(argv[1]).display()),
+            format!("--init_from={}", llama_fixtures().join(argv[1]).display()),
             format!("--tokenizer={}", tokenizer.display()),
             "--sampler=run_c".into(),
             format!("--start={}", flag("-i").unwrap_or("")),
@@ -125,11 +99,15 @@ fn run_c_sampler_reproduces_run_cs_ids_and_output() {
         if let Some(s) = flag("-s") {
             args.push(format!("--seed={s}"));
         }
-        let printed = sample(&args);
+        let printed = sample_bin(&args);
         args.push("--json".into());
-        let line: Value = serde_json::from_slice(&sample(&args)).expect("a JSON line");
-        assert_eq!(ids(&line["prompt_ids"]), prompt_ids, "prompt of {argv:?}");
-        let (ours, mut theirs) = (ids(&line["new_ids"]), ids(&run["new_ids"]));
+        let line: Value = serde_json::from_slice(&sample_bin(&args)).expect("a JSON line");
+        assert_eq!(
+            json_ids(&line["prompt_ids"]),
+            prompt_ids,
+            "prompt of {argv:?}"
+        );
+        let (ours, mut theirs) = (json_ids(&line["new_ids"]), json_ids(&run["new_ids"]));
         // The fixture lists the BOS that ended a run; ours says so in stopped_on_bos.
         if run["stopped_on_bos"] == true {
             assert_eq!(theirs.pop(), Some(1), "{argv:?}");
@@ -162,7 +140,7 @@ fn run_c_sampler_reproduces_run_cs_ids_and_output() {
 
 #[test]
 fn llama_sampling_errors_name_the_missing_piece() {
-    let model = llama_dir().join("tiny-llama.v1.bin");
+    let model = llama_fixtures().join("tiny-llama.v1.bin");
     // No tokenizer beside the fixture's .bin (tok512.* are not named tokenizer.*).
     let out = nanogpt()
         .args(["sample", &format!("--init_from={}", model.display())])

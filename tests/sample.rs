@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::json_ids;
+
 use common::fixtures;
 use nanogpt::engine::cpu::CpuEngine;
 use nanogpt::engine::{Engine, Feed, Mode};
@@ -33,14 +35,6 @@ fn fixture() -> Value {
     let text = std::fs::read_to_string(fixtures().join("tiny-gpt2-generation.json"))
         .expect("read tiny-gpt2-generation.json");
     serde_json::from_str(&text).expect("parse tiny-gpt2-generation.json")
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .expect("array of ids")
-        .iter()
-        .map(|x| x.as_u64().expect("id") as u32)
-        .collect()
 }
 
 fn floats(v: &Value) -> Vec<f32> {
@@ -76,14 +70,14 @@ fn config_from_kwargs(kwargs: &Value, max_new_tokens: usize) -> SamplingConfig {
                 }
             }
             "bad_words_ids" => {
-                cfg.bad_words_ids = v.as_array().expect("list").iter().map(ids).collect()
+                cfg.bad_words_ids = v.as_array().expect("list").iter().map(json_ids).collect()
             }
             "sequence_bias" => {
                 cfg.sequence_bias = v
                     .as_array()
                     .expect("list")
                     .iter()
-                    .map(|pair| (ids(&pair[0]), pair[1].as_f64().expect("bias") as f32))
+                    .map(|pair| (json_ids(&pair[0]), pair[1].as_f64().expect("bias") as f32))
                     .collect()
             }
             "penalty_alpha" => cfg.penalty_alpha = v.as_f64().expect("num") as f32,
@@ -110,7 +104,7 @@ fn fixture_generations_token_for_token() {
     let gens = fx["generations"].as_array().expect("generations");
     assert!(gens.len() >= 15);
     for g in gens {
-        let prompt = ids(&g["prompt_ids"]);
+        let prompt = json_ids(&g["prompt_ids"]);
         let max_new = g["max_new_tokens"].as_u64().expect("max_new_tokens") as usize;
         assert!(g["eos_token_id"].is_null(), "fixture runs without EOS");
         let cfg = config_from_kwargs(&g["kwargs"], max_new);
@@ -118,7 +112,7 @@ fn fixture_generations_token_for_token() {
             .as_array()
             .expect("new_ids")
             .iter()
-            .map(ids)
+            .map(json_ids)
             .collect();
         let got: Vec<Vec<u32>> = run(model, &prompt, &cfg)
             .into_iter()
@@ -179,7 +173,7 @@ fn fixture_filters_keep_the_same_tokens() {
     let mut failures = Vec::new();
     let mut checked = 0;
     for f in fx["filters"].as_array().expect("filters") {
-        let prompt = ids(&f["prompt_ids"]);
+        let prompt = json_ids(&f["prompt_ids"]);
         let raw = last_logits(model, &prompt);
         for case in f["cases"].as_array().expect("cases") {
             let name = case["name"].as_str().expect("name");
@@ -189,7 +183,7 @@ fn fixture_filters_keep_the_same_tokens() {
             Processors::new(&cfg, row.len(), None).apply(&mut row, &prompt, prompt.len(), 1);
             checked += 1;
             if let Some(kept) = case.get("kept_ids") {
-                let want = ids(kept);
+                let want = json_ids(kept);
                 let got: Vec<u32> = (0..row.len() as u32)
                     .filter(|&i| row[i as usize] > NEG)
                     .collect();
@@ -215,7 +209,7 @@ fn fixture_filters_keep_the_same_tokens() {
                 eprintln!("ok: {label} ({} kept)", want.len());
             }
             if let Some(pen) = case.get("penalized_ids") {
-                let pen = ids(pen);
+                let pen = json_ids(pen);
                 let (want_raw, want_proc) = (
                     floats(&case["raw_logits"]),
                     floats(&case["processed_logits"]),
@@ -261,7 +255,7 @@ fn check_generations(section: &str, min_cases: usize) {
     let cases = refs[section].as_array().expect("section");
     assert!(cases.len() >= min_cases, "{section}: {} cases", cases.len());
     for g in cases {
-        let prompt = ids(&g["prompt_ids"]);
+        let prompt = json_ids(&g["prompt_ids"]);
         let max_new = g["max_new_tokens"].as_u64().expect("max_new_tokens") as usize;
         let eot = g["eos_token_id"].as_u64().map(|e| e as u32);
         let cfg = config_from_kwargs(&g["kwargs"], max_new);
@@ -272,7 +266,7 @@ fn check_generations(section: &str, min_cases: usize) {
             .as_array()
             .expect("new_ids")
             .iter()
-            .map(ids)
+            .map(json_ids)
             .collect();
         let got_ids: Vec<Vec<u32>> = got
             .iter()
@@ -302,7 +296,7 @@ fn decoding_refs_epsilon_and_eta_keep_the_same_tokens() {
     assert!(cases.len() >= 21);
     let mut sizes = Vec::new();
     for case in cases {
-        let prompt = ids(&case["prompt_ids"]);
+        let prompt = json_ids(&case["prompt_ids"]);
         let value = case["value"].as_f64().expect("value") as f32;
         let min_keep = case["min_keep"].as_u64().expect("min_keep") as usize;
         let mut cfg = SamplingConfig {
@@ -325,7 +319,7 @@ fn decoding_refs_epsilon_and_eta_keep_the_same_tokens() {
         let got_sum: u64 = got.iter().map(|&i| i as u64).sum();
         sizes.push(count);
         // Long lists are stored as count and id sum only.
-        let same_ids = case.get("kept_ids").is_none_or(|w| ids(w) == got);
+        let same_ids = case.get("kept_ids").is_none_or(|w| json_ids(w) == got);
         if got.len() != count || got_sum != sum || !same_ids {
             failures.push(format!(
                 "{prompt:?} {} {value} T={} min_keep {min_keep}: kept {} (sum {got_sum}) want {count} (sum {sum})",

@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::json_ids;
+
 use nanogpt::data::dataset;
 use nanogpt::tokenizer::{CharVocab, Gpt2Bpe, Tokenizer, EOT};
 use sha2::{Digest, Sha256};
@@ -12,14 +14,6 @@ fn fixture_json(name: &str) -> serde_json::Value {
     let path = common::fixtures().join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).expect("fixture is JSON")
-}
-
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .expect("ids array")
-        .iter()
-        .map(|x| x.as_u64().expect("id") as u32)
-        .collect()
 }
 
 fn tinyshakespeare() -> String {
@@ -48,7 +42,7 @@ fn gpt2_matches_tiktoken_cases() {
     assert!(cases.len() >= 30);
     for case in cases {
         let text = case["text"].as_str().expect("text");
-        let want = ids(&case["ids"]);
+        let want = json_ids(&case["ids"]);
         assert_eq!(bpe.encode_ordinary(text), want, "encode_ordinary({text:?})");
         // With no special token in the text, encode equals encode_ordinary.
         assert_eq!(bpe.encode(text), want, "encode({text:?})");
@@ -66,8 +60,8 @@ fn gpt2_special_token() {
     let sp = &fx["special"];
     let text = sp["text"].as_str().expect("text");
     let bpe = Gpt2Bpe::new().expect("tokenizer");
-    assert_eq!(bpe.encode(text), ids(&sp["ids_allowing_special"]));
-    assert_eq!(bpe.encode_ordinary(text), ids(&sp["ids_ordinary"]));
+    assert_eq!(bpe.encode(text), json_ids(&sp["ids_allowing_special"]));
+    assert_eq!(bpe.encode_ordinary(text), json_ids(&sp["ids_ordinary"]));
     assert_eq!(EOT, 50256);
     assert_eq!(bpe.decode(&[EOT]).expect("decode"), "<|endoftext|>");
     assert_eq!(bpe.encode("<|endoftext|>"), vec![EOT]);

@@ -10,6 +10,35 @@ pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
 }
 
+/// `../shared/fixtures/llama`: the Llama-2 / llama2.c references.
+pub fn llama_fixtures() -> PathBuf {
+    fixtures().join("llama")
+}
+
+/// A fixture's list of token ids.
+pub fn json_ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .expect("a list of token ids")
+        .iter()
+        .map(|x| x.as_u64().expect("a token id") as u32)
+        .collect()
+}
+
+/// Runs `nanogpt sample ARGS`: its stdout, or a panic showing its stderr.
+pub fn sample_bin(args: &[String]) -> Vec<u8> {
+    let out = nanogpt()
+        .arg("sample")
+        .args(args)
+        .output()
+        .expect("run nanogpt");
+    assert!(
+        out.status.success(),
+        "nanogpt sample {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// A fresh directory `nanogpt-{prefix}-{pid}-{name}` under the system temp dir.
 pub fn temp_dir(prefix: &str, name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("nanogpt-{prefix}-{}-{name}", std::process::id()));

@@ -638,15 +638,7 @@ mod tests {
     use super::*;
 
     fn vals(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-            })
-            .collect()
+        crate::kernels::cpu::math::test_values(n, seed, 2.0)
     }
 
     /// Causal attention in f64, each query head reading its own copy of its kv head.

@@ -161,6 +161,20 @@ impl SharedMut {
     }
 }
 
+/// Deterministic test inputs, uniform in [-amp, amp): the kernels' unit tests share them.
+#[cfg(test)]
+pub(crate) fn test_values(n: usize, seed: u64, amp: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 * amp - amp
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

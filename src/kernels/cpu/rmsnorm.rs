@@ -90,17 +90,8 @@ pub fn rmsnorm_backward(
 mod tests {
     use super::*;
 
-    /// A small deterministic pseudo-random sequence in [-1.5, 1.5).
     fn vals(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 3.0 - 1.5
-            })
-            .collect()
+        crate::kernels::cpu::math::test_values(n, seed, 1.5)
     }
 
     #[test]

@@ -152,15 +152,7 @@ mod tests {
     use super::*;
 
     fn vals(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
+        crate::kernels::cpu::math::test_values(n, seed, 1.0)
     }
 
     /// The rotation in f64 straight from the formula (no table).
