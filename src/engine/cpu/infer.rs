@@ -8,7 +8,7 @@
 
 use super::block::{block_forward, linear, norm_forward, BlockActs, Shape, Weights};
 use super::train::attn_dims;
-use super::CpuEngine;
+use super::{built_once, CpuEngine};
 use crate::engine::{Feed, InferenceWeights, KvCache};
 use crate::kernels::cpu::attention::{attention_forward_cached, CachedQueries};
 use crate::kernels::cpu::encoder::encoder_forward;
@@ -336,17 +336,13 @@ impl CpuEngine {
         kv.scratch.ensure(n_tok, feeds.len(), &shape);
         let (p, tb) = (&self.model.params, &self.model.table);
         let q8 = match self.inference {
-            InferenceWeights::Q8 { group } => Some(
-                self.q8_weights
-                    .get_or_init(|| Q8Weights::new(&self.model, group)),
-            ),
+            InferenceWeights::Q8 { group } => Some(built_once(&self.q8_weights, || {
+                Q8Weights::new(&self.model, group)
+            })),
             InferenceWeights::F32 => None,
         };
-        let transposed =
-            (shape.layout == Layout::InOut && !q8.is_some_and(|q| q.all_blocks)).then(|| {
-                self.decode_weights
-                    .get_or_init(|| DecodeWeights::new(&self.model))
-            });
+        let transposed = (shape.layout == Layout::InOut && !q8.is_some_and(|q| q.all_blocks))
+            .then(|| built_once(&self.decode_weights, || DecodeWeights::new(&self.model)));
         let w = Weights {
             p,
             bias: cfg.bias,

@@ -45,7 +45,7 @@ pub struct CpuEngine {
     groups: Vec<(usize, bool)>,
     norm_partials: Vec<f64>,
     /// GPT-2's block matrices transposed for cached inference, built at its first pass.
-    decode_weights: std::sync::OnceLock<infer::DecodeWeights>,
+    decode_weights: OnceLock<infer::DecodeWeights>,
     /// What cached inference computes with (`Engine::set_inference_weights`).
     inference: InferenceWeights,
     /// With `InferenceWeights::Q8`: the block matrices and classifier in int8, built at the
@@ -78,7 +78,7 @@ impl CpuEngine {
             hyper: DEFAULT_ADAMW,
             groups,
             norm_partials: vec![0.0; norm_partials_len(n)],
-            decode_weights: std::sync::OnceLock::new(),
+            decode_weights: OnceLock::new(),
             inference: InferenceWeights::F32,
             q8_weights: OnceLock::new(),
             rope,
@@ -100,7 +100,7 @@ impl Engine for CpuEngine {
     fn peak_tflops(&self) -> (f64, &'static str) {
         static PEAK: OnceLock<f64> = OnceLock::new();
         (
-            *PEAK.get_or_init(measure_cpu_peak_tflops),
+            *built_once(&PEAK, measure_cpu_peak_tflops),
             "measured f32 matmul peak of this CPU",
         )
     }
@@ -140,7 +140,7 @@ impl Engine for CpuEngine {
             clip_grads(&mut self.grads, norm, grad_clip);
         }
         self.opt.step += 1;
-        self.decode_weights = std::sync::OnceLock::new();
+        self.decode_weights = OnceLock::new();
         self.q8_weights = OnceLock::new();
         let hyper = AdamW { lr, ..self.hyper };
         adamw_update(
@@ -222,6 +222,18 @@ impl Engine for CpuEngine {
         self.opt = state;
         Ok(())
     }
+}
+
+/// The value in `cell`, built by `build` if it is empty. Not `OnceLock::get_or_init`: `build` runs
+/// parallel loops, and a pool thread waiting on those may pick up another pass over the same
+/// engine, which would then wait forever on the cell its own thread is filling. Two passes that
+/// find the cell empty both build it; the first to finish is kept.
+pub(super) fn built_once<T>(cell: &OnceLock<T>, build: impl FnOnce() -> T) -> &T {
+    if let Some(v) = cell.get() {
+        return v;
+    }
+    let _ = cell.set(build());
+    cell.get().expect("set just above")
 }
 
 /// Measures this CPU's f32 matmul throughput in TFLOP/s with the thread pool in use, on the
