@@ -98,6 +98,17 @@ pub(super) struct Weights<'a> {
 }
 
 impl<'a> Weights<'a> {
+    /// The parameters alone, as training reads them (no decode copies).
+    pub fn params(p: &'a [f32], cfg: &GptConfig, shape: Shape) -> Weights<'a> {
+        Weights {
+            p,
+            bias: cfg.bias,
+            layout: shape.layout,
+            transposed: None,
+            q8: None,
+        }
+    }
+
     pub fn w(&self, off: usize, len: usize) -> &'a [f32] {
         &self.p[off..off + len]
     }

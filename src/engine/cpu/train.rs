@@ -180,13 +180,7 @@ impl CpuEngine {
             _ => None,
         };
         let shape = Shape::new(&cfg);
-        let w = Weights {
-            p,
-            bias: cfg.bias,
-            layout: shape.layout,
-            transposed: None,
-            q8: None,
-        };
+        let w = Weights::params(p, &cfg, shape);
         let dims = attn_dims(&cfg, b);
         let rope = self.rope.as_ref();
         let key = |l: usize, site: u64| drop.map(|seed| dropout_key(seed, l, site));
@@ -307,13 +301,7 @@ impl CpuEngine {
         let key = |l: usize, site: u64| drop.map(|seed| dropout_key(seed, l, site));
         let dims = attn_dims(&cfg, b);
         let shape = Shape::new(&cfg);
-        let w = Weights {
-            p,
-            bias: cfg.bias,
-            layout: shape.layout,
-            transposed: None,
-            q8: None,
-        };
+        let w = Weights::params(p, &cfg, shape);
         let (qkv, mlp_in, mlp) = (shape.qkv, shape.mlp_in, shape.mlp);
         let bias_at = |off: usize| cfg.bias.then_some(off);
 

@@ -364,6 +364,10 @@ mod avx512 {
         }
     }
 
+    /// How far ahead (in floats, 4 KiB) each weight row's stream is prefetched: a tile's rows
+    /// are read a line at a time each, which the hardware prefetcher picks up late when rows
+    /// are short. Its effect here was within this VM's run-to-run noise (10-20%); it was in
+    /// place for every decode figure in the notes.
     const PREFETCH: usize = 1024;
 
     #[target_feature(enable = "avx512f")]

@@ -280,6 +280,7 @@ mod vnni {
 
     #[cfg(target_arch = "x86_64")]
     mod imp {
+        use super::super::avx512::{add_group_term, store_outputs};
         use super::super::{Packed, Q8Matrix, QuantRows};
         use std::arch::x86_64::*;
 
@@ -332,20 +333,10 @@ mod vnni {
                             _mm512_add_epi32(acc[2], acc[3]),
                         );
                         let isum = _mm512_sub_epi32(dp, _mm512_set1_epi32(x128[r * ng + k]));
-                        let term = _mm512_mul_ps(
-                            _mm512_mul_ps(
-                                _mm512_cvtepi32_ps(isum),
-                                _mm512_loadu_ps(p.s.as_ptr().add(at)),
-                            ),
-                            _mm512_set1_ps(*x.s.get_unchecked(r * ng + k)),
-                        );
-                        val = _mm512_add_ps(val, term);
+                        let sw = _mm512_loadu_ps(p.s.as_ptr().add(at));
+                        val = add_group_term(val, isum, sw, *x.s.get_unchecked(r * ng + k));
                     }
-                    let mut lanes = [0.0f32; 16];
-                    _mm512_storeu_ps(lanes.as_mut_ptr(), val);
-                    for (i, &v) in lanes.iter().enumerate().take(n_out) {
-                        *out.add(r * m.out + o + i) = v;
-                    }
+                    store_outputs(out.add(r * m.out + o), val, n_out);
                 }
                 o += n_out;
             }
@@ -411,19 +402,37 @@ mod avx512 {
                         _mm512_add_epi32(sidx, _mm512_set1_epi32(k as i32)),
                         m.s.as_ptr() as *const _,
                     );
-                    let term = _mm512_mul_ps(
-                        _mm512_mul_ps(_mm512_cvtepi32_ps(isum), sw),
-                        _mm512_set1_ps(*x.s.get_unchecked(r * ng + k)),
-                    );
-                    val = _mm512_add_ps(val, term);
+                    val = add_group_term(val, isum, sw, *x.s.get_unchecked(r * ng + k));
                 }
-                let mut lanes = [0.0f32; 16];
-                _mm512_storeu_ps(lanes.as_mut_ptr(), val);
-                for (i, &v) in lanes.iter().enumerate().take(n_out) {
-                    *out.add(r * m.out + o + i) = v;
-                }
+                store_outputs(out.add(r * m.out + o), val, n_out);
             }
             o += n_out;
+        }
+    }
+
+    /// `val + (isum * sw) * sx` lane-wise: one group's term for 16 outputs, in the portable
+    /// path's order of operations.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(super) unsafe fn add_group_term(val: __m512, isum: __m512i, sw: __m512, sx: f32) -> __m512 {
+        let term = _mm512_mul_ps(
+            _mm512_mul_ps(_mm512_cvtepi32_ps(isum), sw),
+            _mm512_set1_ps(sx),
+        );
+        _mm512_add_ps(val, term)
+    }
+
+    /// The first `n` of 16 output values to `out`.
+    ///
+    /// # Safety
+    /// `out` must address `n` writable values.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(super) unsafe fn store_outputs(out: *mut f32, val: __m512, n: usize) {
+        let mut lanes = [0.0f32; 16];
+        _mm512_storeu_ps(lanes.as_mut_ptr(), val);
+        for (i, &v) in lanes.iter().enumerate().take(n) {
+            *out.add(i) = v;
         }
     }
 
