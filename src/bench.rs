@@ -1,7 +1,7 @@
 //! `nanogpt bench`: nanoGPT's bench.py. Times forward + backward + AdamW update on random data.
 
 use crate::config::GptConfig;
-use crate::engine::{self, Device, InferenceWeights, Mode};
+use crate::engine::{self, Device, Dtype, InferenceWeights, Mode};
 use crate::model::Gpt;
 use crate::perf::{allocations, mfu, peak_rss_mib};
 use crate::rng::Rng;
@@ -35,7 +35,8 @@ crate::with_model_shape! {
             prompt_len: usize = 16,
             /// New tokens for --generate
             max_new_tokens: usize = 128,
-            /// Weights --generate computes with: float32, or int8 (Q8_0 in groups of 64, as
+            /// What the timed work computes in: float32; bfloat16 (training's matrix products,
+            /// as `train --dtype=bfloat16`); or, with --generate, int8 (Q8_0 in groups of 64, as
             /// `sample --dtype=int8`)
             dtype: String = "float32".into(),
             /// cpu, cuda or auto (the CPU until the CUDA backend has passed its GPU check)
@@ -53,13 +54,21 @@ impl BenchArgs {
         if let Some(p) = self.peak_tflops.filter(|p| !p.is_finite() || *p <= 0.0) {
             bail!("--peak_tflops must be a positive number, got {p}");
         }
-        let inference = match self.dtype.trim() {
-            "float32" => InferenceWeights::F32,
-            "int8" => InferenceWeights::Q8 { group: 64 },
-            d => bail!("--dtype={d}: expected float32 or int8"),
+        let (inference, training) = match (self.dtype.trim(), self.generate) {
+            ("float32", _) => (InferenceWeights::F32, Dtype::Float32),
+            ("int8", true) => (InferenceWeights::Q8 { group: 64 }, Dtype::Float32),
+            ("int8", false) => {
+                bail!("--dtype=int8 is for inference: add --generate, or train in float32 or bfloat16")
+            }
+            ("bfloat16", false) => (InferenceWeights::F32, Dtype::Bfloat16),
+            ("bfloat16", true) => {
+                bail!("--dtype=bfloat16 times training here: generation runs in float32 or int8")
+            }
+            (d, _) => bail!("--dtype={d}: expected float32, bfloat16 or int8"),
         };
         Ok(BenchOptions {
             inference,
+            training,
             config: self.model_config(self.vocab_size, self.pad_vocab),
             batch_size: self.batch_size,
             warmup: self.warmup,
@@ -76,6 +85,8 @@ pub struct BenchOptions {
     pub config: GptConfig,
     /// What `--generate`'s cached passes compute with.
     pub inference: InferenceWeights,
+    /// What the training benchmark's matrix products multiply in.
+    pub training: Dtype,
     pub batch_size: usize,
     pub warmup: usize,
     pub iters: usize,
@@ -93,6 +104,7 @@ pub struct BenchReport {
     pub mfu: f64,
     pub peak_tflops: f64,
     pub peak_source: &'static str,
+    pub dtype: Dtype,
     pub threads: usize,
     pub params: usize,
     pub loss: f32,
@@ -108,6 +120,7 @@ pub fn run_train_bench(opts: &BenchOptions) -> Result<BenchReport> {
     cfg.validate()?;
     let (b, t) = (opts.batch_size, cfg.block_size);
     let mut engine = engine::open(Gpt::new(cfg.clone(), opts.seed)?, opts.device)?;
+    engine.set_training_dtype(opts.training)?;
     let mut rng = Rng::new(opts.seed ^ 0x5EED);
     let v = cfg.vocab_size as u64;
     let x: Vec<u32> = (0..b * t).map(|_| rng.below(v) as u32).collect();
@@ -145,6 +158,7 @@ pub fn run_train_bench(opts: &BenchOptions) -> Result<BenchReport> {
         mfu: mfu(flops, median, peak_tflops),
         peak_tflops,
         peak_source,
+        dtype: opts.training,
         threads: rayon::current_num_threads(),
         params: cfg.num_params(),
         loss,

@@ -45,7 +45,7 @@ use nanogpt::kernels::cpu::dropout::dropout_inplace;
 use nanogpt::kernels::cpu::encoder::{encoder_backward, encoder_forward};
 use nanogpt::kernels::cpu::gelu::{gelu_backward_inplace, gelu_forward};
 use nanogpt::kernels::cpu::layernorm::{layernorm_backward, layernorm_forward};
-use nanogpt::kernels::cpu::matmul::{matmul_backward, matmul_forward, Layout};
+use nanogpt::kernels::cpu::matmul::{matmul_backward, matmul_forward, Layout, Precision};
 use nanogpt::kernels::cpu::residual::residual_forward;
 use nanogpt::kernels::cpu::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use nanogpt::kernels::cpu::rope::{rope_backward, rope_forward, RopeTable};
@@ -279,7 +279,7 @@ fn matmul_case(
     let r = randn(&mut rng, rows * oc, 0.0, 1.0);
     let forward = |x: &[f32], w: &[f32], b: Option<&[f32]>| {
         let mut y = vec![0.0; rows * oc];
-        matmul_forward(&mut y, x, w, layout, b, c, oc);
+        matmul_forward(Precision::F32, &mut y, x, w, layout, b, c, oc);
         y
     };
     // dinp is overwritten (garbage must vanish); dW and dbias accumulate.
@@ -288,6 +288,7 @@ fn matmul_case(
     let gb = randn(&mut rng, oc, 0.0, 1.0);
     let (mut dw, mut db) = (gw.clone(), gb.clone());
     matmul_backward(
+        Precision::F32,
         &mut dx,
         &mut dw,
         with_bias.then_some(&mut db[..]),
@@ -692,11 +693,31 @@ fn negative_controls() {
     let r = randn(&mut rng, rows * oc, 0.0, 1.0);
     let f = |v: &[Vec<f32>]| {
         let mut y = vec![0.0; rows * oc];
-        matmul_forward(&mut y, &v[0], &v[1], Layout::InOut, None, c, oc);
+        matmul_forward(
+            Precision::F32,
+            &mut y,
+            &v[0],
+            &v[1],
+            Layout::InOut,
+            None,
+            c,
+            oc,
+        );
         weighted_sum(&y, &r)
     };
     let (mut dx, mut dw) = (vec![0.0; rows * c], vec![0.0; c * oc]);
-    matmul_backward(&mut dx, &mut dw, None, &r, &x, &w, Layout::InOut, c, oc);
+    matmul_backward(
+        Precision::F32,
+        &mut dx,
+        &mut dw,
+        None,
+        &r,
+        &x,
+        &w,
+        Layout::InOut,
+        c,
+        oc,
+    );
     let mut inputs = vec![x, w];
     let idx: Vec<usize> = (0..c * oc).collect();
     let fd: Vec<f64> = idx

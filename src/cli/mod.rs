@@ -303,8 +303,8 @@ fn bench(args: &BenchArgs) -> Result<()> {
             r.threads
         );
         println!(
-            "{:.2}M params, B={} T={}: {:.1} ms/iter (min {:.1}), {:.0} tokens/s, MFU {:.1}%, peak RSS {:.0} MiB",
-            r.params as f64 / 1e6, r.batch_size, r.config.block_size, r.ms_per_iter, r.ms_per_iter_min, r.tokens_per_s, r.mfu * 100.0, r.peak_rss_mib.unwrap_or(f64::NAN)
+            "{:.2}M params, B={} T={}, {}: {:.1} ms/iter (min {:.1}), {:.0} tokens/s, MFU {:.1}%, peak RSS {:.0} MiB",
+            r.params as f64 / 1e6, r.batch_size, r.config.block_size, r.dtype, r.ms_per_iter, r.ms_per_iter_min, r.tokens_per_s, r.mfu * 100.0, r.peak_rss_mib.unwrap_or(f64::NAN)
         );
     }
     Ok(())

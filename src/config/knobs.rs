@@ -112,15 +112,21 @@ macro_rules! numbers {
 numbers!(usize => "expected a whole number", u64 => "expected a whole number",
          i64 => "expected a whole number", f32 => "expected a number", f64 => "expected a number");
 
-impl Knob for crate::engine::Device {
-    fn set_text(&mut self, text: &str) -> Result<(), String> {
-        *self = text.trim().parse().map_err(|e| format!("{e:#}"))?;
-        Ok(())
-    }
-    fn show(&self) -> String {
-        self.to_string()
-    }
+/// Knobs read with their type's `FromStr`, shown with its `Display`.
+macro_rules! parsed {
+    ($($t:ty),*) => {$(
+        impl Knob for $t {
+            fn set_text(&mut self, text: &str) -> Result<(), String> {
+                *self = text.trim().parse().map_err(|e| format!("{e:#}"))?;
+                Ok(())
+            }
+            fn show(&self) -> String {
+                self.to_string()
+            }
+        }
+    )*};
 }
+parsed!(crate::engine::Device, crate::engine::Dtype);
 
 impl Knob for PathBuf {
     fn set_text(&mut self, text: &str) -> Result<(), String> {

@@ -4,7 +4,7 @@
 //! with the list of valid ones.
 
 use crate::config::knobs;
-use crate::engine::Device;
+use crate::engine::{Device, Dtype};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -65,8 +65,8 @@ crate::with_model_shape! {
             peak_tflops: f64 = 0.0,
             /// cpu, cuda or auto (the CPU until the CUDA backend has passed its GPU check)
             device: Device = Device::Auto,
-            /// Only float32 here
-            dtype: String = "float32".into(),
+            /// float32, or bfloat16: matrix products in bf16 (f32 sums, f32 weights and optimizer)
+            dtype: Dtype = Dtype::Float32,
             /// Accepted for nanoGPT compatibility; there is nothing to compile
             compile: bool = false,
         }
@@ -153,12 +153,6 @@ impl TrainConfig {
         }
         if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
             bail!("beta1 and beta2 must be in [0, 1)");
-        }
-        if self.dtype != "float32" {
-            bail!(
-                "dtype '{}' is not supported on the CPU: use dtype = \"float32\"",
-                self.dtype
-            );
         }
         Ok(())
     }

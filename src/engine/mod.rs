@@ -55,6 +55,40 @@ impl fmt::Display for Device {
     }
 }
 
+/// What training multiplies its matrices in: nanoGPT's `dtype`. Parameters, gradients and the
+/// optimizer's moments stay f32 in every case (bf16 is a compute type, as under PyTorch's
+/// autocast).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    #[default]
+    Float32,
+    Bfloat16,
+}
+
+impl FromStr for Dtype {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Dtype> {
+        match s {
+            "float32" => Ok(Dtype::Float32),
+            "bfloat16" => Ok(Dtype::Bfloat16),
+            "float16" => bail!(
+                "dtype 'float16' needs a loss scaler that this trainer does not have: use bfloat16 (same speed, the range of float32) or float32"
+            ),
+            _ => bail!("dtype '{s}' is not float32 or bfloat16"),
+        }
+    }
+}
+
+impl fmt::Display for Dtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Dtype::Float32 => "float32",
+            Dtype::Bfloat16 => "bfloat16",
+        })
+    }
+}
+
 /// Train mode applies dropout with masks derived from `seed`; eval mode has no dropout.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Mode {
@@ -323,6 +357,18 @@ pub trait Engine {
     /// The AdamW state on the host, in the parameter layout.
     fn optimizer_state(&self) -> Cow<'_, OptimizerState>;
     fn set_optimizer_state(&mut self, state: OptimizerState) -> Result<()>;
+
+    /// What training's matrix products multiply in, from the next pass on; the peak that
+    /// [`Engine::peak_tflops`] reports follows it. Backends without bf16 kernels refuse it.
+    fn set_training_dtype(&mut self, dtype: Dtype) -> Result<()> {
+        match dtype {
+            Dtype::Float32 => Ok(()),
+            Dtype::Bfloat16 => bail!(
+                "dtype = \"bfloat16\" is not supported on {} yet: use dtype = \"float32\" or --device=cpu",
+                self.device_name()
+            ),
+        }
+    }
 
     /// Which weights cached inference computes with, from the next cached pass on (the
     /// parameters stay f32, and training uses them). Backends without int8 kernels refuse Q8.

@@ -99,6 +99,7 @@ fn run(
     let mcfg = model.config.clone();
     let mut engine = engine::open(model, cfg.device)?;
     engine.set_adamw(hyper);
+    engine.set_training_dtype(cfg.dtype)?;
     if let Some(opt) = opt {
         engine.set_optimizer_state(opt)?;
     }

@@ -17,7 +17,7 @@ use crate::config::{Arch, GptConfig};
 use crate::kernels::cpu::dropout::dropout_inplace;
 use crate::kernels::cpu::gelu::gelu_forward;
 use crate::kernels::cpu::layernorm::layernorm_forward;
-use crate::kernels::cpu::matmul::{is_skinny, matmul_forward, Layout};
+use crate::kernels::cpu::matmul::{is_skinny, matmul_forward, Layout, Precision};
 use crate::kernels::cpu::q8::{q8_matmul_forward, Q8Matrix};
 use crate::kernels::cpu::residual::residual_forward;
 use crate::kernels::cpu::rmsnorm::rmsnorm_forward;
@@ -95,17 +95,26 @@ pub(super) struct Weights<'a> {
     pub layout: Layout,
     pub transposed: Option<&'a super::infer::DecodeWeights>,
     pub q8: Option<&'a super::infer::Q8Weights>,
+    /// What the f32 matrices' products multiply in.
+    pub precision: Precision,
 }
 
 impl<'a> Weights<'a> {
-    /// The parameters alone, as training reads them (no decode copies).
-    pub fn params(p: &'a [f32], cfg: &GptConfig, shape: Shape) -> Weights<'a> {
+    /// The parameters alone, as training reads them (no decode copies), multiplied in
+    /// `precision`.
+    pub fn params(
+        p: &'a [f32],
+        cfg: &GptConfig,
+        shape: Shape,
+        precision: Precision,
+    ) -> Weights<'a> {
         Weights {
             p,
             bias: cfg.bias,
             layout: shape.layout,
             transposed: None,
             q8: None,
+            precision,
         }
     }
 
@@ -139,17 +148,29 @@ impl<'a> Weights<'a> {
     ) {
         let q8 = self.q8.and_then(|q| q.get(off, oc * c));
         let f32_w = self.matrix(off, oc * c, inp.len() / c);
-        linear(out, inp, q8, f32_w, self.b(bias_off, oc), c, oc);
+        linear(
+            out,
+            inp,
+            q8,
+            f32_w,
+            self.precision,
+            self.b(bias_off, oc),
+            c,
+            oc,
+        );
     }
 }
 
 /// out (rows, oc) = inp (rows, c) @ W + bias, with the int8 matrix `q8` when there is one (the
-/// Q8_0 product, then the bias), else the f32 matrix `w` in its layout.
+/// Q8_0 product, then the bias), else the f32 matrix `w` in its layout, multiplied in
+/// `precision`.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn linear(
     out: &mut [f32],
     inp: &[f32],
     q8: Option<&Q8Matrix>,
     w: (&[f32], Layout),
+    precision: Precision,
     bias: Option<&[f32]>,
     c: usize,
     oc: usize,
@@ -166,7 +187,7 @@ pub(super) fn linear(
                 }
             }
         }
-        None => matmul_forward(out, inp, w.0, w.1, bias, c, oc),
+        None => matmul_forward(precision, out, inp, w.0, w.1, bias, c, oc),
     }
 }
 

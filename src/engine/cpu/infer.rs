@@ -12,7 +12,7 @@ use super::{built_once, CpuEngine};
 use crate::engine::{Feed, InferenceWeights, KvCache};
 use crate::kernels::cpu::attention::{attention_forward_cached, CachedQueries};
 use crate::kernels::cpu::encoder::encoder_forward;
-use crate::kernels::cpu::matmul::Layout;
+use crate::kernels::cpu::matmul::{Layout, Precision};
 use crate::kernels::cpu::q8::Q8Matrix;
 use crate::kernels::cpu::rope::rope_forward;
 use crate::model::Gpt;
@@ -349,6 +349,7 @@ impl CpuEngine {
             layout: shape.layout,
             transposed,
             q8,
+            precision: Precision::F32,
         };
         let dims = attn_dims(cfg, rows);
         let (nh, nkv, hs, width) = (dims.n_head, dims.n_kv_head, dims.head_size, shape.qkv);
@@ -451,6 +452,7 @@ impl CpuEngine {
             &s.last[..n_feeds * c],
             q8.and_then(|q| q.get(tb.lm_head, vp * c)),
             (w.w(tb.lm_head, vp * c), Layout::OutIn),
+            w.precision,
             None,
             c,
             vp,

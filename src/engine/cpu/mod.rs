@@ -7,11 +7,11 @@ mod block;
 mod infer;
 mod train;
 
-use super::{AdamW, Engine, Feed, InferenceWeights, KvCache, Mode, OptimizerState};
+use super::{AdamW, Dtype, Engine, Feed, InferenceWeights, KvCache, Mode, OptimizerState};
 use crate::config::GptConfig;
 use crate::dist::Collective;
 use crate::kernels::cpu::adamw::{adamw_update, clip_grads, global_norm, norm_partials_len};
-use crate::kernels::cpu::matmul::{gemm_into, View};
+use crate::kernels::cpu::matmul::{gemm_into, Precision, View};
 use crate::kernels::cpu::rope::RopeTable;
 use crate::model::Gpt;
 use anyhow::Result;
@@ -53,6 +53,8 @@ pub struct CpuEngine {
     q8_weights: OnceLock<infer::Q8Weights>,
     /// A Llama's rotary angles for every position up to `block_size`.
     rope: Option<RopeTable>,
+    /// What training's matrix products multiply in (`Engine::set_training_dtype`).
+    precision: Precision,
 }
 
 impl CpuEngine {
@@ -82,6 +84,7 @@ impl CpuEngine {
             inference: InferenceWeights::F32,
             q8_weights: OnceLock::new(),
             rope,
+            precision: Precision::F32,
         }
     }
 
@@ -98,11 +101,22 @@ impl Engine for CpuEngine {
     }
 
     fn peak_tflops(&self) -> (f64, &'static str) {
-        static PEAK: OnceLock<f64> = OnceLock::new();
-        (
-            *built_once(&PEAK, measure_cpu_peak_tflops),
-            "measured f32 matmul peak of this CPU",
-        )
+        static F32: OnceLock<f64> = OnceLock::new();
+        static BF16: OnceLock<f64> = OnceLock::new();
+        let (cell, what) = match self.precision {
+            Precision::F32 => (&F32, "measured f32 matmul peak of this CPU"),
+            Precision::Bf16 => (&BF16, "measured bf16 matmul peak of this CPU"),
+        };
+        let peak = *built_once(cell, || measure_cpu_peak_tflops(self.precision));
+        (peak, what)
+    }
+
+    fn set_training_dtype(&mut self, dtype: Dtype) -> Result<()> {
+        self.precision = match dtype {
+            Dtype::Float32 => Precision::F32,
+            Dtype::Bfloat16 => Precision::Bf16,
+        };
+        Ok(())
     }
 
     fn config(&self) -> &GptConfig {
@@ -236,11 +250,11 @@ pub(super) fn built_once<T>(cell: &OnceLock<T>, build: impl FnOnce() -> T) -> &T
     cell.get().expect("set just above")
 }
 
-/// Measures this CPU's f32 matmul throughput in TFLOP/s with the thread pool in use, on the
-/// same `gemm` path the model uses: the best of several products of GPT-2's MLP shape
+/// Measures this CPU's matmul throughput in `precision` in TFLOP/s with the thread pool in use,
+/// on the same path the model uses: the best of several products of GPT-2's MLP shape
 /// (1024 x 768 @ 768 x 3072, and its transpose-shaped partner), about 0.2 s in all. Square
 /// power-of-two sizes are avoided: their strides alias in cache and understate the peak.
-pub fn measure_cpu_peak_tflops() -> f64 {
+pub fn measure_cpu_peak_tflops(precision: Precision) -> f64 {
     let (m, k, n) = (1024, 768, 3072);
     let a: Vec<f32> = (0..m * n).map(|i| (i % 7) as f32 * 0.1).collect();
     let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect();
@@ -254,6 +268,7 @@ pub fn measure_cpu_peak_tflops() -> f64 {
         // SAFETY: a holds m*kk, b holds kk*nn and c holds m*nn elements; all distinct.
         unsafe {
             gemm_into(
+                precision,
                 m,
                 nn,
                 kk,

@@ -180,7 +180,7 @@ impl CpuEngine {
             _ => None,
         };
         let shape = Shape::new(&cfg);
-        let w = Weights::params(p, &cfg, shape);
+        let w = Weights::params(p, &cfg, shape, self.precision);
         let dims = attn_dims(&cfg, b);
         let rope = self.rope.as_ref();
         let key = |l: usize, site: u64| drop.map(|seed| dropout_key(seed, l, site));
@@ -254,6 +254,7 @@ impl CpuEngine {
             c,
         );
         matmul_forward(
+            w.precision,
             &mut a.logits,
             &a.lnf,
             w.w(tb.lm_head, vp * c),
@@ -301,7 +302,7 @@ impl CpuEngine {
         let key = |l: usize, site: u64| drop.map(|seed| dropout_key(seed, l, site));
         let dims = attn_dims(&cfg, b);
         let shape = Shape::new(&cfg);
-        let w = Weights::params(p, &cfg, shape);
+        let w = Weights::params(p, &cfg, shape, self.precision);
         let (qkv, mlp_in, mlp) = (shape.qkv, shape.mlp_in, shape.mlp);
         let bias_at = |off: usize| cfg.bias.then_some(off);
 
@@ -315,6 +316,7 @@ impl CpuEngine {
         crossentropy_backward_inplace(&mut a.logits, &a.row_lse, &a.targets, v, vp, scale);
         let (dhead, _) = split_grad(grads, tb.lm_head, vp * c, None);
         matmul_backward(
+            w.precision,
             &mut g.dln,
             dhead,
             None,
@@ -368,6 +370,7 @@ impl CpuEngine {
                 &mut g.dfch
             };
             matmul_backward(
+                w.precision,
                 dact,
                 dw,
                 db,
@@ -385,6 +388,7 @@ impl CpuEngine {
             }
             let (dw, db) = split_grad(grads, o.fc_w, mlp_in * c, bias_at(o.fc_b));
             matmul_backward(
+                w.precision,
                 &mut g.dln,
                 dw,
                 db,
@@ -418,6 +422,7 @@ impl CpuEngine {
             );
             let (dw, db) = split_grad(grads, o.attproj_w, c * c, bias_at(o.attproj_b));
             matmul_backward(
+                w.precision,
                 &mut g.datty,
                 dw,
                 db,
@@ -448,6 +453,7 @@ impl CpuEngine {
             }
             let (dw, db) = split_grad(grads, o.qkv_w, qkv * c, bias_at(o.qkv_b));
             matmul_backward(
+                w.precision,
                 &mut g.dln,
                 dw,
                 db,

@@ -17,7 +17,7 @@
 //! the sums are deterministic. With n_kv_head == n_head (GPT-2) this is plain multi-head attention.
 
 use super::math::{dot, dot_short, fast_exp, min_items_per_task, sum_map, SharedMut};
-use super::matmul::{gemm_into, View};
+use super::matmul::{gemm_into, Precision, View};
 use crate::rng::keep;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -151,6 +151,7 @@ unsafe fn attend_head(
         let n_keys = q_pos0 + i0 + rb;
         with_scratch(rb * n_keys, |s| {
             gemm_into(
+                Precision::F32,
                 rb,
                 n_keys,
                 hs,
@@ -189,6 +190,7 @@ unsafe fn attend_head(
                 }
             }
             gemm_into(
+                Precision::F32,
                 rb,
                 hs,
                 n_keys,
@@ -483,6 +485,7 @@ pub fn attention_backward(
                         };
                         // P = exp(S - lse), recomputed.
                         gemm_into(
+                            Precision::F32,
                             rb,
                             n_keys,
                             hs,
@@ -528,6 +531,7 @@ pub fn attention_backward(
                             None => p,
                         };
                         gemm_into(
+                            Precision::F32,
                             n_keys,
                             hs,
                             rb,
@@ -545,6 +549,7 @@ pub fn attention_backward(
                         );
                         // dP = (dO V^T) * Z
                         gemm_into(
+                            Precision::F32,
                             rb,
                             n_keys,
                             hs,
@@ -590,6 +595,7 @@ pub fn attention_backward(
                         }
                         // p now holds dS (already scaled). dQ = dS K, dK += dS^T Q.
                         gemm_into(
+                            Precision::F32,
                             rb,
                             hs,
                             n_keys,
@@ -610,6 +616,7 @@ pub fn attention_backward(
                             false,
                         );
                         gemm_into(
+                            Precision::F32,
                             n_keys,
                             hs,
                             rb,

@@ -2,8 +2,10 @@
 //!
 //! Weights keep GPT-2's Conv1D layout (in, out) so checkpoints load without transposes; the tied
 //! lm_head reads wte (vocab, C) as (out, in). gemm takes arbitrary strides, so neither costs a copy.
+//! Products run in f32 or, for bf16 training, in bf16 (`matmul_bf16`): the same views either way.
 
 use super::math::{dot, min_items_per_task, min_rows_per_task, SharedMut};
+use super::matmul_bf16::{gemm_bf16, Kernel};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -40,12 +42,22 @@ impl View {
     }
 }
 
-/// dst (m x n, row stride `dst_rs`) = [dst +] scale * lhs (m x k) @ rhs (k x n).
+/// What a matrix product multiplies in: f32, or its inputs rounded to bf16 (the products summed
+/// in f32 either way).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+}
+
+/// dst (m x n, row stride `dst_rs`) = [dst +] scale * lhs (m x k) @ rhs (k x n), in `precision`.
 ///
 /// # Safety
 /// Every view must address valid memory for the given shape, and `dst` must not alias the inputs.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm_into(
+    precision: Precision,
     m: usize,
     n: usize,
     k: usize,
@@ -84,9 +96,15 @@ pub unsafe fn gemm_into(
                 dst.get().add(a)
             };
             let (mm, nn) = if split_rows { (b - a, n) } else { (m, b - a) };
-            gemm_into(mm, nn, k, d, dst_rs, accumulate, lv, rv, scale, false);
+            gemm_into(
+                precision, mm, nn, k, d, dst_rs, accumulate, lv, rv, scale, false,
+            );
         });
         return;
+    }
+    if precision == Precision::Bf16 {
+        let kernel = Kernel::detect();
+        return gemm_bf16(kernel, m, n, k, dst, dst_rs, accumulate, lhs, rhs, scale);
     }
     gemm::gemm(
         m,
@@ -160,8 +178,10 @@ impl Layout {
     }
 }
 
-/// out (rows, oc) = inp (rows, c) @ W + bias.
+/// out (rows, oc) = inp (rows, c) @ W + bias, in `precision` (few rows: always f32).
+#[allow(clippy::too_many_arguments)]
 pub fn matmul_forward(
+    precision: Precision,
     out: &mut [f32],
     inp: &[f32],
     w: &[f32],
@@ -184,6 +204,7 @@ pub fn matmul_forward(
     // SAFETY: shapes asserted above; out is a distinct &mut.
     unsafe {
         gemm_into(
+            precision,
             rows,
             oc,
             c,
@@ -480,10 +501,11 @@ fn inout_block<const RB: usize, const TW: usize>(
     RB
 }
 
-/// Backward of `matmul_forward`:
+/// Backward of `matmul_forward`, its two products in `precision`:
 /// dinp = dout @ W^T (overwritten), dW += inp^T @ dout (or dout^T @ inp for OutIn), dbias += sum_rows dout.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_backward(
+    precision: Precision,
     dinp: &mut [f32],
     dw: &mut [f32],
     dbias: Option<&mut [f32]>,
@@ -499,6 +521,7 @@ pub fn matmul_backward(
     // SAFETY: shapes asserted above; destinations are distinct &mut slices.
     unsafe {
         gemm_into(
+            precision,
             rows,
             c,
             oc,
@@ -512,6 +535,7 @@ pub fn matmul_backward(
         );
         match layout {
             Layout::InOut => gemm_into(
+                precision,
                 c,
                 oc,
                 rows,
@@ -524,6 +548,7 @@ pub fn matmul_backward(
                 true,
             ),
             Layout::OutIn => gemm_into(
+                precision,
                 oc,
                 c,
                 rows,
@@ -621,7 +646,7 @@ mod tests {
                     for rows in 1..SKINNY_ROWS {
                         let x = fill(rows * c, rows);
                         let mut out = vec![0.0f32; rows * oc];
-                        matmul_forward(&mut out, &x, &w, layout, bias, c, oc);
+                        matmul_forward(Precision::F32, &mut out, &x, &w, layout, bias, c, oc);
                         let want = reference(&x, &w, layout, bias, c, oc);
                         for (i, (&got, &want)) in out.iter().zip(&want).enumerate() {
                             let tol = 1e-5 * (1.0 + want.abs()) * (c as f64).sqrt();
@@ -634,6 +659,7 @@ mod tests {
                         for r in 0..rows {
                             let mut one = vec![0.0f32; oc];
                             matmul_forward(
+                                Precision::F32,
                                 &mut one,
                                 &x[r * c..(r + 1) * c],
                                 &w,

@@ -10,6 +10,7 @@ pub mod gelu;
 pub mod layernorm;
 pub mod math;
 pub mod matmul;
+pub mod matmul_bf16;
 pub mod q8;
 pub mod residual;
 pub mod rmsnorm;

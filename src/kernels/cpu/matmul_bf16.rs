@@ -1,0 +1,724 @@
+//! Matrix products in bfloat16: C [+]= scale * A @ B, with A and B read as f32 (strided views,
+//! as `matmul::gemm_into` takes them), rounded to bf16 as they are packed, and the products
+//! summed in f32. What PyTorch's bf16 autocast computes for a linear layer, on the CPU.
+//!
+//! math: with bf(x) = x rounded to bf16 (8 significant bits, round to nearest even; zero for
+//! an f32 subnormal, as the hardware conversion does), and k taken in pairs p = (2p, 2p+1):
+//!   C[i][j] = [C[i][j] +] scale * sum_blocks ( sum_{p in block} bf(A[i][2p+1]) bf(B[2p+1][j])
+//!                                                                + bf(A[i][2p]) bf(B[2p][j]) )
+//! The product of two bf16 values is exact in f32 (8 + 8 significant bits), so the only
+//! roundings are the inputs' and the f32 additions. An odd k is padded with a zero.
+//!
+//! AVX512-BF16's VDPBF16PS adds one k pair's two products to each of 16 f32 sums: 32
+//! multiply-adds per instruction, twice an f32 FMA's. Layout (BLIS): B is packed a block of
+//! `KC` x `NC` at a time into panels of `NR` columns, each k pair's two rows interleaved so one
+//! 512-bit load holds the pair for 16 columns; A a block of `MC` x `KC` at a time, row-major in
+//! bf16 pairs, so a 32-bit broadcast is one row's pair. The micro-kernel keeps an `MR` x `NR`
+//! tile of sums in 24 registers while a B panel (16 KiB at KC = 256) stays in L1.
+//!
+//! Deterministic: every sum runs over k in order (pairs in order within a block of `KC`, the
+//! blocks added to C in order), whatever the tile, slab or thread count. The portable kernel
+//! adds in the same order as the hardware (odd element of the pair first, each sum rounded),
+//! and gives the same bits (tested).
+
+use super::matmul::View;
+
+/// Rows of the micro-tile: 12 x 2 registers of sums, 2 of B, 1 broadcast: 27 of 32.
+const MR: usize = 12;
+/// Columns of the micro-tile: two 16-lane registers.
+const NR: usize = 32;
+/// k values per packed block (an even number).
+const KC: usize = 256;
+/// Rows of A per packed block (a multiple of `MR`): 96 KiB of pairs at KC = 256.
+const MC: usize = 192;
+/// Columns of B per packed block (a multiple of `NR`): 256 KiB of pairs at KC = 256.
+const NC: usize = 512;
+
+/// The bf16 bits of `x`, rounded to nearest even; a NaN stays a (quiet) NaN, a subnormal
+/// becomes a zero of its sign (what VCVTNE2PS2BF16 gives).
+#[inline(always)]
+pub fn bf16_bits(x: f32) -> u16 {
+    let u = x.to_bits();
+    if u & 0x7f80_0000 == 0 {
+        return ((u >> 16) & 0x8000) as u16;
+    }
+    if x.is_nan() {
+        return ((u >> 16) | 0x40) as u16;
+    }
+    ((u + 0x7fff + ((u >> 16) & 1)) >> 16) as u16
+}
+
+/// The f32 value of bf16 bits.
+#[inline(always)]
+pub fn bf16_value(bits: u16) -> f32 {
+    f32::from_bits(u32::from(bits) << 16)
+}
+
+/// Which code computes the product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// AVX512-BF16 (with AVX512-BW for the packing).
+    Avx512,
+    /// Plain Rust, any CPU: the same sums in the same order.
+    Portable,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU runs.
+    pub fn detect() -> Kernel {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512bf16")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+        {
+            return Kernel::Avx512;
+        }
+        Kernel::Portable
+    }
+}
+
+thread_local! {
+    /// Each thread's packing buffers (A block, B block), kept between products.
+    static PACKED: std::cell::RefCell<(Vec<u32>, Vec<u32>)> = const {
+        std::cell::RefCell::new((Vec::new(), Vec::new()))
+    };
+}
+
+/// dst (m x n, row stride `dst_rs`) = [dst +] scale * lhs (m x k) @ rhs (k x n), in bf16 on
+/// this thread with `kernel`.
+///
+/// # Safety
+/// Every view must address valid memory for the given shape, and `dst` must not alias the inputs.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_bf16(
+    kernel: Kernel,
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: View,
+    rhs: View,
+    scale: f32,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    PACKED.with_borrow_mut(|(a_buf, b_buf)| {
+        let kcp_max = KC.min(k).div_ceil(2).max(1);
+        a_buf.resize(MC.min(m.next_multiple_of(MR)) * kcp_max, 0);
+        b_buf.resize(NC.min(n.next_multiple_of(NR)) * kcp_max, 0);
+        for jc in (0..n).step_by(NC) {
+            let nc = NC.min(n - jc);
+            // k = 0 still writes C: scale * 0, or C unchanged.
+            for (block, pc) in (0..k.max(1)).step_by(KC).enumerate() {
+                let kc = KC.min(k - pc);
+                let kcp = kc.div_ceil(2);
+                pack_b(kernel, b_buf, rhs, pc, kc, jc, nc);
+                let add = accumulate || block > 0;
+                for ic in (0..m).step_by(MC) {
+                    let mc = MC.min(m - ic);
+                    pack_a(kernel, a_buf, lhs, ic, mc, pc, kc);
+                    for jr in (0..nc).step_by(NR) {
+                        let b = &b_buf[jr * kcp..][..kcp * NR];
+                        for ir in (0..mc).step_by(MR) {
+                            let a = &a_buf[ir * kcp..][..kcp * MR];
+                            let c = dst.add((ic + ir) * dst_rs + jc + jr);
+                            let tile = Tile {
+                                c,
+                                rs: dst_rs,
+                                rows: MR.min(mc - ir),
+                                cols: NR.min(nc - jr),
+                                add,
+                                scale,
+                            };
+                            match kernel {
+                                #[cfg(target_arch = "x86_64")]
+                                Kernel::Avx512 => avx512::micro(kcp, a, b, tile),
+                                _ => micro_portable(kcp, a, b, tile),
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Where a micro-tile's sums go: `rows` x `cols` of C at `c` (row stride `rs`), added to what
+/// is there when `add`, times `scale`.
+#[derive(Clone, Copy)]
+struct Tile {
+    c: *mut f32,
+    rs: usize,
+    rows: usize,
+    cols: usize,
+    add: bool,
+    scale: f32,
+}
+
+/// A's rows `i0..i0+mc`, k `k0..k0+kc`, into `dst` as bf16 pairs, row-major ([i][p], `kcp`
+/// pairs a row), rows padded with zeros to a multiple of `MR`.
+fn pack_a(kernel: Kernel, dst: &mut [u32], a: View, i0: usize, mc: usize, k0: usize, kc: usize) {
+    let kcp = kc.div_ceil(2);
+    match kernel {
+        // SAFETY: the caller's view covers these rows and columns; dst holds MC x kcp pairs.
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => unsafe { avx512::pack_a(dst, a, i0, mc, k0, kc) },
+        _ => {
+            for i in 0..mc {
+                for p in 0..kcp {
+                    // SAFETY: as above.
+                    dst[i * kcp + p] = unsafe { pair(a, i0 + i, k0 + 2 * p, k0 + kc) };
+                }
+            }
+        }
+    }
+    dst[mc * kcp..mc.next_multiple_of(MR) * kcp].fill(0);
+}
+
+/// B's k `k0..k0+kc`, columns `j0..j0+nc`, into `dst` as panels of `NR` columns, each [p][j]
+/// (a k pair's two values in one u32), columns padded with zeros to a multiple of `NR`.
+fn pack_b(kernel: Kernel, dst: &mut [u32], b: View, k0: usize, kc: usize, j0: usize, nc: usize) {
+    let kcp = kc.div_ceil(2);
+    match kernel {
+        // SAFETY: the caller's view covers these rows and columns; dst holds NC x kcp pairs.
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => unsafe { avx512::pack_b(dst, b, k0, kc, j0, nc) },
+        _ => {
+            for j in 0..nc.next_multiple_of(NR) {
+                for p in 0..kcp {
+                    dst[(j / NR) * kcp * NR + p * NR + j % NR] = if j < nc {
+                        // SAFETY: as above (B read as its transpose: pairs run along k).
+                        unsafe { pair(b.t(), j0 + j, k0 + 2 * p, k0 + kc) }
+                    } else {
+                        0
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// The bf16 pair (v[row][k], v[row][k+1]) in one u32, low half first; the second is zero when
+/// k + 1 reaches `end`.
+///
+/// # Safety
+/// `v` must address (row, k) and, below `end`, (row, k + 1).
+#[inline(always)]
+unsafe fn pair(v: View, row: usize, k: usize, end: usize) -> u32 {
+    let at = |kk: usize| *v.ptr.offset(row as isize * v.rs + kk as isize * v.cs);
+    let lo = bf16_bits(at(k));
+    let hi = if k + 1 < end { bf16_bits(at(k + 1)) } else { 0 };
+    u32::from(lo) | u32::from(hi) << 16
+}
+
+/// The micro-kernel in plain Rust: VDPBF16PS's arithmetic, lane by lane.
+fn micro_portable(kcp: usize, a: &[u32], b: &[u32], t: Tile) {
+    let mut acc = [[0.0f32; NR]; MR];
+    for p in 0..kcp {
+        let bp = &b[p * NR..(p + 1) * NR];
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            let av = a[r * kcp + p];
+            let (a0, a1) = (bf16_value(av as u16), bf16_value((av >> 16) as u16));
+            for (s, &bv) in acc_r.iter_mut().zip(bp) {
+                let (b0, b1) = (bf16_value(bv as u16), bf16_value((bv >> 16) as u16));
+                // Each product is exact, so these are the hardware's two rounded additions.
+                *s = a0.mul_add(b0, a1.mul_add(b1, *s));
+            }
+        }
+    }
+    for (r, acc_r) in acc.iter().enumerate().take(t.rows) {
+        for (j, &s) in acc_r.iter().enumerate().take(t.cols) {
+            // SAFETY: the tile's rows x cols lie in the caller's destination.
+            unsafe {
+                let c = t.c.add(r * t.rs + j);
+                *c = if t.add {
+                    s.mul_add(t.scale, *c)
+                } else {
+                    s * t.scale
+                };
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Tile, View, MR, NR};
+    use std::arch::x86_64::*;
+
+    /// Sixteen (even, odd) f32 pairs, one from each of `even` and `odd`, as bf16 pairs in u32s.
+    #[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
+    #[inline]
+    unsafe fn interleave(even: __m512, odd: __m512) -> __m512i {
+        // cvtne2ps puts its second argument in the low 16 halves: [e0..e15, o0..o15].
+        let halves = as_bits(_mm512_cvtne2ps_pbh(odd, even));
+        let idx = _mm512_set_epi16(
+            31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20,
+            4, 19, 3, 18, 2, 17, 1, 16, 0,
+        );
+        _mm512_permutexvar_epi16(idx, halves)
+    }
+
+    /// 32 bf16 values as plain bits.
+    #[inline(always)]
+    fn as_bits(v: __m512bh) -> __m512i {
+        // SAFETY: both are 512 bits with no invalid values.
+        unsafe { std::mem::transmute::<__m512bh, __m512i>(v) }
+    }
+
+    /// The first `n` (at most 16) lanes.
+    fn mask(n: usize) -> __mmask16 {
+        ((1u32 << n.min(16)) - 1) as __mmask16
+    }
+
+    /// `super::pack_a` with AVX-512.
+    #[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
+    pub(super) unsafe fn pack_a(
+        dst: &mut [u32],
+        a: View,
+        i0: usize,
+        mc: usize,
+        k0: usize,
+        kc: usize,
+    ) {
+        let kcp = kc.div_ceil(2);
+        assert!(dst.len() >= mc.next_multiple_of(MR) * kcp);
+        let d = dst.as_mut_ptr();
+        if a.cs == 1 {
+            // Rows contiguous in k: 32 values convert to 16 pairs in order.
+            for i in 0..mc {
+                let src = a.ptr.offset((i0 + i) as isize * a.rs).add(k0);
+                convert_run(d.add(i * kcp), src, kc);
+            }
+        } else if a.rs == 1 {
+            // Columns contiguous (A is a transpose): 16 rows' pairs from two source rows,
+            // scattered to their rows.
+            let stride = _mm512_mullo_epi32(
+                _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                _mm512_set1_epi32(kcp as i32),
+            );
+            for ib in (0..mc).step_by(16) {
+                let m = mask(mc - ib);
+                let col = a.ptr.add(i0 + ib);
+                for p in 0..kcp {
+                    let k = k0 + 2 * p;
+                    let even = _mm512_maskz_loadu_ps(m, col.offset(k as isize * a.cs));
+                    let odd = if 2 * p + 1 < kc {
+                        _mm512_maskz_loadu_ps(m, col.offset((k + 1) as isize * a.cs))
+                    } else {
+                        _mm512_setzero_ps()
+                    };
+                    let base = d.add(ib * kcp + p) as *mut i32;
+                    _mm512_mask_i32scatter_epi32::<4>(base, m, stride, interleave(even, odd));
+                }
+            }
+        } else {
+            for i in 0..mc {
+                for p in 0..kcp {
+                    *d.add(i * kcp + p) = super::pair(a, i0 + i, k0 + 2 * p, k0 + kc);
+                }
+            }
+        }
+    }
+
+    /// `kc` f32 values at `src` as `kc.div_ceil(2)` bf16 pairs at `dst` (an odd last value
+    /// paired with zero).
+    #[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
+    #[inline]
+    unsafe fn convert_run(dst: *mut u32, src: *const f32, kc: usize) {
+        let mut k = 0;
+        while k + 32 <= kc {
+            let v = _mm512_cvtne2ps_pbh(
+                _mm512_loadu_ps(src.add(k + 16)),
+                _mm512_loadu_ps(src.add(k)),
+            );
+            _mm512_storeu_si512(dst.add(k / 2) as *mut _, as_bits(v));
+            k += 32;
+        }
+        if k < kc {
+            let n = kc - k;
+            let lo = _mm512_maskz_loadu_ps(mask(n), src.add(k));
+            let hi = _mm512_maskz_loadu_ps(mask(n.saturating_sub(16)), src.add(k + 16));
+            let v = _mm512_cvtne2ps_pbh(hi, lo);
+            _mm512_mask_storeu_epi32(dst.add(k / 2) as *mut _, mask(n.div_ceil(2)), as_bits(v));
+        }
+    }
+
+    /// `super::pack_b` with AVX-512.
+    #[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
+    pub(super) unsafe fn pack_b(
+        dst: &mut [u32],
+        b: View,
+        k0: usize,
+        kc: usize,
+        j0: usize,
+        nc: usize,
+    ) {
+        let kcp = kc.div_ceil(2);
+        let panels = nc.div_ceil(NR);
+        assert!(dst.len() >= panels * NR * kcp);
+        let d = dst.as_mut_ptr();
+        if b.cs == 1 {
+            // Rows contiguous along j: a k pair is two rows, interleaved 16 columns at a time.
+            for t in 0..panels {
+                for half in 0..2 {
+                    let j = t * NR + 16 * half;
+                    let m = mask(nc.saturating_sub(j));
+                    let src = b.ptr.add(j0 + j);
+                    for p in 0..kcp {
+                        let k = k0 + 2 * p;
+                        let even = _mm512_maskz_loadu_ps(m, src.offset(k as isize * b.rs));
+                        let odd = if 2 * p + 1 < kc {
+                            _mm512_maskz_loadu_ps(m, src.offset((k + 1) as isize * b.rs))
+                        } else {
+                            _mm512_setzero_ps()
+                        };
+                        let out = d.add(t * kcp * NR + p * NR + 16 * half);
+                        _mm512_storeu_si512(out as *mut _, interleave(even, odd));
+                    }
+                }
+            }
+        } else if b.rs == 1 {
+            // Columns contiguous along k (B is a transpose): convert a column's run, then
+            // scatter its pairs down the panel (one every NR u32s).
+            let stride = _mm512_mullo_epi32(
+                _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                _mm512_set1_epi32(NR as i32),
+            );
+            let mut run = [0u32; super::KC / 2];
+            for j in 0..panels * NR {
+                let panel = d.add((j / NR) * kcp * NR + j % NR);
+                if j >= nc {
+                    for p in 0..kcp {
+                        *panel.add(p * NR) = 0;
+                    }
+                    continue;
+                }
+                convert_run(
+                    run.as_mut_ptr(),
+                    b.ptr.offset((j0 + j) as isize * b.cs).add(k0),
+                    kc,
+                );
+                for p in (0..kcp).step_by(16) {
+                    let v = _mm512_loadu_si512(run.as_ptr().add(p) as *const _);
+                    let base = panel.add(p * NR) as *mut i32;
+                    _mm512_mask_i32scatter_epi32::<4>(base, mask(kcp - p), stride, v);
+                }
+            }
+        } else {
+            for j in 0..panels * NR {
+                for p in 0..kcp {
+                    *d.add((j / NR) * kcp * NR + p * NR + j % NR) = if j < nc {
+                        super::pair(b.t(), j0 + j, k0 + 2 * p, k0 + kc)
+                    } else {
+                        0
+                    };
+                }
+            }
+        }
+    }
+
+    /// The micro-kernel: an `MR` x `NR` tile of sums over `kcp` k pairs, then into C.
+    ///
+    /// The loop is assembly because the compiler, given it as intrinsics, unrolled it and ran
+    /// out of registers (24 sums, 2 B vectors, 2 broadcasts: 28 of 32), spilling sums to the
+    /// stack every step. Per k pair: two 64-byte loads of B, twelve 4-byte broadcasts of A (one
+    /// per row: `a` + r x `kcp` pairs, reached from four bases three rows apart), 24 VDPBF16PS.
+    #[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
+    pub(super) unsafe fn micro(kcp: usize, a: &[u32], b: &[u32], t: Tile) {
+        assert!(a.len() >= MR * kcp && b.len() >= NR * kcp);
+        let mut acc = [_mm512_setzero_ps(); 2 * MR];
+        if kcp > 0 {
+            let ld = kcp * 4;
+            let [r0, r1, r2, r3, r4, r5, r6, r7, r8, r9, r10, r11, r12, r13, r14, r15, r16, r17, r18, r19, r20, r21, r22, r23] =
+                &mut acc;
+            std::arch::asm!(
+                "2:",
+                "vmovups zmm24, [{b}]",
+                "vmovups zmm25, [{b} + 64]",
+                "vpbroadcastd zmm26, dword ptr [{a0}]",
+                "vpbroadcastd zmm27, dword ptr [{a0} + {ld}]",
+                "vdpbf16ps zmm0, zmm24, zmm26",
+                "vdpbf16ps zmm1, zmm25, zmm26",
+                "vdpbf16ps zmm2, zmm24, zmm27",
+                "vdpbf16ps zmm3, zmm25, zmm27",
+                "vpbroadcastd zmm26, dword ptr [{a0} + 2*{ld}]",
+                "vpbroadcastd zmm27, dword ptr [{a3}]",
+                "vdpbf16ps zmm4, zmm24, zmm26",
+                "vdpbf16ps zmm5, zmm25, zmm26",
+                "vdpbf16ps zmm6, zmm24, zmm27",
+                "vdpbf16ps zmm7, zmm25, zmm27",
+                "vpbroadcastd zmm26, dword ptr [{a3} + {ld}]",
+                "vpbroadcastd zmm27, dword ptr [{a3} + 2*{ld}]",
+                "vdpbf16ps zmm8, zmm24, zmm26",
+                "vdpbf16ps zmm9, zmm25, zmm26",
+                "vdpbf16ps zmm10, zmm24, zmm27",
+                "vdpbf16ps zmm11, zmm25, zmm27",
+                "vpbroadcastd zmm26, dword ptr [{a6}]",
+                "vpbroadcastd zmm27, dword ptr [{a6} + {ld}]",
+                "vdpbf16ps zmm12, zmm24, zmm26",
+                "vdpbf16ps zmm13, zmm25, zmm26",
+                "vdpbf16ps zmm14, zmm24, zmm27",
+                "vdpbf16ps zmm15, zmm25, zmm27",
+                "vpbroadcastd zmm26, dword ptr [{a6} + 2*{ld}]",
+                "vpbroadcastd zmm27, dword ptr [{a9}]",
+                "vdpbf16ps zmm16, zmm24, zmm26",
+                "vdpbf16ps zmm17, zmm25, zmm26",
+                "vdpbf16ps zmm18, zmm24, zmm27",
+                "vdpbf16ps zmm19, zmm25, zmm27",
+                "vpbroadcastd zmm26, dword ptr [{a9} + {ld}]",
+                "vpbroadcastd zmm27, dword ptr [{a9} + 2*{ld}]",
+                "vdpbf16ps zmm20, zmm24, zmm26",
+                "vdpbf16ps zmm21, zmm25, zmm26",
+                "vdpbf16ps zmm22, zmm24, zmm27",
+                "vdpbf16ps zmm23, zmm25, zmm27",
+                "add {a0}, 4",
+                "add {a3}, 4",
+                "add {a6}, 4",
+                "add {a9}, 4",
+                "add {b}, 128",
+                "dec {n}",
+                "jnz 2b",
+                a0 = inout(reg) a.as_ptr() => _,
+                a3 = inout(reg) a.as_ptr().add(3 * kcp) => _,
+                a6 = inout(reg) a.as_ptr().add(6 * kcp) => _,
+                a9 = inout(reg) a.as_ptr().add(9 * kcp) => _,
+                ld = in(reg) ld,
+                b = inout(reg) b.as_ptr() => _,
+                n = inout(reg) kcp => _,
+                inout("zmm0") *r0, inout("zmm1") *r1, inout("zmm2") *r2, inout("zmm3") *r3,
+                inout("zmm4") *r4, inout("zmm5") *r5, inout("zmm6") *r6, inout("zmm7") *r7,
+                inout("zmm8") *r8, inout("zmm9") *r9, inout("zmm10") *r10, inout("zmm11") *r11,
+                inout("zmm12") *r12, inout("zmm13") *r13, inout("zmm14") *r14, inout("zmm15") *r15,
+                inout("zmm16") *r16, inout("zmm17") *r17, inout("zmm18") *r18, inout("zmm19") *r19,
+                inout("zmm20") *r20, inout("zmm21") *r21, inout("zmm22") *r22, inout("zmm23") *r23,
+                out("zmm24") _, out("zmm25") _, out("zmm26") _, out("zmm27") _,
+                options(nostack, readonly),
+            );
+        }
+        let scale = _mm512_set1_ps(t.scale);
+        let masks = [mask(t.cols), mask(t.cols.saturating_sub(16))];
+        for (r, sums) in acc.chunks_exact(2).enumerate().take(t.rows) {
+            let row = t.c.add(r * t.rs);
+            for (h, &m) in masks.iter().enumerate() {
+                let c = row.add(16 * h);
+                let v = if t.add {
+                    _mm512_fmadd_ps(sums[h], scale, _mm512_maskz_loadu_ps(m, c))
+                } else {
+                    _mm512_mul_ps(sums[h], scale)
+                };
+                _mm512_mask_storeu_ps(c, m, v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::cpu::math::test_values;
+
+    /// The f64 value of the bf16 product: sum over k of bf(a) bf(b), exactly.
+    fn reference(m: usize, n: usize, k: usize, a: View, b: View) -> Vec<f64> {
+        let at = |v: View, i: usize, j: usize| unsafe {
+            bf16_value(bf16_bits(
+                *v.ptr.offset(i as isize * v.rs + j as isize * v.cs),
+            )) as f64
+        };
+        let mut out = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                out[i * n + j] = (0..k).map(|kk| at(a, i, kk) * at(b, kk, j)).sum();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn rounding_matches_the_definition() {
+        assert_eq!(bf16_bits(1.0), 0x3f80);
+        // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: to even (1.0); just above rounds up.
+        assert_eq!(bf16_bits(1.0 + 1.0 / 256.0), 0x3f80);
+        assert_eq!(bf16_bits(f32::from_bits(0x3f80_8001)), 0x3f81);
+        assert_eq!(bf16_bits(f32::from_bits(0x3f81_8000)), 0x3f82);
+        assert_eq!(bf16_bits(-2.5), 0xc020);
+        assert_eq!(bf16_bits(f32::MIN_POSITIVE / 2.0), 0);
+        assert_eq!(bf16_bits(-f32::MIN_POSITIVE / 2.0), 0x8000);
+        assert!(bf16_value(bf16_bits(f32::NAN)).is_nan());
+        assert_eq!(bf16_bits(f32::MAX), 0x7f80); // rounds to infinity
+    }
+
+    /// Every shape edge: m, n and k around the tile and block sizes, odd k, a k of zero.
+    const SHAPES: [(usize, usize, usize); 9] = [
+        (1, 1, 1),
+        (5, 7, 3),
+        (12, 32, 2),
+        (13, 33, 31),
+        (37, 70, 257),
+        (200, 45, 64),
+        (25, 530, 100),
+        (3, 17, 600),
+        (4, 6, 0),
+    ];
+
+    /// The four ways the engine passes operands: row-major or transposed, each side.
+    fn operands(m: usize, n: usize, k: usize, seed: u64) -> Vec<(Vec<f32>, Vec<f32>, bool, bool)> {
+        let a = test_values(m * k, seed, 1.0);
+        let b = test_values(k * n, seed + 1, 1.0);
+        [(false, false), (true, false), (false, true), (true, true)]
+            .map(|(ta, tb)| (a.clone(), b.clone(), ta, tb))
+            .to_vec()
+    }
+
+    fn views(
+        a: &[f32],
+        b: &[f32],
+        (m, n, k): (usize, usize, usize),
+        ta: bool,
+        tb: bool,
+    ) -> (View, View) {
+        let va = if ta {
+            View::transposed(a, m)
+        } else {
+            View::rows(a, k)
+        };
+        let vb = if tb {
+            View::transposed(b, k)
+        } else {
+            View::rows(b, n)
+        };
+        (va, vb)
+    }
+
+    #[test]
+    fn products_match_an_f64_reference_of_the_rounded_inputs() {
+        for kernel in [Kernel::detect(), Kernel::Portable] {
+            for (s, &(m, n, k)) in SHAPES.iter().enumerate() {
+                for (a, b, ta, tb) in operands(m, n, k, s as u64) {
+                    let (va, vb) = views(&a, &b, (m, n, k), ta, tb);
+                    let want = reference(m, n, k, va, vb);
+                    // Written into a wider destination: columns past n stay untouched.
+                    let rs = n + 3;
+                    let mut got = vec![7.0f32; m * rs];
+                    unsafe { gemm_bf16(kernel, m, n, k, got.as_mut_ptr(), rs, false, va, vb, 0.5) };
+                    let mut acc = vec![1.0f32; m * rs];
+                    unsafe { gemm_bf16(kernel, m, n, k, acc.as_mut_ptr(), rs, true, va, vb, 1.0) };
+                    for i in 0..m {
+                        for j in 0..rs {
+                            let (g, s) = (got[i * rs + j] as f64, acc[i * rs + j] as f64);
+                            if j >= n {
+                                assert_eq!((g, s), (7.0, 1.0), "{kernel:?} {m}x{n}x{k} outside");
+                                continue;
+                            }
+                            let w = want[i * n + j];
+                            // f32 sums of k exact products: |error| <= k eps sum |terms|.
+                            let bound = 1e-6 * (k as f64 + 1.0) * (k as f64).sqrt().max(1.0);
+                            assert!(
+                                (g - 0.5 * w).abs() <= bound,
+                                "{kernel:?} {m}x{n}x{k} ta={ta} tb={tb}: {g} vs {}",
+                                0.5 * w
+                            );
+                            assert!(
+                                (s - 1.0 - w).abs() <= bound + 1e-6,
+                                "{kernel:?} {m}x{n}x{k} accumulate: {s} vs {}",
+                                1.0 + w
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_portable_kernel_gives_the_hardware_bits() {
+        if Kernel::detect() == Kernel::Portable {
+            eprintln!("skipped: this CPU has no AVX512-BF16, so there is nothing to compare");
+            return;
+        }
+        for (s, &(m, n, k)) in SHAPES.iter().enumerate() {
+            for (a, b, ta, tb) in operands(m, n, k, 100 + s as u64) {
+                let (va, vb) = views(&a, &b, (m, n, k), ta, tb);
+                let mut fast = vec![0.0f32; m * n];
+                let mut portable = vec![0.0f32; m * n];
+                unsafe {
+                    gemm_bf16(
+                        Kernel::Avx512,
+                        m,
+                        n,
+                        k,
+                        fast.as_mut_ptr(),
+                        n,
+                        false,
+                        va,
+                        vb,
+                        1.0,
+                    );
+                    gemm_bf16(
+                        Kernel::Portable,
+                        m,
+                        n,
+                        k,
+                        portable.as_mut_ptr(),
+                        n,
+                        false,
+                        va,
+                        vb,
+                        1.0,
+                    );
+                }
+                let differ = fast
+                    .iter()
+                    .zip(&portable)
+                    .filter(|(x, y)| x.to_bits() != y.to_bits())
+                    .count();
+                assert_eq!(differ, 0, "{m}x{n}x{k} ta={ta} tb={tb}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_conversion_matches_the_hardware() {
+        #[cfg(target_arch = "x86_64")]
+        if Kernel::detect() == Kernel::Avx512 {
+            let mut xs: Vec<f32> = test_values(4096, 9, 1.0).iter().map(|v| v * 1e3).collect();
+            xs.extend([
+                0.0,
+                -0.0,
+                1e-40,
+                -1e-40,
+                f32::MAX,
+                f32::INFINITY,
+                1.0 + 1.0 / 256.0,
+            ]);
+            xs.extend((0..64).map(|i| f32::from_bits(0x3f80_8000 + i * 0x1_0000)));
+            let n = xs.len().next_multiple_of(2);
+            xs.resize(n, 0.0);
+            let mut packed = vec![0u32; n / 2];
+            let va = View::rows(&xs, n);
+            unsafe { avx512_pack_one_row(&mut packed, va, n) };
+            for (p, &v) in packed.iter().enumerate() {
+                assert_eq!(v as u16, bf16_bits(xs[2 * p]), "{}", xs[2 * p]);
+                assert_eq!(
+                    (v >> 16) as u16,
+                    bf16_bits(xs[2 * p + 1]),
+                    "{}",
+                    xs[2 * p + 1]
+                );
+            }
+        }
+    }
+
+    /// One row through the AVX-512 packing (kc = the whole row, in blocks of KC).
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn avx512_pack_one_row(dst: &mut [u32], a: View, n: usize) {
+        for k0 in (0..n).step_by(KC) {
+            let kc = KC.min(n - k0);
+            let mut block = vec![0u32; MR * kc.div_ceil(2)];
+            pack_a(Kernel::Avx512, &mut block, a, 0, 1, k0, kc);
+            dst[k0 / 2..(k0 + kc) / 2].copy_from_slice(&block[..kc / 2]);
+        }
+    }
+}
