@@ -71,7 +71,7 @@ impl ArithmeticOptions {
     pub fn layout(&self) -> Layout {
         Layout {
             format: self.format,
-            operand_width: self.max_digits,
+            dividend_width: self.max_digits,
             divisor_width: self.max_divisor_digits.min(self.max_digits),
         }
     }

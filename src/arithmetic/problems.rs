@@ -68,14 +68,13 @@ impl Format {
 /// Every character any format uses: the vocabulary is fixed, so all datasets share it.
 pub const VOCAB: &str = "\n*+,-/0123456789;=r";
 
-/// How a dataset writes its problems: the format, and the widths the scratchpad pads operands
-/// to: `operand_width` (the dataset's longest operand: both factors of a product, and a
-/// dividend) and `divisor_width`. A wider operand (the out-of-distribution set's) is written at
-/// its own width.
+/// How a dataset writes its problems: the format, and the widths the scratchpad pads division's
+/// operands to (the dataset's longest dividend and divisor). A wider operand (the
+/// out-of-distribution set's) is written at its own width.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Layout {
     pub format: Format,
-    pub operand_width: usize,
+    pub dividend_width: usize,
     pub divisor_width: usize,
 }
 
@@ -84,7 +83,7 @@ impl Layout {
     pub fn unpadded(format: Format) -> Layout {
         Layout {
             format,
-            operand_width: 1,
+            dividend_width: 1,
             divisor_width: 1,
         }
     }
@@ -92,11 +91,6 @@ impl Layout {
     /// Division written as fixed-width long division.
     fn long_division(&self, op: Op) -> bool {
         self.format == Format::Scratchpad && op == Op::Div
-    }
-
-    /// Multiplication written as fixed-width long multiplication.
-    fn long_multiplication(&self, op: Op) -> bool {
-        self.format == Format::Scratchpad && op == Op::Mul
     }
 }
 
@@ -147,52 +141,21 @@ impl Problem {
         digits(self.a).max(digits(self.b))
     }
 
-    /// `123+45=` (`005/07=` for scratchpad division, `064*005=` for scratchpad multiplication)
+    /// `123+45=` (`005/07=` for scratchpad division)
     pub fn prompt(&self, layout: Layout) -> String {
-        if layout.long_division(self.op) || layout.long_multiplication(self.op) {
+        if layout.long_division(self.op) {
             let (aw, bw) = self.widths(layout);
-            return format!("{:0aw$}{}{:0bw$}=", self.a, self.op.symbol(), self.b);
+            return format!("{:0aw$}/{:0bw$}=", self.a, self.b);
         }
         format!("{}{}{}=", self.a, self.op.symbol(), self.b)
     }
 
-    /// The padded widths of the two operands in `layout`.
+    /// The padded widths of the dividend and divisor in `layout`.
     fn widths(&self, layout: Layout) -> (usize, usize) {
-        let b_width = match self.op {
-            Op::Div => layout.divisor_width,
-            _ => layout.operand_width,
-        };
         (
-            layout.operand_width.max(digits(self.a)),
-            b_width.max(digits(self.b)),
+            layout.dividend_width.max(digits(self.a)),
+            layout.divisor_width.max(digits(self.b)),
         )
-    }
-
-    /// Long multiplication, one step per digit of b, least significant first (see the module
-    /// header): the partial product P = a x digit in one digit more than a, then (from the
-    /// second step on) the running sum S = last S + P shifted to the digit's place, in the
-    /// product's full width. Both reversed, so every digit is a carry-propagating addition of
-    /// two digits that sit at fixed offsets.
-    fn long_multiplication(&self, layout: Layout) -> String {
-        let (aw, bw) = self.widths(layout);
-        let padded =
-            |x: u64, width: usize| -> String { format!("{x:0width$}").chars().rev().collect() };
-        let mut sum = 0;
-        let mut place = 1;
-        let mut rest = self.b;
-        let mut steps = Vec::with_capacity(bw);
-        for step in 0..bw {
-            let partial = self.a * (rest % 10);
-            sum += partial * place;
-            steps.push(if step == 0 {
-                padded(partial, aw + 1)
-            } else {
-                format!("{},{}", padded(partial, aw + 1), padded(sum, aw + bw))
-            });
-            rest /= 10;
-            place *= 10;
-        }
-        steps.join(";")
     }
 
     /// Long division, one step per dividend digit (see the module header). A step's X and P
@@ -220,9 +183,6 @@ impl Problem {
         if layout.long_division(self.op) {
             return self.long_division(layout);
         }
-        if layout.long_multiplication(self.op) {
-            return self.long_multiplication(layout);
-        }
         let num = |x: u64| {
             if format == Format::Plain {
                 x.to_string()
@@ -237,6 +197,25 @@ impl Problem {
                 num(v as u64)
             }
         };
+        if format == Format::Scratchpad && self.op == Op::Mul {
+            let mut parts: Vec<String> = Vec::new();
+            let mut rest = self.b;
+            let mut place = 1u64;
+            loop {
+                parts.push(reversed(self.a * (rest % 10) * place));
+                rest /= 10;
+                place *= 10;
+                if rest == 0 {
+                    break;
+                }
+            }
+            let total = num(self.a * self.b);
+            return if parts.len() == 1 {
+                total
+            } else {
+                format!("{}={total}", parts.join("+"))
+            };
+        }
         match self.answer() {
             Answer::Int(v) => int(v),
             Answer::DivRem(q, r) => format!("{}r{}", num(q), num(r)),
@@ -272,9 +251,6 @@ pub fn parse_answer(completion: &str, op: Op, layout: Layout) -> Option<Answer> 
     // Long division writes its quotient and remainder most significant digit first, like plain.
     let (text, reversed) = if layout.long_division(op) {
         (line.rsplit(';').next()?, false)
-    } else if layout.long_multiplication(op) {
-        // The last running sum; a one-step product (a one-digit b) is its partial product.
-        (line.rsplit([';', ',']).next()?, true)
     } else {
         (line.rsplit('=').next()?, layout.format != Format::Plain)
     };
@@ -305,7 +281,7 @@ mod tests {
     /// The scratchpad layout of a dataset with 3-digit dividends and 2-digit divisors.
     const PADDED: Layout = Layout {
         format: Format::Scratchpad,
-        operand_width: 3,
+        dividend_width: 3,
         divisor_width: 2,
     };
 
