@@ -473,6 +473,7 @@ fn gqa_attention_case(
         n_head,
         head_size,
         n_kv_head,
+        precision: Precision::F32,
     };
     let c = n_head * head_size;
     let w = (n_head + 2 * n_kv_head) * head_size;

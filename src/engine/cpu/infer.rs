@@ -351,7 +351,7 @@ impl CpuEngine {
             q8,
             precision: Precision::F32,
         };
-        let dims = attn_dims(cfg, rows);
+        let dims = attn_dims(cfg, rows, w.precision);
         let (nh, nkv, hs, width) = (dims.n_head, dims.n_kv_head, dims.head_size, shape.qkv);
         let (max_t, layer_stride) = (kv.max_t, rows * kv.row_len());
         let rope = self.rope.as_ref();

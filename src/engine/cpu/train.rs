@@ -19,7 +19,7 @@ use crate::kernels::cpu::dropout::dropout_inplace;
 use crate::kernels::cpu::encoder::{encoder_backward, encoder_forward};
 use crate::kernels::cpu::gelu::gelu_backward_inplace;
 use crate::kernels::cpu::layernorm::layernorm_backward;
-use crate::kernels::cpu::matmul::{matmul_backward, matmul_forward, Layout};
+use crate::kernels::cpu::matmul::{matmul_backward, matmul_forward, Layout, Precision};
 use crate::kernels::cpu::rmsnorm::rmsnorm_backward;
 use crate::kernels::cpu::rope::{rope_backward, rope_forward, RopeTable};
 use crate::kernels::cpu::swiglu::swiglu_backward;
@@ -181,7 +181,7 @@ impl CpuEngine {
         };
         let shape = Shape::new(&cfg);
         let w = Weights::params(p, &cfg, shape, self.precision);
-        let dims = attn_dims(&cfg, b);
+        let dims = attn_dims(&cfg, b, self.precision);
         let rope = self.rope.as_ref();
         let key = |l: usize, site: u64| drop.map(|seed| dropout_key(seed, l, site));
         let wpe = rope.is_none().then(|| &p[tb.wpe..]);
@@ -300,7 +300,7 @@ impl CpuEngine {
             _ => None,
         };
         let key = |l: usize, site: u64| drop.map(|seed| dropout_key(seed, l, site));
-        let dims = attn_dims(&cfg, b);
+        let dims = attn_dims(&cfg, b, self.precision);
         let shape = Shape::new(&cfg);
         let w = Weights::params(p, &cfg, shape, self.precision);
         let (qkv, mlp_in, mlp) = (shape.qkv, shape.mlp_in, shape.mlp);
@@ -498,12 +498,13 @@ impl CpuEngine {
 }
 
 /// Attention's shape for a batch of `b` sequences.
-pub(super) fn attn_dims(cfg: &GptConfig, b: usize) -> AttnDims {
+pub(super) fn attn_dims(cfg: &GptConfig, b: usize, precision: Precision) -> AttnDims {
     AttnDims {
         batch: b,
         n_head: cfg.n_head,
         n_kv_head: cfg.n_kv_head(),
         head_size: cfg.head_size(),
+        precision,
     }
 }
 

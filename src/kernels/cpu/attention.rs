@@ -47,6 +47,9 @@ pub struct AttnDims {
     pub head_size: usize,
     /// Key/value heads; divides n_head (n_head for plain multi-head attention).
     pub n_kv_head: usize,
+    /// What the score and value products multiply in (softmax, log-sum-exp and the sums stay
+    /// f32); backward recomputes the scores in the same precision, so they match forward's.
+    pub precision: Precision,
 }
 
 impl AttnDims {
@@ -140,6 +143,7 @@ unsafe fn attend_head(
     hs: usize,
     mut lse: Option<&mut [f32]>,
     dropout: Option<(AttnDropout, usize)>,
+    precision: Precision,
 ) {
     let scale = 1.0 / (hs as f32).sqrt();
     if n_q == 1 && lse.is_none() && dropout.is_none() {
@@ -151,7 +155,7 @@ unsafe fn attend_head(
         let n_keys = q_pos0 + i0 + rb;
         with_scratch(rb * n_keys, |s| {
             gemm_into(
-                Precision::F32,
+                precision,
                 rb,
                 n_keys,
                 hs,
@@ -190,7 +194,7 @@ unsafe fn attend_head(
                 }
             }
             gemm_into(
-                Precision::F32,
+                precision,
                 rb,
                 hs,
                 n_keys,
@@ -335,6 +339,7 @@ pub fn attention_forward(
                     hs,
                     Some(lse_bh),
                     dropout.map(|d| (d, bh)),
+                    dims.precision,
                 );
             }
         });
@@ -411,6 +416,7 @@ pub fn attention_forward_cached(
                     hs,
                     None,
                     None,
+                    dims.precision,
                 );
             }
         });
@@ -485,7 +491,7 @@ pub fn attention_backward(
                         };
                         // P = exp(S - lse), recomputed.
                         gemm_into(
-                            Precision::F32,
+                            dims.precision,
                             rb,
                             n_keys,
                             hs,
@@ -531,7 +537,7 @@ pub fn attention_backward(
                             None => p,
                         };
                         gemm_into(
-                            Precision::F32,
+                            dims.precision,
                             n_keys,
                             hs,
                             rb,
@@ -549,7 +555,7 @@ pub fn attention_backward(
                         );
                         // dP = (dO V^T) * Z
                         gemm_into(
-                            Precision::F32,
+                            dims.precision,
                             rb,
                             n_keys,
                             hs,
@@ -595,7 +601,7 @@ pub fn attention_backward(
                         }
                         // p now holds dS (already scaled). dQ = dS K, dK += dS^T Q.
                         gemm_into(
-                            Precision::F32,
+                            dims.precision,
                             rb,
                             hs,
                             n_keys,
@@ -616,7 +622,7 @@ pub fn attention_backward(
                             false,
                         );
                         gemm_into(
-                            Precision::F32,
+                            dims.precision,
                             n_keys,
                             hs,
                             rb,
@@ -688,6 +694,7 @@ mod tests {
                 n_head: nh,
                 head_size: hs,
                 n_kv_head: nkv,
+                precision: Precision::F32,
             };
             let (c, kv_c) = (nh * hs, nkv * hs);
             let w = c + 2 * kv_c;

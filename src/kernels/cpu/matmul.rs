@@ -72,6 +72,12 @@ pub unsafe fn gemm_into(
     if m == 0 || n == 0 {
         return;
     }
+    if precision == Precision::Bf16 {
+        let kernel = Kernel::detect();
+        return gemm_bf16(
+            kernel, m, n, k, dst, dst_rs, accumulate, lhs, rhs, scale, parallel,
+        );
+    }
     let threads = rayon::current_num_threads();
     if parallel && threads > 1 {
         // One slab of the larger output dimension per thread, each a single-threaded gemm: for
@@ -101,10 +107,6 @@ pub unsafe fn gemm_into(
             );
         });
         return;
-    }
-    if precision == Precision::Bf16 {
-        let kernel = Kernel::detect();
-        return gemm_bf16(kernel, m, n, k, dst, dst_rs, accumulate, lhs, rhs, scale);
     }
     gemm::gemm(
         m,
