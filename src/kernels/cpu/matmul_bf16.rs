@@ -129,9 +129,10 @@ enum Packed<'a> {
     B(&'a [u32]),
 }
 
-/// Rows of a whole packed A: m and the zeros a last micro-panel may read past it.
+/// Rows of a whole packed A: m and the zeros a last micro-panel reads past it (A is shared
+/// only by column slabs, whose micro-panels all start at multiples of `MR`).
 fn a_rows(m: usize) -> usize {
-    m + MR
+    m.next_multiple_of(MR)
 }
 
 /// Columns of a whole packed B: n up to a whole panel.
@@ -228,8 +229,9 @@ fn pack_all_a(p: Product, dst: &mut Vec<u32>) {
     use rayon::prelude::*;
     const ROWS: usize = 192; // a multiple of MR and of 16 (the rows one scatter writes)
     let rows = a_rows(p.m);
-    dst.clear();
-    dst.resize(rows * (p.k.div_ceil(2) + 1), 0);
+    // Every value is written below (pack_a pads each chunk's rows to a multiple of MR), so the
+    // buffer only grows: zeroing it each time was 3% of a bf16 training step.
+    grow(dst, rows * (p.k.div_ceil(2) + 1));
     let out = SharedU32(dst.as_mut_ptr());
     let blocks: Vec<_> = k_blocks(p.k).collect();
     let tasks: Vec<(usize, usize, usize, usize)> = blocks
@@ -256,8 +258,7 @@ fn pack_all_b(p: Product, dst: &mut Vec<u32>) {
     use rayon::prelude::*;
     const COLS: usize = 4 * NR;
     let cols = b_cols(p.n);
-    dst.clear();
-    dst.resize(cols * (p.k.div_ceil(2) + 1), 0);
+    grow(dst, cols * (p.k.div_ceil(2) + 1));
     let out = SharedU32(dst.as_mut_ptr());
     let tasks: Vec<(usize, usize, usize, usize)> = k_blocks(p.k)
         .flat_map(|(_, pc, kc)| {
@@ -275,6 +276,13 @@ fn pack_all_b(p: Product, dst: &mut Vec<u32>) {
         };
         p.pack_b(region, pc, kc, j0, nc);
     });
+}
+
+/// Makes `v` at least `len` long (new values zero), keeping what it holds.
+fn grow(v: &mut Vec<u32>, len: usize) {
+    if v.len() < len {
+        v.resize(len, 0);
+    }
 }
 
 /// A buffer that parallel tasks write disjoint parts of.
@@ -307,12 +315,13 @@ unsafe fn compute(
             a: a_buf, b: b_buf, ..
         } = bufs;
         let kcp_max = KC.min(p.k).div_ceil(2).max(1);
-        a_buf.resize(MC.next_multiple_of(MR) * kcp_max, 0);
-        b_buf.resize(NC * kcp_max, 0);
+        grow(a_buf, MC.next_multiple_of(MR) * kcp_max);
+        grow(b_buf, NC * kcp_max);
         for jc in cols.clone().step_by(NC) {
             let nc = NC.min(cols.end - jc);
             for (block, pc, kc) in k_blocks(p.k) {
                 let kcp = kc.div_ceil(2);
+                let a_strides = ALayout::of(p.lhs).strides(kcp);
                 let b_block: &[u32] = match packed {
                     Packed::B(all) => &all[b_cols(p.n) * pc / 2 + jc * kcp..],
                     _ => {
@@ -344,8 +353,8 @@ unsafe fn compute(
                             };
                             match p.kernel {
                                 #[cfg(target_arch = "x86_64")]
-                                Kernel::Avx512 => avx512::micro(kcp, a, b, tile),
-                                _ => micro_portable(kcp, a, b, tile),
+                                Kernel::Avx512 => avx512::micro(kcp, a, a_strides, b, tile),
+                                _ => micro_portable(kcp, a, a_strides, b, tile),
                             }
                         }
                     }
@@ -367,8 +376,38 @@ struct Tile {
     scale: f32,
 }
 
-/// A's rows `i0..i0+mc`, k `k0..k0+kc`, into `dst` as bf16 pairs, row-major ([i][p], `kcp`
-/// pairs a row), rows padded with zeros to a multiple of `MR`.
+/// How a packed block of A holds its pairs. Either way micro-panel q (rows qMR..qMR + MR)
+/// takes MR x kcp u32s at q MR kcp; inside it, the pair (r, p) is at r `row` + p `pair`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ALayout {
+    /// [i][p]: each row's pairs in order. For an A whose rows are contiguous: a row's values
+    /// convert to its pairs in place.
+    Rows,
+    /// [p][r] in each micro-panel. For an A whose columns are contiguous (a transpose, as in a
+    /// weight gradient): two source rows interleave into one k pair of MR rows.
+    Pairs,
+}
+
+impl ALayout {
+    fn of(a: View) -> ALayout {
+        if a.cs == 1 {
+            ALayout::Rows
+        } else {
+            ALayout::Pairs
+        }
+    }
+
+    /// (row, pair) strides in u32s within a micro-panel of `kcp` pairs.
+    fn strides(self, kcp: usize) -> (usize, usize) {
+        match self {
+            ALayout::Rows => (kcp, 1),
+            ALayout::Pairs => (1, MR),
+        }
+    }
+}
+
+/// A's rows `i0..i0+mc`, k `k0..k0+kc`, into `dst` as bf16 pairs in A's `ALayout`, rows padded
+/// with zeros to a multiple of `MR`.
 fn pack_a(kernel: Kernel, dst: &mut [u32], a: View, i0: usize, mc: usize, k0: usize, kc: usize) {
     let kcp = kc.div_ceil(2);
     match kernel {
@@ -376,15 +415,20 @@ fn pack_a(kernel: Kernel, dst: &mut [u32], a: View, i0: usize, mc: usize, k0: us
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512 => unsafe { avx512::pack_a(dst, a, i0, mc, k0, kc) },
         _ => {
-            for i in 0..mc {
+            let (rs, ps) = ALayout::of(a).strides(kcp);
+            for i in 0..mc.next_multiple_of(MR) {
+                let panel = (i / MR) * MR * kcp;
                 for p in 0..kcp {
-                    // SAFETY: as above.
-                    dst[i * kcp + p] = unsafe { pair(a, i0 + i, k0 + 2 * p, k0 + kc) };
+                    dst[panel + (i % MR) * rs + p * ps] = if i < mc {
+                        // SAFETY: as above.
+                        unsafe { pair(a, i0 + i, k0 + 2 * p, k0 + kc) }
+                    } else {
+                        0
+                    };
                 }
             }
         }
     }
-    dst[mc * kcp..mc.next_multiple_of(MR) * kcp].fill(0);
 }
 
 /// B's k `k0..k0+kc`, columns `j0..j0+nc`, into `dst` as panels of `NR` columns, each [p][j]
@@ -423,13 +467,14 @@ unsafe fn pair(v: View, row: usize, k: usize, end: usize) -> u32 {
     u32::from(lo) | u32::from(hi) << 16
 }
 
-/// The micro-kernel in plain Rust: VDPBF16PS's arithmetic, lane by lane.
-fn micro_portable(kcp: usize, a: &[u32], b: &[u32], t: Tile) {
+/// The micro-kernel in plain Rust: VDPBF16PS's arithmetic, lane by lane. A's pair (r, p) is at
+/// r `a_rs` + p `a_ps`.
+fn micro_portable(kcp: usize, a: &[u32], (a_rs, a_ps): (usize, usize), b: &[u32], t: Tile) {
     let mut acc = [[0.0f32; NR]; MR];
     for p in 0..kcp {
         let bp = &b[p * NR..(p + 1) * NR];
         for (r, acc_r) in acc.iter_mut().enumerate() {
-            let av = a[r * kcp + p];
+            let av = a[r * a_rs + p * a_ps];
             let (a0, a1) = (bf16_value(av as u16), bf16_value((av >> 16) as u16));
             for (s, &bv) in acc_r.iter_mut().zip(bp) {
                 let (b0, b1) = (bf16_value(bv as u16), bf16_value((bv >> 16) as u16));
@@ -455,7 +500,7 @@ fn micro_portable(kcp: usize, a: &[u32], b: &[u32], t: Tile) {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{Tile, View, MR, NR};
+    use super::{ALayout, Tile, View, MR, NR};
     use std::arch::x86_64::*;
 
     /// Sixteen (even, odd) f32 pairs, one from each of `even` and `odd`, as bf16 pairs in u32s.
@@ -494,40 +539,48 @@ mod avx512 {
         kc: usize,
     ) {
         let kcp = kc.div_ceil(2);
-        assert!(dst.len() >= mc.next_multiple_of(MR) * kcp);
+        let padded = mc.next_multiple_of(MR);
+        assert!(dst.len() >= padded * kcp);
         let d = dst.as_mut_ptr();
-        if a.cs == 1 {
-            // Rows contiguous in k: 32 values convert to 16 pairs in order.
-            for i in 0..mc {
-                let src = a.ptr.offset((i0 + i) as isize * a.rs).add(k0);
-                convert_run(d.add(i * kcp), src, kc);
+        match ALayout::of(a) {
+            ALayout::Rows => {
+                // Rows contiguous in k: 32 values convert to 16 pairs in order.
+                for i in 0..mc {
+                    let src = a.ptr.offset((i0 + i) as isize * a.rs).add(k0);
+                    convert_run(d.add(i * kcp), src, kc);
+                }
+                dst[mc * kcp..padded * kcp].fill(0);
             }
-        } else if a.rs == 1 {
-            // Columns contiguous (A is a transpose): 16 rows' pairs from two source rows,
-            // scattered to their rows.
-            let stride = _mm512_mullo_epi32(
-                _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                _mm512_set1_epi32(kcp as i32),
-            );
-            for ib in (0..mc).step_by(16) {
-                let m = mask(mc - ib);
-                let col = a.ptr.add(i0 + ib);
-                for p in 0..kcp {
-                    let k = k0 + 2 * p;
-                    let even = _mm512_maskz_loadu_ps(m, col.offset(k as isize * a.cs));
-                    let odd = if 2 * p + 1 < kc {
-                        _mm512_maskz_loadu_ps(m, col.offset((k + 1) as isize * a.cs))
-                    } else {
-                        _mm512_setzero_ps()
-                    };
-                    let base = d.add(ib * kcp + p) as *mut i32;
-                    _mm512_mask_i32scatter_epi32::<4>(base, m, stride, interleave(even, odd));
+            ALayout::Pairs if a.rs == 1 => {
+                // Columns contiguous (A is a transpose): a k pair of MR rows is two source rows
+                // interleaved, stored as it comes, zeros past mc.
+                for r0 in (0..mc).step_by(MR) {
+                    let m = mask(mc - r0);
+                    let col = a.ptr.add(i0 + r0);
+                    let panel = d.add(r0 * kcp);
+                    for p in 0..kcp {
+                        let k = k0 + 2 * p;
+                        let even = _mm512_maskz_loadu_ps(m, col.offset(k as isize * a.cs));
+                        let odd = if 2 * p + 1 < kc {
+                            _mm512_maskz_loadu_ps(m, col.offset((k + 1) as isize * a.cs))
+                        } else {
+                            _mm512_setzero_ps()
+                        };
+                        let out = panel.add(p * MR) as *mut _;
+                        _mm512_mask_storeu_epi32(out, mask(MR), interleave(even, odd));
+                    }
                 }
             }
-        } else {
-            for i in 0..mc {
-                for p in 0..kcp {
-                    *d.add(i * kcp + p) = super::pair(a, i0 + i, k0 + 2 * p, k0 + kc);
+            ALayout::Pairs => {
+                for i in 0..padded {
+                    let panel = d.add((i / MR) * MR * kcp + i % MR);
+                    for p in 0..kcp {
+                        *panel.add(p * MR) = if i < mc {
+                            super::pair(a, i0 + i, k0 + 2 * p, k0 + kc)
+                        } else {
+                            0
+                        };
+                    }
                 }
             }
         }
@@ -634,14 +687,22 @@ mod avx512 {
     ///
     /// The loop is assembly because the compiler, given it as intrinsics, unrolled it and ran
     /// out of registers (24 sums, 2 B vectors, 2 broadcasts: 28 of 32), spilling sums to the
-    /// stack every step. Per k pair: two 64-byte loads of B, twelve 4-byte broadcasts of A (one
-    /// per row: `a` + r x `kcp` pairs, reached from four bases three rows apart), 24 VDPBF16PS.
+    /// stack every step. Per k pair: two 64-byte loads of B, twelve 4-byte broadcasts of A (row r
+    /// at r `a_rs` u32s, reached from four bases three rows apart; the bases step `a_ps` per
+    /// pair: `ALayout::strides`), 24 VDPBF16PS.
     #[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
-    pub(super) unsafe fn micro(kcp: usize, a: &[u32], b: &[u32], t: Tile) {
+    pub(super) unsafe fn micro(
+        kcp: usize,
+        a: &[u32],
+        (a_rs, a_ps): (usize, usize),
+        b: &[u32],
+        t: Tile,
+    ) {
         assert!(a.len() >= MR * kcp && b.len() >= NR * kcp);
+        assert!(a_rs * (MR - 1) + a_ps * (kcp - 1) < MR * kcp || kcp == 0);
         let mut acc = [_mm512_setzero_ps(); 2 * MR];
         if kcp > 0 {
-            let ld = kcp * 4;
+            let (ld, step) = (a_rs * 4, a_ps * 4);
             let [r0, r1, r2, r3, r4, r5, r6, r7, r8, r9, r10, r11, r12, r13, r14, r15, r16, r17, r18, r19, r20, r21, r22, r23] =
                 &mut acc;
             std::arch::asm!(
@@ -684,18 +745,19 @@ mod avx512 {
                 "vdpbf16ps zmm21, zmm25, zmm26",
                 "vdpbf16ps zmm22, zmm24, zmm27",
                 "vdpbf16ps zmm23, zmm25, zmm27",
-                "add {a0}, 4",
-                "add {a3}, 4",
-                "add {a6}, 4",
-                "add {a9}, 4",
+                "add {a0}, {step}",
+                "add {a3}, {step}",
+                "add {a6}, {step}",
+                "add {a9}, {step}",
                 "add {b}, 128",
                 "dec {n}",
                 "jnz 2b",
                 a0 = inout(reg) a.as_ptr() => _,
-                a3 = inout(reg) a.as_ptr().add(3 * kcp) => _,
-                a6 = inout(reg) a.as_ptr().add(6 * kcp) => _,
-                a9 = inout(reg) a.as_ptr().add(9 * kcp) => _,
+                a3 = inout(reg) a.as_ptr().add(3 * a_rs) => _,
+                a6 = inout(reg) a.as_ptr().add(6 * a_rs) => _,
+                a9 = inout(reg) a.as_ptr().add(9 * a_rs) => _,
                 ld = in(reg) ld,
+                step = in(reg) step,
                 b = inout(reg) b.as_ptr() => _,
                 n = inout(reg) kcp => _,
                 inout("zmm0") *r0, inout("zmm1") *r1, inout("zmm2") *r2, inout("zmm3") *r3,
