@@ -36,8 +36,9 @@ crate::with_model_shape! {
             /// New tokens for --generate
             max_new_tokens: usize = 128,
             /// What the timed work computes in: float32; bfloat16 (training's matrix products,
-            /// as `train --dtype=bfloat16`); or, with --generate, int8 (Q8_0 in groups of 64, as
-            /// `sample --dtype=int8`)
+            /// as `train --dtype=bfloat16`, or with --generate bf16 weights, as `sample
+            /// --dtype=bfloat16`); or, with --generate, int8 (Q8_0 in groups of 64, as `sample
+            /// --dtype=int8`)
             dtype: String = "float32".into(),
             /// cpu, cuda or auto (the CPU until the CUDA backend has passed its GPU check)
             device: Device = Device::Auto,
@@ -61,9 +62,7 @@ impl BenchArgs {
                 bail!("--dtype=int8 is for inference: add --generate, or train in float32 or bfloat16")
             }
             ("bfloat16", false) => (InferenceWeights::F32, Dtype::Bfloat16),
-            ("bfloat16", true) => {
-                bail!("--dtype=bfloat16 times training here: generation runs in float32 or int8")
-            }
+            ("bfloat16", true) => (InferenceWeights::Bf16, Dtype::Float32),
             (d, _) => bail!("--dtype={d}: expected float32, bfloat16 or int8"),
         };
         Ok(BenchOptions {
@@ -183,7 +182,7 @@ pub struct GenerateReport {
     pub batch_size: usize,
     pub prompt_len: usize,
     pub max_new_tokens: usize,
-    /// "float32", or "int8" (Q8_0).
+    /// "float32", "bfloat16" or "int8" (Q8_0).
     pub dtype: &'static str,
     pub peak_rss_mib: Option<f64>,
     pub config: GptConfig,
@@ -252,6 +251,7 @@ pub fn run_generate_bench(
         dtype: match opts.inference {
             InferenceWeights::F32 => "float32",
             InferenceWeights::Q8 { .. } => "int8",
+            InferenceWeights::Bf16 => "bfloat16",
         },
         peak_rss_mib: peak_rss_mib(),
         config: cfg.clone(),

@@ -313,7 +313,7 @@ fn dtype_knob_refuses_what_it_does_not_know() {
         .expect("run nanogpt");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !out.status.success() && err.contains("float32 or int8"),
+        !out.status.success() && err.contains("float32, bfloat16 or int8"),
         "{err}"
     );
 }

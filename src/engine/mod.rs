@@ -119,6 +119,10 @@ pub enum InferenceWeights {
     /// are not a multiple of `group` takes the largest group dividing both (at least 16; else
     /// it stays f32). Embeddings and norms stay f32.
     Q8 { group: usize },
+    /// Every matrix of the blocks and the classifier rounded to bf16: decoding streams half the
+    /// bytes of f32 and widens them back as it reads (activations stay f32); a prefill
+    /// multiplies in bf16. Embeddings and norms stay f32.
+    Bf16,
 }
 
 /// One sequence's new tokens in a cached forward pass: `tokens` are appended to cache row `row`
@@ -377,6 +381,10 @@ pub trait Engine {
             InferenceWeights::F32 => Ok(()),
             InferenceWeights::Q8 { .. } => bail!(
                 "int8 (Q8) inference is not supported on {} yet: use --device=cpu",
+                self.device_name()
+            ),
+            InferenceWeights::Bf16 => bail!(
+                "bfloat16 inference is not supported on {} yet: use --device=cpu",
                 self.device_name()
             ),
         }

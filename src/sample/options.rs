@@ -312,10 +312,11 @@ crate::knobs! {
             json: bool = false,
             /// cpu, cuda or auto (the CPU until the CUDA backend has passed its GPU check)
             device: Device = Device::Auto,
-            /// float32, or int8: cached inference with int8 weights and activations (Q8_0 in
-            /// groups of 64, llama2.c's runq.c arithmetic); bfloat16/float16 are accepted and
-            /// ignored [default: float32; int8 at the file's group size for a llama2.c v2 file
-            /// with --sampler=run_c, as runq.c]
+            /// float32; bfloat16: weights rounded to bf16, half the bytes to read per token
+            /// (activations stay f32; float16 means the same here); or int8: int8 weights and
+            /// activations (Q8_0 in groups of 64, llama2.c's runq.c arithmetic) [default:
+            /// float32; int8 at the file's group size for a llama2.c v2 file with
+            /// --sampler=run_c, as runq.c]
             dtype: Option<String> = None,
             /// Accepted for nanoGPT's sample.py command lines; ignored
             compile: Option<String> = None,

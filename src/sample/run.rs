@@ -319,16 +319,15 @@ pub fn inference_weights(
         None => default,
         Some("float32") => InferenceWeights::F32,
         Some("int8") => file_q8.unwrap_or(InferenceWeights::Q8 { group: 64 }),
-        Some(d @ ("bfloat16" | "float16")) => {
+        Some("bfloat16") => InferenceWeights::Bf16,
+        Some("float16") => {
             writeln!(
                 err,
-                "note: --dtype={d} is ignored: nanogpt samples in f32 or int8"
+                "note: --dtype=float16 samples with bfloat16 weights (the same size; float16 has no fast path here)"
             )?;
-            default
+            InferenceWeights::Bf16
         }
-        Some(d) => bail!(
-            "--dtype={d}: expected float32 or int8 (bfloat16 and float16 are accepted and ignored)"
-        ),
+        Some(d) => bail!("--dtype={d}: expected float32, bfloat16 or int8"),
     };
     if let InferenceWeights::Q8 { group } = w {
         let cfg = &loaded.model.config;

@@ -17,8 +17,8 @@ use crate::config::{Arch, GptConfig};
 use crate::kernels::cpu::dropout::dropout_inplace;
 use crate::kernels::cpu::gelu::gelu_forward;
 use crate::kernels::cpu::layernorm::layernorm_forward;
-use crate::kernels::cpu::matmul::{is_skinny, matmul_forward, Layout, Precision};
-use crate::kernels::cpu::q8::{q8_matmul_forward, Q8Matrix};
+use crate::kernels::cpu::matmul::{is_skinny, matmul_forward, outin_forward, Layout, Precision};
+use crate::kernels::cpu::q8::q8_matmul_forward;
 use crate::kernels::cpu::residual::residual_forward;
 use crate::kernels::cpu::rmsnorm::rmsnorm_forward;
 use crate::kernels::cpu::swiglu::swiglu_forward;
@@ -86,7 +86,8 @@ pub(super) fn norm_forward(
 
 /// Read-only views of weights (and biases, which a bias-free model does not have). Cached
 /// inference also passes GPT-2's block matrices transposed (see `infer::DecodeWeights`), and,
-/// in int8 mode, the int8 matrices (see `infer::Q8Weights`).
+/// in int8 or bf16 mode, the matrices in that form (see `infer::Q8Weights`,
+/// `infer::Bf16Weights`).
 #[derive(Clone, Copy)]
 pub(super) struct Weights<'a> {
     pub p: &'a [f32],
@@ -95,6 +96,7 @@ pub(super) struct Weights<'a> {
     pub layout: Layout,
     pub transposed: Option<&'a super::infer::DecodeWeights>,
     pub q8: Option<&'a super::infer::Q8Weights>,
+    pub bf16: Option<&'a super::infer::Bf16Weights>,
     /// What the f32 matrices' products multiply in.
     pub precision: Precision,
 }
@@ -114,6 +116,7 @@ impl<'a> Weights<'a> {
             layout: shape.layout,
             transposed: None,
             q8: None,
+            bf16: None,
             precision,
         }
     }
@@ -135,8 +138,8 @@ impl<'a> Weights<'a> {
     pub fn b(&self, off: usize, len: usize) -> Option<&'a [f32]> {
         self.bias.then(|| &self.p[off..off + len])
     }
-    /// out (rows, oc) = inp (rows, c) @ the block matrix at `off` + the bias at `bias_off`:
-    /// in int8 when the pass has that matrix quantized, else in f32 (`matrix`).
+    /// out (rows, oc) = inp (rows, c) @ the block matrix at `off` + the bias at `bias_off`
+    /// (see `linear_with`).
     pub fn linear(
         &self,
         out: &mut [f32],
@@ -146,38 +149,29 @@ impl<'a> Weights<'a> {
         c: usize,
         oc: usize,
     ) {
-        let q8 = self.q8.and_then(|q| q.get(off, oc * c));
         let f32_w = self.matrix(off, oc * c, inp.len() / c);
-        linear(
-            out,
-            inp,
-            q8,
-            f32_w,
-            self.precision,
-            self.b(bias_off, oc),
-            c,
-            oc,
-        );
+        self.linear_with(out, inp, off, f32_w, self.b(bias_off, oc), c, oc);
     }
-}
 
-/// out (rows, oc) = inp (rows, c) @ W + bias, with the int8 matrix `q8` when there is one (the
-/// Q8_0 product, then the bias), else the f32 matrix `w` in its layout, multiplied in
-/// `precision`.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn linear(
-    out: &mut [f32],
-    inp: &[f32],
-    q8: Option<&Q8Matrix>,
-    w: (&[f32], Layout),
-    precision: Precision,
-    bias: Option<&[f32]>,
-    c: usize,
-    oc: usize,
-) {
-    match q8 {
-        Some(m) => {
-            let out = &mut out[..inp.len() / c * oc];
+    /// out (rows, oc) = inp (rows, c) @ the matrix at parameter offset `off` + `bias`: the
+    /// int8 product when the pass has that matrix quantized; with bf16 weights, dot products
+    /// over the bf16 copy for a few rows; else `f32_w` (that matrix as f32, in its layout)
+    /// multiplied in `precision`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn linear_with(
+        &self,
+        out: &mut [f32],
+        inp: &[f32],
+        off: usize,
+        f32_w: (&[f32], Layout),
+        bias: Option<&[f32]>,
+        c: usize,
+        oc: usize,
+    ) {
+        let rows = inp.len() / c;
+        let bf16 = self.bf16.filter(|_| is_skinny(rows));
+        if let Some(m) = self.q8.and_then(|q| q.get(off, oc * c)) {
+            let out = &mut out[..rows * oc];
             q8_matmul_forward(out, inp, m);
             if let Some(b) = bias {
                 for row in out.chunks_mut(oc) {
@@ -186,8 +180,12 @@ pub(super) fn linear(
                     }
                 }
             }
+        } else if let Some(m) = bf16.and_then(|w| w.get(off, oc * c)) {
+            outin_forward(&mut out[..rows * oc], inp, m, bias, c, oc);
+        } else {
+            let (w, layout) = f32_w;
+            matmul_forward(self.precision, out, inp, w, layout, bias, c, oc);
         }
-        None => matmul_forward(precision, out, inp, w.0, w.1, bias, c, oc),
     }
 }
 

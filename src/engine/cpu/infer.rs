@@ -6,13 +6,14 @@
 //! ~2x per token at 900 tokens of context, in TLB and cache misses). Each row holds its own
 //! number of positions ([`KvCache::lens`]), so one pass can prefill some rows and decode others.
 
-use super::block::{block_forward, linear, norm_forward, BlockActs, Shape, Weights};
+use super::block::{block_forward, norm_forward, BlockActs, Shape, Weights};
 use super::train::attn_dims;
 use super::{built_once, CpuEngine};
 use crate::engine::{Feed, InferenceWeights, KvCache};
 use crate::kernels::cpu::attention::{attention_forward_cached, CachedQueries};
 use crate::kernels::cpu::encoder::encoder_forward;
 use crate::kernels::cpu::matmul::{Layout, Precision};
+use crate::kernels::cpu::matmul_bf16::Bf16;
 use crate::kernels::cpu::q8::Q8Matrix;
 use crate::kernels::cpu::rope::rope_forward;
 use crate::model::Gpt;
@@ -96,24 +97,31 @@ pub(crate) struct Q8Weights {
     pub(super) all_blocks: bool,
 }
 
+/// (offset in the parameters, outputs, inputs) of every block matrix.
+fn block_matrices(model: &Gpt) -> Vec<(usize, usize, usize)> {
+    let s = Shape::new(&model.config);
+    let c = s.c;
+    model
+        .table
+        .layers
+        .iter()
+        .flat_map(|o| {
+            [
+                (o.qkv_w, s.qkv, c),
+                (o.attproj_w, c, c),
+                (o.fc_w, s.mlp_in, c),
+                (o.fcproj_w, c, s.mlp),
+            ]
+        })
+        .collect()
+}
+
 impl Q8Weights {
     pub(super) fn new(model: &Gpt, group: usize) -> Q8Weights {
         let cfg = &model.config;
         let s = Shape::new(cfg);
         let (c, p, tb) = (s.c, &model.params, &model.table);
-        // (offset, out, in) of each block matrix.
-        let blocks: Vec<(usize, usize, usize)> = tb
-            .layers
-            .iter()
-            .flat_map(|o| {
-                [
-                    (o.qkv_w, s.qkv, c),
-                    (o.attproj_w, c, c),
-                    (o.fc_w, s.mlp_in, c),
-                    (o.fcproj_w, c, s.mlp),
-                ]
-            })
-            .collect();
+        let blocks = block_matrices(model);
         let mut mats = Vec::with_capacity(blocks.len() + 1);
         for &(off, out, inp) in &blocks {
             let w = &p[off..off + out * inp];
@@ -142,6 +150,65 @@ impl Q8Weights {
             .iter()
             .find(|(o, n, _)| *o == off && *n == len)
             .map(|(_, _, m)| m)
+    }
+}
+
+/// Every block matrix and the classifier in bf16, (out, in), for cached inference with
+/// [`crate::engine::InferenceWeights::Bf16`]: half the bytes of f32 to stream per decoded token,
+/// widened back to f32 as they are loaded (the activations stay f32; see
+/// `matmul::WeightValue`). A prefill multiplies the f32 parameters in bf16 (`matmul_bf16`),
+/// whose rounding of the weights is the same. Built at the first such pass, dropped when the
+/// optimizer changes the parameters.
+pub(crate) struct Bf16Weights {
+    data: Vec<Bf16>,
+    /// (offset in the parameters, number of values, offset in `data`), one per matrix.
+    at: Vec<(usize, usize, usize)>,
+}
+
+impl Bf16Weights {
+    pub(super) fn new(model: &Gpt) -> Bf16Weights {
+        let cfg = &model.config;
+        let (layout, c, vp) = (Shape::new(cfg).layout, cfg.n_embd, cfg.padded_vocab_size());
+        // The blocks in the parameters' layout, the classifier (vocab, C) either way.
+        let mut mats: Vec<(usize, usize, usize, Layout)> = block_matrices(model)
+            .into_iter()
+            .map(|(off, out, inp)| (off, out, inp, layout))
+            .collect();
+        mats.push((model.table.lm_head, vp, c, Layout::OutIn));
+        let mut at = Vec::with_capacity(mats.len());
+        let mut len = 0;
+        for &(off, out, inp, _) in &mats {
+            at.push((off, out * inp, len));
+            len += out * inp;
+        }
+        let mut data = vec![Bf16::default(); len];
+        let mut rest = &mut data[..];
+        let mut parts = Vec::with_capacity(mats.len());
+        for (off, out, inp, layout) in mats {
+            let (part, tail) = rest.split_at_mut(out * inp);
+            parts.push((&model.params[off..off + out * inp], out, inp, layout, part));
+            rest = tail;
+        }
+        parts
+            .into_par_iter()
+            .for_each(|(w, out, inp, layout, part)| {
+                for (j, row) in part.chunks_mut(inp).enumerate().take(out) {
+                    for (k, v) in row.iter_mut().enumerate() {
+                        *v = Bf16::round(match layout {
+                            Layout::OutIn => w[j * inp + k],
+                            Layout::InOut => w[k * out + j],
+                        });
+                    }
+                }
+            });
+        crate::perf::back_with_huge_pages(&data);
+        Bf16Weights { data, at }
+    }
+
+    /// The bf16 (out, in) form of the matrix at parameter offset `off` (`len` values).
+    pub(super) fn get(&self, off: usize, len: usize) -> Option<&[Bf16]> {
+        let &(_, n, at) = self.at.iter().find(|&&(o, n, _)| o == off && n == len)?;
+        Some(&self.data[at..at + n])
     }
 }
 
@@ -339,17 +406,24 @@ impl CpuEngine {
             InferenceWeights::Q8 { group } => Some(built_once(&self.q8_weights, || {
                 Q8Weights::new(&self.model, group)
             })),
-            InferenceWeights::F32 => None,
+            InferenceWeights::F32 | InferenceWeights::Bf16 => None,
         };
-        let transposed = (shape.layout == Layout::InOut && !q8.is_some_and(|q| q.all_blocks))
-            .then(|| built_once(&self.decode_weights, || DecodeWeights::new(&self.model)));
+        let bf16 = (self.inference == InferenceWeights::Bf16)
+            .then(|| built_once(&self.bf16_weights, || Bf16Weights::new(&self.model)));
+        let transposed =
+            (shape.layout == Layout::InOut && bf16.is_none() && !q8.is_some_and(|q| q.all_blocks))
+                .then(|| built_once(&self.decode_weights, || DecodeWeights::new(&self.model)));
         let w = Weights {
             p,
             bias: cfg.bias,
             layout: shape.layout,
             transposed,
             q8,
-            precision: Precision::F32,
+            bf16,
+            precision: match bf16 {
+                Some(_) => Precision::Bf16,
+                None => Precision::F32,
+            },
         };
         let dims = attn_dims(cfg, rows, w.precision);
         let (nh, nkv, hs, width) = (dims.n_head, dims.n_kv_head, dims.head_size, shape.qkv);
@@ -447,12 +521,11 @@ impl CpuEngine {
             w.b(tb.lnf_b, c),
             c,
         );
-        linear(
+        w.linear_with(
             &mut logits[..n_feeds * vp],
             &s.last[..n_feeds * c],
-            q8.and_then(|q| q.get(tb.lm_head, vp * c)),
+            tb.lm_head,
             (w.w(tb.lm_head, vp * c), Layout::OutIn),
-            w.precision,
             None,
             c,
             vp,

@@ -12,6 +12,7 @@ use crate::config::GptConfig;
 use crate::dist::Collective;
 use crate::kernels::cpu::adamw::{adamw_update, clip_grads, global_norm, norm_partials_len};
 use crate::kernels::cpu::matmul::{gemm_into, Precision, View};
+use crate::kernels::cpu::matmul_bf16::Kernel;
 use crate::kernels::cpu::rope::RopeTable;
 use crate::model::Gpt;
 use anyhow::Result;
@@ -51,6 +52,9 @@ pub struct CpuEngine {
     /// With `InferenceWeights::Q8`: the block matrices and classifier in int8, built at the
     /// first cached pass and dropped by `update` (as `decode_weights`).
     q8_weights: OnceLock<infer::Q8Weights>,
+    /// With `InferenceWeights::Bf16`: the block matrices and classifier in bf16, built and
+    /// dropped like `q8_weights`.
+    bf16_weights: OnceLock<infer::Bf16Weights>,
     /// A Llama's rotary angles for every position up to `block_size`.
     rope: Option<RopeTable>,
     /// What training's matrix products multiply in (`Engine::set_training_dtype`).
@@ -83,6 +87,7 @@ impl CpuEngine {
             decode_weights: OnceLock::new(),
             inference: InferenceWeights::F32,
             q8_weights: OnceLock::new(),
+            bf16_weights: OnceLock::new(),
             rope,
             precision: Precision::F32,
         }
@@ -105,7 +110,13 @@ impl Engine for CpuEngine {
         static BF16: OnceLock<f64> = OnceLock::new();
         let (cell, what) = match self.precision {
             Precision::F32 => (&F32, "measured f32 matmul peak of this CPU"),
-            Precision::Bf16 => (&BF16, "measured bf16 matmul peak of this CPU"),
+            Precision::Bf16 => match Kernel::detect() {
+                Kernel::Avx512 => (&BF16, "measured bf16 matmul peak of this CPU"),
+                Kernel::Portable => (
+                    &BF16,
+                    "measured bf16 matmul peak of this CPU, which has no AVX512-BF16: bf16 runs on a portable path, slower than float32",
+                ),
+            },
         };
         let peak = *built_once(cell, || measure_cpu_peak_tflops(self.precision));
         (peak, what)
@@ -156,6 +167,7 @@ impl Engine for CpuEngine {
         self.opt.step += 1;
         self.decode_weights = OnceLock::new();
         self.q8_weights = OnceLock::new();
+        self.bf16_weights = OnceLock::new();
         let hyper = AdamW { lr, ..self.hyper };
         adamw_update(
             &mut self.model.params,
@@ -215,6 +227,7 @@ impl Engine for CpuEngine {
         if w != self.inference {
             self.inference = w;
             self.q8_weights = OnceLock::new();
+            self.bf16_weights = OnceLock::new();
         }
         Ok(())
     }

@@ -5,7 +5,7 @@
 //! Products run in f32 or, for bf16 training, in bf16 (`matmul_bf16`): the same views either way.
 
 use super::math::{dot, min_items_per_task, min_rows_per_task, SharedMut};
-use super::matmul_bf16::{gemm_bf16, Kernel};
+use super::matmul_bf16::{bf16_value, gemm_bf16, Bf16, Kernel};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -259,19 +259,92 @@ fn skinny_forward(
                     }
                 });
         }
-        // W is (oc, c): each output is a dot product of two contiguous rows.
-        Layout::OutIn => {
-            let min = min_items_per_task(TASK_COLS * c * rows);
-            (0..oc.div_ceil(TASK_COLS))
-                .into_par_iter()
-                .with_min_len(min)
-                .for_each(|t| {
-                    let (o0, o1) = (t * TASK_COLS, ((t + 1) * TASK_COLS).min(oc));
-                    // SAFETY: this task alone writes columns [o0, o1) of every row.
-                    unsafe { outin_rows(out_ptr.get(), inp, w, bias, c, oc, o0, o1) }
-                });
+        Layout::OutIn => outin_forward(out, inp, w, bias, c, oc),
+    }
+}
+
+/// A weight value the few-rows path reads: f32, or bf16 (`sample --dtype=bfloat16`: half the
+/// bytes to stream, widened to f32 as it is loaded; the activations stay f32).
+pub trait WeightValue: Copy + Send + Sync + 'static {
+    fn to_f32(self) -> f32;
+    /// Whether this CPU runs the AVX-512 tiles for this type.
+    #[cfg(target_arch = "x86_64")]
+    fn avx512() -> bool;
+    /// 16 values at `p` (the first `n`, zeros after) as f32 lanes.
+    ///
+    /// # Safety
+    /// `p` must address `n` values; only call from code compiled with AVX-512 F and BW.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(p: *const Self, n: usize) -> std::arch::x86_64::__m512;
+}
+
+impl WeightValue for f32 {
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[cfg(target_arch = "x86_64")]
+    fn avx512() -> bool {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const f32, n: usize) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        if n >= 16 {
+            _mm512_loadu_ps(p)
+        } else {
+            _mm512_maskz_loadu_ps(((1u32 << n) - 1) as __mmask16, p)
         }
     }
+}
+
+impl WeightValue for Bf16 {
+    fn to_f32(self) -> f32 {
+        bf16_value(self.0)
+    }
+    #[cfg(target_arch = "x86_64")]
+    fn avx512() -> bool {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const Bf16, n: usize) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        let halves = if n >= 16 {
+            _mm256_loadu_si256(p as *const __m256i)
+        } else {
+            _mm256_maskz_loadu_epi16(((1u32 << n) - 1) as __mmask16, p as *const i16)
+        };
+        // bf16 is the top half of an f32: widen, shift into place.
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(halves)))
+    }
+}
+
+/// out (rows, oc) = inp (rows, c) @ W^T + bias for W (oc, c) of f32 or bf16 values, for a few
+/// rows: each output is a dot product of two contiguous rows, blocks of outputs split across
+/// cores.
+pub fn outin_forward<W: WeightValue>(
+    out: &mut [f32],
+    inp: &[f32],
+    w: &[W],
+    bias: Option<&[f32]>,
+    c: usize,
+    oc: usize,
+) {
+    let rows = inp.len() / c;
+    assert!(out.len() >= rows * oc && w.len() >= c * oc);
+    let out_ptr = SharedMut(out.as_mut_ptr());
+    let min = min_items_per_task(TASK_COLS * c * rows);
+    (0..oc.div_ceil(TASK_COLS))
+        .into_par_iter()
+        .with_min_len(min)
+        .for_each(|t| {
+            let (o0, o1) = (t * TASK_COLS, ((t + 1) * TASK_COLS).min(oc));
+            // SAFETY: this task alone writes columns [o0, o1) of every row.
+            unsafe { outin_rows(out_ptr.get(), inp, w, bias, c, oc, o0, o1) }
+        });
 }
 
 /// out[r][o] = x[r] . W[o] + b[o] for every row of `inp` and o in `o0..o1`, W (oc, c).
@@ -279,10 +352,10 @@ fn skinny_forward(
 /// # Safety
 /// `out` must address `rows * oc` values, of which the caller owns columns `o0..o1`.
 #[allow(clippy::too_many_arguments)]
-unsafe fn outin_rows(
+unsafe fn outin_rows<W: WeightValue>(
     out: *mut f32,
     inp: &[f32],
-    w: &[f32],
+    w: &[W],
     bias: Option<&[f32]>,
     c: usize,
     oc: usize,
@@ -291,37 +364,42 @@ unsafe fn outin_rows(
 ) {
     assert!(w.len() >= o1 * c);
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
+    if W::avx512() {
         return avx512::outin_rows(out, inp, w, bias, c, oc, o0, o1);
     }
     outin_rows_portable(out, inp, w, bias, c, oc, o0, o1)
 }
 
-/// [`outin_rows`] without AVX-512: row by row, so the first row streams the block of W from
-/// memory and the others find it in cache.
+/// [`outin_rows`] without AVX-512: output by output, each weight row widened to f32 once
+/// and dotted with every input row.
 ///
 /// # Safety
 /// As [`outin_rows`].
 #[allow(clippy::too_many_arguments)]
-unsafe fn outin_rows_portable(
+unsafe fn outin_rows_portable<W: WeightValue>(
     out: *mut f32,
     inp: &[f32],
-    w: &[f32],
+    w: &[W],
     bias: Option<&[f32]>,
     c: usize,
     oc: usize,
     o0: usize,
     o1: usize,
 ) {
-    for (r, x) in inp.chunks_exact(c).enumerate() {
-        for o in o0..o1 {
-            *out.add(r * oc + o) = dot(x, &w[o * c..(o + 1) * c]) + bias.map_or(0.0, |b| b[o]);
+    let mut row = vec![0.0f32; c];
+    for o in o0..o1 {
+        for (v, &x) in row.iter_mut().zip(&w[o * c..(o + 1) * c]) {
+            *v = x.to_f32();
+        }
+        for (r, x) in inp.chunks_exact(c).enumerate() {
+            *out.add(r * oc + o) = dot(x, &row) + bias.map_or(0.0, |b| b[o]);
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
+    use super::WeightValue;
     use std::arch::x86_64::*;
 
     /// [`super::outin_rows`] with AVX-512. Tiles of `OUTS` weight rows x up to 4 input rows
@@ -330,12 +408,12 @@ mod avx512 {
     /// more memory requests in flight; several take 4 (16 sums with 4 rows). Each output is 16
     /// lane-wise partial sums over k in order (the last lanes masked), then added across lanes,
     /// then the bias: the same bits whatever the tile.
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512bw")]
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn outin_rows(
+    pub(super) unsafe fn outin_rows<W: WeightValue>(
         out: *mut f32,
         inp: &[f32],
-        w: &[f32],
+        w: &[W],
         bias: Option<&[f32]>,
         c: usize,
         oc: usize,
@@ -343,18 +421,18 @@ mod avx512 {
         o1: usize,
     ) {
         if inp.len() == c {
-            sweep::<1>(out, inp, w, bias, c, oc, o0, o1)
+            sweep::<W, 1>(out, inp, w, bias, c, oc, o0, o1)
         } else {
-            sweep::<4>(out, inp, w, bias, c, oc, o0, o1)
+            sweep::<W, 4>(out, inp, w, bias, c, oc, o0, o1)
         }
     }
 
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512bw")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn sweep<const OUTS: usize>(
+    unsafe fn sweep<W: WeightValue, const OUTS: usize>(
         out: *mut f32,
         inp: &[f32],
-        w: &[f32],
+        w: &[W],
         bias: Option<&[f32]>,
         c: usize,
         oc: usize,
@@ -366,37 +444,37 @@ mod avx512 {
         while o < o1 {
             let n_out = (o1 - o).min(OUTS);
             // A short last tile repeats its last row (computed, not written).
-            let wr: [*const f32; OUTS] =
+            let wr: [*const W; OUTS] =
                 std::array::from_fn(|i| w.as_ptr().add((o + i.min(n_out - 1)) * c));
             let mut r = 0;
             while r + 4 <= rows {
                 let xr: [*const f32; 4] = std::array::from_fn(|j| inp.as_ptr().add((r + j) * c));
-                store(out, &tile::<4, OUTS>(wr, xr, c), r, o, n_out, oc, bias);
+                store(out, &tile::<W, 4, OUTS>(wr, xr, c), r, o, n_out, oc, bias);
                 r += 4;
             }
             while r + 2 <= rows {
                 let xr = [inp.as_ptr().add(r * c), inp.as_ptr().add((r + 1) * c)];
-                store(out, &tile::<2, OUTS>(wr, xr, c), r, o, n_out, oc, bias);
+                store(out, &tile::<W, 2, OUTS>(wr, xr, c), r, o, n_out, oc, bias);
                 r += 2;
             }
             if r < rows {
-                let sums = tile::<1, OUTS>(wr, [inp.as_ptr().add(r * c)], c);
+                let sums = tile::<W, 1, OUTS>(wr, [inp.as_ptr().add(r * c)], c);
                 store(out, &sums, r, o, n_out, oc, bias);
             }
             o += n_out;
         }
     }
 
-    /// How far ahead (in floats, 4 KiB) each weight row's stream is prefetched: a tile's rows
+    /// How far ahead (in bytes, 1024 f32 values) each weight row's stream is prefetched: a tile's rows
     /// are read a line at a time each, which the hardware prefetcher picks up late when rows
     /// are short. Its effect here was within this VM's run-to-run noise (10-20%); it was in
     /// place for every decode figure in the notes.
-    const PREFETCH: usize = 1024;
+    const PREFETCH: usize = 4096;
 
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512bw")]
     #[inline]
-    unsafe fn tile<const ROWS: usize, const OUTS: usize>(
-        wr: [*const f32; OUTS],
+    unsafe fn tile<W: WeightValue, const ROWS: usize, const OUTS: usize>(
+        wr: [*const W; OUTS],
         xr: [*const f32; ROWS],
         c: usize,
     ) -> [[f32; OUTS]; ROWS] {
@@ -404,9 +482,10 @@ mod avx512 {
         let mut k = 0;
         while k + 16 <= c {
             for p in wr {
-                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(k + PREFETCH) as *const i8);
+                let ahead = (p.wrapping_add(k) as *const i8).wrapping_add(PREFETCH);
+                _mm_prefetch::<_MM_HINT_T0>(ahead);
             }
-            let wv: [__m512; OUTS] = std::array::from_fn(|i| _mm512_loadu_ps(wr[i].add(k)));
+            let wv: [__m512; OUTS] = std::array::from_fn(|i| W::load16(wr[i].add(k), 16));
             for (a, x) in acc.iter_mut().zip(xr) {
                 let xv = _mm512_loadu_ps(x.add(k));
                 for (ai, &wi) in a.iter_mut().zip(&wv) {
@@ -417,8 +496,7 @@ mod avx512 {
         }
         if k < c {
             let m: __mmask16 = ((1u32 << (c - k)) - 1) as __mmask16;
-            let wv: [__m512; OUTS] =
-                std::array::from_fn(|i| _mm512_maskz_loadu_ps(m, wr[i].add(k)));
+            let wv: [__m512; OUTS] = std::array::from_fn(|i| W::load16(wr[i].add(k), c - k));
             for (a, x) in acc.iter_mut().zip(xr) {
                 let xv = _mm512_maskz_loadu_ps(m, x.add(k));
                 for (ai, &wi) in a.iter_mut().zip(&wv) {
@@ -622,6 +700,30 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn bf16_weights_match_f64_of_the_rounded_weights_on_both_paths() {
+        for (c, oc, rows) in [(37, 150, 1), (64, 128, 3), (129, 7, 5), (16, 300, 16)] {
+            let (w, b, x) = (fill(c * oc, 7), fill(oc, 8), fill(rows * c, 9));
+            let wb: Vec<Bf16> = w.iter().map(|&v| Bf16::round(v)).collect();
+            let rounded: Vec<f32> = wb.iter().map(|v| v.to_f32()).collect();
+            let want = reference(&x, &rounded, Layout::OutIn, Some(&b), c, oc);
+            let mut fast = vec![0.0f32; rows * oc];
+            outin_forward(&mut fast, &x, &wb, Some(&b), c, oc);
+            let mut portable = vec![0.0f32; rows * oc];
+            // SAFETY: `portable` holds rows x oc values and this call owns every column.
+            unsafe { outin_rows_portable(portable.as_mut_ptr(), &x, &wb, Some(&b), c, oc, 0, oc) };
+            for (got, what) in [(&fast, "dispatched"), (&portable, "portable")] {
+                for (&g, &w) in got.iter().zip(&want) {
+                    let tol = 1e-5 * (1.0 + w.abs()) * (c as f64).sqrt();
+                    assert!(
+                        (g as f64 - w).abs() <= tol,
+                        "{what} c={c} oc={oc}: {g} vs {w}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

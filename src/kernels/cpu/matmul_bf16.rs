@@ -50,6 +50,17 @@ pub fn bf16_bits(x: f32) -> u16 {
     ((u + 0x7fff + ((u >> 16) & 1)) >> 16) as u16
 }
 
+/// A bf16 value (its bits): what `sample --dtype=bfloat16` keeps its weights in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(transparent)]
+pub struct Bf16(pub u16);
+
+impl Bf16 {
+    pub fn round(x: f32) -> Bf16 {
+        Bf16(bf16_bits(x))
+    }
+}
+
 /// The f32 value of bf16 bits.
 #[inline(always)]
 pub fn bf16_value(bits: u16) -> f32 {
