@@ -9,9 +9,10 @@
 #   convert_hf_to_gguf.py --outtype f32); ours uses random weights of the same shape (decoding
 #   cost does not depend on the values). Threads: 2 on both sides (THREADS=...).
 #   DTYPE=int8 times ours with Q8_0 weights (`bench --dtype=int8`): give a q8_0 GGUF
-#   (convert_hf_to_gguf.py --outtype q8_0) for the llama.cpp side.
+#   (convert_hf_to_gguf.py --outtype q8_0) for the llama.cpp side; DTYPE=bfloat16 with bf16
+#   weights: give an f16 GGUF (--outtype f16), the same bytes per weight.
 set -euo pipefail
-[ $# -ge 3 ] || { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+[ $# -ge 3 ] || { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 NANOGPT=$1; GGUF=$2; LLAMA_BENCH=$3; ROUNDS=${4:-3}; THREADS=${THREADS:-2}; DTYPE=${DTYPE:-float32}
 ours() { # prompt_len new -> "decode_tok_s prompt_tok_s"
     "$NANOGPT" --threads "$THREADS" bench --generate --batch_size=1 --prompt_len="$1" \

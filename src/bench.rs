@@ -56,14 +56,11 @@ impl BenchArgs {
             bail!("--peak_tflops must be a positive number, got {p}");
         }
         let (inference, training) = match (self.dtype.trim(), self.generate) {
-            ("float32", _) => (InferenceWeights::F32, Dtype::Float32),
-            ("int8", true) => (InferenceWeights::Q8 { group: 64 }, Dtype::Float32),
+            (d, true) => (d.parse()?, Dtype::Float32),
             ("int8", false) => {
                 bail!("--dtype=int8 is for inference: add --generate, or train in float32 or bfloat16")
             }
-            ("bfloat16", false) => (InferenceWeights::F32, Dtype::Bfloat16),
-            ("bfloat16", true) => (InferenceWeights::Bf16, Dtype::Float32),
-            (d, _) => bail!("--dtype={d}: expected float32, bfloat16 or int8"),
+            (d, false) => (InferenceWeights::F32, d.parse()?),
         };
         Ok(BenchOptions {
             inference,
@@ -182,8 +179,9 @@ pub struct GenerateReport {
     pub batch_size: usize,
     pub prompt_len: usize,
     pub max_new_tokens: usize,
-    /// "float32", "bfloat16" or "int8" (Q8_0).
-    pub dtype: &'static str,
+    /// float32, bfloat16 or int8 (Q8_0).
+    #[serde(serialize_with = "crate::bench::as_text")]
+    pub dtype: InferenceWeights,
     pub peak_rss_mib: Option<f64>,
     pub config: GptConfig,
 }
@@ -248,14 +246,15 @@ pub fn run_generate_bench(
         batch_size: b,
         prompt_len,
         max_new_tokens,
-        dtype: match opts.inference {
-            InferenceWeights::F32 => "float32",
-            InferenceWeights::Q8 { .. } => "int8",
-            InferenceWeights::Bf16 => "bfloat16",
-        },
+        dtype: opts.inference,
         peak_rss_mib: peak_rss_mib(),
         config: cfg.clone(),
     })
+}
+
+/// A value as its `Display` text in JSON.
+fn as_text<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
 }
 
 #[cfg(test)]

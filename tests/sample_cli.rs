@@ -411,6 +411,30 @@ fn repetition_table_on_tiny_gpt2() {
     assert!(v["rows"][0]["loop_share"].as_f64().unwrap() >= 0.5);
 }
 
+/// `repetition --dtype` measures the same settings with bf16 or int8 weights (tiny-gpt2's
+/// greedy loops do not depend on the weights' precision), and refuses what it does not know.
+#[test]
+fn repetition_takes_a_dtype() {
+    for dtype in ["bfloat16", "int8"] {
+        let args = RepetitionArgs::parse_from([
+            tiny_arg(),
+            s("--settings=greedy"),
+            s("--max_new_tokens=64"),
+            format!("--dtype={dtype}"),
+        ])
+        .unwrap();
+        let report = run_repetition(&args, &mut Vec::new(), &mut Vec::new()).unwrap();
+        assert_eq!(report.rows[0].stats.tokens, 6 * 64, "{dtype}");
+        assert!(report.rows[0].stats.loop_share >= 0.5, "{dtype}");
+    }
+    let args = RepetitionArgs::parse_from([tiny_arg(), s("--dtype=int4")]).unwrap();
+    let e = format!(
+        "{:#}",
+        run_repetition(&args, &mut Vec::new(), &mut Vec::new()).unwrap_err()
+    );
+    assert!(e.contains("--dtype=int4"), "{e}");
+}
+
 #[test]
 fn repetition_rejects_unknown_settings_and_bad_prompt_files() {
     let args = RepetitionArgs::parse_from([tiny_arg(), s("--settings=greedy,nonsense")]).unwrap();

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use knobs::Knobs;
 use nanogpt::bench::{run_generate_bench, run_train_bench, BenchArgs};
-use nanogpt::engine::Device;
+use nanogpt::engine::{Device, InferenceWeights};
 use nanogpt::sample::{RepetitionArgs, SampleArgs};
 use nanogpt::train::TrainConfig;
 use output::{print_arithmetic_report, Interrupt, LiveLog, Tolerant};
@@ -109,6 +109,9 @@ enum EvalCommand {
         /// cpu, cuda or auto (a GPU when there is one).
         #[arg(long, default_value_t = Device::Auto)]
         device: Device,
+        /// float32, bfloat16 or int8: the weights the answers are generated with.
+        #[arg(long, default_value_t = InferenceWeights::F32)]
+        dtype: InferenceWeights,
     },
 }
 
@@ -190,12 +193,14 @@ pub fn run() -> Result<i32> {
                     name,
                     json,
                     device,
+                    dtype,
                 },
         } => {
             let (model, state) = nanogpt::load::trained(&out_dir)?;
             let data_dir = data_dir.unwrap_or_else(|| PathBuf::from(&state.train.data_dir));
             let name = name.unwrap_or(state.train.dataset);
-            let engine = nanogpt::engine::open(model, device)?;
+            let mut engine = nanogpt::engine::open(model, device)?;
+            engine.set_inference_weights(dtype)?;
             let report =
                 nanogpt::arithmetic::eval::evaluate(engine.as_ref(), &data_dir.join(name))?;
             if json {

@@ -125,6 +125,29 @@ pub enum InferenceWeights {
     Bf16,
 }
 
+/// `--dtype=float32|bfloat16|int8` of the commands that generate (int8: groups of 64).
+impl FromStr for InferenceWeights {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<InferenceWeights> {
+        match s.trim() {
+            "float32" => Ok(InferenceWeights::F32),
+            "bfloat16" => Ok(InferenceWeights::Bf16),
+            "int8" => Ok(InferenceWeights::Q8 { group: 64 }),
+            d => bail!("--dtype={d}: expected float32, bfloat16 or int8"),
+        }
+    }
+}
+
+impl fmt::Display for InferenceWeights {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            InferenceWeights::F32 => "float32",
+            InferenceWeights::Bf16 => "bfloat16",
+            InferenceWeights::Q8 { .. } => "int8",
+        })
+    }
+}
+
 /// One sequence's new tokens in a cached forward pass: `tokens` are appended to cache row `row`
 /// after the positions it already holds.
 #[derive(Clone, Copy, Debug)]

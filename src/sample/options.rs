@@ -383,6 +383,9 @@ crate::knobs! {
             json: bool = false,
             /// cpu, cuda or auto (the CPU until the CUDA backend has passed its GPU check)
             device: Device = Device::Auto,
+            /// float32, bfloat16 or int8: the weights the generations compute with (as
+            /// `sample --dtype`)
+            dtype: Option<String> = None,
         }
     }
 }

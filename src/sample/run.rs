@@ -231,7 +231,18 @@ pub fn run_repetition(
     }
     let prompts = read_prompts(args.prompts.as_deref())?;
     let loaded = load::for_sampling(&args.model, err)?;
-    let engine = engine::open(loaded.model, args.device)?;
+    let file_q8 = loaded
+        .int8_group
+        .map(|group| InferenceWeights::Q8 { group });
+    let weights = dtype_weights(
+        args.dtype.as_deref(),
+        InferenceWeights::F32,
+        file_q8,
+        &loaded,
+        err,
+    )?;
+    let mut engine = engine::open(loaded.model, args.device)?;
+    engine.set_inference_weights(weights)?;
     let (model, tok) = (engine.as_ref(), &loaded.tokenizer);
     let mut encoded = Vec::with_capacity(prompts.len());
     for (i, p) in prompts.iter().enumerate() {
@@ -315,11 +326,20 @@ pub fn inference_weights(
         SamplerKind::RunC => file_q8.unwrap_or(InferenceWeights::F32),
         SamplerKind::Nanogpt => InferenceWeights::F32,
     };
-    let w = match args.dtype.as_deref().map(str::trim) {
+    dtype_weights(args.dtype.as_deref(), default, file_q8, loaded, err)
+}
+
+/// The weights `--dtype` names (`default` without one; a llama2.c v2 file's own int8 group
+/// as `file_q8`), with a note when int8 cannot use its group everywhere.
+fn dtype_weights(
+    dtype: Option<&str>,
+    default: InferenceWeights,
+    file_q8: Option<InferenceWeights>,
+    loaded: &load::LoadedModel,
+    err: &mut dyn Write,
+) -> Result<InferenceWeights> {
+    let w = match dtype.map(str::trim) {
         None => default,
-        Some("float32") => InferenceWeights::F32,
-        Some("int8") => file_q8.unwrap_or(InferenceWeights::Q8 { group: 64 }),
-        Some("bfloat16") => InferenceWeights::Bf16,
         Some("float16") => {
             writeln!(
                 err,
@@ -327,7 +347,10 @@ pub fn inference_weights(
             )?;
             InferenceWeights::Bf16
         }
-        Some(d) => bail!("--dtype={d}: expected float32, bfloat16 or int8"),
+        Some(d) => match d.parse()? {
+            InferenceWeights::Q8 { .. } => file_q8.unwrap_or(InferenceWeights::Q8 { group: 64 }),
+            w => w,
+        },
     };
     if let InferenceWeights::Q8 { group } = w {
         let cfg = &loaded.model.config;
