@@ -267,9 +267,6 @@ fn skinny_forward(
 /// bytes to stream, widened to f32 as it is loaded; the activations stay f32).
 pub trait WeightValue: Copy + Send + Sync + 'static {
     fn to_f32(self) -> f32;
-    /// Whether this CPU runs the AVX-512 tiles for this type.
-    #[cfg(target_arch = "x86_64")]
-    fn avx512() -> bool;
     /// 16 values at `p` (the first `n`, zeros after) as f32 lanes.
     ///
     /// # Safety
@@ -281,11 +278,6 @@ pub trait WeightValue: Copy + Send + Sync + 'static {
 impl WeightValue for f32 {
     fn to_f32(self) -> f32 {
         self
-    }
-    #[cfg(target_arch = "x86_64")]
-    fn avx512() -> bool {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
@@ -302,11 +294,6 @@ impl WeightValue for f32 {
 impl WeightValue for Bf16 {
     fn to_f32(self) -> f32 {
         bf16_value(self.0)
-    }
-    #[cfg(target_arch = "x86_64")]
-    fn avx512() -> bool {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
@@ -363,8 +350,12 @@ unsafe fn outin_rows<W: WeightValue>(
     o1: usize,
 ) {
     assert!(w.len() >= o1 * c);
+    // The tiles load bf16 with AVX-512 BW's 16-bit masks (f32 needs only F; every CPU with
+    // AVX-512 but Xeon Phi has both).
     #[cfg(target_arch = "x86_64")]
-    if W::avx512() {
+    if std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+    {
         return avx512::outin_rows(out, inp, w, bias, c, oc, o0, o1);
     }
     outin_rows_portable(out, inp, w, bias, c, oc, o0, o1)
