@@ -267,6 +267,12 @@ fn skinny_forward(
 /// bytes to stream, widened to f32 as it is loaded; the activations stay f32).
 pub trait WeightValue: Copy + Send + Sync + 'static {
     fn to_f32(self) -> f32;
+    /// `row` as f32 values: itself for f32, else widened into `buf`.
+    fn widen<'a>(row: &'a [Self], buf: &'a mut Vec<f32>) -> &'a [f32] {
+        buf.clear();
+        buf.extend(row.iter().map(|x| x.to_f32()));
+        buf
+    }
     /// 16 values at `p` (the first `n`, zeros after) as f32 lanes.
     ///
     /// # Safety
@@ -278,6 +284,9 @@ pub trait WeightValue: Copy + Send + Sync + 'static {
 impl WeightValue for f32 {
     fn to_f32(self) -> f32 {
         self
+    }
+    fn widen<'a>(row: &'a [f32], _: &'a mut Vec<f32>) -> &'a [f32] {
+        row
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
@@ -361,8 +370,8 @@ unsafe fn outin_rows<W: WeightValue>(
     outin_rows_portable(out, inp, w, bias, c, oc, o0, o1)
 }
 
-/// [`outin_rows`] without AVX-512: output by output, each weight row widened to f32 once
-/// and dotted with every input row.
+/// [`outin_rows`] without AVX-512: output by output, each weight row (widened to f32 once if
+/// it is bf16) dotted with every input row.
 ///
 /// # Safety
 /// As [`outin_rows`].
@@ -377,13 +386,11 @@ unsafe fn outin_rows_portable<W: WeightValue>(
     o0: usize,
     o1: usize,
 ) {
-    let mut row = vec![0.0f32; c];
+    let mut buf = Vec::new();
     for o in o0..o1 {
-        for (v, &x) in row.iter_mut().zip(&w[o * c..(o + 1) * c]) {
-            *v = x.to_f32();
-        }
+        let row = W::widen(&w[o * c..(o + 1) * c], &mut buf);
         for (r, x) in inp.chunks_exact(c).enumerate() {
-            *out.add(r * oc + o) = dot(x, &row) + bias.map_or(0.0, |b| b[o]);
+            *out.add(r * oc + o) = dot(x, row) + bias.map_or(0.0, |b| b[o]);
         }
     }
 }

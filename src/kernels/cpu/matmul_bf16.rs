@@ -244,10 +244,8 @@ fn pack_all_a(p: Product, dst: &mut Vec<u32>) {
     // buffer only grows: zeroing it each time was 3% of a bf16 training step.
     grow(dst, rows * (p.k.div_ceil(2) + 1));
     let out = SharedU32(dst.as_mut_ptr());
-    let blocks: Vec<_> = k_blocks(p.k).collect();
-    let tasks: Vec<(usize, usize, usize, usize)> = blocks
-        .iter()
-        .flat_map(|&(_, pc, kc)| {
+    let tasks: Vec<(usize, usize, usize, usize)> = k_blocks(p.k)
+        .flat_map(|(_, pc, kc)| {
             (0..p.m)
                 .step_by(ROWS)
                 .map(move |i0| (pc, kc, i0, ROWS.min(p.m - i0)))
@@ -424,7 +422,9 @@ fn pack_a(kernel: Kernel, dst: &mut [u32], a: View, i0: usize, mc: usize, k0: us
     match kernel {
         // SAFETY: the caller's view covers these rows and columns; dst holds MC x kcp pairs.
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 => unsafe { avx512::pack_a(dst, a, i0, mc, k0, kc) },
+        Kernel::Avx512 if a.cs == 1 || a.rs == 1 => unsafe {
+            avx512::pack_a(dst, a, i0, mc, k0, kc)
+        },
         _ => {
             let (rs, ps) = ALayout::of(a).strides(kcp);
             for i in 0..mc.next_multiple_of(MR) {
@@ -449,7 +449,9 @@ fn pack_b(kernel: Kernel, dst: &mut [u32], b: View, k0: usize, kc: usize, j0: us
     match kernel {
         // SAFETY: the caller's view covers these rows and columns; dst holds NC x kcp pairs.
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 => unsafe { avx512::pack_b(dst, b, k0, kc, j0, nc) },
+        Kernel::Avx512 if b.cs == 1 || b.rs == 1 => unsafe {
+            avx512::pack_b(dst, b, k0, kc, j0, nc)
+        },
         _ => {
             for j in 0..nc.next_multiple_of(NR) {
                 for p in 0..kcp {
@@ -539,7 +541,7 @@ mod avx512 {
         ((1u32 << n.min(16)) - 1) as __mmask16
     }
 
-    /// `super::pack_a` with AVX-512.
+    /// `super::pack_a` with AVX-512, for an A whose rows or columns are contiguous.
     #[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
     pub(super) unsafe fn pack_a(
         dst: &mut [u32],
@@ -562,7 +564,8 @@ mod avx512 {
                 }
                 dst[mc * kcp..padded * kcp].fill(0);
             }
-            ALayout::Pairs if a.rs == 1 => {
+            ALayout::Pairs => {
+                assert_eq!(a.rs, 1, "pack_a: rows or columns must be contiguous");
                 // Columns contiguous (A is a transpose): a k pair of MR rows is two source rows
                 // interleaved, stored as it comes, zeros past mc.
                 for r0 in (0..mc).step_by(MR) {
@@ -579,18 +582,6 @@ mod avx512 {
                         };
                         let out = panel.add(p * MR) as *mut _;
                         _mm512_mask_storeu_epi32(out, mask(MR), interleave(even, odd));
-                    }
-                }
-            }
-            ALayout::Pairs => {
-                for i in 0..padded {
-                    let panel = d.add((i / MR) * MR * kcp + i % MR);
-                    for p in 0..kcp {
-                        *panel.add(p * MR) = if i < mc {
-                            super::pair(a, i0 + i, k0 + 2 * p, k0 + kc)
-                        } else {
-                            0
-                        };
                     }
                 }
             }
@@ -620,7 +611,7 @@ mod avx512 {
         }
     }
 
-    /// `super::pack_b` with AVX-512.
+    /// `super::pack_b` with AVX-512, for a B whose rows or columns are contiguous.
     #[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
     pub(super) unsafe fn pack_b(
         dst: &mut [u32],
@@ -682,15 +673,7 @@ mod avx512 {
                 }
             }
         } else {
-            for j in 0..panels * NR {
-                for p in 0..kcp {
-                    *d.add((j / NR) * kcp * NR + p * NR + j % NR) = if j < nc {
-                        super::pair(b.t(), j0 + j, k0 + 2 * p, k0 + kc)
-                    } else {
-                        0
-                    };
-                }
-            }
+            panic!("pack_b: rows or columns must be contiguous");
         }
     }
 
@@ -710,7 +693,7 @@ mod avx512 {
         t: Tile,
     ) {
         assert!(a.len() >= MR * kcp && b.len() >= NR * kcp);
-        assert!(a_rs * (MR - 1) + a_ps * (kcp - 1) < MR * kcp || kcp == 0);
+        assert!(kcp == 0 || a_rs * (MR - 1) + a_ps * (kcp - 1) < MR * kcp);
         let mut acc = [_mm512_setzero_ps(); 2 * MR];
         if kcp > 0 {
             let (ld, step) = (a_rs * 4, a_ps * 4);
