@@ -96,6 +96,14 @@ fn repeated_ops_and_no_training_problems_are_refused() {
             },
             "train_per_op",
         ),
+        (
+            ArithmeticOptions {
+                ops: vec![Op::Add, Op::Mul],
+                mul_train_factor: 0,
+                ..ArithmeticOptions::default()
+            },
+            "mul_train_factor",
+        ),
     ] {
         let err = match prepare_arithmetic(&opts, &dir) {
             Ok(_) => panic!("{mention}: prepared a dataset"),

@@ -33,6 +33,9 @@ pub struct ArithmeticOptions {
     /// Division, the hardest operation, gets this many times `train_per_op` training problems.
     #[serde(default = "one")]
     pub div_train_factor: usize,
+    /// Multiplication, the next hardest, gets this many times `train_per_op`.
+    #[serde(default = "one")]
+    pub mul_train_factor: usize,
     /// Relative frequency of each dividend length (min_digits..=max_digits) among the training
     /// divisions; `None` weighs length n by n(n+1)/2 (1 : 3 : 6 for 1 to 3 digits). Held-out
     /// problems stay uniform over lengths, so each length is measured alike.
@@ -53,6 +56,7 @@ impl Default for ArithmeticOptions {
             max_divisor_digits: 2,
             train_per_op: 100_000,
             div_train_factor: 3,
+            mul_train_factor: 1,
             dividend_weights: None,
             test_per_op: 1000,
             seed: 1337,
@@ -60,7 +64,7 @@ impl Default for ArithmeticOptions {
     }
 }
 
-/// Datasets written before the factor existed gave division `train_per_op` problems.
+/// Datasets written before a factor existed gave its operation `train_per_op` problems.
 fn one() -> usize {
     1
 }
@@ -74,6 +78,16 @@ impl ArithmeticOptions {
             dividend_width: self.max_digits,
             divisor_width: self.max_divisor_digits.min(self.max_digits),
         }
+    }
+
+    /// How many training problems `op` gets.
+    fn train_count(&self, op: Op) -> usize {
+        self.train_per_op
+            * match op {
+                Op::Mul => self.mul_train_factor,
+                Op::Div => self.div_train_factor,
+                Op::Add | Op::Sub => 1,
+            }
     }
 
     /// The dividend-length weights, one per length from min_digits to max_digits.
@@ -235,8 +249,13 @@ pub fn prepare_arithmetic(opts: &ArithmeticOptions, out_dir: &Path) -> Result<Ar
             weights
         );
     }
-    if opts.ops.contains(&Op::Div) && opts.div_train_factor == 0 {
-        bail!("div_train_factor must be at least 1: division would have no training problems");
+    for (op, name) in [(Op::Mul, "mul_train_factor"), (Op::Div, "div_train_factor")] {
+        if opts.ops.contains(&op) && opts.train_count(op) == 0 {
+            bail!(
+                "{name} must be at least 1: {} would have no training problems",
+                op.symbol()
+            );
+        }
     }
     let layout = opts.layout();
     dataset::open_for_prepare(out_dir)?;
@@ -245,13 +264,8 @@ pub fn prepare_arithmetic(opts: &ArithmeticOptions, out_dir: &Path) -> Result<Ar
     let (mut train, mut test, mut ood) = (String::new(), String::new(), String::new());
     let (mut n_train, mut n_test, mut n_ood) = (0, 0, 0);
     for &op in &opts.ops {
-        let (count, length_weights) = match op {
-            Op::Div => (
-                opts.train_per_op * opts.div_train_factor,
-                Some(weights.as_slice()),
-            ),
-            _ => (opts.train_per_op, None),
-        };
+        let count = opts.train_count(op);
+        let length_weights = (op == Op::Div).then_some(weights.as_slice());
         for p in sample(
             &mut rng,
             op,
@@ -344,6 +358,7 @@ mod tests {
             ops: Op::ALL.to_vec(),
             format: Format::Scratchpad,
             train_per_op: 20_000,
+            mul_train_factor: 2,
             ..ArithmeticOptions::default()
         };
         prepare_arithmetic(&opts, &dir).unwrap();
@@ -362,7 +377,7 @@ mod tests {
         };
         let (test, ood) = (read("test.txt"), read("ood.txt"));
         assert!(test.iter().chain(&ood).all(is_held_out));
-        let mut divisions = 0;
+        let (mut divisions, mut products) = (0, 0);
         for line in train.lines() {
             let (p, completion) = Problem::parse_line(line).unwrap();
             assert!(!is_held_out(&p), "{line}");
@@ -371,10 +386,12 @@ mod tests {
                 divisions += 1;
                 assert_eq!(line.len(), 52, "{line}");
             }
+            products += usize::from(p.op == Op::Mul);
         }
-        // Division is half of the lines: 3 x train_per_op against 1 x for each other operation.
-        assert_eq!(divisions, 60_000);
-        assert_eq!(train.lines().count(), 120_000);
+        // Each operation's factor times train_per_op: 3 for division, 2 for multiplication, 1
+        // for addition and subtraction.
+        assert_eq!((divisions, products), (60_000, 40_000));
+        assert_eq!(train.lines().count(), 140_000);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -134,6 +134,10 @@ pub struct ArithmeticArgs {
     /// with + - * /, the measured recipe).
     #[arg(long = "div_train_factor", default_value_t = 3)]
     div_train_factor: usize,
+    /// Multiplication gets this many times train_per_op training problems (2 in
+    /// config/arithmetic_all.toml's recipe).
+    #[arg(long = "mul_train_factor", default_value_t = 1)]
+    mul_train_factor: usize,
     /// Relative frequency of each dividend length in training, e.g. 0.1,0.3,0.6 for 1 to 3
     /// digits (the default: length n weighs n(n+1)/2).
     #[arg(long = "dividend_weights", value_delimiter = ',')]
@@ -208,6 +212,7 @@ pub fn prepare(dataset: PrepareCommand) -> Result<()> {
                 max_divisor_digits: args.max_divisor_digits,
                 train_per_op: args.train_per_op,
                 div_train_factor: args.div_train_factor,
+                mul_train_factor: args.mul_train_factor,
                 dividend_weights: args.dividend_weights,
                 test_per_op: args.test_per_op,
                 seed: args.seed,
