@@ -3,8 +3,10 @@
 //! - plain:      `123+45=168`, `17/5=3r2` (division gives quotient `r` remainder)
 //! - reversed:   the answer's digits least significant first (`123+45=861`; a minus sign stays
 //!   in front: `12-45=-33`, reversed `-33`; division reverses quotient and remainder each)
-//! - scratchpad: reversed, and multiplication writes its partial products first, each reversed:
-//!   `123*45=516+0294=5355` (123*5, then 123*40, then the sum). Division is a fixed-width long
+//! - scratchpad: reversed, and multiplication writes its partial products, each reversed, adding
+//!   each to a running sum: `123*45=516+0294=5355` (123*5, then 123*40, then the sum),
+//!   `123*456=837+0516=8886+00294=88065` (two additions of two numbers, not one of three: a
+//!   three-way sum's carries were most of the remaining errors). Division is a fixed-width long
 //!   division: operands zero-padded to the dataset's widths (3 and 2 digits: `5/7` is
 //!   `005/07=`), then one step `XXX,q,PPP,RR` per dividend digit, separated by `;`, where
 //!   X = 10 x the last remainder + the next dividend digit, q = X / divisor, P = q x divisor and
@@ -198,23 +200,26 @@ impl Problem {
             }
         };
         if format == Format::Scratchpad && self.op == Op::Mul {
-            let mut parts: Vec<String> = Vec::new();
-            let mut rest = self.b;
-            let mut place = 1u64;
+            // The first partial product, then each next one added to the running sum.
+            let (mut text, mut sum) = (String::new(), 0);
+            let (mut rest, mut place) = (self.b, 1u64);
             loop {
-                parts.push(reversed(self.a * (rest % 10) * place));
+                let part = self.a * (rest % 10) * place;
+                if place > 1 {
+                    text.push('+');
+                }
+                text.push_str(&reversed(part));
+                sum += part;
+                if place > 1 {
+                    text.push('=');
+                    text.push_str(&reversed(sum));
+                }
                 rest /= 10;
                 place *= 10;
                 if rest == 0 {
-                    break;
+                    return text;
                 }
             }
-            let total = num(self.a * self.b);
-            return if parts.len() == 1 {
-                total
-            } else {
-                format!("{}={total}", parts.join("+"))
-            };
         }
         match self.answer() {
             Answer::Int(v) => int(v),
@@ -351,6 +356,32 @@ mod tests {
     }
 
     #[test]
+    fn products_in_the_training_range_read_back_with_their_running_sums() {
+        let unreversed = |s: &str| s.chars().rev().collect::<String>().parse::<u64>().unwrap();
+        for a in (0..1000).step_by(7) {
+            for b in 0..1000 {
+                let p = Problem { a, op: Op::Mul, b };
+                reads_back(p, PADDED);
+                // `p0+p1=s1+p2=s2`: each partial is a x one digit of b at its place, each sum
+                // the partials so far.
+                let line = p.line(PADDED);
+                let completion = line.trim_end().split_once('=').unwrap().1;
+                let mut fields = completion.split(['+', '=']).map(unreversed);
+                let (mut sum, mut place, mut rest) = (fields.next().unwrap(), 10, b / 10);
+                assert_eq!(sum, a * (b % 10), "{line:?}");
+                while rest > 0 {
+                    let (part, total) = (fields.next().unwrap(), fields.next().unwrap());
+                    assert_eq!(part, a * (rest % 10) * place, "{line:?}");
+                    sum += part;
+                    assert_eq!(total, sum, "{line:?}");
+                    (rest, place) = (rest / 10, place * 10);
+                }
+                assert_eq!(fields.next(), None, "{line:?}");
+            }
+        }
+    }
+
+    #[test]
     fn examples_of_each_format() {
         let p = |a, op, b| Problem { a, op, b };
         let [plain, reversed, scratchpad] = layouts();
@@ -363,6 +394,11 @@ mod tests {
             p(123, Op::Mul, 45).line(scratchpad),
             "123*45=516+0294=5355\n"
         );
+        assert_eq!(
+            p(123, Op::Mul, 456).line(scratchpad),
+            "123*456=837+0516=8886+00294=88065\n"
+        );
+        assert_eq!(p(7, Op::Mul, 8).line(scratchpad), "7*8=65\n");
         assert_eq!(
             p(212, Op::Div, 7).line(scratchpad),
             "212/07=002,0,000,02;021,3,021,00;002,0,000,02;030r02\n"
