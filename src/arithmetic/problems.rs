@@ -201,25 +201,16 @@ impl Problem {
         };
         if format == Format::Scratchpad && self.op == Op::Mul {
             // The first partial product, then each next one added to the running sum.
-            let (mut text, mut sum) = (String::new(), 0);
-            let (mut rest, mut place) = (self.b, 1u64);
-            loop {
+            let mut sum = self.a * (self.b % 10);
+            let mut text = reversed(sum);
+            let (mut rest, mut place) = (self.b / 10, 10);
+            while rest > 0 {
                 let part = self.a * (rest % 10) * place;
-                if place > 1 {
-                    text.push('+');
-                }
-                text.push_str(&reversed(part));
                 sum += part;
-                if place > 1 {
-                    text.push('=');
-                    text.push_str(&reversed(sum));
-                }
-                rest /= 10;
-                place *= 10;
-                if rest == 0 {
-                    return text;
-                }
+                text += &format!("+{}={}", reversed(part), reversed(sum));
+                (rest, place) = (rest / 10, place * 10);
             }
+            return text;
         }
         match self.answer() {
             Answer::Int(v) => int(v),

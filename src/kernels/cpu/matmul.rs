@@ -403,7 +403,7 @@ mod avx512 {
     /// [`super::outin_rows`] with AVX-512. Tiles of `OUTS` weight rows x up to 4 input rows
     /// keep their sums in registers: each load of W serves every row of the tile, each load of x
     /// every output. One input row (decoding a single sequence) takes one weight row at a time: a
-    /// task then reads one contiguous stream (8 rows at a time, 8 streams, measured slower);
+    /// task then reads one contiguous stream (4 or 8 rows at a time measured slower in a trial);
     /// several take 4 (16 sums with 4 rows). Each output is 16
     /// lane-wise partial sums over k in order (the last lanes masked), then added across lanes,
     /// then the bias: the same bits whatever the tile.
