@@ -5,6 +5,9 @@
 mod common;
 
 use common::{fixtures, nanogpt, temp_dir};
+use nanogpt::engine::cpu::CpuEngine;
+use nanogpt::engine::{Engine, InferenceWeights};
+use nanogpt::model::weights::load_hf_dir;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -690,4 +693,82 @@ fn health_says_loading_until_the_watched_run_has_a_checkpoint() {
     assert_eq!(w["next"], 0);
     drop(s);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Natural-log probabilities of `next` after each prefix of `context` (prefill, then one token a
+/// step, as a slot decodes), computed in-process with `weights`.
+fn logprobs_in_process(weights: InferenceWeights, prompt: &[u32], next: &[u32]) -> Vec<f64> {
+    let mut engine = CpuEngine::new(load_hf_dir(&tiny()).expect("tiny-gpt2"));
+    engine.set_inference_weights(weights).expect("set weights");
+    let cfg = engine.config().clone();
+    let mut cache = engine.kv_cache(1, prompt.len() + next.len());
+    let mut logits = vec![0.0; cfg.padded_vocab_size()];
+    let mut feed = prompt.to_vec();
+    let mut out = Vec::new();
+    for &t in next {
+        engine
+            .forward_cached_all(&mut cache, &feed, feed.len(), &mut logits)
+            .expect("forward");
+        let row = &logits[..cfg.vocab_size];
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let sum: f64 = row.iter().map(|&l| (l as f64 - max).exp()).sum();
+        out.push(row[t as usize] as f64 - max - sum.ln());
+        feed = vec![t];
+    }
+    out
+}
+
+#[test]
+fn dtype_sets_the_weights_every_slot_decodes_with() {
+    let prompt: Vec<u32> = vec![464, 2068, 7586, 21831, 18045, 625];
+    for dtype in ["bfloat16", "int8"] {
+        let s = start(&tiny(), &["--dtype", dtype, "--prefill_chunk", "512"]);
+        let v = completion(
+            &s,
+            json!({"prompt": prompt, "max_tokens": 8, "temperature": 0, "logprobs": 1,
+                   "ignore_eos": true, "return_tokens": true}),
+        );
+        let choice = &v["choices"][0];
+        let tokens: Vec<u32> = ids(&choice["tokens"]).iter().map(|&t| t as u32).collect();
+        let served: Vec<f64> = choice["logprobs"]["token_logprobs"]
+            .as_array()
+            .expect("token_logprobs")
+            .iter()
+            .map(|l| l.as_f64().expect("a number"))
+            .collect();
+        let want = logprobs_in_process(dtype.parse().expect("dtype"), &prompt, &tokens);
+        let f32s = logprobs_in_process(InferenceWeights::F32, &prompt, &tokens);
+        let off = |a: &[f64], b: &[f64]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f64::max)
+        };
+        let (to_dtype, to_f32) = (off(&served, &want), off(&served, &f32s));
+        eprintln!(
+            "{dtype}: served logprobs off by {to_dtype:e} from {dtype}'s, {to_f32:e} from f32's"
+        );
+        assert_eq!(served.len(), 8);
+        // The server's numbers are this dtype's (to f32 rounding of the sums) and not f32's.
+        assert!(to_dtype < 1e-5, "{dtype}: {served:?} vs {want:?}");
+        assert!(
+            to_f32 > 100.0 * to_dtype.max(1e-7),
+            "{dtype}: as f32's {f32s:?}"
+        );
+    }
+    let out = nanogpt()
+        .args(["serve", "--port", "0", "--dtype", "float8"])
+        .arg(format!("--init_from={}", tiny().display()))
+        .output()
+        .expect("run nanogpt serve");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("--dtype=float8: expected float32, bfloat16 or int8"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("listening"),
+        "a bad --dtype stops it before the port opens: {err}"
+    );
 }

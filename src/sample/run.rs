@@ -231,16 +231,7 @@ pub fn run_repetition(
     }
     let prompts = read_prompts(args.prompts.as_deref())?;
     let loaded = load::for_sampling(&args.model, err)?;
-    let file_q8 = loaded
-        .int8_group
-        .map(|group| InferenceWeights::Q8 { group });
-    let weights = dtype_weights(
-        args.dtype.as_deref(),
-        InferenceWeights::F32,
-        file_q8,
-        &loaded,
-        err,
-    )?;
+    let weights = dtype_weights(args.dtype.as_deref(), InferenceWeights::F32, &loaded, err)?;
     let mut engine = engine::open(loaded.model, args.device)?;
     engine.set_inference_weights(weights)?;
     let (model, tok) = (engine.as_ref(), &loaded.tokenizer);
@@ -319,25 +310,25 @@ pub fn inference_weights(
     loaded: &load::LoadedModel,
     err: &mut dyn Write,
 ) -> Result<InferenceWeights> {
-    let file_q8 = loaded
-        .int8_group
-        .map(|group| InferenceWeights::Q8 { group });
-    let default = match args.sampler {
-        SamplerKind::RunC => file_q8.unwrap_or(InferenceWeights::F32),
-        SamplerKind::Nanogpt => InferenceWeights::F32,
+    let default = match (args.sampler, loaded.int8_group) {
+        (SamplerKind::RunC, Some(group)) => InferenceWeights::Q8 { group },
+        _ => InferenceWeights::F32,
     };
-    dtype_weights(args.dtype.as_deref(), default, file_q8, loaded, err)
+    dtype_weights(args.dtype.as_deref(), default, loaded, err)
 }
 
-/// The weights `--dtype` names (`default` without one; a llama2.c v2 file's own int8 group
-/// as `file_q8`), with a note when int8 cannot use its group everywhere.
-fn dtype_weights(
+/// The weights `--dtype` names (`default` without one; int8 takes a llama2.c v2 file's own
+/// group, else 64), with a note when int8 cannot use its group everywhere. `sample`,
+/// `repetition` and `serve` share it.
+pub fn dtype_weights(
     dtype: Option<&str>,
     default: InferenceWeights,
-    file_q8: Option<InferenceWeights>,
     loaded: &load::LoadedModel,
     err: &mut dyn Write,
 ) -> Result<InferenceWeights> {
+    let file_q8 = loaded
+        .int8_group
+        .map(|group| InferenceWeights::Q8 { group });
     let w = match dtype.map(str::trim) {
         None => default,
         Some("float16") => {

@@ -18,8 +18,9 @@ mod scheduler;
 mod text;
 mod watch;
 
-use crate::engine::{self, Device};
+use crate::engine::{self, Device, InferenceWeights};
 use crate::load::{self, ModelSource};
+use crate::sample::run::dtype_weights;
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
 use chat::ChatTemplate;
@@ -64,6 +65,10 @@ crate::knobs! {
             keep_alive: f64 = 5.0,
             /// cpu, cuda or auto (the CPU until the CUDA backend has passed its GPU check)
             device: Device = Device::Auto,
+            /// float32, bfloat16 or int8: the weights every slot decodes with (as `sample
+            /// --dtype`; bfloat16 reads half the bytes per token, int8 a quarter) [default:
+            /// float32]
+            dtype: Option<String> = None,
         }
     }
 }
@@ -129,6 +134,10 @@ pub fn run_serve(args: &ServeArgs, err: &mut dyn Write) -> Result<()> {
     if args.prefill_chunk == 0 {
         bail!("--prefill_chunk must be at least 1");
     }
+    // A bad --dtype fails here, before the port opens, not later in the engine thread.
+    if let Some(d) = args.dtype.as_deref().filter(|d| d.trim() != "float16") {
+        d.parse::<InferenceWeights>()?;
+    }
     if !(args.keep_alive > 0.0 && args.keep_alive.is_finite()) {
         bail!(
             "--keep_alive must be a positive number of seconds, got {}",
@@ -184,23 +193,23 @@ pub fn run_serve(args: &ServeArgs, err: &mut dyn Write) -> Result<()> {
     }
     {
         let server = server.clone();
-        let (device, waits) = (args.device, args.watch.is_some());
+        let (device, dtype, waits) = (args.device, args.dtype.clone(), args.watch.is_some());
         let shape = (args.parallel, args.prefill_chunk);
         std::thread::Builder::new()
             .name("engine".into())
-            .spawn(move || engine_thread(server, source, device, shape, waits))?;
+            .spawn(move || engine_thread(server, source, (device, dtype), shape, waits))?;
     }
     runtime
         .block_on(async { axum::serve(listener, http::router(server)).await })
         .context("the HTTP server stopped")
 }
 
-/// Loads the model (with `--watch`, once the run has a checkpoint), then runs the scheduler;
-/// `(parallel, prefill_chunk)` shape its batch.
+/// Loads the model (with `--watch`, once the run has a checkpoint) onto `device` with `dtype`'s
+/// weights, then runs the scheduler; `(parallel, prefill_chunk)` shape its batch.
 fn engine_thread(
     server: Arc<Server>,
     source: ModelSource,
-    device: Device,
+    (device, dtype): (Device, Option<String>),
     (parallel, prefill_chunk): (usize, usize),
     wait_for_checkpoint: bool,
 ) {
@@ -220,8 +229,19 @@ fn engine_thread(
             }
         }
     };
-    let engine = match engine::open(loaded.model, device) {
-        Ok(e) => e,
+    let opened = dtype_weights(
+        dtype.as_deref(),
+        InferenceWeights::F32,
+        &loaded,
+        &mut std::io::stderr(),
+    )
+    .and_then(|weights| {
+        let mut engine = engine::open(loaded.model, device)?;
+        engine.set_inference_weights(weights)?;
+        Ok((engine, weights))
+    });
+    let (engine, weights) = match opened {
+        Ok(opened) => opened,
         Err(e) => {
             eprintln!("error: {e:#}");
             server.set_not_ready(NotReady::Failed(format!("{e:#}")));
@@ -238,7 +258,7 @@ fn engine_thread(
         jobs,
     };
     eprintln!(
-        "nanogpt serve: {} ready on {} ({parallel} slots, context {})",
+        "nanogpt serve: {} ready on {} ({parallel} slots, context {}, {weights} weights)",
         loaded.name,
         engine.device_name(),
         cfg.block_size
