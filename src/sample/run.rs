@@ -317,6 +317,15 @@ pub fn inference_weights(
     dtype_weights(args.dtype.as_deref(), default, loaded, err)
 }
 
+/// `--dtype`'s value as weights: float32, bfloat16 (float16 too: the same size, no fast path of
+/// its own) or int8 (groups of 64). An error names the accepted values.
+pub fn parse_dtype(dtype: &str) -> Result<InferenceWeights> {
+    match dtype.trim() {
+        "float16" => Ok(InferenceWeights::Bf16),
+        d => d.parse(),
+    }
+}
+
 /// The weights `--dtype` names (`default` without one; int8 takes a llama2.c v2 file's own
 /// group, else 64), with a note when int8 cannot use its group everywhere. `sample`,
 /// `repetition` and `serve` share it.
@@ -329,17 +338,17 @@ pub fn dtype_weights(
     let file_q8 = loaded
         .int8_group
         .map(|group| InferenceWeights::Q8 { group });
-    let w = match dtype.map(str::trim) {
+    let w = match dtype {
         None => default,
-        Some("float16") => {
-            writeln!(
-                err,
-                "note: --dtype=float16 samples with bfloat16 weights (the same size; float16 has no fast path here)"
-            )?;
-            InferenceWeights::Bf16
-        }
-        Some(d) => match d.parse()? {
+        Some(d) => match parse_dtype(d)? {
             InferenceWeights::Q8 { .. } => file_q8.unwrap_or(InferenceWeights::Q8 { group: 64 }),
+            InferenceWeights::Bf16 if d.trim() == "float16" => {
+                writeln!(
+                    err,
+                    "note: --dtype=float16 samples with bfloat16 weights (the same size; float16 has no fast path here)"
+                )?;
+                InferenceWeights::Bf16
+            }
             w => w,
         },
     };

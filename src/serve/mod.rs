@@ -20,7 +20,7 @@ mod watch;
 
 use crate::engine::{self, Device, InferenceWeights};
 use crate::load::{self, ModelSource};
-use crate::sample::run::dtype_weights;
+use crate::sample::run::{dtype_weights, parse_dtype};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
 use chat::ChatTemplate;
@@ -135,8 +135,8 @@ pub fn run_serve(args: &ServeArgs, err: &mut dyn Write) -> Result<()> {
         bail!("--prefill_chunk must be at least 1");
     }
     // A bad --dtype fails here, before the port opens, not later in the engine thread.
-    if let Some(d) = args.dtype.as_deref().filter(|d| d.trim() != "float16") {
-        d.parse::<InferenceWeights>()?;
+    if let Some(d) = args.dtype.as_deref() {
+        parse_dtype(d)?;
     }
     if !(args.keep_alive > 0.0 && args.keep_alive.is_finite()) {
         bail!(
