@@ -524,3 +524,83 @@ fn sample_and_eval_refuse_a_half_committed_dataset() {
     .expect_err("train refuses");
     assert_eq!(format!("error: {e:#}\n"), want);
 }
+
+/// With `loss_after`, training windows start at a newline: `line_breaks` finds every one that
+/// leaves a whole window, the same over shards as over train.bin, and each row of a batch drawn
+/// from them is the window at one of them.
+#[test]
+fn windows_drawn_from_line_breaks_begin_at_newlines_across_shards() {
+    let root = tmp_dir("line-starts");
+    let mut rng = Rng::new(3);
+    let docs: String = (0..200)
+        .map(|_| {
+            let lines: String = (0..1 + rng.below(5))
+                .map(|_| {
+                    let (a, b) = (rng.below(1000), rng.below(100));
+                    format!("{a}+{b}={}\n", a + b)
+                })
+                .collect();
+            serde_json::json!({ "text": lines }).to_string() + "\n"
+        })
+        .collect();
+    let input = root.join("docs.jsonl");
+    std::fs::write(&input, docs).expect("write");
+    let data = root.join("data");
+    for (name, shards) in [("single", None), ("sharded", Some(500))] {
+        let mut o = TextPrepareOptions::new(vec![input.clone()], data.join(name));
+        o.tokenizer = TextTokenizer::Char;
+        o.docs.val_fraction = 0.1;
+        o.docs.shard_tokens = shards;
+        o.docs.progress = false;
+        prepare_text(&o).unwrap_or_else(|e| panic!("{e:#}"));
+    }
+    let vocab = nanogpt::data::dataset::vocabulary(&data.join("single"))
+        .expect("vocabulary")
+        .expect("a character dataset");
+    let eol = vocab.id_of('\n').expect("a newline") as u16;
+    let tokens = nanogpt::data::TokenFile::open(&data.join("single/train.bin"), 65536)
+        .expect("train.bin")
+        .tokens()
+        .to_vec();
+    let t = 24;
+    let last = tokens.len() - t - 1;
+    let want: Vec<usize> = (0..=last).filter(|&i| tokens[i] == eol).collect();
+    let single = TokenSplit::open(&data.join("single"), "train", 65536).expect("open");
+    let sharded = TokenSplit::open(&data.join("sharded"), "train", 65536).expect("open");
+    let starts = single.line_breaks(eol, t);
+    assert_eq!(starts, want);
+    assert_eq!(sharded.line_breaks(eol, t), want);
+    assert!(starts.len() > 300, "{} lines", starts.len());
+    let windows: std::collections::HashSet<&[u16]> =
+        starts.iter().map(|&s| &tokens[s..s + t + 1]).collect();
+    let (mut x, mut y, mut x2, mut y2) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut seen = std::collections::HashSet::new();
+    for seed in 0..50 {
+        single
+            .get_batch_from_into(&starts, &mut Rng::new(seed), 8, t, &mut x, &mut y)
+            .expect("batch");
+        sharded
+            .get_batch_from_into(&starts, &mut Rng::new(seed), 8, t, &mut x2, &mut y2)
+            .expect("batch");
+        assert_eq!((&x, &y), (&x2, &y2), "seed {seed}");
+        for (xr, yr) in x.chunks(t).zip(y.chunks(t)) {
+            assert_eq!(xr[0], eol as u32, "a row that does not start at a newline");
+            let mut w: Vec<u16> = xr.iter().map(|&v| v as u16).collect();
+            w.push(yr[t - 1] as u16);
+            assert!(
+                windows.contains(&w[..]),
+                "a row that is not a line's window: {w:?}"
+            );
+            seen.insert(w);
+        }
+    }
+    // Drawn uniformly, 400 rows reach about n (1 - e^(-400/n)) of n distinct windows.
+    let n = windows.len() as f64;
+    let expected = n * (1.0 - (-400.0 / n).exp());
+    assert!(
+        seen.len() as f64 > 0.9 * expected,
+        "{} distinct windows of {n}, expected about {expected:.0}",
+        seen.len()
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -43,8 +43,8 @@ crate::with_model_shape! {
             /// 0 = from the dataset's meta.json, else 50304 (nanoGPT's padded GPT-2 vocab)
             vocab_size: usize = 0,
             /// Completion-only loss for character data: when set (e.g. "="), only the characters
-            /// after it up to the end of the line are predicted targets. Empty: every token
-            /// (nanoGPT)
+            /// after it up to the end of the line are predicted targets, and every window starts
+            /// at a newline. Empty: every token, windows anywhere (nanoGPT)
             loss_after: String = String::new(),
             /// AdamW's peak learning rate
             learning_rate: f32 = 6e-4,

@@ -16,13 +16,28 @@ pub fn sample_batch(
     x: &mut Vec<u32>,
     y: &mut Vec<i32>,
 ) -> Result<()> {
-    sample_windows(tokens.len(), rng, batch_size, block_size, x, y, |i, n| {
-        tokens[i..i + n].iter().copied()
-    })
+    sample_windows(
+        tokens.len(),
+        rng,
+        batch_size,
+        block_size,
+        x,
+        y,
+        uniform_start(tokens.len(), block_size),
+        |i, n| tokens[i..i + n].iter().copied(),
+    )
+}
+
+/// nanoGPT's draw of a window's first token: uniform over `[0, len - block_size)`.
+pub(crate) fn uniform_start(len: usize, block_size: usize) -> impl Fn(&mut Rng) -> usize {
+    let range = len.saturating_sub(block_size) as u64;
+    move |rng| rng.below(range) as usize
 }
 
 /// [`sample_batch`] over a sequence of `len` tokens that `window(start, n)` reads (`n` tokens
-/// from `start`), e.g. one spread over several shards.
+/// from `start`), e.g. one spread over several shards, each row's first token drawn by
+/// `draw_start` (which must leave `block_size + 1` tokens from it).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn sample_windows<W: Iterator<Item = u16>>(
     len: usize,
     rng: &mut Rng,
@@ -30,6 +45,7 @@ pub(crate) fn sample_windows<W: Iterator<Item = u16>>(
     block_size: usize,
     x: &mut Vec<u32>,
     y: &mut Vec<i32>,
+    draw_start: impl Fn(&mut Rng) -> usize,
     window: impl Fn(usize, usize) -> W,
 ) -> Result<()> {
     if block_size == 0 || batch_size == 0 {
@@ -44,12 +60,11 @@ pub(crate) fn sample_windows<W: Iterator<Item = u16>>(
     let n = batch_size * block_size;
     x.resize(n, 0);
     y.resize(n, 0);
-    let range = (len - block_size) as u64;
     for (xr, yr) in x
         .chunks_exact_mut(block_size)
         .zip(y.chunks_exact_mut(block_size))
     {
-        let i = rng.below(range) as usize;
+        let i = draw_start(rng);
         // Token k of the window is input k and target k - 1.
         for (k, t) in window(i, block_size + 1).enumerate() {
             if k < block_size {

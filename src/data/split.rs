@@ -4,7 +4,7 @@
 //! the whole sequence as nanoGPT draws them over `train.bin` (a window may span two shards;
 //! documents already do). The folder is checked against its `dataset.json` first.
 
-use super::batch::sample_windows;
+use super::batch::{sample_windows, uniform_start};
 use super::dataset::{is_split_file, verify};
 use super::tokens::TokenFile;
 use crate::rng::Rng;
@@ -102,9 +102,53 @@ impl TokenSplit {
         y: &mut Vec<i32>,
     ) -> Result<()> {
         self.require_len(block_size)?;
-        sample_windows(self.len, rng, batch_size, block_size, x, y, |start, n| {
-            self.window(start, n)
-        })
+        sample_windows(
+            self.len,
+            rng,
+            batch_size,
+            block_size,
+            x,
+            y,
+            uniform_start(self.len, block_size),
+            |start, n| self.window(start, n),
+        )
+    }
+
+    /// Where each `eol` token lies, among the positions that leave a whole window of
+    /// `block_size + 1` tokens (call [`TokenSplit::require_len`] first): a window drawn from one
+    /// starts with the newline and then a whole line, the shape a prompt `"\n" + problem` has.
+    pub fn line_breaks(&self, eol: u16, block_size: usize) -> Vec<usize> {
+        let last = self.len - block_size - 1;
+        self.window(0, last + 1)
+            .enumerate()
+            .filter(|&(_, t)| t == eol)
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// Random batches whose rows each begin at one of `starts` (drawn uniformly; from
+    /// [`TokenSplit::line_breaks`] with the same `block_size`; not empty).
+    pub fn get_batch_from_into(
+        &self,
+        starts: &[usize],
+        rng: &mut Rng,
+        batch_size: usize,
+        block_size: usize,
+        x: &mut Vec<u32>,
+        y: &mut Vec<i32>,
+    ) -> Result<()> {
+        self.require_len(block_size)?;
+        let n = starts.len() as u64;
+        sample_windows(
+            self.len,
+            rng,
+            batch_size,
+            block_size,
+            x,
+            y,
+            |rng| starts[rng.below(n) as usize],
+            |start, n| self.window(start, n),
+        )
     }
 
     /// `n` tokens from `start` on, across file boundaries.

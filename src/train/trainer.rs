@@ -342,6 +342,10 @@ struct Split {
     tokens: TokenSplit,
     /// (separator, end-of-line) token ids when only completions are targets.
     completion: Option<(u32, u32)>,
+    /// With `loss_after`, every window starts at a newline, then a whole line: one drawn
+    /// mid-line would mask its first partial line (a fifth of a 128-token window of 54-token
+    /// division lines), and `eval arithmetic` prompts with `"\n" + problem`, this shape.
+    line_breaks: Option<Vec<usize>>,
 }
 
 impl Split {
@@ -380,7 +384,25 @@ impl Split {
             };
             Some((id(c, "the separator")?, id('\n', "the newline")?))
         };
-        Ok(Split { tokens, completion })
+        let line_breaks = match completion {
+            None => None,
+            Some((_, eol)) => {
+                let breaks = tokens.line_breaks(eol as u16, block_size);
+                if breaks.is_empty() {
+                    bail!(
+                        "loss_after: {}'s {split} split has no line that leaves a window of \
+                         block_size {block_size}; use one line per example, or a smaller block_size",
+                        data_dir.display()
+                    );
+                }
+                Some(breaks)
+            }
+        };
+        Ok(Split {
+            tokens,
+            completion,
+            line_breaks,
+        })
     }
 
     fn batch(
@@ -391,7 +413,10 @@ impl Split {
         x: &mut Vec<u32>,
         y: &mut Vec<i32>,
     ) -> Result<()> {
-        self.tokens.get_batch_into(rng, b, t, x, y)?;
+        match &self.line_breaks {
+            Some(breaks) => self.tokens.get_batch_from_into(breaks, rng, b, t, x, y)?,
+            None => self.tokens.get_batch_into(rng, b, t, x, y)?,
+        }
         if let Some((sep, eol)) = self.completion {
             mask_to_completions(x, y, t, sep, eol);
         }
