@@ -54,7 +54,7 @@ impl Default for ArithmeticOptions {
             min_digits: 1,
             max_digits: 3,
             max_divisor_digits: 2,
-            train_per_op: 100_000,
+            train_per_op: 300_000,
             div_train_factor: 3,
             mul_train_factor: 1,
             dividend_weights: None,

@@ -120,33 +120,33 @@ pub struct ArithmeticArgs {
     /// as fixed-width long division: 005/07=000,0,000,00;000,0,000,00;005,0,000,05;000r05).
     #[arg(long, default_value = "reversed")]
     format: String,
-    #[arg(long = "min_digits", default_value_t = 1)]
+    #[arg(long = "min_digits", default_value_t = ArithmeticOptions::default().min_digits)]
     min_digits: usize,
-    #[arg(long = "max_digits", default_value_t = 3)]
+    #[arg(long = "max_digits", default_value_t = ArithmeticOptions::default().max_digits)]
     max_digits: usize,
     /// Largest divisor length in digits.
-    #[arg(long = "max_divisor_digits", default_value_t = 2)]
+    #[arg(long = "max_divisor_digits", default_value_t = ArithmeticOptions::default().max_divisor_digits)]
     max_divisor_digits: usize,
     /// Training problems per operation.
-    #[arg(long = "train_per_op", default_value_t = 100_000)]
+    #[arg(long = "train_per_op", default_value_t = ArithmeticOptions::default().train_per_op)]
     train_per_op: usize,
     /// Division gets this many times train_per_op training problems (3: half of all lines
     /// with + - * /, the measured recipe).
-    #[arg(long = "div_train_factor", default_value_t = 3)]
+    #[arg(long = "div_train_factor", default_value_t = ArithmeticOptions::default().div_train_factor)]
     div_train_factor: usize,
     /// Multiplication gets this many times train_per_op training problems (1 in
     /// config/arithmetic_all.toml's recipe: with its running sums x reached 99.5% at 1, and 2
     /// took problems from the others).
-    #[arg(long = "mul_train_factor", default_value_t = 1)]
+    #[arg(long = "mul_train_factor", default_value_t = ArithmeticOptions::default().mul_train_factor)]
     mul_train_factor: usize,
     /// Relative frequency of each dividend length in training, e.g. 0.1,0.3,0.6 for 1 to 3
     /// digits (the default: length n weighs n(n+1)/2).
     #[arg(long = "dividend_weights", value_delimiter = ',')]
     dividend_weights: Option<Vec<f64>>,
     /// Held-out test problems per operation.
-    #[arg(long = "test_per_op", default_value_t = 1000)]
+    #[arg(long = "test_per_op", default_value_t = ArithmeticOptions::default().test_per_op)]
     test_per_op: usize,
-    #[arg(long, default_value_t = 1337)]
+    #[arg(long, default_value_t = ArithmeticOptions::default().seed)]
     seed: u64,
     /// The dataset's name under data_dir.
     #[arg(long, default_value = "arithmetic")]
