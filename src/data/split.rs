@@ -101,17 +101,8 @@ impl TokenSplit {
         x: &mut Vec<u32>,
         y: &mut Vec<i32>,
     ) -> Result<()> {
-        self.require_len(block_size)?;
-        sample_windows(
-            self.len,
-            rng,
-            batch_size,
-            block_size,
-            x,
-            y,
-            uniform_start(self.len, block_size),
-            |start, n| self.window(start, n),
-        )
+        let draw = uniform_start(self.len, block_size);
+        self.batch_drawn(draw, rng, batch_size, block_size, x, y)
     }
 
     /// Where each `eol` token lies, among the positions that leave a whole window of
@@ -137,17 +128,25 @@ impl TokenSplit {
         x: &mut Vec<u32>,
         y: &mut Vec<i32>,
     ) -> Result<()> {
-        self.require_len(block_size)?;
         let n = starts.len() as u64;
+        let draw = |rng: &mut Rng| starts[rng.below(n) as usize];
+        self.batch_drawn(draw, rng, batch_size, block_size, x, y)
+    }
+
+    /// A batch whose rows begin where `draw_start` says, after checking the split is long enough.
+    fn batch_drawn(
+        &self,
+        draw_start: impl Fn(&mut Rng) -> usize,
+        rng: &mut Rng,
+        batch_size: usize,
+        block_size: usize,
+        x: &mut Vec<u32>,
+        y: &mut Vec<i32>,
+    ) -> Result<()> {
+        self.require_len(block_size)?;
+        let window = |start, n| self.window(start, n);
         sample_windows(
-            self.len,
-            rng,
-            batch_size,
-            block_size,
-            x,
-            y,
-            |rng| starts[rng.below(n) as usize],
-            |start, n| self.window(start, n),
+            self.len, rng, batch_size, block_size, x, y, draw_start, window,
         )
     }
 
