@@ -17,7 +17,7 @@
 //! the sums are deterministic. With n_kv_head == n_head (GPT-2) this is plain multi-head attention.
 
 use super::math::{dot, dot_short, fast_exp, min_items_per_task, sum_map, SharedMut};
-use super::matmul::{gemm_into, Precision, View};
+use super::matmul::{gemm_into, Precision, View, WeightValue};
 use crate::rng::keep;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -28,6 +28,27 @@ const ROW_BLOCK: usize = 64;
 thread_local! {
     /// Per-thread scratch for score blocks; grows to its largest size once, then is reused.
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Per-thread f32 copies of a bf16 cache's keys and values, for the paths that read f32.
+    static WIDE_KV: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Runs `f` on the first `span` keys and values at `k` and `v` as f32: the cache itself when it
+/// holds f32, else copies widened into this thread's buffers.
+///
+/// # Safety
+/// `k` and `v` must address `span` values each.
+unsafe fn with_f32_kv<K: WeightValue, R>(
+    k: *const K,
+    v: *const K,
+    span: usize,
+    f: impl FnOnce(*const f32, *const f32) -> R,
+) -> R {
+    WIDE_KV.with(|bufs| {
+        let (kb, vb) = &mut *bufs.borrow_mut();
+        let kw = K::widen(std::slice::from_raw_parts(k, span), kb);
+        let vw = K::widen(std::slice::from_raw_parts(v, span), vb);
+        f(kw.as_ptr(), vw.as_ptr())
+    })
 }
 
 fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
@@ -146,9 +167,6 @@ unsafe fn attend_head(
     precision: Precision,
 ) {
     let scale = 1.0 / (hs as f32).sqrt();
-    if n_q == 1 && lse.is_none() && dropout.is_none() {
-        return attend_one_query(q, k, v, kv_rs, out, q_pos0 + 1, hs, scale);
-    }
     let mut i0 = 0;
     while i0 < n_q {
         let rb = ROW_BLOCK.min(n_q - i0);
@@ -221,9 +239,45 @@ unsafe fn attend_head(
 
 /// One query against `n_keys` cached keys (a decoding step): scores are dot products with the
 /// key rows and the output a weighted sum of the value rows, so the cache is read once, in
-/// order, with nothing copied (gemm would first pack the transposed keys).
+/// order, with nothing copied (gemm would first pack the transposed keys). Keys and values of
+/// bf16 are widened as they are loaded (the portable path widens them first).
 #[allow(clippy::too_many_arguments)]
-unsafe fn attend_one_query(
+unsafe fn attend_one_query<K: WeightValue>(
+    q: *const f32,
+    k: *const K,
+    v: *const K,
+    kv_rs: usize,
+    out: *mut f32,
+    n_keys: usize,
+    hs: usize,
+    scale: f32,
+) {
+    // bf16 loads use AVX-512 BW's 16-bit masks (as the matmuls: every AVX-512 CPU but Xeon Phi).
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+    {
+        type OneQuery<K> =
+            unsafe fn(*const f32, *const K, *const K, usize, *mut f32, &mut [f32], f32);
+        let run: Option<OneQuery<K>> = match hs {
+            32 => Some(one_query_avx512::<K, 2>),
+            64 => Some(one_query_avx512::<K, 4>),
+            128 => Some(one_query_avx512::<K, 8>),
+            _ => None,
+        };
+        if let Some(run) = run {
+            return with_scratch(n_keys, |p| run(q, k, v, kv_rs, out, p, scale));
+        }
+    }
+    let span = (n_keys - 1) * kv_rs + hs;
+    with_f32_kv(k, v, span, |k, v| {
+        attend_one_query_portable(q, k, v, kv_rs, out, n_keys, hs, scale)
+    })
+}
+
+/// [`attend_one_query`] without AVX-512, on f32 keys and values.
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_one_query_portable(
     q: *const f32,
     k: *const f32,
     v: *const f32,
@@ -233,20 +287,6 @@ unsafe fn attend_one_query(
     hs: usize,
     scale: f32,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        type OneQuery =
-            unsafe fn(*const f32, *const f32, *const f32, usize, *mut f32, &mut [f32], f32);
-        let run: Option<OneQuery> = match hs {
-            32 => Some(one_query_avx512::<2>),
-            64 => Some(one_query_avx512::<4>),
-            128 => Some(one_query_avx512::<8>),
-            _ => None,
-        };
-        if let Some(run) = run {
-            return with_scratch(n_keys, |p| run(q, k, v, kv_rs, out, p, scale));
-        }
-    }
     let q = std::slice::from_raw_parts(q, hs);
     let out = std::slice::from_raw_parts_mut(out, hs);
     with_scratch(n_keys, |p| {
@@ -285,13 +325,13 @@ unsafe fn attend_one_query(
 /// over the keys in order. `p` holds the scores (its length is the number of keys).
 ///
 /// # Safety
-/// As [`attend_one_query`]; AVX-512 F must be present.
+/// As [`attend_one_query`]; AVX-512 F and BW must be present.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn one_query_avx512<const NV: usize>(
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn one_query_avx512<K: WeightValue, const NV: usize>(
     q: *const f32,
-    k: *const f32,
-    v: *const f32,
+    k: *const K,
+    v: *const K,
     kv_rs: usize,
     out: *mut f32,
     p: &mut [f32],
@@ -302,9 +342,9 @@ unsafe fn one_query_avx512<const NV: usize>(
     let qv: [__m512; NV] = std::array::from_fn(|c| _mm512_loadu_ps(q.add(16 * c)));
     for (j, pj) in p.iter_mut().enumerate() {
         let row = k.add(j * kv_rs);
-        let mut s = _mm512_mul_ps(qv[0], _mm512_loadu_ps(row));
+        let mut s = _mm512_mul_ps(qv[0], K::load16(row, 16));
         for (c, &qc) in qv.iter().enumerate().skip(1) {
-            s = _mm512_fmadd_ps(qc, _mm512_loadu_ps(row.add(16 * c)), s);
+            s = _mm512_fmadd_ps(qc, K::load16(row.add(16 * c), 16), s);
         }
         *pj = scale * _mm512_reduce_add_ps(s);
     }
@@ -313,7 +353,7 @@ unsafe fn one_query_avx512<const NV: usize>(
     for (j, &pj) in p.iter().enumerate() {
         let (w, row) = (_mm512_set1_ps(pj), v.add(j * kv_rs));
         for (c, a) in acc.iter_mut().enumerate() {
-            *a = _mm512_fmadd_ps(w, _mm512_loadu_ps(row.add(16 * c)), *a);
+            *a = _mm512_fmadd_ps(w, K::load16(row.add(16 * c), 16), *a);
         }
     }
     for (c, a) in acc.iter().enumerate() {
@@ -414,16 +454,18 @@ pub struct CachedQueries {
 }
 
 /// Inference with a KV cache. q: rows of stride `q_rs` (the query is the first C columns);
-/// k_cache, v_cache: (dims.batch cache rows, H_kv, max_t, hs); out: rows of C. Each (sequence,
-/// head) is one task: the sequences of a decoding step run in one parallel pass whatever their
-/// positions. `seqs` must be in row order with disjoint rows.
+/// k_cache, v_cache: (dims.batch cache rows, H_kv, max_t, hs), f32 or bf16; out: rows of C.
+/// Each (sequence, head) is one task: the sequences of a decoding step run in one parallel pass
+/// whatever their positions. `seqs` must be in row order with disjoint rows. A decoding step
+/// reads a bf16 cache as it is; a pass of several queries (a prompt) widens its head's keys and
+/// values to f32 first, a small cost beside its scores.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_forward_cached(
+pub fn attention_forward_cached<K: WeightValue>(
     out: &mut [f32],
     q: &[f32],
     q_rs: usize,
-    k_cache: &[f32],
-    v_cache: &[f32],
+    k_cache: &[K],
+    v_cache: &[K],
     dims: AttnDims,
     max_t: usize,
     seqs: &[CachedQueries],
@@ -460,21 +502,33 @@ pub fn attention_forward_cached(
             // SAFETY: (sequence, head) owns its own rows and columns of out (sequences' rows are
             // disjoint); the bounds were checked above; the rest is read only.
             unsafe {
-                attend_head(
+                let (q, k, v) = (
                     q.as_ptr().add(s.first * q_rs + h * hs),
-                    q_rs,
                     k_cache.as_ptr().add(kv),
                     v_cache.as_ptr().add(kv),
-                    hs,
-                    out_ptr.get().add(s.first * c + h * hs),
-                    c,
-                    s.n,
-                    s.pos,
-                    hs,
-                    None,
-                    None,
-                    dims.precision,
                 );
+                let out = out_ptr.get().add(s.first * c + h * hs);
+                if s.n == 1 {
+                    let scale = 1.0 / (hs as f32).sqrt();
+                    return attend_one_query(q, k, v, hs, out, s.pos + 1, hs, scale);
+                }
+                with_f32_kv(k, v, (s.pos + s.n) * hs, |k, v| {
+                    attend_head(
+                        q,
+                        q_rs,
+                        k,
+                        v,
+                        hs,
+                        out,
+                        c,
+                        s.n,
+                        s.pos,
+                        hs,
+                        None,
+                        None,
+                        dims.precision,
+                    )
+                });
             }
         });
 }
@@ -706,6 +760,7 @@ pub fn attention_backward(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::cpu::matmul_bf16::Bf16;
 
     fn vals(n: usize, seed: u64) -> Vec<f32> {
         crate::kernels::cpu::math::test_values(n, seed, 2.0)
@@ -743,6 +798,109 @@ mod tests {
         out
     }
 
+    /// A cache (batch, n_kv_head, max_t, hs) of `K` holding the keys and values of all `t`
+    /// positions of `qkv`, with room for 3 more.
+    fn fill_cache<K: WeightValue>(qkv: &[f32], d: AttnDims, t: usize) -> (Vec<K>, Vec<K>, usize) {
+        let (hs, nkv, c, kv_c) = (d.head_size, d.n_kv_head, d.c(), d.kv_c());
+        let (w, max_t) = (d.qkv_width(), t + 3);
+        let mut k_cache = vec![K::from_f32(0.0); d.batch * nkv * max_t * hs];
+        let mut v_cache = k_cache.clone();
+        for b in 0..d.batch {
+            for pos in 0..t {
+                let row = &qkv[(b * t + pos) * w..(b * t + pos + 1) * w];
+                for kvh in 0..nkv {
+                    let at = ((b * nkv + kvh) * max_t + pos) * hs;
+                    for e in 0..hs {
+                        k_cache[at + e] = K::from_f32(row[c + kvh * hs + e]);
+                        v_cache[at + e] = K::from_f32(row[c + kv_c + kvh * hs + e]);
+                    }
+                }
+            }
+        }
+        (k_cache, v_cache, max_t)
+    }
+
+    /// Cached attention of every position of `qkv`, one decoding step at a time (a step reads
+    /// positions up to its own, so a cache holding all of them gives what a growing one would):
+    /// (batch, t, C).
+    fn decode_steps<K: WeightValue>(qkv: &[f32], d: AttnDims, t: usize) -> Vec<f32> {
+        let (c, w, batch) = (d.c(), d.qkv_width(), d.batch);
+        let (k_cache, v_cache, max_t) = fill_cache::<K>(qkv, d, t);
+        let mut cached = vec![0.0f32; batch * t * c];
+        for pos in 0..t {
+            // Queries of this step: one row per sequence, packed rows of width w.
+            let q: Vec<f32> = (0..batch)
+                .flat_map(|b| qkv[(b * t + pos) * w..(b * t + pos + 1) * w].to_vec())
+                .collect();
+            let seqs: Vec<CachedQueries> = (0..batch)
+                .map(|b| CachedQueries {
+                    slot: b,
+                    first: b,
+                    n: 1,
+                    pos,
+                })
+                .collect();
+            let mut step = vec![0.0f32; batch * c];
+            attention_forward_cached(&mut step, &q, w, &k_cache, &v_cache, d, max_t, &seqs);
+            for b in 0..batch {
+                cached[(b * t + pos) * c..(b * t + pos + 1) * c]
+                    .copy_from_slice(&step[b * c..(b + 1) * c]);
+            }
+        }
+        cached
+    }
+
+    #[test]
+    fn bf16_cache_matches_f64_of_its_rounded_keys_and_values_decoding_and_prefilling() {
+        // Head sizes 64 and 128 decode on AVX-512 (bf16 widened as it loads), 8 and 4 on the
+        // portable path (the cache widened first), as a prompt pass does for every size.
+        for (batch, nh, nkv, hs, t) in [
+            (2, 4, 2, 64, 37),
+            (1, 2, 1, 128, 20),
+            (2, 6, 3, 4, 67),
+            (1, 4, 4, 8, 9),
+        ] {
+            let d = AttnDims {
+                batch,
+                n_head: nh,
+                head_size: hs,
+                n_kv_head: nkv,
+                precision: Precision::F32,
+            };
+            let (c, w) = (d.c(), d.qkv_width());
+            let mut qkv = vals(batch * t * w, (nh * 100 + hs * 10 + t) as u64);
+            // What the f64 reference reads: keys and values as the cache holds them.
+            for row in qkv.chunks_mut(w) {
+                for x in &mut row[c..] {
+                    *x = Bf16::round(*x).to_f32();
+                }
+            }
+            let want = naive(&qkv, d, t);
+            let close = |got: &[f32], what: &str| {
+                for (i, (&g, &x)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g as f64 - x).abs() <= 1e-5 * (1.0 + x.abs()),
+                        "{what} B{batch} H{nh}/{nkv} hs{hs} T{t} out[{i}]: {g} vs {x}"
+                    );
+                }
+            };
+            close(&decode_steps::<Bf16>(&qkv, d, t), "decoding");
+            // A prompt pass: every position of each sequence in one call.
+            let (k_cache, v_cache, max_t) = fill_cache::<Bf16>(&qkv, d, t);
+            let seqs: Vec<CachedQueries> = (0..batch)
+                .map(|b| CachedQueries {
+                    slot: b,
+                    first: b * t,
+                    n: t,
+                    pos: 0,
+                })
+                .collect();
+            let mut out = vec![0.0f32; batch * t * c];
+            attention_forward_cached(&mut out, &qkv, w, &k_cache, &v_cache, d, max_t, &seqs);
+            close(&out, "prefilling");
+        }
+    }
+
     #[test]
     fn gqa_forward_matches_f64_and_cached_matches_training() {
         // Head sizes 32, 64 and 128 take the AVX-512 single-query path when decoding.
@@ -774,42 +932,7 @@ mod tests {
                     "B{batch} H{nh}/{nkv} T{t} out[{i}]: {g} vs {x}"
                 );
             }
-            // The cache, (batch, n_kv_head, max_t, hs), filled one position at a time, each step
-            // one query row per sequence.
-            let max_t = t + 3;
-            let mut k_cache = vec![0.0f32; batch * nkv * max_t * hs];
-            let mut v_cache = k_cache.clone();
-            let mut cached = vec![0.0f32; batch * t * c];
-            for pos in 0..t {
-                for b in 0..batch {
-                    let row = &qkv[(b * t + pos) * w..(b * t + pos + 1) * w];
-                    for kvh in 0..nkv {
-                        let at = ((b * nkv + kvh) * max_t + pos) * hs;
-                        k_cache[at..at + hs]
-                            .copy_from_slice(&row[c + kvh * hs..c + (kvh + 1) * hs]);
-                        v_cache[at..at + hs]
-                            .copy_from_slice(&row[c + kv_c + kvh * hs..c + kv_c + (kvh + 1) * hs]);
-                    }
-                }
-                // Queries of this step: one row per sequence, packed rows of width w.
-                let q: Vec<f32> = (0..batch)
-                    .flat_map(|b| qkv[(b * t + pos) * w..(b * t + pos + 1) * w].to_vec())
-                    .collect();
-                let seqs: Vec<CachedQueries> = (0..batch)
-                    .map(|b| CachedQueries {
-                        slot: b,
-                        first: b,
-                        n: 1,
-                        pos,
-                    })
-                    .collect();
-                let mut step = vec![0.0f32; batch * c];
-                attention_forward_cached(&mut step, &q, w, &k_cache, &v_cache, d, max_t, &seqs);
-                for b in 0..batch {
-                    cached[(b * t + pos) * c..(b * t + pos + 1) * c]
-                        .copy_from_slice(&step[b * c..(b + 1) * c]);
-                }
-            }
+            let cached = decode_steps::<f32>(&qkv, d, t);
             for (i, (&a, &b)) in cached.iter().zip(&out).enumerate() {
                 assert!(
                     (a - b).abs() <= 1e-6 * (1.0 + b.abs()),

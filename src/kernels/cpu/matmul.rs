@@ -263,10 +263,13 @@ fn skinny_forward(
     }
 }
 
-/// A weight value the few-rows path reads: f32, or bf16 (`sample --dtype=bfloat16`: half the
-/// bytes to stream, widened to f32 as it is loaded; the activations stay f32).
+/// A stored value read as f32: f32, or bf16 (`sample --dtype=bfloat16`: half the bytes to
+/// stream, widened to f32 as it is loaded; the activations stay f32). The few-rows matmul reads
+/// weights of either kind, cached attention keys and values.
 pub trait WeightValue: Copy + Send + Sync + 'static {
     fn to_f32(self) -> f32;
+    /// The nearest stored value to `x`.
+    fn from_f32(x: f32) -> Self;
     /// `row` as f32 values: itself for f32, else widened into `buf`.
     fn widen<'a>(row: &'a [Self], buf: &'a mut Vec<f32>) -> &'a [f32] {
         buf.clear();
@@ -284,6 +287,9 @@ pub trait WeightValue: Copy + Send + Sync + 'static {
 impl WeightValue for f32 {
     fn to_f32(self) -> f32 {
         self
+    }
+    fn from_f32(x: f32) -> f32 {
+        x
     }
     fn widen<'a>(row: &'a [f32], _: &'a mut Vec<f32>) -> &'a [f32] {
         row
@@ -303,6 +309,9 @@ impl WeightValue for f32 {
 impl WeightValue for Bf16 {
     fn to_f32(self) -> f32 {
         bf16_value(self.0)
+    }
+    fn from_f32(x: f32) -> Bf16 {
+        Bf16::round(x)
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
