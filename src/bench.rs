@@ -40,6 +40,10 @@ crate::with_model_shape! {
             /// --dtype=bfloat16`); or, with --generate, int8 (Q8_0 in groups of 64, as `sample
             /// --dtype=int8`)
             dtype: String = "float32".into(),
+            /// With --generate: float32 or bfloat16, the keys and values the KV cache holds (as
+            /// `sample --kv_cache_dtype`) [default: bfloat16 with bfloat16 or int8 weights, else
+            /// float32]
+            kv_cache_dtype: Option<Dtype> = None,
             /// cpu, cuda or auto (the CPU until the CUDA backend has passed its GPU check)
             device: Device = Device::Auto,
         }
@@ -64,6 +68,7 @@ impl BenchArgs {
         };
         Ok(BenchOptions {
             inference,
+            kv_cache: self.kv_cache_dtype.unwrap_or(inference.suited_kv_cache()),
             training,
             config: self.model_config(self.vocab_size, self.pad_vocab),
             batch_size: self.batch_size,
@@ -81,6 +86,8 @@ pub struct BenchOptions {
     pub config: GptConfig,
     /// What `--generate`'s cached passes compute with.
     pub inference: InferenceWeights,
+    /// What `--generate`'s KV cache holds.
+    pub kv_cache: Dtype,
     /// What the training benchmark's matrix products multiply in.
     pub training: Dtype,
     pub batch_size: usize,
@@ -182,6 +189,7 @@ pub struct GenerateReport {
     /// float32, bfloat16 or int8 (Q8_0).
     #[serde(serialize_with = "crate::bench::as_text")]
     pub dtype: InferenceWeights,
+    pub kv_cache_dtype: Dtype,
     pub peak_rss_mib: Option<f64>,
     pub config: GptConfig,
 }
@@ -200,6 +208,7 @@ pub fn run_generate_bench(
     }
     let mut engine = engine::open(Gpt::new(cfg.clone(), opts.seed)?, opts.device)?;
     engine.set_inference_weights(opts.inference)?;
+    engine.set_kv_cache_dtype(Some(opts.kv_cache))?;
     let mut rng = Rng::new(opts.seed ^ 0x5EED);
     let prompt: Vec<u32> = (0..b * prompt_len)
         .map(|_| rng.below(cfg.vocab_size as u64) as u32)
@@ -247,6 +256,7 @@ pub fn run_generate_bench(
         prompt_len,
         max_new_tokens,
         dtype: opts.inference,
+        kv_cache_dtype: opts.kv_cache,
         peak_rss_mib: peak_rss_mib(),
         config: cfg.clone(),
     })

@@ -6,7 +6,7 @@ mod common;
 
 use common::{fixtures, json_ids};
 use nanogpt::engine::cpu::CpuEngine;
-use nanogpt::engine::{Engine, InferenceWeights};
+use nanogpt::engine::{Dtype, Engine, InferenceWeights};
 use nanogpt::model::weights::load_hf_dir;
 use nanogpt::sample::{generate, IdsOnly, SamplingConfig};
 use serde_json::Value;
@@ -120,6 +120,46 @@ fn bf16_logits_stay_close_to_f32_on_both_paths() {
         assert!(
             moved <= 0.01 * spread,
             "{len} tokens: moved {moved} of {spread}"
+        );
+    }
+}
+
+/// The KV cache's dtype is its own knob: with f32 weights a bf16 cache moves the logits by
+/// about bf16 rounding (and by something: it is in use), and bf16 weights asked for an f32
+/// cache compute something else than with their default bf16 one.
+#[test]
+fn kv_cache_dtype_is_its_own_knob() {
+    let with_cache = |weights, cache| {
+        let mut e = tiny(weights);
+        e.set_kv_cache_dtype(Some(cache)).expect("the CPU has both");
+        e
+    };
+    let (f32_model, bf16_model) = (tiny(InferenceWeights::F32), tiny(InferenceWeights::Bf16));
+    let f32_bf16_cache = with_cache(InferenceWeights::F32, Dtype::Bfloat16);
+    let bf16_f32_cache = with_cache(InferenceWeights::Bf16, Dtype::Float32);
+    let tokens: Vec<u32> = (0..40).map(|i| (i * 53 + 7) % 50257).collect();
+    let moved = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    };
+    for len in [2, 20, 40] {
+        let l32 = logits_after(&f32_model, &tokens[..len]);
+        let spread = l32.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let by_cache = moved(&l32, &logits_after(&f32_bf16_cache, &tokens[..len]));
+        eprintln!(
+            "{len} tokens: a bf16 cache moved f32's logits by up to {by_cache:e} of {spread:e}"
+        );
+        assert!(
+            by_cache > 0.0 && by_cache <= 0.01 * spread,
+            "{len} tokens: {by_cache}"
+        );
+        let l16 = logits_after(&bf16_model, &tokens[..len]);
+        let l16_f32_cache = logits_after(&bf16_f32_cache, &tokens[..len]);
+        assert!(
+            moved(&l16, &l16_f32_cache) > 0.0,
+            "{len} tokens: the cache knob did nothing"
         );
     }
 }

@@ -431,7 +431,19 @@ async fn steps(c: Client, base: String, dir: PathBuf, out_dir: PathBuf) {
         if status == "generating" && busy_slots(&base) >= 1.0 {
             click(&c, "stop").await;
             let pressed = Instant::now();
-            wait_status(&c, "status", "stopped", Duration::from_secs(5)).await;
+            // The generation may still end on its own between the check above and the click
+            // reaching the server: that try shows "done", and is tried again.
+            let ended = wait_text(&c, "status", Duration::from_secs(5), |t| {
+                t == "stopped" || t == "done"
+            })
+            .await;
+            if ended == "done" {
+                assert!(
+                    tries < 5,
+                    "{tries} generations ended before Stop reached the server"
+                );
+                continue;
+            }
             let shown: u64 = text(&c, "ntokens").await.parse().unwrap();
             wait_until(
                 "busy slots back to 0 after Stop",

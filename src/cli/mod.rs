@@ -291,8 +291,8 @@ fn bench(args: &BenchArgs) -> Result<()> {
             println!("{}", serde_json::to_string(&r)?);
         } else {
             println!(
-                "generate B={} prompt={} new={}: {:.1} tokens/s ({:.2} ms/token, prompt pass {:.1} ms); decoding alone {:.1} tokens/s; {} threads, peak RSS {:.0} MiB",
-                r.batch_size, r.prompt_len, r.max_new_tokens, r.tokens_per_s, r.ms_per_token, r.prompt_ms, r.decode_tokens_per_s, r.threads, r.peak_rss_mib.unwrap_or(f64::NAN)
+                "generate B={} prompt={} new={} ({} weights, {} KV cache): {:.1} tokens/s ({:.2} ms/token, prompt pass {:.1} ms); decoding alone {:.1} tokens/s; {} threads, peak RSS {:.0} MiB",
+                r.batch_size, r.prompt_len, r.max_new_tokens, r.dtype, r.kv_cache_dtype, r.tokens_per_s, r.ms_per_token, r.prompt_ms, r.decode_tokens_per_s, r.threads, r.peak_rss_mib.unwrap_or(f64::NAN)
             );
         }
         return Ok(());

@@ -57,7 +57,7 @@ impl fmt::Display for Device {
 
 /// What training multiplies its matrices in: nanoGPT's `dtype`. Parameters, gradients and the
 /// optimizer's moments stay f32 in every case (bf16 is a compute type, as under PyTorch's
-/// autocast).
+/// autocast). Also what an inference KV cache holds (`--kv_cache_dtype`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Dtype {
@@ -73,7 +73,7 @@ impl FromStr for Dtype {
             "float32" => Ok(Dtype::Float32),
             "bfloat16" => Ok(Dtype::Bfloat16),
             "float16" => bail!(
-                "dtype 'float16' needs a loss scaler that this trainer does not have: use bfloat16 (same speed, the range of float32) or float32"
+                "dtype 'float16' is not supported (training in it would need a loss scaler): use bfloat16 (the same size and speed, the range of float32) or float32"
             ),
             _ => bail!("dtype '{s}' is not float32 or bfloat16"),
         }
@@ -123,6 +123,18 @@ pub enum InferenceWeights {
     /// bytes of f32 and widens them back as it reads (activations stay f32); a prefill
     /// multiplies in bf16. Embeddings and norms stay f32.
     Bf16,
+}
+
+impl InferenceWeights {
+    /// The KV cache these weights take unless told otherwise: bf16 with bf16 or int8 weights,
+    /// whose decoding steps read few enough weight bytes that an f32 cache's weigh (llama.cpp's
+    /// cache is f16 by default), else f32.
+    pub fn suited_kv_cache(self) -> Dtype {
+        match self {
+            InferenceWeights::F32 => Dtype::Float32,
+            InferenceWeights::Bf16 | InferenceWeights::Q8 { .. } => Dtype::Bfloat16,
+        }
+    }
 }
 
 /// `--dtype=float32|bfloat16|int8` of the commands that generate (int8: groups of 64).
@@ -394,6 +406,19 @@ pub trait Engine {
                 "dtype = \"bfloat16\" is not supported on {} yet: use dtype = \"float32\" or --device=cpu",
                 self.device_name()
             ),
+        }
+    }
+
+    /// What the KV caches made from now on ([`Engine::kv_cache`]) hold: f32 or bf16 keys and
+    /// values, or, with `None`, what suits the weights ([`InferenceWeights::suited_kv_cache`]).
+    /// Backends with an f32 cache only refuse bf16.
+    fn set_kv_cache_dtype(&mut self, dtype: Option<Dtype>) -> Result<()> {
+        match dtype {
+            Some(Dtype::Bfloat16) => bail!(
+                "a bfloat16 KV cache is not supported on {} yet: use --kv_cache_dtype=float32 or --device=cpu",
+                self.device_name()
+            ),
+            Some(Dtype::Float32) | None => Ok(()),
         }
     }
 

@@ -31,7 +31,7 @@ use super::run_c::{run_c_generate, sets_unused};
 use super::sequence::start_tokens;
 use super::settings::{parse_setting, Setting, SETTING_NAMES};
 use super::stream::{record, Streamer};
-use crate::engine::{self, InferenceWeights};
+use crate::engine::{self, Dtype, InferenceWeights};
 use crate::load;
 use crate::tokenizer::Tokenizer;
 use anyhow::{anyhow, bail, Context, Result};
@@ -72,6 +72,9 @@ fn sample_on_pool(args: &SampleArgs, out: &mut dyn Write, err: &mut dyn Write) -
     let weights = inference_weights(args, &loaded, err)?;
     let mut engine = engine::open(loaded.model, args.device)?;
     engine.set_inference_weights(weights)?;
+    // run_c is run.c's (and runq.c's) arithmetic, f32 cache included.
+    let run_c_cache = (args.sampler == SamplerKind::RunC).then_some(Dtype::Float32);
+    engine.set_kv_cache_dtype(args.kv_cache_dtype.or(run_c_cache))?;
     let (model, tok) = (engine.as_ref(), &loaded.tokenizer);
     if args.sampler == SamplerKind::RunC {
         let Tokenizer::Llama(llama_tok) = tok else {
@@ -234,6 +237,7 @@ pub fn run_repetition(
     let weights = dtype_weights(args.dtype.as_deref(), InferenceWeights::F32, &loaded, err)?;
     let mut engine = engine::open(loaded.model, args.device)?;
     engine.set_inference_weights(weights)?;
+    engine.set_kv_cache_dtype(args.kv_cache_dtype)?;
     let (model, tok) = (engine.as_ref(), &loaded.tokenizer);
     let mut encoded = Vec::with_capacity(prompts.len());
     for (i, p) in prompts.iter().enumerate() {

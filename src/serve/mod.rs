@@ -18,7 +18,7 @@ mod scheduler;
 mod text;
 mod watch;
 
-use crate::engine::{self, Device, InferenceWeights};
+use crate::engine::{self, Device, Dtype, InferenceWeights};
 use crate::load::{self, ModelSource};
 use crate::sample::run::{dtype_weights, parse_dtype};
 use crate::tokenizer::Tokenizer;
@@ -69,6 +69,10 @@ crate::knobs! {
             /// --dtype`; bfloat16 reads half the bytes per token, int8 a quarter) [default:
             /// float32]
             dtype: Option<String> = None,
+            /// float32 or bfloat16: the keys and values the KV cache holds (bfloat16 reads half the
+            /// bytes per token at depth) [default: bfloat16 with bfloat16 or int8 weights, else
+            /// float32]
+            kv_cache_dtype: Option<Dtype> = None,
         }
     }
 }
@@ -193,11 +197,12 @@ pub fn run_serve(args: &ServeArgs, err: &mut dyn Write) -> Result<()> {
     }
     {
         let server = server.clone();
-        let (device, dtype, waits) = (args.device, args.dtype.clone(), args.watch.is_some());
+        let (device, waits) = (args.device, args.watch.is_some());
+        let dtypes = (args.dtype.clone(), args.kv_cache_dtype);
         let shape = (args.parallel, args.prefill_chunk);
         std::thread::Builder::new()
             .name("engine".into())
-            .spawn(move || engine_thread(server, source, (device, dtype), shape, waits))?;
+            .spawn(move || engine_thread(server, source, device, dtypes, shape, waits))?;
     }
     runtime
         .block_on(async { axum::serve(listener, http::router(server)).await })
@@ -205,11 +210,13 @@ pub fn run_serve(args: &ServeArgs, err: &mut dyn Write) -> Result<()> {
 }
 
 /// Loads the model (with `--watch`, once the run has a checkpoint) onto `device` with `dtype`'s
-/// weights, then runs the scheduler; `(parallel, prefill_chunk)` shape its batch.
+/// weights and `kv_cache_dtype`'s cache, then runs the scheduler; `(parallel, prefill_chunk)`
+/// shape its batch.
 fn engine_thread(
     server: Arc<Server>,
     source: ModelSource,
-    (device, dtype): (Device, Option<String>),
+    device: Device,
+    (dtype, kv_cache_dtype): (Option<String>, Option<Dtype>),
     (parallel, prefill_chunk): (usize, usize),
     wait_for_checkpoint: bool,
 ) {
@@ -238,6 +245,7 @@ fn engine_thread(
     .and_then(|weights| {
         let mut engine = engine::open(loaded.model, device)?;
         engine.set_inference_weights(weights)?;
+        engine.set_kv_cache_dtype(kv_cache_dtype)?;
         Ok((engine, weights))
     });
     let (engine, weights) = match opened {

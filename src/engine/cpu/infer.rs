@@ -9,7 +9,7 @@
 use super::block::{block_forward, norm_forward, BlockActs, Shape, Weights};
 use super::train::attn_dims;
 use super::{built_once, CpuEngine};
-use crate::engine::{Feed, InferenceWeights, KvCache};
+use crate::engine::{Dtype, Feed, InferenceWeights, KvCache};
 use crate::kernels::cpu::attention::{attention_forward_cached, CachedQueries};
 use crate::kernels::cpu::encoder::encoder_forward;
 use crate::kernels::cpu::matmul::{Layout, Precision, WeightValue};
@@ -243,11 +243,10 @@ fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 }
 
 /// The CPU's side of a [`KvCache`]: keys and values, plus the scratch buffers of a forward pass
-/// (grown to the most token rows seen, then reused). Keys and values are bf16 with bf16
-/// weights: at depth a decoding step reads the cache as well as the weights (at 900 tokens of
-/// GPT-2 124M, 66 MB in f32 beside 250 MB of bf16 weights; llama.cpp's cache is f16 by default).
-/// With f32 or int8 weights they are f32: int8 is runq.c's arithmetic, whose greedy ids
-/// `tests/llama_q8.rs` checks one for one.
+/// (grown to the most token rows seen, then reused). Keys and values are f32 or bf16
+/// ([`crate::engine::Engine::set_kv_cache_dtype`]): at depth a decoding step reads the cache as
+/// well as the weights: at 900 tokens of GPT-2 124M, 66 MB in f32 beside 250 MB of bf16 weights
+/// or 135 MB of int8.
 pub(super) struct CpuKv<K> {
     max_t: usize,
     n_layer: usize,
@@ -368,11 +367,10 @@ fn holds_bf16(cache: &KvCache) -> bool {
 impl CpuEngine {
     pub(super) fn new_kv_cache(&self, rows: usize, capacity: usize) -> KvCache {
         let capacity = capacity.min(self.model.config.block_size);
-        let storage: Box<dyn std::any::Any + Send> = match self.inference {
-            InferenceWeights::F32 | InferenceWeights::Q8 { .. } => {
-                Box::new(CpuKv::<f32>::new(self, rows, capacity))
-            }
-            InferenceWeights::Bf16 => Box::new(CpuKv::<Bf16>::new(self, rows, capacity)),
+        let dtype = (self.kv_cache_dtype).unwrap_or(self.inference.suited_kv_cache());
+        let storage: Box<dyn std::any::Any + Send> = match dtype {
+            Dtype::Float32 => Box::new(CpuKv::<f32>::new(self, rows, capacity)),
+            Dtype::Bfloat16 => Box::new(CpuKv::<Bf16>::new(self, rows, capacity)),
         };
         KvCache::new(rows, capacity, storage)
     }

@@ -49,6 +49,8 @@ pub struct CpuEngine {
     decode_weights: OnceLock<infer::DecodeWeights>,
     /// What cached inference computes with (`Engine::set_inference_weights`).
     inference: InferenceWeights,
+    /// What new KV caches hold (`Engine::set_kv_cache_dtype`; `None`: what suits `inference`).
+    kv_cache_dtype: Option<Dtype>,
     /// With `InferenceWeights::Q8`: the block matrices and classifier in int8, built at the
     /// first cached pass and dropped by `update` (as `decode_weights`).
     q8_weights: OnceLock<infer::Q8Weights>,
@@ -86,6 +88,7 @@ impl CpuEngine {
             norm_partials: vec![0.0; norm_partials_len(n)],
             decode_weights: OnceLock::new(),
             inference: InferenceWeights::F32,
+            kv_cache_dtype: None,
             q8_weights: OnceLock::new(),
             bf16_weights: OnceLock::new(),
             rope,
@@ -218,6 +221,11 @@ impl Engine for CpuEngine {
 
     fn reorder_cache(&self, cache: &mut KvCache, rows: &[usize]) -> Result<()> {
         self.reorder_kv(cache, rows)
+    }
+
+    fn set_kv_cache_dtype(&mut self, dtype: Option<Dtype>) -> Result<()> {
+        self.kv_cache_dtype = dtype;
+        Ok(())
     }
 
     fn set_inference_weights(&mut self, w: InferenceWeights) -> Result<()> {
