@@ -798,6 +798,16 @@ mod tests {
         out
     }
 
+    fn f32_dims(batch: usize, n_head: usize, n_kv_head: usize, head_size: usize) -> AttnDims {
+        AttnDims {
+            batch,
+            n_head,
+            head_size,
+            n_kv_head,
+            precision: Precision::F32,
+        }
+    }
+
     /// A cache (batch, n_kv_head, max_t, hs) of `K` holding the keys and values of all `t`
     /// positions of `qkv`, with room for 3 more.
     fn fill_cache<K: WeightValue>(qkv: &[f32], d: AttnDims, t: usize) -> (Vec<K>, Vec<K>, usize) {
@@ -860,13 +870,7 @@ mod tests {
             (2, 6, 3, 4, 67),
             (1, 4, 4, 8, 9),
         ] {
-            let d = AttnDims {
-                batch,
-                n_head: nh,
-                head_size: hs,
-                n_kv_head: nkv,
-                precision: Precision::F32,
-            };
+            let d = f32_dims(batch, nh, nkv, hs);
             let (c, w) = (d.c(), d.qkv_width());
             let mut qkv = vals(batch * t * w, (nh * 100 + hs * 10 + t) as u64);
             // What the f64 reference reads: keys and values as the cache holds them.
@@ -913,13 +917,7 @@ mod tests {
             (1, 2, 1, 128, 17),
         ];
         for (batch, nh, nkv, hs, t) in shapes {
-            let d = AttnDims {
-                batch,
-                n_head: nh,
-                head_size: hs,
-                n_kv_head: nkv,
-                precision: Precision::F32,
-            };
+            let d = f32_dims(batch, nh, nkv, hs);
             let (c, kv_c) = (nh * hs, nkv * hs);
             let w = c + 2 * kv_c;
             let qkv = vals(batch * t * w, (nh * 100 + nkv * 10 + t) as u64);
