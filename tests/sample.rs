@@ -8,7 +8,7 @@ use common::json_ids;
 
 use common::fixtures;
 use nanogpt::engine::cpu::CpuEngine;
-use nanogpt::engine::{Engine, Feed, Mode};
+use nanogpt::engine::{Dtype, Engine, Feed, Mode};
 use nanogpt::model::weights::load_hf_dir;
 use nanogpt::sample::context::ContextMode;
 use nanogpt::sample::processors::{self, banned_ngram_tokens, Processors};
@@ -1175,46 +1175,54 @@ fn beam_sampling_is_seeded() {
     assert!(a.iter().all(|g| g.tokens.len() == 15));
 }
 
+/// With an f32 cache and with a bf16 one (what bf16 and int8 weights take).
 #[test]
 fn kv_cache_reorder_permutes_duplicates_and_drops_rows() {
-    let model = tiny();
-    let (v, vp) = (
-        model.config().vocab_size,
-        model.config().padded_vocab_size(),
-    );
-    let seqs = [
-        shakespeare_ids(9),
-        shakespeare_ids(20)[11..].to_vec(),
-        vec![50256; 9],
-    ];
-    let mut cache = model.kv_cache(3, 12);
-    let flat: Vec<u32> = seqs.iter().flatten().copied().collect();
-    let mut logits = vec![0.0; 3 * vp];
-    model
-        .forward_cached_all(&mut cache, &flat, 9, &mut logits)
-        .unwrap();
-    let next = [198u32, 13, 11, 40];
-    for rows in [vec![2, 0, 0], vec![1, 2, 0], vec![1], vec![2, 1, 0, 0]] {
-        let mut c = model.kv_cache(3, 12);
+    for kv in [Dtype::Float32, Dtype::Bfloat16] {
+        let mut engine =
+            CpuEngine::new(load_hf_dir(&fixtures().join("tiny-gpt2")).expect("load tiny-gpt2"));
+        engine
+            .set_kv_cache_dtype(Some(kv))
+            .expect("the CPU has both");
+        let model = &engine;
+        let (v, vp) = (
+            model.config().vocab_size,
+            model.config().padded_vocab_size(),
+        );
+        let seqs = [
+            shakespeare_ids(9),
+            shakespeare_ids(20)[11..].to_vec(),
+            vec![50256; 9],
+        ];
+        let mut cache = model.kv_cache(3, 12);
+        let flat: Vec<u32> = seqs.iter().flatten().copied().collect();
+        let mut logits = vec![0.0; 3 * vp];
         model
-            .forward_cached_all(&mut c, &flat, 9, &mut logits)
+            .forward_cached_all(&mut cache, &flat, 9, &mut logits)
             .unwrap();
-        model.reorder_cache(&mut c, &rows).unwrap();
-        assert_eq!(c.rows(), rows.len());
-        let b = rows.len();
-        let mut got = vec![0.0; b * vp];
-        model
-            .forward_cached_all(&mut c, &next[..b], 1, &mut got)
-            .unwrap();
-        for (i, &r) in rows.iter().enumerate() {
-            let mut s = seqs[r].clone();
-            s.push(next[i]);
-            let want = last_logits(model, &s);
-            let e = common::rel_err(&got[i * vp..i * vp + v], &want);
-            assert!(e < 1e-5, "rows {rows:?}, row {i}: rel err {e}");
+        let next = [198u32, 13, 11, 40];
+        for rows in [vec![2, 0, 0], vec![1, 2, 0], vec![1], vec![2, 1, 0, 0]] {
+            let mut c = model.kv_cache(3, 12);
+            model
+                .forward_cached_all(&mut c, &flat, 9, &mut logits)
+                .unwrap();
+            model.reorder_cache(&mut c, &rows).unwrap();
+            assert_eq!(c.rows(), rows.len());
+            let b = rows.len();
+            let mut got = vec![0.0; b * vp];
+            model
+                .forward_cached_all(&mut c, &next[..b], 1, &mut got)
+                .unwrap();
+            for (i, &r) in rows.iter().enumerate() {
+                let mut s = seqs[r].clone();
+                s.push(next[i]);
+                let want = last_logits(model, &s);
+                let e = common::rel_err(&got[i * vp..i * vp + v], &want);
+                assert!(e < 1e-5, "{kv} cache, rows {rows:?}, row {i}: rel err {e}");
+            }
         }
+        assert!(model.reorder_cache(&mut cache, &[3]).is_err());
     }
-    assert!(model.reorder_cache(&mut cache, &[3]).is_err());
 }
 
 #[test]
