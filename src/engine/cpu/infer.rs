@@ -244,9 +244,9 @@ fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 
 /// The CPU's side of a [`KvCache`]: keys and values, plus the scratch buffers of a forward pass
 /// (grown to the most token rows seen, then reused). Keys and values are f32 or bf16
-/// ([`crate::engine::Engine::set_kv_cache_dtype`]): at depth a decoding step reads the cache as
-/// well as the weights: at 900 tokens of GPT-2 124M, 66 MB in f32 beside 250 MB of bf16 weights
-/// or 135 MB of int8.
+/// ([`crate::engine::Engine::set_kv_cache_dtype`]), because at depth a decoding step reads the
+/// cache as well as the weights: at 900 tokens of GPT-2 124M, 66 MB of f32 keys and values
+/// beside 250 MB of bf16 weights or 135 MB of int8.
 pub(super) struct CpuKv<K> {
     max_t: usize,
     n_layer: usize,
@@ -367,7 +367,9 @@ fn holds_bf16(cache: &KvCache) -> bool {
 impl CpuEngine {
     pub(super) fn new_kv_cache(&self, rows: usize, capacity: usize) -> KvCache {
         let capacity = capacity.min(self.model.config.block_size);
-        let dtype = (self.kv_cache_dtype).unwrap_or(self.inference.suited_kv_cache());
+        let dtype = self
+            .kv_cache_dtype
+            .unwrap_or(self.inference.suited_kv_cache());
         let storage: Box<dyn std::any::Any + Send> = match dtype {
             Dtype::Float32 => Box::new(CpuKv::<f32>::new(self, rows, capacity)),
             Dtype::Bfloat16 => Box::new(CpuKv::<Bf16>::new(self, rows, capacity)),
