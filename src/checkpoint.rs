@@ -38,17 +38,19 @@ fn one_rank() -> usize {
     1
 }
 
-/// Writes a complete checkpoint to `dir`, replacing any earlier one there. `iter_num` is the
-/// next iteration to run.
+/// Writes a complete checkpoint to `dir`, replacing any earlier one there: the engine's model
+/// and `opt` (the engine's optimizer state, or under ZeRO-1 the one gathered from every rank).
+/// `iter_num` is the next iteration to run.
 pub fn save(
     dir: &Path,
     engine: &dyn Engine,
+    opt: &OptimizerState,
     train: &TrainConfig,
     iter_num: usize,
     best_val_loss: f32,
     world_size: usize,
 ) -> Result<()> {
-    let (model, opt) = (engine.model(), engine.optimizer_state());
+    let model = engine.model();
     let state = TrainState {
         iter_num,
         best_val_loss,

@@ -1,6 +1,7 @@
 //! Data-parallel training on CPU ranks through the real binary: `nanogpt launch` with 2 ranks
 //! trains as one process with the same flags does, a killed rank stops the others, Ctrl-C on the
-//! launcher saves and resumes exactly, and ranks started with different settings are refused.
+//! launcher saves and resumes exactly, ranks started with different settings are refused, and
+//! ZeRO-1 trains to the same bits as the unsharded update.
 
 mod common;
 
@@ -109,6 +110,116 @@ fn two_ranks_train_as_one_process_does() {
         assert!(err <= 1e-6, "{name}: relative difference {err:e}");
     }
     std::fs::remove_dir_all(&root).ok();
+}
+
+/// A checkpoint's files whose bits must agree between runs that trained alike.
+fn checkpoint_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    ["model.safetensors", nanogpt::checkpoint::OPTIMIZER_FILE]
+        .into_iter()
+        .map(|f| (f.to_string(), std::fs::read(dir.join(f)).expect(f)))
+        .collect()
+}
+
+fn run_ok(mut cmd: Command) -> String {
+    let out = cmd.output().expect("run");
+    let log = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{log}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    log
+}
+
+/// ZeRO-1 (each rank keeps its part of AdamW's moments) against every rank keeping all of them:
+/// the same parameters and moments, bit for bit, after 10 steps; and again when the sharded run
+/// is stopped at step 5 and resumed (the moments gathered into the checkpoint, then split).
+#[test]
+fn zero1_gives_the_bits_of_the_unsharded_update() {
+    let root = common::temp_dir("ddp", "zero1");
+    let data = common::prepare_shakespeare_char(&root);
+    let args = |out: &str, iters: usize, extra: &[&str]| {
+        let mut flags = vec!["--decay_lr=false", "--eval_interval=5"];
+        flags.extend_from_slice(extra);
+        train_args(&data, &root.join(out), iters, &flags)
+    };
+    let plain = run_ok(launch(29538, &args("plain", 10, &[])));
+    let zero = run_ok(launch(29539, &args("zero", 10, &["--zero_stage=1"])));
+    assert_eq!(common::loss_lines(&plain), common::loss_lines(&zero));
+    let want = checkpoint_bytes(&root.join("plain/latest"));
+    assert_eq!(want, checkpoint_bytes(&root.join("zero/latest")));
+    run_ok(launch(29540, &args("halves", 4, &["--zero_stage=1"])));
+    run_ok(launch(
+        29541,
+        &args("halves", 10, &["--zero_stage=1", "--init_from=resume"]),
+    ));
+    assert_eq!(want, checkpoint_bytes(&root.join("halves/latest")));
+    std::fs::remove_dir_all(&root).ok();
+}
+
+/// Three ranks (where the order of a sum matters: a + b = b + a, but (a + b) + c is not
+/// (b + c) + a), as threads with one engine each: three steps of ZeRO-1 against the all-reduce
+/// and the unsharded update, with clipping active, on parameters large enough to split.
+#[test]
+fn zero1_on_three_ranks_matches_the_unsharded_update_bit_for_bit() {
+    use nanogpt::dist::{ring::Ring, World};
+    use nanogpt::engine::{cpu::CpuEngine, Engine};
+    let cfg = nanogpt::config::GptConfig {
+        n_layer: 2,
+        n_head: 2,
+        n_embd: 64,
+        block_size: 16,
+        vocab_size: 100,
+        pad_vocab: false,
+        bias: true,
+        dropout: 0.0,
+        arch: Default::default(),
+    };
+    let run = |zero: bool, port: u16| -> Vec<Vec<f32>> {
+        std::thread::scope(|scope| {
+            let ranks: Vec<_> = (0..3)
+                .map(|rank| {
+                    let cfg = cfg.clone();
+                    scope.spawn(move || {
+                        let world = World {
+                            rank,
+                            size: 3,
+                            local_rank: rank,
+                            master_addr: "127.0.0.1".into(),
+                            master_port: port,
+                        };
+                        let mut ring = Ring::connect(world, serde_json::json!({})).unwrap();
+                        let mut engine = CpuEngine::new(nanogpt::model::Gpt::new(cfg, 7).unwrap());
+                        for step in 0..3u64 {
+                            // Rank- and step-specific gradients, large enough to be clipped.
+                            let mut rng = nanogpt::rng::Rng::new(100 * step + rank as u64);
+                            engine.grads = (0..engine.model.params.len())
+                                .map(|_| (rng.normal() * 0.1) as f32)
+                                .collect();
+                            let norm = if zero {
+                                engine.update_zero1(1e-2, 1.0, &mut ring).unwrap()
+                            } else {
+                                engine.all_reduce_grads(&mut ring).unwrap();
+                                engine.update(1e-2, 1.0)
+                            };
+                            assert!(norm > 1.0, "{norm}");
+                        }
+                        engine.model.params.clone()
+                    })
+                })
+                .collect();
+            ranks.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    };
+    let (plain, zero) = (run(false, 29542), run(true, 29543));
+    let n = plain[0].len();
+    assert!(
+        n > 2 * nanogpt::dist::SHARD_ALIGN,
+        "{n} parameters: too few to split in 3"
+    );
+    for r in 0..3 {
+        assert!(plain[r] == plain[0] && zero[r] == plain[0], "rank {r}");
+    }
 }
 
 /// The pids of a process's children (the launcher's ranks).

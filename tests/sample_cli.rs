@@ -296,7 +296,8 @@ fn char_checkpoint(root: &std::path::Path) -> PathBuf {
         ..TrainConfig::default()
     };
     let out = root.join("out");
-    nanogpt::checkpoint::save(&out.join("best"), &model, &train, 1, 9.0, 1).unwrap();
+    let opt = nanogpt::engine::Engine::optimizer_state(&model);
+    nanogpt::checkpoint::save(&out.join("best"), &model, &opt, &train, 1, 9.0, 1).unwrap();
     out
 }
 

@@ -431,7 +431,7 @@ fn shipped_configs_load() {
 #[test]
 fn validate_rejects_nonsense() {
     let ok = TrainConfig::default();
-    let cases: [(&str, &str, &str); 11] = [
+    let cases: [(&str, &str, &str); 12] = [
         ("grad_clip", "-1", "grad_clip"),
         ("weight_decay", "-1", "weight_decay"),
         ("eval_iters", "0", "eval_iters"),
@@ -447,6 +447,7 @@ fn validate_rejects_nonsense() {
         ("eval_interval", "0", "eval_interval"),
         ("beta2", "1.5", "beta2"),
         ("learning_rate", "-1e-3", "learning_rate"),
+        ("zero_stage", "2", "zero_stage"),
     ];
     for (key, value, mention) in cases {
         let mut c = ok.clone();

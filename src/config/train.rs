@@ -67,6 +67,10 @@ crate::with_model_shape! {
             device: Device = Device::Auto,
             /// float32, or bfloat16: matrix products in bf16 (f32 sums, f32 weights and optimizer)
             dtype: Dtype = Dtype::Float32,
+            /// Data-parallel runs: 1 = ZeRO-1, each rank keeps AdamW's moments for its part of
+            /// the parameters only (a W-th of their memory), bit for bit the same training;
+            /// 0 = every rank keeps all of them
+            zero_stage: usize = 0,
             /// Accepted for nanoGPT compatibility; there is nothing to compile
             compile: bool = false,
         }
@@ -150,6 +154,12 @@ impl TrainConfig {
         // An empty out_dir would put checkpoints straight into the current directory.
         if self.out_dir.trim().is_empty() {
             bail!("out_dir is empty: give the directory for checkpoints, e.g. out_dir = \"out\"");
+        }
+        if self.zero_stage > 1 {
+            bail!(
+                "zero_stage must be 0 (off) or 1 (shard AdamW's moments), got {}",
+                self.zero_stage
+            );
         }
         if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
             bail!("beta1 and beta2 must be in [0, 1)");

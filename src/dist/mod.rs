@@ -8,9 +8,13 @@
 //! the same gradients, so the same clipping and AdamW step keep the parameters bit-identical on
 //! every rank (checked at each log line, see [`fingerprint`]).
 //!
+//! With ZeRO-1 (`zero_stage=1`) the sum is split in two: a reduce-scatter leaves each rank the
+//! summed gradients of its part of the parameters ([`shard_bounds`]), each rank updates that part
+//! with the AdamW moments it alone keeps, and an all-gather shares the new parameters.
+//!
 //! - [`env`] reads the rank from the launcher's environment (torchrun, Slurm, mpirun, or
 //!   `nanogpt launch`).
-//! - [`ring`] is a TCP ring all-reduce between processes, for CPU ranks and the tests here. It
+//! - [`ring`] is a TCP ring (reduce-scatter, all-gather) between processes, for CPU ranks and the tests here. It
 //!   is not NCCL: it moves every byte through the kernel's TCP stack, which is fine for a few
 //!   CPU processes and far too slow for GPUs.
 
@@ -21,13 +25,51 @@ pub use env::World;
 
 use anyhow::Result;
 
-/// Sums buffers across the ranks of a run. Every rank calls each method in the same order with
-/// the same lengths; the result is identical on every rank.
+/// Elements per alignment unit of [`shard_bounds`]: every part but the last starts and ends on
+/// a multiple of it, so the CPU engine's per-chunk gradient-norm sums (chunks of 2^14) never
+/// straddle two ranks' parts, and a ZeRO-1 run adds them as one process does.
+pub const SHARD_ALIGN: usize = 1 << 14;
+
+/// How a buffer of `n` elements is split between `w` ranks: rank c's part is
+/// `bounds[c]..bounds[c + 1]`, contiguous, as equal as whole [`SHARD_ALIGN`] units allow (a
+/// buffer smaller than one unit is all the last rank's). The same split serves every all-reduce
+/// and ZeRO-1's shards, so both add each element in the same order.
+pub fn shard_bounds(n: usize, w: usize) -> Vec<usize> {
+    let units = n.div_ceil(SHARD_ALIGN);
+    (0..=w)
+        .map(|c| (c * units / w * SHARD_ALIGN).min(n))
+        .collect()
+}
+
+/// Moves buffers between the ranks of a run. Every rank calls each method in the same order
+/// with the same lengths and bounds (`w + 1` part boundaries, as [`shard_bounds`] makes).
 pub trait Collective {
     fn world(&self) -> &World;
-    /// `buf` becomes the element-wise sum of every rank's `buf`, added in a fixed order (so a
-    /// rerun gives the same bits).
-    fn all_reduce_sum(&mut self, buf: &mut [f32]) -> Result<()>;
+    /// Sums every rank's `buf`, each part on its own rank: afterwards rank c's part
+    /// `buf[bounds[c]..bounds[c + 1]]` holds the sum over the ranks, added in a fixed order (so
+    /// a rerun gives the same bits); the rest of `buf` holds partial sums.
+    fn reduce_scatter_sum(&mut self, buf: &mut [f32], bounds: &[usize]) -> Result<()>;
+    /// Copies each rank's part of `buf` (bytes `bounds[c]..bounds[c + 1]` from rank c) to every
+    /// rank.
+    fn all_gather_bytes(&mut self, buf: &mut [u8], bounds: &[usize]) -> Result<()>;
+    /// `buf` becomes the element-wise sum of every rank's `buf`, identical on every rank: a
+    /// reduce-scatter then an all-gather over [`shard_bounds`].
+    fn all_reduce_sum(&mut self, buf: &mut [f32]) -> Result<()> {
+        let bounds = shard_bounds(buf.len(), self.world().size);
+        self.reduce_scatter_sum(buf, &bounds)?;
+        all_gather(self, buf, &bounds)
+    }
+}
+
+/// [`Collective::all_gather_bytes`] for a buffer of plain numbers, `bounds` counted in elements.
+pub fn all_gather<T: bytemuck::Pod, C: Collective + ?Sized>(
+    comm: &mut C,
+    buf: &mut [T],
+    bounds: &[usize],
+) -> Result<()> {
+    let size = std::mem::size_of::<T>();
+    let bytes: Vec<usize> = bounds.iter().map(|b| b * size).collect();
+    comm.all_gather_bytes(bytemuck::cast_slice_mut(buf), &bytes)
 }
 
 /// A fingerprint of a buffer's exact bits, as two floats that sum exactly across ranks (each

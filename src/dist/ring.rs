@@ -6,11 +6,13 @@
 //! its own (naming the rank and the key), then tells each rank the address of its right-hand
 //! neighbour (rank + 1 mod W). Each rank connects to its right and accepts its left.
 //!
-//! All-reduce of n floats over W ranks, in W chunks: W-1 reduce-scatter steps (send chunk
-//! (r - s) mod W to the right, add the chunk (r - s - 1) mod W that arrives from the left), after
-//! which rank r holds the finished sum of chunk (r + 1) mod W, then W-1 all-gather steps that pass
-//! the finished chunks round. Chunk c is summed in the order c, c+1, ... around the ring on every
-//! run, so the result is deterministic, and every rank ends with the same bits.
+//! A buffer is split in W parts (`dist::shard_bounds`). Reduce-scatter: W-1 steps, at step s
+//! rank r sends part (r - s - 1) mod W to the right and adds the part (r - s - 2) mod W that
+//! arrives from the left, so part c starts at rank c + 1, goes once round, and ends summed at
+//! rank c: added in the order c+1, c+2, ..., c on every run, so the result is deterministic.
+//! All-gather: W-1 steps that pass each rank's finished part round, so every rank ends with the
+//! same bits. An all-reduce is the two in turn; ZeRO-1 runs them apart, with its optimizer step
+//! between.
 
 use super::{Collective, World};
 use anyhow::{anyhow, bail, Context, Result};
@@ -110,30 +112,55 @@ impl Collective for Ring {
         &self.world
     }
 
-    fn all_reduce_sum(&mut self, buf: &mut [f32]) -> Result<()> {
+    fn reduce_scatter_sum(&mut self, buf: &mut [f32], bounds: &[usize]) -> Result<()> {
         let (w, r) = (self.world.size, self.world.rank);
-        let n = buf.len();
-        let bounds = |c: usize| (c * n / w, (c + 1) * n / w);
-        let bytes_of = |xs: &[f32]| xs.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        check_bounds(bounds, w, buf.len())?;
         let mut incoming = Vec::new();
-        for step in 0..2 * (w - 1) {
-            let reduce = step < w - 1;
-            let s = step % (w - 1);
-            // Reduce-scatter sends chunk r - s; all-gather sends the finished chunk r + 1 - s.
-            let send = (r + w - s + usize::from(!reduce)) % w;
+        for step in 0..w - 1 {
+            // Part c starts at rank c + 1 and arrives, summed, at rank c.
+            let send = (r + 2 * w - step - 1) % w;
             let recv = (send + w - 1) % w;
-            let (s0, s1) = bounds(send);
-            let (r0, r1) = bounds(recv);
-            let out = bytes_of(&buf[s0..s1]);
-            incoming.resize(4 * (r1 - r0), 0);
+            let out: Vec<u8> = buf[bounds[send]..bounds[send + 1]]
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect();
+            incoming.resize(4 * (bounds[recv + 1] - bounds[recv]), 0);
             self.exchange(&out, &mut incoming)?;
-            for (x, b) in buf[r0..r1].iter_mut().zip(incoming.chunks_exact(4)) {
-                let v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                *x = if reduce { v + *x } else { v };
+            for (x, b) in buf[bounds[recv]..bounds[recv + 1]]
+                .iter_mut()
+                .zip(incoming.chunks_exact(4))
+            {
+                *x += f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
             }
         }
         Ok(())
     }
+
+    fn all_gather_bytes(&mut self, buf: &mut [u8], bounds: &[usize]) -> Result<()> {
+        let (w, r) = (self.world.size, self.world.rank);
+        check_bounds(bounds, w, buf.len())?;
+        for step in 0..w - 1 {
+            // Rank r passes on what it got last step (its own part first).
+            let send = (r + w - step) % w;
+            let recv = (send + w - 1) % w;
+            let out = buf[bounds[send]..bounds[send + 1]].to_vec();
+            self.exchange(&out, &mut buf[bounds[recv]..bounds[recv + 1]])?;
+        }
+        Ok(())
+    }
+}
+
+/// A caller's bug (every rank computes the bounds the same way), caught before it desynchronises
+/// the ring.
+fn check_bounds(bounds: &[usize], w: usize, len: usize) -> Result<()> {
+    if bounds.len() != w + 1
+        || bounds[0] != 0
+        || bounds[w] != len
+        || bounds.windows(2).any(|p| p[0] > p[1])
+    {
+        bail!("collective called with bounds {bounds:?} for {w} ranks and {len} elements (a bug)");
+    }
+    Ok(())
 }
 
 fn left_of(world: &World) -> usize {

@@ -377,6 +377,20 @@ pub trait Engine {
     /// Sums the gradients across the ranks of a data-parallel run (every rank calls it after
     /// its backward passes, before [`Engine::update`]).
     fn all_reduce_grads(&mut self, comm: &mut dyn Collective) -> Result<()>;
+    /// ZeRO-1's [`Engine::all_reduce_grads`] and [`Engine::update`] in one: each rank keeps
+    /// AdamW's moments for its part of the parameters only (`dist::shard_bounds`; the first call
+    /// drops the rest, so [`Engine::optimizer_state`] returns that part from then on). The
+    /// gradients are reduce-scattered, the global norm is summed from every rank's part in the
+    /// order one process sums it, each rank clips and updates its part, and the parameters are
+    /// gathered back: bit for bit what the unsharded update gives. Returns the norm before
+    /// clipping.
+    fn update_zero1(&mut self, lr: f32, grad_clip: f32, comm: &mut dyn Collective) -> Result<f32> {
+        let _ = (lr, grad_clip, comm);
+        anyhow::bail!(
+            "zero_stage=1 is not implemented on {} yet: train with zero_stage=0",
+            self.device_name()
+        )
+    }
 
     /// An empty cache for `rows` sequences of up to `capacity` tokens (at most block_size).
     fn kv_cache(&self, rows: usize, capacity: usize) -> KvCache;

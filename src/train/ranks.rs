@@ -1,23 +1,29 @@
 //! This process's part in a data-parallel run (see [`crate::dist`]): alone, or rank r of W.
 //! nanoGPT's DDP semantics: `batch_size` is per rank, the iteration's
 //! `gradient_accumulation_steps` are shared out between the ranks, and rank 0 alone logs,
-//! evaluates, writes `metrics.jsonl` and saves checkpoints.
+//! evaluates, writes `metrics.jsonl` and saves checkpoints. With `zero_stage=1` each rank keeps
+//! AdamW's moments for its part of the parameters only, and they are gathered for checkpoints.
 
 use super::config::TrainConfig;
-use crate::dist::{check_same_on_every_rank, ring::Ring, Collective, World};
-use crate::engine::Engine;
+use crate::dist::{self, check_same_on_every_rank, ring::Ring, Collective, World};
+use crate::engine::{Engine, OptimizerState};
 use anyhow::{bail, Result};
 use std::ops::Range;
 
 pub struct Ranks {
     ring: Option<Ring>,
+    /// ZeRO-1: the optimizer state is sharded across the ranks.
+    zero1: bool,
 }
 
 impl Ranks {
     /// Joins the run the environment describes (a launcher's variables), or trains alone.
     pub fn join(cfg: &TrainConfig) -> Result<Ranks> {
         let Some(world) = World::from_env()? else {
-            return Ok(Ranks { ring: None });
+            return Ok(Ranks {
+                ring: None,
+                zero1: false,
+            });
         };
         if !cfg.gradient_accumulation_steps.is_multiple_of(world.size) {
             bail!(
@@ -28,6 +34,7 @@ impl Ranks {
         }
         Ok(Ranks {
             ring: Some(Ring::connect(world, serde_json::to_value(cfg)?)?),
+            zero1: cfg.zero_stage == 1,
         })
     }
 
@@ -51,16 +58,56 @@ impl Ranks {
         self.rank() * share..(self.rank() + 1) * share
     }
 
-    /// Sums the gradients over the ranks, and this iteration's loss sum with them, so every rank
-    /// knows the whole iteration's loss.
-    pub fn reduce(&mut self, engine: &mut dyn Engine, loss_sum: f64) -> Result<f64> {
+    /// The iteration's update: sums the gradients over the ranks (with ZeRO-1, each rank only its
+    /// part), clips to `grad_clip` and takes the AdamW step. Sums this iteration's loss with the
+    /// gradients, so every rank knows the whole iteration's loss, and returns it.
+    pub fn update(
+        &mut self,
+        engine: &mut dyn Engine,
+        loss_sum: f64,
+        lr: f32,
+        grad_clip: f32,
+    ) -> Result<f64> {
         let Some(ring) = &mut self.ring else {
+            engine.update(lr, grad_clip);
             return Ok(loss_sum);
         };
-        engine.all_reduce_grads(ring)?;
+        if self.zero1 {
+            engine.update_zero1(lr, grad_clip, ring)?;
+        } else {
+            engine.all_reduce_grads(ring)?;
+            engine.update(lr, grad_clip);
+        }
         let mut loss = [loss_sum as f32];
         ring.all_reduce_sum(&mut loss)?;
         Ok(f64::from(loss[0]))
+    }
+
+    /// With ZeRO-1, the whole optimizer state gathered from every rank's part (for rank 0's
+    /// checkpoint); every rank must call it at the same iterations. `None`: the engine holds the
+    /// whole state itself.
+    pub fn gather_optimizer_state(
+        &mut self,
+        engine: &dyn Engine,
+    ) -> Result<Option<OptimizerState>> {
+        let (Some(ring), true) = (&mut self.ring, self.zero1) else {
+            return Ok(None);
+        };
+        let n = engine.model().params.len();
+        let part = engine.optimizer_state();
+        if part.m.len() == n {
+            // No step taken yet: nothing was sharded.
+            return Ok(None);
+        }
+        let bounds = dist::shard_bounds(n, ring.world().size);
+        let own = bounds[ring.world().rank]..bounds[ring.world().rank + 1];
+        let mut whole = OptimizerState::new(n);
+        whole.step = part.step;
+        for (into, from) in [(&mut whole.m, &part.m), (&mut whole.v, &part.v)] {
+            into[own.clone()].copy_from_slice(from);
+            dist::all_gather(ring, into, &bounds)?;
+        }
+        Ok(Some(whole))
     }
 
     /// Whether to stop after this iteration: when any rank was asked to, all stop together (a

@@ -9,11 +9,12 @@ use crate::checkpoint;
 use crate::data::batch::mask_to_completions;
 use crate::data::dataset;
 use crate::data::TokenSplit;
-use crate::engine::{self, AdamW, Engine, Mode};
+use crate::engine::{self, AdamW, Engine, Mode, OptimizerState};
 use crate::load::{self, TrainStart};
 use crate::perf::mfu;
 use crate::rng::{mix64, Rng};
 use anyhow::{bail, Context, Result};
+use std::borrow::Cow;
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -134,18 +135,28 @@ fn run(
         b,
         t,
         engine.device_name(),
-        match ranks.size() {
-            1 => String::new(),
-            n => format!(" x {n} ranks"),
+        match (ranks.size(), cfg.zero_stage) {
+            (1, _) => String::new(),
+            (n, 0) => format!(" x {n} ranks"),
+            (n, _) => format!(" x {n} ranks (ZeRO-1: AdamW's moments split between them)"),
         },
         peak * 1e3 * ranks.size() as f64
     )?;
 
     let world_size = ranks.size();
-    let save = |name: &str, engine: &dyn Engine, iter_num, best_val_loss| {
+    // `gathered`: the optimizer state from every rank under ZeRO-1, else the engine has it all.
+    let save = |name: &str,
+                engine: &dyn Engine,
+                gathered: &Option<OptimizerState>,
+                iter_num,
+                best_val_loss| {
+        let opt = gathered
+            .as_ref()
+            .map_or_else(|| engine.optimizer_state(), Cow::Borrowed);
         checkpoint::save(
             &out_dir.join(name),
             engine,
+            &opt,
             cfg,
             iter_num,
             best_val_loss,
@@ -172,7 +183,15 @@ fn run(
     let mut window = (Instant::now(), 0usize);
     loop {
         let lr = learning_rate_at(cfg, iter_num);
-        if leader && iter_num % cfg.eval_interval == 0 {
+        let eval_now = iter_num % cfg.eval_interval == 0;
+        let may_save = eval_now && iter_num > 0 && !cfg.eval_only;
+        // Every rank takes part in the gathering, whether rank 0 then saves or not.
+        let gathered = if may_save {
+            ranks.gather_optimizer_state(engine.as_ref())?
+        } else {
+            None
+        };
+        if leader && eval_now {
             let (train_loss, val_loss) = (
                 estimate_loss(
                     engine.as_mut(),
@@ -213,12 +232,18 @@ fn run(
             if improved {
                 best_val_loss = val_loss;
             }
-            if iter_num > 0 && !cfg.eval_only {
+            if may_save {
                 if improved {
-                    save("best", engine.as_ref(), iter_num, best_val_loss)?;
+                    save("best", engine.as_ref(), &gathered, iter_num, best_val_loss)?;
                 }
                 if improved || cfg.always_save_checkpoint {
-                    save("latest", engine.as_ref(), iter_num, best_val_loss)?;
+                    save(
+                        "latest",
+                        engine.as_ref(),
+                        &gathered,
+                        iter_num,
+                        best_val_loss,
+                    )?;
                     writeln!(
                         log,
                         "saved checkpoint to {}{}",
@@ -253,8 +278,7 @@ fn run(
             loss_sum += loss as f64;
             engine.backward(1.0 / cfg.gradient_accumulation_steps as f32)?;
         }
-        let loss_sum = ranks.reduce(engine.as_mut(), loss_sum)?;
-        engine.update(lr, cfg.grad_clip);
+        let loss_sum = ranks.update(engine.as_mut(), loss_sum, lr, cfg.grad_clip)?;
         let loss = (loss_sum / cfg.gradient_accumulation_steps as f64) as f32;
         summary.losses.push(loss);
         let ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -281,8 +305,15 @@ fn run(
         let interrupted = ranks.agree_to_stop(stop.load(Ordering::SeqCst))?;
         if interrupted || iter_num > cfg.max_iters {
             // Always end with a checkpoint to resume from, whatever the eval schedule.
+            let gathered = ranks.gather_optimizer_state(engine.as_ref())?;
             if leader {
-                save("latest", engine.as_ref(), iter_num, best_val_loss)?;
+                save(
+                    "latest",
+                    engine.as_ref(),
+                    &gathered,
+                    iter_num,
+                    best_val_loss,
+                )?;
             }
             if interrupted {
                 writeln!(log, "interrupted: saved {} at iteration {iter_num}; continue with --init_from=resume", out_dir.join("latest").display())?;

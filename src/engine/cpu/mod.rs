@@ -9,8 +9,11 @@ mod train;
 
 use super::{AdamW, Dtype, Engine, Feed, InferenceWeights, KvCache, Mode, OptimizerState};
 use crate::config::GptConfig;
-use crate::dist::Collective;
-use crate::kernels::cpu::adamw::{adamw_update, clip_grads, global_norm, norm_partials_len};
+use crate::dist::{self, Collective};
+use crate::kernels::cpu::adamw::{
+    adamw_update, chunk_sums_of_squares, clip_grads, global_norm, norm_from_chunk_sums,
+    norm_partials_len, CHUNK,
+};
 use crate::kernels::cpu::matmul::{gemm_into, Precision, View};
 use crate::kernels::cpu::matmul_bf16::Kernel;
 use crate::kernels::cpu::rope::RopeTable;
@@ -18,6 +21,7 @@ use crate::model::Gpt;
 use anyhow::Result;
 pub use infer::q8_group;
 use std::borrow::Cow;
+use std::ops::Range;
 use std::sync::OnceLock;
 use std::time::Instant;
 use train::{ActGrads, Activations};
@@ -40,7 +44,9 @@ pub struct CpuEngine {
     pub grads: Vec<f32>,
     acts: Option<Activations>,
     act_grads: Option<ActGrads>,
+    /// AdamW's moments for `opt_part` of the parameters: all of them, or a ZeRO-1 rank's part.
     opt: OptimizerState,
+    opt_part: Range<usize>,
     hyper: AdamW,
     /// (first index, decays?) of each parameter tensor, in buffer order: AdamW's two groups.
     groups: Vec<(usize, bool)>,
@@ -83,6 +89,7 @@ impl CpuEngine {
             acts: None,
             act_grads: None,
             opt: OptimizerState::new(n),
+            opt_part: 0..n,
             hyper: DEFAULT_ADAMW,
             groups,
             norm_partials: vec![0.0; norm_partials_len(n)],
@@ -94,6 +101,26 @@ impl CpuEngine {
             rope,
             precision: Precision::F32,
         }
+    }
+
+    /// One AdamW step on `opt_part` of the parameters (the gradients there already clipped).
+    fn adamw_step(&mut self, lr: f32) {
+        self.opt.step += 1;
+        self.decode_weights = OnceLock::new();
+        self.q8_weights = OnceLock::new();
+        self.bf16_weights = OnceLock::new();
+        let hyper = AdamW { lr, ..self.hyper };
+        let part = self.opt_part.clone();
+        adamw_update(
+            part.start,
+            &mut self.model.params[part.clone()],
+            &self.grads[part],
+            &mut self.opt.m,
+            &mut self.opt.v,
+            &hyper,
+            self.opt.step,
+            &self.groups,
+        );
     }
 
     fn ensure_grads(&mut self) {
@@ -163,25 +190,48 @@ impl Engine for CpuEngine {
     }
 
     fn update(&mut self, lr: f32, grad_clip: f32) -> f32 {
+        assert_eq!(
+            self.opt_part.len(),
+            self.model.params.len(),
+            "Engine::update after update_zero1: this engine holds one rank's moments only"
+        );
         let norm = self.grad_norm();
         if grad_clip > 0.0 {
             clip_grads(&mut self.grads, norm, grad_clip);
         }
-        self.opt.step += 1;
-        self.decode_weights = OnceLock::new();
-        self.q8_weights = OnceLock::new();
-        self.bf16_weights = OnceLock::new();
-        let hyper = AdamW { lr, ..self.hyper };
-        adamw_update(
-            &mut self.model.params,
-            &self.grads,
-            &mut self.opt.m,
-            &mut self.opt.v,
-            &hyper,
-            self.opt.step,
-            &self.groups,
-        );
+        self.adamw_step(lr);
         norm
+    }
+
+    fn update_zero1(&mut self, lr: f32, grad_clip: f32, comm: &mut dyn Collective) -> Result<f32> {
+        self.ensure_grads();
+        let n = self.grads.len();
+        let (rank, size) = (comm.world().rank, comm.world().size);
+        let bounds = dist::shard_bounds(n, size);
+        let part = bounds[rank]..bounds[rank + 1];
+        if self.opt_part != part {
+            if self.opt_part != (0..n) {
+                anyhow::bail!("update_zero1 called with another world than before (a bug)");
+            }
+            self.opt.m = self.opt.m[part.clone()].to_vec();
+            self.opt.v = self.opt.v[part.clone()].to_vec();
+            self.opt_part = part.clone();
+        }
+        comm.reduce_scatter_sum(&mut self.grads, &bounds)?;
+        // Every part starts on a chunk boundary, so this rank's chunk sums are the very ones one
+        // process computes, and gathered they add in the same order.
+        const _: () = assert!(dist::SHARD_ALIGN.is_multiple_of(CHUNK));
+        let chunk_bounds: Vec<usize> = bounds.iter().map(|b| b.div_ceil(CHUNK)).collect();
+        let own = chunk_bounds[rank]..chunk_bounds[rank + 1];
+        chunk_sums_of_squares(&self.grads[part.clone()], &mut self.norm_partials[own]);
+        dist::all_gather(comm, &mut self.norm_partials, &chunk_bounds)?;
+        let norm = norm_from_chunk_sums(&self.norm_partials);
+        if grad_clip > 0.0 {
+            clip_grads(&mut self.grads[part], norm, grad_clip);
+        }
+        self.adamw_step(lr);
+        dist::all_gather(comm, &mut self.model.params, &bounds)?;
+        Ok(norm)
     }
 
     fn set_adamw(&mut self, hyper: AdamW) {
@@ -254,7 +304,15 @@ impl Engine for CpuEngine {
 
     fn set_optimizer_state(&mut self, state: OptimizerState) -> Result<()> {
         super::check_optimizer_state(&state, self.model.params.len())?;
-        self.opt = state;
+        self.opt = if self.opt_part.len() == state.m.len() {
+            state
+        } else {
+            OptimizerState {
+                m: state.m[self.opt_part.clone()].to_vec(),
+                v: state.v[self.opt_part.clone()].to_vec(),
+                step: state.step,
+            }
+        };
         Ok(())
     }
 }

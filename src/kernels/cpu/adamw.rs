@@ -7,11 +7,15 @@
 use crate::optim::AdamW;
 use rayon::prelude::*;
 
-const CHUNK: usize = 1 << 14;
+/// The unit of the parallel passes, and of the gradient norm's partial sums.
+pub const CHUNK: usize = 1 << 14;
 
-/// One update of the whole buffer for step `t` (1-based), in a single parallel pass.
-/// `groups` lists (first index, decays?) for consecutive ranges, sorted, starting at 0.
+/// One update for step `t` (1-based), in a single parallel pass, of the buffers' elements from
+/// `offset` on (the whole buffer, or a ZeRO-1 rank's part). `groups` lists (first index, decays?)
+/// for consecutive ranges of the whole buffer, sorted, starting at 0.
+#[allow(clippy::too_many_arguments)]
 pub fn adamw_update(
+    offset: usize,
     params: &mut [f32],
     grads: &[f32],
     m: &mut [f32],
@@ -32,7 +36,7 @@ pub fn adamw_update(
         .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
         .enumerate()
         .for_each(|(ci, ((p, g), (m, v)))| {
-            let base = ci * CHUNK;
+            let base = offset + ci * CHUNK;
             let mut group = groups.partition_point(|&(start, _)| start <= base) - 1;
             let mut i = 0;
             while i < p.len() {
@@ -58,7 +62,15 @@ pub fn adamw_update(
 /// `partials` is caller-owned scratch of at least `grads.len().div_ceil(CHUNK)` entries.
 pub fn global_norm(grads: &[f32], partials: &mut [f64]) -> f32 {
     let n = grads.len().div_ceil(CHUNK);
-    partials[..n]
+    chunk_sums_of_squares(grads, &mut partials[..n]);
+    norm_from_chunk_sums(&partials[..n])
+}
+
+/// sum g^2 of each CHUNK of `grads`, in f64, into `partials` (one per chunk). The chunks are
+/// fixed, so the partial sums are the same whichever buffer (or ZeRO-1 part starting on a chunk
+/// boundary) they are taken from.
+pub fn chunk_sums_of_squares(grads: &[f32], partials: &mut [f64]) {
+    partials
         .par_iter_mut()
         .zip(grads.par_chunks(CHUNK))
         .for_each(|(p, g)| {
@@ -77,7 +89,11 @@ pub fn global_norm(grads: &[f32], partials: &mut [f64]) -> f32 {
                     .map(|&x| x as f64 * x as f64)
                     .sum::<f64>();
         });
-    partials[..n].iter().sum::<f64>().sqrt() as f32
+}
+
+/// The global norm from every chunk's sum, added in chunk order.
+pub fn norm_from_chunk_sums(partials: &[f64]) -> f32 {
+    partials.iter().sum::<f64>().sqrt() as f32
 }
 
 pub fn norm_partials_len(n: usize) -> usize {
