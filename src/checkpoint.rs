@@ -75,8 +75,11 @@ pub fn save(
             ))
         })
         .collect::<Result<Vec<_>>>()?;
-    let bytes = safetensors::serialize(tensors, None)?;
-    write_atomic(&tmp.join(OPTIMIZER_FILE), &bytes)?;
+    // Streamed to the file: no copy of the moments in memory (as large as the model, twice).
+    let opt_path = tmp.join(OPTIMIZER_FILE);
+    safetensors::serialize_to_file(tensors, None, &opt_path)
+        .and_then(|()| Ok(std::fs::File::open(&opt_path)?.sync_all()?))
+        .with_context(|| format!("cannot write {} (disk full?)", opt_path.display()))?;
     write_atomic(
         &tmp.join(STATE_FILE),
         serde_json::to_string_pretty(&state)?.as_bytes(),

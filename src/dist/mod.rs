@@ -52,6 +52,10 @@ pub trait Collective {
     /// Copies each rank's part of `buf` (bytes `bounds[c]..bounds[c + 1]` from rank c) to every
     /// rank.
     fn all_gather_bytes(&mut self, buf: &mut [u8], bounds: &[usize]) -> Result<()>;
+    /// Copies each rank's `part` (rank c's being bytes `bounds[c]..bounds[c + 1]` of the whole)
+    /// into rank 0's `whole`; the other ranks pass an empty `whole` and need no room for the
+    /// rest.
+    fn gather_bytes(&mut self, part: &[u8], whole: &mut [u8], bounds: &[usize]) -> Result<()>;
     /// `buf` becomes the element-wise sum of every rank's `buf`, identical on every rank: a
     /// reduce-scatter then an all-gather over [`shard_bounds`].
     fn all_reduce_sum(&mut self, buf: &mut [f32]) -> Result<()> {
@@ -70,6 +74,22 @@ pub fn all_gather<T: bytemuck::Pod, C: Collective + ?Sized>(
     let size = std::mem::size_of::<T>();
     let bytes: Vec<usize> = bounds.iter().map(|b| b * size).collect();
     comm.all_gather_bytes(bytemuck::cast_slice_mut(buf), &bytes)
+}
+
+/// [`Collective::gather_bytes`] for plain numbers, `bounds` counted in elements.
+pub fn gather<T: bytemuck::Pod, C: Collective + ?Sized>(
+    comm: &mut C,
+    part: &[T],
+    whole: &mut [T],
+    bounds: &[usize],
+) -> Result<()> {
+    let size = std::mem::size_of::<T>();
+    let bytes: Vec<usize> = bounds.iter().map(|b| b * size).collect();
+    comm.gather_bytes(
+        bytemuck::cast_slice(part),
+        bytemuck::cast_slice_mut(whole),
+        &bytes,
+    )
 }
 
 /// A fingerprint of a buffer's exact bits, as two floats that sum exactly across ranks (each

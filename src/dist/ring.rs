@@ -148,6 +148,42 @@ impl Collective for Ring {
         }
         Ok(())
     }
+
+    fn gather_bytes(&mut self, part: &[u8], whole: &mut [u8], bounds: &[usize]) -> Result<()> {
+        let (w, r) = (self.world.size, self.world.rank);
+        check_bounds(bounds, w, bounds.last().copied().unwrap_or(0))?;
+        let room = if r == 0 { bounds[w] } else { 0 };
+        if whole.len() != room || part.len() != bounds[r + 1] - bounds[r] {
+            bail!(
+                "gather called with a part of {} bytes and room for {} on rank {r} of {w} (a bug)",
+                part.len(),
+                whole.len()
+            );
+        }
+        if r == 0 {
+            whole[bounds[0]..bounds[1]].copy_from_slice(part);
+        }
+        // Part p (p >= 1) travels p, p+1, ..., W-1, 0: at step s rank r passes on part r - s,
+        // the one it received the step before (its own first), until the part reaches rank 0.
+        let left = left_of(&self.world);
+        let (mut carried, mut incoming) = (Vec::new(), Vec::new());
+        for step in 0..w - 1 {
+            let out: &[u8] = match step {
+                _ if r <= step => &[],
+                0 => part,
+                _ => &carried,
+            };
+            let arriving = (left > step).then(|| left - step);
+            incoming.resize(arriving.map_or(0, |p| bounds[p + 1] - bounds[p]), 0);
+            self.exchange(out, &mut incoming)?;
+            match arriving {
+                Some(p) if r == 0 => whole[bounds[p]..bounds[p + 1]].copy_from_slice(&incoming),
+                Some(_) => std::mem::swap(&mut carried, &mut incoming),
+                None => {}
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A caller's bug (every rank computes the bounds the same way), caught before it desynchronises
@@ -359,6 +395,43 @@ mod tests {
             for r in &results {
                 assert_eq!(r, &want, "{size} ranks");
             }
+        }
+    }
+
+    /// W ranks as threads: each part reaches rank 0's whole buffer, through every ring length,
+    /// with parts of different sizes (rank 0's empty).
+    #[test]
+    fn parts_gather_on_rank_zero() {
+        for (size, port) in [(2, 29616), (3, 29617), (5, 29618)] {
+            let bounds: Vec<usize> = (0..=size).map(|c| c * c - c).collect();
+            let bounds = &bounds;
+            let whole: Vec<Vec<u8>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..size)
+                    .map(|rank| {
+                        scope.spawn(move || {
+                            let world = World {
+                                rank,
+                                size,
+                                local_rank: rank,
+                                master_addr: "127.0.0.1".into(),
+                                master_port: port,
+                            };
+                            let mut ring = Ring::connect(world, serde_json::json!({})).unwrap();
+                            let part: Vec<u8> = (bounds[rank]..bounds[rank + 1])
+                                .map(|i| (i * 7 + rank) as u8)
+                                .collect();
+                            let mut whole = vec![0u8; if rank == 0 { bounds[size] } else { 0 }];
+                            ring.gather_bytes(&part, &mut whole, bounds).unwrap();
+                            whole
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let want: Vec<u8> = (0..size)
+                .flat_map(|r| (bounds[r]..bounds[r + 1]).map(move |i| (i * 7 + r) as u8))
+                .collect();
+            assert_eq!(whole[0], want, "{size} ranks");
         }
     }
 

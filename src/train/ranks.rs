@@ -83,9 +83,10 @@ impl Ranks {
         Ok(f64::from(loss[0]))
     }
 
-    /// With ZeRO-1, the whole optimizer state gathered from every rank's part (for rank 0's
-    /// checkpoint); every rank must call it at the same iterations. `None`: the engine holds the
-    /// whole state itself.
+    /// With ZeRO-1, rank 0 gets the whole optimizer state, gathered from every rank's part, for
+    /// its checkpoint; every rank must call this at the same iterations, and only rank 0 holds
+    /// the whole (the others need no more memory than their part). `None`: the engine holds the
+    /// whole state itself (or this is not rank 0).
     pub fn gather_optimizer_state(
         &mut self,
         engine: &dyn Engine,
@@ -100,14 +101,15 @@ impl Ranks {
             return Ok(None);
         }
         let bounds = dist::shard_bounds(n, ring.world().size);
-        let own = bounds[ring.world().rank]..bounds[ring.world().rank + 1];
-        let mut whole = OptimizerState::new(n);
-        whole.step = part.step;
-        for (into, from) in [(&mut whole.m, &part.m), (&mut whole.v, &part.v)] {
-            into[own.clone()].copy_from_slice(from);
-            dist::all_gather(ring, into, &bounds)?;
-        }
-        Ok(Some(whole))
+        let room = if ring.world().rank == 0 { n } else { 0 };
+        let mut whole = OptimizerState {
+            m: vec![0.0; room],
+            v: vec![0.0; room],
+            step: part.step,
+        };
+        dist::gather(ring, &part.m, &mut whole.m, &bounds)?;
+        dist::gather(ring, &part.v, &mut whole.v, &bounds)?;
+        Ok((room > 0).then_some(whole))
     }
 
     /// Whether to stop after this iteration: when any rank was asked to, all stop together (a
