@@ -157,6 +157,30 @@ fn zero1_gives_the_bits_of_the_unsharded_update() {
     std::fs::remove_dir_all(&root).ok();
 }
 
+/// A launcher's run of one rank (nanoGPT's DDP at world size 1: through the collective, which a
+/// GPU run does with NCCL) trains to the bits of a run without a launcher.
+#[test]
+fn one_rank_under_the_launcher_gives_the_bits_of_no_launcher() {
+    let root = common::temp_dir("ddp", "one");
+    let data = common::prepare_shakespeare_char(&root);
+    let mut alone = common::nanogpt();
+    alone
+        .env("RAYON_NUM_THREADS", "1")
+        .args(train_args(&data, &root.join("alone"), 10, &[]));
+    let mut one = common::nanogpt();
+    one.args(["launch", "--nproc_per_node=1", "--master_port=29544", "--"])
+        .args(train_args(&data, &root.join("one"), 10, &[]))
+        .env("RAYON_NUM_THREADS", "1");
+    let (alone, one) = (run_ok(alone), run_ok(one));
+    assert!(one.contains("x 1 ranks"), "{one}");
+    assert_eq!(common::loss_lines(&alone), common::loss_lines(&one));
+    assert_eq!(
+        checkpoint_bytes(&root.join("alone/latest")),
+        checkpoint_bytes(&root.join("one/latest"))
+    );
+    std::fs::remove_dir_all(&root).ok();
+}
+
 /// Three ranks (where the order of a sum matters: a + b = b + a, but (a + b) + c is not
 /// (b + c) + a), as threads with one engine each: three steps of ZeRO-1 against the all-reduce
 /// and the unsharded update, with clipping active, on parameters large enough to split.

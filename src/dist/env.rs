@@ -30,8 +30,9 @@ const LAUNCHERS: [(&str, &str, &str, &str); 4] = [
 ];
 
 impl World {
-    /// This process's place in a run, from the environment; `None` when no launcher set one or
-    /// the run has a single rank.
+    /// This process's place in a run, from the environment; `None` when no launcher set one. A
+    /// launcher's run of one rank is a data-parallel run too, as in nanoGPT (rank 0 of 1: the
+    /// same results as no launcher, through the collective; with a GPU, NCCL's).
     pub fn from_env() -> Result<Option<World>> {
         World::from_vars(|name| std::env::var(name).ok())
     }
@@ -56,9 +57,6 @@ impl World {
                 "{rank_var}={rank} is not below {size_var}={size}: check the launcher's settings"
             );
         }
-        if size == 1 {
-            return Ok(None);
-        }
         let local_rank = if var(local_var).is_some() {
             number(local_var)?
         } else {
@@ -69,6 +67,8 @@ impl World {
             Some(p) => p.trim().parse().with_context(|| {
                 format!("MASTER_PORT={p:?} is not a port number (1-65535)")
             })?,
+            // No other rank will connect: any free port does.
+            None if size == 1 => 0,
             None => bail!(
                 "{launcher} says this is rank {rank} of {size}, but MASTER_PORT is not set: set MASTER_ADDR and MASTER_PORT to where rank 0 listens"
             ),
@@ -118,7 +118,10 @@ mod tests {
             );
         }
         assert_eq!(world(&[]).unwrap(), None);
-        assert_eq!(world(&[("RANK", "0"), ("WORLD_SIZE", "1")]).unwrap(), None);
+        let alone = world(&[("RANK", "0"), ("WORLD_SIZE", "1")])
+            .unwrap()
+            .unwrap();
+        assert_eq!((alone.rank, alone.size, alone.master_port), (0, 1, 0));
     }
 
     #[test]

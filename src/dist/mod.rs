@@ -17,8 +17,11 @@
 //! - [`ring`] is a TCP ring (reduce-scatter, all-gather) between processes, for CPU ranks and the tests here. It
 //!   is not NCCL: it moves every byte through the kernel's TCP stack, which is fine for a few
 //!   CPU processes and far too slow for GPUs.
+//! - [`nccl`] sums GPU ranks' gradients in device memory (the CUDA engine opens it through
+//!   `Engine::use_device_collective`).
 
 pub mod env;
+pub mod nccl;
 pub mod ring;
 
 pub use env::World;

@@ -284,7 +284,8 @@ fn rendezvous_as_master(
     if let Some(why) = refusal {
         bail!("{why}");
     }
-    Ok(addresses[1])
+    // Alone (a run of one rank), rank 0 is its own neighbour.
+    Ok(addresses[1 % world.size])
 }
 
 /// Any other rank: says hello to rank 0 and learns its right-hand neighbour.

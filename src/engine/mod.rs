@@ -377,6 +377,13 @@ pub trait Engine {
     /// Sums the gradients across the ranks of a data-parallel run (every rank calls it after
     /// its backward passes, before [`Engine::update`]).
     fn all_reduce_grads(&mut self, comm: &mut dyn Collective) -> Result<()>;
+    /// Data-parallel runs: a GPU backend opens its device-side collective (NCCL) here, every
+    /// rank at once, with `comm` for the rendezvous; [`Engine::all_reduce_grads`] then sums in
+    /// device memory. Provided: nothing to open (the sums go through `comm`, on the host).
+    fn use_device_collective(&mut self, comm: &mut dyn Collective) -> Result<()> {
+        let _ = comm;
+        Ok(())
+    }
     /// ZeRO-1's [`Engine::all_reduce_grads`] and [`Engine::update`] in one: each rank keeps
     /// AdamW's moments for its part of the parameters only (`dist::shard_bounds`; the first call
     /// drops the rest, so [`Engine::optimizer_state`] returns that part from then on). The

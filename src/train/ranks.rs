@@ -38,6 +38,20 @@ impl Ranks {
         })
     }
 
+    /// Lets the engine open its device-side collective (NCCL for GPU ranks); every rank calls
+    /// it once, after opening its engine.
+    pub fn connect_engine(&mut self, engine: &mut dyn Engine) -> Result<()> {
+        match &mut self.ring {
+            Some(ring) => engine.use_device_collective(ring),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether a launcher started this process (a run of one rank included).
+    pub fn launched(&self) -> bool {
+        self.ring.is_some()
+    }
+
     pub fn rank(&self) -> usize {
         self.ring.as_ref().map_or(0, |r| r.world().rank)
     }

@@ -99,6 +99,7 @@ fn run(
     }
     let mcfg = model.config.clone();
     let mut engine = engine::open(model, cfg.device)?;
+    ranks.connect_engine(engine.as_mut())?;
     engine.set_adamw(hyper);
     engine.set_training_dtype(cfg.dtype)?;
     if let Some(opt) = opt {
@@ -136,7 +137,7 @@ fn run(
         t,
         engine.device_name(),
         match (ranks.size(), cfg.zero_stage) {
-            (1, _) => String::new(),
+            (1, _) if !ranks.launched() => String::new(),
             (n, 0) => format!(" x {n} ranks"),
             (n, _) => format!(" x {n} ranks (ZeRO-1: AdamW's moments split between them)"),
         },

@@ -15,8 +15,8 @@ pub fn gpu_present() -> bool {
     result::init().is_ok() && result::device::get_count().is_ok_and(|n| n > 0)
 }
 
-/// A context on GPU 0 (pick another with CUDA_VISIBLE_DEVICES), after checking that the driver
-/// and cuBLASLt can be loaded.
+/// A context on GPU 0, or in a data-parallel run the launcher's local rank's GPU (pick others
+/// with CUDA_VISIBLE_DEVICES), after checking that the driver and cuBLASLt can be loaded.
 pub fn open_context() -> Result<Arc<CudaContext>> {
     // SAFETY: only tries to open the libraries.
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
@@ -29,20 +29,30 @@ pub fn open_context() -> Result<Arc<CudaContext>> {
         ),
         Err(e) => bail!("--device=cuda: the NVIDIA driver did not start ({e:?}): check nvidia-smi, or use --device=cpu"),
     }
-    match result::device::get_count() {
-        Ok(n) if n > 0 => {}
+    let visible = match result::device::get_count() {
+        Ok(n) if n > 0 => n as usize,
         _ => bail!(
             "--device=cuda: no CUDA GPU is visible (check nvidia-smi and CUDA_VISIBLE_DEVICES), or use --device=cpu"
         ),
+    };
+    // Each rank of a data-parallel run on its own GPU: the launcher's local rank picks it.
+    let ordinal = crate::dist::World::from_env()
+        .ok()
+        .flatten()
+        .map_or(0, |w| w.local_rank);
+    if ordinal >= visible {
+        bail!(
+            "--device=cuda: this is local rank {ordinal}, but only {visible} GPU(s) are visible: start at most {visible} rank(s) per machine"
+        );
     }
     // SAFETY: only tries to open the library.
     if !unsafe { cudarc::cublaslt::sys::is_culib_present() } {
         bail!("--device=cuda: cuBLASLt (libcublasLt.so) was not found: install CUDA's cuBLAS (or `pip install nvidia-cublas`) and put its lib folder on LD_LIBRARY_PATH");
     }
-    match CudaContext::new(0) {
+    match CudaContext::new(ordinal) {
         Ok(ctx) => Ok(ctx),
         Err(e) => bail!(
-            "--device=cuda: could not open GPU 0 ({e:?}); check nvidia-smi, or use --device=cpu"
+            "--device=cuda: could not open GPU {ordinal} ({e:?}); check nvidia-smi, or use --device=cpu"
         ),
     }
 }

@@ -25,7 +25,7 @@ pub use device::gpu_present;
 
 use super::{AdamW, Engine, Feed, KvCache, Mode, OptimizerState};
 use crate::config::GptConfig;
-use crate::dist::Collective;
+use crate::dist::{nccl::Nccl, Collective};
 use crate::model::Gpt;
 use crate::perf::gpu_peak;
 use anyhow::{anyhow, bail, Result};
@@ -46,6 +46,9 @@ const DEFAULT_ADAMW: AdamW = AdamW {
 };
 
 pub struct CudaEngine {
+    /// Data-parallel runs: NCCL, which sums the gradients in device memory. First, so it is
+    /// dropped while the GPU context is still there.
+    nccl: Option<Nccl>,
     gpu: Gpu,
     name: String,
     /// Whether cuBLASLt may use TF32 (NANOGPT_CUDA_TF32=1).
@@ -134,6 +137,7 @@ impl CudaEngine {
             acts: None,
             act_grads: None,
             fault: None,
+            nccl: None,
             host: model,
         })
     }
@@ -286,8 +290,18 @@ impl Engine for CudaEngine {
 
     /// Through the host: right for the TCP ring between CPU processes; GPU ranks want NCCL on
     /// the device buffers instead (not built yet).
+    fn use_device_collective(&mut self, comm: &mut dyn Collective) -> Result<()> {
+        self.ready()?;
+        self.nccl = Some(Nccl::connect(comm)?);
+        Ok(())
+    }
+
     fn all_reduce_grads(&mut self, comm: &mut dyn Collective) -> Result<()> {
         self.ready()?;
+        if let Some(nccl) = &mut self.nccl {
+            // SAFETY: the gradient buffer is this context's, `len` f32 long.
+            return unsafe { nccl.all_reduce_sum_f32(self.grads.ptr(), self.grads.len()) };
+        }
         let mut grads = download(&self.gpu, &self.grads, "gradients");
         comm.all_reduce_sum(&mut grads)?;
         self.grads
