@@ -11,8 +11,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// `train` flags of a small character model, logging every iteration (each log line also checks
-/// that the ranks hold bit-identical parameters). `port` keeps concurrent tests apart.
+/// `train` flags of a small character model, logging every iteration. Each evaluation (and the
+/// end) also checks that the ranks hold bit-identical parameters.
 fn train_args(data: &Path, out: &Path, iters: usize, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = [
         "train",
@@ -71,9 +71,11 @@ fn params(dir: &Path) -> Vec<(String, Vec<f32>)> {
 fn two_ranks_train_as_one_process_does() {
     let root = common::temp_dir("ddp", "equal");
     let data = common::prepare_shakespeare_char(&root);
+    // Evaluating every iteration checks that both ranks hold the same bits after every step.
+    let every = ["--eval_interval=1"];
     let one = common::nanogpt()
         .env("RAYON_NUM_THREADS", "1")
-        .args(train_args(&data, &root.join("one"), 30, &[]))
+        .args(train_args(&data, &root.join("one"), 30, &every))
         .output()
         .expect("one process");
     assert!(
@@ -81,7 +83,7 @@ fn two_ranks_train_as_one_process_does() {
         "{}",
         String::from_utf8_lossy(&one.stderr)
     );
-    let two = launch(29531, &train_args(&data, &root.join("two"), 30, &[]))
+    let two = launch(29531, &train_args(&data, &root.join("two"), 30, &every))
         .output()
         .expect("two ranks");
     let log2 = String::from_utf8_lossy(&two.stdout).to_string();

@@ -6,7 +6,7 @@
 //! micro-steps r*G/W .. (r+1)*G/W, each drawing the batch one process would draw there), every
 //! rank scales its gradients by 1/G, and the collective sums them. After the sum every rank holds
 //! the same gradients, so the same clipping and AdamW step keep the parameters bit-identical on
-//! every rank (checked at each log line, see [`fingerprint`]).
+//! every rank (checked at each evaluation and at the end, see [`fingerprint`]).
 //!
 //! With ZeRO-1 (`zero_stage=1`) the sum is split in two: a reduce-scatter leaves each rank the
 //! summed gradients of its part of the parameters ([`shard_bounds`]), each rank updates that part

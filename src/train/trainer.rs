@@ -186,6 +186,10 @@ fn run(
         let lr = learning_rate_at(cfg, iter_num);
         let eval_now = iter_num % cfg.eval_interval == 0;
         let may_save = eval_now && iter_num > 0 && !cfg.eval_only;
+        if eval_now {
+            // Not at every log line: on a GPU that would copy the parameters to the host.
+            ranks.check_in_step(engine.as_ref())?;
+        }
         // Every rank takes part in the gathering, whether rank 0 then saves or not.
         let gathered = if may_save {
             ranks.gather_optimizer_state(engine.as_ref())?
@@ -286,7 +290,6 @@ fn run(
         ema_ms = Some(ema_ms.map_or(ms, |e| 0.9 * e + 0.1 * ms));
         window.1 += 1;
         if iter_num % cfg.log_interval == 0 {
-            ranks.check_in_step(engine.as_ref())?;
             let secs = window.0.elapsed().as_secs_f64();
             let per_iter = secs / window.1 as f64;
             let tok_s = tokens_per_iter as f64 / per_iter;
@@ -306,6 +309,7 @@ fn run(
         let interrupted = ranks.agree_to_stop(stop.load(Ordering::SeqCst))?;
         if interrupted || iter_num > cfg.max_iters {
             // Always end with a checkpoint to resume from, whatever the eval schedule.
+            ranks.check_in_step(engine.as_ref())?;
             let gathered = ranks.gather_optimizer_state(engine.as_ref())?;
             if leader {
                 save(
