@@ -13,7 +13,9 @@
 # loss and each tensor's gradient norm; (3) two identical runs (dropout on) give the same bits,
 # and dropout masks are the CPU's; (4) greedy decoding gives the CPU's ids; (5) GPT-2 124M at
 # T=1024 B=12: tokens/s, ms/iter, MFU and peak GPU memory in f32 and with TF32, beside the
-# PyTorch peer (benches/pytorch_train_step.py) in f32, f32+TF32 and nanoGPT's bf16 + compile.
+# PyTorch peer (benches/pytorch_train_step.py) in f32, f32+TF32 and nanoGPT's bf16 + compile;
+# (6) data-parallel training (issue 14): NCCL at world size 1 against no launcher, and two CPU
+# ranks over TCP against one process.
 # Environment: FIXTURES (default ../shared/fixtures, else shared/fixtures), BIN_DIR (default
 # target/cuda-check), PYTHON (default python3).
 set -uo pipefail
@@ -88,6 +90,38 @@ with_memory peer_f32 $PY "${peer[@]}"
 with_memory peer_tf32 $PY "${peer[@]}" --tf32=true
 with_memory peer_bf16_compile $PY "${peer[@]}" --dtype=bfloat16 --compile=true
 
+# 6: data-parallel training (issue 14). NCCL at world size 1 (a launcher's run of one rank)
+# against no launcher: the same losses bit for bit, tokens/s within 2%. Then two CPU ranks through
+# the TCP ring on this machine's cores against one process: the same logged losses.
+nccl_so=$(find ${libs//:/ } -name 'libnccl.so.2' 2>/dev/null | head -1)
+if [ -n "$nccl_so" ]; then
+    # cudarc looks for libnccl.so, never libnccl.so.2 (GPU.md).
+    mkdir -p "$OUT/nccl-link" && ln -sf "$nccl_so" "$OUT/nccl-link/libnccl.so"
+    export LD_LIBRARY_PATH="$OUT/nccl-link:$LD_LIBRARY_PATH"
+fi
+echo "NCCL: ${nccl_so:-not found}"
+text=../shared/data/tinyshakespeare.txt
+[ -f "$text" ] || text=shared/data/tinyshakespeare.txt
+"$BIN_DIR/nanogpt" prepare shakespeare_char --data_dir="$OUT/data" --input="$text" > "$OUT/ddp_prepare.log" 2>&1
+gpu_args=(train --dataset=shakespeare_char --data_dir="$OUT/data" --device=cuda --n_layer=12
+    --n_head=12 --n_embd=768 --block_size=1024 --batch_size=8 --gradient_accumulation_steps=1
+    --max_iters=40 --lr_decay_iters=40 --warmup_iters=5 --eval_interval=1000 --eval_iters=1
+    --log_interval=10 --dropout=0.0)
+timeout 150 "$BIN_DIR/nanogpt" "${gpu_args[@]}" --out_dir="$OUT/ddp_alone" > "$OUT/ddp_alone.log" 2>&1
+echo "ddp_alone: exit $?"
+timeout 150 "$BIN_DIR/nanogpt" launch --nproc_per_node=1 --master_port=29561 -- "${gpu_args[@]}" \
+    --out_dir="$OUT/ddp_nccl1" > "$OUT/ddp_nccl1.log" 2>&1
+echo "ddp_nccl1: exit $?"
+cpu_args=(train --dataset=shakespeare_char --data_dir="$OUT/data" --device=cpu --n_layer=4
+    --n_head=4 --n_embd=128 --block_size=128 --batch_size=8 --gradient_accumulation_steps=2
+    --max_iters=20 --eval_interval=10 --eval_iters=2 --log_interval=1 --peak_tflops=1)
+RAYON_NUM_THREADS=8 timeout 120 "$BIN_DIR/nanogpt" "${cpu_args[@]}" --out_dir="$OUT/ddp_cpu1" \
+    > "$OUT/ddp_cpu1.log" 2>&1
+echo "ddp_cpu1: exit $?"
+timeout 120 "$BIN_DIR/nanogpt" launch --nproc_per_node=2 --master_port=29562 -- "${cpu_args[@]}" \
+    --out_dir="$OUT/ddp_cpu2" > "$OUT/ddp_cpu2.log" 2>&1
+echo "ddp_cpu2: exit $?"
+
 $PY - "$OUT" "$tests_rc" <<'PYEOF'
 import json, os, re, sys
 out, tests_rc = sys.argv[1], int(sys.argv[2])
@@ -113,6 +147,30 @@ summary = {
     "measured": measured,
     "bench": {n: load(n) for n in ["bench_f32", "bench_tf32", "peer_f32", "peer_tf32", "peer_bf16_compile"]},
 }
+def steps(run):
+    try:
+        rows = [json.loads(l) for l in open(os.path.join(out, run, "metrics.jsonl"))]
+    except (OSError, ValueError):
+        return []
+    return [r for r in rows if "loss" in r]
+def loss_lines(run):
+    try:
+        return re.findall(r"^iter (\d+): loss (\S+),", open(os.path.join(out, run + ".log")).read(), re.M)
+    except OSError:
+        return []
+alone, nccl1 = steps("ddp_alone"), steps("ddp_nccl1")
+# tokens/s of the last two log windows (the first ones include start-up and kernel loading).
+tok = lambda rows: sum(r["tokens_per_s"] for r in rows[-2:]) / 2 if len(rows) >= 2 else float("nan")
+cpu1, cpu2 = loss_lines("ddp_cpu1"), loss_lines("ddp_cpu2")
+summary["ddp"] = {
+    "nccl1_losses_identical": bool(alone) and [r["loss"] for r in alone] == [r["loss"] for r in nccl1],
+    "alone_tokens_per_s": tok(alone),
+    "nccl1_tokens_per_s": tok(nccl1),
+    "nccl1_over_alone": tok(nccl1) / tok(alone) if alone and nccl1 else float("nan"),
+    "cpu_2_ranks_losses_equal_1_process": len(cpu1) == 21 and cpu1 == cpu2,
+}
+d = summary["ddp"]
+ddp_ok = d["nccl1_losses_identical"] and d["nccl1_over_alone"] >= 0.98 and d["cpu_2_ranks_losses_equal_1_process"]
 json.dump(summary, open(os.path.join(out, "cuda_check.json"), "w"), indent=2)
 print("\n== cuda_check summary ==")
 print("GPU:", summary["gpu"])
@@ -126,7 +184,12 @@ for name, b in summary["bench"].items():
     mfu = r.get("mfu")
     print(f"{name:<20}{r.get('ms_per_iter', float('nan')):>10.1f}{r.get('tokens_per_s', float('nan')):>12.0f}"
           f"{(f'{100 * mfu:.1f}%' if mfu is not None else '-'):>8}{b['peak_gpu_mib_nvidia_smi'] or float('nan'):>14.0f}")
+print(f"DDP: NCCL world 1 losses identical to no launcher: {d['nccl1_losses_identical']}; tokens/s "
+      f"{d['nccl1_tokens_per_s']:.0f} vs {d['alone_tokens_per_s']:.0f} ({d['nccl1_over_alone']:.4f}x, need >= 0.98); "
+      f"2 CPU ranks log 1 process's losses: {d['cpu_2_ranks_losses_equal_1_process']}")
 ok = tests_rc == 0 and tests and all(s == "ok" for s in tests.values())
-print("RESULT:", "PASS" if ok else "FAIL", "->", os.path.join(out, "cuda_check.json"))
-sys.exit(0 if ok else 1)
+print("RESULT issue 12 (CUDA, exact):", "PASS" if ok else "FAIL")
+print("RESULT issue 14 (DDP device check):", "PASS" if ddp_ok else "FAIL")
+print("RESULT:", "PASS" if ok and ddp_ok else "FAIL", "->", os.path.join(out, "cuda_check.json"))
+sys.exit(0 if ok and ddp_ok else 1)
 PYEOF
