@@ -240,7 +240,7 @@ unsafe fn attend_head(
 /// One query against `n_keys` cached keys (a decoding step): scores are dot products with the
 /// key rows and the output a weighted sum of the value rows, so the cache is read once, in
 /// order, with nothing copied (gemm would first pack the transposed keys). Keys and values of
-/// bf16 are widened as they are loaded (the portable path widens them first).
+/// bf16 are widened as they are loaded (AVX-512, AVX2; the portable path widens them first).
 #[allow(clippy::too_many_arguments)]
 unsafe fn attend_one_query<K: WeightValue>(
     q: *const f32,
@@ -263,6 +263,19 @@ unsafe fn attend_one_query<K: WeightValue>(
             32 => Some(one_query_avx512::<K, 2>),
             64 => Some(one_query_avx512::<K, 4>),
             128 => Some(one_query_avx512::<K, 8>),
+            _ => None,
+        };
+        if let Some(run) = run {
+            return with_scratch(n_keys, |p| run(q, k, v, kv_rs, out, p, scale));
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        type OneQuery<K> =
+            unsafe fn(*const f32, *const K, *const K, usize, *mut f32, &mut [f32], f32);
+        let run: Option<OneQuery<K>> = match hs {
+            32 => Some(one_query_avx2::<K, 4>),
+            64 => Some(one_query_avx2::<K, 8>),
             _ => None,
         };
         if let Some(run) = run {
@@ -358,6 +371,50 @@ unsafe fn one_query_avx512<K: WeightValue, const NV: usize>(
     }
     for (c, a) in acc.iter().enumerate() {
         _mm512_storeu_ps(out.add(16 * c), *a);
+    }
+}
+
+/// [`one_query_avx512`] in AVX2's 8-lane registers, for heads of 8 x `NV` values up to 64
+/// (query and output then take 8 of the 16 registers each, in turn): a bf16 cache is read as it
+/// is, not widened into a copy first.
+///
+/// # Safety
+/// As [`attend_one_query`]; AVX2 and FMA must be present.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn one_query_avx2<K: WeightValue, const NV: usize>(
+    q: *const f32,
+    k: *const K,
+    v: *const K,
+    kv_rs: usize,
+    out: *mut f32,
+    p: &mut [f32],
+    scale: f32,
+) {
+    use std::arch::x86_64::*;
+    let n_keys = p.len();
+    let qv: [__m256; NV] = std::array::from_fn(|c| _mm256_loadu_ps(q.add(8 * c)));
+    for (j, pj) in p.iter_mut().enumerate() {
+        let row = k.add(j * kv_rs);
+        let mut s = _mm256_mul_ps(qv[0], K::load8(row));
+        for (c, &qc) in qv.iter().enumerate().skip(1) {
+            s = _mm256_fmadd_ps(qc, K::load8(row.add(8 * c)), s);
+        }
+        // The 8 lanes added: halves, then pairs, then the last two.
+        let s4 = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s));
+        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        *pj = scale * _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
+    }
+    softmax_row(p, n_keys);
+    let mut acc = [_mm256_setzero_ps(); NV];
+    for (j, &pj) in p.iter().enumerate() {
+        let (w, row) = (_mm256_set1_ps(pj), v.add(j * kv_rs));
+        for (c, a) in acc.iter_mut().enumerate() {
+            *a = _mm256_fmadd_ps(w, K::load8(row.add(8 * c)), *a);
+        }
+    }
+    for (c, a) in acc.iter().enumerate() {
+        _mm256_storeu_ps(out.add(8 * c), *a);
     }
 }
 
@@ -862,10 +919,12 @@ mod tests {
 
     #[test]
     fn bf16_cache_matches_f64_of_its_rounded_keys_and_values_decoding_and_prefilling() {
-        // Head sizes 64 and 128 decode on AVX-512 (bf16 widened as it loads), 8 and 4 on the
-        // portable path (the cache widened first), as a prompt pass does for every size.
+        // Head sizes 64 and 128 decode on AVX-512 (bf16 widened as it loads), 32 and 64 on
+        // AVX2 without it, the rest on the portable path (the cache widened first), as a prompt
+        // pass does for every size.
         for (batch, nh, nkv, hs, t) in [
             (2, 4, 2, 64, 37),
+            (1, 2, 2, 32, 23),
             (1, 2, 1, 128, 20),
             (2, 6, 3, 4, 67),
             (1, 4, 4, 8, 9),

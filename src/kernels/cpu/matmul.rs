@@ -282,6 +282,12 @@ pub trait WeightValue: Copy + Send + Sync + 'static {
     /// `p` must address `n` values; only call from code compiled with AVX-512 F and BW.
     #[cfg(target_arch = "x86_64")]
     unsafe fn load16(p: *const Self, n: usize) -> std::arch::x86_64::__m512;
+    /// 8 values at `p` as f32 lanes.
+    ///
+    /// # Safety
+    /// `p` must address 8 values; only call from code compiled with AVX2.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
 }
 
 impl WeightValue for f32 {
@@ -304,6 +310,11 @@ impl WeightValue for f32 {
             _mm512_maskz_loadu_ps(((1u32 << n) - 1) as __mmask16, p)
         }
     }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const f32) -> std::arch::x86_64::__m256 {
+        std::arch::x86_64::_mm256_loadu_ps(p)
+    }
 }
 
 impl WeightValue for Bf16 {
@@ -324,6 +335,13 @@ impl WeightValue for Bf16 {
         };
         // bf16 is the top half of an f32: widen, shift into place.
         _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(halves)))
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const Bf16) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        let halves = _mm_loadu_si128(p as *const __m128i);
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(halves)))
     }
 }
 
