@@ -365,6 +365,17 @@ fn first_difference(a: &serde_json::Value, b: &serde_json::Value) -> Option<Stri
 mod tests {
     use super::*;
 
+    /// Rank `rank` of `size` ranks on this machine, rank 0 listening on `port`.
+    fn loopback(rank: usize, size: usize, port: u16) -> World {
+        World {
+            rank,
+            size,
+            local_rank: rank,
+            master_addr: "127.0.0.1".into(),
+            master_port: port,
+        }
+    }
+
     /// W ranks as threads on loopback: each buffer is rank-specific, the sums must be exact
     /// where floats are (small integers) and identical on every rank.
     #[test]
@@ -374,13 +385,7 @@ mod tests {
                 let handles: Vec<_> = (0..size)
                     .map(|rank| {
                         scope.spawn(move || {
-                            let world = World {
-                                rank,
-                                size,
-                                local_rank: rank,
-                                master_addr: "127.0.0.1".into(),
-                                master_port: port,
-                            };
+                            let world = loopback(rank, size, port);
                             let mut ring =
                                 Ring::connect(world, serde_json::json!({"a": 1})).unwrap();
                             let mut buf: Vec<f32> =
@@ -410,13 +415,7 @@ mod tests {
                 let handles: Vec<_> = (0..size)
                     .map(|rank| {
                         scope.spawn(move || {
-                            let world = World {
-                                rank,
-                                size,
-                                local_rank: rank,
-                                master_addr: "127.0.0.1".into(),
-                                master_port: port,
-                            };
+                            let world = loopback(rank, size, port);
                             let mut ring = Ring::connect(world, serde_json::json!({})).unwrap();
                             let part: Vec<u8> = (bounds[rank]..bounds[rank + 1])
                                 .map(|i| (i * 7 + rank) as u8)
@@ -442,13 +441,7 @@ mod tests {
             let handles: Vec<_> = (0..2)
                 .map(|rank| {
                     scope.spawn(move || {
-                        let world = World {
-                            rank,
-                            size: 2,
-                            local_rank: rank,
-                            master_addr: "127.0.0.1".into(),
-                            master_port: port,
-                        };
+                        let world = loopback(rank, 2, port);
                         let mut ring = Ring::connect(world, serde_json::json!({})).unwrap();
                         let mut params = vec![0.5f32; 100];
                         if differ && rank == 1 {

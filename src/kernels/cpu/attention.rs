@@ -252,40 +252,41 @@ unsafe fn attend_one_query<K: WeightValue>(
     hs: usize,
     scale: f32,
 ) {
-    // bf16 loads use AVX-512 BW's 16-bit masks (as the matmuls: every AVX-512 CPU but Xeon Phi).
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512bw")
-    {
-        type OneQuery<K> =
-            unsafe fn(*const f32, *const K, *const K, usize, *mut f32, &mut [f32], f32);
-        let run: Option<OneQuery<K>> = match hs {
-            32 => Some(one_query_avx512::<K, 2>),
-            64 => Some(one_query_avx512::<K, 4>),
-            128 => Some(one_query_avx512::<K, 8>),
-            _ => None,
-        };
-        if let Some(run) = run {
-            return with_scratch(n_keys, |p| run(q, k, v, kv_rs, out, p, scale));
-        }
-    }
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        type OneQuery<K> =
-            unsafe fn(*const f32, *const K, *const K, usize, *mut f32, &mut [f32], f32);
-        let run: Option<OneQuery<K>> = match hs {
-            32 => Some(one_query_avx2::<K, 4>),
-            64 => Some(one_query_avx2::<K, 8>),
-            _ => None,
-        };
-        if let Some(run) = run {
-            return with_scratch(n_keys, |p| run(q, k, v, kv_rs, out, p, scale));
-        }
+    if let Some(run) = simd_one_query::<K>(hs) {
+        return with_scratch(n_keys, |p| run(q, k, v, kv_rs, out, p, scale));
     }
     let span = (n_keys - 1) * kv_rs + hs;
     with_f32_kv(k, v, span, |k, v| {
         attend_one_query_portable(q, k, v, kv_rs, out, n_keys, hs, scale)
     })
+}
+
+/// A vectorised [`attend_one_query`] for this CPU and head size, if there is one: AVX-512 for
+/// heads of 32, 64 and 128, else AVX2 for 32 and 64.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::type_complexity)]
+fn simd_one_query<K: WeightValue>(
+    hs: usize,
+) -> Option<unsafe fn(*const f32, *const K, *const K, usize, *mut f32, &mut [f32], f32)> {
+    use std::arch::is_x86_feature_detected as has;
+    // bf16 loads use AVX-512 BW's 16-bit masks (as the matmuls: every AVX-512 CPU but Xeon Phi).
+    if has!("avx512f") && has!("avx512bw") {
+        match hs {
+            32 => return Some(one_query_avx512::<K, 2>),
+            64 => return Some(one_query_avx512::<K, 4>),
+            128 => return Some(one_query_avx512::<K, 8>),
+            _ => {}
+        }
+    }
+    if has!("avx2") && has!("fma") {
+        match hs {
+            32 => return Some(one_query_avx2::<K, 4>),
+            64 => return Some(one_query_avx2::<K, 8>),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// [`attend_one_query`] without AVX-512, on f32 keys and values.
