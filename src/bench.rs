@@ -1,7 +1,7 @@
 //! `nanogpt bench`: nanoGPT's bench.py. Times forward + backward + AdamW update on random data.
 
 use crate::config::GptConfig;
-use crate::engine::{self, Device, Dtype, InferenceWeights, Mode};
+use crate::engine::{self, Device, Dtype, InferenceWeights, KvDtype, Mode};
 use crate::model::Gpt;
 use crate::perf::{allocations, mfu, peak_rss_mib};
 use crate::rng::Rng;
@@ -40,10 +40,9 @@ crate::with_model_shape! {
             /// --dtype=bfloat16`); or, with --generate, int8 (Q8_0 in groups of 64, as `sample
             /// --dtype=int8`)
             dtype: String = "float32".into(),
-            /// With --generate: float32 or bfloat16, the keys and values the KV cache holds (as
-            /// `sample --kv_cache_dtype`) [default: bfloat16 with bfloat16 or int8 weights, else
-            /// float32]
-            kv_cache_dtype: Option<Dtype> = None,
+            /// With --generate: float32, bfloat16 or int8, the keys and values the KV cache holds
+            /// (as `sample --kv_cache_dtype`) [default: the weights' dtype]
+            kv_cache_dtype: Option<KvDtype> = None,
             /// cpu, cuda or auto (the CPU until the CUDA backend has passed its GPU check)
             device: Device = Device::Auto,
         }
@@ -87,7 +86,7 @@ pub struct BenchOptions {
     /// What `--generate`'s cached passes compute with.
     pub inference: InferenceWeights,
     /// What `--generate`'s KV cache holds.
-    pub kv_cache: Dtype,
+    pub kv_cache: KvDtype,
     /// What the training benchmark's matrix products multiply in.
     pub training: Dtype,
     pub batch_size: usize,
@@ -189,7 +188,7 @@ pub struct GenerateReport {
     /// float32, bfloat16 or int8 (Q8_0).
     #[serde(serialize_with = "crate::bench::as_text")]
     pub dtype: InferenceWeights,
-    pub kv_cache_dtype: Dtype,
+    pub kv_cache_dtype: KvDtype,
     pub peak_rss_mib: Option<f64>,
     pub config: GptConfig,
 }

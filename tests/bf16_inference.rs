@@ -6,7 +6,7 @@ mod common;
 
 use common::{fixtures, json_ids};
 use nanogpt::engine::cpu::CpuEngine;
-use nanogpt::engine::{Dtype, Engine, InferenceWeights};
+use nanogpt::engine::{Engine, InferenceWeights, KvDtype};
 use nanogpt::model::weights::load_hf_dir;
 use nanogpt::sample::{generate, IdsOnly, SamplingConfig};
 use serde_json::Value;
@@ -135,8 +135,8 @@ fn kv_cache_dtype_is_its_own_knob() {
         e
     };
     let (f32_model, bf16_model) = (tiny(InferenceWeights::F32), tiny(InferenceWeights::Bf16));
-    let f32_bf16_cache = with_cache(InferenceWeights::F32, Dtype::Bfloat16);
-    let bf16_f32_cache = with_cache(InferenceWeights::Bf16, Dtype::Float32);
+    let f32_bf16_cache = with_cache(InferenceWeights::F32, KvDtype::Bfloat16);
+    let bf16_f32_cache = with_cache(InferenceWeights::Bf16, KvDtype::Float32);
     let tokens: Vec<u32> = (0..40).map(|i| (i * 53 + 7) % 50257).collect();
     let moved = |a: &[f32], b: &[f32]| {
         a.iter()

@@ -8,7 +8,7 @@ use common::json_ids;
 
 use common::fixtures;
 use nanogpt::engine::cpu::CpuEngine;
-use nanogpt::engine::{Dtype, Engine, Feed, Mode};
+use nanogpt::engine::{Engine, Feed, KvDtype, Mode};
 use nanogpt::model::weights::load_hf_dir;
 use nanogpt::sample::context::ContextMode;
 use nanogpt::sample::processors::{self, banned_ngram_tokens, Processors};
@@ -1175,15 +1175,15 @@ fn beam_sampling_is_seeded() {
     assert!(a.iter().all(|g| g.tokens.len() == 15));
 }
 
-/// With an f32 cache and with a bf16 one (what bf16 and int8 weights take).
+/// With every cache: f32, bf16 and int8 (whose scales move with their rows).
 #[test]
 fn kv_cache_reorder_permutes_duplicates_and_drops_rows() {
-    for kv in [Dtype::Float32, Dtype::Bfloat16] {
+    for kv in [KvDtype::Float32, KvDtype::Bfloat16, KvDtype::Int8] {
         let mut engine =
             CpuEngine::new(load_hf_dir(&fixtures().join("tiny-gpt2")).expect("load tiny-gpt2"));
         engine
             .set_kv_cache_dtype(Some(kv))
-            .expect("the CPU has both");
+            .expect("the CPU has every cache");
         let model = &engine;
         let (v, vp) = (
             model.config().vocab_size,

@@ -126,7 +126,11 @@ macro_rules! parsed {
         }
     )*};
 }
-parsed!(crate::engine::Device, crate::engine::Dtype);
+parsed!(
+    crate::engine::Device,
+    crate::engine::Dtype,
+    crate::engine::KvDtype
+);
 
 impl Knob for PathBuf {
     fn set_text(&mut self, text: &str) -> Result<(), String> {

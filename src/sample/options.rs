@@ -9,7 +9,7 @@ use super::llama_samplers::FilterOrder;
 use super::loop_guard::{LoopGuardConfig, LoopGuardMode, SpanRange};
 use super::stop::Vocab;
 use crate::config::knobs::Knob;
-use crate::engine::{Device, Dtype};
+use crate::engine::{Device, KvDtype};
 use crate::load::ModelSource;
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
@@ -318,10 +318,10 @@ crate::knobs! {
             /// float32; int8 at the file's group size for a llama2.c v2 file with
             /// --sampler=run_c, as runq.c]
             dtype: Option<String> = None,
-            /// float32 or bfloat16: the keys and values the KV cache holds (bfloat16 reads half the
-            /// bytes per token at depth) [default: bfloat16 with bfloat16 or int8 weights, else
-            /// float32; float32 with --sampler=run_c, as runq.c]
-            kv_cache_dtype: Option<Dtype> = None,
+            /// float32, bfloat16 or int8: the keys and values the KV cache holds (bfloat16 reads
+            /// half the bytes per token at depth, int8 a quarter) [default: the weights' dtype;
+            /// float32 with --sampler=run_c, as runq.c]
+            kv_cache_dtype: Option<KvDtype> = None,
             /// Accepted for nanoGPT's sample.py command lines; ignored
             compile: Option<String> = None,
             /// nanogpt (every decoding setting), or run_c: llama2.c's run.c loop and sampler
@@ -390,10 +390,9 @@ crate::knobs! {
             /// float32, bfloat16 or int8: the weights the generations compute with (as
             /// `sample --dtype`)
             dtype: Option<String> = None,
-            /// float32 or bfloat16: the keys and values the KV cache holds (bfloat16 reads half the
-            /// bytes per token at depth) [default: bfloat16 with bfloat16 or int8 weights, else
-            /// float32]
-            kv_cache_dtype: Option<Dtype> = None,
+            /// float32, bfloat16 or int8: the keys and values the KV cache holds (bfloat16 reads
+            /// half the bytes per token at depth, int8 a quarter) [default: the weights' dtype]
+            kv_cache_dtype: Option<KvDtype> = None,
         }
     }
 }

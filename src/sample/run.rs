@@ -31,7 +31,7 @@ use super::run_c::{run_c_generate, sets_unused};
 use super::sequence::start_tokens;
 use super::settings::{parse_setting, Setting, SETTING_NAMES};
 use super::stream::{record, Streamer};
-use crate::engine::{self, Dtype, InferenceWeights};
+use crate::engine::{self, InferenceWeights, KvDtype};
 use crate::load;
 use crate::tokenizer::Tokenizer;
 use anyhow::{anyhow, bail, Context, Result};
@@ -73,7 +73,7 @@ fn sample_on_pool(args: &SampleArgs, out: &mut dyn Write, err: &mut dyn Write) -
     let mut engine = engine::open(loaded.model, args.device)?;
     engine.set_inference_weights(weights)?;
     // run_c is run.c's (and runq.c's) arithmetic, f32 cache included.
-    let run_c_cache = (args.sampler == SamplerKind::RunC).then_some(Dtype::Float32);
+    let run_c_cache = (args.sampler == SamplerKind::RunC).then_some(KvDtype::Float32);
     engine.set_kv_cache_dtype(args.kv_cache_dtype.or(run_c_cache))?;
     let (model, tok) = (engine.as_ref(), &loaded.tokenizer);
     if args.sampler == SamplerKind::RunC {

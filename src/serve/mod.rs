@@ -18,7 +18,7 @@ mod scheduler;
 mod text;
 mod watch;
 
-use crate::engine::{self, Device, Dtype, InferenceWeights};
+use crate::engine::{self, Device, InferenceWeights, KvDtype};
 use crate::load::{self, ModelSource};
 use crate::sample::run::{dtype_weights, parse_dtype};
 use crate::tokenizer::Tokenizer;
@@ -69,10 +69,9 @@ crate::knobs! {
             /// --dtype`; bfloat16 reads half the bytes per token, int8 a quarter) [default:
             /// float32]
             dtype: Option<String> = None,
-            /// float32 or bfloat16: the keys and values the KV cache holds (bfloat16 reads half the
-            /// bytes per token at depth) [default: bfloat16 with bfloat16 or int8 weights, else
-            /// float32]
-            kv_cache_dtype: Option<Dtype> = None,
+            /// float32, bfloat16 or int8: the keys and values the KV cache holds (bfloat16 reads
+            /// half the bytes per token at depth, int8 a quarter) [default: the weights' dtype]
+            kv_cache_dtype: Option<KvDtype> = None,
         }
     }
 }
@@ -216,7 +215,7 @@ fn engine_thread(
     server: Arc<Server>,
     source: ModelSource,
     device: Device,
-    (dtype, kv_cache_dtype): (Option<String>, Option<Dtype>),
+    (dtype, kv_cache_dtype): (Option<String>, Option<KvDtype>),
     (parallel, prefill_chunk): (usize, usize),
     wait_for_checkpoint: bool,
 ) {

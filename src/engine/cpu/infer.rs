@@ -9,10 +9,12 @@
 use super::block::{block_forward, norm_forward, BlockActs, Shape, Weights};
 use super::train::attn_dims;
 use super::{built_once, CpuEngine};
-use crate::engine::{Dtype, Feed, InferenceWeights, KvCache};
-use crate::kernels::cpu::attention::{attention_forward_cached, CachedQueries};
+use crate::engine::{Feed, InferenceWeights, KvCache, KvDtype};
+use crate::kernels::cpu::attention::{
+    attention_forward_cached, CacheValue, CacheView, CachedQueries,
+};
 use crate::kernels::cpu::encoder::encoder_forward;
-use crate::kernels::cpu::matmul::{Layout, Precision, WeightValue};
+use crate::kernels::cpu::matmul::{Layout, Precision};
 use crate::kernels::cpu::matmul_bf16::Bf16;
 use crate::kernels::cpu::q8::Q8Matrix;
 use crate::kernels::cpu::rope::rope_forward;
@@ -243,18 +245,28 @@ fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 }
 
 /// The CPU's side of a [`KvCache`]: keys and values, plus the scratch buffers of a forward pass
-/// (grown to the most token rows seen, then reused). Keys and values are f32 or bf16
-/// ([`crate::engine::Engine::set_kv_cache_dtype`]), because at depth a decoding step reads the
-/// cache as well as the weights: at 900 tokens of GPT-2 124M, 66 MB of f32 keys and values
-/// beside 250 MB of bf16 weights or 135 MB of int8.
+/// (grown to the most token rows seen, then reused). Keys and values are f32, bf16 or int8 with
+/// a scale per position and kv head ([`crate::engine::Engine::set_kv_cache_dtype`]), because at
+/// depth a decoding step reads the cache as well as the weights: at 900 tokens of GPT-2 124M,
+/// 66 MB of f32 keys and values (17 MB of int8) beside 250 MB of bf16 weights or 135 MB of int8.
 pub(super) struct CpuKv<K> {
+    g: KvGeometry,
+    /// (layer, row, kv head, max_t, head_size) each.
+    k: Vec<K>,
+    v: Vec<K>,
+    /// Each cached row's scale, (layer, row, kv head, max_t), when `K` is scaled; else empty.
+    k_scale: Vec<f32>,
+    v_scale: Vec<f32>,
+    scratch: Scratch,
+}
+
+/// The shape of a [`CpuKv`]'s buffers.
+#[derive(Clone, Copy)]
+struct KvGeometry {
     max_t: usize,
     n_layer: usize,
     n_kv_head: usize,
     head_size: usize,
-    k: Vec<K>,
-    v: Vec<K>,
-    scratch: Scratch,
 }
 
 /// One block's buffers for `capacity` token rows, and the input/output of the residual stream.
@@ -316,52 +328,109 @@ impl Scratch {
     }
 }
 
-impl<K: WeightValue> CpuKv<K> {
+impl<K: CacheValue> CpuKv<K> {
     fn new(engine: &CpuEngine, rows: usize, max_t: usize) -> CpuKv<K> {
         let cfg = &engine.model.config;
-        let n = cfg.n_layer * rows * max_t * cfg.n_kv_head() * cfg.head_size();
-        CpuKv {
+        let g = KvGeometry {
             max_t,
             n_layer: cfg.n_layer,
             n_kv_head: cfg.n_kv_head(),
             head_size: cfg.head_size(),
+        };
+        let (n, n_scales) = (g.len(rows, g.head_size), g.len(rows, K::SCALED as usize));
+        CpuKv {
+            g,
             k: vec![K::from_f32(0.0); n],
             v: vec![K::from_f32(0.0); n],
+            k_scale: vec![0.0; n_scales],
+            v_scale: vec![0.0; n_scales],
             scratch: Scratch::default(),
         }
     }
+}
 
-    /// Values per (layer, row) of a cache buffer.
-    fn row_len(&self) -> usize {
-        self.n_kv_head * self.max_t * self.head_size
+impl KvGeometry {
+    /// The length of a buffer of `rows` rows holding `per_position` values per position and kv
+    /// head (`head_size` for keys and values, 1 for their scales).
+    fn len(&self, rows: usize, per_position: usize) -> usize {
+        self.n_layer * rows * self.n_kv_head * self.max_t * per_position
     }
 
-    /// Where row `r`'s first `len` positions lie in a cache buffer of `rows` rows: one range per
+    /// Where row `r`'s first `len` positions lie in such a buffer of `rows` rows: one range per
     /// (layer, kv head).
-    fn used_ranges(&self, rows: usize, r: usize, len: usize) -> Vec<std::ops::Range<usize>> {
-        let hs = self.head_size;
+    fn used_ranges(
+        &self,
+        rows: usize,
+        r: usize,
+        len: usize,
+        per_position: usize,
+    ) -> Vec<std::ops::Range<usize>> {
         let (n_head, max_t) = (self.n_kv_head, self.max_t);
         (0..self.n_layer)
             .flat_map(|l| {
                 (0..n_head).map(move |h| {
-                    let start = (((l * rows + r) * n_head + h) * max_t) * hs;
-                    start..start + len * hs
+                    let start = (((l * rows + r) * n_head + h) * max_t) * per_position;
+                    start..start + len * per_position
                 })
             })
             .collect()
     }
+
+    /// Reorders one buffer (`per_position` values per position and kv head) for
+    /// [`CpuEngine::reorder_kv`]: new row i takes old row `order[i]`'s used positions. Only rows
+    /// that move are copied; with the number of rows changed, the buffer is rebuilt.
+    fn reorder<T: Copy>(
+        &self,
+        buf: &mut Vec<T>,
+        per_position: usize,
+        zero: T,
+        order: &[usize],
+        old_lens: &[usize],
+    ) {
+        let (old_rows, new_rows) = (old_lens.len(), order.len());
+        let moved: Vec<Option<Vec<T>>> = order
+            .iter()
+            .enumerate()
+            .map(|(i, &r)| {
+                (new_rows != old_rows || r != i).then(|| {
+                    self.used_ranges(old_rows, r, old_lens[r], per_position)
+                        .into_iter()
+                        .flat_map(|g| buf[g].iter().copied())
+                        .collect()
+                })
+            })
+            .collect();
+        if new_rows != old_rows {
+            *buf = vec![zero; self.len(new_rows, per_position)];
+        }
+        for (i, src) in moved.iter().enumerate() {
+            let Some(src) = src else { continue };
+            let mut offset = 0;
+            for range in self.used_ranges(new_rows, i, old_lens[order[i]], per_position) {
+                let n = range.len();
+                buf[range].copy_from_slice(&src[offset..offset + n]);
+                offset += n;
+            }
+        }
+    }
 }
 
-fn cpu_kv<K: WeightValue>(cache: &mut KvCache) -> Result<&mut CpuKv<K>> {
+fn cpu_kv<K: CacheValue>(cache: &mut KvCache) -> Result<&mut CpuKv<K>> {
     cache
         .storage
         .downcast_mut::<CpuKv<K>>()
         .context("this KV cache belongs to another device's engine")
 }
 
-/// Whether a cache of this engine holds bf16 keys and values (else f32).
-fn holds_bf16(cache: &KvCache) -> bool {
-    cache.storage.is::<CpuKv<Bf16>>()
+/// What a cache of this engine holds.
+fn held(cache: &KvCache) -> KvDtype {
+    if cache.storage.is::<CpuKv<Bf16>>() {
+        KvDtype::Bfloat16
+    } else if cache.storage.is::<CpuKv<i8>>() {
+        KvDtype::Int8
+    } else {
+        KvDtype::Float32
+    }
 }
 
 impl CpuEngine {
@@ -371,8 +440,9 @@ impl CpuEngine {
             .kv_cache_dtype
             .unwrap_or(self.inference.suited_kv_cache());
         let storage: Box<dyn std::any::Any + Send> = match dtype {
-            Dtype::Float32 => Box::new(CpuKv::<f32>::new(self, rows, capacity)),
-            Dtype::Bfloat16 => Box::new(CpuKv::<Bf16>::new(self, rows, capacity)),
+            KvDtype::Float32 => Box::new(CpuKv::<f32>::new(self, rows, capacity)),
+            KvDtype::Bfloat16 => Box::new(CpuKv::<Bf16>::new(self, rows, capacity)),
+            KvDtype::Int8 => Box::new(CpuKv::<i8>::new(self, rows, capacity)),
         };
         KvCache::new(rows, capacity, storage)
     }
@@ -387,15 +457,15 @@ impl CpuEngine {
         logits: &mut [f32],
         hidden: Option<&mut [f32]>,
     ) -> Result<()> {
-        if holds_bf16(cache) {
-            self.forward_feeds_with::<Bf16>(cache, feeds, logits, hidden)
-        } else {
-            self.forward_feeds_with::<f32>(cache, feeds, logits, hidden)
+        match held(cache) {
+            KvDtype::Float32 => self.forward_feeds_with::<f32>(cache, feeds, logits, hidden),
+            KvDtype::Bfloat16 => self.forward_feeds_with::<Bf16>(cache, feeds, logits, hidden),
+            KvDtype::Int8 => self.forward_feeds_with::<i8>(cache, feeds, logits, hidden),
         }
     }
 
     /// [`CpuEngine::forward_feeds`] on a cache of `K` keys and values.
-    fn forward_feeds_with<K: WeightValue>(
+    fn forward_feeds_with<K: CacheValue>(
         &self,
         cache: &mut KvCache,
         feeds: &[Feed],
@@ -457,7 +527,8 @@ impl CpuEngine {
         };
         let dims = attn_dims(cfg, rows, w.precision);
         let (nh, nkv, hs, width) = (dims.n_head, dims.n_kv_head, dims.head_size, shape.qkv);
-        let (max_t, layer_stride) = (kv.max_t, rows * kv.row_len());
+        let max_t = kv.g.max_t;
+        let (layer_stride, scales_stride) = (kv.g.len(rows, hs) / cfg.n_layer, rows * nkv * max_t);
         let rope = self.rope.as_ref();
         let wpe = rope.is_none().then(|| &p[tb.wpe..]);
         let s = &mut kv.scratch;
@@ -476,6 +547,11 @@ impl CpuEngine {
             let (kl, vl) = (
                 &mut kv.k[l * layer_stride..(l + 1) * layer_stride],
                 &mut kv.v[l * layer_stride..(l + 1) * layer_stride],
+            );
+            let n = if K::SCALED { scales_stride } else { 0 };
+            let (ks, vs) = (
+                &mut kv.k_scale[l * n..(l + 1) * n],
+                &mut kv.v_scale[l * n..(l + 1) * n],
             );
             let (x, out) = (&s.x[..n_tok * c], &mut s.out[..n_tok * c]);
             block_forward(
@@ -511,18 +587,24 @@ impl CpuEngine {
                         for i in 0..q.n {
                             let src = &qkv[(q.first + i) * width..][..width];
                             for h in 0..nkv {
-                                let dst = ((q.slot * nkv + h) * max_t + q.pos + i) * hs;
+                                let at = (q.slot * nkv + h) * max_t + q.pos + i;
                                 let (k, v) = (&src[k_at + h * hs..], &src[v_at + h * hs..]);
-                                for (d, &x) in kl[dst..dst + hs].iter_mut().zip(k) {
-                                    *d = K::from_f32(x);
-                                }
-                                for (d, &x) in vl[dst..dst + hs].iter_mut().zip(v) {
-                                    *d = K::from_f32(x);
+                                let k_scale = K::store_row(&mut kl[at * hs..][..hs], &k[..hs]);
+                                let v_scale = K::store_row(&mut vl[at * hs..][..hs], &v[..hs]);
+                                if K::SCALED {
+                                    (ks[at], vs[at]) = (k_scale, v_scale);
                                 }
                             }
                         }
                     }
-                    attention_forward_cached(atty, qkv, width, kl, vl, dims, max_t, &seqs);
+                    let cache = CacheView {
+                        k: kl,
+                        v: vl,
+                        k_scale: ks,
+                        v_scale: vs,
+                        max_t,
+                    };
+                    attention_forward_cached(atty, qkv, width, cache, dims, &seqs);
                 },
             );
             std::mem::swap(&mut s.x, &mut s.out);
@@ -574,14 +656,14 @@ impl CpuEngine {
     /// See [`crate::engine::Engine::reorder_cache`]. Only each row's used positions are copied;
     /// with the number of rows unchanged, a row that stays where it is is left alone.
     pub(super) fn reorder_kv(&self, cache: &mut KvCache, order: &[usize]) -> Result<()> {
-        if holds_bf16(cache) {
-            Self::reorder_kv_of::<Bf16>(cache, order)
-        } else {
-            Self::reorder_kv_of::<f32>(cache, order)
+        match held(cache) {
+            KvDtype::Float32 => Self::reorder_kv_of::<f32>(cache, order),
+            KvDtype::Bfloat16 => Self::reorder_kv_of::<Bf16>(cache, order),
+            KvDtype::Int8 => Self::reorder_kv_of::<i8>(cache, order),
         }
     }
 
-    fn reorder_kv_of<K: WeightValue>(cache: &mut KvCache, order: &[usize]) -> Result<()> {
+    fn reorder_kv_of<K: CacheValue>(cache: &mut KvCache, order: &[usize]) -> Result<()> {
         let old_rows = cache.rows();
         if let Some(&bad) = order.iter().find(|&&r| r >= old_rows) {
             bail!("cannot reorder the KV cache: row {bad} does not exist ({old_rows} rows)");
@@ -590,40 +672,13 @@ impl CpuEngine {
             return Ok(());
         }
         let old_lens = cache.lens().to_vec();
-        let new_rows = order.len();
         let kv = cpu_kv::<K>(cache)?;
-        let moved: Vec<Option<(Vec<K>, Vec<K>)>> = order
-            .iter()
-            .enumerate()
-            .map(|(i, &r)| {
-                (new_rows != old_rows || r != i).then(|| {
-                    let ranges = kv.used_ranges(old_rows, r, old_lens[r]);
-                    let gather = |buf: &[K]| {
-                        ranges
-                            .iter()
-                            .flat_map(|g| buf[g.clone()].iter().copied())
-                            .collect()
-                    };
-                    (gather(&kv.k), gather(&kv.v))
-                })
-            })
-            .collect();
-        if new_rows != old_rows {
-            let n = kv.n_layer * new_rows * kv.row_len();
-            kv.k = vec![K::from_f32(0.0); n];
-            kv.v = vec![K::from_f32(0.0); n];
-        }
-        for (i, kv_row) in moved.iter().enumerate() {
-            let Some((k, v)) = kv_row else { continue };
-            let ranges = kv.used_ranges(new_rows, i, old_lens[order[i]]);
-            for (src, dst) in [(k, &mut kv.k), (v, &mut kv.v)] {
-                let mut offset = 0;
-                for range in &ranges {
-                    let n = range.len();
-                    dst[range.clone()].copy_from_slice(&src[offset..offset + n]);
-                    offset += n;
-                }
-            }
+        let (g, hs, zero) = (kv.g, kv.g.head_size, K::from_f32(0.0));
+        g.reorder(&mut kv.k, hs, zero, order, &old_lens);
+        g.reorder(&mut kv.v, hs, zero, order, &old_lens);
+        if K::SCALED {
+            g.reorder(&mut kv.k_scale, 1, 0.0, order, &old_lens);
+            g.reorder(&mut kv.v_scale, 1, 0.0, order, &old_lens);
         }
         *cache.lens_mut() = order.iter().map(|&r| old_lens[r]).collect();
         Ok(())

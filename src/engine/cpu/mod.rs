@@ -7,7 +7,7 @@ mod block;
 mod infer;
 mod train;
 
-use super::{AdamW, Dtype, Engine, Feed, InferenceWeights, KvCache, Mode, OptimizerState};
+use super::{AdamW, Dtype, Engine, Feed, InferenceWeights, KvCache, KvDtype, Mode, OptimizerState};
 use crate::config::GptConfig;
 use crate::dist::{self, Collective};
 use crate::kernels::cpu::adamw::{
@@ -56,7 +56,7 @@ pub struct CpuEngine {
     /// What cached inference computes with (`Engine::set_inference_weights`).
     inference: InferenceWeights,
     /// What new KV caches hold (`Engine::set_kv_cache_dtype`; `None`: what suits `inference`).
-    kv_cache_dtype: Option<Dtype>,
+    kv_cache_dtype: Option<KvDtype>,
     /// With `InferenceWeights::Q8`: the block matrices and classifier in int8, built at the
     /// first cached pass and dropped by `update` (as `decode_weights`).
     q8_weights: OnceLock<infer::Q8Weights>,
@@ -273,7 +273,7 @@ impl Engine for CpuEngine {
         self.reorder_kv(cache, rows)
     }
 
-    fn set_kv_cache_dtype(&mut self, dtype: Option<Dtype>) -> Result<()> {
+    fn set_kv_cache_dtype(&mut self, dtype: Option<KvDtype>) -> Result<()> {
         self.kv_cache_dtype = dtype;
         Ok(())
     }

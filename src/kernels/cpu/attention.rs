@@ -18,6 +18,8 @@
 
 use super::math::{dot, dot_short, fast_exp, min_items_per_task, sum_map, SharedMut};
 use super::matmul::{gemm_into, Precision, View, WeightValue};
+use super::matmul_bf16::Bf16;
+use super::q8::quantize_group;
 use crate::rng::keep;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -32,22 +34,94 @@ thread_local! {
     static WIDE_KV: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
-/// Runs `f` on the first `span` keys and values at `k` and `v` as f32: the cache itself when it
-/// holds f32, else copies widened into this thread's buffers.
+/// What a KV cache holds: f32, bf16, or int8 with one f32 scale per row of `head_size` values
+/// (the row quantized as one Q8_0 group: x = q * scale). A decoding step reads the cache as well as
+/// the weights, so at depth its bytes per value count.
+pub trait CacheValue: WeightValue {
+    /// Whether each row carries a scale.
+    const SCALED: bool = false;
+    /// Writes the row `src` into `dst`; returns the scale it is read back with.
+    fn store_row(dst: &mut [Self], src: &[f32]) -> f32 {
+        for (d, &x) in dst.iter_mut().zip(src) {
+            *d = Self::from_f32(x);
+        }
+        1.0
+    }
+}
+
+impl CacheValue for f32 {}
+impl CacheValue for Bf16 {}
+impl CacheValue for i8 {
+    const SCALED: bool = true;
+    fn store_row(dst: &mut [i8], src: &[f32]) -> f32 {
+        quantize_group(dst, src, f32::round_ties_even)
+    }
+}
+
+/// A KV cache as attention reads it: keys and values (rows, H_kv, max_t, hs) and, when `K` is
+/// scaled, each row of hs values' scale, (rows, H_kv, max_t); the scales are empty otherwise.
+#[derive(Clone, Copy)]
+pub struct CacheView<'a, K> {
+    pub k: &'a [K],
+    pub v: &'a [K],
+    pub k_scale: &'a [f32],
+    pub v_scale: &'a [f32],
+    pub max_t: usize,
+}
+
+/// One (row, kv head)'s key and value scales, from its first position on; `None` for a cache
+/// without scales.
+type HeadScales = Option<(*const f32, *const f32)>;
+
+/// p[j] *= s[j]: scores times their keys' scales, or probabilities times their values' scales
+/// (which turns them into the weights of the integer value rows).
 ///
 /// # Safety
-/// `k` and `v` must address `span` values each.
+/// `s` must address `p.len()` values.
+unsafe fn rescale(p: &mut [f32], s: Option<*const f32>) {
+    if let Some(s) = s {
+        for (j, x) in p.iter_mut().enumerate() {
+            *x *= *s.add(j);
+        }
+    }
+}
+
+/// Runs `f` on the first `n` rows of `hs` keys and values at `k` and `v` as f32: the cache
+/// itself when it holds f32, else copies widened (and multiplied by their rows' scales) into this
+/// thread's buffers.
+///
+/// # Safety
+/// `k` and `v` must address `n * hs` values each, the scales `n` each.
 unsafe fn with_f32_kv<K: WeightValue, R>(
     k: *const K,
     v: *const K,
-    span: usize,
+    scales: HeadScales,
+    n: usize,
+    hs: usize,
     f: impl FnOnce(*const f32, *const f32) -> R,
 ) -> R {
+    let span = n * hs;
     WIDE_KV.with(|bufs| {
         let (kb, vb) = &mut *bufs.borrow_mut();
-        let kw = K::widen(std::slice::from_raw_parts(k, span), kb);
-        let vw = K::widen(std::slice::from_raw_parts(v, span), vb);
-        f(kw.as_ptr(), vw.as_ptr())
+        let (k, v) = (
+            std::slice::from_raw_parts(k, span),
+            std::slice::from_raw_parts(v, span),
+        );
+        match scales {
+            None => f(K::widen(k, kb).as_ptr(), K::widen(v, vb).as_ptr()),
+            Some((ks, vs)) => {
+                for (rows, s, buf) in [(k, ks, &mut *kb), (v, vs, &mut *vb)] {
+                    let s = std::slice::from_raw_parts(s, n);
+                    buf.clear();
+                    buf.extend(
+                        rows.chunks_exact(hs)
+                            .zip(s)
+                            .flat_map(|(r, &s)| r.iter().map(move |x| x.to_f32() * s)),
+                    );
+                }
+                f(kb.as_ptr(), vb.as_ptr())
+            }
+        }
     })
 }
 
@@ -240,13 +314,18 @@ unsafe fn attend_head(
 /// One query against `n_keys` cached keys (a decoding step): scores are dot products with the
 /// key rows and the output a weighted sum of the value rows, so the cache is read once, in
 /// order, with nothing copied (gemm would first pack the transposed keys). Keys and values of
-/// bf16 are widened as they are loaded (AVX-512, AVX2; the portable path widens them first).
+/// bf16 or int8 are widened as they are loaded (AVX-512, AVX2; the portable path widens them
+/// first); an int8 row's scale multiplies its score, and its probability before the sum:
+/// q . (s_j k_j) = s_j (q . k_j) and sum_j p_j (t_j v_j) = sum_j (p_j t_j) v_j.
+///
+/// # Safety
+/// `k` and `v` must address `n_keys` rows of `hs` values, the scales `n_keys` values each.
 #[allow(clippy::too_many_arguments)]
 unsafe fn attend_one_query<K: WeightValue>(
     q: *const f32,
     k: *const K,
     v: *const K,
-    kv_rs: usize,
+    scales: HeadScales,
     out: *mut f32,
     n_keys: usize,
     hs: usize,
@@ -254,11 +333,10 @@ unsafe fn attend_one_query<K: WeightValue>(
 ) {
     #[cfg(target_arch = "x86_64")]
     if let Some(run) = simd_one_query::<K>(hs) {
-        return with_scratch(n_keys, |p| run(q, k, v, kv_rs, out, p, scale));
+        return with_scratch(n_keys, |p| run(q, k, v, scales, out, p, scale));
     }
-    let span = (n_keys - 1) * kv_rs + hs;
-    with_f32_kv(k, v, span, |k, v| {
-        attend_one_query_portable(q, k, v, kv_rs, out, n_keys, hs, scale)
+    with_f32_kv(k, v, scales, n_keys, hs, |k, v| {
+        attend_one_query_portable(q, k, v, hs, out, n_keys, hs, scale)
     })
 }
 
@@ -268,7 +346,7 @@ unsafe fn attend_one_query<K: WeightValue>(
 #[allow(clippy::type_complexity)]
 fn simd_one_query<K: WeightValue>(
     hs: usize,
-) -> Option<unsafe fn(*const f32, *const K, *const K, usize, *mut f32, &mut [f32], f32)> {
+) -> Option<unsafe fn(*const f32, *const K, *const K, HeadScales, *mut f32, &mut [f32], f32)> {
     use std::arch::is_x86_feature_detected as has;
     // bf16 loads use AVX-512 BW's 16-bit masks (as the matmuls: every AVX-512 CPU but Xeon Phi).
     if has!("avx512f") && has!("avx512bw") {
@@ -346,7 +424,7 @@ unsafe fn one_query_avx512<K: WeightValue, const NV: usize>(
     q: *const f32,
     k: *const K,
     v: *const K,
-    kv_rs: usize,
+    scales: HeadScales,
     out: *mut f32,
     p: &mut [f32],
     scale: f32,
@@ -355,17 +433,19 @@ unsafe fn one_query_avx512<K: WeightValue, const NV: usize>(
     let n_keys = p.len();
     let qv: [__m512; NV] = std::array::from_fn(|c| _mm512_loadu_ps(q.add(16 * c)));
     for (j, pj) in p.iter_mut().enumerate() {
-        let row = k.add(j * kv_rs);
+        let row = k.add(j * 16 * NV);
         let mut s = _mm512_mul_ps(qv[0], K::load16(row, 16));
         for (c, &qc) in qv.iter().enumerate().skip(1) {
             s = _mm512_fmadd_ps(qc, K::load16(row.add(16 * c), 16), s);
         }
         *pj = scale * _mm512_reduce_add_ps(s);
     }
+    rescale(p, scales.map(|s| s.0));
     softmax_row(p, n_keys);
+    rescale(p, scales.map(|s| s.1));
     let mut acc = [_mm512_setzero_ps(); NV];
     for (j, &pj) in p.iter().enumerate() {
-        let (w, row) = (_mm512_set1_ps(pj), v.add(j * kv_rs));
+        let (w, row) = (_mm512_set1_ps(pj), v.add(j * 16 * NV));
         for (c, a) in acc.iter_mut().enumerate() {
             *a = _mm512_fmadd_ps(w, K::load16(row.add(16 * c), 16), *a);
         }
@@ -387,7 +467,7 @@ unsafe fn one_query_avx2<K: WeightValue, const NV: usize>(
     q: *const f32,
     k: *const K,
     v: *const K,
-    kv_rs: usize,
+    scales: HeadScales,
     out: *mut f32,
     p: &mut [f32],
     scale: f32,
@@ -396,7 +476,7 @@ unsafe fn one_query_avx2<K: WeightValue, const NV: usize>(
     let n_keys = p.len();
     let qv: [__m256; NV] = std::array::from_fn(|c| _mm256_loadu_ps(q.add(8 * c)));
     for (j, pj) in p.iter_mut().enumerate() {
-        let row = k.add(j * kv_rs);
+        let row = k.add(j * 8 * NV);
         let mut s = _mm256_mul_ps(qv[0], K::load8(row));
         for (c, &qc) in qv.iter().enumerate().skip(1) {
             s = _mm256_fmadd_ps(qc, K::load8(row.add(8 * c)), s);
@@ -406,10 +486,12 @@ unsafe fn one_query_avx2<K: WeightValue, const NV: usize>(
         let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
         *pj = scale * _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
     }
+    rescale(p, scales.map(|s| s.0));
     softmax_row(p, n_keys);
+    rescale(p, scales.map(|s| s.1));
     let mut acc = [_mm256_setzero_ps(); NV];
     for (j, &pj) in p.iter().enumerate() {
-        let (w, row) = (_mm256_set1_ps(pj), v.add(j * kv_rs));
+        let (w, row) = (_mm256_set1_ps(pj), v.add(j * 8 * NV));
         for (c, a) in acc.iter_mut().enumerate() {
             *a = _mm256_fmadd_ps(w, K::load8(row.add(8 * c)), *a);
         }
@@ -512,26 +594,29 @@ pub struct CachedQueries {
 }
 
 /// Inference with a KV cache. q: rows of stride `q_rs` (the query is the first C columns);
-/// k_cache, v_cache: (dims.batch cache rows, H_kv, max_t, hs), f32 or bf16; out: rows of C.
+/// `cache`: dims.batch cache rows of f32, bf16 or int8 ([`CacheView`]); out: rows of C.
 /// Each (sequence, head) is one task: the sequences of a decoding step run in one parallel pass
 /// whatever their positions. `seqs` must be in row order with disjoint rows. A decoding step
-/// reads a bf16 cache as it is; a pass of several queries (a prompt) widens its head's keys and
+/// reads the cache as it is; a pass of several queries (a prompt) widens its head's keys and
 /// values to f32 first, a small cost beside its scores.
-#[allow(clippy::too_many_arguments)]
-pub fn attention_forward_cached<K: WeightValue>(
+pub fn attention_forward_cached<K: CacheValue>(
     out: &mut [f32],
     q: &[f32],
     q_rs: usize,
-    k_cache: &[K],
-    v_cache: &[K],
+    cache: CacheView<K>,
     dims: AttnDims,
-    max_t: usize,
     seqs: &[CachedQueries],
 ) {
     let (c, hs, nh) = (dims.c(), dims.head_size, dims.n_head);
-    let (nkv, group) = (dims.n_kv_head, dims.group());
+    let (nkv, group, max_t) = (dims.n_kv_head, dims.group(), cache.max_t);
+    let (k_cache, v_cache) = (cache.k, cache.v);
     // What makes the unsafe writes below sound: in-bounds, rows in order and disjoint.
     let cache_len = dims.batch * nkv * max_t * hs;
+    assert!(
+        !K::SCALED
+            || (cache.k_scale.len() * hs >= cache_len && cache.v_scale.len() * hs >= cache_len),
+        "cached attention: an int8 cache needs a scale per row"
+    );
     let mut next_free_row = 0;
     for s in seqs {
         assert!(
@@ -565,12 +650,18 @@ pub fn attention_forward_cached<K: WeightValue>(
                     k_cache.as_ptr().add(kv),
                     v_cache.as_ptr().add(kv),
                 );
+                let scales = K::SCALED.then(|| {
+                    (
+                        cache.k_scale.as_ptr().add(kv / hs),
+                        cache.v_scale.as_ptr().add(kv / hs),
+                    )
+                });
                 let out = out_ptr.get().add(s.first * c + h * hs);
                 if s.n == 1 {
                     let scale = 1.0 / (hs as f32).sqrt();
-                    return attend_one_query(q, k, v, hs, out, s.pos + 1, hs, scale);
+                    return attend_one_query(q, k, v, scales, out, s.pos + 1, hs, scale);
                 }
-                with_f32_kv(k, v, (s.pos + s.n) * hs, |k, v| {
+                with_f32_kv(k, v, scales, s.pos + s.n, hs, |k, v| {
                     attend_head(
                         q,
                         q_rs,
@@ -818,7 +909,6 @@ pub fn attention_backward(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::cpu::matmul_bf16::Bf16;
 
     fn vals(n: usize, seed: u64) -> Vec<f32> {
         crate::kernels::cpu::math::test_values(n, seed, 2.0)
@@ -868,32 +958,73 @@ mod tests {
 
     /// A cache (batch, n_kv_head, max_t, hs) of `K` holding the keys and values of all `t`
     /// positions of `qkv`, with room for 3 more.
-    fn fill_cache<K: WeightValue>(qkv: &[f32], d: AttnDims, t: usize) -> (Vec<K>, Vec<K>, usize) {
-        let (hs, nkv, c, kv_c) = (d.head_size, d.n_kv_head, d.c(), d.kv_c());
-        let (w, max_t) = (d.qkv_width(), t + 3);
-        let mut k_cache = vec![K::from_f32(0.0); d.batch * nkv * max_t * hs];
-        let mut v_cache = k_cache.clone();
-        for b in 0..d.batch {
-            for pos in 0..t {
-                let row = &qkv[(b * t + pos) * w..(b * t + pos + 1) * w];
-                for kvh in 0..nkv {
-                    let at = ((b * nkv + kvh) * max_t + pos) * hs;
-                    for e in 0..hs {
-                        k_cache[at + e] = K::from_f32(row[c + kvh * hs + e]);
-                        v_cache[at + e] = K::from_f32(row[c + kv_c + kvh * hs + e]);
+    struct TestCache<K> {
+        k: Vec<K>,
+        v: Vec<K>,
+        k_scale: Vec<f32>,
+        v_scale: Vec<f32>,
+        max_t: usize,
+    }
+
+    impl<K: CacheValue> TestCache<K> {
+        fn new(qkv: &[f32], d: AttnDims, t: usize) -> TestCache<K> {
+            let (hs, nkv, c, kv_c) = (d.head_size, d.n_kv_head, d.c(), d.kv_c());
+            let (w, max_t) = (d.qkv_width(), t + 3);
+            let rows = d.batch * nkv * max_t;
+            let mut cache = TestCache {
+                k: vec![K::from_f32(0.0); rows * hs],
+                v: vec![K::from_f32(0.0); rows * hs],
+                k_scale: vec![0.0; rows],
+                v_scale: vec![0.0; rows],
+                max_t,
+            };
+            for b in 0..d.batch {
+                for pos in 0..t {
+                    let row = &qkv[(b * t + pos) * w..(b * t + pos + 1) * w];
+                    for kvh in 0..nkv {
+                        let at = (b * nkv + kvh) * max_t + pos;
+                        let (k, v) = (&row[c + kvh * hs..], &row[c + kv_c + kvh * hs..]);
+                        cache.k_scale[at] = K::store_row(&mut cache.k[at * hs..][..hs], &k[..hs]);
+                        cache.v_scale[at] = K::store_row(&mut cache.v[at * hs..][..hs], &v[..hs]);
                     }
                 }
             }
+            cache
         }
-        (k_cache, v_cache, max_t)
+
+        fn view(&self) -> CacheView<'_, K> {
+            CacheView {
+                k: &self.k,
+                v: &self.v,
+                k_scale: &self.k_scale,
+                v_scale: &self.v_scale,
+                max_t: self.max_t,
+            }
+        }
+    }
+
+    /// `qkv` with its keys and values replaced by what a cache of `K` gives back for them.
+    fn as_held<K: CacheValue>(qkv: &[f32], d: AttnDims) -> Vec<f32> {
+        let (c, hs) = (d.c(), d.head_size);
+        let mut held = qkv.to_vec();
+        let mut stored = vec![K::from_f32(0.0); hs];
+        for row in held.chunks_mut(d.qkv_width()) {
+            for kv_row in row[c..].chunks_mut(hs) {
+                let scale = K::store_row(&mut stored, kv_row);
+                for (x, s) in kv_row.iter_mut().zip(&stored) {
+                    *x = s.to_f32() * scale;
+                }
+            }
+        }
+        held
     }
 
     /// Cached attention of every position of `qkv`, one decoding step at a time (a step reads
     /// positions up to its own, so a cache holding all of them gives what a growing one would):
     /// (batch, t, C).
-    fn decode_steps<K: WeightValue>(qkv: &[f32], d: AttnDims, t: usize) -> Vec<f32> {
+    fn decode_steps<K: CacheValue>(qkv: &[f32], d: AttnDims, t: usize) -> Vec<f32> {
         let (c, w, batch) = (d.c(), d.qkv_width(), d.batch);
-        let (k_cache, v_cache, max_t) = fill_cache::<K>(qkv, d, t);
+        let cache = TestCache::<K>::new(qkv, d, t);
         let mut cached = vec![0.0f32; batch * t * c];
         for pos in 0..t {
             // Queries of this step: one row per sequence, packed rows of width w.
@@ -909,7 +1040,7 @@ mod tests {
                 })
                 .collect();
             let mut step = vec![0.0f32; batch * c];
-            attention_forward_cached(&mut step, &q, w, &k_cache, &v_cache, d, max_t, &seqs);
+            attention_forward_cached(&mut step, &q, w, cache.view(), d, &seqs);
             for b in 0..batch {
                 cached[(b * t + pos) * c..(b * t + pos + 1) * c]
                     .copy_from_slice(&step[b * c..(b + 1) * c]);
@@ -918,11 +1049,12 @@ mod tests {
         cached
     }
 
-    #[test]
-    fn bf16_cache_matches_f64_of_its_rounded_keys_and_values_decoding_and_prefilling() {
-        // Head sizes 64 and 128 decode on AVX-512 (bf16 widened as it loads), 32 and 64 on
-        // AVX2 without it, the rest on the portable path (the cache widened first), as a prompt
-        // pass does for every size.
+    /// Cached attention on a cache of `K`, decoding and prefilling, against f64 attention on
+    /// the keys and values as the cache gives them back.
+    fn cache_matches_f64_of_what_it_holds<K: CacheValue>() {
+        // Head sizes 64 and 128 decode on AVX-512 (bf16 and int8 widened as they load), 32 and 64
+        // on AVX2 without it, the rest on the portable path (the cache widened first), as a
+        // prompt pass does for every size.
         for (batch, nh, nkv, hs, t) in [
             (2, 4, 2, 64, 37),
             (1, 2, 2, 32, 23),
@@ -932,14 +1064,8 @@ mod tests {
         ] {
             let d = f32_dims(batch, nh, nkv, hs);
             let (c, w) = (d.c(), d.qkv_width());
-            let mut qkv = vals(batch * t * w, (nh * 100 + hs * 10 + t) as u64);
-            // What the f64 reference reads: keys and values as the cache holds them.
-            for row in qkv.chunks_mut(w) {
-                for x in &mut row[c..] {
-                    *x = Bf16::round(*x).to_f32();
-                }
-            }
-            let want = naive(&qkv, d, t);
+            let qkv = vals(batch * t * w, (nh * 100 + hs * 10 + t) as u64);
+            let want = naive(&as_held::<K>(&qkv, d), d, t);
             let close = |got: &[f32], what: &str| {
                 for (i, (&g, &x)) in got.iter().zip(&want).enumerate() {
                     assert!(
@@ -948,9 +1074,9 @@ mod tests {
                     );
                 }
             };
-            close(&decode_steps::<Bf16>(&qkv, d, t), "decoding");
+            close(&decode_steps::<K>(&qkv, d, t), "decoding");
             // A prompt pass: every position of each sequence in one call.
-            let (k_cache, v_cache, max_t) = fill_cache::<Bf16>(&qkv, d, t);
+            let cache = TestCache::<K>::new(&qkv, d, t);
             let seqs: Vec<CachedQueries> = (0..batch)
                 .map(|b| CachedQueries {
                     slot: b,
@@ -960,8 +1086,33 @@ mod tests {
                 })
                 .collect();
             let mut out = vec![0.0f32; batch * t * c];
-            attention_forward_cached(&mut out, &qkv, w, &k_cache, &v_cache, d, max_t, &seqs);
+            attention_forward_cached(&mut out, &qkv, w, cache.view(), d, &seqs);
             close(&out, "prefilling");
+        }
+    }
+
+    #[test]
+    fn bf16_cache_matches_f64_of_its_rounded_keys_and_values_decoding_and_prefilling() {
+        cache_matches_f64_of_what_it_holds::<Bf16>();
+    }
+
+    #[test]
+    fn int8_cache_matches_f64_of_its_dequantized_keys_and_values_decoding_and_prefilling() {
+        cache_matches_f64_of_what_it_holds::<i8>();
+    }
+
+    #[test]
+    fn int8_cache_holds_each_row_to_half_a_step_of_its_scale() {
+        let row = vals(64, 7);
+        let mut q = [0i8; 64];
+        let scale = i8::store_row(&mut q, &row);
+        let max = row.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        assert_eq!(scale, max / 127.0);
+        for (&x, &q) in row.iter().zip(&q) {
+            assert!(
+                (x - q as f32 * scale).abs() <= 0.5 * scale * (1.0 + 1e-6),
+                "{x} vs {q} x {scale}"
+            );
         }
     }
 

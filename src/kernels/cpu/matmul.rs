@@ -345,6 +345,36 @@ impl WeightValue for Bf16 {
     }
 }
 
+/// An int8 value read as the integer it is: its scale is kept apart, one per row (the int8 KV
+/// cache, `crate::kernels::cpu::attention::CacheValue`).
+impl WeightValue for i8 {
+    fn to_f32(self) -> f32 {
+        self as f32
+    }
+    fn from_f32(x: f32) -> i8 {
+        x.round_ties_even().clamp(-127.0, 127.0) as i8
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const i8, n: usize) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        let bytes = if n >= 16 {
+            _mm_loadu_si128(p as *const __m128i)
+        } else {
+            let mut buf = [0i8; 16];
+            std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), n);
+            _mm_loadu_si128(buf.as_ptr() as *const __m128i)
+        };
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes))
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const i8) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i)))
+    }
+}
+
 /// out (rows, oc) = inp (rows, c) @ W^T + bias for W (oc, c) of f32 or bf16 values, for a few
 /// rows: each output is a dot product of two contiguous rows, blocks of outputs split across
 /// cores.

@@ -146,7 +146,7 @@ fn check_shape(out: usize, inp: usize, group: usize) -> Result<()> {
 
 /// Quantizes one group: writes `q`, returns the scale. `round` is the rounding of x / scale.
 #[inline]
-fn quantize_group(q: &mut [i8], x: &[f32], round: fn(f32) -> f32) -> f32 {
+pub(crate) fn quantize_group(q: &mut [i8], x: &[f32], round: fn(f32) -> f32) -> f32 {
     let max = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let scale = max / Q_MAX;
     if scale == 0.0 {
