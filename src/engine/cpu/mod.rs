@@ -142,9 +142,9 @@ impl Engine for CpuEngine {
             Precision::F32 => (&F32, "measured f32 matmul peak of this CPU"),
             Precision::Bf16 => match Kernel::detect() {
                 Kernel::Avx512 => (&BF16, "measured bf16 matmul peak of this CPU"),
-                Kernel::Portable => (
+                Kernel::Avx2 | Kernel::Portable => (
                     &BF16,
-                    "measured bf16 matmul peak of this CPU, which has no AVX512-BF16: bf16 runs on a portable path, slower than float32",
+                    "measured bf16 matmul peak of this CPU, which has no AVX512-BF16: bf16 is multiplied in f32 registers, no faster than float32",
                 ),
             },
         };

@@ -72,6 +72,9 @@ pub fn bf16_value(bits: u16) -> f32 {
 pub enum Kernel {
     /// AVX512-BF16 (with AVX512-BW for the packing).
     Avx512,
+    /// AVX2 and FMA: the portable kernel's arithmetic in 8-lane registers, each pair's two
+    /// values split out of the packed u32s as f32 (no faster than f32, but not 2x slower).
+    Avx2,
     /// Plain Rust, any CPU: the same sums in the same order.
     Portable,
 }
@@ -79,13 +82,27 @@ pub enum Kernel {
 impl Kernel {
     /// The fastest kernel this CPU runs.
     pub fn detect() -> Kernel {
+        [Kernel::Avx512, Kernel::Avx2]
+            .into_iter()
+            .find(|k| k.runs_here())
+            .unwrap_or(Kernel::Portable)
+    }
+
+    /// Whether this CPU has what the kernel needs.
+    pub fn runs_here(self) -> bool {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512bf16")
-            && std::arch::is_x86_feature_detected!("avx512bw")
         {
-            return Kernel::Avx512;
+            use std::arch::is_x86_feature_detected as has;
+            match self {
+                Kernel::Avx512 => has!("avx512bf16") && has!("avx512bw"),
+                Kernel::Avx2 => has!("avx2") && has!("fma"),
+                Kernel::Portable => true,
+            }
         }
-        Kernel::Portable
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == Kernel::Portable
+        }
     }
 }
 
@@ -363,6 +380,8 @@ unsafe fn compute(
                             match p.kernel {
                                 #[cfg(target_arch = "x86_64")]
                                 Kernel::Avx512 => avx512::micro(kcp, a, a_strides, b, tile),
+                                #[cfg(target_arch = "x86_64")]
+                                Kernel::Avx2 => avx2::micro(kcp, a, a_strides, b, tile),
                                 _ => micro_portable(kcp, a, a_strides, b, tile),
                             }
                         }
@@ -506,6 +525,72 @@ fn micro_portable(kcp: usize, a: &[u32], (a_rs, a_ps): (usize, usize), b: &[u32]
                 } else {
                     s * t.scale
                 };
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{Tile, MR, NR};
+    use std::arch::x86_64::*;
+
+    /// Rows of a sub-tile.
+    const SR: usize = 4;
+
+    /// [`super::micro_portable`] with AVX2 and FMA, the same bits: the `MR` x `NR` tile as
+    /// sub-tiles of 4 rows x 16 columns (8 registers of sums; all 12 x 32 would need 48 of the
+    /// 16), each over every k pair in order. A pair's values are its u32's halves: the low
+    /// (even k) shifted up, the high masked, each exactly the f32 of its bf16; the odd product
+    /// is added first, as VDPBF16PS does.
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be present; `t` must address its rows x cols of C.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn micro(
+        kcp: usize,
+        a: &[u32],
+        (a_rs, a_ps): (usize, usize),
+        b: &[u32],
+        t: Tile,
+    ) {
+        assert!(a.len() >= MR * kcp && b.len() >= NR * kcp);
+        assert!(kcp == 0 || a_rs * (MR - 1) + a_ps * (kcp - 1) < MR * kcp);
+        let high = _mm256_set1_epi32(0xffff_0000u32 as i32);
+        for r0 in (0..t.rows).step_by(SR) {
+            for c0 in (0..t.cols).step_by(16) {
+                let mut acc = [[_mm256_setzero_ps(); 2]; SR];
+                let (ap, bp) = (a.as_ptr().add(r0 * a_rs), b.as_ptr().add(c0));
+                for p in 0..kcp {
+                    let bv: [__m256i; 2] = std::array::from_fn(|h| {
+                        _mm256_loadu_si256(bp.add(p * NR + 8 * h) as *const __m256i)
+                    });
+                    let even = bv.map(|v| _mm256_castsi256_ps(_mm256_slli_epi32::<16>(v)));
+                    let odd = bv.map(|v| _mm256_castsi256_ps(_mm256_and_si256(v, high)));
+                    for (r, acc) in acc.iter_mut().enumerate() {
+                        let pair = _mm256_set1_epi32(*ap.add(r * a_rs + p * a_ps) as i32);
+                        let a_even = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(pair));
+                        let a_odd = _mm256_castsi256_ps(_mm256_and_si256(pair, high));
+                        for h in 0..2 {
+                            let s = _mm256_fmadd_ps(a_odd, odd[h], acc[h]);
+                            acc[h] = _mm256_fmadd_ps(a_even, even[h], s);
+                        }
+                    }
+                }
+                for (r, acc) in acc.iter().enumerate().take(t.rows - r0) {
+                    let mut sums = [0.0f32; 16];
+                    _mm256_storeu_ps(sums.as_mut_ptr(), acc[0]);
+                    _mm256_storeu_ps(sums.as_mut_ptr().add(8), acc[1]);
+                    let row = t.c.add((r0 + r) * t.rs + c0);
+                    for (j, &s) in sums.iter().enumerate().take(t.cols - c0) {
+                        let c = row.add(j);
+                        *c = if t.add {
+                            s.mul_add(t.scale, *c)
+                        } else {
+                            s * t.scale
+                        };
+                    }
+                }
             }
         }
     }
@@ -932,10 +1017,18 @@ mod tests {
 
     #[test]
     fn the_portable_kernel_gives_the_hardware_bits_whatever_the_split() {
-        if Kernel::detect() == Kernel::Portable {
-            eprintln!("skipped: this CPU has no AVX512-BF16, so there is nothing to compare");
-            return;
+        for fast_kernel in [Kernel::Avx512, Kernel::Avx2] {
+            if fast_kernel.runs_here() {
+                portable_gives_the_bits_of(fast_kernel);
+            } else {
+                eprintln!(
+                    "{fast_kernel:?}: this CPU cannot run it, so there is nothing to compare"
+                );
+            }
         }
+    }
+
+    fn portable_gives_the_bits_of(fast_kernel: Kernel) {
         for (s, &(m, n, k)) in SHAPES.iter().enumerate() {
             for (a, b, ta, tb) in operands(m, n, k, 100 + s as u64) {
                 let (va, vb) = views(&a, &b, (m, n, k), ta, tb);
@@ -943,7 +1036,7 @@ mod tests {
                 let mut portable = vec![0.0f32; m * n];
                 unsafe {
                     gemm_bf16(
-                        Kernel::Avx512,
+                        fast_kernel,
                         m,
                         n,
                         k,
@@ -974,7 +1067,7 @@ mod tests {
                     .zip(&portable)
                     .filter(|(x, y)| x.to_bits() != y.to_bits())
                     .count();
-                assert_eq!(differ, 0, "{m}x{n}x{k} ta={ta} tb={tb}");
+                assert_eq!(differ, 0, "{fast_kernel:?} {m}x{n}x{k} ta={ta} tb={tb}");
             }
         }
     }
