@@ -72,8 +72,9 @@ pub fn bf16_value(bits: u16) -> f32 {
 pub enum Kernel {
     /// AVX512-BF16 (with AVX512-BW for the packing).
     Avx512,
-    /// AVX2 and FMA: the portable kernel's arithmetic in 8-lane registers, each pair's two
-    /// values split out of the packed u32s as f32 (no faster than f32, but not 2x slower).
+    /// AVX2 and FMA: the portable kernel's arithmetic in 8-lane f32 registers. Its packing
+    /// splits each pair into the two f32s of its bf16 values (two u32 words), so the micro-kernel
+    /// only loads, broadcasts and multiplies: as fast as f32, no faster.
     Avx2,
     /// Plain Rust, any CPU: the same sums in the same order.
     Portable,
@@ -86,6 +87,14 @@ impl Kernel {
             .into_iter()
             .find(|k| k.runs_here())
             .unwrap_or(Kernel::Portable)
+    }
+
+    /// u32 words a packed k pair takes: the pair itself, or (AVX2) its two values as f32.
+    fn words_per_pair(self) -> usize {
+        match self {
+            Kernel::Avx2 => 2,
+            Kernel::Avx512 | Kernel::Portable => 1,
+        }
     }
 
     /// Whether this CPU has what the kernel needs.
@@ -218,7 +227,8 @@ pub unsafe fn gemm_bf16(
     let per = len.div_ceil(threads).next_multiple_of(align);
     let slabs = len.div_ceil(per);
     let pairs = k.div_ceil(2) + 1;
-    let shared_len = if split_rows { b_cols(n) } else { a_rows(m) } * pairs;
+    let shared_len =
+        if split_rows { b_cols(n) } else { a_rows(m) } * pairs * kernel.words_per_pair();
     let mut shared = PACKED.with_borrow_mut(|b| std::mem::take(&mut b.shared));
     let packed = if shared_len > MAX_SHARED {
         Packed::Neither
@@ -259,7 +269,8 @@ fn pack_all_a(p: Product, dst: &mut Vec<u32>) {
     let rows = a_rows(p.m);
     // Every value is written below (pack_a pads each chunk's rows to a multiple of MR), so the
     // buffer only grows: zeroing it each time was 3% of a bf16 training step.
-    grow(dst, rows * (p.k.div_ceil(2) + 1));
+    let w = p.kernel.words_per_pair();
+    grow(dst, rows * (p.k.div_ceil(2) + 1) * w);
     let out = SharedU32(dst.as_mut_ptr());
     let tasks: Vec<(usize, usize, usize, usize)> = k_blocks(p.k)
         .flat_map(|(_, pc, kc)| {
@@ -270,11 +281,11 @@ fn pack_all_a(p: Product, dst: &mut Vec<u32>) {
         .collect();
     tasks.into_par_iter().for_each(|(pc, kc, i0, mc)| {
         let kcp = kc.div_ceil(2);
-        let at = rows * pc / 2 + i0 * kcp;
+        let at = (rows * pc / 2 + i0 * kcp) * w;
         // SAFETY: each task writes rows i0..i0 + mc (and its zero rows up to a multiple of MR,
         // inside the block's `rows`) of its own k block.
         let region =
-            unsafe { std::slice::from_raw_parts_mut(out.get().add(at), (rows - i0) * kcp) };
+            unsafe { std::slice::from_raw_parts_mut(out.get().add(at), (rows - i0) * kcp * w) };
         p.pack_a(region, i0, mc, pc, kc);
     });
 }
@@ -283,8 +294,8 @@ fn pack_all_a(p: Product, dst: &mut Vec<u32>) {
 fn pack_all_b(p: Product, dst: &mut Vec<u32>) {
     use rayon::prelude::*;
     const COLS: usize = 4 * NR;
-    let cols = b_cols(p.n);
-    grow(dst, cols * (p.k.div_ceil(2) + 1));
+    let (cols, w) = (b_cols(p.n), p.kernel.words_per_pair());
+    grow(dst, cols * (p.k.div_ceil(2) + 1) * w);
     let out = SharedU32(dst.as_mut_ptr());
     let tasks: Vec<(usize, usize, usize, usize)> = k_blocks(p.k)
         .flat_map(|(_, pc, kc)| {
@@ -295,10 +306,10 @@ fn pack_all_b(p: Product, dst: &mut Vec<u32>) {
         .collect();
     tasks.into_par_iter().for_each(|(pc, kc, j0, nc)| {
         let kcp = kc.div_ceil(2);
-        let at = cols * pc / 2 + j0 * kcp;
+        let at = (cols * pc / 2 + j0 * kcp) * w;
         // SAFETY: each task writes the panels of columns j0..j0 + nc of its own k block.
         let region = unsafe {
-            std::slice::from_raw_parts_mut(out.get().add(at), nc.next_multiple_of(NR) * kcp)
+            std::slice::from_raw_parts_mut(out.get().add(at), nc.next_multiple_of(NR) * kcp * w)
         };
         p.pack_b(region, pc, kc, j0, nc);
     });
@@ -340,16 +351,17 @@ unsafe fn compute(
         let Buffers {
             a: a_buf, b: b_buf, ..
         } = bufs;
+        let w = p.kernel.words_per_pair();
         let kcp_max = KC.min(p.k).div_ceil(2).max(1);
-        grow(a_buf, MC.next_multiple_of(MR) * kcp_max);
-        grow(b_buf, NC * kcp_max);
+        grow(a_buf, MC.next_multiple_of(MR) * kcp_max * w);
+        grow(b_buf, NC * kcp_max * w);
         for jc in cols.clone().step_by(NC) {
             let nc = NC.min(cols.end - jc);
             for (block, pc, kc) in k_blocks(p.k) {
                 let kcp = kc.div_ceil(2);
                 let a_strides = ALayout::of(p.lhs).strides(kcp);
                 let b_block: &[u32] = match packed {
-                    Packed::B(all) => &all[b_cols(p.n) * pc / 2 + jc * kcp..],
+                    Packed::B(all) => &all[(b_cols(p.n) * pc / 2 + jc * kcp) * w..],
                     _ => {
                         p.pack_b(b_buf, pc, kc, jc, nc);
                         b_buf
@@ -359,16 +371,16 @@ unsafe fn compute(
                 for ic in rows.clone().step_by(MC) {
                     let mc = MC.min(rows.end - ic);
                     let a_block: &[u32] = match packed {
-                        Packed::A(all) => &all[a_rows(p.m) * pc / 2 + ic * kcp..],
+                        Packed::A(all) => &all[(a_rows(p.m) * pc / 2 + ic * kcp) * w..],
                         _ => {
                             p.pack_a(a_buf, ic, mc, pc, kc);
                             a_buf
                         }
                     };
                     for jr in (0..nc).step_by(NR) {
-                        let b = &b_block[jr * kcp..][..kcp * NR];
+                        let b = &b_block[jr * kcp * w..][..kcp * NR * w];
                         for ir in (0..mc).step_by(MR) {
-                            let a = &a_block[ir * kcp..][..kcp * MR];
+                            let a = &a_block[ir * kcp * w..][..kcp * MR * w];
                             let tile = Tile {
                                 c: p.dst.add((ic + ir) * p.dst_rs + jc + jr),
                                 rs: p.dst_rs,
@@ -449,12 +461,13 @@ fn pack_a(kernel: Kernel, dst: &mut [u32], a: View, i0: usize, mc: usize, k0: us
             for i in 0..mc.next_multiple_of(MR) {
                 let panel = (i / MR) * MR * kcp;
                 for p in 0..kcp {
-                    dst[panel + (i % MR) * rs + p * ps] = if i < mc {
+                    let v = if i < mc {
                         // SAFETY: as above.
                         unsafe { pair(a, i0 + i, k0 + 2 * p, k0 + kc) }
                     } else {
                         0
                     };
+                    put_pair(kernel, dst, panel + (i % MR) * rs + p * ps, v);
                 }
             }
         }
@@ -471,6 +484,22 @@ fn pack_b(kernel: Kernel, dst: &mut [u32], b: View, k0: usize, kc: usize, j0: us
         Kernel::Avx512 if b.cs == 1 || b.rs == 1 => unsafe {
             avx512::pack_b(dst, b, k0, kc, j0, nc)
         },
+        Kernel::Avx2 => {
+            // [p][even, then odd][j] in each panel, so a k pair's values for 8 columns are one
+            // 32-byte load each.
+            for j in 0..nc.next_multiple_of(NR) {
+                for p in 0..kcp {
+                    let v = if j < nc {
+                        // SAFETY: as above (B read as its transpose: pairs run along k).
+                        unsafe { pair(b.t(), j0 + j, k0 + 2 * p, k0 + kc) }
+                    } else {
+                        0
+                    };
+                    let at = (j / NR) * kcp * 2 * NR + p * 2 * NR + j % NR;
+                    (dst[at], dst[at + NR]) = split_pair(v);
+                }
+            }
+        }
         _ => {
             for j in 0..nc.next_multiple_of(NR) {
                 for p in 0..kcp {
@@ -483,6 +512,20 @@ fn pack_b(kernel: Kernel, dst: &mut [u32], b: View, k0: usize, kc: usize, j0: us
                 }
             }
         }
+    }
+}
+
+/// The f32 bits of a pair's two bf16 values: (even k, odd k).
+fn split_pair(v: u32) -> (u32, u32) {
+    (v << 16, v & 0xffff_0000)
+}
+
+/// Stores A's pair `v` at pair index `at` of a packed block: itself, or split into two words
+/// (`Kernel::words_per_pair`).
+fn put_pair(kernel: Kernel, dst: &mut [u32], at: usize, v: u32) {
+    match kernel.words_per_pair() {
+        2 => (dst[2 * at], dst[2 * at + 1]) = split_pair(v),
+        _ => dst[at] = v,
     }
 }
 
@@ -538,11 +581,12 @@ mod avx2 {
     /// Rows of a sub-tile.
     const SR: usize = 4;
 
-    /// [`super::micro_portable`] with AVX2 and FMA, the same bits: the `MR` x `NR` tile as
-    /// sub-tiles of 4 rows x 16 columns (8 registers of sums; all 12 x 32 would need 48 of the
-    /// 16), each over every k pair in order. A pair's values are its u32's halves: the low
-    /// (even k) shifted up, the high masked, each exactly the f32 of its bf16; the odd product
-    /// is added first, as VDPBF16PS does.
+    /// [`super::micro_portable`] with AVX2 and FMA, the same bits, on blocks packed with each
+    /// pair split into its two f32s: A's pair (r, p) at words 2 (r `a_rs` + p `a_ps`) (even k,
+    /// then odd), B's at p 2 `NR` (even, for the `NR` columns) and `NR` after it (odd). The
+    /// `MR` x `NR` tile runs as sub-tiles of 4 rows x 16 columns (8 registers of sums; all of it
+    /// would take 48 of the 16), each over every k pair in order, the odd product added first,
+    /// as VDPBF16PS does.
     ///
     /// # Safety
     /// AVX2 and FMA must be present; `t` must address its rows x cols of C.
@@ -554,23 +598,20 @@ mod avx2 {
         b: &[u32],
         t: Tile,
     ) {
-        assert!(a.len() >= MR * kcp && b.len() >= NR * kcp);
+        assert!(a.len() >= 2 * MR * kcp && b.len() >= 2 * NR * kcp);
         assert!(kcp == 0 || a_rs * (MR - 1) + a_ps * (kcp - 1) < MR * kcp);
-        let high = _mm256_set1_epi32(0xffff_0000u32 as i32);
+        let (a, b) = (a.as_ptr() as *const f32, b.as_ptr() as *const f32);
         for r0 in (0..t.rows).step_by(SR) {
             for c0 in (0..t.cols).step_by(16) {
                 let mut acc = [[_mm256_setzero_ps(); 2]; SR];
-                let (ap, bp) = (a.as_ptr().add(r0 * a_rs), b.as_ptr().add(c0));
                 for p in 0..kcp {
-                    let bv: [__m256i; 2] = std::array::from_fn(|h| {
-                        _mm256_loadu_si256(bp.add(p * NR + 8 * h) as *const __m256i)
-                    });
-                    let even = bv.map(|v| _mm256_castsi256_ps(_mm256_slli_epi32::<16>(v)));
-                    let odd = bv.map(|v| _mm256_castsi256_ps(_mm256_and_si256(v, high)));
+                    let bp = b.add(p * 2 * NR + c0);
+                    let even = [_mm256_loadu_ps(bp), _mm256_loadu_ps(bp.add(8))];
+                    let odd = [_mm256_loadu_ps(bp.add(NR)), _mm256_loadu_ps(bp.add(NR + 8))];
                     for (r, acc) in acc.iter_mut().enumerate() {
-                        let pair = _mm256_set1_epi32(*ap.add(r * a_rs + p * a_ps) as i32);
-                        let a_even = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(pair));
-                        let a_odd = _mm256_castsi256_ps(_mm256_and_si256(pair, high));
+                        let ap = a.add(2 * ((r0 + r) * a_rs + p * a_ps));
+                        let (a_even, a_odd) =
+                            (_mm256_broadcast_ss(&*ap), _mm256_broadcast_ss(&*ap.add(1)));
                         for h in 0..2 {
                             let s = _mm256_fmadd_ps(a_odd, odd[h], acc[h]);
                             acc[h] = _mm256_fmadd_ps(a_even, even[h], s);
