@@ -90,7 +90,8 @@ with_memory peer_f32 $PY "${peer[@]}"
 with_memory peer_tf32 $PY "${peer[@]}" --tf32=true
 with_memory peer_bf16_compile $PY "${peer[@]}" --dtype=bfloat16 --compile=true
 
-# 6: data-parallel training (issue 14). NCCL at world size 1 (a launcher's run of one rank)
+# 6: data-parallel training (issue 14). NCCL at world size 1 (a launcher's run of one rank; each
+# layer's gradient sum starts on NCCL's own stream during backward, `backward_all_reduced`)
 # against no launcher: the same losses bit for bit, tokens/s within 2%. Then two CPU ranks through
 # the TCP ring on this machine's cores against one process: the same logged losses.
 nccl_so=$(find ${libs//:/ } -name 'libnccl.so.2' 2>/dev/null | head -1)

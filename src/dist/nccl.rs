@@ -9,6 +9,8 @@
 
 use super::Collective;
 use anyhow::{anyhow, bail, Result};
+use cudarc::driver::result::{event, stream};
+use cudarc::driver::sys::{CUevent, CUevent_flags, CUevent_wait_flags, CUstream};
 use cudarc::nccl::{result, sys};
 use std::ffi::c_void;
 use std::mem::MaybeUninit;
@@ -16,9 +18,16 @@ use std::mem::MaybeUninit;
 /// Bytes in NCCL's unique id (`ncclUniqueId`).
 const ID_BYTES: usize = 128;
 
-/// This rank's NCCL communicator, on the CUDA context current on this thread.
+/// This rank's NCCL communicator, on the CUDA context current on this thread, with a stream of
+/// its own for sums that overlap the engine's work on the legacy default stream.
 pub struct Nccl {
     comm: sys::ncclComm_t,
+    /// Non-blocking: no implicit synchronisation with the legacy default stream.
+    stream: CUstream,
+    /// Recorded on the default stream before a sum starts, waited for by `stream`.
+    inputs_ready: CUevent,
+    /// Recorded on `stream` after the last sum, waited for by the default stream.
+    sums_done: CUevent,
 }
 
 // SAFETY: an NCCL communicator may be used from any thread, one call at a time; `Nccl` is only
@@ -62,10 +71,70 @@ impl Nccl {
                     "NCCL could not join rank {rank} of {size} ({e:?}): two ranks on one GPU are refused (set LOCAL_RANK, one rank per GPU); NCCL_DEBUG=INFO says more"
                 )
             })?;
+        let cuda = |what: &str, e: cudarc::driver::DriverError| {
+            anyhow!("opening NCCL's {what} failed ({e:?})")
+        };
+        let timing_off = CUevent_flags::CU_EVENT_DISABLE_TIMING;
         Ok(Nccl {
             // SAFETY: comm_init_rank succeeded, so it wrote the communicator.
             comm: unsafe { comm.assume_init() },
+            stream: stream::create(stream::StreamKind::NonBlocking)
+                .map_err(|e| cuda("stream", e))?,
+            inputs_ready: event::create(timing_off).map_err(|e| cuda("event", e))?,
+            sums_done: event::create(timing_off).map_err(|e| cuda("event", e))?,
         })
+    }
+
+    /// Starts summing `count` f32 at device address `ptr` over the ranks, in place, on NCCL's
+    /// own stream, once the work queued so far on the legacy default stream (what wrote them) is
+    /// done; returns at once, so the engine's next kernels run meanwhile. They must not touch
+    /// these values until [`Nccl::join`].
+    ///
+    /// # Safety
+    /// `ptr` must address `count` f32 of device memory in the current context.
+    pub unsafe fn start_sum_f32(&mut self, ptr: u64, count: usize) -> Result<()> {
+        let failed = |e| anyhow!("ordering NCCL's stream after the backward pass failed ({e:?})");
+        event::record(self.inputs_ready, stream::null()).map_err(failed)?;
+        stream::wait_event(
+            self.stream,
+            self.inputs_ready,
+            CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
+        )
+        .map_err(failed)?;
+        self.sum_on(ptr, count, self.stream as sys::cudaStream_t)
+    }
+
+    /// Makes the legacy default stream's later work wait for every sum started so far.
+    pub fn join(&mut self) -> Result<()> {
+        let failed = |e| anyhow!("waiting for NCCL's stream failed ({e:?})");
+        // SAFETY: the stream and event are this communicator's, alive until drop.
+        unsafe {
+            event::record(self.sums_done, self.stream).map_err(failed)?;
+            stream::wait_event(
+                stream::null(),
+                self.sums_done,
+                CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
+            )
+            .map_err(failed)
+        }
+    }
+
+    /// `ncclAllReduce` (sum, in place) on `on`.
+    ///
+    /// # Safety
+    /// As [`Nccl::start_sum_f32`].
+    unsafe fn sum_on(&mut self, ptr: u64, count: usize, on: sys::cudaStream_t) -> Result<()> {
+        result::all_reduce(
+            ptr as *const c_void,
+            ptr as *mut c_void,
+            count,
+            sys::ncclDataType_t::ncclFloat32,
+            sys::ncclRedOp_t::ncclSum,
+            self.comm,
+            on,
+        )
+        .map(|_| ())
+        .map_err(|e| anyhow!("NCCL's all-reduce of the gradients failed ({e:?}): a rank may have stopped; see the other ranks' errors"))
     }
 
     /// Sums `count` f32 at device address `ptr` over the ranks, in place, on the legacy default
@@ -74,16 +143,7 @@ impl Nccl {
     /// # Safety
     /// `ptr` must address `count` f32 of device memory in the current context.
     pub unsafe fn all_reduce_sum_f32(&mut self, ptr: u64, count: usize) -> Result<()> {
-        result::all_reduce(
-            ptr as *const c_void,
-            ptr as *mut c_void,
-            count,
-            sys::ncclDataType_t::ncclFloat32,
-            sys::ncclRedOp_t::ncclSum,
-            self.comm,
-            std::ptr::null_mut(),
-        )
-        .map_err(|e| anyhow!("NCCL's all-reduce of the gradients failed ({e:?}): a rank may have stopped; see the other ranks' errors"))?;
+        self.sum_on(ptr, count, std::ptr::null_mut())?;
         cudarc::driver::result::ctx::synchronize()
             .map_err(|e| anyhow!("waiting for NCCL's all-reduce failed ({e:?})"))
     }
@@ -91,9 +151,14 @@ impl Nccl {
 
 impl Drop for Nccl {
     fn drop(&mut self) {
-        // SAFETY: the communicator was made by comm_init_rank and is not used after this.
+        // SAFETY: the communicator, stream and events were made in `connect` and are not used
+        // after this; the stream's work is finished first.
         unsafe {
+            let _ = stream::synchronize(self.stream);
             let _ = result::comm_destroy(self.comm);
+            let _ = event::destroy(self.inputs_ready);
+            let _ = event::destroy(self.sums_done);
+            let _ = stream::destroy(self.stream);
         }
     }
 }

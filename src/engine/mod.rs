@@ -414,6 +414,15 @@ pub trait Engine {
     /// Sums the gradients across the ranks of a data-parallel run (every rank calls it after
     /// its backward passes, before [`Engine::update`]).
     fn all_reduce_grads(&mut self, comm: &mut dyn Collective) -> Result<()>;
+    /// A data-parallel run's last micro-step: [`Engine::backward`], with the gradients summed
+    /// across the ranks by the time it returns. A GPU backend with its device collective open
+    /// starts each layer's sum as soon as backward has written it, so the sums run while the
+    /// layers below are differentiated (PyTorch DDP's buckets). Provided: backward, then
+    /// [`Engine::all_reduce_grads`].
+    fn backward_all_reduced(&mut self, grad_scale: f32, comm: &mut dyn Collective) -> Result<()> {
+        self.backward(grad_scale)?;
+        self.all_reduce_grads(comm)
+    }
     /// Data-parallel runs: a GPU backend opens its device-side collective (NCCL) here, every
     /// rank at once, with `comm` for the rendezvous; [`Engine::all_reduce_grads`] then sums in
     /// device memory. Provided: nothing to open (the sums go through `comm`, on the host).

@@ -72,9 +72,20 @@ impl Ranks {
         self.rank() * share..(self.rank() + 1) * share
     }
 
-    /// The iteration's update: sums the gradients over the ranks (with ZeRO-1, each rank only its
-    /// part), clips to `grad_clip` and takes the AdamW step. Sums this iteration's loss with the
-    /// gradients, so every rank knows the whole iteration's loss, and returns it.
+    /// A micro-step's backward pass; the iteration's `last` one, in a data-parallel run without
+    /// ZeRO-1, also sums the gradients over the ranks (overlapped with the pass where the engine
+    /// can: [`Engine::backward_all_reduced`]).
+    pub fn backward(&mut self, engine: &mut dyn Engine, grad_scale: f32, last: bool) -> Result<()> {
+        match &mut self.ring {
+            Some(ring) if last && !self.zero1 => engine.backward_all_reduced(grad_scale, ring),
+            _ => engine.backward(grad_scale),
+        }
+    }
+
+    /// The iteration's update, after [`Ranks::backward`]'s last micro-step: clips to `grad_clip`
+    /// and takes the AdamW step (with ZeRO-1, sums each rank's part of the gradients first and
+    /// updates only that part). Sums this iteration's loss too, so every rank knows the whole
+    /// iteration's loss, and returns it.
     pub fn update(
         &mut self,
         engine: &mut dyn Engine,
@@ -89,7 +100,6 @@ impl Ranks {
         if self.zero1 {
             engine.update_zero1(lr, grad_clip, ring)?;
         } else {
-            engine.all_reduce_grads(ring)?;
             engine.update(lr, grad_clip);
         }
         let mut loss = [loss_sum as f32];

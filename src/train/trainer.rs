@@ -265,7 +265,9 @@ fn run(
         let t0 = Instant::now();
         engine.zero_grad();
         let mut loss_sum = 0.0f64;
-        for micro in ranks.micro_steps(cfg.gradient_accumulation_steps) {
+        let micro_steps = ranks.micro_steps(cfg.gradient_accumulation_steps);
+        let last_micro = micro_steps.end - 1;
+        for micro in micro_steps {
             let mut rng = Rng::new(stream_seed(cfg.seed, BATCHES, iter_num, micro));
             train_data.batch(&mut rng, b, t, &mut x, &mut y)?;
             let mode = Mode::Train {
@@ -281,7 +283,8 @@ fn run(
                 );
             }
             loss_sum += loss as f64;
-            engine.backward(1.0 / cfg.gradient_accumulation_steps as f32)?;
+            let grad_scale = 1.0 / cfg.gradient_accumulation_steps as f32;
+            ranks.backward(engine.as_mut(), grad_scale, micro == last_micro)?;
         }
         let loss_sum = ranks.update(engine.as_mut(), loss_sum, lr, cfg.grad_clip)?;
         let loss = (loss_sum / cfg.gradient_accumulation_steps as f64) as f32;

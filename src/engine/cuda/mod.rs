@@ -262,7 +262,7 @@ impl Engine for CudaEngine {
 
     fn backward(&mut self, grad_scale: f32) -> Result<()> {
         self.ready()?;
-        self.backward_pass(grad_scale)
+        self.backward_pass(grad_scale, false)
     }
 
     fn zero_grad(&mut self) {
@@ -288,12 +288,22 @@ impl Engine for CudaEngine {
         self.hyper = hyper;
     }
 
-    /// Through the host: right for the TCP ring between CPU processes; GPU ranks want NCCL on
-    /// the device buffers instead (not built yet).
+    /// NCCL on the device buffers (the TCP ring only carries its unique id).
     fn use_device_collective(&mut self, comm: &mut dyn Collective) -> Result<()> {
         self.ready()?;
         self.nccl = Some(Nccl::connect(comm)?);
         Ok(())
+    }
+
+    /// With NCCL open, each layer's gradients start their sum as soon as the backward pass has
+    /// written them; the embeddings' and the final norm's, written last, go at the end.
+    fn backward_all_reduced(&mut self, grad_scale: f32, comm: &mut dyn Collective) -> Result<()> {
+        self.ready()?;
+        if self.nccl.is_none() {
+            self.backward_pass(grad_scale, false)?;
+            return self.all_reduce_grads(comm);
+        }
+        self.backward_pass(grad_scale, true)
     }
 
     fn all_reduce_grads(&mut self, comm: &mut dyn Collective) -> Result<()> {

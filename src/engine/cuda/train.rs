@@ -310,7 +310,11 @@ impl CudaEngine {
     }
 
     /// See [`crate::engine::Engine::backward`].
-    pub(super) fn backward_pass(&mut self, grad_scale: f32) -> Result<()> {
+    /// Adds the gradient of `grad_scale` x the last loss to the gradients; with `all_reduce`
+    /// (NCCL open), also sums them over the ranks, each layer's sum started on NCCL's stream as
+    /// soon as its last gradient kernel is queued, and the rest (embeddings, final norm) after
+    /// the encoder's; returns once every sum is done.
+    pub(super) fn backward_pass(&mut self, grad_scale: f32, all_reduce: bool) -> Result<()> {
         let cfg = self.host.config.clone();
         let (c, nh, vp, v, nl) = (
             cfg.n_embd,
@@ -342,6 +346,17 @@ impl CudaEngine {
             })
         };
         let (gpu, p, gr, tb) = (&self.gpu, &self.params, &self.grads, &self.host.table);
+        let mut nccl = match (all_reduce, self.nccl.as_mut()) {
+            (true, Some(n)) => Some(n),
+            (true, None) => bail!("backward_pass: a sum over the ranks was asked without NCCL"),
+            (false, _) => None,
+        };
+        // Layer l's parameters are one span of the flat buffer (GPT-2's order: ln_1 first,
+        // mlp.c_proj last; ln_f after the last layer).
+        let layer_span = |l: usize| {
+            let end = tb.layers.get(l + 1).map_or(tb.lnf_w, |next| next.ln1_w);
+            tb.layers[l].ln1_w..end
+        };
         let bias = |off: usize| cfg.bias.then(|| gr.at(off));
         let or_null = |off: usize| bias(off).unwrap_or(0);
         let part = g.partial.ptr();
@@ -510,6 +525,12 @@ impl CudaEngine {
                 c,
                 part,
             )?;
+            if let Some(n) = nccl.as_mut() {
+                let span = layer_span(l);
+                // SAFETY: the span lies in the gradient buffer; no later kernel of this pass
+                // writes it (each layer writes only its own span), and the update waits (join).
+                unsafe { n.start_sum_f32(gr.at(span.start), span.len())? };
+            }
         }
         if let Some(d) = site(0, SITE_EMBED) {
             gpu.dropout(g.dresidual.ptr(), bt * c, d)?;
@@ -529,6 +550,15 @@ impl CudaEngine {
             c,
         )?;
         gpu.encoder_backward_wpe(gr.at(tb.wpe), g.dresidual.ptr(), b, t, c)?;
+        if let Some(n) = nccl.as_mut() {
+            let (first, after_last) = (layer_span(0).start, layer_span(nl - 1).end);
+            // SAFETY: wte and wpe come before the first layer, ln_f after the last; all written.
+            unsafe {
+                n.start_sum_f32(gr.at(0), first)?;
+                n.start_sum_f32(gr.at(after_last), gr.len() - after_last)?;
+            }
+            n.join()?;
+        }
         gpu.synchronize()?;
         a.has_targets = false;
         Ok(())
