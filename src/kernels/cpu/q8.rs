@@ -196,20 +196,23 @@ pub fn q8_matmul_forward(out: &mut [f32], inp: &[f32], m: &Q8Matrix) {
         });
     }
     #[cfg(target_arch = "x86_64")]
-    if avx512::usable(m) {
-        let wide: Vec<i16> = qx.iter().map(|&v| v as i16).collect();
-        return for_output_blocks(out, m, |o, o0, o1| {
-            // SAFETY: AVX-512 is present (`usable`); this task owns columns o0..o1.
-            unsafe { avx512::rows(o, &wide, &x, m, o0, o1) }
-        });
-    }
-    #[cfg(target_arch = "x86_64")]
-    if rows >= avx2::MIN_ROWS && avx2::usable(m) {
-        let wide: Vec<i16> = qx.iter().map(|&v| v as i16).collect();
-        return for_output_blocks(out, m, |o, o0, o1| {
-            // SAFETY: AVX2 is present (`usable`); this task owns columns o0..o1.
-            unsafe { avx2::rows(o, &wide, &x, m, o0, o1) }
-        });
+    {
+        type Rows = unsafe fn(*mut f32, &[i16], &QuantRows, &Q8Matrix, usize, usize);
+        let wide_path: Option<Rows> = if avx512::usable(m) {
+            Some(avx512::rows)
+        } else if rows >= avx2::MIN_ROWS && avx2::usable(m) {
+            Some(avx2::rows)
+        } else {
+            None
+        };
+        if let Some(run) = wide_path {
+            let wide: Vec<i16> = qx.iter().map(|&v| v as i16).collect();
+            return for_output_blocks(out, m, |o, o0, o1| {
+                // SAFETY: the path's instructions are present (`usable`); this task owns
+                // columns o0..o1.
+                unsafe { run(o, &wide, &x, m, o0, o1) }
+            });
+        }
     }
     for_output_blocks(out, m, |o, o0, o1| {
         // SAFETY: this task owns columns o0..o1.
