@@ -424,6 +424,10 @@ unsafe fn outin_rows<W: WeightValue>(
     {
         return avx512::outin_rows(out, inp, w, bias, c, oc, o0, o1);
     }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        return avx2::outin_rows(out, inp, w, bias, c, oc, o0, o1);
+    }
     outin_rows_portable(out, inp, w, bias, c, oc, o0, o1)
 }
 
@@ -449,6 +453,76 @@ unsafe fn outin_rows_portable<W: WeightValue>(
         for (r, x) in inp.chunks_exact(c).enumerate() {
             *out.add(r * oc + o) = dot(x, row) + bias.map_or(0.0, |b| b[o]);
         }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::WeightValue;
+    use std::arch::x86_64::*;
+
+    /// [`super::outin_rows`] with AVX2: output by output, each weight row dotted with every
+    /// input row as it is read, bf16 widened as it loads (the portable path widens a row into a
+    /// buffer first, then reads it again). Each dot product is 8 sums of 8 lanes over k in steps
+    /// of 64 (4 sums measured 0.92x of the portable loop in f32: too few loads in flight), added
+    /// pairwise at the end, the last values (c not a multiple of 8) one by one: the same bits
+    /// whatever the number of rows.
+    ///
+    /// # Safety
+    /// As [`super::outin_rows`]; AVX2 and FMA must be present.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn outin_rows<W: WeightValue>(
+        out: *mut f32,
+        inp: &[f32],
+        w: &[W],
+        bias: Option<&[f32]>,
+        c: usize,
+        oc: usize,
+        o0: usize,
+        o1: usize,
+    ) {
+        assert!(w.len() >= o1 * c);
+        for o in o0..o1 {
+            let row = w.as_ptr().add(o * c);
+            for (r, x) in inp.chunks_exact(c).enumerate() {
+                *out.add(r * oc + o) = dot(x, row, c) + bias.map_or(0.0, |b| b[o]);
+            }
+        }
+    }
+
+    /// x . row over `c` values.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn dot<W: WeightValue>(x: &[f32], row: *const W, c: usize) -> f32 {
+        let xp = x.as_ptr();
+        let mut acc = [_mm256_setzero_ps(); 8];
+        let mut k = 0;
+        while k + 64 <= c {
+            for (i, a) in acc.iter_mut().enumerate() {
+                let at = k + 8 * i;
+                *a = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(at)), W::load8(row.add(at)), *a);
+            }
+            k += 64;
+        }
+        while k + 8 <= c {
+            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(k)), W::load8(row.add(k)), acc[0]);
+            k += 8;
+        }
+        let quads = [0, 4].map(|i| {
+            _mm256_add_ps(
+                _mm256_add_ps(acc[i], acc[i + 1]),
+                _mm256_add_ps(acc[i + 2], acc[i + 3]),
+            )
+        });
+        let sum = _mm256_add_ps(quads[0], quads[1]);
+        let mut lanes = [0.0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
+        let mut s = lanes.iter().sum::<f32>();
+        for (j, &xj) in x.iter().enumerate().take(c).skip(k) {
+            s = xj.mul_add((*row.add(j)).to_f32(), s);
+        }
+        s
     }
 }
 
