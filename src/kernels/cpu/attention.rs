@@ -73,16 +73,24 @@ pub struct CacheView<'a, K> {
 /// without scales.
 type HeadScales = Option<(*const f32, *const f32)>;
 
-/// p[j] *= s[j]: scores times their keys' scales, or probabilities times their values' scales
-/// (which turns them into the weights of the integer value rows).
+/// One query's scores against the raw cached keys, turned in place into the weights of the
+/// raw cached values: with scales, each score times its key's scale, the softmax, then each
+/// probability times its value's scale; without, the softmax alone.
 ///
 /// # Safety
-/// `s` must address `p.len()` values.
-unsafe fn rescale(p: &mut [f32], s: Option<*const f32>) {
-    if let Some(s) = s {
+/// The scales must address `p.len()` values each.
+unsafe fn weights_from_scores(p: &mut [f32], scales: HeadScales) {
+    let rescale = |p: &mut [f32], s: *const f32| {
         for (j, x) in p.iter_mut().enumerate() {
             *x *= *s.add(j);
         }
+    };
+    if let Some((ks, _)) = scales {
+        rescale(p, ks);
+    }
+    softmax_row(p, p.len());
+    if let Some((_, vs)) = scales {
+        rescale(p, vs);
     }
 }
 
@@ -430,7 +438,6 @@ unsafe fn one_query_avx512<K: WeightValue, const NV: usize>(
     scale: f32,
 ) {
     use std::arch::x86_64::*;
-    let n_keys = p.len();
     let qv: [__m512; NV] = std::array::from_fn(|c| _mm512_loadu_ps(q.add(16 * c)));
     for (j, pj) in p.iter_mut().enumerate() {
         let row = k.add(j * 16 * NV);
@@ -440,9 +447,7 @@ unsafe fn one_query_avx512<K: WeightValue, const NV: usize>(
         }
         *pj = scale * _mm512_reduce_add_ps(s);
     }
-    rescale(p, scales.map(|s| s.0));
-    softmax_row(p, n_keys);
-    rescale(p, scales.map(|s| s.1));
+    weights_from_scores(p, scales);
     let mut acc = [_mm512_setzero_ps(); NV];
     for (j, &pj) in p.iter().enumerate() {
         let (w, row) = (_mm512_set1_ps(pj), v.add(j * 16 * NV));
@@ -473,7 +478,6 @@ unsafe fn one_query_avx2<K: WeightValue, const NV: usize>(
     scale: f32,
 ) {
     use std::arch::x86_64::*;
-    let n_keys = p.len();
     let qv: [__m256; NV] = std::array::from_fn(|c| _mm256_loadu_ps(q.add(8 * c)));
     for (j, pj) in p.iter_mut().enumerate() {
         let row = k.add(j * 8 * NV);
@@ -486,9 +490,7 @@ unsafe fn one_query_avx2<K: WeightValue, const NV: usize>(
         let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
         *pj = scale * _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
     }
-    rescale(p, scales.map(|s| s.0));
-    softmax_row(p, n_keys);
-    rescale(p, scales.map(|s| s.1));
+    weights_from_scores(p, scales);
     let mut acc = [_mm256_setzero_ps(); NV];
     for (j, &pj) in p.iter().enumerate() {
         let (w, row) = (_mm256_set1_ps(pj), v.add(j * 8 * NV));
