@@ -24,10 +24,12 @@
 //!   horizontal sums; groups a multiple of 16.
 //! - AVX-512 BW: sign-extended i16 pairs (`vpmaddwd`), 16 outputs' lanes summed by a transpose
 //!   tree; groups a multiple of 32.
+//! - AVX2, for a decoding step's few rows: weights repacked at quantization as the VNNI
+//!   layout's 8-lane twin (8 outputs x 4 inputs per 32 bytes, signed); `vpmaddubsw` multiplies
+//!   |w| by x carrying w's sign (at most 2 x 127 x 127 per i16: no saturation), `vpmaddwd` adds
+//!   the pairs to i32: lane i is output i, no horizontal sums. Groups a multiple of 4.
 //! - AVX2, for a prompt's many rows: each task's weights repacked as i16 pairs, 8 outputs per
 //!   register (`vpmaddwd`, lane i being output i), a tile of 4 rows x 16 outputs; even groups.
-//!   A decoding step (few rows) keeps the portable loop, which LLVM vectorises and which reads
-//!   the weights at the memory's speed (an AVX2 matrix-vector kernel measured 0.84x of it).
 //! - Portable Rust, any group.
 //!
 //! Output rows are split across threads in blocks (`for_output_blocks`); every row of the
@@ -53,43 +55,84 @@ pub struct Q8Matrix {
     pub q: Vec<i8>,
     /// (out, in / group), row-major.
     pub s: Vec<f32>,
-    /// The same values interleaved for the AVX-512 VNNI path, when this CPU has it.
+    /// The same values interleaved for this CPU's fastest path, where it has one.
     packed: Option<Packed>,
 }
 
-/// [`Q8Matrix`] laid out for `vpdpbusd`, in blocks of 16 outputs (the last padded with zero
-/// rows): for block b, group k and each 4 inputs j..j+4 of the group, 64 bytes holding those 4
-/// values of outputs 16b..16b+16 in turn, so one instruction adds 4 products to each of 16
-/// outputs' sums, lane i being output i. The values are stored as unsigned bytes, q + 128
-/// (`vpdpbusd` multiplies unsigned by signed bytes): the product then holds 128 x the sum of
-/// the activations' group too, which is subtracted back (exact). Per (block, group), the 16
-/// outputs' scales.
+/// Which path an interleaved copy of the weights ([`Packed`]) is laid out for.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum PackedFor {
+    /// AVX-512 VNNI, `vnni::rows`: 16 outputs per block, values stored as q + 128.
+    Vnni,
+    /// AVX2, `avx2::packed_rows`: 8 outputs per block, values stored as they are.
+    Avx2,
+}
+
+impl PackedFor {
+    /// The layout this CPU's decoding path reads for groups of `group`, if any.
+    fn here(group: usize) -> Option<PackedFor> {
+        if vnni::usable(group) {
+            return Some(PackedFor::Vnni);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if avx2::packed_usable(group) {
+            return Some(PackedFor::Avx2);
+        }
+        None
+    }
+
+    /// Outputs per block (lanes of an i32 register).
+    fn lanes(self) -> usize {
+        match self {
+            PackedFor::Vnni => 16,
+            PackedFor::Avx2 => 8,
+        }
+    }
+
+    /// What each stored byte is xor'ed with: `vpdpbusd` multiplies unsigned by signed bytes.
+    fn flip(self) -> u8 {
+        match self {
+            PackedFor::Vnni => 0x80,
+            PackedFor::Avx2 => 0,
+        }
+    }
+}
+
+/// [`Q8Matrix`] interleaved for a SIMD path, in blocks of L = `lanes()` outputs (the last
+/// padded with zero rows): for block b, group k and each 4 inputs j..j+4 of the group, 4L bytes
+/// holding those 4 values of outputs Lb..Lb+L in turn, so one instruction adds 4 products to each
+/// of L outputs' sums, lane i being output i. For VNNI the values are stored as unsigned bytes,
+/// q + 128 (`vpdpbusd` multiplies unsigned by signed bytes): the product then holds 128 x the
+/// sum of the activations' group too, which is subtracted back (exact). Per (block, group), the
+/// L outputs' scales.
 #[derive(Clone, Debug, PartialEq)]
 struct Packed {
+    kind: PackedFor,
     q: Vec<u8>,
     s: Vec<f32>,
 }
 
 impl Packed {
-    fn new(q: &[i8], s: &[f32], out: usize, inp: usize, group: usize) -> Packed {
-        let (blocks, ng) = (out.div_ceil(16), inp / group);
-        // Padding rows hold q = 0 (128 stored): their sums are computed, never stored.
-        let mut pq = vec![0x80u8; blocks * 16 * inp];
-        let mut ps = vec![0.0f32; blocks * ng * 16];
+    fn new(kind: PackedFor, q: &[i8], s: &[f32], out: usize, inp: usize, group: usize) -> Packed {
+        let (lanes, flip) = (kind.lanes(), kind.flip());
+        let (blocks, ng) = (out.div_ceil(lanes), inp / group);
+        // Padding rows hold q = 0: their sums are computed, never stored.
+        let mut pq = vec![flip; blocks * lanes * inp];
+        let mut ps = vec![0.0f32; blocks * ng * lanes];
         for o in 0..out {
-            let (b, i) = (o / 16, o % 16);
+            let (b, i) = (o / lanes, o % lanes);
             for k in 0..ng {
-                ps[(b * ng + k) * 16 + i] = s[o * ng + k];
+                ps[(b * ng + k) * lanes + i] = s[o * ng + k];
                 let row = &q[o * inp + k * group..o * inp + (k + 1) * group];
                 for (c4, four) in row.chunks_exact(4).enumerate() {
-                    let dst = b * 16 * inp + k * group * 16 + c4 * 64 + i * 4;
+                    let dst = b * lanes * inp + k * group * lanes + c4 * 4 * lanes + i * 4;
                     for (d, &v) in pq[dst..dst + 4].iter_mut().zip(four) {
-                        *d = (v as u8) ^ 0x80;
+                        *d = (v as u8) ^ flip;
                     }
                 }
             }
         }
-        Packed { q: pq, s: ps }
+        Packed { kind, q: pq, s: ps }
     }
 }
 
@@ -111,7 +154,7 @@ impl Q8Matrix {
             .zip(w.par_chunks(group))
             .with_min_len(256)
             .for_each(|((q, s), w)| *s = quantize_group(q, w, f32::round_ties_even));
-        let packed = vnni::usable(group).then(|| Packed::new(&q, &s, out, inp, group));
+        let packed = PackedFor::here(group).map(|kind| Packed::new(kind, &q, &s, out, inp, group));
         Ok(Q8Matrix {
             out,
             inp,
@@ -188,12 +231,23 @@ pub fn q8_matmul_forward(out: &mut [f32], inp: &[f32], m: &Q8Matrix) {
         rows,
     };
     #[cfg(target_arch = "x86_64")]
-    if let Some(p) = &m.packed {
-        let x128 = vnni::group_sums_128(&qx, m.group);
-        return for_output_blocks(out, m, |o, o0, o1| {
-            // SAFETY: `packed` exists only where VNNI is present; this task owns o0..o1.
-            unsafe { vnni::rows(o, &x128, &x, m, p, o0, o1) }
-        });
+    match &m.packed {
+        Some(p) if p.kind == PackedFor::Vnni => {
+            let x128 = vnni::group_sums_128(&qx, m.group);
+            return for_output_blocks(out, m, |o, o0, o1| {
+                // SAFETY: `packed` for VNNI exists only where VNNI is present; this task owns
+                // o0..o1.
+                unsafe { vnni::rows(o, &x128, &x, m, p, o0, o1) }
+            });
+        }
+        Some(p) if rows < avx2::MIN_ROWS => {
+            return for_output_blocks(out, m, |o, o0, o1| {
+                // SAFETY: `packed` for AVX2 exists only where AVX2 is present; this task owns
+                // o0..o1.
+                unsafe { avx2::packed_rows(o, &x, m, p, o0, o1) }
+            });
+        }
+        _ => {}
     }
     #[cfg(target_arch = "x86_64")]
     {
@@ -318,7 +372,7 @@ mod vnni {
             o1: usize,
         ) {
             let (n, g, ng) = (m.inp, m.group, m.inp / m.group);
-            debug_assert!(o0.is_multiple_of(16));
+            debug_assert!(o0.is_multiple_of(16) && p.kind.lanes() == 16);
             assert!(p.q.len() >= o1.div_ceil(16) * 16 * n && x.q.len() >= x.rows * n);
             assert!(x128.len() >= x.rows * ng && x.s.len() >= x.rows * ng);
             let mut o = o0;
@@ -482,12 +536,112 @@ mod avx512 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{Q8Matrix, QuantRows};
+    use super::{Packed, Q8Matrix, QuantRows};
     use std::arch::x86_64::*;
 
-    /// Input rows from which the AVX2 path pays for repacking its weights: a prompt, not a
-    /// decoding step.
+    /// Input rows from which the AVX2 path pays for repacking its weights as i16 pairs (`rows`):
+    /// a prompt; a decoding step takes `packed_rows`.
     pub(super) const MIN_ROWS: usize = 8;
+
+    /// Whether matrices of this group size get the AVX2 [`Packed`] layout on this CPU: AVX2
+    /// without AVX-512 BW (which has its own path), groups of whole 4s.
+    pub(super) fn packed_usable(group: usize) -> bool {
+        use std::arch::is_x86_feature_detected as has;
+        group.is_multiple_of(4) && has!("avx2") && !(has!("avx512f") && has!("avx512bw"))
+    }
+
+    /// [`super::portable_rows`] for o0..o1 (o0 a multiple of 8) over the AVX2 [`Packed`]
+    /// weights: per block of 8 outputs, up to 4 rows at a time read each 32 bytes of weights
+    /// once. Per group, each output's integer sum is exact, then the group term (isum * sw) * sx
+    /// is added lane-wise: the portable path's f32 operations in its order, so the same bits.
+    ///
+    /// # Safety
+    /// AVX2 must be present; as [`super::portable_rows`].
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn packed_rows(
+        out: *mut f32,
+        x: &QuantRows,
+        m: &Q8Matrix,
+        p: &Packed,
+        o0: usize,
+        o1: usize,
+    ) {
+        let (n, ng) = (m.inp, m.inp / m.group);
+        debug_assert!(o0.is_multiple_of(8) && p.kind.lanes() == 8);
+        assert!(p.q.len() >= o1.div_ceil(8) * 8 * n && p.s.len() >= o1.div_ceil(8) * 8 * ng);
+        assert!(x.q.len() >= x.rows * n && x.s.len() >= x.rows * ng);
+        let mut o = o0;
+        while o < o1 {
+            let (b, n_out) = (o / 8, (o1 - o).min(8));
+            let block = Block {
+                q: p.q.as_ptr().add(b * 8 * n) as *const i8,
+                s: p.s.as_ptr().add(b * 8 * ng),
+                out: out.add(o),
+                n_out,
+            };
+            let mut r = 0;
+            while r < x.rows {
+                r += match x.rows - r {
+                    4.. => block_rows::<4>(block, x, m, r),
+                    3 => block_rows::<3>(block, x, m, r),
+                    2 => block_rows::<2>(block, x, m, r),
+                    _ => block_rows::<1>(block, x, m, r),
+                };
+            }
+            o += n_out;
+        }
+    }
+
+    /// One packed block of 8 outputs and where its first output goes.
+    #[derive(Clone, Copy)]
+    struct Block {
+        q: *const i8,
+        s: *const f32,
+        out: *mut f32,
+        n_out: usize,
+    }
+
+    /// Rows r0..r0 + R of one [`Block`]; returns R.
+    #[target_feature(enable = "avx2")]
+    unsafe fn block_rows<const R: usize>(
+        t: Block,
+        x: &QuantRows,
+        m: &Q8Matrix,
+        r0: usize,
+    ) -> usize {
+        let (n, g, ng) = (m.inp, m.group, m.inp / m.group);
+        let xr: [*const i8; R] = std::array::from_fn(|i| x.q.as_ptr().add((r0 + i) * n));
+        let ones = _mm256_set1_epi16(1);
+        let mut val = [_mm256_setzero_ps(); R];
+        for k in 0..ng {
+            let mut acc = [_mm256_setzero_si256(); R];
+            for c4 in 0..g / 4 {
+                let w = _mm256_loadu_si256(t.q.add((k * g + 4 * c4) * 8) as *const __m256i);
+                let w_abs = _mm256_abs_epi8(w);
+                for (a, xr) in acc.iter_mut().zip(&xr) {
+                    let four = (xr.add(k * g + 4 * c4) as *const i32).read_unaligned();
+                    let xw = _mm256_sign_epi8(_mm256_set1_epi32(four), w);
+                    let pairs = _mm256_maddubs_epi16(w_abs, xw);
+                    *a = _mm256_add_epi32(*a, _mm256_madd_epi16(pairs, ones));
+                }
+            }
+            let sw = _mm256_loadu_ps(t.s.add(k * 8));
+            for (i, (v, a)) in val.iter_mut().zip(&acc).enumerate() {
+                let sx = _mm256_set1_ps(*x.s.get_unchecked((r0 + i) * ng + k));
+                let term = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(*a), sw), sx);
+                *v = _mm256_add_ps(*v, term);
+            }
+        }
+        for (i, v) in val.iter().enumerate() {
+            let mut lanes = [0.0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), *v);
+            let row = t.out.add((r0 + i) * m.out);
+            for (o, &l) in lanes.iter().enumerate().take(t.n_out) {
+                *row.add(o) = l;
+            }
+        }
+        R
+    }
     /// Input rows per tile.
     const TILE_ROWS: usize = 4;
 
@@ -730,7 +884,7 @@ mod tests {
             let mut w = fill(out * inp, 3);
             w[inp..inp + g].fill(0.0); // a group of zeros
             let m = Q8Matrix::quantize(&w, out, inp, g).unwrap();
-            for rows in [1, 3, 8, 9] {
+            for rows in [1, 2, 3, 8, 9] {
                 let mut x = fill(rows * inp, 4);
                 x[..g].fill(0.0);
                 let mut qx = vec![0i8; x.len()];
@@ -748,7 +902,7 @@ mod tests {
                 q8_matmul_forward(&mut dispatched, &x, &m);
                 assert_eq!(portable, dispatched, "({out},{inp}) rows={rows}");
                 #[cfg(target_arch = "x86_64")]
-                if let Some(p) = &m.packed {
+                if let Some(p) = m.packed.as_ref().filter(|p| p.kind == PackedFor::Vnni) {
                     let x128 = vnni::group_sums_128(&qx, g);
                     let mut fast = vec![0.0f32; rows * out];
                     // SAFETY: packed implies VNNI; one call owns every column.
@@ -769,6 +923,22 @@ mod tests {
                         portable.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                         fast.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                         "({out},{inp}) rows={rows}"
+                    );
+                }
+                #[cfg(target_arch = "x86_64")]
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // The decoding path's layout, whatever this CPU's quantization chose.
+                    let p = Packed::new(PackedFor::Avx2, &m.q, &m.s, out, inp, g);
+                    let mut fast = vec![0.0f32; rows * out];
+                    let half = (out / 2).next_multiple_of(8).min(out);
+                    for (o0, o1) in [(0, half), (half, out)] {
+                        // SAFETY: AVX2 checked; the two calls own disjoint columns.
+                        unsafe { avx2::packed_rows(fast.as_mut_ptr(), &q, &m, &p, o0, o1) };
+                    }
+                    assert_eq!(
+                        portable.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        fast.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        "avx2 packed ({out},{inp}) rows={rows}"
                     );
                 }
                 #[cfg(target_arch = "x86_64")]
