@@ -698,11 +698,24 @@ mod avx2 {
                         }
                     }
                 }
+                let scale = _mm256_set1_ps(t.scale);
                 for (r, acc) in acc.iter().enumerate().take(t.rows - r0) {
+                    let row = t.c.add((r0 + r) * t.rs + c0);
+                    if t.cols - c0 >= 16 {
+                        for (h, &a) in acc.iter().enumerate() {
+                            let c = row.add(8 * h);
+                            let v = if t.add {
+                                _mm256_fmadd_ps(a, scale, _mm256_loadu_ps(c))
+                            } else {
+                                _mm256_mul_ps(a, scale)
+                            };
+                            _mm256_storeu_ps(c, v);
+                        }
+                        continue;
+                    }
                     let mut sums = [0.0f32; 16];
                     _mm256_storeu_ps(sums.as_mut_ptr(), acc[0]);
                     _mm256_storeu_ps(sums.as_mut_ptr().add(8), acc[1]);
-                    let row = t.c.add((r0 + r) * t.rs + c0);
                     for (j, &s) in sums.iter().enumerate().take(t.cols - c0) {
                         let c = row.add(j);
                         *c = if t.add {
