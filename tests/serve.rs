@@ -441,17 +441,10 @@ fn a_full_queue_gets_503_keep_alives_flow_and_a_dropped_client_frees_its_slot() 
     let long = json!({"prompt": "The", "max_tokens": null, "temperature": 0, "ignore_eos": true, "stream": true});
     let mut first = open_stream(&s, &long);
     read_events(&mut first, 3);
-    // The second waits in the queue and gets keep-alive comments meanwhile.
+    // The second waits in the queue and gets keep-alive comments meanwhile; the first comment
+    // also proves it is queued before the third request comes (posting at once raced it: the
+    // third could take the queue's place and the second get the 503).
     let mut second = open_stream(&s, &long);
-    let (status, v, retry) = post(
-        &s,
-        "/v1/completions",
-        r#"{"prompt": "x", "max_tokens": 2}"#,
-        None,
-    );
-    assert_eq!(status, 503, "{v}");
-    assert_eq!(retry.as_deref(), Some("1"));
-    assert!(v["error"]["message"].as_str().unwrap().contains("queue"));
     let mut waited = String::new();
     let mut buf = [0u8; 1024];
     while !waited.contains(": keep-alive") {
@@ -463,6 +456,15 @@ fn a_full_queue_gets_503_keep_alives_flow_and_a_dropped_client_frees_its_slot() 
         !waited.contains("data: {"),
         "it was queued, not decoding: {waited}"
     );
+    let (status, v, retry) = post(
+        &s,
+        "/v1/completions",
+        r#"{"prompt": "x", "max_tokens": 2}"#,
+        None,
+    );
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(retry.as_deref(), Some("1"));
+    assert!(v["error"]["message"].as_str().unwrap().contains("queue"));
     // Drop the first client: its slot goes to the second within a decode step.
     let generated = metric(&s, "generated_tokens_total");
     drop(first);
