@@ -144,7 +144,7 @@ impl Engine for CpuEngine {
                 Kernel::Avx512 => (&BF16, "measured bf16 matmul peak of this CPU"),
                 Kernel::Avx2 | Kernel::Portable => (
                     &BF16,
-                    "measured bf16 matmul peak of this CPU, which has no AVX512-BF16: bf16 is multiplied in f32 registers, no faster than float32",
+                    "measured bf16 matmul peak of this CPU, which has no AVX512-BF16: bf16 is multiplied in f32 registers, slower than float32",
                 ),
             },
         };
