@@ -24,12 +24,10 @@
 //!   horizontal sums; groups a multiple of 16.
 //! - AVX-512 BW: sign-extended i16 pairs (`vpmaddwd`), 16 outputs' lanes summed by a transpose
 //!   tree; groups a multiple of 32.
-//! - AVX2, for a decoding step's few rows: weights repacked at quantization as the VNNI
-//!   layout's 8-lane twin (8 outputs x 4 inputs per 32 bytes, signed); `vpmaddubsw` multiplies
-//!   |w| by x carrying w's sign (at most 2 x 127 x 127 per i16: no saturation), `vpmaddwd` adds
-//!   the pairs to i32: lane i is output i, no horizontal sums. Groups a multiple of 4.
-//! - AVX2, for a prompt's many rows: each task's weights repacked as i16 pairs, 8 outputs per
-//!   register (`vpmaddwd`, lane i being output i), a tile of 4 rows x 16 outputs; even groups.
+//! - AVX2: weights repacked at quantization as the VNNI layout's 8-lane twin (8 outputs x 4
+//!   inputs per 32 bytes, signed); `vpmaddubsw` multiplies |w| by x carrying w's sign (at most
+//!   2 x 127 x 127 per i16: no saturation), `vpmaddwd` adds the pairs to i32: lane i is output
+//!   i, no horizontal sums; up to 4 rows share each load. Groups a multiple of 4.
 //! - Portable Rust, any group.
 //!
 //! Output rows are split across threads in blocks (`for_output_blocks`); every row of the
@@ -69,7 +67,7 @@ enum PackedFor {
 }
 
 impl PackedFor {
-    /// The layout this CPU's decoding path reads for groups of `group`, if any.
+    /// The layout this CPU's fastest path reads for groups of `group`, if any.
     fn here(group: usize) -> Option<PackedFor> {
         if vnni::usable(group) {
             return Some(PackedFor::Vnni);
@@ -240,7 +238,7 @@ pub fn q8_matmul_forward(out: &mut [f32], inp: &[f32], m: &Q8Matrix) {
                 unsafe { vnni::rows(o, &x128, &x, m, p, o0, o1) }
             });
         }
-        Some(p) if rows < avx2::MIN_ROWS => {
+        Some(p) => {
             return for_output_blocks(out, m, |o, o0, o1| {
                 // SAFETY: `packed` for AVX2 exists only where AVX2 is present; this task owns
                 // o0..o1.
@@ -250,23 +248,12 @@ pub fn q8_matmul_forward(out: &mut [f32], inp: &[f32], m: &Q8Matrix) {
         _ => {}
     }
     #[cfg(target_arch = "x86_64")]
-    {
-        type Rows = unsafe fn(*mut f32, &[i16], &QuantRows, &Q8Matrix, usize, usize);
-        let wide_path: Option<Rows> = if avx512::usable(m) {
-            Some(avx512::rows)
-        } else if rows >= avx2::MIN_ROWS && avx2::usable(m) {
-            Some(avx2::rows)
-        } else {
-            None
-        };
-        if let Some(run) = wide_path {
-            let wide: Vec<i16> = qx.iter().map(|&v| v as i16).collect();
-            return for_output_blocks(out, m, |o, o0, o1| {
-                // SAFETY: the path's instructions are present (`usable`); this task owns
-                // columns o0..o1.
-                unsafe { run(o, &wide, &x, m, o0, o1) }
-            });
-        }
+    if avx512::usable(m) {
+        let wide: Vec<i16> = qx.iter().map(|&v| v as i16).collect();
+        return for_output_blocks(out, m, |o, o0, o1| {
+            // SAFETY: AVX-512 F and BW are present (`usable`); this task owns columns o0..o1.
+            unsafe { avx512::rows(o, &wide, &x, m, o0, o1) }
+        });
     }
     for_output_blocks(out, m, |o, o0, o1| {
         // SAFETY: this task owns columns o0..o1.
@@ -539,10 +526,6 @@ mod avx2 {
     use super::{Packed, Q8Matrix, QuantRows};
     use std::arch::x86_64::*;
 
-    /// Input rows from which the AVX2 path pays for repacking its weights as i16 pairs (`rows`):
-    /// a prompt; a decoding step takes `packed_rows`.
-    pub(super) const MIN_ROWS: usize = 8;
-
     /// Whether matrices of this group size get the AVX2 [`Packed`] layout on this CPU: AVX2
     /// without AVX-512 BW (which has its own path), groups of whole 4s.
     pub(super) fn packed_usable(group: usize) -> bool {
@@ -551,8 +534,9 @@ mod avx2 {
     }
 
     /// [`super::portable_rows`] for o0..o1 (o0 a multiple of 8) over the AVX2 [`Packed`]
-    /// weights: per block of 8 outputs, up to 4 rows at a time read each 32 bytes of weights
-    /// once. Per group, each output's integer sum is exact, then the group term (isum * sw) * sx
+    /// weights, a decoding step's few rows or a prompt's many (the 8 outputs' 6 KiB of a GPT-2
+    /// block stay in L1 while a prompt's rows pass): per block of 8 outputs, up to 4 rows at a
+    /// time read each 32 bytes of weights once. Per group, each output's integer sum is exact, then the group term (isum * sw) * sx
     /// is added lane-wise: the portable path's f32 operations in its order, so the same bits.
     ///
     /// # Safety
@@ -641,132 +625,6 @@ mod avx2 {
             }
         }
         R
-    }
-    /// Input rows per tile.
-    const TILE_ROWS: usize = 4;
-
-    /// Whether this CPU and this matrix can take the AVX2 path (groups of whole pairs).
-    pub(super) fn usable(m: &Q8Matrix) -> bool {
-        m.group.is_multiple_of(2) && std::arch::is_x86_feature_detected!("avx2")
-    }
-
-    /// Outputs o0..o1 of `m` for `vpmaddwd`: per block of 8 outputs and pair of inputs
-    /// (2j, 2j + 1), 16 i16s holding that pair of each output in turn, so one register times a
-    /// broadcast pair of activations is 8 outputs' partial sums; the blocks padded with zero rows
-    /// to an even number. And per (block, group), the 8 outputs' scales.
-    fn pack(m: &Q8Matrix, o0: usize, o1: usize) -> (Vec<i16>, Vec<f32>) {
-        let (n, ng) = (m.inp, m.inp / m.group);
-        let blocks = (o1 - o0).div_ceil(16) * 2;
-        let mut q = vec![0i16; blocks * 8 * n];
-        let mut s = vec![0.0f32; blocks * ng * 8];
-        for o in o0..o1 {
-            let (b, lane) = ((o - o0) / 8, (o - o0) % 8);
-            for (j, pair) in m.q[o * n..(o + 1) * n].chunks_exact(2).enumerate() {
-                let at = b * 8 * n + j * 16 + lane * 2;
-                q[at] = i16::from(pair[0]);
-                q[at + 1] = i16::from(pair[1]);
-            }
-            for k in 0..ng {
-                s[(b * ng + k) * 8 + lane] = m.s[o * ng + k];
-            }
-        }
-        (q, s)
-    }
-
-    /// [`super::portable_rows`] with AVX2, `wide` being the quantized rows as i16. A tile is
-    /// `R` rows x 16 outputs (two blocks of 8): per group, each output's integer sum is exact
-    /// (i16 pair products added in i32), then the group term (isum * sw) * sx is added to the
-    /// outputs' running values lane-wise: per output, the portable path's f32 operations in its
-    /// order, so the same bits.
-    ///
-    /// # Safety
-    /// AVX2 must be present; as [`super::portable_rows`].
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn rows(
-        out: *mut f32,
-        wide: &[i16],
-        x: &QuantRows,
-        m: &Q8Matrix,
-        o0: usize,
-        o1: usize,
-    ) {
-        let n = m.inp;
-        assert!(m.q.len() >= o1 * n && wide.len() >= x.rows * n);
-        assert!(x.s.len() >= x.rows * (n / m.group));
-        let (q, s) = pack(m, o0, o1);
-        for pair in 0..q.len() / (16 * n) {
-            let o = o0 + 16 * pair;
-            let n_out = (o1 - o).min(16);
-            let tile = Tile {
-                q: q.as_ptr().add(pair * 16 * n),
-                s: s.as_ptr().add(pair * 16 * (n / m.group)),
-                out: out.add(o),
-                n_out,
-            };
-            let mut r = 0;
-            while r + TILE_ROWS <= x.rows {
-                tile_rows::<TILE_ROWS>(tile, wide, x, m, r);
-                r += TILE_ROWS;
-            }
-            for r in r..x.rows {
-                tile_rows::<1>(tile, wide, x, m, r);
-            }
-        }
-    }
-
-    /// Two packed blocks of 8 outputs and where their first output goes.
-    #[derive(Clone, Copy)]
-    struct Tile {
-        q: *const i16,
-        s: *const f32,
-        out: *mut f32,
-        n_out: usize,
-    }
-
-    /// Rows r0..r0 + R of one [`Tile`].
-    #[target_feature(enable = "avx2")]
-    unsafe fn tile_rows<const R: usize>(
-        t: Tile,
-        wide: &[i16],
-        x: &QuantRows,
-        m: &Q8Matrix,
-        r0: usize,
-    ) {
-        let (n, g, ng) = (m.inp, m.group, m.inp / m.group);
-        let xr: [*const i16; R] = std::array::from_fn(|i| wide.as_ptr().add((r0 + i) * n));
-        let mut val = [[_mm256_setzero_ps(); 2]; R];
-        for k in 0..ng {
-            let mut acc = [[_mm256_setzero_si256(); 2]; R];
-            for j in (k * g / 2)..((k + 1) * g / 2) {
-                let w0 = _mm256_loadu_si256(t.q.add(j * 16) as *const __m256i);
-                let w1 = _mm256_loadu_si256(t.q.add(8 * n + j * 16) as *const __m256i);
-                for (a, xr) in acc.iter_mut().zip(&xr) {
-                    let xv = _mm256_set1_epi32((xr.add(2 * j) as *const i32).read_unaligned());
-                    a[0] = _mm256_add_epi32(a[0], _mm256_madd_epi16(w0, xv));
-                    a[1] = _mm256_add_epi32(a[1], _mm256_madd_epi16(w1, xv));
-                }
-            }
-            let sw = [
-                _mm256_loadu_ps(t.s.add(k * 8)),
-                _mm256_loadu_ps(t.s.add((ng + k) * 8)),
-            ];
-            for (i, (v, a)) in val.iter_mut().zip(&acc).enumerate() {
-                let sx = _mm256_set1_ps(*x.s.get_unchecked((r0 + i) * ng + k));
-                for h in 0..2 {
-                    let term = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(a[h]), sw[h]), sx);
-                    v[h] = _mm256_add_ps(v[h], term);
-                }
-            }
-        }
-        for (i, v) in val.iter().enumerate() {
-            let mut lanes = [0.0f32; 16];
-            _mm256_storeu_ps(lanes.as_mut_ptr(), v[0]);
-            _mm256_storeu_ps(lanes.as_mut_ptr().add(8), v[1]);
-            let row = t.out.add((r0 + i) * m.out);
-            for (o, &l) in lanes.iter().enumerate().take(t.n_out) {
-                *row.add(o) = l;
-            }
-        }
     }
 }
 
@@ -939,22 +797,6 @@ mod tests {
                         portable.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                         fast.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                         "avx2 packed ({out},{inp}) rows={rows}"
-                    );
-                }
-                #[cfg(target_arch = "x86_64")]
-                if avx2::usable(&m) {
-                    let wide: Vec<i16> = qx.iter().map(|&v| v as i16).collect();
-                    // Two tasks' worth of columns, the second starting mid-matrix.
-                    let mut fast = vec![0.0f32; rows * out];
-                    let half = (out / 2).next_multiple_of(16).min(out);
-                    for (o0, o1) in [(0, half), (half, out)] {
-                        // SAFETY: AVX2 checked; the two calls own disjoint columns.
-                        unsafe { avx2::rows(fast.as_mut_ptr(), &wide, &q, &m, o0, o1) };
-                    }
-                    assert_eq!(
-                        portable.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                        fast.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                        "avx2 ({out},{inp}) rows={rows}"
                     );
                 }
             }
