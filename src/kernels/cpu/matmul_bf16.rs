@@ -73,8 +73,9 @@ pub enum Kernel {
     /// AVX512-BF16 (with AVX512-BW for the packing).
     Avx512,
     /// AVX2 and FMA: the portable kernel's arithmetic in 8-lane f32 registers. Its packing
-    /// splits each pair into the two f32s of its bf16 values (two u32 words), so the micro-kernel
-    /// only loads, broadcasts and multiplies: as fast as f32, no faster.
+    /// splits each of A's pairs into the two f32s of its bf16 values (two u32 words), so a
+    /// broadcast is one load; B keeps its pairs (half the bytes to pack and to stream through
+    /// the caches), split in the micro-kernel by a shift and a mask.
     Avx2,
     /// Plain Rust, any CPU: the same sums in the same order.
     Portable,
@@ -89,8 +90,9 @@ impl Kernel {
             .unwrap_or(Kernel::Portable)
     }
 
-    /// u32 words a packed k pair takes: the pair itself, or (AVX2) its two values as f32.
-    fn words_per_pair(self) -> usize {
+    /// u32 words a packed k pair of A takes: the pair itself, or (AVX2) its two values as f32.
+    /// B's pairs take one word on every kernel.
+    fn a_words_per_pair(self) -> usize {
         match self {
             Kernel::Avx2 => 2,
             Kernel::Avx512 | Kernel::Portable => 1,
@@ -227,8 +229,11 @@ pub unsafe fn gemm_bf16(
     let per = len.div_ceil(threads).next_multiple_of(align);
     let slabs = len.div_ceil(per);
     let pairs = k.div_ceil(2) + 1;
-    let shared_len =
-        if split_rows { b_cols(n) } else { a_rows(m) } * pairs * kernel.words_per_pair();
+    let shared_len = if split_rows {
+        b_cols(n) * pairs
+    } else {
+        a_rows(m) * pairs * kernel.a_words_per_pair()
+    };
     let mut shared = PACKED.with_borrow_mut(|b| std::mem::take(&mut b.shared));
     let packed = if shared_len > MAX_SHARED {
         Packed::Neither
@@ -269,7 +274,7 @@ fn pack_all_a(p: Product, dst: &mut Vec<u32>) {
     let rows = a_rows(p.m);
     // Every value is written below (pack_a pads each chunk's rows to a multiple of MR), so the
     // buffer only grows: zeroing it each time was 3% of a bf16 training step.
-    let w = p.kernel.words_per_pair();
+    let w = p.kernel.a_words_per_pair();
     grow(dst, rows * (p.k.div_ceil(2) + 1) * w);
     let out = SharedU32(dst.as_mut_ptr());
     let tasks: Vec<(usize, usize, usize, usize)> = k_blocks(p.k)
@@ -294,8 +299,8 @@ fn pack_all_a(p: Product, dst: &mut Vec<u32>) {
 fn pack_all_b(p: Product, dst: &mut Vec<u32>) {
     use rayon::prelude::*;
     const COLS: usize = 4 * NR;
-    let (cols, w) = (b_cols(p.n), p.kernel.words_per_pair());
-    grow(dst, cols * (p.k.div_ceil(2) + 1) * w);
+    let cols = b_cols(p.n);
+    grow(dst, cols * (p.k.div_ceil(2) + 1));
     let out = SharedU32(dst.as_mut_ptr());
     let tasks: Vec<(usize, usize, usize, usize)> = k_blocks(p.k)
         .flat_map(|(_, pc, kc)| {
@@ -306,10 +311,10 @@ fn pack_all_b(p: Product, dst: &mut Vec<u32>) {
         .collect();
     tasks.into_par_iter().for_each(|(pc, kc, j0, nc)| {
         let kcp = kc.div_ceil(2);
-        let at = (cols * pc / 2 + j0 * kcp) * w;
+        let at = cols * pc / 2 + j0 * kcp;
         // SAFETY: each task writes the panels of columns j0..j0 + nc of its own k block.
         let region = unsafe {
-            std::slice::from_raw_parts_mut(out.get().add(at), nc.next_multiple_of(NR) * kcp * w)
+            std::slice::from_raw_parts_mut(out.get().add(at), nc.next_multiple_of(NR) * kcp)
         };
         p.pack_b(region, pc, kc, j0, nc);
     });
@@ -351,17 +356,17 @@ unsafe fn compute(
         let Buffers {
             a: a_buf, b: b_buf, ..
         } = bufs;
-        let w = p.kernel.words_per_pair();
+        let w = p.kernel.a_words_per_pair();
         let kcp_max = KC.min(p.k).div_ceil(2).max(1);
         grow(a_buf, MC.next_multiple_of(MR) * kcp_max * w);
-        grow(b_buf, NC * kcp_max * w);
+        grow(b_buf, NC * kcp_max);
         for jc in cols.clone().step_by(NC) {
             let nc = NC.min(cols.end - jc);
             for (block, pc, kc) in k_blocks(p.k) {
                 let kcp = kc.div_ceil(2);
                 let a_strides = ALayout::of(p.lhs).strides(kcp);
                 let b_block: &[u32] = match packed {
-                    Packed::B(all) => &all[(b_cols(p.n) * pc / 2 + jc * kcp) * w..],
+                    Packed::B(all) => &all[b_cols(p.n) * pc / 2 + jc * kcp..],
                     _ => {
                         p.pack_b(b_buf, pc, kc, jc, nc);
                         b_buf
@@ -378,7 +383,7 @@ unsafe fn compute(
                         }
                     };
                     for jr in (0..nc).step_by(NR) {
-                        let b = &b_block[jr * kcp * w..][..kcp * NR * w];
+                        let b = &b_block[jr * kcp..][..kcp * NR];
                         for ir in (0..mc).step_by(MR) {
                             let a = &a_block[ir * kcp * w..][..kcp * MR * w];
                             let tile = Tile {
@@ -498,22 +503,6 @@ fn pack_b(kernel: Kernel, dst: &mut [u32], b: View, k0: usize, kc: usize, j0: us
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 if b.cs == 1 => unsafe { avx2::pack_b_rows(dst, b, k0, kc, j0, nc) },
-        Kernel::Avx2 => {
-            // [p][even, then odd][j] in each panel, so a k pair's values for 8 columns are one
-            // 32-byte load each.
-            for j in 0..nc.next_multiple_of(NR) {
-                for p in 0..kcp {
-                    let v = if j < nc {
-                        // SAFETY: as above (B read as its transpose: pairs run along k).
-                        unsafe { pair(b.t(), j0 + j, k0 + 2 * p, k0 + kc) }
-                    } else {
-                        0
-                    };
-                    let at = (j / NR) * kcp * 2 * NR + p * 2 * NR + j % NR;
-                    (dst[at], dst[at + NR]) = split_pair(v);
-                }
-            }
-        }
         _ => {
             for j in 0..nc.next_multiple_of(NR) {
                 for p in 0..kcp {
@@ -535,9 +524,9 @@ fn split_pair(v: u32) -> (u32, u32) {
 }
 
 /// Stores A's pair `v` at pair index `at` of a packed block: itself, or split into two words
-/// (`Kernel::words_per_pair`).
+/// (`Kernel::a_words_per_pair`).
 fn put_pair(kernel: Kernel, dst: &mut [u32], at: usize, v: u32) {
-    match kernel.words_per_pair() {
+    match kernel.a_words_per_pair() {
         2 => (dst[2 * at], dst[2 * at + 1]) = split_pair(v),
         _ => dst[at] = v,
     }
@@ -592,28 +581,33 @@ mod avx2 {
     use super::{bf16_bits, Tile, View, MR, NR};
     use std::arch::x86_64::*;
 
+    /// Eight f32s (as bits) rounded to bf16, kept in the top halves: `super::bf16_bits`.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn round8(u: __m256i) -> __m256i {
+        let c = _mm256_set1_epi32;
+        let lsb = _mm256_and_si256(_mm256_srli_epi32::<16>(u), c(1));
+        let sum = _mm256_add_epi32(_mm256_add_epi32(u, c(0x7fff)), lsb);
+        let rounded = _mm256_and_si256(sum, c(0xffff_0000_u32 as i32));
+        // A zero exponent (zero or subnormal) keeps only its sign; a NaN turns quiet.
+        let tiny = _mm256_cmpeq_epi32(_mm256_and_si256(u, c(0x7f80_0000)), c(0));
+        let sign = _mm256_and_si256(u, c(i32::MIN));
+        let nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, c(i32::MAX)), c(0x7f80_0000));
+        let quiet = _mm256_and_si256(_mm256_or_si256(u, c(0x40_0000)), c(0xffff_0000_u32 as i32));
+        _mm256_blendv_epi8(_mm256_blendv_epi8(rounded, sign, tiny), quiet, nan)
+    }
+
     /// `n` f32 values at `src`, each rounded to bf16 and kept as an f32 (a bf16 is the top half
-    /// of an f32), at `dst`; then zeros up to `len`. `super::bf16_bits`, 8 lanes at a time.
+    /// of an f32), at `dst`; then zeros up to `len`.
     ///
     /// # Safety
     /// AVX2 must be present; `src` must hold `n` values and `dst` `len` >= `n`.
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn round_run(dst: *mut u32, src: *const f32, n: usize, len: usize) {
-        let c = _mm256_set1_epi32;
         let mut i = 0;
         while i + 8 <= n {
             let u = _mm256_castps_si256(_mm256_loadu_ps(src.add(i)));
-            let lsb = _mm256_and_si256(_mm256_srli_epi32::<16>(u), c(1));
-            let sum = _mm256_add_epi32(_mm256_add_epi32(u, c(0x7fff)), lsb);
-            let rounded = _mm256_and_si256(sum, c(0xffff_0000_u32 as i32));
-            // A zero exponent (zero or subnormal) keeps only its sign; a NaN turns quiet.
-            let tiny = _mm256_cmpeq_epi32(_mm256_and_si256(u, c(0x7f80_0000)), c(0));
-            let sign = _mm256_and_si256(u, c(i32::MIN));
-            let nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, c(i32::MAX)), c(0x7f80_0000));
-            let quiet =
-                _mm256_and_si256(_mm256_or_si256(u, c(0x40_0000)), c(0xffff_0000_u32 as i32));
-            let v = _mm256_blendv_epi8(_mm256_blendv_epi8(rounded, sign, tiny), quiet, nan);
-            _mm256_storeu_si256(dst.add(i) as *mut __m256i, v);
+            _mm256_storeu_si256(dst.add(i) as *mut __m256i, round8(u));
             i += 8;
         }
         for j in i..n {
@@ -622,8 +616,8 @@ mod avx2 {
         std::ptr::write_bytes(dst.add(n), 0, len - n);
     }
 
-    /// `super::pack_b` for a B whose rows are contiguous along j: in each panel, a k pair's even
-    /// row then its odd row, `NR` rounded values each, as they lie in B.
+    /// `super::pack_b` for a B whose rows are contiguous along j: a k pair is its two rows,
+    /// rounded and interleaved 8 columns at a time.
     ///
     /// # Safety
     /// AVX2 must be present; `b` must cover k `k0..k0+kc` and columns `j0..j0+nc`.
@@ -637,19 +631,29 @@ mod avx2 {
         nc: usize,
     ) {
         let (kcp, panels) = (kc.div_ceil(2), nc.div_ceil(NR));
-        assert!(dst.len() >= panels * 2 * NR * kcp);
+        assert!(dst.len() >= panels * NR * kcp);
         for t in 0..panels {
             let cols = NR.min(nc - t * NR);
             for p in 0..kcp {
-                let out = dst.as_mut_ptr().add((t * kcp + p) * 2 * NR);
-                for (half, k) in [(0, 2 * p), (NR, 2 * p + 1)] {
-                    if k < kc {
-                        let row = b.ptr.offset((k0 + k) as isize * b.rs).add(j0 + t * NR);
-                        round_run(out.add(half), row, cols, NR);
-                    } else {
-                        std::ptr::write_bytes(out.add(half), 0, NR);
-                    }
+                let out = dst.as_mut_ptr().add((t * kcp + p) * NR);
+                let row = |k: usize| b.ptr.offset((k0 + k) as isize * b.rs).add(j0 + t * NR);
+                let (even, odd) = (row(2 * p), (2 * p + 1 < kc).then(|| row(2 * p + 1)));
+                let mut j = 0;
+                while j + 8 <= cols {
+                    let lo = round8(_mm256_castps_si256(_mm256_loadu_ps(even.add(j))));
+                    let hi = match odd {
+                        Some(o) => round8(_mm256_castps_si256(_mm256_loadu_ps(o.add(j)))),
+                        None => _mm256_setzero_si256(),
+                    };
+                    let v = _mm256_or_si256(_mm256_srli_epi32::<16>(lo), hi);
+                    _mm256_storeu_si256(out.add(j) as *mut __m256i, v);
+                    j += 8;
                 }
+                for j in j..cols {
+                    let hi = odd.map_or(0, |o| bf16_bits(*o.add(j)));
+                    *out.add(j) = u32::from(bf16_bits(*even.add(j))) | u32::from(hi) << 16;
+                }
+                std::ptr::write_bytes(out.add(cols), 0, NR - cols);
             }
         }
     }
@@ -657,14 +661,15 @@ mod avx2 {
     /// Rows of a sub-tile: 6 x 2 registers of sums, 2 of B and a broadcast, 15 of the 16.
     const SR: usize = 6;
 
-    /// [`super::micro_portable`] with AVX2 and FMA, the same bits, on blocks packed with each
-    /// pair split into its two f32s: A's pair (r, p) at words 2 (r `a_rs` + p `a_ps`) (even k,
-    /// then odd), B's at p 2 `NR` (even, for the `NR` columns) and `NR` after it (odd). The
-    /// `MR` x `NR` tile runs as sub-tiles of 6 rows x 16 columns (all of it would take 48
-    /// registers of the 16), each over every k pair in order. Per pair, every row's odd product
-    /// is added first, then every row's even one, as VDPBF16PS orders them: between a sum's two
-    /// dependent FMAs lie 11 others, so 12 sums keep both FMA units busy (4 rows, 8 sums, had
-    /// each pair's two-FMA chain as long as its 16 FMAs' issue time, and ran ~20% slower).
+    /// [`super::micro_portable`] with AVX2 and FMA, the same bits, on blocks packed with A's
+    /// pairs split into their two f32s: A's pair (r, p) at words 2 (r `a_rs` + p `a_ps`) (even
+    /// k, then odd); B's pairs as packed, split here (the odd value is the pair's top half
+    /// masked, the even one its bottom half shifted up). The `MR` x `NR` tile runs as sub-tiles
+    /// of 6 rows x 16 columns (all of it would take 48 registers of the 16), each over every k
+    /// pair in order. Per pair, every row's odd product is added first, then every row's even
+    /// one, as VDPBF16PS orders them: between a sum's two dependent FMAs lie 11 others, so 12
+    /// sums keep both FMA units busy (4 rows, 8 sums, had each pair's two-FMA chain as long as
+    /// its 16 FMAs' issue time, and ran ~20% slower).
     ///
     /// # Safety
     /// AVX2 and FMA must be present; `t` must address its rows x cols of C.
@@ -676,27 +681,82 @@ mod avx2 {
         b: &[u32],
         t: Tile,
     ) {
-        assert!(a.len() >= 2 * MR * kcp && b.len() >= 2 * NR * kcp);
+        assert!(a.len() >= 2 * MR * kcp && b.len() >= NR * kcp);
         assert!(kcp == 0 || a_rs * (MR - 1) + a_ps * (kcp - 1) < MR * kcp);
-        let (a, b) = (a.as_ptr() as *const f32, b.as_ptr() as *const f32);
+        let (ld, step) = (a_rs * 8, a_ps * 8);
         for r0 in (0..t.rows).step_by(SR) {
             for c0 in (0..t.cols).step_by(16) {
                 let mut acc = [[_mm256_setzero_ps(); 2]; SR];
-                for p in 0..kcp {
-                    let bp = b.add(p * 2 * NR + c0);
-                    let ap = a.add(2 * (r0 * a_rs + p * a_ps));
-                    // Words 1 (odd) then 0 (even) of the pair, B's odd half then its even one.
-                    for (word, half) in [(1, NR), (0, 0)] {
-                        let bv = [
-                            _mm256_loadu_ps(bp.add(half)),
-                            _mm256_loadu_ps(bp.add(half + 8)),
-                        ];
-                        for (r, acc) in acc.iter_mut().enumerate() {
-                            let av = _mm256_broadcast_ss(&*ap.add(2 * r * a_rs + word));
-                            acc[0] = _mm256_fmadd_ps(av, bv[0], acc[0]);
-                            acc[1] = _mm256_fmadd_ps(av, bv[1], acc[1]);
-                        }
-                    }
+                if kcp > 0 {
+                    let a0 = a.as_ptr().add(2 * r0 * a_rs);
+                    let [[s0, s1], [s2, s3], [s4, s5], [s6, s7], [s8, s9], [s10, s11]] = &mut acc;
+                    // Assembly: as intrinsics the compiler kept the mask in memory, split the
+                    // pairs with blends and spilled sums, ~10% slower than this loop.
+                    std::arch::asm!(
+                        "vpcmpeqd ymm15, ymm15, ymm15",
+                        "vpslld ymm15, ymm15, 16",
+                        "2:",
+                        "vpand ymm12, ymm15, [{b}]",
+                        "vpand ymm13, ymm15, [{b} + 32]",
+                        "vbroadcastss ymm14, dword ptr [{a0} + 4]",
+                        "vfmadd231ps ymm0, ymm14, ymm12",
+                        "vfmadd231ps ymm1, ymm14, ymm13",
+                        "vbroadcastss ymm14, dword ptr [{a0} + {ld} + 4]",
+                        "vfmadd231ps ymm2, ymm14, ymm12",
+                        "vfmadd231ps ymm3, ymm14, ymm13",
+                        "vbroadcastss ymm14, dword ptr [{a0} + 2*{ld} + 4]",
+                        "vfmadd231ps ymm4, ymm14, ymm12",
+                        "vfmadd231ps ymm5, ymm14, ymm13",
+                        "vbroadcastss ymm14, dword ptr [{a3} + 4]",
+                        "vfmadd231ps ymm6, ymm14, ymm12",
+                        "vfmadd231ps ymm7, ymm14, ymm13",
+                        "vbroadcastss ymm14, dword ptr [{a3} + {ld} + 4]",
+                        "vfmadd231ps ymm8, ymm14, ymm12",
+                        "vfmadd231ps ymm9, ymm14, ymm13",
+                        "vbroadcastss ymm14, dword ptr [{a3} + 2*{ld} + 4]",
+                        "vfmadd231ps ymm10, ymm14, ymm12",
+                        "vfmadd231ps ymm11, ymm14, ymm13",
+                        "vmovdqu ymm12, [{b}]",
+                        "vmovdqu ymm13, [{b} + 32]",
+                        "vpslld ymm12, ymm12, 16",
+                        "vpslld ymm13, ymm13, 16",
+                        "vbroadcastss ymm14, dword ptr [{a0}]",
+                        "vfmadd231ps ymm0, ymm14, ymm12",
+                        "vfmadd231ps ymm1, ymm14, ymm13",
+                        "vbroadcastss ymm14, dword ptr [{a0} + {ld}]",
+                        "vfmadd231ps ymm2, ymm14, ymm12",
+                        "vfmadd231ps ymm3, ymm14, ymm13",
+                        "vbroadcastss ymm14, dword ptr [{a0} + 2*{ld}]",
+                        "vfmadd231ps ymm4, ymm14, ymm12",
+                        "vfmadd231ps ymm5, ymm14, ymm13",
+                        "vbroadcastss ymm14, dword ptr [{a3}]",
+                        "vfmadd231ps ymm6, ymm14, ymm12",
+                        "vfmadd231ps ymm7, ymm14, ymm13",
+                        "vbroadcastss ymm14, dword ptr [{a3} + {ld}]",
+                        "vfmadd231ps ymm8, ymm14, ymm12",
+                        "vfmadd231ps ymm9, ymm14, ymm13",
+                        "vbroadcastss ymm14, dword ptr [{a3} + 2*{ld}]",
+                        "vfmadd231ps ymm10, ymm14, ymm12",
+                        "vfmadd231ps ymm11, ymm14, ymm13",
+                        "add {a0}, {step}",
+                        "add {a3}, {step}",
+                        "add {b}, {nr_bytes}",
+                        "dec {n}",
+                        "jnz 2b",
+                        a0 = inout(reg) a0 => _,
+                        a3 = inout(reg) a0.add(3 * 2 * a_rs) => _,
+                        ld = in(reg) ld,
+                        step = in(reg) step,
+                        b = inout(reg) b.as_ptr().add(c0) => _,
+                        n = inout(reg) kcp => _,
+                        nr_bytes = const NR * 4,
+                        inout("ymm0") *s0, inout("ymm1") *s1, inout("ymm2") *s2,
+                        inout("ymm3") *s3, inout("ymm4") *s4, inout("ymm5") *s5,
+                        inout("ymm6") *s6, inout("ymm7") *s7, inout("ymm8") *s8,
+                        inout("ymm9") *s9, inout("ymm10") *s10, inout("ymm11") *s11,
+                        out("ymm12") _, out("ymm13") _, out("ymm14") _, out("ymm15") _,
+                        options(nostack, readonly),
+                    );
                 }
                 let scale = _mm256_set1_ps(t.scale);
                 for (r, acc) in acc.iter().enumerate().take(t.rows - r0) {
