@@ -15,7 +15,7 @@ use crate::kernels::cpu::attention::{
 };
 use crate::kernels::cpu::encoder::encoder_forward;
 use crate::kernels::cpu::matmul::{Layout, Precision};
-use crate::kernels::cpu::matmul_bf16::Bf16;
+use crate::kernels::cpu::matmul_bf16::{Bf16, PackedB};
 use crate::kernels::cpu::q8::Q8Matrix;
 use crate::kernels::cpu::rope::rope_forward;
 use crate::model::Gpt;
@@ -158,13 +158,16 @@ impl Q8Weights {
 /// Every block matrix and the classifier in bf16, (out, in), for cached inference with
 /// [`crate::engine::InferenceWeights::Bf16`]: half the bytes of f32 to stream per decoded token,
 /// widened back to f32 as they are loaded (the activations stay f32; see
-/// `matmul::WeightValue`). A prefill multiplies the f32 parameters in bf16 (`matmul_bf16`),
-/// whose rounding of the weights is the same. Built at the first such pass, dropped when the
+/// `matmul::WeightValue`). And the block matrices again, packed as `matmul_bf16` reads them,
+/// for a prompt's pass: it multiplies in bf16, activations rounded too, and packing the
+/// weights on every pass took a tenth of it. Built at the first such pass, dropped when the
 /// optimizer changes the parameters.
 pub(crate) struct Bf16Weights {
     data: Vec<Bf16>,
     /// (offset in the parameters, number of values, offset in `data`), one per matrix.
     at: Vec<(usize, usize, usize)>,
+    /// (offset in the parameters, number of values, the packed matrix), one per block matrix.
+    packed: Vec<(usize, usize, PackedB)>,
 }
 
 impl Bf16Weights {
@@ -183,6 +186,15 @@ impl Bf16Weights {
             at.push((off, out * inp, len));
             len += out * inp;
         }
+        let packed = mats[..mats.len() - 1]
+            .iter()
+            .map(|&(off, out, inp, layout)| {
+                let w = &model.params[off..off + out * inp];
+                // SAFETY: the view covers the matrix's out x inp values.
+                let b = unsafe { PackedB::new(layout.view(w, inp, out), inp, out) };
+                (off, out * inp, b)
+            })
+            .collect();
         let mut data = vec![Bf16::default(); len];
         let mut rest = &mut data[..];
         let mut parts = Vec::with_capacity(mats.len());
@@ -204,13 +216,22 @@ impl Bf16Weights {
                 }
             });
         crate::perf::back_with_huge_pages(&data);
-        Bf16Weights { data, at }
+        Bf16Weights { data, at, packed }
     }
 
     /// The bf16 (out, in) form of the matrix at parameter offset `off` (`len` values).
     pub(super) fn get(&self, off: usize, len: usize) -> Option<&[Bf16]> {
         let &(_, n, at) = self.at.iter().find(|&&(o, n, _)| o == off && n == len)?;
         Some(&self.data[at..at + n])
+    }
+
+    /// The block matrix at parameter offset `off` (`len` values) packed for a prompt's pass.
+    pub(super) fn packed(&self, off: usize, len: usize) -> Option<&PackedB> {
+        let (_, _, b) = self
+            .packed
+            .iter()
+            .find(|&&(o, n, _)| o == off && n == len)?;
+        Some(b)
     }
 }
 

@@ -5,7 +5,7 @@
 //! Products run in f32 or, for bf16 training, in bf16 (`matmul_bf16`): the same views either way.
 
 use super::math::{dot, min_items_per_task, min_rows_per_task, SharedMut};
-use super::matmul_bf16::{bf16_value, gemm_bf16, Bf16, Kernel};
+use super::matmul_bf16::{bf16_value, gemm_bf16, Bf16, Kernel, PackedB, Rhs};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -75,7 +75,17 @@ pub unsafe fn gemm_into(
     if precision == Precision::Bf16 {
         let kernel = Kernel::detect();
         return gemm_bf16(
-            kernel, m, n, k, dst, dst_rs, accumulate, lhs, rhs, scale, parallel,
+            kernel,
+            m,
+            n,
+            k,
+            dst,
+            dst_rs,
+            accumulate,
+            lhs,
+            Rhs::View(rhs),
+            scale,
+            parallel,
         );
     }
     let threads = rayon::current_num_threads();
@@ -172,7 +182,7 @@ pub enum Layout {
 
 impl Layout {
     /// W as a (c x oc) view.
-    fn view(self, w: &[f32], c: usize, oc: usize) -> View {
+    pub fn view(self, w: &[f32], c: usize, oc: usize) -> View {
         match self {
             Layout::InOut => View::rows(w, oc),
             Layout::OutIn => View::transposed(w, c),
@@ -197,12 +207,7 @@ pub fn matmul_forward(
     if is_skinny(rows) {
         return skinny_forward(&mut out[..rows * oc], inp, w, layout, bias, c, oc);
     }
-    if let Some(b) = bias {
-        out[..rows * oc]
-            .par_chunks_mut(oc)
-            .with_min_len(min_rows_per_task(oc))
-            .for_each(|row| row.copy_from_slice(&b[..oc]));
-    }
+    fill_rows(&mut out[..rows * oc], bias, oc);
     // SAFETY: shapes asserted above; out is a distinct &mut.
     unsafe {
         gemm_into(
@@ -215,6 +220,47 @@ pub fn matmul_forward(
             bias.is_some(),
             View::rows(inp, c),
             layout.view(w, c, oc),
+            1.0,
+            true,
+        );
+    }
+}
+
+/// Every row of `out` (rows of `oc`) set to `bias`, if there is one: what a product then adds to.
+fn fill_rows(out: &mut [f32], bias: Option<&[f32]>, oc: usize) {
+    if let Some(b) = bias {
+        out.par_chunks_mut(oc)
+            .with_min_len(min_rows_per_task(oc))
+            .for_each(|row| row.copy_from_slice(&b[..oc]));
+    }
+}
+
+/// out (rows, oc) = inp (rows, c) @ W + bias in bf16 (`matmul_bf16`), W (c x oc) packed
+/// beforehand: a prompt's pass over bf16 inference weights, which then packs only its
+/// activations. The same bits as `matmul_forward` in `Precision::Bf16` over W's f32 values.
+pub fn packed_bf16_forward(
+    out: &mut [f32],
+    inp: &[f32],
+    w: &PackedB,
+    bias: Option<&[f32]>,
+    c: usize,
+    oc: usize,
+) {
+    let rows = inp.len() / c;
+    assert!(out.len() >= rows * oc && w.shape() == (c, oc));
+    fill_rows(&mut out[..rows * oc], bias, oc);
+    // SAFETY: shapes asserted above; out is a distinct &mut.
+    unsafe {
+        gemm_bf16(
+            Kernel::detect(),
+            rows,
+            oc,
+            c,
+            out.as_mut_ptr(),
+            oc,
+            bias.is_some(),
+            View::rows(inp, c),
+            Rhs::Packed(w),
             1.0,
             true,
         );

@@ -159,13 +159,60 @@ impl Product {
     }
 }
 
-/// An operand packed whole, before the threads of a parallel product start: A as every k
-/// block's `a_rows` rows of pairs, one block after another; B as every k block's panels.
+/// The operands packed whole, before the threads of a parallel product start (or, for B,
+/// once for every product that reads it: [`PackedB`]): A as every k block's `a_rows` rows of
+/// pairs, one block after another; B as every k block's panels.
+#[derive(Clone, Copy, Default)]
+struct Packed<'a> {
+    a: Option<&'a [u32]>,
+    b: Option<&'a [u32]>,
+}
+
+/// A matrix B (k x n) packed as [`gemm_bf16`] reads it, once for all the products that multiply
+/// by it: a prompt's pass over bf16 inference weights then packs only its activations. The
+/// layout is every kernel's (one u32 per k pair), the bits `bf16_bits`'.
+pub struct PackedB {
+    k: usize,
+    n: usize,
+    data: Vec<u32>,
+}
+
+impl PackedB {
+    /// B, a (k x n) view, packed (on the thread pool).
+    ///
+    /// # Safety
+    /// `b` must address valid memory for k x n values.
+    pub unsafe fn new(b: View, k: usize, n: usize) -> PackedB {
+        let p = Product {
+            kernel: Kernel::detect(),
+            m: 0,
+            n,
+            k,
+            dst: std::ptr::null_mut(),
+            dst_rs: 0,
+            accumulate: false,
+            lhs: b,
+            rhs: b,
+            scale: 1.0,
+        };
+        let mut data = Vec::new();
+        pack_all_b(p, &mut data);
+        data.truncate(b_cols(n) * k.div_ceil(2));
+        data.shrink_to_fit();
+        PackedB { k, n, data }
+    }
+
+    /// (k, n).
+    pub fn shape(&self) -> (usize, usize) {
+        (self.k, self.n)
+    }
+}
+
+/// The right-hand operand of [`gemm_bf16`]: a view of f32 values, or a [`PackedB`].
 #[derive(Clone, Copy)]
-enum Packed<'a> {
-    Neither,
-    A(&'a [u32]),
-    B(&'a [u32]),
+pub enum Rhs<'a> {
+    View(View),
+    Packed(&'a PackedB),
 }
 
 /// Rows of a whole packed A: m and the zeros a last micro-panel reads past it (A is shared
@@ -186,7 +233,8 @@ const MAX_SHARED: usize = 1 << 25;
 /// dst (m x n, row stride `dst_rs`) = [dst +] scale * lhs (m x k) @ rhs (k x n), in bf16 with
 /// `kernel`, on this thread or, with `parallel`, on the thread pool: one slab of the larger
 /// output dimension per thread, the operand every slab reads packed once beforehand (packing
-/// it in each thread cost a tenth of a training step).
+/// it in each thread cost a tenth of a training step), or already (`Rhs::Packed`, whose shape
+/// must be (k, n)).
 ///
 /// # Safety
 /// Every view must address valid memory for the given shape, and `dst` must not alias the inputs.
@@ -200,13 +248,21 @@ pub unsafe fn gemm_bf16(
     dst_rs: usize,
     accumulate: bool,
     lhs: View,
-    rhs: View,
+    rhs: Rhs,
     scale: f32,
     parallel: bool,
 ) {
     if m == 0 || n == 0 {
         return;
     }
+    let (rhs, prepacked) = match rhs {
+        Rhs::View(v) => (v, None),
+        Rhs::Packed(b) => {
+            assert_eq!(b.shape(), (k, n), "gemm_bf16: packed B has the wrong shape");
+            // Never read: B is not packed again.
+            (lhs, Some(&b.data[..]))
+        }
+    };
     let p = Product {
         kernel,
         m,
@@ -221,7 +277,11 @@ pub unsafe fn gemm_bf16(
     };
     let threads = rayon::current_num_threads();
     if !parallel || threads == 1 {
-        return compute(p, 0..m, 0..n, Packed::Neither);
+        let packed = Packed {
+            a: None,
+            b: prepacked,
+        };
+        return compute(p, 0..m, 0..n, packed);
     }
     use rayon::prelude::*;
     let split_rows = m >= n;
@@ -235,14 +295,19 @@ pub unsafe fn gemm_bf16(
         a_rows(m) * pairs * kernel.a_words_per_pair()
     };
     let mut shared = PACKED.with_borrow_mut(|b| std::mem::take(&mut b.shared));
-    let packed = if shared_len > MAX_SHARED {
-        Packed::Neither
-    } else if split_rows {
+    let share = shared_len <= MAX_SHARED && !(split_rows && prepacked.is_some());
+    if share && split_rows {
         pack_all_b(p, &mut shared);
-        Packed::B(&shared)
-    } else {
+    } else if share {
         pack_all_a(p, &mut shared);
-        Packed::A(&shared)
+    }
+    let packed = Packed {
+        a: (share && !split_rows).then_some(&shared[..]),
+        b: if share && split_rows {
+            Some(&shared[..])
+        } else {
+            prepacked
+        },
     };
     (0..slabs).into_par_iter().for_each(|i| {
         let range = i * per..((i + 1) * per).min(len);
@@ -365,9 +430,9 @@ unsafe fn compute(
             for (block, pc, kc) in k_blocks(p.k) {
                 let kcp = kc.div_ceil(2);
                 let a_strides = ALayout::of(p.lhs).strides(kcp);
-                let b_block: &[u32] = match packed {
-                    Packed::B(all) => &all[b_cols(p.n) * pc / 2 + jc * kcp..],
-                    _ => {
+                let b_block: &[u32] = match packed.b {
+                    Some(all) => &all[b_cols(p.n) * pc / 2 + jc * kcp..],
+                    None => {
                         p.pack_b(b_buf, pc, kc, jc, nc);
                         b_buf
                     }
@@ -375,9 +440,9 @@ unsafe fn compute(
                 let add = p.accumulate || block > 0;
                 for ic in rows.clone().step_by(MC) {
                     let mc = MC.min(rows.end - ic);
-                    let a_block: &[u32] = match packed {
-                        Packed::A(all) => &all[(a_rows(p.m) * pc / 2 + ic * kcp) * w..],
-                        _ => {
+                    let a_block: &[u32] = match packed.a {
+                        Some(all) => &all[(a_rows(p.m) * pc / 2 + ic * kcp) * w..],
+                        None => {
                             p.pack_a(a_buf, ic, mc, pc, kc);
                             a_buf
                         }
@@ -683,6 +748,13 @@ mod avx2 {
     ) {
         assert!(a.len() >= 2 * MR * kcp && b.len() >= NR * kcp);
         assert!(kcp == 0 || a_rs * (MR - 1) + a_ps * (kcp - 1) < MR * kcp);
+        // C's tile is read (or written) after the loop, ~6,000 FMAs from now, and comes from
+        // far: each tile is visited once per k block, all of C in between.
+        for r in 0..t.rows {
+            for j in (0..t.cols).step_by(16) {
+                _mm_prefetch::<_MM_HINT_T0>(t.c.add(r * t.rs + j) as *const i8);
+            }
+        }
         let (ld, step) = (a_rs * 8, a_ps * 8);
         for r0 in (0..t.rows).step_by(SR) {
             for c0 in (0..t.cols).step_by(16) {
@@ -1161,7 +1233,7 @@ mod tests {
                             rs,
                             false,
                             va,
-                            vb,
+                            Rhs::View(vb),
                             0.5,
                             parallel,
                         )
@@ -1177,7 +1249,7 @@ mod tests {
                             rs,
                             true,
                             va,
-                            vb,
+                            Rhs::View(vb),
                             1.0,
                             parallel,
                         )
@@ -1238,7 +1310,7 @@ mod tests {
                         n,
                         false,
                         va,
-                        vb,
+                        Rhs::View(vb),
                         1.0,
                         true,
                     );
@@ -1251,17 +1323,40 @@ mod tests {
                         n,
                         false,
                         va,
-                        vb,
+                        Rhs::View(vb),
                         1.0,
                         false,
                     );
                 }
-                let differ = fast
-                    .iter()
-                    .zip(&portable)
-                    .filter(|(x, y)| x.to_bits() != y.to_bits())
-                    .count();
-                assert_eq!(differ, 0, "{fast_kernel:?} {m}x{n}x{k} ta={ta} tb={tb}");
+                // B packed beforehand, as bf16 inference weights are: the same bits.
+                let mut prepacked = vec![0.0f32; m * n];
+                unsafe {
+                    let b = PackedB::new(vb, k, n);
+                    gemm_bf16(
+                        fast_kernel,
+                        m,
+                        n,
+                        k,
+                        prepacked.as_mut_ptr(),
+                        n,
+                        false,
+                        va,
+                        Rhs::Packed(&b),
+                        1.0,
+                        true,
+                    );
+                }
+                for (what, got) in [("", &fast), (" packed B", &prepacked)] {
+                    let differ = got
+                        .iter()
+                        .zip(&portable)
+                        .filter(|(x, y)| x.to_bits() != y.to_bits())
+                        .count();
+                    assert_eq!(
+                        differ, 0,
+                        "{fast_kernel:?}{what} {m}x{n}x{k} ta={ta} tb={tb}"
+                    );
+                }
             }
         }
     }
