@@ -20,6 +20,7 @@ use crate::kernels::cpu::layernorm::layernorm_forward;
 use crate::kernels::cpu::matmul::{
     is_skinny, matmul_forward, outin_forward, packed_bf16_forward, Layout, Precision,
 };
+use crate::kernels::cpu::matmul_bf16::Kernel;
 use crate::kernels::cpu::q8::q8_matmul_forward;
 use crate::kernels::cpu::residual::residual_forward;
 use crate::kernels::cpu::rmsnorm::rmsnorm_forward;
@@ -156,9 +157,9 @@ impl<'a> Weights<'a> {
     }
 
     /// out (rows, oc) = inp (rows, c) @ the matrix at parameter offset `off` + `bias`: the
-    /// int8 product when the pass has that matrix quantized; with bf16 weights, dot products
-    /// over the bf16 copy for a few rows, and for more a bf16 product with the packed copy; else
-    /// `f32_w` (that matrix as f32, in its layout) multiplied in `precision`.
+    /// int8 product when the pass has that matrix quantized; with bf16 weights, the bf16 copy
+    /// (`infer::Bf16Weights`: dot products over its rows for a few rows, or its packed form);
+    /// else `f32_w` (that matrix as f32, in its layout) multiplied in `precision`.
     #[allow(clippy::too_many_arguments)]
     pub fn linear_with(
         &self,
@@ -185,7 +186,11 @@ impl<'a> Weights<'a> {
         } else if let Some(m) = bf16.and_then(|w| w.get(off, oc * c)) {
             outin_forward(&mut out[..rows * oc], inp, m, bias, c, oc);
         } else if let Some(m) = self.bf16.and_then(|w| w.packed(off, oc * c)) {
-            packed_bf16_forward(&mut out[..rows * oc], inp, m, bias, c, oc);
+            if is_skinny(rows) {
+                m.forward_rows(Kernel::detect(), &mut out[..rows * oc], inp, bias);
+            } else {
+                packed_bf16_forward(&mut out[..rows * oc], inp, m, bias, c, oc);
+            }
         } else {
             let (w, layout) = f32_w;
             matmul_forward(self.precision, out, inp, w, layout, bias, c, oc);

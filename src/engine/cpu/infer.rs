@@ -14,8 +14,9 @@ use crate::kernels::cpu::attention::{
     attention_forward_cached, CacheValue, CacheView, CachedQueries,
 };
 use crate::kernels::cpu::encoder::encoder_forward;
+use crate::kernels::cpu::matmul::View;
 use crate::kernels::cpu::matmul::{Layout, Precision};
-use crate::kernels::cpu::matmul_bf16::{Bf16, PackedB};
+use crate::kernels::cpu::matmul_bf16::{Bf16, Kernel, PackedB, PackedMatrices};
 use crate::kernels::cpu::q8::Q8Matrix;
 use crate::kernels::cpu::rope::rope_forward;
 use crate::model::Gpt;
@@ -155,19 +156,21 @@ impl Q8Weights {
     }
 }
 
-/// Every block matrix and the classifier in bf16, (out, in), for cached inference with
+/// Every block matrix and the classifier in bf16, for cached inference with
 /// [`crate::engine::InferenceWeights::Bf16`]: half the bytes of f32 to stream per decoded token,
-/// widened back to f32 as they are loaded (the activations stay f32; see
-/// `matmul::WeightValue`). And the block matrices again, packed as `matmul_bf16` reads them,
-/// for a prompt's pass: it multiplies in bf16, activations rounded too, and packing the
-/// weights on every pass took a tenth of it. Built at the first such pass, dropped when the
-/// optimizer changes the parameters.
+/// widened back to f32 as they are loaded (the activations stay f32). A prompt's pass multiplies
+/// in bf16, activations rounded too (`matmul_bf16`). Where that product runs on AVX2 alone, the
+/// block matrices are kept packed as it reads them ([`PackedB`]: packing them on every pass took
+/// a tenth of it there), and decoding reads that same copy; elsewhere they are (out, in) rows
+/// for dot products (`matmul::WeightValue`) and a prompt's pass packs the f32 parameters. The
+/// classifier is rows either way (only decoding-sized products read it). Built at the first such
+/// pass, dropped when the optimizer changes the parameters.
 pub(crate) struct Bf16Weights {
     data: Vec<Bf16>,
-    /// (offset in the parameters, number of values, offset in `data`), one per matrix.
+    /// (offset in the parameters, number of values, offset in `data`), one per matrix in rows.
     at: Vec<(usize, usize, usize)>,
-    /// (offset in the parameters, number of values, the packed matrix), one per block matrix.
-    packed: Vec<(usize, usize, PackedB)>,
+    /// The matrices kept packed, and (offset in the parameters, number of values) of each.
+    packed: Option<(PackedMatrices, Vec<(usize, usize)>)>,
 }
 
 impl Bf16Weights {
@@ -175,26 +178,34 @@ impl Bf16Weights {
         let cfg = &model.config;
         let (layout, c, vp) = (Shape::new(cfg).layout, cfg.n_embd, cfg.padded_vocab_size());
         // The blocks in the parameters' layout, the classifier (vocab, C) either way.
-        let mut mats: Vec<(usize, usize, usize, Layout)> = block_matrices(model)
+        let blocks: Vec<(usize, usize, usize, Layout)> = block_matrices(model)
             .into_iter()
             .map(|(off, out, inp)| (off, out, inp, layout))
             .collect();
-        mats.push((model.table.lm_head, vp, c, Layout::OutIn));
+        let classifier = (model.table.lm_head, vp, c, Layout::OutIn);
+        let (packed, mut mats) = if Kernel::detect() == Kernel::Avx2 {
+            let views: Vec<(View, usize, usize)> = blocks
+                .iter()
+                .map(|&(off, out, inp, layout)| {
+                    let w = &model.params[off..off + out * inp];
+                    (layout.view(w, inp, out), inp, out)
+                })
+                .collect();
+            // SAFETY: each view covers its matrix's out x inp values.
+            let packed = unsafe { PackedMatrices::new(&views) };
+            crate::perf::back_with_huge_pages(packed.words());
+            let at = blocks.iter().map(|&(off, out, inp, _)| (off, out * inp));
+            (Some((packed, at.collect())), Vec::new())
+        } else {
+            (None, blocks)
+        };
+        mats.push(classifier);
         let mut at = Vec::with_capacity(mats.len());
         let mut len = 0;
         for &(off, out, inp, _) in &mats {
             at.push((off, out * inp, len));
             len += out * inp;
         }
-        let packed = mats[..mats.len() - 1]
-            .iter()
-            .map(|&(off, out, inp, layout)| {
-                let w = &model.params[off..off + out * inp];
-                // SAFETY: the view covers the matrix's out x inp values.
-                let b = unsafe { PackedB::new(layout.view(w, inp, out), inp, out) };
-                (off, out * inp, b)
-            })
-            .collect();
         let mut data = vec![Bf16::default(); len];
         let mut rest = &mut data[..];
         let mut parts = Vec::with_capacity(mats.len());
@@ -225,13 +236,11 @@ impl Bf16Weights {
         Some(&self.data[at..at + n])
     }
 
-    /// The block matrix at parameter offset `off` (`len` values) packed for a prompt's pass.
-    pub(super) fn packed(&self, off: usize, len: usize) -> Option<&PackedB> {
-        let (_, _, b) = self
-            .packed
-            .iter()
-            .find(|&&(o, n, _)| o == off && n == len)?;
-        Some(b)
+    /// The packed form of the matrix at parameter offset `off` (`len` values), if it is kept so.
+    pub(super) fn packed(&self, off: usize, len: usize) -> Option<PackedB<'_>> {
+        let (packed, at) = self.packed.as_ref()?;
+        let i = at.iter().position(|&a| a == (off, len))?;
+        Some(packed.get(i))
     }
 }
 

@@ -241,7 +241,7 @@ fn fill_rows(out: &mut [f32], bias: Option<&[f32]>, oc: usize) {
 pub fn packed_bf16_forward(
     out: &mut [f32],
     inp: &[f32],
-    w: &PackedB,
+    w: PackedB,
     bias: Option<&[f32]>,
     c: usize,
     oc: usize,

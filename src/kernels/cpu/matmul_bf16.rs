@@ -168,43 +168,146 @@ struct Packed<'a> {
     b: Option<&'a [u32]>,
 }
 
-/// A matrix B (k x n) packed as [`gemm_bf16`] reads it, once for all the products that multiply
-/// by it: a prompt's pass over bf16 inference weights then packs only its activations. The
-/// layout is every kernel's (one u32 per k pair), the bits `bf16_bits`'.
-pub struct PackedB {
-    k: usize,
-    n: usize,
+/// Matrices B (k x n), each packed as [`gemm_bf16`] reads it, once for all the products that
+/// multiply by them: a prompt's pass over bf16 inference weights then packs only its
+/// activations. The layout is every kernel's (one u32 per k pair), the bits `bf16_bits`'. One
+/// buffer for all, so its owner can back it with huge pages ([`PackedMatrices::words`]).
+pub struct PackedMatrices {
     data: Vec<u32>,
+    /// (k, n, offset in `data`), one per matrix.
+    mats: Vec<(usize, usize, usize)>,
 }
 
-impl PackedB {
-    /// B, a (k x n) view, packed (on the thread pool).
+impl PackedMatrices {
+    /// Each (view, k, n): the (k x n) matrix the view shows, packed (on the thread pool).
     ///
     /// # Safety
-    /// `b` must address valid memory for k x n values.
-    pub unsafe fn new(b: View, k: usize, n: usize) -> PackedB {
-        let p = Product {
-            kernel: Kernel::detect(),
-            m: 0,
-            n,
-            k,
-            dst: std::ptr::null_mut(),
-            dst_rs: 0,
-            accumulate: false,
-            lhs: b,
-            rhs: b,
-            scale: 1.0,
-        };
-        let mut data = Vec::new();
-        pack_all_b(p, &mut data);
-        data.truncate(b_cols(n) * k.div_ceil(2));
-        data.shrink_to_fit();
-        PackedB { k, n, data }
+    /// Each view must address valid memory for its k x n values.
+    pub unsafe fn new(views: &[(View, usize, usize)]) -> PackedMatrices {
+        let mut mats = Vec::with_capacity(views.len());
+        let mut len = 0;
+        for &(_, k, n) in views {
+            mats.push((k, n, len));
+            len += packed_b_len(k, n);
+        }
+        let mut data = vec![0u32; len];
+        for (&(b, k, n), &(_, _, at)) in views.iter().zip(&mats) {
+            let p = Product {
+                kernel: Kernel::detect(),
+                m: 0,
+                n,
+                k,
+                dst: std::ptr::null_mut(),
+                dst_rs: 0,
+                accumulate: false,
+                lhs: b,
+                rhs: b,
+                scale: 1.0,
+            };
+            pack_all_b(p, &mut data[at..at + packed_b_len(k, n)]);
+        }
+        PackedMatrices { data, mats }
     }
 
+    /// Matrix `i`.
+    pub fn get(&self, i: usize) -> PackedB<'_> {
+        let (k, n, at) = self.mats[i];
+        PackedB {
+            k,
+            n,
+            data: &self.data[at..at + packed_b_len(k, n)],
+        }
+    }
+
+    /// Every matrix's words.
+    pub fn words(&self) -> &[u32] {
+        &self.data
+    }
+}
+
+/// u32 words of a (k x n) matrix packed whole.
+fn packed_b_len(k: usize, n: usize) -> usize {
+    b_cols(n) * k.div_ceil(2)
+}
+
+/// One matrix of a [`PackedMatrices`].
+#[derive(Clone, Copy)]
+pub struct PackedB<'a> {
+    k: usize,
+    n: usize,
+    data: &'a [u32],
+}
+
+impl PackedB<'_> {
     /// (k, n).
     pub fn shape(&self) -> (usize, usize) {
         (self.k, self.n)
+    }
+
+    /// out (rows x n) = x (rows x k) @ B [+ bias], x in f32 as it is (not rounded): decoding
+    /// over bf16 inference weights, which then need no other copy. Bandwidth-bound, so B is
+    /// read once for all the rows, panels of columns split across cores, and every output is
+    /// the same sum whatever the rows: over k pairs in order, each pair's odd product added
+    /// before its even one (one FMA chain; the AVX2 path gives the portable one's bits).
+    pub fn forward_rows(&self, kernel: Kernel, out: &mut [f32], x: &[f32], bias: Option<&[f32]>) {
+        use rayon::prelude::*;
+        let (k, n) = (self.k, self.n);
+        let rows = x.len().checked_div(k).unwrap_or(0);
+        assert!(out.len() >= rows * n && bias.is_none_or(|b| b.len() >= n));
+        let out_ptr = super::math::SharedMut(out.as_mut_ptr());
+        let panels = n.div_ceil(NR);
+        let tasks = (k * n * rows / (1 << 16)).clamp(1, rayon::current_num_threads());
+        let per = panels.div_ceil(tasks);
+        (0..panels.div_ceil(per)).into_par_iter().for_each(|i| {
+            let ts = i * per..((i + 1) * per).min(panels);
+            // A k block's panels lie one after another: a task reads its run of them for that
+            // block as one stream (panel by panel over all k was ~10% slower: a new stream
+            // every 16 KiB), every row's sums of a panel while it is in L1.
+            let mut sums = vec![[0.0f32; NR]; ts.len() * rows];
+            for (_, pc, kc) in k_blocks(k) {
+                let kcp = kc.div_ceil(2);
+                for (s, t) in sums.chunks_mut(rows.max(1)).zip(ts.clone()) {
+                    let panel = &self.data[b_cols(n) * pc / 2 + t * NR * kcp..][..NR * kcp];
+                    for r in (0..rows).step_by(2) {
+                        let take = (rows - r).min(2);
+                        let xs = [0, 1].map(|i| &x[(r + i.min(take - 1)) * k + pc..][..kc]);
+                        let s = &mut s[r..r + take];
+                        match kernel {
+                            // SAFETY: the kernel runs on this CPU (`Kernel::detect`).
+                            #[cfg(target_arch = "x86_64")]
+                            Kernel::Avx2 => unsafe { avx2::panel_sums(s, panel, xs, kcp) },
+                            _ => panel_sums_portable(s, panel, xs, kcp),
+                        }
+                    }
+                }
+            }
+            for (s, t) in sums.chunks(rows.max(1)).zip(ts.clone()) {
+                let cols = NR.min(n - t * NR);
+                for (r, row) in s.iter().enumerate() {
+                    // SAFETY: this task alone writes panel t's columns of every row.
+                    let o = unsafe { out_ptr.get().add(r * n + t * NR) };
+                    for (j, &v) in row.iter().enumerate().take(cols) {
+                        unsafe { *o.add(j) = v + bias.map_or(0.0, |b| b[t * NR + j]) };
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// The sums of `sums.len()` rows (1 or 2) over one k block of a panel: `sums[r][j]` +=
+/// x_r[2p+1] B[2p+1][j], then += x_r[2p] B[2p][j], for each pair p in order (an odd k's missing
+/// value is zero).
+fn panel_sums_portable(sums: &mut [[f32; NR]], panel: &[u32], xs: [&[f32]; 2], kcp: usize) {
+    for p in 0..kcp {
+        let pair = &panel[p * NR..(p + 1) * NR];
+        for (row, x) in sums.iter_mut().zip(xs) {
+            let (x0, x1) = (x[2 * p], x.get(2 * p + 1).copied().unwrap_or(0.0));
+            for (s, &v) in row.iter_mut().zip(pair) {
+                let (w0, w1) = (bf16_value(v as u16), bf16_value((v >> 16) as u16));
+                *s = x0.mul_add(w0, x1.mul_add(w1, *s));
+            }
+        }
     }
 }
 
@@ -212,7 +315,7 @@ impl PackedB {
 #[derive(Clone, Copy)]
 pub enum Rhs<'a> {
     View(View),
-    Packed(&'a PackedB),
+    Packed(PackedB<'a>),
 }
 
 /// Rows of a whole packed A: m and the zeros a last micro-panel reads past it (A is shared
@@ -260,7 +363,7 @@ pub unsafe fn gemm_bf16(
         Rhs::Packed(b) => {
             assert_eq!(b.shape(), (k, n), "gemm_bf16: packed B has the wrong shape");
             // Never read: B is not packed again.
-            (lhs, Some(&b.data[..]))
+            (lhs, Some(b.data))
         }
     };
     let p = Product {
@@ -297,6 +400,7 @@ pub unsafe fn gemm_bf16(
     let mut shared = PACKED.with_borrow_mut(|b| std::mem::take(&mut b.shared));
     let share = shared_len <= MAX_SHARED && !(split_rows && prepacked.is_some());
     if share && split_rows {
+        grow(&mut shared, packed_b_len(k, n));
         pack_all_b(p, &mut shared);
     } else if share {
         pack_all_a(p, &mut shared);
@@ -361,11 +465,11 @@ fn pack_all_a(p: Product, dst: &mut Vec<u32>) {
 }
 
 /// All of B into `dst` (see [`Packed`]), groups of panels in parallel.
-fn pack_all_b(p: Product, dst: &mut Vec<u32>) {
+fn pack_all_b(p: Product, dst: &mut [u32]) {
     use rayon::prelude::*;
     const COLS: usize = 4 * NR;
     let cols = b_cols(p.n);
-    grow(dst, cols * (p.k.div_ceil(2) + 1));
+    assert!(dst.len() >= packed_b_len(p.k, p.n));
     let out = SharedU32(dst.as_mut_ptr());
     let tasks: Vec<(usize, usize, usize, usize)> = k_blocks(p.k)
         .flat_map(|(_, pc, kc)| {
@@ -719,6 +823,47 @@ mod avx2 {
                     *out.add(j) = u32::from(bf16_bits(*even.add(j))) | u32::from(hi) << 16;
                 }
                 std::ptr::write_bytes(out.add(cols), 0, NR - cols);
+            }
+        }
+    }
+
+    /// `super::panel_sums_portable` with AVX2 and FMA, the same bits: a pair's 32 columns are
+    /// four loads, each split into its odd and even values by a mask and a shift.
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be present.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn panel_sums(
+        sums: &mut [[f32; NR]],
+        panel: &[u32],
+        xs: [&[f32]; 2],
+        kcp: usize,
+    ) {
+        let take = sums.len();
+        assert!(panel.len() >= NR * kcp && take <= 2);
+        let top = _mm256_set1_epi32(0xffff_0000_u32 as i32);
+        let mut acc = [[_mm256_setzero_ps(); 4]; 2];
+        for (acc, s) in acc.iter_mut().zip(sums.iter()) {
+            for (g, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_loadu_ps(s.as_ptr().add(8 * g));
+            }
+        }
+        let pick = |x: &[f32], i: usize| _mm256_set1_ps(x.get(i).copied().unwrap_or(0.0));
+        for p in 0..kcp {
+            let b = panel.as_ptr().add(p * NR) as *const __m256i;
+            let x = xs.map(|x| (pick(x, 2 * p), pick(x, 2 * p + 1)));
+            for g in 0..4 {
+                let v = _mm256_loadu_si256(b.add(g));
+                let odd = _mm256_castsi256_ps(_mm256_and_si256(v, top));
+                let even = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(v));
+                for (acc, &(x0, x1)) in acc.iter_mut().zip(&x).take(take) {
+                    acc[g] = _mm256_fmadd_ps(x0, even, _mm256_fmadd_ps(x1, odd, acc[g]));
+                }
+            }
+        }
+        for (acc, s) in acc.iter().zip(sums.iter_mut()) {
+            for (g, &a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(s.as_mut_ptr().add(8 * g), a);
             }
         }
     }
@@ -1281,6 +1426,63 @@ mod tests {
         }
     }
 
+    /// Decoding over packed weights: within the f32 error of an f64 reference of the rounded
+    /// weights (x unrounded), the portable bits on AVX2, and a row's outputs the same bits
+    /// whatever else is in the batch.
+    #[test]
+    fn packed_rows_match_f64_and_do_not_depend_on_the_batch() {
+        let kernels: Vec<Kernel> = [Kernel::Portable, Kernel::Avx2]
+            .into_iter()
+            .filter(|k| k.runs_here())
+            .collect();
+        for (s, &(k, n)) in [(1, 1), (7, 33), (64, 32), (300, 45), (513, 70)]
+            .iter()
+            .enumerate()
+        {
+            let w = test_values(k * n, 200 + s as u64, 1.0);
+            let rows = 5;
+            let x = test_values(rows * k, 300 + s as u64, 1.0);
+            let bias = test_values(n, 400 + s as u64, 1.0);
+            let packed = unsafe { PackedMatrices::new(&[(View::rows(&w, n), k, n)]) };
+            let b = packed.get(0);
+            let mut first: Option<Vec<f32>> = None;
+            for &kernel in &kernels {
+                let mut all = vec![0.0f32; rows * n];
+                b.forward_rows(kernel, &mut all, &x, Some(&bias));
+                for r in 0..rows {
+                    let mut one = vec![0.0f32; n];
+                    b.forward_rows(kernel, &mut one, &x[r * k..(r + 1) * k], Some(&bias));
+                    let row = &all[r * n..(r + 1) * n];
+                    assert!(
+                        one.iter().zip(row).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{kernel:?} {k}x{n}: row {r} alone differs from row {r} of {rows}"
+                    );
+                    for j in 0..n {
+                        let want: f64 = bias[j] as f64
+                            + (0..k)
+                                .map(|i| {
+                                    x[r * k + i] as f64 * bf16_value(bf16_bits(w[i * n + j])) as f64
+                                })
+                                .sum::<f64>();
+                        let bound = 1e-6 * (k as f64 + 1.0) * (k as f64).sqrt().max(1.0);
+                        assert!(
+                            (row[j] as f64 - want).abs() <= bound,
+                            "{kernel:?} {k}x{n} ({r}, {j}): {} vs {want}",
+                            row[j]
+                        );
+                    }
+                }
+                match &first {
+                    None => first = Some(all),
+                    Some(f) => assert!(
+                        f.iter().zip(&all).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{kernel:?} {k}x{n}: not the portable bits"
+                    ),
+                }
+            }
+        }
+    }
+
     #[test]
     fn the_portable_kernel_gives_the_hardware_bits_whatever_the_split() {
         for fast_kernel in [Kernel::Avx512, Kernel::Avx2] {
@@ -1331,7 +1533,7 @@ mod tests {
                 // B packed beforehand, as bf16 inference weights are: the same bits.
                 let mut prepacked = vec![0.0f32; m * n];
                 unsafe {
-                    let b = PackedB::new(vb, k, n);
+                    let b = PackedMatrices::new(&[(vb, k, n)]);
                     gemm_bf16(
                         fast_kernel,
                         m,
@@ -1341,7 +1543,7 @@ mod tests {
                         n,
                         false,
                         va,
-                        Rhs::Packed(&b),
+                        Rhs::Packed(b.get(0)),
                         1.0,
                         true,
                     );
