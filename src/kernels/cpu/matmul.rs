@@ -207,22 +207,52 @@ pub fn matmul_forward(
     if is_skinny(rows) {
         return skinny_forward(&mut out[..rows * oc], inp, w, layout, bias, c, oc);
     }
-    fill_rows(&mut out[..rows * oc], bias, oc);
     // SAFETY: shapes asserted above; out is a distinct &mut.
     unsafe {
-        gemm_into(
+        biased_product(
             precision,
+            out,
+            inp,
+            Rhs::View(layout.view(w, c, oc)),
+            bias,
+            c,
+            oc,
+        )
+    }
+}
+
+/// out (rows, oc) = inp (rows, c) @ rhs (c x oc) + bias, rows of `oc`, in `precision` (a packed
+/// rhs: bf16).
+///
+/// # Safety
+/// `out` must hold rows x oc values and a view `rhs` address c x oc.
+unsafe fn biased_product(
+    precision: Precision,
+    out: &mut [f32],
+    inp: &[f32],
+    rhs: Rhs,
+    bias: Option<&[f32]>,
+    c: usize,
+    oc: usize,
+) {
+    let rows = inp.len() / c;
+    fill_rows(&mut out[..rows * oc], bias, oc);
+    let (dst, lhs, add) = (out.as_mut_ptr(), View::rows(inp, c), bias.is_some());
+    match rhs {
+        Rhs::View(v) => gemm_into(precision, rows, oc, c, dst, oc, add, lhs, v, 1.0, true),
+        packed => gemm_bf16(
+            Kernel::detect(),
             rows,
             oc,
             c,
-            out.as_mut_ptr(),
+            dst,
             oc,
-            bias.is_some(),
-            View::rows(inp, c),
-            layout.view(w, c, oc),
+            add,
+            lhs,
+            packed,
             1.0,
             true,
-        );
+        ),
     }
 }
 
@@ -248,23 +278,8 @@ pub fn packed_bf16_forward(
 ) {
     let rows = inp.len() / c;
     assert!(out.len() >= rows * oc && w.shape() == (c, oc));
-    fill_rows(&mut out[..rows * oc], bias, oc);
     // SAFETY: shapes asserted above; out is a distinct &mut.
-    unsafe {
-        gemm_bf16(
-            Kernel::detect(),
-            rows,
-            oc,
-            c,
-            out.as_mut_ptr(),
-            oc,
-            bias.is_some(),
-            View::rows(inp, c),
-            Rhs::Packed(w),
-            1.0,
-            true,
-        );
-    }
+    unsafe { biased_product(Precision::Bf16, out, inp, Rhs::Packed(w), bias, c, oc) }
 }
 
 /// `matmul_forward` for a handful of rows: bandwidth-bound, so each weight is read from memory
