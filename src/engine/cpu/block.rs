@@ -20,7 +20,6 @@ use crate::kernels::cpu::layernorm::layernorm_forward;
 use crate::kernels::cpu::matmul::{
     is_skinny, matmul_forward, outin_forward, packed_bf16_forward, Layout, Precision,
 };
-use crate::kernels::cpu::matmul_bf16::Kernel;
 use crate::kernels::cpu::q8::q8_matmul_forward;
 use crate::kernels::cpu::residual::residual_forward;
 use crate::kernels::cpu::rmsnorm::rmsnorm_forward;
@@ -186,11 +185,7 @@ impl<'a> Weights<'a> {
         } else if let Some(m) = bf16.and_then(|w| w.get(off, oc * c)) {
             outin_forward(&mut out[..rows * oc], inp, m, bias, c, oc);
         } else if let Some(m) = self.bf16.and_then(|w| w.packed(off, oc * c)) {
-            if is_skinny(rows) {
-                m.forward_rows(Kernel::detect(), &mut out[..rows * oc], inp, bias);
-            } else {
-                packed_bf16_forward(&mut out[..rows * oc], inp, m, bias, c, oc);
-            }
+            packed_bf16_forward(&mut out[..rows * oc], inp, m, bias, c, oc);
         } else {
             let (w, layout) = f32_w;
             matmul_forward(self.precision, out, inp, w, layout, bias, c, oc);

@@ -14,8 +14,7 @@ use crate::kernels::cpu::attention::{
     attention_forward_cached, CacheValue, CacheView, CachedQueries,
 };
 use crate::kernels::cpu::encoder::encoder_forward;
-use crate::kernels::cpu::matmul::View;
-use crate::kernels::cpu::matmul::{Layout, Precision};
+use crate::kernels::cpu::matmul::{Layout, Precision, View};
 use crate::kernels::cpu::matmul_bf16::{Bf16, Kernel, PackedB, PackedMatrices};
 use crate::kernels::cpu::q8::Q8Matrix;
 use crate::kernels::cpu::rope::rope_forward;

@@ -265,9 +265,10 @@ fn fill_rows(out: &mut [f32], bias: Option<&[f32]>, oc: usize) {
     }
 }
 
-/// out (rows, oc) = inp (rows, c) @ W + bias in bf16 (`matmul_bf16`), W (c x oc) packed
-/// beforehand: a prompt's pass over bf16 inference weights, which then packs only its
-/// activations. The same bits as `matmul_forward` in `Precision::Bf16` over W's f32 values.
+/// out (rows, oc) = inp (rows, c) @ W + bias, W (c x oc) bf16 inference weights packed
+/// beforehand: a few rows (decoding) multiply f32 activations (`PackedB::forward_rows`); more
+/// (a prompt's pass) multiply in bf16 (`matmul_bf16`), packing only the activations: the same
+/// bits as `matmul_forward` in `Precision::Bf16` over W's f32 values.
 pub fn packed_bf16_forward(
     out: &mut [f32],
     inp: &[f32],
@@ -278,6 +279,9 @@ pub fn packed_bf16_forward(
 ) {
     let rows = inp.len() / c;
     assert!(out.len() >= rows * oc && w.shape() == (c, oc));
+    if is_skinny(rows) {
+        return w.forward_rows(Kernel::detect(), &mut out[..rows * oc], inp, bias);
+    }
     // SAFETY: shapes asserted above; out is a distinct &mut.
     unsafe { biased_product(Precision::Bf16, out, inp, Rhs::Packed(w), bias, c, oc) }
 }
