@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CUDA device check (issue 12), in two halves:
+# The CUDA device check (issues 12, 13 and 14), in two halves:
 #
 #   benches/cuda_check.sh build         on a CPU machine with Rust: builds a portable, stripped
 #                                       `nanogpt` and the tests/cuda_device.rs test binary into
@@ -15,7 +15,9 @@
 # T=1024 B=12: tokens/s, ms/iter, MFU and peak GPU memory in f32 and with TF32, beside the
 # PyTorch peer (benches/pytorch_train_step.py) in f32, f32+TF32 and nanoGPT's bf16 + compile;
 # (6) data-parallel training (issue 14): NCCL at world size 1 against no launcher, and two CPU
-# ranks over TCP against one process.
+# ranks over TCP against one process; (7) bf16 training (issue 13, first stage: the products on
+# the tensor cores): GPT-2 124M at B=12 and B=64, T=1024, beside the peer's bf16 + compile at
+# B=64, and 200 steps on tiny Shakespeare (GPT-2 BPE) in bf16 and in f32, the final losses.
 # Environment: FIXTURES (default ../shared/fixtures, else shared/fixtures), BIN_DIR (default
 # target/cuda-check), PYTHON (default python3).
 set -uo pipefail
@@ -123,6 +125,21 @@ timeout 120 "$BIN_DIR/nanogpt" launch --nproc_per_node=2 --master_port=29562 -- 
     --out_dir="$OUT/ddp_cpu2" > "$OUT/ddp_cpu2.log" 2>&1
 echo "ddp_cpu2: exit $?"
 
+# 7: bf16 training (issue 13). The bf16 correctness test ran with 1-4 (cuda_device's
+# bf16_training_is_as_close_to_f32_as_the_cpus).
+with_memory bench_bf16 "$BIN_DIR/nanogpt" bench --device=cuda --dtype=bfloat16 --json --iters 10 --warmup 3
+with_memory bench_bf16_b64 "$BIN_DIR/nanogpt" bench --device=cuda --dtype=bfloat16 --batch_size=64 --json --iters 10 --warmup 3
+with_memory peer_bf16_compile_b64 $PY "${peer[@]}" --dtype=bfloat16 --compile=true --batch_size=64
+"$BIN_DIR/nanogpt" prepare shakespeare --data_dir="$OUT/data" --input="$text" > "$OUT/bpe_prepare.log" 2>&1
+bpe_args=(train --dataset=shakespeare --data_dir="$OUT/data" --device=cuda --n_layer=12 --n_head=12
+    --n_embd=768 --block_size=256 --batch_size=8 --gradient_accumulation_steps=1 --max_iters=200
+    --lr_decay_iters=200 --warmup_iters=20 --eval_interval=200 --eval_iters=20 --log_interval=20
+    --dropout=0.0)
+for dt in float32 bfloat16; do
+    timeout 150 "$BIN_DIR/nanogpt" "${bpe_args[@]}" --dtype=$dt --out_dir="$OUT/bpe_$dt" > "$OUT/bpe_$dt.log" 2>&1
+    echo "bpe_$dt: exit $?"
+done
+
 $PY - "$OUT" "$tests_rc" <<'PYEOF'
 import json, os, re, sys
 out, tests_rc = sys.argv[1], int(sys.argv[2])
@@ -146,14 +163,16 @@ summary = {
     "tests_exit": tests_rc,
     "tests": tests,
     "measured": measured,
-    "bench": {n: load(n) for n in ["bench_f32", "bench_tf32", "peer_f32", "peer_tf32", "peer_bf16_compile"]},
+    "bench": {n: load(n) for n in ["bench_f32", "bench_tf32", "peer_f32", "peer_tf32", "peer_bf16_compile",
+                                    "bench_bf16", "bench_bf16_b64", "peer_bf16_compile_b64"]},
 }
-def steps(run):
+def metrics(run):
     try:
-        rows = [json.loads(l) for l in open(os.path.join(out, run, "metrics.jsonl"))]
+        return [json.loads(l) for l in open(os.path.join(out, run, "metrics.jsonl"))]
     except (OSError, ValueError):
         return []
-    return [r for r in rows if "loss" in r]
+def steps(run):
+    return [r for r in metrics(run) if "loss" in r]
 def loss_lines(run):
     try:
         return re.findall(r"^iter (\d+): loss (\S+),", open(os.path.join(out, run + ".log")).read(), re.M)
@@ -172,6 +191,19 @@ summary["ddp"] = {
 }
 d = summary["ddp"]
 ddp_ok = d["nccl1_losses_identical"] and d["nccl1_over_alone"] >= 0.98 and d["cpu_2_ranks_losses_equal_1_process"]
+def last_eval(run):
+    rows = [r for r in metrics(run) if "val_loss" in r]
+    return rows[-1] if rows else None
+e32, e16 = last_eval("bpe_float32"), last_eval("bpe_bfloat16")
+rate = lambda n: (summary["bench"][n]["result"] or {}).get("tokens_per_s", float("nan"))
+summary["bf16"] = {
+    "final_f32": e32, "final_bf16": e16,
+    "val_loss_diff": abs(e16["val_loss"] - e32["val_loss"]) if e32 and e16 else None,
+    "train_loss_diff": abs(e16["train_loss"] - e32["train_loss"]) if e32 and e16 else None,
+    "b64_over_peer": rate("bench_bf16_b64") / rate("peer_bf16_compile_b64"),
+    # nanoGPT's train_gpt2 schedule: 600k iterations of 491,520 tokens, at the B=64 rate.
+    "train_gpt2_days_one_h200": 600000 * 491520 / rate("bench_bf16_b64") / 86400,
+}
 json.dump(summary, open(os.path.join(out, "cuda_check.json"), "w"), indent=2)
 print("\n== cuda_check summary ==")
 print("GPU:", summary["gpu"])
@@ -188,9 +220,15 @@ for name, b in summary["bench"].items():
 print(f"DDP: NCCL world 1 losses identical to no launcher: {d['nccl1_losses_identical']}; tokens/s "
       f"{d['nccl1_tokens_per_s']:.0f} vs {d['alone_tokens_per_s']:.0f} ({d['nccl1_over_alone']:.4f}x, need >= 0.98); "
       f"2 CPU ranks log 1 process's losses: {d['cpu_2_ranks_losses_equal_1_process']}")
+b = summary["bf16"]
+print(f"bf16, 200 steps of tiny Shakespeare: final train/val loss f32 {b['final_f32']}, bf16 {b['final_bf16']}; "
+      f"val diff {b['val_loss_diff']} (need <= 0.02); B=64 tokens/s over the peer's bf16 + compile "
+      f"{b['b64_over_peer']:.2f}x; train_gpt2's 600k x 0.5M tokens on one H200: {b['train_gpt2_days_one_h200']:.1f} days")
+bf16_ok = b["val_loss_diff"] is not None and b["val_loss_diff"] <= 0.02 and b["train_loss_diff"] <= 0.02
 ok = tests_rc == 0 and tests and all(s == "ok" for s in tests.values())
 print("RESULT issue 12 (CUDA, exact):", "PASS" if ok else "FAIL")
 print("RESULT issue 14 (DDP device check):", "PASS" if ddp_ok else "FAIL")
-print("RESULT:", "PASS" if ok and ddp_ok else "FAIL", "->", os.path.join(out, "cuda_check.json"))
-sys.exit(0 if ok and ddp_ok else 1)
+print("RESULT issue 13, first stage (bf16 accuracy; its speed targets are read from the table):", "PASS" if bf16_ok else "FAIL")
+print("RESULT:", "PASS" if ok and ddp_ok and bf16_ok else "FAIL", "->", os.path.join(out, "cuda_check.json"))
+sys.exit(0 if ok and ddp_ok and bf16_ok else 1)
 PYEOF

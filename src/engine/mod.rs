@@ -465,16 +465,8 @@ pub trait Engine {
     fn set_optimizer_state(&mut self, state: OptimizerState) -> Result<()>;
 
     /// What training's matrix products multiply in, from the next pass on; the peak that
-    /// [`Engine::peak_tflops`] reports follows it. Backends without bf16 kernels refuse it.
-    fn set_training_dtype(&mut self, dtype: Dtype) -> Result<()> {
-        match dtype {
-            Dtype::Float32 => Ok(()),
-            Dtype::Bfloat16 => bail!(
-                "dtype = \"bfloat16\" is not supported on {} yet: use dtype = \"float32\" or --device=cpu",
-                self.device_name()
-            ),
-        }
-    }
+    /// [`Engine::peak_tflops`] reports follows it.
+    fn set_training_dtype(&mut self, dtype: Dtype) -> Result<()>;
 
     /// What the KV caches made from now on ([`Engine::kv_cache`]) hold ([`KvDtype`]), or, with
     /// `None`, what suits the weights ([`InferenceWeights::suited_kv_cache`]). Backends with an

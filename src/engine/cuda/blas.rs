@@ -1,7 +1,9 @@
 //! Matrix products on cuBLASLt, through its `result`-level API: the safe `Matmul` wrapper
 //! silently allows TF32 for f32, rebuilds its descriptors on every call and has no bias-only
 //! epilogue. Here each shape gets its descriptors and algorithm once, cached, and the compute
-//! type is plain f32 (TF32 off) unless TF32 is asked for.
+//! type is plain f32 (TF32 off) unless TF32 is asked for. A bf16 product (`Gemm::bf16`) reads
+//! A and B as bf16 and sums in f32 into an f32 D (with an f32 bias): cuBLASLt's BF16 x BF16 ->
+//! FP32 case, on the tensor cores.
 //!
 //! cuBLASLt is column-major: D (m x n, ldd) = op(A) op(B) [+ D] [+ bias per row of D]. A
 //! row-major (r x c) buffer is a column-major (c x r) one, which is how the engine maps the
@@ -24,7 +26,8 @@ use std::ffi::c_void;
 const WORKSPACE_BYTES: usize = 32 << 20;
 
 /// One product's shape in cuBLASLt's terms. `ta`/`tb` transpose A/B; `accumulate` adds to D
-/// (beta = 1); `bias` adds a vector of m entries to every column of D.
+/// (beta = 1); `bias` adds a vector of m entries to every column of D; `bf16`: A and B hold
+/// bf16 values (D, C and the bias stay f32).
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub(super) struct Gemm {
     pub ta: bool,
@@ -37,6 +40,7 @@ pub(super) struct Gemm {
     pub ldd: usize,
     pub accumulate: bool,
     pub bias: bool,
+    pub bf16: bool,
 }
 
 struct Plan {
@@ -95,24 +99,30 @@ impl Blas {
     }
 
     fn plan(&self, g: Gemm, align: u32) -> Result<Plan> {
-        let compute = if self.tf32 {
+        // TF32 concerns f32 inputs only: bf16 inputs go to the tensor cores as they are.
+        let compute = if self.tf32 && !g.bf16 {
             cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
         } else {
             cublasComputeType_t::CUBLAS_COMPUTE_32F
         };
         let f32_t = cudaDataType::CUDA_R_32F;
+        let input_t = if g.bf16 {
+            cudaDataType::CUDA_R_16BF
+        } else {
+            f32_t
+        };
         let desc = lt::create_matmul_desc(compute, f32_t).map_err(lt_err("descriptor"))?;
         // Stored shapes: A is (m x k), or (k x m) when transposed; B likewise with n.
         let (ar, ac) = if g.ta { (g.k, g.m) } else { (g.m, g.k) };
         let (br, bc) = if g.tb { (g.n, g.k) } else { (g.k, g.n) };
-        let layout = |r: usize, c: usize, ld: usize| {
-            lt::create_matrix_layout(f32_t, r as u64, c as u64, ld as i64).map_err(lt_err("layout"))
+        let layout = |t: cudaDataType, r: usize, c: usize, ld: usize| {
+            lt::create_matrix_layout(t, r as u64, c as u64, ld as i64).map_err(lt_err("layout"))
         };
         let mut plan = Plan {
             desc,
-            a: layout(ar, ac, g.lda)?,
-            b: layout(br, bc, g.ldb)?,
-            d: layout(g.m, g.n, g.ldd)?,
+            a: layout(input_t, ar, ac, g.lda)?,
+            b: layout(input_t, br, bc, g.ldb)?,
+            d: layout(f32_t, g.m, g.n, g.ldd)?,
             algo: cublasLtMatmulAlgo_t { data: [0; 8] },
         };
         // cublasOperation_t as int32: 0 = N, 1 = T.

@@ -8,7 +8,7 @@
 
 use super::memory::DevBuf;
 use super::ops::{Dropout, Gpu};
-use crate::kernels::cpu::matmul::Layout;
+use crate::kernels::cpu::matmul::{Layout, Precision};
 use crate::model::params::LayerOffsets;
 use anyhow::Result;
 
@@ -36,10 +36,12 @@ pub(super) struct BranchDropout {
     pub mlp: Dropout,
 }
 
-/// `out = block(x)` over `rows` rows. `attend(atty, qkv)` writes attention's output.
+/// `out = block(x)` over `rows` rows, its products in `precision`. `attend(atty, qkv)` writes
+/// attention's output.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn block_forward(
     gpu: &Gpu,
+    precision: Precision,
     out: u64,
     x: u64,
     a: &BlockBufs,
@@ -65,6 +67,7 @@ pub(super) fn block_forward(
         c,
     )?;
     gpu.matmul_forward(
+        precision,
         a.qkv,
         a.ln1,
         p.at(o.qkv_w),
@@ -76,6 +79,7 @@ pub(super) fn block_forward(
     )?;
     attend(a.atty, a.qkv)?;
     gpu.matmul_forward(
+        precision,
         a.proj,
         a.atty,
         p.at(o.attproj_w),
@@ -101,6 +105,7 @@ pub(super) fn block_forward(
         c,
     )?;
     gpu.matmul_forward(
+        precision,
         a.fch,
         a.ln2,
         p.at(o.fc_w),
@@ -112,6 +117,7 @@ pub(super) fn block_forward(
     )?;
     gpu.gelu_forward(a.fch_gelu, a.fch, 4 * n)?;
     gpu.matmul_forward(
+        precision,
         a.proj,
         a.fch_gelu,
         p.at(o.fcproj_w),

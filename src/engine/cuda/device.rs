@@ -56,3 +56,11 @@ pub fn open_context() -> Result<Arc<CudaContext>> {
         ),
     }
 }
+
+/// The GPU's compute capability as major * 10 + minor (90 for an H100 or H200).
+pub(super) fn compute_capability(ctx: &CudaContext) -> Result<u32> {
+    match ctx.compute_capability() {
+        Ok((major, minor)) => Ok((major * 10 + minor) as u32),
+        Err(e) => bail!("could not read the GPU's compute capability: {e:?}"),
+    }
+}

@@ -8,7 +8,7 @@ use super::block::{block_forward, BlockBufs};
 use super::memory::{is_out_of_memory, DevBuf};
 use super::CudaEngine;
 use crate::engine::{Feed, FeedPlan, KvCache};
-use crate::kernels::cpu::matmul::Layout;
+use crate::kernels::cpu::matmul::{Layout, Precision};
 use anyhow::{anyhow, bail, Context, Result};
 use cudarc::driver::result::DriverError;
 
@@ -205,6 +205,7 @@ impl CudaEngine {
             let (slot_p, pos_p) = (s.slot.ptr(), s.pos.ptr());
             block_forward(
                 gpu,
+                Precision::F32,
                 s.out.ptr(),
                 s.x.ptr(),
                 &bufs,
@@ -259,6 +260,7 @@ impl CudaEngine {
             c,
         )?;
         gpu.matmul_forward(
+            Precision::F32,
             s.logits.ptr(),
             s.last_norm.ptr(),
             p.at(tb.wte),

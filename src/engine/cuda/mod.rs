@@ -3,9 +3,13 @@
 //! activations are allocated once per (batch, seq len). The host sees them only through
 //! `model()`, `grads()` and `optimizer_state()` (checkpoints, tests).
 //!
-//! This is the exact mode: f32 everywhere, matrix products on cuBLASLt with TF32 off, every
-//! reduction in a fixed order (no atomics), so two runs give the same bits. Setting
+//! By default this is the exact mode: f32 everywhere, matrix products on cuBLASLt with TF32 off,
+//! every reduction in a fixed order (no atomics), so two runs give the same bits. Setting
 //! NANOGPT_CUDA_TF32=1 lets cuBLASLt use TF32 tensor cores (faster, ~1e-3 relative error).
+//! Training with dtype = "bfloat16" multiplies every matrix of the blocks and the classifier in
+//! bf16 on the tensor cores (operands rounded to nearest even, f32 sums), as the CPU engine's
+//! bf16 training and PyTorch's autocast do; parameters, gradients, moments and every other op
+//! stay f32, and attention keeps its f32 kernels.
 //! Hand-written kernels (`kernels::cuda`) cover what no library provides: embedding, LayerNorm,
 //! GELU, residual, dropout (the CPU's hash), fused softmax + cross-entropy, flash-style
 //! attention, AdamW and the global norm. The files beside this one: `device` (finding the GPU),
@@ -26,6 +30,8 @@ pub use device::gpu_present;
 use super::{AdamW, Engine, Feed, KvCache, Mode, OptimizerState};
 use crate::config::GptConfig;
 use crate::dist::{nccl::Nccl, Collective};
+use crate::engine::Dtype;
+use crate::kernels::cpu::matmul::Precision;
 use crate::model::Gpt;
 use crate::perf::gpu_peak;
 use anyhow::{anyhow, bail, Result};
@@ -34,6 +40,7 @@ use memory::{is_out_of_memory, DevBuf};
 use module::Kernels;
 use ops::{norm_chunks, Gpu};
 use std::borrow::Cow;
+use std::cell::RefCell;
 use train::{ActGrads, Activations};
 
 /// nanoGPT's defaults, until the trainer sets its own (as the CPU engine).
@@ -53,6 +60,10 @@ pub struct CudaEngine {
     name: String,
     /// Whether cuBLASLt may use TF32 (NANOGPT_CUDA_TF32=1).
     tf32: bool,
+    /// The compute capability, major * 10 + minor (bf16 products need 80, Ampere).
+    cc: u32,
+    /// What training's matrix products multiply in (`dtype`); cached inference stays f32.
+    precision: Precision,
     /// The config and table; its `params` are what was uploaded at open (the live ones are on
     /// the device).
     host: Gpt,
@@ -84,7 +95,8 @@ impl CudaEngine {
         ops::attention_bound(model.config.head_size())?;
         let ctx = device::open_context()?;
         let name = ctx.name().unwrap_or_else(|_| "unknown NVIDIA GPU".into());
-        let kernels = Kernels::load(&ctx)?;
+        let cc = device::compute_capability(&ctx)?;
+        let kernels = Kernels::load(&ctx, cc)?;
         let tf32 = std::env::var("NANOGPT_CUDA_TF32").is_ok_and(|v| v == "1");
         let blas = Blas::new(tf32)?;
         let stream = ctx.default_stream();
@@ -122,9 +134,12 @@ impl CudaEngine {
                 stream,
                 kernels,
                 blas,
+                bf16_operands: RefCell::new(DevBuf::zeros(0).map_err(alloc("bf16 operands"))?),
             },
             name,
             tf32,
+            cc,
+            precision: Precision::F32,
             params,
             grads: DevBuf::zeros(n).map_err(alloc("gradients"))?,
             m: DevBuf::zeros(n).map_err(alloc("moments"))?,
@@ -228,20 +243,39 @@ impl Engine for CudaEngine {
         format!("cuda ({})", self.name)
     }
 
-    /// The peak of the precision this engine computes in: FP32, or TF32 when enabled (the bf16
-    /// peak, nanoGPT's MFU denominator, belongs to a bf16 engine).
+    /// The peak of the precision this engine's products run in: bf16 (nanoGPT's MFU
+    /// denominator), FP32, or TF32 when enabled.
     fn peak_tflops(&self) -> (f64, &'static str) {
-        match (gpu_peak(&self.name), self.tf32) {
-            (Some(p), false) => (
+        match (gpu_peak(&self.name), self.precision, self.tf32) {
+            (Some(p), Precision::Bf16, _) => (
+                p.bf16,
+                "the GPU's dense bf16 peak from its data sheet (perf::GPU_PEAKS)",
+            ),
+            (Some(p), Precision::F32, false) => (
                 p.fp32,
                 "the GPU's FP32 peak from its data sheet (perf::GPU_PEAKS)",
             ),
-            (Some(p), true) => (
+            (Some(p), Precision::F32, true) => (
                 p.tf32,
                 "the GPU's dense TF32 peak from its data sheet (perf::GPU_PEAKS)",
             ),
-            (None, _) => (f64::NAN, "unknown GPU model: pass --peak_tflops for MFU"),
+            (None, ..) => (f64::NAN, "unknown GPU model: pass --peak_tflops for MFU"),
         }
+    }
+
+    fn set_training_dtype(&mut self, dtype: Dtype) -> Result<()> {
+        self.precision = match dtype {
+            Dtype::Float32 => Precision::F32,
+            // cuBLASLt's bf16 products need the tensor cores of Ampere (8.0) or newer.
+            Dtype::Bfloat16 if self.cc < 80 => bail!(
+                "dtype = \"bfloat16\" needs a GPU of compute capability 8.0 (Ampere) or newer; {} is {}.{}: use dtype = \"float32\"",
+                self.name,
+                self.cc / 10,
+                self.cc % 10
+            ),
+            Dtype::Bfloat16 => Precision::Bf16,
+        };
+        Ok(())
     }
 
     fn config(&self) -> &GptConfig {

@@ -19,11 +19,8 @@ pub(super) struct Kernels {
 }
 
 impl Kernels {
-    pub fn load(ctx: &Arc<CudaContext>) -> Result<Kernels> {
-        let (major, minor) = ctx
-            .compute_capability()
-            .map_err(|e| anyhow::anyhow!("could not read the GPU's compute capability: {e:?}"))?;
-        let cc = (major * 10 + minor) as u32;
+    /// The kernels for a GPU of compute capability `cc` (see `device::compute_capability`).
+    pub fn load(ctx: &Arc<CudaContext>, cc: u32) -> Result<Kernels> {
         let path = cache_path(cc);
         let cached = path.as_ref().and_then(|p| std::fs::read_to_string(p).ok());
         let module = match cached.map(|ptx| ctx.load_module(Ptx::from_src(ptx))) {

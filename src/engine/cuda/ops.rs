@@ -2,14 +2,17 @@
 //! argument lists live here, next to nothing else, so each matches its `.cu` signature at a
 //! glance. Buffers are passed as device addresses (`u64`, see `memory`), sizes as the kernel
 //! declares them (`u64` for `unsigned long long`, `i32` for `int`). Matrix products go to
-//! cuBLASLt (`matmul_forward`/`matmul_backward`, mapped from the CPU's row-major layouts).
+//! cuBLASLt (`matmul_forward`/`matmul_backward`, mapped from the CPU's row-major layouts), in
+//! f32 or in bf16 (`Precision::Bf16`: each operand rounded into a bf16 copy first, `bf16.cu`).
 
 use super::blas::{Blas, Gemm};
+use super::memory::{is_out_of_memory, DevBuf};
 use super::module::Kernels;
-use crate::kernels::cpu::matmul::Layout;
+use crate::kernels::cpu::matmul::{Layout, Precision};
 use crate::kernels::cuda::{ATTENTION_HEAD_SIZES, ATT_ROWS, COLSUM_ROWS, NORM_CHUNK};
 use anyhow::{anyhow, bail, Result};
 use cudarc::driver::{CudaContext, CudaStream, LaunchConfig, PushKernelArg};
+use std::cell::RefCell;
 use std::sync::Arc;
 
 pub(super) struct Gpu {
@@ -17,6 +20,8 @@ pub(super) struct Gpu {
     pub stream: Arc<CudaStream>,
     pub kernels: Kernels,
     pub blas: Blas,
+    /// The bf16 copies of one product's operands (bf16 products), grown to the largest.
+    pub bf16_operands: RefCell<DevBuf<u16>>,
 }
 
 /// Launches kernel `$name` with `$cfg` and the arguments in order (each bound to a local so it
@@ -577,10 +582,46 @@ impl Gpu {
         )
     }
 
-    /// out (rows, oc) = inp (rows, c) @ W [+ bias], W stored as `layout` (row-major).
+    /// Rounds each f32 operand (address, length) into a bf16 copy, the copies end to end in
+    /// `bf16_operands` (each 256-byte aligned, as cuBLASLt's fastest algorithms want); returns
+    /// the copies' addresses.
+    fn to_bf16<const N: usize>(&self, operands: [(u64, usize); N]) -> Result<[u64; N]> {
+        const ALIGN: usize = 128;
+        let total = operands
+            .iter()
+            .map(|&(_, len)| len.next_multiple_of(ALIGN))
+            .sum();
+        let mut scratch = self.bf16_operands.borrow_mut();
+        if scratch.len() < total {
+            // Products queued earlier may still read the old copies.
+            self.synchronize()?;
+            *scratch = DevBuf::zeros(total).map_err(|e| {
+                if is_out_of_memory(&e) {
+                    anyhow!(
+                        "out of GPU memory for the bf16 copies of a product's operands ({} MiB): use a smaller batch_size",
+                        (2 * total) >> 20
+                    )
+                } else {
+                    anyhow!("GPU allocation of the bf16 operands failed: {e:?}")
+                }
+            })?;
+        }
+        let mut copies = [0u64; N];
+        let mut at = 0;
+        for (copy, (src, len)) in copies.iter_mut().zip(operands) {
+            *copy = scratch.at(at);
+            launch!(self, "to_bf16", elementwise(len), *copy, src, len as u64)?;
+            at += len.next_multiple_of(ALIGN);
+        }
+        Ok(copies)
+    }
+
+    /// out (rows, oc) = inp (rows, c) @ W [+ bias], W stored as `layout` (row-major), multiplied
+    /// in `precision`.
     #[allow(clippy::too_many_arguments)]
     pub fn matmul_forward(
         &self,
+        precision: Precision,
         out: u64,
         inp: u64,
         w: u64,
@@ -596,6 +637,12 @@ impl Gpu {
             Layout::InOut => (false, oc),
             Layout::OutIn => (true, c),
         };
+        let bf16 = precision == Precision::Bf16;
+        let [w, inp] = if bf16 {
+            self.to_bf16([(w, c * oc), (inp, rows * c)])?
+        } else {
+            [w, inp]
+        };
         let g = Gemm {
             ta,
             tb: false,
@@ -607,15 +654,18 @@ impl Gpu {
             ldd: oc,
             accumulate: false,
             bias: bias.is_some(),
+            bf16,
         };
         self.blas.matmul(g, w, inp, out, bias)
     }
 
-    /// dinp = dout @ W^T (overwritten); dW += inp^T @ dout (dout^T @ inp for OutIn);
-    /// dbias += column sums of dout (`partial`: colsum_chunks(rows) * oc floats).
+    /// dinp = dout @ W^T (overwritten); dW += inp^T @ dout (dout^T @ inp for OutIn), both
+    /// products in `precision`; dbias += column sums of dout (`partial`: colsum_chunks(rows) *
+    /// oc floats), in f32.
     #[allow(clippy::too_many_arguments)]
     pub fn matmul_backward(
         &self,
+        precision: Precision,
         dinp: u64,
         dw: u64,
         dbias: Option<u64>,
@@ -628,6 +678,12 @@ impl Gpu {
         oc: usize,
         partial: u64,
     ) -> Result<()> {
+        let bf16 = precision == Precision::Bf16;
+        let [w_in, dout_in, inp_in] = if bf16 {
+            self.to_bf16([(w, c * oc), (dout, rows * oc), (inp, rows * c)])?
+        } else {
+            [w, dout, inp]
+        };
         let (dinp_gemm, dw_gemm, dw_ab) = match layout {
             // dinp^T (c x rows) = W (c x oc) dout^T: the (c, oc) buffer is (oc x c) col-major.
             // dW^T (oc x c) += dout^T (oc x rows) inp (rows x c).
@@ -643,6 +699,7 @@ impl Gpu {
                     ldd: c,
                     accumulate: false,
                     bias: false,
+                    bf16,
                 },
                 Gemm {
                     ta: false,
@@ -655,8 +712,9 @@ impl Gpu {
                     ldd: oc,
                     accumulate: true,
                     bias: false,
+                    bf16,
                 },
-                (dout, inp),
+                (dout_in, inp_in),
             ),
             // dinp^T (c x rows) = W^T (c x oc) dout^T: the (oc, c) buffer is (c x oc) col-major.
             // dW^T (c x oc) += inp^T (c x rows) dout (rows x oc).
@@ -672,6 +730,7 @@ impl Gpu {
                     ldd: c,
                     accumulate: false,
                     bias: false,
+                    bf16,
                 },
                 Gemm {
                     ta: false,
@@ -684,11 +743,12 @@ impl Gpu {
                     ldd: c,
                     accumulate: true,
                     bias: false,
+                    bf16,
                 },
-                (inp, dout),
+                (inp_in, dout_in),
             ),
         };
-        self.blas.matmul(dinp_gemm, w, dout, dinp, None)?;
+        self.blas.matmul(dinp_gemm, w_in, dout_in, dinp, None)?;
         self.blas.matmul(dw_gemm, dw_ab.0, dw_ab.1, dw, None)?;
         if let Some(db) = dbias {
             self.colsum(db, dout, rows, oc, partial)?;

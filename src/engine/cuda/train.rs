@@ -181,6 +181,7 @@ impl CudaEngine {
         mode: Mode,
     ) -> Result<Option<f32>> {
         let cfg = self.host.config.clone();
+        let precision = self.precision;
         let (c, nh, vp, v) = (
             cfg.n_embd,
             cfg.n_head,
@@ -254,6 +255,7 @@ impl CudaEngine {
             let lse = a.att_lse.at(l * b * nh * t);
             block_forward(
                 gpu,
+                precision,
                 a.residual3.at(lc),
                 residual,
                 &bufs,
@@ -278,6 +280,7 @@ impl CudaEngine {
             c,
         )?;
         gpu.matmul_forward(
+            precision,
             a.logits.ptr(),
             a.lnf.ptr(),
             p.at(tb.wte),
@@ -316,6 +319,7 @@ impl CudaEngine {
     /// the encoder's; returns once every sum is done.
     pub(super) fn backward_pass(&mut self, grad_scale: f32, all_reduce: bool) -> Result<()> {
         let cfg = self.host.config.clone();
+        let precision = self.precision;
         let (c, nh, vp, v, nl) = (
             cfg.n_embd,
             cfg.n_head,
@@ -378,6 +382,7 @@ impl CudaEngine {
             scale,
         )?;
         gpu.matmul_backward(
+            precision,
             g.dln.ptr(),
             gr.at(tb.wte),
             None,
@@ -425,6 +430,7 @@ impl CudaEngine {
                 site(l, SITE_MLP_RESID),
             )?;
             gpu.matmul_backward(
+                precision,
                 g.dfch.ptr(),
                 gr.at(o.fcproj_w),
                 bias(o.fcproj_b),
@@ -439,6 +445,7 @@ impl CudaEngine {
             )?;
             gpu.gelu_backward_inplace(g.dfch.ptr(), a.fch.at(l4c), bt * 4 * c)?;
             gpu.matmul_backward(
+                precision,
                 g.dln.ptr(),
                 gr.at(o.fc_w),
                 bias(o.fc_b),
@@ -474,6 +481,7 @@ impl CudaEngine {
                 site(l, SITE_ATTN_RESID),
             )?;
             gpu.matmul_backward(
+                precision,
                 g.datty.ptr(),
                 gr.at(o.attproj_w),
                 bias(o.attproj_b),
@@ -500,6 +508,7 @@ impl CudaEngine {
                 site(l, SITE_ATTN),
             )?;
             gpu.matmul_backward(
+                precision,
                 g.dln.ptr(),
                 gr.at(o.qkv_w),
                 bias(o.qkv_b),

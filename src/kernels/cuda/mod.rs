@@ -2,7 +2,8 @@
 //! needs no CUDA toolkit). One `.cu` file per op, the math in its header, forward and backward
 //! side by side, as the CPU kernels. NVRTC has no CUDA headers at run time, so the files include
 //! nothing: they are concatenated into one program, `common.cu` (hash, reductions) first.
-//! Matrix products are not here: they go to cuBLASLt (`engine::cuda::blas`).
+//! Matrix products are not here: they go to cuBLASLt (`engine::cuda::blas`), in f32 or, with
+//! their operands rounded by `bf16.cu`, in bf16 on the tensor cores.
 
 use anyhow::{bail, Context, Result};
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileError, CompileOptions};
@@ -10,6 +11,7 @@ use cudarc::nvrtc::{compile_ptx_with_opts, CompileError, CompileOptions};
 /// The kernel files in program order: a file may use what the files before it define.
 pub const SOURCES: &[(&str, &str)] = &[
     ("common.cu", include_str!("common.cu")),
+    ("bf16.cu", include_str!("bf16.cu")),
     ("colsum.cu", include_str!("colsum.cu")),
     ("encoder.cu", include_str!("encoder.cu")),
     ("layernorm.cu", include_str!("layernorm.cu")),
@@ -36,6 +38,7 @@ pub const ATT_ROWS: usize = 64;
 /// Every kernel entry point the engine launches.
 pub fn entry_points() -> Vec<String> {
     let mut names: Vec<String> = [
+        "to_bf16",
         "colsum_partial",
         "colsum_finish",
         "encoder_forward",

@@ -1,0 +1,24 @@
+// bf16 operands for the tensor cores: dtype = "bfloat16" multiplies every matrix in bf16 with
+// f32 sums (PyTorch's autocast for a linear layer, and the CPU engine's `Precision::Bf16`), so
+// each product's two operands are rounded from their f32 buffers into bf16 copies first. There
+// is no backward: rounding sits in front of a product, whose backward rounds its own operands.
+//
+// math: bf(x) = x rounded to 8 significant bits, to nearest even:
+//   bits(bf(x)) = (u + 0x7fff + ((u >> 16) & 1)) >> 16,  u = bits(x)
+// a NaN stays a quiet NaN (u >> 16 | 0x40), an f32 subnormal becomes a zero of its sign.
+// Bit for bit `kernels::cpu::matmul_bf16::bf16_bits`, so both engines multiply the same values.
+// Written with integer operations (no cuda_bf16.h under NVRTC).
+
+typedef unsigned short bf16;
+
+__device__ __forceinline__ bf16 bf16_bits(float x) {
+    unsigned int u = __float_as_uint(x);
+    if ((u & 0x7f800000u) == 0) return (bf16)((u >> 16) & 0x8000u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16)((u >> 16) | 0x40u);
+    return (bf16)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+extern "C" __global__ void to_bf16(bf16* out, const float* in, u64 n) {
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = bf16_bits(in[i]);
+}
