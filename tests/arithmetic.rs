@@ -9,10 +9,11 @@ use std::sync::atomic::AtomicBool;
 
 mod common;
 
+use common::TempDir;
+
 #[test]
 fn a_few_seconds_of_training_beats_chance_on_one_digit_addition() {
-    let dir = std::env::temp_dir().join(format!("nanogpt-arith-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = TempDir::new("arith", "run");
     let opts = ArithmeticOptions {
         ops: vec![Op::Add],
         format: Format::Reversed,
@@ -75,12 +76,13 @@ fn a_few_seconds_of_training_beats_chance_on_one_digit_addition() {
     );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["test"]["overall"]["all"].as_f64(), Some(accuracy));
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn repeated_ops_and_no_training_problems_are_refused() {
-    let dir = std::env::temp_dir().join(format!("nanogpt-arith-bad-{}", std::process::id()));
+    // Inside a scratch directory, so that a dataset written by mistake is removed too.
+    let root = TempDir::new("arith", "bad");
+    let dir = root.join("data");
     for (opts, mention) in [
         (
             ArithmeticOptions {

@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::TempDir;
 use nanogpt::data::batch::sample_batch;
 use nanogpt::data::prepare::{read_text, split_chars};
 use nanogpt::data::tokens::{SHARD_HEADER_BYTES, SHARD_MAGIC};
@@ -13,13 +14,6 @@ use nanogpt::rng::Rng;
 use nanogpt::tokenizer::CharVocab;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-
-fn tmp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("nanogpt-data-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
 
 fn fixture_json(name: &str) -> serde_json::Value {
     let path = common::fixtures().join(name);
@@ -57,7 +51,7 @@ fn err_of<T: std::fmt::Debug>(r: anyhow::Result<T>) -> String {
 #[test]
 fn prepare_char_matches_nanogpt() {
     let fx = fixture_json("shakespeare_char.json");
-    let dir = tmp_dir("char");
+    let dir = TempDir::new("data", "char");
     let s = prepare_shakespeare_char(&shakespeare(), &dir).expect("prepare");
     assert_eq!(
         s.vocab_size as u64,
@@ -93,13 +87,12 @@ fn prepare_char_matches_nanogpt() {
         "{e}"
     );
     assert_no_tmp(&dir);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn prepare_bpe_matches_nanogpt() {
     let fx = fixture_json("shakespeare_bpe.json");
-    let dir = tmp_dir("bpe");
+    let dir = TempDir::new("data", "bpe");
     let s = prepare_shakespeare_bpe(&shakespeare(), &dir.join("sub")).expect("prepare");
     assert_eq!(s.vocab_size, 50257);
     assert_eq!(
@@ -119,24 +112,22 @@ fn prepare_bpe_matches_nanogpt() {
     let val = TokenFile::open(&s.val_path, 50257).expect("open val.bin");
     assert_eq!(val.len(), s.val_tokens);
     assert_no_tmp(&dir.join("sub"));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn prepare_errors_name_the_file() {
-    let dir = tmp_dir("prep-err");
+    let dir = TempDir::new("data", "prep-err");
     let e = err_of(prepare_shakespeare_char(&dir.join("nope.txt"), &dir));
     assert!(e.contains("nope.txt"), "{e}");
     let bad = dir.join("latin1.txt");
     std::fs::write(&bad, b"caf\xe9").expect("write");
     let e = err_of(prepare_shakespeare_bpe(&bad, &dir));
     assert!(e.contains("latin1.txt") && e.contains("not UTF-8"), "{e}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn text_reading_and_splitting_follow_python() {
-    let dir = tmp_dir("text");
+    let dir = TempDir::new("data", "text");
     let path = dir.join("crlf.txt");
     std::fs::write(&path, "a\r\nb\rc\n").expect("write");
     assert_eq!(read_text(&path).expect("read"), "a\nb\nc\n");
@@ -145,12 +136,11 @@ fn text_reading_and_splitting_follow_python() {
     // int(n * 0.9) truncates: 5 chars -> 4.
     assert_eq!(split_chars("abcde", 0.9), ("abcd", "e"));
     assert_eq!(split_chars("", 0.9), ("", ""));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn raw_and_shard_round_trip() {
-    let dir = tmp_dir("roundtrip");
+    let dir = TempDir::new("data", "roundtrip");
     let tokens: Vec<u32> = (0..5000).map(|i| (i * 7919) % 50257).collect();
     let want: Vec<u16> = tokens.iter().map(|&t| t as u16).collect();
 
@@ -178,12 +168,11 @@ fn raw_and_shard_round_trip() {
     let f = TokenFile::open(&empty, 10).expect("open empty");
     assert!(f.is_empty() && f.tokens().is_empty());
     assert_no_tmp(&dir);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn token_file_errors() {
-    let dir = tmp_dir("errors");
+    let dir = TempDir::new("data", "errors");
     let p = |name: &str| dir.join(name);
 
     let e = err_of(TokenFile::open(&p("missing.bin"), 65));
@@ -264,7 +253,6 @@ fn token_file_errors() {
     assert!(e.contains("wide.bin") && e.contains("70000"), "{e}");
     assert!(!p("wide.bin").exists());
     assert_no_tmp(&dir);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -314,7 +302,7 @@ fn batch_offsets_cover_exactly_the_valid_range() {
 
 #[test]
 fn batches_are_deterministic_and_reuse_buffers() {
-    let dir = tmp_dir("batch");
+    let dir = TempDir::new("data", "batch");
     let tokens: Vec<u32> = (0..4096).map(|i| (i * 31 + 7) % 65).collect();
     let path = dir.join("train.bin");
     write_tokens(&path, &tokens, TokenFormat::RawU16).expect("write");
@@ -347,5 +335,4 @@ fn batches_are_deterministic_and_reuse_buffers() {
     let (mut mx, mut my) = (Vec::new(), Vec::new());
     sample_batch(&mem, &mut Rng::new(1337), 4, 64, &mut mx, &mut my).expect("batch");
     assert_eq!((mx, my), a);
-    let _ = std::fs::remove_dir_all(&dir);
 }

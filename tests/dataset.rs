@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::TempDir;
 use nanogpt::arithmetic::{prepare_arithmetic, ArithmeticOptions, Op};
 use nanogpt::atomic_file::{tmp_path, PendingFile};
 use nanogpt::data::dataset::{
@@ -17,15 +18,8 @@ use nanogpt::rng::Rng;
 use nanogpt::tokenizer::{Gpt2Bpe, EOT};
 use nanogpt::train::{train, TrainConfig};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
-
-fn tmp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("nanogpt-dataset-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
 
 /// Every file in `dir` and its bytes.
 fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
@@ -83,7 +77,7 @@ fn err_text<T: std::fmt::Debug>(r: anyhow::Result<T>) -> String {
 
 #[test]
 fn a_commit_verifies_and_changed_files_are_refused() {
-    let dir = tmp_dir("verify");
+    let dir = TempDir::new("dataset", "verify");
     // No record: read as it is.
     std::fs::write(dir.join("train.bin"), [1u8, 0]).expect("write");
     assert_eq!(verify(&dir).expect("legacy"), Verified::Legacy);
@@ -140,7 +134,7 @@ fn a_commit_verifies_and_changed_files_are_refused() {
 /// byte for byte.
 #[test]
 fn every_intermediate_state_of_a_commit_is_complete_or_refused() {
-    let root = tmp_dir("steps");
+    let root = TempDir::new("dataset", "steps");
     for legacy in [false, true] {
         // The old state: a larger dataset with a shard family the new one does not have.
         let old_dir = root.join(format!("old-{legacy}"));
@@ -250,7 +244,7 @@ fn dataset_names_stay_under_data_dir() {
         );
     }
     // Through the binary: nothing is written outside --data_dir.
-    let root = tmp_dir("names");
+    let root = TempDir::new("dataset", "names");
     let input = root.join("in.txt");
     std::fs::write(&input, "hello").expect("write");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_nanogpt"))
@@ -272,7 +266,7 @@ fn dataset_names_stay_under_data_dir() {
 /// a surrogate pair and an escaped backslash before `ud800` stay what they are.
 #[test]
 fn lone_surrogates_in_json_lines_become_replacement_characters() {
-    let dir = tmp_dir("surrogates");
+    let dir = TempDir::new("dataset", "surrogates");
     let input = dir.join("docs.jsonl");
     std::fs::write(
         &input,
@@ -352,7 +346,7 @@ fn tiny_config(data_dir: &Path, name: &str, out_dir: &Path) -> TrainConfig {
 /// bit for bit: batches over shards are the batches over their concatenation.
 #[test]
 fn training_reads_shards_as_the_same_sequence_as_train_bin() {
-    let root = tmp_dir("shards");
+    let root = TempDir::new("dataset", "shards");
     let text = std::fs::read_to_string(common::fixtures().join("../data/tinyshakespeare.txt"))
         .expect("tiny shakespeare");
     let docs: String = text
@@ -415,7 +409,7 @@ fn training_reads_shards_as_the_same_sequence_as_train_bin() {
 /// the folder and says to rerun the prepare command.
 #[test]
 fn train_refuses_a_half_committed_dataset() {
-    let root = tmp_dir("half");
+    let root = TempDir::new("dataset", "half");
     let text = std::fs::read_to_string(common::fixtures().join("../data/tinyshakespeare.txt"))
         .expect("tiny shakespeare");
     let data = root.join("data");
@@ -458,7 +452,7 @@ fn train_refuses_a_half_committed_dataset() {
 /// record beside the old `test.txt`) with the one-line message `train` gives.
 #[test]
 fn sample_and_eval_refuse_a_half_committed_dataset() {
-    let root = tmp_dir("half-sample-eval");
+    let root = TempDir::new("dataset", "half-sample-eval");
     let data = root.join("data");
     let ds = data.join("arithmetic");
     for (dir, seed) in [(&ds, 1), (&data.join("other"), 2)] {
@@ -530,7 +524,7 @@ fn sample_and_eval_refuse_a_half_committed_dataset() {
 /// from them is the window at one of them.
 #[test]
 fn windows_drawn_from_line_breaks_begin_at_newlines_across_shards() {
-    let root = tmp_dir("line-starts");
+    let root = TempDir::new("dataset", "line-starts");
     let mut rng = Rng::new(3);
     let docs: String = (0..200)
         .map(|_| {
@@ -602,5 +596,4 @@ fn windows_drawn_from_line_breaks_begin_at_newlines_across_shards() {
         "{} distinct windows of {n}, expected about {expected:.0}",
         seen.len()
     );
-    let _ = std::fs::remove_dir_all(&root);
 }

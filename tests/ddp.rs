@@ -69,7 +69,7 @@ fn params(dir: &Path) -> Vec<(String, Vec<f32>)> {
 
 #[test]
 fn two_ranks_train_as_one_process_does() {
-    let root = common::temp_dir("ddp", "equal");
+    let root = common::TempDir::new("ddp", "equal");
     let data = common::prepare_shakespeare_char(&root);
     // Evaluating every iteration checks that both ranks hold the same bits after every step.
     let every = ["--eval_interval=1"];
@@ -111,7 +111,6 @@ fn two_ranks_train_as_one_process_does() {
         let err = common::rel_err(b, a);
         assert!(err <= 1e-6, "{name}: relative difference {err:e}");
     }
-    std::fs::remove_dir_all(&root).ok();
 }
 
 /// A checkpoint's files whose bits must agree between runs that trained alike.
@@ -138,7 +137,7 @@ fn run_ok(mut cmd: Command) -> String {
 /// is stopped at step 5 and resumed (the moments gathered into the checkpoint, then split).
 #[test]
 fn zero1_gives_the_bits_of_the_unsharded_update() {
-    let root = common::temp_dir("ddp", "zero1");
+    let root = common::TempDir::new("ddp", "zero1");
     let data = common::prepare_shakespeare_char(&root);
     let args = |out: &str, iters: usize, extra: &[&str]| {
         let mut flags = vec!["--decay_lr=false", "--eval_interval=5"];
@@ -156,14 +155,13 @@ fn zero1_gives_the_bits_of_the_unsharded_update() {
         &args("halves", 10, &["--zero_stage=1", "--init_from=resume"]),
     ));
     assert_eq!(want, checkpoint_bytes(&root.join("halves/latest")));
-    std::fs::remove_dir_all(&root).ok();
 }
 
 /// A launcher's run of one rank (nanoGPT's DDP at world size 1: through the collective, which a
 /// GPU run does with NCCL) trains to the bits of a run without a launcher.
 #[test]
 fn one_rank_under_the_launcher_gives_the_bits_of_no_launcher() {
-    let root = common::temp_dir("ddp", "one");
+    let root = common::TempDir::new("ddp", "one");
     let data = common::prepare_shakespeare_char(&root);
     let mut alone = common::nanogpt();
     alone
@@ -180,7 +178,6 @@ fn one_rank_under_the_launcher_gives_the_bits_of_no_launcher() {
         checkpoint_bytes(&root.join("alone/latest")),
         checkpoint_bytes(&root.join("one/latest"))
     );
-    std::fs::remove_dir_all(&root).ok();
 }
 
 /// Three ranks (where the order of a sum matters: a + b = b + a, but (a + b) + c is not
@@ -268,7 +265,7 @@ fn log_until(
 
 #[test]
 fn a_killed_rank_stops_the_others_and_the_checkpoint_survives() {
-    let root = common::temp_dir("ddp", "kill");
+    let root = common::TempDir::new("ddp", "kill");
     let data = common::prepare_shakespeare_char(&root);
     let out = root.join("out");
     let mut launcher = launch(29532, &train_args(&data, &out, 100_000, &[]))
@@ -304,12 +301,11 @@ fn a_killed_rank_stops_the_others_and_the_checkpoint_survives() {
     // Rank 0 saved at iteration 10 and 20; that checkpoint loads.
     let (model, state) = nanogpt::load::trained(&out).expect("the last checkpoint loads");
     assert!(state.iter_num >= 20 && model.params.iter().all(|x| x.is_finite()));
-    std::fs::remove_dir_all(&root).ok();
 }
 
 #[test]
 fn ctrl_c_on_the_launcher_saves_and_a_resume_continues_exactly() {
-    let root = common::temp_dir("ddp", "resume");
+    let root = common::TempDir::new("ddp", "resume");
     let data = common::prepare_shakespeare_char(&root);
     let constant = ["--decay_lr=false"];
     let full = launch(29533, &train_args(&data, &root.join("full"), 40, &constant))
@@ -346,12 +342,11 @@ fn ctrl_c_on_the_launcher_saves_and_a_resume_continues_exactly() {
     )));
     let whole = common::loss_lines(&String::from_utf8_lossy(&full.stdout));
     assert_eq!(cut, whole);
-    std::fs::remove_dir_all(&root).ok();
 }
 
 #[test]
 fn ranks_with_different_settings_or_an_uneven_share_are_refused() {
-    let root = common::temp_dir("ddp", "refuse");
+    let root = common::TempDir::new("ddp", "refuse");
     let data = common::prepare_shakespeare_char(&root);
     let rank = |r: usize, extra: &[&str], port: u16| {
         common::nanogpt()
@@ -382,5 +377,4 @@ fn ranks_with_different_settings_or_an_uneven_share_are_refused() {
         .expect("wait");
     assert!(String::from_utf8_lossy(&uneven.stderr)
         .contains("gradient_accumulation_steps (3) must be a multiple of the number of ranks (2)"));
-    std::fs::remove_dir_all(&root).ok();
 }

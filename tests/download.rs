@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::read_http_request;
+use common::{read_http_request, TempDir};
 use nanogpt::download::download;
 use std::io::Write;
 use std::net::TcpListener;
@@ -53,13 +53,6 @@ fn serve(
     (url, log)
 }
 
-fn temp(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("nanogpt-dl-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 fn body() -> Vec<u8> {
     (0..200_000u32).map(|i| (i % 251) as u8).collect()
 }
@@ -67,7 +60,7 @@ fn body() -> Vec<u8> {
 #[test]
 fn downloads_whole_file() {
     let (url, _) = serve(body(), 0, false);
-    let dir = temp("whole");
+    let dir = TempDir::new("dl", "whole");
     download(&url, &dir.join("out.txt"), "hint").unwrap();
     assert_eq!(std::fs::read(dir.join("out.txt")).unwrap(), body());
     assert!(!dir.join("out.txt.part").exists());
@@ -76,7 +69,7 @@ fn downloads_whole_file() {
 #[test]
 fn resumes_a_partial_file_with_a_range_request() {
     let (url, log) = serve(body(), 0, false);
-    let dir = temp("resume");
+    let dir = TempDir::new("dl", "resume");
     std::fs::write(dir.join("out.txt.part"), &body()[..12_345]).unwrap();
     download(&url, &dir.join("out.txt"), "hint").unwrap();
     assert_eq!(std::fs::read(dir.join("out.txt")).unwrap(), body());
@@ -86,7 +79,7 @@ fn resumes_a_partial_file_with_a_range_request() {
 #[test]
 fn retries_after_a_dropped_connection_and_continues_where_it_stopped() {
     let (url, log) = serve(body(), 1, false);
-    let dir = temp("retry");
+    let dir = TempDir::new("dl", "retry");
     download(&url, &dir.join("out.txt"), "hint").unwrap();
     assert_eq!(std::fs::read(dir.join("out.txt")).unwrap(), body());
     let log = log.lock().unwrap();
@@ -101,7 +94,7 @@ fn retries_after_a_dropped_connection_and_continues_where_it_stopped() {
 #[test]
 fn missing_file_is_a_clear_error_and_leaves_nothing() {
     let (url, _) = serve(body(), 0, true);
-    let dir = temp("404");
+    let dir = TempDir::new("dl", "404");
     let err = download(&url, &dir.join("out.txt"), "pass --input FILE")
         .unwrap_err()
         .to_string();
@@ -119,7 +112,7 @@ fn no_server_says_what_to_do() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let dir = temp("refused");
+    let dir = TempDir::new("dl", "refused");
     let err = download(
         &format!("http://{addr}/x"),
         &dir.join("out.txt"),

@@ -14,17 +14,11 @@ use common::fault::{
     check_after_kill, dataset_snapshot, fault_rng, kill_delay, kills_wanted, restore, run_killed,
     run_ok, temp_files, Found, Tally,
 };
+use common::TempDir;
 use nanogpt::atomic_file::tmp_path;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn tmp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("nanogpt-fault-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
 
 /// Two corpora as JSON lines, of different sizes and vocabularies: A is the first 4000 lines
 /// of tiny Shakespeare (about 60 characters), B the next 3000 lowercased and stripped to
@@ -162,7 +156,7 @@ fn kill_repeatedly(
 /// `meta.json` (the 5-in-40 failure).
 #[test]
 fn prepare_text_char_killed_at_random() {
-    let dir = tmp_dir("text-char");
+    let dir = TempDir::new("fault", "text-char");
     let (a, b) = corpora(&dir);
     let data = dir.join("data");
     let ds = data.join("ds");
@@ -180,7 +174,7 @@ fn prepare_text_char_killed_at_random() {
 /// old vocabulary.
 #[test]
 fn prepare_text_gpt2_over_char_shards_killed_at_random() {
-    let dir = tmp_dir("text-gpt2");
+    let dir = TempDir::new("fault", "text-gpt2");
     let (a, b) = corpora(&dir);
     let data = dir.join("data");
     let ds = data.join("ds");
@@ -204,7 +198,7 @@ fn prepare_text_gpt2_over_char_shards_killed_at_random() {
 
 #[test]
 fn prepare_shakespeare_char_killed_at_random() {
-    let dir = tmp_dir("shakespeare-char");
+    let dir = TempDir::new("fault", "shakespeare-char");
     let text = std::fs::read_to_string(common::fixtures().join("../data/tinyshakespeare.txt"))
         .expect("tiny shakespeare");
     let (a, b) = (dir.join("a.txt"), dir.join("b.txt"));
@@ -234,7 +228,7 @@ fn prepare_shakespeare_char_killed_at_random() {
 /// files; then a rerun finishes.
 #[test]
 fn prepare_text_on_a_full_disk_keeps_the_old_dataset() {
-    let dir = tmp_dir("disk-full");
+    let dir = TempDir::new("fault", "disk-full");
     let (a, b) = corpora(&dir);
     let data = dir.join("data");
     let ds = data.join("ds");
@@ -287,7 +281,7 @@ fn prepare_text_on_a_full_disk_keeps_the_old_dataset() {
 /// rolled it forward to the new dataset first.
 #[test]
 fn a_commit_killed_during_its_renames_is_rolled_forward_by_the_next_prepare() {
-    let dir = tmp_dir("roll-forward");
+    let dir = TempDir::new("fault", "roll-forward");
     let (a, b) = corpora(&dir);
     let data = dir.join("data");
     let ds = data.join("ds");

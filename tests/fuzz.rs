@@ -14,6 +14,9 @@
 //! is reproducible; `FUZZ_SEED=<n>` picks another and `FUZZ_ITERS=<n>` sets the inputs per
 //! target (default `DEFAULT_ITERS`) for long local runs. Run with `--nocapture` for the counts.
 
+mod common;
+
+use common::TempDir;
 use nanogpt::config::{GptConfig, TrainConfig};
 use nanogpt::data::corpus::{CorpusReader, InputFile, InputKind, ReaderOptions};
 use nanogpt::data::dataset::stage;
@@ -285,13 +288,6 @@ fn env_u64(key: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn target_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("nanogpt-fuzz-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// Runs one target: its seeds, its regressions, then `FUZZ_ITERS` mutated inputs, on a worker
 /// thread watched for hangs. Panics listing every failing input.
 fn fuzz(t: Target) {
@@ -300,7 +296,7 @@ fn fuzz(t: Target) {
     let (progress, watch) = mpsc::channel::<String>();
     let name = t.name;
     let worker = std::thread::spawn(move || {
-        let dir = target_dir(t.name);
+        let dir = TempDir::new("fuzz", t.name);
         let seeds = (t.setup)(&dir);
         assert!(!seeds.is_empty());
         let file = dir.join(t.file);
@@ -350,7 +346,6 @@ fn fuzz(t: Target) {
                 }
             }
         }
-        let _ = std::fs::remove_dir_all(&dir);
         (accepted, rejected, failures, slowest, peak)
     });
     let mut last = String::from("setup");
@@ -785,9 +780,7 @@ fn fuzz_llama_tokenizer_model() {
 /// through the binary, with backtraces asked for, stderr holds only that line.
 #[test]
 fn a_parquet_decoder_panic_is_one_error_line() {
-    let dir = std::env::temp_dir().join(format!("nanogpt-fuzz-{}-panic", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = TempDir::new("fuzz", "panic");
     let input = dir.join("damaged.parquet");
     std::fs::write(
         &input,

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{nanogpt, prepare_shakespeare_char, temp_dir, TINY_CHAR_TRAIN};
+use common::{nanogpt, prepare_shakespeare_char, TempDir, TINY_CHAR_TRAIN};
 use nanogpt::engine::cpu::CpuEngine;
 use nanogpt::engine::{Engine, InferenceWeights, KvDtype};
 
@@ -39,7 +39,7 @@ fn mean_nll(engine: &CpuEngine, tokens: &[u32], rows: usize, len: usize) -> f64 
 
 #[test]
 fn int8_perplexity_is_within_one_percent_of_f32() {
-    let root = temp_dir("int8-ppl", "run");
+    let root = TempDir::new("int8-ppl", "run");
     let data = prepare_shakespeare_char(&root);
     let out = root.join("out");
     // 128 wide, so every matrix's rows are whole groups of 64.
@@ -99,5 +99,4 @@ fn int8_perplexity_is_within_one_percent_of_f32() {
             "int8/f32 perplexity ratio {ratio} with the {cache} cache"
         );
     }
-    std::fs::remove_dir_all(&root).ok();
 }

@@ -79,7 +79,7 @@ fn le_f32(b: &[u8]) -> f32 {
 
 #[test]
 fn llama2c_v2_is_dequantized_as_q_times_scale_within_half_a_step_of_v1() {
-    let dir = common::temp_dir("llama", "v2");
+    let dir = common::TempDir::new("llama", "v2");
     for name in MODELS {
         let (v2, format) = read(&format!("{name}.v2.bin"));
         assert_eq!(format, Llama2cFormat::V2 { group_size: 64 });
@@ -130,7 +130,7 @@ fn llama2c_v2_is_dequantized_as_q_times_scale_within_half_a_step_of_v1() {
 
 #[test]
 fn llama2c_v1_and_hf_exports_round_trip_bit_exactly() {
-    let dir = common::temp_dir("llama", "export");
+    let dir = common::TempDir::new("llama", "export");
     for name in MODELS {
         let hf = load_hf_dir(&llama_fixtures().join(name)).unwrap();
         // From the HF weights, llama2.c's own v1 file byte for byte.
@@ -182,7 +182,8 @@ fn llama2c_reads_karpathys_stories260k() {
 /// `bytes` written to a temp file named `name`; the error reading it, which must be one line
 /// naming the file.
 fn read_error(bytes: &[u8], name: &str) -> String {
-    let path = common::temp_dir("llama", "bad").join(name);
+    let dir = common::TempDir::new("llama", "bad");
+    let path = dir.join(name);
     std::fs::write(&path, bytes).unwrap();
     let err = match read_llama2c(&path) {
         Ok(_) => panic!("{name}: read without error"),
@@ -247,7 +248,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[test]
 fn llama_hf_dir_that_does_not_match_its_config_is_refused() {
-    let dir = common::temp_dir("llama", "hf-bad");
+    let dir = common::TempDir::new("llama", "hf-bad");
     copy_dir(&llama_fixtures().join("tiny-llama"), &dir);
     let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
     let set = |from: &str, to: &str| {
@@ -503,7 +504,7 @@ fn llama_tokenizer_model_equals_its_bin_export_and_decodes_unk_as_trained() {
 
 #[test]
 fn llama_tokenizer_bad_files_are_one_line_errors_naming_the_file() {
-    let dir = common::temp_dir("llama", "bad-tok");
+    let dir = common::TempDir::new("llama", "bad-tok");
     for (name, cut) in [
         ("tok512.bin", 100),
         ("tok512.model", 7000),

@@ -6,7 +6,7 @@ mod common;
 
 use common::llama_fixtures;
 
-use common::{fixtures, nanogpt, temp_dir};
+use common::{fixtures, nanogpt, TempDir};
 use nanogpt::engine::cpu::CpuEngine;
 use nanogpt::engine::{Engine, Mode};
 use nanogpt::load::{model_only, ModelSource};
@@ -55,7 +55,7 @@ fn logits(path: &Path, tokens: &[u32]) -> Vec<f32> {
 
 #[test]
 fn llama_exports_load_back_bit_for_bit() {
-    let dir = temp_dir("llama-export", "roundtrip");
+    let dir = TempDir::new("llama-export", "roundtrip");
     for name in ["tiny-llama", "tiny-llama-tied"] {
         let from = llama_fixtures().join(name);
         let original = params(&from);
@@ -93,7 +93,6 @@ fn llama_exports_load_back_bit_for_bit() {
         !out.status.success() && err.contains("--format=hf"),
         "{err}"
     );
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// llama2.c's `run`, when the peer build is there (it is beside the fixtures on the project's
@@ -132,7 +131,7 @@ fn run_c_runs_the_v0_export_as_its_own_file() {
         eprintln!("skipped: ../shared/peers/llama2c/run is built for x86-64-v4 (AVX-512), which this CPU lacks");
         return;
     }
-    let dir = temp_dir("llama-export", "run-c");
+    let dir = TempDir::new("llama-export", "run-c");
     let bin = dir.join("tiny.bin");
     export(&llama_fixtures().join("tiny-llama"), "llama2c", &bin);
     let tok = llama_fixtures().join("tok512.bin");
@@ -161,14 +160,13 @@ fn run_c_runs_the_v0_export_as_its_own_file() {
             "-t {t} -p {p} -s {s}"
         );
     }
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// Trains a small Llama through the binary (prepared with the fixtures' sentencepiece
 /// tokenizer), resumes it, then exports it three ways and loads each back: the same logits.
 #[test]
 fn a_trained_llama_resumes_exports_and_loads_back_with_the_same_logits() {
-    let dir = temp_dir("llama-export", "trained");
+    let dir = TempDir::new("llama-export", "trained");
     let data = dir.join("data");
     run(nanogpt().args([
         "prepare",
@@ -239,5 +237,4 @@ fn a_trained_llama_resumes_exports_and_loads_back_with_the_same_logits() {
         "--max_new_tokens=8",
     ]));
     assert!(String::from_utf8_lossy(&text).starts_with("ROMEO:"));
-    std::fs::remove_dir_all(&dir).ok();
 }

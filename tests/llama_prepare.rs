@@ -5,7 +5,7 @@ mod common;
 
 use common::llama_fixtures;
 
-use common::{fixtures, nanogpt, temp_dir};
+use common::{fixtures, nanogpt, TempDir};
 use nanogpt::data::{dataset, prepare_text, TextPrepareOptions, TextTokenizer};
 use nanogpt::llama::tokenizer::{LlamaTokenizer, BOS};
 use nanogpt::tokenizer::Tokenizer;
@@ -88,7 +88,7 @@ fn llama_prepare_reproduces_the_fixture_training_stream_from_model_and_bin() {
     let want = &cases()["training_stream"];
     let docs = training_documents();
     assert_eq!(docs.len() as u64, want["documents"].as_u64().expect("n"));
-    let dir = temp_dir("llama-prepare", "stream");
+    let dir = TempDir::new("llama-prepare", "stream");
     let input = dir.join("docs.jsonl");
     write_jsonl(&input, &docs);
     // Both files, whole documents and documents cut into ~100-byte pieces (encoded as
@@ -160,7 +160,7 @@ fn llama_prepare_first_10k_chars_and_a_cut_text_file_equal_whole_encoding() {
     // The whole text as one .txt document, read and encoded in 4 KiB pieces: the tokens of
     // the whole, with one BOS.
     assert!(tok.newline_ends_merges());
-    let dir = temp_dir("llama-prepare", "txt");
+    let dir = TempDir::new("llama-prepare", "txt");
     let input = dir.join("input.txt");
     // Leading and repeated spaces: the normalizer's work at the start and inside pieces.
     let text = format!("   {}  \n", text.replace("\nAll:", "\n  All:  the  people"));
@@ -179,7 +179,7 @@ fn llama_prepare_first_10k_chars_and_a_cut_text_file_equal_whole_encoding() {
 
 #[test]
 fn llama_dataset_remembers_its_tokenizer_and_other_modes_replace_it() {
-    let dir = temp_dir("llama-prepare", "folder");
+    let dir = TempDir::new("llama-prepare", "folder");
     let input = dir.join("docs.jsonl");
     write_jsonl(
         &input,
@@ -269,7 +269,7 @@ fn llama_dataset_remembers_its_tokenizer_and_other_modes_replace_it() {
 
 #[test]
 fn llama_prepare_bad_tokenizers_are_one_line_errors_naming_the_file() {
-    let dir = temp_dir("llama-prepare", "errors");
+    let dir = TempDir::new("llama-prepare", "errors");
     let input = dir.join("docs.jsonl");
     write_jsonl(&input, &["hello".into()]);
     let garbage = dir.join("garbage.model");
@@ -282,7 +282,14 @@ fn llama_prepare_bad_tokenizers_are_one_line_errors_naming_the_file() {
     let noext = dir.join("tokenizer");
     std::fs::write(&noext, "neither\n").expect("write");
     let missing = dir.join("missing.model");
-    for file in [&missing, &garbage, &garbage_bin, &cut, &noext, &dir] {
+    for file in [
+        &missing,
+        &garbage,
+        &garbage_bin,
+        &cut,
+        &noext,
+        &dir.to_path_buf(),
+    ] {
         let (ok, _, stderr) = prepare(&[
             &path_arg("input", &input),
             &path_arg("tokenizer", file),

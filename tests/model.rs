@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{fixtures, rel_err};
+use common::{fixtures, rel_err, TempDir};
 use nanogpt::config::GptConfig;
 use nanogpt::engine::cpu::CpuEngine;
 use nanogpt::engine::{AdamW, Engine, Feed, Mode};
@@ -44,7 +44,7 @@ fn both_hf_layouts_load_identically() {
 #[test]
 fn save_and_reload_is_lossless() {
     let a = load_hf_dir(&fixtures().join("tiny-gpt2")).unwrap();
-    let dir = std::env::temp_dir().join(format!("nanogpt-save-{}", std::process::id()));
+    let dir = TempDir::new("model", "save");
     save_hf_dir(&a, &dir).unwrap();
     let b = load_hf_dir(&dir).unwrap();
     assert_eq!(a.config, b.config);
@@ -70,7 +70,6 @@ fn save_and_reload_is_lossless() {
             "{n}"
         );
     }
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -80,8 +79,7 @@ fn missing_or_truncated_weights_name_the_file() {
         .unwrap()
         .to_string();
     assert!(err.contains("/nonexistent/model/config.json"), "{err}");
-    let dir = std::env::temp_dir().join(format!("nanogpt-trunc-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("model", "trunc");
     std::fs::copy(
         fixtures().join("tiny-gpt2/config.json"),
         dir.join("config.json"),
@@ -94,7 +92,6 @@ fn missing_or_truncated_weights_name_the_file() {
         err.contains("model.safetensors") && err.contains("truncated"),
         "{err}"
     );
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// Three training steps; returns the losses.
@@ -322,10 +319,9 @@ fn ragged_batch_decodes_each_sequence_as_alone() {
 }
 
 /// tiny-gpt2 with `edit` applied to its config.json, in a fresh directory.
-fn tiny_with_config(tag: &str, edit: impl Fn(&mut serde_json::Value)) -> std::path::PathBuf {
+fn tiny_with_config(tag: &str, edit: impl Fn(&mut serde_json::Value)) -> TempDir {
     let src = fixtures().join("tiny-gpt2");
-    let dir = std::env::temp_dir().join(format!("nanogpt-cfg-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("model", &format!("cfg-{tag}"));
     let mut cfg: serde_json::Value =
         serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
     edit(&mut cfg);
@@ -339,13 +335,13 @@ fn load_err(dir: &std::path::Path) -> String {
         Ok(_) => panic!("{} loaded, but should have been refused", dir.display()),
         Err(e) => format!("{e:#}"),
     };
-    std::fs::remove_dir_all(dir).ok();
     err
 }
 
 #[test]
 fn fewer_layers_in_config_than_in_weights_is_refused() {
-    let err = load_err(&tiny_with_config("nlayer", |c| c["n_layer"] = 1.into()));
+    let dir = tiny_with_config("nlayer", |c| c["n_layer"] = 1.into());
+    let err = load_err(&dir);
     assert!(
         err.contains("h.1.attn.c_attn.weight") && err.contains("n_layer"),
         "{err}"
@@ -374,7 +370,6 @@ fn config_fields_with_gpt2_values_load() {
     // n_inner written out as 4 * n_embd is the same model as null.
     let dir = tiny_with_config("inner4", |c| c["n_inner"] = 256.into());
     let got = load_hf_dir(&dir).unwrap();
-    std::fs::remove_dir_all(&dir).ok();
     assert!(got.params == want.params);
 }
 

@@ -16,10 +16,10 @@ use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashSet};
 mod common;
 
-use common::{read_http_request, write_http_response, HttpRequest};
+use common::{read_http_request, write_http_response, HttpRequest, TempDir};
 use std::io::Write;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
@@ -108,7 +108,7 @@ fn shards(docs: &[Option<String>]) -> Vec<(String, Vec<u8>)> {
     ];
     static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = temp(&format!("shards-{n}"));
+    let dir = TempDir::new("owt", &format!("shards-{n}"));
     parts
         .iter()
         .zip(codecs)
@@ -239,13 +239,6 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn temp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("nanogpt-owt-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 fn hub_with_shards() -> (Arc<Mutex<Hub>>, String, Vec<Option<String>>) {
     let docs = documents();
     let mut hub = Hub::default();
@@ -319,7 +312,7 @@ fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 #[test]
 fn output_equals_tokenizing_the_documents_directly() {
     let (hub, base, docs) = hub_with_shards();
-    let out = temp("direct");
+    let out = TempDir::new("owt", "direct");
     let mut opts = hub_options(&base, &out);
     opts.docs.val_fraction = 0.0;
     let s = run(&opts).unwrap();
@@ -371,7 +364,7 @@ fn split_is_by_document_and_stable_for_a_seed() {
     let (_hub, base, docs) = hub_with_shards();
     let mut outputs = Vec::new();
     for (name, threads, seed) in [("split-a", 1, 7), ("split-b", 2, 7), ("split-c", 2, 8)] {
-        let out = temp(name);
+        let out = TempDir::new("owt", name);
         let mut opts = hub_options(&base, &out);
         opts.docs.val_fraction = 0.2;
         opts.docs.seed = seed;
@@ -401,7 +394,7 @@ fn split_is_by_document_and_stable_for_a_seed() {
 /// The outputs of an uninterrupted run, to compare resumed runs with (in a folder of its own
 /// for each test: tests run in parallel).
 fn uninterrupted(test: &str, base: &str, shard_tokens: Option<usize>) -> BTreeMap<String, Vec<u8>> {
-    let out = temp(&format!("uninterrupted-{test}"));
+    let out = TempDir::new("owt", &format!("uninterrupted-{test}"));
     let mut opts = hub_options(base, &out);
     opts.docs.val_fraction = 0.1;
     opts.docs.shard_tokens = shard_tokens;
@@ -421,7 +414,7 @@ fn interrupted_after_the_first_shard_resumes_byte_identical() {
         want.keys()
     );
 
-    let out = temp("resume");
+    let out = TempDir::new("owt", "resume");
     let mut opts = hub_options(&base, &out);
     opts.docs.val_fraction = 0.1;
     opts.docs.shard_tokens = Some(3000);
@@ -482,7 +475,7 @@ fn a_shard_that_fails_its_checksum_is_a_clear_error() {
         .unwrap()
         .listed_sha256
         .insert(bad.clone(), "ab".repeat(32));
-    let out = temp("checksum");
+    let out = TempDir::new("owt", "checksum");
     let err = format!("{:#}", run(&hub_options(&base, &out)).unwrap_err());
     assert!(err.contains(&bad) && err.contains("checksum"), "{err}");
     assert!(err.contains("2 of 3 source files are done"), "{err}");
@@ -506,7 +499,7 @@ fn no_network_says_how_to_use_local_files() {
         .local_addr()
         .unwrap()
         .port();
-    let out = temp("offline");
+    let out = TempDir::new("owt", "offline");
     let err = format!(
         "{:#}",
         run(&hub_options(&format!("http://127.0.0.1:{port}"), &out)).unwrap_err()
@@ -520,7 +513,7 @@ fn no_network_says_how_to_use_local_files() {
 #[test]
 fn a_missing_text_field_names_the_columns() {
     let (_hub, base, _docs) = hub_with_shards();
-    let out = temp("field");
+    let out = TempDir::new("owt", "field");
     let mut opts = hub_options(&base, &out);
     opts.docs.text_field = "content".to_string();
     let err = format!("{:#}", run(&opts).unwrap_err());
@@ -535,7 +528,7 @@ fn a_missing_text_field_names_the_columns() {
 #[test]
 fn local_files_and_max_docs() {
     let docs = documents();
-    let dir = temp("local-in");
+    let dir = TempDir::new("owt", "local-in");
     let shards = shards(&docs);
     for (i, (_, bytes)) in shards.iter().enumerate() {
         std::fs::write(dir.join(format!("part-{i}.parquet")), bytes).unwrap();
@@ -552,8 +545,8 @@ fn local_files_and_max_docs() {
     all.extend(extra.iter().map(|t| Some(t.to_string())));
     all.push(Some("the last document\n".to_string()));
 
-    let out = temp("local-out");
-    let mut opts = StreamPrepareOptions::new(StreamSource::Local(vec![dir.clone()]), &out);
+    let out = TempDir::new("owt", "local-out");
+    let mut opts = StreamPrepareOptions::new(StreamSource::Local(vec![dir.to_path_buf()]), &*out);
     opts.docs.progress = false;
     opts.docs.val_fraction = 0.0;
     let s = run(&opts).unwrap();
@@ -562,8 +555,8 @@ fn local_files_and_max_docs() {
     // The user's files are kept.
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 5);
 
-    let out = temp("local-max");
-    let mut opts = StreamPrepareOptions::new(StreamSource::Local(vec![dir]), &out);
+    let out = TempDir::new("owt", "local-max");
+    let mut opts = StreamPrepareOptions::new(StreamSource::Local(vec![dir.to_path_buf()]), &*out);
     opts.docs.progress = false;
     opts.docs.val_fraction = 0.0;
     opts.max_docs = Some(150);
@@ -576,7 +569,7 @@ fn local_files_and_max_docs() {
 #[test]
 fn other_settings_do_not_mix_with_an_unfinished_run() {
     let (hub, base, _docs) = hub_with_shards();
-    let out = temp("settings");
+    let out = TempDir::new("owt", "settings");
     let mut opts = hub_options(&base, &out);
     hub.lock()
         .unwrap()
@@ -613,7 +606,7 @@ fn prepare_command(base: &str, data_dir: &Path) -> std::process::Command {
 fn a_full_disk_stops_resumably() {
     let (hub, base, _docs) = hub_with_shards();
     let want = uninterrupted("disk-full", &base, None);
-    let out = temp("disk-full");
+    let out = TempDir::new("owt", "disk-full");
     let command = |limit: Option<u64>| {
         let mut c = prepare_command(&base, &out);
         if let Some(limit) = limit {
@@ -684,7 +677,7 @@ fn without_parquet_files_in_main_the_hubs_conversion_is_used() {
             .map(|(i, (_, bytes))| (format!("plain_text/train/{i:04}.parquet"), bytes)),
     );
     let base = serve(Arc::new(Mutex::new(hub)));
-    let out = temp("converted");
+    let out = TempDir::new("owt", "converted");
     let mut opts = hub_options(&base, &out);
     opts.docs.val_fraction = 0.0;
     let s = run(&opts).unwrap();
@@ -696,7 +689,8 @@ fn without_parquet_files_in_main_the_hubs_conversion_is_used() {
     assert_eq!(manifest["revision"], "refs/convert/parquet");
 
     // Asking for main alone finds nothing, and says so.
-    let mut opts = hub_options(&base, &temp("converted-main"));
+    let main_out = TempDir::new("owt", "converted-main");
+    let mut opts = hub_options(&base, &main_out);
     if let StreamSource::Hub(h) = &mut opts.source {
         h.revision = Some("main".to_string());
     }
@@ -713,7 +707,7 @@ fn without_parquet_files_in_main_the_hubs_conversion_is_used() {
 fn ctrl_c_stops_resumably() {
     let (hub, base, _docs) = hub_with_shards();
     let want = uninterrupted("ctrl-c", &base, None);
-    let out = temp("ctrl-c");
+    let out = TempDir::new("owt", "ctrl-c");
     let command = || {
         let mut c = prepare_command(&base, &out);
         c.stdout(std::process::Stdio::piped())
@@ -784,7 +778,7 @@ fn killed_at_random_moments_resumes_byte_identical() {
         run_killed, run_ok, temp_files, Tally,
     };
     let (_hub, base, _docs) = hub_with_shards();
-    let root = temp("killed");
+    let root = TempDir::new("owt", "killed");
     let data = root.join("data");
     let ds = data.join("x");
     // The earlier dataset: characters, with a vocabulary the new one must remove.
@@ -876,7 +870,7 @@ fn killed_at_random_moments_resumes_byte_identical() {
 fn killed_in_the_final_step_finishes_on_rerun() {
     let (_hub, base, _docs) = hub_with_shards();
     let want = uninterrupted("final-step", &base, None);
-    let data = temp("final-step");
+    let data = TempDir::new("owt", "final-step");
     let ds = data.join("x");
     let manifest_path = ds.join("manifest.json");
     let rerun = || {

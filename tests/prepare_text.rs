@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::TempDir;
 use nanogpt::data::corpus::{find_cut, split_document};
 use nanogpt::data::dataset;
 use nanogpt::data::prepare::read_text;
@@ -13,17 +14,7 @@ use nanogpt::data::{prepare_text, TextPrepareOptions, TextPrepareSummary, TextTo
 use nanogpt::data::{TokenFile, TokenFormat};
 use nanogpt::rng::Rng;
 use nanogpt::tokenizer::{Gpt2Bpe, Tokenizer, EOT};
-use std::path::{Path, PathBuf};
-
-fn tmp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "nanogpt-prepare-text-{}-{name}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
+use std::path::Path;
 
 fn write(path: &Path, bytes: impl AsRef<[u8]>) {
     if let Some(dir) = path.parent() {
@@ -144,7 +135,7 @@ fn numbered_docs(n: usize) -> Vec<String> {
 
 #[test]
 fn gpt2_output_is_each_document_tokenized_in_input_order() {
-    let dir = tmp_dir("order");
+    let dir = TempDir::new("prepare-text", "order");
     let corpus = dir.join("corpus");
     write(
         &corpus.join("b.txt"),
@@ -238,7 +229,7 @@ fn walk_sizes(dir: &Path) -> u64 {
 
 #[test]
 fn split_is_by_document_stable_and_seeded() {
-    let dir = tmp_dir("split");
+    let dir = TempDir::new("prepare-text", "split");
     let docs = numbered_docs(400);
     let input = dir.join("docs.jsonl");
     write(&input, jsonl("text", &docs));
@@ -309,7 +300,7 @@ fn split_is_by_document_stable_and_seeded() {
 
 #[test]
 fn output_does_not_depend_on_threads_batches_or_pieces() {
-    let dir = tmp_dir("threads");
+    let dir = TempDir::new("prepare-text", "threads");
     let docs = numbered_docs(300);
     let input = dir.join("docs.jsonl");
     write(&input, jsonl("text", &docs));
@@ -362,7 +353,7 @@ fn output_does_not_depend_on_threads_batches_or_pieces() {
 
 #[test]
 fn long_documents_cut_into_pieces_tokenize_the_same() {
-    let dir = tmp_dir("pieces");
+    let dir = TempDir::new("prepare-text", "pieces");
     let shakespeare = common::fixtures().join("../data/tinyshakespeare.txt");
     let text = read_text(&shakespeare).expect("tiny shakespeare");
     let pieces = split_document(text.clone(), 4096);
@@ -422,7 +413,7 @@ fn cuts_fall_only_between_printable_ascii_around_a_newline() {
 
 #[test]
 fn char_mode_round_trips_through_meta_json() {
-    let dir = tmp_dir("char");
+    let dir = TempDir::new("prepare-text", "char");
     let docs: Vec<String> = vec![
         "Hello, world!\n".into(),
         "\u{fc}ber caf\u{e9} \u{4e2d}\u{6587}".into(),
@@ -497,7 +488,7 @@ fn shard_tokens(path: &Path) -> (i32, Vec<u32>) {
 
 #[test]
 fn shards_have_llmc_headers_and_hold_the_same_tokens() {
-    let dir = tmp_dir("shards");
+    let dir = TempDir::new("prepare-text", "shards");
     let docs = numbered_docs(300);
     let input = dir.join("docs.jsonl");
     write(&input, jsonl("text", &docs));
@@ -560,7 +551,7 @@ fn shards_have_llmc_headers_and_hold_the_same_tokens() {
 
 #[test]
 fn bad_inputs_are_one_line_errors_and_write_nothing() {
-    let dir = tmp_dir("errors");
+    let dir = TempDir::new("prepare-text", "errors");
     let out = dir.join("out");
 
     let missing = dir.join("nope.txt");
@@ -656,7 +647,7 @@ fn bad_inputs_are_one_line_errors_and_write_nothing() {
 
 #[test]
 fn a_failed_run_leaves_the_previous_output_as_it_was() {
-    let dir = tmp_dir("atomic");
+    let dir = TempDir::new("prepare-text", "atomic");
     let docs = numbered_docs(2000);
     let good = dir.join("good.jsonl");
     write(&good, jsonl("text", &docs));

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{fixtures, read_http_request, write_http_response, HttpRequest};
+use common::{fixtures, read_http_request, write_http_response, HttpRequest, TempDir};
 use nanogpt::hf::{snapshot_dir, Hub};
 use nanogpt::model::pretrained::{download_gpt2, find_in_cache};
 use nanogpt::model::weights::load_hf_dir;
@@ -139,17 +139,10 @@ fn unreachable() -> String {
     format!("http://{addr}")
 }
 
-fn temp(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("nanogpt-hub-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 #[test]
 fn downloads_into_the_cache_layout_loads_and_reuses_the_cache() {
     let (base, log) = hub();
-    let cache = temp("cache");
+    let cache = TempDir::new("hub", "cache");
     let dir = download_gpt2("gpt2", &hub_at(&base, &cache)).unwrap();
     assert_eq!(dir, cache_snapshot_dir(&cache, "gpt2"));
     assert!(dir.starts_with(cache.join("models--openai-community--gpt2/snapshots")));
@@ -183,7 +176,7 @@ fn downloads_into_the_cache_layout_loads_and_reuses_the_cache() {
 
 #[test]
 fn offline_is_a_quick_clear_error() {
-    let cache = temp("offline");
+    let cache = TempDir::new("hub", "offline");
     let t0 = Instant::now();
     let e = format!(
         "{:#}",
@@ -210,7 +203,7 @@ fn offline_is_a_quick_clear_error() {
 #[test]
 fn missing_files_and_other_names() {
     let (base, _) = hub();
-    let cache = temp("missing");
+    let cache = TempDir::new("hub", "missing");
     // The server has no gpt2-medium.
     let e = format!(
         "{:#}",
@@ -228,7 +221,7 @@ fn missing_files_and_other_names() {
 #[test]
 fn retries_after_429_and_a_dropped_connection_resuming_the_blob() {
     let (base, log) = hub_with(2, 1);
-    let cache = temp("retry");
+    let cache = TempDir::new("hub", "retry");
     let dir = download_gpt2("gpt2", &hub_at(&base, &cache)).unwrap();
     let got = load_hf_dir(&dir).unwrap();
     let want = load_hf_dir(&fixtures().join("tiny-gpt2-hub-layout")).unwrap();
@@ -266,7 +259,7 @@ fn write_hub_snapshot(cache: &Path, commit: &str, files: &[(&str, &str)]) {
 
 #[test]
 fn reads_a_snapshot_that_huggingface_hub_wrote() {
-    let home = temp("hf-home");
+    let home = TempDir::new("hub", "hf-home");
     let cache = home.join("hub");
     let weights = std::fs::read(fixtures().join("tiny-gpt2-hub-layout/model.safetensors")).unwrap();
     let sha = hex(&Sha256::digest(&weights));
@@ -288,6 +281,7 @@ fn reads_a_snapshot_that_huggingface_hub_wrote() {
 
     // The command line finds it through $HF_HOME, offline.
     let sample = |home: &Path| {
+        let cwd = TempDir::new("hub", "hf-cwd");
         std::process::Command::new(env!("CARGO_BIN_EXE_nanogpt"))
             .args([
                 "sample",
@@ -295,7 +289,7 @@ fn reads_a_snapshot_that_huggingface_hub_wrote() {
                 "--num_samples=1",
                 "--max_new_tokens=3",
             ])
-            .current_dir(temp("hf-cwd"))
+            .current_dir(&*cwd)
             .env("HF_HOME", home)
             .env("HF_HUB_OFFLINE", "1")
             .env_remove("HF_HUB_CACHE")
@@ -308,7 +302,8 @@ fn reads_a_snapshot_that_huggingface_hub_wrote() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = sample(&temp("hf-home-empty"));
+    let empty_home = TempDir::new("hub", "hf-home-empty");
+    let out = sample(&empty_home);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("HF_HUB_OFFLINE"),
@@ -330,7 +325,7 @@ fn a_silent_hub_times_out_attempt_by_attempt() {
             held.lock().unwrap().push(stream);
         }
     });
-    let cache = temp("silent");
+    let cache = TempDir::new("hub", "silent");
     let hub = Hub {
         first_byte_timeout: Duration::from_millis(500),
         ..hub_at(&endpoint, &cache)

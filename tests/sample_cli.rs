@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::fixtures;
+use common::{fixtures, TempDir};
 use nanogpt::engine::cpu::CpuEngine;
 use nanogpt::model::Gpt;
 use nanogpt::sample::{run_repetition, run_sample, RepetitionArgs, SampleArgs, SEPARATOR};
@@ -15,13 +15,6 @@ use std::path::PathBuf;
 
 fn tiny_arg() -> String {
     format!("--init_from={}", fixtures().join("tiny-gpt2").display())
-}
-
-fn temp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("nanogpt-sample-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 /// Runs `nanogpt sample ARGS`; returns (result, stdout, stderr).
@@ -169,7 +162,7 @@ fn streaming_text_equals_json_text_whatever_the_batching() {
 
 #[test]
 fn start_from_a_file_and_a_missing_file() {
-    let dir = temp("file");
+    let dir = TempDir::new("sample-cli", "file");
     let path = dir.join("prompt.txt");
     std::fs::write(&path, "First Citizen:\nBefore we proceed").unwrap();
     let common = [
@@ -247,7 +240,7 @@ fn empty_and_overlong_prompts() {
 
 #[test]
 fn bad_sources_give_clear_errors() {
-    let dir = temp("bad");
+    let dir = TempDir::new("sample-cli", "bad");
     let missing = dir.join("no-such-run");
     let (r, _, _) = sample(&[format!("--out_dir={}", missing.display())]);
     let e = format!("{:#}", r.unwrap_err());
@@ -303,7 +296,7 @@ fn char_checkpoint(root: &std::path::Path) -> PathBuf {
 
 #[test]
 fn own_checkpoint_uses_its_datasets_vocabulary() {
-    let root = temp("ckpt");
+    let root = TempDir::new("sample-cli", "ckpt");
     let out_dir = char_checkpoint(&root);
     let args = |extra: &[String]| {
         let mut a = vec![format!("--out_dir={}", out_dir.display())];

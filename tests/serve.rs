@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{fixtures, nanogpt, temp_dir};
+use common::{fixtures, nanogpt, TempDir};
 use nanogpt::engine::cpu::CpuEngine;
 use nanogpt::engine::{Engine, InferenceWeights};
 use nanogpt::model::weights::load_hf_dir;
@@ -66,8 +66,8 @@ fn tiny() -> PathBuf {
 
 /// A random GPT-2-vocabulary model slow enough (a few ms per token, 1024 positions) to keep a
 /// slot busy for seconds.
-fn slow_model() -> PathBuf {
-    let dir = temp_dir("serve", "slow-model");
+fn slow_model() -> TempDir {
+    let dir = TempDir::new("serve", "slow-model");
     let cfg = nanogpt::config::GptConfig {
         n_layer: 4,
         n_head: 4,
@@ -488,7 +488,6 @@ fn a_full_queue_gets_503_keep_alives_flow_and_a_dropped_client_frees_its_slot() 
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let _ = std::fs::remove_dir_all(model);
 }
 
 #[test]
@@ -577,7 +576,7 @@ fn tokenize_models_defaults_and_repetition_routes_answer() {
 
 #[test]
 fn train_dashboard_shows_metrics_as_they_are_written_and_samples_checkpoints() {
-    let root = temp_dir("serve", "dashboard");
+    let root = TempDir::new("serve", "dashboard");
     let data = common::prepare_shakespeare_char(&root);
     let out = root.join("out");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -646,12 +645,11 @@ fn train_dashboard_shows_metrics_as_they_are_written_and_samples_checkpoints() {
     let v = completion(&s, json!({"prompt": "ROMEO:", "max_tokens": 5}));
     assert_eq!(v["usage"]["completion_tokens"], 5);
     drop(s);
-    let _ = std::fs::remove_dir_all(root);
 }
 
 #[test]
 fn health_says_loading_until_the_watched_run_has_a_checkpoint() {
-    let dir = temp_dir("serve", "no-checkpoint-yet");
+    let dir = TempDir::new("serve", "no-checkpoint-yet");
     let mut child = nanogpt()
         .args(["serve", "--port", "0"])
         .arg(format!("--watch={}", dir.display()))
@@ -694,7 +692,6 @@ fn health_says_loading_until_the_watched_run_has_a_checkpoint() {
         .unwrap();
     assert_eq!(w["next"], 0);
     drop(s);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// Natural-log probabilities of `next` after each prefix of `context` (prefill, then one token a

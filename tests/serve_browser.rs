@@ -332,7 +332,7 @@ async fn the_page_in_a_real_browser() {
         }
     };
     let started = Instant::now();
-    let dir = common::temp_dir("serve-browser", "run");
+    let dir = common::TempDir::new("serve-browser", "run");
     let out_dir = dir.join("out");
     std::fs::create_dir_all(&out_dir).unwrap();
     let (_server, base) = start_server(&dir, &out_dir);
@@ -356,7 +356,7 @@ async fn the_page_in_a_real_browser() {
         .await
         .expect("a Chromium session from chromedriver");
     // The steps run in their own task so that the browser is closed even when one fails.
-    let steps = tokio::spawn(steps(client.clone(), base, dir.clone(), out_dir));
+    let steps = tokio::spawn(steps(client.clone(), base, dir.to_path_buf(), out_dir));
     let result = steps.await;
     let _ = client.close().await;
     if let Err(e) = result {
@@ -364,7 +364,6 @@ async fn the_page_in_a_real_browser() {
     }
     eprintln!("browser test took {:.1} s", started.elapsed().as_secs_f64());
     drop((_server, _driver));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 async fn steps(c: Client, base: String, dir: PathBuf, out_dir: PathBuf) {

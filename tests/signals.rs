@@ -53,7 +53,7 @@ fn state_iter(dir: &Path) -> usize {
 
 #[test]
 fn each_signal_saves_exits_with_its_status_and_resumes_exactly() {
-    let root = common::temp_dir("signals", "each");
+    let root = common::TempDir::new("signals", "each");
     let data = common::prepare_shakespeare_char(&root);
     let full = train(&data, &root.join("full"), "scratch")
         .output()
@@ -92,12 +92,11 @@ fn each_signal_saves_exits_with_its_status_and_resumes_exactly() {
             "{name}: the resumed losses differ from the uninterrupted run's"
         );
     }
-    std::fs::remove_dir_all(&root).ok();
 }
 
 #[test]
 fn a_closed_stdout_does_not_stop_training() {
-    let root = common::temp_dir("signals", "closed");
+    let root = common::TempDir::new("signals", "closed");
     let data = common::prepare_shakespeare_char(&root);
     let out = root.join("out");
     let mut child = train(&data, &out, "scratch")
@@ -118,5 +117,4 @@ fn a_closed_stdout_does_not_stop_training() {
         output.status
     );
     assert_eq!(state_iter(&out.join("latest")), ITERS + 1);
-    std::fs::remove_dir_all(&root).ok();
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::json_ids;
+use common::{json_ids, TempDir};
 
 use nanogpt::data::dataset;
 use nanogpt::tokenizer::{CharVocab, Gpt2Bpe, Tokenizer, EOT};
@@ -25,13 +25,6 @@ fn test_data(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data")
         .join(name)
-}
-
-fn tmp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("nanogpt-tok-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
 }
 
 #[test]
@@ -150,21 +143,19 @@ fn char_vocab_shakespeare_and_meta_json_round_trip() {
     let back = CharVocab::from_meta_json(&json, Path::new("meta.json")).expect("parse");
     assert_eq!(back, v);
 
-    let dir = tmp_dir("meta-json");
+    let dir = TempDir::new("tok", "meta-json");
     let path = dir.join("meta.json");
     std::fs::write(&path, &json).expect("write");
     assert_eq!(CharVocab::load(&path).expect("load"), v);
     let t = dataset::tokenizer(&dir).expect("dataset::tokenizer");
     assert!(matches!(t, Tokenizer::Char(ref c) if *c == v));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn data_dir_without_meta_is_gpt2() {
-    let dir = tmp_dir("no-meta");
+    let dir = TempDir::new("tok", "no-meta");
     let t = dataset::tokenizer(&dir).expect("dataset::tokenizer");
     assert!(matches!(t, Tokenizer::Gpt2(_)));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -215,7 +206,7 @@ fn meta_pkl_from_nanogpt() {
     let v = CharVocab::load(&test_data("unicode_meta_p2.pkl")).expect("p2 pickle");
     assert_eq!(v, CharVocab::from_text("héllo wörld ✓ 😀\n"));
     // And through the Tokenizer, from a data directory that only has meta.pkl.
-    let dir = tmp_dir("meta-pkl");
+    let dir = TempDir::new("tok", "meta-pkl");
     std::fs::copy(test_data("shakespeare_char_meta.pkl"), dir.join("meta.pkl")).expect("copy");
     let t = dataset::tokenizer(&dir).expect("dataset::tokenizer");
     assert_eq!(t.vocab_size(), 65);
@@ -223,7 +214,6 @@ fn meta_pkl_from_nanogpt() {
         t.decode(&t.encode("ROMEO:").expect("enc")).expect("dec"),
         "ROMEO:"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -248,7 +238,7 @@ fn meta_pkl_errors() {
     );
     assert!(!e.contains('\n'), "one line: {e}");
     // A call (REDUCE) of `os.system("touch <file>")`: refused, and the file never appears.
-    let dir = tmp_dir("evil-pkl");
+    let dir = TempDir::new("tok", "evil-pkl");
     let witness = dir.join("ran");
     let cmd = format!("touch {}", witness.display());
     let mut evil = b"\x80\x02cos\nsystem\nX".to_vec();
@@ -263,7 +253,6 @@ fn meta_pkl_errors() {
         "{e}"
     );
     assert!(!witness.exists(), "the pickle's call ran");
-    let _ = std::fs::remove_dir_all(&dir);
     // Shared (memoised) objects are read through BINGET: the 'a' of itos is stoi's key.
     let small = b"\x80\x04\x95\x00\x00\x00\x00\x00\x00\x00\x00}\x94(\x8c\x04itos\x94}\x94K\x00\x8c\x01a\x94s\x8c\x04stoi\x94}\x94h\x03K\x00su.";
     let v = CharVocab::from_meta_pkl(small, p).expect("small pickle");

@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::TempDir;
 use nanogpt::checkpoint;
 use nanogpt::data::{prepare_shakespeare_char, write_tokens, TokenFile, TokenFormat};
 use nanogpt::engine::cpu::CpuEngine;
@@ -19,33 +20,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 // ---------------------------------------------------------------------------------------------
 // helpers
-
-/// A fresh directory under the system temp dir, unique to this process and test, removed on drop
-/// (kept when the test panics, so a failure can be inspected).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("nanogpt-train-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("test failed: its files are kept in {}", self.0.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
 
 fn shakespeare_txt() -> PathBuf {
     common::fixtures().join("../data/tinyshakespeare.txt")
@@ -310,7 +284,7 @@ fn unknown_key_lists_the_valid_ones() {
 
 #[test]
 fn config_files() {
-    let dir = TempDir::new("config-files");
+    let dir = TempDir::new("train", "config-files");
     let path = dir.path().join("train_shakespeare_char.toml");
     std::fs::write(
         &path,
@@ -557,7 +531,7 @@ fn learning_rate_schedule_is_nanogpts_get_lr() {
 /// and metrics.jsonl logs steps and evaluations.
 #[test]
 fn learns_tiny_shakespeare() {
-    let dir = TempDir::new("e2e");
+    let dir = TempDir::new("train", "e2e");
     let data_dir = prepare_data(dir.path());
     let out = dir.path().join("out");
     let mut cfg = tiny_config(&data_dir, &out);
@@ -697,7 +671,7 @@ fn learns_tiny_shakespeare() {
 /// evaluation bit for bit, and the final weights and optimizer moments byte for byte.
 #[test]
 fn resume_is_exact() {
-    let dir = TempDir::new("resume");
+    let dir = TempDir::new("train", "resume");
     let data_dir = prepare_data(dir.path());
     const N: usize = 12;
     let base = |out: &str, max_iters: usize| {
@@ -787,7 +761,7 @@ fn resume_is_exact() {
 
 #[test]
 fn missing_dataset_says_prepare() {
-    let dir = TempDir::new("missing-data");
+    let dir = TempDir::new("train", "missing-data");
     let out = dir.path().join("out");
     let cfg = tiny_config(&dir.path().join("no-data-here"), &out);
     let e = run_err(&cfg);
@@ -808,7 +782,7 @@ fn broken_data(root: &Path) -> (PathBuf, PathBuf) {
 
 #[test]
 fn bad_token_files() {
-    let dir = TempDir::new("bad-tokens");
+    let dir = TempDir::new("train", "bad-tokens");
     let (data_dir, ds) = broken_data(dir.path());
     let out = dir.path().join("out");
     let cfg = tiny_config(&data_dir, &out);
@@ -858,7 +832,7 @@ fn bad_token_files() {
 
 #[test]
 fn bad_init_from() {
-    let dir = TempDir::new("bad-init");
+    let dir = TempDir::new("train", "bad-init");
     let data_dir = prepare_data(dir.path());
     let out = dir.path().join("empty-out");
     let mut cfg = tiny_config(&data_dir, &out);
@@ -876,7 +850,7 @@ fn bad_init_from() {
 /// last good checkpoint stays as it was.
 #[test]
 fn nan_loss_stops_and_keeps_the_checkpoint() {
-    let dir = TempDir::new("nan");
+    let dir = TempDir::new("train", "nan");
     let data_dir = prepare_data(dir.path());
     let out = dir.path().join("out");
     let mut cfg = tiny_config(&data_dir, &out);
@@ -917,7 +891,7 @@ fn nan_loss_stops_and_keeps_the_checkpoint() {
 /// must not save them over the last good checkpoint.
 #[test]
 fn nan_at_an_evaluation_keeps_the_checkpoint() {
-    let dir = TempDir::new("nan-eval");
+    let dir = TempDir::new("train", "nan-eval");
     let data_dir = prepare_data(dir.path());
     let out = dir.path().join("out");
     let mut cfg = tiny_config(&data_dir, &out);
@@ -945,7 +919,7 @@ fn nan_at_an_evaluation_keeps_the_checkpoint() {
 
 #[test]
 fn eval_only_evaluates_once_and_saves_nothing() {
-    let dir = TempDir::new("eval-only");
+    let dir = TempDir::new("train", "eval-only");
     let data_dir = prepare_data(dir.path());
     let out = dir.path().join("out");
     let mut cfg = tiny_config(&data_dir, &out);
@@ -983,7 +957,7 @@ fn eval_only_evaluates_once_and_saves_nothing() {
 
 #[test]
 fn stop_flag_set_before_ends_after_one_iteration() {
-    let dir = TempDir::new("stop-before");
+    let dir = TempDir::new("train", "stop-before");
     let data_dir = prepare_data(dir.path());
     let out = dir.path().join("out");
     let mut cfg = tiny_config(&data_dir, &out);
@@ -1026,7 +1000,7 @@ impl Write for StopAt<'_> {
 /// uninterrupted run exactly.
 #[test]
 fn stop_flag_mid_run_saves_and_resumes() {
-    let dir = TempDir::new("stop-mid");
+    let dir = TempDir::new("train", "stop-mid");
     let data_dir = prepare_data(dir.path());
     let mut cfg = tiny_config(&data_dir, &dir.path().join("stopped"));
     cfg.max_iters = 7;
@@ -1063,7 +1037,7 @@ fn stop_flag_mid_run_saves_and_resumes() {
 /// `previous-1/` (a third to `previous-2/`) and says so; the out_dir then holds only the new run.
 #[test]
 fn a_new_run_moves_the_earlier_one_aside() {
-    let dir = TempDir::new("aside");
+    let dir = TempDir::new("train", "aside");
     let data_dir = prepare_data(dir.path());
     let out = dir.path().join("out");
     let mut cfg = tiny_config(&data_dir, &out);
@@ -1110,7 +1084,7 @@ fn a_new_run_moves_the_earlier_one_aside() {
 /// While one run holds an out_dir, a second is refused before it touches anything.
 #[test]
 fn a_second_run_on_a_locked_out_dir_is_refused() {
-    let dir = TempDir::new("lock");
+    let dir = TempDir::new("train", "lock");
     let data_dir = prepare_data(dir.path());
     let out = dir.path().join("out");
     let mut cfg = tiny_config(&data_dir, &out);
@@ -1146,7 +1120,7 @@ fn small_char_dataset(root: &Path, name: &str) -> (PathBuf, usize) {
 /// character table are each refused with both sizes.
 #[test]
 fn vocabulary_mismatches_are_refused() {
-    let dir = TempDir::new("vocab");
+    let dir = TempDir::new("train", "vocab");
     let data_dir = prepare_data(dir.path());
     let out = dir.path().join("out");
     let mut cfg = tiny_config(&data_dir, &out);
@@ -1191,7 +1165,7 @@ fn vocabulary_mismatches_are_refused() {
 /// NaN is refused by name wherever it is loaded.
 #[test]
 fn nan_messages_say_what_exists() {
-    let dir = TempDir::new("nan-msg");
+    let dir = TempDir::new("train", "nan-msg");
     let data_dir = prepare_data(dir.path());
     let out = dir.path().join("out");
     let mut cfg = tiny_config(&data_dir, &out);
@@ -1227,7 +1201,7 @@ fn nan_messages_say_what_exists() {
 /// Token files without meta.json are GPT-2 BPE: training from scratch says it assumes 50304.
 #[test]
 fn missing_meta_json_is_noted() {
-    let dir = TempDir::new("no-meta");
+    let dir = TempDir::new("train", "no-meta");
     let ds = dir.path().join("data/bpe");
     std::fs::create_dir_all(&ds).expect("mkdir");
     let ids: Vec<u32> = (0..4000u32).map(|i| (i * 7919) % 50257).collect();
@@ -1247,7 +1221,7 @@ fn missing_meta_json_is_noted() {
 /// after its last save would otherwise train one iteration past the end).
 #[test]
 fn resuming_a_finished_run_trains_nothing() {
-    let dir = TempDir::new("finished");
+    let dir = TempDir::new("train", "finished");
     let data_dir = prepare_data(dir.path());
     let mut cfg = tiny_config(&data_dir, &dir.path().join("out"));
     cfg.max_iters = 3;

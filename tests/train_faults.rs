@@ -85,7 +85,7 @@ fn params_bits(out: &Path) -> Vec<u32> {
 
 #[test]
 fn killed_training_resumes_to_the_uninterrupted_run() {
-    let root = common::temp_dir("trainfault", "kill");
+    let root = common::TempDir::new("trainfault", "kill");
     let data = common::prepare_shakespeare_char(&root);
     let start = Instant::now();
     let reference_out = root.join("reference");
@@ -175,5 +175,4 @@ fn killed_training_resumes_to_the_uninterrupted_run() {
         "{kills} kills (seed {seed}), {mid_save} during a checkpoint save, {compared} losses compared, in {:.1}s",
         start.elapsed().as_secs_f64()
     );
-    let _ = std::fs::remove_dir_all(&root);
 }

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use safetensors::{Dtype, SafeTensors};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// `../shared/fixtures`, beside the checkout.
 pub fn fixtures() -> PathBuf {
@@ -39,12 +39,50 @@ pub fn sample_bin(args: &[String]) -> Vec<u8> {
     out.stdout
 }
 
-/// A fresh directory `nanogpt-{prefix}-{pid}-{name}` under the system temp dir.
-pub fn temp_dir(prefix: &str, name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("nanogpt-{prefix}-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    dir
+/// A test's scratch directory: `nanogpt-{prefix}-{pid}-{name}` under the system temp dir, made
+/// fresh (a stale one from an earlier run is removed first) and removed recursively when the guard
+/// drops, because tests must not litter the temp dir (every run would leave megabytes behind).
+/// A failing test keeps its files: when the guard drops during a panic the directory stays and
+/// its path is printed, so the failure can be inspected. Bind the guard to a named variable that
+/// lives to the end of the test (`let _ = ...` would drop it at once).
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str, name: &str) -> TempDir {
+        let dir =
+            std::env::temp_dir().join(format!("nanogpt-{prefix}-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("test failed: its files are kept in {}", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
 
 /// The `nanogpt` binary of this build.
