@@ -6,16 +6,18 @@
 //! By default this is the exact mode: f32 everywhere, matrix products on cuBLASLt with TF32 off,
 //! every reduction in a fixed order (no atomics), so two runs give the same bits. Setting
 //! NANOGPT_CUDA_TF32=1 lets cuBLASLt use TF32 tensor cores (faster, ~1e-3 relative error).
-//! Training with dtype = "bfloat16" multiplies every matrix of the blocks and the classifier in
-//! bf16 on the tensor cores (operands rounded to nearest even, f32 sums), as the CPU engine's
-//! bf16 training and PyTorch's autocast do; parameters, gradients, moments and every other op
-//! stay f32, and attention keeps its f32 kernels.
+//! Training with dtype = "bfloat16" runs every matrix product (the linear layers, the classifier
+//! and attention's four) in bf16 on the tensor cores (operands rounded to nearest even, f32
+//! sums), as the CPU engine's bf16 training and PyTorch's autocast do; parameters, gradients,
+//! moments, activations and every other op stay f32 (`attention` holds the bf16 attention).
 //! Hand-written kernels (`kernels::cuda`) cover what no library provides: embedding, LayerNorm,
 //! GELU, residual, dropout (the CPU's hash), fused softmax + cross-entropy, flash-style
 //! attention, AdamW and the global norm. The files beside this one: `device` (finding the GPU),
 //! `module` (NVRTC and the PTX cache), `memory` (device buffers), `blas` (cuBLASLt), `ops` (one
-//! launch per kernel), `block`, `train`, `infer` (the model's math, as in `engine::cpu`).
+//! launch per kernel), `attention` (bf16 attention on cuBLASLt), `block`, `train`, `infer` (the
+//! model's math, as in `engine::cpu`).
 
+mod attention;
 mod blas;
 mod block;
 mod device;
@@ -134,7 +136,7 @@ impl CudaEngine {
                 stream,
                 kernels,
                 blas,
-                bf16_operands: RefCell::new(DevBuf::zeros(0).map_err(alloc("bf16 operands"))?),
+                scratch: RefCell::new(DevBuf::zeros(0).map_err(alloc("scratch"))?),
             },
             name,
             tf32,

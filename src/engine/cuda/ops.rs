@@ -20,8 +20,9 @@ pub(super) struct Gpu {
     pub stream: Arc<CudaStream>,
     pub kernels: Kernels,
     pub blas: Blas,
-    /// The bf16 copies of one product's operands (bf16 products), grown to the largest.
-    pub bf16_operands: RefCell<DevBuf<u16>>,
+    /// One op's scratch (a bf16 product's operand copies, bf16 attention's scores), reused by
+    /// the next op (the stream runs them in order), grown to the largest.
+    pub scratch: RefCell<DevBuf<u8>>,
 }
 
 /// Launches kernel `$name` with `$cfg` and the arguments in order (each bound to a local so it
@@ -50,6 +51,23 @@ impl Dropout {
     /// The survivors' scale, computed as the CPU computes it.
     fn scale(self) -> f32 {
         1.0 / (1.0 - self.p)
+    }
+}
+
+/// Training attention's shape: batch, sequence, heads, head size, and its dropout.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct AttnShape {
+    pub b: usize,
+    pub t: usize,
+    pub nh: usize,
+    pub hs: usize,
+    pub drop: Option<Dropout>,
+}
+
+impl AttnShape {
+    /// 1/sqrt(hs), as the CPU computes it.
+    pub fn scale(&self) -> f32 {
+        1.0 / (self.hs as f32).sqrt()
     }
 }
 
@@ -375,10 +393,12 @@ impl Gpu {
         )
     }
 
-    /// Training attention over qkv (B, T, 3C): out (B, T, C) and lse (B, H, T).
+    /// Training attention over qkv (B, T, 3C): out (B, T, C) and lse (B, H, T); in bf16 on the
+    /// tensor cores (`attention.rs`) or with `attention.cu`'s f32 kernels.
     #[allow(clippy::too_many_arguments)]
     pub fn attention_forward(
         &self,
+        precision: Precision,
         out: u64,
         lse: u64,
         qkv: u64,
@@ -388,6 +408,10 @@ impl Gpu {
         hs: usize,
         drop: Option<Dropout>,
     ) -> Result<()> {
+        if precision == Precision::Bf16 {
+            let shape = AttnShape { b, t, nh, hs, drop };
+            return self.attention_forward_bf16(out, lse, qkv, shape);
+        }
         let name = format!("attention_forward_{}", attention_bound(hs)?);
         let (key, p, inv_keep, on) = drop_args(drop);
         let grid = (t.div_ceil(ATT_ROWS), b * nh);
@@ -410,10 +434,12 @@ impl Gpu {
         )
     }
 
-    /// dqkv (overwritten) from dout; `dd` is (B, H, T) scratch.
+    /// dqkv (overwritten) from dout, in `precision` as the forward pass; `dd` is (B, H, T)
+    /// scratch.
     #[allow(clippy::too_many_arguments)]
     pub fn attention_backward(
         &self,
+        precision: Precision,
         dqkv: u64,
         dout: u64,
         qkv: u64,
@@ -426,6 +452,10 @@ impl Gpu {
         hs: usize,
         drop: Option<Dropout>,
     ) -> Result<()> {
+        if precision == Precision::Bf16 {
+            let shape = AttnShape { b, t, nh, hs, drop };
+            return self.attention_backward_bf16(dqkv, dout, qkv, lse, shape);
+        }
         let bound = attention_bound(hs)?;
         let bht = b * nh * t;
         launch!(
@@ -465,6 +495,105 @@ impl Gpu {
             )?;
         }
         Ok(())
+    }
+
+    /// dst (B, H, T, hs) = bf16 of the heads of `src`, whose B*T rows are `src_rs` apart.
+    pub fn heads_to_bf16(&self, dst: u64, src: u64, src_rs: usize, a: AttnShape) -> Result<()> {
+        let n = a.b * a.t * a.nh * a.hs;
+        launch!(
+            self,
+            "heads_to_bf16",
+            elementwise(n),
+            dst,
+            src,
+            src_rs as u64,
+            a.t as i32,
+            a.nh as i32,
+            a.hs as i32,
+            n as u64
+        )
+    }
+
+    /// The heads of `src` (B, H, T, hs) into dst's B*T rows, `dst_rs` apart.
+    pub fn heads_merge(&self, dst: u64, dst_rs: usize, src: u64, a: AttnShape) -> Result<()> {
+        let n = a.b * a.t * a.nh * a.hs;
+        launch!(
+            self,
+            "heads_merge",
+            elementwise(n),
+            dst,
+            dst_rs as u64,
+            src,
+            a.t as i32,
+            a.nh as i32,
+            a.hs as i32,
+            n as u64
+        )
+    }
+
+    /// lse (B, H, T) of the unscaled causal scores s (B, H, T, T).
+    pub fn attn_row_lse(&self, lse: u64, s: u64, a: AttnShape) -> Result<()> {
+        let rows = a.b * a.nh * a.t;
+        launch!(
+            self,
+            "attn_row_lse",
+            warp_rows(rows),
+            lse,
+            s,
+            a.t as i32,
+            a.scale(),
+            rows as u64
+        )
+    }
+
+    /// p (B, H, T, T) = the bf16 probabilities (dropped out) from the scores and lse.
+    pub fn attn_probs(&self, p: u64, s: u64, lse: u64, a: AttnShape) -> Result<()> {
+        let rows = a.b * a.nh * a.t;
+        let (key, p_drop, inv_keep, on) = drop_args(a.drop);
+        launch!(
+            self,
+            "attn_probs",
+            warp_rows(rows),
+            p,
+            s,
+            lse,
+            a.t as i32,
+            a.scale(),
+            key,
+            p_drop,
+            inv_keep,
+            on,
+            rows as u64
+        )
+    }
+
+    /// ds (B, H, T, T) = the bf16 score gradients from the scores, dP = dO V^T and lse.
+    pub fn attn_scores_backward(
+        &self,
+        ds: u64,
+        s: u64,
+        dp: u64,
+        lse: u64,
+        a: AttnShape,
+    ) -> Result<()> {
+        let rows = a.b * a.nh * a.t;
+        let (key, p_drop, inv_keep, on) = drop_args(a.drop);
+        launch!(
+            self,
+            "attn_scores_backward",
+            warp_rows(rows),
+            ds,
+            s,
+            dp,
+            lse,
+            a.t as i32,
+            a.scale(),
+            key,
+            p_drop,
+            inv_keep,
+            on,
+            rows as u64
+        )
     }
 
     /// Appends n_tok token rows of keys/values (from qkv) to this layer's cache block.
@@ -582,36 +711,44 @@ impl Gpu {
         )
     }
 
-    /// Rounds each f32 operand (address, length) into a bf16 copy, the copies end to end in
-    /// `bf16_operands` (each 256-byte aligned, as cuBLASLt's fastest algorithms want); returns
-    /// the copies' addresses.
-    fn to_bf16<const N: usize>(&self, operands: [(u64, usize); N]) -> Result<[u64; N]> {
-        const ALIGN: usize = 128;
-        let total = operands
-            .iter()
-            .map(|&(_, len)| len.next_multiple_of(ALIGN))
-            .sum();
-        let mut scratch = self.bf16_operands.borrow_mut();
+    /// Regions of `scratch` of these sizes (bytes), end to end, each 256-byte aligned (as
+    /// cuBLASLt's fastest algorithms want); valid until the next op asks for regions.
+    pub fn carve<const N: usize>(&self, bytes: [usize; N]) -> Result<[u64; N]> {
+        const ALIGN: usize = 256;
+        let total = bytes.iter().map(|b| b.next_multiple_of(ALIGN)).sum();
+        let mut scratch = self.scratch.borrow_mut();
         if scratch.len() < total {
-            // Products queued earlier may still read the old copies.
+            // Ops queued earlier may still use the old buffer.
             self.synchronize()?;
+            // Freed before the larger one is made: the two may not fit together.
+            *scratch =
+                DevBuf::zeros(0).map_err(|e| anyhow!("freeing GPU scratch failed: {e:?}"))?;
             *scratch = DevBuf::zeros(total).map_err(|e| {
                 if is_out_of_memory(&e) {
                     anyhow!(
-                        "out of GPU memory for the bf16 copies of a product's operands ({} MiB): use a smaller batch_size",
-                        (2 * total) >> 20
+                        "out of GPU memory for {} MiB of scratch (bf16 operands or attention scores): use a smaller batch_size",
+                        total >> 20
                     )
                 } else {
-                    anyhow!("GPU allocation of the bf16 operands failed: {e:?}")
+                    anyhow!("GPU allocation of {total} bytes of scratch failed: {e:?}")
                 }
             })?;
         }
-        let mut copies = [0u64; N];
+        let mut regions = [0u64; N];
         let mut at = 0;
-        for (copy, (src, len)) in copies.iter_mut().zip(operands) {
-            *copy = scratch.at(at);
-            launch!(self, "to_bf16", elementwise(len), *copy, src, len as u64)?;
-            at += len.next_multiple_of(ALIGN);
+        for (region, size) in regions.iter_mut().zip(bytes) {
+            *region = scratch.at(at);
+            at += size.next_multiple_of(ALIGN);
+        }
+        Ok(regions)
+    }
+
+    /// Rounds each f32 operand (address, length) into a bf16 copy in scratch; returns the
+    /// copies' addresses.
+    fn to_bf16<const N: usize>(&self, operands: [(u64, usize); N]) -> Result<[u64; N]> {
+        let copies = self.carve(operands.map(|(_, len)| 2 * len))?;
+        for (&copy, (src, len)) in copies.iter().zip(operands) {
+            launch!(self, "to_bf16", elementwise(len), copy, src, len as u64)?;
         }
         Ok(copies)
     }
@@ -655,6 +792,7 @@ impl Gpu {
             accumulate: false,
             bias: bias.is_some(),
             bf16,
+            batch: None,
         };
         self.blas.matmul(g, w, inp, out, bias)
     }
@@ -700,6 +838,7 @@ impl Gpu {
                     accumulate: false,
                     bias: false,
                     bf16,
+                    batch: None,
                 },
                 Gemm {
                     ta: false,
@@ -713,6 +852,7 @@ impl Gpu {
                     accumulate: true,
                     bias: false,
                     bf16,
+                    batch: None,
                 },
                 (dout_in, inp_in),
             ),
@@ -731,6 +871,7 @@ impl Gpu {
                     accumulate: false,
                     bias: false,
                     bf16,
+                    batch: None,
                 },
                 Gemm {
                     ta: false,
@@ -744,6 +885,7 @@ impl Gpu {
                     accumulate: true,
                     bias: false,
                     bf16,
+                    batch: None,
                 },
                 (inp_in, dout_in),
             ),

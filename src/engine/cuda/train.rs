@@ -265,7 +265,10 @@ impl CudaEngine {
                 bt,
                 c,
                 branches.map(|(attn, mlp)| BranchDropout { attn, mlp }),
-                |atty, qkv| gpu.attention_forward(atty, lse, qkv, b, t, nh, hs, site(l, SITE_ATTN)),
+                |atty, qkv| {
+                    let drop = site(l, SITE_ATTN);
+                    gpu.attention_forward(precision, atty, lse, qkv, b, t, nh, hs, drop)
+                },
             )?;
         }
         let last = a.residual3.at((cfg.n_layer - 1) * bt * c);
@@ -495,6 +498,7 @@ impl CudaEngine {
                 part,
             )?;
             gpu.attention_backward(
+                precision,
                 g.dqkv.ptr(),
                 g.datty.ptr(),
                 a.qkv.at(l3c),

@@ -20,6 +20,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("dropout.cu", include_str!("dropout.cu")),
     ("crossentropy.cu", include_str!("crossentropy.cu")),
     ("attention.cu", include_str!("attention.cu")),
+    ("attention_bf16.cu", include_str!("attention_bf16.cu")),
     ("adamw.cu", include_str!("adamw.cu")),
 ];
 
@@ -55,6 +56,11 @@ pub fn entry_points() -> Vec<String> {
         "crossentropy_backward_inplace",
         "attention_backward_d",
         "kv_cache_write",
+        "heads_to_bf16",
+        "heads_merge",
+        "attn_row_lse",
+        "attn_probs",
+        "attn_scores_backward",
         "adamw_update",
         "norm_partials",
         "scale_inplace",
