@@ -53,11 +53,24 @@ enum Product {
     MixT,
 }
 
+/// Elements of one of Q, K, V (B*T*C) and of the scores (B*H*T*T).
+fn sizes(a: AttnShape) -> (usize, usize) {
+    (a.b * a.t * a.nh * a.hs, a.b * a.nh * a.t * a.t)
+}
+
 impl Gpu {
+    /// The bf16 (B, H, T, hs) copies of qkv's q, k and v sections.
+    fn split_qkv(&self, dst: [u64; 3], qkv: u64, a: AttnShape) -> Result<()> {
+        let c = a.nh * a.hs;
+        for (section, dst) in dst.into_iter().enumerate() {
+            self.heads_to_bf16(dst, qkv + (4 * section * c) as u64, 3 * c, a)?;
+        }
+        Ok(())
+    }
+
     /// out (B, T, C) and lse (B, H, T) from qkv (B, T, 3C), in bf16 on the tensor cores.
     pub fn attention_forward_bf16(&self, out: u64, lse: u64, qkv: u64, a: AttnShape) -> Result<()> {
-        let c = a.nh * a.hs;
-        let (heads, scores) = (a.b * a.t * c, a.b * a.nh * a.t * a.t);
+        let (heads, scores) = sizes(a);
         let [q, k, v, s, p, o] = self.carve([
             2 * heads,
             2 * heads,
@@ -66,15 +79,13 @@ impl Gpu {
             2 * scores,
             4 * heads,
         ])?;
-        for (dst, section) in [(q, 0), (k, 1), (v, 2)] {
-            self.heads_to_bf16(dst, qkv + (4 * section * c) as u64, 3 * c, a)?;
-        }
+        self.split_qkv([q, k, v], qkv, a)?;
         self.blas
             .matmul(product(a, Product::Scores), k, q, s, None)?;
         self.attn_row_lse(lse, s, a)?;
         self.attn_probs(p, s, lse, a)?;
         self.blas.matmul(product(a, Product::Mix), v, p, o, None)?;
-        self.heads_merge(out, c, o, a)
+        self.heads_merge(out, a.nh * a.hs, o, a)
     }
 
     /// dqkv (B, T, 3C), overwritten, from dout (B, T, C), qkv and the forward pass's lse.
@@ -86,8 +97,7 @@ impl Gpu {
         lse: u64,
         a: AttnShape,
     ) -> Result<()> {
-        let c = a.nh * a.hs;
-        let (heads, scores) = (a.b * a.t * c, a.b * a.nh * a.t * a.t);
+        let (heads, scores) = sizes(a);
         let [q, k, v, d_out, s, dp, p, grad] = self.carve([
             2 * heads,
             2 * heads,
@@ -98,9 +108,8 @@ impl Gpu {
             2 * scores,
             4 * heads,
         ])?;
-        for (dst, section) in [(q, 0), (k, 1), (v, 2)] {
-            self.heads_to_bf16(dst, qkv + (4 * section * c) as u64, 3 * c, a)?;
-        }
+        self.split_qkv([q, k, v], qkv, a)?;
+        let c = a.nh * a.hs;
         self.heads_to_bf16(d_out, dout, c, a)?;
         self.blas
             .matmul(product(a, Product::Scores), k, q, s, None)?;

@@ -19,27 +19,38 @@
 // (B, T, C)-strided layout (heads_merge). Rows of S are (b, h, i) = r, T long; one warp per row,
 // lanes striding over j, so every sum runs in a fixed order.
 
+// Element e of a (B*T, C) matrix, C = nh*hs: its row and column there, and its index in the
+// (B, H, T, hs) layout.
+__device__ __forceinline__ u64 head_index(u64 e, int t, int nh, int hs, u64* row, int* col) {
+    u64 c = (u64)nh * hs;
+    *row = e / c;
+    *col = (int)(e % c);
+    int h = *col / hs, d = *col % hs;
+    u64 b = *row / t, i = *row % t;
+    return ((b * nh + h) * t + i) * hs + d;
+}
+
 // dst (B, H, T, hs) = bf(src), src rows (B*T of them) `src_rs` apart, head h at columns h*hs.
 // n = B*T*H*hs, one thread per element.
 extern "C" __global__ void heads_to_bf16(bf16* dst, const float* src, u64 src_rs, int t, int nh, int hs,
                                          u64 n) {
-    u64 e = (u64)blockIdx.x * blockDim.x + threadIdx.x;
-    if (e >= n) return;
-    u64 c = (u64)nh * hs, row = e / c;
-    int col = (int)(e % c), h = col / hs, d = col % hs;
-    u64 b = row / t, i = row % t;
-    dst[((b * nh + h) * t + i) * hs + d] = bf16_bits(src[row * src_rs + col]);
+    u64 e = (u64)blockIdx.x * blockDim.x + threadIdx.x, row;
+    int col;
+    if (e < n) {
+        u64 to = head_index(e, t, nh, hs, &row, &col);
+        dst[to] = bf16_bits(src[row * src_rs + col]);
+    }
 }
 
 // The way back: dst rows `dst_rs` apart, head h at columns h*hs, from src (B, H, T, hs).
 extern "C" __global__ void heads_merge(float* dst, u64 dst_rs, const float* src, int t, int nh, int hs,
                                        u64 n) {
-    u64 e = (u64)blockIdx.x * blockDim.x + threadIdx.x;
-    if (e >= n) return;
-    u64 c = (u64)nh * hs, row = e / c;
-    int col = (int)(e % c), h = col / hs, d = col % hs;
-    u64 b = row / t, i = row % t;
-    dst[row * dst_rs + col] = src[((b * nh + h) * t + i) * hs + d];
+    u64 e = (u64)blockIdx.x * blockDim.x + threadIdx.x, row;
+    int col;
+    if (e < n) {
+        u64 from = head_index(e, t, nh, hs, &row, &col);
+        dst[row * dst_rs + col] = src[from];
+    }
 }
 
 // The warp's row r of `rows`; false past the end (the whole warp leaves together).
