@@ -130,6 +130,18 @@ echo "ddp_cpu2: exit $?"
 with_memory bench_bf16 "$BIN_DIR/nanogpt" bench --device=cuda --dtype=bfloat16 --json --iters 10 --warmup 3
 with_memory bench_bf16_b64 "$BIN_DIR/nanogpt" bench --device=cuda --dtype=bfloat16 --batch_size=64 --json --iters 10 --warmup 3
 with_memory peer_bf16_compile_b64 $PY "${peer[@]}" --dtype=bfloat16 --compile=true --batch_size=64
+# Where a bf16 step's time goes (GPU time per kernel and product shape), and the new kernels
+# under compute-sanitizer's memcheck (out-of-bounds and misaligned accesses).
+NANOGPT_CUDA_PROFILE=1 timeout 120 "$BIN_DIR/nanogpt" bench --device=cuda --dtype=bfloat16 --json --iters 3 --warmup 1 \
+    > "$OUT/bench_bf16_profile.json" 2> "$OUT/bench_bf16_profile.txt"
+echo "bench_bf16_profile: exit $?"
+if command -v compute-sanitizer >/dev/null; then
+    timeout 300 compute-sanitizer --tool memcheck --error-exitcode 9 "$BIN_DIR/cuda_device" \
+        bf16_training --nocapture > "$OUT/memcheck_bf16.log" 2>&1
+    echo "memcheck_bf16: exit $?"
+else
+    echo "memcheck_bf16: compute-sanitizer not found" | tee "$OUT/memcheck_bf16.log"
+fi
 "$BIN_DIR/nanogpt" prepare shakespeare --data_dir="$OUT/data" --input="$text" > "$OUT/bpe_prepare.log" 2>&1
 bpe_args=(train --dataset=shakespeare --data_dir="$OUT/data" --device=cuda --n_layer=12 --n_head=12
     --n_embd=768 --block_size=256 --batch_size=8 --gradient_accumulation_steps=1 --max_iters=200
@@ -204,6 +216,14 @@ summary["bf16"] = {
     # nanoGPT's train_gpt2 schedule: 600k iterations of 491,520 tokens, at the B=64 rate.
     "train_gpt2_days_one_h200": 600000 * 491520 / rate("bench_bf16_b64") / 86400,
 }
+def tail(name, n):
+    try:
+        return open(os.path.join(out, name), errors="replace").read().splitlines()[-n:]
+    except OSError:
+        return []
+summary["bf16"]["profile_top"] = tail("bench_bf16_profile.txt", 16)
+summary["bf16"]["memcheck_tail"] = tail("memcheck_bf16.log", 3)
+summary["bf16"]["memcheck_clean"] = any("ERROR SUMMARY: 0 errors" in l for l in tail("memcheck_bf16.log", 5))
 json.dump(summary, open(os.path.join(out, "cuda_check.json"), "w"), indent=2)
 print("\n== cuda_check summary ==")
 print("GPU:", summary["gpu"])
@@ -221,14 +241,22 @@ print(f"DDP: NCCL world 1 losses identical to no launcher: {d['nccl1_losses_iden
       f"{d['nccl1_tokens_per_s']:.0f} vs {d['alone_tokens_per_s']:.0f} ({d['nccl1_over_alone']:.4f}x, need >= 0.98); "
       f"2 CPU ranks log 1 process's losses: {d['cpu_2_ranks_losses_equal_1_process']}")
 b = summary["bf16"]
+for line in b["profile_top"] + b["memcheck_tail"]:
+    print("   ", line)
 print(f"bf16, 200 steps of tiny Shakespeare: final train/val loss f32 {b['final_f32']}, bf16 {b['final_bf16']}; "
       f"val diff {b['val_loss_diff']} (need <= 0.02); B=64 tokens/s over the peer's bf16 + compile "
       f"{b['b64_over_peer']:.2f}x; train_gpt2's 600k x 0.5M tokens on one H200: {b['train_gpt2_days_one_h200']:.1f} days")
-bf16_ok = b["val_loss_diff"] is not None and b["val_loss_diff"] <= 0.02 and b["train_loss_diff"] <= 0.02
-ok = tests_rc == 0 and tests and all(s == "ok" for s in tests.values())
+# Issue 12 is judged on the exact (f32) tests, issue 13 on the bf16 one; the harness must have
+# finished (a killed run leaves tests unreported).
+finished = re.search(r"^test result:", log, re.M) is not None
+exact = {n: s for n, s in tests.items() if not n.startswith("bf16")}
+bf16_ok = (finished and tests.get("bf16_training_is_as_close_to_f32_as_the_cpus") == "ok"
+           and b["val_loss_diff"] is not None and b["val_loss_diff"] <= 0.02 and b["train_loss_diff"] <= 0.02
+           and b["memcheck_clean"])
+ok = finished and bool(exact) and all(s == "ok" for s in exact.values())
 print("RESULT issue 12 (CUDA, exact):", "PASS" if ok else "FAIL")
 print("RESULT issue 14 (DDP device check):", "PASS" if ddp_ok else "FAIL")
-print("RESULT issue 13, first stage (bf16 accuracy; its speed targets are read from the table):", "PASS" if bf16_ok else "FAIL")
+print("RESULT issue 13, first stage (bf16 accuracy and memcheck; its speed targets are read from the table):", "PASS" if bf16_ok else "FAIL")
 print("RESULT:", "PASS" if ok and ddp_ok and bf16_ok else "FAIL", "->", os.path.join(out, "cuda_check.json"))
 sys.exit(0 if ok and ddp_ok and bf16_ok else 1)
 PYEOF

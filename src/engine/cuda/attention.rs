@@ -80,11 +80,10 @@ impl Gpu {
             4 * heads,
         ])?;
         self.split_qkv([q, k, v], qkv, a)?;
-        self.blas
-            .matmul(product(a, Product::Scores), k, q, s, None)?;
+        self.gemm(product(a, Product::Scores), k, q, s, None)?;
         self.attn_row_lse(lse, s, a)?;
         self.attn_probs(p, s, lse, a)?;
-        self.blas.matmul(product(a, Product::Mix), v, p, o, None)?;
+        self.gemm(product(a, Product::Mix), v, p, o, None)?;
         self.heads_merge(out, a.nh * a.hs, o, a)
     }
 
@@ -111,23 +110,18 @@ impl Gpu {
         self.split_qkv([q, k, v], qkv, a)?;
         let c = a.nh * a.hs;
         self.heads_to_bf16(d_out, dout, c, a)?;
-        self.blas
-            .matmul(product(a, Product::Scores), k, q, s, None)?;
+        self.gemm(product(a, Product::Scores), k, q, s, None)?;
         self.attn_probs(p, s, lse, a)?;
         let to_dqkv = |section: usize| dqkv + (4 * section * c) as u64;
         // dV = P^T dO, then P's buffer takes dS.
-        self.blas
-            .matmul(product(a, Product::MixT), d_out, p, grad, None)?;
+        self.gemm(product(a, Product::MixT), d_out, p, grad, None)?;
         self.heads_merge(to_dqkv(2), 3 * c, grad, a)?;
-        self.blas
-            .matmul(product(a, Product::Scores), v, d_out, dp, None)?;
+        self.gemm(product(a, Product::Scores), v, d_out, dp, None)?;
         let ds = p;
         self.attn_scores_backward(ds, s, dp, lse, a)?;
-        self.blas
-            .matmul(product(a, Product::Mix), k, ds, grad, None)?;
+        self.gemm(product(a, Product::Mix), k, ds, grad, None)?;
         self.heads_merge(to_dqkv(0), 3 * c, grad, a)?;
-        self.blas
-            .matmul(product(a, Product::MixT), q, ds, grad, None)?;
+        self.gemm(product(a, Product::MixT), q, ds, grad, None)?;
         self.heads_merge(to_dqkv(1), 3 * c, grad, a)
     }
 }

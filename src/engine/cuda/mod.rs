@@ -14,8 +14,9 @@
 //! GELU, residual, dropout (the CPU's hash), fused softmax + cross-entropy, flash-style
 //! attention, AdamW and the global norm. The files beside this one: `device` (finding the GPU),
 //! `module` (NVRTC and the PTX cache), `memory` (device buffers), `blas` (cuBLASLt), `ops` (one
-//! launch per kernel), `attention` (bf16 attention on cuBLASLt), `block`, `train`, `infer` (the
-//! model's math, as in `engine::cpu`).
+//! launch per kernel), `attention` (bf16 attention on cuBLASLt), `profile`
+//! (NANOGPT_CUDA_PROFILE=1: GPU time per kernel), `block`, `train`, `infer` (the model's math,
+//! as in `engine::cpu`).
 
 mod attention;
 mod blas;
@@ -25,6 +26,7 @@ mod infer;
 mod memory;
 mod module;
 mod ops;
+mod profile;
 mod train;
 
 pub use device::gpu_present;
@@ -137,6 +139,7 @@ impl CudaEngine {
                 kernels,
                 blas,
                 scratch: RefCell::new(DevBuf::zeros(0).map_err(alloc("scratch"))?),
+                profile: RefCell::new(profile::Profile::from_env()),
             },
             name,
             tf32,

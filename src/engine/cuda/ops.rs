@@ -8,6 +8,7 @@
 use super::blas::{Blas, Gemm};
 use super::memory::{is_out_of_memory, DevBuf};
 use super::module::Kernels;
+use super::profile::Profile;
 use crate::kernels::cpu::matmul::{Layout, Precision};
 use crate::kernels::cuda::{ATTENTION_HEAD_SIZES, ATT_ROWS, COLSUM_ROWS, NORM_CHUNK};
 use anyhow::{anyhow, bail, Result};
@@ -23,6 +24,8 @@ pub(super) struct Gpu {
     /// One op's scratch (a bf16 product's operand copies, bf16 attention's scores), reused by
     /// the next op (the stream runs them in order), grown to the largest.
     pub scratch: RefCell<DevBuf<u8>>,
+    /// GPU time per kernel, with NANOGPT_CUDA_PROFILE=1.
+    pub profile: RefCell<Option<Profile>>,
 }
 
 /// Launches kernel `$name` with `$cfg` and the arguments in order (each bound to a local so it
@@ -30,13 +33,16 @@ pub(super) struct Gpu {
 macro_rules! launch {
     ($gpu:expr, $name:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
         let f = $gpu.kernels.get($name)?;
-        let mut builder = $gpu.stream.launch_builder(f);
-        $( let arg = $arg; builder.arg(&arg); )+
-        // SAFETY: the argument list matches the kernel's signature in kernels/cuda (this file's
-        // one job), and every address points into a live buffer of the size the kernel reads.
-        unsafe { builder.launch($cfg) }
-            .map(|_| ())
-            .map_err(|e| anyhow!("CUDA kernel {} failed to launch: {e:?}", $name))
+        $gpu.timed(|| $name.to_string(), || {
+            let mut builder = $gpu.stream.launch_builder(f);
+            $( let arg = $arg; builder.arg(&arg); )+
+            // SAFETY: the argument list matches the kernel's signature in kernels/cuda (this
+            // file's one job), and every address points into a live buffer of the size the
+            // kernel reads.
+            unsafe { builder.launch($cfg) }
+                .map(|_| ())
+                .map_err(|e| anyhow!("CUDA kernel {} failed to launch: {e:?}", $name))
+        })
     }};
 }
 
@@ -109,6 +115,35 @@ pub(super) fn norm_chunks(n: usize) -> usize {
 }
 
 impl Gpu {
+    /// Runs `queue` (which queues GPU work), timed under `name()` when profiling.
+    pub fn timed(
+        &self,
+        name: impl FnOnce() -> String,
+        queue: impl FnOnce() -> Result<()>,
+    ) -> Result<()> {
+        if self.profile.borrow().is_none() {
+            return queue();
+        }
+        let start = Profile::mark(&self.stream);
+        queue()?;
+        let end = Profile::mark(&self.stream);
+        if let (Some(start), Some(end), Some(p)) = (start, end, self.profile.borrow_mut().as_mut())
+        {
+            p.add(name(), start, end);
+        }
+        Ok(())
+    }
+
+    /// A cuBLASLt product (`Blas::matmul`), timed by shape when profiling.
+    pub fn gemm(&self, g: Gemm, a: u64, b: u64, d: u64, bias: Option<u64>) -> Result<()> {
+        let name = || {
+            let batch = g.batch.map_or(String::new(), |b| format!(" x{}", b.count));
+            let dtype = if g.bf16 { "bf16" } else { "f32" };
+            format!("gemm {dtype} {}x{}x{}{batch}", g.m, g.n, g.k)
+        };
+        self.timed(name, || self.blas.matmul(g, a, b, d, bias))
+    }
+
     pub fn synchronize(&self) -> Result<()> {
         self.stream
             .synchronize()
@@ -794,7 +829,7 @@ impl Gpu {
             bf16,
             batch: None,
         };
-        self.blas.matmul(g, w, inp, out, bias)
+        self.gemm(g, w, inp, out, bias)
     }
 
     /// dinp = dout @ W^T (overwritten); dW += inp^T @ dout (dout^T @ inp for OutIn), both
@@ -890,8 +925,8 @@ impl Gpu {
                 (inp_in, dout_in),
             ),
         };
-        self.blas.matmul(dinp_gemm, w_in, dout_in, dinp, None)?;
-        self.blas.matmul(dw_gemm, dw_ab.0, dw_ab.1, dw, None)?;
+        self.gemm(dinp_gemm, w_in, dout_in, dinp, None)?;
+        self.gemm(dw_gemm, dw_ab.0, dw_ab.1, dw, None)?;
         if let Some(db) = dbias {
             self.colsum(db, dout, rows, oc, partial)?;
         }
