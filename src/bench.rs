@@ -45,6 +45,8 @@ crate::with_model_shape! {
             kv_cache_dtype: Option<KvDtype> = None,
             /// cpu, cuda or auto (the CPU until the CUDA backend has passed its GPU check)
             device: Device = Device::Auto,
+            /// Training: remake the MLP activations in backward (as `train --recompute=true`)
+            recompute: bool = false,
         }
     }
 }
@@ -69,6 +71,7 @@ impl BenchArgs {
             inference,
             kv_cache: self.kv_cache_dtype.unwrap_or(inference.suited_kv_cache()),
             training,
+            recompute: self.recompute,
             config: self.model_config(self.vocab_size, self.pad_vocab),
             batch_size: self.batch_size,
             warmup: self.warmup,
@@ -89,6 +92,8 @@ pub struct BenchOptions {
     pub kv_cache: KvDtype,
     /// What the training benchmark's matrix products multiply in.
     pub training: Dtype,
+    /// Whether the training benchmark remakes the MLP activations in backward.
+    pub recompute: bool,
     pub batch_size: usize,
     pub warmup: usize,
     pub iters: usize,
@@ -123,6 +128,7 @@ pub fn run_train_bench(opts: &BenchOptions) -> Result<BenchReport> {
     let (b, t) = (opts.batch_size, cfg.block_size);
     let mut engine = engine::open(Gpt::new(cfg.clone(), opts.seed)?, opts.device)?;
     engine.set_training_dtype(opts.training)?;
+    engine.set_activation_recompute(opts.recompute);
     let mut rng = Rng::new(opts.seed ^ 0x5EED);
     let v = cfg.vocab_size as u64;
     let x: Vec<u32> = (0..b * t).map(|_| rng.below(v) as u32).collect();

@@ -1,6 +1,7 @@
 //! bf16 training (`dtype = "bfloat16"`): the matrix products take bf16 inputs and sum in f32,
 //! everything else (weights, gradients, AdamW, norms, attention) stays f32. Checked against the
-//! same steps in f32, for both model families.
+//! same steps in f32, for both model families. Also the other training option of the engine,
+//! `recompute`: the same bits with the MLP activations remade in backward.
 
 mod common;
 
@@ -130,7 +131,10 @@ fn bf16_loss_and_gradients_follow_f32() {
 
 /// Losses of `steps` AdamW steps on the learnable batches.
 fn train(cfg: &GptConfig, dtype: Dtype, steps: u64) -> Vec<f32> {
-    let mut e = engine(cfg, dtype);
+    train_engine(&mut engine(cfg, dtype), cfg, steps)
+}
+
+fn train_engine(e: &mut CpuEngine, cfg: &GptConfig, steps: u64) -> Vec<f32> {
     (0..steps)
         .map(|step| {
             let (x, y) = batch(cfg, 4, 32, step);
@@ -171,5 +175,31 @@ fn bf16_training_tracks_f32_and_is_deterministic() {
             bf16_losses.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
             "bf16 training is not deterministic"
         );
+    }
+}
+
+#[test]
+fn recomputed_activations_give_the_same_bits() {
+    let gpt2_dropout = GptConfig {
+        dropout: 0.1,
+        ..gpt2()
+    };
+    for cfg in [gpt2_dropout, llama()] {
+        for dtype in [Dtype::Float32, Dtype::Bfloat16] {
+            let run = |recompute: bool| {
+                let mut e = engine(&cfg, dtype);
+                e.set_activation_recompute(recompute);
+                let losses = train_engine(&mut e, &cfg, 4);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                (bits(&losses), bits(&e.model.params))
+            };
+            let (kept, remade) = (run(false), run(true));
+            assert_eq!(kept.0, remade.0, "{:?} {dtype}: losses differ", cfg.arch);
+            assert!(
+                kept.1 == remade.1,
+                "{:?} {dtype}: parameters differ",
+                cfg.arch
+            );
+        }
     }
 }

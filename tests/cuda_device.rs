@@ -315,6 +315,31 @@ fn two_cuda_runs_are_bit_identical() {
 }
 
 #[test]
+fn recomputed_gelu_gives_the_same_bits() {
+    let cfg = GptConfig {
+        n_layer: 2,
+        n_head: 4,
+        n_embd: 128,
+        block_size: 64,
+        vocab_size: 512,
+        dropout: 0.1,
+        ..GptConfig::default()
+    };
+    let model = || Gpt::new(cfg.clone(), 5).expect("model");
+    let Some(mut kept) = cuda(model, "recomputed_gelu") else {
+        return;
+    };
+    let (lk, pk) = three_steps(kept.as_mut(), 4, 64, 512);
+    drop(kept);
+    let mut remade = cuda(model, "recomputed_gelu").expect("GPU present");
+    remade.set_activation_recompute(true);
+    let (lr, pr) = three_steps(remade.as_mut(), 4, 64, 512);
+    println!("recompute: losses {lr:?}, kept {lk:?}");
+    assert!(lk.iter().zip(&lr).all(|(a, b)| a.to_bits() == b.to_bits()));
+    assert!(pk.iter().zip(&pr).all(|(a, b)| a.to_bits() == b.to_bits()));
+}
+
+#[test]
 fn dropout_masks_are_the_cpus() {
     let cfg = GptConfig {
         n_layer: 2,

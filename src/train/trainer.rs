@@ -102,6 +102,7 @@ fn run(
     ranks.connect_engine(engine.as_mut())?;
     engine.set_adamw(hyper);
     engine.set_training_dtype(cfg.dtype)?;
+    engine.set_activation_recompute(cfg.recompute);
     if let Some(opt) = opt {
         engine.set_optimizer_state(opt)?;
     }

@@ -50,6 +50,15 @@ pub(super) enum Norm {
 }
 
 impl Shape {
+    /// act = the MLP's activation of fch: GELU, or SwiGLU of its gate and up halves.
+    pub fn mlp_activation(&self, act: &mut [f32], fch: &[f32]) {
+        if self.swiglu {
+            swiglu_forward(act, fch, self.mlp);
+        } else {
+            gelu_forward(act, fch);
+        }
+    }
+
     pub fn new(cfg: &GptConfig) -> Shape {
         let llama = cfg.llama();
         Shape {
@@ -261,11 +270,7 @@ pub(super) fn block_forward(
         c,
     );
     w.linear(a.fch, a.ln2, o.fc_w, o.fc_b, c, s.mlp_in);
-    if s.swiglu {
-        swiglu_forward(a.fch_gelu, a.fch, s.mlp);
-    } else {
-        gelu_forward(a.fch_gelu, a.fch);
-    }
+    s.mlp_activation(a.fch_gelu, a.fch);
     w.linear(proj, a.fch_gelu, o.fcproj_w, o.fcproj_b, s.mlp, c);
     if let Some(d) = dropout {
         dropout_inplace(proj, d.mlp_key, d.p);

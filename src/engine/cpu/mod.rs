@@ -67,6 +67,8 @@ pub struct CpuEngine {
     rope: Option<RopeTable>,
     /// What training's matrix products multiply in (`Engine::set_training_dtype`).
     precision: Precision,
+    /// Whether backward remakes the MLP activations (`Engine::set_activation_recompute`).
+    recompute: bool,
 }
 
 impl CpuEngine {
@@ -100,6 +102,7 @@ impl CpuEngine {
             bf16_weights: OnceLock::new(),
             rope,
             precision: Precision::F32,
+            recompute: false,
         }
     }
 
@@ -158,6 +161,10 @@ impl Engine for CpuEngine {
             Dtype::Bfloat16 => Precision::Bf16,
         };
         Ok(())
+    }
+
+    fn set_activation_recompute(&mut self, on: bool) {
+        self.recompute = on;
     }
 
     fn config(&self) -> &GptConfig {

@@ -52,7 +52,9 @@ pub(super) struct Activations {
     ln2_mean: Vec<f32>,
     ln2_rstd: Vec<f32>,
     fch: Vec<f32>,
+    /// The MLP activation of every layer, or with `recompute` one layer's, remade in backward.
     fch_gelu: Vec<f32>,
+    recompute: bool,
     residual3: Vec<f32>,
     lnf: Vec<f32>,
     lnf_mean: Vec<f32>,
@@ -78,7 +80,7 @@ pub(super) struct ActGrads {
 }
 
 impl Activations {
-    fn new(cfg: &GptConfig, b: usize, t: usize) -> Activations {
+    fn new(cfg: &GptConfig, b: usize, t: usize, recompute: bool) -> Activations {
         let (l, c, nh, vp) = (cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.padded_vocab_size());
         let (qkv, mlp_in, mlp) = (cfg.qkv_width(), cfg.mlp_in_width(), cfg.mlp_width());
         let bt = b * t;
@@ -102,7 +104,8 @@ impl Activations {
             ln2_mean: z(l * bt),
             ln2_rstd: z(l * bt),
             fch: z(l * bt * mlp_in),
-            fch_gelu: z(l * bt * mlp),
+            fch_gelu: z(if recompute { 1 } else { l } * bt * mlp),
+            recompute,
             residual3: z(l * bt * c),
             lnf: z(bt * c),
             lnf_mean: z(bt),
@@ -113,6 +116,12 @@ impl Activations {
             proj: z(bt * c),
         }
     }
+}
+
+/// Layer l's rows of the MLP activations: its own, or with `recompute` the one shared set.
+fn act_rows(recompute: bool, l: usize, layer_len: usize) -> std::ops::Range<usize> {
+    let l = if recompute { 0 } else { l };
+    l * layer_len..(l + 1) * layer_len
 }
 
 impl ActGrads {
@@ -163,8 +172,11 @@ impl CpuEngine {
         );
         let bt = b * t;
         check_batch(&cfg, tokens, targets, b, t)?;
-        if !matches!(&self.acts, Some(a) if a.b == b && a.t == t) {
-            self.acts = Some(Activations::new(&cfg, b, t));
+        let recompute = self.recompute;
+        if !matches!(&self.acts, Some(a) if a.b == b && a.t == t && a.recompute == recompute) {
+            // Free the old set first: two sets may not fit together.
+            self.acts = None;
+            self.acts = Some(Activations::new(&cfg, b, t, recompute));
             self.act_grads = None;
         }
         let (p, tb) = (&self.model.params, &self.model.table);
@@ -193,7 +205,7 @@ impl CpuEngine {
                 l * bt * c..(l + 1) * bt * c,
                 l * bt * shape.qkv..(l + 1) * bt * shape.qkv,
                 l * bt * shape.mlp_in..(l + 1) * bt * shape.mlp_in,
-                l * bt * shape.mlp..(l + 1) * bt * shape.mlp,
+                act_rows(a.recompute, l, bt * shape.mlp),
             );
             let r_row = l * bt..(l + 1) * bt;
             let (before, this_and_after) = a.residual3.split_at_mut(l * bt * c);
@@ -347,7 +359,7 @@ impl CpuEngine {
                 l * bt * c..(l + 1) * bt * c,
                 l * bt * qkv..(l + 1) * bt * qkv,
                 l * bt * mlp_in..(l + 1) * bt * mlp_in,
-                l * bt * mlp..(l + 1) * bt * mlp,
+                act_rows(a.recompute, l, bt * mlp),
             );
             let r_row = l * bt..(l + 1) * bt;
             let residual: &[f32] = if l == 0 {
@@ -364,6 +376,9 @@ impl CpuEngine {
                 cfg.dropout,
             );
             let (dw, db) = split_grad(grads, o.fcproj_w, mlp * c, bias_at(o.fcproj_b));
+            if a.recompute {
+                shape.mlp_activation(&mut a.fch_gelu, &a.fch[r_in.clone()]);
+            }
             let dact = if shape.swiglu {
                 &mut g.dact
             } else {

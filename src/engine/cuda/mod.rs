@@ -68,6 +68,8 @@ pub struct CudaEngine {
     cc: u32,
     /// What training's matrix products multiply in (`dtype`); cached inference stays f32.
     precision: Precision,
+    /// Whether backward remakes the GELU outputs (`Engine::set_activation_recompute`).
+    recompute: bool,
     /// The config and table; its `params` are what was uploaded at open (the live ones are on
     /// the device).
     host: Gpt,
@@ -145,6 +147,7 @@ impl CudaEngine {
             tf32,
             cc,
             precision: Precision::F32,
+            recompute: false,
             params,
             grads: DevBuf::zeros(n).map_err(alloc("gradients"))?,
             m: DevBuf::zeros(n).map_err(alloc("moments"))?,
@@ -281,6 +284,10 @@ impl Engine for CudaEngine {
             Dtype::Bfloat16 => Precision::Bf16,
         };
         Ok(())
+    }
+
+    fn set_activation_recompute(&mut self, on: bool) {
+        self.recompute = on;
     }
 
     fn config(&self) -> &GptConfig {

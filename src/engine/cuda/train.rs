@@ -47,7 +47,9 @@ pub(super) struct Activations {
     ln2_mean: DevBuf<f32>,
     ln2_rstd: DevBuf<f32>,
     fch: DevBuf<f32>,
+    /// Every layer's GELU output, or with `recompute` one layer's, remade in backward.
     fch_gelu: DevBuf<f32>,
+    recompute: bool,
     residual3: DevBuf<f32>,
     lnf: DevBuf<f32>,
     lnf_mean: DevBuf<f32>,
@@ -90,7 +92,12 @@ fn oom(b: usize, t: usize) -> impl Fn(DriverError) -> anyhow::Error {
 }
 
 impl Activations {
-    fn new(cfg: &GptConfig, b: usize, t: usize) -> Result<Activations, DriverError> {
+    fn new(
+        cfg: &GptConfig,
+        b: usize,
+        t: usize,
+        recompute: bool,
+    ) -> Result<Activations, DriverError> {
         let (l, c, nh, vp) = (cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.padded_vocab_size());
         let bt = b * t;
         let z = DevBuf::<f32>::zeros;
@@ -119,7 +126,8 @@ impl Activations {
             ln2_mean: z(l * bt)?,
             ln2_rstd: z(l * bt)?,
             fch: z(l * bt * 4 * c)?,
-            fch_gelu: z(l * bt * 4 * c)?,
+            fch_gelu: z(if recompute { 1 } else { l } * bt * 4 * c)?,
+            recompute,
             residual3: z(l * bt * c)?,
             lnf: z(bt * c)?,
             lnf_mean: z(bt)?,
@@ -190,11 +198,12 @@ impl CudaEngine {
         );
         let (bt, hs) = (b * t, c / nh);
         check_batch(&cfg, tokens, targets, b, t)?;
-        if !matches!(&self.acts, Some(a) if a.b == b && a.t == t) {
+        let recompute = self.recompute;
+        if !matches!(&self.acts, Some(a) if a.b == b && a.t == t && a.recompute == recompute) {
             // Free the old set first: two sets may not fit together.
             self.acts = None;
             self.act_grads = None;
-            self.acts = Some(Activations::new(&cfg, b, t).map_err(oom(b, t))?);
+            self.acts = Some(Activations::new(&cfg, b, t, recompute).map_err(oom(b, t))?);
         }
         let a = self.acts.as_mut().expect("allocated above");
         let dev = |e: DriverError| anyhow!("copy to the GPU failed: {e:?}");
@@ -248,7 +257,7 @@ impl CudaEngine {
                 ln2_mean: a.ln2_mean.at(lr),
                 ln2_rstd: a.ln2_rstd.at(lr),
                 fch: a.fch.at(l4c),
-                fch_gelu: a.fch_gelu.at(l4c),
+                fch_gelu: a.fch_gelu.at(if a.recompute { 0 } else { l4c }),
                 proj: a.proj.ptr(),
             };
             let branches = site(l, SITE_ATTN_RESID).zip(site(l, SITE_MLP_RESID));
@@ -432,13 +441,19 @@ impl CudaEngine {
                 bt * c,
                 site(l, SITE_MLP_RESID),
             )?;
+            let act = if a.recompute {
+                gpu.gelu_forward(a.fch_gelu.ptr(), a.fch.at(l4c), bt * 4 * c)?;
+                a.fch_gelu.ptr()
+            } else {
+                a.fch_gelu.at(l4c)
+            };
             gpu.matmul_backward(
                 precision,
                 g.dfch.ptr(),
                 gr.at(o.fcproj_w),
                 bias(o.fcproj_b),
                 dproj,
-                a.fch_gelu.at(l4c),
+                act,
                 p.at(o.fcproj_w),
                 Layout::InOut,
                 bt,
