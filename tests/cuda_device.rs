@@ -314,17 +314,22 @@ fn two_cuda_runs_are_bit_identical() {
     );
 }
 
-#[test]
-fn recomputed_gelu_gives_the_same_bits() {
-    let cfg = GptConfig {
+/// 2 layers, 128 wide, T = 64, vocab 512: three steps take moments.
+fn small_gpt2(dropout: f32) -> GptConfig {
+    GptConfig {
         n_layer: 2,
         n_head: 4,
         n_embd: 128,
         block_size: 64,
         vocab_size: 512,
-        dropout: 0.1,
+        dropout,
         ..GptConfig::default()
-    };
+    }
+}
+
+#[test]
+fn recomputed_gelu_gives_the_same_bits() {
+    let cfg = small_gpt2(0.1);
     let model = || Gpt::new(cfg.clone(), 5).expect("model");
     let Some(mut kept) = cuda(model, "recomputed_gelu") else {
         return;
@@ -341,15 +346,7 @@ fn recomputed_gelu_gives_the_same_bits() {
 
 #[test]
 fn dropout_masks_are_the_cpus() {
-    let cfg = GptConfig {
-        n_layer: 2,
-        n_head: 4,
-        n_embd: 128,
-        block_size: 64,
-        vocab_size: 512,
-        dropout: 0.2,
-        ..GptConfig::default()
-    };
+    let cfg = small_gpt2(0.2);
     let Some(mut gpu) = cuda(|| Gpt::new(cfg.clone(), 3).expect("model"), "dropout_masks") else {
         return;
     };
