@@ -11,7 +11,8 @@
 # The checks: (1) tiny-gpt2 against the PyTorch references: loss, every gradient, cached
 # logits, the 10-step AdamW trajectory; (2) GPT-2 124M, one batch, CUDA against the CPU engine:
 # loss and each tensor's gradient norm; (3) two identical runs (dropout on) give the same bits,
-# so do runs with and without the GELU recomputed in backward, and dropout masks are the CPU's; (4) greedy decoding gives the CPU's ids; (5) GPT-2 124M at
+# so do runs with and without the LayerNorm and GELU outputs recomputed in backward, and dropout
+# masks are the CPU's; (4) greedy decoding gives the CPU's ids; (5) GPT-2 124M at
 # T=1024 B=12: tokens/s, ms/iter, MFU and peak GPU memory in f32 and with TF32, beside the
 # PyTorch peer (benches/pytorch_train_step.py) in f32, f32+TF32 and nanoGPT's bf16 + compile;
 # (6) data-parallel training (issue 14): NCCL at world size 1 against no launcher, and two CPU

@@ -45,7 +45,8 @@ crate::with_model_shape! {
             kv_cache_dtype: Option<KvDtype> = None,
             /// cpu, cuda or auto (the CPU until the CUDA backend has passed its GPU check)
             device: Device = Device::Auto,
-            /// Training: remake the MLP activations in backward (as `train --recompute=true`)
+            /// Training: remake the norm outputs and MLP activations in backward (as `train
+            /// --recompute=true`)
             recompute: bool = false,
         }
     }

@@ -1,7 +1,7 @@
 //! bf16 training (`dtype = "bfloat16"`): the matrix products take bf16 inputs and sum in f32,
 //! everything else (weights, gradients, AdamW, norms, attention) stays f32. Checked against the
 //! same steps in f32, for both model families. Also the other training option of the engine,
-//! `recompute`: the same bits with the MLP activations remade in backward.
+//! `recompute`: the same bits with the norm outputs and MLP activations remade in backward.
 
 mod common;
 

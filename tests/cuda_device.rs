@@ -328,7 +328,7 @@ fn small_gpt2(dropout: f32) -> GptConfig {
 }
 
 #[test]
-fn recomputed_gelu_gives_the_same_bits() {
+fn recomputed_norms_and_gelu_give_the_same_bits() {
     let cfg = small_gpt2(0.1);
     let model = || Gpt::new(cfg.clone(), 5).expect("model");
     let Some(mut kept) = cuda(model, "recomputed_gelu") else {

@@ -67,10 +67,10 @@ crate::with_model_shape! {
             device: Device = Device::Auto,
             /// float32, or bfloat16: matrix products in bf16 (f32 sums, f32 weights and optimizer)
             dtype: Dtype = Dtype::Float32,
-            /// Remake each layer's MLP activation (GELU, SwiGLU) in the backward pass instead of
-            /// keeping all of them: n_layer x batch x block_size x 4 n_embd floats less memory
-            /// (1.8 GB for GPT-2 124M at 12 x 1024), one activation per layer more work, the same
-            /// results bit for bit (llm.c's recompute)
+            /// Remake each layer's two norm outputs and MLP activation (GELU, SwiGLU) in the
+            /// backward pass instead of keeping all of them: n_layer x batch x block_size x 6
+            /// n_embd floats less memory (2.7 GB for GPT-2 124M at 12 x 1024), one norm pair and
+            /// activation per layer more work, the same results bit for bit (llm.c's recompute)
             recompute: bool = false,
             /// Data-parallel runs: 1 = ZeRO-1, each rank keeps AdamW's moments for its part of
             /// the parameters only (a W-th of their memory), bit for bit the same training;

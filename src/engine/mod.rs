@@ -468,10 +468,10 @@ pub trait Engine {
     /// [`Engine::peak_tflops`] reports follows it.
     fn set_training_dtype(&mut self, dtype: Dtype) -> Result<()>;
 
-    /// Whether the backward pass remakes each layer's MLP activation (GELU or SwiGLU) from its
-    /// input instead of the forward pass keeping all of them: one layer's worth of memory
-    /// instead of n_layer's (llm.c's `recompute`), for one activation per layer more work. The
-    /// results are the same bits either way. From the next forward pass on.
+    /// Whether the backward pass remakes each layer's two norm outputs and MLP activation (GELU
+    /// or SwiGLU) from their inputs instead of the forward pass keeping all of them: one layer's
+    /// worth of memory instead of n_layer's (llm.c's `recompute`), for those ops once more per
+    /// layer. The results are the same bits either way. From the next forward pass on.
     fn set_activation_recompute(&mut self, on: bool);
 
     /// What the KV caches made from now on ([`Engine::kv_cache`]) hold ([`KvDtype`]), or, with

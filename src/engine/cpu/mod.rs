@@ -67,7 +67,8 @@ pub struct CpuEngine {
     rope: Option<RopeTable>,
     /// What training's matrix products multiply in (`Engine::set_training_dtype`).
     precision: Precision,
-    /// Whether backward remakes the MLP activations (`Engine::set_activation_recompute`).
+    /// Whether backward remakes the norm outputs and MLP activations
+    /// (`Engine::set_activation_recompute`).
     recompute: bool,
 }
 

@@ -52,7 +52,8 @@ pub(super) struct Activations {
     ln2_mean: Vec<f32>,
     ln2_rstd: Vec<f32>,
     fch: Vec<f32>,
-    /// The MLP activation of every layer, or with `recompute` one layer's, remade in backward.
+    /// The MLP activation of every layer, or with `recompute` one layer's (as `ln1`, `ln2`),
+    /// remade in backward.
     fch_gelu: Vec<f32>,
     recompute: bool,
     residual3: Vec<f32>,
@@ -82,6 +83,8 @@ pub(super) struct ActGrads {
 impl Activations {
     fn new(cfg: &GptConfig, b: usize, t: usize, recompute: bool) -> Activations {
         let (l, c, nh, vp) = (cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.padded_vocab_size());
+        // Layers of the norms' outputs and MLP activations kept: all, or one remade in backward.
+        let kept = if recompute { 1 } else { l };
         let (qkv, mlp_in, mlp) = (cfg.qkv_width(), cfg.mlp_in_width(), cfg.mlp_width());
         let bt = b * t;
         let z = |n: usize| vec![0.0f32; n];
@@ -93,18 +96,18 @@ impl Activations {
             has_targets: false,
             mode: Mode::Eval,
             encoded: z(bt * c),
-            ln1: z(l * bt * c),
+            ln1: z(kept * bt * c),
             ln1_mean: z(l * bt),
             ln1_rstd: z(l * bt),
             qkv: z(l * bt * qkv),
             atty: z(l * bt * c),
             att_lse: z(l * b * nh * t),
             residual2: z(l * bt * c),
-            ln2: z(l * bt * c),
+            ln2: z(kept * bt * c),
             ln2_mean: z(l * bt),
             ln2_rstd: z(l * bt),
             fch: z(l * bt * mlp_in),
-            fch_gelu: z(if recompute { 1 } else { l } * bt * mlp),
+            fch_gelu: z(kept * bt * mlp),
             recompute,
             residual3: z(l * bt * c),
             lnf: z(bt * c),
@@ -118,8 +121,9 @@ impl Activations {
     }
 }
 
-/// Layer l's rows of the MLP activations: its own, or with `recompute` the one shared set.
-fn act_rows(recompute: bool, l: usize, layer_len: usize) -> std::ops::Range<usize> {
+/// Layer l's rows of a buffer that `recompute` keeps one layer of (the norms' outputs, the MLP
+/// activations): its own, or the one shared set.
+fn kept_rows(recompute: bool, l: usize, layer_len: usize) -> std::ops::Range<usize> {
     let l = if recompute { 0 } else { l };
     l * layer_len..(l + 1) * layer_len
 }
@@ -205,7 +209,7 @@ impl CpuEngine {
                 l * bt * c..(l + 1) * bt * c,
                 l * bt * shape.qkv..(l + 1) * bt * shape.qkv,
                 l * bt * shape.mlp_in..(l + 1) * bt * shape.mlp_in,
-                act_rows(a.recompute, l, bt * shape.mlp),
+                kept_rows(a.recompute, l, bt * shape.mlp),
             );
             let r_row = l * bt..(l + 1) * bt;
             let (before, this_and_after) = a.residual3.split_at_mut(l * bt * c);
@@ -229,13 +233,13 @@ impl CpuEngine {
                 &mut this_and_after[..bt * c],
                 residual,
                 BlockActs {
-                    ln1: &mut a.ln1[r_c.clone()],
+                    ln1: &mut a.ln1[kept_rows(a.recompute, l, bt * c)],
                     ln1_mean: &mut a.ln1_mean[r_row.clone()],
                     ln1_rstd: &mut a.ln1_rstd[r_row.clone()],
                     qkv: &mut a.qkv[r_qkv],
                     atty: &mut a.atty[r_c.clone()],
                     residual2: &mut a.residual2[r_c.clone()],
-                    ln2: &mut a.ln2[r_c],
+                    ln2: &mut a.ln2[kept_rows(a.recompute, l, bt * c)],
                     ln2_mean: &mut a.ln2_mean[r_row.clone()],
                     ln2_rstd: &mut a.ln2_rstd[r_row],
                     fch: &mut a.fch[r_in],
@@ -359,7 +363,7 @@ impl CpuEngine {
                 l * bt * c..(l + 1) * bt * c,
                 l * bt * qkv..(l + 1) * bt * qkv,
                 l * bt * mlp_in..(l + 1) * bt * mlp_in,
-                act_rows(a.recompute, l, bt * mlp),
+                kept_rows(a.recompute, l, bt * mlp),
             );
             let r_row = l * bt..(l + 1) * bt;
             let residual: &[f32] = if l == 0 {
@@ -401,6 +405,19 @@ impl CpuEngine {
             } else {
                 gelu_backward_inplace(&mut g.dfch, &a.fch[r_in]);
             }
+            let r_ln = kept_rows(a.recompute, l, bt * c);
+            if a.recompute {
+                norm_forward(
+                    shape.norm,
+                    &mut a.ln2[r_ln.clone()],
+                    &mut a.ln2_mean[r_row.clone()],
+                    &mut a.ln2_rstd[r_row.clone()],
+                    &a.residual2[r_c.clone()],
+                    w.w(o.ln2_w, c),
+                    w.b(o.ln2_b, c),
+                    c,
+                );
+            }
             let (dw, db) = split_grad(grads, o.fc_w, mlp_in * c, bias_at(o.fc_b));
             matmul_backward(
                 w.precision,
@@ -408,7 +425,7 @@ impl CpuEngine {
                 dw,
                 db,
                 &g.dfch,
-                &a.ln2[r_c.clone()],
+                &a.ln2[r_ln.clone()],
                 w.w(o.fc_w, mlp_in * c),
                 shape.layout,
                 c,
@@ -466,6 +483,18 @@ impl CpuEngine {
             if let Some(rope) = self.rope.as_ref() {
                 rope_rows(&mut g.dqkv, dims, t, rope, rope_backward);
             }
+            if a.recompute {
+                norm_forward(
+                    shape.norm,
+                    &mut a.ln1[r_ln.clone()],
+                    &mut a.ln1_mean[r_row.clone()],
+                    &mut a.ln1_rstd[r_row.clone()],
+                    residual,
+                    w.w(o.ln1_w, c),
+                    w.b(o.ln1_b, c),
+                    c,
+                );
+            }
             let (dw, db) = split_grad(grads, o.qkv_w, qkv * c, bias_at(o.qkv_b));
             matmul_backward(
                 w.precision,
@@ -473,7 +502,7 @@ impl CpuEngine {
                 dw,
                 db,
                 &g.dqkv,
-                &a.ln1[r_c],
+                &a.ln1[r_ln],
                 w.w(o.qkv_w, qkv * c),
                 shape.layout,
                 c,

@@ -68,7 +68,7 @@ pub struct CudaEngine {
     cc: u32,
     /// What training's matrix products multiply in (`dtype`); cached inference stays f32.
     precision: Precision,
-    /// Whether backward remakes the GELU outputs (`Engine::set_activation_recompute`).
+    /// Whether backward remakes the LayerNorm and GELU outputs (`Engine::set_activation_recompute`).
     recompute: bool,
     /// The config and table; its `params` are what was uploaded at open (the live ones are on
     /// the device).

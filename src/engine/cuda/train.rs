@@ -47,7 +47,8 @@ pub(super) struct Activations {
     ln2_mean: DevBuf<f32>,
     ln2_rstd: DevBuf<f32>,
     fch: DevBuf<f32>,
-    /// Every layer's GELU output, or with `recompute` one layer's, remade in backward.
+    /// Every layer's GELU output, or with `recompute` one layer's (as `ln1`, `ln2`), remade in
+    /// backward.
     fch_gelu: DevBuf<f32>,
     recompute: bool,
     residual3: DevBuf<f32>,
@@ -100,6 +101,8 @@ impl Activations {
     ) -> Result<Activations, DriverError> {
         let (l, c, nh, vp) = (cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.padded_vocab_size());
         let bt = b * t;
+        // Layers of the LayerNorm outputs and GELU outputs kept: all, or one remade in backward.
+        let kept = if recompute { 1 } else { l };
         let z = DevBuf::<f32>::zeros;
         let mut d_pos = DevBuf::zeros(bt)?;
         let pos: Vec<i32> = (0..bt).map(|r| (r % t) as i32).collect();
@@ -115,18 +118,18 @@ impl Activations {
             d_pos,
             d_targets: DevBuf::zeros(bt)?,
             encoded: z(bt * c)?,
-            ln1: z(l * bt * c)?,
+            ln1: z(kept * bt * c)?,
             ln1_mean: z(l * bt)?,
             ln1_rstd: z(l * bt)?,
             qkv: z(l * bt * 3 * c)?,
             atty: z(l * bt * c)?,
             att_lse: z(l * b * nh * t)?,
             residual2: z(l * bt * c)?,
-            ln2: z(l * bt * c)?,
+            ln2: z(kept * bt * c)?,
             ln2_mean: z(l * bt)?,
             ln2_rstd: z(l * bt)?,
             fch: z(l * bt * 4 * c)?,
-            fch_gelu: z(if recompute { 1 } else { l } * bt * 4 * c)?,
+            fch_gelu: z(kept * bt * 4 * c)?,
             recompute,
             residual3: z(l * bt * c)?,
             lnf: z(bt * c)?,
@@ -247,13 +250,13 @@ impl CudaEngine {
                 a.residual3.at(lc - bt * c)
             };
             let bufs = BlockBufs {
-                ln1: a.ln1.at(lc),
+                ln1: a.ln1.at(if a.recompute { 0 } else { lc }),
                 ln1_mean: a.ln1_mean.at(lr),
                 ln1_rstd: a.ln1_rstd.at(lr),
                 qkv: a.qkv.at(l3c),
                 atty: a.atty.at(lc),
                 residual2: a.residual2.at(lc),
-                ln2: a.ln2.at(lc),
+                ln2: a.ln2.at(if a.recompute { 0 } else { lc }),
                 ln2_mean: a.ln2_mean.at(lr),
                 ln2_rstd: a.ln2_rstd.at(lr),
                 fch: a.fch.at(l4c),
@@ -375,6 +378,7 @@ impl CudaEngine {
         };
         let bias = |off: usize| cfg.bias.then(|| gr.at(off));
         let or_null = |off: usize| bias(off).unwrap_or(0);
+        let param_or_null = |off: usize| if cfg.bias { p.at(off) } else { 0 };
         let part = g.partial.ptr();
 
         // Loss -> logits (in place) -> ln_f output -> the residual stream.
@@ -462,13 +466,26 @@ impl CudaEngine {
                 part,
             )?;
             gpu.gelu_backward_inplace(g.dfch.ptr(), a.fch.at(l4c), bt * 4 * c)?;
+            let ln_at = if a.recompute { 0 } else { lc };
+            if a.recompute {
+                gpu.layernorm_forward(
+                    a.ln2.ptr(),
+                    a.ln2_mean.at(lr),
+                    a.ln2_rstd.at(lr),
+                    a.residual2.at(lc),
+                    p.at(o.ln2_w),
+                    param_or_null(o.ln2_b),
+                    bt,
+                    c,
+                )?;
+            }
             gpu.matmul_backward(
                 precision,
                 g.dln.ptr(),
                 gr.at(o.fc_w),
                 bias(o.fc_b),
                 g.dfch.ptr(),
-                a.ln2.at(lc),
+                a.ln2.at(ln_at),
                 p.at(o.fc_w),
                 Layout::InOut,
                 bt,
@@ -526,13 +543,25 @@ impl CudaEngine {
                 hs,
                 site(l, SITE_ATTN),
             )?;
+            if a.recompute {
+                gpu.layernorm_forward(
+                    a.ln1.ptr(),
+                    a.ln1_mean.at(lr),
+                    a.ln1_rstd.at(lr),
+                    residual,
+                    p.at(o.ln1_w),
+                    param_or_null(o.ln1_b),
+                    bt,
+                    c,
+                )?;
+            }
             gpu.matmul_backward(
                 precision,
                 g.dln.ptr(),
                 gr.at(o.qkv_w),
                 bias(o.qkv_b),
                 g.dqkv.ptr(),
-                a.ln1.at(lc),
+                a.ln1.at(ln_at),
                 p.at(o.qkv_w),
                 Layout::InOut,
                 bt,
