@@ -285,7 +285,7 @@ fn unknown_key_lists_the_valid_ones() {
 #[test]
 fn config_files() {
     let dir = TempDir::new("train", "config-files");
-    let path = dir.path().join("train_shakespeare_char.toml");
+    let path = dir.join("train_shakespeare_char.toml");
     std::fs::write(
         &path,
         r#"# like nanoGPT's config/train_shakespeare_char.py
@@ -341,16 +341,16 @@ wandb_log = false
         .expect("overrides");
     assert_eq!((c.batch_size, c.max_iters, c.n_layer), (32, 10, 6));
 
-    let missing = dir.path().join("nope.toml");
+    let missing = dir.join("nope.toml");
     let e = err_text(TrainConfig::from_file(&missing));
     assert!(e.contains("nope.toml"), "{e}");
 
-    let bad = dir.path().join("bad.toml");
+    let bad = dir.join("bad.toml");
     std::fs::write(&bad, "batch_size = = 3\n").expect("write");
     let e = err_text(TrainConfig::from_file(&bad));
     assert!(e.contains("bad.toml"), "{e}");
 
-    let wrong_type = dir.path().join("wrong_type.toml");
+    let wrong_type = dir.join("wrong_type.toml");
     std::fs::write(&wrong_type, "batch_size = 'many'\n").expect("write");
     let e = err_text(TrainConfig::from_file(&wrong_type));
     assert!(
@@ -363,12 +363,12 @@ wandb_log = false
         ("bias = True\n", "true"),
         ("gradient_accumulation_steps = 5*8\n", "\"5*8\""),
     ] {
-        let nanogpt_style = dir.path().join("nanogpt_style.toml");
+        let nanogpt_style = dir.join("nanogpt_style.toml");
         std::fs::write(&nanogpt_style, line).expect("write");
         let e = err_text(TrainConfig::from_file(&nanogpt_style));
         assert!(e.contains("nanogpt_style.toml") && e.contains(hint), "{e}");
     }
-    let quoted = dir.path().join("quoted.toml");
+    let quoted = dir.join("quoted.toml");
     std::fs::write(
         &quoted,
         "bias = 'True'\ngradient_accumulation_steps = \"5*8\"\n",
@@ -378,7 +378,7 @@ wandb_log = false
     assert!(c.bias);
     assert_eq!(c.gradient_accumulation_steps, 40);
 
-    let unknown = dir.path().join("unknown.toml");
+    let unknown = dir.join("unknown.toml");
     std::fs::write(&unknown, "n_layr = 3\n").expect("write");
     let e = err_text(TrainConfig::from_file(&unknown));
     assert!(e.contains("unknown.toml") && e.contains("n_layr"), "{e}");
@@ -532,8 +532,8 @@ fn learning_rate_schedule_is_nanogpts_get_lr() {
 #[test]
 fn learns_tiny_shakespeare() {
     let dir = TempDir::new("train", "e2e");
-    let data_dir = prepare_data(dir.path());
-    let out = dir.path().join("out");
+    let data_dir = prepare_data(&dir);
+    let out = dir.join("out");
     let mut cfg = tiny_config(&data_dir, &out);
     // Measured on this machine (seeds 1, 2, 3, 7, 1337): val loss 4.17-4.19 at step 0,
     // 2.48-2.50 at step 300, a drop of 1.68-1.71.
@@ -672,10 +672,10 @@ fn learns_tiny_shakespeare() {
 #[test]
 fn resume_is_exact() {
     let dir = TempDir::new("train", "resume");
-    let data_dir = prepare_data(dir.path());
+    let data_dir = prepare_data(&dir);
     const N: usize = 12;
     let base = |out: &str, max_iters: usize| {
-        let mut c = tiny_config(&data_dir, &dir.path().join(out));
+        let mut c = tiny_config(&data_dir, &dir.join(out));
         c.apply_overrides(&args(&[
             "--dropout=0.1",
             "--gradient_accumulation_steps=2",
@@ -701,7 +701,7 @@ fn resume_is_exact() {
         let b1 = run_ok(&base(&out, k - 1));
         assert_eq!(b1.losses.len(), k);
         assert_eq!(b1.iter_num, k);
-        assert_eq!(state_iter(&dir.path().join(&out).join("latest")), k as u64);
+        assert_eq!(state_iter(&dir.join(&out).join("latest")), k as u64);
         let mut cfg2 = base(&out, N - 1);
         cfg2.init_from = "resume".into();
         let b2 = run_ok(&cfg2);
@@ -718,10 +718,7 @@ fn resume_is_exact() {
         assert_eq!(eval_bits(&evals), eval_bits(&a.evals), "k={k}");
         assert_eq!(b2.best_val_loss.to_bits(), a.best_val_loss.to_bits());
 
-        let (pa, pb) = (
-            dir.path().join("a/latest"),
-            dir.path().join(&out).join("latest"),
-        );
+        let (pa, pb) = (dir.join("a/latest"), dir.join(&out).join("latest"));
         for f in ["model.safetensors", "optimizer.safetensors", "config.json"] {
             assert!(
                 std::fs::read(pa.join(f)).expect("a") == std::fs::read(pb.join(f)).expect("b"),
@@ -762,8 +759,8 @@ fn resume_is_exact() {
 #[test]
 fn missing_dataset_says_prepare() {
     let dir = TempDir::new("train", "missing-data");
-    let out = dir.path().join("out");
-    let cfg = tiny_config(&dir.path().join("no-data-here"), &out);
+    let out = dir.join("out");
+    let cfg = tiny_config(&dir.join("no-data-here"), &out);
     let e = run_err(&cfg);
     assert!(e.contains("train.bin"), "{e}");
     assert!(e.contains("prepare"), "{e}");
@@ -783,8 +780,8 @@ fn broken_data(root: &Path) -> (PathBuf, PathBuf) {
 #[test]
 fn bad_token_files() {
     let dir = TempDir::new("train", "bad-tokens");
-    let (data_dir, ds) = broken_data(dir.path());
-    let out = dir.path().join("out");
+    let (data_dir, ds) = broken_data(&dir);
+    let out = dir.join("out");
     let cfg = tiny_config(&data_dir, &out);
     let train_bin = std::fs::read(ds.join("train.bin")).expect("train.bin");
     let val_bin = std::fs::read(ds.join("val.bin")).expect("val.bin");
@@ -825,7 +822,7 @@ fn bad_token_files() {
     let short: Vec<u32> = (0..33).map(|i| i % 65).collect();
     write_tokens(&ds.join("train.bin"), &short, TokenFormat::RawU16).expect("write");
     let mut ok = cfg.clone();
-    ok.out_dir = dir.path().join("out33").to_str().expect("utf-8").into();
+    ok.out_dir = dir.join("out33").to_str().expect("utf-8").into();
     ok.max_iters = 1;
     run_ok(&ok);
 }
@@ -833,8 +830,8 @@ fn bad_token_files() {
 #[test]
 fn bad_init_from() {
     let dir = TempDir::new("train", "bad-init");
-    let data_dir = prepare_data(dir.path());
-    let out = dir.path().join("empty-out");
+    let data_dir = prepare_data(&dir);
+    let out = dir.join("empty-out");
     let mut cfg = tiny_config(&data_dir, &out);
     cfg.init_from = "resume".into();
     let e = run_err(&cfg);
@@ -851,8 +848,8 @@ fn bad_init_from() {
 #[test]
 fn nan_loss_stops_and_keeps_the_checkpoint() {
     let dir = TempDir::new("train", "nan");
-    let data_dir = prepare_data(dir.path());
-    let out = dir.path().join("out");
+    let data_dir = prepare_data(&dir);
+    let out = dir.join("out");
     let mut cfg = tiny_config(&data_dir, &out);
     cfg.max_iters = 4;
     let good = run_ok(&cfg);
@@ -892,8 +889,8 @@ fn nan_loss_stops_and_keeps_the_checkpoint() {
 #[test]
 fn nan_at_an_evaluation_keeps_the_checkpoint() {
     let dir = TempDir::new("train", "nan-eval");
-    let data_dir = prepare_data(dir.path());
-    let out = dir.path().join("out");
+    let data_dir = prepare_data(&dir);
+    let out = dir.join("out");
     let mut cfg = tiny_config(&data_dir, &out);
     cfg.max_iters = 4;
     run_ok(&cfg);
@@ -920,8 +917,8 @@ fn nan_at_an_evaluation_keeps_the_checkpoint() {
 #[test]
 fn eval_only_evaluates_once_and_saves_nothing() {
     let dir = TempDir::new("train", "eval-only");
-    let data_dir = prepare_data(dir.path());
-    let out = dir.path().join("out");
+    let data_dir = prepare_data(&dir);
+    let out = dir.join("out");
     let mut cfg = tiny_config(&data_dir, &out);
     cfg.eval_only = true;
     cfg.eval_interval = 1;
@@ -958,8 +955,8 @@ fn eval_only_evaluates_once_and_saves_nothing() {
 #[test]
 fn stop_flag_set_before_ends_after_one_iteration() {
     let dir = TempDir::new("train", "stop-before");
-    let data_dir = prepare_data(dir.path());
-    let out = dir.path().join("out");
+    let data_dir = prepare_data(&dir);
+    let out = dir.join("out");
     let mut cfg = tiny_config(&data_dir, &out);
     cfg.max_iters = 1000;
     let stop = AtomicBool::new(true);
@@ -1001,8 +998,8 @@ impl Write for StopAt<'_> {
 #[test]
 fn stop_flag_mid_run_saves_and_resumes() {
     let dir = TempDir::new("train", "stop-mid");
-    let data_dir = prepare_data(dir.path());
-    let mut cfg = tiny_config(&data_dir, &dir.path().join("stopped"));
+    let data_dir = prepare_data(&dir);
+    let mut cfg = tiny_config(&data_dir, &dir.join("stopped"));
     cfg.max_iters = 7;
     cfg.eval_interval = 2;
     let stop = AtomicBool::new(false);
@@ -1015,7 +1012,7 @@ fn stop_flag_mid_run_saves_and_resumes() {
     assert!(s.stopped_by_user);
     assert_eq!(s.iter_num, 3);
     assert_eq!(s.losses.len(), 3);
-    assert_eq!(state_iter(&dir.path().join("stopped/latest")), 3);
+    assert_eq!(state_iter(&dir.join("stopped/latest")), 3);
 
     let mut resume = cfg.clone();
     resume.init_from = "resume".into();
@@ -1024,7 +1021,7 @@ fn stop_flag_mid_run_saves_and_resumes() {
     assert_eq!(rest.iter_num, 8);
 
     let mut straight = cfg.clone();
-    straight.out_dir = dir.path().join("straight").to_str().expect("utf-8").into();
+    straight.out_dir = dir.join("straight").to_str().expect("utf-8").into();
     let all = run_ok(&straight);
     let joined: Vec<f32> = s.losses.iter().chain(&rest.losses).copied().collect();
     assert_eq!(bits(&joined), bits(&all.losses));
@@ -1038,8 +1035,8 @@ fn stop_flag_mid_run_saves_and_resumes() {
 #[test]
 fn a_new_run_moves_the_earlier_one_aside() {
     let dir = TempDir::new("train", "aside");
-    let data_dir = prepare_data(dir.path());
-    let out = dir.path().join("out");
+    let data_dir = prepare_data(&dir);
+    let out = dir.join("out");
     let mut cfg = tiny_config(&data_dir, &out);
     cfg.max_iters = 2;
     run_ok(&cfg);
@@ -1085,8 +1082,8 @@ fn a_new_run_moves_the_earlier_one_aside() {
 #[test]
 fn a_second_run_on_a_locked_out_dir_is_refused() {
     let dir = TempDir::new("train", "lock");
-    let data_dir = prepare_data(dir.path());
-    let out = dir.path().join("out");
+    let data_dir = prepare_data(&dir);
+    let out = dir.join("out");
     let mut cfg = tiny_config(&data_dir, &out);
     cfg.max_iters = 2;
     run_ok(&cfg);
@@ -1121,8 +1118,8 @@ fn small_char_dataset(root: &Path, name: &str) -> (PathBuf, usize) {
 #[test]
 fn vocabulary_mismatches_are_refused() {
     let dir = TempDir::new("train", "vocab");
-    let data_dir = prepare_data(dir.path());
-    let out = dir.path().join("out");
+    let data_dir = prepare_data(&dir);
+    let out = dir.join("out");
     let mut cfg = tiny_config(&data_dir, &out);
 
     cfg.init_from = common::fixtures()
@@ -1137,7 +1134,7 @@ fn vocabulary_mismatches_are_refused() {
     cfg.init_from = "scratch".into();
     cfg.max_iters = 2;
     run_ok(&cfg);
-    let (small, v) = small_char_dataset(dir.path(), "small");
+    let (small, v) = small_char_dataset(&dir, "small");
     cfg.init_from = "resume".into();
     cfg.data_dir = small.to_str().expect("utf-8").into();
     let e = run_err(&cfg);
@@ -1166,8 +1163,8 @@ fn vocabulary_mismatches_are_refused() {
 #[test]
 fn nan_messages_say_what_exists() {
     let dir = TempDir::new("train", "nan-msg");
-    let data_dir = prepare_data(dir.path());
-    let out = dir.path().join("out");
+    let data_dir = prepare_data(&dir);
+    let out = dir.join("out");
     let mut cfg = tiny_config(&data_dir, &out);
     cfg.learning_rate = 1e30;
     cfg.decay_lr = false;
@@ -1202,12 +1199,12 @@ fn nan_messages_say_what_exists() {
 #[test]
 fn missing_meta_json_is_noted() {
     let dir = TempDir::new("train", "no-meta");
-    let ds = dir.path().join("data/bpe");
+    let ds = dir.join("data/bpe");
     std::fs::create_dir_all(&ds).expect("mkdir");
     let ids: Vec<u32> = (0..4000u32).map(|i| (i * 7919) % 50257).collect();
     write_tokens(&ds.join("train.bin"), &ids, TokenFormat::RawU16).expect("train.bin");
     write_tokens(&ds.join("val.bin"), &ids[..500], TokenFormat::RawU16).expect("val.bin");
-    let mut cfg = tiny_config(&dir.path().join("data"), &dir.path().join("out"));
+    let mut cfg = tiny_config(&dir.join("data"), &dir.join("out"));
     cfg.dataset = "bpe".into();
     cfg.max_iters = 1;
     let (_, log) = run(&cfg).expect("train on BPE tokens");
@@ -1222,11 +1219,11 @@ fn missing_meta_json_is_noted() {
 #[test]
 fn resuming_a_finished_run_trains_nothing() {
     let dir = TempDir::new("train", "finished");
-    let data_dir = prepare_data(dir.path());
-    let mut cfg = tiny_config(&data_dir, &dir.path().join("out"));
+    let data_dir = prepare_data(&dir);
+    let mut cfg = tiny_config(&data_dir, &dir.join("out"));
     cfg.max_iters = 3;
     run_ok(&cfg);
-    let latest = dir.path().join("out/latest");
+    let latest = dir.join("out/latest");
     assert_eq!(state_iter(&latest), 4);
     let before = std::fs::read(latest.join("model.safetensors")).expect("model");
     cfg.init_from = "resume".into();

@@ -21,10 +21,6 @@ fn product(a: AttnShape, kind: Product) -> Gemm {
         Product::Mix => (false, false, hs, t, t),
         Product::MixT => (false, true, hs, t, t),
     };
-    let (stride_b, stride_d) = match kind {
-        Product::Scores => (t * hs, t * t),
-        Product::Mix | Product::MixT => (t * t, t * hs),
-    };
     Gemm {
         ta,
         tb,
@@ -37,11 +33,12 @@ fn product(a: AttnShape, kind: Product) -> Gemm {
         accumulate: false,
         bias: false,
         bf16: true,
+        // Each head's matrices lie one after another: t columns of their leading dimension.
         batch: Some(Batch {
             count: a.b * a.nh,
-            stride_a: t * hs,
-            stride_b,
-            stride_d,
+            stride_a: hs * t,
+            stride_b: ldb * t,
+            stride_d: m * t,
         }),
     }
 }
@@ -55,7 +52,7 @@ enum Product {
 
 /// Elements of one of Q, K, V (B*T*C) and of the scores (B*H*T*T).
 fn sizes(a: AttnShape) -> (usize, usize) {
-    (a.b * a.t * a.nh * a.hs, a.b * a.nh * a.t * a.t)
+    (a.head_elements(), a.score_rows() * a.t)
 }
 
 impl Gpu {

@@ -71,10 +71,24 @@ pub(super) struct AttnShape {
 }
 
 impl AttnShape {
-    /// 1/sqrt(hs), as the CPU computes it.
     pub fn scale(&self) -> f32 {
-        1.0 / (self.hs as f32).sqrt()
+        attention_scale(self.hs)
     }
+
+    /// Rows of the scores, one per (batch, head, query): B*H*T.
+    pub fn score_rows(&self) -> usize {
+        self.b * self.nh * self.t
+    }
+
+    /// Elements of one of Q, K, V: B*T*C.
+    pub fn head_elements(&self) -> usize {
+        self.b * self.t * self.nh * self.hs
+    }
+}
+
+/// Attention's score scale 1/sqrt(hs), as the CPU computes it.
+fn attention_scale(hs: usize) -> f32 {
+    1.0 / (hs as f32).sqrt()
 }
 
 fn cfg(grid: (usize, usize), block: usize, shared: u32) -> LaunchConfig {
@@ -450,7 +464,7 @@ impl Gpu {
         let name = format!("attention_forward_{}", attention_bound(hs)?);
         let (key, p, inv_keep, on) = drop_args(drop);
         let grid = (t.div_ceil(ATT_ROWS), b * nh);
-        let scale = 1.0 / (hs as f32).sqrt();
+        let scale = attention_scale(hs);
         launch!(
             self,
             &name,
@@ -507,7 +521,7 @@ impl Gpu {
         )?;
         let (key, p, inv_keep, on) = drop_args(drop);
         let grid = (t.div_ceil(ATT_ROWS), b * nh);
-        let scale = 1.0 / (hs as f32).sqrt();
+        let scale = attention_scale(hs);
         for kernel in ["attention_backward_dq", "attention_backward_dkv"] {
             let name = format!("{kernel}_{bound}");
             launch!(
@@ -534,7 +548,7 @@ impl Gpu {
 
     /// dst (B, H, T, hs) = bf16 of the heads of `src`, whose B*T rows are `src_rs` apart.
     pub fn heads_to_bf16(&self, dst: u64, src: u64, src_rs: usize, a: AttnShape) -> Result<()> {
-        let n = a.b * a.t * a.nh * a.hs;
+        let n = a.head_elements();
         launch!(
             self,
             "heads_to_bf16",
@@ -551,7 +565,7 @@ impl Gpu {
 
     /// The heads of `src` (B, H, T, hs) into dst's B*T rows, `dst_rs` apart.
     pub fn heads_merge(&self, dst: u64, dst_rs: usize, src: u64, a: AttnShape) -> Result<()> {
-        let n = a.b * a.t * a.nh * a.hs;
+        let n = a.head_elements();
         launch!(
             self,
             "heads_merge",
@@ -568,7 +582,7 @@ impl Gpu {
 
     /// lse (B, H, T) of the unscaled causal scores s (B, H, T, T).
     pub fn attn_row_lse(&self, lse: u64, s: u64, a: AttnShape) -> Result<()> {
-        let rows = a.b * a.nh * a.t;
+        let rows = a.score_rows();
         launch!(
             self,
             "attn_row_lse",
@@ -583,7 +597,7 @@ impl Gpu {
 
     /// p (B, H, T, T) = the bf16 probabilities (dropped out) from the scores and lse.
     pub fn attn_probs(&self, p: u64, s: u64, lse: u64, a: AttnShape) -> Result<()> {
-        let rows = a.b * a.nh * a.t;
+        let rows = a.score_rows();
         let (key, p_drop, inv_keep, on) = drop_args(a.drop);
         launch!(
             self,
@@ -611,7 +625,7 @@ impl Gpu {
         lse: u64,
         a: AttnShape,
     ) -> Result<()> {
-        let rows = a.b * a.nh * a.t;
+        let rows = a.score_rows();
         let (key, p_drop, inv_keep, on) = drop_args(a.drop);
         launch!(
             self,
@@ -679,7 +693,7 @@ impl Gpu {
         max_t: usize,
     ) -> Result<()> {
         let name = format!("attention_cached_{}", attention_bound(hs)?);
-        let scale = 1.0 / (hs as f32).sqrt();
+        let scale = attention_scale(hs);
         let pairs = n_tok * nh;
         launch!(
             self,

@@ -93,6 +93,16 @@ fn oom(b: usize, t: usize) -> impl Fn(DriverError) -> anyhow::Error {
 }
 
 impl Activations {
+    /// Where layer data at `offset` (of the norms' and GELU outputs) lies: there, or with
+    /// `recompute` in the one kept layer.
+    fn kept(&self, offset: usize) -> usize {
+        if self.recompute {
+            0
+        } else {
+            offset
+        }
+    }
+
     fn new(
         cfg: &GptConfig,
         b: usize,
@@ -250,17 +260,17 @@ impl CudaEngine {
                 a.residual3.at(lc - bt * c)
             };
             let bufs = BlockBufs {
-                ln1: a.ln1.at(if a.recompute { 0 } else { lc }),
+                ln1: a.ln1.at(a.kept(lc)),
                 ln1_mean: a.ln1_mean.at(lr),
                 ln1_rstd: a.ln1_rstd.at(lr),
                 qkv: a.qkv.at(l3c),
                 atty: a.atty.at(lc),
                 residual2: a.residual2.at(lc),
-                ln2: a.ln2.at(if a.recompute { 0 } else { lc }),
+                ln2: a.ln2.at(a.kept(lc)),
                 ln2_mean: a.ln2_mean.at(lr),
                 ln2_rstd: a.ln2_rstd.at(lr),
                 fch: a.fch.at(l4c),
-                fch_gelu: a.fch_gelu.at(if a.recompute { 0 } else { l4c }),
+                fch_gelu: a.fch_gelu.at(a.kept(l4c)),
                 proj: a.proj.ptr(),
             };
             let branches = site(l, SITE_ATTN_RESID).zip(site(l, SITE_MLP_RESID));
@@ -445,12 +455,10 @@ impl CudaEngine {
                 bt * c,
                 site(l, SITE_MLP_RESID),
             )?;
-            let act = if a.recompute {
-                gpu.gelu_forward(a.fch_gelu.ptr(), a.fch.at(l4c), bt * 4 * c)?;
-                a.fch_gelu.ptr()
-            } else {
-                a.fch_gelu.at(l4c)
-            };
+            let act = a.fch_gelu.at(a.kept(l4c));
+            if a.recompute {
+                gpu.gelu_forward(act, a.fch.at(l4c), bt * 4 * c)?;
+            }
             gpu.matmul_backward(
                 precision,
                 g.dfch.ptr(),
@@ -466,10 +474,10 @@ impl CudaEngine {
                 part,
             )?;
             gpu.gelu_backward_inplace(g.dfch.ptr(), a.fch.at(l4c), bt * 4 * c)?;
-            let ln_at = if a.recompute { 0 } else { lc };
+            let ln_at = a.kept(lc);
             if a.recompute {
                 gpu.layernorm_forward(
-                    a.ln2.ptr(),
+                    a.ln2.at(ln_at),
                     a.ln2_mean.at(lr),
                     a.ln2_rstd.at(lr),
                     a.residual2.at(lc),
@@ -545,7 +553,7 @@ impl CudaEngine {
             )?;
             if a.recompute {
                 gpu.layernorm_forward(
-                    a.ln1.ptr(),
+                    a.ln1.at(ln_at),
                     a.ln1_mean.at(lr),
                     a.ln1_rstd.at(lr),
                     residual,
