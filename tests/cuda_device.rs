@@ -1,11 +1,14 @@
 //! The CUDA engine on a GPU, against the PyTorch references and the CPU engine: what
 //! benches/cuda_check.sh runs on the device machine (this test binary is built on a CPU machine
-//! and copied there). Without a GPU each test is skipped with a note; NANOGPT_REQUIRE_GPU=1
-//! makes that a failure. NANOGPT_FIXTURES points at the fixtures folder on the device machine.
+//! and copied there). On a machine without an NVIDIA driver they run on the CPU emulator of
+//! CUDA (tests/cuda_emulator: the engine and its kernels unchanged, the GPT-2 124M tests cut to a
+//! 2-layer model); with NANOGPT_CUDA_EMULATOR=0 and no GPU each test is skipped with a note,
+//! and NANOGPT_REQUIRE_GPU=1 makes that a failure. NANOGPT_FIXTURES points at the fixtures
+//! folder on the device machine.
 //!
 //! Tolerances (f32 against f32, relative): tiny-gpt2 as tests/reference.rs (loss 1e-5,
 //! gradients 1e-4 of each tensor's largest magnitude, 10-step losses 1e-5, norms 1e-4); the
-//! cached-inference logits of every position 1e-5; GPT-2 124M one batch against the CPU engine:
+//! cached-inference logits of every position 1e-5; GPT-2 (124M) one batch against the CPU engine:
 //! loss 2e-5, each tensor's gradient norm 1e-3 (the two sum in different orders over 12 layers).
 //! bf16 training (dtype = "bfloat16") against the CPU's f32: no tensor's gradient further from
 //! f32 than twice the CPU's own bf16 training is (measured ~4-8e-3 of each tensor's largest
@@ -31,6 +34,7 @@ fn fixtures() -> PathBuf {
 
 /// The CUDA engine for `model()`, or None (skip) without a GPU.
 fn cuda(model: impl FnOnce() -> Gpt, test: &str) -> Option<Box<dyn Engine>> {
+    common::cuda_emulator::install();
     if !gpu_present() {
         let required = std::env::var("NANOGPT_REQUIRE_GPU").is_ok_and(|v| v == "1");
         assert!(!required, "{test}: no GPU found and NANOGPT_REQUIRE_GPU=1");
@@ -151,13 +155,28 @@ fn tiny_gpt2_ten_adamw_steps_match_pytorch() {
     }
 }
 
-fn gpt2_124m(dropout: f32) -> Gpt {
-    let cfg = GptConfig {
+/// GPT-2 124M (no biases) at B = 4, T = 1024 on a GPU, as (model, B, T). On the CPU emulator,
+/// where that step would take hours, the same model cut to 2 layers of width 128 (head size 64,
+/// as 124M's; the full 50257-token vocabulary) at B = 2, T = 128.
+fn gpt2_at_scale(dropout: f32) -> (Gpt, usize, usize) {
+    let full = GptConfig {
         bias: false,
         dropout,
         ..GptConfig::default()
     };
-    Gpt::new(cfg, 1).expect("GPT-2 124M")
+    let (cfg, b, t) = if common::cuda_emulator::install() {
+        let cut = GptConfig {
+            n_layer: 2,
+            n_head: 2,
+            n_embd: 128,
+            block_size: 128,
+            ..full
+        };
+        (cut, 2, 128)
+    } else {
+        (full, 4, 1024)
+    };
+    (Gpt::new(cfg, 1).expect("GPT-2"), b, t)
 }
 
 fn random_batch(b: usize, t: usize, v: usize, seed: u64) -> (Vec<u32>, Vec<i32>) {
@@ -168,12 +187,12 @@ fn random_batch(b: usize, t: usize, v: usize, seed: u64) -> (Vec<u32>, Vec<i32>)
 }
 
 #[test]
-fn gpt2_124m_one_batch_matches_the_cpu_engine() {
-    let Some(mut gpu) = cuda(|| gpt2_124m(0.0), "gpt2_124m_one_batch") else {
+fn gpt2_one_batch_matches_the_cpu_engine() {
+    let (model, b, t) = gpt2_at_scale(0.0);
+    let mut cpu = CpuEngine::new(model.clone());
+    let Some(mut gpu) = cuda(|| model, "gpt2_one_batch") else {
         return;
     };
-    let mut cpu = CpuEngine::new(gpt2_124m(0.0));
-    let (b, t) = (4, 1024);
     let (x, y) = random_batch(b, t, 50257, 7);
     let mode = Mode::Train { seed: 1 };
     let lg = gpu
@@ -185,7 +204,8 @@ fn gpt2_124m_one_batch_matches_the_cpu_engine() {
         .expect("cpu forward")
         .expect("loss");
     let el = ((lg - lc) / lc).abs();
-    println!("GPT-2 124M loss: cuda {lg} cpu {lc} rel {el:.2e}");
+    let layers = cpu.model.config.n_layer;
+    println!("GPT-2 ({layers} layers, B={b}, T={t}) loss: cuda {lg} cpu {lc} rel {el:.2e}");
     gpu.zero_grad();
     gpu.backward(1.0).expect("gpu backward");
     cpu.zero_grad();
@@ -205,7 +225,7 @@ fn gpt2_124m_one_batch_matches_the_cpu_engine() {
         }
     }
     println!(
-        "GPT-2 124M per-tensor gradient norms: worst rel err {:.2e} ({})",
+        "GPT-2 per-tensor gradient norms: worst rel err {:.2e} ({})",
         worst.0, worst.1
     );
     assert!(el < 2e-5, "loss rel err {el:.2e}");
@@ -299,14 +319,15 @@ fn three_steps(engine: &mut dyn Engine, b: usize, t: usize, v: usize) -> (Vec<f3
 
 #[test]
 fn two_cuda_runs_are_bit_identical() {
-    let Some(mut first) = cuda(|| gpt2_124m(0.1), "two_cuda_runs_are_bit_identical") else {
+    let (model, b, t) = gpt2_at_scale(0.1);
+    let Some(mut first) = cuda(|| model.clone(), "two_cuda_runs_are_bit_identical") else {
         return;
     };
-    let (l1, p1) = three_steps(first.as_mut(), 4, 1024, 50257);
+    let (l1, p1) = three_steps(first.as_mut(), b, t, 50257);
     drop(first);
-    let mut second = cuda(|| gpt2_124m(0.1), "two_cuda_runs").expect("GPU present");
-    let (l2, p2) = three_steps(second.as_mut(), 4, 1024, 50257);
-    println!("GPT-2 124M, dropout 0.1, 3 steps twice: losses {l1:?} / {l2:?}");
+    let mut second = cuda(|| model, "two_cuda_runs").expect("GPU present");
+    let (l2, p2) = three_steps(second.as_mut(), b, t, 50257);
+    println!("GPT-2, dropout 0.1, 3 steps twice: losses {l1:?} / {l2:?}");
     assert!(l1.iter().zip(&l2).all(|(a, b)| a.to_bits() == b.to_bits()));
     assert!(
         p1.iter().zip(&p2).all(|(a, b)| a.to_bits() == b.to_bits()),

@@ -239,4 +239,5 @@ pub fn write_http_response(
         .and_then(|_| stream.write_all(body));
 }
 
+pub mod cuda_emulator;
 pub mod fault;

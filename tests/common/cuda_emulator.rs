@@ -1,0 +1,106 @@
+//! The CPU emulator of CUDA (`tests/cuda_emulator/`, see its README) for the device tests on a
+//! machine without a GPU: its three libraries stand in for the driver, NVRTC and cuBLASLt, so
+//! the CUDA engine runs unchanged with its kernels compiled by the host's C++ compiler.
+//!
+//! `install` builds them (once per source hash, under the target directory) and loads them
+//! before anything else asks for CUDA: each has the soname of the library it replaces, so the
+//! engine's later loads by name get the emulator. On a machine with an NVIDIA driver it does
+//! nothing (the tests run on the GPU); NANOGPT_CUDA_EMULATOR=0 turns it off.
+
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// (library it stands for, source file, optimisation).
+const LIBRARIES: &[(&str, &str, &str)] = &[
+    ("libcuda.so", "driver.cpp", "-O2"),
+    ("libnvrtc.so", "nvrtc.cpp", "-O2"),
+    ("libcublasLt.so", "cublaslt.cpp", "-O3"),
+];
+
+fn sources() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/cuda_emulator")
+}
+
+/// Whether the emulator is in place of CUDA in this process (false on a machine with a
+/// driver, or when it is turned off). Panics when it should be there and cannot be built: a
+/// missing C++ compiler is an install step to take, not a reason to skip the device tests.
+pub fn install() -> bool {
+    static INSTALLED: OnceLock<bool> = OnceLock::new();
+    *INSTALLED.get_or_init(|| {
+        if std::env::var("NANOGPT_CUDA_EMULATOR").is_ok_and(|v| v == "0") {
+            return false;
+        }
+        // SAFETY: loading the NVIDIA driver runs only its initialisers; kept loaded if found.
+        if let Ok(driver) = unsafe { libloading::Library::new("libcuda.so") } {
+            std::mem::forget(driver);
+            return false;
+        }
+        let dir = build().unwrap_or_else(|e| {
+            panic!("could not build the CUDA emulator ({e}); install a C++ compiler (g++), or set NANOGPT_CUDA_EMULATOR=0 to skip the device tests")
+        });
+        for (name, _, _) in LIBRARIES {
+            // SAFETY: our own libraries; their initialisers only set up static state.
+            let lib = unsafe { libloading::Library::new(dir.join(name)) }
+                .unwrap_or_else(|e| panic!("could not load the CUDA emulator's {name}: {e}"));
+            std::mem::forget(lib);
+        }
+        eprintln!("no NVIDIA driver: the CUDA tests run on the CPU emulator of CUDA (tests/cuda_emulator)");
+        true
+    })
+}
+
+/// Compiles the three libraries into a folder named by the hash of their sources.
+fn build() -> Result<PathBuf, String> {
+    let src = sources();
+    let mut hash = Sha256::new();
+    for file in [
+        "driver.cpp",
+        "nvrtc.cpp",
+        "cublaslt.cpp",
+        "kernel_runtime.h",
+    ] {
+        let text = std::fs::read(src.join(file)).map_err(|e| format!("{file}: {e}"))?;
+        hash.update(&text);
+    }
+    let hex: String = hash.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cuda-emulator");
+    let dir = root.join(&hex);
+    if dir.join("complete").exists() {
+        return Ok(dir);
+    }
+    let staging = root.join(format!("{hex}.{}", std::process::id()));
+    std::fs::create_dir_all(&staging).map_err(|e| format!("{}: {e}", staging.display()))?;
+    let kernels = root.join("kernels");
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+    for (name, file, opt) in LIBRARIES {
+        let out = Command::new(&cxx)
+            .args(["-std=c++17", opt, "-g", "-shared", "-fPIC", "-Wall"])
+            .arg(format!("-Wl,-soname,{name}"))
+            .arg(format!("-DEMU_DIR=\"{}\"", src.display()))
+            .arg(format!("-DEMU_CACHE_DIR=\"{}\"", kernels.display()))
+            .arg(format!("-DEMU_BUILD=\"{hex}\""))
+            .arg(src.join(file))
+            .arg("-o")
+            .arg(staging.join(name))
+            .arg("-ldl")
+            .output()
+            .map_err(|e| format!("{cxx}: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{cxx} {file}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    std::fs::write(staging.join("complete"), b"").map_err(|e| e.to_string())?;
+    // Another process may have finished the same build first; either copy serves.
+    if std::fs::rename(&staging, &dir).is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    Ok(dir)
+}

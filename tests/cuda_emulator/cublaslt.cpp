@@ -1,0 +1,199 @@
+// cuBLASLt for the CPU emulator of CUDA (libcublasLt.so): the descriptor calls the engine makes
+// and cublasLtMatmul, on the CPU, by cuBLASLt's documented definition. Column-major: matrix X
+// of layout (rows, cols, ld) holds X(r, c) at X[r + c * ld]; batch i starts `stride` elements
+// on. D = alpha op(A) op(B) + beta C (+ bias[r] on every column with the BIAS epilogue), op(A)
+// m x k, op(B) k x n, D m x n. A layout that does not fit the product is refused, as cuBLASLt
+// does, with the reason on stderr. Sums are f64, rounded to f32 once: cuBLAS's f32 sums are
+// split over tiles and differ from any one order, so the emulator stands for the exact product
+// and the tests' tolerances measure the engine's own kernels.
+
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <vector>
+
+extern "C" {
+
+typedef int Status;
+enum { OK = 0, INVALID_VALUE = 7, NOT_SUPPORTED = 15 };
+enum { R_32F = 0, R_16BF = 14 };
+enum { COMPUTE_32F = 68, COMPUTE_32F_FAST_TF32 = 77 };
+enum { DESC_TRANSA = 3, DESC_TRANSB = 4, DESC_EPILOGUE = 7, DESC_BIAS_POINTER = 8 };
+enum { LAYOUT_BATCH_COUNT = 5, LAYOUT_STRIDED_BATCH_OFFSET = 6 };
+enum { EPILOGUE_DEFAULT = 1, EPILOGUE_BIAS = 4 };
+
+struct Desc {
+    int compute, scale;
+    int ta = 0, tb = 0, epilogue = EPILOGUE_DEFAULT;
+    const float* bias = nullptr;
+};
+struct Layout {
+    int type;
+    uint64_t rows, cols;
+    int64_t ld;
+    int batch = 1;
+    int64_t stride = 0;
+};
+struct Algo {
+    uint64_t data[8];
+};
+struct Heuristic {
+    Algo algo;
+    size_t workspace;
+    Status state;
+    float waves;
+    int reserved[4];
+};
+
+static int handle_token;
+
+Status cublasLtCreate(void** h) {
+    *h = &handle_token;
+    return OK;
+}
+Status cublasLtDestroy(void*) { return OK; }
+size_t cublasLtGetVersion() { return 130000; }
+
+Status cublasLtMatmulDescCreate(Desc** d, int compute, int scale) {
+    if (compute != COMPUTE_32F && compute != COMPUTE_32F_FAST_TF32) return NOT_SUPPORTED;
+    *d = new Desc{compute, scale};
+    return OK;
+}
+Status cublasLtMatmulDescDestroy(Desc* d) {
+    delete d;
+    return OK;
+}
+Status cublasLtMatmulDescSetAttribute(Desc* d, int attr, const void* buf, size_t size) {
+    switch (attr) {
+    case DESC_TRANSA:
+    case DESC_TRANSB:
+    case DESC_EPILOGUE: {
+        if (size != 4) return INVALID_VALUE;
+        int v;
+        memcpy(&v, buf, 4);
+        (attr == DESC_TRANSA ? d->ta : attr == DESC_TRANSB ? d->tb : d->epilogue) = v;
+        return OK;
+    }
+    case DESC_BIAS_POINTER:
+        if (size != 8) return INVALID_VALUE;
+        memcpy(&d->bias, buf, 8);
+        return OK;
+    default:
+        fprintf(stderr, "cuda emulator: cuBLASLt descriptor attribute %d is not emulated\n", attr);
+        return NOT_SUPPORTED;
+    }
+}
+
+Status cublasLtMatrixLayoutCreate(Layout** l, int type, uint64_t rows, uint64_t cols, int64_t ld) {
+    if (type != R_32F && type != R_16BF) return NOT_SUPPORTED;
+    if (ld < (int64_t)rows) return INVALID_VALUE;
+    *l = new Layout{type, rows, cols, ld};
+    return OK;
+}
+Status cublasLtMatrixLayoutDestroy(Layout* l) {
+    delete l;
+    return OK;
+}
+Status cublasLtMatrixLayoutSetAttribute(Layout* l, int attr, const void* buf, size_t size) {
+    if (attr == LAYOUT_BATCH_COUNT && size == 4) {
+        memcpy(&l->batch, buf, 4);
+        return l->batch >= 1 ? OK : INVALID_VALUE;
+    }
+    if (attr == LAYOUT_STRIDED_BATCH_OFFSET && size == 8) {
+        memcpy(&l->stride, buf, 8);
+        return OK;
+    }
+    fprintf(stderr, "cuda emulator: cuBLASLt layout attribute %d (size %zu) is not emulated\n", attr, size);
+    return NOT_SUPPORTED;
+}
+
+Status cublasLtMatmulPreferenceCreate(void** p) {
+    *p = new int(0);
+    return OK;
+}
+Status cublasLtMatmulPreferenceDestroy(void* p) {
+    delete static_cast<int*>(p);
+    return OK;
+}
+Status cublasLtMatmulPreferenceSetAttribute(void*, int, const void*, size_t) { return OK; }
+
+// The shapes must make a product: op(A) m x k, op(B) k x n, C = D m x n, one batch count.
+static bool check(const Desc* d, const Layout* a, const Layout* b, const Layout* c, const Layout* dl) {
+    uint64_t m = dl->rows, n = dl->cols;
+    uint64_t am = d->ta ? a->cols : a->rows, ak = d->ta ? a->rows : a->cols;
+    uint64_t bk = d->tb ? b->cols : b->rows, bn = d->tb ? b->rows : b->cols;
+    const char* why = nullptr;
+    if (am != m) why = "op(A) does not have D's rows";
+    else if (bn != n) why = "op(B) does not have D's columns";
+    else if (ak != bk) why = "op(A)'s columns are not op(B)'s rows";
+    else if (c->rows != m || c->cols != n || c->ld != dl->ld || c->type != dl->type) why = "C is not D's shape";
+    else if (a->type != b->type) why = "A and B have different types";
+    else if (dl->type != R_32F) why = "D is not f32 (only f32 outputs are emulated)";
+    else if (a->batch != dl->batch || b->batch != dl->batch || c->batch != dl->batch) why = "batch counts differ";
+    else if ((d->ta != 0 && d->ta != 1) || (d->tb != 0 && d->tb != 1)) why = "transpose is neither N nor T";
+    else if (d->epilogue != EPILOGUE_DEFAULT && d->epilogue != EPILOGUE_BIAS) why = "epilogue not emulated";
+    if (why) fprintf(stderr, "cuda emulator: cuBLASLt refuses the product: %s\n", why);
+    return !why;
+}
+
+Status cublasLtMatmulAlgoGetHeuristic(void*, Desc* d, Layout* a, Layout* b, Layout* c, Layout* dl, void*, int requested,
+                                      Heuristic* results, int* count) {
+    *count = 0;
+    if (requested < 1 || !check(d, a, b, c, dl)) return INVALID_VALUE;
+    memset(&results[0], 0, sizeof(Heuristic));
+    *count = 1;
+    return OK;
+}
+
+static float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+// Element (r, c) of a stored matrix as f32.
+static float element(const void* base, const Layout* l, int64_t offset) {
+    return l->type == R_16BF ? bf16_to_f32(static_cast<const uint16_t*>(base)[offset])
+                             : static_cast<const float*>(base)[offset];
+}
+
+Status cublasLtMatmul(void*, Desc* d, const float* alpha, const void* A, Layout* a, const void* B, Layout* b,
+                      const float* beta, const void* C, Layout* c, void* D, Layout* dl, const Algo*, void*, size_t,
+                      void*) {
+    if (!check(d, a, b, c, dl)) return INVALID_VALUE;
+    if (d->epilogue == EPILOGUE_BIAS && !d->bias) {
+        fprintf(stderr, "cuda emulator: cuBLASLt BIAS epilogue without a bias pointer\n");
+        return INVALID_VALUE;
+    }
+    uint64_t m = dl->rows, n = dl->cols, k = d->ta ? a->rows : a->cols;
+    // op(A) as m rows of k, op(B)^T as n rows of k: both contiguous in k.
+    std::vector<float> ar(m * k), br(n * k);
+    for (int batch = 0; batch < dl->batch; batch++) {
+        int64_t oa = batch * a->stride, ob = batch * b->stride, oc = batch * c->stride, od = batch * dl->stride;
+        for (uint64_t i = 0; i < m; i++)
+            for (uint64_t p = 0; p < k; p++)
+                ar[i * k + p] = element(A, a, oa + (d->ta ? p + i * a->ld : i + p * a->ld));
+        for (uint64_t j = 0; j < n; j++)
+            for (uint64_t p = 0; p < k; p++)
+                br[j * k + p] = element(B, b, ob + (d->tb ? j + p * b->ld : p + j * b->ld));
+        const float* cf = static_cast<const float*>(C);
+        float* df = static_cast<float*>(D);
+        for (uint64_t j = 0; j < n; j++)
+            for (uint64_t i = 0; i < m; i++) {
+                const float *x = &ar[i * k], *y = &br[j * k];
+                double s[4] = {0, 0, 0, 0};
+                uint64_t p = 0;
+                for (; p + 4 <= k; p += 4)
+                    for (int q = 0; q < 4; q++) s[q] += (double)x[p + q] * y[p + q];
+                for (; p < k; p++) s[p % 4] += (double)x[p] * y[p];
+                float v = *alpha * (float)((s[0] + s[1]) + (s[2] + s[3]));
+                if (*beta != 0.0f) v += *beta * cf[oc + i + j * c->ld];
+                if (d->epilogue == EPILOGUE_BIAS) v += d->bias[i];
+                df[od + i + j * dl->ld] = v;
+            }
+    }
+    return OK;
+}
+
+}  // extern "C"
