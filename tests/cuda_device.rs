@@ -32,13 +32,21 @@ fn fixtures() -> PathBuf {
     std::env::var_os("NANOGPT_FIXTURES").map_or_else(common::fixtures, PathBuf::from)
 }
 
+/// Whether a GPU (or the emulator) is there to test on; false means skip.
+fn have_gpu(test: &str) -> bool {
+    common::cuda_emulator::install();
+    if gpu_present() {
+        return true;
+    }
+    let required = std::env::var("NANOGPT_REQUIRE_GPU").is_ok_and(|v| v == "1");
+    assert!(!required, "{test}: no GPU found and NANOGPT_REQUIRE_GPU=1");
+    eprintln!("{test}: skipped, no GPU");
+    false
+}
+
 /// The CUDA engine for `model()`, or None (skip) without a GPU.
 fn cuda(model: impl FnOnce() -> Gpt, test: &str) -> Option<Box<dyn Engine>> {
-    common::cuda_emulator::install();
-    if !gpu_present() {
-        let required = std::env::var("NANOGPT_REQUIRE_GPU").is_ok_and(|v| v == "1");
-        assert!(!required, "{test}: no GPU found and NANOGPT_REQUIRE_GPU=1");
-        eprintln!("{test}: skipped, no GPU");
+    if !have_gpu(test) {
         return None;
     }
     Some(open(model(), Device::Cuda).unwrap_or_else(|e| panic!("{test}: {e:#}")))
@@ -164,7 +172,7 @@ fn gpt2_at_scale(dropout: f32) -> (Gpt, usize, usize) {
         dropout,
         ..GptConfig::default()
     };
-    let (cfg, b, t) = if common::cuda_emulator::install() {
+    let (cfg, b, t) = if common::cuda_emulator::install().is_some() {
         let cut = GptConfig {
             n_layer: 2,
             n_head: 2,
@@ -426,4 +434,112 @@ fn greedy_sampling_gives_the_cpus_ids() {
     let (ig, ic) = (greedy(gpu.as_ref(), 100), greedy(&cpu, 100));
     println!("greedy: {} ids, first {:?}", ig.len(), &ig[..10]);
     assert_eq!(ig, ic);
+}
+
+/// Runs `nanogpt ARGS` on the GPU (or the emulator): its stdout, or a panic with its stderr.
+fn run_cuda(args: &[String]) -> String {
+    let out = common::cuda_emulator::nanogpt()
+        .args(args)
+        .output()
+        .expect("run nanogpt");
+    assert!(
+        out.status.success(),
+        "nanogpt {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The commands on `--device=cuda`: `train` a small character model in f32 and in bf16 (both
+/// learn, and end near each other), `sample` from it as the CPU does, `bench` its shape.
+#[test]
+fn train_sample_and_bench_from_the_command_line() {
+    if !have_gpu("train_sample_and_bench") {
+        return;
+    }
+    let root = common::TempDir::new("cuda", "cli");
+    let data = common::prepare_shakespeare_char(&root);
+    let model = [
+        "--n_layer=2",
+        "--n_head=2",
+        "--n_embd=64",
+        "--block_size=32",
+    ];
+    let train = |dtype: &str| {
+        let out = root.join(dtype);
+        let mut args: Vec<String> = ["train", "--dataset=shakespeare_char", "--device=cuda"]
+            .iter()
+            .chain(&model)
+            .chain(&[
+                "--batch_size=4",
+                "--gradient_accumulation_steps=1",
+                "--max_iters=30",
+                "--lr_decay_iters=30",
+                "--warmup_iters=3",
+                "--learning_rate=1e-2",
+                "--eval_interval=15",
+                "--eval_iters=2",
+                "--log_interval=1",
+            ])
+            .map(|s| s.to_string())
+            .collect();
+        args.push(format!("--dtype={dtype}"));
+        args.push(format!("--data_dir={}", data.display()));
+        args.push(format!("--out_dir={}", out.display()));
+        let log = run_cuda(&args);
+        let losses: Vec<f32> = common::loss_lines(&log)
+            .iter()
+            .map(|(_, l)| l.trim().parse().expect("a loss"))
+            .collect();
+        assert_eq!(losses.len(), 31, "{log}");
+        println!("{dtype}: loss {} -> {}", losses[0], losses[30]);
+        (out, losses)
+    };
+    let (out32, f32_losses) = train("float32");
+    let (_, bf16_losses) = train("bfloat16");
+    for losses in [&f32_losses, &bf16_losses] {
+        assert!(losses[30] < losses[0] - 0.8, "did not learn: {losses:?}");
+    }
+    let gap = (f32_losses[30] - bf16_losses[30]).abs();
+    assert!(gap < 0.05, "bf16 ends {gap} from f32");
+
+    // Greedy samples from the checkpoint the GPU wrote: the same text on the GPU and the CPU.
+    let out_dir = format!("--out_dir={}", out32.display());
+    let sample = |device: &str| {
+        run_cuda(&[
+            "sample".into(),
+            format!("--device={device}"),
+            out_dir.clone(),
+            "--num_samples=2".into(),
+            "--max_new_tokens=40".into(),
+            "--top_k=1".into(),
+        ])
+    };
+    let (on_gpu, on_cpu) = (sample("cuda"), sample("cpu"));
+    assert!(
+        on_gpu.chars().filter(|c| c.is_alphabetic()).count() > 20,
+        "{on_gpu}"
+    );
+    assert_eq!(on_gpu, on_cpu);
+
+    let bench = run_cuda(
+        &[
+            "bench",
+            "--device=cuda",
+            "--json",
+            "--iters=2",
+            "--warmup=1",
+            "--batch_size=2",
+        ]
+        .iter()
+        .chain(&model)
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>(),
+    );
+    let report: serde_json::Value = serde_json::from_str(bench.trim()).expect("bench JSON");
+    println!("bench: {report}");
+    assert!(
+        report["tokens_per_s"].as_f64().is_some_and(|v| v > 0.0),
+        "{report}"
+    );
 }

@@ -23,19 +23,20 @@ fn sources() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/cuda_emulator")
 }
 
-/// Whether the emulator is in place of CUDA in this process (false on a machine with a
-/// driver, or when it is turned off). Panics when it should be there and cannot be built: a
-/// missing C++ compiler is an install step to take, not a reason to skip the device tests.
-pub fn install() -> bool {
-    static INSTALLED: OnceLock<bool> = OnceLock::new();
-    *INSTALLED.get_or_init(|| {
+/// Puts the emulator in place of CUDA in this process, and returns the folder of its libraries
+/// (for a child process's LD_LIBRARY_PATH); None on a machine with a driver, or when it is
+/// turned off. Panics when it should be there and cannot be built: a missing C++ compiler is an
+/// install step to take, not a reason to skip the device tests.
+pub fn install() -> Option<&'static Path> {
+    static INSTALLED: OnceLock<Option<PathBuf>> = OnceLock::new();
+    let dir = INSTALLED.get_or_init(|| {
         if std::env::var("NANOGPT_CUDA_EMULATOR").is_ok_and(|v| v == "0") {
-            return false;
+            return None;
         }
         // SAFETY: loading the NVIDIA driver runs only its initialisers; kept loaded if found.
         if let Ok(driver) = unsafe { libloading::Library::new("libcuda.so") } {
             std::mem::forget(driver);
-            return false;
+            return None;
         }
         let dir = build().unwrap_or_else(|e| {
             panic!("could not build the CUDA emulator ({e}); install a C++ compiler (g++), or set NANOGPT_CUDA_EMULATOR=0 to skip the device tests")
@@ -47,8 +48,20 @@ pub fn install() -> bool {
             std::mem::forget(lib);
         }
         eprintln!("no NVIDIA driver: the CUDA tests run on the CPU emulator of CUDA (tests/cuda_emulator)");
-        true
-    })
+        Some(dir)
+    });
+    dir.as_deref()
+}
+
+/// `nanogpt` with the emulator's libraries first on its library path when the emulator stands
+/// in for CUDA (see `install`), so `--device=cuda` runs on it; plain `nanogpt` on a GPU machine.
+pub fn nanogpt() -> std::process::Command {
+    let mut cmd = super::nanogpt();
+    if let Some(dir) = install() {
+        let path = std::env::var("LD_LIBRARY_PATH").unwrap_or_default();
+        cmd.env("LD_LIBRARY_PATH", format!("{}:{path}", dir.display()));
+    }
+    cmd
 }
 
 /// Compiles the three libraries into a folder named by the hash of their sources.

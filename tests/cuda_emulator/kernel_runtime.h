@@ -64,6 +64,7 @@ struct Fiber {
     dim3 idx;
     unsigned linear = 0;
     Wait wait = Wait::None;
+    unsigned shuffles = 0;  // how many it has done: picks the slot set (see shuffle)
 };
 
 // One launch's state. thread_local: tests launch from several threads at once, each running its
@@ -76,25 +77,26 @@ struct Launch {
     void* scheduler_sp = nullptr;
     void (*body)(void*) = nullptr;
     void* body_arg = nullptr;
-    std::vector<unsigned long long> lanes;  // one slot per thread, for shuffles
+    std::vector<unsigned long long> lanes;  // two slots per thread, for shuffles
 };
 inline thread_local Launch* launch = nullptr;
 
-constexpr size_t STACK_BYTES = 256 << 10;
+// A fiber's stack, above one inaccessible page that turns an overflow into a crash.
+constexpr size_t STACK_BYTES = 64 << 10, GUARD_BYTES = 4096;
 
 struct Stacks {
     std::vector<char*> stacks;
     ~Stacks() {
-        for (char* s : stacks) munmap(s, STACK_BYTES);
+        for (char* s : stacks) munmap(s - GUARD_BYTES, GUARD_BYTES + STACK_BYTES);
     }
     char* get(size_t i) {
         while (stacks.size() <= i) {
-            void* p = mmap(nullptr, STACK_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-            if (p == MAP_FAILED) {
+            void* p = mmap(nullptr, GUARD_BYTES + STACK_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (p == MAP_FAILED || mprotect(p, GUARD_BYTES, PROT_NONE) != 0) {
                 fprintf(stderr, "cuda emulator: cannot map a fiber stack\n");
                 abort();
             }
-            stacks.push_back(static_cast<char*>(p));
+            stacks.push_back(static_cast<char*>(p) + GUARD_BYTES);
         }
         return stacks[i];
     }
@@ -129,13 +131,15 @@ inline void* initial_stack(char* stack) {
     return &top[-8];
 }
 
-// Runs one block: every fiber until it waits or ends, then releases whichever barrier every
-// live thread of its scope has reached: a warp's, or else the block's.
+// Runs one block. Warps are independent between block barriers, so each warp runs on its own
+// (its fibers until each waits or ends, its own barrier released as soon as all its live lanes
+// reach it; 32 stacks stay in cache) until it waits at the block barrier or ends; then the block
+// barrier is released once every live thread is there.
 inline void run_block() {
     Launch& l = *launch;
     unsigned n = l.block.x * l.block.y * l.block.z;
     l.fibers.assign(n, Fiber{});
-    l.lanes.assign(n, 0);
+    l.lanes.assign(2 * n, 0);
     for (unsigned i = 0; i < n; i++) {
         Fiber& f = l.fibers[i];
         f.linear = i;
@@ -145,37 +149,37 @@ inline void run_block() {
         f.sp = initial_stack(stacks.get(i));
     }
     for (;;) {
-        for (Fiber& f : l.fibers) {
-            if (f.wait != Wait::None) continue;
-            l.current = &f;
-            emu_switch(&l.scheduler_sp, f.sp);
-        }
-        bool released = false, live = false, all_at_block = true;
+        bool live = false;
         for (unsigned w = 0; w < n; w += 32) {
             unsigned end = w + 32 < n ? w + 32 : n;
-            bool any = false, all_warp = true;
-            for (unsigned i = w; i < end; i++) {
-                Wait s = l.fibers[i].wait;
-                if (s == Wait::Done) continue;
-                any = true;
-                if (s != Wait::Warp) all_warp = false;
-                if (s != Wait::Block) all_at_block = false;
-            }
-            live |= any;
-            if (any && all_warp) {
+            for (;;) {
+                for (unsigned i = w; i < end; i++) {
+                    Fiber& f = l.fibers[i];
+                    if (f.wait != Wait::None) continue;
+                    l.current = &f;
+                    emu_switch(&l.scheduler_sp, f.sp);
+                }
+                bool any = false, all_warp = true;
+                for (unsigned i = w; i < end; i++) {
+                    Wait s = l.fibers[i].wait;
+                    if (s == Wait::Done) continue;
+                    any = true;
+                    all_warp &= s == Wait::Warp;
+                }
+                if (!any || !all_warp) {
+                    live |= any;
+                    break;
+                }
                 for (unsigned i = w; i < end; i++)
                     if (l.fibers[i].wait == Wait::Warp) l.fibers[i].wait = Wait::None;
-                released = true;
             }
         }
         if (!live) return;
-        if (released) continue;
-        if (all_at_block) {
-            for (Fiber& f : l.fibers)
-                if (f.wait == Wait::Block) f.wait = Wait::None;
-            continue;
+        for (Fiber& f : l.fibers) {
+            if (f.wait == Wait::Warp)
+                fail("threads wait at different barriers (__syncthreads in divergent code, or a warp shuffle some lanes of the warp do not reach)");
+            if (f.wait == Wait::Block) f.wait = Wait::None;
         }
-        fail("threads wait at different barriers (__syncthreads in divergent code, or a warp shuffle some lanes of the warp do not reach)");
     }
 }
 
@@ -214,23 +218,27 @@ void run(const char* name, void (*kernel)(A...), void** args, dim3 grid, dim3 bl
 }
 
 // A warp shuffle: every lane publishes its value, all lanes of the warp meet, each reads its
-// source lane's value, and all meet again before the slots are reused.
+// source lane's value. Successive shuffles alternate between two sets of slots: a lane can
+// write a set again only two shuffles later, past a meeting that every lane reaches after
+// reading it.
 template <class T>
 T shuffle(unsigned mask, T v, int source_of_lane) {
     static_assert(sizeof(T) <= 8, "shuffles move at most 8 bytes");
     if (mask != 0xffffffffu) fail("a shuffle with a partial mask (not emulated)");
     Launch& l = *launch;
-    unsigned me = l.current->linear, base = me & ~31u;
+    Fiber& f = *l.current;
+    size_t set = (f.shuffles++ & 1) * l.fibers.size();
+    unsigned base = f.linear & ~31u;
     unsigned long long slot = 0;
     memcpy(&slot, &v, sizeof(T));
-    l.lanes[me] = slot;
+    l.lanes[set + f.linear] = slot;
     yield(Wait::Warp);
     unsigned src = base + (unsigned)source_of_lane;
-    if (src >= l.fibers.size() || l.fibers[src].wait == Wait::Done)
+    // The source lane must have published in this round (a lane that had left did not).
+    if (src >= l.fibers.size() || l.fibers[src].shuffles < f.shuffles)
         fail("a shuffle reads a lane that has left the kernel or does not exist");
     T out;
-    memcpy(&out, &l.lanes[src], sizeof(T));
-    yield(Wait::Warp);
+    memcpy(&out, &l.lanes[set + src], sizeof(T));
     return out;
 }
 
