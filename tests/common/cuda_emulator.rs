@@ -1,5 +1,5 @@
 //! The CPU emulator of CUDA (`tests/cuda_emulator/`, see its README) for the device tests on a
-//! machine without a GPU: its three libraries stand in for the driver, NVRTC and cuBLASLt, so
+//! machine without a GPU: its libraries stand in for the driver, NVRTC, cuBLASLt and NCCL, so
 //! the CUDA engine runs unchanged with its kernels compiled by the host's C++ compiler.
 //!
 //! `install` builds them (once per source hash, under the target directory) and loads them
@@ -17,6 +17,7 @@ const LIBRARIES: &[(&str, &str, &str)] = &[
     ("libcuda.so", "driver.cpp", "-O2"),
     ("libnvrtc.so", "nvrtc.cpp", "-O2"),
     ("libcublasLt.so", "cublaslt.cpp", "-O3"),
+    ("libnccl.so", "nccl.cpp", "-O2"),
 ];
 
 fn sources() -> PathBuf {
@@ -64,16 +65,12 @@ pub fn nanogpt() -> std::process::Command {
     cmd
 }
 
-/// Compiles the three libraries into a folder named by the hash of their sources.
+/// Compiles the libraries into a folder named by the hash of their sources.
 fn build() -> Result<PathBuf, String> {
     let src = sources();
     let mut hash = Sha256::new();
-    for file in [
-        "driver.cpp",
-        "nvrtc.cpp",
-        "cublaslt.cpp",
-        "kernel_runtime.h",
-    ] {
+    let files = LIBRARIES.iter().map(|(_, file, _)| *file);
+    for file in files.chain(["kernel_runtime.h"]) {
         let text = std::fs::read(src.join(file)).map_err(|e| format!("{file}: {e}"))?;
         hash.update(&text);
     }

@@ -47,7 +47,7 @@ static int dummy_context, dummy_stream;
 static std::mutex lock;
 static std::unordered_map<uintptr_t, size_t> allocations;
 static size_t allocated = 0;
-// The emulated card: sm_90, 16 GiB (tests stay far below).
+// Each emulated card: sm_90, 16 GiB (tests stay far below).
 static const size_t TOTAL_BYTES = size_t(16) << 30;
 
 CUresult cuInit(unsigned) { return SUCCESS; }
@@ -55,13 +55,16 @@ CUresult cuDriverGetVersion(int* v) {
     *v = 13000;
     return SUCCESS;
 }
+// A node of GPUs, so data-parallel runs can put one rank on each; they share the host's memory.
+static const int DEVICES = 8;
+
 CUresult cuDeviceGetCount(int* n) {
-    *n = 1;
+    *n = DEVICES;
     return SUCCESS;
 }
 CUresult cuDeviceGet(CUdevice* d, int ordinal) {
-    if (ordinal != 0) return INVALID_VALUE;
-    *d = 0;
+    if (ordinal < 0 || ordinal >= DEVICES) return INVALID_VALUE;
+    *d = ordinal;
     return SUCCESS;
 }
 CUresult cuDeviceGetName(char* name, int len, CUdevice) {
