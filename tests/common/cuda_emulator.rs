@@ -26,8 +26,8 @@ fn sources() -> PathBuf {
 
 /// Puts the emulator in place of CUDA in this process, and returns the folder of its libraries
 /// (for a child process's LD_LIBRARY_PATH); None on a machine with a driver, or when it is
-/// turned off. Panics when it should be there and cannot be built: a missing C++ compiler is an
-/// install step to take, not a reason to skip the device tests.
+/// turned off or cannot be built (no C++ compiler: the device tests then skip, except under
+/// CI=true, where that is a failure, as a missing NVRTC is for tests/cuda_kernels.rs).
 pub fn install() -> Option<&'static Path> {
     static INSTALLED: OnceLock<Option<PathBuf>> = OnceLock::new();
     let dir = INSTALLED.get_or_init(|| {
@@ -39,9 +39,16 @@ pub fn install() -> Option<&'static Path> {
             std::mem::forget(driver);
             return None;
         }
-        let dir = build().unwrap_or_else(|e| {
-            panic!("could not build the CUDA emulator ({e}); install a C++ compiler (g++), or set NANOGPT_CUDA_EMULATOR=0 to skip the device tests")
-        });
+        let dir = match build() {
+            Ok(dir) => dir,
+            Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+                panic!("could not build the CUDA emulator ({e}); install a C++ compiler (g++)")
+            }
+            Err(e) => {
+                eprintln!("the CUDA emulator could not be built ({e}): the CUDA tests are skipped; install a C++ compiler (g++) to run them");
+                return None;
+            }
+        };
         for (name, _, _) in LIBRARIES {
             // SAFETY: our own libraries; their initialisers only set up static state.
             let lib = unsafe { libloading::Library::new(dir.join(name)) }
