@@ -21,6 +21,11 @@
 # B=64, and 200 steps on tiny Shakespeare (GPT-2 BPE) in bf16 and in f32, the final losses.
 # Environment: FIXTURES (default ../shared/fixtures, else shared/fixtures), BIN_DIR (default
 # target/cuda-check), PYTHON (default python3), CHECKS (which issues' sections run, see below).
+#
+#   REHEARSAL=1 benches/cuda_check.sh RESULTS_DIR   here, without a GPU: the whole script on the
+#       CPU emulator of CUDA (tests/cuda_emulator), every model cut to a toy, with this
+#       checkout's release binaries; it checks the script (flags, logs, the summary) before device
+#       time is spent on it. Its figures mean nothing; the PyTorch peers fail without CUDA.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN_DIR=${BIN_DIR:-target/cuda-check}
@@ -44,6 +49,21 @@ fi
 OUT=$1
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
+# The models: GPT-2 124M's width and depth, the benchmark's context and batches, the runs' lengths.
+GPT2=(--n_layer=12 --n_head=12 --n_embd=768)
+T=1024 BATCH=12 BIG_BATCH=64 DDP_ITERS=40 BPE_T=256 BPE_ITERS=200 BPE_EVAL_ITERS=20
+BENCH_ITERS=(--iters 10 --warmup 3)
+if [ "${REHEARSAL:-0}" = 1 ]; then
+    GPT2=(--n_layer=2 --n_head=2 --n_embd=64)
+    T=64 BATCH=2 BIG_BATCH=4 DDP_ITERS=20 BPE_T=32 BPE_ITERS=10 BPE_EVAL_ITERS=1
+    BENCH_ITERS=(--iters 2 --warmup 1)
+    cargo build --release --bin nanogpt || exit 2
+    exe=$(cargo test --release --no-run --test cuda_device 2>&1 | sed -n 's/.*Executable tests\/cuda_device.rs (\(.*\))/\1/p')
+    BIN_DIR=$OUT/bin
+    mkdir -p "$BIN_DIR"
+    ln -sf "$PWD/target/release/nanogpt" "$BIN_DIR/nanogpt"
+    ln -sf "$PWD/$exe" "$BIN_DIR/cuda_device"
+fi
 for f in "$BIN_DIR/nanogpt" "$BIN_DIR/cuda_device"; do
     [ -x "$f" ] || { echo "$f is missing: run benches/cuda_check.sh build on a machine with Rust, and copy $BIN_DIR here" >&2; exit 2; }
 done
@@ -53,7 +73,9 @@ if [ -z "${FIXTURES:-}" ]; then
 fi
 [ -d "$FIXTURES/tiny-gpt2" ] || { echo "fixtures not found at $FIXTURES: set FIXTURES" >&2; exit 2; }
 export NANOGPT_FIXTURES=$(cd "$FIXTURES" && pwd)
-export NANOGPT_REQUIRE_GPU=1
+# A missing GPU fails the tests (rather than skipping them or, in the tests' binary, running
+# them on the CPU emulator of CUDA), except in a rehearsal, which is on the emulator.
+[ "${REHEARSAL:-0}" = 1 ] || export NANOGPT_REQUIRE_GPU=1
 # The CUDA libraries the binary loads at run time: the toolkit's, and those of pip wheels
 # (site-packages/nvidia/*/lib). NVRTC should be the driver's CUDA version (see GPU.md).
 libs=/usr/local/cuda/lib64
@@ -72,6 +94,11 @@ start=$(date +%s)
 timeout 240 "$BIN_DIR/cuda_device" --test-threads=1 --nocapture > "$OUT/cuda_device.log" 2>&1
 tests_rc=$?
 echo "correctness tests: exit $tests_rc in $(( $(date +%s) - start )) s (log: $OUT/cuda_device.log)"
+if [ "${REHEARSAL:-0}" = 1 ]; then
+    # The emulator's libraries, which the tests just built, for the script's own runs.
+    emulator=$(dirname "$(ls -t target/tmp/cuda-emulator/*/complete | head -1)")
+    export LD_LIBRARY_PATH="$PWD/$emulator:$LD_LIBRARY_PATH"
+fi
 
 # Peak GPU memory of a command: nvidia-smi sampled every 100 ms while it runs.
 with_memory() {
@@ -96,8 +123,9 @@ text=../shared/data/tinyshakespeare.txt
 
 # 5: GPT-2 124M, T=1024, B=12 (nanoGPT's bench.py shape).
 if want 12; then
-with_memory bench_f32 "$BIN_DIR/nanogpt" bench --device=cuda --json --iters 10 --warmup 3
-NANOGPT_CUDA_TF32=1 with_memory bench_tf32 "$BIN_DIR/nanogpt" bench --device=cuda --json --iters 10 --warmup 3
+bench=("$BIN_DIR/nanogpt" bench --device=cuda --json "${BENCH_ITERS[@]}" "${GPT2[@]}" --block_size=$T)
+with_memory bench_f32 "${bench[@]}" --batch_size=$BATCH
+NANOGPT_CUDA_TF32=1 with_memory bench_tf32 "${bench[@]}" --batch_size=$BATCH
 with_memory peer_f32 $PY "${peer[@]}"
 with_memory peer_tf32 $PY "${peer[@]}" --tf32=true
 with_memory peer_bf16_compile $PY "${peer[@]}" --dtype=bfloat16 --compile=true
@@ -116,9 +144,9 @@ if [ -n "$nccl_so" ]; then
 fi
 echo "NCCL: ${nccl_so:-not found}"
 "$BIN_DIR/nanogpt" prepare shakespeare_char --data_dir="$OUT/data" --input="$text" > "$OUT/ddp_prepare.log" 2>&1
-gpu_args=(train --dataset=shakespeare_char --data_dir="$OUT/data" --device=cuda --n_layer=12
-    --n_head=12 --n_embd=768 --block_size=1024 --batch_size=8 --gradient_accumulation_steps=1
-    --max_iters=40 --lr_decay_iters=40 --warmup_iters=5 --eval_interval=1000 --eval_iters=1
+gpu_args=(train --dataset=shakespeare_char --data_dir="$OUT/data" --device=cuda "${GPT2[@]}"
+    --block_size=$T --batch_size=8 --gradient_accumulation_steps=1
+    --max_iters=$DDP_ITERS --lr_decay_iters=$DDP_ITERS --warmup_iters=5 --eval_interval=1000 --eval_iters=1
     --log_interval=10 --dropout=0.0)
 timeout 150 "$BIN_DIR/nanogpt" "${gpu_args[@]}" --out_dir="$OUT/ddp_alone" > "$OUT/ddp_alone.log" 2>&1
 echo "ddp_alone: exit $?"
@@ -139,12 +167,13 @@ fi
 # 7: bf16 training (issue 13). The bf16 correctness test ran with 1-4 (cuda_device's
 # bf16_training_is_as_close_to_f32_as_the_cpus).
 if want 13; then
-with_memory bench_bf16 "$BIN_DIR/nanogpt" bench --device=cuda --dtype=bfloat16 --json --iters 10 --warmup 3
-with_memory bench_bf16_b64 "$BIN_DIR/nanogpt" bench --device=cuda --dtype=bfloat16 --batch_size=64 --json --iters 10 --warmup 3
-with_memory peer_bf16_compile_b64 $PY "${peer[@]}" --dtype=bfloat16 --compile=true --batch_size=64
+with_memory bench_bf16 "${bench[@]}" --dtype=bfloat16 --batch_size=$BATCH
+with_memory bench_bf16_b64 "${bench[@]}" --dtype=bfloat16 --batch_size=$BIG_BATCH
+with_memory peer_bf16_compile_b64 $PY "${peer[@]}" --dtype=bfloat16 --compile=true --batch_size=$BIG_BATCH
 # Where a bf16 step's time goes (GPU time per kernel and product shape), and the new kernels
 # under compute-sanitizer's memcheck (out-of-bounds and misaligned accesses).
 NANOGPT_CUDA_PROFILE=1 timeout 120 "$BIN_DIR/nanogpt" bench --device=cuda --dtype=bfloat16 --json --iters 3 --warmup 1 \
+    "${GPT2[@]}" --block_size=$T --batch_size=$BATCH \
     > "$OUT/bench_bf16_profile.json" 2> "$OUT/bench_bf16_profile.txt"
 echo "bench_bf16_profile: exit $?"
 if command -v compute-sanitizer >/dev/null; then
@@ -155,9 +184,10 @@ else
     echo "memcheck_bf16: compute-sanitizer not found" | tee "$OUT/memcheck_bf16.log"
 fi
 "$BIN_DIR/nanogpt" prepare shakespeare --data_dir="$OUT/data" --input="$text" > "$OUT/bpe_prepare.log" 2>&1
-bpe_args=(train --dataset=shakespeare --data_dir="$OUT/data" --device=cuda --n_layer=12 --n_head=12
-    --n_embd=768 --block_size=256 --batch_size=8 --gradient_accumulation_steps=1 --max_iters=200
-    --lr_decay_iters=200 --warmup_iters=20 --eval_interval=200 --eval_iters=20 --log_interval=20
+bpe_args=(train --dataset=shakespeare --data_dir="$OUT/data" --device=cuda "${GPT2[@]}"
+    --block_size=$BPE_T --batch_size=8 --gradient_accumulation_steps=1 --max_iters=$BPE_ITERS
+    --lr_decay_iters=$BPE_ITERS --warmup_iters=$((BPE_ITERS / 10)) --eval_interval=$BPE_ITERS
+    --eval_iters=$BPE_EVAL_ITERS --log_interval=$((BPE_ITERS / 10))
     --dropout=0.0)
 for dt in float32 bfloat16; do
     timeout 150 "$BIN_DIR/nanogpt" "${bpe_args[@]}" --dtype=$dt --out_dir="$OUT/bpe_$dt" > "$OUT/bpe_$dt.log" 2>&1
@@ -181,9 +211,26 @@ def load(name):
         peak = None
     return {"result": r, "peak_gpu_mib_nvidia_smi": peak}
 log = open(os.path.join(out, "cuda_device.log"), errors="replace").read()
-tests = {m.group(1): m.group(2) for m in re.finditer(r"^test (\S+) \.\.\. (\w+)", log, re.M)}
+# Each test's status. Under --nocapture a test's own output comes between "test NAME ... " and
+# its status, which then starts a line of its own; a killed run leaves the last one unfinished.
+tests = {}
+lines = log.splitlines()
+for i, line in enumerate(lines):
+    m = re.match(r"test (\S+) \.\.\. ?(.*)$", line)
+    if not m:
+        continue
+    status = "unfinished"
+    for later in [m.group(2)] + lines[i + 1:]:
+        word = later.strip()
+        if word in ("ok", "FAILED", "ignored"):
+            status = word
+            break
+        if re.match(r"test \S+ \.\.\. ", later):
+            break
+    tests[m.group(1)] = status
 measured = [l for l in log.splitlines() if re.search(r"rel|losses|greedy|cuda .* cpu", l)]
 summary = {
+    "rehearsal_on_the_cpu_emulator": os.environ.get("REHEARSAL") == "1",
     "gpu": open(os.path.join(out, "gpu.txt")).read().strip(),
     "tests_exit": tests_rc,
     "tests": tests,
@@ -239,6 +286,8 @@ summary["bf16"]["memcheck_tail"] = tail("memcheck_bf16.log", 3)
 summary["bf16"]["memcheck_clean"] = any("ERROR SUMMARY: 0 errors" in l for l in tail("memcheck_bf16.log", 5))
 json.dump(summary, open(os.path.join(out, "cuda_check.json"), "w"), indent=2)
 print("\n== cuda_check summary ==")
+if summary["rehearsal_on_the_cpu_emulator"]:
+    print("REHEARSAL on the CPU emulator of CUDA, toy models: the figures mean nothing")
 print("GPU:", summary["gpu"])
 for name, status in tests.items():
     print(f"  {status:>6}  {name}")

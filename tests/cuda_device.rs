@@ -2,8 +2,9 @@
 //! benches/cuda_check.sh runs on the device machine (this test binary is built on a CPU machine
 //! and copied there). On a machine without an NVIDIA driver they run on the CPU emulator of
 //! CUDA (tests/cuda_emulator: the engine and its kernels unchanged, the GPT-2 124M tests cut to a
-//! 2-layer model); with NANOGPT_CUDA_EMULATOR=0 and no GPU each test is skipped with a note,
-//! and NANOGPT_REQUIRE_GPU=1 makes that a failure. NANOGPT_FIXTURES points at the fixtures
+//! 2-layer model); with NANOGPT_CUDA_EMULATOR=0 and no GPU each test is skipped with a note.
+//! NANOGPT_REQUIRE_GPU=1 (the device check) makes a missing GPU a failure and never uses the
+//! emulator. NANOGPT_FIXTURES points at the fixtures
 //! folder on the device machine.
 //!
 //! Tolerances (f32 against f32, relative): tiny-gpt2 as tests/reference.rs (loss 1e-5,

@@ -5,7 +5,8 @@
 //! `install` builds them (once per source hash, under the target directory) and loads them
 //! before anything else asks for CUDA: each has the soname of the library it replaces, so the
 //! engine's later loads by name get the emulator. On a machine with an NVIDIA driver it does
-//! nothing (the tests run on the GPU); NANOGPT_CUDA_EMULATOR=0 turns it off.
+//! nothing (the tests run on the GPU), nor under NANOGPT_REQUIRE_GPU=1; NANOGPT_CUDA_EMULATOR=0
+//! turns it off.
 
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -25,18 +26,20 @@ fn sources() -> PathBuf {
 }
 
 /// Puts the emulator in place of CUDA in this process, and returns the folder of its libraries
-/// (for a child process's LD_LIBRARY_PATH); None on a machine with a driver, or when it is
-/// turned off or cannot be built (no C++ compiler: the device tests then skip, except under
+/// (for a child process's LD_LIBRARY_PATH); None on a machine with a driver, under
+/// NANOGPT_REQUIRE_GPU=1, or when it is turned off or cannot be built (no C++ compiler: the device tests then skip, except under
 /// CI=true, where that is a failure, as a missing NVRTC is for tests/cuda_kernels.rs).
 pub fn install() -> Option<&'static Path> {
     static INSTALLED: OnceLock<Option<PathBuf>> = OnceLock::new();
     let dir = INSTALLED.get_or_init(|| {
-        if std::env::var("NANOGPT_CUDA_EMULATOR").is_ok_and(|v| v == "0") {
+        // NANOGPT_REQUIRE_GPU=1 (the device check) means the real GPU or nothing.
+        let off = |var: &str, value: &str| std::env::var(var).is_ok_and(|v| v == value);
+        if off("NANOGPT_CUDA_EMULATOR", "0") || off("NANOGPT_REQUIRE_GPU", "1") {
             return None;
         }
-        // SAFETY: loading the NVIDIA driver runs only its initialisers; kept loaded if found.
-        if let Ok(driver) = unsafe { libloading::Library::new("libcuda.so") } {
-            std::mem::forget(driver);
+        // The driver under any name cudarc tries (a driver install often has only libcuda.so.1).
+        // SAFETY: only tries to open the library.
+        if unsafe { cudarc::driver::sys::is_culib_present() } {
             return None;
         }
         let dir = match build() {
