@@ -11,6 +11,8 @@
 #include <cstring>
 #include <dlfcn.h>
 #include <mutex>
+#include <signal.h>
+#include <sys/mman.h>
 #include <string>
 #include <unordered_map>
 
@@ -45,7 +47,6 @@ struct Event {
 
 static int dummy_context, dummy_stream;
 static std::mutex lock;
-static std::unordered_map<uintptr_t, size_t> allocations;
 static size_t allocated = 0;
 // Each emulated card: sm_90, 16 GiB (tests stay far below).
 static const size_t TOTAL_BYTES = size_t(16) << 30;
@@ -144,18 +145,59 @@ CUresult cuEventElapsedTime(float* ms, void* start, void* end) {
 }
 CUresult cuEventElapsedTime_v2(float* ms, void* start, void* end) { return cuEventElapsedTime(ms, start, end); }
 
-// Allocations are tracked so that a free of something never allocated, or twice, is caught.
+// Each allocation ends where an inaccessible page begins (its start 256-byte aligned, as CUDA's
+// are), so a kernel or copy that runs past the end of a buffer faults at once; the handler
+// below names the buffer. Allocations are tracked: a free of anything else aborts.
+static const size_t PAGE = 4096;
+
+struct Allocation {
+    size_t bytes;
+    char* mapping;
+    size_t mapped;
+};
+static std::unordered_map<uintptr_t, Allocation> allocations;
+
+static void on_fault(int, siginfo_t* info, void*) {
+    uintptr_t at = (uintptr_t)info->si_addr;
+    // No lock: the faulting thread may hold it, and the process ends here anyway.
+    for (auto& [start, a] : allocations)
+        if (at >= start && at < start + a.bytes + PAGE) {
+            fprintf(stderr,
+                    "cuda emulator: access %zu bytes past the end of a %zu-byte device buffer (a kernel or copy "
+                    "ran past it)\n",
+                    (size_t)(at - start - a.bytes), a.bytes);
+            abort();
+        }
+    fprintf(stderr, "cuda emulator: segmentation fault at %#lx, outside every device buffer\n", (unsigned long)at);
+    abort();
+}
+
+static void watch_faults() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+        struct sigaction sa {};
+        sa.sa_sigaction = on_fault;
+        sa.sa_flags = SA_SIGINFO;
+        sigaction(SIGSEGV, &sa, nullptr);
+    });
+}
+
 CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t bytes) {
+    watch_faults();
     std::lock_guard<std::mutex> g(lock);
     if (bytes == 0) return INVALID_VALUE;
     if (allocated + bytes > TOTAL_BYTES) return OUT_OF_MEMORY;
+    size_t span = (bytes + 255) / 256 * 256, usable = (span + PAGE - 1) / PAGE * PAGE;
+    void* m = mmap(nullptr, usable + PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) return OUT_OF_MEMORY;
+    char* mapping = static_cast<char*>(m);
+    mprotect(mapping + usable, PAGE, PROT_NONE);
+    char* start = mapping + usable - span;
     // Poisoned, as fresh device memory holds old data: code that reads before writing sees NaNs.
-    void* m = aligned_alloc(256, (bytes + 255) / 256 * 256);
-    if (!m) return OUT_OF_MEMORY;
-    memset(m, 0xff, bytes);
-    allocations[(uintptr_t)m] = bytes;
+    memset(start, 0xff, bytes);
+    allocations[(uintptr_t)start] = Allocation{bytes, mapping, usable + PAGE};
     allocated += bytes;
-    *p = (CUdeviceptr)(uintptr_t)m;
+    *p = (CUdeviceptr)(uintptr_t)start;
     return SUCCESS;
 }
 CUresult cuMemFree_v2(CUdeviceptr p) {
@@ -165,9 +207,9 @@ CUresult cuMemFree_v2(CUdeviceptr p) {
         fprintf(stderr, "cuda emulator: cuMemFree of %#llx, which is not an allocation\n", p);
         abort();
     }
-    allocated -= it->second;
+    allocated -= it->second.bytes;
+    munmap(it->second.mapping, it->second.mapped);
     allocations.erase(it);
-    free((void*)(uintptr_t)p);
     return SUCCESS;
 }
 CUresult cuMemAllocAsync(CUdeviceptr* p, size_t bytes, void*) { return cuMemAlloc_v2(p, bytes); }
