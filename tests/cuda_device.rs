@@ -439,16 +439,9 @@ fn greedy_sampling_gives_the_cpus_ids() {
 
 /// Runs `nanogpt ARGS` on the GPU (or the emulator): its stdout, or a panic with its stderr.
 fn run_cuda(args: &[String]) -> String {
-    let out = common::cuda_emulator::nanogpt()
-        .args(args)
-        .output()
-        .expect("run nanogpt");
-    assert!(
-        out.status.success(),
-        "nanogpt {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let mut cmd = common::cuda_emulator::nanogpt();
+    cmd.args(args);
+    common::stdout_of(cmd)
 }
 
 /// The commands on `--device=cuda`: `train` a small character model in f32 and in bf16 (both

@@ -121,17 +121,6 @@ fn checkpoint_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
-fn run_ok(mut cmd: Command) -> String {
-    let out = cmd.output().expect("run");
-    let log = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{log}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    log
-}
-
 /// ZeRO-1 (each rank keeps its part of AdamW's moments) against every rank keeping all of them:
 /// the same parameters and moments, bit for bit, after 10 steps; and again when the sharded run
 /// is stopped at step 5 and resumed (the moments gathered into the checkpoint, then split).
@@ -144,13 +133,13 @@ fn zero1_gives_the_bits_of_the_unsharded_update() {
         flags.extend_from_slice(extra);
         train_args(&data, &root.join(out), iters, &flags)
     };
-    let plain = run_ok(launch(29538, &args("plain", 10, &[])));
-    let zero = run_ok(launch(29539, &args("zero", 10, &["--zero_stage=1"])));
+    let plain = common::stdout_of(launch(29538, &args("plain", 10, &[])));
+    let zero = common::stdout_of(launch(29539, &args("zero", 10, &["--zero_stage=1"])));
     assert_eq!(common::loss_lines(&plain), common::loss_lines(&zero));
     let want = checkpoint_bytes(&root.join("plain/latest"));
     assert_eq!(want, checkpoint_bytes(&root.join("zero/latest")));
-    run_ok(launch(29540, &args("halves", 4, &["--zero_stage=1"])));
-    run_ok(launch(
+    common::stdout_of(launch(29540, &args("halves", 4, &["--zero_stage=1"])));
+    common::stdout_of(launch(
         29541,
         &args("halves", 10, &["--zero_stage=1", "--init_from=resume"]),
     ));
@@ -171,7 +160,7 @@ fn one_rank_under_the_launcher_gives_the_bits_of_no_launcher() {
     one.args(["launch", "--nproc_per_node=1", "--master_port=29544", "--"])
         .args(train_args(&data, &root.join("one"), 10, &[]))
         .env("RAYON_NUM_THREADS", "1");
-    let (alone, one) = (run_ok(alone), run_ok(one));
+    let (alone, one) = (common::stdout_of(alone), common::stdout_of(one));
     assert!(one.contains("x 1 ranks"), "{one}");
     assert_eq!(common::loss_lines(&alone), common::loss_lines(&one));
     assert_eq!(

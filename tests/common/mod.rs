@@ -86,6 +86,18 @@ pub fn nanogpt() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_nanogpt"))
 }
 
+/// Runs `cmd`: its stdout, or a panic showing its stdout and stderr.
+pub fn stdout_of(mut cmd: std::process::Command) -> String {
+    let out = cmd.output().expect("run");
+    let log = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{log}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    log
+}
+
 /// `<root>/data/shakespeare_char`, prepared by the binary; returns `<root>/data`.
 pub fn prepare_shakespeare_char(root: &std::path::Path) -> PathBuf {
     let data = root.join("data");

@@ -273,26 +273,18 @@ T __shfl_sync(unsigned mask, T v, int lane) {
     return emu::shuffle(mask, v, lane);
 }
 
-inline float __int_as_float(int i) {
-    float f;
-    memcpy(&f, &i, 4);
-    return f;
+// CUDA's reinterpretations of a 32-bit value's bits.
+template <class To, class From>
+To emu_bits_as(From x) {
+    static_assert(sizeof(To) == sizeof(From), "same width");
+    To y;
+    memcpy(&y, &x, sizeof y);
+    return y;
 }
-inline float __uint_as_float(unsigned u) {
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-inline unsigned __float_as_uint(float f) {
-    unsigned u;
-    memcpy(&u, &f, 4);
-    return u;
-}
-inline int __float_as_int(float f) {
-    int i;
-    memcpy(&i, &f, 4);
-    return i;
-}
+inline float __int_as_float(int i) { return emu_bits_as<float>(i); }
+inline float __uint_as_float(unsigned u) { return emu_bits_as<float>(u); }
+inline unsigned __float_as_uint(float f) { return emu_bits_as<unsigned>(f); }
+inline int __float_as_int(float f) { return emu_bits_as<int>(f); }
 inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 template <class T>
 T atomicAdd(T* p, T v) {
