@@ -73,6 +73,8 @@ if [ -z "${FIXTURES:-}" ]; then
 fi
 [ -d "$FIXTURES/tiny-gpt2" ] || { echo "fixtures not found at $FIXTURES: set FIXTURES" >&2; exit 2; }
 export NANOGPT_FIXTURES=$(cd "$FIXTURES" && pwd)
+# The test binary's own command tests run this nanogpt (its build path is not on this machine).
+export NANOGPT_BIN=$(cd "$(dirname "$BIN_DIR/nanogpt")" && pwd)/nanogpt
 # A missing GPU fails the tests (rather than skipping them or, in the tests' binary, running
 # them on the CPU emulator of CUDA), except in a rehearsal, which is on the emulator.
 [ "${REHEARSAL:-0}" = 1 ] || export NANOGPT_REQUIRE_GPU=1

@@ -18,7 +18,7 @@
 
 mod common;
 
-use common::{read_f32, read_i32, rel_err};
+use common::{fixtures, read_f32, read_i32, rel_err};
 use nanogpt::config::GptConfig;
 use nanogpt::engine::cpu::CpuEngine;
 use nanogpt::engine::{cuda::gpu_present, open, AdamW, Device, Dtype, Engine, Feed, Mode};
@@ -27,11 +27,6 @@ use nanogpt::model::Gpt;
 use nanogpt::rng::Rng;
 use nanogpt::sample::dist::argmax;
 use safetensors::SafeTensors;
-use std::path::PathBuf;
-
-fn fixtures() -> PathBuf {
-    std::env::var_os("NANOGPT_FIXTURES").map_or_else(common::fixtures, PathBuf::from)
-}
 
 /// Whether a GPU (or the emulator) is there to test on; false means skip.
 fn have_gpu(test: &str) -> bool {
@@ -608,4 +603,31 @@ fn two_gpu_ranks_train_as_one_process_does() {
         let err = rel_err(b, a);
         assert!(err <= 2e-5, "{name}: relative difference {err:e}");
     }
+}
+
+/// A batch no GPU holds (its logits alone are ~20 TB) ends in one line that names the setting
+/// to lower, not a driver error code.
+#[test]
+fn out_of_gpu_memory_is_one_line_that_says_what_to_lower() {
+    if !have_gpu("out_of_gpu_memory") {
+        return;
+    }
+    let out = common::cuda_emulator::nanogpt()
+        .args([
+            "bench",
+            "--device=cuda",
+            "--n_layer=2",
+            "--n_head=2",
+            "--n_embd=64",
+        ])
+        .args(["--batch_size=100000", "--iters=1", "--warmup=0"])
+        .output()
+        .expect("run nanogpt");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("out of GPU memory") && err.contains("lower --batch_size"),
+        "{err}"
+    );
 }

@@ -5,9 +5,13 @@
 use safetensors::{Dtype, SafeTensors};
 use std::path::{Path, PathBuf};
 
-/// `../shared/fixtures`, beside the checkout.
+/// `../shared/fixtures`, beside the checkout; NANOGPT_FIXTURES elsewhere (a test binary copied
+/// to another machine, as benches/cuda_check.sh does).
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
+    std::env::var_os("NANOGPT_FIXTURES").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"),
+        PathBuf::from,
+    )
 }
 
 /// `../shared/fixtures/llama`: the Llama-2 / llama2.c references.
@@ -81,9 +85,12 @@ impl Drop for TempDir {
     }
 }
 
-/// The `nanogpt` binary of this build.
+/// The `nanogpt` binary of this build (or NANOGPT_BIN).
 pub fn nanogpt() -> std::process::Command {
-    std::process::Command::new(env!("CARGO_BIN_EXE_nanogpt"))
+    // A test binary copied to another machine (benches/cuda_check.sh) is told where it is.
+    let bin =
+        std::env::var_os("NANOGPT_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_nanogpt").into());
+    std::process::Command::new(bin)
 }
 
 /// Runs `cmd`: its stdout, or a panic showing its stdout and stderr.
