@@ -587,19 +587,10 @@ fn two_gpu_ranks_train_as_one_process_does() {
     let (l1, l2) = (common::loss_lines(&one), common::loss_lines(&two));
     assert_eq!(l1.len(), 9, "{one}");
     assert_eq!(l1, l2);
-    let read = |dir: &str| {
-        let bytes = std::fs::read(root.join(dir).join("latest/model.safetensors")).expect("model");
-        let st = SafeTensors::deserialize(&bytes).expect("safetensors");
-        let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
-        names.sort();
-        names
-            .into_iter()
-            .map(|n| (read_f32(&st, &n), n))
-            .collect::<Vec<_>>()
-    };
+    let read = |dir: &str| common::checkpoint_params(&root.join(dir).join("latest"));
     // At this learning rate the CPU's two ranks end up to 7.9e-6 (of a tensor's largest value)
     // from one process; the emulator's GPU ranks 3.5e-6. A wrong scale would move the losses.
-    for ((a, name), (b, _)) in read("one").iter().zip(&read("two")) {
+    for ((name, a), (_, b)) in read("one").iter().zip(&read("two")) {
         let err = rel_err(b, a);
         assert!(err <= 2e-5, "{name}: relative difference {err:e}");
     }

@@ -5,7 +5,6 @@
 
 mod common;
 
-use safetensors::SafeTensors;
 use std::io::{BufReader, Read};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -53,20 +52,6 @@ fn launch(port: u16, args: &[String]) -> Command {
     cmd
 }
 
-fn params(dir: &Path) -> Vec<(String, Vec<f32>)> {
-    let bytes = std::fs::read(dir.join("model.safetensors")).expect("model.safetensors");
-    let st = SafeTensors::deserialize(&bytes).expect("safetensors");
-    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
-    names.sort();
-    names
-        .into_iter()
-        .map(|n| {
-            let v = common::read_f32(&st, &n);
-            (n, v)
-        })
-        .collect()
-}
-
 #[test]
 fn two_ranks_train_as_one_process_does() {
     let root = common::TempDir::new("ddp", "equal");
@@ -103,8 +88,8 @@ fn two_ranks_train_as_one_process_does() {
     // The gradients are summed in another order (per rank, then across), so the parameters agree
     // to float rounding, not bit for bit.
     let (p1, p2) = (
-        params(&root.join("one/latest")),
-        params(&root.join("two/latest")),
+        common::checkpoint_params(&root.join("one/latest")),
+        common::checkpoint_params(&root.join("two/latest")),
     );
     assert_eq!(p1.len(), p2.len());
     for ((name, a), (_, b)) in p1.iter().zip(&p2) {

@@ -27,8 +27,9 @@ fn sources() -> PathBuf {
 
 /// Puts the emulator in place of CUDA in this process, and returns the folder of its libraries
 /// (for a child process's LD_LIBRARY_PATH); None on a machine with a driver, under
-/// NANOGPT_REQUIRE_GPU=1, or when it is turned off or cannot be built (no C++ compiler: the device tests then skip, except under
-/// CI=true, where that is a failure, as a missing NVRTC is for tests/cuda_kernels.rs).
+/// NANOGPT_REQUIRE_GPU=1, or when it is turned off or cannot be built (no C++ compiler: the
+/// device tests then skip, except under CI=true, where that is a failure, as a missing NVRTC
+/// is for tests/cuda_kernels.rs).
 pub fn install() -> Option<&'static Path> {
     static INSTALLED: OnceLock<Option<PathBuf>> = OnceLock::new();
     let dir = INSTALLED.get_or_init(|| {
@@ -111,6 +112,7 @@ fn build() -> Result<PathBuf, String> {
             .output()
             .map_err(|e| format!("{cxx}: {e}"))?;
         if !out.status.success() {
+            let _ = std::fs::remove_dir_all(&staging);
             return Err(format!(
                 "{cxx} {file}: {}",
                 String::from_utf8_lossy(&out.stderr)

@@ -93,6 +93,21 @@ pub fn nanogpt() -> std::process::Command {
     std::process::Command::new(bin)
 }
 
+/// A checkpoint folder's parameters, (name, values) sorted by name.
+pub fn checkpoint_params(dir: &Path) -> Vec<(String, Vec<f32>)> {
+    let bytes = std::fs::read(dir.join("model.safetensors")).expect("model.safetensors");
+    let st = SafeTensors::deserialize(&bytes).expect("safetensors");
+    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|n| {
+            let v = read_f32(&st, &n);
+            (n, v)
+        })
+        .collect()
+}
+
 /// Runs `cmd`: its stdout, or a panic showing its stdout and stderr.
 pub fn stdout_of(mut cmd: std::process::Command) -> String {
     let out = cmd.output().expect("run");
