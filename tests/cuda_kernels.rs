@@ -4,7 +4,7 @@
 
 use nanogpt::kernels::cpu::dropout::dropout_inplace;
 use nanogpt::kernels::cuda::{
-    compile_ptx, entry_points, nvrtc_available, ATTENTION_HEAD_SIZES, SOURCES,
+    compile_ptx, entry_points, nvrtc_available, program, ATTENTION_HEAD_SIZES, SOURCES,
 };
 use nanogpt::rng::{dropout_key, keep, Rng};
 use std::collections::BTreeSet;
@@ -43,6 +43,71 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
             missing.is_empty(),
             "compute_{cc}: entry points missing from the PTX: {missing:?}"
         );
+    }
+}
+
+/// The program as machine code (CUBIN) for sm_`cc`, with ptxas's log (`-v`: registers and
+/// spills per kernel); Err with the log when it fails.
+fn compile_cubin(cc: u32) -> Result<(usize, String), String> {
+    use cudarc::nvrtc::{result, sys};
+    let src = std::ffi::CString::new(program()).expect("no NUL in the sources");
+    let prog = result::create_program(&src, Some(c"nanogpt_kernels.cu")).expect("nvrtc program");
+    let opts = [
+        format!("--gpu-architecture=sm_{cc}"),
+        "--std=c++17".into(),
+        "--ptxas-options=-v".into(),
+    ];
+    // SAFETY: prog was created above and is destroyed once, at the end; the log and the size
+    // are read while it lives.
+    unsafe {
+        let compiled = result::compile_program(prog, &opts);
+        let log = result::get_program_log(prog).expect("nvrtc log");
+        let log: String = log
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8 as char)
+            .collect();
+        let mut size = 0usize;
+        let sized = sys::nvrtcGetCUBINSize(prog, &mut size).result();
+        result::destroy_program(prog).expect("destroy nvrtc program");
+        match (compiled, sized) {
+            (Ok(()), Ok(())) if size > 0 => Ok((size, log)),
+            _ => Err(log),
+        }
+    }
+}
+
+/// Compiling to PTX passes inline PTX (`mma.sync` in common.cu) through unread; ptxas, which
+/// NVRTC runs when the target is a real architecture, checks it (for sm_90, the H100/H200: the
+/// same `mma.sync` is valid from sm_80 on; one architecture keeps the test to ~40 s). Prints
+/// each bf16 attention kernel's registers and spills (what decides its speed) from ptxas's report.
+#[test]
+fn ptxas_accepts_the_kernels_for_sm90() {
+    if !nvrtc_or_skip("ptxas_accepts_the_kernels_for_sm90") {
+        return;
+    }
+    for cc in [90] {
+        let (size, log) = compile_cubin(cc)
+            .unwrap_or_else(|log| panic!("ptxas rejects the kernels for sm_{cc}: {log}"));
+        println!("sm_{cc}: {size} bytes of CUBIN");
+        let mut lines = log.lines().peekable();
+        while let Some(line) = lines.next() {
+            if line.contains("Compiling entry function 'flash_") {
+                let name = line.split('\'').nth(1).unwrap_or(line);
+                // "Function properties for NAME", then the stack and spills, then registers.
+                let report: Vec<&str> = lines
+                    .by_ref()
+                    .take(3)
+                    .skip(1)
+                    .map(|l| {
+                        l.trim_start_matches("ptxas")
+                            .trim_start_matches([' ', '.', ':'])
+                    })
+                    .map(|l| l.trim_start_matches("info").trim_start_matches([' ', ':']))
+                    .collect();
+                println!("  {name}: {}", report.join("; "));
+            }
+        }
     }
 }
 

@@ -1,7 +1,6 @@
 // cuBLASLt for the CPU emulator of CUDA (libcublasLt.so): the descriptor calls the engine makes
 // and cublasLtMatmul, on the CPU, by cuBLASLt's documented definition. Column-major: matrix X
-// of layout (rows, cols, ld) holds X(r, c) at X[r + c * ld]; batch i starts `stride` elements
-// on. D = alpha op(A) op(B) + beta C (+ bias[r] on every column with the BIAS epilogue), op(A)
+// of layout (rows, cols, ld) holds X(r, c) at X[r + c * ld]. D = alpha op(A) op(B) + beta C (+ bias[r] on every column with the BIAS epilogue), op(A)
 // m x k, op(B) k x n, D m x n. A layout that does not fit the product is refused, as cuBLASLt
 // does, with the reason on stderr. Sums are f64, rounded to f32 once: cuBLAS's f32 sums are
 // split over tiles and differ from any one order, so the emulator stands for the exact product
@@ -19,7 +18,6 @@ enum { OK = 0, INVALID_VALUE = 7, NOT_SUPPORTED = 15 };
 enum { R_32F = 0, R_16BF = 14 };
 enum { COMPUTE_32F = 68, COMPUTE_32F_FAST_TF32 = 77 };
 enum { DESC_TRANSA = 3, DESC_TRANSB = 4, DESC_EPILOGUE = 7, DESC_BIAS_POINTER = 8 };
-enum { LAYOUT_BATCH_COUNT = 5, LAYOUT_STRIDED_BATCH_OFFSET = 6 };
 enum { EPILOGUE_DEFAULT = 1, EPILOGUE_BIAS = 4 };
 
 struct Desc {
@@ -31,8 +29,6 @@ struct Layout {
     int type;
     uint64_t rows, cols;
     int64_t ld;
-    int batch = 1;
-    int64_t stride = 0;
 };
 struct Algo {
     uint64_t data[8];
@@ -94,15 +90,7 @@ Status cublasLtMatrixLayoutDestroy(Layout* l) {
     delete l;
     return OK;
 }
-Status cublasLtMatrixLayoutSetAttribute(Layout* l, int attr, const void* buf, size_t size) {
-    if (attr == LAYOUT_BATCH_COUNT && size == 4) {
-        memcpy(&l->batch, buf, 4);
-        return l->batch >= 1 ? OK : INVALID_VALUE;
-    }
-    if (attr == LAYOUT_STRIDED_BATCH_OFFSET && size == 8) {
-        memcpy(&l->stride, buf, 8);
-        return OK;
-    }
+Status cublasLtMatrixLayoutSetAttribute(Layout*, int attr, const void* buf, size_t size) {
     fprintf(stderr, "cuda emulator: cuBLASLt layout attribute %d (size %zu) is not emulated\n", attr, size);
     return NOT_SUPPORTED;
 }
@@ -117,7 +105,7 @@ Status cublasLtMatmulPreferenceDestroy(void* p) {
 }
 Status cublasLtMatmulPreferenceSetAttribute(void*, int, const void*, size_t) { return OK; }
 
-// The shapes must make a product: op(A) m x k, op(B) k x n, C = D m x n, one batch count.
+// The shapes must make a product: op(A) m x k, op(B) k x n, C = D m x n.
 static bool check(const Desc* d, const Layout* a, const Layout* b, const Layout* c, const Layout* dl) {
     uint64_t m = dl->rows, n = dl->cols;
     uint64_t am = d->ta ? a->cols : a->rows, ak = d->ta ? a->rows : a->cols;
@@ -129,7 +117,6 @@ static bool check(const Desc* d, const Layout* a, const Layout* b, const Layout*
     else if (c->rows != m || c->cols != n || c->ld != dl->ld || c->type != dl->type) why = "C is not D's shape";
     else if (a->type != b->type) why = "A and B have different types";
     else if (dl->type != R_32F) why = "D is not f32 (only f32 outputs are emulated)";
-    else if (a->batch != dl->batch || b->batch != dl->batch || c->batch != dl->batch) why = "batch counts differ";
     else if ((d->ta != 0 && d->ta != 1) || (d->tb != 0 && d->tb != 1)) why = "transpose is neither N nor T";
     else if (d->epilogue != EPILOGUE_DEFAULT && d->epilogue != EPILOGUE_BIAS) why = "epilogue not emulated";
     if (why) fprintf(stderr, "cuda emulator: cuBLASLt refuses the product: %s\n", why);
@@ -169,30 +156,27 @@ Status cublasLtMatmul(void*, Desc* d, const float* alpha, const void* A, Layout*
     uint64_t m = dl->rows, n = dl->cols, k = d->ta ? a->rows : a->cols;
     // op(A) as m rows of k, op(B)^T as n rows of k: both contiguous in k.
     std::vector<float> ar(m * k), br(n * k);
-    for (int batch = 0; batch < dl->batch; batch++) {
-        int64_t oa = batch * a->stride, ob = batch * b->stride, oc = batch * c->stride, od = batch * dl->stride;
-        for (uint64_t i = 0; i < m; i++)
-            for (uint64_t p = 0; p < k; p++)
-                ar[i * k + p] = element(A, a, oa + (d->ta ? p + i * a->ld : i + p * a->ld));
-        for (uint64_t j = 0; j < n; j++)
-            for (uint64_t p = 0; p < k; p++)
-                br[j * k + p] = element(B, b, ob + (d->tb ? j + p * b->ld : p + j * b->ld));
-        const float* cf = static_cast<const float*>(C);
-        float* df = static_cast<float*>(D);
-        for (uint64_t j = 0; j < n; j++)
-            for (uint64_t i = 0; i < m; i++) {
-                const float *x = &ar[i * k], *y = &br[j * k];
-                double s[4] = {0, 0, 0, 0};
-                uint64_t p = 0;
-                for (; p + 4 <= k; p += 4)
-                    for (int q = 0; q < 4; q++) s[q] += (double)x[p + q] * y[p + q];
-                for (; p < k; p++) s[p % 4] += (double)x[p] * y[p];
-                float v = *alpha * (float)((s[0] + s[1]) + (s[2] + s[3]));
-                if (*beta != 0.0f) v += *beta * cf[oc + i + j * c->ld];
-                if (d->epilogue == EPILOGUE_BIAS) v += d->bias[i];
-                df[od + i + j * dl->ld] = v;
-            }
-    }
+    for (uint64_t i = 0; i < m; i++)
+        for (uint64_t p = 0; p < k; p++)
+            ar[i * k + p] = element(A, a, d->ta ? p + i * a->ld : i + p * a->ld);
+    for (uint64_t j = 0; j < n; j++)
+        for (uint64_t p = 0; p < k; p++)
+            br[j * k + p] = element(B, b, d->tb ? j + p * b->ld : p + j * b->ld);
+    const float* cf = static_cast<const float*>(C);
+    float* df = static_cast<float*>(D);
+    for (uint64_t j = 0; j < n; j++)
+        for (uint64_t i = 0; i < m; i++) {
+            const float *x = &ar[i * k], *y = &br[j * k];
+            double s[4] = {0, 0, 0, 0};
+            uint64_t p = 0;
+            for (; p + 4 <= k; p += 4)
+                for (int q = 0; q < 4; q++) s[q] += (double)x[p + q] * y[p + q];
+            for (; p < k; p++) s[p % 4] += (double)x[p] * y[p];
+            float v = *alpha * (float)((s[0] + s[1]) + (s[2] + s[3]));
+            if (*beta != 0.0f) v += *beta * cf[i + j * c->ld];
+            if (d->epilogue == EPILOGUE_BIAS) v += d->bias[i];
+            df[i + j * dl->ld] = v;
+        }
     return OK;
 }
 

@@ -10,6 +10,8 @@
 // the process with the kernel's name, instead of hanging as a GPU would.
 
 #pragma once
+// Kernel sources hold inline PTX only where this is not defined (common.cu's mma_bf16_16816).
+#define NANOGPT_CUDA_EMULATOR 1
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -64,7 +66,12 @@ struct Fiber {
     dim3 idx;
     unsigned linear = 0;
     Wait wait = Wait::None;
-    unsigned shuffles = 0;  // how many it has done: picks the slot set (see shuffle)
+    unsigned meetings = 0;  // warp meetings (shuffles, mma) it has been to: picks the slot set
+};
+
+// What a lane publishes at a warp meeting: a shuffle's value, or an mma's A and B fragments.
+struct Slot {
+    unsigned long long word[3];
 };
 
 // One launch's state. thread_local: tests launch from several threads at once, each running its
@@ -77,7 +84,7 @@ struct Launch {
     void* scheduler_sp = nullptr;
     void (*body)(void*) = nullptr;
     void* body_arg = nullptr;
-    std::vector<unsigned long long> lanes;  // two slots per thread, for shuffles
+    std::vector<Slot> lanes;  // two slots per thread, for what a warp meeting exchanges
 };
 inline thread_local Launch* launch = nullptr;
 
@@ -139,7 +146,7 @@ inline void run_block() {
     Launch& l = *launch;
     unsigned n = l.block.x * l.block.y * l.block.z;
     l.fibers.assign(n, Fiber{});
-    l.lanes.assign(2 * n, 0);
+    l.lanes.assign(2 * n, Slot{});
     for (unsigned i = 0; i < n; i++) {
         Fiber& f = l.fibers[i];
         f.linear = i;
@@ -217,29 +224,88 @@ void run(const char* name, void (*kernel)(A...), void** args, dim3 grid, dim3 bl
     launch = outer;
 }
 
-// A warp shuffle: every lane publishes its value, all lanes of the warp meet, each reads its
-// source lane's value. Successive shuffles alternate between two sets of slots: a lane can
-// write a set again only two shuffles later, past a meeting that every lane reaches after
-// reading it.
+// A warp meeting: the lane publishes `slot`, all lanes of the warp meet, and the lane gets the
+// warp's slots of this meeting. Successive meetings alternate between two sets of slots: a lane
+// can write a set again only two meetings later, past a meeting that every lane reaches after
+// reading it. Every lane of the warp must come (no partial masks are emulated).
+inline const Slot* meet(unsigned mask, const Slot& slot) {
+    if (mask != 0xffffffffu) fail("a warp collective with a partial mask (not emulated)");
+    Launch& l = *launch;
+    Fiber& f = *l.current;
+    size_t set = (f.meetings++ & 1) * l.fibers.size();
+    unsigned base = f.linear & ~31u;
+    l.lanes[set + f.linear] = slot;
+    yield(Wait::Warp);
+    // Every lane must have published in this round (a lane that had left did not).
+    for (unsigned src = base; src < base + 32; src++)
+        if (src >= l.fibers.size() || l.fibers[src].meetings < f.meetings)
+            fail("a warp collective (shuffle, mma) meets a lane that has left the kernel or does not exist");
+    return &l.lanes[set + base];
+}
+
+// A warp shuffle: each lane reads its source lane's value.
 template <class T>
 T shuffle(unsigned mask, T v, int source_of_lane) {
     static_assert(sizeof(T) <= 8, "shuffles move at most 8 bytes");
-    if (mask != 0xffffffffu) fail("a shuffle with a partial mask (not emulated)");
-    Launch& l = *launch;
-    Fiber& f = *l.current;
-    size_t set = (f.shuffles++ & 1) * l.fibers.size();
-    unsigned base = f.linear & ~31u;
-    unsigned long long slot = 0;
-    memcpy(&slot, &v, sizeof(T));
-    l.lanes[set + f.linear] = slot;
-    yield(Wait::Warp);
-    unsigned src = base + (unsigned)source_of_lane;
-    // The source lane must have published in this round (a lane that had left did not).
-    if (src >= l.fibers.size() || l.fibers[src].shuffles < f.shuffles)
-        fail("a shuffle reads a lane that has left the kernel or does not exist");
+    Slot slot{};
+    memcpy(&slot.word[0], &v, sizeof(T));
+    const Slot* warp = meet(mask, slot);
     T out;
-    memcpy(&out, &l.lanes[set + src], sizeof(T));
+    memcpy(&out, &warp[source_of_lane].word[0], sizeof(T));
     return out;
+}
+
+inline float bf16_value(unsigned bits16) {
+    unsigned u = bits16 << 16;
+    float x;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 with C = D: D (16 x 8) += A (16 x 16) B
+// (16 x 8). Each lane holds part of each matrix; this follows the PTX ISA's tables ("Matrix
+// Fragments for mma.m16n8k16 with floating point type"), element by element, as the ISA
+// states them (a register holds two elements, the lower-numbered in its low 16 bits):
+//   group = lane >> 2, tig = lane % 4
+//   A element ai, i < 8 (register i / 2): row = group for i in {0, 1, 4, 5}, else group + 8;
+//                                         col = tig * 2 + (i & 1), + 8 for i >= 4
+//   B element bi, i < 4 (register i / 2): row = tig * 2 + (i & 1), + 8 for i >= 2; col = group
+//   C/D element ci, i < 4:                row = group for i < 2, else group + 8;
+//                                         col = tig * 2 + (i & 1)
+// The kernels' own fragment helpers (common.cu) are written from the same tables but
+// register by register, so a misreading would have to be made twice, differently, to pass.
+// The products are exact (bf16 x bf16 fits f32); the sum is taken in f64 and rounded once.
+inline void mma_m16n8k16_bf16(float d[4], const unsigned a[4], const unsigned b[2]) {
+    Slot slot{};
+    slot.word[0] = a[0] | (unsigned long long)a[1] << 32;
+    slot.word[1] = a[2] | (unsigned long long)a[3] << 32;
+    slot.word[2] = b[0] | (unsigned long long)b[1] << 32;
+    const Slot* warp = meet(0xffffffffu, slot);
+    float am[16][16], bm[16][8];
+    for (unsigned lane = 0; lane < 32; lane++) {
+        unsigned group = lane >> 2, tig = lane % 4;
+        unsigned regs[6];
+        for (int w = 0; w < 3; w++) {
+            regs[2 * w] = (unsigned)warp[lane].word[w];
+            regs[2 * w + 1] = (unsigned)(warp[lane].word[w] >> 32);
+        }
+        for (unsigned i = 0; i < 8; i++) {
+            unsigned row = (i < 2 || (i >= 4 && i < 6)) ? group : group + 8;
+            unsigned col = tig * 2 + (i & 1) + (i >= 4 ? 8 : 0);
+            am[row][col] = bf16_value((regs[i / 2] >> (16 * (i & 1))) & 0xffffu);
+        }
+        for (unsigned i = 0; i < 4; i++) {
+            unsigned row = tig * 2 + (i & 1) + (i >= 2 ? 8 : 0);
+            bm[row][group] = bf16_value((regs[4 + i / 2] >> (16 * (i & 1))) & 0xffffu);
+        }
+    }
+    unsigned lane = launch->current->linear % 32, group = lane >> 2, tig = lane % 4;
+    for (unsigned i = 0; i < 4; i++) {
+        unsigned row = i < 2 ? group : group + 8, col = tig * 2 + (i & 1);
+        double sum = 0.0;
+        for (int k = 0; k < 16; k++) sum += (double)am[row][k] * (double)bm[k][col];
+        d[i] = (float)((double)d[i] + sum);
+    }
 }
 
 }  // namespace emu
@@ -271,6 +337,11 @@ T __shfl_down_sync(unsigned mask, T v, unsigned delta) {
 template <class T>
 T __shfl_sync(unsigned mask, T v, int lane) {
     return emu::shuffle(mask, v, lane);
+}
+
+// common.cu's tensor-core product, which the kernels there write in PTX.
+inline void mma_bf16_16816(float d[4], const unsigned a[4], const unsigned b[2]) {
+    emu::mma_m16n8k16_bf16(d, a, b);
 }
 
 // CUDA's reinterpretations of a 32-bit value's bits.

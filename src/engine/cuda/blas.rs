@@ -15,8 +15,7 @@ use cudarc::cublaslt::result as lt;
 use cudarc::cublaslt::sys::{
     cublasComputeType_t, cublasLtEpilogue_t, cublasLtHandle_t, cublasLtMatmulAlgo_t,
     cublasLtMatmulDescAttributes_t as Desc, cublasLtMatmulDesc_t,
-    cublasLtMatmulPreferenceAttributes_t as Pref, cublasLtMatrixLayoutAttribute_t as Layout,
-    cublasLtMatrixLayout_t, cudaDataType,
+    cublasLtMatmulPreferenceAttributes_t as Pref, cublasLtMatrixLayout_t, cudaDataType,
 };
 use std::cell::RefCell;
 use std::collections::hash_map::Entry;
@@ -28,8 +27,7 @@ const WORKSPACE_BYTES: usize = 32 << 20;
 
 /// One product's shape in cuBLASLt's terms. `ta`/`tb` transpose A/B; `accumulate` adds to D
 /// (beta = 1); `bias` adds a vector of m entries to every column of D; `bf16`: A and B hold
-/// bf16 values (D, C and the bias stay f32); `batch`: that many products, each matrix's next
-/// one `stride` elements further on.
+/// bf16 values (D, C and the bias stay f32).
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub(super) struct Gemm {
     pub ta: bool,
@@ -43,16 +41,6 @@ pub(super) struct Gemm {
     pub accumulate: bool,
     pub bias: bool,
     pub bf16: bool,
-    pub batch: Option<Batch>,
-}
-
-/// Strided batches: `count` products, A, B and D of product i at i * stride (elements).
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-pub(super) struct Batch {
-    pub count: usize,
-    pub stride_a: usize,
-    pub stride_b: usize,
-    pub stride_d: usize,
 }
 
 struct Plan {
@@ -137,35 +125,6 @@ impl Blas {
             d: layout(f32_t, g.m, g.n, g.ldd)?,
             algo: cublasLtMatmulAlgo_t { data: [0; 8] },
         };
-        if let Some(batch) = g.batch {
-            let count = batch.count as i32;
-            for (layout, stride) in [
-                (plan.a, batch.stride_a),
-                (plan.b, batch.stride_b),
-                (plan.d, batch.stride_d),
-            ] {
-                let stride = stride as i64;
-                // SAFETY: the layout is live (made above); the values have the documented types
-                // (int32 count, int64 stride).
-                unsafe {
-                    lt::set_matrix_layout_attribute(
-                        layout,
-                        Layout::CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
-                        &count as *const i32 as _,
-                        4,
-                    )
-                    .and_then(|_| {
-                        lt::set_matrix_layout_attribute(
-                            layout,
-                            Layout::CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
-                            &stride as *const i64 as _,
-                            8,
-                        )
-                    })
-                    .map_err(lt_err("batch layout"))?;
-                }
-            }
-        }
         // cublasOperation_t as int32: 0 = N, 1 = T.
         let (ta, tb) = (i32::from(g.ta), i32::from(g.tb));
         let epilogue = if g.bias {

@@ -18,7 +18,6 @@
 //! (NANOGPT_CUDA_PROFILE=1: GPU time per kernel), `block`, `train`, `infer` (the model's math,
 //! as in `engine::cpu`).
 
-mod attention;
 mod blas;
 mod block;
 mod device;

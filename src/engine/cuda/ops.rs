@@ -10,7 +10,9 @@ use super::memory::{is_out_of_memory, DevBuf};
 use super::module::Kernels;
 use super::profile::Profile;
 use crate::kernels::cpu::matmul::{Layout, Precision};
-use crate::kernels::cuda::{ATTENTION_HEAD_SIZES, ATT_ROWS, COLSUM_ROWS, NORM_CHUNK};
+use crate::kernels::cuda::{
+    ATTENTION_BLOCK_ROWS, ATTENTION_HEAD_SIZES, ATT_ROWS, COLSUM_ROWS, FLASH_THREADS, NORM_CHUNK,
+};
 use anyhow::{anyhow, bail, Result};
 use cudarc::driver::{CudaContext, CudaStream, LaunchConfig, PushKernelArg};
 use std::cell::RefCell;
@@ -21,7 +23,7 @@ pub(super) struct Gpu {
     pub stream: Arc<CudaStream>,
     pub kernels: Kernels,
     pub blas: Blas,
-    /// One op's scratch (a bf16 product's operand copies, bf16 attention's scores), reused by
+    /// One op's scratch (a bf16 product's operand copies), reused by
     /// the next op (the stream runs them in order), grown to the largest.
     pub scratch: RefCell<DevBuf<u8>>,
     /// GPU time per kernel, with NANOGPT_CUDA_PROFILE=1.
@@ -57,32 +59,6 @@ impl Dropout {
     /// The survivors' scale, computed as the CPU computes it.
     fn scale(self) -> f32 {
         1.0 / (1.0 - self.p)
-    }
-}
-
-/// Training attention's shape: batch, sequence, heads, head size, and its dropout.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct AttnShape {
-    pub b: usize,
-    pub t: usize,
-    pub nh: usize,
-    pub hs: usize,
-    pub drop: Option<Dropout>,
-}
-
-impl AttnShape {
-    pub fn scale(&self) -> f32 {
-        attention_scale(self.hs)
-    }
-
-    /// Rows of the scores, one per (batch, head, query): B*H*T.
-    pub fn score_rows(&self) -> usize {
-        self.b * self.nh * self.t
-    }
-
-    /// Elements of one of Q, K, V: B*T*C.
-    pub fn head_elements(&self) -> usize {
-        self.b * self.t * self.nh * self.hs
     }
 }
 
@@ -124,6 +100,36 @@ pub(super) fn attention_bound(hs: usize) -> Result<usize> {
     }
 }
 
+/// The training attention kernels of a precision and head size: the f32 ones (`attention.cu`,
+/// a thread per row) or the bf16 ones (`attention_bf16.cu`, a warp per 16 rows). Both take the
+/// same arguments, and a block covers 64 rows of one (batch, head).
+struct AttentionKernels {
+    forward: String,
+    backward_dq: String,
+    backward_dkv: String,
+    threads: usize,
+}
+
+impl AttentionKernels {
+    fn new(precision: Precision, hs: usize) -> Result<AttentionKernels> {
+        let bound = attention_bound(hs)?;
+        let (prefix, threads) = match precision {
+            Precision::F32 => ("attention", ATT_ROWS),
+            Precision::Bf16 => ("flash", FLASH_THREADS),
+        };
+        Ok(AttentionKernels {
+            forward: format!("{prefix}_forward_{bound}"),
+            backward_dq: format!("{prefix}_backward_dq_{bound}"),
+            backward_dkv: format!("{prefix}_backward_dkv_{bound}"),
+            threads,
+        })
+    }
+
+    fn launch(&self, b: usize, t: usize, nh: usize) -> LaunchConfig {
+        cfg((t.div_ceil(ATTENTION_BLOCK_ROWS), b * nh), self.threads, 0)
+    }
+}
+
 pub(super) fn norm_chunks(n: usize) -> usize {
     n.div_ceil(NORM_CHUNK)
 }
@@ -151,9 +157,8 @@ impl Gpu {
     /// A cuBLASLt product (`Blas::matmul`), timed by shape when profiling.
     pub fn gemm(&self, g: Gemm, a: u64, b: u64, d: u64, bias: Option<u64>) -> Result<()> {
         let name = || {
-            let batch = g.batch.map_or(String::new(), |b| format!(" x{}", b.count));
             let dtype = if g.bf16 { "bf16" } else { "f32" };
-            format!("gemm {dtype} {}x{}x{}{batch}", g.m, g.n, g.k)
+            format!("gemm {dtype} {}x{}x{}", g.m, g.n, g.k)
         };
         self.timed(name, || self.blas.matmul(g, a, b, d, bias))
     }
@@ -442,8 +447,8 @@ impl Gpu {
         )
     }
 
-    /// Training attention over qkv (B, T, 3C): out (B, T, C) and lse (B, H, T); in bf16 on the
-    /// tensor cores (`attention.rs`) or with `attention.cu`'s f32 kernels.
+    /// Training attention over qkv (B, T, 3C): out (B, T, C) and lse (B, H, T); with
+    /// `attention.cu`'s f32 kernels, or in bf16 on the tensor cores (`attention_bf16.cu`).
     #[allow(clippy::too_many_arguments)]
     pub fn attention_forward(
         &self,
@@ -457,25 +462,19 @@ impl Gpu {
         hs: usize,
         drop: Option<Dropout>,
     ) -> Result<()> {
-        if precision == Precision::Bf16 {
-            let shape = AttnShape { b, t, nh, hs, drop };
-            return self.attention_forward_bf16(out, lse, qkv, shape);
-        }
-        let name = format!("attention_forward_{}", attention_bound(hs)?);
+        let kernels = AttentionKernels::new(precision, hs)?;
         let (key, p, inv_keep, on) = drop_args(drop);
-        let grid = (t.div_ceil(ATT_ROWS), b * nh);
-        let scale = attention_scale(hs);
         launch!(
             self,
-            &name,
-            cfg(grid, ATT_ROWS, 0),
+            &kernels.forward,
+            kernels.launch(b, t, nh),
             out,
             lse,
             qkv,
             t as i32,
             nh as i32,
             hs as i32,
-            scale,
+            attention_scale(hs),
             key,
             p,
             inv_keep,
@@ -501,11 +500,7 @@ impl Gpu {
         hs: usize,
         drop: Option<Dropout>,
     ) -> Result<()> {
-        if precision == Precision::Bf16 {
-            let shape = AttnShape { b, t, nh, hs, drop };
-            return self.attention_backward_bf16(dqkv, dout, qkv, lse, shape);
-        }
-        let bound = attention_bound(hs)?;
+        let kernels = AttentionKernels::new(precision, hs)?;
         let bht = b * nh * t;
         launch!(
             self,
@@ -520,14 +515,11 @@ impl Gpu {
             hs as i32
         )?;
         let (key, p, inv_keep, on) = drop_args(drop);
-        let grid = (t.div_ceil(ATT_ROWS), b * nh);
-        let scale = attention_scale(hs);
-        for kernel in ["attention_backward_dq", "attention_backward_dkv"] {
-            let name = format!("{kernel}_{bound}");
+        for name in [&kernels.backward_dq, &kernels.backward_dkv] {
             launch!(
                 self,
-                &name,
-                cfg(grid, ATT_ROWS, 0),
+                name,
+                kernels.launch(b, t, nh),
                 dqkv,
                 dout,
                 qkv,
@@ -536,7 +528,7 @@ impl Gpu {
                 t as i32,
                 nh as i32,
                 hs as i32,
-                scale,
+                attention_scale(hs),
                 key,
                 p,
                 inv_keep,
@@ -544,105 +536,6 @@ impl Gpu {
             )?;
         }
         Ok(())
-    }
-
-    /// dst (B, H, T, hs) = bf16 of the heads of `src`, whose B*T rows are `src_rs` apart.
-    pub fn heads_to_bf16(&self, dst: u64, src: u64, src_rs: usize, a: AttnShape) -> Result<()> {
-        let n = a.head_elements();
-        launch!(
-            self,
-            "heads_to_bf16",
-            elementwise(n),
-            dst,
-            src,
-            src_rs as u64,
-            a.t as i32,
-            a.nh as i32,
-            a.hs as i32,
-            n as u64
-        )
-    }
-
-    /// The heads of `src` (B, H, T, hs) into dst's B*T rows, `dst_rs` apart.
-    pub fn heads_merge(&self, dst: u64, dst_rs: usize, src: u64, a: AttnShape) -> Result<()> {
-        let n = a.head_elements();
-        launch!(
-            self,
-            "heads_merge",
-            elementwise(n),
-            dst,
-            dst_rs as u64,
-            src,
-            a.t as i32,
-            a.nh as i32,
-            a.hs as i32,
-            n as u64
-        )
-    }
-
-    /// lse (B, H, T) of the unscaled causal scores s (B, H, T, T).
-    pub fn attn_row_lse(&self, lse: u64, s: u64, a: AttnShape) -> Result<()> {
-        let rows = a.score_rows();
-        launch!(
-            self,
-            "attn_row_lse",
-            warp_rows(rows),
-            lse,
-            s,
-            a.t as i32,
-            a.scale(),
-            rows as u64
-        )
-    }
-
-    /// p (B, H, T, T) = the bf16 probabilities (dropped out) from the scores and lse.
-    pub fn attn_probs(&self, p: u64, s: u64, lse: u64, a: AttnShape) -> Result<()> {
-        let rows = a.score_rows();
-        let (key, p_drop, inv_keep, on) = drop_args(a.drop);
-        launch!(
-            self,
-            "attn_probs",
-            warp_rows(rows),
-            p,
-            s,
-            lse,
-            a.t as i32,
-            a.scale(),
-            key,
-            p_drop,
-            inv_keep,
-            on,
-            rows as u64
-        )
-    }
-
-    /// ds (B, H, T, T) = the bf16 score gradients from the scores, dP = dO V^T and lse.
-    pub fn attn_scores_backward(
-        &self,
-        ds: u64,
-        s: u64,
-        dp: u64,
-        lse: u64,
-        a: AttnShape,
-    ) -> Result<()> {
-        let rows = a.score_rows();
-        let (key, p_drop, inv_keep, on) = drop_args(a.drop);
-        launch!(
-            self,
-            "attn_scores_backward",
-            warp_rows(rows),
-            ds,
-            s,
-            dp,
-            lse,
-            a.t as i32,
-            a.scale(),
-            key,
-            p_drop,
-            inv_keep,
-            on,
-            rows as u64
-        )
     }
 
     /// Appends n_tok token rows of keys/values (from qkv) to this layer's cache block.
@@ -775,7 +668,7 @@ impl Gpu {
             *scratch = DevBuf::zeros(total).map_err(|e| {
                 if is_out_of_memory(&e) {
                     anyhow!(
-                        "out of GPU memory for {} MiB of scratch (bf16 operands or attention scores): use a smaller batch_size",
+                        "out of GPU memory for {} MiB of scratch (bf16 operands): use a smaller batch_size",
                         total >> 20
                     )
                 } else {
@@ -841,7 +734,6 @@ impl Gpu {
             accumulate: false,
             bias: bias.is_some(),
             bf16,
-            batch: None,
         };
         self.gemm(g, w, inp, out, bias)
     }
@@ -887,7 +779,6 @@ impl Gpu {
                     accumulate: false,
                     bias: false,
                     bf16,
-                    batch: None,
                 },
                 Gemm {
                     ta: false,
@@ -901,7 +792,6 @@ impl Gpu {
                     accumulate: true,
                     bias: false,
                     bf16,
-                    batch: None,
                 },
                 (dout_in, inp_in),
             ),
@@ -920,7 +810,6 @@ impl Gpu {
                     accumulate: false,
                     bias: false,
                     bf16,
-                    batch: None,
                 },
                 Gemm {
                     ta: false,
@@ -934,7 +823,6 @@ impl Gpu {
                     accumulate: true,
                     bias: false,
                     bf16,
-                    batch: None,
                 },
                 (inp_in, dout_in),
             ),

@@ -1,127 +1,379 @@
-// Causal self-attention for bf16 training, on the tensor cores: the four products per pass are
-// cuBLASLt's batched bf16 GEMMs over (batch, head) (`engine::cuda::attention`), these kernels do
-// the rest. Unlike attention.cu it holds one layer's T x T scores (scratch, not kept across
-// layers): the price of running the products on tensor cores without a hand-written kernel.
+// Causal self-attention for bf16 training, flash-style on the tensor cores: attention.cu's
+// algorithm (its header has the math, the dropout index and the layouts) with every product a
+// warp's mma.sync (common.cu's mma_bf16_16816), so no T x T tensor is ever stored. Operands are
+// rounded to bf16 (bf16.cu's bf()) as they enter a product; sums, the softmax's statistics and
+// the outputs stay f32. Per (b, h), scale = 1/sqrt(hs), j <= i, Z the dropout factor:
+//   S_ij = (bf(Q_i) . bf(K_j)) scale
+//   forward, online over key tiles: m_i running max, l_i = sum_j e^(S_ij - m_i),
+//     O_i = sum_j bf(e^(S_ij - m_i) Z_ij) bf(V_j) / l_i,   lse_i = m_i + log l_i
+//   backward, with P_ij = e^(S_ij - lse_i) and D_i = dO_i . O_i (attention_backward_d, f32):
+//     dV_j = sum_i bf(P_ij Z_ij) bf(dO_i),   dP_ij = bf(dO_i) . bf(V_j)
+//     dS_ij = P_ij (dP_ij Z_ij - D_i) scale,  dQ_i = sum_j bf(dS_ij) bf(K_j),  dK_j = sum_i bf(dS_ij) bf(Q_i)
 //
-// Per (b, h), scale = 1/sqrt(hs), j <= i (causal), Z the dropout mask of attention.cu (keep /
-// (1-p), else 0; element (b, h, i, j) is keep(key, ((b*H + h)*T + i)*T + j), the CPU's index),
-// bf() the rounding of bf16.cu:
-//   S = bf(Q) bf(K)^T                                  GEMM, f32 sums
-//   lse_i = log sum_{j<=i} e^(scale S_ij)              attn_row_lse
-//   P_ij = bf(e^(scale S_ij - lse_i) Z_ij), 0 for j > i attn_probs
-//   O = P bf(V)                                        GEMM
-// backward, S recomputed by its GEMM and P by attn_probs, with P0_ij = e^(scale S_ij - lse_i):
-//   dV = P^T bf(dO),  dP = bf(dO) bf(V)^T              GEMMs
-//   G_ij = dP_ij Z_ij,  dS_ij = bf(P0_ij (G_ij - sum_k P0_ik G_ik) scale)  attn_scores_backward
-//   dQ = dS bf(K),  dK = dS^T bf(Q)                    GEMMs
-// (sum_k P0_ik G_ik is attention.cu's D_i = dO_i . O_i.) Q, K, V and dO enter the products as
-// bf16 (B, H, T, hs) copies (heads_to_bf16); the products' f32 outputs go back to the
-// (B, T, C)-strided layout (heads_merge). Rows of S are (b, h, i) = r, T long; one warp per row,
-// lanes striding over j, so every sum runs in a fixed order.
+// A block is four warps; each warp owns 16 of the block's 64 rows (queries for O and dQ, keys for
+// dK and dV) and walks the other side 64 rows at a time, staged as bf16 in shared memory. A
+// warp's 16 x 64 scores are eight 16 x 8 mma tiles, whose accumulator fragments are laid out as
+// the next product's A fragment wants (see frag_from_acc), so probabilities pass from one
+// product to the next in registers. Every output element belongs to one thread and every sum
+// runs in a fixed order: no atomics, the same bits on every run. That is why dQ has its own
+// kernel (recomputing the scores) rather than atomic adds from the dK/dV kernel.
+// The head size is a template bound (32, 64 or 128), columns past the real one are zero.
 
-// Element e of a (B*T, C) matrix, C = nh*hs: its row and column there, and its index in the
-// (B, H, T, hs) layout.
-__device__ __forceinline__ u64 head_index(u64 e, int t, int nh, int hs, u64* row, int* col) {
-    u64 c = (u64)nh * hs;
-    *row = e / c;
-    *col = (int)(e % c);
-    int h = *col / hs, d = *col % hs;
-    u64 b = *row / t, i = *row % t;
-    return ((b * nh + h) * t + i) * hs + d;
+#define FA_ROWS 64     // rows per block (queries or keys), 16 per warp
+#define FA_THREADS 128
+
+// A staged tile: FA_ROWS rows of HS bf16, LD apart (8 bf16 of padding put the rows a warp reads
+// at once in different shared-memory banks).
+template <int HS>
+struct Tile {
+    static const int LD = HS + 8;
+};
+
+__device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
+    return (unsigned)bf16_bits(lo) | ((unsigned)bf16_bits(hi) << 16);
 }
 
-// dst (B, H, T, hs) = bf(src), src rows (B*T of them) `src_rs` apart, head h at columns h*hs.
-// n = B*T*H*hs, one thread per element.
-extern "C" __global__ void heads_to_bf16(bf16* dst, const float* src, u64 src_rs, int t, int nh, int hs,
-                                         u64 n) {
-    u64 e = (u64)blockIdx.x * blockDim.x + threadIdx.x, row;
-    int col;
-    if (e < n) {
-        u64 to = head_index(e, t, nh, hs, &row, &col);
-        dst[to] = bf16_bits(src[row * src_rs + col]);
+// Two bf16 as one register, the first in the low half.
+__device__ __forceinline__ unsigned pair_of(bf16 lo, bf16 hi) {
+    return (unsigned)lo | ((unsigned)hi << 16);
+}
+
+// tile[r][d] = bf(row r0 + r, column d) of a (T, stride) f32 matrix, zero past T or hs.
+template <int HS>
+__device__ __forceinline__ void stage(bf16* tile, const float* src, u64 stride, int r0, int t, int hs) {
+    for (int e = threadIdx.x; e < FA_ROWS * HS; e += blockDim.x) {
+        int r = e / HS, d = e % HS;
+        tile[r * Tile<HS>::LD + d] = (r0 + r < t && d < hs) ? bf16_bits(src[(u64)(r0 + r) * stride + d]) : (bf16)0;
     }
 }
 
-// The way back: dst rows `dst_rs` apart, head h at columns h*hs, from src (B, H, T, hs).
-extern "C" __global__ void heads_merge(float* dst, u64 dst_rs, const float* src, int t, int nh, int hs,
-                                       u64 n) {
-    u64 e = (u64)blockIdx.x * blockDim.x + threadIdx.x, row;
-    int col;
-    if (e < n) {
-        u64 from = head_index(e, t, nh, hs, &row, &col);
-        dst[row * dst_rs + col] = src[from];
-    }
-}
-
-// The warp's row r of `rows`; false past the end (the whole warp leaves together).
-__device__ __forceinline__ bool warp_row(u64 rows, u64* r, int* lane) {
-    *r = (u64)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
-    *lane = threadIdx.x % 32;
-    return *r < rows;
-}
-
-// lse[r] = log sum_{j<=i} e^(scale s_rj), i = r mod T; s holds the unscaled scores.
-extern "C" __global__ void attn_row_lse(float* lse, const float* s, int t, float scale, u64 rows) {
-    u64 r;
-    int lane;
-    if (!warp_row(rows, &r, &lane)) return;
-    int i = (int)(r % t);
-    const float* row = s + r * t;
-    float m = NEG_INF;
-    for (int j = lane; j <= i; j += 32) m = fmaxf(m, scale * row[j]);
-    m = warp_max(m);
-    float l = 0.0f;
-    for (int j = lane; j <= i; j += 32) l += expf(scale * row[j] - m);
-    l = warp_sum(l);
-    if (lane == 0) lse[r] = m + logf(l);
-}
-
-// The dropout factor Z of element (r, j).
-__device__ __forceinline__ float drop_factor(u64 r, int t, int j, u64 key, float p_drop, float inv_keep) {
-    return keep(key, r * t + j, p_drop) ? inv_keep : 0.0f;
-}
-
-// p = bf(P): the probabilities (times the dropout factor), zero above the diagonal.
-extern "C" __global__ void attn_probs(bf16* p, const float* s, const float* lse, int t, float scale,
-                                      u64 key, float p_drop, float inv_keep, int dropout, u64 rows) {
-    u64 r;
-    int lane;
-    if (!warp_row(rows, &r, &lane)) return;
-    int i = (int)(r % t);
-    float li = lse[r];
-    for (int j = lane; j < t; j += 32) {
-        float v = 0.0f;
-        if (j <= i) {
-            v = expf(scale * s[r * t + j] - li);
-            if (dropout) v *= drop_factor(r, t, j, key, p_drop, inv_keep);
+// A fragments (16 x HS, in HS/16 steps of 16 columns) of rows r0..r0+15 of a (T, stride) f32
+// matrix, read once from global memory; zero past T or hs. See common.cu for the layout.
+template <int HS>
+__device__ __forceinline__ void frags_from_global(unsigned f[HS / 16][4], const float* src, u64 stride, int r0,
+                                                  int t, int hs) {
+    int g = (threadIdx.x % 32) / 4, q = threadIdx.x % 4;
+#pragma unroll
+    for (int k = 0; k < HS / 16; k++) {
+#pragma unroll
+        for (int r = 0; r < 4; r++) {
+            int row = r0 + g + (r & 1) * 8, col = k * 16 + 2 * q + (r >> 1) * 8;
+            float lo = 0.0f, hi = 0.0f;
+            if (row < t) {
+                const float* x = src + (u64)row * stride;
+                if (col < hs) lo = x[col];
+                if (col + 1 < hs) hi = x[col + 1];
+            }
+            f[k][r] = pack_bf16(lo, hi);
         }
-        p[r * t + j] = bf16_bits(v);
     }
 }
 
-// ds = bf(dS) from the unscaled scores s, dp = dO V^T and lse; zero above the diagonal.
-extern "C" __global__ void attn_scores_backward(bf16* ds, const float* s, const float* dp, const float* lse,
-                                                int t, float scale, u64 key, float p_drop, float inv_keep,
-                                                int dropout, u64 rows) {
-    u64 r;
-    int lane;
-    if (!warp_row(rows, &r, &lane)) return;
-    int i = (int)(r % t);
-    float li = lse[r];
-    float dsum = 0.0f;
-    for (int j = lane; j <= i; j += 32) {
-        float g = dp[r * t + j];
-        if (dropout) g *= drop_factor(r, t, j, key, p_drop, inv_keep);
-        dsum += expf(scale * s[r * t + j] - li) * g;
-    }
-    dsum = warp_sum(dsum);
-    for (int j = lane; j < t; j += 32) {
-        float v = 0.0f;
-        if (j <= i) {
-            float g = dp[r * t + j];
-            if (dropout) g *= drop_factor(r, t, j, key, p_drop, inv_keep);
-            v = expf(scale * s[r * t + j] - li) * (g - dsum) * scale;
+// B fragment (16 x 8) at (k0, n0) of B = M^T, M a staged tile (rows are B's columns): the
+// pairs run along M's rows.
+template <int HS>
+__device__ __forceinline__ void frag_b_rows(unsigned b[2], const bf16* m, int k0, int n0) {
+    int g = (threadIdx.x % 32) / 4, q = threadIdx.x % 4;
+    const bf16* row = m + (n0 + g) * Tile<HS>::LD + k0 + 2 * q;
+    b[0] = pair_of(row[0], row[1]);
+    b[1] = pair_of(row[8], row[9]);
+}
+
+// B fragment (16 x 8) at (k0, n0) of B = M, a staged tile: the pairs run down M's columns.
+template <int HS>
+__device__ __forceinline__ void frag_b_cols(unsigned b[2], const bf16* m, int k0, int n0) {
+    int g = (threadIdx.x % 32) / 4, q = threadIdx.x % 4;
+    const bf16* col = m + (k0 + 2 * q) * Tile<HS>::LD + n0 + g;
+    const int ld = Tile<HS>::LD;
+    b[0] = pair_of(col[0], col[ld]);
+    b[1] = pair_of(col[8 * ld], col[9 * ld]);
+}
+
+// The A fragment (16 x 16) of columns 16k..16k+15 of a warp's 16 x 64 f32 tile held as eight
+// accumulator tiles: tiles 2k and 2k+1 hold exactly the elements A's registers want, rounded.
+__device__ __forceinline__ void frag_from_acc(unsigned a[4], const float s[8][4], int k) {
+    a[0] = pack_bf16(s[2 * k][0], s[2 * k][1]);
+    a[1] = pack_bf16(s[2 * k][2], s[2 * k][3]);
+    a[2] = pack_bf16(s[2 * k + 1][0], s[2 * k + 1][1]);
+    a[3] = pack_bf16(s[2 * k + 1][2], s[2 * k + 1][3]);
+}
+
+// s = A M^T for a warp's 16 rows (A as HS/16 fragments) against the 64 rows of staged tile M:
+// the warp's 16 x 64 (unscaled) products.
+template <int HS>
+__device__ __forceinline__ void products(float s[8][4], const unsigned a[HS / 16][4], const bf16* m) {
+#pragma unroll
+    for (int n = 0; n < 8; n++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) s[n][e] = 0.0f;
+#pragma unroll
+        for (int k = 0; k < HS / 16; k++) {
+            unsigned b[2];
+            frag_b_rows<HS>(b, m, 16 * k, 8 * n);
+            mma_bf16_16816(s[n], a[k], b);
         }
-        ds[r * t + j] = bf16_bits(v);
     }
 }
+
+// acc (16 x HS) += P M for a warp's 16 x 64 tile P (accumulator layout) and staged tile M.
+template <int HS>
+__device__ __forceinline__ void accumulate(float acc[HS / 8][4], const float p[8][4], const bf16* m) {
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        unsigned a[4];
+        frag_from_acc(a, p, k);
+#pragma unroll
+        for (int n = 0; n < HS / 8; n++) {
+            unsigned b[2];
+            frag_b_cols<HS>(b, m, 16 * k, 8 * n);
+            mma_bf16_16816(acc[n], a, b);
+        }
+    }
+}
+
+// Accumulator element e of tile n: its row within the warp's 16 and its column within the 64.
+__device__ __forceinline__ int acc_row(int e) {
+    return (threadIdx.x % 32) / 4 + (e >> 1) * 8;
+}
+__device__ __forceinline__ int acc_col(int n, int e) {
+    return 8 * n + 2 * (threadIdx.x % 4) + (e & 1);
+}
+
+// Writes a warp's 16 x HS accumulator, times the row's factor, to rows r0.. of a (T, stride) f32
+// matrix; rows past T and columns past hs are not written.
+template <int HS>
+__device__ __forceinline__ void store_rows(float* dst, u64 stride, const float acc[HS / 8][4], int r0,
+                                           const float factor[2], int t, int hs) {
+#pragma unroll
+    for (int n = 0; n < HS / 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            int row = r0 + acc_row(e), col = acc_col(n, e);
+            if (row < t && col < hs) dst[(u64)row * stride + col] = acc[n][e] * factor[e >> 1];
+        }
+}
+
+// Sum over the four lanes that share a row of an accumulator tile.
+__device__ __forceinline__ float row_sum(float x) {
+    x += __shfl_xor_sync(0xffffffffu, x, 1);
+    return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+__device__ __forceinline__ float row_max(float x) {
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+    return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+
+// grid (ceil(T / FA_ROWS), B*H), block FA_THREADS: out (B, T, C) and lse (B, H, T).
+template <int HS>
+__device__ void flash_forward_impl(float* out, float* lse, const float* qkv, int t, int nh, int hs, float scale,
+                                   u64 key, float p, float inv_keep, int dropout) {
+    __shared__ bf16 ks[FA_ROWS * Tile<HS>::LD], vs[FA_ROWS * Tile<HS>::LD];
+    int bh = blockIdx.y, b = bh / nh, h = bh % nh, c = nh * hs;
+    int q0 = blockIdx.x * FA_ROWS, r0 = q0 + (threadIdx.x / 32) * 16;
+    const float* base = qkv + (u64)b * t * 3 * c + h * hs;
+    unsigned qf[HS / 16][4];
+    frags_from_global<HS>(qf, base, 3 * c, r0, t, hs);
+    float acc[HS / 8][4];
+#pragma unroll
+    for (int n = 0; n < HS / 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc[n][e] = 0.0f;
+    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.0f, 0.0f};
+    int last = min(t, q0 + FA_ROWS) - 1;
+    for (int k0 = 0; k0 <= last; k0 += FA_ROWS) {
+        __syncthreads();
+        stage<HS>(ks, base + c, 3 * c, k0, t, hs);
+        stage<HS>(vs, base + 2 * c, 3 * c, k0, t, hs);
+        __syncthreads();
+        float s[8][4];
+        products<HS>(s, qf, ks);
+        float m_new[2] = {m[0], m[1]};
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int i = r0 + acc_row(e), j = k0 + acc_col(n, e);
+                s[n][e] = (j <= i && j < t) ? s[n][e] * scale : NEG_INF;
+                m_new[e >> 1] = fmaxf(m_new[e >> 1], s[n][e]);
+            }
+        float shrink[2];
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            // Key 0 is in the first tile and every row sees it, so m_new is finite.
+            m_new[r] = row_max(m_new[r]);
+            shrink[r] = expf(m[r] - m_new[r]);
+            l[r] *= shrink[r];
+            m[r] = m_new[r];
+        }
+#pragma unroll
+        for (int n = 0; n < HS / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[n][e] *= shrink[e >> 1];
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float w = expf(s[n][e] - m[e >> 1]);
+                l[e >> 1] += w;
+                if (dropout) {
+                    int i = r0 + acc_row(e), j = k0 + acc_col(n, e);
+                    w = keep(key, ((u64)bh * t + i) * t + j, p) ? w * inv_keep : 0.0f;
+                }
+                s[n][e] = w;
+            }
+        accumulate<HS>(acc, s, vs);
+    }
+    float inv_l[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        l[r] = row_sum(l[r]);
+        inv_l[r] = 1.0f / l[r];
+    }
+    store_rows<HS>(out + (u64)b * t * c + h * hs, c, acc, r0, inv_l, t, hs);
+    if (threadIdx.x % 4 == 0)
+        for (int r = 0; r < 2; r++) {
+            int i = r0 + acc_row(2 * r);
+            if (i < t) lse[(u64)bh * t + i] = m[r] + logf(l[r]);
+        }
+}
+
+// dQ (dqkv's q section, overwritten); dd holds D (attention_backward_d). Grid as forward.
+template <int HS>
+__device__ void flash_backward_dq_impl(float* dqkv, const float* dout, const float* qkv, const float* lse,
+                                       const float* dd, int t, int nh, int hs, float scale, u64 key, float p,
+                                       float inv_keep, int dropout) {
+    __shared__ bf16 ks[FA_ROWS * Tile<HS>::LD], vs[FA_ROWS * Tile<HS>::LD];
+    int bh = blockIdx.y, b = bh / nh, h = bh % nh, c = nh * hs;
+    int q0 = blockIdx.x * FA_ROWS, r0 = q0 + (threadIdx.x / 32) * 16;
+    const float* base = qkv + (u64)b * t * 3 * c + h * hs;
+    unsigned qf[HS / 16][4], df[HS / 16][4];
+    frags_from_global<HS>(qf, base, 3 * c, r0, t, hs);
+    frags_from_global<HS>(df, dout + (u64)b * t * c + h * hs, c, r0, t, hs);
+    float lse_r[2], d_r[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        int i = r0 + acc_row(2 * r);
+        lse_r[r] = i < t ? lse[(u64)bh * t + i] : 0.0f;
+        d_r[r] = i < t ? dd[(u64)bh * t + i] : 0.0f;
+    }
+    float acc[HS / 8][4];
+#pragma unroll
+    for (int n = 0; n < HS / 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc[n][e] = 0.0f;
+    int last = min(t, q0 + FA_ROWS) - 1;
+    for (int k0 = 0; k0 <= last; k0 += FA_ROWS) {
+        __syncthreads();
+        stage<HS>(ks, base + c, 3 * c, k0, t, hs);
+        stage<HS>(vs, base + 2 * c, 3 * c, k0, t, hs);
+        __syncthreads();
+        float s[8][4], dp[8][4];
+        products<HS>(s, qf, ks);
+        products<HS>(dp, df, vs);
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int i = r0 + acc_row(e), j = k0 + acc_col(n, e);
+                float ds = 0.0f;
+                if (j <= i && i < t) {
+                    float g = dp[n][e];
+                    if (dropout) g = keep(key, ((u64)bh * t + i) * t + j, p) ? g * inv_keep : 0.0f;
+                    ds = expf(s[n][e] * scale - lse_r[e >> 1]) * (g - d_r[e >> 1]) * scale;
+                }
+                s[n][e] = ds;
+            }
+        accumulate<HS>(acc, s, ks);
+    }
+    const float one[2] = {1.0f, 1.0f};
+    store_rows<HS>(dqkv + (u64)b * t * 3 * c + h * hs, 3 * c, acc, r0, one, t, hs);
+}
+
+// dK and dV (dqkv's k and v sections, overwritten). grid (ceil(T / FA_ROWS), B*H): block x owns
+// keys 64x.., and walks the query tiles that can see them (from its own on).
+template <int HS>
+__device__ void flash_backward_dkv_impl(float* dqkv, const float* dout, const float* qkv, const float* lse,
+                                        const float* dd, int t, int nh, int hs, float scale, u64 key, float p,
+                                        float inv_keep, int dropout) {
+    __shared__ bf16 qs[FA_ROWS * Tile<HS>::LD], dos[FA_ROWS * Tile<HS>::LD];
+    __shared__ float lse_s[FA_ROWS], d_s[FA_ROWS];
+    int bh = blockIdx.y, b = bh / nh, h = bh % nh, c = nh * hs;
+    int k0 = blockIdx.x * FA_ROWS, r0 = k0 + (threadIdx.x / 32) * 16;
+    const float* base = qkv + (u64)b * t * 3 * c + h * hs;
+    const float* dbase = dout + (u64)b * t * c + h * hs;
+    unsigned kf[HS / 16][4], vf[HS / 16][4];
+    frags_from_global<HS>(kf, base + c, 3 * c, r0, t, hs);
+    frags_from_global<HS>(vf, base + 2 * c, 3 * c, r0, t, hs);
+    float dk[HS / 8][4], dv[HS / 8][4];
+#pragma unroll
+    for (int n = 0; n < HS / 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) dk[n][e] = dv[n][e] = 0.0f;
+    for (int q0 = k0; q0 < t; q0 += FA_ROWS) {
+        __syncthreads();
+        stage<HS>(qs, base, 3 * c, q0, t, hs);
+        stage<HS>(dos, dbase, c, q0, t, hs);
+        for (int r = threadIdx.x; r < FA_ROWS; r += blockDim.x) {
+            int i = q0 + r;
+            lse_s[r] = i < t ? lse[(u64)bh * t + i] : 0.0f;
+            d_s[r] = i < t ? dd[(u64)bh * t + i] : 0.0f;
+        }
+        __syncthreads();
+        // The transposed scores S^T and dP^T: the warp's 16 keys against the tile's 64 queries.
+        float s[8][4], dp[8][4];
+        products<HS>(s, kf, qs);
+        products<HS>(dp, vf, dos);
+        unsigned kept = 0;  // bit 4n + e: element (n, e) survives dropout
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int j = r0 + acc_row(e), ii = acc_col(n, e), i = q0 + ii;
+                float pr = 0.0f;
+                if (j <= i && i < t && j < t) {
+                    pr = expf(s[n][e] * scale - lse_s[ii]);
+                    if (!dropout || keep(key, ((u64)bh * t + i) * t + j, p)) kept |= 1u << (4 * n + e);
+                }
+                s[n][e] = pr;
+            }
+        float z = dropout ? inv_keep : 1.0f;
+        // dV += (P Z)^T dO, then dK += dS^T Q with dS in dp's registers.
+        float pz[8][4];
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                bool on = (kept >> (4 * n + e)) & 1u;
+                pz[n][e] = on ? s[n][e] * z : 0.0f;
+                float g = on ? dp[n][e] * z : 0.0f;
+                dp[n][e] = s[n][e] * (g - d_s[acc_col(n, e)]) * scale;
+            }
+        accumulate<HS>(dv, pz, dos);
+        accumulate<HS>(dk, dp, qs);
+    }
+    const float one[2] = {1.0f, 1.0f};
+    float* dbase_k = dqkv + (u64)b * t * 3 * c + h * hs;
+    store_rows<HS>(dbase_k + c, 3 * c, dk, r0, one, t, hs);
+    store_rows<HS>(dbase_k + 2 * c, 3 * c, dv, r0, one, t, hs);
+}
+
+#define FLASH_KERNELS(HS)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(FA_THREADS) flash_forward_##HS(                            \
+        float* out, float* lse, const float* qkv, int t, int nh, int hs, float scale, u64 key, float p,     \
+        float inv_keep, int dropout) {                                                                      \
+        flash_forward_impl<HS>(out, lse, qkv, t, nh, hs, scale, key, p, inv_keep, dropout);                 \
+    }                                                                                                       \
+    extern "C" __global__ void __launch_bounds__(FA_THREADS) flash_backward_dq_##HS(                        \
+        float* dqkv, const float* dout, const float* qkv, const float* lse, const float* dd, int t, int nh, \
+        int hs, float scale, u64 key, float p, float inv_keep, int dropout) {                               \
+        flash_backward_dq_impl<HS>(dqkv, dout, qkv, lse, dd, t, nh, hs, scale, key, p, inv_keep, dropout); \
+    }                                                                                                       \
+    extern "C" __global__ void __launch_bounds__(FA_THREADS) flash_backward_dkv_##HS(                       \
+        float* dqkv, const float* dout, const float* qkv, const float* lse, const float* dd, int t, int nh, \
+        int hs, float scale, u64 key, float p, float inv_keep, int dropout) {                               \
+        flash_backward_dkv_impl<HS>(dqkv, dout, qkv, lse, dd, t, nh, hs, scale, key, p, inv_keep, dropout);\
+    }
+
+FLASH_KERNELS(32)
+FLASH_KERNELS(64)
+FLASH_KERNELS(128)

@@ -54,3 +54,21 @@ __device__ float block_max(float x, float* shared) {
     x = lane < warps ? shared[lane] : NEG_INF;
     return warp_max(x);
 }
+
+// D (16 x 8, f32) += A (16 x 16, bf16) B (16 x 8, bf16) on the tensor cores: PTX mma.sync
+// m16n8k16, one warp, every lane taking part. Each lane holds a fragment of each matrix, two
+// bf16 elements per register, the lower-numbered in the low half (PTX ISA, "Matrix Fragments
+// for mma.m16n8k16 with floating point type"); with g = lane / 4 and q = lane % 4:
+//   a[0] = A[g][2q, 2q+1]     a[1] = A[g+8][2q, 2q+1]   a[2] = A[g][2q+8, 2q+9]   a[3] = A[g+8][2q+8, 2q+9]
+//   b[0] = B[2q, 2q+1][g]     b[1] = B[2q+8, 2q+9][g]
+//   d[0], d[1] = D[g][2q, 2q+1]                          d[2], d[3] = D[g+8][2q, 2q+1]
+// (The CPU emulator of the tests defines its own, from the ISA's tables, in place of the PTX.)
+#ifndef NANOGPT_CUDA_EMULATOR
+__device__ __forceinline__ void mma_bf16_16816(float d[4], const unsigned a[4], const unsigned b[2]) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+#endif

@@ -2,8 +2,9 @@
 //! needs no CUDA toolkit). One `.cu` file per op, the math in its header, forward and backward
 //! side by side, as the CPU kernels. NVRTC has no CUDA headers at run time, so the files include
 //! nothing: they are concatenated into one program, `common.cu` (hash, reductions) first.
-//! Matrix products are not here: they go to cuBLASLt (`engine::cuda::blas`), in f32 or, with
-//! their operands rounded by `bf16.cu`, in bf16 on the tensor cores.
+//! Matrix products are not here, except attention's: they go to cuBLASLt (`engine::cuda::blas`),
+//! in f32 or, with their operands rounded by `bf16.cu`, in bf16 on the tensor cores. bf16
+//! training attention (`attention_bf16.cu`) runs its products itself, with PTX `mma.sync`.
 
 use anyhow::{bail, Context, Result};
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileError, CompileOptions};
@@ -33,8 +34,13 @@ pub const COLSUM_ROWS: usize = 128;
 /// Gradient elements per f64 partial sum of the global norm (`NORM_CHUNK` in `adamw.cu`), the
 /// CPU's chunking.
 pub const NORM_CHUNK: usize = 16384;
-/// Threads per block of the training attention kernels (`ATT_ROWS` in `attention.cu`).
+/// Rows (queries or keys) per block of the training attention kernels, f32 and bf16: `ATT_ROWS`
+/// in `attention.cu` (a thread each) and `FA_ROWS` in `attention_bf16.cu` (16 per warp).
+pub const ATTENTION_BLOCK_ROWS: usize = 64;
+/// Threads per block of the f32 training attention kernels (`ATT_ROWS` in `attention.cu`).
 pub const ATT_ROWS: usize = 64;
+/// Threads per block of the bf16 ones (`FA_THREADS` in `attention_bf16.cu`).
+pub const FLASH_THREADS: usize = 128;
 
 /// Every kernel entry point the engine launches.
 pub fn entry_points() -> Vec<String> {
@@ -56,11 +62,6 @@ pub fn entry_points() -> Vec<String> {
         "crossentropy_backward_inplace",
         "attention_backward_d",
         "kv_cache_write",
-        "heads_to_bf16",
-        "heads_merge",
-        "attn_row_lse",
-        "attn_probs",
-        "attn_scores_backward",
         "adamw_update",
         "norm_partials",
         "scale_inplace",
@@ -73,6 +74,9 @@ pub fn entry_points() -> Vec<String> {
             "attention_backward_dq",
             "attention_backward_dkv",
             "attention_cached",
+            "flash_forward",
+            "flash_backward_dq",
+            "flash_backward_dkv",
         ] {
             names.push(format!("{kernel}_{hs}"));
         }
