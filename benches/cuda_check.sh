@@ -16,9 +16,11 @@
 # T=1024 B=12: tokens/s, ms/iter, MFU and peak GPU memory in f32 and with TF32, beside the
 # PyTorch peer (benches/pytorch_train_step.py) in f32, f32+TF32 and nanoGPT's bf16 + compile;
 # (6) data-parallel training (issue 14): NCCL at world size 1 against no launcher, and two CPU
-# ranks over TCP against one process; (7) bf16 training (issue 13, first stage: the products on
-# the tensor cores): GPT-2 124M at B=12 and B=64, T=1024, beside the peer's bf16 + compile at
-# B=64, and 200 steps on tiny Shakespeare (GPT-2 BPE) in bf16 and in f32, the final losses.
+# ranks over TCP against one process; (7) bf16 training (issue 13: the linear layers' products
+# on the tensor cores through cuBLASLt, attention in flash kernels on mma.sync): GPT-2 124M at
+# B=12 and B=64, T=1024, beside the peer's bf16 + compile at B=64, compute-sanitizer's memcheck
+# and racecheck over the bf16 test, and 200 steps on tiny Shakespeare (GPT-2 BPE) in bf16 and in
+# f32, the final losses.
 # Environment: FIXTURES (default ../shared/fixtures, else shared/fixtures), BIN_DIR (default
 # target/cuda-check), PYTHON (default python3), CHECKS (which issues' sections run, see below).
 #
@@ -123,11 +125,14 @@ peer=(benches/pytorch_train_step.py --device=cuda --json --iters 10 --warmup 3)
 text=../shared/data/tinyshakespeare.txt
 [ -f "$text" ] || text=shared/data/tinyshakespeare.txt
 
+# The training benchmark of sections 5 and 7 (set outside both: CHECKS may name either alone).
+bench=("$BIN_DIR/nanogpt" bench --device=cuda --json "${BENCH_ITERS[@]}" "${GPT2[@]}" --block_size=$T)
+
 # 5: GPT-2 124M, T=1024, B=12 (nanoGPT's bench.py shape).
 if want 12; then
-bench=("$BIN_DIR/nanogpt" bench --device=cuda --json "${BENCH_ITERS[@]}" "${GPT2[@]}" --block_size=$T)
-with_memory bench_f32 "${bench[@]}" --batch_size=$BATCH
-NANOGPT_CUDA_TF32=1 with_memory bench_tf32 "${bench[@]}" --batch_size=$BATCH
+# dtype said outright: on a GPU with bf16 tensor cores the default is bfloat16.
+with_memory bench_f32 "${bench[@]}" --dtype=float32 --batch_size=$BATCH
+NANOGPT_CUDA_TF32=1 with_memory bench_tf32 "${bench[@]}" --dtype=float32 --batch_size=$BATCH
 with_memory peer_f32 $PY "${peer[@]}"
 with_memory peer_tf32 $PY "${peer[@]}" --tf32=true
 with_memory peer_bf16_compile $PY "${peer[@]}" --dtype=bfloat16 --compile=true
@@ -149,7 +154,7 @@ echo "NCCL: ${nccl_so:-not found}"
 gpu_args=(train --dataset=shakespeare_char --data_dir="$OUT/data" --device=cuda "${GPT2[@]}"
     --block_size=$T --batch_size=8 --gradient_accumulation_steps=1
     --max_iters=$DDP_ITERS --lr_decay_iters=$DDP_ITERS --warmup_iters=5 --eval_interval=1000 --eval_iters=1
-    --log_interval=10 --dropout=0.0)
+    --log_interval=10 --dropout=0.0 --dtype=float32)
 timeout 150 "$BIN_DIR/nanogpt" "${gpu_args[@]}" --out_dir="$OUT/ddp_alone" > "$OUT/ddp_alone.log" 2>&1
 echo "ddp_alone: exit $?"
 timeout 150 "$BIN_DIR/nanogpt" launch --nproc_per_node=1 --master_port=29561 -- "${gpu_args[@]}" \
@@ -172,19 +177,24 @@ if want 13; then
 with_memory bench_bf16 "${bench[@]}" --dtype=bfloat16 --batch_size=$BATCH
 with_memory bench_bf16_b64 "${bench[@]}" --dtype=bfloat16 --batch_size=$BIG_BATCH
 with_memory peer_bf16_compile_b64 $PY "${peer[@]}" --dtype=bfloat16 --compile=true --batch_size=$BIG_BATCH
-# Where a bf16 step's time goes (GPU time per kernel and product shape), and the new kernels
-# under compute-sanitizer's memcheck (out-of-bounds and misaligned accesses).
+# Where a bf16 step's time goes (GPU time per kernel and product shape), and the kernels under
+# compute-sanitizer: memcheck (out-of-bounds and misaligned accesses) and racecheck (shared
+# memory read and written without a barrier between: what the CPU emulator's one-thread-at-a-time
+# order cannot show).
 NANOGPT_CUDA_PROFILE=1 timeout 120 "$BIN_DIR/nanogpt" bench --device=cuda --dtype=bfloat16 --json --iters 3 --warmup 1 \
     "${GPT2[@]}" --block_size=$T --batch_size=$BATCH \
     > "$OUT/bench_bf16_profile.json" 2> "$OUT/bench_bf16_profile.txt"
 echo "bench_bf16_profile: exit $?"
-if command -v compute-sanitizer >/dev/null; then
-    timeout 300 compute-sanitizer --tool memcheck --error-exitcode 9 "$BIN_DIR/cuda_device" \
-        bf16_training --nocapture > "$OUT/memcheck_bf16.log" 2>&1
-    echo "memcheck_bf16: exit $?"
-else
-    echo "memcheck_bf16: compute-sanitizer not found" | tee "$OUT/memcheck_bf16.log"
-fi
+for tool in memcheck racecheck; do
+    if command -v compute-sanitizer >/dev/null; then
+        timeout 240 compute-sanitizer --tool $tool --error-exitcode 9 "$BIN_DIR/cuda_device" \
+            bf16_training --nocapture > "$OUT/${tool}_bf16.log" 2>&1
+        echo $? > "$OUT/${tool}_bf16.rc"
+        echo "${tool}_bf16: exit $(cat "$OUT/${tool}_bf16.rc")"
+    else
+        echo "${tool}_bf16: compute-sanitizer not found" | tee "$OUT/${tool}_bf16.log"
+    fi
+done
 "$BIN_DIR/nanogpt" prepare shakespeare --data_dir="$OUT/data" --input="$text" > "$OUT/bpe_prepare.log" 2>&1
 bpe_args=(train --dataset=shakespeare --data_dir="$OUT/data" --device=cuda "${GPT2[@]}"
     --block_size=$BPE_T --batch_size=8 --gradient_accumulation_steps=1 --max_iters=$BPE_ITERS
@@ -283,9 +293,20 @@ def tail(name, n):
         return open(os.path.join(out, name), errors="replace").read().splitlines()[-n:]
     except OSError:
         return []
-summary["bf16"]["profile_top"] = tail("bench_bf16_profile.txt", 16)
-summary["bf16"]["memcheck_tail"] = tail("memcheck_bf16.log", 3)
-summary["bf16"]["memcheck_clean"] = any("ERROR SUMMARY: 0 errors" in l for l in tail("memcheck_bf16.log", 5))
+# The profile's table, largest first, follows its header line (the bench's own output may precede it).
+profile = tail("bench_bf16_profile.txt", 10000)
+start = next((i for i, l in enumerate(profile) if l.startswith("GPU time by kernel")), len(profile))
+summary["bf16"]["profile_top"] = profile[start:start + 16]
+# A sanitizer run is clean when it exits 0 (--error-exitcode 9 on a finding) and the test passed.
+def sanitized(tool):
+    try:
+        rc = int(open(os.path.join(out, tool + "_bf16.rc")).read())
+    except (OSError, ValueError):
+        return False
+    return rc == 0 and any(l.startswith("test result: ok") for l in tail(tool + "_bf16.log", 10))
+for tool in ("memcheck", "racecheck"):
+    summary["bf16"][tool + "_tail"] = tail(tool + "_bf16.log", 3)
+    summary["bf16"][tool + "_clean"] = sanitized(tool)
 json.dump(summary, open(os.path.join(out, "cuda_check.json"), "w"), indent=2)
 print("\n== cuda_check summary ==")
 if summary["rehearsal_on_the_cpu_emulator"]:
@@ -305,7 +326,7 @@ print(f"DDP: NCCL world 1 losses identical to no launcher: {d['nccl1_losses_iden
       f"{d['nccl1_tokens_per_s']:.0f} vs {d['alone_tokens_per_s']:.0f} ({d['nccl1_over_alone']:.4f}x, need >= 0.98); "
       f"2 CPU ranks log 1 process's losses: {d['cpu_2_ranks_losses_equal_1_process']}")
 b = summary["bf16"]
-for line in b["profile_top"] + b["memcheck_tail"]:
+for line in b["profile_top"] + b["memcheck_tail"] + b["racecheck_tail"]:
     print("   ", line)
 print(f"bf16, 200 steps of tiny Shakespeare: final train/val loss f32 {b['final_f32']}, bf16 {b['final_bf16']}; "
       f"val diff {b['val_loss_diff']} (need <= 0.02); B=64 tokens/s over the peer's bf16 + compile "
@@ -316,12 +337,12 @@ finished = re.search(r"^test result:", log, re.M) is not None
 exact = {n: s for n, s in tests.items() if not n.startswith("bf16")}
 bf16_ok = (finished and tests.get("bf16_training_is_as_close_to_f32_as_the_cpus") == "ok"
            and b["val_loss_diff"] is not None and b["val_loss_diff"] <= 0.02 and b["train_loss_diff"] <= 0.02
-           and b["memcheck_clean"])
+           and b["memcheck_clean"] and b["racecheck_clean"])
 ok = finished and bool(exact) and all(s == "ok" for s in exact.values())
 # Issue 12's verdict is the exact tests', which always run (section 5 only adds figures).
 checks = os.environ.get("CHECKS", "12 13 14").split() + ["12"]
 verdicts = {"12": ("issue 12 (CUDA, exact)", ok), "14": ("issue 14 (DDP device check)", ddp_ok),
-            "13": ("issue 13, first stage (bf16 accuracy and memcheck; its speed targets are read from the table)", bf16_ok)}
+            "13": ("issue 13 so far (bf16 accuracy, memcheck, racecheck; its speed targets are read from the table)", bf16_ok)}
 for issue, (what, passed) in verdicts.items():
     print(f"RESULT {what}:", ("PASS" if passed else "FAIL") if issue in checks else "not run (CHECKS)")
 all_ok = all(passed for issue, (_, passed) in verdicts.items() if issue in checks)

@@ -38,8 +38,9 @@ crate::with_model_shape! {
             /// What the timed work computes in: float32; bfloat16 (training's matrix products,
             /// as `train --dtype=bfloat16`, or with --generate bf16 weights, as `sample
             /// --dtype=bfloat16`); or, with --generate, int8 (Q8_0 in groups of 64, as `sample
-            /// --dtype=int8`)
-            dtype: String = "float32".into(),
+            /// --dtype=int8`) [default: as `train` and `sample`: training in bfloat16 on a GPU
+            /// of compute capability 8.0 or newer, else float32]
+            dtype: Option<String> = None,
             /// With --generate: float32, bfloat16 or int8, the keys and values the KV cache holds
             /// (as `sample --kv_cache_dtype`) [default: the weights' dtype]
             kv_cache_dtype: Option<KvDtype> = None,
@@ -61,12 +62,13 @@ impl BenchArgs {
         if let Some(p) = self.peak_tflops.filter(|p| !p.is_finite() || *p <= 0.0) {
             bail!("--peak_tflops must be a positive number, got {p}");
         }
-        let (inference, training) = match (self.dtype.trim(), self.generate) {
-            (d, true) => (d.parse()?, Dtype::Float32),
-            ("int8", false) => {
+        let dtype = self.dtype.as_deref().map(str::trim);
+        let (inference, training) = match (dtype, self.generate) {
+            (d, true) => (d.unwrap_or("float32").parse()?, None),
+            (Some("int8"), false) => {
                 bail!("--dtype=int8 is for inference: add --generate, or train in float32 or bfloat16")
             }
-            (d, false) => (InferenceWeights::F32, d.parse()?),
+            (d, false) => (InferenceWeights::F32, d.map(str::parse).transpose()?),
         };
         Ok(BenchOptions {
             inference,
@@ -91,8 +93,8 @@ pub struct BenchOptions {
     pub inference: InferenceWeights,
     /// What `--generate`'s KV cache holds.
     pub kv_cache: KvDtype,
-    /// What the training benchmark's matrix products multiply in.
-    pub training: Dtype,
+    /// What the training benchmark's matrix products multiply in (None: the engine's default).
+    pub training: Option<Dtype>,
     /// Whether the training benchmark remakes the MLP activations in backward.
     pub recompute: bool,
     pub batch_size: usize,
@@ -128,7 +130,10 @@ pub fn run_train_bench(opts: &BenchOptions) -> Result<BenchReport> {
     cfg.validate()?;
     let (b, t) = (opts.batch_size, cfg.block_size);
     let mut engine = engine::open(Gpt::new(cfg.clone(), opts.seed)?, opts.device)?;
-    engine.set_training_dtype(opts.training)?;
+    let dtype = opts
+        .training
+        .unwrap_or_else(|| engine.default_training_dtype());
+    engine.set_training_dtype(dtype)?;
     engine.set_activation_recompute(opts.recompute);
     let mut rng = Rng::new(opts.seed ^ 0x5EED);
     let v = cfg.vocab_size as u64;
@@ -167,7 +172,7 @@ pub fn run_train_bench(opts: &BenchOptions) -> Result<BenchReport> {
         mfu: mfu(flops, median, peak_tflops),
         peak_tflops,
         peak_source,
-        dtype: opts.training,
+        dtype,
         threads: rayon::current_num_threads(),
         params: cfg.num_params(),
         loss,

@@ -537,6 +537,9 @@ fn train_sample_and_bench_from_the_command_line() {
         report["tokens_per_s"].as_f64().is_some_and(|v| v > 0.0),
         "{report}"
     );
+    // No --dtype: bf16, as nanoGPT picks on a GPU with bf16 tensor cores (compute capability 8.0
+    // or newer: the emulator's and the H100/H200's 9.0).
+    assert_eq!(report["dtype"], "bfloat16", "{report}");
 }
 
 /// Two GPU ranks (`nanogpt launch`; NCCL sums each layer's gradients while backward goes on)
@@ -574,6 +577,8 @@ fn two_gpu_ranks_train_as_one_process_does() {
             "--eval_interval=4",
             "--eval_iters=1",
             "--log_interval=1",
+            // The exact engine: in bf16 a parameter an ulp apart rounds to another bf16 value.
+            "--dtype=float32",
         ]
         .iter()
         .map(|s| s.to_string())

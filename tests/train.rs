@@ -180,14 +180,9 @@ fn defaults_are_nanogpt_train_py() {
     assert_eq!(c.seed, 1337);
     // nanoGPT's tokens per iteration: 40 * 12 * 1024.
     assert_eq!(c.tokens_per_iter(), 491_520);
-    // Training is f32 unless asked; the device is picked at run time (`auto` by default).
-    assert_eq!(
-        (c.device, c.dtype),
-        (
-            nanogpt::engine::Device::Auto,
-            nanogpt::engine::Dtype::Float32
-        )
-    );
+    // The device and, unless asked, the dtype are picked at run time (`auto`; the engine's
+    // default: f32 on the CPU, bf16 on a GPU with bf16 tensor cores).
+    assert_eq!((c.device, c.dtype), (nanogpt::engine::Device::Auto, None));
     c.validate().expect("the defaults are valid");
 }
 

@@ -66,7 +66,9 @@ crate::with_model_shape! {
             /// cpu, cuda or auto (the CPU until the CUDA backend has passed its GPU check)
             device: Device = Device::Auto,
             /// float32, or bfloat16: matrix products in bf16 (f32 sums, f32 weights and optimizer)
-            dtype: Dtype = Dtype::Float32,
+            /// [default: bfloat16 on a GPU of compute capability 8.0 or newer, as nanoGPT; else
+            /// float32]
+            dtype: Option<Dtype> = None,
             /// Remake each layer's two norm outputs and MLP activation (GELU, SwiGLU) in the
             /// backward pass instead of keeping all of them: n_layer x batch x block_size x 6
             /// n_embd floats less memory (2.7 GB for GPT-2 124M at 12 x 1024), one norm pair and

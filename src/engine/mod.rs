@@ -468,6 +468,12 @@ pub trait Engine {
     /// [`Engine::peak_tflops`] reports follows it.
     fn set_training_dtype(&mut self, dtype: Dtype) -> Result<()>;
 
+    /// What training multiplies in when the user does not say (`dtype` unset): bf16 where the
+    /// device has bf16 tensor cores (nanoGPT's choice on a GPU); provided: f32.
+    fn default_training_dtype(&self) -> Dtype {
+        Dtype::Float32
+    }
+
     /// Whether the backward pass remakes each layer's two norm outputs and MLP activation (GELU
     /// or SwiGLU) from their inputs instead of the forward pass keeping all of them: one layer's
     /// worth of memory instead of n_layer's (llm.c's `recompute`), for those ops once more per

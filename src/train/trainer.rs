@@ -101,7 +101,8 @@ fn run(
     let mut engine = engine::open(model, cfg.device)?;
     ranks.connect_engine(engine.as_mut())?;
     engine.set_adamw(hyper);
-    engine.set_training_dtype(cfg.dtype)?;
+    let dtype = cfg.dtype.unwrap_or_else(|| engine.default_training_dtype());
+    engine.set_training_dtype(dtype)?;
     engine.set_activation_recompute(cfg.recompute);
     if let Some(opt) = opt {
         engine.set_optimizer_state(opt)?;
@@ -130,7 +131,7 @@ fn run(
     let flops_per_iter = mcfg.flops_per_token(t) * tokens_per_iter as f64;
     writeln!(
         log,
-        "{:.2}M parameters, {} tokens per iteration ({} x {} x {}), on {}{}; MFU against {:.1} GFLOP/s ({peak_source})",
+        "{:.2}M parameters, {} tokens per iteration ({} x {} x {}), on {}{} in {dtype}; MFU against {:.1} GFLOP/s ({peak_source})",
         mcfg.num_params() as f64 / 1e6,
         tokens_per_iter,
         cfg.gradient_accumulation_steps,

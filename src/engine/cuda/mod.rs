@@ -285,6 +285,14 @@ impl Engine for CudaEngine {
         Ok(())
     }
 
+    fn default_training_dtype(&self) -> Dtype {
+        if self.cc >= 80 {
+            Dtype::Bfloat16
+        } else {
+            Dtype::Float32
+        }
+    }
+
     fn set_activation_recompute(&mut self, on: bool) {
         self.recompute = on;
     }

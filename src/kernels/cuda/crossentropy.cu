@@ -4,21 +4,51 @@
 // backward, in place over the logits: dz_v = (exp(z_v - lse) - [v == target]) * scale for v < V,
 // 0 for padded columns and ignored rows. scale = grad_scale / valid positions (host-computed).
 // The probabilities are never stored: the backward pass recomputes them from the saved lse and
-// overwrites the logits with their gradient. One block per row; the host sums the row losses.
+// overwrites the logits with their gradient. So the logits (B*T x padded vocab, the largest
+// tensor of a GPT-2 step) are read once by each pass, written once by backward. One block per
+// row; the host sums the row losses.
 
-// grid rows, blockDim a multiple of 32 (at most 1024).
+// grid rows, blockDim a multiple of 32 (at most 1024). One pass over the row: each thread keeps
+// its elements' running max m and sum s of e^(z - m) (rescaled when m grows), then the block
+// merges the threads' pairs in a fixed order: (m1, s1) + (m2, s2) = (M, s1 e^(m1-M) + s2 e^(m2-M)).
+__device__ __forceinline__ void merge_max_sum(float* m, float* s, float m2, float s2) {
+    float big = fmaxf(*m, m2);
+    // Two -inf maxima (no elements yet) merge to an empty pair, not NaN.
+    *s = big == NEG_INF ? 0.0f : *s * expf(*m - big) + s2 * expf(m2 - big);
+    *m = big;
+}
+
+__device__ __forceinline__ void warp_max_sum(float* m, float* s) {
+    for (int o = 16; o > 0; o >>= 1) {
+        float m2 = __shfl_xor_sync(0xffffffffu, *m, o), s2 = __shfl_xor_sync(0xffffffffu, *s, o);
+        merge_max_sum(m, s, m2, s2);
+    }
+}
+
 extern "C" __global__ void crossentropy_forward(float* row_loss, float* row_lse, const float* logits,
                                                 const int* targets, u64 vocab, u64 padded_vocab) {
-    __shared__ float shared[32];
+    __shared__ float shared_m[32], shared_s[32];
     u64 row = blockIdx.x;
     const float* z = logits + row * padded_vocab;
-    float m = NEG_INF;
-    for (u64 v = threadIdx.x; v < vocab; v += blockDim.x) m = fmaxf(m, z[v]);
-    m = block_max(m, shared);
-    float s = 0.0f;
-    for (u64 v = threadIdx.x; v < vocab; v += blockDim.x) s += expf(z[v] - m);
-    s = block_sum(s, shared);
+    float m = NEG_INF, s = 0.0f;
+    for (u64 v = threadIdx.x; v < vocab; v += blockDim.x) {
+        float x = z[v];
+        if (x > m) {
+            s = s * expf(m - x) + 1.0f;
+            m = x;
+        } else {
+            s += expf(x - m);
+        }
+    }
+    warp_max_sum(&m, &s);
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    if (lane == 0) {
+        shared_m[warp] = m;
+        shared_s[warp] = s;
+    }
+    __syncthreads();
     if (threadIdx.x == 0) {
+        for (int w = 1; w < (int)blockDim.x / 32; w++) merge_max_sum(&m, &s, shared_m[w], shared_s[w]);
         float lse = m + logf(s);
         int t = targets[row];
         row_lse[row] = lse;
