@@ -358,21 +358,26 @@ fn small_gpt2(dropout: f32) -> GptConfig {
     }
 }
 
+/// In f32 and in bf16 (where the norms' and GELU's outputs are kept, or remade, in bf16).
 #[test]
 fn recomputed_norms_and_gelu_give_the_same_bits() {
     let cfg = small_gpt2(0.1);
     let model = || Gpt::new(cfg.clone(), 5).expect("model");
-    let Some(mut kept) = cuda(model, "recomputed_gelu") else {
-        return;
-    };
-    let (lk, pk) = three_steps(kept.as_mut(), 4, 64, 512);
-    drop(kept);
-    let mut remade = cuda(model, "recomputed_gelu").expect("GPU present");
-    remade.set_activation_recompute(true);
-    let (lr, pr) = three_steps(remade.as_mut(), 4, 64, 512);
-    println!("recompute: losses {lr:?}, kept {lk:?}");
-    assert!(lk.iter().zip(&lr).all(|(a, b)| a.to_bits() == b.to_bits()));
-    assert!(pk.iter().zip(&pr).all(|(a, b)| a.to_bits() == b.to_bits()));
+    for dtype in [Dtype::Float32, Dtype::Bfloat16] {
+        let run = |recompute: bool| {
+            let mut engine = cuda(model, "recomputed_gelu")?;
+            engine.set_training_dtype(dtype).expect("dtype");
+            engine.set_activation_recompute(recompute);
+            Some(three_steps(engine.as_mut(), 4, 64, 512))
+        };
+        let Some((lk, pk)) = run(false) else {
+            return;
+        };
+        let (lr, pr) = run(true).expect("GPU present");
+        println!("recompute {dtype:?}: losses {lr:?}, kept {lk:?}");
+        assert!(lk.iter().zip(&lr).all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(pk.iter().zip(&pr).all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
 }
 
 #[test]

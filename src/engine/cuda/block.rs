@@ -7,24 +7,25 @@
 //! Attention is a closure (the whole causal sequence, or the KV cache), dropout optional.
 
 use super::memory::DevBuf;
-use super::ops::{Dropout, Gpu};
+use super::ops::{Dropout, Gpu, Operand};
 use crate::kernels::cpu::matmul::{Layout, Precision};
 use crate::model::params::LayerOffsets;
 use anyhow::Result;
 
-/// Where one block's intermediates go (device addresses), each (rows, width).
+/// Where one block's intermediates go (device addresses), each (rows, width). The norms' and
+/// GELU's outputs, which only matrix products read, may be bf16 ([`Operand`]).
 pub(super) struct BlockBufs {
-    pub ln1: u64,
+    pub ln1: Operand,
     pub ln1_mean: u64,
     pub ln1_rstd: u64,
     pub qkv: u64,
     pub atty: u64,
     pub residual2: u64,
-    pub ln2: u64,
+    pub ln2: Operand,
     pub ln2_mean: u64,
     pub ln2_rstd: u64,
     pub fch: u64,
-    pub fch_gelu: u64,
+    pub fch_gelu: Operand,
     /// (rows, C) scratch for a projection's output.
     pub proj: u64,
 }
@@ -81,7 +82,7 @@ pub(super) fn block_forward(
     gpu.matmul_forward(
         precision,
         a.proj,
-        a.atty,
+        Operand::F32(a.atty),
         p.at(o.attproj_w),
         Layout::InOut,
         bias(o.attproj_b),

@@ -6,6 +6,7 @@
 
 use super::block::{block_forward, BlockBufs};
 use super::memory::{is_out_of_memory, DevBuf};
+use super::ops::Operand;
 use super::CudaEngine;
 use crate::engine::{Feed, FeedPlan, KvCache};
 use crate::kernels::cpu::matmul::{Layout, Precision};
@@ -188,17 +189,17 @@ impl CudaEngine {
         )?;
         for (l, o) in tb.layers.iter().enumerate() {
             let bufs = BlockBufs {
-                ln1: s.ln1.ptr(),
+                ln1: Operand::F32(s.ln1.ptr()),
                 ln1_mean: s.ln1_mean.ptr(),
                 ln1_rstd: s.ln1_rstd.ptr(),
                 qkv: s.qkv.ptr(),
                 atty: s.atty.ptr(),
                 residual2: s.residual2.ptr(),
-                ln2: s.ln2.ptr(),
+                ln2: Operand::F32(s.ln2.ptr()),
                 ln2_mean: s.ln2_mean.ptr(),
                 ln2_rstd: s.ln2_rstd.ptr(),
                 fch: s.fch.ptr(),
-                fch_gelu: s.fch_gelu.ptr(),
+                fch_gelu: Operand::F32(s.fch_gelu.ptr()),
                 proj: s.proj.ptr(),
             };
             let (kl, vl) = (kc.at(l * layer_stride), vc.at(l * layer_stride));
@@ -250,7 +251,7 @@ impl CudaEngine {
         let n_feeds = feeds.len();
         let lnf_b = if cfg.bias { p.at(tb.lnf_b) } else { 0 };
         gpu.layernorm_forward(
-            s.last_norm.ptr(),
+            Operand::F32(s.last_norm.ptr()),
             s.last_mean.ptr(),
             s.last_rstd.ptr(),
             s.last.ptr(),
@@ -262,7 +263,7 @@ impl CudaEngine {
         gpu.matmul_forward(
             Precision::F32,
             s.logits.ptr(),
-            s.last_norm.ptr(),
+            Operand::F32(s.last_norm.ptr()),
             p.at(tb.wte),
             Layout::OutIn,
             None,

@@ -48,6 +48,31 @@ macro_rules! launch {
     }};
 }
 
+/// An activation that a matrix product reads: an f32 buffer (rounded into a bf16 copy first when
+/// the product runs in bf16), or one the op that made it wrote in bf16 (`store` in `bf16.cu`:
+/// the bits that rounding its f32 values would give), which bf16 products read as it is.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Operand {
+    F32(u64),
+    Bf16(u64),
+}
+
+impl Operand {
+    /// The kernel that writes this operand: `name`, or `name_bf16`.
+    fn kernel(self, name: &str) -> String {
+        match self {
+            Operand::F32(_) => name.to_string(),
+            Operand::Bf16(_) => format!("{name}_bf16"),
+        }
+    }
+
+    fn ptr(self) -> u64 {
+        match self {
+            Operand::F32(p) | Operand::Bf16(p) => p,
+        }
+    }
+}
+
 /// Dropout on a buffer: the mask key and the drop probability.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Dropout {
@@ -181,8 +206,15 @@ impl Gpu {
         )
     }
 
-    pub fn gelu_forward(&self, out: u64, inp: u64, n: usize) -> Result<()> {
-        launch!(self, "gelu_forward", elementwise(n), out, inp, n as u64)
+    pub fn gelu_forward(&self, out: Operand, inp: u64, n: usize) -> Result<()> {
+        launch!(
+            self,
+            &out.kernel("gelu_forward"),
+            elementwise(n),
+            out.ptr(),
+            inp,
+            n as u64
+        )
     }
 
     pub fn gelu_backward_inplace(&self, grad: u64, inp: u64, n: usize) -> Result<()> {
@@ -318,7 +350,7 @@ impl Gpu {
     #[allow(clippy::too_many_arguments)]
     pub fn layernorm_forward(
         &self,
-        out: u64,
+        out: Operand,
         mean: u64,
         rstd: u64,
         inp: u64,
@@ -329,9 +361,9 @@ impl Gpu {
     ) -> Result<()> {
         launch!(
             self,
-            "layernorm_forward",
+            &out.kernel("layernorm_forward"),
             warp_rows(rows),
-            out,
+            out.ptr(),
             mean,
             rstd,
             inp,
@@ -687,12 +719,36 @@ impl Gpu {
 
     /// Rounds each f32 operand (address, length) into a bf16 copy in scratch; returns the
     /// copies' addresses.
-    fn to_bf16<const N: usize>(&self, operands: [(u64, usize); N]) -> Result<[u64; N]> {
-        let copies = self.carve(operands.map(|(_, len)| 2 * len))?;
-        for (&copy, (src, len)) in copies.iter().zip(operands) {
-            launch!(self, "to_bf16", elementwise(len), copy, src, len as u64)?;
+    /// The operands (each with its length) as a product in `precision` reads them: in bf16, f32
+    /// ones rounded into scratch copies (`to_bf16`), bf16 ones as they are; in f32, as they are.
+    fn operands<const N: usize>(
+        &self,
+        precision: Precision,
+        operands: [(Operand, usize); N],
+    ) -> Result<[u64; N]> {
+        if precision == Precision::F32 {
+            let mut out = [0; N];
+            for (slot, (op, _)) in out.iter_mut().zip(operands) {
+                match op {
+                    Operand::F32(p) => *slot = p,
+                    Operand::Bf16(_) => bail!("a bf16 operand reached an f32 matrix product"),
+                }
+            }
+            return Ok(out);
         }
-        Ok(copies)
+        let mut out = self.carve(operands.map(|(op, len)| match op {
+            Operand::F32(_) => 2 * len,
+            Operand::Bf16(_) => 0,
+        }))?;
+        for (slot, (op, len)) in out.iter_mut().zip(operands) {
+            match op {
+                Operand::F32(src) => {
+                    launch!(self, "to_bf16", elementwise(len), *slot, src, len as u64)?
+                }
+                Operand::Bf16(p) => *slot = p,
+            }
+        }
+        Ok(out)
     }
 
     /// out (rows, oc) = inp (rows, c) @ W [+ bias], W stored as `layout` (row-major), multiplied
@@ -702,7 +758,7 @@ impl Gpu {
         &self,
         precision: Precision,
         out: u64,
-        inp: u64,
+        inp: Operand,
         w: u64,
         layout: Layout,
         bias: Option<u64>,
@@ -717,11 +773,7 @@ impl Gpu {
             Layout::OutIn => (true, c),
         };
         let bf16 = precision == Precision::Bf16;
-        let [w, inp] = if bf16 {
-            self.to_bf16([(w, c * oc), (inp, rows * c)])?
-        } else {
-            [w, inp]
-        };
+        let [w, inp] = self.operands(precision, [(Operand::F32(w), c * oc), (inp, rows * c)])?;
         let g = Gemm {
             ta,
             tb: false,
@@ -749,7 +801,7 @@ impl Gpu {
         dw: u64,
         dbias: Option<u64>,
         dout: u64,
-        inp: u64,
+        inp: Operand,
         w: u64,
         layout: Layout,
         rows: usize,
@@ -758,11 +810,14 @@ impl Gpu {
         partial: u64,
     ) -> Result<()> {
         let bf16 = precision == Precision::Bf16;
-        let [w_in, dout_in, inp_in] = if bf16 {
-            self.to_bf16([(w, c * oc), (dout, rows * oc), (inp, rows * c)])?
-        } else {
-            [w, dout, inp]
-        };
+        let [w_in, dout_in, inp_in] = self.operands(
+            precision,
+            [
+                (Operand::F32(w), c * oc),
+                (Operand::F32(dout), rows * oc),
+                (inp, rows * c),
+            ],
+        )?;
         let (dinp_gemm, dw_gemm, dw_ab) = match layout {
             // dinp^T (c x rows) = W (c x oc) dout^T: the (c, oc) buffer is (oc x c) col-major.
             // dW^T (oc x c) += dout^T (oc x rows) inp (rows x c).

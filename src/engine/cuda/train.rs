@@ -8,12 +8,12 @@
 
 use super::block::{block_forward, BlockBufs, BranchDropout};
 use super::memory::{is_out_of_memory, DevBuf};
-use super::ops::{colsum_chunks, Dropout};
+use super::ops::{colsum_chunks, Dropout, Operand};
 use super::CudaEngine;
 use crate::config::GptConfig;
 use crate::engine::{check_batch, Mode};
 use crate::kernels::cpu::crossentropy::count_valid;
-use crate::kernels::cpu::matmul::Layout;
+use crate::kernels::cpu::matmul::{Layout, Precision};
 use crate::rng::dropout_key;
 use anyhow::{anyhow, bail, Result};
 use cudarc::driver::result::DriverError;
@@ -24,10 +24,36 @@ const SITE_ATTN_RESID: u64 = 1;
 const SITE_MLP_RESID: u64 = 2;
 const SITE_EMBED: u64 = 3;
 
+/// An activation that only matrix products read (the norms' and GELU's outputs), held in the
+/// products' type: bf16 in bf16 training (half the memory, and no rounding pass before each
+/// product), else f32.
+enum ProductInput {
+    F32(DevBuf<f32>),
+    Bf16(DevBuf<u16>),
+}
+
+impl ProductInput {
+    fn new(len: usize, precision: Precision) -> Result<ProductInput, DriverError> {
+        Ok(match precision {
+            Precision::F32 => ProductInput::F32(DevBuf::zeros(len)?),
+            Precision::Bf16 => ProductInput::Bf16(DevBuf::zeros(len)?),
+        })
+    }
+
+    /// Element `offset`, as a product's operand.
+    fn at(&self, offset: usize) -> Operand {
+        match self {
+            ProductInput::F32(b) => Operand::F32(b.at(offset)),
+            ProductInput::Bf16(b) => Operand::Bf16(b.at(offset)),
+        }
+    }
+}
+
 /// What the forward pass saves for the backward pass, all layers (layer l at l*rows*width).
 pub(super) struct Activations {
     b: usize,
     t: usize,
+    precision: Precision,
     tokens: Vec<u32>,
     targets: Vec<i32>,
     has_targets: bool,
@@ -36,23 +62,23 @@ pub(super) struct Activations {
     d_pos: DevBuf<i32>,
     d_targets: DevBuf<i32>,
     encoded: DevBuf<f32>,
-    ln1: DevBuf<f32>,
+    ln1: ProductInput,
     ln1_mean: DevBuf<f32>,
     ln1_rstd: DevBuf<f32>,
     qkv: DevBuf<f32>,
     atty: DevBuf<f32>,
     att_lse: DevBuf<f32>,
     residual2: DevBuf<f32>,
-    ln2: DevBuf<f32>,
+    ln2: ProductInput,
     ln2_mean: DevBuf<f32>,
     ln2_rstd: DevBuf<f32>,
     fch: DevBuf<f32>,
     /// Every layer's GELU output, or with `recompute` one layer's (as `ln1`, `ln2`), remade in
     /// backward.
-    fch_gelu: DevBuf<f32>,
+    fch_gelu: ProductInput,
     recompute: bool,
     residual3: DevBuf<f32>,
-    lnf: DevBuf<f32>,
+    lnf: ProductInput,
     lnf_mean: DevBuf<f32>,
     lnf_rstd: DevBuf<f32>,
     /// (B, T, Vp); the backward pass turns them into their gradient in place.
@@ -107,6 +133,7 @@ impl Activations {
         cfg: &GptConfig,
         b: usize,
         t: usize,
+        precision: Precision,
         recompute: bool,
     ) -> Result<Activations, DriverError> {
         let (l, c, nh, vp) = (cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.padded_vocab_size());
@@ -114,12 +141,14 @@ impl Activations {
         // Layers of the LayerNorm outputs and GELU outputs kept: all, or one remade in backward.
         let kept = if recompute { 1 } else { l };
         let z = DevBuf::<f32>::zeros;
+        let product_input = |len| ProductInput::new(len, precision);
         let mut d_pos = DevBuf::zeros(bt)?;
         let pos: Vec<i32> = (0..bt).map(|r| (r % t) as i32).collect();
         d_pos.upload(&pos)?;
         Ok(Activations {
             b,
             t,
+            precision,
             tokens: vec![0; bt],
             targets: vec![-1; bt],
             has_targets: false,
@@ -128,21 +157,21 @@ impl Activations {
             d_pos,
             d_targets: DevBuf::zeros(bt)?,
             encoded: z(bt * c)?,
-            ln1: z(kept * bt * c)?,
+            ln1: product_input(kept * bt * c)?,
             ln1_mean: z(l * bt)?,
             ln1_rstd: z(l * bt)?,
             qkv: z(l * bt * 3 * c)?,
             atty: z(l * bt * c)?,
             att_lse: z(l * b * nh * t)?,
             residual2: z(l * bt * c)?,
-            ln2: z(kept * bt * c)?,
+            ln2: product_input(kept * bt * c)?,
             ln2_mean: z(l * bt)?,
             ln2_rstd: z(l * bt)?,
             fch: z(l * bt * 4 * c)?,
-            fch_gelu: z(kept * bt * 4 * c)?,
+            fch_gelu: product_input(kept * bt * 4 * c)?,
             recompute,
             residual3: z(l * bt * c)?,
-            lnf: z(bt * c)?,
+            lnf: product_input(bt * c)?,
             lnf_mean: z(bt)?,
             lnf_rstd: z(bt)?,
             logits: z(bt * vp)?,
@@ -212,11 +241,13 @@ impl CudaEngine {
         let (bt, hs) = (b * t, c / nh);
         check_batch(&cfg, tokens, targets, b, t)?;
         let recompute = self.recompute;
-        if !matches!(&self.acts, Some(a) if a.b == b && a.t == t && a.recompute == recompute) {
+        if !matches!(&self.acts, Some(a) if a.b == b && a.t == t && a.recompute == recompute && a.precision == precision)
+        {
             // Free the old set first: two sets may not fit together.
             self.acts = None;
             self.act_grads = None;
-            self.acts = Some(Activations::new(&cfg, b, t, recompute).map_err(oom(b, t))?);
+            self.acts =
+                Some(Activations::new(&cfg, b, t, precision, recompute).map_err(oom(b, t))?);
         }
         let a = self.acts.as_mut().expect("allocated above");
         let dev = |e: DriverError| anyhow!("copy to the GPU failed: {e:?}");
@@ -295,7 +326,7 @@ impl CudaEngine {
         }
         let last = a.residual3.at((cfg.n_layer - 1) * bt * c);
         gpu.layernorm_forward(
-            a.lnf.ptr(),
+            a.lnf.at(0),
             a.lnf_mean.ptr(),
             a.lnf_rstd.ptr(),
             last,
@@ -307,7 +338,7 @@ impl CudaEngine {
         gpu.matmul_forward(
             precision,
             a.logits.ptr(),
-            a.lnf.ptr(),
+            a.lnf.at(0),
             p.at(tb.wte),
             Layout::OutIn,
             None,
@@ -413,7 +444,7 @@ impl CudaEngine {
             gr.at(tb.wte),
             None,
             a.logits.ptr(),
-            a.lnf.ptr(),
+            a.lnf.at(0),
             p.at(tb.wte),
             Layout::OutIn,
             bt,
@@ -529,7 +560,7 @@ impl CudaEngine {
                 gr.at(o.attproj_w),
                 bias(o.attproj_b),
                 dproj,
-                a.atty.at(lc),
+                Operand::F32(a.atty.at(lc)),
                 p.at(o.attproj_w),
                 Layout::InOut,
                 bt,

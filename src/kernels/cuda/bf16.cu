@@ -18,6 +18,11 @@ __device__ __forceinline__ bf16 bf16_bits(float x) {
     return (bf16)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
+// An op whose output only matrix products read writes it in the products' type: f32, or in
+// bf16 training bf(x), the bits to_bf16 would make of the f32 value.
+__device__ __forceinline__ void store(float* p, float x) { *p = x; }
+__device__ __forceinline__ void store(bf16* p, float x) { *p = bf16_bits(x); }
+
 extern "C" __global__ void to_bf16(bf16* out, const float* in, u64 n) {
     u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i] = bf16_bits(in[i]);

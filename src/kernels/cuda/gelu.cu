@@ -4,12 +4,21 @@
 #define GELU_K 0.7978845608f
 #define GELU_A 0.044715f
 
-extern "C" __global__ void gelu_forward(float* out, const float* inp, u64 n) {
+// The output is f32, or bf16 (gelu_forward_bf16) in bf16 training, where only the next matrix
+// product reads it (backward starts from the input).
+template <class Out>
+__device__ void gelu_forward_impl(Out* out, const float* inp, u64 n) {
     u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) {
         float x = inp[i];
-        out[i] = 0.5f * x * (1.0f + tanhf(GELU_K * (x + GELU_A * x * x * x)));
+        store(out + i, 0.5f * x * (1.0f + tanhf(GELU_K * (x + GELU_A * x * x * x))));
     }
+}
+
+extern "C" __global__ void gelu_forward(float* out, const float* inp, u64 n) { gelu_forward_impl(out, inp, n); }
+
+extern "C" __global__ void gelu_forward_bf16(bf16* out, const float* inp, u64 n) {
+    gelu_forward_impl(out, inp, n);
 }
 
 // In place: grad holds dL/dy on entry and dL/dx on return.

@@ -8,9 +8,11 @@
 
 #define LN_EPS 1e-5f
 
-// grid ceil(rows / (blockDim.x/32)); b may be null (a model without biases).
-extern "C" __global__ void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
-                                             const float* w, const float* b, u64 rows, int c) {
+// grid ceil(rows / (blockDim.x/32)); b may be null (a model without biases). The output is f32,
+// or bf16 (layernorm_forward_bf16) in bf16 training, where only matrix products read it.
+template <class Out>
+__device__ void layernorm_forward_impl(Out* out, float* mean, float* rstd, const float* inp, const float* w,
+                                       const float* b, u64 rows, int c) {
     u64 row = (u64)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     int lane = threadIdx.x % 32;
     if (row >= rows) return;
@@ -21,12 +23,22 @@ extern "C" __global__ void layernorm_forward(float* out, float* mean, float* rst
     float v = 0.0f;
     for (int i = lane; i < c; i += 32) v += (x[i] - m) * (x[i] - m);
     float r = 1.0f / sqrtf(warp_sum(v) / c + LN_EPS);
-    float* y = out + row * c;
-    for (int i = lane; i < c; i += 32) y[i] = (x[i] - m) * r * w[i] + (b ? b[i] : 0.0f);
+    Out* y = out + row * c;
+    for (int i = lane; i < c; i += 32) store(y + i, (x[i] - m) * r * w[i] + (b ? b[i] : 0.0f));
     if (lane == 0) {
         mean[row] = m;
         rstd[row] = r;
     }
+}
+
+extern "C" __global__ void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
+                                             const float* w, const float* b, u64 rows, int c) {
+    layernorm_forward_impl(out, mean, rstd, inp, w, b, rows, c);
+}
+
+extern "C" __global__ void layernorm_forward_bf16(bf16* out, float* mean, float* rstd, const float* inp,
+                                                  const float* w, const float* b, u64 rows, int c) {
+    layernorm_forward_impl(out, mean, rstd, inp, w, b, rows, c);
 }
 
 // dx += the input gradient (residual streams accumulate). One warp per row.
