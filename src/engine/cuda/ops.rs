@@ -456,8 +456,13 @@ impl Gpu {
     }
 
     #[allow(clippy::too_many_arguments)]
+    /// The logits' gradient, in place, as the classifier's products in `precision` read it:
+    /// f32 rows `vp` apart, or bf16 rows `2 * vp` apart (each over its own f32 row's front half).
+    /// Returns the gradient and its row stride in elements.
+    #[allow(clippy::too_many_arguments)]
     pub fn crossentropy_backward_inplace(
         &self,
+        precision: Precision,
         logits: u64,
         row_lse: u64,
         targets: u64,
@@ -465,10 +470,14 @@ impl Gpu {
         v: usize,
         vp: usize,
         scale: f32,
-    ) -> Result<()> {
+    ) -> Result<(Operand, usize)> {
+        let grad = match precision {
+            Precision::F32 => (Operand::F32(logits), vp),
+            Precision::Bf16 => (Operand::Bf16(logits), 2 * vp),
+        };
         launch!(
             self,
-            "crossentropy_backward_inplace",
+            &grad.0.kernel("crossentropy_backward_inplace"),
             cfg((rows, 1), 1024, 0),
             logits,
             row_lse,
@@ -476,7 +485,8 @@ impl Gpu {
             v as u64,
             vp as u64,
             scale
-        )
+        )?;
+        Ok(grad)
     }
 
     /// Training attention over qkv (B, T, 3C): out (B, T, C) and lse (B, H, T); with
@@ -792,7 +802,8 @@ impl Gpu {
 
     /// dinp = dout @ W^T (overwritten); dW += inp^T @ dout (dout^T @ inp for OutIn), both
     /// products in `precision`; dbias += column sums of dout (`partial`: colsum_chunks(rows) *
-    /// oc floats), in f32.
+    /// oc floats), in f32. dout's rows are `dout_ld` elements apart (oc, unless it lies in a
+    /// wider buffer); with a bias it must be f32.
     #[allow(clippy::too_many_arguments)]
     pub fn matmul_backward(
         &self,
@@ -800,7 +811,8 @@ impl Gpu {
         dinp: u64,
         dw: u64,
         dbias: Option<u64>,
-        dout: u64,
+        dout: Operand,
+        dout_ld: usize,
         inp: Operand,
         w: u64,
         layout: Layout,
@@ -810,11 +822,14 @@ impl Gpu {
         partial: u64,
     ) -> Result<()> {
         let bf16 = precision == Precision::Bf16;
+        if dout_ld != oc && matches!(dout, Operand::F32(_)) {
+            bail!("matmul_backward: an f32 dout is read with rows oc apart");
+        }
         let [w_in, dout_in, inp_in] = self.operands(
             precision,
             [
                 (Operand::F32(w), c * oc),
-                (Operand::F32(dout), rows * oc),
+                (dout, rows * oc),
                 (inp, rows * c),
             ],
         )?;
@@ -829,7 +844,7 @@ impl Gpu {
                     n: rows,
                     k: oc,
                     lda: oc,
-                    ldb: oc,
+                    ldb: dout_ld,
                     ldd: c,
                     accumulate: false,
                     bias: false,
@@ -841,7 +856,7 @@ impl Gpu {
                     m: oc,
                     n: c,
                     k: rows,
-                    lda: oc,
+                    lda: dout_ld,
                     ldb: c,
                     ldd: oc,
                     accumulate: true,
@@ -860,7 +875,7 @@ impl Gpu {
                     n: rows,
                     k: oc,
                     lda: c,
-                    ldb: oc,
+                    ldb: dout_ld,
                     ldd: c,
                     accumulate: false,
                     bias: false,
@@ -873,7 +888,7 @@ impl Gpu {
                     n: oc,
                     k: rows,
                     lda: c,
-                    ldb: oc,
+                    ldb: dout_ld,
                     ldd: c,
                     accumulate: true,
                     bias: false,
@@ -885,6 +900,9 @@ impl Gpu {
         self.gemm(dinp_gemm, w_in, dout_in, dinp, None)?;
         self.gemm(dw_gemm, dw_ab.0, dw_ab.1, dw, None)?;
         if let Some(db) = dbias {
+            let Operand::F32(dout) = dout else {
+                bail!("matmul_backward: bias gradients are summed from an f32 dout");
+            };
             self.colsum(db, dout, rows, oc, partial)?;
         }
         Ok(())

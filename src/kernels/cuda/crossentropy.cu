@@ -56,6 +56,10 @@ extern "C" __global__ void crossentropy_forward(float* row_loss, float* row_lse,
     }
 }
 
+__device__ __forceinline__ float crossentropy_grad(float z, u64 v, int t, float lse, u64 vocab, float scale) {
+    return (t >= 0 && v < vocab) ? expf(z - lse) * scale - (v == (u64)t ? scale : 0.0f) : 0.0f;
+}
+
 // grid rows.
 extern "C" __global__ void crossentropy_backward_inplace(float* logits, const float* row_lse,
                                                          const int* targets, u64 vocab,
@@ -64,9 +68,26 @@ extern "C" __global__ void crossentropy_backward_inplace(float* logits, const fl
     float* z = logits + row * padded_vocab;
     int t = targets[row];
     float lse = row_lse[row];
-    for (u64 v = threadIdx.x; v < padded_vocab; v += blockDim.x) {
-        float d = 0.0f;
-        if (t >= 0 && v < vocab) d = expf(z[v] - lse) * scale - (v == (u64)t ? scale : 0.0f);
-        z[v] = d;
+    for (u64 v = threadIdx.x; v < padded_vocab; v += blockDim.x) z[v] = crossentropy_grad(z[v], v, t, lse, vocab, scale);
+}
+
+// bf16 training, where only the classifier's products read the gradient: it is written as
+// bf16 (the bits to_bf16 would make of it) over the front half of each row's own f32 bytes, so
+// the gradient is a (rows, padded_vocab) bf16 matrix whose rows are 2 * padded_vocab elements
+// apart. Chunk k of a row (blockDim elements) is read, then, after a barrier, written: its bf16
+// bytes [2kB, 2(k+1)B) lie in f32 chunks k/2..k, all read by then. grid rows.
+extern "C" __global__ void crossentropy_backward_inplace_bf16(float* logits, const float* row_lse,
+                                                              const int* targets, u64 vocab,
+                                                              u64 padded_vocab, float scale) {
+    u64 row = blockIdx.x;
+    float* z = logits + row * padded_vocab;
+    bf16* dz = reinterpret_cast<bf16*>(z);
+    int t = targets[row];
+    float lse = row_lse[row];
+    for (u64 v0 = 0; v0 < padded_vocab; v0 += blockDim.x) {
+        u64 v = v0 + threadIdx.x;
+        float d = v < padded_vocab ? crossentropy_grad(z[v], v, t, lse, vocab, scale) : 0.0f;
+        __syncthreads();
+        if (v < padded_vocab) dz[v] = bf16_bits(d);
     }
 }

@@ -62,6 +62,7 @@ pub fn entry_points() -> Vec<String> {
         "dropout_inplace",
         "crossentropy_forward",
         "crossentropy_backward_inplace",
+        "crossentropy_backward_inplace_bf16",
         "attention_backward_d",
         "kv_cache_write",
         "adamw_update",
