@@ -19,7 +19,7 @@ pub(super) struct BlockBufs {
     pub ln1_mean: u64,
     pub ln1_rstd: u64,
     pub qkv: u64,
-    pub atty: u64,
+    pub atty: Operand,
     pub residual2: u64,
     pub ln2: Operand,
     pub ln2_mean: u64,
@@ -52,7 +52,7 @@ pub(super) fn block_forward(
     rows: usize,
     c: usize,
     dropout: Option<BranchDropout>,
-    attend: impl FnOnce(u64, u64) -> Result<()>,
+    attend: impl FnOnce(Operand, u64) -> Result<()>,
 ) -> Result<()> {
     let bias = |off: usize| has_bias.then(|| p.at(off));
     let or_null = |off: usize| bias(off).unwrap_or(0);
@@ -82,7 +82,7 @@ pub(super) fn block_forward(
     gpu.matmul_forward(
         precision,
         a.proj,
-        Operand::F32(a.atty),
+        a.atty,
         p.at(o.attproj_w),
         Layout::InOut,
         bias(o.attproj_b),

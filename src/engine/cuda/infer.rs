@@ -193,7 +193,7 @@ impl CudaEngine {
                 ln1_mean: s.ln1_mean.ptr(),
                 ln1_rstd: s.ln1_rstd.ptr(),
                 qkv: s.qkv.ptr(),
-                atty: s.atty.ptr(),
+                atty: Operand::F32(s.atty.ptr()),
                 residual2: s.residual2.ptr(),
                 ln2: Operand::F32(s.ln2.ptr()),
                 ln2_mean: s.ln2_mean.ptr(),
@@ -220,7 +220,7 @@ impl CudaEngine {
                     // This pass's keys and values join the cache before attention reads it.
                     gpu.kv_cache_write(kl, vl, qkv, slot_p, pos_p, n_tok, nh, hs, max_t)?;
                     gpu.attention_cached(
-                        atty,
+                        atty.ptr(),
                         qkv,
                         3 * c,
                         kl,

@@ -66,7 +66,7 @@ impl Operand {
         }
     }
 
-    fn ptr(self) -> u64 {
+    pub fn ptr(self) -> u64 {
         match self {
             Operand::F32(p) | Operand::Bf16(p) => p,
         }
@@ -490,12 +490,13 @@ impl Gpu {
     }
 
     /// Training attention over qkv (B, T, 3C): out (B, T, C) and lse (B, H, T); with
-    /// `attention.cu`'s f32 kernels, or in bf16 on the tensor cores (`attention_bf16.cu`).
+    /// `attention.cu`'s f32 kernels (out f32), or in bf16 on the tensor cores
+    /// (`attention_bf16.cu`, out bf16).
     #[allow(clippy::too_many_arguments)]
     pub fn attention_forward(
         &self,
         precision: Precision,
-        out: u64,
+        out: Operand,
         lse: u64,
         qkv: u64,
         b: usize,
@@ -505,12 +506,18 @@ impl Gpu {
         drop: Option<Dropout>,
     ) -> Result<()> {
         let kernels = AttentionKernels::new(precision, hs)?;
+        if !matches!(
+            (precision, out),
+            (Precision::F32, Operand::F32(_)) | (Precision::Bf16, Operand::Bf16(_))
+        ) {
+            bail!("attention_forward: its output is f32 in f32 training, bf16 in bf16");
+        }
         let (key, p, inv_keep, on) = drop_args(drop);
         launch!(
             self,
             &kernels.forward,
             kernels.launch(b, t, nh),
-            out,
+            out.ptr(),
             lse,
             qkv,
             t as i32,
@@ -533,7 +540,7 @@ impl Gpu {
         dqkv: u64,
         dout: u64,
         qkv: u64,
-        out: u64,
+        out: Operand,
         lse: u64,
         dd: u64,
         b: usize,
@@ -546,11 +553,11 @@ impl Gpu {
         let bht = b * nh * t;
         launch!(
             self,
-            "attention_backward_d",
+            &out.kernel("attention_backward_d"),
             elementwise(bht),
             dd,
             dout,
-            out,
+            out.ptr(),
             bht as u64,
             t as i32,
             nh as i32,

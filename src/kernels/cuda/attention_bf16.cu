@@ -5,8 +5,9 @@
 // the outputs stay f32. Per (b, h), scale = 1/sqrt(hs), j <= i, Z the dropout factor:
 //   S_ij = (bf(Q_i) . bf(K_j)) scale
 //   forward, online over key tiles: m_i running max, l_i = sum_j e^(S_ij - m_i),
-//     O_i = sum_j bf(e^(S_ij - m_i) Z_ij) bf(V_j) / l_i,   lse_i = m_i + log l_i
-//   backward, with P_ij = e^(S_ij - lse_i) and D_i = dO_i . O_i (attention_backward_d, f32):
+//     O_i = bf(sum_j bf(e^(S_ij - m_i) Z_ij) bf(V_j) / l_i),   lse_i = m_i + log l_i
+//   (O is stored in bf16: only the projection's products and D read it)
+//   backward, with P_ij = e^(S_ij - lse_i) and D_i = dO_i . O_i (attention_backward_d, f32 sums):
 //     dV_j = sum_i bf(P_ij Z_ij) bf(dO_i),   dP_ij = bf(dO_i) . bf(V_j)
 //     dS_ij = P_ij (dP_ij Z_ij - D_i) scale,  dQ_i = sum_j bf(dS_ij) bf(K_j),  dK_j = sum_i bf(dS_ij) bf(Q_i)
 //
@@ -139,17 +140,17 @@ __device__ __forceinline__ int acc_col(int n, int e) {
     return 8 * n + 2 * (threadIdx.x % 4) + (e & 1);
 }
 
-// Writes a warp's 16 x HS accumulator, times the row's factor, to rows r0.. of a (T, stride) f32
-// matrix; rows past T and columns past hs are not written.
-template <int HS>
-__device__ __forceinline__ void store_rows(float* dst, u64 stride, const float acc[HS / 8][4], int r0,
+// Writes a warp's 16 x HS accumulator, times the row's factor, to rows r0.. of a (T, stride)
+// f32 or bf16 matrix; rows past T and columns past hs are not written.
+template <int HS, class Out>
+__device__ __forceinline__ void store_rows(Out* dst, u64 stride, const float acc[HS / 8][4], int r0,
                                            const float factor[2], int t, int hs) {
 #pragma unroll
     for (int n = 0; n < HS / 8; n++)
 #pragma unroll
         for (int e = 0; e < 4; e++) {
             int row = r0 + acc_row(e), col = acc_col(n, e);
-            if (row < t && col < hs) dst[(u64)row * stride + col] = acc[n][e] * factor[e >> 1];
+            if (row < t && col < hs) store(dst + (u64)row * stride + col, acc[n][e] * factor[e >> 1]);
         }
 }
 
@@ -163,9 +164,10 @@ __device__ __forceinline__ float row_max(float x) {
     return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
 }
 
-// grid (ceil(T / FA_ROWS), B*H), block FA_THREADS: out (B, T, C) and lse (B, H, T).
+// grid (ceil(T / FA_ROWS), B*H), block FA_THREADS: out (B, T, C), in bf16 (only the projection's
+// products and attention_backward_d read it), and lse (B, H, T).
 template <int HS>
-__device__ void flash_forward_impl(float* out, float* lse, const float* qkv, int t, int nh, int hs, float scale,
+__device__ void flash_forward_impl(bf16* out, float* lse, const float* qkv, int t, int nh, int hs, float scale,
                                    u64 key, float p, float inv_keep, int dropout) {
     __shared__ bf16 ks[FA_ROWS * Tile<HS>::LD], vs[FA_ROWS * Tile<HS>::LD];
     int bh = blockIdx.y, b = bh / nh, h = bh % nh, c = nh * hs;
@@ -359,7 +361,7 @@ __device__ void flash_backward_dkv_impl(float* dqkv, const float* dout, const fl
 
 #define FLASH_KERNELS(HS)                                                                                   \
     extern "C" __global__ void __launch_bounds__(FA_THREADS) flash_forward_##HS(                            \
-        float* out, float* lse, const float* qkv, int t, int nh, int hs, float scale, u64 key, float p,     \
+        bf16* out, float* lse, const float* qkv, int t, int nh, int hs, float scale, u64 key, float p,      \
         float inv_keep, int dropout) {                                                                      \
         flash_forward_impl<HS>(out, lse, qkv, t, nh, hs, scale, key, p, inv_keep, dropout);                 \
     }                                                                                                       \

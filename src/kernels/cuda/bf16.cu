@@ -22,6 +22,9 @@ __device__ __forceinline__ bf16 bf16_bits(float x) {
 // bf16 training bf(x), the bits to_bf16 would make of the f32 value.
 __device__ __forceinline__ void store(float* p, float x) { *p = x; }
 __device__ __forceinline__ void store(bf16* p, float x) { *p = bf16_bits(x); }
+// And the ops that read such an output back (bf16 widens exactly).
+__device__ __forceinline__ float load(const float* p) { return *p; }
+__device__ __forceinline__ float load(const bf16* p) { return __uint_as_float((unsigned)*p << 16); }
 
 extern "C" __global__ void to_bf16(bf16* out, const float* in, u64 n) {
     u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;

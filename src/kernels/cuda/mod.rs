@@ -64,6 +64,7 @@ pub fn entry_points() -> Vec<String> {
         "crossentropy_backward_inplace",
         "crossentropy_backward_inplace_bf16",
         "attention_backward_d",
+        "attention_backward_d_bf16",
         "kv_cache_write",
         "adamw_update",
         "norm_partials",
