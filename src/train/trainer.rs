@@ -300,11 +300,16 @@ fn run(
             let tok_s = tokens_per_iter as f64 / per_iter;
             let m = mfu(flops_per_iter, per_iter, peak * ranks.size() as f64);
             let eta = ema_ms.unwrap_or(ms) / 1e3 * cfg.max_iters.saturating_sub(iter_num) as f64;
+            // No peak known (a GPU missing from perf::GPU_PEAKS, the header line said so): no MFU.
+            let mfu_text = if m.is_finite() {
+                format!("{:.1}%", m * 100.0)
+            } else {
+                "n/a".to_string()
+            };
             writeln!(
                 log,
-                "iter {iter_num}: loss {loss:.4}, lr {lr:.3e}, time {:.1}ms, {tok_s:.0} tok/s, mfu {:.1}%, eta {}",
+                "iter {iter_num}: loss {loss:.4}, lr {lr:.3e}, time {:.1}ms, {tok_s:.0} tok/s, mfu {mfu_text}, eta {}",
                 per_iter * 1e3,
-                m * 100.0,
                 format_duration(eta)
             )?;
             metrics.step(iter_num, loss, lr, per_iter * 1e3, tok_s, m)?;
