@@ -48,6 +48,24 @@ __device__ __forceinline__ void stage(bf16* tile, const float* src, u64 stride, 
     }
 }
 
+// The key tile at k0: rows k0.. of this head's K and V (base: its q section in qkv), staged by
+// the whole block between two barriers (the last tile is no longer read; this one is complete).
+template <int HS>
+__device__ __forceinline__ void stage_keys(bf16* ks, bf16* vs, const float* base, int c, int k0, int t, int hs) {
+    __syncthreads();
+    stage<HS>(ks, base + c, 3 * c, k0, t, hs);
+    stage<HS>(vs, base + 2 * c, 3 * c, k0, t, hs);
+    __syncthreads();
+}
+
+template <int HS>
+__device__ __forceinline__ void zero(float acc[HS / 8][4]) {
+#pragma unroll
+    for (int n = 0; n < HS / 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc[n][e] = 0.0f;
+}
+
 // A fragments (16 x HS, in HS/16 steps of 16 columns) of rows r0..r0+15 of a (T, stride) f32
 // matrix, read once from global memory; zero past T or hs. See common.cu for the layout.
 template <int HS>
@@ -176,17 +194,11 @@ __device__ void flash_forward_impl(bf16* out, float* lse, const float* qkv, int 
     unsigned qf[HS / 16][4];
     frags_from_global<HS>(qf, base, 3 * c, r0, t, hs);
     float acc[HS / 8][4];
-#pragma unroll
-    for (int n = 0; n < HS / 8; n++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) acc[n][e] = 0.0f;
+    zero<HS>(acc);
     float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.0f, 0.0f};
     int last = min(t, q0 + FA_ROWS) - 1;
     for (int k0 = 0; k0 <= last; k0 += FA_ROWS) {
-        __syncthreads();
-        stage<HS>(ks, base + c, 3 * c, k0, t, hs);
-        stage<HS>(vs, base + 2 * c, 3 * c, k0, t, hs);
-        __syncthreads();
+        stage_keys<HS>(ks, vs, base, c, k0, t, hs);
         float s[8][4];
         products<HS>(s, qf, ks);
         float m_new[2] = {m[0], m[1]};
@@ -259,16 +271,10 @@ __device__ void flash_backward_dq_impl(float* dqkv, const float* dout, const flo
         d_r[r] = i < t ? dd[(u64)bh * t + i] : 0.0f;
     }
     float acc[HS / 8][4];
-#pragma unroll
-    for (int n = 0; n < HS / 8; n++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) acc[n][e] = 0.0f;
+    zero<HS>(acc);
     int last = min(t, q0 + FA_ROWS) - 1;
     for (int k0 = 0; k0 <= last; k0 += FA_ROWS) {
-        __syncthreads();
-        stage<HS>(ks, base + c, 3 * c, k0, t, hs);
-        stage<HS>(vs, base + 2 * c, 3 * c, k0, t, hs);
-        __syncthreads();
+        stage_keys<HS>(ks, vs, base, c, k0, t, hs);
         float s[8][4], dp[8][4];
         products<HS>(s, qf, ks);
         products<HS>(dp, df, vs);
@@ -307,10 +313,8 @@ __device__ void flash_backward_dkv_impl(float* dqkv, const float* dout, const fl
     frags_from_global<HS>(kf, base + c, 3 * c, r0, t, hs);
     frags_from_global<HS>(vf, base + 2 * c, 3 * c, r0, t, hs);
     float dk[HS / 8][4], dv[HS / 8][4];
-#pragma unroll
-    for (int n = 0; n < HS / 8; n++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) dk[n][e] = dv[n][e] = 0.0f;
+    zero<HS>(dk);
+    zero<HS>(dv);
     for (int q0 = k0; q0 < t; q0 += FA_ROWS) {
         __syncthreads();
         stage<HS>(qs, base, 3 * c, q0, t, hs);
