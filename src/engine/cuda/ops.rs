@@ -455,7 +455,6 @@ impl Gpu {
         )
     }
 
-    #[allow(clippy::too_many_arguments)]
     /// The logits' gradient, in place, as the classifier's products in `precision` read it:
     /// f32 rows `vp` apart, or bf16 rows `2 * vp` apart (each over its own f32 row's front half).
     /// Returns the gradient and its row stride in elements.

@@ -24,8 +24,8 @@ const SITE_ATTN_RESID: u64 = 1;
 const SITE_MLP_RESID: u64 = 2;
 const SITE_EMBED: u64 = 3;
 
-/// An activation that only matrix products read (the norms' and GELU's outputs), held in the
-/// products' type: bf16 in bf16 training (half the memory, and no rounding pass before each
+/// An activation that only matrix products read (the norms', GELU's and attention's outputs;
+/// attention's backward also reads its own, widened), held in the products' type: bf16 in bf16 training (half the memory, and no rounding pass before each
 /// product), else f32.
 enum ProductInput {
     F32(DevBuf<f32>),
