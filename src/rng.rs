@@ -54,6 +54,15 @@ pub fn keep(key: u64, index: u64, p_drop: f32) -> bool {
     ((bits >> 40) as f32) * (1.0 / (1u64 << 24) as f32) >= p_drop
 }
 
+/// The key of the stochastic rounding that makes the bf16 weight copy (CUDA bf16 training) after
+/// AdamW step `step` (0: before the first) of the run seeded `seed`. It depends on nothing a
+/// rank or a resume changes, so every rank rounds alike and a resumed run goes on with the bits
+/// it stopped at.
+pub fn rounding_key(seed: u64, step: u64) -> u64 {
+    // "rounding" in ASCII: a stream apart from the seed's other uses.
+    mix64(mix64(seed ^ 0x726f_756e_6469_6e67) ^ step)
+}
+
 /// Derives the key of one dropout site from the step's seed, the layer and the site number.
 pub fn dropout_key(step_seed: u64, layer: usize, site: u64) -> u64 {
     mix64(step_seed ^ mix64((layer as u64) << 8 | site))

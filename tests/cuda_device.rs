@@ -21,10 +21,12 @@ mod common;
 use common::{fixtures, read_f32, read_i32, rel_err};
 use nanogpt::config::GptConfig;
 use nanogpt::engine::cpu::CpuEngine;
-use nanogpt::engine::{cuda::gpu_present, open, AdamW, Device, Dtype, Engine, Feed, Mode};
+use nanogpt::engine::cuda::{gpu_present, CudaEngine};
+use nanogpt::engine::{open, AdamW, Device, Dtype, Engine, Feed, Mode};
+use nanogpt::kernels::cpu::matmul_bf16::bf16_bits;
 use nanogpt::model::weights::load_hf_dir;
 use nanogpt::model::Gpt;
-use nanogpt::rng::Rng;
+use nanogpt::rng::{mix64, rounding_key, Rng};
 use nanogpt::sample::dist::argmax;
 use safetensors::SafeTensors;
 
@@ -307,8 +309,20 @@ fn bf16_training_is_as_close_to_f32_as_the_cpus() {
 
 /// Three training steps; the losses and the final parameters.
 fn three_steps(engine: &mut dyn Engine, b: usize, t: usize, v: usize) -> (Vec<f32>, Vec<f32>) {
+    train_steps(engine, b, t, v, 0..3)
+}
+
+/// Training steps `steps` of a run (each step's batch and dropout from its number); the losses
+/// and the final parameters.
+fn train_steps(
+    engine: &mut dyn Engine,
+    b: usize,
+    t: usize,
+    v: usize,
+    steps: std::ops::Range<u64>,
+) -> (Vec<f32>, Vec<f32>) {
     let mut losses = Vec::new();
-    for s in 0..3u64 {
+    for s in steps {
         let (x, y) = random_batch(b, t, v, 100 + s);
         let loss = engine
             .forward(&x, Some(&y), b, t, Mode::Train { seed: s })
@@ -378,6 +392,118 @@ fn recomputed_norms_and_gelu_give_the_same_bits() {
         assert!(lk.iter().zip(&lr).all(|(a, b)| a.to_bits() == b.to_bits()));
         assert!(pk.iter().zip(&pr).all(|(a, b)| a.to_bits() == b.to_bits()));
     }
+}
+
+/// bf16.cu's stochastic rounding, from its formula: the bf16 on either side of x, the farther
+/// with probability (dropped bits) / 2^16, the bits drawn from element i's hash.
+fn bf16_stochastic(x: f32, key: u64, i: u64) -> u16 {
+    let u = x.to_bits();
+    if u & 0x7f80_0000 == 0 {
+        return ((u >> 16) & 0x8000) as u16;
+    }
+    if u & 0x7fff_ffff > 0x7f80_0000 {
+        return ((u >> 16) | 0x40) as u16;
+    }
+    let r = (mix64(key ^ i.wrapping_mul(0xD6E8_FEB8_6659_FD93)) >> 48) as u32;
+    ((u + r) >> 16) as u16
+}
+
+fn widen(b: u16) -> f32 {
+    f32::from_bits((b as u32) << 16)
+}
+
+#[test]
+fn the_stochastic_rounding_formula_is_unbiased() {
+    // 1 + 0.3 of a bf16 ulp: nearest rounding always gives 1 (0.3 ulp off).
+    let ulp = 1.0f32 / 128.0;
+    let x = 1.0 + 0.3 * ulp;
+    let n = 100_000;
+    let mean = (0..n)
+        .map(|i| widen(bf16_stochastic(x, 9, i)) as f64)
+        .sum::<f64>()
+        / n as f64;
+    println!(
+        "mean of {n} roundings of 1 + 0.3 ulp: 1 + {:.4} ulp",
+        (mean - 1.0) / ulp as f64
+    );
+    assert!(((mean - x as f64) / ulp as f64).abs() < 0.01);
+    // Values a bf16 holds exactly stay; zero, infinity and NaN keep their kind.
+    assert_eq!(bf16_stochastic(-1.5, 9, 4), 0xbfc0);
+    assert_eq!(bf16_stochastic(f32::INFINITY, 9, 4), 0x7f80);
+    assert_eq!(bf16_stochastic(1e-40, 9, 4), 0);
+    assert!(widen(bf16_stochastic(f32::NAN, 9, 4)).is_nan());
+}
+
+/// The bf16 copy of the weights that bf16 training's products read: made from the master with
+/// stochastic rounding keyed by (seed, AdamW step), when training starts and by every update;
+/// so a resumed run goes on with the bits of the unbroken one, and the seed changes the run.
+#[test]
+fn the_bf16_weight_copy_is_the_masters_rounded_stochastically() {
+    if !have_gpu("bf16_weight_copy") {
+        return;
+    }
+    let cfg = small_gpt2(0.1);
+    let seed = 7;
+    let start = |model: Gpt, state: Option<nanogpt::optim::OptimizerState>, seed: u64| {
+        let mut engine = CudaEngine::new(model).expect("engine");
+        engine.set_training_dtype(Dtype::Bfloat16).expect("dtype");
+        engine.set_seed(seed);
+        if let Some(state) = state {
+            engine.set_optimizer_state(state).expect("state");
+        }
+        engine
+    };
+    let copy_is_rounded = |engine: &CudaEngine, step: u64| {
+        let copy = engine.bf16_weights().expect("copy").expect("a bf16 copy");
+        let master = engine.model().params.clone();
+        let key = rounding_key(seed, step);
+        let wrong = (0..master.len())
+            .filter(|&i| copy[i] != bf16_stochastic(master[i], key, i as u64))
+            .count();
+        assert_eq!(
+            wrong, 0,
+            "{wrong} of the copy's weights are not the formula's after step {step}"
+        );
+        // Nearest rounding would pick the other side for about a quarter of them.
+        let other_side = (0..master.len())
+            .filter(|&i| copy[i] != bf16_bits(master[i]))
+            .count() as f64
+            / master.len() as f64;
+        println!(
+            "after step {step}: the copy rounds {other_side:.3} of the weights away from nearest"
+        );
+        assert!((0.2..0.3).contains(&other_side));
+    };
+
+    let mut unbroken = start(Gpt::new(cfg.clone(), 5).expect("model"), None, seed);
+    let (_, at_1) = train_steps(&mut unbroken, 4, 64, 512, 0..1);
+    copy_is_rounded(&unbroken, 1);
+    let (_, unbroken_params) = train_steps(&mut unbroken, 4, 64, 512, 1..3);
+    copy_is_rounded(&unbroken, 3);
+
+    // Stopped after step 1 and resumed from the checkpoint's contents (f32 master, moments).
+    let mut first = start(Gpt::new(cfg.clone(), 5).expect("model"), None, seed);
+    train_steps(&mut first, 4, 64, 512, 0..1);
+    let state = first.optimizer_state().into_owned();
+    let model = first.model().into_owned();
+    assert!(model.params == at_1, "two runs of step 1 differ");
+    drop(first);
+    let mut resumed = start(model, Some(state), seed);
+    let (_, resumed_params) = train_steps(&mut resumed, 4, 64, 512, 1..3);
+    assert!(
+        unbroken_params
+            .iter()
+            .zip(&resumed_params)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "the resumed bf16 run left the unbroken one"
+    );
+
+    let mut other_seed = start(Gpt::new(cfg, 5).expect("model"), None, seed + 1);
+    let (_, other_params) = train_steps(&mut other_seed, 4, 64, 512, 0..3);
+    assert!(
+        other_params != unbroken_params,
+        "another seed rounded the weights alike"
+    );
 }
 
 #[test]

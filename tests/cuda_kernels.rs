@@ -196,7 +196,7 @@ fn the_transcribed_hash_is_the_one_in_common_cu() {
         format!("(z ^ (z >> 27)) * 0x{MUL_2:X}ULL"),
         "return z ^ (z >> 31);".to_string(),
         format!("mix64(key ^ (index * 0x{INDEX_MUL:X}ULL))"),
-        "(float)(bits >> 40) * (1.0f / 16777216.0f) >= p_drop".to_string(),
+        "(float)(hash_index(key, index) >> 40) * (1.0f / 16777216.0f) >= p_drop".to_string(),
     ] {
         assert!(
             code.contains(&needle),

@@ -480,6 +480,11 @@ pub trait Engine {
     /// layer. The results are the same bits either way. From the next forward pass on.
     fn set_activation_recompute(&mut self, on: bool);
 
+    /// The run's seed, for what an engine draws at random outside dropout (whose keys come with
+    /// each forward pass): the CUDA engine's stochastic rounding of its bf16 weight copy.
+    /// Provided: nothing to draw.
+    fn set_seed(&mut self, _seed: u64) {}
+
     /// What the KV caches made from now on ([`Engine::kv_cache`]) hold ([`KvDtype`]), or, with
     /// `None`, what suits the weights ([`InferenceWeights::suited_kv_cache`]). Backends with an
     /// f32 cache only refuse the others.

@@ -104,6 +104,7 @@ fn run(
     let dtype = cfg.dtype.unwrap_or_else(|| engine.default_training_dtype());
     engine.set_training_dtype(dtype)?;
     engine.set_activation_recompute(cfg.recompute);
+    engine.set_seed(cfg.seed);
     if let Some(opt) = opt {
         engine.set_optimizer_state(opt)?;
     }

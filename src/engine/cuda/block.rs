@@ -6,8 +6,7 @@
 //!
 //! Attention is a closure (the whole causal sequence, or the KV cache), dropout optional.
 
-use super::memory::DevBuf;
-use super::ops::{Dropout, Gpu, Operand};
+use super::ops::{Dropout, Gpu, Operand, Params};
 use crate::kernels::cpu::matmul::{Layout, Precision};
 use crate::model::params::LayerOffsets;
 use anyhow::Result;
@@ -46,7 +45,7 @@ pub(super) fn block_forward(
     out: u64,
     x: u64,
     a: &BlockBufs,
-    p: &DevBuf<f32>,
+    p: Params,
     o: &LayerOffsets,
     has_bias: bool,
     rows: usize,
@@ -71,7 +70,7 @@ pub(super) fn block_forward(
         precision,
         a.qkv,
         a.ln1,
-        p.at(o.qkv_w),
+        p.matrix(o.qkv_w),
         Layout::InOut,
         bias(o.qkv_b),
         rows,
@@ -83,7 +82,7 @@ pub(super) fn block_forward(
         precision,
         a.proj,
         a.atty,
-        p.at(o.attproj_w),
+        p.matrix(o.attproj_w),
         Layout::InOut,
         bias(o.attproj_b),
         rows,
@@ -109,7 +108,7 @@ pub(super) fn block_forward(
         precision,
         a.fch,
         a.ln2,
-        p.at(o.fc_w),
+        p.matrix(o.fc_w),
         Layout::InOut,
         bias(o.fc_b),
         rows,
@@ -121,7 +120,7 @@ pub(super) fn block_forward(
         precision,
         a.proj,
         a.fch_gelu,
-        p.at(o.fcproj_w),
+        p.matrix(o.fcproj_w),
         Layout::InOut,
         bias(o.fcproj_b),
         rows,

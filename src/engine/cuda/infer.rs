@@ -6,7 +6,7 @@
 
 use super::block::{block_forward, BlockBufs};
 use super::memory::{is_out_of_memory, DevBuf};
-use super::ops::Operand;
+use super::ops::{Operand, Params};
 use super::CudaEngine;
 use crate::engine::{Feed, FeedPlan, KvCache};
 use crate::kernels::cpu::matmul::{Layout, Precision};
@@ -177,7 +177,12 @@ impl CudaEngine {
         s.pos.upload(&pos).map_err(copy_err)?;
         s.slot.upload(&slot).map_err(copy_err)?;
 
-        let (gpu, p, tb) = (&self.gpu, &self.params, &self.host.table);
+        let (gpu, tb) = (&self.gpu, &self.host.table);
+        // Cached inference reads the f32 master weights.
+        let p = Params {
+            master: &self.params,
+            bf16: None,
+        };
         gpu.encoder_forward(
             s.x.ptr(),
             s.tokens.ptr(),
@@ -264,7 +269,7 @@ impl CudaEngine {
             Precision::F32,
             s.logits.ptr(),
             Operand::F32(s.last_norm.ptr()),
-            p.at(tb.wte),
+            p.matrix(tb.wte),
             Layout::OutIn,
             None,
             n_feeds,

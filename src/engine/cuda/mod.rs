@@ -7,14 +7,15 @@
 //! every reduction in a fixed order (no atomics), so two runs give the same bits. Setting
 //! NANOGPT_CUDA_TF32=1 lets cuBLASLt use TF32 tensor cores (faster, ~1e-3 relative error).
 //! Training with dtype = "bfloat16" runs every matrix product (the linear layers, the classifier
-//! and attention's four) in bf16 on the tensor cores (operands rounded to nearest even, f32
-//! sums), as the CPU engine's bf16 training and PyTorch's autocast do; parameters, gradients,
-//! moments, activations and every other op stay f32 (`attention` holds the bf16 attention).
+//! and attention's four) in bf16 on the tensor cores (f32 sums), as the CPU engine's bf16
+//! training and PyTorch's autocast do: the activations only products read are kept in bf16, the
+//! weights are read from a bf16 copy that AdamW writes from the f32 master with stochastic
+//! rounding (`weights_bf16`); master weights, gradients, moments and every other op stay f32.
 //! Hand-written kernels (`kernels::cuda`) cover what no library provides: embedding, LayerNorm,
 //! GELU, residual, dropout (the CPU's hash), fused softmax + cross-entropy, flash-style
 //! attention, AdamW and the global norm. The files beside this one: `device` (finding the GPU),
 //! `module` (NVRTC and the PTX cache), `memory` (device buffers), `blas` (cuBLASLt), `ops` (one
-//! launch per kernel), `attention` (bf16 attention on cuBLASLt), `profile`
+//! launch per kernel), `profile`
 //! (NANOGPT_CUDA_PROFILE=1: GPU time per kernel), `block`, `train`, `infer` (the model's math,
 //! as in `engine::cpu`).
 
@@ -37,6 +38,7 @@ use crate::engine::Dtype;
 use crate::kernels::cpu::matmul::Precision;
 use crate::model::Gpt;
 use crate::perf::gpu_peak;
+use crate::rng::rounding_key;
 use anyhow::{anyhow, bail, Result};
 use blas::Blas;
 use memory::{is_out_of_memory, DevBuf};
@@ -73,6 +75,12 @@ pub struct CudaEngine {
     /// the device).
     host: Gpt,
     params: DevBuf<f32>,
+    /// In bf16 training, the bf16 copy of `params` that the matrix products read: AdamW writes
+    /// it, rounded stochastically with `rounding_key(seed, step)`; `None` outside bf16 training,
+    /// or until the next pass makes it (`bf16_weights_ready`).
+    weights_bf16: Option<DevBuf<u16>>,
+    /// The run's seed (`Engine::set_seed`), for that rounding.
+    seed: u64,
     grads: DevBuf<f32>,
     m: DevBuf<f32>,
     v: DevBuf<f32>,
@@ -148,6 +156,8 @@ impl CudaEngine {
             precision: Precision::F32,
             recompute: false,
             params,
+            weights_bf16: None,
+            seed: 0,
             grads: DevBuf::zeros(n).map_err(alloc("gradients"))?,
             m: DevBuf::zeros(n).map_err(alloc("moments"))?,
             v: DevBuf::zeros(n).map_err(alloc("moments"))?,
@@ -185,6 +195,42 @@ impl CudaEngine {
                 None
             }
         }
+    }
+
+    /// In bf16 training, makes the bf16 weight copy if there is none (training starts or
+    /// resumes, or the seed changed), rounded with the key of the last AdamW step: the bits that
+    /// step's update would have written, so a resumed run goes on as the unbroken one.
+    fn bf16_weights_ready(&mut self) -> Result<()> {
+        if self.precision != Precision::Bf16 || self.weights_bf16.is_some() {
+            return Ok(());
+        }
+        let n = self.params.len();
+        let copy = DevBuf::zeros(n).map_err(|e| {
+            if is_out_of_memory(&e) {
+                anyhow!(
+                    "out of GPU memory for the bf16 copy of the weights ({} MiB): use a smaller model, or dtype = \"float32\"",
+                    (2 * n) >> 20
+                )
+            } else {
+                anyhow!("GPU allocation of the bf16 weights failed: {e:?}")
+            }
+        })?;
+        let key = rounding_key(self.seed, self.step);
+        self.gpu
+            .to_bf16_stochastic(copy.ptr(), self.params.ptr(), n, key)?;
+        self.weights_bf16 = Some(copy);
+        Ok(())
+    }
+
+    /// The bf16 weight copy the products read, if bf16 training has made one (the seam shows
+    /// the f32 master only; tests check the copy's rounding with this).
+    pub fn bf16_weights(&self) -> Result<Option<Vec<u16>>> {
+        self.ready()?;
+        self.weights_bf16
+            .as_ref()
+            .map(|copy| copy.to_vec())
+            .transpose()
+            .map_err(|e| anyhow!("copying the bf16 weights from the GPU failed: {e:?}"))
     }
 
     fn try_grad_norm(&mut self) -> Result<f32> {
@@ -230,6 +276,9 @@ impl CudaEngine {
                 self.group_start.len(),
             ),
             [h.beta1, h.beta2, h.eps, step_size, bc2_sqrt, decayed],
+            self.weights_bf16
+                .as_ref()
+                .map(|copy| (copy.ptr(), rounding_key(self.seed, self.step))),
         )?;
         self.gpu.synchronize()?;
         Ok(norm)
@@ -282,6 +331,9 @@ impl Engine for CudaEngine {
             ),
             Dtype::Bfloat16 => Precision::Bf16,
         };
+        if self.precision == Precision::F32 {
+            self.weights_bf16 = None;
+        }
         Ok(())
     }
 
@@ -295,6 +347,13 @@ impl Engine for CudaEngine {
 
     fn set_activation_recompute(&mut self, on: bool) {
         self.recompute = on;
+    }
+
+    fn set_seed(&mut self, seed: u64) {
+        if seed != self.seed {
+            self.seed = seed;
+            self.weights_bf16 = None;
+        }
     }
 
     fn config(&self) -> &GptConfig {
@@ -418,6 +477,8 @@ impl Engine for CudaEngine {
         self.m.upload(&state.m).map_err(up)?;
         self.v.upload(&state.v).map_err(up)?;
         self.step = state.step;
+        // Made again with the new step's key.
+        self.weights_bf16 = None;
         Ok(())
     }
 }

@@ -3,7 +3,8 @@
 //! glance. Buffers are passed as device addresses (`u64`, see `memory`), sizes as the kernel
 //! declares them (`u64` for `unsigned long long`, `i32` for `int`). Matrix products go to
 //! cuBLASLt (`matmul_forward`/`matmul_backward`, mapped from the CPU's row-major layouts), in
-//! f32 or in bf16 (`Precision::Bf16`: each operand rounded into a bf16 copy first, `bf16.cu`).
+//! f32 or in bf16 (`Precision::Bf16`: operands written in bf16 by the op that made them, or
+//! rounded into a bf16 copy first, `bf16.cu`).
 
 use super::blas::{Blas, Gemm};
 use super::memory::{is_out_of_memory, DevBuf};
@@ -69,6 +70,30 @@ impl Operand {
     pub fn ptr(self) -> u64 {
         match self {
             Operand::F32(p) | Operand::Bf16(p) => p,
+        }
+    }
+}
+
+/// The parameters as the ops read them: the f32 master weights (norms, biases, embeddings,
+/// inference), and in bf16 training the bf16 copy of them that AdamW keeps (`adamw.cu`), which
+/// the matrix products read instead of rounding the master before each product.
+#[derive(Clone, Copy)]
+pub(super) struct Params<'a> {
+    pub master: &'a DevBuf<f32>,
+    pub bf16: Option<&'a DevBuf<u16>>,
+}
+
+impl Params<'_> {
+    /// Master element `offset`.
+    pub fn at(&self, offset: usize) -> u64 {
+        self.master.at(offset)
+    }
+
+    /// The weight matrix at `offset` as a product's operand: the bf16 copy when there is one.
+    pub fn matrix(&self, offset: usize) -> Operand {
+        match self.bf16 {
+            Some(copy) => Operand::Bf16(copy.at(offset)),
+            None => Operand::F32(self.master.at(offset)),
         }
     }
 }
@@ -667,6 +692,8 @@ impl Gpu {
         )
     }
 
+    /// AdamW over the whole buffer; `copy`: (address, rounding key) of the bf16 weight copy to
+    /// write as well, if any.
     #[allow(clippy::too_many_arguments)]
     pub fn adamw(
         &self,
@@ -677,8 +704,10 @@ impl Gpu {
         n: usize,
         groups: (u64, u64, usize),
         hyper: [f32; 6],
+        copy: Option<(u64, u64)>,
     ) -> Result<()> {
         let (starts, decays, n_groups) = groups;
+        let (copy, round_key) = copy.unwrap_or((0, 0));
         let [b1, b2, eps, step_size, bc2_sqrt, decayed] = hyper;
         launch!(
             self,
@@ -697,7 +726,22 @@ impl Gpu {
             eps,
             step_size,
             bc2_sqrt,
-            decayed
+            decayed,
+            copy,
+            round_key
+        )
+    }
+
+    /// out = bf16 copy of `n` f32 values, rounded stochastically with `key` (bf16.cu).
+    pub fn to_bf16_stochastic(&self, out: u64, inp: u64, n: usize, key: u64) -> Result<()> {
+        launch!(
+            self,
+            "to_bf16_stochastic",
+            elementwise(n),
+            out,
+            inp,
+            n as u64,
+            key
         )
     }
 
@@ -775,7 +819,7 @@ impl Gpu {
         precision: Precision,
         out: u64,
         inp: Operand,
-        w: u64,
+        w: Operand,
         layout: Layout,
         bias: Option<u64>,
         rows: usize,
@@ -789,7 +833,7 @@ impl Gpu {
             Layout::OutIn => (true, c),
         };
         let bf16 = precision == Precision::Bf16;
-        let [w, inp] = self.operands(precision, [(Operand::F32(w), c * oc), (inp, rows * c)])?;
+        let [w, inp] = self.operands(precision, [(w, c * oc), (inp, rows * c)])?;
         let g = Gemm {
             ta,
             tb: false,
@@ -820,7 +864,7 @@ impl Gpu {
         dout: Operand,
         dout_ld: usize,
         inp: Operand,
-        w: u64,
+        w: Operand,
         layout: Layout,
         rows: usize,
         c: usize,
@@ -831,14 +875,8 @@ impl Gpu {
         if dout_ld != oc && matches!(dout, Operand::F32(_)) {
             bail!("matmul_backward: an f32 dout is read with rows oc apart");
         }
-        let [w_in, dout_in, inp_in] = self.operands(
-            precision,
-            [
-                (Operand::F32(w), c * oc),
-                (dout, rows * oc),
-                (inp, rows * c),
-            ],
-        )?;
+        let [w_in, dout_in, inp_in] =
+            self.operands(precision, [(w, c * oc), (dout, rows * oc), (inp, rows * c)])?;
         let (dinp_gemm, dw_gemm, dw_ab) = match layout {
             // dinp^T (c x rows) = W (c x oc) dout^T: the (c, oc) buffer is (oc x c) col-major.
             // dW^T (oc x c) += dout^T (oc x rows) inp (rows x c).

@@ -8,7 +8,7 @@
 
 use super::block::{block_forward, BlockBufs, BranchDropout};
 use super::memory::{is_out_of_memory, DevBuf};
-use super::ops::{colsum_chunks, Dropout, Operand};
+use super::ops::{colsum_chunks, Dropout, Operand, Params};
 use super::CudaEngine;
 use crate::config::GptConfig;
 use crate::engine::{check_batch, Mode};
@@ -250,6 +250,7 @@ impl CudaEngine {
             self.acts =
                 Some(Activations::new(&cfg, b, t, precision, recompute).map_err(oom(b, t))?);
         }
+        self.bf16_weights_ready()?;
         let a = self.acts.as_mut().expect("allocated above");
         let dev = |e: DriverError| anyhow!("copy to the GPU failed: {e:?}");
         a.tokens.copy_from_slice(tokens);
@@ -270,7 +271,11 @@ impl CudaEngine {
                 p: cfg.dropout,
             })
         };
-        let (gpu, p, tb) = (&self.gpu, &self.params, &self.host.table);
+        let (gpu, tb) = (&self.gpu, &self.host.table);
+        let p = Params {
+            master: &self.params,
+            bf16: self.weights_bf16.as_ref(),
+        };
 
         gpu.encoder_forward(
             a.encoded.ptr(),
@@ -340,7 +345,7 @@ impl CudaEngine {
             precision,
             a.logits.ptr(),
             a.lnf.at(0),
-            p.at(tb.wte),
+            p.matrix(tb.wte),
             Layout::OutIn,
             None,
             bt,
@@ -384,6 +389,7 @@ impl CudaEngine {
             cfg.vocab_size,
             cfg.n_layer,
         );
+        self.bf16_weights_ready()?;
         let Some(a) = self.acts.as_mut() else {
             bail!("backward() called before forward()");
         };
@@ -406,7 +412,11 @@ impl CudaEngine {
                 p: cfg.dropout,
             })
         };
-        let (gpu, p, gr, tb) = (&self.gpu, &self.params, &self.grads, &self.host.table);
+        let (gpu, gr, tb) = (&self.gpu, &self.grads, &self.host.table);
+        let p = Params {
+            master: &self.params,
+            bf16: self.weights_bf16.as_ref(),
+        };
         let mut nccl = match (all_reduce, self.nccl.as_mut()) {
             (true, Some(n)) => Some(n),
             (true, None) => bail!("backward_pass: a sum over the ranks was asked without NCCL"),
@@ -448,7 +458,7 @@ impl CudaEngine {
             dlogits,
             dlogits_ld,
             a.lnf.at(0),
-            p.at(tb.wte),
+            p.matrix(tb.wte),
             Layout::OutIn,
             bt,
             c,
@@ -501,7 +511,7 @@ impl CudaEngine {
                 Operand::F32(dproj),
                 c,
                 act,
-                p.at(o.fcproj_w),
+                p.matrix(o.fcproj_w),
                 Layout::InOut,
                 bt,
                 4 * c,
@@ -530,7 +540,7 @@ impl CudaEngine {
                 Operand::F32(g.dfch.ptr()),
                 4 * c,
                 a.ln2.at(ln_at),
-                p.at(o.fc_w),
+                p.matrix(o.fc_w),
                 Layout::InOut,
                 bt,
                 c,
@@ -567,7 +577,7 @@ impl CudaEngine {
                 Operand::F32(dproj),
                 c,
                 a.atty.at(lc),
-                p.at(o.attproj_w),
+                p.matrix(o.attproj_w),
                 Layout::InOut,
                 bt,
                 c,
@@ -608,7 +618,7 @@ impl CudaEngine {
                 Operand::F32(g.dqkv.ptr()),
                 3 * c,
                 a.ln1.at(ln_at),
-                p.at(o.qkv_w),
+                p.matrix(o.qkv_w),
                 Layout::InOut,
                 bt,
                 c,

@@ -6,14 +6,18 @@
 // norm = sqrt(sum g^2): f64 partial sums over fixed chunks of NORM_CHUNK (the CPU's chunking),
 // added in order by the host; clipping scales by max_norm / (norm + 1e-6) when that is below 1.
 // The step-dependent scalars are computed by the host exactly as the CPU computes them.
+// In bf16 training the update also writes the bf16 copy that the matrix products read, rounded
+// stochastically from the new master weight (bf16.cu) with the step's key: one pass, where a
+// separate rounding pass would read the master again.
 
 #define NORM_CHUNK 16384
 
-// groups: n_groups (first index, decays?) pairs, sorted, the first starting at 0.
+// groups: n_groups (first index, decays?) pairs, sorted, the first starting at 0. copy: null, or
+// the bf16 weight copy.
 extern "C" __global__ void adamw_update(float* params, const float* grads, float* m, float* v, u64 n,
                                         const u64* group_start, const int* group_decay, int n_groups,
                                         float b1, float b2, float eps, float step_size,
-                                        float bc2_sqrt, float decayed) {
+                                        float bc2_sqrt, float decayed, bf16* copy, u64 round_key) {
     u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     // The last group starting at or before i.
@@ -27,7 +31,9 @@ extern "C" __global__ void adamw_update(float* params, const float* grads, float
     float mi = m[i] + (1.0f - b1) * (g - m[i]);
     float vi = b2 * v[i] + (1.0f - b2) * g * g;
     float denom = sqrtf(vi) / bc2_sqrt + eps;
-    params[i] = p - step_size * mi / denom;
+    p -= step_size * mi / denom;
+    params[i] = p;
+    if (copy) copy[i] = bf16_bits_stochastic(p, round_key, i);
     m[i] = mi;
     v[i] = vi;
 }

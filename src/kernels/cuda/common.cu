@@ -17,9 +17,13 @@ __device__ __forceinline__ u64 mix64(u64 z) {
     return z ^ (z >> 31);
 }
 
+// 64 random bits for element `index` of the stream `key`: dropout's and stochastic rounding's.
+__device__ __forceinline__ u64 hash_index(u64 key, u64 index) {
+    return mix64(key ^ (index * 0xD6E8FEB86659FD93ULL));
+}
+
 __device__ __forceinline__ bool keep(u64 key, u64 index, float p_drop) {
-    u64 bits = mix64(key ^ (index * 0xD6E8FEB86659FD93ULL));
-    return (float)(bits >> 40) * (1.0f / 16777216.0f) >= p_drop;
+    return (float)(hash_index(key, index) >> 40) * (1.0f / 16777216.0f) >= p_drop;
 }
 
 // Sum and max over a warp; every lane gets the result.

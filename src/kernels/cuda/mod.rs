@@ -46,6 +46,7 @@ pub const FLASH_THREADS: usize = 128;
 pub fn entry_points() -> Vec<String> {
     let mut names: Vec<String> = [
         "to_bf16",
+        "to_bf16_stochastic",
         "colsum_partial",
         "colsum_finish",
         "encoder_forward",
