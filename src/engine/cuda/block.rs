@@ -4,9 +4,12 @@
 //! x2  = x  + drop(attn(ln_1(x)) @ W_attnproj + b)
 //! out = x2 + drop(gelu(ln_2(x2) @ W_fc + b) @ W_fcproj + b)
 //!
-//! Attention is a closure (the whole causal sequence, or the KV cache), dropout optional.
+//! Attention is a closure (the whole causal sequence, or the KV cache), dropout optional. Each
+//! residual add is fused with the LayerNorm that follows it (`residual_layernorm_forward`): ln_2
+//! inside the block, and after the block the next block's ln_1 (or ln_f), which the caller names;
+//! so a block starts with its ln_1 already made.
 
-use super::ops::{Dropout, Gpu, Operand, Params};
+use super::ops::{Dropout, Gpu, Norm, Operand, Params};
 use crate::kernels::cpu::matmul::{Layout, Precision};
 use crate::model::params::LayerOffsets;
 use anyhow::Result;
@@ -15,8 +18,6 @@ use anyhow::Result;
 /// GELU's outputs, which only matrix products read, may be bf16 ([`Operand`]).
 pub(super) struct BlockBufs {
     pub ln1: Operand,
-    pub ln1_mean: u64,
-    pub ln1_rstd: u64,
     pub qkv: u64,
     pub atty: Operand,
     pub residual2: u64,
@@ -36,8 +37,9 @@ pub(super) struct BranchDropout {
     pub mlp: Dropout,
 }
 
-/// `out = block(x)` over `rows` rows, its products in `precision`. `attend(atty, qkv)` writes
-/// attention's output.
+/// `out = block(x)` over `rows` rows, its products in `precision`, with `a.ln1` = ln_1(x) made
+/// before the call. `attend(atty, qkv)` writes attention's output. `next`: the norm of `out` to
+/// make with the last residual add (the next block's ln_1, or ln_f), if any.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn block_forward(
     gpu: &Gpu,
@@ -51,21 +53,12 @@ pub(super) fn block_forward(
     rows: usize,
     c: usize,
     dropout: Option<BranchDropout>,
+    next: Option<Norm>,
     attend: impl FnOnce(Operand, u64) -> Result<()>,
 ) -> Result<()> {
     let bias = |off: usize| has_bias.then(|| p.at(off));
     let or_null = |off: usize| bias(off).unwrap_or(0);
     let n = rows * c;
-    gpu.layernorm_forward(
-        a.ln1,
-        a.ln1_mean,
-        a.ln1_rstd,
-        x,
-        p.at(o.ln1_w),
-        or_null(o.ln1_b),
-        rows,
-        c,
-    )?;
     gpu.matmul_forward(
         precision,
         a.qkv,
@@ -92,18 +85,15 @@ pub(super) fn block_forward(
     if let Some(d) = dropout {
         gpu.dropout(a.proj, n, d.attn)?;
     }
-    gpu.residual(a.residual2, x, a.proj, n)?;
+    let ln2 = Norm {
+        out: a.ln2,
+        mean: a.ln2_mean,
+        rstd: a.ln2_rstd,
+        w: p.at(o.ln2_w),
+        b: or_null(o.ln2_b),
+    };
+    gpu.residual_layernorm_forward(ln2, a.residual2, x, a.proj, rows, c)?;
 
-    gpu.layernorm_forward(
-        a.ln2,
-        a.ln2_mean,
-        a.ln2_rstd,
-        a.residual2,
-        p.at(o.ln2_w),
-        or_null(o.ln2_b),
-        rows,
-        c,
-    )?;
     gpu.matmul_forward(
         precision,
         a.fch,
@@ -130,5 +120,8 @@ pub(super) fn block_forward(
     if let Some(d) = dropout {
         gpu.dropout(a.proj, n, d.mlp)?;
     }
-    gpu.residual(out, a.residual2, a.proj, n)
+    match next {
+        Some(norm) => gpu.residual_layernorm_forward(norm, out, a.residual2, a.proj, rows, c),
+        None => gpu.residual(out, a.residual2, a.proj, n),
+    }
 }

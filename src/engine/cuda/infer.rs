@@ -6,7 +6,7 @@
 
 use super::block::{block_forward, BlockBufs};
 use super::memory::{is_out_of_memory, DevBuf};
-use super::ops::{Operand, Params};
+use super::ops::{Norm, Operand, Params};
 use super::CudaEngine;
 use crate::engine::{Feed, FeedPlan, KvCache};
 use crate::kernels::cpu::matmul::{Layout, Precision};
@@ -192,11 +192,22 @@ impl CudaEngine {
             n_tok,
             c,
         )?;
+        // Block l's ln_1, made before block 0 and by each block for the next.
+        let ln1 = |l: usize| Norm {
+            out: Operand::F32(s.ln1.ptr()),
+            mean: s.ln1_mean.ptr(),
+            rstd: s.ln1_rstd.ptr(),
+            w: p.at(tb.layers[l].ln1_w),
+            b: if cfg.bias {
+                p.at(tb.layers[l].ln1_b)
+            } else {
+                0
+            },
+        };
+        gpu.layernorm_forward(ln1(0), s.x.ptr(), n_tok, c)?;
         for (l, o) in tb.layers.iter().enumerate() {
             let bufs = BlockBufs {
                 ln1: Operand::F32(s.ln1.ptr()),
-                ln1_mean: s.ln1_mean.ptr(),
-                ln1_rstd: s.ln1_rstd.ptr(),
                 qkv: s.qkv.ptr(),
                 atty: Operand::F32(s.atty.ptr()),
                 residual2: s.residual2.ptr(),
@@ -221,6 +232,8 @@ impl CudaEngine {
                 n_tok,
                 c,
                 None,
+                // ln_f only for each feed's last position, below.
+                (l + 1 < tb.layers.len()).then(|| ln1(l + 1)),
                 |atty, qkv| {
                     // This pass's keys and values join the cache before attention reads it.
                     gpu.kv_cache_write(kl, vl, qkv, slot_p, pos_p, n_tok, nh, hs, max_t)?;
@@ -254,17 +267,14 @@ impl CudaEngine {
             .map_err(copy_err)?;
         }
         let n_feeds = feeds.len();
-        let lnf_b = if cfg.bias { p.at(tb.lnf_b) } else { 0 };
-        gpu.layernorm_forward(
-            Operand::F32(s.last_norm.ptr()),
-            s.last_mean.ptr(),
-            s.last_rstd.ptr(),
-            s.last.ptr(),
-            p.at(tb.lnf_w),
-            lnf_b,
-            n_feeds,
-            c,
-        )?;
+        let lnf = Norm {
+            out: Operand::F32(s.last_norm.ptr()),
+            mean: s.last_mean.ptr(),
+            rstd: s.last_rstd.ptr(),
+            w: p.at(tb.lnf_w),
+            b: if cfg.bias { p.at(tb.lnf_b) } else { 0 },
+        };
+        gpu.layernorm_forward(lnf, s.last.ptr(), n_feeds, c)?;
         gpu.matmul_forward(
             Precision::F32,
             s.logits.ptr(),

@@ -11,9 +11,10 @@
 //! training and PyTorch's autocast do: the activations only products read are kept in bf16, the
 //! weights are read from a bf16 copy that AdamW writes from the f32 master with stochastic
 //! rounding (`weights_bf16`); master weights, gradients, moments and every other op stay f32.
-//! Hand-written kernels (`kernels::cuda`) cover what no library provides: embedding, LayerNorm,
-//! GELU, residual, dropout (the CPU's hash), fused softmax + cross-entropy, flash-style
-//! attention, AdamW and the global norm. The files beside this one: `device` (finding the GPU),
+//! Hand-written kernels (`kernels::cuda`) cover what no library provides: embedding, LayerNorm
+//! (fused with the residual add before it), GELU, dropout (the CPU's hash), fused softmax +
+//! cross-entropy, flash-style attention, AdamW (writing the bf16 weight copy too) and the global
+//! norm. The files beside this one: `device` (finding the GPU),
 //! `module` (NVRTC and the PTX cache), `memory` (device buffers), `blas` (cuBLASLt), `ops` (one
 //! launch per kernel), `profile`
 //! (NANOGPT_CUDA_PROFILE=1: GPU time per kernel), `block`, `train`, `infer` (the model's math,

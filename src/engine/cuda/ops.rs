@@ -98,6 +98,17 @@ impl Params<'_> {
     }
 }
 
+/// One LayerNorm's forward: where its output (which only products read), per-row mean and rstd
+/// (kept for backward) go, and its weight and bias (0 for a model without biases).
+#[derive(Clone, Copy)]
+pub(super) struct Norm {
+    pub out: Operand,
+    pub mean: u64,
+    pub rstd: u64,
+    pub w: u64,
+    pub b: u64,
+}
+
 /// Dropout on a buffer: the mask key and the drop probability.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Dropout {
@@ -371,29 +382,46 @@ impl Gpu {
         )
     }
 
-    /// `b` is 0 for a model without biases.
-    #[allow(clippy::too_many_arguments)]
-    pub fn layernorm_forward(
+    /// `norm`'s outputs = LayerNorm of `inp` (rows, c).
+    pub fn layernorm_forward(&self, norm: Norm, inp: u64, rows: usize, c: usize) -> Result<()> {
+        launch!(
+            self,
+            &norm.out.kernel("layernorm_forward"),
+            warp_rows(rows),
+            norm.out.ptr(),
+            norm.mean,
+            norm.rstd,
+            inp,
+            norm.w,
+            norm.b,
+            rows as u64,
+            c as i32
+        )
+    }
+
+    /// sum = inp + add (the residual stream), and `norm`'s outputs = LayerNorm of sum, in one
+    /// pass (rows, c).
+    pub fn residual_layernorm_forward(
         &self,
-        out: Operand,
-        mean: u64,
-        rstd: u64,
+        norm: Norm,
+        sum: u64,
         inp: u64,
-        w: u64,
-        b: u64,
+        add: u64,
         rows: usize,
         c: usize,
     ) -> Result<()> {
         launch!(
             self,
-            &out.kernel("layernorm_forward"),
+            &norm.out.kernel("residual_layernorm_forward"),
             warp_rows(rows),
-            out.ptr(),
-            mean,
-            rstd,
+            norm.out.ptr(),
+            norm.mean,
+            norm.rstd,
+            sum,
             inp,
-            w,
-            b,
+            add,
+            norm.w,
+            norm.b,
             rows as u64,
             c as i32
         )

@@ -8,7 +8,7 @@
 
 use super::block::{block_forward, BlockBufs, BranchDropout};
 use super::memory::{is_out_of_memory, DevBuf};
-use super::ops::{colsum_chunks, Dropout, Operand, Params};
+use super::ops::{colsum_chunks, Dropout, Norm, Operand, Params};
 use super::CudaEngine;
 use crate::config::GptConfig;
 use crate::engine::{check_batch, Mode};
@@ -53,6 +53,7 @@ impl ProductInput {
 pub(super) struct Activations {
     b: usize,
     t: usize,
+    c: usize,
     precision: Precision,
     tokens: Vec<u32>,
     targets: Vec<i32>,
@@ -130,6 +131,30 @@ impl Activations {
         }
     }
 
+    /// Layer `l`'s ln_1 forward: where its outputs go, with its weight and bias (w, b).
+    fn ln1(&self, l: usize, (w, b): (u64, u64)) -> Norm {
+        let (rows, c) = (self.b * self.t, self.c);
+        Norm {
+            out: self.ln1.at(self.kept(l * rows * c)),
+            mean: self.ln1_mean.at(l * rows),
+            rstd: self.ln1_rstd.at(l * rows),
+            w,
+            b,
+        }
+    }
+
+    /// Layer `l`'s ln_2 forward, as [`Activations::ln1`].
+    fn ln2(&self, l: usize, (w, b): (u64, u64)) -> Norm {
+        let (rows, c) = (self.b * self.t, self.c);
+        Norm {
+            out: self.ln2.at(self.kept(l * rows * c)),
+            mean: self.ln2_mean.at(l * rows),
+            rstd: self.ln2_rstd.at(l * rows),
+            w,
+            b,
+        }
+    }
+
     fn new(
         cfg: &GptConfig,
         b: usize,
@@ -149,6 +174,7 @@ impl Activations {
         Ok(Activations {
             b,
             t,
+            c,
             precision,
             tokens: vec![0; bt],
             targets: vec![-1; bt],
@@ -289,6 +315,21 @@ impl CudaEngine {
         if let Some(d) = site(0, SITE_EMBED) {
             gpu.dropout(a.encoded.ptr(), bt * c, d)?;
         }
+        let a = &*a;
+        // Layer l's ln_1 weights; ln_f's. Layer 0's ln_1 is made here, the others and ln_f by
+        // the block before them, with its last residual add.
+        let ln1_w = |l: usize| {
+            let o = &tb.layers[l];
+            (p.at(o.ln1_w), if cfg.bias { p.at(o.ln1_b) } else { 0 })
+        };
+        let lnf = Norm {
+            out: a.lnf.at(0),
+            mean: a.lnf_mean.ptr(),
+            rstd: a.lnf_rstd.ptr(),
+            w: p.at(tb.lnf_w),
+            b: if cfg.bias { p.at(tb.lnf_b) } else { 0 },
+        };
+        gpu.layernorm_forward(a.ln1(0, ln1_w(0)), a.encoded.ptr(), bt, c)?;
         for (l, o) in tb.layers.iter().enumerate() {
             let (lc, l3c, l4c, lr) = (l * bt * c, l * bt * 3 * c, l * bt * 4 * c, l * bt);
             let residual = if l == 0 {
@@ -296,10 +337,13 @@ impl CudaEngine {
             } else {
                 a.residual3.at(lc - bt * c)
             };
+            let next = if l + 1 < cfg.n_layer {
+                a.ln1(l + 1, ln1_w(l + 1))
+            } else {
+                lnf
+            };
             let bufs = BlockBufs {
                 ln1: a.ln1.at(a.kept(lc)),
-                ln1_mean: a.ln1_mean.at(lr),
-                ln1_rstd: a.ln1_rstd.at(lr),
                 qkv: a.qkv.at(l3c),
                 atty: a.atty.at(lc),
                 residual2: a.residual2.at(lc),
@@ -324,23 +368,13 @@ impl CudaEngine {
                 bt,
                 c,
                 branches.map(|(attn, mlp)| BranchDropout { attn, mlp }),
+                Some(next),
                 |atty, qkv| {
                     let drop = site(l, SITE_ATTN);
                     gpu.attention_forward(precision, atty, lse, qkv, b, t, nh, hs, drop)
                 },
             )?;
         }
-        let last = a.residual3.at((cfg.n_layer - 1) * bt * c);
-        gpu.layernorm_forward(
-            a.lnf.at(0),
-            a.lnf_mean.ptr(),
-            a.lnf_rstd.ptr(),
-            last,
-            p.at(tb.lnf_w),
-            if cfg.bias { p.at(tb.lnf_b) } else { 0 },
-            bt,
-            c,
-        )?;
         gpu.matmul_forward(
             precision,
             a.logits.ptr(),
@@ -521,16 +555,8 @@ impl CudaEngine {
             gpu.gelu_backward_inplace(g.dfch.ptr(), a.fch.at(l4c), bt * 4 * c)?;
             let ln_at = a.kept(lc);
             if a.recompute {
-                gpu.layernorm_forward(
-                    a.ln2.at(ln_at),
-                    a.ln2_mean.at(lr),
-                    a.ln2_rstd.at(lr),
-                    a.residual2.at(lc),
-                    p.at(o.ln2_w),
-                    param_or_null(o.ln2_b),
-                    bt,
-                    c,
-                )?;
+                let ln2 = a.ln2(l, (p.at(o.ln2_w), param_or_null(o.ln2_b)));
+                gpu.layernorm_forward(ln2, a.residual2.at(lc), bt, c)?;
             }
             gpu.matmul_backward(
                 precision,
@@ -599,16 +625,8 @@ impl CudaEngine {
                 site(l, SITE_ATTN),
             )?;
             if a.recompute {
-                gpu.layernorm_forward(
-                    a.ln1.at(ln_at),
-                    a.ln1_mean.at(lr),
-                    a.ln1_rstd.at(lr),
-                    residual,
-                    p.at(o.ln1_w),
-                    param_or_null(o.ln1_b),
-                    bt,
-                    c,
-                )?;
+                let ln1 = a.ln1(l, (p.at(o.ln1_w), param_or_null(o.ln1_b)));
+                gpu.layernorm_forward(ln1, residual, bt, c)?;
             }
             gpu.matmul_backward(
                 precision,

@@ -9,16 +9,32 @@
 #define LN_EPS 1e-5f
 
 // grid ceil(rows / (blockDim.x/32)); b may be null (a model without biases). The output is f32,
-// or bf16 (layernorm_forward_bf16) in bf16 training, where only matrix products read it.
+// or bf16 (the _bf16 kernels) in bf16 training, where only matrix products read it.
+// With `add` (residual_layernorm_forward), the input is the residual add before the norm, made
+// here (llm.c's fused residual): sum = inp + add is written, the residual stream, and normalized
+// in the same pass; the same bits as residual_forward then layernorm_forward, without writing
+// the sum and reading it back in two launches.
 template <class Out>
-__device__ void layernorm_forward_impl(Out* out, float* mean, float* rstd, const float* inp, const float* w,
-                                       const float* b, u64 rows, int c) {
+__device__ void layernorm_forward_impl(Out* out, float* mean, float* rstd, float* sum, const float* inp,
+                                       const float* add, const float* w, const float* b, u64 rows, int c) {
     u64 row = (u64)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     int lane = threadIdx.x % 32;
     if (row >= rows) return;
     const float* x = inp + row * c;
     float s = 0.0f;
-    for (int i = lane; i < c; i += 32) s += x[i];
+    if (add) {
+        // Each lane reads back below only the elements it writes here.
+        float* x_sum = sum + row * c;
+        const float* a = add + row * c;
+        for (int i = lane; i < c; i += 32) {
+            float xi = x[i] + a[i];
+            x_sum[i] = xi;
+            s += xi;
+        }
+        x = x_sum;
+    } else {
+        for (int i = lane; i < c; i += 32) s += x[i];
+    }
     float m = warp_sum(s) / c;
     float v = 0.0f;
     for (int i = lane; i < c; i += 32) v += (x[i] - m) * (x[i] - m);
@@ -33,12 +49,24 @@ __device__ void layernorm_forward_impl(Out* out, float* mean, float* rstd, const
 
 extern "C" __global__ void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
                                              const float* w, const float* b, u64 rows, int c) {
-    layernorm_forward_impl(out, mean, rstd, inp, w, b, rows, c);
+    layernorm_forward_impl(out, mean, rstd, (float*)0, inp, (const float*)0, w, b, rows, c);
 }
 
 extern "C" __global__ void layernorm_forward_bf16(bf16* out, float* mean, float* rstd, const float* inp,
                                                   const float* w, const float* b, u64 rows, int c) {
-    layernorm_forward_impl(out, mean, rstd, inp, w, b, rows, c);
+    layernorm_forward_impl(out, mean, rstd, (float*)0, inp, (const float*)0, w, b, rows, c);
+}
+
+extern "C" __global__ void residual_layernorm_forward(float* out, float* mean, float* rstd, float* sum,
+                                                      const float* inp, const float* add, const float* w,
+                                                      const float* b, u64 rows, int c) {
+    layernorm_forward_impl(out, mean, rstd, sum, inp, add, w, b, rows, c);
+}
+
+extern "C" __global__ void residual_layernorm_forward_bf16(bf16* out, float* mean, float* rstd, float* sum,
+                                                           const float* inp, const float* add, const float* w,
+                                                           const float* b, u64 rows, int c) {
+    layernorm_forward_impl(out, mean, rstd, sum, inp, add, w, b, rows, c);
 }
 
 // dx += the input gradient (residual streams accumulate). One warp per row.

@@ -54,6 +54,8 @@ pub fn entry_points() -> Vec<String> {
         "encoder_backward_wpe",
         "layernorm_forward",
         "layernorm_forward_bf16",
+        "residual_layernorm_forward",
+        "residual_layernorm_forward_bf16",
         "layernorm_backward_dx",
         "layernorm_backward_params",
         "gelu_forward",
