@@ -37,7 +37,8 @@ crate::with_model_shape! {
             max_new_tokens: usize = 128,
             /// What the timed work computes in: float32; bfloat16 (training's matrix products,
             /// as `train --dtype=bfloat16`, or with --generate bf16 weights, as `sample
-            /// --dtype=bfloat16`); or, with --generate, int8 (Q8_0 in groups of 64, as `sample
+            /// --dtype=bfloat16`); float16 (training on a GPU, as `train --dtype=float16`); or,
+            /// with --generate, int8 (Q8_0 in groups of 64, as `sample
             /// --dtype=int8`) [default: as `train` and `sample`: training in bfloat16 on a GPU
             /// of compute capability 8.0 or newer, else float32]
             dtype: Option<String> = None,

@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Dense (no sparsity) peak TFLOP/s of one GPU model, per precision: bf16 on tensor cores
 /// (FP32 accumulate), TF32 on tensor cores, and plain FP32 on the CUDA cores. Where a card has no
-/// TF32 units, its TF32 figure is its FP32 one (cuBLAS falls back to FP32 there).
+/// TF32 units, its TF32 figure is its FP32 one (cuBLAS falls back to FP32 there). The bf16 figure
+/// is the f16 one too (the data sheets give both the same; V100 and T4, without bf16, list f16).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GpuPeak {
     /// A substring of the name the driver reports, e.g. "H100 PCIe".

@@ -203,3 +203,19 @@ fn recomputed_activations_give_the_same_bits() {
         }
     }
 }
+
+/// float16 is a GPU dtype (with its loss scaler there): the CPU engine refuses it, saying what
+/// to use instead.
+#[test]
+fn float16_training_on_the_cpu_is_refused_with_what_to_use() {
+    let dtype: Dtype = "float16".parse().expect("float16 is a dtype");
+    let mut e = CpuEngine::new(Gpt::new(gpt2(), 1).expect("model"));
+    let err = e
+        .set_training_dtype(dtype)
+        .expect_err("float16 on the CPU")
+        .to_string();
+    assert!(
+        err.contains("--device=cuda") && err.contains("bfloat16"),
+        "{err}"
+    );
+}

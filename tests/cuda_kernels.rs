@@ -237,3 +237,92 @@ fn device_dropout_hash_gives_the_cpu_masks() {
         assert_eq!(v != 0.0, device_keep(key, i as u64, p), "element {i}");
     }
 }
+
+// f16.cu's f16_bits, transcribed line for line.
+fn device_f16_bits(x: f32) -> u16 {
+    let u = x.to_bits();
+    let sign = (u >> 16) & 0x8000;
+    let mut a = u & 0x7fff_ffff;
+    if a > 0x7f80_0000 {
+        return (sign | 0x7e00 | ((a >> 13) & 0x3ff)) as u16;
+    }
+    if a >= 0x477f_f000 {
+        return (sign | 0x7c00) as u16;
+    }
+    if a >= 0x3880_0000 {
+        a -= 0x3800_0000;
+        return (sign | ((a + 0xfff + ((a >> 13) & 1)) >> 13)) as u16;
+    }
+    let shift = 126 - (a >> 23);
+    if shift > 24 {
+        return sign as u16;
+    }
+    let m = (a & 0x7f_ffff) | 0x80_0000;
+    let mut n = m >> shift;
+    let rest = m & ((1 << shift) - 1);
+    let half = 1 << (shift - 1);
+    if rest > half || (rest == half && n & 1 == 1) {
+        n += 1;
+    }
+    (sign | n) as u16
+}
+
+#[test]
+fn the_transcribed_f16_rounding_is_the_one_in_f16_cu() {
+    let f16_cu = SOURCES
+        .iter()
+        .find(|(name, _)| *name == "f16.cu")
+        .expect("f16.cu")
+        .1;
+    let code: String = f16_cu
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join("\n");
+    for needle in [
+        "if (a > 0x7f800000u) return (f16)(sign | 0x7e00u | ((a >> 13) & 0x3ffu));",
+        "if (a >= 0x477ff000u) return (f16)(sign | 0x7c00u);",
+        "if (a >= 0x38800000u) {\na -= 0x38000000u;\nreturn (f16)(sign | ((a + 0xfffu + ((a >> 13) & 1u)) >> 13));",
+        "unsigned int shift = 126u - (a >> 23);\nif (shift > 24u) return (f16)sign;",
+        "unsigned int m = (a & 0x7fffffu) | 0x800000u;\nunsigned int n = m >> shift;",
+        "unsigned int rest = m & ((1u << shift) - 1u);\nunsigned int half = 1u << (shift - 1u);",
+        "if (rest > half || (rest == half && (n & 1u))) n++;\nreturn (f16)(sign | n);",
+    ] {
+        assert!(code.contains(needle), "f16.cu no longer contains `{needle}`");
+    }
+}
+
+/// The transcription against the `half` crate's f32 -> f16 (IEEE round to nearest even): every
+/// f16 value, the midpoints between neighbours (ties) and one f32 step either side of them, and
+/// a sweep of all f32 bit patterns.
+#[test]
+fn f16_rounding_is_ieee_round_to_nearest_even() {
+    let check = |x: f32| {
+        let (got, want) = (device_f16_bits(x), half::f16::from_f32(x));
+        if x.is_nan() {
+            assert!(half::f16::from_bits(got).is_nan(), "{x} gave {got:#06x}");
+        } else {
+            assert_eq!(got, want.to_bits(), "{x:e} ({:#010x})", x.to_bits());
+        }
+    };
+    for h in 0..=u16::MAX {
+        let lo = half::f16::from_bits(h).to_f32();
+        let hi = half::f16::from_bits(h.wrapping_add(1)).to_f32();
+        check(lo);
+        if lo.is_finite() && hi.is_finite() && hi.abs() > lo.abs() {
+            let mid = (lo as f64 + hi as f64) / 2.0;
+            let mid = mid as f32;
+            for x in [
+                mid,
+                f32::from_bits(mid.to_bits() - 1),
+                f32::from_bits(mid.to_bits() + 1),
+            ] {
+                check(x);
+            }
+        }
+    }
+    for u in (0..=u32::MAX).step_by(97) {
+        check(f32::from_bits(u));
+    }
+}

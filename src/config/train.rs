@@ -65,7 +65,8 @@ crate::with_model_shape! {
             peak_tflops: f64 = 0.0,
             /// cpu, cuda or auto (the CPU until the CUDA backend has passed its GPU check)
             device: Device = Device::Auto,
-            /// float32, or bfloat16: matrix products in bf16 (f32 sums, f32 weights and optimizer)
+            /// float32; bfloat16: matrix products in bf16 (f32 sums, f32 weights and optimizer);
+            /// float16 (GPU only): the linear layers' products in f16, with a loss scaler
             /// [default: bfloat16 on a GPU of compute capability 8.0 or newer, as nanoGPT; else
             /// float32]
             dtype: Option<Dtype> = None,

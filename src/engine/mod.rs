@@ -56,14 +56,15 @@ impl fmt::Display for Device {
 }
 
 /// What training multiplies its matrices in: nanoGPT's `dtype`. Parameters, gradients and the
-/// optimizer's moments stay f32 in every case (bf16 is a compute type, as under PyTorch's
-/// autocast).
+/// optimizer's moments stay f32 in every case (bf16 and f16 are compute types, as under
+/// PyTorch's autocast). Float16 runs on CUDA only, with a loss scaler (f16's range is narrow).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Dtype {
     #[default]
     Float32,
     Bfloat16,
+    Float16,
 }
 
 impl FromStr for Dtype {
@@ -72,10 +73,8 @@ impl FromStr for Dtype {
         match s {
             "float32" => Ok(Dtype::Float32),
             "bfloat16" => Ok(Dtype::Bfloat16),
-            "float16" => bail!(
-                "dtype 'float16' is not supported (training in it would need a loss scaler): use bfloat16 (the same size and speed, the range of float32) or float32"
-            ),
-            _ => bail!("dtype '{s}' is not float32 or bfloat16"),
+            "float16" => Ok(Dtype::Float16),
+            _ => bail!("dtype '{s}' is not float32, bfloat16 or float16"),
         }
     }
 }
@@ -85,6 +84,7 @@ impl fmt::Display for Dtype {
         f.write_str(match self {
             Dtype::Float32 => "float32",
             Dtype::Bfloat16 => "bfloat16",
+            Dtype::Float16 => "float16",
         })
     }
 }

@@ -130,9 +130,17 @@ fn run(
     // Over all ranks: each runs its share of the micro-batches.
     let tokens_per_iter = cfg.gradient_accumulation_steps * b * t;
     let flops_per_iter = mcfg.flops_per_token(t) * tokens_per_iter as f64;
+    let mfu_against = if peak.is_finite() {
+        format!(
+            "MFU against {:.1} GFLOP/s ({peak_source})",
+            peak * 1e3 * ranks.size() as f64
+        )
+    } else {
+        format!("no MFU ({peak_source})")
+    };
     writeln!(
         log,
-        "{:.2}M parameters, {} tokens per iteration ({} x {} x {}), on {}{} in {dtype}; MFU against {:.1} GFLOP/s ({peak_source})",
+        "{:.2}M parameters, {} tokens per iteration ({} x {} x {}), on {}{} in {dtype}; {mfu_against}",
         mcfg.num_params() as f64 / 1e6,
         tokens_per_iter,
         cfg.gradient_accumulation_steps,
@@ -144,7 +152,6 @@ fn run(
             (n, 0) => format!(" x {n} ranks"),
             (n, _) => format!(" x {n} ranks (ZeRO-1: AdamW's moments split between them)"),
         },
-        peak * 1e3 * ranks.size() as f64
     )?;
 
     let world_size = ranks.size();

@@ -6,6 +6,7 @@
 // split over tiles and differ from any one order, so the emulator stands for the exact product
 // and the tests' tolerances measure the engine's own kernels.
 
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -15,7 +16,7 @@ extern "C" {
 
 typedef int Status;
 enum { OK = 0, INVALID_VALUE = 7, NOT_SUPPORTED = 15 };
-enum { R_32F = 0, R_16BF = 14 };
+enum { R_32F = 0, R_16F = 2, R_16BF = 14 };
 enum { COMPUTE_32F = 68, COMPUTE_32F_FAST_TF32 = 77 };
 enum { DESC_TRANSA = 3, DESC_TRANSB = 4, DESC_EPILOGUE = 7, DESC_BIAS_POINTER = 8 };
 enum { EPILOGUE_DEFAULT = 1, EPILOGUE_BIAS = 4 };
@@ -81,7 +82,7 @@ Status cublasLtMatmulDescSetAttribute(Desc* d, int attr, const void* buf, size_t
 }
 
 Status cublasLtMatrixLayoutCreate(Layout** l, int type, uint64_t rows, uint64_t cols, int64_t ld) {
-    if (type != R_32F && type != R_16BF) return NOT_SUPPORTED;
+    if (type != R_32F && type != R_16F && type != R_16BF) return NOT_SUPPORTED;
     if (ld < (int64_t)rows) return INVALID_VALUE;
     *l = new Layout{type, rows, cols, ld};
     return OK;
@@ -139,10 +140,22 @@ static float bf16_to_f32(uint16_t h) {
     return f;
 }
 
+// IEEE half: 1 sign, 5 exponent (bias 15), 10 fraction bits; exponent 0 is subnormal.
+static float f16_to_f32(uint16_t h) {
+    int e = (h >> 10) & 0x1f, m = h & 0x3ff;
+    float magnitude = e == 0    ? std::ldexp((float)m, -24)
+                      : e == 31 ? (m ? NAN : INFINITY)
+                                : std::ldexp((float)(1024 + m), e - 25);
+    return h & 0x8000 ? -magnitude : magnitude;
+}
+
 // Element (r, c) of a stored matrix as f32.
 static float element(const void* base, const Layout* l, int64_t offset) {
-    return l->type == R_16BF ? bf16_to_f32(static_cast<const uint16_t*>(base)[offset])
-                             : static_cast<const float*>(base)[offset];
+    switch (l->type) {
+    case R_16BF: return bf16_to_f32(static_cast<const uint16_t*>(base)[offset]);
+    case R_16F: return f16_to_f32(static_cast<const uint16_t*>(base)[offset]);
+    default: return static_cast<const float*>(base)[offset];
+    }
 }
 
 Status cublasLtMatmul(void*, Desc* d, const float* alpha, const void* A, Layout* a, const void* B, Layout* b,

@@ -18,7 +18,7 @@ use crate::kernels::cpu::matmul::{gemm_into, Precision, View};
 use crate::kernels::cpu::matmul_bf16::Kernel;
 use crate::kernels::cpu::rope::RopeTable;
 use crate::model::Gpt;
-use anyhow::Result;
+use anyhow::{bail, Result};
 pub use infer::q8_group;
 use std::borrow::Cow;
 use std::ops::Range;
@@ -160,6 +160,9 @@ impl Engine for CpuEngine {
         self.precision = match dtype {
             Dtype::Float32 => Precision::F32,
             Dtype::Bfloat16 => Precision::Bf16,
+            Dtype::Float16 => bail!(
+                "dtype = \"float16\" runs on a GPU only (--device=cuda); on the CPU use \"bfloat16\" (the same size, with f32's range) or \"float32\""
+            ),
         };
         Ok(())
     }

@@ -1,9 +1,9 @@
 //! Matrix products on cuBLASLt, through its `result`-level API: the safe `Matmul` wrapper
 //! silently allows TF32 for f32, rebuilds its descriptors on every call and has no bias-only
 //! epilogue. Here each shape gets its descriptors and algorithm once, cached, and the compute
-//! type is plain f32 (TF32 off) unless TF32 is asked for. A bf16 product (`Gemm::bf16`) reads
-//! A and B as bf16 and sums in f32 into an f32 D (with an f32 bias): cuBLASLt's BF16 x BF16 ->
-//! FP32 case, on the tensor cores.
+//! type is plain f32 (TF32 off) unless TF32 is asked for. A bf16 or f16 product (`Gemm::inputs`)
+//! reads A and B in that type and sums in f32 into an f32 D (with an f32 bias): cuBLASLt's
+//! BF16 x BF16 -> FP32 and FP16 x FP16 -> FP32 cases, on the tensor cores.
 //!
 //! cuBLASLt is column-major: D (m x n, ldd) = op(A) op(B) [+ D] [+ bias per row of D]. A
 //! row-major (r x c) buffer is a column-major (c x r) one, which is how the engine maps the
@@ -26,8 +26,8 @@ use std::ffi::c_void;
 const WORKSPACE_BYTES: usize = 32 << 20;
 
 /// One product's shape in cuBLASLt's terms. `ta`/`tb` transpose A/B; `accumulate` adds to D
-/// (beta = 1); `bias` adds a vector of m entries to every column of D; `bf16`: A and B hold
-/// bf16 values (D, C and the bias stay f32).
+/// (beta = 1); `bias` adds a vector of m entries to every column of D; `inputs`: what A and B
+/// hold (D, C and the bias stay f32).
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub(super) struct Gemm {
     pub ta: bool,
@@ -40,7 +40,17 @@ pub(super) struct Gemm {
     pub ldd: usize,
     pub accumulate: bool,
     pub bias: bool,
-    pub bf16: bool,
+    pub inputs: Precision,
+}
+
+/// What training's matrix products multiply in (`dtype`): f32, or inputs in bf16 or f16 on the
+/// tensor cores; the sums are f32 in every case.
+#[derive(Clone, Copy, Debug, Default, Hash, PartialEq, Eq)]
+pub(super) enum Precision {
+    #[default]
+    F32,
+    Bf16,
+    F16,
 }
 
 struct Plan {
@@ -99,17 +109,17 @@ impl Blas {
     }
 
     fn plan(&self, g: Gemm, align: u32) -> Result<Plan> {
-        // TF32 concerns f32 inputs only: bf16 inputs go to the tensor cores as they are.
-        let compute = if self.tf32 && !g.bf16 {
+        // TF32 concerns f32 inputs only: 16-bit inputs go to the tensor cores as they are.
+        let compute = if self.tf32 && g.inputs == Precision::F32 {
             cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
         } else {
             cublasComputeType_t::CUBLAS_COMPUTE_32F
         };
         let f32_t = cudaDataType::CUDA_R_32F;
-        let input_t = if g.bf16 {
-            cudaDataType::CUDA_R_16BF
-        } else {
-            f32_t
+        let input_t = match g.inputs {
+            Precision::F32 => f32_t,
+            Precision::Bf16 => cudaDataType::CUDA_R_16BF,
+            Precision::F16 => cudaDataType::CUDA_R_16F,
         };
         let desc = lt::create_matmul_desc(compute, f32_t).map_err(lt_err("descriptor"))?;
         // Stored shapes: A is (m x k), or (k x m) when transposed; B likewise with n.

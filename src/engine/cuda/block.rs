@@ -9,8 +9,9 @@
 //! inside the block, and after the block the next block's ln_1 (or ln_f), which the caller names;
 //! so a block starts with its ln_1 already made.
 
+use super::blas::Precision;
 use super::ops::{Dropout, Gpu, Norm, Operand, Params};
-use crate::kernels::cpu::matmul::{Layout, Precision};
+use crate::kernels::cpu::matmul::Layout;
 use crate::model::params::LayerOffsets;
 use anyhow::Result;
 

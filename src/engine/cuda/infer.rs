@@ -4,12 +4,13 @@
 //! device memory is allocated at the first pass (so running out of it is an error, not a
 //! panic), with the scratch of a pass grown to the most token rows seen.
 
+use super::blas::Precision;
 use super::block::{block_forward, BlockBufs};
 use super::memory::{is_out_of_memory, DevBuf};
 use super::ops::{Norm, Operand, Params};
 use super::CudaEngine;
 use crate::engine::{Feed, FeedPlan, KvCache};
-use crate::kernels::cpu::matmul::{Layout, Precision};
+use crate::kernels::cpu::matmul::Layout;
 use anyhow::{anyhow, bail, Context, Result};
 use cudarc::driver::result::DriverError;
 

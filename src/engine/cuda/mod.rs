@@ -11,6 +11,9 @@
 //! training and PyTorch's autocast do: the activations only products read are kept in bf16, the
 //! weights are read from a bf16 copy that AdamW writes from the f32 master with stochastic
 //! rounding (`weights_bf16`); master weights, gradients, moments and every other op stay f32.
+//! dtype = "float16" runs the linear layers' and the classifier's products with f16 inputs
+//! (`f16.cu`) and attention in f32, with a loss scaler (`scaler`: the loss's gradient scaled up,
+//! unscaled in `update`, an overflowing step skipped).
 //! Hand-written kernels (`kernels::cuda`) cover what no library provides: embedding, LayerNorm
 //! (fused with the residual add before it), GELU, dropout (the CPU's hash), fused softmax +
 //! cross-entropy, flash-style attention, AdamW (writing the bf16 weight copy too) and the global
@@ -36,12 +39,12 @@ use super::{AdamW, Engine, Feed, KvCache, Mode, OptimizerState};
 use crate::config::GptConfig;
 use crate::dist::{nccl::Nccl, Collective};
 use crate::engine::Dtype;
-use crate::kernels::cpu::matmul::Precision;
 use crate::model::Gpt;
+use crate::optim::LossScaler;
 use crate::perf::gpu_peak;
 use crate::rng::rounding_key;
 use anyhow::{anyhow, bail, Result};
-use blas::Blas;
+use blas::{Blas, Precision};
 use memory::{is_out_of_memory, DevBuf};
 use module::Kernels;
 use ops::{norm_chunks, Gpu};
@@ -82,6 +85,11 @@ pub struct CudaEngine {
     weights_bf16: Option<DevBuf<u16>>,
     /// The run's seed (`Engine::set_seed`), for that rounding.
     seed: u64,
+    /// float16 training's loss scaler (`None` in the other dtypes), and the factor the gradient
+    /// buffer holds the gradients at: the scaler's scale from `zero_grad` until `update`
+    /// unscales them, else 1.
+    scaler: Option<LossScaler>,
+    grads_scaled_by: f32,
     grads: DevBuf<f32>,
     m: DevBuf<f32>,
     v: DevBuf<f32>,
@@ -159,6 +167,8 @@ impl CudaEngine {
             params,
             weights_bf16: None,
             seed: 0,
+            scaler: None,
+            grads_scaled_by: 1.0,
             grads: DevBuf::zeros(n).map_err(alloc("gradients"))?,
             m: DevBuf::zeros(n).map_err(alloc("moments"))?,
             v: DevBuf::zeros(n).map_err(alloc("moments"))?,
@@ -248,14 +258,28 @@ impl CudaEngine {
 
     fn try_update(&mut self, lr: f32, grad_clip: f32) -> Result<f32> {
         let n = self.grads.len();
-        let norm = self.try_grad_norm()?;
-        if grad_clip > 0.0 {
-            // PyTorch's clip_grad_norm_, as the CPU's clip_grads.
-            let coef = grad_clip / (norm + 1e-6);
-            if coef < 1.0 {
-                self.gpu.scale(self.grads.ptr(), n, coef)?;
+        let scaled_by = self.grads_scaled_by;
+        let scaled_norm = self.try_grad_norm()?;
+        let norm = scaled_norm / scaled_by;
+        if let Some(scaler) = &mut self.scaler {
+            if !scaler.step(scaled_norm) {
+                // Overflow in f16: the step is skipped (as PyTorch's GradScaler does).
+                return Ok(norm);
             }
         }
+        // Unscaling and PyTorch's clip_grad_norm_ (the CPU's clip_grads) in one pass: 1/scale is
+        // a power of two, so the product is the same bits as the two in turn.
+        let mut coef = 1.0 / scaled_by;
+        if grad_clip > 0.0 {
+            let clip = grad_clip / (norm + 1e-6);
+            if clip < 1.0 {
+                coef *= clip;
+            }
+        }
+        if coef != 1.0 {
+            self.gpu.scale(self.grads.ptr(), n, coef)?;
+        }
+        self.grads_scaled_by = 1.0;
         self.step += 1;
         let h = AdamW { lr, ..self.hyper };
         // The step's scalars exactly as the CPU's adamw_update computes them.
@@ -301,12 +325,12 @@ impl Engine for CudaEngine {
     }
 
     /// The peak of the precision this engine's products run in: bf16 (nanoGPT's MFU
-    /// denominator), FP32, or TF32 when enabled.
+    /// denominator), f16 (the same figure: the 16-bit tensor peak), FP32, or TF32 when enabled.
     fn peak_tflops(&self) -> (f64, &'static str) {
         match (gpu_peak(&self.name), self.precision, self.tf32) {
-            (Some(p), Precision::Bf16, _) => (
+            (Some(p), Precision::Bf16 | Precision::F16, _) => (
                 p.bf16,
-                "the GPU's dense bf16 peak from its data sheet (perf::GPU_PEAKS)",
+                "the GPU's dense 16-bit tensor peak from its data sheet (perf::GPU_PEAKS)",
             ),
             (Some(p), Precision::F32, false) => (
                 p.fp32,
@@ -325,24 +349,38 @@ impl Engine for CudaEngine {
             Dtype::Float32 => Precision::F32,
             // cuBLASLt's bf16 products need the tensor cores of Ampere (8.0) or newer.
             Dtype::Bfloat16 if self.cc < 80 => bail!(
-                "dtype = \"bfloat16\" needs a GPU of compute capability 8.0 (Ampere) or newer; {} is {}.{}: use dtype = \"float32\"",
+                "dtype = \"bfloat16\" needs a GPU of compute capability 8.0 (Ampere) or newer; {} is {}.{}: use dtype = \"float16\" or \"float32\"",
                 self.name,
                 self.cc / 10,
                 self.cc % 10
             ),
             Dtype::Bfloat16 => Precision::Bf16,
+            // cuBLASLt's f16 products need the tensor cores of Volta (7.0) or newer.
+            Dtype::Float16 if self.cc < 70 => bail!(
+                "dtype = \"float16\" needs a GPU of compute capability 7.0 (Volta) or newer; {} is {}.{}: use dtype = \"float32\"",
+                self.name,
+                self.cc / 10,
+                self.cc % 10
+            ),
+            Dtype::Float16 => Precision::F16,
         };
-        if self.precision == Precision::F32 {
+        if self.precision != Precision::Bf16 {
             self.weights_bf16 = None;
+        }
+        if self.precision != Precision::F16 {
+            self.scaler = None;
+        } else if self.scaler.is_none() {
+            self.scaler = Some(LossScaler::default());
         }
         Ok(())
     }
 
+    /// As nanoGPT: bf16 where the GPU has it, else f16 where it has f16 tensor cores.
     fn default_training_dtype(&self) -> Dtype {
-        if self.cc >= 80 {
-            Dtype::Bfloat16
-        } else {
-            Dtype::Float32
+        match self.cc {
+            80.. => Dtype::Bfloat16,
+            70.. => Dtype::Float16,
+            _ => Dtype::Float32,
         }
     }
 
@@ -385,11 +423,12 @@ impl Engine for CudaEngine {
                 .map_err(|e| anyhow!("clearing the gradients failed: {e:?}"))
         });
         self.stash(r);
+        self.grads_scaled_by = self.scaler.map_or(1.0, |s| s.scale());
     }
 
     fn grad_norm(&mut self) -> f32 {
         let r = self.ready().and_then(|_| self.try_grad_norm());
-        self.stash(r).unwrap_or(f32::NAN)
+        self.stash(r).unwrap_or(f32::NAN) / self.grads_scaled_by
     }
 
     fn update(&mut self, lr: f32, grad_clip: f32) -> f32 {
@@ -460,7 +499,13 @@ impl Engine for CudaEngine {
     }
 
     fn grads(&self) -> Cow<'_, [f32]> {
-        Cow::Owned(download(&self.gpu, &self.grads, "gradients"))
+        let mut grads = download(&self.gpu, &self.grads, "gradients");
+        if self.grads_scaled_by != 1.0 {
+            // Exact: the scale is a power of two.
+            let unscale = 1.0 / self.grads_scaled_by;
+            grads.iter_mut().for_each(|g| *g *= unscale);
+        }
+        Cow::Owned(grads)
     }
 
     fn optimizer_state(&self) -> Cow<'_, OptimizerState> {

@@ -6,11 +6,11 @@
 //! f32 or in bf16 (`Precision::Bf16`: operands written in bf16 by the op that made them, or
 //! rounded into a bf16 copy first, `bf16.cu`).
 
-use super::blas::{Blas, Gemm};
+use super::blas::{Blas, Gemm, Precision};
 use super::memory::{is_out_of_memory, DevBuf};
 use super::module::Kernels;
 use super::profile::Profile;
-use crate::kernels::cpu::matmul::{Layout, Precision};
+use crate::kernels::cpu::matmul::Layout;
 use crate::kernels::cuda::{
     ATTENTION_BLOCK_ROWS, ATTENTION_HEAD_SIZES, ATT_ROWS, COLSUM_ROWS, FLASH_THREADS, NORM_CHUNK,
 };
@@ -162,8 +162,9 @@ pub(super) fn attention_bound(hs: usize) -> Result<usize> {
 }
 
 /// The training attention kernels of a precision and head size: the f32 ones (`attention.cu`,
-/// a thread per row) or the bf16 ones (`attention_bf16.cu`, a warp per 16 rows). Both take the
-/// same arguments, and a block covers 64 rows of one (batch, head).
+/// a thread per row; f16 training's too, there being no f16 flash kernels yet) or the bf16 ones
+/// (`attention_bf16.cu`, a warp per 16 rows). Both take the same arguments, and a block covers
+/// 64 rows of one (batch, head).
 struct AttentionKernels {
     forward: String,
     backward_dq: String,
@@ -175,7 +176,7 @@ impl AttentionKernels {
     fn new(precision: Precision, hs: usize) -> Result<AttentionKernels> {
         let bound = attention_bound(hs)?;
         let (prefix, threads) = match precision {
-            Precision::F32 => ("attention", ATT_ROWS),
+            Precision::F32 | Precision::F16 => ("attention", ATT_ROWS),
             Precision::Bf16 => ("flash", FLASH_THREADS),
         };
         Ok(AttentionKernels {
@@ -218,7 +219,11 @@ impl Gpu {
     /// A cuBLASLt product (`Blas::matmul`), timed by shape when profiling.
     pub fn gemm(&self, g: Gemm, a: u64, b: u64, d: u64, bias: Option<u64>) -> Result<()> {
         let name = || {
-            let dtype = if g.bf16 { "bf16" } else { "f32" };
+            let dtype = match g.inputs {
+                Precision::F32 => "f32",
+                Precision::Bf16 => "bf16",
+                Precision::F16 => "f16",
+            };
             format!("gemm {dtype} {}x{}x{}", g.m, g.n, g.k)
         };
         self.timed(name, || self.blas.matmul(g, a, b, d, bias))
@@ -509,7 +514,8 @@ impl Gpu {
     }
 
     /// The logits' gradient, in place, as the classifier's products in `precision` read it:
-    /// f32 rows `vp` apart, or bf16 rows `2 * vp` apart (each over its own f32 row's front half).
+    /// f32 rows `vp` apart (f32 and f16 training), or bf16 rows `2 * vp` apart (each over its own
+    /// f32 row's front half).
     /// Returns the gradient and its row stride in elements.
     #[allow(clippy::too_many_arguments)]
     pub fn crossentropy_backward_inplace(
@@ -524,7 +530,7 @@ impl Gpu {
         scale: f32,
     ) -> Result<(Operand, usize)> {
         let grad = match precision {
-            Precision::F32 => (Operand::F32(logits), vp),
+            Precision::F32 | Precision::F16 => (Operand::F32(logits), vp),
             Precision::Bf16 => (Operand::Bf16(logits), 2 * vp),
         };
         launch!(
@@ -542,8 +548,8 @@ impl Gpu {
     }
 
     /// Training attention over qkv (B, T, 3C): out (B, T, C) and lse (B, H, T); with
-    /// `attention.cu`'s f32 kernels (out f32), or in bf16 on the tensor cores
-    /// (`attention_bf16.cu`, out bf16).
+    /// `attention.cu`'s f32 kernels (out f32; f32 and f16 training), or in bf16 on the tensor
+    /// cores (`attention_bf16.cu`, out bf16).
     #[allow(clippy::too_many_arguments)]
     pub fn attention_forward(
         &self,
@@ -560,9 +566,10 @@ impl Gpu {
         let kernels = AttentionKernels::new(precision, hs)?;
         if !matches!(
             (precision, out),
-            (Precision::F32, Operand::F32(_)) | (Precision::Bf16, Operand::Bf16(_))
+            (Precision::F32 | Precision::F16, Operand::F32(_))
+                | (Precision::Bf16, Operand::Bf16(_))
         ) {
-            bail!("attention_forward: its output is f32 in f32 training, bf16 in bf16");
+            bail!("attention_forward: its output is bf16 in bf16 training, else f32");
         }
         let (key, p, inv_keep, on) = drop_args(drop);
         launch!(
@@ -805,35 +812,33 @@ impl Gpu {
         Ok(regions)
     }
 
-    /// Rounds each f32 operand (address, length) into a bf16 copy in scratch; returns the
-    /// copies' addresses.
-    /// The operands (each with its length) as a product in `precision` reads them: in bf16, f32
-    /// ones rounded into scratch copies (`to_bf16`), bf16 ones as they are; in f32, as they are.
+    /// The operands (each with its length) as a product in `precision` reads them: in bf16 or
+    /// f16, f32 ones rounded into scratch copies (`to_bf16`, `to_f16`), bf16 ones (bf16 only) as
+    /// they are; in f32, as they are.
     fn operands<const N: usize>(
         &self,
         precision: Precision,
         operands: [(Operand, usize); N],
     ) -> Result<[u64; N]> {
-        if precision == Precision::F32 {
-            let mut out = [0; N];
-            for (slot, (op, _)) in out.iter_mut().zip(operands) {
-                match op {
-                    Operand::F32(p) => *slot = p,
-                    Operand::Bf16(_) => bail!("a bf16 operand reached an f32 matrix product"),
-                }
-            }
-            return Ok(out);
-        }
-        let mut out = self.carve(operands.map(|(op, len)| match op {
-            Operand::F32(_) => 2 * len,
-            Operand::Bf16(_) => 0,
+        let round = match precision {
+            Precision::F32 => None,
+            Precision::Bf16 => Some("to_bf16"),
+            Precision::F16 => Some("to_f16"),
+        };
+        let mut out = self.carve(operands.map(|(op, len)| match (op, round) {
+            (Operand::F32(_), Some(_)) => 2 * len,
+            _ => 0,
         }))?;
         for (slot, (op, len)) in out.iter_mut().zip(operands) {
-            match op {
-                Operand::F32(src) => {
-                    launch!(self, "to_bf16", elementwise(len), *slot, src, len as u64)?
+            match (op, round) {
+                (Operand::F32(src), Some(kernel)) => {
+                    launch!(self, kernel, elementwise(len), *slot, src, len as u64)?
                 }
-                Operand::Bf16(p) => *slot = p,
+                (Operand::F32(p), None) => *slot = p,
+                (Operand::Bf16(p), _) if precision == Precision::Bf16 => *slot = p,
+                (Operand::Bf16(_), _) => {
+                    bail!("a bf16 operand reached a {precision:?} matrix product")
+                }
             }
         }
         Ok(out)
@@ -860,7 +865,6 @@ impl Gpu {
             Layout::InOut => (false, oc),
             Layout::OutIn => (true, c),
         };
-        let bf16 = precision == Precision::Bf16;
         let [w, inp] = self.operands(precision, [(w, c * oc), (inp, rows * c)])?;
         let g = Gemm {
             ta,
@@ -873,7 +877,7 @@ impl Gpu {
             ldd: oc,
             accumulate: false,
             bias: bias.is_some(),
-            bf16,
+            inputs: precision,
         };
         self.gemm(g, w, inp, out, bias)
     }
@@ -899,7 +903,6 @@ impl Gpu {
         oc: usize,
         partial: u64,
     ) -> Result<()> {
-        let bf16 = precision == Precision::Bf16;
         if dout_ld != oc && matches!(dout, Operand::F32(_)) {
             bail!("matmul_backward: an f32 dout is read with rows oc apart");
         }
@@ -920,7 +923,7 @@ impl Gpu {
                     ldd: c,
                     accumulate: false,
                     bias: false,
-                    bf16,
+                    inputs: precision,
                 },
                 Gemm {
                     ta: false,
@@ -933,7 +936,7 @@ impl Gpu {
                     ldd: oc,
                     accumulate: true,
                     bias: false,
-                    bf16,
+                    inputs: precision,
                 },
                 (dout_in, inp_in),
             ),
@@ -951,7 +954,7 @@ impl Gpu {
                     ldd: c,
                     accumulate: false,
                     bias: false,
-                    bf16,
+                    inputs: precision,
                 },
                 Gemm {
                     ta: false,
@@ -964,7 +967,7 @@ impl Gpu {
                     ldd: c,
                     accumulate: true,
                     bias: false,
-                    bf16,
+                    inputs: precision,
                 },
                 (inp_in, dout_in),
             ),

@@ -6,6 +6,7 @@
 //! per layer: x = x + drop(attn(ln_1(x)) @ c_proj);  x = x + drop(gelu(ln_2(x) @ c_fc) @ c_proj)
 //! logits = ln_f(x) @ wte^T;  loss = mean cross-entropy over positions whose target is not -1
 
+use super::blas::Precision;
 use super::block::{block_forward, BlockBufs, BranchDropout};
 use super::memory::{is_out_of_memory, DevBuf};
 use super::ops::{colsum_chunks, Dropout, Norm, Operand, Params};
@@ -13,7 +14,7 @@ use super::CudaEngine;
 use crate::config::GptConfig;
 use crate::engine::{check_batch, Mode};
 use crate::kernels::cpu::crossentropy::count_valid;
-use crate::kernels::cpu::matmul::{Layout, Precision};
+use crate::kernels::cpu::matmul::Layout;
 use crate::rng::dropout_key;
 use anyhow::{anyhow, bail, Result};
 use cudarc::driver::result::DriverError;
@@ -25,8 +26,9 @@ const SITE_MLP_RESID: u64 = 2;
 const SITE_EMBED: u64 = 3;
 
 /// An activation that only matrix products read (the norms', GELU's and attention's outputs;
-/// attention's backward also reads its own, widened), held in the products' type: bf16 in bf16 training (half the memory, and no rounding pass before each
-/// product), else f32.
+/// attention's backward also reads its own, widened), held in bf16 in bf16 training (half the
+/// memory, and no rounding pass before each product), else in f32 (f16 training rounds it
+/// before each product).
 enum ProductInput {
     F32(DevBuf<f32>),
     Bf16(DevBuf<u16>),
@@ -35,7 +37,7 @@ enum ProductInput {
 impl ProductInput {
     fn new(len: usize, precision: Precision) -> Result<ProductInput, DriverError> {
         Ok(match precision {
-            Precision::F32 => ProductInput::F32(DevBuf::zeros(len)?),
+            Precision::F32 | Precision::F16 => ProductInput::F32(DevBuf::zeros(len)?),
             Precision::Bf16 => ProductInput::Bf16(DevBuf::zeros(len)?),
         })
     }
@@ -414,6 +416,8 @@ impl CudaEngine {
     /// soon as its last gradient kernel is queued, and the rest (embeddings, final norm) after
     /// the encoder's; returns once every sum is done.
     pub(super) fn backward_pass(&mut self, grad_scale: f32, all_reduce: bool) -> Result<()> {
+        // float16: the loss scaler's factor, which `update` takes out again.
+        let grad_scale = grad_scale * self.grads_scaled_by;
         let cfg = self.host.config.clone();
         let precision = self.precision;
         let (c, nh, vp, v, nl) = (

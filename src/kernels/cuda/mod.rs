@@ -3,7 +3,8 @@
 //! side by side, as the CPU kernels. NVRTC has no CUDA headers at run time, so the files include
 //! nothing: they are concatenated into one program, `common.cu` (hash, reductions) first.
 //! Matrix products are not here, except attention's: they go to cuBLASLt (`engine::cuda::blas`),
-//! in f32 or, with their operands rounded by `bf16.cu`, in bf16 on the tensor cores. bf16
+//! in f32 or, with their operands rounded by `bf16.cu` or `f16.cu`, in bf16 or f16 on the tensor
+//! cores. bf16
 //! training attention (`attention_bf16.cu`) runs its products itself, with PTX `mma.sync`.
 
 use anyhow::{bail, Context, Result};
@@ -13,6 +14,7 @@ use cudarc::nvrtc::{compile_ptx_with_opts, CompileError, CompileOptions};
 pub const SOURCES: &[(&str, &str)] = &[
     ("common.cu", include_str!("common.cu")),
     ("bf16.cu", include_str!("bf16.cu")),
+    ("f16.cu", include_str!("f16.cu")),
     ("colsum.cu", include_str!("colsum.cu")),
     ("encoder.cu", include_str!("encoder.cu")),
     ("layernorm.cu", include_str!("layernorm.cu")),
@@ -47,6 +49,7 @@ pub fn entry_points() -> Vec<String> {
     let mut names: Vec<String> = [
         "to_bf16",
         "to_bf16_stochastic",
+        "to_f16",
         "colsum_partial",
         "colsum_finish",
         "encoder_forward",
