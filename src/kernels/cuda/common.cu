@@ -67,12 +67,19 @@ __device__ float block_max(float x, float* shared) {
 //   b[0] = B[2q, 2q+1][g]     b[1] = B[2q+8, 2q+9][g]
 //   d[0], d[1] = D[g][2q, 2q+1]                          d[2], d[3] = D[g+8][2q, 2q+1]
 // (The CPU emulator of the tests defines its own, from the ISA's tables, in place of the PTX.)
+// The instruction exists from sm_80 on; below, where ptxas would reject it and with it the whole
+// program, the function traps: its only callers are bf16 training's kernels, and the engine
+// refuses bf16 below compute capability 8.0.
 #ifndef NANOGPT_CUDA_EMULATOR
 __device__ __forceinline__ void mma_bf16_16816(float d[4], const unsigned a[4], const unsigned b[2]) {
+#if __CUDA_ARCH__ >= 800
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
         "{%8, %9}, {%0, %1, %2, %3};"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+    asm volatile("trap;");
+#endif
 }
 #endif
