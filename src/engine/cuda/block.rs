@@ -22,9 +22,8 @@ pub(super) struct BlockBufs {
     pub qkv: u64,
     pub atty: Operand,
     pub residual2: u64,
-    pub ln2: Operand,
-    pub ln2_mean: u64,
-    pub ln2_rstd: u64,
+    /// ln_2's outputs and weights.
+    pub ln2: Norm,
     pub fch: u64,
     pub fch_gelu: Operand,
     /// (rows, C) scratch for a projection's output.
@@ -58,7 +57,6 @@ pub(super) fn block_forward(
     attend: impl FnOnce(Operand, u64) -> Result<()>,
 ) -> Result<()> {
     let bias = |off: usize| has_bias.then(|| p.at(off));
-    let or_null = |off: usize| bias(off).unwrap_or(0);
     let n = rows * c;
     gpu.matmul_forward(
         precision,
@@ -86,19 +84,12 @@ pub(super) fn block_forward(
     if let Some(d) = dropout {
         gpu.dropout(a.proj, n, d.attn)?;
     }
-    let ln2 = Norm {
-        out: a.ln2,
-        mean: a.ln2_mean,
-        rstd: a.ln2_rstd,
-        w: p.at(o.ln2_w),
-        b: or_null(o.ln2_b),
-    };
-    gpu.residual_layernorm_forward(ln2, a.residual2, x, a.proj, rows, c)?;
+    gpu.residual_layernorm_forward(a.ln2, a.residual2, x, a.proj, rows, c)?;
 
     gpu.matmul_forward(
         precision,
         a.fch,
-        a.ln2,
+        a.ln2.out,
         p.matrix(o.fc_w),
         Layout::InOut,
         bias(o.fc_b),

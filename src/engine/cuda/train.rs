@@ -51,6 +51,14 @@ impl ProductInput {
     }
 }
 
+/// One LayerNorm's saved forward: its output, which only products read, and each row's mean
+/// and rstd (layer l at l*rows*C and l*rows).
+struct NormActs {
+    out: ProductInput,
+    mean: DevBuf<f32>,
+    rstd: DevBuf<f32>,
+}
+
 /// What the forward pass saves for the backward pass, all layers (layer l at l*rows*width).
 pub(super) struct Activations {
     b: usize,
@@ -65,26 +73,20 @@ pub(super) struct Activations {
     d_pos: DevBuf<i32>,
     d_targets: DevBuf<i32>,
     encoded: DevBuf<f32>,
-    ln1: ProductInput,
-    ln1_mean: DevBuf<f32>,
-    ln1_rstd: DevBuf<f32>,
+    ln1: NormActs,
     qkv: DevBuf<f32>,
     /// Attention's output, which only the projection's products and attention's backward read.
     atty: ProductInput,
     att_lse: DevBuf<f32>,
     residual2: DevBuf<f32>,
-    ln2: ProductInput,
-    ln2_mean: DevBuf<f32>,
-    ln2_rstd: DevBuf<f32>,
+    ln2: NormActs,
     fch: DevBuf<f32>,
     /// Every layer's GELU output, or with `recompute` one layer's (as `ln1`, `ln2`), remade in
     /// backward.
     fch_gelu: ProductInput,
     recompute: bool,
     residual3: DevBuf<f32>,
-    lnf: ProductInput,
-    lnf_mean: DevBuf<f32>,
-    lnf_rstd: DevBuf<f32>,
+    lnf: NormActs,
     /// (B, T, Vp); the backward pass turns them into their gradient in place.
     logits: DevBuf<f32>,
     row_loss: DevBuf<f32>,
@@ -133,25 +135,14 @@ impl Activations {
         }
     }
 
-    /// Layer `l`'s ln_1 forward: where its outputs go, with its weight and bias (w, b).
-    fn ln1(&self, l: usize, (w, b): (u64, u64)) -> Norm {
+    /// Layer `l`'s forward of the LayerNorm `norm` (ln1 or ln2; ln_f is layer 0 of lnf): where
+    /// its outputs go, with its weight and bias (w, b).
+    fn norm(&self, norm: &NormActs, l: usize, (w, b): (u64, u64)) -> Norm {
         let (rows, c) = (self.b * self.t, self.c);
         Norm {
-            out: self.ln1.at(self.kept(l * rows * c)),
-            mean: self.ln1_mean.at(l * rows),
-            rstd: self.ln1_rstd.at(l * rows),
-            w,
-            b,
-        }
-    }
-
-    /// Layer `l`'s ln_2 forward, as [`Activations::ln1`].
-    fn ln2(&self, l: usize, (w, b): (u64, u64)) -> Norm {
-        let (rows, c) = (self.b * self.t, self.c);
-        Norm {
-            out: self.ln2.at(self.kept(l * rows * c)),
-            mean: self.ln2_mean.at(l * rows),
-            rstd: self.ln2_rstd.at(l * rows),
+            out: norm.out.at(self.kept(l * rows * c)),
+            mean: norm.mean.at(l * rows),
+            rstd: norm.rstd.at(l * rows),
             w,
             b,
         }
@@ -170,6 +161,14 @@ impl Activations {
         let kept = if recompute { 1 } else { l };
         let z = DevBuf::<f32>::zeros;
         let product_input = |len| ProductInput::new(len, precision);
+        // A LayerNorm's outputs for `out_layers` layers, its statistics for `layers`.
+        let norm_acts = |out_layers: usize, layers: usize| -> Result<NormActs, DriverError> {
+            Ok(NormActs {
+                out: product_input(out_layers * bt * c)?,
+                mean: z(layers * bt)?,
+                rstd: z(layers * bt)?,
+            })
+        };
         let mut d_pos = DevBuf::zeros(bt)?;
         let pos: Vec<i32> = (0..bt).map(|r| (r % t) as i32).collect();
         d_pos.upload(&pos)?;
@@ -186,23 +185,17 @@ impl Activations {
             d_pos,
             d_targets: DevBuf::zeros(bt)?,
             encoded: z(bt * c)?,
-            ln1: product_input(kept * bt * c)?,
-            ln1_mean: z(l * bt)?,
-            ln1_rstd: z(l * bt)?,
+            ln1: norm_acts(kept, l)?,
             qkv: z(l * bt * 3 * c)?,
             atty: product_input(l * bt * c)?,
             att_lse: z(l * b * nh * t)?,
             residual2: z(l * bt * c)?,
-            ln2: product_input(kept * bt * c)?,
-            ln2_mean: z(l * bt)?,
-            ln2_rstd: z(l * bt)?,
+            ln2: norm_acts(kept, l)?,
             fch: z(l * bt * 4 * c)?,
             fch_gelu: product_input(kept * bt * 4 * c)?,
             recompute,
             residual3: z(l * bt * c)?,
-            lnf: product_input(bt * c)?,
-            lnf_mean: z(bt)?,
-            lnf_rstd: z(bt)?,
+            lnf: norm_acts(1, 1)?,
             logits: z(bt * vp)?,
             row_loss: z(bt)?,
             row_lse: z(bt)?,
@@ -320,38 +313,31 @@ impl CudaEngine {
         let a = &*a;
         // Layer l's ln_1 weights; ln_f's. Layer 0's ln_1 is made here, the others and ln_f by
         // the block before them, with its last residual add.
+        let param_or_null = |off: usize| if cfg.bias { p.at(off) } else { 0 };
         let ln1_w = |l: usize| {
             let o = &tb.layers[l];
-            (p.at(o.ln1_w), if cfg.bias { p.at(o.ln1_b) } else { 0 })
+            (p.at(o.ln1_w), param_or_null(o.ln1_b))
         };
-        let lnf = Norm {
-            out: a.lnf.at(0),
-            mean: a.lnf_mean.ptr(),
-            rstd: a.lnf_rstd.ptr(),
-            w: p.at(tb.lnf_w),
-            b: if cfg.bias { p.at(tb.lnf_b) } else { 0 },
-        };
-        gpu.layernorm_forward(a.ln1(0, ln1_w(0)), a.encoded.ptr(), bt, c)?;
+        let lnf = a.norm(&a.lnf, 0, (p.at(tb.lnf_w), param_or_null(tb.lnf_b)));
+        gpu.layernorm_forward(a.norm(&a.ln1, 0, ln1_w(0)), a.encoded.ptr(), bt, c)?;
         for (l, o) in tb.layers.iter().enumerate() {
-            let (lc, l3c, l4c, lr) = (l * bt * c, l * bt * 3 * c, l * bt * 4 * c, l * bt);
+            let (lc, l3c, l4c) = (l * bt * c, l * bt * 3 * c, l * bt * 4 * c);
             let residual = if l == 0 {
                 a.encoded.ptr()
             } else {
                 a.residual3.at(lc - bt * c)
             };
             let next = if l + 1 < cfg.n_layer {
-                a.ln1(l + 1, ln1_w(l + 1))
+                a.norm(&a.ln1, l + 1, ln1_w(l + 1))
             } else {
                 lnf
             };
             let bufs = BlockBufs {
-                ln1: a.ln1.at(a.kept(lc)),
+                ln1: a.ln1.out.at(a.kept(lc)),
                 qkv: a.qkv.at(l3c),
                 atty: a.atty.at(lc),
                 residual2: a.residual2.at(lc),
-                ln2: a.ln2.at(a.kept(lc)),
-                ln2_mean: a.ln2_mean.at(lr),
-                ln2_rstd: a.ln2_rstd.at(lr),
+                ln2: a.norm(&a.ln2, l, (p.at(o.ln2_w), param_or_null(o.ln2_b))),
                 fch: a.fch.at(l4c),
                 fch_gelu: a.fch_gelu.at(a.kept(l4c)),
                 proj: a.proj.ptr(),
@@ -380,7 +366,7 @@ impl CudaEngine {
         gpu.matmul_forward(
             precision,
             a.logits.ptr(),
-            a.lnf.at(0),
+            a.lnf.out.at(0),
             p.matrix(tb.wte),
             Layout::OutIn,
             None,
@@ -495,7 +481,7 @@ impl CudaEngine {
             None,
             dlogits,
             dlogits_ld,
-            a.lnf.at(0),
+            a.lnf.out.at(0),
             p.matrix(tb.wte),
             Layout::OutIn,
             bt,
@@ -514,8 +500,8 @@ impl CudaEngine {
             g.dln.ptr(),
             last,
             p.at(tb.lnf_w),
-            a.lnf_mean.ptr(),
-            a.lnf_rstd.ptr(),
+            a.lnf.mean.ptr(),
+            a.lnf.rstd.ptr(),
             bt,
             c,
             part,
@@ -559,7 +545,7 @@ impl CudaEngine {
             gpu.gelu_backward_inplace(g.dfch.ptr(), a.fch.at(l4c), bt * 4 * c)?;
             let ln_at = a.kept(lc);
             if a.recompute {
-                let ln2 = a.ln2(l, (p.at(o.ln2_w), param_or_null(o.ln2_b)));
+                let ln2 = a.norm(&a.ln2, l, (p.at(o.ln2_w), param_or_null(o.ln2_b)));
                 gpu.layernorm_forward(ln2, a.residual2.at(lc), bt, c)?;
             }
             gpu.matmul_backward(
@@ -569,7 +555,7 @@ impl CudaEngine {
                 bias(o.fc_b),
                 Operand::F32(g.dfch.ptr()),
                 4 * c,
-                a.ln2.at(ln_at),
+                a.ln2.out.at(ln_at),
                 p.matrix(o.fc_w),
                 Layout::InOut,
                 bt,
@@ -584,8 +570,8 @@ impl CudaEngine {
                 g.dln.ptr(),
                 a.residual2.at(lc),
                 p.at(o.ln2_w),
-                a.ln2_mean.at(lr),
-                a.ln2_rstd.at(lr),
+                a.ln2.mean.at(lr),
+                a.ln2.rstd.at(lr),
                 bt,
                 c,
                 part,
@@ -629,7 +615,7 @@ impl CudaEngine {
                 site(l, SITE_ATTN),
             )?;
             if a.recompute {
-                let ln1 = a.ln1(l, (p.at(o.ln1_w), param_or_null(o.ln1_b)));
+                let ln1 = a.norm(&a.ln1, l, (p.at(o.ln1_w), param_or_null(o.ln1_b)));
                 gpu.layernorm_forward(ln1, residual, bt, c)?;
             }
             gpu.matmul_backward(
@@ -639,7 +625,7 @@ impl CudaEngine {
                 bias(o.qkv_b),
                 Operand::F32(g.dqkv.ptr()),
                 3 * c,
-                a.ln1.at(ln_at),
+                a.ln1.out.at(ln_at),
                 p.matrix(o.qkv_w),
                 Layout::InOut,
                 bt,
@@ -654,8 +640,8 @@ impl CudaEngine {
                 g.dln.ptr(),
                 residual,
                 p.at(o.ln1_w),
-                a.ln1_mean.at(lr),
-                a.ln1_rstd.at(lr),
+                a.ln1.mean.at(lr),
+                a.ln1.rstd.at(lr),
                 bt,
                 c,
                 part,
