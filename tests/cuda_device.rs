@@ -258,6 +258,9 @@ fn loss_and_grads(engine: &mut dyn Engine, dtype: Dtype) -> (f32, Vec<f32>) {
     (loss, engine.grads().into_owned())
 }
 
+/// Each tensor's gradient error against the CPU's f32: (name, on the GPU, the CPU's bf16).
+type TensorErrors = Vec<(String, f64, f64)>;
+
 /// One training step of a 4-head model (vocab 2048, 4 x 100 tokens, dropout 0.1) on the GPU
 /// in `dtype`, and on the CPU in f32 and in bf16: the losses (GPU, CPU f32, CPU bf16) and each
 /// tensor's gradient error against the CPU's f32 (name, GPU, CPU bf16). None: no GPU.
@@ -266,7 +269,7 @@ fn one_step_against_f32(
     n_embd: usize,
     dtype: Dtype,
     test: &str,
-) -> Option<([f32; 3], Vec<(String, f64, f64)>)> {
+) -> Option<([f32; 3], TensorErrors)> {
     let cfg = GptConfig {
         n_layer,
         n_head: 4,
