@@ -117,7 +117,9 @@ static bool check(const Desc* d, const Layout* a, const Layout* b, const Layout*
     else if (ak != bk) why = "op(A)'s columns are not op(B)'s rows";
     else if (c->rows != m || c->cols != n || c->ld != dl->ld || c->type != dl->type) why = "C is not D's shape";
     else if (a->type != b->type) why = "A and B have different types";
-    else if (dl->type != R_32F) why = "D is not f32 (only f32 outputs are emulated)";
+    else if (dl->type != R_32F && !(dl->type == R_16BF && a->type == R_16BF))
+        why = "D is neither f32 nor bf16 from bf16 inputs (the outputs emulated)";
+    else if (dl->type == R_16BF && d->epilogue != EPILOGUE_DEFAULT) why = "a bias with a bf16 D is not emulated";
     else if ((d->ta != 0 && d->ta != 1) || (d->tb != 0 && d->tb != 1)) why = "transpose is neither N nor T";
     else if (d->epilogue != EPILOGUE_DEFAULT && d->epilogue != EPILOGUE_BIAS) why = "epilogue not emulated";
     if (why) fprintf(stderr, "cuda emulator: cuBLASLt refuses the product: %s\n", why);
@@ -138,6 +140,14 @@ static float bf16_to_f32(uint16_t h) {
     float f;
     memcpy(&f, &u, 4);
     return f;
+}
+
+// Round to nearest even, as cuBLASLt writes a bf16 D (a NaN stays a quiet NaN).
+static uint16_t f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
 // IEEE half: 1 sign, 5 exponent (bias 15), 10 fraction bits; exponent 0 is subnormal.
@@ -175,8 +185,7 @@ Status cublasLtMatmul(void*, Desc* d, const float* alpha, const void* A, Layout*
     for (uint64_t j = 0; j < n; j++)
         for (uint64_t p = 0; p < k; p++)
             br[j * k + p] = element(B, b, d->tb ? j + p * b->ld : p + j * b->ld);
-    const float* cf = static_cast<const float*>(C);
-    float* df = static_cast<float*>(D);
+    bool bf16_out = dl->type == R_16BF;
     for (uint64_t j = 0; j < n; j++)
         for (uint64_t i = 0; i < m; i++) {
             const float *x = &ar[i * k], *y = &br[j * k];
@@ -186,9 +195,12 @@ Status cublasLtMatmul(void*, Desc* d, const float* alpha, const void* A, Layout*
                 for (int q = 0; q < 4; q++) s[q] += (double)x[p + q] * y[p + q];
             for (; p < k; p++) s[p % 4] += (double)x[p] * y[p];
             float v = *alpha * (float)((s[0] + s[1]) + (s[2] + s[3]));
-            if (*beta != 0.0f) v += *beta * cf[i + j * c->ld];
+            if (*beta != 0.0f) v += *beta * element(C, c, i + j * c->ld);
             if (d->epilogue == EPILOGUE_BIAS) v += d->bias[i];
-            df[i + j * dl->ld] = v;
+            if (bf16_out)
+                static_cast<uint16_t*>(D)[i + j * dl->ld] = f32_to_bf16(v);
+            else
+                static_cast<float*>(D)[i + j * dl->ld] = v;
         }
     return OK;
 }

@@ -41,6 +41,8 @@ pub(super) struct Gemm {
     pub accumulate: bool,
     pub bias: bool,
     pub inputs: Precision,
+    /// D (and C) hold bf16, each f32 sum rounded once (bf16 inputs, no bias).
+    pub out_bf16: bool,
 }
 
 /// What training's matrix products multiply in (`dtype`): f32, or inputs in bf16 or f16 on the
@@ -132,7 +134,16 @@ impl Blas {
             desc,
             a: layout(input_t, ar, ac, g.lda)?,
             b: layout(input_t, br, bc, g.ldb)?,
-            d: layout(f32_t, g.m, g.n, g.ldd)?,
+            d: layout(
+                if g.out_bf16 {
+                    cudaDataType::CUDA_R_16BF
+                } else {
+                    f32_t
+                },
+                g.m,
+                g.n,
+                g.ldd,
+            )?,
             algo: cublasLtMatmulAlgo_t { data: [0; 8] },
         };
         // cublasOperation_t as int32: 0 = N, 1 = T.

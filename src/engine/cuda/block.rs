@@ -60,7 +60,7 @@ pub(super) fn block_forward(
     let n = rows * c;
     gpu.matmul_forward(
         precision,
-        a.qkv,
+        Operand::F32(a.qkv),
         a.ln1,
         p.matrix(o.qkv_w),
         Layout::InOut,
@@ -72,7 +72,7 @@ pub(super) fn block_forward(
     attend(a.atty, a.qkv)?;
     gpu.matmul_forward(
         precision,
-        a.proj,
+        Operand::F32(a.proj),
         a.atty,
         p.matrix(o.attproj_w),
         Layout::InOut,
@@ -88,7 +88,7 @@ pub(super) fn block_forward(
 
     gpu.matmul_forward(
         precision,
-        a.fch,
+        Operand::F32(a.fch),
         a.ln2.out,
         p.matrix(o.fc_w),
         Layout::InOut,
@@ -100,7 +100,7 @@ pub(super) fn block_forward(
     gpu.gelu_forward(a.fch_gelu, a.fch, 4 * n)?;
     gpu.matmul_forward(
         precision,
-        a.proj,
+        Operand::F32(a.proj),
         a.fch_gelu,
         p.matrix(o.fcproj_w),
         Layout::InOut,

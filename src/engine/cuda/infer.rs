@@ -282,7 +282,7 @@ impl CudaEngine {
         gpu.layernorm_forward(lnf, s.last.ptr(), n_feeds, c)?;
         gpu.matmul_forward(
             Precision::F32,
-            s.logits.ptr(),
+            Operand::F32(s.logits.ptr()),
             Operand::F32(s.last_norm.ptr()),
             p.matrix(tb.wte),
             Layout::OutIn,

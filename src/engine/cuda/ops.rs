@@ -489,12 +489,13 @@ impl Gpu {
         Ok(())
     }
 
+    /// Each row's loss and log-sum-exp from the logits (f32, or bf16 in bf16 training).
     #[allow(clippy::too_many_arguments)]
     pub fn crossentropy_forward(
         &self,
         row_loss: u64,
         row_lse: u64,
-        logits: u64,
+        logits: Operand,
         targets: u64,
         rows: usize,
         v: usize,
@@ -502,49 +503,40 @@ impl Gpu {
     ) -> Result<()> {
         launch!(
             self,
-            "crossentropy_forward",
+            &logits.kernel("crossentropy_forward"),
             cfg((rows, 1), 1024, 0),
             row_loss,
             row_lse,
-            logits,
+            logits.ptr(),
             targets,
             v as u64,
             vp as u64
         )
     }
 
-    /// The logits' gradient, in place, as the classifier's products in `precision` read it:
-    /// f32 rows `vp` apart (f32 and f16 training), or bf16 rows `2 * vp` apart (each over its own
-    /// f32 row's front half).
-    /// Returns the gradient and its row stride in elements.
+    /// The logits' gradient, in place and in their type (f32, or bf16 in bf16 training).
     #[allow(clippy::too_many_arguments)]
     pub fn crossentropy_backward_inplace(
         &self,
-        precision: Precision,
-        logits: u64,
+        logits: Operand,
         row_lse: u64,
         targets: u64,
         rows: usize,
         v: usize,
         vp: usize,
         scale: f32,
-    ) -> Result<(Operand, usize)> {
-        let grad = match precision {
-            Precision::F32 | Precision::F16 => (Operand::F32(logits), vp),
-            Precision::Bf16 => (Operand::Bf16(logits), 2 * vp),
-        };
+    ) -> Result<()> {
         launch!(
             self,
-            &grad.0.kernel("crossentropy_backward_inplace"),
+            &logits.kernel("crossentropy_backward_inplace"),
             cfg((rows, 1), 1024, 0),
-            logits,
+            logits.ptr(),
             row_lse,
             targets,
             v as u64,
             vp as u64,
             scale
-        )?;
-        Ok(grad)
+        )
     }
 
     /// Training attention over qkv (B, T, 3C): out (B, T, C) and lse (B, H, T); with
@@ -845,12 +837,12 @@ impl Gpu {
     }
 
     /// out (rows, oc) = inp (rows, c) @ W [+ bias], W stored as `layout` (row-major), multiplied
-    /// in `precision`.
+    /// in `precision`; `out` is f32, or bf16 from a bf16 product without a bias.
     #[allow(clippy::too_many_arguments)]
     pub fn matmul_forward(
         &self,
         precision: Precision,
-        out: u64,
+        out: Operand,
         inp: Operand,
         w: Operand,
         layout: Layout,
@@ -865,6 +857,10 @@ impl Gpu {
             Layout::InOut => (false, oc),
             Layout::OutIn => (true, c),
         };
+        let out_bf16 = matches!(out, Operand::Bf16(_));
+        if out_bf16 && (precision != Precision::Bf16 || bias.is_some()) {
+            bail!("matmul_forward: a bf16 output needs a bf16 product without a bias");
+        }
         let [w, inp] = self.operands(precision, [(w, c * oc), (inp, rows * c)])?;
         let g = Gemm {
             ta,
@@ -878,14 +874,14 @@ impl Gpu {
             accumulate: false,
             bias: bias.is_some(),
             inputs: precision,
+            out_bf16,
         };
-        self.gemm(g, w, inp, out, bias)
+        self.gemm(g, w, inp, out.ptr(), bias)
     }
 
     /// dinp = dout @ W^T (overwritten); dW += inp^T @ dout (dout^T @ inp for OutIn), both
     /// products in `precision`; dbias += column sums of dout (`partial`: colsum_chunks(rows) *
-    /// oc floats), in f32. dout's rows are `dout_ld` elements apart (oc, unless it lies in a
-    /// wider buffer); with a bias it must be f32.
+    /// oc floats), in f32: with a bias, dout must be f32.
     #[allow(clippy::too_many_arguments)]
     pub fn matmul_backward(
         &self,
@@ -894,7 +890,6 @@ impl Gpu {
         dw: u64,
         dbias: Option<u64>,
         dout: Operand,
-        dout_ld: usize,
         inp: Operand,
         w: Operand,
         layout: Layout,
@@ -903,9 +898,6 @@ impl Gpu {
         oc: usize,
         partial: u64,
     ) -> Result<()> {
-        if dout_ld != oc && matches!(dout, Operand::F32(_)) {
-            bail!("matmul_backward: an f32 dout is read with rows oc apart");
-        }
         let [w_in, dout_in, inp_in] =
             self.operands(precision, [(w, c * oc), (dout, rows * oc), (inp, rows * c)])?;
         let (dinp_gemm, dw_gemm, dw_ab) = match layout {
@@ -919,11 +911,12 @@ impl Gpu {
                     n: rows,
                     k: oc,
                     lda: oc,
-                    ldb: dout_ld,
+                    ldb: oc,
                     ldd: c,
                     accumulate: false,
                     bias: false,
                     inputs: precision,
+                    out_bf16: false,
                 },
                 Gemm {
                     ta: false,
@@ -931,12 +924,13 @@ impl Gpu {
                     m: oc,
                     n: c,
                     k: rows,
-                    lda: dout_ld,
+                    lda: oc,
                     ldb: c,
                     ldd: oc,
                     accumulate: true,
                     bias: false,
                     inputs: precision,
+                    out_bf16: false,
                 },
                 (dout_in, inp_in),
             ),
@@ -950,11 +944,12 @@ impl Gpu {
                     n: rows,
                     k: oc,
                     lda: c,
-                    ldb: dout_ld,
+                    ldb: oc,
                     ldd: c,
                     accumulate: false,
                     bias: false,
                     inputs: precision,
+                    out_bf16: false,
                 },
                 Gemm {
                     ta: false,
@@ -963,11 +958,12 @@ impl Gpu {
                     n: oc,
                     k: rows,
                     lda: c,
-                    ldb: dout_ld,
+                    ldb: oc,
                     ldd: c,
                     accumulate: true,
                     bias: false,
                     inputs: precision,
+                    out_bf16: false,
                 },
                 (inp_in, dout_in),
             ),

@@ -25,10 +25,11 @@ const SITE_ATTN_RESID: u64 = 1;
 const SITE_MLP_RESID: u64 = 2;
 const SITE_EMBED: u64 = 3;
 
-/// An activation that only matrix products read (the norms', GELU's and attention's outputs;
-/// attention's backward also reads its own, widened), held in bf16 in bf16 training (half the
-/// memory, and no rounding pass before each product), else in f32 (f16 training rounds it
-/// before each product).
+/// An activation held in bf16 in bf16 training (half the memory, and no rounding pass before
+/// each product), else in f32 (f16 training rounds it before each product): those that only
+/// matrix products read (the norms', GELU's and attention's outputs; attention's backward also
+/// reads its own, widened), and the logits, which the cross-entropy reads and overwrites with
+/// their gradient, which only products read.
 enum ProductInput {
     F32(DevBuf<f32>),
     Bf16(DevBuf<u16>),
@@ -87,8 +88,9 @@ pub(super) struct Activations {
     recompute: bool,
     residual3: DevBuf<f32>,
     lnf: NormActs,
-    /// (B, T, Vp); the backward pass turns them into their gradient in place.
-    logits: DevBuf<f32>,
+    /// (B, T, Vp), bf16 in bf16 training; the backward pass turns them into their gradient in
+    /// place.
+    logits: ProductInput,
     row_loss: DevBuf<f32>,
     row_lse: DevBuf<f32>,
     /// (B, T, C) scratch for a projection's output before it joins the residual stream.
@@ -196,7 +198,7 @@ impl Activations {
             recompute,
             residual3: z(l * bt * c)?,
             lnf: norm_acts(1, 1)?,
-            logits: z(bt * vp)?,
+            logits: product_input(bt * vp)?,
             row_loss: z(bt)?,
             row_lse: z(bt)?,
             proj: z(bt * c)?,
@@ -365,7 +367,7 @@ impl CudaEngine {
         }
         gpu.matmul_forward(
             precision,
-            a.logits.ptr(),
+            a.logits.at(0),
             a.lnf.out.at(0),
             p.matrix(tb.wte),
             Layout::OutIn,
@@ -381,7 +383,7 @@ impl CudaEngine {
         gpu.crossentropy_forward(
             a.row_loss.ptr(),
             a.row_lse.ptr(),
-            a.logits.ptr(),
+            a.logits.at(0),
             a.d_targets.ptr(),
             bt,
             v,
@@ -464,9 +466,9 @@ impl CudaEngine {
         } else {
             grad_scale / valid as f32
         };
-        let (dlogits, dlogits_ld) = gpu.crossentropy_backward_inplace(
-            precision,
-            a.logits.ptr(),
+        let dlogits = a.logits.at(0);
+        gpu.crossentropy_backward_inplace(
+            dlogits,
             a.row_lse.ptr(),
             a.d_targets.ptr(),
             bt,
@@ -480,7 +482,6 @@ impl CudaEngine {
             gr.at(tb.wte),
             None,
             dlogits,
-            dlogits_ld,
             a.lnf.out.at(0),
             p.matrix(tb.wte),
             Layout::OutIn,
@@ -533,7 +534,6 @@ impl CudaEngine {
                 gr.at(o.fcproj_w),
                 bias(o.fcproj_b),
                 Operand::F32(dproj),
-                c,
                 act,
                 p.matrix(o.fcproj_w),
                 Layout::InOut,
@@ -554,7 +554,6 @@ impl CudaEngine {
                 gr.at(o.fc_w),
                 bias(o.fc_b),
                 Operand::F32(g.dfch.ptr()),
-                4 * c,
                 a.ln2.out.at(ln_at),
                 p.matrix(o.fc_w),
                 Layout::InOut,
@@ -591,7 +590,6 @@ impl CudaEngine {
                 gr.at(o.attproj_w),
                 bias(o.attproj_b),
                 Operand::F32(dproj),
-                c,
                 a.atty.at(lc),
                 p.matrix(o.attproj_w),
                 Layout::InOut,
@@ -624,7 +622,6 @@ impl CudaEngine {
                 gr.at(o.qkv_w),
                 bias(o.qkv_b),
                 Operand::F32(g.dqkv.ptr()),
-                3 * c,
                 a.ln1.out.at(ln_at),
                 p.matrix(o.qkv_w),
                 Layout::InOut,

@@ -6,7 +6,9 @@
 // The probabilities are never stored: the backward pass recomputes them from the saved lse and
 // overwrites the logits with their gradient. So the logits (B*T x padded vocab, the largest
 // tensor of a GPT-2 step) are read once by each pass, written once by backward. One block per
-// row; the host sums the row losses.
+// row; the host sums the row losses. In bf16 training the logits are bf16 (the classifier's
+// product writes them so, as PyTorch's autocast does), and so is their gradient, which only the
+// classifier's products read: half the bytes of the largest tensor, in each of the four passes.
 
 // grid rows, blockDim a multiple of 32 (at most 1024). One pass over the row: each thread keeps
 // its elements' running max m and sum s of e^(z - m) (rescaled when m grows), then the block
@@ -25,14 +27,15 @@ __device__ __forceinline__ void warp_max_sum(float* m, float* s) {
     }
 }
 
-extern "C" __global__ void crossentropy_forward(float* row_loss, float* row_lse, const float* logits,
-                                                const int* targets, u64 vocab, u64 padded_vocab) {
+template <class In>
+__device__ void crossentropy_forward_impl(float* row_loss, float* row_lse, const In* logits,
+                                          const int* targets, u64 vocab, u64 padded_vocab) {
     __shared__ float shared_m[32], shared_s[32];
     u64 row = blockIdx.x;
-    const float* z = logits + row * padded_vocab;
+    const In* z = logits + row * padded_vocab;
     float m = NEG_INF, s = 0.0f;
     for (u64 v = threadIdx.x; v < vocab; v += blockDim.x) {
-        float x = z[v];
+        float x = load(z + v);
         if (x > m) {
             s = s * expf(m - x) + 1.0f;
             m = x;
@@ -52,42 +55,44 @@ extern "C" __global__ void crossentropy_forward(float* row_loss, float* row_lse,
         float lse = m + logf(s);
         int t = targets[row];
         row_lse[row] = lse;
-        row_loss[row] = t >= 0 ? lse - z[t] : 0.0f;
+        row_loss[row] = t >= 0 ? lse - load(z + t) : 0.0f;
     }
+}
+
+extern "C" __global__ void crossentropy_forward(float* row_loss, float* row_lse, const float* logits,
+                                                const int* targets, u64 vocab, u64 padded_vocab) {
+    crossentropy_forward_impl(row_loss, row_lse, logits, targets, vocab, padded_vocab);
+}
+
+extern "C" __global__ void crossentropy_forward_bf16(float* row_loss, float* row_lse, const bf16* logits,
+                                                     const int* targets, u64 vocab, u64 padded_vocab) {
+    crossentropy_forward_impl(row_loss, row_lse, logits, targets, vocab, padded_vocab);
 }
 
 __device__ __forceinline__ float crossentropy_grad(float z, u64 v, int t, float lse, u64 vocab, float scale) {
     return (t >= 0 && v < vocab) ? expf(z - lse) * scale - (v == (u64)t ? scale : 0.0f) : 0.0f;
 }
 
-// grid rows.
+// grid rows. Each element is read and overwritten by the same thread.
+template <class T>
+__device__ void crossentropy_backward_inplace_impl(T* logits, const float* row_lse, const int* targets,
+                                                   u64 vocab, u64 padded_vocab, float scale) {
+    u64 row = blockIdx.x;
+    T* z = logits + row * padded_vocab;
+    int t = targets[row];
+    float lse = row_lse[row];
+    for (u64 v = threadIdx.x; v < padded_vocab; v += blockDim.x)
+        store(z + v, crossentropy_grad(load(z + v), v, t, lse, vocab, scale));
+}
+
 extern "C" __global__ void crossentropy_backward_inplace(float* logits, const float* row_lse,
                                                          const int* targets, u64 vocab,
                                                          u64 padded_vocab, float scale) {
-    u64 row = blockIdx.x;
-    float* z = logits + row * padded_vocab;
-    int t = targets[row];
-    float lse = row_lse[row];
-    for (u64 v = threadIdx.x; v < padded_vocab; v += blockDim.x) z[v] = crossentropy_grad(z[v], v, t, lse, vocab, scale);
+    crossentropy_backward_inplace_impl(logits, row_lse, targets, vocab, padded_vocab, scale);
 }
 
-// bf16 training, where only the classifier's products read the gradient: it is written as
-// bf16 (the bits to_bf16 would make of it) over the front half of each row's own f32 bytes, so
-// the gradient is a (rows, padded_vocab) bf16 matrix whose rows are 2 * padded_vocab elements
-// apart. Chunk k of a row (blockDim elements) is read, then, after a barrier, written: its bf16
-// bytes [2kB, 2(k+1)B) lie in f32 chunks k/2..k, all read by then. grid rows.
-extern "C" __global__ void crossentropy_backward_inplace_bf16(float* logits, const float* row_lse,
+extern "C" __global__ void crossentropy_backward_inplace_bf16(bf16* logits, const float* row_lse,
                                                               const int* targets, u64 vocab,
                                                               u64 padded_vocab, float scale) {
-    u64 row = blockIdx.x;
-    float* z = logits + row * padded_vocab;
-    bf16* dz = reinterpret_cast<bf16*>(z);
-    int t = targets[row];
-    float lse = row_lse[row];
-    for (u64 v0 = 0; v0 < padded_vocab; v0 += blockDim.x) {
-        u64 v = v0 + threadIdx.x;
-        float d = v < padded_vocab ? crossentropy_grad(z[v], v, t, lse, vocab, scale) : 0.0f;
-        __syncthreads();
-        if (v < padded_vocab) dz[v] = bf16_bits(d);
-    }
+    crossentropy_backward_inplace_impl(logits, row_lse, targets, vocab, padded_vocab, scale);
 }

@@ -67,6 +67,7 @@ pub fn entry_points() -> Vec<String> {
         "residual_forward",
         "dropout_inplace",
         "crossentropy_forward",
+        "crossentropy_forward_bf16",
         "crossentropy_backward_inplace",
         "crossentropy_backward_inplace_bf16",
         "attention_backward_d",
