@@ -427,12 +427,13 @@ fn validate_rejects_nonsense() {
         let e = run_err(&c);
         assert!(e.contains(mention), "train with {key}={value}: {e}");
     }
-    // float16 would need a loss scaler: refused when read, pointing at bfloat16.
-    let e = ok
-        .clone()
-        .set("dtype", "float16")
-        .expect_err("float16 is refused");
-    assert!(format!("{e:#}").contains("bfloat16"), "{e:#}");
+    // float16 (with its loss scaler) is a GPU dtype: refused on the CPU before any data is read,
+    // pointing at --device=cuda and at bfloat16.
+    let mut c = ok.clone();
+    c.set("dtype", "float16").expect("float16 is a dtype");
+    for e in [err_text(c.validate()), run_err(&c)] {
+        assert!(e.contains("--device=cuda") && e.contains("bfloat16"), "{e}");
+    }
     // lr_decay_iters < warmup_iters is accepted, as nanoGPT accepts it (warmup, then min_lr:
     // see learning_rate_schedule_is_nanogpts_get_lr).
     let mut c = ok.clone();

@@ -139,6 +139,11 @@ impl TrainConfig {
                 bail!("{key} must be at least 1");
             }
         }
+        if self.dtype == Some(Dtype::Float16) && self.device != Device::Cuda {
+            bail!(
+                "dtype = \"float16\" trains on a GPU only: add --device=cuda, or use dtype = \"bfloat16\" (the same size, with f32's range) on the CPU"
+            );
+        }
         if !self.learning_rate.is_finite() || self.learning_rate < 0.0 {
             bail!(
                 "learning_rate must be a non-negative number, got {}",
