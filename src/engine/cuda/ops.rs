@@ -258,12 +258,14 @@ impl Gpu {
         )
     }
 
-    pub fn gelu_backward_inplace(&self, grad: u64, inp: u64, n: usize) -> Result<()> {
+    /// dinp = dout * GELU'(inp): f32 (in place when dinp is dout), or bf16.
+    pub fn gelu_backward(&self, dinp: Operand, dout: u64, inp: u64, n: usize) -> Result<()> {
         launch!(
             self,
-            "gelu_backward_inplace",
+            &dinp.kernel("gelu_backward"),
             elementwise(n),
-            grad,
+            dinp.ptr(),
+            dout,
             inp,
             n as u64
         )
@@ -286,16 +288,17 @@ impl Gpu {
         launch!(self, "scale_inplace", elementwise(n), x, n as u64, coef)
     }
 
-    /// acc (n) += column sums of m (rows, n); `partial` holds colsum_chunks(rows) * n floats.
-    pub fn colsum(&self, acc: u64, m: u64, rows: usize, n: usize, partial: u64) -> Result<()> {
+    /// acc (n) += column sums of m (rows, n; f32 or bf16), in f32; `partial` holds
+    /// colsum_chunks(rows) * n floats.
+    pub fn colsum(&self, acc: u64, m: Operand, rows: usize, n: usize, partial: u64) -> Result<()> {
         let chunks = colsum_chunks(rows);
         let grid = (n.div_ceil(128), chunks);
         launch!(
             self,
-            "colsum_partial",
+            &m.kernel("colsum_partial"),
             cfg(grid, 128, 0),
             partial,
-            m,
+            m.ptr(),
             rows as u64,
             n as u64
         )?;
@@ -582,13 +585,13 @@ impl Gpu {
         )
     }
 
-    /// dqkv (overwritten) from dout, in `precision` as the forward pass; `dd` is (B, H, T)
-    /// scratch.
+    /// dqkv (overwritten) from dout, in `precision` as the forward pass (dqkv f32, or bf16 from
+    /// the bf16 kernels); `dd` is (B, H, T) scratch.
     #[allow(clippy::too_many_arguments)]
     pub fn attention_backward(
         &self,
         precision: Precision,
-        dqkv: u64,
+        dqkv: Operand,
         dout: u64,
         qkv: u64,
         out: Operand,
@@ -601,6 +604,9 @@ impl Gpu {
         drop: Option<Dropout>,
     ) -> Result<()> {
         let kernels = AttentionKernels::new(precision, hs)?;
+        if matches!(dqkv, Operand::Bf16(_)) != (precision == Precision::Bf16) {
+            bail!("attention_backward: dqkv is bf16 in bf16 training, else f32");
+        }
         let bht = b * nh * t;
         launch!(
             self,
@@ -620,7 +626,7 @@ impl Gpu {
                 self,
                 name,
                 kernels.launch(b, t, nh),
-                dqkv,
+                dqkv.ptr(),
                 dout,
                 qkv,
                 lse,
@@ -881,7 +887,7 @@ impl Gpu {
 
     /// dinp = dout @ W^T (overwritten); dW += inp^T @ dout (dout^T @ inp for OutIn), both
     /// products in `precision`; dbias += column sums of dout (`partial`: colsum_chunks(rows) *
-    /// oc floats), in f32: with a bias, dout must be f32.
+    /// oc floats), summed in f32.
     #[allow(clippy::too_many_arguments)]
     pub fn matmul_backward(
         &self,
@@ -971,9 +977,6 @@ impl Gpu {
         self.gemm(dinp_gemm, w_in, dout_in, dinp, None)?;
         self.gemm(dw_gemm, dw_ab.0, dw_ab.1, dw, None)?;
         if let Some(db) = dbias {
-            let Operand::F32(dout) = dout else {
-                bail!("matmul_backward: bias gradients are summed from an f32 dout");
-            };
             self.colsum(db, dout, rows, oc, partial)?;
         }
         Ok(())

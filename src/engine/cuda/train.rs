@@ -102,9 +102,14 @@ pub(super) struct ActGrads {
     dresidual: DevBuf<f32>,
     dproj: DevBuf<f32>,
     dln: DevBuf<f32>,
-    dqkv: DevBuf<f32>,
+    /// bf16 in bf16 training (the flash kernels write it so; only products and the bias's
+    /// column sum read it).
+    dqkv: ProductInput,
     datty: DevBuf<f32>,
+    /// The GELU output's gradient, and in bf16 training the bf16 gradient of its input, which
+    /// only the c_fc products and bias sum read (in f32 training it is `dfch`, in place).
     dfch: DevBuf<f32>,
+    dfch_in_bf16: Option<DevBuf<u16>>,
     /// Attention's D = dO . O, (B, H, T).
     att_d: DevBuf<f32>,
     /// Partial column sums (bias and LayerNorm gradients): colsum_chunks(rows) * 4C.
@@ -207,16 +212,34 @@ impl Activations {
 }
 
 impl ActGrads {
-    fn new(cfg: &GptConfig, b: usize, t: usize) -> Result<ActGrads, DriverError> {
+    /// The gradient of the GELU's input, as GELU's backward writes it and c_fc's backward
+    /// reads it.
+    fn dfch_in(&self) -> Operand {
+        match &self.dfch_in_bf16 {
+            Some(b) => Operand::Bf16(b.ptr()),
+            None => Operand::F32(self.dfch.ptr()),
+        }
+    }
+
+    fn new(
+        cfg: &GptConfig,
+        b: usize,
+        t: usize,
+        precision: Precision,
+    ) -> Result<ActGrads, DriverError> {
         let (c, bt) = (cfg.n_embd, b * t);
         let z = DevBuf::<f32>::zeros;
         Ok(ActGrads {
             dresidual: z(bt * c)?,
             dproj: z(bt * c)?,
             dln: z(bt * c)?,
-            dqkv: z(bt * 3 * c)?,
+            dqkv: ProductInput::new(bt * 3 * c, precision)?,
             datty: z(bt * c)?,
             dfch: z(bt * 4 * c)?,
+            dfch_in_bf16: match precision {
+                Precision::Bf16 => Some(DevBuf::zeros(bt * 4 * c)?),
+                Precision::F32 | Precision::F16 => None,
+            },
             att_d: z(b * cfg.n_head * t)?,
             partial: z(colsum_chunks(bt) * 4 * c)?,
             bucket_start: DevBuf::zeros(bt + 1)?,
@@ -425,7 +448,7 @@ impl CudaEngine {
         let (b, t) = (a.b, a.t);
         let (bt, hs) = (b * t, c / nh);
         if self.act_grads.is_none() {
-            self.act_grads = Some(ActGrads::new(&cfg, b, t).map_err(oom(b, t))?);
+            self.act_grads = Some(ActGrads::new(&cfg, b, t, precision).map_err(oom(b, t))?);
         }
         let g = self.act_grads.as_mut().expect("allocated above");
         let drop = match a.mode {
@@ -542,7 +565,7 @@ impl CudaEngine {
                 c,
                 part,
             )?;
-            gpu.gelu_backward_inplace(g.dfch.ptr(), a.fch.at(l4c), bt * 4 * c)?;
+            gpu.gelu_backward(g.dfch_in(), g.dfch.ptr(), a.fch.at(l4c), bt * 4 * c)?;
             let ln_at = a.kept(lc);
             if a.recompute {
                 let ln2 = a.norm(&a.ln2, l, (p.at(o.ln2_w), param_or_null(o.ln2_b)));
@@ -553,7 +576,7 @@ impl CudaEngine {
                 g.dln.ptr(),
                 gr.at(o.fc_w),
                 bias(o.fc_b),
-                Operand::F32(g.dfch.ptr()),
+                g.dfch_in(),
                 a.ln2.out.at(ln_at),
                 p.matrix(o.fc_w),
                 Layout::InOut,
@@ -600,7 +623,7 @@ impl CudaEngine {
             )?;
             gpu.attention_backward(
                 precision,
-                g.dqkv.ptr(),
+                g.dqkv.at(0),
                 g.datty.ptr(),
                 a.qkv.at(l3c),
                 a.atty.at(lc),
@@ -621,7 +644,7 @@ impl CudaEngine {
                 g.dln.ptr(),
                 gr.at(o.qkv_w),
                 bias(o.qkv_b),
-                Operand::F32(g.dqkv.ptr()),
+                g.dqkv.at(0),
                 a.ln1.out.at(ln_at),
                 p.matrix(o.qkv_w),
                 Layout::InOut,

@@ -1,8 +1,9 @@
 // Causal self-attention for bf16 training, flash-style on the tensor cores: attention.cu's
 // algorithm (its header has the math, the dropout index and the layouts) with every product a
 // warp's mma.sync (common.cu's mma_bf16_16816), so no T x T tensor is ever stored. Operands are
-// rounded to bf16 (bf16.cu's bf()) as they enter a product; sums, the softmax's statistics and
-// the outputs stay f32. Per (b, h), scale = 1/sqrt(hs), j <= i, Z the dropout factor:
+// rounded to bf16 (bf16.cu's bf()) as they enter a product; sums and the softmax's statistics
+// stay f32, and the outputs, which only products (and their bias's column sums) read, are
+// written in bf16: O, dQ, dK, dV. Per (b, h), scale = 1/sqrt(hs), j <= i, Z the dropout factor:
 //   S_ij = (bf(Q_i) . bf(K_j)) scale
 //   forward, online over key tiles: m_i running max, l_i = sum_j e^(S_ij - m_i),
 //     O_i = bf(sum_j bf(e^(S_ij - m_i) Z_ij) bf(V_j) / l_i),   lse_i = m_i + log l_i
@@ -253,7 +254,7 @@ __device__ void flash_forward_impl(bf16* out, float* lse, const float* qkv, int 
 
 // dQ (dqkv's q section, overwritten); dd holds D (attention_backward_d). Grid as forward.
 template <int HS>
-__device__ void flash_backward_dq_impl(float* dqkv, const float* dout, const float* qkv, const float* lse,
+__device__ void flash_backward_dq_impl(bf16* dqkv, const float* dout, const float* qkv, const float* lse,
                                        const float* dd, int t, int nh, int hs, float scale, u64 key, float p,
                                        float inv_keep, int dropout) {
     __shared__ bf16 ks[FA_ROWS * Tile<HS>::LD], vs[FA_ROWS * Tile<HS>::LD];
@@ -300,7 +301,7 @@ __device__ void flash_backward_dq_impl(float* dqkv, const float* dout, const flo
 // dK and dV (dqkv's k and v sections, overwritten). grid (ceil(T / FA_ROWS), B*H): block x owns
 // keys 64x.., and walks the query tiles that can see them (from its own on).
 template <int HS>
-__device__ void flash_backward_dkv_impl(float* dqkv, const float* dout, const float* qkv, const float* lse,
+__device__ void flash_backward_dkv_impl(bf16* dqkv, const float* dout, const float* qkv, const float* lse,
                                         const float* dd, int t, int nh, int hs, float scale, u64 key, float p,
                                         float inv_keep, int dropout) {
     __shared__ bf16 qs[FA_ROWS * Tile<HS>::LD], dos[FA_ROWS * Tile<HS>::LD];
@@ -358,7 +359,7 @@ __device__ void flash_backward_dkv_impl(float* dqkv, const float* dout, const fl
         accumulate<HS>(dk, dp, qs);
     }
     const float one[2] = {1.0f, 1.0f};
-    float* dbase_k = dqkv + (u64)b * t * 3 * c + h * hs;
+    bf16* dbase_k = dqkv + (u64)b * t * 3 * c + h * hs;
     store_rows<HS>(dbase_k + c, 3 * c, dk, r0, one, t, hs);
     store_rows<HS>(dbase_k + 2 * c, 3 * c, dv, r0, one, t, hs);
 }
@@ -370,12 +371,12 @@ __device__ void flash_backward_dkv_impl(float* dqkv, const float* dout, const fl
         flash_forward_impl<HS>(out, lse, qkv, t, nh, hs, scale, key, p, inv_keep, dropout);                 \
     }                                                                                                       \
     extern "C" __global__ void __launch_bounds__(FA_THREADS) flash_backward_dq_##HS(                        \
-        float* dqkv, const float* dout, const float* qkv, const float* lse, const float* dd, int t, int nh, \
+        bf16* dqkv, const float* dout, const float* qkv, const float* lse, const float* dd, int t, int nh, \
         int hs, float scale, u64 key, float p, float inv_keep, int dropout) {                               \
         flash_backward_dq_impl<HS>(dqkv, dout, qkv, lse, dd, t, nh, hs, scale, key, p, inv_keep, dropout); \
     }                                                                                                       \
     extern "C" __global__ void __launch_bounds__(FA_THREADS) flash_backward_dkv_##HS(                       \
-        float* dqkv, const float* dout, const float* qkv, const float* lse, const float* dd, int t, int nh, \
+        bf16* dqkv, const float* dout, const float* qkv, const float* lse, const float* dd, int t, int nh, \
         int hs, float scale, u64 key, float p, float inv_keep, int dropout) {                               \
         flash_backward_dkv_impl<HS>(dqkv, dout, qkv, lse, dd, t, nh, hs, scale, key, p, inv_keep, dropout);\
     }
