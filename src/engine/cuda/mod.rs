@@ -345,25 +345,24 @@ impl Engine for CudaEngine {
     }
 
     fn set_training_dtype(&mut self, dtype: Dtype) -> Result<()> {
-        self.precision = match dtype {
-            Dtype::Float32 => Precision::F32,
-            // cuBLASLt's bf16 products need the tensor cores of Ampere (8.0) or newer.
-            Dtype::Bfloat16 if self.cc < 80 => bail!(
-                "dtype = \"bfloat16\" needs a GPU of compute capability 8.0 (Ampere) or newer; {} is {}.{}: use dtype = \"float16\" or \"float32\"",
-                self.name,
-                self.cc / 10,
-                self.cc % 10
-            ),
-            Dtype::Bfloat16 => Precision::Bf16,
-            // cuBLASLt's f16 products need the tensor cores of Volta (7.0) or newer.
-            Dtype::Float16 if self.cc < 70 => bail!(
-                "dtype = \"float16\" needs a GPU of compute capability 7.0 (Volta) or newer; {} is {}.{}: use dtype = \"float32\"",
-                self.name,
-                self.cc / 10,
-                self.cc % 10
-            ),
-            Dtype::Float16 => Precision::F16,
+        // cuBLASLt's 16-bit products need tensor cores: bf16 those of Ampere (8.0) or newer, f16
+        // those of Volta (7.0) or newer.
+        let (precision, min_cc, arch) = match dtype {
+            Dtype::Float32 => (Precision::F32, 0, ""),
+            Dtype::Bfloat16 => (Precision::Bf16, 80, "Ampere"),
+            Dtype::Float16 => (Precision::F16, 70, "Volta"),
         };
+        if self.cc < min_cc {
+            bail!(
+                "dtype = \"{dtype}\" needs a GPU of compute capability {}.0 ({arch}) or newer; {} is {}.{}: use dtype = \"{}\"",
+                min_cc / 10,
+                self.name,
+                self.cc / 10,
+                self.cc % 10,
+                self.default_training_dtype()
+            );
+        }
+        self.precision = precision;
         if self.precision != Precision::Bf16 {
             self.weights_bf16 = None;
         }
