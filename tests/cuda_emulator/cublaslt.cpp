@@ -1,7 +1,8 @@
 // cuBLASLt for the CPU emulator of CUDA (libcublasLt.so): the descriptor calls the engine makes
 // and cublasLtMatmul, on the CPU, by cuBLASLt's documented definition. Column-major: matrix X
-// of layout (rows, cols, ld) holds X(r, c) at X[r + c * ld]. D = alpha op(A) op(B) + beta C (+ bias[r] on every column with the BIAS epilogue), op(A)
-// m x k, op(B) k x n, D m x n. A layout that does not fit the product is refused, as cuBLASLt
+// of layout (rows, cols, ld) holds X(r, c) at X[r + c * ld]. D = alpha op(A) op(B) + beta C
+// (+ bias[r] on every column with the BIAS epilogue; the bias in D's type, cuBLASLt's default
+// for CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE), op(A) m x k, op(B) k x n, D m x n. A layout that does not fit the product is refused, as cuBLASLt
 // does, with the reason on stderr. Sums are f64, rounded to f32 once: cuBLAS's f32 sums are
 // split over tiles and differ from any one order, so the emulator stands for the exact product
 // and the tests' tolerances measure the engine's own kernels.
@@ -24,7 +25,7 @@ enum { EPILOGUE_DEFAULT = 1, EPILOGUE_BIAS = 4 };
 struct Desc {
     int compute, scale;
     int ta = 0, tb = 0, epilogue = EPILOGUE_DEFAULT;
-    const float* bias = nullptr;
+    const void* bias = nullptr;
 };
 struct Layout {
     int type;
@@ -119,7 +120,6 @@ static bool check(const Desc* d, const Layout* a, const Layout* b, const Layout*
     else if (a->type != b->type) why = "A and B have different types";
     else if (dl->type != R_32F && !(dl->type == R_16BF && a->type == R_16BF))
         why = "D is neither f32 nor bf16 from bf16 inputs (the outputs emulated)";
-    else if (dl->type == R_16BF && d->epilogue != EPILOGUE_DEFAULT) why = "a bias with a bf16 D is not emulated";
     else if ((d->ta != 0 && d->ta != 1) || (d->tb != 0 && d->tb != 1)) why = "transpose is neither N nor T";
     else if (d->epilogue != EPILOGUE_DEFAULT && d->epilogue != EPILOGUE_BIAS) why = "epilogue not emulated";
     if (why) fprintf(stderr, "cuda emulator: cuBLASLt refuses the product: %s\n", why);
@@ -196,7 +196,7 @@ Status cublasLtMatmul(void*, Desc* d, const float* alpha, const void* A, Layout*
             for (; p < k; p++) s[p % 4] += (double)x[p] * y[p];
             float v = *alpha * (float)((s[0] + s[1]) + (s[2] + s[3]));
             if (*beta != 0.0f) v += *beta * element(C, c, i + j * c->ld);
-            if (d->epilogue == EPILOGUE_BIAS) v += d->bias[i];
+            if (d->epilogue == EPILOGUE_BIAS) v += element(d->bias, dl, (int64_t)i);
             if (bf16_out)
                 static_cast<uint16_t*>(D)[i + j * dl->ld] = f32_to_bf16(v);
             else

@@ -3,7 +3,9 @@
 //! epilogue. Here each shape gets its descriptors and algorithm once, cached, and the compute
 //! type is plain f32 (TF32 off) unless TF32 is asked for. A bf16 or f16 product (`Gemm::inputs`)
 //! reads A and B in that type and sums in f32 into an f32 D (with an f32 bias): cuBLASLt's
-//! BF16 x BF16 -> FP32 and FP16 x FP16 -> FP32 cases, on the tensor cores.
+//! BF16 x BF16 -> FP32 and FP16 x FP16 -> FP32 cases, on the tensor cores; or, bf16 only, into
+//! a bf16 D (`Gemm::out_bf16`) with a bf16 bias (its type unset: cuBLASLt's default for
+//! `CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE` is D's type), each f32 sum plus bias rounded once.
 //!
 //! cuBLASLt is column-major: D (m x n, ldd) = op(A) op(B) [+ D] [+ bias per row of D]. A
 //! row-major (r x c) buffer is a column-major (c x r) one, which is how the engine maps the
@@ -27,7 +29,7 @@ const WORKSPACE_BYTES: usize = 32 << 20;
 
 /// One product's shape in cuBLASLt's terms. `ta`/`tb` transpose A/B; `accumulate` adds to D
 /// (beta = 1); `bias` adds a vector of m entries to every column of D; `inputs`: what A and B
-/// hold (D, C and the bias stay f32).
+/// hold (D, C and the bias are f32 unless `out_bf16`).
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub(super) struct Gemm {
     pub ta: bool,
@@ -41,7 +43,7 @@ pub(super) struct Gemm {
     pub accumulate: bool,
     pub bias: bool,
     pub inputs: Precision,
-    /// D (and C) hold bf16, each f32 sum rounded once (bf16 inputs, no bias).
+    /// D, C and the bias hold bf16, each f32 sum (with its bias) rounded once (bf16 inputs).
     pub out_bf16: bool,
 }
 

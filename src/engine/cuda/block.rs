@@ -15,16 +15,18 @@ use crate::kernels::cpu::matmul::Layout;
 use crate::model::params::LayerOffsets;
 use anyhow::Result;
 
-/// Where one block's intermediates go (device addresses), each (rows, width). The norms' and
-/// GELU's outputs, which only matrix products read, may be bf16 ([`Operand`]).
+/// Where one block's intermediates go (device addresses), each (rows, width). All but the
+/// residual stream's may be bf16 ([`Operand`]): in bf16 training, c_attn's and c_fc's products
+/// write qkv and GELU's input in bf16, and the norms, attention and GELU their outputs, which
+/// only products read.
 pub(super) struct BlockBufs {
     pub ln1: Operand,
-    pub qkv: u64,
+    pub qkv: Operand,
     pub atty: Operand,
     pub residual2: u64,
     /// ln_2's outputs and weights.
     pub ln2: Norm,
-    pub fch: u64,
+    pub fch: Operand,
     pub fch_gelu: Operand,
     /// (rows, C) scratch for a projection's output.
     pub proj: u64,
@@ -54,17 +56,24 @@ pub(super) fn block_forward(
     c: usize,
     dropout: Option<BranchDropout>,
     next: Option<Norm>,
-    attend: impl FnOnce(Operand, u64) -> Result<()>,
+    attend: impl FnOnce(Operand, Operand) -> Result<()>,
 ) -> Result<()> {
-    let bias = |off: usize| has_bias.then(|| p.at(off));
+    // The bias of a product writing `out`, in out's type (bf16 from the weights' bf16 copy).
+    let bias = |off: usize, out: Operand| {
+        has_bias.then(|| match out {
+            Operand::F32(_) => Operand::F32(p.at(off)),
+            Operand::Bf16(_) => p.matrix(off),
+        })
+    };
+    let proj = Operand::F32(a.proj);
     let n = rows * c;
     gpu.matmul_forward(
         precision,
-        Operand::F32(a.qkv),
+        a.qkv,
         a.ln1,
         p.matrix(o.qkv_w),
         Layout::InOut,
-        bias(o.qkv_b),
+        bias(o.qkv_b, a.qkv),
         rows,
         c,
         3 * c,
@@ -72,11 +81,11 @@ pub(super) fn block_forward(
     attend(a.atty, a.qkv)?;
     gpu.matmul_forward(
         precision,
-        Operand::F32(a.proj),
+        proj,
         a.atty,
         p.matrix(o.attproj_w),
         Layout::InOut,
-        bias(o.attproj_b),
+        bias(o.attproj_b, proj),
         rows,
         c,
         c,
@@ -88,11 +97,11 @@ pub(super) fn block_forward(
 
     gpu.matmul_forward(
         precision,
-        Operand::F32(a.fch),
+        a.fch,
         a.ln2.out,
         p.matrix(o.fc_w),
         Layout::InOut,
-        bias(o.fc_b),
+        bias(o.fc_b, a.fch),
         rows,
         c,
         4 * c,
@@ -100,11 +109,11 @@ pub(super) fn block_forward(
     gpu.gelu_forward(a.fch_gelu, a.fch, 4 * n)?;
     gpu.matmul_forward(
         precision,
-        Operand::F32(a.proj),
+        proj,
         a.fch_gelu,
         p.matrix(o.fcproj_w),
         Layout::InOut,
-        bias(o.fcproj_b),
+        bias(o.fcproj_b, proj),
         rows,
         4 * c,
         c,

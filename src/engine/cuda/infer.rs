@@ -209,7 +209,7 @@ impl CudaEngine {
         for (l, o) in tb.layers.iter().enumerate() {
             let bufs = BlockBufs {
                 ln1: Operand::F32(s.ln1.ptr()),
-                qkv: s.qkv.ptr(),
+                qkv: Operand::F32(s.qkv.ptr()),
                 atty: Operand::F32(s.atty.ptr()),
                 residual2: s.residual2.ptr(),
                 ln2: Norm {
@@ -219,7 +219,7 @@ impl CudaEngine {
                     w: p.at(o.ln2_w),
                     b: if cfg.bias { p.at(o.ln2_b) } else { 0 },
                 },
-                fch: s.fch.ptr(),
+                fch: Operand::F32(s.fch.ptr()),
                 fch_gelu: Operand::F32(s.fch_gelu.ptr()),
                 proj: s.proj.ptr(),
             };
@@ -240,6 +240,7 @@ impl CudaEngine {
                 // ln_f only for each feed's last position, below.
                 (l + 1 < tb.layers.len()).then(|| ln1(l + 1)),
                 |atty, qkv| {
+                    let qkv = qkv.ptr();
                     // This pass's keys and values join the cache before attention reads it.
                     gpu.kv_cache_write(kl, vl, qkv, slot_p, pos_p, n_tok, nh, hs, max_t)?;
                     gpu.attention_cached(

@@ -72,6 +72,18 @@ impl Operand {
             Operand::F32(p) | Operand::Bf16(p) => p,
         }
     }
+
+    fn is_bf16(self) -> bool {
+        matches!(self, Operand::Bf16(_))
+    }
+
+    /// An error naming `what` unless `other` has this one's type (an engine bug, not a user's).
+    fn same_type_as(self, other: Operand, what: &str) -> Result<()> {
+        if self.is_bf16() != other.is_bf16() {
+            bail!("{what} have different types ({self:?}, {other:?})");
+        }
+        Ok(())
+    }
 }
 
 /// The parameters as the ops read them: the f32 master weights (norms, biases, embeddings,
@@ -247,26 +259,29 @@ impl Gpu {
         )
     }
 
-    pub fn gelu_forward(&self, out: Operand, inp: u64, n: usize) -> Result<()> {
+    /// out = GELU(inp): both f32, or both bf16.
+    pub fn gelu_forward(&self, out: Operand, inp: Operand, n: usize) -> Result<()> {
+        out.same_type_as(inp, "gelu_forward's input and output")?;
         launch!(
             self,
             &out.kernel("gelu_forward"),
             elementwise(n),
             out.ptr(),
-            inp,
+            inp.ptr(),
             n as u64
         )
     }
 
-    /// dinp = dout * GELU'(inp): f32 (in place when dinp is dout), or bf16.
-    pub fn gelu_backward(&self, dinp: Operand, dout: u64, inp: u64, n: usize) -> Result<()> {
+    /// dinp = dout * GELU'(inp): f32 (in place when dinp is dout), or dinp and inp bf16.
+    pub fn gelu_backward(&self, dinp: Operand, dout: u64, inp: Operand, n: usize) -> Result<()> {
+        dinp.same_type_as(inp, "gelu_backward's input and gradient")?;
         launch!(
             self,
             &dinp.kernel("gelu_backward"),
             elementwise(n),
             dinp.ptr(),
             dout,
-            inp,
+            inp.ptr(),
             n as u64
         )
     }
@@ -543,15 +558,15 @@ impl Gpu {
     }
 
     /// Training attention over qkv (B, T, 3C): out (B, T, C) and lse (B, H, T); with
-    /// `attention.cu`'s f32 kernels (out f32; f32 and f16 training), or in bf16 on the tensor
-    /// cores (`attention_bf16.cu`, out bf16).
+    /// `attention.cu`'s f32 kernels (qkv and out f32; f32 and f16 training), or in bf16 on the
+    /// tensor cores (`attention_bf16.cu`, qkv and out bf16).
     #[allow(clippy::too_many_arguments)]
     pub fn attention_forward(
         &self,
         precision: Precision,
         out: Operand,
         lse: u64,
-        qkv: u64,
+        qkv: Operand,
         b: usize,
         t: usize,
         nh: usize,
@@ -559,12 +574,9 @@ impl Gpu {
         drop: Option<Dropout>,
     ) -> Result<()> {
         let kernels = AttentionKernels::new(precision, hs)?;
-        if !matches!(
-            (precision, out),
-            (Precision::F32 | Precision::F16, Operand::F32(_))
-                | (Precision::Bf16, Operand::Bf16(_))
-        ) {
-            bail!("attention_forward: its output is bf16 in bf16 training, else f32");
+        let bf16 = precision == Precision::Bf16;
+        if out.is_bf16() != bf16 || qkv.is_bf16() != bf16 {
+            bail!("attention_forward: qkv and the output are bf16 in bf16 training, else f32");
         }
         let (key, p, inv_keep, on) = drop_args(drop);
         launch!(
@@ -573,7 +585,7 @@ impl Gpu {
             kernels.launch(b, t, nh),
             out.ptr(),
             lse,
-            qkv,
+            qkv.ptr(),
             t as i32,
             nh as i32,
             hs as i32,
@@ -593,7 +605,7 @@ impl Gpu {
         precision: Precision,
         dqkv: Operand,
         dout: u64,
-        qkv: u64,
+        qkv: Operand,
         out: Operand,
         lse: u64,
         dd: u64,
@@ -604,8 +616,9 @@ impl Gpu {
         drop: Option<Dropout>,
     ) -> Result<()> {
         let kernels = AttentionKernels::new(precision, hs)?;
-        if matches!(dqkv, Operand::Bf16(_)) != (precision == Precision::Bf16) {
-            bail!("attention_backward: dqkv is bf16 in bf16 training, else f32");
+        let bf16 = precision == Precision::Bf16;
+        if dqkv.is_bf16() != bf16 || qkv.is_bf16() != bf16 {
+            bail!("attention_backward: qkv and dqkv are bf16 in bf16 training, else f32");
         }
         let bht = b * nh * t;
         launch!(
@@ -628,7 +641,7 @@ impl Gpu {
                 kernels.launch(b, t, nh),
                 dqkv.ptr(),
                 dout,
-                qkv,
+                qkv.ptr(),
                 lse,
                 dd,
                 t as i32,
@@ -843,7 +856,7 @@ impl Gpu {
     }
 
     /// out (rows, oc) = inp (rows, c) @ W [+ bias], W stored as `layout` (row-major), multiplied
-    /// in `precision`; `out` is f32, or bf16 from a bf16 product without a bias.
+    /// in `precision`; `out` and `bias` are f32, or both bf16 from a bf16 product.
     #[allow(clippy::too_many_arguments)]
     pub fn matmul_forward(
         &self,
@@ -852,7 +865,7 @@ impl Gpu {
         inp: Operand,
         w: Operand,
         layout: Layout,
-        bias: Option<u64>,
+        bias: Option<Operand>,
         rows: usize,
         c: usize,
         oc: usize,
@@ -863,9 +876,12 @@ impl Gpu {
             Layout::InOut => (false, oc),
             Layout::OutIn => (true, c),
         };
-        let out_bf16 = matches!(out, Operand::Bf16(_));
-        if out_bf16 && (precision != Precision::Bf16 || bias.is_some()) {
-            bail!("matmul_forward: a bf16 output needs a bf16 product without a bias");
+        let out_bf16 = out.is_bf16();
+        if out_bf16 && precision != Precision::Bf16 {
+            bail!("matmul_forward: a bf16 output needs a bf16 product");
+        }
+        if let Some(bias) = bias {
+            out.same_type_as(bias, "matmul_forward's output and bias")?;
         }
         let [w, inp] = self.operands(precision, [(w, c * oc), (inp, rows * c)])?;
         let g = Gemm {
@@ -882,7 +898,7 @@ impl Gpu {
             inputs: precision,
             out_bf16,
         };
-        self.gemm(g, w, inp, out.ptr(), bias)
+        self.gemm(g, w, inp, out.ptr(), bias.map(Operand::ptr))
     }
 
     /// dinp = dout @ W^T (overwritten); dW += inp^T @ dout (dout^T @ inp for OutIn), both

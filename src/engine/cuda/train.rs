@@ -26,10 +26,12 @@ const SITE_MLP_RESID: u64 = 2;
 const SITE_EMBED: u64 = 3;
 
 /// An activation held in bf16 in bf16 training (half the memory, and no rounding pass before
-/// each product), else in f32 (f16 training rounds it before each product): those that only
-/// matrix products read (the norms', GELU's and attention's outputs; attention's backward also
-/// reads its own, widened), and the logits, which the cross-entropy reads and overwrites with
-/// their gradient, which only products read.
+/// each product), else in f32 (f16 training rounds it before each product): every one but the
+/// residual stream's. Those that only matrix products read (the norms', GELU's and attention's
+/// outputs; attention's backward also reads its own, widened); the products' outputs that
+/// attention and GELU read (qkv, GELU's input: bf16 as PyTorch's autocast keeps them); and the
+/// logits, which the cross-entropy reads and overwrites with their gradient, which only products
+/// read.
 enum ProductInput {
     F32(DevBuf<f32>),
     Bf16(DevBuf<u16>),
@@ -75,13 +77,13 @@ pub(super) struct Activations {
     d_targets: DevBuf<i32>,
     encoded: DevBuf<f32>,
     ln1: NormActs,
-    qkv: DevBuf<f32>,
+    qkv: ProductInput,
     /// Attention's output, which only the projection's products and attention's backward read.
     atty: ProductInput,
     att_lse: DevBuf<f32>,
     residual2: DevBuf<f32>,
     ln2: NormActs,
-    fch: DevBuf<f32>,
+    fch: ProductInput,
     /// Every layer's GELU output, or with `recompute` one layer's (as `ln1`, `ln2`), remade in
     /// backward.
     fch_gelu: ProductInput,
@@ -193,12 +195,12 @@ impl Activations {
             d_targets: DevBuf::zeros(bt)?,
             encoded: z(bt * c)?,
             ln1: norm_acts(kept, l)?,
-            qkv: z(l * bt * 3 * c)?,
+            qkv: product_input(l * bt * 3 * c)?,
             atty: product_input(l * bt * c)?,
             att_lse: z(l * b * nh * t)?,
             residual2: z(l * bt * c)?,
             ln2: norm_acts(kept, l)?,
-            fch: z(l * bt * 4 * c)?,
+            fch: product_input(l * bt * 4 * c)?,
             fch_gelu: product_input(kept * bt * 4 * c)?,
             recompute,
             residual3: z(l * bt * c)?,

@@ -1,9 +1,9 @@
 // Causal self-attention for bf16 training, flash-style on the tensor cores: attention.cu's
 // algorithm (its header has the math, the dropout index and the layouts) with every product a
-// warp's mma.sync (common.cu's mma_bf16_16816), so no T x T tensor is ever stored. Operands are
-// rounded to bf16 (bf16.cu's bf()) as they enter a product; sums and the softmax's statistics
-// stay f32, and the outputs, which only products (and their bias's column sums) read, are
-// written in bf16: O, dQ, dK, dV. Per (b, h), scale = 1/sqrt(hs), j <= i, Z the dropout factor:
+// warp's mma.sync (common.cu's mma_bf16_16816), so no T x T tensor is ever stored. qkv is bf16
+// (c_attn's product writes it so in bf16 training); dO is f32, rounded to bf16 (bf16.cu's bf())
+// as it enters a product; sums and the softmax's statistics stay f32, and the outputs, which
+// only products (and their bias's column sums) read, are written in bf16: O, dQ, dK, dV. Per (b, h), scale = 1/sqrt(hs), j <= i, Z the dropout factor:
 //   S_ij = (bf(Q_i) . bf(K_j)) scale
 //   forward, online over key tiles: m_i running max, l_i = sum_j e^(S_ij - m_i),
 //     O_i = bf(sum_j bf(e^(S_ij - m_i) Z_ij) bf(V_j) / l_i),   lse_i = m_i + log l_i
@@ -40,19 +40,23 @@ __device__ __forceinline__ unsigned pair_of(bf16 lo, bf16 hi) {
     return (unsigned)lo | ((unsigned)hi << 16);
 }
 
-// tile[r][d] = bf(row r0 + r, column d) of a (T, stride) f32 matrix, zero past T or hs.
-template <int HS>
-__device__ __forceinline__ void stage(bf16* tile, const float* src, u64 stride, int r0, int t, int hs) {
+// An operand element as bf16: bf(x) of an f32 one (dO), a bf16 one (qkv) as it is.
+__device__ __forceinline__ bf16 as_bf16(float x) { return bf16_bits(x); }
+__device__ __forceinline__ bf16 as_bf16(bf16 x) { return x; }
+
+// tile[r][d] = bf(row r0 + r, column d) of a (T, stride) f32 or bf16 matrix, zero past T or hs.
+template <int HS, class In>
+__device__ __forceinline__ void stage(bf16* tile, const In* src, u64 stride, int r0, int t, int hs) {
     for (int e = threadIdx.x; e < FA_ROWS * HS; e += blockDim.x) {
         int r = e / HS, d = e % HS;
-        tile[r * Tile<HS>::LD + d] = (r0 + r < t && d < hs) ? bf16_bits(src[(u64)(r0 + r) * stride + d]) : (bf16)0;
+        tile[r * Tile<HS>::LD + d] = (r0 + r < t && d < hs) ? as_bf16(src[(u64)(r0 + r) * stride + d]) : (bf16)0;
     }
 }
 
 // The key tile at k0: rows k0.. of this head's K and V (base: its q section in qkv), staged by
 // the whole block between two barriers (the last tile is no longer read; this one is complete).
 template <int HS>
-__device__ __forceinline__ void stage_keys(bf16* ks, bf16* vs, const float* base, int c, int k0, int t, int hs) {
+__device__ __forceinline__ void stage_keys(bf16* ks, bf16* vs, const bf16* base, int c, int k0, int t, int hs) {
     __syncthreads();
     stage<HS>(ks, base + c, 3 * c, k0, t, hs);
     stage<HS>(vs, base + 2 * c, 3 * c, k0, t, hs);
@@ -68,9 +72,9 @@ __device__ __forceinline__ void zero(float acc[HS / 8][4]) {
 }
 
 // A fragments (16 x HS, in HS/16 steps of 16 columns) of rows r0..r0+15 of a (T, stride) f32
-// matrix, read once from global memory; zero past T or hs. See common.cu for the layout.
-template <int HS>
-__device__ __forceinline__ void frags_from_global(unsigned f[HS / 16][4], const float* src, u64 stride, int r0,
+// or bf16 matrix, read once from global memory; zero past T or hs. See common.cu for the layout.
+template <int HS, class In>
+__device__ __forceinline__ void frags_from_global(unsigned f[HS / 16][4], const In* src, u64 stride, int r0,
                                                   int t, int hs) {
     int g = (threadIdx.x % 32) / 4, q = threadIdx.x % 4;
 #pragma unroll
@@ -78,13 +82,13 @@ __device__ __forceinline__ void frags_from_global(unsigned f[HS / 16][4], const 
 #pragma unroll
         for (int r = 0; r < 4; r++) {
             int row = r0 + g + (r & 1) * 8, col = k * 16 + 2 * q + (r >> 1) * 8;
-            float lo = 0.0f, hi = 0.0f;
+            bf16 lo = 0, hi = 0;
             if (row < t) {
-                const float* x = src + (u64)row * stride;
-                if (col < hs) lo = x[col];
-                if (col + 1 < hs) hi = x[col + 1];
+                const In* x = src + (u64)row * stride;
+                if (col < hs) lo = as_bf16(x[col]);
+                if (col + 1 < hs) hi = as_bf16(x[col + 1]);
             }
-            f[k][r] = pack_bf16(lo, hi);
+            f[k][r] = pair_of(lo, hi);
         }
     }
 }
@@ -186,12 +190,12 @@ __device__ __forceinline__ float row_max(float x) {
 // grid (ceil(T / FA_ROWS), B*H), block FA_THREADS: out (B, T, C), in bf16 (only the projection's
 // products and attention_backward_d read it), and lse (B, H, T).
 template <int HS>
-__device__ void flash_forward_impl(bf16* out, float* lse, const float* qkv, int t, int nh, int hs, float scale,
+__device__ void flash_forward_impl(bf16* out, float* lse, const bf16* qkv, int t, int nh, int hs, float scale,
                                    u64 key, float p, float inv_keep, int dropout) {
     __shared__ bf16 ks[FA_ROWS * Tile<HS>::LD], vs[FA_ROWS * Tile<HS>::LD];
     int bh = blockIdx.y, b = bh / nh, h = bh % nh, c = nh * hs;
     int q0 = blockIdx.x * FA_ROWS, r0 = q0 + (threadIdx.x / 32) * 16;
-    const float* base = qkv + (u64)b * t * 3 * c + h * hs;
+    const bf16* base = qkv + (u64)b * t * 3 * c + h * hs;
     unsigned qf[HS / 16][4];
     frags_from_global<HS>(qf, base, 3 * c, r0, t, hs);
     float acc[HS / 8][4];
@@ -254,13 +258,13 @@ __device__ void flash_forward_impl(bf16* out, float* lse, const float* qkv, int 
 
 // dQ (dqkv's q section, overwritten); dd holds D (attention_backward_d). Grid as forward.
 template <int HS>
-__device__ void flash_backward_dq_impl(bf16* dqkv, const float* dout, const float* qkv, const float* lse,
+__device__ void flash_backward_dq_impl(bf16* dqkv, const float* dout, const bf16* qkv, const float* lse,
                                        const float* dd, int t, int nh, int hs, float scale, u64 key, float p,
                                        float inv_keep, int dropout) {
     __shared__ bf16 ks[FA_ROWS * Tile<HS>::LD], vs[FA_ROWS * Tile<HS>::LD];
     int bh = blockIdx.y, b = bh / nh, h = bh % nh, c = nh * hs;
     int q0 = blockIdx.x * FA_ROWS, r0 = q0 + (threadIdx.x / 32) * 16;
-    const float* base = qkv + (u64)b * t * 3 * c + h * hs;
+    const bf16* base = qkv + (u64)b * t * 3 * c + h * hs;
     unsigned qf[HS / 16][4], df[HS / 16][4];
     frags_from_global<HS>(qf, base, 3 * c, r0, t, hs);
     frags_from_global<HS>(df, dout + (u64)b * t * c + h * hs, c, r0, t, hs);
@@ -301,14 +305,14 @@ __device__ void flash_backward_dq_impl(bf16* dqkv, const float* dout, const floa
 // dK and dV (dqkv's k and v sections, overwritten). grid (ceil(T / FA_ROWS), B*H): block x owns
 // keys 64x.., and walks the query tiles that can see them (from its own on).
 template <int HS>
-__device__ void flash_backward_dkv_impl(bf16* dqkv, const float* dout, const float* qkv, const float* lse,
+__device__ void flash_backward_dkv_impl(bf16* dqkv, const float* dout, const bf16* qkv, const float* lse,
                                         const float* dd, int t, int nh, int hs, float scale, u64 key, float p,
                                         float inv_keep, int dropout) {
     __shared__ bf16 qs[FA_ROWS * Tile<HS>::LD], dos[FA_ROWS * Tile<HS>::LD];
     __shared__ float lse_s[FA_ROWS], d_s[FA_ROWS];
     int bh = blockIdx.y, b = bh / nh, h = bh % nh, c = nh * hs;
     int k0 = blockIdx.x * FA_ROWS, r0 = k0 + (threadIdx.x / 32) * 16;
-    const float* base = qkv + (u64)b * t * 3 * c + h * hs;
+    const bf16* base = qkv + (u64)b * t * 3 * c + h * hs;
     const float* dbase = dout + (u64)b * t * c + h * hs;
     unsigned kf[HS / 16][4], vf[HS / 16][4];
     frags_from_global<HS>(kf, base + c, 3 * c, r0, t, hs);
@@ -366,17 +370,17 @@ __device__ void flash_backward_dkv_impl(bf16* dqkv, const float* dout, const flo
 
 #define FLASH_KERNELS(HS)                                                                                   \
     extern "C" __global__ void __launch_bounds__(FA_THREADS) flash_forward_##HS(                            \
-        bf16* out, float* lse, const float* qkv, int t, int nh, int hs, float scale, u64 key, float p,      \
+        bf16* out, float* lse, const bf16* qkv, int t, int nh, int hs, float scale, u64 key, float p,      \
         float inv_keep, int dropout) {                                                                      \
         flash_forward_impl<HS>(out, lse, qkv, t, nh, hs, scale, key, p, inv_keep, dropout);                 \
     }                                                                                                       \
     extern "C" __global__ void __launch_bounds__(FA_THREADS) flash_backward_dq_##HS(                        \
-        bf16* dqkv, const float* dout, const float* qkv, const float* lse, const float* dd, int t, int nh, \
+        bf16* dqkv, const float* dout, const bf16* qkv, const float* lse, const float* dd, int t, int nh, \
         int hs, float scale, u64 key, float p, float inv_keep, int dropout) {                               \
         flash_backward_dq_impl<HS>(dqkv, dout, qkv, lse, dd, t, nh, hs, scale, key, p, inv_keep, dropout); \
     }                                                                                                       \
     extern "C" __global__ void __launch_bounds__(FA_THREADS) flash_backward_dkv_##HS(                       \
-        bf16* dqkv, const float* dout, const float* qkv, const float* lse, const float* dd, int t, int nh, \
+        bf16* dqkv, const float* dout, const bf16* qkv, const float* lse, const float* dd, int t, int nh, \
         int hs, float scale, u64 key, float p, float inv_keep, int dropout) {                               \
         flash_backward_dkv_impl<HS>(dqkv, dout, qkv, lse, dd, t, nh, hs, scale, key, p, inv_keep, dropout);\
     }
