@@ -176,6 +176,9 @@ fi
 if want 13; then
 with_memory bench_bf16 "${bench[@]}" --dtype=bfloat16 --batch_size=$BATCH
 with_memory bench_bf16_b64 "${bench[@]}" --dtype=bfloat16 --batch_size=$BIG_BATCH
+# GELU as its own kernels rather than in cuBLASLt's epilogues (the default from sm_90): which is
+# faster here decides that default.
+NANOGPT_CUDA_GELU_EPILOGUE=0 with_memory bench_bf16_b64_gelu_kernel "${bench[@]}" --dtype=bfloat16 --batch_size=$BIG_BATCH
 # float16 (f16 linear layers, f32 attention, the loss scaler): what a Volta/Turing user gets.
 with_memory bench_f16 "${bench[@]}" --dtype=float16 --batch_size=$BATCH
 with_memory peer_bf16_compile_b64 $PY "${peer[@]}" --dtype=bfloat16 --compile=true --batch_size=$BIG_BATCH
@@ -250,7 +253,8 @@ summary = {
     "tests": tests,
     "measured": measured,
     "bench": {n: load(n) for n in ["bench_f32", "bench_tf32", "peer_f32", "peer_tf32", "peer_bf16_compile",
-                                    "bench_bf16", "bench_bf16_b64", "peer_bf16_compile_b64", "bench_f16"]},
+                                    "bench_bf16", "bench_bf16_b64", "bench_bf16_b64_gelu_kernel", "peer_bf16_compile_b64",
+                                    "bench_f16"]},
 }
 def metrics(run):
     try:
@@ -318,11 +322,11 @@ for name, status in tests.items():
     print(f"  {status:>6}  {name}")
 for line in measured:
     print("   ", line)
-print(f"{'run':<20}{'ms/iter':>10}{'tokens/s':>12}{'MFU':>8}{'peak GPU MiB':>14}")
+print(f"{'run':<28}{'ms/iter':>10}{'tokens/s':>12}{'MFU':>8}{'peak GPU MiB':>14}")
 for name, b in summary["bench"].items():
     r = b["result"] or {}
     mfu = r.get("mfu")
-    print(f"{name:<20}{r.get('ms_per_iter', float('nan')):>10.1f}{r.get('tokens_per_s', float('nan')):>12.0f}"
+    print(f"{name:<28}{r.get('ms_per_iter', float('nan')):>10.1f}{r.get('tokens_per_s', float('nan')):>12.0f}"
           f"{(f'{100 * mfu:.1f}%' if mfu is not None else '-'):>8}{b['peak_gpu_mib_nvidia_smi'] or float('nan'):>14.0f}")
 print(f"DDP: NCCL world 1 losses identical to no launcher: {d['nccl1_losses_identical']}; tokens/s "
       f"{d['nccl1_tokens_per_s']:.0f} vs {d['alone_tokens_per_s']:.0f} ({d['nccl1_over_alone']:.4f}x, need >= 0.98); "

@@ -2,7 +2,10 @@
 // and cublasLtMatmul, on the CPU, by cuBLASLt's documented definition. Column-major: matrix X
 // of layout (rows, cols, ld) holds X(r, c) at X[r + c * ld]. D = alpha op(A) op(B) + beta C
 // (+ bias[r] on every column with the BIAS epilogue; the bias in D's type, cuBLASLt's default
-// for CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE), op(A) m x k, op(B) k x n, D m x n. A layout that does not fit the product is refused, as cuBLASLt
+// for CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE), op(A) m x k, op(B) k x n, D m x n. The GELU
+// epilogues: GELU_AUX[_BIAS] writes that value to the aux buffer and GELU of it (tanh form) to
+// D; DGELU writes it times GELU'(aux) to D; the aux buffer in D's type (the default of
+// CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_DATA_TYPE), its leading dimension a multiple of 8. A layout that does not fit the product is refused, as cuBLASLt
 // does, with the reason on stderr. Sums are f64, rounded to f32 once: cuBLAS's f32 sums are
 // split over tiles and differ from any one order, so the emulator stands for the exact product
 // and the tests' tolerances measure the engine's own kernels.
@@ -19,13 +22,20 @@ typedef int Status;
 enum { OK = 0, INVALID_VALUE = 7, NOT_SUPPORTED = 15 };
 enum { R_32F = 0, R_16F = 2, R_16BF = 14 };
 enum { COMPUTE_32F = 68, COMPUTE_32F_FAST_TF32 = 77 };
-enum { DESC_TRANSA = 3, DESC_TRANSB = 4, DESC_EPILOGUE = 7, DESC_BIAS_POINTER = 8 };
-enum { EPILOGUE_DEFAULT = 1, EPILOGUE_BIAS = 4 };
+enum { DESC_TRANSA = 3, DESC_TRANSB = 4, DESC_EPILOGUE = 7, DESC_BIAS_POINTER = 8, DESC_AUX_POINTER = 11, DESC_AUX_LD = 12 };
+enum { EPILOGUE_DEFAULT = 1, EPILOGUE_BIAS = 4, EPILOGUE_GELU_AUX = 160, EPILOGUE_GELU_AUX_BIAS = 164, EPILOGUE_DGELU = 192 };
+
+static bool has_bias(int epilogue) { return epilogue == EPILOGUE_BIAS || epilogue == EPILOGUE_GELU_AUX_BIAS; }
+static bool has_aux(int epilogue) {
+    return epilogue == EPILOGUE_GELU_AUX || epilogue == EPILOGUE_GELU_AUX_BIAS || epilogue == EPILOGUE_DGELU;
+}
 
 struct Desc {
     int compute, scale;
     int ta = 0, tb = 0, epilogue = EPILOGUE_DEFAULT;
     const void* bias = nullptr;
+    void* aux = nullptr;
+    int64_t aux_ld = 0;
 };
 struct Layout {
     int type;
@@ -76,6 +86,14 @@ Status cublasLtMatmulDescSetAttribute(Desc* d, int attr, const void* buf, size_t
         if (size != 8) return INVALID_VALUE;
         memcpy(&d->bias, buf, 8);
         return OK;
+    case DESC_AUX_POINTER:
+        if (size != 8) return INVALID_VALUE;
+        memcpy(&d->aux, buf, 8);
+        return OK;
+    case DESC_AUX_LD:
+        if (size != 8) return INVALID_VALUE;
+        memcpy(&d->aux_ld, buf, 8);
+        return OK;
     default:
         fprintf(stderr, "cuda emulator: cuBLASLt descriptor attribute %d is not emulated\n", attr);
         return NOT_SUPPORTED;
@@ -121,7 +139,10 @@ static bool check(const Desc* d, const Layout* a, const Layout* b, const Layout*
     else if (dl->type != R_32F && !(dl->type == R_16BF && a->type == R_16BF))
         why = "D is neither f32 nor bf16 from bf16 inputs (the outputs emulated)";
     else if ((d->ta != 0 && d->ta != 1) || (d->tb != 0 && d->tb != 1)) why = "transpose is neither N nor T";
-    else if (d->epilogue != EPILOGUE_DEFAULT && d->epilogue != EPILOGUE_BIAS) why = "epilogue not emulated";
+    else if (d->epilogue != EPILOGUE_DEFAULT && !has_bias(d->epilogue) && !has_aux(d->epilogue))
+        why = "epilogue not emulated";
+    else if (has_aux(d->epilogue) && (d->aux_ld < (int64_t)m || d->aux_ld % 8 != 0))
+        why = "the aux leading dimension is below D's rows or not a multiple of 8";
     if (why) fprintf(stderr, "cuda emulator: cuBLASLt refuses the product: %s\n", why);
     return !why;
 }
@@ -168,12 +189,31 @@ static float element(const void* base, const Layout* l, int64_t offset) {
     }
 }
 
+// Writes v at `offset` of a D-typed buffer.
+static void store(void* base, bool bf16, int64_t offset, float v) {
+    if (bf16)
+        static_cast<uint16_t*>(base)[offset] = f32_to_bf16(v);
+    else
+        static_cast<float*>(base)[offset] = v;
+}
+
+// GELU's tanh form and its derivative (as src/kernels/cuda/gelu.cu states them).
+static float gelu(float x) {
+    const float k = 0.7978845608f, a = 0.044715f;
+    return 0.5f * x * (1.0f + tanhf(k * (x + a * x * x * x)));
+}
+static float gelu_grad(float x) {
+    const float k = 0.7978845608f, a = 0.044715f;
+    float t = tanhf(k * (x + a * x * x * x));
+    return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * k * (1.0f + 3.0f * a * x * x);
+}
+
 Status cublasLtMatmul(void*, Desc* d, const float* alpha, const void* A, Layout* a, const void* B, Layout* b,
                       const float* beta, const void* C, Layout* c, void* D, Layout* dl, const Algo*, void*, size_t,
                       void*) {
     if (!check(d, a, b, c, dl)) return INVALID_VALUE;
-    if (d->epilogue == EPILOGUE_BIAS && !d->bias) {
-        fprintf(stderr, "cuda emulator: cuBLASLt BIAS epilogue without a bias pointer\n");
+    if ((has_bias(d->epilogue) && !d->bias) || (has_aux(d->epilogue) && !d->aux)) {
+        fprintf(stderr, "cuda emulator: cuBLASLt epilogue %d without its bias or aux pointer\n", d->epilogue);
         return INVALID_VALUE;
     }
     uint64_t m = dl->rows, n = dl->cols, k = d->ta ? a->rows : a->cols;
@@ -196,11 +236,13 @@ Status cublasLtMatmul(void*, Desc* d, const float* alpha, const void* A, Layout*
             for (; p < k; p++) s[p % 4] += (double)x[p] * y[p];
             float v = *alpha * (float)((s[0] + s[1]) + (s[2] + s[3]));
             if (*beta != 0.0f) v += *beta * element(C, c, i + j * c->ld);
-            if (d->epilogue == EPILOGUE_BIAS) v += element(d->bias, dl, (int64_t)i);
-            if (bf16_out)
-                static_cast<uint16_t*>(D)[i + j * dl->ld] = f32_to_bf16(v);
-            else
-                static_cast<float*>(D)[i + j * dl->ld] = v;
+            if (has_bias(d->epilogue)) v += element(d->bias, dl, (int64_t)i);
+            if (d->epilogue == EPILOGUE_DGELU) v *= gelu_grad(element(d->aux, dl, i + j * d->aux_ld));
+            if (d->epilogue == EPILOGUE_GELU_AUX || d->epilogue == EPILOGUE_GELU_AUX_BIAS) {
+                store(d->aux, bf16_out, i + j * d->aux_ld, v);
+                v = gelu(v);
+            }
+            store(D, bf16_out, i + j * dl->ld, v);
         }
     return OK;
 }

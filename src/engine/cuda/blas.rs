@@ -6,6 +6,9 @@
 //! BF16 x BF16 -> FP32 and FP16 x FP16 -> FP32 cases, on the tensor cores; or, bf16 only, into
 //! a bf16 D (`Gemm::out_bf16`) with a bf16 bias (its type unset: cuBLASLt's default for
 //! `CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE` is D's type), each f32 sum plus bias rounded once.
+//! GELU's forward and backward can ride on a product too ([`Epilogue`]), with an auxiliary
+//! buffer of D's type and shape holding GELU's input (the AUX type and leading dimension are
+//! likewise D's).
 //!
 //! cuBLASLt is column-major: D (m x n, ldd) = op(A) op(B) [+ D] [+ bias per row of D]. A
 //! row-major (r x c) buffer is a column-major (c x r) one, which is how the engine maps the
@@ -28,8 +31,8 @@ use std::ffi::c_void;
 const WORKSPACE_BYTES: usize = 32 << 20;
 
 /// One product's shape in cuBLASLt's terms. `ta`/`tb` transpose A/B; `accumulate` adds to D
-/// (beta = 1); `bias` adds a vector of m entries to every column of D; `inputs`: what A and B
-/// hold (D, C and the bias are f32 unless `out_bf16`).
+/// (beta = 1); `epilogue`: what happens to each sum before it is written; `inputs`: what A and
+/// B hold (D, C, the bias and the auxiliary buffer are f32 unless `out_bf16`).
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub(super) struct Gemm {
     pub ta: bool,
@@ -41,10 +44,51 @@ pub(super) struct Gemm {
     pub ldb: usize,
     pub ldd: usize,
     pub accumulate: bool,
-    pub bias: bool,
+    pub epilogue: Epilogue,
     pub inputs: Precision,
     /// D, C and the bias hold bf16, each f32 sum (with its bias) rounded once (bf16 inputs).
     pub out_bf16: bool,
+}
+
+/// What cuBLASLt does with each sum s of the product (and D's old value) before writing it.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub(super) enum Epilogue {
+    /// D = s.
+    None,
+    /// D = s + bias, a vector of m entries added to every column.
+    Bias,
+    /// aux = s [+ bias], D = GELU(aux) (tanh form): c_fc's product and the GELU after it.
+    GeluAux { bias: bool },
+    /// D = s * GELU'(aux): the gradient of GELU's input, aux being that input.
+    DGelu,
+}
+
+impl Epilogue {
+    pub fn has_bias(self) -> bool {
+        matches!(self, Epilogue::Bias | Epilogue::GeluAux { bias: true })
+    }
+
+    pub fn has_aux(self) -> bool {
+        matches!(self, Epilogue::GeluAux { .. } | Epilogue::DGelu)
+    }
+
+    fn cublaslt(self) -> cublasLtEpilogue_t {
+        match self {
+            Epilogue::None => cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DEFAULT,
+            Epilogue::Bias => cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS,
+            Epilogue::GeluAux { bias: false } => cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU_AUX,
+            Epilogue::GeluAux { bias: true } => cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU_AUX_BIAS,
+            Epilogue::DGelu => cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DGELU,
+        }
+    }
+}
+
+/// The vectors and buffers an epilogue reads or writes besides D (device addresses), each
+/// given exactly when the epilogue has it.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Extra {
+    pub bias: Option<u64>,
+    pub aux: Option<u64>,
 }
 
 /// What training's matrix products multiply in (`dtype`): f32, or inputs in bf16 or f16 on the
@@ -82,8 +126,8 @@ pub(super) struct Blas {
     workspace: DevBuf<u8>,
     tf32: bool,
     /// Keyed by shape and the alignment (bytes, at most 16) its pointers share: an algorithm
-    /// chosen for aligned pointers may refuse misaligned ones.
-    plans: RefCell<HashMap<(Gemm, u32), Plan>>,
+    /// chosen for aligned pointers may refuse misaligned ones. `Err`: cuBLASLt offered none.
+    plans: RefCell<HashMap<(Gemm, u32), Result<Plan, String>>>,
 }
 
 impl Drop for Blas {
@@ -112,7 +156,9 @@ impl Blas {
         })
     }
 
-    fn plan(&self, g: Gemm, align: u32) -> Result<Plan> {
+    /// The descriptors and algorithm for `g`; `aux`: the auxiliary buffer's address, whose
+    /// alignment the heuristic reads.
+    fn plan(&self, g: Gemm, align: u32, aux: Option<u64>) -> Result<Plan> {
         // TF32 concerns f32 inputs only: 16-bit inputs go to the tensor cores as they are.
         let compute = if self.tf32 && g.inputs == Precision::F32 {
             cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
@@ -150,11 +196,7 @@ impl Blas {
         };
         // cublasOperation_t as int32: 0 = N, 1 = T.
         let (ta, tb) = (i32::from(g.ta), i32::from(g.tb));
-        let epilogue = if g.bias {
-            cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS
-        } else {
-            cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DEFAULT
-        };
+        let epilogue = g.epilogue.cublaslt();
         // SAFETY: each attribute gets a value of the type cuBLASLt documents for it.
         unsafe {
             let set = |attr: Desc, ptr: *const c_void, size: usize| {
@@ -168,6 +210,19 @@ impl Blas {
                 &epilogue as *const cublasLtEpilogue_t as _,
                 size_of::<cublasLtEpilogue_t>(),
             )?;
+            if let Some(aux) = aux {
+                let ld = g.ldd as i64;
+                set(
+                    Desc::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD,
+                    &ld as *const i64 as _,
+                    8,
+                )?;
+                set(
+                    Desc::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER,
+                    &aux as *const u64 as _,
+                    8,
+                )?;
+            }
             let pref = lt::create_matmul_pref().map_err(lt_err("preference"))?;
             let ws = WORKSPACE_BYTES as u64;
             let set_pref = |attr: Pref, ptr: *const c_void, size: usize| {
@@ -208,35 +263,59 @@ impl Blas {
         Ok(plan)
     }
 
-    /// D = op(A) op(B) [+ D] [+ bias], queued on the default stream. Addresses are device
-    /// pointers into the engine's buffers; `bias` must be given exactly when `g.bias` is set.
-    pub fn matmul(&self, g: Gemm, a: u64, b: u64, d: u64, bias: Option<u64>) -> Result<()> {
-        assert_eq!(
-            g.bias,
-            bias.is_some(),
-            "bias pointer without a bias plan, or the reverse"
-        );
-        let align = [a, b, d, bias.unwrap_or(d)]
+    /// Whether cuBLASLt has an algorithm for `g` with these pointers (asked once per shape and
+    /// alignment, a refusal said on stderr; the answer is kept for `matmul`): for products
+    /// with a fallback, such as a GELU epilogue.
+    pub fn has_algorithm(&self, g: Gemm, a: u64, b: u64, d: u64, extra: Extra) -> bool {
+        let key = (g, Self::alignment(a, b, d, extra));
+        let mut plans = self.plans.borrow_mut();
+        plans
+            .entry(key)
+            .or_insert_with(|| {
+                let plan = self.plan(g, key.1, extra.aux).map_err(|e| e.to_string());
+                if let Err(e) = &plan {
+                    eprintln!("{e}; running it without the {:?} epilogue", g.epilogue);
+                }
+                plan
+            })
+            .is_ok()
+    }
+
+    /// The alignment (bytes, at most 16) every pointer of a product shares.
+    fn alignment(a: u64, b: u64, d: u64, extra: Extra) -> u32 {
+        [a, b, d, extra.bias.unwrap_or(d), extra.aux.unwrap_or(d)]
             .iter()
             .map(|p| 1u32 << p.trailing_zeros().min(4))
             .min()
-            .unwrap_or(16);
+            .unwrap_or(16)
+    }
+
+    /// D = epilogue(op(A) op(B) [+ D]), queued on the default stream. Addresses are device
+    /// pointers into the engine's buffers; `extra` holds what the epilogue reads or writes.
+    pub fn matmul(&self, g: Gemm, a: u64, b: u64, d: u64, extra: Extra) -> Result<()> {
+        assert_eq!(
+            (g.epilogue.has_bias(), g.epilogue.has_aux()),
+            (extra.bias.is_some(), extra.aux.is_some()),
+            "the epilogue's pointers do not match it"
+        );
+        let key = (g, Self::alignment(a, b, d, extra));
         let mut plans = self.plans.borrow_mut();
-        let plan = match plans.entry((g, align)) {
+        let plan = match plans.entry(key) {
             Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => e.insert(self.plan(g, align)?),
+            Entry::Vacant(e) => e.insert(self.plan(g, key.1, extra.aux).map_err(|e| e.to_string())),
         };
+        let plan = plan.as_ref().map_err(|e| anyhow!("{e}"))?;
         let (alpha, beta) = (1.0f32, if g.accumulate { 1.0f32 } else { 0.0 });
         // SAFETY: the caller's addresses cover the shapes of `g`; the plan was made for `g`.
         unsafe {
-            if let Some(bias) = bias {
-                lt::set_matmul_desc_attribute(
-                    plan.desc,
-                    Desc::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-                    &bias as *const u64 as _,
-                    8,
-                )
-                .map_err(lt_err("bias"))?;
+            for (attr, ptr) in [
+                (Desc::CUBLASLT_MATMUL_DESC_BIAS_POINTER, extra.bias),
+                (Desc::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, extra.aux),
+            ] {
+                if let Some(ptr) = ptr {
+                    lt::set_matmul_desc_attribute(plan.desc, attr, &ptr as *const u64 as _, 8)
+                        .map_err(lt_err("epilogue pointer"))?;
+                }
             }
             lt::matmul(
                 self.handle,

@@ -2,7 +2,7 @@
 //! inference (as `engine::cpu::block`):
 //!
 //! x2  = x  + drop(attn(ln_1(x)) @ W_attnproj + b)
-//! out = x2 + drop(gelu(ln_2(x2) @ W_fc + b) @ W_fcproj + b)
+//! out = x2 + drop(gelu(ln_2(x2) @ W_fc + b) @ W_fcproj + b)   (GELU in c_fc's epilogue or not)
 //!
 //! Attention is a closure (the whole causal sequence, or the KV cache), dropout optional. Each
 //! residual add is fused with the LayerNorm that follows it (`residual_layernorm_forward`): ln_2
@@ -28,6 +28,9 @@ pub(super) struct BlockBufs {
     pub ln2: Norm,
     pub fch: Operand,
     pub fch_gelu: Operand,
+    /// Whether GELU may ride on c_fc's product (`Gpu::matmul_gelu_forward`): not when backward
+    /// remakes its output from `fch` with the kernel, whose bits the forward must then give.
+    pub fuse_gelu: bool,
     /// (rows, C) scratch for a projection's output.
     pub proj: u64,
 }
@@ -95,8 +98,10 @@ pub(super) fn block_forward(
     }
     gpu.residual_layernorm_forward(a.ln2, a.residual2, x, a.proj, rows, c)?;
 
-    gpu.matmul_forward(
+    gpu.matmul_gelu_forward(
+        a.fuse_gelu,
         precision,
+        a.fch_gelu,
         a.fch,
         a.ln2.out,
         p.matrix(o.fc_w),
@@ -106,7 +111,6 @@ pub(super) fn block_forward(
         c,
         4 * c,
     )?;
-    gpu.gelu_forward(a.fch_gelu, a.fch, 4 * n)?;
     gpu.matmul_forward(
         precision,
         proj,

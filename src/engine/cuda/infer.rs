@@ -221,6 +221,7 @@ impl CudaEngine {
                 },
                 fch: Operand::F32(s.fch.ptr()),
                 fch_gelu: Operand::F32(s.fch_gelu.ptr()),
+                fuse_gelu: false,
                 proj: s.proj.ptr(),
             };
             let (kl, vl) = (kc.at(l * layer_stride), vc.at(l * layer_stride));

@@ -8,9 +8,11 @@
 //! NANOGPT_CUDA_TF32=1 lets cuBLASLt use TF32 tensor cores (faster, ~1e-3 relative error).
 //! Training with dtype = "bfloat16" runs every matrix product (the linear layers, the classifier
 //! and attention's four) in bf16 on the tensor cores (f32 sums), as the CPU engine's bf16
-//! training and PyTorch's autocast do: the activations only products read are kept in bf16, the
-//! weights are read from a bf16 copy that AdamW writes from the f32 master with stochastic
-//! rounding (`weights_bf16`); master weights, gradients, moments and every other op stay f32.
+//! training and PyTorch's autocast do: activations are kept in bf16 but for the residual stream,
+//! the weights are read from a bf16 copy that AdamW writes from the f32 master with stochastic
+//! rounding (`weights_bf16`); master weights, gradients, moments and the other ops' sums stay
+//! f32. GELU runs in cuBLASLt's epilogues of the products beside it from compute capability 9.0
+//! (llm.c's default there), else as a kernel; NANOGPT_CUDA_GELU_EPILOGUE=1 or 0 says which.
 //! dtype = "float16" runs the linear layers' and the classifier's products with f16 inputs
 //! (`f16.cu`) and attention in f32, with a loss scaler (`scaler`: the loss's gradient scaled up,
 //! unscaled in `update`, an overflowing step skipped).
@@ -158,6 +160,11 @@ impl CudaEngine {
                 blas,
                 scratch: RefCell::new(DevBuf::zeros(0).map_err(alloc("scratch"))?),
                 profile: RefCell::new(profile::Profile::from_env()),
+                gelu_epilogue: match std::env::var("NANOGPT_CUDA_GELU_EPILOGUE").as_deref() {
+                    Ok("1") => true,
+                    Ok("0") => false,
+                    _ => cc >= 90,
+                },
             },
             name,
             tf32,
@@ -231,6 +238,12 @@ impl CudaEngine {
             .to_bf16_stochastic(copy.ptr(), self.params.ptr(), n, key)?;
         self.weights_bf16 = Some(copy);
         Ok(())
+    }
+
+    /// Whether bf16 training runs GELU in cuBLASLt's epilogues (see the module's header): for
+    /// tests, which run both ways in one process.
+    pub fn set_gelu_epilogue(&mut self, on: bool) {
+        self.gpu.gelu_epilogue = on;
     }
 
     /// The bf16 weight copy the products read, if bf16 training has made one (the seam shows

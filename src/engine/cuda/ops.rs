@@ -6,7 +6,7 @@
 //! f32 or in bf16 (`Precision::Bf16`: operands written in bf16 by the op that made them, or
 //! rounded into a bf16 copy first, `bf16.cu`).
 
-use super::blas::{Blas, Gemm, Precision};
+use super::blas::{Blas, Epilogue, Extra, Gemm, Precision};
 use super::memory::{is_out_of_memory, DevBuf};
 use super::module::Kernels;
 use super::profile::Profile;
@@ -29,6 +29,9 @@ pub(super) struct Gpu {
     pub scratch: RefCell<DevBuf<u8>>,
     /// GPU time per kernel, with NANOGPT_CUDA_PROFILE=1.
     pub profile: RefCell<Option<Profile>>,
+    /// Whether bf16 training runs GELU in cuBLASLt's epilogues of the products around it
+    /// (`matmul_gelu_forward`, `matmul_backward`'s `gelu_input`) rather than as kernels.
+    pub gelu_epilogue: bool,
 }
 
 /// Launches kernel `$name` with `$cfg` and the arguments in order (each bound to a local so it
@@ -228,17 +231,29 @@ impl Gpu {
         Ok(())
     }
 
-    /// A cuBLASLt product (`Blas::matmul`), timed by shape when profiling.
-    pub fn gemm(&self, g: Gemm, a: u64, b: u64, d: u64, bias: Option<u64>) -> Result<()> {
+    /// A cuBLASLt product (`Blas::matmul`), timed by shape (and GELU epilogue) when profiling.
+    pub fn gemm(&self, g: Gemm, a: u64, b: u64, d: u64, extra: Extra) -> Result<()> {
         let name = || {
             let dtype = match g.inputs {
                 Precision::F32 => "f32",
                 Precision::Bf16 => "bf16",
                 Precision::F16 => "f16",
             };
-            format!("gemm {dtype} {}x{}x{}", g.m, g.n, g.k)
+            let gelu = match g.epilogue {
+                Epilogue::GeluAux { .. } => " +gelu",
+                Epilogue::DGelu => " +dgelu",
+                Epilogue::None | Epilogue::Bias => "",
+            };
+            format!("gemm {dtype} {}x{}x{}{gelu}", g.m, g.n, g.k)
         };
-        self.timed(name, || self.blas.matmul(g, a, b, d, bias))
+        self.timed(name, || self.blas.matmul(g, a, b, d, extra))
+    }
+
+    /// Whether `g` may run with a GELU epilogue on these pointers: bf16 training with
+    /// `gelu_epilogue` on, and cuBLASLt offering an algorithm for it (else GELU runs as a
+    /// kernel, and the first refusal of each shape is said on stderr).
+    fn gelu_fused(&self, g: Gemm, a: u64, b: u64, d: u64, extra: Extra) -> bool {
+        self.gelu_epilogue && g.out_bf16 && self.blas.has_algorithm(g, a, b, d, extra)
     }
 
     pub fn synchronize(&self) -> Result<()> {
@@ -272,15 +287,14 @@ impl Gpu {
         )
     }
 
-    /// dinp = dout * GELU'(inp): f32 (in place when dinp is dout), or dinp and inp bf16.
-    pub fn gelu_backward(&self, dinp: Operand, dout: u64, inp: Operand, n: usize) -> Result<()> {
-        dinp.same_type_as(inp, "gelu_backward's input and gradient")?;
+    /// d = d * GELU'(inp), in place: d and inp both f32, or both bf16.
+    fn gelu_backward_inplace(&self, d: Operand, inp: Operand, n: usize) -> Result<()> {
+        d.same_type_as(inp, "gelu_backward's input and gradient")?;
         launch!(
             self,
-            &dinp.kernel("gelu_backward"),
+            &d.kernel("gelu_backward_inplace"),
             elementwise(n),
-            dinp.ptr(),
-            dout,
+            d.ptr(),
             inp.ptr(),
             n as u64
         )
@@ -870,6 +884,65 @@ impl Gpu {
         c: usize,
         oc: usize,
     ) -> Result<()> {
+        let (g, [w, inp], extra) =
+            self.forward_product(precision, out, inp, w, layout, bias, rows, c, oc)?;
+        self.gemm(g, w, inp, out.ptr(), extra)
+    }
+
+    /// `pre` = the product as `matmul_forward` makes it, and `out` = GELU(pre), both of one
+    /// type: in bf16 training with `gelu_epilogue` and `may_fuse`, one cuBLASLt product whose
+    /// epilogue writes both (GELU of the f32 sum, `pre` as aux); else the product, then
+    /// `gelu_forward` (which is how backward remakes `out` from `pre`, bit for bit).
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_gelu_forward(
+        &self,
+        may_fuse: bool,
+        precision: Precision,
+        out: Operand,
+        pre: Operand,
+        inp: Operand,
+        w: Operand,
+        layout: Layout,
+        bias: Option<Operand>,
+        rows: usize,
+        c: usize,
+        oc: usize,
+    ) -> Result<()> {
+        out.same_type_as(pre, "GELU's input and output")?;
+        let (g, [w, inp], extra) =
+            self.forward_product(precision, pre, inp, w, layout, bias, rows, c, oc)?;
+        let fused = Gemm {
+            epilogue: Epilogue::GeluAux {
+                bias: bias.is_some(),
+            },
+            ..g
+        };
+        let fused_extra = Extra {
+            aux: Some(pre.ptr()),
+            ..extra
+        };
+        if may_fuse && self.gelu_fused(fused, w, inp, out.ptr(), fused_extra) {
+            return self.gemm(fused, w, inp, out.ptr(), fused_extra);
+        }
+        self.gemm(g, w, inp, pre.ptr(), extra)?;
+        self.gelu_forward(out, pre, rows * oc)
+    }
+
+    /// The product `matmul_forward` describes, its operands as it reads them (W, inp) and its
+    /// bias.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_product(
+        &self,
+        precision: Precision,
+        out: Operand,
+        inp: Operand,
+        w: Operand,
+        layout: Layout,
+        bias: Option<Operand>,
+        rows: usize,
+        c: usize,
+        oc: usize,
+    ) -> Result<(Gemm, [u64; 2], Extra)> {
         // Column-major: out^T (oc x rows) = W' (oc x c) inp^T (c x rows), where W' is the
         // (c, oc) buffer as stored (InOut) or the transposed (oc, c) one (OutIn).
         let (ta, lda) = match layout {
@@ -883,7 +956,7 @@ impl Gpu {
         if let Some(bias) = bias {
             out.same_type_as(bias, "matmul_forward's output and bias")?;
         }
-        let [w, inp] = self.operands(precision, [(w, c * oc), (inp, rows * c)])?;
+        let operands = self.operands(precision, [(w, c * oc), (inp, rows * c)])?;
         let g = Gemm {
             ta,
             tb: false,
@@ -894,21 +967,33 @@ impl Gpu {
             ldb: c,
             ldd: oc,
             accumulate: false,
-            bias: bias.is_some(),
+            epilogue: if bias.is_some() {
+                Epilogue::Bias
+            } else {
+                Epilogue::None
+            },
             inputs: precision,
             out_bf16,
         };
-        self.gemm(g, w, inp, out.ptr(), bias.map(Operand::ptr))
+        let extra = Extra {
+            bias: bias.map(Operand::ptr),
+            aux: None,
+        };
+        Ok((g, operands, extra))
     }
 
-    /// dinp = dout @ W^T (overwritten); dW += inp^T @ dout (dout^T @ inp for OutIn), both
-    /// products in `precision`; dbias += column sums of dout (`partial`: colsum_chunks(rows) *
-    /// oc floats), summed in f32.
+    /// dinp = dout @ W^T (overwritten; f32, or bf16 from a bf16 product); dW += inp^T @ dout
+    /// (dout^T @ inp for OutIn), both products in `precision`; dbias += column sums of dout
+    /// (`partial`: colsum_chunks(rows) * oc floats), summed in f32. With `gelu_input` (inp is
+    /// GELU of it, of dinp's type), dinp is that input's gradient, dout @ W^T * GELU'(gelu_input):
+    /// in bf16 training with `gelu_epilogue` cuBLASLt's DGELU epilogue, else
+    /// `gelu_backward_inplace` after the product.
     #[allow(clippy::too_many_arguments)]
     pub fn matmul_backward(
         &self,
         precision: Precision,
-        dinp: u64,
+        dinp: Operand,
+        gelu_input: Option<Operand>,
         dw: u64,
         dbias: Option<u64>,
         dout: Operand,
@@ -920,6 +1005,9 @@ impl Gpu {
         oc: usize,
         partial: u64,
     ) -> Result<()> {
+        if dinp.is_bf16() && precision != Precision::Bf16 {
+            bail!("matmul_backward: a bf16 input gradient needs a bf16 product");
+        }
         let [w_in, dout_in, inp_in] =
             self.operands(precision, [(w, c * oc), (dout, rows * oc), (inp, rows * c)])?;
         let (dinp_gemm, dw_gemm, dw_ab) = match layout {
@@ -936,7 +1024,7 @@ impl Gpu {
                     ldb: oc,
                     ldd: c,
                     accumulate: false,
-                    bias: false,
+                    epilogue: Epilogue::None,
                     inputs: precision,
                     out_bf16: false,
                 },
@@ -950,7 +1038,7 @@ impl Gpu {
                     ldb: c,
                     ldd: oc,
                     accumulate: true,
-                    bias: false,
+                    epilogue: Epilogue::None,
                     inputs: precision,
                     out_bf16: false,
                 },
@@ -969,7 +1057,7 @@ impl Gpu {
                     ldb: oc,
                     ldd: c,
                     accumulate: false,
-                    bias: false,
+                    epilogue: Epilogue::None,
                     inputs: precision,
                     out_bf16: false,
                 },
@@ -983,15 +1071,38 @@ impl Gpu {
                     ldb: oc,
                     ldd: c,
                     accumulate: true,
-                    bias: false,
+                    epilogue: Epilogue::None,
                     inputs: precision,
                     out_bf16: false,
                 },
                 (inp_in, dout_in),
             ),
         };
-        self.gemm(dinp_gemm, w_in, dout_in, dinp, None)?;
-        self.gemm(dw_gemm, dw_ab.0, dw_ab.1, dw, None)?;
+        let dinp_gemm = Gemm {
+            out_bf16: dinp.is_bf16(),
+            ..dinp_gemm
+        };
+        match gelu_input {
+            None => self.gemm(dinp_gemm, w_in, dout_in, dinp.ptr(), Extra::default())?,
+            Some(pre) => {
+                dinp.same_type_as(pre, "GELU's input and its gradient")?;
+                let fused = Gemm {
+                    epilogue: Epilogue::DGelu,
+                    ..dinp_gemm
+                };
+                let extra = Extra {
+                    bias: None,
+                    aux: Some(pre.ptr()),
+                };
+                if self.gelu_fused(fused, w_in, dout_in, dinp.ptr(), extra) {
+                    self.gemm(fused, w_in, dout_in, dinp.ptr(), extra)?;
+                } else {
+                    self.gemm(dinp_gemm, w_in, dout_in, dinp.ptr(), Extra::default())?;
+                    self.gelu_backward_inplace(dinp, pre, rows * c)?;
+                }
+            }
+        }
+        self.gemm(dw_gemm, dw_ab.0, dw_ab.1, dw, Extra::default())?;
         if let Some(db) = dbias {
             self.colsum(db, dout, rows, oc, partial)?;
         }

@@ -108,10 +108,10 @@ pub(super) struct ActGrads {
     /// column sum read it).
     dqkv: ProductInput,
     datty: DevBuf<f32>,
-    /// The GELU output's gradient, and in bf16 training the bf16 gradient of its input, which
-    /// only the c_fc products and bias sum read (in f32 training it is `dfch`, in place).
-    dfch: DevBuf<f32>,
-    dfch_in_bf16: Option<DevBuf<u16>>,
+    /// The gradient of GELU's input (c_fc's output), which only c_fc's products and bias sum
+    /// read: bf16 in bf16 training (made by c_fc_proj's backward product and GELU's backward,
+    /// fused or not, `Gpu::matmul_backward`).
+    dfch: ProductInput,
     /// Attention's D = dO . O, (B, H, T).
     att_d: DevBuf<f32>,
     /// Partial column sums (bias and LayerNorm gradients): colsum_chunks(rows) * 4C.
@@ -214,15 +214,6 @@ impl Activations {
 }
 
 impl ActGrads {
-    /// The gradient of the GELU's input, as GELU's backward writes it and c_fc's backward
-    /// reads it.
-    fn dfch_in(&self) -> Operand {
-        match &self.dfch_in_bf16 {
-            Some(b) => Operand::Bf16(b.ptr()),
-            None => Operand::F32(self.dfch.ptr()),
-        }
-    }
-
     fn new(
         cfg: &GptConfig,
         b: usize,
@@ -237,11 +228,7 @@ impl ActGrads {
             dln: z(bt * c)?,
             dqkv: ProductInput::new(bt * 3 * c, precision)?,
             datty: z(bt * c)?,
-            dfch: z(bt * 4 * c)?,
-            dfch_in_bf16: match precision {
-                Precision::Bf16 => Some(DevBuf::zeros(bt * 4 * c)?),
-                Precision::F32 | Precision::F16 => None,
-            },
+            dfch: ProductInput::new(bt * 4 * c, precision)?,
             att_d: z(b * cfg.n_head * t)?,
             partial: z(colsum_chunks(bt) * 4 * c)?,
             bucket_start: DevBuf::zeros(bt + 1)?,
@@ -367,6 +354,7 @@ impl CudaEngine {
                 ln2: a.norm(&a.ln2, l, (p.at(o.ln2_w), param_or_null(o.ln2_b))),
                 fch: a.fch.at(l4c),
                 fch_gelu: a.fch_gelu.at(a.kept(l4c)),
+                fuse_gelu: !a.recompute,
                 proj: a.proj.ptr(),
             };
             let branches = site(l, SITE_ATTN_RESID).zip(site(l, SITE_MLP_RESID));
@@ -503,7 +491,8 @@ impl CudaEngine {
         )?;
         gpu.matmul_backward(
             precision,
-            g.dln.ptr(),
+            Operand::F32(g.dln.ptr()),
+            None,
             gr.at(tb.wte),
             None,
             dlogits,
@@ -555,7 +544,8 @@ impl CudaEngine {
             }
             gpu.matmul_backward(
                 precision,
-                g.dfch.ptr(),
+                g.dfch.at(0),
+                Some(a.fch.at(l4c)),
                 gr.at(o.fcproj_w),
                 bias(o.fcproj_b),
                 Operand::F32(dproj),
@@ -567,7 +557,6 @@ impl CudaEngine {
                 c,
                 part,
             )?;
-            gpu.gelu_backward(g.dfch_in(), g.dfch.ptr(), a.fch.at(l4c), bt * 4 * c)?;
             let ln_at = a.kept(lc);
             if a.recompute {
                 let ln2 = a.norm(&a.ln2, l, (p.at(o.ln2_w), param_or_null(o.ln2_b)));
@@ -575,10 +564,11 @@ impl CudaEngine {
             }
             gpu.matmul_backward(
                 precision,
-                g.dln.ptr(),
+                Operand::F32(g.dln.ptr()),
+                None,
                 gr.at(o.fc_w),
                 bias(o.fc_b),
-                g.dfch_in(),
+                g.dfch.at(0),
                 a.ln2.out.at(ln_at),
                 p.matrix(o.fc_w),
                 Layout::InOut,
@@ -611,7 +601,8 @@ impl CudaEngine {
             )?;
             gpu.matmul_backward(
                 precision,
-                g.datty.ptr(),
+                Operand::F32(g.datty.ptr()),
+                None,
                 gr.at(o.attproj_w),
                 bias(o.attproj_b),
                 Operand::F32(dproj),
@@ -643,7 +634,8 @@ impl CudaEngine {
             }
             gpu.matmul_backward(
                 precision,
-                g.dln.ptr(),
+                Operand::F32(g.dln.ptr()),
+                None,
                 gr.at(o.qkv_w),
                 bias(o.qkv_b),
                 g.dqkv.at(0),
