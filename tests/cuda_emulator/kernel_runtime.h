@@ -357,6 +357,8 @@ inline float __uint_as_float(unsigned u) { return emu_bits_as<float>(u); }
 inline unsigned __float_as_uint(float f) { return emu_bits_as<unsigned>(f); }
 inline int __float_as_int(float f) { return emu_bits_as<int>(f); }
 inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+// The fast intrinsic: here the accurate function (the GPU's differs by a couple of ulps).
+inline float __expf(float x) { return expf(x); }
 template <class T>
 T atomicAdd(T* p, T v) {
     T old = *p;

@@ -5,7 +5,7 @@
 // as it enters a product; sums and the softmax's statistics stay f32, and the outputs, which
 // only products (and their bias's column sums) read, are written in bf16: O, dQ, dK, dV. Per (b, h), scale = 1/sqrt(hs), j <= i, Z the dropout factor:
 //   S_ij = (bf(Q_i) . bf(K_j)) scale
-//   forward, online over key tiles: m_i running max, l_i = sum_j e^(S_ij - m_i),
+//   forward, online over key tiles: m_i running max, l_i = sum_j e^(S_ij - m_i) (fast_exp),
 //     O_i = bf(sum_j bf(e^(S_ij - m_i) Z_ij) bf(V_j) / l_i),   lse_i = m_i + log l_i
 //   (O is stored in bf16: only the projection's products and D read it)
 //   backward, with P_ij = e^(S_ij - lse_i) and D_i = dO_i . O_i (attention_backward_d, f32 sums):
@@ -25,10 +25,28 @@
 #define FA_THREADS 128
 
 // A staged tile: FA_ROWS rows of HS bf16, LD apart (8 bf16 of padding put the rows a warp reads
-// at once in different shared-memory banks).
+// at once in different shared-memory banks; rows stay 16-byte aligned for vector stores). Tiles
+// are declared 16-byte aligned.
 template <int HS>
 struct Tile {
     static const int LD = HS + 8;
+};
+
+// e^x on the special-function unit (ex2.approx of x log2 e: a couple of ulps). The
+// probabilities it makes are rounded to bf16 (8 bits) before they meet V or dO, so the accurate
+// expf, a dozen instructions per score (a warp's 16 x 64 tile of scores takes 64 mma.sync and
+// 32 exponentials per lane), would cost more than the products and buy nothing.
+__device__ __forceinline__ float fast_exp(float x) { return __expf(x); }
+
+// 16, 8 bytes moved as one: a global load or shared store of 8 bf16 or 4 f32 in one instruction.
+struct alignas(16) Bytes16 {
+    unsigned w[4];
+};
+struct alignas(8) Bytes8 {
+    unsigned w[2];
+};
+struct alignas(16) Floats4 {
+    float f[4];
 };
 
 __device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
@@ -44,9 +62,33 @@ __device__ __forceinline__ unsigned pair_of(bf16 lo, bf16 hi) {
 __device__ __forceinline__ bf16 as_bf16(float x) { return bf16_bits(x); }
 __device__ __forceinline__ bf16 as_bf16(bf16 x) { return x; }
 
+// The 16 bytes of src at `src` staged as bf16 at `dst`: 8 bf16 as they are, or 4 f32 rounded.
+__device__ __forceinline__ void stage_vector(bf16* dst, const bf16* src) {
+    *reinterpret_cast<Bytes16*>(dst) = *reinterpret_cast<const Bytes16*>(src);
+}
+__device__ __forceinline__ void stage_vector(bf16* dst, const float* src) {
+    Floats4 v = *reinterpret_cast<const Floats4*>(src);
+    Bytes8 b = {{pack_bf16(v.f[0], v.f[1]), pack_bf16(v.f[2], v.f[3])}};
+    *reinterpret_cast<Bytes8*>(dst) = b;
+}
+
 // tile[r][d] = bf(row r0 + r, column d) of a (T, stride) f32 or bf16 matrix, zero past T or hs.
+// 16 bytes per load where rows and heads allow it (a head size and row stride in whole vectors,
+// an aligned start: GPT-2's shapes), else element by element.
 template <int HS, class In>
 __device__ __forceinline__ void stage(bf16* tile, const In* src, u64 stride, int r0, int t, int hs) {
+    const int V = 16 / sizeof(In);
+    if (hs % V == 0 && stride % V == 0 && (u64)src % 16 == 0) {
+        for (int e = threadIdx.x; e < FA_ROWS * HS / V; e += blockDim.x) {
+            int r = e / (HS / V), d = e % (HS / V) * V;
+            bf16* dst = tile + r * Tile<HS>::LD + d;
+            if (r0 + r < t && d < hs)
+                stage_vector(dst, src + (u64)(r0 + r) * stride + d);
+            else
+                for (int k = 0; k < V; k++) dst[k] = 0;
+        }
+        return;
+    }
     for (int e = threadIdx.x; e < FA_ROWS * HS; e += blockDim.x) {
         int r = e / HS, d = e % HS;
         tile[r * Tile<HS>::LD + d] = (r0 + r < t && d < hs) ? as_bf16(src[(u64)(r0 + r) * stride + d]) : (bf16)0;
@@ -99,8 +141,9 @@ template <int HS>
 __device__ __forceinline__ void frag_b_rows(unsigned b[2], const bf16* m, int k0, int n0) {
     int g = (threadIdx.x % 32) / 4, q = threadIdx.x % 4;
     const bf16* row = m + (n0 + g) * Tile<HS>::LD + k0 + 2 * q;
-    b[0] = pair_of(row[0], row[1]);
-    b[1] = pair_of(row[8], row[9]);
+    // Each pair is adjacent and 4-byte aligned: one load (the first in the low half).
+    b[0] = *reinterpret_cast<const unsigned*>(row);
+    b[1] = *reinterpret_cast<const unsigned*>(row + 8);
 }
 
 // B fragment (16 x 8) at (k0, n0) of B = M, a staged tile: the pairs run down M's columns.
@@ -192,7 +235,8 @@ __device__ __forceinline__ float row_max(float x) {
 template <int HS>
 __device__ void flash_forward_impl(bf16* out, float* lse, const bf16* qkv, int t, int nh, int hs, float scale,
                                    u64 key, float p, float inv_keep, int dropout) {
-    __shared__ bf16 ks[FA_ROWS * Tile<HS>::LD], vs[FA_ROWS * Tile<HS>::LD];
+    alignas(16) __shared__ bf16 ks[FA_ROWS * Tile<HS>::LD];
+    alignas(16) __shared__ bf16 vs[FA_ROWS * Tile<HS>::LD];
     int bh = blockIdx.y, b = bh / nh, h = bh % nh, c = nh * hs;
     int q0 = blockIdx.x * FA_ROWS, r0 = q0 + (threadIdx.x / 32) * 16;
     const bf16* base = qkv + (u64)b * t * 3 * c + h * hs;
@@ -220,7 +264,7 @@ __device__ void flash_forward_impl(bf16* out, float* lse, const bf16* qkv, int t
         for (int r = 0; r < 2; r++) {
             // Key 0 is in the first tile and every row sees it, so m_new is finite.
             m_new[r] = row_max(m_new[r]);
-            shrink[r] = expf(m[r] - m_new[r]);
+            shrink[r] = fast_exp(m[r] - m_new[r]);
             l[r] *= shrink[r];
             m[r] = m_new[r];
         }
@@ -232,7 +276,7 @@ __device__ void flash_forward_impl(bf16* out, float* lse, const bf16* qkv, int t
         for (int n = 0; n < 8; n++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                float w = expf(s[n][e] - m[e >> 1]);
+                float w = fast_exp(s[n][e] - m[e >> 1]);
                 l[e >> 1] += w;
                 if (dropout) {
                     int i = r0 + acc_row(e), j = k0 + acc_col(n, e);
@@ -261,7 +305,8 @@ template <int HS>
 __device__ void flash_backward_dq_impl(bf16* dqkv, const float* dout, const bf16* qkv, const float* lse,
                                        const float* dd, int t, int nh, int hs, float scale, u64 key, float p,
                                        float inv_keep, int dropout) {
-    __shared__ bf16 ks[FA_ROWS * Tile<HS>::LD], vs[FA_ROWS * Tile<HS>::LD];
+    alignas(16) __shared__ bf16 ks[FA_ROWS * Tile<HS>::LD];
+    alignas(16) __shared__ bf16 vs[FA_ROWS * Tile<HS>::LD];
     int bh = blockIdx.y, b = bh / nh, h = bh % nh, c = nh * hs;
     int q0 = blockIdx.x * FA_ROWS, r0 = q0 + (threadIdx.x / 32) * 16;
     const bf16* base = qkv + (u64)b * t * 3 * c + h * hs;
@@ -292,7 +337,7 @@ __device__ void flash_backward_dq_impl(bf16* dqkv, const float* dout, const bf16
                 if (j <= i && i < t) {
                     float g = dp[n][e];
                     if (dropout) g = keep(key, ((u64)bh * t + i) * t + j, p) ? g * inv_keep : 0.0f;
-                    ds = expf(s[n][e] * scale - lse_r[e >> 1]) * (g - d_r[e >> 1]) * scale;
+                    ds = fast_exp(s[n][e] * scale - lse_r[e >> 1]) * (g - d_r[e >> 1]) * scale;
                 }
                 s[n][e] = ds;
             }
@@ -308,7 +353,8 @@ template <int HS>
 __device__ void flash_backward_dkv_impl(bf16* dqkv, const float* dout, const bf16* qkv, const float* lse,
                                         const float* dd, int t, int nh, int hs, float scale, u64 key, float p,
                                         float inv_keep, int dropout) {
-    __shared__ bf16 qs[FA_ROWS * Tile<HS>::LD], dos[FA_ROWS * Tile<HS>::LD];
+    alignas(16) __shared__ bf16 qs[FA_ROWS * Tile<HS>::LD];
+    alignas(16) __shared__ bf16 dos[FA_ROWS * Tile<HS>::LD];
     __shared__ float lse_s[FA_ROWS], d_s[FA_ROWS];
     int bh = blockIdx.y, b = bh / nh, h = bh % nh, c = nh * hs;
     int k0 = blockIdx.x * FA_ROWS, r0 = k0 + (threadIdx.x / 32) * 16;
@@ -342,7 +388,7 @@ __device__ void flash_backward_dkv_impl(bf16* dqkv, const float* dout, const bf1
                 int j = r0 + acc_row(e), ii = acc_col(n, e), i = q0 + ii;
                 float pr = 0.0f;
                 if (j <= i && i < t && j < t) {
-                    pr = expf(s[n][e] * scale - lse_s[ii]);
+                    pr = fast_exp(s[n][e] * scale - lse_s[ii]);
                     if (!dropout || keep(key, ((u64)bh * t + i) * t + j, p)) kept |= 1u << (4 * n + e);
                 }
                 s[n][e] = pr;
