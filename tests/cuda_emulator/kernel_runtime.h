@@ -10,7 +10,8 @@
 // the process with the kernel's name, instead of hanging as a GPU would.
 
 #pragma once
-// Kernel sources hold inline PTX only where this is not defined (common.cu's mma_bf16_16816).
+// Kernel sources hold inline PTX only where this is not defined (common.cu's mma_bf16_16816 and
+// ldmatrix_x2[_trans]).
 #define NANOGPT_CUDA_EMULATOR 1
 #include <cmath>
 #include <cstdint>
@@ -308,6 +309,29 @@ inline void mma_m16n8k16_bf16(float d[4], const unsigned a[4], const unsigned b[
     }
 }
 
+// ldmatrix.sync.aligned.m8n8.x2[.trans].shared.b16, from the PTX ISA's description ("Warp-level
+// matrix load instruction: ldmatrix"): lanes 0-7 give the addresses of matrix 0's eight rows,
+// lanes 8-15 matrix 1's (eight 16-bit elements each, 16-byte aligned); register i of lane l
+// receives matrix i's elements [l / 4][2 (l % 4)] and [l / 4][2 (l % 4) + 1], the first in the
+// low half; with .trans, [2 (l % 4)][l / 4] and [2 (l % 4) + 1][l / 4].
+inline void ldmatrix_m8n8_x2(unsigned d[2], const void* row, bool trans) {
+    Slot slot{};
+    slot.word[0] = (unsigned long long)(uintptr_t)row;
+    const Slot* warp = meet(0xffffffffu, slot);
+    unsigned lane = launch->current->linear % 32;
+    for (unsigned i = 0; i < 2; i++) {
+        const unsigned short* rows[8];
+        for (unsigned r = 0; r < 8; r++) {
+            unsigned long long address = warp[8 * i + r].word[0];
+            if (address % 16 != 0) fail("an ldmatrix row address is not 16-byte aligned");
+            rows[r] = reinterpret_cast<const unsigned short*>((uintptr_t)address);
+        }
+        unsigned r = lane / 4, c = 2 * (lane % 4);
+        unsigned short lo = trans ? rows[c][r] : rows[r][c], hi = trans ? rows[c + 1][r] : rows[r][c + 1];
+        d[i] = lo | (unsigned)hi << 16;
+    }
+}
+
 }  // namespace emu
 
 #define threadIdx (emu::launch->current->idx)
@@ -339,10 +363,13 @@ T __shfl_sync(unsigned mask, T v, int lane) {
     return emu::shuffle(mask, v, lane);
 }
 
-// common.cu's tensor-core product, which the kernels there write in PTX.
+// common.cu's tensor-core product and shared-memory matrix loads, which the kernels there write
+// in PTX.
 inline void mma_bf16_16816(float d[4], const unsigned a[4], const unsigned b[2]) {
     emu::mma_m16n8k16_bf16(d, a, b);
 }
+inline void ldmatrix_x2(unsigned d[2], const void* row) { emu::ldmatrix_m8n8_x2(d, row, false); }
+inline void ldmatrix_x2_trans(unsigned d[2], const void* row) { emu::ldmatrix_m8n8_x2(d, row, true); }
 
 // CUDA's reinterpretations of a 32-bit value's bits.
 template <class To, class From>

@@ -136,24 +136,22 @@ __device__ __forceinline__ void frags_from_global(unsigned f[HS / 16][4], const 
 }
 
 // B fragment (16 x 8) at (k0, n0) of B = M^T, M a staged tile (rows are B's columns): the
-// pairs run along M's rows.
+// pairs run along M's rows. b[0] = M[n0 + g][k0 + 2q, +1], b[1] the same 8 columns on: one
+// ldmatrix of rows n0..n0+7 at columns k0.. and k0+8.. (lane l gives row n0 + l % 8 of matrix
+// (l / 8) % 2; lanes 16-31 repeat 0-15, unread).
 template <int HS>
 __device__ __forceinline__ void frag_b_rows(unsigned b[2], const bf16* m, int k0, int n0) {
-    int g = (threadIdx.x % 32) / 4, q = threadIdx.x % 4;
-    const bf16* row = m + (n0 + g) * Tile<HS>::LD + k0 + 2 * q;
-    // Each pair is adjacent and 4-byte aligned: one load (the first in the low half).
-    b[0] = *reinterpret_cast<const unsigned*>(row);
-    b[1] = *reinterpret_cast<const unsigned*>(row + 8);
+    int lane = threadIdx.x % 32;
+    ldmatrix_x2(b, m + (n0 + lane % 8) * Tile<HS>::LD + k0 + 8 * ((lane / 8) % 2));
 }
 
 // B fragment (16 x 8) at (k0, n0) of B = M, a staged tile: the pairs run down M's columns.
+// b[0] = M[k0 + 2q, +1][n0 + g], b[1] 8 rows on: one transposing ldmatrix of rows k0..k0+7 and
+// k0+8..k0+15 at columns n0..n0+7 (lane l gives row k0 + 8 ((l / 8) % 2) + l % 8).
 template <int HS>
 __device__ __forceinline__ void frag_b_cols(unsigned b[2], const bf16* m, int k0, int n0) {
-    int g = (threadIdx.x % 32) / 4, q = threadIdx.x % 4;
-    const bf16* col = m + (k0 + 2 * q) * Tile<HS>::LD + n0 + g;
-    const int ld = Tile<HS>::LD;
-    b[0] = pair_of(col[0], col[ld]);
-    b[1] = pair_of(col[8 * ld], col[9 * ld]);
+    int lane = threadIdx.x % 32;
+    ldmatrix_x2_trans(b, m + (k0 + 8 * ((lane / 8) % 2) + lane % 8) * Tile<HS>::LD + n0);
 }
 
 // The A fragment (16 x 16) of columns 16k..16k+15 of a warp's 16 x 64 f32 tile held as eight
