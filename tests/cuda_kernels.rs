@@ -1,6 +1,7 @@
 //! The CUDA kernel sources, checked without a GPU: every entry point compiles under NVRTC for
-//! sm_80 and sm_90 (NVRTC from PyPI, see `.ci/run`), the engine's list of entry points is the
-//! sources' list, and the device's dropout hash, transcribed here, gives the CPU's masks.
+//! sm_80 and sm_90 (NVRTC from PyPI, see `.ci/run`), ptxas takes them, the flash kernels' fast
+//! paths are in the PTX, the engine's list of entry points is the sources' list, and the
+//! device's dropout hash, transcribed here, gives the CPU's masks.
 
 use nanogpt::kernels::cpu::dropout::dropout_inplace;
 use nanogpt::kernels::cuda::{
@@ -326,5 +327,63 @@ fn f16_rounding_is_ieee_round_to_nearest_even() {
     }
     for u in (0..=u32::MAX).step_by(97) {
         check(f32::from_bits(u));
+    }
+}
+
+/// Each entry point's PTX body (from `.entry NAME(` to the next entry), by name.
+fn ptx_bodies(ptx: &str) -> Vec<(String, String)> {
+    ptx.split(".entry ")
+        .skip(1)
+        .map(|body| {
+            let name = body.split('(').next().unwrap_or_default().to_string();
+            (name, body.to_string())
+        })
+        .collect()
+}
+
+/// The bf16 flash kernels' fast paths reach the PTX: shared-memory fragments by `ldmatrix`
+/// (plain and transposing), exponentials on the special-function unit alone (`ex2.approx`, not
+/// the accurate expf's dozen instructions around it), and 16-byte global loads for the tiles.
+#[test]
+fn flash_kernels_use_ldmatrix_fast_exponentials_and_vector_loads() {
+    if !nvrtc_or_skip("flash_kernels_use_ldmatrix_fast_exponentials_and_vector_loads") {
+        return;
+    }
+    let ptx = compile_ptx(90).unwrap_or_else(|e| panic!("{e:#}"));
+    let flash: Vec<(String, String)> = ptx_bodies(&ptx)
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("flash_"))
+        .collect();
+    // The accurate expf's range reduction multiplies by this constant before its ex2.approx;
+    // the exact f32 kernels keep that expf.
+    const ACCURATE_EXPF: &str = "0f3BBB989D";
+    let exact = ptx_bodies(&ptx)
+        .into_iter()
+        .find(|(name, _)| name == "attention_forward_64")
+        .expect("attention_forward_64 in the PTX");
+    assert!(
+        exact.1.contains(ACCURATE_EXPF),
+        "the accurate expf's signature changed"
+    );
+    assert_eq!(flash.len(), 3 * ATTENTION_HEAD_SIZES.len());
+    for (name, body) in &flash {
+        let count = |needle: &str| body.matches(needle).count();
+        println!(
+            "{name}: ldmatrix {} (.trans {}), ex2.approx {}, ld.global.v4 {}, mma {}",
+            count("ldmatrix"),
+            count(".trans"),
+            count("ex2.approx"),
+            count("ld.global.v4"),
+            count("mma.sync")
+        );
+        assert!(
+            count("ldmatrix") > 0 && count(".trans") > 0,
+            "{name}: no ldmatrix"
+        );
+        assert!(
+            count("ex2.approx") > 0 && count(ACCURATE_EXPF) == 0,
+            "{name}: not the fast exponential"
+        );
+        assert!(count("ld.global.v4") > 0, "{name}: no 16-byte loads");
     }
 }
