@@ -10,8 +10,8 @@
 // the process with the kernel's name, instead of hanging as a GPU would.
 
 #pragma once
-// Kernel sources hold inline PTX only where this is not defined (common.cu's mma_bf16_16816 and
-// ldmatrix_x2[_trans]).
+// Kernel sources hold inline PTX only where this is not defined (common.cu's mma_bf16_16816,
+// ldmatrix_x2[_trans] and the cp.async functions).
 #define NANOGPT_CUDA_EMULATOR 1
 #include <cmath>
 #include <cstdint>
@@ -68,6 +68,14 @@ struct Fiber {
     unsigned linear = 0;
     Wait wait = Wait::None;
     unsigned meetings = 0;  // warp meetings (shuffles, mma) it has been to: picks the slot set
+    // cp.async copies not yet done, each with its group (== committed: the open group).
+    struct Copy {
+        void* dst;
+        const void* src;
+        unsigned group;
+    };
+    std::vector<Copy> copies;
+    unsigned committed = 0;
 };
 
 // What a lane publishes at a warp meeting: a shuffle's value, or an mma's A and B fragments.
@@ -182,7 +190,11 @@ inline void run_block() {
                     if (l.fibers[i].wait == Wait::Warp) l.fibers[i].wait = Wait::None;
             }
         }
-        if (!live) return;
+        if (!live) {
+            for (Fiber& f : l.fibers)
+                if (!f.copies.empty()) fail("a thread ended with cp.async copies it never waited for");
+            return;
+        }
         for (Fiber& f : l.fibers) {
             if (f.wait == Wait::Warp)
                 fail("threads wait at different barriers (__syncthreads in divergent code, or a warp shuffle some lanes of the warp do not reach)");
@@ -216,12 +228,24 @@ void run(const char* name, void (*kernel)(A...), void** args, dim3 grid, dim3 bl
     l.body_arg = &call;
     Launch* outer = launch;
     launch = &l;
-    for (unsigned z = 0; z < grid.z; z++)
-        for (unsigned y = 0; y < grid.y; y++)
-            for (unsigned x = 0; x < grid.x; x++) {
-                l.block_idx = dim3{x, y, z};
-                run_block();
-            }
+    // Blocks in a fixed scrambled order (a GPU promises none): block k runs (k * step) mod n,
+    // step coprime to n, so neighbours in the grid rarely run one after another, and a block that
+    // reads shared memory it did not write (a copy not waited for) reads another's leftovers.
+    unsigned long long n = (unsigned long long)grid.x * grid.y * grid.z, step = n ? 40503 % n : 0;
+    auto gcd = [](unsigned long long a, unsigned long long b) {
+        while (b) {
+            unsigned long long r = a % b;
+            a = b;
+            b = r;
+        }
+        return a;
+    };
+    while (n > 1 && gcd(step, n) != 1) step = (step + 1) % n;
+    for (unsigned long long k = 0; k < n; k++) {
+        unsigned long long id = n > 1 ? k * step % n : 0;
+        l.block_idx = dim3{(unsigned)(id % grid.x), (unsigned)(id / grid.x % grid.y), (unsigned)(id / grid.x / grid.y)};
+        run_block();
+    }
     launch = outer;
 }
 
@@ -332,6 +356,29 @@ inline void ldmatrix_m8n8_x2(unsigned d[2], const void* row, bool trans) {
     }
 }
 
+// cp.async.cg.shared.global (16 bytes), commit_group and wait_group N, as the PTX ISA defines
+// them for one thread: a copy is done at the latest when a wait_group leaves at most N of the
+// thread's committed groups pending. Here that is exactly when it happens (the source is read
+// then too), so a tile read before its thread's wait, or without the barrier after the other
+// threads' waits, holds what was there before.
+inline void cp_async16(void* dst, const void* src) {
+    if ((uintptr_t)dst % 16 != 0 || (uintptr_t)src % 16 != 0) fail("a cp.async address is not 16-byte aligned");
+    Fiber& f = *launch->current;
+    f.copies.push_back({dst, src, f.committed});
+}
+inline void cp_async_commit() { launch->current->committed++; }
+inline void cp_async_wait(unsigned pending) {
+    Fiber& f = *launch->current;
+    std::vector<Fiber::Copy> later;
+    for (const Fiber::Copy& c : f.copies) {
+        if (c.group + pending < f.committed)
+            memcpy(c.dst, c.src, 16);
+        else
+            later.push_back(c);
+    }
+    f.copies.swap(later);
+}
+
 }  // namespace emu
 
 #define threadIdx (emu::launch->current->idx)
@@ -370,6 +417,12 @@ inline void mma_bf16_16816(float d[4], const unsigned a[4], const unsigned b[2])
 }
 inline void ldmatrix_x2(unsigned d[2], const void* row) { emu::ldmatrix_m8n8_x2(d, row, false); }
 inline void ldmatrix_x2_trans(unsigned d[2], const void* row) { emu::ldmatrix_m8n8_x2(d, row, true); }
+inline void cp_async16(void* dst, const void* src) { emu::cp_async16(dst, src); }
+inline void cp_async_commit() { emu::cp_async_commit(); }
+template <int N>
+void cp_async_wait() {
+    emu::cp_async_wait(N);
+}
 
 // CUDA's reinterpretations of a 32-bit value's bits.
 template <class To, class From>

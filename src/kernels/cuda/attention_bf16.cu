@@ -13,7 +13,9 @@
 //     dS_ij = P_ij (dP_ij Z_ij - D_i) scale,  dQ_i = sum_j bf(dS_ij) bf(K_j),  dK_j = sum_i bf(dS_ij) bf(Q_i)
 //
 // A block is four warps; each warp owns 16 of the block's 64 rows (queries for O and dQ, keys for
-// dK and dV) and walks the other side 64 rows at a time, staged as bf16 in shared memory. A
+// dK and dV) and walks the other side 64 rows at a time, staged as bf16 in shared memory (the
+// forward and dQ kernels' K and V tiles by cp.async, the next tile's copy overlapping this
+// one's products where two buffers fit: KeyTiles). A
 // warp's 16 x 64 scores are eight 16 x 8 mma tiles, whose accumulator fragments are laid out as
 // the next product's A fragment wants (see frag_from_acc), so probabilities pass from one
 // product to the next in registers. Every output element belongs to one thread and every sum
@@ -95,13 +97,59 @@ __device__ __forceinline__ void stage(bf16* tile, const In* src, u64 stride, int
     }
 }
 
-// The key tile at k0: rows k0.. of this head's K and V (base: its q section in qkv), staged by
-// the whole block between two barriers (the last tile is no longer read; this one is complete).
+// stage() of a bf16 matrix by cp.async, the copies landing while the warps go on (to be waited
+// for: cp_async_wait, then a barrier); zeros past T or hs are stored at once. Where stage() goes
+// element by element, so does this, synchronously.
 template <int HS>
-__device__ __forceinline__ void stage_keys(bf16* ks, bf16* vs, const bf16* base, int c, int k0, int t, int hs) {
-    __syncthreads();
-    stage<HS>(ks, base + c, 3 * c, k0, t, hs);
-    stage<HS>(vs, base + 2 * c, 3 * c, k0, t, hs);
+__device__ __forceinline__ void stage_async(bf16* tile, const bf16* src, u64 stride, int r0, int t, int hs) {
+    if (hs % 8 == 0 && stride % 8 == 0 && (u64)src % 16 == 0) {
+        for (int e = threadIdx.x; e < FA_ROWS * HS / 8; e += blockDim.x) {
+            int r = e / (HS / 8), d = e % (HS / 8) * 8;
+            bf16* dst = tile + r * Tile<HS>::LD + d;
+            if (r0 + r < t && d < hs)
+                cp_async16(dst, src + (u64)(r0 + r) * stride + d);
+            else
+                *reinterpret_cast<Bytes16*>(dst) = Bytes16{{0, 0, 0, 0}};
+        }
+        return;
+    }
+    stage<HS>(tile, src, stride, r0, t, hs);
+}
+
+// A walk over key tiles 0, 64, .. of one (b, h): K and V staged in shared memory, in two
+// buffers where they fit the 48 KB of static shared memory (HS <= 64), so that tile i + 1's
+// copy runs while the warps multiply tile i; in one otherwise. `ks`, `vs`: BUFFERS * SIZE bf16.
+template <int HS>
+struct KeyTiles {
+    static const int BUFFERS = HS <= 64 ? 2 : 1;
+    static const int SIZE = FA_ROWS * Tile<HS>::LD;
+};
+
+// Starts copying key tile i (rows 64 i.. of this head's K and V; base: its q section in qkv)
+// into its buffer, as one cp.async group.
+template <int HS>
+__device__ __forceinline__ void fetch_keys(bf16* ks, bf16* vs, const bf16* base, int c, int i, int t, int hs) {
+    int at = i % KeyTiles<HS>::BUFFERS * KeyTiles<HS>::SIZE;
+    stage_async<HS>(ks + at, base + c, 3 * c, i * FA_ROWS, t, hs);
+    stage_async<HS>(vs + at, base + 2 * c, 3 * c, i * FA_ROWS, t, hs);
+    cp_async_commit();
+}
+
+// Makes key tile i ready in its buffer for the whole block, tile 0 having been fetched before
+// the walk and every tile's readers ending with a barrier (so no buffer is overwritten while
+// read): with two buffers it first starts tile i + 1's copy, and waits for tile i's alone.
+template <int HS>
+__device__ __forceinline__ void keys_ready(bf16* ks, bf16* vs, const bf16* base, int c, int i, int tiles, int t,
+                                           int hs) {
+    if (KeyTiles<HS>::BUFFERS == 1) {
+        if (i > 0) fetch_keys<HS>(ks, vs, base, c, i, t, hs);
+        cp_async_wait<0>();
+    } else if (i + 1 < tiles) {
+        fetch_keys<HS>(ks, vs, base, c, i + 1, t, hs);
+        cp_async_wait<1>();
+    } else {
+        cp_async_wait<0>();
+    }
     __syncthreads();
 }
 
@@ -233,8 +281,8 @@ __device__ __forceinline__ float row_max(float x) {
 template <int HS>
 __device__ void flash_forward_impl(bf16* out, float* lse, const bf16* qkv, int t, int nh, int hs, float scale,
                                    u64 key, float p, float inv_keep, int dropout) {
-    alignas(16) __shared__ bf16 ks[FA_ROWS * Tile<HS>::LD];
-    alignas(16) __shared__ bf16 vs[FA_ROWS * Tile<HS>::LD];
+    alignas(16) __shared__ bf16 ks[KeyTiles<HS>::BUFFERS * KeyTiles<HS>::SIZE];
+    alignas(16) __shared__ bf16 vs[KeyTiles<HS>::BUFFERS * KeyTiles<HS>::SIZE];
     int bh = blockIdx.y, b = bh / nh, h = bh % nh, c = nh * hs;
     int q0 = blockIdx.x * FA_ROWS, r0 = q0 + (threadIdx.x / 32) * 16;
     const bf16* base = qkv + (u64)b * t * 3 * c + h * hs;
@@ -243,11 +291,13 @@ __device__ void flash_forward_impl(bf16* out, float* lse, const bf16* qkv, int t
     float acc[HS / 8][4];
     zero<HS>(acc);
     float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.0f, 0.0f};
-    int last = min(t, q0 + FA_ROWS) - 1;
-    for (int k0 = 0; k0 <= last; k0 += FA_ROWS) {
-        stage_keys<HS>(ks, vs, base, c, k0, t, hs);
+    int last = min(t, q0 + FA_ROWS) - 1, tiles = last / FA_ROWS + 1;
+    fetch_keys<HS>(ks, vs, base, c, 0, t, hs);
+    for (int tile = 0; tile < tiles; tile++) {
+        int k0 = tile * FA_ROWS, at = tile % KeyTiles<HS>::BUFFERS * KeyTiles<HS>::SIZE;
+        keys_ready<HS>(ks, vs, base, c, tile, tiles, t, hs);
         float s[8][4];
-        products<HS>(s, qf, ks);
+        products<HS>(s, qf, ks + at);
         float m_new[2] = {m[0], m[1]};
 #pragma unroll
         for (int n = 0; n < 8; n++)
@@ -282,7 +332,8 @@ __device__ void flash_forward_impl(bf16* out, float* lse, const bf16* qkv, int t
                 }
                 s[n][e] = w;
             }
-        accumulate<HS>(acc, s, vs);
+        accumulate<HS>(acc, s, vs + at);
+        __syncthreads();
     }
     float inv_l[2];
 #pragma unroll
@@ -303,8 +354,8 @@ template <int HS>
 __device__ void flash_backward_dq_impl(bf16* dqkv, const float* dout, const bf16* qkv, const float* lse,
                                        const float* dd, int t, int nh, int hs, float scale, u64 key, float p,
                                        float inv_keep, int dropout) {
-    alignas(16) __shared__ bf16 ks[FA_ROWS * Tile<HS>::LD];
-    alignas(16) __shared__ bf16 vs[FA_ROWS * Tile<HS>::LD];
+    alignas(16) __shared__ bf16 ks[KeyTiles<HS>::BUFFERS * KeyTiles<HS>::SIZE];
+    alignas(16) __shared__ bf16 vs[KeyTiles<HS>::BUFFERS * KeyTiles<HS>::SIZE];
     int bh = blockIdx.y, b = bh / nh, h = bh % nh, c = nh * hs;
     int q0 = blockIdx.x * FA_ROWS, r0 = q0 + (threadIdx.x / 32) * 16;
     const bf16* base = qkv + (u64)b * t * 3 * c + h * hs;
@@ -320,12 +371,14 @@ __device__ void flash_backward_dq_impl(bf16* dqkv, const float* dout, const bf16
     }
     float acc[HS / 8][4];
     zero<HS>(acc);
-    int last = min(t, q0 + FA_ROWS) - 1;
-    for (int k0 = 0; k0 <= last; k0 += FA_ROWS) {
-        stage_keys<HS>(ks, vs, base, c, k0, t, hs);
+    int last = min(t, q0 + FA_ROWS) - 1, tiles = last / FA_ROWS + 1;
+    fetch_keys<HS>(ks, vs, base, c, 0, t, hs);
+    for (int tile = 0; tile < tiles; tile++) {
+        int k0 = tile * FA_ROWS, at = tile % KeyTiles<HS>::BUFFERS * KeyTiles<HS>::SIZE;
+        keys_ready<HS>(ks, vs, base, c, tile, tiles, t, hs);
         float s[8][4], dp[8][4];
-        products<HS>(s, qf, ks);
-        products<HS>(dp, df, vs);
+        products<HS>(s, qf, ks + at);
+        products<HS>(dp, df, vs + at);
 #pragma unroll
         for (int n = 0; n < 8; n++)
 #pragma unroll
@@ -339,7 +392,8 @@ __device__ void flash_backward_dq_impl(bf16* dqkv, const float* dout, const bf16
                 }
                 s[n][e] = ds;
             }
-        accumulate<HS>(acc, s, ks);
+        accumulate<HS>(acc, s, ks + at);
+        __syncthreads();
     }
     const float one[2] = {1.0f, 1.0f};
     store_rows<HS>(dqkv + (u64)b * t * 3 * c + h * hs, 3 * c, acc, r0, one, t, hs);

@@ -117,4 +117,29 @@ __device__ __forceinline__ void ldmatrix_x2_trans(unsigned d[2], const void* row
     asm volatile("trap;");
 #endif
 }
+
+// Copies from global to shared memory that run while the thread goes on (PTX cp.async, sm_80
+// on): cp_async16 starts one of 16 bytes (both addresses 16-byte aligned), cp_async_commit closes
+// the thread's group of them, cp_async_wait<N> returns once at most N of its groups are pending;
+// a barrier after it shows every thread's copies to the block.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(shared_address(dst)), "l"(src) : "memory");
+#else
+    asm volatile("trap;");
+#endif
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+#endif
+}
 #endif
