@@ -11,7 +11,7 @@
 
 #pragma once
 // Kernel sources hold inline PTX only where this is not defined (common.cu's mma_bf16_16816,
-// ldmatrix_x2[_trans] and the cp.async functions).
+// ldmatrix_x2 and the cp.async functions).
 #define NANOGPT_CUDA_EMULATOR 1
 #include <cmath>
 #include <cstdint>
@@ -415,8 +415,7 @@ T __shfl_sync(unsigned mask, T v, int lane) {
 inline void mma_bf16_16816(float d[4], const unsigned a[4], const unsigned b[2]) {
     emu::mma_m16n8k16_bf16(d, a, b);
 }
-inline void ldmatrix_x2(unsigned d[2], const void* row) { emu::ldmatrix_m8n8_x2(d, row, false); }
-inline void ldmatrix_x2_trans(unsigned d[2], const void* row) { emu::ldmatrix_m8n8_x2(d, row, true); }
+inline void ldmatrix_x2(unsigned d[2], const void* row, bool trans) { emu::ldmatrix_m8n8_x2(d, row, trans); }
 inline void cp_async16(void* dst, const void* src) { emu::cp_async16(dst, src); }
 inline void cp_async_commit() { emu::cp_async_commit(); }
 template <int N>

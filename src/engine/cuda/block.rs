@@ -10,7 +10,7 @@
 //! so a block starts with its ln_1 already made.
 
 use super::blas::Precision;
-use super::ops::{Dropout, Gpu, Norm, Operand, Params};
+use super::ops::{Dropout, GeluAfter, Gpu, Norm, Operand, Params};
 use crate::kernels::cpu::matmul::Layout;
 use crate::model::params::LayerOffsets;
 use anyhow::Result;
@@ -28,7 +28,7 @@ pub(super) struct BlockBufs {
     pub ln2: Norm,
     pub fch: Operand,
     pub fch_gelu: Operand,
-    /// Whether GELU may ride on c_fc's product (`Gpu::matmul_gelu_forward`): not when backward
+    /// Whether GELU may ride on c_fc's product (`ops::GeluAfter`): not when backward
     /// remakes its output from `fch` with the kernel, whose bits the forward must then give.
     pub fuse_gelu: bool,
     /// (rows, C) scratch for a projection's output.
@@ -80,6 +80,7 @@ pub(super) fn block_forward(
         rows,
         c,
         3 * c,
+        None,
     )?;
     attend(a.atty, a.qkv)?;
     gpu.matmul_forward(
@@ -92,16 +93,15 @@ pub(super) fn block_forward(
         rows,
         c,
         c,
+        None,
     )?;
     if let Some(d) = dropout {
         gpu.dropout(a.proj, n, d.attn)?;
     }
     gpu.residual_layernorm_forward(a.ln2, a.residual2, x, a.proj, rows, c)?;
 
-    gpu.matmul_gelu_forward(
-        a.fuse_gelu,
+    gpu.matmul_forward(
         precision,
-        a.fch_gelu,
         a.fch,
         a.ln2.out,
         p.matrix(o.fc_w),
@@ -110,6 +110,10 @@ pub(super) fn block_forward(
         rows,
         c,
         4 * c,
+        Some(GeluAfter {
+            out: a.fch_gelu,
+            may_fuse: a.fuse_gelu,
+        }),
     )?;
     gpu.matmul_forward(
         precision,
@@ -121,6 +125,7 @@ pub(super) fn block_forward(
         rows,
         4 * c,
         c,
+        None,
     )?;
     if let Some(d) = dropout {
         gpu.dropout(a.proj, n, d.mlp)?;

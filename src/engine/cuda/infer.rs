@@ -292,6 +292,7 @@ impl CudaEngine {
             n_feeds,
             c,
             vp,
+            None,
         )?;
         s.logits
             .download_at(0, &mut logits[..n_feeds * vp])

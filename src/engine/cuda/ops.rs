@@ -30,7 +30,7 @@ pub(super) struct Gpu {
     /// GPU time per kernel, with NANOGPT_CUDA_PROFILE=1.
     pub profile: RefCell<Option<Profile>>,
     /// Whether bf16 training runs GELU in cuBLASLt's epilogues of the products around it
-    /// (`matmul_gelu_forward`, `matmul_backward`'s `gelu_input`) rather than as kernels.
+    /// (`matmul_forward`'s `gelu`, `matmul_backward`'s `gelu_input`) rather than as kernels.
     pub gelu_epilogue: bool,
 }
 
@@ -122,6 +122,15 @@ pub(super) struct Norm {
     pub rstd: u64,
     pub w: u64,
     pub b: u64,
+}
+
+/// GELU after a matrix product (`Gpu::matmul_forward`): where its output goes (its input being
+/// the product's output), and whether it may ride on the product's epilogue (not when backward
+/// remakes it with `gelu_forward`, whose bits the forward pass must then give).
+#[derive(Clone, Copy)]
+pub(super) struct GeluAfter {
+    pub out: Operand,
+    pub may_fuse: bool,
 }
 
 /// Dropout on a buffer: the mask key and the drop probability.
@@ -870,7 +879,10 @@ impl Gpu {
     }
 
     /// out (rows, oc) = inp (rows, c) @ W [+ bias], W stored as `layout` (row-major), multiplied
-    /// in `precision`; `out` and `bias` are f32, or both bf16 from a bf16 product.
+    /// in `precision`; `out` and `bias` are f32, or both bf16 from a bf16 product. With `gelu`,
+    /// also gelu.out = GELU(out), of out's type: in bf16 training with `gelu_epilogue` and
+    /// `may_fuse`, inside the product (cuBLASLt's epilogue: GELU of the f32 sum, `out` its aux
+    /// buffer); else by `gelu_forward` after it (which is how backward remakes it, bit for bit).
     #[allow(clippy::too_many_arguments)]
     pub fn matmul_forward(
         &self,
@@ -883,66 +895,8 @@ impl Gpu {
         rows: usize,
         c: usize,
         oc: usize,
+        gelu: Option<GeluAfter>,
     ) -> Result<()> {
-        let (g, [w, inp], extra) =
-            self.forward_product(precision, out, inp, w, layout, bias, rows, c, oc)?;
-        self.gemm(g, w, inp, out.ptr(), extra)
-    }
-
-    /// `pre` = the product as `matmul_forward` makes it, and `out` = GELU(pre), both of one
-    /// type: in bf16 training with `gelu_epilogue` and `may_fuse`, one cuBLASLt product whose
-    /// epilogue writes both (GELU of the f32 sum, `pre` as aux); else the product, then
-    /// `gelu_forward` (which is how backward remakes `out` from `pre`, bit for bit).
-    #[allow(clippy::too_many_arguments)]
-    pub fn matmul_gelu_forward(
-        &self,
-        may_fuse: bool,
-        precision: Precision,
-        out: Operand,
-        pre: Operand,
-        inp: Operand,
-        w: Operand,
-        layout: Layout,
-        bias: Option<Operand>,
-        rows: usize,
-        c: usize,
-        oc: usize,
-    ) -> Result<()> {
-        out.same_type_as(pre, "GELU's input and output")?;
-        let (g, [w, inp], extra) =
-            self.forward_product(precision, pre, inp, w, layout, bias, rows, c, oc)?;
-        let fused = Gemm {
-            epilogue: Epilogue::GeluAux {
-                bias: bias.is_some(),
-            },
-            ..g
-        };
-        let fused_extra = Extra {
-            aux: Some(pre.ptr()),
-            ..extra
-        };
-        if may_fuse && self.gelu_fused(fused, w, inp, out.ptr(), fused_extra) {
-            return self.gemm(fused, w, inp, out.ptr(), fused_extra);
-        }
-        self.gemm(g, w, inp, pre.ptr(), extra)?;
-        self.gelu_forward(out, pre, rows * oc)
-    }
-
-    /// The product `matmul_forward` describes, its operands as it reads them (W, inp) and its
-    /// bias.
-    #[allow(clippy::too_many_arguments)]
-    fn forward_product(
-        &self,
-        precision: Precision,
-        out: Operand,
-        inp: Operand,
-        w: Operand,
-        layout: Layout,
-        bias: Option<Operand>,
-        rows: usize,
-        c: usize,
-        oc: usize,
-    ) -> Result<(Gemm, [u64; 2], Extra)> {
         // Column-major: out^T (oc x rows) = W' (oc x c) inp^T (c x rows), where W' is the
         // (c, oc) buffer as stored (InOut) or the transposed (oc, c) one (OutIn).
         let (ta, lda) = match layout {
@@ -956,7 +910,7 @@ impl Gpu {
         if let Some(bias) = bias {
             out.same_type_as(bias, "matmul_forward's output and bias")?;
         }
-        let operands = self.operands(precision, [(w, c * oc), (inp, rows * c)])?;
+        let [w, inp] = self.operands(precision, [(w, c * oc), (inp, rows * c)])?;
         let g = Gemm {
             ta,
             tb: false,
@@ -979,7 +933,25 @@ impl Gpu {
             bias: bias.map(Operand::ptr),
             aux: None,
         };
-        Ok((g, operands, extra))
+        let Some(gelu) = gelu else {
+            return self.gemm(g, w, inp, out.ptr(), extra);
+        };
+        gelu.out.same_type_as(out, "GELU's input and output")?;
+        let fused = Gemm {
+            epilogue: Epilogue::GeluAux {
+                bias: bias.is_some(),
+            },
+            ..g
+        };
+        let fused_extra = Extra {
+            aux: Some(out.ptr()),
+            ..extra
+        };
+        if gelu.may_fuse && self.gelu_fused(fused, w, inp, gelu.out.ptr(), fused_extra) {
+            return self.gemm(fused, w, inp, gelu.out.ptr(), fused_extra);
+        }
+        self.gemm(g, w, inp, out.ptr(), extra)?;
+        self.gelu_forward(gelu.out, out, rows * oc)
     }
 
     /// dinp = dout @ W^T (overwritten; f32, or bf16 from a bf16 product); dW += inp^T @ dout

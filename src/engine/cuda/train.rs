@@ -388,6 +388,7 @@ impl CudaEngine {
             bt,
             c,
             vp,
+            None,
         )?;
         let Some(tg) = targets else {
             gpu.synchronize()?;

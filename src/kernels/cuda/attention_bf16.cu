@@ -190,7 +190,7 @@ __device__ __forceinline__ void frags_from_global(unsigned f[HS / 16][4], const 
 template <int HS>
 __device__ __forceinline__ void frag_b_rows(unsigned b[2], const bf16* m, int k0, int n0) {
     int lane = threadIdx.x % 32;
-    ldmatrix_x2(b, m + (n0 + lane % 8) * Tile<HS>::LD + k0 + 8 * ((lane / 8) % 2));
+    ldmatrix_x2(b, m + (n0 + lane % 8) * Tile<HS>::LD + k0 + 8 * ((lane / 8) % 2), false);
 }
 
 // B fragment (16 x 8) at (k0, n0) of B = M, a staged tile: the pairs run down M's columns.
@@ -199,7 +199,7 @@ __device__ __forceinline__ void frag_b_rows(unsigned b[2], const bf16* m, int k0
 template <int HS>
 __device__ __forceinline__ void frag_b_cols(unsigned b[2], const bf16* m, int k0, int n0) {
     int lane = threadIdx.x % 32;
-    ldmatrix_x2_trans(b, m + (k0 + 8 * ((lane / 8) % 2) + lane % 8) * Tile<HS>::LD + n0);
+    ldmatrix_x2(b, m + (k0 + 8 * ((lane / 8) % 2) + lane % 8) * Tile<HS>::LD + n0, true);
 }
 
 // The A fragment (16 x 16) of columns 16k..16k+15 of a warp's 16 x 64 f32 tile held as eight

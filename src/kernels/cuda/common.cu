@@ -87,7 +87,7 @@ __device__ __forceinline__ void mma_bf16_16816(float d[4], const unsigned a[4], 
 // cores' fragment layout: PTX ldmatrix.sync.aligned.m8n8.x2, one warp, every lane taking part.
 // Lanes 0-7 give the addresses of matrix 0's rows, lanes 8-15 matrix 1's (8 contiguous
 // elements, 16-byte aligned); lane l then holds row l / 4, columns 2 (l % 4) and 2 (l % 4) + 1
-// of each (the first in the low half). `_trans` holds the transpose's: column l / 4, rows 2 (l % 4)
+// of each (the first in the low half); with `trans`, the transpose's: column l / 4, rows 2 (l % 4)
 // and 2 (l % 4) + 1. (The emulator's version follows the ISA's description element by element.)
 // From sm_75; below the kernels' floor (sm_80) it traps like mma_bf16_16816.
 __device__ __forceinline__ unsigned shared_address(const void* p) {
@@ -96,23 +96,15 @@ __device__ __forceinline__ unsigned shared_address(const void* p) {
     return a;
 }
 
-__device__ __forceinline__ void ldmatrix_x2(unsigned d[2], const void* row) {
+__device__ __forceinline__ void ldmatrix_x2(unsigned d[2], const void* row, bool trans) {
 #if __CUDA_ARCH__ >= 800
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];"
-                 : "=r"(d[0]), "=r"(d[1])
-                 : "r"(shared_address(row))
-                 : "memory");
-#else
-    asm volatile("trap;");
-#endif
-}
-
-__device__ __forceinline__ void ldmatrix_x2_trans(unsigned d[2], const void* row) {
-#if __CUDA_ARCH__ >= 800
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];"
-                 : "=r"(d[0]), "=r"(d[1])
-                 : "r"(shared_address(row))
-                 : "memory");
+    unsigned a = shared_address(row);
+    if (trans)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];"
+                     : "=r"(d[0]), "=r"(d[1]) : "r"(a) : "memory");
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];"
+                     : "=r"(d[0]), "=r"(d[1]) : "r"(a) : "memory");
 #else
     asm volatile("trap;");
 #endif
