@@ -620,14 +620,14 @@ impl Gpu {
         )
     }
 
-    /// dqkv (overwritten) from dout, in `precision` as the forward pass (dqkv f32, or bf16 from
-    /// the bf16 kernels); `dd` is (B, H, T) scratch.
+    /// dqkv (overwritten) from dout, in `precision` as the forward pass (qkv, dout and dqkv f32,
+    /// or bf16 for the bf16 kernels); `dd` is (B, H, T) scratch.
     #[allow(clippy::too_many_arguments)]
     pub fn attention_backward(
         &self,
         precision: Precision,
         dqkv: Operand,
-        dout: u64,
+        dout: Operand,
         qkv: Operand,
         out: Operand,
         lse: u64,
@@ -640,8 +640,8 @@ impl Gpu {
     ) -> Result<()> {
         let kernels = AttentionKernels::new(precision, hs)?;
         let bf16 = precision == Precision::Bf16;
-        if dqkv.is_bf16() != bf16 || qkv.is_bf16() != bf16 {
-            bail!("attention_backward: qkv and dqkv are bf16 in bf16 training, else f32");
+        if [dqkv, dout, qkv, out].iter().any(|x| x.is_bf16() != bf16) {
+            bail!("attention_backward: qkv, out and their gradients are bf16 in bf16 training, else f32");
         }
         let bht = b * nh * t;
         launch!(
@@ -649,7 +649,7 @@ impl Gpu {
             &out.kernel("attention_backward_d"),
             elementwise(bht),
             dd,
-            dout,
+            dout.ptr(),
             out.ptr(),
             bht as u64,
             t as i32,
@@ -663,7 +663,7 @@ impl Gpu {
                 name,
                 kernels.launch(b, t, nh),
                 dqkv.ptr(),
-                dout,
+                dout.ptr(),
                 qkv.ptr(),
                 lse,
                 dd,

@@ -107,7 +107,9 @@ pub(super) struct ActGrads {
     /// bf16 in bf16 training (the flash kernels write it so; only products and the bias's
     /// column sum read it).
     dqkv: ProductInput,
-    datty: DevBuf<f32>,
+    /// Attention's output gradient: bf16 in bf16 training (c_proj's backward product writes it
+    /// so; only attention's backward reads it).
+    datty: ProductInput,
     /// The gradient of GELU's input (c_fc's output), which only c_fc's products and bias sum
     /// read: bf16 in bf16 training (made by c_fc_proj's backward product and GELU's backward,
     /// fused or not, `Gpu::matmul_backward`).
@@ -227,7 +229,7 @@ impl ActGrads {
             dproj: z(bt * c)?,
             dln: z(bt * c)?,
             dqkv: ProductInput::new(bt * 3 * c, precision)?,
-            datty: z(bt * c)?,
+            datty: ProductInput::new(bt * c, precision)?,
             dfch: ProductInput::new(bt * 4 * c, precision)?,
             att_d: z(b * cfg.n_head * t)?,
             partial: z(colsum_chunks(bt) * 4 * c)?,
@@ -602,7 +604,7 @@ impl CudaEngine {
             )?;
             gpu.matmul_backward(
                 precision,
-                Operand::F32(g.datty.ptr()),
+                g.datty.at(0),
                 None,
                 gr.at(o.attproj_w),
                 bias(o.attproj_b),
@@ -618,7 +620,7 @@ impl CudaEngine {
             gpu.attention_backward(
                 precision,
                 g.dqkv.at(0),
-                g.datty.ptr(),
+                g.datty.at(0),
                 a.qkv.at(l3c),
                 a.atty.at(lc),
                 a.att_lse.at(l * b * nh * t),

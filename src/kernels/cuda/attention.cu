@@ -93,17 +93,18 @@ __device__ void attention_forward_impl(float* out, float* lse, const float* qkv,
 }
 
 // D[bh, i] = dO_i . O_i. grid ceil(B*H*T / blockDim.x).
-// O is f32, or in bf16 training bf16 (attention_bf16.cu's forward writes it so: only the
-// projection's products and this read it).
-template <class Out>
-__device__ void attention_backward_d_impl(float* dd, const float* dout, const Out* out, u64 bht, int t, int nh,
+// O and dO are f32, or in bf16 training bf16 (attention_bf16.cu's forward writes O so: only the
+// projection's products and this read it; c_proj's backward product writes dO so: only this
+// and the flash kernels, which multiply it in bf16, read it).
+template <class T>
+__device__ void attention_backward_d_impl(float* dd, const T* dout, const T* out, u64 bht, int t, int nh,
                                           int hs) {
     u64 e = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (e >= bht) return;
     u64 bh = e / t, i = e % t, b = bh / nh, h = bh % nh;
     u64 row = ((b * t + i) * nh + h) * hs;
     float s = 0.0f;
-    for (int d = 0; d < hs; d++) s += dout[row + d] * load(out + row + d);
+    for (int d = 0; d < hs; d++) s += load(dout + row + d) * load(out + row + d);
     dd[e] = s;
 }
 
@@ -112,7 +113,7 @@ extern "C" __global__ void attention_backward_d(float* dd, const float* dout, co
     attention_backward_d_impl(dd, dout, out, bht, t, nh, hs);
 }
 
-extern "C" __global__ void attention_backward_d_bf16(float* dd, const float* dout, const bf16* out, u64 bht,
+extern "C" __global__ void attention_backward_d_bf16(float* dd, const bf16* dout, const bf16* out, u64 bht,
                                                      int t, int nh, int hs) {
     attention_backward_d_impl(dd, dout, out, bht, t, nh, hs);
 }

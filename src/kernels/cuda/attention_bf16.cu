@@ -1,9 +1,9 @@
 // Causal self-attention for bf16 training, flash-style on the tensor cores: attention.cu's
 // algorithm (its header has the math, the dropout index and the layouts) with every product a
-// warp's mma.sync (common.cu's mma_bf16_16816), so no T x T tensor is ever stored. qkv is bf16
-// (c_attn's product writes it so in bf16 training); dO is f32, rounded to bf16 (bf16.cu's bf())
-// as it enters a product; sums and the softmax's statistics stay f32, and the outputs, which
-// only products (and their bias's column sums) read, are written in bf16: O, dQ, dK, dV. Per (b, h), scale = 1/sqrt(hs), j <= i, Z the dropout factor:
+// warp's mma.sync (common.cu's mma_bf16_16816), so no T x T tensor is ever stored. qkv and dO
+// are bf16 (c_attn's product and c_proj's backward product write them so in bf16 training);
+// sums and the softmax's statistics stay f32, and the outputs, which only products (and their
+// bias's column sums) read, are written in bf16: O, dQ, dK, dV. Per (b, h), scale = 1/sqrt(hs), j <= i, Z the dropout factor:
 //   S_ij = (bf(Q_i) . bf(K_j)) scale
 //   forward, online over key tiles: m_i running max, l_i = sum_j e^(S_ij - m_i) (fast_exp),
 //     O_i = bf(sum_j bf(e^(S_ij - m_i) Z_ij) bf(V_j) / l_i),   lse_i = m_i + log l_i
@@ -13,9 +13,9 @@
 //     dS_ij = P_ij (dP_ij Z_ij - D_i) scale,  dQ_i = sum_j bf(dS_ij) bf(K_j),  dK_j = sum_i bf(dS_ij) bf(Q_i)
 //
 // A block is four warps; each warp owns 16 of the block's 64 rows (queries for O and dQ, keys for
-// dK and dV) and walks the other side 64 rows at a time, staged as bf16 in shared memory (the
-// forward and dQ kernels' K and V tiles by cp.async, the next tile's copy overlapping this
-// one's products where two buffers fit: KeyTiles). A
+// dK and dV) and walks the other side 64 rows at a time, staged in shared memory by cp.async
+// (the forward and dQ kernels' K and V tiles with the next tile's copy overlapping this one's
+// products where two buffers fit: KeyTiles). A
 // warp's 16 x 64 scores are eight 16 x 8 mma tiles, whose accumulator fragments are laid out as
 // the next product's A fragment wants (see frag_from_acc), so probabilities pass from one
 // product to the next in registers. Every output element belongs to one thread and every sum
@@ -40,15 +40,9 @@ struct Tile {
 // 32 exponentials per lane), would cost more than the products and buy nothing.
 __device__ __forceinline__ float fast_exp(float x) { return __expf(x); }
 
-// 16, 8 bytes moved as one: a global load or shared store of 8 bf16 or 4 f32 in one instruction.
+// 16 bytes (8 bf16) stored as one.
 struct alignas(16) Bytes16 {
     unsigned w[4];
-};
-struct alignas(8) Bytes8 {
-    unsigned w[2];
-};
-struct alignas(16) Floats4 {
-    float f[4];
 };
 
 __device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
@@ -60,48 +54,13 @@ __device__ __forceinline__ unsigned pair_of(bf16 lo, bf16 hi) {
     return (unsigned)lo | ((unsigned)hi << 16);
 }
 
-// An operand element as bf16: bf(x) of an f32 one (dO), a bf16 one (qkv) as it is.
-__device__ __forceinline__ bf16 as_bf16(float x) { return bf16_bits(x); }
-__device__ __forceinline__ bf16 as_bf16(bf16 x) { return x; }
-
-// The 16 bytes of src at `src` staged as bf16 at `dst`: 8 bf16 as they are, or 4 f32 rounded.
-__device__ __forceinline__ void stage_vector(bf16* dst, const bf16* src) {
-    *reinterpret_cast<Bytes16*>(dst) = *reinterpret_cast<const Bytes16*>(src);
-}
-__device__ __forceinline__ void stage_vector(bf16* dst, const float* src) {
-    Floats4 v = *reinterpret_cast<const Floats4*>(src);
-    Bytes8 b = {{pack_bf16(v.f[0], v.f[1]), pack_bf16(v.f[2], v.f[3])}};
-    *reinterpret_cast<Bytes8*>(dst) = b;
-}
-
-// tile[r][d] = bf(row r0 + r, column d) of a (T, stride) f32 or bf16 matrix, zero past T or hs.
-// 16 bytes per load where rows and heads allow it (a head size and row stride in whole vectors,
-// an aligned start: GPT-2's shapes), else element by element.
-template <int HS, class In>
-__device__ __forceinline__ void stage(bf16* tile, const In* src, u64 stride, int r0, int t, int hs) {
-    const int V = 16 / sizeof(In);
-    if (hs % V == 0 && stride % V == 0 && (u64)src % 16 == 0) {
-        for (int e = threadIdx.x; e < FA_ROWS * HS / V; e += blockDim.x) {
-            int r = e / (HS / V), d = e % (HS / V) * V;
-            bf16* dst = tile + r * Tile<HS>::LD + d;
-            if (r0 + r < t && d < hs)
-                stage_vector(dst, src + (u64)(r0 + r) * stride + d);
-            else
-                for (int k = 0; k < V; k++) dst[k] = 0;
-        }
-        return;
-    }
-    for (int e = threadIdx.x; e < FA_ROWS * HS; e += blockDim.x) {
-        int r = e / HS, d = e % HS;
-        tile[r * Tile<HS>::LD + d] = (r0 + r < t && d < hs) ? as_bf16(src[(u64)(r0 + r) * stride + d]) : (bf16)0;
-    }
-}
-
-// stage() of a bf16 matrix by cp.async, the copies landing while the warps go on (to be waited
-// for: cp_async_wait, then a barrier); zeros past T or hs are stored at once. Where stage() goes
-// element by element, so does this, synchronously.
+// tile[r][d] = row r0 + r, column d of a (T, stride) bf16 matrix, zero past T or hs, by the
+// whole block: 16 bytes at a time by cp.async where rows and heads allow it (a head size and row
+// stride in whole 16-byte vectors, an aligned start: GPT-2's shapes), the copies landing while
+// the warps go on (to be waited for: cp_async_wait, then a barrier); else element by element,
+// at once. Zeros are stored at once.
 template <int HS>
-__device__ __forceinline__ void stage_async(bf16* tile, const bf16* src, u64 stride, int r0, int t, int hs) {
+__device__ __forceinline__ void stage(bf16* tile, const bf16* src, u64 stride, int r0, int t, int hs) {
     if (hs % 8 == 0 && stride % 8 == 0 && (u64)src % 16 == 0) {
         for (int e = threadIdx.x; e < FA_ROWS * HS / 8; e += blockDim.x) {
             int r = e / (HS / 8), d = e % (HS / 8) * 8;
@@ -113,7 +72,10 @@ __device__ __forceinline__ void stage_async(bf16* tile, const bf16* src, u64 str
         }
         return;
     }
-    stage<HS>(tile, src, stride, r0, t, hs);
+    for (int e = threadIdx.x; e < FA_ROWS * HS; e += blockDim.x) {
+        int r = e / HS, d = e % HS;
+        tile[r * Tile<HS>::LD + d] = (r0 + r < t && d < hs) ? src[(u64)(r0 + r) * stride + d] : (bf16)0;
+    }
 }
 
 // A walk over key tiles 0, 64, .. of one (b, h): K and V staged in shared memory, in two
@@ -130,8 +92,8 @@ struct KeyTiles {
 template <int HS>
 __device__ __forceinline__ void fetch_keys(bf16* ks, bf16* vs, const bf16* base, int c, int i, int t, int hs) {
     int at = i % KeyTiles<HS>::BUFFERS * KeyTiles<HS>::SIZE;
-    stage_async<HS>(ks + at, base + c, 3 * c, i * FA_ROWS, t, hs);
-    stage_async<HS>(vs + at, base + 2 * c, 3 * c, i * FA_ROWS, t, hs);
+    stage<HS>(ks + at, base + c, 3 * c, i * FA_ROWS, t, hs);
+    stage<HS>(vs + at, base + 2 * c, 3 * c, i * FA_ROWS, t, hs);
     cp_async_commit();
 }
 
@@ -161,10 +123,10 @@ __device__ __forceinline__ void zero(float acc[HS / 8][4]) {
         for (int e = 0; e < 4; e++) acc[n][e] = 0.0f;
 }
 
-// A fragments (16 x HS, in HS/16 steps of 16 columns) of rows r0..r0+15 of a (T, stride) f32
-// or bf16 matrix, read once from global memory; zero past T or hs. See common.cu for the layout.
-template <int HS, class In>
-__device__ __forceinline__ void frags_from_global(unsigned f[HS / 16][4], const In* src, u64 stride, int r0,
+// A fragments (16 x HS, in HS/16 steps of 16 columns) of rows r0..r0+15 of a (T, stride) bf16
+// matrix, read once from global memory; zero past T or hs. See common.cu for the layout.
+template <int HS>
+__device__ __forceinline__ void frags_from_global(unsigned f[HS / 16][4], const bf16* src, u64 stride, int r0,
                                                   int t, int hs) {
     int g = (threadIdx.x % 32) / 4, q = threadIdx.x % 4;
 #pragma unroll
@@ -174,9 +136,9 @@ __device__ __forceinline__ void frags_from_global(unsigned f[HS / 16][4], const 
             int row = r0 + g + (r & 1) * 8, col = k * 16 + 2 * q + (r >> 1) * 8;
             bf16 lo = 0, hi = 0;
             if (row < t) {
-                const In* x = src + (u64)row * stride;
-                if (col < hs) lo = as_bf16(x[col]);
-                if (col + 1 < hs) hi = as_bf16(x[col + 1]);
+                const bf16* x = src + (u64)row * stride;
+                if (col < hs) lo = x[col];
+                if (col + 1 < hs) hi = x[col + 1];
             }
             f[k][r] = pair_of(lo, hi);
         }
@@ -351,7 +313,7 @@ __device__ void flash_forward_impl(bf16* out, float* lse, const bf16* qkv, int t
 
 // dQ (dqkv's q section, overwritten); dd holds D (attention_backward_d). Grid as forward.
 template <int HS>
-__device__ void flash_backward_dq_impl(bf16* dqkv, const float* dout, const bf16* qkv, const float* lse,
+__device__ void flash_backward_dq_impl(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
                                        const float* dd, int t, int nh, int hs, float scale, u64 key, float p,
                                        float inv_keep, int dropout) {
     alignas(16) __shared__ bf16 ks[KeyTiles<HS>::BUFFERS * KeyTiles<HS>::SIZE];
@@ -402,7 +364,7 @@ __device__ void flash_backward_dq_impl(bf16* dqkv, const float* dout, const bf16
 // dK and dV (dqkv's k and v sections, overwritten). grid (ceil(T / FA_ROWS), B*H): block x owns
 // keys 64x.., and walks the query tiles that can see them (from its own on).
 template <int HS>
-__device__ void flash_backward_dkv_impl(bf16* dqkv, const float* dout, const bf16* qkv, const float* lse,
+__device__ void flash_backward_dkv_impl(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
                                         const float* dd, int t, int nh, int hs, float scale, u64 key, float p,
                                         float inv_keep, int dropout) {
     alignas(16) __shared__ bf16 qs[FA_ROWS * Tile<HS>::LD];
@@ -411,7 +373,7 @@ __device__ void flash_backward_dkv_impl(bf16* dqkv, const float* dout, const bf1
     int bh = blockIdx.y, b = bh / nh, h = bh % nh, c = nh * hs;
     int k0 = blockIdx.x * FA_ROWS, r0 = k0 + (threadIdx.x / 32) * 16;
     const bf16* base = qkv + (u64)b * t * 3 * c + h * hs;
-    const float* dbase = dout + (u64)b * t * c + h * hs;
+    const bf16* dbase = dout + (u64)b * t * c + h * hs;
     unsigned kf[HS / 16][4], vf[HS / 16][4];
     frags_from_global<HS>(kf, base + c, 3 * c, r0, t, hs);
     frags_from_global<HS>(vf, base + 2 * c, 3 * c, r0, t, hs);
@@ -422,11 +384,13 @@ __device__ void flash_backward_dkv_impl(bf16* dqkv, const float* dout, const bf1
         __syncthreads();
         stage<HS>(qs, base, 3 * c, q0, t, hs);
         stage<HS>(dos, dbase, c, q0, t, hs);
+        cp_async_commit();
         for (int r = threadIdx.x; r < FA_ROWS; r += blockDim.x) {
             int i = q0 + r;
             lse_s[r] = i < t ? lse[(u64)bh * t + i] : 0.0f;
             d_s[r] = i < t ? dd[(u64)bh * t + i] : 0.0f;
         }
+        cp_async_wait<0>();
         __syncthreads();
         // The transposed scores S^T and dP^T: the warp's 16 keys against the tile's 64 queries.
         float s[8][4], dp[8][4];
@@ -473,12 +437,12 @@ __device__ void flash_backward_dkv_impl(bf16* dqkv, const float* dout, const bf1
         flash_forward_impl<HS>(out, lse, qkv, t, nh, hs, scale, key, p, inv_keep, dropout);                 \
     }                                                                                                       \
     extern "C" __global__ void __launch_bounds__(FA_THREADS) flash_backward_dq_##HS(                        \
-        bf16* dqkv, const float* dout, const bf16* qkv, const float* lse, const float* dd, int t, int nh, \
+        bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* dd, int t, int nh, \
         int hs, float scale, u64 key, float p, float inv_keep, int dropout) {                               \
         flash_backward_dq_impl<HS>(dqkv, dout, qkv, lse, dd, t, nh, hs, scale, key, p, inv_keep, dropout); \
     }                                                                                                       \
     extern "C" __global__ void __launch_bounds__(FA_THREADS) flash_backward_dkv_##HS(                       \
-        bf16* dqkv, const float* dout, const bf16* qkv, const float* lse, const float* dd, int t, int nh, \
+        bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* dd, int t, int nh, \
         int hs, float scale, u64 key, float p, float inv_keep, int dropout) {                               \
         flash_backward_dkv_impl<HS>(dqkv, dout, qkv, lse, dd, t, nh, hs, scale, key, p, inv_keep, dropout);\
     }
