@@ -369,14 +369,14 @@ inline void cp_async16(void* dst, const void* src) {
 inline void cp_async_commit() { launch->current->committed++; }
 inline void cp_async_wait(unsigned pending) {
     Fiber& f = *launch->current;
-    std::vector<Fiber::Copy> later;
+    size_t kept = 0;
     for (const Fiber::Copy& c : f.copies) {
         if (c.group + pending < f.committed)
             memcpy(c.dst, c.src, 16);
         else
-            later.push_back(c);
+            f.copies[kept++] = c;
     }
-    f.copies.swap(later);
+    f.copies.resize(kept);
 }
 
 }  // namespace emu

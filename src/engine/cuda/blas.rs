@@ -23,7 +23,6 @@ use cudarc::cublaslt::sys::{
     cublasLtMatmulPreferenceAttributes_t as Pref, cublasLtMatrixLayout_t, cudaDataType,
 };
 use std::cell::RefCell;
-use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::ffi::c_void;
 
@@ -263,22 +262,30 @@ impl Blas {
         Ok(plan)
     }
 
-    /// Whether cuBLASLt has an algorithm for `g` with these pointers (asked once per shape and
-    /// alignment, a refusal said on stderr; the answer is kept for `matmul`): for products
-    /// with a fallback, such as a GELU epilogue.
+    /// Whether cuBLASLt has an algorithm for `g` with these pointers (the answer is kept for
+    /// `matmul`): for products with a fallback, such as a GELU epilogue.
     pub fn has_algorithm(&self, g: Gemm, a: u64, b: u64, d: u64, extra: Extra) -> bool {
-        let key = (g, Self::alignment(a, b, d, extra));
-        let mut plans = self.plans.borrow_mut();
-        plans
-            .entry(key)
-            .or_insert_with(|| {
-                let plan = self.plan(g, key.1, extra.aux).map_err(|e| e.to_string());
-                if let Err(e) = &plan {
-                    eprintln!("{e}; running it without the {:?} epilogue", g.epilogue);
-                }
-                plan
-            })
+        let align = Self::alignment(a, b, d, extra);
+        self.cached_plan(&mut self.plans.borrow_mut(), g, align, extra.aux)
             .is_ok()
+    }
+
+    /// The plan for `g` at `align`, made on first use and kept, a refusal too (for a GELU
+    /// epilogue, whose callers fall back to the kernels, said once on stderr).
+    fn cached_plan<'a>(
+        &self,
+        plans: &'a mut HashMap<(Gemm, u32), Result<Plan, String>>,
+        g: Gemm,
+        align: u32,
+        aux: Option<u64>,
+    ) -> &'a Result<Plan, String> {
+        plans.entry((g, align)).or_insert_with(|| {
+            let plan = self.plan(g, align, aux).map_err(|e| e.to_string());
+            if let (Err(e), true) = (&plan, g.epilogue.has_aux()) {
+                eprintln!("{e}; running it without the {:?} epilogue", g.epilogue);
+            }
+            plan
+        })
     }
 
     /// The alignment (bytes, at most 16) every pointer of a product shares.
@@ -298,13 +305,12 @@ impl Blas {
             (extra.bias.is_some(), extra.aux.is_some()),
             "the epilogue's pointers do not match it"
         );
-        let key = (g, Self::alignment(a, b, d, extra));
+        let align = Self::alignment(a, b, d, extra);
         let mut plans = self.plans.borrow_mut();
-        let plan = match plans.entry(key) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => e.insert(self.plan(g, key.1, extra.aux).map_err(|e| e.to_string())),
-        };
-        let plan = plan.as_ref().map_err(|e| anyhow!("{e}"))?;
+        let plan = self
+            .cached_plan(&mut plans, g, align, extra.aux)
+            .as_ref()
+            .map_err(|e| anyhow!("{e}"))?;
         let (alpha, beta) = (1.0f32, if g.accumulate { 1.0f32 } else { 0.0 });
         // SAFETY: the caller's addresses cover the shapes of `g`; the plan was made for `g`.
         unsafe {
