@@ -117,6 +117,12 @@ export XDG_CACHE_HOME="$OUT/cache"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/gpu.txt" 2>&1
 echo "GPU: $(cat "$OUT/gpu.txt")"
 
+# CHECKS picks the issues whose sections run (default "12 13 14": 5 is issue 12's, 6 issue 14's,
+# 7 issue 13's); the correctness tests always run (issue 12's verdict). Device time is short: CHECKS=13 runs only the
+# tests and issue 13's part.
+export CHECKS=${CHECKS:-12 13 14}
+want() { [[ " $CHECKS " == *" $1 "* ]]; }
+
 # 1-4: the correctness tests, one at a time (their output holds the measured errors).
 start=$(date +%s)
 timed 240 "$BIN_DIR/cuda_device" --test-threads=1 --nocapture > "$OUT/cuda_device.log" 2>&1
@@ -124,7 +130,7 @@ tests_rc=$?
 echo "correctness tests: exit $tests_rc in $(( $(date +%s) - start )) s (log: $OUT/cuda_device.log)"
 # What the summary needs besides the logs, so `summary RESULTS_DIR` can redo it from the folder.
 printf '{"tests_exit": %d, "rehearsal": %s, "checks": "%s"}\n' "$tests_rc" \
-    "$([ "${REHEARSAL:-0}" = 1 ] && echo true || echo false)" "${CHECKS:-12 13 14}" > "$OUT/run.json"
+    "$([ "${REHEARSAL:-0}" = 1 ] && echo true || echo false)" "$CHECKS" > "$OUT/run.json"
 if [ "${REHEARSAL:-0}" = 1 ]; then
     # The emulator's libraries, which the tests just built, for the script's own runs.
     emulator=$(dirname "$(ls -t target/tmp/cuda-emulator/*/complete | head -1)")
@@ -143,11 +149,6 @@ with_memory() {
     echo "$name: exit $rc"
 }
 
-# CHECKS picks the issues whose sections run (default "12 13 14": 5 is issue 12's, 6 issue 14's,
-# 7 issue 13's); the correctness tests always run (issue 12's verdict). Device time is short: CHECKS=13 runs only the
-# tests and issue 13's part.
-export CHECKS=${CHECKS:-12 13 14}
-want() { [[ " $CHECKS " == *" $1 "* ]]; }
 peer=(benches/pytorch_train_step.py --device=cuda --json --iters 10 --warmup 3)
 text=../shared/data/tinyshakespeare.txt
 [ -f "$text" ] || text=shared/data/tinyshakespeare.txt

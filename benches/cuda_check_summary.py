@@ -132,7 +132,7 @@ b = summary["bf16"]
 for line in b["profile_top"] + b["memcheck_tail"] + b["racecheck_tail"]:
     print("   ", line)
 skipped = sorted(os.path.splitext(f)[0] for f in os.listdir(out)
-                 if f.endswith((".err", ".log")) and any(l.startswith("skipped: DEADLINE") for l in tail(f, 1)))
+                 if f.endswith((".err", ".log", ".txt")) and any(l.startswith("skipped: DEADLINE") for l in tail(f, 1)))
 if skipped:
     print("skipped, out of time (DEADLINE):", ", ".join(skipped))
 print(f"bf16, 200 steps of tiny Shakespeare: final train/val loss f32 {b['final_f32']}, bf16 {b['final_bf16']}; "
